@@ -1,0 +1,384 @@
+"""Settings: built-in defaults → TOML file → ``SCRM_<SECTION>_<KEY>`` env vars → explicit overrides.
+
+Every key has a default here and a documented line in ``config.example.toml``. Values are checked
+once, at start, and a bad one raises :class:`ConfigError` naming the key. Secret values never leave
+this module in clear: ``repr`` and :meth:`Settings.redacted` mask them, and
+:func:`install_secret_redaction` scrubs them from every log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "SCRM_"
+CONFIG_ENV = "SCRM_CONFIG"
+DEFAULT_WECOM_API_BASE_URL = "https://qyapi.weixin.qq.com/cgi-bin/"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+def _secret() -> Any:
+    return field(default="", metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    secret_key: str = _secret()
+    timezone: str = "Asia/Shanghai"
+    log_level: str = "INFO"
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///scrm.db"
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = ""
+    key_prefix: str = "scrm"
+
+
+@dataclass(frozen=True)
+class WeComSettings:
+    corp_id: str = ""
+    agent_id: int = 0
+    token: str = _secret()
+    encoding_aes_key: str = _secret()
+    secret: str = _secret()
+    contact_secret: str = _secret()
+    contact_token: str = _secret()
+    contact_encoding_aes_key: str = _secret()
+    kf_secret: str = _secret()
+    api_base_url: str = DEFAULT_WECOM_API_BASE_URL
+    timeout_seconds: float = 10.0
+    busy_retries: int = 3
+    busy_backoff_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    max_body_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    enabled: bool = True
+    poll_seconds: float = 2.0
+    batch_size: int = 100
+    max_attempts: int = 8
+    backoff_base_seconds: float = 10.0
+    backoff_max_seconds: float = 3600.0
+    lease_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    app: AppSettings = field(default_factory=AppSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    wecom: WeComSettings = field(default_factory=WeComSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+
+    def __repr__(self) -> str:
+        return f"Settings({self.redacted()!r})"
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for section in fields(self):
+            values = getattr(self, section.name)
+            out[section.name] = {f.name: getattr(values, f.name) for f in fields(values)}
+        return out
+
+    def redacted(self) -> dict[str, dict[str, Any]]:
+        """The settings as a dict with every secret masked (safe to print or log)."""
+        out = self.as_dict()
+        for section, key in secret_keys():
+            if out[section][key]:
+                out[section][key] = "***"
+        out["database"]["url"] = redact_url(out["database"]["url"])
+        out["redis"]["url"] = redact_url(out["redis"]["url"])
+        return out
+
+    def secret_values(self) -> set[str]:
+        values = {getattr(getattr(self, s), k) for s, k in secret_keys()}
+        for url in (self.database.url, self.redis.url):
+            password = urlsplit(url).password if url else None
+            if password:
+                values.add(password)
+        return {v for v in values if v and len(v) >= 4}
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.app.timezone)
+
+
+# Dataclass reprs would print secrets; mask them on every section.
+def _masked_repr(self: Any) -> str:
+    parts = []
+    for f in fields(self):
+        value = getattr(self, f.name)
+        shown = "***" if f.metadata.get("secret") and value else repr(value)
+        parts.append(f"{f.name}={shown}")
+    return f"{type(self).__name__}({', '.join(parts)})"
+
+
+for _section_cls in (AppSettings, DatabaseSettings, RedisSettings, WeComSettings, WebhookSettings, WorkerSettings):
+    _section_cls.__repr__ = _masked_repr  # type: ignore[method-assign]
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: f.default_factory for f in fields(Settings)}  # type: ignore[misc]
+
+
+def secret_keys() -> Iterable[tuple[str, str]]:
+    for section, cls in _section_types().items():
+        for f in fields(cls):
+            if f.metadata.get("secret"):
+                yield section, f.name
+
+
+def redact_url(url: str) -> str:
+    if not url:
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build validated settings. ``config_file`` falls back to ``$SCRM_CONFIG``."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, dict[str, Any]] = {name: {} for name in _section_types()}
+    path = config_file or environ.get(CONFIG_ENV)
+    if path:
+        _merge(raw, _read_toml(Path(path)), origin=str(path))
+    _merge(raw, _from_env(environ), origin="environment")
+    if overrides:
+        _merge(raw, overrides, origin="overrides")
+    settings = _build(raw)
+    validate(settings)
+    return _normalized(settings)
+
+
+def _normalized(settings: Settings) -> Settings:
+    base_url = settings.wecom.api_base_url
+    if base_url.endswith("/"):
+        return settings
+    return replace(settings, wecom=replace(settings.wecom, api_base_url=base_url + "/"))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for section, cls in _section_types().items():
+        for f in fields(cls):
+            name = f"{ENV_PREFIX}{section}_{f.name}".upper()
+            if name in environ:
+                out.setdefault(section, {})[f.name] = environ[name]
+    return out
+
+
+def _merge(raw: dict[str, dict[str, Any]], incoming: Mapping[str, Any], origin: str) -> None:
+    sections = _section_types()
+    for section, values in incoming.items():
+        if section not in sections:
+            raise ConfigError(f"unknown config section [{section}] in {origin}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{section}] in {origin} must be a table of keys")
+        known = {f.name for f in fields(sections[section])}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"unknown config key {section}.{key} in {origin}")
+            raw[section][key] = value
+
+
+def _build(raw: dict[str, dict[str, Any]]) -> Settings:
+    built = {}
+    for section, cls in _section_types().items():
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in raw[section]:
+                kwargs[f.name] = _coerce(f"{section}.{f.name}", raw[section][f.name], type(f.default))
+        built[section] = cls(**kwargs)
+    return Settings(**built)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert a TOML or env value to the key's type, or fail naming the key."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value.strip()
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key} must be a {kind.__name__}, got {_describe(key, value)}")
+
+
+def _describe(key: str, value: Any) -> str:
+    section, name = key.split(".", 1)
+    if (section, name) in set(secret_keys()):
+        return f"a {type(value).__name__}"
+    return repr(value)
+
+
+# ---------------------------------------------------------------- validation
+
+_AES_KEY = re.compile(r"[A-Za-z0-9]{43}")
+_TOKEN = re.compile(r"[A-Za-z0-9]{1,32}")
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def validate(settings: Settings) -> None:
+    _check_timezone(settings.app.timezone)
+    if settings.app.log_level.upper() not in _LOG_LEVELS:
+        raise ConfigError(f"app.log_level must be one of {sorted(_LOG_LEVELS)}, got {settings.app.log_level!r}")
+    _check_sqlalchemy_url("database.url", settings.database.url)
+    if settings.redis.url and urlsplit(settings.redis.url).scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError("redis.url must start with redis://, rediss:// or unix://")
+    _check_wecom(settings.wecom)
+    _check_positive("webhook.max_body_bytes", settings.webhook.max_body_bytes)
+    for f in fields(settings.worker):
+        if f.name != "enabled":
+            _check_positive(f"worker.{f.name}", getattr(settings.worker, f.name))
+
+
+def _check_wecom(w: WeComSettings) -> None:
+    for prefix in ("", "contact_"):
+        token, key = getattr(w, f"{prefix}token"), getattr(w, f"{prefix}encoding_aes_key")
+        if token and not _TOKEN.fullmatch(token):
+            raise ConfigError(f"wecom.{prefix}token must be 1–32 letters or digits")
+        if key and not _AES_KEY.fullmatch(key):
+            raise ConfigError(f"wecom.{prefix}encoding_aes_key must be exactly 43 letters or digits")
+        if bool(token) != bool(key):
+            raise ConfigError(f"wecom.{prefix}token and wecom.{prefix}encoding_aes_key must be set together")
+    if w.token and not w.corp_id:
+        raise ConfigError("wecom.corp_id is required when wecom.token is set (it is the callback receive id)")
+    if w.agent_id < 0:
+        raise ConfigError("wecom.agent_id must not be negative")
+    parts = urlsplit(w.api_base_url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(f"wecom.api_base_url must be an http(s) URL, got {w.api_base_url!r}")
+    _check_positive("wecom.timeout_seconds", w.timeout_seconds)
+    if w.busy_retries < 0 or w.busy_backoff_seconds < 0:
+        raise ConfigError("wecom.busy_retries and wecom.busy_backoff_seconds must not be negative")
+
+
+def _check_timezone(name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"app.timezone is not a known IANA time zone: {name!r}") from None
+
+
+def _check_sqlalchemy_url(key: str, url: str) -> None:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{key} is not a valid database URL: {redact_url(url)!r}") from None
+    if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise ConfigError(f"{key} must be a sqlite:// or postgresql:// URL, got {parsed.get_backend_name()!r}")
+
+
+def _check_positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be greater than 0, got {value!r}")
+
+
+# ---------------------------------------------------------------- logging
+
+
+class SecretRedactingFilter(logging.Filter):
+    """Replace every configured secret value in a log record with ``***``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = self._scrub(record.getMessage())
+        record.msg, record.args = message, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._scrub(record.exc_text)
+        return True
+
+    def _scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def install_secret_redaction(settings: Settings) -> None:
+    """Configure logging once and scrub this app's secrets from every handler's output."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(settings.app.log_level.upper())
+    if settings.app.log_level.upper() != "DEBUG":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    secrets = settings.secret_values()
+    for handler in root.handlers:
+        existing = next((f for f in handler.filters if isinstance(f, SecretRedactingFilter)), None)
+        if existing:
+            existing.secrets = sorted(set(existing.secrets) | secrets, key=len, reverse=True)
+        else:
+            handler.addFilter(SecretRedactingFilter(secrets))
