@@ -1,0 +1,224 @@
+"""API groups wechatpy 2.0.0a26 lacks, written in wechatpy's own style: one class per doc section,
+one method per endpoint, ``optionaldict`` for optional fields, generators for cursor paging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from optionaldict import optionaldict
+from wechatpy.client.api.base import BaseWeChatAPI
+from wechatpy.work.client.api import WeChatExternalContact, WeChatKF, WeChatOAuth
+
+
+class ScrmKF(WeChatKF):
+    """
+    微信客服 (adds ``open_kfid`` to sync_msg, as the current API takes it)
+
+    https://developer.work.weixin.qq.com/document/path/94670
+    """
+
+    def sync_msg(  # type: ignore[override]
+        self,
+        token: str = "",
+        cursor: str = "",
+        limit: int = 1000,
+        open_kfid: str = "",
+        voice_format: int | None = None,
+    ) -> dict:
+        """读取消息. ``limit`` is at most 1000; keep calling while ``has_more`` is 1 even if a page is empty."""
+        if not 1 <= limit <= 1000:
+            raise ValueError("kf/sync_msg limit must be between 1 and 1000")
+        data = optionaldict(
+            cursor=cursor or None,
+            token=token or None,
+            limit=limit,
+            voice_format=voice_format,
+            open_kfid=open_kfid or None,
+        )
+        return self._post("kf/sync_msg", data=data)
+
+    def gen_sync_msg(self, token: str, open_kfid: str, cursor: str = "", limit: int = 1000) -> Iterator[dict]:
+        """Yield each page (with its ``next_cursor``) until ``has_more`` is 0."""
+        while True:
+            page = self.sync_msg(token=token, cursor=cursor, limit=limit, open_kfid=open_kfid)
+            yield page
+            cursor = page.get("next_cursor") or cursor
+            if not page.get("has_more"):
+                return
+
+
+class ScrmExternalContact(WeChatExternalContact):
+    """
+    客户联系: remark and the 企业群发 v2 family (list, task, send result, remind, cancel)
+
+    https://developer.work.weixin.qq.com/document/path/92115
+    """
+
+    def remark(
+        self,
+        userid: str,
+        external_userid: str,
+        remark: str | None = None,
+        description: str | None = None,
+        remark_company: str | None = None,
+        remark_mobiles: list[str] | None = None,
+        remark_pic_mediaid: str | None = None,
+    ) -> dict:
+        """修改客户备注信息 (remark ≤20 chars, description ≤150)."""
+        if remark is not None and len(remark) > 20:
+            raise ValueError("remark is at most 20 characters")
+        if description is not None and len(description) > 150:
+            raise ValueError("description is at most 150 characters")
+        data = optionaldict(
+            userid=userid,
+            external_userid=external_userid,
+            remark=remark,
+            description=description,
+            remark_company=remark_company,
+            remark_mobiles=remark_mobiles,
+            remark_pic_mediaid=remark_pic_mediaid,
+        )
+        return self._post("externalcontact/remark", data=data)
+
+    def get_groupmsg_list_v2(
+        self,
+        chat_type: str,
+        start_time: int,
+        end_time: int,
+        creator: str | None = None,
+        filter_type: int = 2,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict:
+        """获取群发记录列表 (range at most one month; limit ≤100)."""
+        data = optionaldict(
+            chat_type=chat_type,
+            start_time=start_time,
+            end_time=end_time,
+            creator=creator,
+            filter_type=filter_type,
+            limit=limit,
+            cursor=cursor,
+        )
+        return self._post("externalcontact/get_groupmsg_list_v2", data=data)
+
+    def get_groupmsg_task(self, msgid: str, limit: int = 500, cursor: str | None = None) -> dict:
+        """获取群发成员发送任务列表 (limit ≤1000)."""
+        data = optionaldict(msgid=msgid, limit=limit, cursor=cursor)
+        return self._post("externalcontact/get_groupmsg_task", data=data)
+
+    def get_groupmsg_send_result(
+        self, msgid: str, userid: str, limit: int = 500, cursor: str | None = None
+    ) -> dict:
+        """获取企业群发成员执行结果: status 0 unsent, 1 sent, 2 not a friend, 3 already received one."""
+        data = optionaldict(msgid=msgid, userid=userid, limit=limit, cursor=cursor)
+        return self._post("externalcontact/get_groupmsg_send_result", data=data)
+
+    def gen_groupmsg_send_result(self, msgid: str, userid: str, limit: int = 1000) -> Iterator[dict]:
+        cursor: str | None = None
+        while True:
+            page = self.get_groupmsg_send_result(msgid, userid, limit=limit, cursor=cursor)
+            yield from page.get("send_list", [])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def remind_groupmsg_send(self, msgid: str) -> dict:
+        """提醒成员群发 (at most 3 reminders per mass message per 24 h)."""
+        return self._post("externalcontact/remind_groupmsg_send", data={"msgid": msgid})
+
+    def cancel_groupmsg_send(self, msgid: str) -> dict:
+        """停止企业群发."""
+        return self._post("externalcontact/cancel_groupmsg_send", data={"msgid": msgid})
+
+
+class ScrmMoment(BaseWeChatAPI):
+    """
+    客户朋友圈 (no callback exists for likes/comments: poll them)
+
+    https://developer.work.weixin.qq.com/document/path/93333
+    """
+
+    def add_moment_task(self, text: dict | None = None, attachments: list | None = None,
+                        visible_range: dict | None = None) -> dict:
+        data = optionaldict(text=text, attachments=attachments, visible_range=visible_range)
+        return self._post("externalcontact/add_moment_task", data=data)
+
+    def get_moment_task_result(self, jobid: str) -> dict:
+        return self._get("externalcontact/get_moment_task_result", params={"jobid": jobid})
+
+    def get_moment_list(
+        self,
+        start_time: int,
+        end_time: int,
+        creator: str | None = None,
+        filter_type: int = 2,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> dict:
+        """获取企业全部的发表列表 (span ≤30 days)."""
+        if end_time - start_time > 30 * 86400:
+            raise ValueError("get_moment_list spans at most 30 days")
+        data = optionaldict(
+            start_time=start_time,
+            end_time=end_time,
+            creator=creator,
+            filter_type=filter_type,
+            cursor=cursor,
+            limit=limit,
+        )
+        return self._post("externalcontact/get_moment_list", data=data)
+
+    def gen_moment_list(self, start_time: int, end_time: int, limit: int = 20) -> Iterator[dict]:
+        cursor: str | None = None
+        while True:
+            page = self.get_moment_list(start_time, end_time, cursor=cursor, limit=limit)
+            yield from page.get("moment_list", [])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def get_moment_task(self, moment_id: str, cursor: str | None = None, limit: int = 500) -> dict:
+        data = optionaldict(moment_id=moment_id, cursor=cursor, limit=limit)
+        return self._post("externalcontact/get_moment_task", data=data)
+
+    def get_moment_customer_list(self, moment_id: str, userid: str, cursor: str | None = None,
+                                 limit: int = 500) -> dict:
+        data = optionaldict(moment_id=moment_id, userid=userid, cursor=cursor, limit=limit)
+        return self._post("externalcontact/get_moment_customer_list", data=data)
+
+    def get_moment_send_result(self, moment_id: str, userid: str, cursor: str | None = None,
+                               limit: int = 3000) -> dict:
+        data = optionaldict(moment_id=moment_id, userid=userid, cursor=cursor, limit=limit)
+        return self._post("externalcontact/get_moment_send_result", data=data)
+
+    def get_moment_comments(self, moment_id: str, userid: str) -> dict:
+        """获取客户朋友圈的互动数据: ``comment_list`` and ``like_list``."""
+        return self._post("externalcontact/get_moment_comments", data={"moment_id": moment_id, "userid": userid})
+
+    def cancel_moment_task(self, moment_id: str) -> dict:
+        return self._post("externalcontact/cancel_moment_task", data={"moment_id": moment_id})
+
+
+class ScrmOAuth(WeChatOAuth):
+    """
+    网页授权登录: the current ``auth/getuserinfo`` (wechatpy calls the legacy ``user/getuserinfo``)
+
+    https://developer.work.weixin.qq.com/document/path/91023
+    """
+
+    def get_user_info(self, code: str) -> dict:  # type: ignore[override]
+        """Member → ``{userid, user_ticket?}``; non-member → ``{openid, external_userid?}``."""
+        if not code or len(code) > 512:
+            raise ValueError("oauth code must be 1–512 bytes")
+        return self._get("auth/getuserinfo", params={"code": code})
+
+    def authorize_url_for_agent(self, redirect_uri: str, state: str, agentid: int, scope: str = "snsapi_base") -> str:
+        from urllib.parse import quote
+
+        return (
+            f"{self.OAUTH_BASE_URL}?appid={self._client.corp_id}&redirect_uri={quote(redirect_uri, safe='')}"
+            f"&response_type=code&scope={scope}&state={state}&agentid={agentid}#wechat_redirect"
+        )
+
+

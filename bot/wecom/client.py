@@ -1,0 +1,138 @@
+"""WeCom API client: wechatpy's ``WeChatClient`` with a configurable base URL (the sandbox or the
+real host), per-secret token caching, one token refresh on 40014/42001 and back-off on 45009/-1."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from wechatpy.exceptions import WeChatClientException
+from wechatpy.session import SessionStorage
+from wechatpy.session.memorystorage import MemoryStorage
+from wechatpy.session.redisstorage import RedisStorage
+from wechatpy.work import WeChatClient
+
+from bot.config import Settings
+from bot.wecom.api import ScrmExternalContact, ScrmKF, ScrmMoment, ScrmOAuth
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ERRORS = frozenset({40014, 42001})  # invalid / expired access_token: refresh once
+BUSY_ERRORS = frozenset({45009, 45033, -1})  # over the frequency limit, too many concurrent, system busy
+
+
+class WeComClient(WeChatClient):
+    external_contact = ScrmExternalContact()
+    kf = ScrmKF()
+    moment = ScrmMoment()
+    oauth = ScrmOAuth()
+
+    def __init__(
+        self,
+        corp_id: str,
+        secret: str,
+        *,
+        api_base_url: str,
+        session: SessionStorage | None = None,
+        timeout: float = 10.0,
+        busy_retries: int = 3,
+        busy_backoff_seconds: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        # Our own retry loop below replaces wechatpy's auto_retry, which recurses without bound.
+        super().__init__(corp_id, secret, session=session, timeout=timeout, auto_retry=False)
+        self.API_BASE_URL = api_base_url
+        self.busy_retries = busy_retries
+        self.busy_backoff_seconds = busy_backoff_seconds
+        self._sleep = sleep
+
+    @property
+    def _secret_id(self) -> str:
+        # Never put (part of) the secret itself in a cache key: Redis keys are readable.
+        return hashlib.sha256(self.secret.encode()).hexdigest()[:16]
+
+    @property
+    def access_token_key(self) -> str:
+        return f"{self.corp_id}_{self._secret_id}_access_token"
+
+    @property
+    def access_token_expires_at_key(self) -> str:
+        # wechatpy keys this by corp id only, so two apps of one corp would share it.
+        return f"{self.corp_id}_{self._secret_id}_access_token_expires_at"
+
+    def fetch_access_token(self) -> dict:
+        return self._fetch_access_token(
+            url=f"{self.API_BASE_URL}gettoken",
+            params={"corpid": self.corp_id, "corpsecret": self.secret},
+        )
+
+    def _request(self, method: str, url_or_endpoint: str, **kwargs: Any) -> Any:
+        refreshed = False
+        busy_attempt = 0
+        while True:
+            attempt_kwargs = dict(kwargs)
+            if isinstance(kwargs.get("params"), dict):
+                attempt_kwargs["params"] = {k: v for k, v in kwargs["params"].items() if k != "access_token"}
+            try:
+                return super()._request(method, url_or_endpoint, **attempt_kwargs)
+            except WeChatClientException as exc:
+                if exc.errcode in TOKEN_ERRORS and not refreshed:
+                    logger.info("WeCom access token rejected (%s); fetching a new one", exc.errcode)
+                    self.session.delete(self.access_token_key)
+                    self.fetch_access_token()
+                    refreshed = True
+                    continue
+                if exc.errcode in BUSY_ERRORS and busy_attempt < self.busy_retries:
+                    delay = self.busy_backoff_seconds * (2**busy_attempt)
+                    busy_attempt += 1
+                    logger.warning("WeCom %s answered %s; retry %d in %.1fs", url_or_endpoint, exc.errcode,
+                                   busy_attempt, delay)
+                    self._sleep(delay)
+                    continue
+                raise
+
+
+@dataclass
+class WeComClients:
+    """One client per app role. WeCom gives each app its own secret and token:
+    the self-built app (app messages, OAuth, JS-SDK tickets), customer contact
+    (externalcontact/*) and 微信客服 (kf/*)."""
+
+    app: WeComClient
+    contact: WeComClient
+    kf: WeComClient
+
+
+def session_storage(settings: Settings) -> SessionStorage:
+    if settings.redis.url:
+        import redis
+
+        return RedisStorage(redis.Redis.from_url(settings.redis.url), prefix=f"{settings.redis.key_prefix}:wecom")
+    return MemoryStorage()
+
+
+def build_clients(settings: Settings, session: SessionStorage | None = None,
+                  sleep: Callable[[float], None] = time.sleep) -> WeComClients:
+    w = settings.wecom
+    storage = session or session_storage(settings)
+
+    def client(secret: str) -> WeComClient:
+        return WeComClient(
+            w.corp_id,
+            secret,
+            api_base_url=w.api_base_url,
+            session=storage,
+            timeout=w.timeout_seconds,
+            busy_retries=w.busy_retries,
+            busy_backoff_seconds=w.busy_backoff_seconds,
+            sleep=sleep,
+        )
+
+    app = client(w.secret)
+    contact = client(w.contact_secret) if w.contact_secret and w.contact_secret != w.secret else app
+    kf = client(w.kf_secret) if w.kf_secret and w.kf_secret != w.secret else app
+    return WeComClients(app=app, contact=contact, kf=kf)
