@@ -1,0 +1,264 @@
+"""客户联系 endpoints: contacts, corp tags, welcome messages, mass messages, moments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.sandbox.registry import Call, endpoint
+from bot.sandbox.state import WELCOME_CODE_TTL, WeComError, random_id
+
+MAX_CORP_TAGS = 3000
+
+
+def _contact_view(call: Call, external_userid: str) -> dict[str, Any]:
+    contact = call.state.contacts.get(external_userid)
+    if contact is None or not call.state.follows.get(external_userid):
+        raise WeComError(84061, "not external contact")
+    return contact
+
+
+@endpoint("GET", "externalcontact/get_follow_user_list")
+def get_follow_user_list(call: Call) -> dict[str, Any]:
+    return {"follow_user": sorted(call.state.staff)}
+
+
+@endpoint("GET", "externalcontact/list")
+def list_contacts(call: Call) -> dict[str, Any]:
+    (userid,) = call.require("userid")
+    call.state.require_staff(userid)
+    return {"external_userid": [e for e, f in call.state.follows.items() if userid in f]}
+
+
+@endpoint("GET", "externalcontact/get")
+def get_contact(call: Call) -> dict[str, Any]:
+    (external_userid,) = call.require("external_userid")
+    contact = _contact_view(call, external_userid)
+    return {"external_contact": dict(contact), "follow_user": list(call.state.follows[external_userid].values())}
+
+
+@endpoint("POST", "externalcontact/batch/get_by_user")
+def batch_get_by_user(call: Call) -> dict[str, Any]:
+    userids = call.body.get("userid_list") or ([call.body["userid"]] if call.body.get("userid") else [])
+    if not userids or len(userids) > 100:
+        raise WeComError(40058, "userid_list must hold 1 to 100 userids")
+    limit = min(int(call.body.get("limit") or 50), 100)
+    start = int(call.body.get("cursor") or 0)
+    rows = []
+    for external_userid in sorted(call.state.follows):
+        for userid, info in call.state.follows[external_userid].items():
+            if userid in userids:
+                follow = {k: v for k, v in info.items() if k != "tags"}
+                follow["tag_id"] = [t["tag_id"] for t in info["tags"]]
+                rows.append({"external_contact": dict(call.state.contacts[external_userid]), "follow_info": follow})
+    page = rows[start:start + limit]
+    next_cursor = str(start + limit) if start + limit < len(rows) else ""
+    return {"external_contact_list": page, "next_cursor": next_cursor}
+
+
+@endpoint("POST", "externalcontact/remark")
+def remark(call: Call) -> dict[str, Any]:
+    userid, external_userid = call.require("userid", "external_userid")
+    follow = call.state.require_follow(userid, external_userid)
+    if len(call.body.get("remark") or "") > 20 or len(call.body.get("description") or "") > 150:
+        raise WeComError(40058, "remark ≤20 chars, description ≤150 chars")
+    for key in ("remark", "description", "remark_mobiles"):
+        if key in call.body:
+            follow[key] = call.body[key]
+    if "remark_company" in call.body:
+        follow["remark_corp_name"] = call.body["remark_company"]
+    return {}
+
+
+@endpoint("POST", "externalcontact/get_corp_tag_list")
+def get_corp_tag_list(call: Call) -> dict[str, Any]:
+    group_ids, tag_ids = call.body.get("group_id") or [], call.body.get("tag_id") or []
+    groups = []
+    for group in call.state.tag_groups.values():
+        if group_ids and group["group_id"] not in group_ids:
+            continue
+        tags = group["tag"] if group_ids or not tag_ids else [t for t in group["tag"] if t["id"] in tag_ids]
+        if tags or not tag_ids or group_ids:
+            groups.append({**group, "tag": list(tags)})
+    return {"tag_group": groups}
+
+
+@endpoint("POST", "externalcontact/add_corp_tag")
+def add_corp_tag(call: Call) -> dict[str, Any]:
+    state, body = call.state, call.body
+    tags = body.get("tag") or []
+    if not tags:
+        raise WeComError(40058, "tag list is empty")
+    if any(len(t.get("name", "")) > 30 or not t.get("name") for t in tags):
+        raise WeComError(40058, "tag names must be 1–30 characters")
+    if state.corp_tag_count() + len(tags) > MAX_CORP_TAGS:
+        raise WeComError(40071, "corp tag count exceeds the limit of 3000")
+    group = state.tag_groups.get(body.get("group_id", ""))
+    if group is None:
+        name = body.get("group_name") or ""
+        if not name or len(name) > 30:
+            raise WeComError(40058, "group_name must be 1–30 characters")
+        group = next((g for g in state.tag_groups.values() if g["group_name"] == name), None)
+    if group is None:
+        group = {"group_id": random_id("et", 20), "group_name": body["group_name"],
+                 "create_time": int(state.now()), "order": int(body.get("order") or 0), "tag": []}
+        state.tag_groups[group["group_id"]] = group
+    existing = {t["name"] for t in group["tag"]}
+    created = []
+    for spec in tags:
+        if spec["name"] in existing:
+            raise WeComError(40071, f"tag name already exists in the group: {spec['name']}")
+        tag = {"id": random_id("et", 20), "name": spec["name"], "create_time": int(state.now()),
+               "order": int(spec.get("order") or 0)}
+        group["tag"].append(tag)
+        created.append(tag)
+    return {"tag_group": {**{k: v for k, v in group.items() if k != "tag"}, "tag": created}}
+
+
+@endpoint("POST", "externalcontact/edit_corp_tag")
+def edit_corp_tag(call: Call) -> dict[str, Any]:
+    (tag_id,) = call.require("id")
+    found = call.state.find_tag(tag_id) or (None, call.state.tag_groups.get(tag_id))
+    target = found[1]
+    if target is None:
+        raise WeComError(40068, "invalid tagid")
+    name_key = "name" if "name" in target else "group_name"
+    if call.body.get("name"):
+        target[name_key] = call.body["name"]
+    if "order" in call.body:
+        target["order"] = int(call.body["order"])
+    return {}
+
+
+@endpoint("POST", "externalcontact/del_corp_tag")
+def del_corp_tag(call: Call) -> dict[str, Any]:
+    tag_ids, group_ids = call.body.get("tag_id") or [], call.body.get("group_id") or []
+    if not tag_ids and not group_ids:
+        raise WeComError(40058, "tag_id and group_id cannot both be empty")
+    for group_id in group_ids:
+        call.state.tag_groups.pop(group_id, None)
+    for group in call.state.tag_groups.values():
+        group["tag"] = [t for t in group["tag"] if t["id"] not in tag_ids]
+    return {}
+
+
+@endpoint("POST", "externalcontact/mark_tag")
+def mark_tag(call: Call) -> dict[str, Any]:
+    userid, external_userid = call.require("userid", "external_userid")
+    add, remove = call.body.get("add_tag") or [], call.body.get("remove_tag") or []
+    if not add and not remove:
+        raise WeComError(40058, "add_tag and remove_tag cannot both be empty")
+    follow = call.state.require_follow(userid, external_userid)
+    for tag_id in add + remove:
+        if call.state.find_tag(tag_id) is None:
+            raise WeComError(40068, f"invalid tagid: {tag_id}")
+    current = {t["tag_id"]: t for t in follow["tags"]}
+    for tag_id in add:
+        group, tag = call.state.find_tag(tag_id)  # type: ignore[misc]
+        current[tag_id] = {"group_name": group["group_name"], "tag_name": tag["name"], "type": 1, "tag_id": tag_id}
+    for tag_id in remove:
+        current.pop(tag_id, None)
+    follow["tags"] = list(current.values())
+    return {}
+
+
+@endpoint("POST", "externalcontact/send_welcome_msg")
+def send_welcome_msg(call: Call) -> dict[str, Any]:
+    (code,) = call.require("welcome_code")
+    entry = call.state.welcome_codes.get(code)
+    if entry is None:
+        raise WeComError(40058, "invalid welcome_code")
+    if entry["used"] or call.state.now() - entry["issued_at"] > WELCOME_CODE_TTL:
+        raise WeComError(41051, "welcome_code already used or expired (20 s window)")
+    text = (call.body.get("text") or {}).get("content", "")
+    if len(text.encode("utf-8")) > 4000 or len(call.body.get("attachments") or []) > 9:
+        raise WeComError(40058, "text ≤4000 bytes and at most 9 attachments")
+    entry["used"] = True
+    call.state.welcomes_sent.append({**entry, "text": text, "attachments": call.body.get("attachments") or [],
+                                     "sent_at": call.state.now()})
+    return {}
+
+
+@endpoint("POST", "externalcontact/add_msg_template")
+def add_msg_template(call: Call) -> dict[str, Any]:
+    body = call.body
+    recipients = body.get("external_userid") or []
+    if len(recipients) > 10000:
+        raise WeComError(40058, "external_userid holds at most 10000 customers")
+    if not recipients and not body.get("sender"):
+        raise WeComError(40058, "external_userid and sender cannot both be empty")
+    msgid = random_id("msg", 24)
+    fail_list = [e for e in recipients if e not in call.state.contacts]
+    call.state.mass_messages[msgid] = {"msgid": msgid, "sender": body.get("sender", ""), "chat_type":
+                                       body.get("chat_type", "single"), "external_userid": recipients,
+                                       "text": body.get("text"), "attachments": body.get("attachments") or [],
+                                       "create_time": int(call.state.now()), "reminders": []}
+    return {"msgid": msgid, "fail_list": fail_list}
+
+
+@endpoint("POST", "externalcontact/get_groupmsg_task")
+def get_groupmsg_task(call: Call) -> dict[str, Any]:
+    (msgid,) = call.require("msgid")
+    message = call.state.mass_messages.get(msgid)
+    if message is None:
+        raise WeComError(40058, "invalid msgid")
+    senders = {message["sender"]} if message["sender"] else {
+        u for e in message["external_userid"] for u in call.state.follows.get(e, {})}
+    return {"task_list": [{"userid": u, "status": 0} for u in sorted(senders)], "next_cursor": ""}
+
+
+@endpoint("POST", "externalcontact/get_groupmsg_send_result")
+def get_groupmsg_send_result(call: Call) -> dict[str, Any]:
+    msgid, userid = call.require("msgid", "userid")
+    message = call.state.mass_messages.get(msgid)
+    if message is None:
+        raise WeComError(40058, "invalid msgid")
+    rows = [{"external_userid": e, "userid": userid, "status": 0 if userid in call.state.follows.get(e, {}) else 2}
+            for e in message["external_userid"]]
+    return {"send_list": rows, "next_cursor": ""}
+
+
+@endpoint("POST", "externalcontact/remind_groupmsg_send")
+def remind_groupmsg_send(call: Call) -> dict[str, Any]:
+    (msgid,) = call.require("msgid")
+    message = call.state.mass_messages.get(msgid)
+    if message is None:
+        raise WeComError(40058, "invalid msgid")
+    recent = [t for t in message["reminders"] if call.state.now() - t < 86400]
+    if len(recent) >= 3:
+        raise WeComError(41063, "at most 3 reminders per mass message in 24 hours")
+    message["reminders"] = [*recent, call.state.now()]
+    return {}
+
+
+@endpoint("POST", "externalcontact/cancel_groupmsg_send")
+def cancel_groupmsg_send(call: Call) -> dict[str, Any]:
+    (msgid,) = call.require("msgid")
+    if call.state.mass_messages.pop(msgid, None) is None:
+        raise WeComError(40058, "invalid msgid")
+    return {}
+
+
+@endpoint("POST", "externalcontact/get_moment_list")
+def get_moment_list(call: Call) -> dict[str, Any]:
+    start, end = (int(v) for v in call.require("start_time", "end_time"))
+    if end - start > 30 * 86400:
+        raise WeComError(40058, "the time span is at most 30 days")
+    limit = min(int(call.body.get("limit") or 20), 20)
+    rows = [m for m in sorted(call.state.moments.values(), key=lambda m: m["create_time"])
+            if start <= m["create_time"] <= end]
+    offset = int(call.body.get("cursor") or 0)
+    page = [{k: v for k, v in m.items() if k not in ("likes", "comments")} for m in rows[offset:offset + limit]]
+    return {"moment_list": page, "next_cursor": str(offset + limit) if offset + limit < len(rows) else ""}
+
+
+@endpoint("POST", "externalcontact/get_moment_comments")
+def get_moment_comments(call: Call) -> dict[str, Any]:
+    moment_id, userid = call.require("moment_id", "userid")
+    moment = call.state.moments.get(moment_id)
+    if moment is None:
+        raise WeComError(40058, "invalid moment_id")
+    pick = [x for x in moment["comments"] if x.get("userid_of_poster", userid) == userid]
+    likes = [x for x in moment["likes"] if x.get("userid_of_poster", userid) == userid]
+    strip = ("userid_of_poster",)
+    return {"comment_list": [{k: v for k, v in x.items() if k not in strip} for x in pick],
+            "like_list": [{k: v for k, v in x.items() if k not in strip} for x in likes]}

@@ -1,0 +1,47 @@
+"""App messages, OAuth identity, JS-SDK tickets and callback IPs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.sandbox.registry import Call, endpoint
+from bot.sandbox.state import WeComError, random_id
+
+
+@endpoint("POST", "message/send")
+def message_send(call: Call) -> dict[str, Any]:
+    (touser,) = call.require("touser")
+    if int(call.body.get("agentid") or 0) != call.state.config.agent_id:
+        raise WeComError(40056, "invalid agentid")
+    users = [u for u in str(touser).split("|") if u]
+    invalid = [u for u in users if u not in call.state.staff and u != "@all"]
+    call.state.app_messages.append({**call.body, "sent_at": call.state.now()})
+    return {"invaliduser": "|".join(invalid), "msgid": random_id("", 24)}
+
+
+@endpoint("GET", "auth/getuserinfo")
+def auth_getuserinfo(call: Call) -> dict[str, Any]:
+    (code,) = call.require("code")
+    userid = code.removeprefix("code-for-")
+    if userid in call.state.staff:
+        return {"userid": userid}
+    if userid in call.state.contacts:
+        return {"openid": f"openid-{userid}", "external_userid": userid}
+    raise WeComError(40029, "invalid code")
+
+
+@endpoint("GET", "get_jsapi_ticket")
+def get_jsapi_ticket(call: Call) -> dict[str, Any]:
+    return {"ticket": random_id("corp_ticket_", 40), "expires_in": 7200}
+
+
+@endpoint("GET", "ticket/get")
+def agent_ticket(call: Call) -> dict[str, Any]:
+    if call.params.get("type") != "agent_config":
+        raise WeComError(40058, "type must be agent_config")
+    return {"ticket": random_id("agent_ticket_", 40), "expires_in": 7200}
+
+
+@endpoint("GET", "getcallbackip")
+def getcallbackip(call: Call) -> dict[str, Any]:
+    return {"ip_list": ["127.0.0.1"]}

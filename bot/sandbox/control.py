@@ -1,0 +1,139 @@
+"""``/_sandbox/*``: what a test or the demo says happened in WeCom ("a customer adds staff X via
+channel Y", "the customer writes to kf"), plus read-outs of recorded calls and deliveries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from bot.sandbox import scenario
+from bot.sandbox.delivery import deliver, redeliver, verify_url
+from bot.sandbox.state import SandboxState, WeComError
+
+bp = Blueprint("sandbox_control", __name__, url_prefix="/_sandbox")
+
+
+def _state() -> SandboxState:
+    from flask import current_app
+
+    return current_app.extensions["sandbox.state"]
+
+
+def _args() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    return data if isinstance(data, dict) else {}
+
+
+@bp.errorhandler(WeComError)
+def _error(exc: WeComError) -> tuple[Response, int]:
+    return jsonify(errcode=exc.errcode, errmsg=exc.errmsg), 400
+
+
+@bp.errorhandler(KeyError)
+def _missing(exc: KeyError) -> tuple[Response, int]:
+    return jsonify(errcode=40058, errmsg=f"missing field {exc}"), 400
+
+
+@bp.post("/staff")
+def add_staff() -> Response:
+    a = _args()
+    with _state().lock:
+        return jsonify(_state().add_staff(a["userid"], a.get("name", "")))
+
+
+@bp.post("/seed")
+def seed() -> Response:
+    """Bulk state without callbacks: ``{"staff": [{userid,name}], "contacts": [{userid, external_userid,
+    name, state?, created_at?}], "kf_accounts": [{open_kfid, name}]}``."""
+    return jsonify(scenario.seed(_state(), _args()))
+
+
+@bp.post("/contacts/add")
+def contact_add() -> Response:
+    return jsonify(scenario.customer_adds(_state(), _args()))
+
+
+@bp.post("/contacts/edit")
+def contact_edit() -> Response:
+    return jsonify(scenario.staff_edits(_state(), _args()))
+
+
+@bp.post("/contacts/delete")
+def contact_delete() -> Response:
+    return jsonify(scenario.contact_deleted(_state(), _args()))
+
+
+@bp.post("/kf/accounts")
+def kf_account() -> Response:
+    return jsonify(scenario.kf_account(_state(), _args()))
+
+
+@bp.post("/kf/text")
+def kf_text() -> Response:
+    return jsonify(scenario.kf_customer_text(_state(), _args()))
+
+
+@bp.post("/kf/enter_session")
+def kf_enter() -> Response:
+    return jsonify(scenario.kf_enter_session(_state(), _args()))
+
+
+@bp.post("/callback")
+def raw_callback() -> Response:
+    """Deliver any event: ``{"fields": {...}}`` (ToUserName and CreateTime are filled in)."""
+    state, a = _state(), _args()
+    fields = {"ToUserName": state.config.corp_id, "CreateTime": int(state.now()), **a.get("fields", {})}
+    return jsonify(deliver(state, fields, a.get("url")))
+
+
+@bp.post("/deliveries/<int:delivery_id>/redeliver")
+def resend(delivery_id: int) -> Response:
+    return jsonify(redeliver(_state(), delivery_id))
+
+
+@bp.post("/verify_url")
+def verify() -> Response:
+    return jsonify(verify_url(_state(), _args().get("url")))
+
+
+@bp.post("/faults")
+def faults() -> Response:
+    """Make the next ``count`` calls to ``path`` answer ``errcode`` (e.g. 45009, -1, 40014)."""
+    a, state = _args(), _state()
+    with state.lock:
+        state.faults[a["path"]].extend([int(a["errcode"])] * int(a.get("count", 1)))
+    return jsonify(ok=True)
+
+
+@bp.post("/tokens/expire")
+def expire_tokens() -> Response:
+    with _state().lock:
+        return jsonify(expired=_state().expire_tokens())
+
+
+@bp.post("/clock/advance")
+def advance_clock() -> Response:
+    state = _state()
+    with state.lock:
+        state.offset += float(_args().get("seconds", 0))
+        return jsonify(now=state.now())
+
+
+@bp.get("/calls")
+def calls() -> Response:
+    state, path = _state(), request.args.get("path")
+    with state.lock:
+        rows = [c for c in state.calls if not path or c["path"] == path]
+    return jsonify(rows)
+
+
+@bp.get("/deliveries")
+def deliveries() -> Response:
+    with _state().lock:
+        return jsonify(list(_state().deliveries))
+
+
+@bp.get("/state")
+def summary() -> Response:
+    return jsonify(scenario.summary(_state()))
