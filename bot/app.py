@@ -1,0 +1,39 @@
+"""The Flask app factory: it only wires subsystems together."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from bot.config import Settings, install_secret_redaction, load_settings
+
+
+def create_app(
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    settings: Settings | None = None,
+    environ: Mapping[str, str] | None = None,
+    start_worker: bool | None = None,
+    upgrade_db: bool = True,
+) -> Flask:
+    """Build the web app. Settings load as defaults → TOML → env → ``overrides``; ``environ``
+    replaces ``os.environ`` (the demo passes ``{}`` so a user's SCRM_* vars cannot redirect it)."""
+    settings = settings or load_settings(config_file, overrides, environ=environ)
+    install_secret_redaction(settings)
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = settings.app.secret_key or secrets.token_hex(32)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    app.extensions["scrm.settings"] = settings
+
+    from bot import inbox_setup, web
+
+    db = web.init_db(app, settings, upgrade=upgrade_db)
+    inbox_setup.init_app(app, settings, db, start_worker=start_worker)
+    web.init_app(app)
+    return app

@@ -1,0 +1,1 @@
+"""The durable callback inbox: webhook (verify, decrypt, store, ack), dispatcher, worker."""

@@ -1,0 +1,85 @@
+"""Handlers keyed by (MsgType, Event, ChangeType), registered by decorator.
+
+A handler is ``handler(event, ctx)``: ``event`` is wechatpy's parsed message object (an
+``UnknownMessage`` for types wechatpy does not know), ``ctx`` a :class:`HandlerContext`.
+Handlers for the exact key run first, then those registered without a ChangeType, then those
+registered for the whole MsgType; all run, in registration order, in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from bot.config import Settings
+
+Key = tuple[str, str | None, str | None]
+Handler = Callable[[Any, "HandlerContext"], None]
+_MARK = "__scrm_handler_keys__"
+
+
+@dataclass
+class HandlerContext:
+    session: Session
+    settings: Settings
+    fields: dict[str, Any]
+    inbox_event_id: int
+    clients: Any = None  # bot.wecom.client.WeComClients, when WeCom is configured
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("handlers"))
+
+
+def make_key(msg_type: str, event: str | None = None, change_type: str | None = None) -> Key:
+    return (msg_type.lower(), event.lower() if event else None, change_type.lower() if change_type else None)
+
+
+def on(msg_type: str, event: str | None = None, change_type: str | None = None) -> Callable[[Handler], Handler]:
+    """Mark a module-level function as a handler; :meth:`Dispatcher.register_module` picks it up."""
+
+    def mark(func: Handler) -> Handler:
+        keys = getattr(func, _MARK, [])
+        setattr(func, _MARK, [*keys, make_key(msg_type, event, change_type)])
+        return func
+
+    return mark
+
+
+class Dispatcher:
+    def __init__(self) -> None:
+        self._handlers: dict[Key, list[Handler]] = defaultdict(list)
+
+    def on(self, msg_type: str, event: str | None = None,
+           change_type: str | None = None) -> Callable[[Handler], Handler]:
+        def register(func: Handler) -> Handler:
+            self.add(make_key(msg_type, event, change_type), func)
+            return func
+
+        return register
+
+    def add(self, key: Key, func: Handler) -> None:
+        if func not in self._handlers[key]:
+            self._handlers[key].append(func)
+
+    def register_module(self, module: ModuleType) -> None:
+        for value in vars(module).values():
+            for key in getattr(value, _MARK, []):
+                self.add(key, value)
+
+    def handlers_for(self, msg_type: str, event: str | None, change_type: str | None) -> list[Handler]:
+        exact = make_key(msg_type, event, change_type)
+        chain = [exact, (exact[0], exact[1], None), (exact[0], None, None)]
+        seen: list[Handler] = []
+        for key in dict.fromkeys(chain):
+            for func in self._handlers.get(key, []):
+                if func not in seen:
+                    seen.append(func)
+        return seen
+
+    @property
+    def keys(self) -> list[Key]:
+        return sorted(self._handlers, key=lambda k: tuple(p or "" for p in k))

@@ -1,0 +1,163 @@
+"""Runs stored inbox events through the dispatcher, with retries and back-off.
+
+Each event is claimed with a conditional UPDATE (safe with several workers), handled in its own
+transaction, and marked handled / unhandled / failed (retried later) / dead (gave up). A failing
+event never blocks the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from wechatpy.work import parse_message
+
+from bot.config import Settings
+from bot.db import Database
+from bot.inbox.dispatcher import Dispatcher, HandlerContext
+from bot.inbox.xmlsafe import parse_flat_xml
+from bot.models import InboxEvent, utcnow
+
+logger = logging.getLogger(__name__)
+RUNNABLE = ("pending", "failed")
+
+
+class InboxProcessor:
+    def __init__(
+        self,
+        db: Database,
+        dispatcher: Dispatcher,
+        settings: Settings,
+        clients: Any = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.clients = clients
+        self.clock = clock
+
+    # ------------------------------------------------------------ batch
+
+    def run_once(self, limit: int | None = None) -> Counter[str]:
+        """Process what is due now; returns a count per resulting status."""
+        outcome: Counter[str] = Counter()
+        for event_id in self._due_ids(limit or self.settings.worker.batch_size):
+            status = self.process(event_id)
+            if status:
+                outcome[status] += 1
+        return outcome
+
+    def drain(self, max_rounds: int = 1000) -> Counter[str]:
+        """Process until nothing is due now (events waiting for a back-off stay waiting)."""
+        total: Counter[str] = Counter()
+        for _ in range(max_rounds):
+            outcome = self.run_once()
+            if not outcome:
+                break
+            total.update(outcome)
+        return total
+
+    def _due_ids(self, limit: int) -> list[int]:
+        now = self.clock()
+        with self.db.begin() as session:
+            return list(session.scalars(
+                select(InboxEvent.id).where(self._claimable(now)).order_by(InboxEvent.id).limit(limit)
+            ))
+
+    def _claimable(self, now: datetime) -> Any:
+        stale = now - timedelta(seconds=self.settings.worker.lease_seconds)
+        return or_(
+            and_(InboxEvent.status.in_(RUNNABLE),
+                 or_(InboxEvent.next_attempt_at.is_(None), InboxEvent.next_attempt_at <= now)),
+            and_(InboxEvent.status == "processing", InboxEvent.locked_at < stale),
+        )
+
+    # ------------------------------------------------------------ one event
+
+    def process(self, event_id: int) -> str | None:
+        """Claim and handle one event; returns its new status, or None if another worker has it."""
+        if not self._claim(event_id):
+            return None
+        with self.db.sessions() as session:
+            row = session.get(InboxEvent, event_id)
+            assert row is not None
+            payload, msg_type, event, change_type = row.payload, row.msg_type, row.event, row.change_type
+        handlers = self.dispatcher.handlers_for(msg_type, event, change_type)
+        if not handlers:
+            logger.info("inbox event %d (%s/%s/%s) has no handler; kept as unhandled",
+                        event_id, msg_type, event, change_type)
+            return self._finish(event_id, "unhandled")
+        try:
+            with self.db.begin() as session:
+                fields = parse_flat_xml(payload)
+                message = parse_message(payload)
+                ctx = HandlerContext(session=session, settings=self.settings, fields=fields,
+                                     inbox_event_id=event_id, clients=self.clients)
+                for handler in handlers:
+                    handler(message, ctx)
+        except Exception as exc:  # noqa: BLE001 - any handler error is recorded and retried
+            return self._fail(event_id, exc)
+        return self._finish(event_id, "handled")
+
+    def _claim(self, event_id: int) -> bool:
+        now = self.clock()
+        with self.db.begin() as session:
+            result = session.execute(
+                update(InboxEvent)
+                .where(InboxEvent.id == event_id, self._claimable(now))
+                .values(status="processing", locked_at=now, attempts=InboxEvent.attempts + 1)
+            )
+            return result.rowcount == 1
+
+    def _finish(self, event_id: int, status: str) -> str:
+        with self.db.begin() as session:
+            session.execute(
+                update(InboxEvent).where(InboxEvent.id == event_id).values(
+                    status=status, handled_at=self.clock(), locked_at=None, next_attempt_at=None, last_error=None)
+            )
+        return status
+
+    def _fail(self, event_id: int, exc: BaseException) -> str:
+        error = "".join(traceback.format_exception(exc)[-6:])[-4000:]
+        worker = self.settings.worker
+        with self.db.begin() as session:
+            row = session.get(InboxEvent, event_id)
+            assert row is not None
+            attempts = row.attempts
+            if attempts >= worker.max_attempts:
+                status, next_at = "dead", None
+            else:
+                delay = min(worker.backoff_base_seconds * 2 ** (attempts - 1), worker.backoff_max_seconds)
+                status, next_at = "failed", self.clock() + timedelta(seconds=delay)
+            row.status, row.last_error, row.next_attempt_at, row.locked_at = status, error, next_at, None
+        logger.error("inbox event %d failed (attempt %d, now %s): %s", event_id, attempts, status,
+                     f"{type(exc).__name__}: {exc}")
+        return status
+
+    # ------------------------------------------------------------ operator actions
+
+    def retry(self, event_id: int) -> InboxEvent:
+        """Make a failed or dead event due now (keeps its attempt count)."""
+        return self._reset(event_id, allowed=("failed", "dead", "unhandled"), reset_attempts=False)
+
+    def replay(self, event_id: int) -> InboxEvent:
+        """Run any event again from scratch, whatever its status."""
+        return self._reset(event_id, allowed=None, reset_attempts=True)
+
+    def _reset(self, event_id: int, allowed: tuple[str, ...] | None, reset_attempts: bool) -> InboxEvent:
+        with self.db.begin() as session:
+            row = session.get(InboxEvent, event_id)
+            if row is None:
+                raise LookupError(f"no inbox event {event_id}")
+            if allowed is not None and row.status not in allowed:
+                raise ValueError(f"inbox event {event_id} is {row.status}; retry takes {', '.join(allowed)} events")
+            row.status, row.next_attempt_at, row.locked_at = "pending", None, None
+            if reset_attempts:
+                row.attempts = 0
+            return row

@@ -1,0 +1,82 @@
+"""Storing decrypted callbacks exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from bot.models import InboxEvent, utcnow
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    event_id: int
+    duplicate: bool
+
+
+def dedupe_key(fields: dict[str, Any]) -> str:
+    """The identity of a callback across WeCom's retries.
+
+    Messages carry MsgId. Events do not, and CreateTime alone collides (many events share a second;
+    change_external_contact's FromUserName is always ``sys``), so an event's key is a digest of all
+    of its fields — event type, change type, every id and CreateTime among them. A retry resends
+    the same plaintext and so gets the same key; two real events differ in at least one field.
+    """
+    msg_id = fields.get("MsgId")
+    if msg_id:
+        scope = f"{fields.get('ToUserName', '')}|{fields.get('AgentID', '')}"
+        return f"msgid:{str(msg_id)[:64]}:{_digest(scope)[:16]}"
+    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return f"event:{_digest(canonical)}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def store_event(session: Session, fields: dict[str, Any], payload: str) -> StoreResult:
+    """Insert the event unless its key is already stored; count a duplicate delivery instead."""
+    key = dedupe_key(fields)
+    values = {
+        "dedupe_key": key,
+        "received_at": utcnow(),
+        # Authentic but odd (no MsgType, e.g. a suite's InfoType envelope): kept, and left unhandled.
+        "msg_type": str(fields.get("MsgType") or "unknown").lower()[:32],
+        "event": _optional_lower(fields.get("Event") or fields.get("InfoType"), 64),
+        "change_type": _optional_lower(fields.get("ChangeType"), 64),
+        "msg_id": str(fields["MsgId"])[:64] if fields.get("MsgId") else None,
+        "payload": payload,
+        "status": "pending",
+        "attempts": 0,
+        "duplicates": 0,
+    }
+    stmt = _insert_statement(session.get_bind().dialect.name)
+    inserted = session.connection().execute(stmt, values).scalar_one_or_none()
+    if inserted is not None:
+        return StoreResult(inserted, duplicate=False)
+    session.execute(
+        update(InboxEvent).where(InboxEvent.dedupe_key == key).values(duplicates=InboxEvent.duplicates + 1)
+    )
+    existing = session.execute(select(InboxEvent.id).where(InboxEvent.dedupe_key == key)).scalar_one()
+    return StoreResult(existing, duplicate=True)
+
+
+@lru_cache(maxsize=4)
+def _insert_statement(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, built once (SQLite and PostgreSQL)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = InboxEvent.__table__
+    return insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id)
+
+
+def _optional_lower(value: Any, limit: int) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value).lower()[:limit]

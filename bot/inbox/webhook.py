@@ -1,0 +1,95 @@
+"""``GET/POST /wecom/callback``: verify, decrypt, store durably, then answer 200.
+
+Nothing else happens on the request thread: the worker is only woken. No freshness rule is
+applied to ``timestamp`` because WeCom's retries resend the original, authentic request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from bot.inbox.crypto import CallbackRejected, Keyring
+from bot.inbox.store import store_event
+from bot.inbox.xmlsafe import UnsafeXML, parse_flat_xml
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("wecom_callback", __name__)
+
+
+@bp.errorhandler(CallbackRejected)
+def _rejected(exc: CallbackRejected) -> Response:
+    logger.warning("callback rejected (%s) from %s: %s", exc.status, request.remote_addr, exc.reason)
+    return Response(exc.reason, status=exc.status, mimetype="text/plain")
+
+
+@bp.get("/wecom/callback")
+def verify_url() -> Response:
+    signature, timestamp, nonce = _signature_params()
+    # echostr is base64; a '+' sent unescaped arrives as a space after URL decoding.
+    echostr = request.args.get("echostr", "").replace(" ", "+")
+    if not echostr:
+        raise CallbackRejected(400, "missing echostr")
+    plain = _keyring().verify_url(signature, timestamp, nonce, echostr)
+    return Response(plain, status=200, mimetype="text/plain")
+
+
+@bp.post("/wecom/callback")
+def receive() -> Response:
+    signature, timestamp, nonce = _signature_params()
+    envelope = _parse(_read_body(), "envelope")
+    encrypt = envelope.get("Encrypt")
+    if not isinstance(encrypt, str) or not encrypt:
+        raise CallbackRejected(400, "envelope has no <Encrypt>")
+    plain = _keyring().decrypt(encrypt, signature, timestamp, nonce)
+    fields = _parse(plain, "decrypted message")
+    db = current_app.extensions["scrm.db"]
+    with db.begin() as session:
+        result = store_event(session, fields, plain)
+    logger.info(
+        "callback %s stored as inbox event %d%s",
+        "/".join(str(fields.get(k)) for k in ("MsgType", "Event", "ChangeType") if fields.get(k)),
+        result.event_id,
+        " (duplicate delivery)" if result.duplicate else "",
+    )
+    if not result.duplicate and "scrm.worker" in current_app.extensions:
+        current_app.extensions["scrm.worker"].wake()
+    return Response("", status=200, mimetype="text/plain")
+
+
+def _keyring() -> Keyring:
+    return current_app.extensions["scrm.keyring"]
+
+
+def _signature_params() -> tuple[str, str, str]:
+    values = [request.args.get(name, "") for name in ("msg_signature", "timestamp", "nonce")]
+    if not all(values):
+        raise CallbackRejected(400, "msg_signature, timestamp and nonce are required")
+    if any(len(v) > 128 for v in values):
+        raise CallbackRejected(400, "signature parameters too long")
+    return values[0], values[1], values[2]
+
+
+def _read_body() -> bytes:
+    limit = current_app.extensions["scrm.settings"].webhook.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise CallbackRejected(413, f"body larger than {limit} bytes")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise CallbackRejected(413, f"body larger than {limit} bytes")
+    if not body:
+        raise CallbackRejected(400, "empty body")
+    return body
+
+
+def _parse(data: bytes | str, what: str) -> dict[str, Any]:
+    try:
+        if isinstance(data, bytes):
+            data.decode("utf-8")
+        return parse_flat_xml(data)
+    except UnicodeDecodeError:
+        raise CallbackRejected(400, f"{what} is not UTF-8") from None
+    except UnsafeXML as exc:
+        raise CallbackRejected(400, f"{what}: {exc}") from None

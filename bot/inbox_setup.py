@@ -1,0 +1,45 @@
+"""Wires the inbox: keyring, WeCom clients, dispatcher with every handler, processor, worker."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+import handlers
+from bot.config import Settings
+from bot.db import Database
+from bot.inbox.crypto import Keyring
+from bot.inbox.dispatcher import Dispatcher
+from bot.inbox.processor import InboxProcessor
+from bot.inbox.webhook import bp as webhook_bp
+from bot.inbox.worker import InboxWorker
+from bot.wecom.client import WeComClients, build_clients
+
+logger = logging.getLogger(__name__)
+
+
+def build_dispatcher() -> Dispatcher:
+    dispatcher = Dispatcher()
+    handlers.register_all(dispatcher)
+    return dispatcher
+
+
+def build_processor(settings: Settings, db: Database, clients: WeComClients | None = None) -> InboxProcessor:
+    if clients is None and settings.wecom.corp_id:
+        clients = build_clients(settings)
+    return InboxProcessor(db, build_dispatcher(), settings, clients=clients)
+
+
+def init_app(app: Flask, settings: Settings, db: Database, start_worker: bool | None = None) -> None:
+    app.extensions["scrm.keyring"] = Keyring.from_settings(settings.wecom)
+    processor = build_processor(settings, db)
+    app.extensions["scrm.processor"] = processor
+    app.register_blueprint(webhook_bp)
+    if not settings.wecom.token:
+        logger.warning("wecom.token is not set: /wecom/callback will refuse every request (503)")
+    run_worker = settings.worker.enabled if start_worker is None else start_worker
+    if run_worker:
+        worker = InboxWorker(processor, settings.worker.poll_seconds)
+        worker.start()
+        app.extensions["scrm.worker"] = worker

@@ -1,0 +1,25 @@
+"""Database wiring per app, and the small always-on routes (health)."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from sqlalchemy import text
+
+from bot.config import Settings
+from bot.db import Database
+
+
+def init_db(app: Flask, settings: Settings, upgrade: bool = True) -> Database:
+    db = Database(settings.database)
+    if upgrade:
+        db.upgrade()
+    app.extensions["scrm.db"] = db
+    return db
+
+
+def init_app(app: Flask) -> None:
+    @app.get("/healthz")
+    def healthz():  # type: ignore[no-untyped-def]
+        with app.extensions["scrm.db"].engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return jsonify(status="ok")

@@ -1,0 +1,17 @@
+"""Reactions to WeCom events, one module per event family.
+
+Every handler module is listed here, once: :func:`register_all` is the only place handlers are
+attached to a dispatcher.
+"""
+
+from __future__ import annotations
+
+from bot.inbox.dispatcher import Dispatcher
+from handlers import contacts
+
+MODULES = (contacts,)
+
+
+def register_all(dispatcher: Dispatcher) -> None:
+    for module in MODULES:
+        dispatcher.register_module(module)
