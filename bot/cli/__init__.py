@@ -1,0 +1,28 @@
+"""``scrm``: one click group per domain, mounted here."""
+
+from __future__ import annotations
+
+import click
+
+from bot.cli.context import CliContext
+from bot.cli.demo import demo
+from bot.cli.inbox import inbox
+from bot.cli.service import config_group, init, sandbox, serve, worker
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", envvar="SCRM_CONFIG", type=click.Path(dir_okay=False),
+              help="TOML config file (default: $SCRM_CONFIG; env vars SCRM_<SECTION>_<KEY> override it).")
+@click.pass_context
+def main(ctx: click.Context, config_file: str | None) -> None:
+    """wecom-scrm-bot: customer tiering for WeCom."""
+    ctx.obj = CliContext(config_file)
+
+
+main.add_command(init)
+main.add_command(serve)
+main.add_command(sandbox)
+main.add_command(demo)
+main.add_command(inbox)
+main.add_command(worker)
+main.add_command(config_group, "config")

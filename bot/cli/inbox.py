@@ -1,0 +1,88 @@
+"""``scrm inbox``: see stored callbacks and run them again."""
+
+from __future__ import annotations
+
+import click
+from sqlalchemy import select
+
+from bot.cli.context import CliContext, pass_cli, render_table
+from bot.inbox_setup import build_processor
+from bot.models import INBOX_STATUSES, InboxEvent
+
+
+@click.group(help="The callback inbox: every WeCom event as stored, and its processing status.")
+def inbox() -> None:
+    pass
+
+
+@inbox.command("list")
+@click.option("--status", type=click.Choice(INBOX_STATUSES), help="Only events in this status.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000))
+@pass_cli
+def list_events(cli: CliContext, status: str | None, limit: int) -> None:
+    """One line per event: id, received at, MsgType/Event/ChangeType, status (newest first)."""
+    query = select(InboxEvent).order_by(InboxEvent.id.desc()).limit(limit)
+    if status:
+        query = query.where(InboxEvent.status == status)
+    tz = cli.settings().tz
+    with cli.db().sessions() as session:
+        rows = [[e.id, e.received_at.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"), e.kind, e.status,
+                 e.attempts, e.duplicates, (e.last_error or "").strip().splitlines()[-1:][0][:60]
+                 if e.last_error else ""] for e in session.scalars(query)]
+    if not rows:
+        click.echo("no inbox events" + (f" with status {status}" if status else ""))
+        return
+    click.echo(render_table(["id", "received_at", "type", "status", "attempts", "dup", "last_error"], rows))
+
+
+@inbox.command("show")
+@click.argument("event_id", type=int)
+@pass_cli
+def show(cli: CliContext, event_id: int) -> None:
+    """Print one event: its fields, status, last error and the decrypted XML."""
+    with cli.db().sessions() as session:
+        event = session.get(InboxEvent, event_id)
+        if event is None:
+            raise click.ClickException(f"no inbox event {event_id}")
+        click.echo(f"id:          {event.id}\ntype:        {event.kind}\nstatus:      {event.status}\n"
+                   f"attempts:    {event.attempts}\nduplicates:  {event.duplicates}\n"
+                   f"received_at: {event.received_at.isoformat()}\nnext_try:    {event.next_attempt_at or '-'}")
+        if event.last_error:
+            click.echo(f"last_error:\n{event.last_error}")
+        click.echo(f"payload:\n{event.payload}")
+
+
+@inbox.command("retry")
+@click.argument("event_id", type=int)
+@click.option("--queue-only", is_flag=True, help="Only mark it due; let the running worker pick it up.")
+@pass_cli
+def retry(cli: CliContext, event_id: int, queue_only: bool) -> None:
+    """Run a failed, dead or unhandled event again now."""
+    _rerun(cli, event_id, queue_only, replay=False)
+
+
+@inbox.command("replay")
+@click.argument("event_id", type=int)
+@click.option("--queue-only", is_flag=True, help="Only mark it due; let the running worker pick it up.")
+@pass_cli
+def replay(cli: CliContext, event_id: int, queue_only: bool) -> None:
+    """Run any event again from scratch, even one already handled (handlers are idempotent)."""
+    _rerun(cli, event_id, queue_only, replay=True)
+
+
+def _rerun(cli: CliContext, event_id: int, queue_only: bool, replay: bool) -> None:
+    processor = build_processor(cli.settings(), cli.db())
+    try:
+        (processor.replay if replay else processor.retry)(event_id)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if queue_only:
+        click.echo(f"inbox event {event_id} queued")
+        return
+    status = processor.process(event_id) or "taken by another worker"
+    with cli.db().sessions() as session:
+        event = session.get(InboxEvent, event_id)
+        error = f": {event.last_error.strip().splitlines()[-1]}" if event and event.last_error else ""
+    click.echo(f"inbox event {event_id}: {status}{error}")

@@ -1,0 +1,116 @@
+"""``scrm init | serve | sandbox | config show``."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+
+import click
+from alembic.runtime.migration import MigrationContext
+
+from bot.cli.context import CliContext, pass_cli
+from bot.config import redact_url
+
+
+@click.command()
+@pass_cli
+def init(cli: CliContext) -> None:
+    """Create the database, or upgrade it to the newest schema."""
+    db = cli.db(upgrade=True)
+    with db.engine.connect() as conn:
+        revision = MigrationContext.configure(conn).get_current_revision()
+    click.echo(f"database {redact_url(db.url)} is at schema revision {revision}")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--no-worker", is_flag=True, help="Do not process the inbox in this process.")
+@pass_cli
+def serve(cli: CliContext, host: str, port: int, no_worker: bool) -> None:
+    """Run the web app (webhook, API). Embedded mode also runs the inbox worker in-process.
+    Creates or upgrades the database on start. For production use gunicorn 'bot.wsgi:app'."""
+    from werkzeug.serving import run_simple
+
+    from bot.app import create_app
+
+    app = create_app(settings=cli.settings(), start_worker=False if no_worker else None)
+    click.echo(f"webhook: http://{host}:{port}/wecom/callback   health: http://{host}:{port}/healthz")
+    run_simple(host, port, app, threaded=True, use_reloader=False)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8001, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--callback-url", default="http://127.0.0.1:8000/wecom/callback", show_default=True,
+              help="The bot's webhook, where encrypted callbacks are delivered.")
+@pass_cli
+def sandbox(cli: CliContext, host: str, port: int, callback_url: str) -> None:
+    """Serve a local WeCom: the API the bot calls, plus /_sandbox/ control endpoints.
+
+    Uses wecom.corp_id, token, encoding_aes_key and the secrets from the config; any that are
+    missing are generated and printed so the bot can be pointed at this sandbox."""
+    from werkzeug.serving import run_simple
+
+    from bot.sandbox import SandboxConfig, SandboxState, create_sandbox_app
+
+    w = cli.settings().wecom
+    cfg = SandboxConfig(
+        corp_id=w.corp_id or "ww" + _random(16).lower(),
+        token=w.token or _random(32),
+        encoding_aes_key=w.encoding_aes_key or _random(43),
+        secrets={},
+        agent_id=w.agent_id or 1000002,
+        callback_url=callback_url,
+    )
+    app_secret = w.secret or _random(43)
+    cfg.secrets = {app_secret: "app", (w.contact_secret or app_secret): "contact", (w.kf_secret or app_secret): "kf"}
+    app = create_sandbox_app(SandboxState(cfg))
+    click.echo("sandbox WeCom — point the bot at it with:")
+    env = {"SCRM_WECOM_API_BASE_URL": f"http://{host}:{port}/cgi-bin/", "SCRM_WECOM_CORP_ID": cfg.corp_id,
+           "SCRM_WECOM_AGENT_ID": str(cfg.agent_id)}
+    generated = {"SCRM_WECOM_TOKEN": (w.token, cfg.token), "SCRM_WECOM_ENCODING_AES_KEY": (w.encoding_aes_key,
+                 cfg.encoding_aes_key), "SCRM_WECOM_SECRET": (w.secret, app_secret)}
+    for name, (configured, value) in generated.items():
+        env[name] = "(from your config)" if configured else value
+    for name, value in env.items():
+        click.echo(f"  export {name}={value}")
+    click.echo(f"control API: http://{host}:{port}/_sandbox/   callbacks go to {callback_url}")
+    run_simple(host, port, app, threaded=True, use_reloader=False)
+
+
+def _random(length: int) -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+@click.group("config", help="Inspect the effective configuration.")
+def config_group() -> None:
+    pass
+
+
+@config_group.command("show")
+@pass_cli
+def config_show(cli: CliContext) -> None:
+    """Print the effective settings (defaults → file → env) with every secret masked."""
+    click.echo(json.dumps(cli.settings().redacted(), indent=2, ensure_ascii=False))
+
+
+@click.command()
+@pass_cli
+def worker(cli: CliContext) -> None:
+    """Process the inbox in the foreground (for deployments that keep web and worker apart)."""
+    import time
+
+    from bot.inbox_setup import build_processor
+
+    settings = cli.settings()
+    processor = build_processor(settings, cli.db())
+    click.echo(f"inbox worker polling every {settings.worker.poll_seconds}s (Ctrl-C to stop)")
+    try:
+        while True:
+            if not processor.run_once():
+                time.sleep(settings.worker.poll_seconds)
+    except KeyboardInterrupt:
+        click.echo("stopped")

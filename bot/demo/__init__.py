@@ -1,0 +1,1 @@
+"""``scrm demo``: a demo brand on SQLite talking to the local WeCom sandbox."""
