@@ -1,0 +1,145 @@
+"""Settings: defaults → TOML → env → overrides; bad values fail naming the key; secrets stay hidden."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, SecretRedactingFilter, load_settings
+
+AES = "A" * 43
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_need_no_server():
+    settings = load_settings(environ={})
+    assert settings.database.url.startswith("sqlite:///")
+    assert settings.redis.url == ""
+    assert settings.app.timezone == "Asia/Shanghai"
+    assert settings.wecom.api_base_url == "https://qyapi.weixin.qq.com/cgi-bin/"
+
+
+def test_precedence_defaults_file_env_overrides(tmp_path):
+    path = write(tmp_path, '[app]\ntimezone = "Europe/Berlin"\nlog_level = "DEBUG"\n'
+                           '[wecom]\ncorp_id = "wwfile"\nagent_id = 7\n[worker]\nmax_attempts = 4\n')
+    env = {"SCRM_WECOM_CORP_ID": "wwenv", "SCRM_WORKER_MAX_ATTEMPTS": "6", "SCRM_WORKER_ENABLED": "false"}
+    settings = load_settings(path, overrides={"worker": {"max_attempts": 9}}, environ=env)
+    assert settings.app.timezone == "Europe/Berlin"  # file over default
+    assert settings.app.log_level == "DEBUG"
+    assert settings.wecom.corp_id == "wwenv"  # env over file
+    assert settings.wecom.agent_id == 7
+    assert settings.worker.max_attempts == 9  # overrides over env
+    assert settings.worker.enabled is False  # env string parsed as bool
+
+
+def test_config_file_from_scrm_config_env(tmp_path):
+    path = write(tmp_path, '[database]\nurl = "sqlite:///elsewhere.db"\n')
+    assert load_settings(environ={"SCRM_CONFIG": str(path)}).database.url == "sqlite:///elsewhere.db"
+
+
+def test_documented_env_names_are_read():
+    env = {"SCRM_DATABASE_URL": "postgresql://u:pw@db/scrm", "SCRM_REDIS_URL": "redis://localhost:6379/0",
+           "SCRM_WECOM_CORP_ID": "ww1", "SCRM_WECOM_TOKEN": "tok", "SCRM_WECOM_ENCODING_AES_KEY": AES,
+           "SCRM_WECOM_SECRET": "s3cr3t-value", "SCRM_WECOM_AGENT_ID": "1000002",
+           "SCRM_WECOM_API_BASE_URL": "http://127.0.0.1:8001/cgi-bin", "SCRM_APP_SECRET_KEY": "k" * 20,
+           "SCRM_APP_TIMEZONE": "Asia/Tokyo"}
+    s = load_settings(environ=env)
+    assert (s.database.url, s.redis.url, s.wecom.corp_id, s.wecom.token, s.wecom.encoding_aes_key) == (
+        "postgresql://u:pw@db/scrm", "redis://localhost:6379/0", "ww1", "tok", AES)
+    assert (s.wecom.secret, s.wecom.agent_id, s.app.secret_key, s.app.timezone) == (
+        "s3cr3t-value", 1000002, "k" * 20, "Asia/Tokyo")
+    assert s.wecom.api_base_url == "http://127.0.0.1:8001/cgi-bin/"  # trailing slash added
+
+
+@pytest.mark.parametrize("source,key", [
+    ({"SCRM_APP_TIMEZONE": "Mars/Olympus"}, "app.timezone"),
+    ({"SCRM_WECOM_AGENT_ID": "twelve"}, "wecom.agent_id"),
+    ({"SCRM_WECOM_ENCODING_AES_KEY": "short", "SCRM_WECOM_TOKEN": "t", "SCRM_WECOM_CORP_ID": "c"},
+     "wecom.encoding_aes_key"),
+    ({"SCRM_WECOM_TOKEN": "has space", "SCRM_WECOM_ENCODING_AES_KEY": AES, "SCRM_WECOM_CORP_ID": "c"}, "wecom.token"),
+    ({"SCRM_WECOM_TOKEN": "tok", "SCRM_WECOM_ENCODING_AES_KEY": AES}, "wecom.corp_id"),
+    ({"SCRM_WECOM_TOKEN": "tok", "SCRM_WECOM_CORP_ID": "c"}, "wecom.encoding_aes_key"),
+    ({"SCRM_DATABASE_URL": "mysql://x/y"}, "database.url"),
+    ({"SCRM_DATABASE_URL": "not a url"}, "database.url"),
+    ({"SCRM_REDIS_URL": "http://localhost"}, "redis.url"),
+    ({"SCRM_WECOM_API_BASE_URL": "ftp://x"}, "wecom.api_base_url"),
+    ({"SCRM_WORKER_ENABLED": "maybe"}, "worker.enabled"),
+    ({"SCRM_WORKER_POLL_SECONDS": "0"}, "worker.poll_seconds"),
+    ({"SCRM_WEBHOOK_MAX_BODY_BYTES": "-1"}, "webhook.max_body_bytes"),
+    ({"SCRM_APP_LOG_LEVEL": "LOUD"}, "app.log_level"),
+])
+def test_invalid_values_fail_naming_the_key(source, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(environ=source)
+
+
+def test_unknown_keys_and_sections_in_the_file_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"wecom\.corpid"):
+        load_settings(write(tmp_path, '[wecom]\ncorpid = "typo"\n'), environ={})
+    with pytest.raises(ConfigError, match=r"\[wechat\]"):
+        load_settings(write(tmp_path, '[wechat]\nx = 1\n'), environ={})
+
+
+def test_unreadable_files_fail_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml", environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[app\n"), environ={})
+
+
+def test_wrong_type_in_file_names_key_without_echoing_a_secret(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, "[wecom]\nsecret = 12.5\n"), environ={})
+    assert "wecom.secret" in str(info.value) and "12.5" not in str(info.value)
+
+
+def test_secrets_are_masked_in_repr_and_redacted_dict():
+    s = load_settings(environ={"SCRM_WECOM_SECRET": "topsecretvalue", "SCRM_APP_SECRET_KEY": "flask-key-123",
+                               "SCRM_DATABASE_URL": "postgresql://scrm:dbpassword@db/scrm"})
+    text = repr(s) + repr(s.wecom) + str(s.redacted())
+    for secret in ("topsecretvalue", "flask-key-123", "dbpassword"):
+        assert secret not in text
+    assert s.redacted()["wecom"]["secret"] == "***"
+
+
+def test_secret_values_are_scrubbed_from_log_lines(caplog):
+    s = load_settings(environ={"SCRM_WECOM_SECRET": "topsecretvalue"})
+    logger = logging.getLogger("test.redaction")
+    with caplog.at_level(logging.INFO):
+        caplog.handler.addFilter(SecretRedactingFilter(s.secret_values()))
+        logger.info("GET /cgi-bin/gettoken?corpid=ww&corpsecret=%s", "topsecretvalue")
+        try:
+            raise RuntimeError("failed with topsecretvalue")
+        except RuntimeError:
+            logger.exception("oops")
+    assert "topsecretvalue" not in caplog.text
+    assert "corpsecret=***" in caplog.text
+
+
+def test_app_start_with_bad_config_fails_naming_the_key(database_url):
+    from bot.app import create_app
+
+    with pytest.raises(ConfigError, match="app.timezone"):
+        create_app({"database": {"url": database_url}, "app": {"timezone": "Nowhere/City"}}, environ={})
+
+
+def test_example_config_documents_every_key_and_loads():
+    import tomllib
+    from dataclasses import fields
+
+    from bot.config import Settings
+
+    path = Path(__file__).parent.parent / "config.example.toml"
+    example = tomllib.loads(path.read_text(encoding="utf-8"))
+    settings = load_settings(path, environ={})
+    for section in fields(Settings):
+        documented = set(example.get(section.name, {}))
+        assert documented == {f.name for f in fields(getattr(settings, section.name))}, section.name
+    assert settings == load_settings(environ={})  # the example shows the defaults

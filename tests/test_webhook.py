@@ -1,0 +1,243 @@
+"""The webhook verifies, decrypts, stores once, and answers 200 — and refuses everything else."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import xmltodict
+from sqlalchemy import func, select
+from wechatpy.utils import WeChatSigner
+from wechatpy.work.crypto import WeChatCrypto
+
+from bot.app import create_app
+from bot.models import InboxEvent
+from bot.sandbox.delivery import encrypt_callback, event_xml
+from bot.sandbox.state import SandboxState
+from tests.support import Callbacks, contact_event, random_text
+
+
+def stored(db: Any) -> list[InboxEvent]:
+    with db.sessions() as session:
+        return list(session.scalars(select(InboxEvent).order_by(InboxEvent.id)))
+
+
+def count(db: Any) -> int:
+    with db.sessions() as session:
+        return session.scalar(select(func.count()).select_from(InboxEvent)) or 0
+
+
+def test_event_is_stored_then_acknowledged_with_empty_200(callbacks, db):
+    response = callbacks.post(contact_event(State="teststate", WelcomeCode="WELCOMECODE"))
+    assert response.status_code == 200
+    assert response.data in (b"", b"success")
+    [event] = stored(db)
+    assert (event.msg_type, event.event, event.change_type, event.status) == (
+        "event", "change_external_contact", "add_external_contact", "pending")
+    assert "<WelcomeCode><![CDATA[WELCOMECODE]]></WelcomeCode>" in event.payload
+
+
+def test_url_verification_answers_the_plain_echostr(client, corp):
+    crypto = WeChatCrypto(corp.token, corp.encoding_aes_key, corp.corp_id)
+    reply = xmltodict.parse(crypto.encrypt_message("8364923749823749", "777", "1700000000"))["xml"]
+    response = client.get("/wecom/callback", query_string={
+        "msg_signature": reply["MsgSignature"], "timestamp": "1700000000", "nonce": "777",
+        "echostr": reply["Encrypt"]})
+    assert response.status_code == 200
+    assert response.data == b"8364923749823749"
+    assert response.mimetype == "text/plain"
+
+
+def test_echostr_with_unescaped_plus_still_verifies(client, corp):
+    crypto = WeChatCrypto(corp.token, corp.encoding_aes_key, corp.corp_id)
+    for attempt in range(200):  # find an echostr whose base64 contains '+'
+        reply = xmltodict.parse(crypto.encrypt_message(f"echo{attempt}", "1", "1700000000"))["xml"]
+        if "+" in reply["Encrypt"]:
+            break
+    else:
+        pytest.fail("no ciphertext with '+' found")
+    raw_query = (f"msg_signature={reply['MsgSignature']}&timestamp=1700000000&nonce=1&"
+                 f"echostr={reply['Encrypt']}")  # '+' left unescaped: arrives as a space
+    response = client.get(f"/wecom/callback?{raw_query}")
+    assert response.status_code == 200
+    assert response.data == f"echo{attempt}".encode()
+
+
+def test_same_event_delivered_twice_is_stored_once(callbacks, db, processor):
+    event = contact_event(ChangeType="del_follow_user")
+    assert callbacks.post(event, nonce="1").status_code == 200
+    assert callbacks.post(event, nonce="2", timestamp="1700000005").status_code == 200  # a retry
+    assert count(db) == 1
+    assert stored(db)[0].duplicates == 1
+
+
+def test_message_retries_dedupe_on_msgid(callbacks, db):
+    message = {"ToUserName": "corp", "FromUserName": "lisi", "CreateTime": 1, "MsgType": "text",
+               "Content": "hi", "MsgId": "4363689963896700987", "AgentID": 1}
+    callbacks.post(message)
+    callbacks.post({**message, "CreateTime": 2})  # same MsgId wins over a different CreateTime
+    assert count(db) == 1
+
+
+@pytest.mark.parametrize("difference", [
+    {"ExternalUserID": "wmOTHER"},
+    {"UserID": "lisi"},
+    {"ChangeType": "edit_external_contact"},
+    {"Event": "change_external_tag", "Id": "et1", "TagType": "tag", "ChangeType": "create"},
+])
+def test_distinct_events_in_the_same_second_are_all_kept(callbacks, db, difference):
+    base = contact_event()
+    callbacks.post(base)
+    callbacks.post({**base, **difference})
+    assert count(db) == 2
+
+
+def test_kf_callbacks_with_distinct_tokens_are_distinct(callbacks, db):
+    kf = {"ToUserName": "corp", "CreateTime": 1348831860, "MsgType": "event", "Event": "kf_msg_or_event",
+          "Token": "ENCApHxnGDNAVNY4AaSJKj4Tb5mwsEMzxhFmHVGcra996NR", "OpenKfId": "wkxxxxxxx"}
+    callbacks.post(kf)
+    callbacks.post({**kf, "Token": "ENCother"})
+    assert count(db) == 2
+
+
+def test_old_timestamp_is_not_rejected(callbacks, db):
+    assert callbacks.post(contact_event(), timestamp="1403610513").status_code == 200
+    assert count(db) == 1
+
+
+def bad_signature(callbacks) -> Any:
+    query, body = callbacks.sign(contact_event())
+    query["msg_signature"] = "0" * 40
+    return callbacks.client.post("/wecom/callback", query_string=query, data=body, content_type="text/xml")
+
+
+def tampered_body(callbacks) -> Any:
+    query, body = callbacks.sign(contact_event())
+    return callbacks.client.post("/wecom/callback", query_string=query, data=body.replace("<Encrypt><![CDATA[",
+                                 "<Encrypt><![CDATA[A"), content_type="text/xml")
+
+
+def wrong_corp(callbacks) -> Any:
+
+    other = SandboxState(replace(callbacks.corp, corp_id="wwsomeoneelse"))
+    body, signature = encrypt_callback(other, event_xml(contact_event()), "1700000000", "9")
+    return callbacks.client.post("/wecom/callback", data=body, content_type="text/xml",
+                                 query_string={"msg_signature": signature, "timestamp": "1700000000", "nonce": "9"})
+
+
+def wrong_token(callbacks) -> Any:
+    other = SandboxState(replace(callbacks.corp, token="SomeOtherToken"))
+    body, signature = encrypt_callback(other, event_xml(contact_event()), "1700000000", "9")
+    return callbacks.client.post("/wecom/callback", data=body, content_type="text/xml",
+                                 query_string={"msg_signature": signature, "timestamp": "1700000000", "nonce": "9"})
+
+
+def oversize(callbacks) -> Any:
+    query, _ = callbacks.sign(contact_event())
+    return callbacks.client.post("/wecom/callback", query_string=query, data=b"<xml>" + b"x" * 300_000 + b"</xml>",
+                                 content_type="text/xml")
+
+
+def doctype_envelope(callbacks) -> Any:
+    query, body = callbacks.sign(contact_event())
+    evil = '<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY a "aaaa">]>' + body
+    return callbacks.client.post("/wecom/callback", query_string=query, data=evil, content_type="text/xml")
+
+
+def doctype_inside_encryption(callbacks) -> Any:
+    inner = ('<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]>'
+             "<xml><MsgType>event</MsgType><Event>&lol2;</Event></xml>")
+    return callbacks.post(inner)
+
+
+def external_entity(callbacks) -> Any:
+    inner = '<!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]><xml><MsgType>&x;</MsgType></xml>'
+    return callbacks.post(inner)
+
+
+def missing_params(callbacks) -> Any:
+    _, body = callbacks.sign(contact_event())
+    return callbacks.client.post("/wecom/callback", data=body, content_type="text/xml")
+
+
+def not_xml(callbacks) -> Any:
+    query, _ = callbacks.sign(contact_event())
+    return callbacks.client.post("/wecom/callback", query_string=query, data=b'{"Encrypt": "x"}')
+
+
+def garbage_ciphertext(callbacks) -> Any:
+    """Correctly signed, but the Encrypt text is not valid AES/base64 (only a token holder can do this)."""
+    encrypt = "not*base64!"
+    signer = WeChatSigner()
+    signer.add_data(callbacks.corp.token, "1700000000", "5", encrypt)
+    body = f"<xml><ToUserName>c</ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+    return callbacks.client.post("/wecom/callback", data=body, content_type="text/xml",
+                                 query_string={"msg_signature": signer.signature, "timestamp": "1700000000",
+                                               "nonce": "5"})
+
+
+def latin1_body(callbacks) -> Any:
+    query, _ = callbacks.sign(contact_event())
+    return callbacks.client.post("/wecom/callback", query_string=query, data="<xml><Encrypt>é</Encrypt></xml>"
+                                 .encode("latin-1"), content_type="text/xml")
+
+
+@pytest.mark.parametrize("attack,status", [
+    (bad_signature, 403), (wrong_token, 403), (tampered_body, 403), (wrong_corp, 403), (oversize, 413),
+    (doctype_envelope, 400), (doctype_inside_encryption, 400), (external_entity, 400), (missing_params, 400),
+    (not_xml, 400), (garbage_ciphertext, 400), (latin1_body, 400),
+])
+def test_bad_requests_get_4xx_a_log_line_and_store_nothing(callbacks, db, caplog, attack, status):
+    with caplog.at_level(logging.WARNING, logger="bot.inbox.webhook"):
+        response = attack(callbacks)
+    assert response.status_code == status
+    assert count(db) == 0
+    assert any("callback rejected" in r.getMessage() for r in caplog.records)
+
+
+def test_authentic_event_without_msgtype_is_kept_not_refused(callbacks, db, processor):
+    """Losing an authentic callback is worse than storing an odd one: it is kept as unhandled."""
+    assert callbacks.post({"ToUserName": "c", "InfoType": "change_external_contact", "TimeStamp": 1}).status_code == 200
+    assert processor.run_once() == {"unhandled": 1}
+    assert stored(db)[0].msg_type == "unknown" and stored(db)[0].event == "change_external_contact"
+
+
+def test_url_verification_with_wrong_signature_is_refused(client, callbacks):
+    query, _ = callbacks.sign(contact_event())
+    response = client.get("/wecom/callback", query_string={**query, "echostr": "AAAA"})
+    assert response.status_code == 403
+
+
+def test_rejection_log_never_contains_secrets(callbacks, caplog, corp):
+    with caplog.at_level(logging.DEBUG):
+        bad_signature(callbacks)
+        callbacks.post(contact_event())
+    text = caplog.text
+    assert corp.token not in text and corp.encoding_aes_key not in text
+
+
+def test_second_callback_configuration_is_accepted(overrides, corp):
+    """客户联系's own callback settings (a second Token/EncodingAESKey) verify as well."""
+
+    contact_corp = replace(corp, token=random_text(20), encoding_aes_key=random_text(43))
+    settings = {**overrides, "wecom": {**overrides["wecom"], "contact_token": contact_corp.token,
+                                       "contact_encoding_aes_key": contact_corp.encoding_aes_key}}
+    app = create_app(settings, environ={}, start_worker=False)
+    try:
+        assert Callbacks(app.test_client(), contact_corp).post(contact_event()).status_code == 200
+        assert Callbacks(app.test_client(), corp).post(contact_event(UserID="x")).status_code == 200
+    finally:
+        app.extensions["scrm.db"].dispose()
+
+
+def test_unconfigured_webhook_refuses_with_503(database_url, callbacks):
+
+    app = create_app({"database": {"url": database_url}}, environ={}, start_worker=False)
+    try:
+        query, body = callbacks.sign(contact_event())
+        response = app.test_client().post("/wecom/callback", query_string=query, data=body)
+        assert response.status_code == 503
+    finally:
+        app.extensions["scrm.db"].dispose()

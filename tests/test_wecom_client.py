@@ -1,0 +1,158 @@
+"""The WeCom client against the sandbox: base URL, token cache, refresh, back-off, roles, added APIs."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import requests
+from wechatpy.exceptions import WeChatClientException
+
+from bot.config import load_settings
+from bot.wecom.client import WeComClient, build_clients
+from tests.support import REDIS_URL, secret_for
+
+
+def calls(sandbox, path: str | None = None) -> list[dict[str, Any]]:
+    return requests.get(f"{sandbox.url}/_sandbox/calls", params={"path": path} if path else None, timeout=5).json()
+
+
+def control(sandbox, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    response = requests.post(f"{sandbox.url}/_sandbox/{path}", json=payload, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+@pytest.fixture
+def settings(corp, sandbox):
+    return load_settings(overrides={"wecom": {"corp_id": corp.corp_id, "secret": secret_for(corp, "app"),
+                                              "contact_secret": secret_for(corp, "contact"),
+                                              "api_base_url": f"{sandbox.url}/cgi-bin/", "busy_backoff_seconds": 0.5,
+                                              "agent_id": corp.agent_id}}, environ={})
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def clients(settings, sleeps):
+    return build_clients(settings, sleep=sleeps.append)
+
+
+@pytest.fixture
+def seeded(sandbox):
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan"}],
+                              "contacts": [{"userid": "zhangsan", "external_userid": "wmA", "name": "李四"}],
+                              "kf_accounts": [{"open_kfid": "wkA", "name": "客服"}]})
+
+
+def test_all_calls_go_to_the_configured_base_url_with_one_token(clients, sandbox, seeded):
+    clients.contact.external_contact.get("wmA")
+    clients.contact.external_contact.get("wmA")
+    clients.contact.external_contact.get_follow_user_list()
+    paths = [c["path"] for c in calls(sandbox)]
+    assert paths == ["gettoken", "externalcontact/get", "externalcontact/get", "externalcontact/get_follow_user_list"]
+
+
+def test_each_app_role_uses_its_own_secret(clients, sandbox, seeded, corp):
+    clients.contact.external_contact.get("wmA")
+    clients.app.message.send_text(corp.agent_id, "zhangsan", "hello")
+    roles = {c["path"]: c["role"] for c in calls(sandbox)}
+    assert roles["externalcontact/get"] == "contact"
+    assert roles["message/send"] == "app"
+    assert clients.kf is clients.app  # no separate kf secret configured: the self-built app's
+
+
+def test_expired_token_is_refreshed_once_and_the_call_repeated(clients, sandbox, seeded):
+    clients.contact.external_contact.get("wmA")
+    control(sandbox, "tokens/expire", {})
+    assert clients.contact.external_contact.get("wmA")["external_contact"]["name"] == "李四"
+    assert [(c["path"], c["errcode"]) for c in calls(sandbox)] == [
+        ("gettoken", 0), ("externalcontact/get", 0), ("externalcontact/get", 42001), ("gettoken", 0),
+        ("externalcontact/get", 0)]
+
+
+def test_token_errors_do_not_loop_forever(clients, sandbox, seeded):
+    control(sandbox, "faults", {"path": "externalcontact/get", "errcode": 40014, "count": 5})
+    with pytest.raises(WeChatClientException) as info:
+        clients.contact.external_contact.get("wmA")
+    assert info.value.errcode == 40014
+    assert len(calls(sandbox, "externalcontact/get")) == 2
+
+
+@pytest.mark.parametrize("errcode", [45009, -1])
+def test_busy_answers_back_off_and_retry(clients, sandbox, seeded, sleeps, errcode):
+    control(sandbox, "faults", {"path": "externalcontact/get", "errcode": errcode, "count": 2})
+    assert clients.contact.external_contact.get("wmA")["external_contact"]["external_userid"] == "wmA"
+    assert sleeps == [0.5, 1.0]
+
+
+def test_busy_retries_are_bounded(clients, sandbox, seeded, sleeps):
+    control(sandbox, "faults", {"path": "externalcontact/get", "errcode": 45009, "count": 10})
+    with pytest.raises(WeChatClientException) as info:
+        clients.contact.external_contact.get("wmA")
+    assert info.value.errcode == 45009 and len(sleeps) == 3
+
+
+def test_wrong_secret_is_an_error_not_a_retry_loop(settings, sandbox):
+    client = WeComClient(settings.wecom.corp_id, "wrong-secret", api_base_url=settings.wecom.api_base_url)
+    with pytest.raises(WeChatClientException) as info:
+        client.external_contact.get("wmA")
+    assert info.value.errcode == 40001
+
+
+def test_kf_sync_msg_takes_open_kfid_and_pages_with_cursor(clients, sandbox, seeded):
+    for text in ("你好", "多少钱", "谢谢"):
+        token = control(sandbox, "kf/text", {"open_kfid": "wkA", "external_userid": "wmA", "content": text})["token"]
+    pages = list(clients.kf.kf.gen_sync_msg(token=token, open_kfid="wkA", limit=2))
+    assert [len(p["msg_list"]) for p in pages] == [2, 1]
+    assert [m["text"]["content"] for p in pages for m in p["msg_list"]] == ["你好", "多少钱", "谢谢"]
+    body = calls(sandbox, "kf/sync_msg")[0]["body"]
+    assert body["open_kfid"] == "wkA" and body["token"] == token and "cursor" not in body
+    resumed = clients.kf.kf.sync_msg(token=token, open_kfid="wkA", cursor=pages[0]["next_cursor"])
+    assert [m["text"]["content"] for m in resumed["msg_list"]] == ["谢谢"]
+
+
+def test_remark_groupmsg_moments_and_oauth(clients, sandbox, seeded):
+    ec = clients.contact.external_contact
+    ec.remark("zhangsan", "wmA", remark="VIP 李四", description="likes tea")
+    assert ec.get("wmA")["follow_user"][0]["remark"] == "VIP 李四"
+    with pytest.raises(ValueError):
+        ec.remark("zhangsan", "wmA", remark="x" * 21)
+    msgid = ec.add_msg_template({"external_userid": ["wmA"], "sender": "zhangsan", "text": {"content": "hi"}})["msgid"]
+    assert ec.get_groupmsg_task(msgid)["task_list"] == [{"userid": "zhangsan", "status": 0}]
+    assert list(ec.gen_groupmsg_send_result(msgid, "zhangsan"))[0]["external_userid"] == "wmA"
+    for _ in range(3):
+        ec.remind_groupmsg_send(msgid)
+    with pytest.raises(WeChatClientException):
+        ec.remind_groupmsg_send(msgid)  # at most 3 per 24 h
+    assert clients.contact.moment.get_moment_list(0, 86400)["moment_list"] == []
+    with pytest.raises(ValueError):
+        clients.contact.moment.get_moment_list(0, 31 * 86400)
+    assert clients.app.oauth.get_user_info("code-for-zhangsan")["userid"] == "zhangsan"
+    assert [c["path"] for c in calls(sandbox) if c["path"].startswith("auth/")] == ["auth/getuserinfo"]
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="SCRM_TEST_REDIS_URL not set (CI sets it)")
+def test_redis_token_cache_is_shared_between_processes(corp, sandbox, seeded):
+    import redis
+
+    prefix = "scrmtest" + os.urandom(4).hex()
+    settings = load_settings(overrides={
+        "redis": {"url": REDIS_URL, "key_prefix": prefix},
+        "wecom": {"corp_id": corp.corp_id, "secret": secret_for(corp, "app"),
+                  "contact_secret": secret_for(corp, "contact"), "api_base_url": f"{sandbox.url}/cgi-bin/"}},
+        environ={})
+    try:
+        build_clients(settings).contact.external_contact.get("wmA")
+        build_clients(settings).contact.external_contact.get("wmA")  # a second process: same Redis
+        assert [c["path"] for c in calls(sandbox)].count("gettoken") == 1
+        keys = [k.decode() for k in redis.Redis.from_url(REDIS_URL).keys(f"{prefix}:*")]
+        assert keys and not any(secret_for(corp, "contact")[:10] in k for k in keys)
+    finally:
+        r = redis.Redis.from_url(REDIS_URL)
+        for key in r.keys(f"{prefix}:*"):
+            r.delete(key)
