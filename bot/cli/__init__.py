@@ -17,6 +17,7 @@ from bot.cli.service import config_group, init, sandbox, serve, worker
 def main(ctx: click.Context, config_file: str | None) -> None:
     """wecom-scrm-bot: customer tiering for WeCom."""
     ctx.obj = CliContext(config_file)
+    ctx.call_on_close(ctx.obj.close)
 
 
 main.add_command(init)

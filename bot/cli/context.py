@@ -26,6 +26,11 @@ class CliContext:
             install_secret_redaction(self._settings)
         return self._settings
 
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
     def db(self, upgrade: bool = True) -> Database:
         if self._db is None:
             self._db = Database(self.settings().database)
