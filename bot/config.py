@@ -343,6 +343,10 @@ def _check_positive(key: str, value: float) -> None:
 # ---------------------------------------------------------------- logging
 
 
+# Short-lived credentials have no configured value to match, so they are masked by name in URLs.
+_CREDENTIAL_PARAM = re.compile(r"\b(access_token|corpsecret|jsapi_ticket|ticket|code)=[^&\s\"']+")
+
+
 class SecretRedactingFilter(logging.Filter):
     """Replace every configured secret value in a log record with ``***``."""
 
@@ -351,8 +355,6 @@ class SecretRedactingFilter(logging.Filter):
         self.secrets = sorted(set(secrets), key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         message = self._scrub(record.getMessage())
         record.msg, record.args = message, None
         if record.exc_info and not record.exc_text:
@@ -364,7 +366,7 @@ class SecretRedactingFilter(logging.Filter):
     def _scrub(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "***")
-        return text
+        return _CREDENTIAL_PARAM.sub(r"\1=***", text)
 
 
 def install_secret_redaction(settings: Settings) -> None:

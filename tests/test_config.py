@@ -119,8 +119,9 @@ def test_secret_values_are_scrubbed_from_log_lines(caplog):
             raise RuntimeError("failed with topsecretvalue")
         except RuntimeError:
             logger.exception("oops")
-    assert "topsecretvalue" not in caplog.text
-    assert "corpsecret=***" in caplog.text
+        logger.info("GET /cgi-bin/externalcontact/get?external_userid=wm1&access_token=sbx_Token123 200")
+    assert "topsecretvalue" not in caplog.text and "sbx_Token123" not in caplog.text
+    assert "corpsecret=***" in caplog.text and "access_token=***" in caplog.text
 
 
 def test_app_start_with_bad_config_fails_naming_the_key(database_url):
