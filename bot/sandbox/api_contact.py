@@ -195,12 +195,17 @@ def add_msg_template(call: Call) -> dict[str, Any]:
     return {"msgid": msgid, "fail_list": fail_list}
 
 
-@endpoint("POST", "externalcontact/get_groupmsg_task")
-def get_groupmsg_task(call: Call) -> dict[str, Any]:
+def _mass_message(call: Call) -> dict[str, Any]:
     (msgid,) = call.require("msgid")
     message = call.state.mass_messages.get(msgid)
     if message is None:
         raise WeComError(40058, "invalid msgid")
+    return message
+
+
+@endpoint("POST", "externalcontact/get_groupmsg_task")
+def get_groupmsg_task(call: Call) -> dict[str, Any]:
+    message = _mass_message(call)
     senders = {message["sender"]} if message["sender"] else {
         u for e in message["external_userid"] for u in call.state.follows.get(e, {})}
     return {"task_list": [{"userid": u, "status": 0} for u in sorted(senders)], "next_cursor": ""}
@@ -208,10 +213,8 @@ def get_groupmsg_task(call: Call) -> dict[str, Any]:
 
 @endpoint("POST", "externalcontact/get_groupmsg_send_result")
 def get_groupmsg_send_result(call: Call) -> dict[str, Any]:
-    msgid, userid = call.require("msgid", "userid")
-    message = call.state.mass_messages.get(msgid)
-    if message is None:
-        raise WeComError(40058, "invalid msgid")
+    (userid,) = call.require("userid")
+    message = _mass_message(call)
     rows = [{"external_userid": e, "userid": userid, "status": 0 if userid in call.state.follows.get(e, {}) else 2}
             for e in message["external_userid"]]
     return {"send_list": rows, "next_cursor": ""}
@@ -219,10 +222,7 @@ def get_groupmsg_send_result(call: Call) -> dict[str, Any]:
 
 @endpoint("POST", "externalcontact/remind_groupmsg_send")
 def remind_groupmsg_send(call: Call) -> dict[str, Any]:
-    (msgid,) = call.require("msgid")
-    message = call.state.mass_messages.get(msgid)
-    if message is None:
-        raise WeComError(40058, "invalid msgid")
+    message = _mass_message(call)
     recent = [t for t in message["reminders"] if call.state.now() - t < 86400]
     if len(recent) >= 3:
         raise WeComError(41063, "at most 3 reminders per mass message in 24 hours")
