@@ -8,12 +8,13 @@ this module in clear: ``repr`` and :meth:`Settings.redacted` mask them, and
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,6 +89,39 @@ class WorkerSettings:
     lease_seconds: float = 300.0
 
 
+def _default_value_rules() -> list[dict[str, Any]]:
+    # Seed 000's worked example: high = amount > 1000 and orders > 5 and activity high; mid = the
+    # 500–1000 / 3–5 band extended upward (a big spender who is less active is not called low).
+    return [
+        {"name": "high", "amount_gt": 1000, "orders_gt": 5, "activity_in": ["high"]},
+        {"name": "mid", "amount_gte": 500, "orders_gte": 3, "activity_in": ["high", "mid"]},
+    ]
+
+
+def _default_activity_weights() -> dict[str, int]:
+    return {"kf_message": 1, "moment_like": 1, "moment_comment": 2, "campaign_reply": 2, "coupon_redeem": 3,
+            "added": 1}
+
+
+@dataclass(frozen=True)
+class TiersSettings:
+    value_rules: list[dict[str, Any]] = field(default_factory=_default_value_rules)
+    value_default: str = "low"
+    stage_path: str = "ecommerce"
+    super_min_orders: int = 6
+    super_min_amount: float = 0.0
+    intent_tags: list[str] = field(default_factory=lambda: ["意向客户", "已报价"])
+    activity_window_days: int = 30
+    activity_weights: dict[str, int] = field(default_factory=_default_activity_weights)
+    activity_high: int = 8
+    activity_mid: int = 3
+    active_days: int = 30
+    silent_days: int = 90
+    score_weight_r: int = 1
+    score_weight_f: int = 1
+    score_weight_m: int = 1
+
+
 @dataclass(frozen=True)
 class Settings:
     app: AppSettings = field(default_factory=AppSettings)
@@ -96,6 +130,7 @@ class Settings:
     wecom: WeComSettings = field(default_factory=WeComSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    tiers: TiersSettings = field(default_factory=TiersSettings)
 
     def __repr__(self) -> str:
         return f"Settings({self.redacted()!r})"
@@ -140,7 +175,8 @@ def _masked_repr(self: Any) -> str:
     return f"{type(self).__name__}({', '.join(parts)})"
 
 
-for _section_cls in (AppSettings, DatabaseSettings, RedisSettings, WeComSettings, WebhookSettings, WorkerSettings):
+for _section_cls in (AppSettings, DatabaseSettings, RedisSettings, WeComSettings, WebhookSettings, WorkerSettings,
+                     TiersSettings):
     _section_cls.__repr__ = _masked_repr  # type: ignore[method-assign]
 
 
@@ -233,9 +269,14 @@ def _build(raw: dict[str, dict[str, Any]]) -> Settings:
         kwargs = {}
         for f in fields(cls):
             if f.name in raw[section]:
-                kwargs[f.name] = _coerce(f"{section}.{f.name}", raw[section][f.name], type(f.default))
+                kwargs[f.name] = _coerce(f"{section}.{f.name}", raw[section][f.name], _field_kind(f))
         built[section] = cls(**kwargs)
     return Settings(**built)
+
+
+def _field_kind(f: Any) -> type:
+    default = f.default_factory() if f.default is MISSING else f.default
+    return type(default)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -262,6 +303,14 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
                 return float(value)
             except ValueError:
                 pass
+    elif kind in (list, dict):
+        if isinstance(value, str):  # from an env var: JSON
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"{key} must be JSON when given as an environment variable") from None
+        if isinstance(value, kind):
+            return value
     elif kind is str:
         if isinstance(value, str):
             return value.strip()
@@ -296,6 +345,12 @@ def validate(settings: Settings) -> None:
     for f in fields(settings.worker):
         if f.name != "enabled":
             _check_positive(f"worker.{f.name}", getattr(settings.worker, f.name))
+    from segments.policy import PolicyError, TierPolicy
+
+    try:
+        TierPolicy.from_settings(settings.tiers)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_wecom(w: WeComSettings) -> None:

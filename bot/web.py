@@ -18,6 +18,10 @@ def init_db(app: Flask, settings: Settings, upgrade: bool = True) -> Database:
 
 
 def init_app(app: Flask) -> None:
+    from bot.api import bp as api_bp
+
+    app.register_blueprint(api_bp)
+
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]
         with app.extensions["scrm.db"].engine.connect() as conn:

@@ -8,6 +8,8 @@ from bot.cli.context import CliContext
 from bot.cli.demo import demo
 from bot.cli.inbox import inbox
 from bot.cli.service import config_group, init, sandbox, serve, worker
+from bot.cli.tiers import customer_group, export_group, import_customers_cmd, import_orders_cmd, retier_cmd
+from bot.cli.tokens import token_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,3 +29,9 @@ main.add_command(demo)
 main.add_command(inbox)
 main.add_command(worker)
 main.add_command(config_group, "config")
+main.add_command(import_orders_cmd)
+main.add_command(import_customers_cmd)
+main.add_command(retier_cmd)
+main.add_command(customer_group)
+main.add_command(export_group)
+main.add_command(token_group)

@@ -75,6 +75,10 @@ def _report(run: demo_run.DemoRun, burst: dict, drained: bool) -> None:
                              "waiting"], demo_run.inbox_table(run, deliveries)))
     click.echo("\nWeCom API calls the bot made (recorded by the sandbox):")
     click.echo(render_table(["endpoint", "errcode", "calls"], demo_run.api_calls_table(run)))
+    result, rows = demo_run.retier_table(run)
+    click.echo(f"\nRe-tiered {result.customers} customers in {result.seconds:.2f}s (SQL over per-customer "
+               "aggregates; `scrm customer show ID` explains one):")
+    click.echo(render_table(["dimension", "value", "customers"], rows))
     counts = demo_run.database_counts(run)
     click.echo(f"\ndatabase now holds {counts['customers']} customers and {counts['orders']} orders. "
                "kf and tag events are stored and kept as 'unhandled' until their handlers exist "

@@ -12,6 +12,7 @@ SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何林罗高"
 GIVEN = ["伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "洋", "艳",
          "勇", "军", "杰", "娟", "涛", "明", "超", "秀英", "霞", "平"]
 CHANNELS = ["store_qr", "live_0618", "wechat_ad", "friend_referral", ""]
+INTERACTION_KINDS = ["kf_message", "kf_message", "moment_like", "moment_comment", "coupon_redeem"]
 
 
 @dataclass
@@ -19,6 +20,7 @@ class DemoData:
     staff: list[dict] = field(default_factory=list)
     customers: list[dict] = field(default_factory=list)
     orders: list[dict] = field(default_factory=list)
+    interactions: list[dict] = field(default_factory=list)
 
 
 def external_userid(seed: int, index: int) -> str:
@@ -45,7 +47,12 @@ def generate(customers: int, seed: int = 7, staff: int = 20, now: datetime | Non
             else None,
         }
         data.customers.append(customer)
-        for _ in range(_order_count(rng)):
+        orders = _order_count(rng)
+        for j in range(_interaction_count(rng, orders)):
+            data.interactions.append({"external_userid": customer["external_userid"],
+                                      "kind": rng.choice(INTERACTION_KINDS), "source_ref": f"demo-{index}-{j}",
+                                      "occurred_at": now - timedelta(days=rng.uniform(0, 60) ** 1.2 / 2)})
+        for _ in range(orders):
             order_seq += 1
             paid_at = added_at + (now - added_at) * rng.random() ** 0.5
             data.orders.append({
@@ -56,6 +63,13 @@ def generate(customers: int, seed: int = 7, staff: int = 20, now: datetime | Non
                 "status": "refunded" if rng.random() < 0.03 else "paid",
             })
     return data
+
+
+def _interaction_count(rng: random.Random, orders: int) -> int:
+    """Buyers talk more; most customers are quiet."""
+    if rng.random() < 0.5:
+        return 0
+    return min(30, int(rng.expovariate(1 / (2 + 2 * orders))))
 
 
 def _order_count(rng: random.Random) -> int:

@@ -78,7 +78,7 @@ def start(database_url: str) -> tuple[DemoRun, SandboxState]:
 def seed(run: DemoRun, customers: int, progress: bool) -> tuple[demo_data.DemoData, dict[str, int]]:
     data = demo_data.generate(customers)
     with run.app.extensions["scrm.db"].begin() as session:
-        counts = load_database(session, data, progress=progress)
+        counts = load_database(session, data, run.app.extensions["scrm.settings"].tz, progress=progress)
     requests.post(f"{run.sandbox.url}/_sandbox/seed", json=sandbox_seed(data, OPEN_KFID), timeout=60).raise_for_status()
     return data, counts
 
@@ -199,6 +199,27 @@ def database_counts(run: DemoRun) -> dict[str, int]:
     with run.app.extensions["scrm.db"].sessions() as session:
         return {"customers": session.scalar(select(func.count()).select_from(Customer)) or 0,
                 "orders": session.scalar(select(func.count()).select_from(Order)) or 0}
+
+
+def retier_table(run: DemoRun) -> tuple[Any, list[list[Any]]]:
+    """Re-tier the demo brand as of today and count customers per RFM segment and value tier."""
+    from datetime import datetime
+
+    from segments.policy import TierPolicy
+    from segments.retier import retier, tier_counts
+    from segments.rfm import SEGMENT_NAMES
+
+    settings = run.app.extensions["scrm.settings"]
+    with run.app.extensions["scrm.db"].begin() as session:
+        result = retier(session, TierPolicy.from_settings(settings.tiers), datetime.now(settings.tz).date(),
+                        settings.tz)
+        counts = tier_counts(session)
+    rows = [["rfm_segment", f"{SEGMENT_NAMES[code]} {code}", counts["rfm_segment"].get(code, 0)]
+            for code in SEGMENT_NAMES]
+    rows.append(["rfm_segment", "- (no paid order)", counts["rfm_segment"].get(None, 0)])
+    for dimension in ("value_tier", "stage", "engagement"):
+        rows += [[dimension, value, n] for value, n in sorted(counts[dimension].items(), key=lambda kv: -kv[1])]
+    return result, rows
 
 
 def latency_summary(latencies: list[float]) -> str:

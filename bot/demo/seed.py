@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from bot.demo.data import DemoData
-from bot.models import Customer, CustomerAggregate, Follow, Order, Staff
+from bot.models import Customer, Follow, Interaction, Staff
+from segments.orders import OrderRow, OrderWriter
 
 CHUNK = 1000
 
@@ -20,7 +22,7 @@ def _chunks(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield rows[start:start + CHUNK]
 
 
-def load_database(session: Session, data: DemoData, progress: bool = True) -> dict[str, int]:
+def load_database(session: Session, data: DemoData, tz: ZoneInfo, progress: bool = True) -> dict[str, int]:
     total = len(data.staff) + 2 * len(data.customers) + len(data.orders)
     with tqdm(total=total, desc="seeding database", unit="row", disable=not progress) as bar:
         session.execute(insert(Staff), [{"userid": s["userid"], "name": s["name"]} for s in data.staff])
@@ -38,36 +40,21 @@ def load_database(session: Session, data: DemoData, progress: bool = True) -> di
         for chunk in _chunks(follow_rows):
             session.execute(insert(Follow), chunk)
             bar.update(len(chunk))
-        order_rows = [{"order_id": o["order_id"], "customer_id": customer_ids[o["external_userid"]],
-                       "amount_fen": o["amount_fen"], "paid_at": o["paid_at"], "status": o["status"]}
-                      for o in data.orders]
-        for chunk in _chunks(order_rows):
-            session.execute(insert(Order), chunk)
-            bar.update(len(chunk))
-    rebuild_aggregates(session)
+        interaction_rows = [{"customer_id": customer_ids[i["external_userid"]], "kind": i["kind"],
+                             "occurred_at": i["occurred_at"], "source_ref": i["source_ref"]}
+                            for i in data.interactions]
+        for chunk in _chunks(interaction_rows):
+            session.execute(insert(Interaction), chunk)
+        latest = (select(func.max(Interaction.occurred_at)).where(Interaction.customer_id == Customer.id)
+                  .scalar_subquery())
+        session.execute(update(Customer).values(last_interaction_at=latest))
+        writer = OrderWriter(session)
+        rows = [OrderRow(o["order_id"], o["external_userid"], o["amount_fen"], o["paid_at"],
+                         o["paid_at"].astimezone(tz).date().toordinal(), o["status"]) for o in data.orders]
+        for start in range(0, len(rows), CHUNK * 10):
+            writer.write(rows[start:start + CHUNK * 10])
+            bar.update(len(rows[start:start + CHUNK * 10]))
     return {"staff": len(data.staff), "customers": len(data.customers), "orders": len(data.orders)}
-
-
-def rebuild_aggregates(session: Session) -> None:
-    """Recompute every customer's order aggregate in one INSERT … SELECT … GROUP BY."""
-    paid = Order.status == "paid"
-    refunded = Order.status == "refunded"
-    summary = (
-        select(
-            Order.customer_id,
-            func.count().filter(paid),
-            func.coalesce(func.sum(Order.amount_fen).filter(paid), 0),
-            func.count().filter(refunded),
-            func.coalesce(func.sum(Order.amount_fen).filter(refunded), 0),
-            func.min(Order.paid_at).filter(paid),
-            func.max(Order.paid_at).filter(paid),
-            func.max(Order.updated_at),
-        ).group_by(Order.customer_id)
-    )
-    session.execute(delete(CustomerAggregate))
-    session.execute(insert(CustomerAggregate).from_select(
-        ["customer_id", "order_count", "paid_amount_fen", "refund_count", "refunded_amount_fen", "first_order_at",
-         "last_order_at", "updated_at"], summary))
 
 
 def sandbox_seed(data: DemoData, open_kfid: str) -> dict[str, Any]:

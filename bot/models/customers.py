@@ -59,6 +59,7 @@ class Customer(Base):
     stage: Mapped[str | None] = mapped_column(String(32))
     engagement: Mapped[str | None] = mapped_column(String(32))
     activity: Mapped[str | None] = mapped_column(String(32))
+    activity_score: Mapped[int | None]
     tiered_at: Mapped[datetime | None]
     last_interaction_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -110,6 +111,8 @@ class CustomerAggregate(Base):
     refunded_amount_fen: Mapped[int] = mapped_column(default=0)
     first_order_at: Mapped[datetime | None]
     last_order_at: Mapped[datetime | None]
+    first_order_day: Mapped[int | None]
+    last_order_day: Mapped[int | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     def __repr__(self) -> str:

@@ -48,7 +48,10 @@ class Interaction(Base):
     ``source_ref`` makes an interaction recordable once (e.g. moment id + customer)."""
 
     __tablename__ = "interactions"
-    __table_args__ = (Index("ix_interactions_customer_id_occurred_at", "customer_id", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_interactions_customer_id_occurred_at", "customer_id", "occurred_at"),
+        Index("ix_interactions_occurred_at", "occurred_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))

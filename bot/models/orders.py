@@ -21,6 +21,8 @@ class Order(Base):
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     amount_fen: Mapped[int]
     paid_at: Mapped[datetime]
+    # The local calendar day of paid_at (date.toordinal() in app.timezone): recency is whole local days.
+    paid_day: Mapped[int]
     status: Mapped[str] = mapped_column(String(16), default="paid")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

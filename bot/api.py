@@ -1,0 +1,113 @@
+"""REST API (``/api/v1``): bearer tokens created with ``scrm token create``; orders in."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.models import ApiToken, utcnow
+from segments.orders import OrderRow, OrderWriter, RowError, parse_order
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+MAX_ORDERS_PER_REQUEST = 10_000
+MAX_BODY_BYTES = 8 * 1024 * 1024
+TOKEN_PREFIX = "scrm_"
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh token and the digest that is stored (the token itself is shown once, never stored)."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return token, token_digest(token)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> tuple[Response, int]:
+    logger.info("API %s %s refused (%d): %s", request.method, request.path, exc.status, exc.message)
+    return jsonify(error=exc.message), exc.status
+
+
+def _authenticate(session: Session) -> ApiToken:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
+    digest = token_digest(token.strip())
+    found = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == digest))
+    if found is None or found.revoked_at is not None or not hmac.compare_digest(found.token_sha256, digest):
+        raise ApiError(401, "invalid or revoked token")
+    found.last_used_at = utcnow()
+    return found
+
+
+def _orders_payload() -> list[Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    payload = request.get_json(silent=True)
+    if isinstance(payload, dict) and "orders" in payload:
+        payload = payload["orders"]
+    if not isinstance(payload, list):
+        raise ApiError(400, "body must be a JSON list of orders (or {\"orders\": [...]})")
+    if len(payload) > MAX_ORDERS_PER_REQUEST:
+        raise ApiError(413, f"at most {MAX_ORDERS_PER_REQUEST} orders per request")
+    return payload
+
+
+@bp.post("/orders")
+def post_orders() -> Response:
+    """Each order: order_id, external_userid, amount (元), paid_at (ISO 8601 with offset), status.
+    Answers one result per order, in order: inserted / updated / unchanged / error."""
+    settings = current_app.extensions["scrm.settings"]
+    db = current_app.extensions["scrm.db"]
+    with db.begin() as session:
+        _authenticate(session)
+        payload = _orders_payload()
+        results: list[dict[str, Any]] = []
+        batch: dict[str, tuple[int, OrderRow]] = {}
+        writer = OrderWriter(session)
+        for index, item in enumerate(payload):
+            try:
+                if not isinstance(item, dict):
+                    raise RowError("each order must be a JSON object")
+                row = parse_order(item, settings.tz)
+            except RowError as exc:
+                results.append({"index": index, "order_id": item.get("order_id") if isinstance(item, dict) else None,
+                                "result": "error", "error": str(exc)})
+                continue
+            if row.order_id in batch:
+                _flush(writer, batch, results)
+            batch[row.order_id] = (index, row)
+            results.append({"index": index, "order_id": row.order_id, "result": None})
+        _flush(writer, batch, results)
+    summary: dict[str, int] = {}
+    for item in results:
+        summary[item["result"]] = summary.get(item["result"], 0) + 1
+    return jsonify(results=results, summary=summary)
+
+
+def _flush(writer: OrderWriter, batch: dict[str, tuple[int, OrderRow]], results: list[dict[str, Any]]) -> None:
+    if not batch:
+        return
+    outcome = writer.write([row for _, row in batch.values()], keep_outcomes=True)
+    by_index = {index: outcome.outcomes[row.order_id] for index, row in batch.values()}
+    for item in results:
+        if item["result"] is None and item["index"] in by_index:
+            item["result"] = by_index[item["index"]]
+    batch.clear()

@@ -1,0 +1,147 @@
+"""``scrm import-orders | import-customers | retier | customer show | export customers``."""
+
+from __future__ import annotations
+
+import sys
+from datetime import date, datetime
+from pathlib import Path
+
+import click
+from sqlalchemy import select
+from tqdm import tqdm
+
+from bot.cli.context import CliContext, pass_cli, render_table
+from bot.models import Customer
+from segments.export import export_customers
+from segments.imports import ImportFailed, ImportSummary, import_customers, import_orders
+from segments.policy import TierPolicy
+from segments.retier import DIMENSIONS, retier, tier_counts
+from segments.rfm import SEGMENT_NAMES
+
+SHOWN_ERRORS = 20
+
+
+def _import(cli: CliContext, path: Path, importer, what: str, progress: bool) -> ImportSummary:  # type: ignore[no-untyped-def]
+    settings = cli.settings()
+    size = path.stat().st_size if path.exists() else 0
+    with tqdm(total=size, unit="B", unit_scale=True, desc=f"importing {what}", disable=not progress) as bar:
+        def advance(position: int) -> None:
+            bar.update(max(0, position - bar.n))
+
+        try:
+            with cli.db().begin() as session:
+                return importer(session, path, settings.tz, advance)
+        except ImportFailed as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _report(summary: ImportSummary, errors_out: Path | None) -> None:
+    click.echo(f"read {summary.read}, inserted {summary.inserted}, updated {summary.updated}, "
+               f"unchanged {summary.unchanged}, skipped {summary.skipped}"
+               + (f", new customer stubs {summary.customers_created}" if summary.customers_created else ""))
+    for line, reason in summary.errors[:SHOWN_ERRORS]:
+        click.echo(f"  line {line}: {reason}")
+    if summary.skipped > SHOWN_ERRORS:
+        click.echo(f"  … {summary.skipped - SHOWN_ERRORS} more skipped rows"
+                   + ("" if errors_out else " (--errors-out FILE lists them)"))
+    if errors_out:
+        errors_out.write_text("".join(f"{line},{reason}\n" for line, reason in summary.errors), encoding="utf-8")
+
+
+@click.command("import-orders")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--errors-out", type=click.Path(dir_okay=False, path_type=Path), help="Write skipped rows' reasons here.")
+@click.option("--no-progress", is_flag=True)
+@pass_cli
+def import_orders_cmd(cli: CliContext, file: Path, errors_out: Path | None, no_progress: bool) -> None:
+    """Import orders: order_id,external_userid,amount,paid_at[,status] (amount in 元, paid_at ISO 8601
+    with offset, status paid|refunded). Idempotent on order_id; bad rows are skipped and reported."""
+    _report(_import(cli, file, import_orders, "orders", not no_progress), errors_out)
+
+
+@click.command("import-customers")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--errors-out", type=click.Path(dir_okay=False, path_type=Path), help="Write skipped rows' reasons here.")
+@click.option("--no-progress", is_flag=True)
+@pass_cli
+def import_customers_cmd(cli: CliContext, file: Path, errors_out: Path | None, no_progress: bool) -> None:
+    """Import customers: external_userid,name,follow_userid,added_at[,birthday]."""
+    _report(_import(cli, file, import_customers, "customers", not no_progress), errors_out)
+
+
+def _as_of(value: str | None, cli: CliContext) -> date:
+    if value is None:
+        return datetime.now(cli.settings().tz).date()
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("use YYYY-MM-DD", param_hint="--as-of") from None
+
+
+@click.command("retier")
+@click.option("--as-of", "as_of_text", help="Local date to tier as of (default: today in app.timezone).")
+@pass_cli
+def retier_cmd(cli: CliContext, as_of_text: str | None) -> None:
+    """Recompute every customer's tiers in SQL and print counts before and after."""
+    settings = cli.settings()
+    as_of = _as_of(as_of_text, cli)
+    policy = TierPolicy.from_settings(settings.tiers)
+    with cli.db().begin() as session:
+        before = tier_counts(session)
+        result = retier(session, policy, as_of, settings.tz)
+        after = tier_counts(session)
+    click.echo(f"re-tiered {result.customers} customers as of {as_of.isoformat()} in {result.seconds:.2f}s: "
+               f"{result.updated} rows written, changes: "
+               + ", ".join(f"{d} {n}" for d, n in result.changes.items()))
+    rows = []
+    for dimension in DIMENSIONS:
+        for value in sorted(set(before[dimension]) | set(after[dimension]), key=lambda v: (v is None, v or "")):
+            label = SEGMENT_NAMES.get(value or "", "") if dimension == "rfm_segment" else ""
+            rows.append([dimension, f"{value or '-'} {label}".strip(), before[dimension].get(value, 0),
+                         after[dimension].get(value, 0)])
+    click.echo(render_table(["dimension", "value", "before", "after"], rows))
+
+
+@click.group("customer", help="Look at one customer.")
+def customer_group() -> None:
+    pass
+
+
+@customer_group.command("show")
+@click.argument("customer_ref")
+@click.option("--as-of", "as_of_text", help="Local date to explain as of (default: today).")
+@pass_cli
+def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) -> None:
+    """Print a customer's metrics, each tier dimension and why (CUSTOMER_REF: external_userid or id)."""
+    from segments.explain import explain
+
+    settings = cli.settings()
+    with cli.db().sessions() as session:
+        query = select(Customer).where(Customer.external_userid == customer_ref)
+        customer = session.scalar(query)
+        if customer is None and customer_ref.isdigit():
+            customer = session.get(Customer, int(customer_ref))
+        if customer is None:
+            raise click.ClickException(f"no customer {customer_ref}")
+        for line in explain(session, customer, TierPolicy.from_settings(settings.tiers), _as_of(as_of_text, cli),
+                            settings.tz):
+            click.echo(line)
+
+
+@click.group("export", help="Export data as CSV.")
+def export_group() -> None:
+    pass
+
+
+@export_group.command("customers")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout).")
+@pass_cli
+def export_customers_cmd(cli: CliContext, out: Path | None) -> None:
+    """Customers with tiers, scores, order totals and tags."""
+    with cli.db().sessions() as session:
+        if out is None:
+            export_customers(session, sys.stdout)
+            return
+        with out.open("w", encoding="utf-8", newline="") as fh:
+            count = export_customers(session, fh)
+    click.echo(f"wrote {count} customers to {out}")

@@ -1,0 +1,82 @@
+"""Why a customer sits where it does: metrics, each dimension's value, and the rule behind it."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bot.models import Customer, Interaction
+from segments.money import fen_to_yuan
+from segments.policy import TierPolicy
+from segments.retier import local_midnight_utc, metrics_source
+from segments.rfm import SEGMENT_NAMES, population_stats, quintile_of, segment_of
+
+
+def explain(session: Session, customer: Customer, policy: TierPolicy, as_of: date, tz: ZoneInfo) -> list[str]:
+    as_of_day = as_of.toordinal()
+    metrics = metrics_source(session, as_of_day, tz)
+    stats = population_stats(session, metrics)
+    row = session.execute(select(metrics).where(metrics.c.customer_id == customer.id)).one_or_none()
+    orders, amount, last_day = (int(row.order_count), int(row.paid_amount_fen), row.last_order_day) if row and \
+        row.order_count else (0, 0, None)
+    activity_score = _activity_score(session, customer.id, policy, as_of, tz)
+    activity = "high" if activity_score >= policy.activity_high else "mid" if activity_score >= policy.activity_mid \
+        else "low"
+    lines = [f"customer {customer.external_userid} {customer.name or ''}".rstrip(),
+             f"as of {as_of.isoformat()} (stored values from the last re-tier are shown in brackets)",
+             f"metrics: {orders} paid orders, {fen_to_yuan(amount)} 元 paid"
+             + (f", last paid order {date.fromordinal(last_day).isoformat()}" if last_day else "")]
+    lines += _rfm_lines(orders, amount, last_day, as_of_day, stats, customer)
+    lines.append(_value_line(policy, amount, orders, activity, customer))
+    lines.append(f"stage: {customer.stage or '-'} ({orders} paid orders; path {policy.stage_path}, "
+                 f"super from {policy.super_min_orders} orders)")
+    lines.append(f"activity: {activity} [{customer.activity or '-'}] — score {activity_score} in the last "
+                 f"{policy.activity_window_days} days (high ≥ {policy.activity_high}, mid ≥ {policy.activity_mid})")
+    lines.append(f"engagement: {customer.engagement or '-'} — active if an order or interaction within "
+                 f"{policy.active_days} days, silent within {policy.silent_days}, else churned")
+    return lines
+
+
+def _rfm_lines(orders: int, amount: int, last_day: int | None, as_of_day: int, stats: Any,
+               customer: Customer) -> list[str]:
+    if not orders or last_day is None or not stats.n:
+        return ["RFM: no segment (no paid orders)"]
+    r_days = as_of_day - last_day
+    mean_r, mean_f, mean_m = stats.mean_r_days(as_of_day), stats.sum_orders / stats.n, stats.sum_amount_fen / stats.n
+    r_high, f_high = last_day * stats.n > stats.sum_last_day, orders * stats.n > stats.sum_orders
+    m_high = amount * stats.n > stats.sum_amount_fen
+    segment = segment_of(last_day, orders, amount, stats)
+    return [
+        f"R {'high' if r_high else 'low'}: last order {r_days} days ago, mean {mean_r:.1f} "
+        f"(score {quintile_of(last_day, stats.cuts_last_day)}/5)",
+        f"F {'high' if f_high else 'low'}: {orders} paid orders, mean {mean_f:.2f} "
+        f"(score {quintile_of(orders, stats.cuts_orders)}/5)",
+        f"M {'high' if m_high else 'low'}: {fen_to_yuan(amount)} 元, mean {mean_m / 100:.2f} "
+        f"(score {quintile_of(amount, stats.cuts_amount_fen)}/5)",
+        f"RFM segment: {SEGMENT_NAMES[segment]} {segment} [{customer.rfm_segment or '-'}], "
+        f"customer score [{customer.score if customer.score is not None else '-'}]/100",
+    ]
+
+
+def _value_line(policy: TierPolicy, amount: int, orders: int, activity: str, customer: Customer) -> str:
+    for rule in policy.value_rules:
+        if rule.matches(amount, orders, activity):
+            return f"value tier: {rule.name} [{customer.value_tier or '-'}] — {rule.describe()}"
+    missed = "; ".join(f"{r.name} needs {r.describe()}" for r in policy.value_rules)
+    return f"value tier: {policy.value_default} [{customer.value_tier or '-'}] — no rule matched ({missed})"
+
+
+def _activity_score(session: Session, customer_id: int, policy: TierPolicy, as_of: date, tz: ZoneInfo) -> int:
+    from datetime import timedelta
+
+    from sqlalchemy import case
+
+    start = local_midnight_utc(as_of - timedelta(days=policy.activity_window_days - 1), tz)
+    end = local_midnight_utc(as_of + timedelta(days=1), tz)
+    weight = case(*[(Interaction.kind == k, w) for k, w in policy.activity_weights], else_=0)
+    return int(session.scalar(select(func.coalesce(func.sum(weight), 0)).where(
+        Interaction.customer_id == customer_id, Interaction.occurred_at >= start, Interaction.occurred_at < end)) or 0)

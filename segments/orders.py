@@ -1,0 +1,279 @@
+"""Orders in: validation of one row, and set-based writes that keep per-customer aggregates exact.
+
+A batch is written with a handful of statements: customer stubs for unknown ids, one lookup of the
+batch's order ids, inserts, updates, and aggregate maintenance — deltas for new orders, a recompute
+from the order table only for customers whose existing orders changed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from bot.models import Customer, CustomerAggregate, Order, utcnow
+from segments.money import number_to_fen, yuan_to_fen
+
+MAX_ID_LENGTH = 128
+STATUSES = ("paid", "refunded")
+IN_CHUNK = 900  # ids per IN (...) list: well under SQLite's bound-parameter limit
+
+
+class RowError(ValueError):
+    """One input row is invalid; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    order_id: str
+    external_userid: str
+    amount_fen: int
+    paid_at: datetime  # aware, UTC
+    paid_day: int  # local calendar day, date.toordinal()
+    status: str
+
+
+def parse_order(record: Mapping[str, Any], tz: ZoneInfo, now: datetime | None = None) -> OrderRow:
+    """Validate one order given as strings (CSV) or JSON values; raises RowError naming the field."""
+    order_id = _identifier(record.get("order_id"), "order_id")
+    external_userid = _identifier(record.get("external_userid"), "external_userid")
+    amount_fen = _amount(record.get("amount"))
+    paid_at = _timestamp(record.get("paid_at"), now or datetime.now(UTC))
+    status = str(record.get("status") or "paid").strip().lower()
+    if status not in STATUSES:
+        raise RowError(f"status must be paid or refunded, got {status!r}")
+    return OrderRow(order_id, external_userid, amount_fen, paid_at.astimezone(UTC),
+                    paid_at.astimezone(tz).date().toordinal(), status)
+
+
+_IDENTIFIER = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")  # MAX_ID_LENGTH
+
+
+def _identifier(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RowError(f"{name} is empty")
+    text = value.strip()
+    if not _IDENTIFIER.fullmatch(text):
+        raise RowError(f"{name} must be at most {MAX_ID_LENGTH} characters without spaces or control characters")
+    return text
+
+
+def _amount(value: Any) -> int:
+    try:
+        if isinstance(value, str):
+            return yuan_to_fen(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return number_to_fen(value)
+    except ValueError as exc:
+        raise RowError(f"amount: {exc}") from None
+    raise RowError(f"amount must be a non-negative number of 元, got {value!r}")
+
+
+def _timestamp(value: Any, now: datetime) -> datetime:
+    if not isinstance(value, str) or not value.strip():
+        raise RowError("paid_at is empty")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise RowError(f"paid_at is not an ISO 8601 time: {value.strip()[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise RowError("paid_at needs a UTC offset (e.g. 2024-05-01T10:00:00+08:00)")
+    if moment > now + timedelta(days=1):
+        raise RowError("paid_at is in the future")
+    if moment.year < 1990:
+        raise RowError("paid_at is before 1990")
+    return moment
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+@dataclass
+class WriteResult:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    customers_created: int = 0
+    outcomes: dict[str, str] = field(default_factory=dict)  # order_id → inserted / updated / unchanged
+
+
+class OrderWriter:
+    """Writes batches of parsed orders into one session. Rows of one batch must have distinct
+    order ids (callers flush before a repeat)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.dialect = session.get_bind().dialect.name
+        self._customer_ids: dict[str, int] = {}
+
+    def write(self, rows: list[OrderRow], keep_outcomes: bool = False) -> WriteResult:
+        result = WriteResult()
+        if not rows:
+            return result
+        result.customers_created = self._ensure_customers({r.external_userid for r in rows})
+        existing = self._existing({r.order_id for r in rows})
+        new_rows, changed, recompute = [], [], set()
+        for row in rows:
+            customer_id = self._customer_ids[row.external_userid]
+            old = existing.get(row.order_id)
+            if old is None:
+                new_rows.append((row, customer_id))
+                outcome = "inserted"
+            elif _same(old, row, customer_id):
+                outcome = "unchanged"
+            else:
+                changed.append({"oid": old["id"], "customer_id": customer_id, "amount_fen": row.amount_fen,
+                                "paid_at": row.paid_at, "paid_day": row.paid_day, "status": row.status})
+                recompute.update((old["customer_id"], customer_id))
+                outcome = "updated"
+            setattr(result, outcome, getattr(result, outcome) + 1)
+            if keep_outcomes:
+                result.outcomes[row.order_id] = outcome
+        self._insert(new_rows)
+        self._update(changed)
+        self._add_deltas([(r, c) for r, c in new_rows if c not in recompute])
+        refresh_aggregates(self.session, recompute)
+        return result
+
+    def _ensure_customers(self, external_userids: set[str]) -> int:
+        missing = [e for e in external_userids if e not in self._customer_ids]
+        self._lookup_customers(missing)
+        stubs = [e for e in missing if e not in self._customer_ids]
+        if stubs:
+            now = self._time(utcnow())
+            sql = self._sql("INSERT INTO customers (external_userid, name, contact_type, gender, opted_out, "
+                            "created_at, updated_at) VALUES (?, '', 1, 0, FALSE, ?, ?) "
+                            "ON CONFLICT (external_userid) DO NOTHING")
+            self.session.connection().exec_driver_sql(sql, [(e, now, now) for e in stubs])
+            self._lookup_customers(stubs)
+        return len(stubs)
+
+    def _lookup_customers(self, external_userids: list[str]) -> None:
+        for chunk in _chunks(external_userids):
+            rows = self.session.execute(select(Customer.external_userid, Customer.id)
+                                        .where(Customer.external_userid.in_(chunk)))
+            self._customer_ids.update((e, i) for e, i in rows)
+
+    def _existing(self, order_ids: set[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        columns = (Order.id, Order.order_id, Order.customer_id, Order.amount_fen, Order.paid_at, Order.status)
+        for chunk in _chunks(list(order_ids)):
+            for row in self.session.execute(select(*columns).where(Order.order_id.in_(chunk))):
+                found[row.order_id] = row._asdict()
+        return found
+
+    def _insert(self, rows: list[tuple[OrderRow, int]]) -> None:
+        """The hot path of big imports: one driver-level executemany, no per-row ORM work."""
+        if not rows:
+            return
+        now = self._time(utcnow())
+        sql = self._sql("INSERT INTO orders (order_id, customer_id, amount_fen, paid_at, paid_day, status, "
+                        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        self.session.connection().exec_driver_sql(sql, [
+            (r.order_id, c, r.amount_fen, self._time(r.paid_at), r.paid_day, r.status, now, now) for r, c in rows])
+
+    def _time(self, moment: datetime) -> Any:
+        """A UTC instant as the UTCDateTime column stores it (SQLite: SQLAlchemy's exact text format)."""
+        naive = moment.astimezone(UTC).replace(tzinfo=None)
+        return naive.isoformat(sep=" ", timespec="microseconds") if self.dialect == "sqlite" else naive
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self.dialect == "postgresql" else statement
+
+    def _update(self, changed: list[dict[str, Any]]) -> None:
+        if not changed:
+            return
+        table = Order.__table__
+        stmt = (update(table).where(table.c.id == bindparam("oid"))
+                .values(customer_id=bindparam("customer_id"), amount_fen=bindparam("amount_fen"),
+                        paid_at=bindparam("paid_at"), paid_day=bindparam("paid_day"), status=bindparam("status"),
+                        updated_at=utcnow()))
+        self.session.connection().execute(stmt, changed)
+
+    def _add_deltas(self, rows: list[tuple[OrderRow, int]]) -> None:
+        deltas: dict[int, dict[str, Any]] = {}
+        for row, customer_id in rows:
+            d = deltas.setdefault(customer_id, {"customer_id": customer_id, "order_count": 0, "paid_amount_fen": 0,
+                                                "refund_count": 0, "refunded_amount_fen": 0, "first_order_at": None,
+                                                "last_order_at": None, "first_order_day": None,
+                                                "last_order_day": None, "updated_at": utcnow()})
+            if row.status == "paid":
+                d["order_count"] += 1
+                d["paid_amount_fen"] += row.amount_fen
+                if d["first_order_at"] is None or row.paid_at < d["first_order_at"]:
+                    d["first_order_at"], d["first_order_day"] = row.paid_at, row.paid_day
+                if d["last_order_at"] is None or row.paid_at > d["last_order_at"]:
+                    d["last_order_at"], d["last_order_day"] = row.paid_at, row.paid_day
+            else:
+                d["refund_count"] += 1
+                d["refunded_amount_fen"] += row.amount_fen
+        if deltas:
+            params = [tuple(self._time(d[c]) if isinstance(d[c], datetime) else d[c] for c in _DELTA_COLUMNS)
+                      for d in deltas.values()]
+            self.session.connection().exec_driver_sql(self._sql(_DELTA_UPSERT), params)
+
+
+def _same(old: Mapping[str, Any], row: OrderRow, customer_id: int) -> bool:
+    return (old["customer_id"] == customer_id and old["amount_fen"] == row.amount_fen
+            and old["paid_at"] == row.paid_at and old["status"] == row.status)
+
+
+def _chunks(items: list[Any], size: int = IN_CHUNK) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+_DELTA_COLUMNS = ["customer_id", "order_count", "paid_amount_fen", "refund_count", "refunded_amount_fen",
+                  "first_order_at", "last_order_at", "first_order_day", "last_order_day", "updated_at"]
+
+
+def _pick(column: str, wins: str, by: str | None = None) -> str:
+    """The new value where the old is NULL or the new one ``wins`` (compared on ``by``); NULL-safe."""
+    by = by or column
+    old, new = f"customer_aggregates.{by}", f"excluded.{by}"
+    return (f"{column} = CASE WHEN {new} IS NULL THEN customer_aggregates.{column} "
+            f"WHEN {old} IS NULL OR {new} {wins} {old} THEN excluded.{column} ELSE customer_aggregates.{column} END")
+
+
+# Adds new orders' totals to a customer's aggregate, creating it if needed: same SQL on both dialects.
+_DELTA_UPSERT = (
+    f"INSERT INTO customer_aggregates ({', '.join(_DELTA_COLUMNS)}) VALUES ({', '.join('?' * len(_DELTA_COLUMNS))}) "
+    "ON CONFLICT (customer_id) DO UPDATE SET "
+    + ", ".join([f"{c} = customer_aggregates.{c} + excluded.{c}"
+                 for c in ("order_count", "paid_amount_fen", "refund_count", "refunded_amount_fen")]
+                + [_pick("first_order_at", "<"), _pick("first_order_day", "<", "first_order_at"),
+                   _pick("last_order_at", ">"), _pick("last_order_day", ">", "last_order_at"),
+                   "updated_at = excluded.updated_at"]))
+
+
+def refresh_aggregates(session: Session, customer_ids: Iterable[int]) -> None:
+    """Recompute these customers' aggregates from their orders (one GROUP BY per chunk)."""
+    ids = sorted(set(customer_ids))
+    paid = Order.status == "paid"
+    refunded = Order.status == "refunded"
+    for chunk in _chunks(ids):
+        session.execute(delete(CustomerAggregate).where(CustomerAggregate.customer_id.in_(chunk)))
+        summary = (
+            select(Order.customer_id, func.count().filter(paid),
+                   func.coalesce(func.sum(Order.amount_fen).filter(paid), 0), func.count().filter(refunded),
+                   func.coalesce(func.sum(Order.amount_fen).filter(refunded), 0),
+                   func.min(Order.paid_at).filter(paid), func.max(Order.paid_at).filter(paid),
+                   func.min(Order.paid_day).filter(paid), func.max(Order.paid_day).filter(paid),
+                   func.max(Order.updated_at))
+            .where(Order.customer_id.in_(chunk)).group_by(Order.customer_id))
+        session.execute(insert(CustomerAggregate).from_select(
+            ["customer_id", "order_count", "paid_amount_fen", "refund_count", "refunded_amount_fen", "first_order_at",
+             "last_order_at", "first_order_day", "last_order_day", "updated_at"], summary))
+
+
+def rebuild_all_aggregates(session: Session) -> None:
+    """Recompute every aggregate from the order table (repair tool; imports keep them current)."""
+    ids = session.scalars(select(Order.customer_id).distinct()).all()
+    session.execute(delete(CustomerAggregate))
+    refresh_aggregates(session, ids)

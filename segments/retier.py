@@ -1,0 +1,261 @@
+"""The re-tier job: every customer's value tier, RFM segment and scores, stage, engagement and
+activity, computed in SQL over the per-customer aggregates (no Python loop over customers).
+
+One INSERT … SELECT fills a temporary table with the new values; one INSERT … SELECT per dimension
+records a TierChange for each customer whose value changed (customers tiered for the first time get
+a baseline, not a change); one UPDATE … FROM writes only the rows that differ. Same statements on
+SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from bot.models import Customer, CustomerAggregate, CustomerTag, Interaction, Order, Tag, TierChange, utcnow
+from segments.policy import TierPolicy
+from segments.rfm import PopulationStats, high, population_stats, quintile, segment_case
+
+DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
+SCORE_COLUMNS = ("r_score", "f_score", "m_score", "score", "activity_score")
+
+
+@dataclass
+class RetierResult:
+    as_of: date
+    customers: int = 0
+    updated: int = 0
+    changes: dict[str, int] = field(default_factory=dict)
+    stats: PopulationStats | None = None
+    seconds: float = 0.0
+
+
+def metrics_source(session: Session, as_of_day: int, tz: ZoneInfo) -> Any:
+    """Per-customer paid-order metrics as of the day: the maintained aggregates, unless the as-of
+    day lies before some recorded order, in which case orders after it are left out."""
+    latest = session.scalar(select(func.max(CustomerAggregate.last_order_at)))  # an index lookup
+    if latest is None or latest.astimezone(tz).date().toordinal() <= as_of_day:
+        a = CustomerAggregate
+        return select(a.customer_id, a.order_count, a.paid_amount_fen, a.last_order_day).subquery("metrics")
+    return (select(Order.customer_id, func.count().label("order_count"),
+                   func.sum(Order.amount_fen).label("paid_amount_fen"),
+                   func.max(Order.paid_day).label("last_order_day"))
+            .where(Order.status == "paid", Order.paid_day <= as_of_day)
+            .group_by(Order.customer_id).subquery("metrics"))
+
+
+def local_midnight_utc(day: date, tz: ZoneInfo) -> datetime:
+    return datetime.combine(day, dtime(0), tzinfo=tz).astimezone(UTC)
+
+
+def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo) -> RetierResult:
+    started = time.perf_counter()
+    result = RetierResult(as_of=as_of)
+    metrics = metrics_source(session, as_of.toordinal(), tz)
+    stats = population_stats(session, metrics)
+    result.stats = stats
+    table = _result_table()
+    table.create(session.connection())
+    try:
+        activity = _activity_scores(policy, as_of, tz)
+        columns = _computed_columns(policy, as_of, tz, metrics, activity, stats)
+        joined = (Customer.__table__.outerjoin(metrics, metrics.c.customer_id == Customer.id)
+                  .outerjoin(activity, activity.c.customer_id == Customer.id))
+        current = [Customer.tiered_at.label("current_tiered_at")] + [
+            getattr(Customer, name).label(f"current_{name}") for name in DIMENSIONS + SCORE_COLUMNS]
+        computed = select(*[expr.label(name) for name, expr in columns.items()], *current).select_from(
+            joined).subquery("computed")
+        # Only customers whose values differ (or who were never tiered) go on to the writes below.
+        differs = or_(computed.c.current_tiered_at.is_(None), *(
+            computed.c[name].is_distinct_from(computed.c[f"current_{name}"]) for name in DIMENSIONS + SCORE_COLUMNS))
+        session.execute(insert(table).from_select(list(columns), select(*[computed.c[name] for name in columns])
+                                                  .where(differs)))
+        result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
+        for dimension in DIMENSIONS:
+            result.changes[dimension] = _record_changes(session, table, dimension, as_of, policy, stats)
+        result.updated = _write_changed(session, table)
+    finally:
+        table.drop(session.connection())
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _result_table() -> Table:
+    return Table(
+        "retier_result", MetaData(),
+        Column("customer_id", BigInteger, primary_key=True),
+        *(Column(name, String(32)) for name in DIMENSIONS),
+        *(Column(name, Integer) for name in SCORE_COLUMNS),
+        Column("r_days", Integer), Column("order_count", Integer), Column("amount_fen", BigInteger),
+        prefixes=["TEMPORARY"],
+    )
+
+
+def _activity_scores(policy: TierPolicy, as_of: date, tz: ZoneInfo) -> Any:
+    start = local_midnight_utc(as_of - timedelta(days=policy.activity_window_days - 1), tz)
+    end = local_midnight_utc(as_of + timedelta(days=1), tz)
+    weight = case(*[(Interaction.kind == kind, w) for kind, w in policy.activity_weights], else_=0) \
+        if policy.activity_weights else literal(0)
+    return (select(Interaction.customer_id, func.sum(weight).label("score"))
+            .where(Interaction.occurred_at >= start, Interaction.occurred_at < end)
+            .group_by(Interaction.customer_id).subquery("activity_scores"))
+
+
+def _computed_columns(policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any, activity_scores: Any,
+                      stats: PopulationStats) -> dict[str, Any]:
+    as_of_day = as_of.toordinal()
+    orders = func.coalesce(metrics.c.order_count, 0)
+    amount = func.coalesce(metrics.c.paid_amount_fen, 0)
+    last_day = metrics.c.last_order_day
+    activity_score = func.coalesce(activity_scores.c.score, 0)
+    activity = case((activity_score >= policy.activity_high, "high"), (activity_score >= policy.activity_mid, "mid"),
+                    else_="low")
+    buyer = orders > 0
+    r_score, f_score, m_score = (quintile(last_day, stats.cuts_last_day), quintile(orders, stats.cuts_orders),
+                                 quintile(amount, stats.cuts_amount_fen))
+    return {
+        "customer_id": Customer.id,
+        "value_tier": _value_tier(policy, amount, orders, activity),
+        "rfm_segment": case((buyer, segment_case(high(last_day, stats.n, stats.sum_last_day),
+                                                 high(orders, stats.n, stats.sum_orders),
+                                                 high(amount, stats.n, stats.sum_amount_fen)))),
+        "stage": _stage(policy, orders, amount),
+        "engagement": _engagement(policy, as_of, tz, last_day),
+        "activity": activity,
+        "r_score": case((buyer, r_score)),
+        "f_score": case((buyer, f_score)),
+        "m_score": case((buyer, m_score)),
+        "score": case((buyer, _score(policy, r_score, f_score, m_score))),
+        "activity_score": activity_score,
+        "r_days": case((buyer, literal(as_of_day) - last_day)),
+        "order_count": orders,
+        "amount_fen": amount,
+    }
+
+
+def _value_tier(policy: TierPolicy, amount: Any, orders: Any, activity: Any) -> Any:
+    whens = []
+    for rule in policy.value_rules:
+        conditions = []
+        if rule.amount_gt_fen is not None:
+            conditions.append(amount > rule.amount_gt_fen)
+        if rule.amount_gte_fen is not None:
+            conditions.append(amount >= rule.amount_gte_fen)
+        if rule.orders_gt is not None:
+            conditions.append(orders > rule.orders_gt)
+        if rule.orders_gte is not None:
+            conditions.append(orders >= rule.orders_gte)
+        if rule.activity_in is not None:
+            conditions.append(activity.in_(rule.activity_in))
+        whens.append((and_(literal(True), *conditions), rule.name))
+    return case(*whens, else_=policy.value_default) if whens else literal(policy.value_default)
+
+
+def _stage(policy: TierPolicy, orders: Any, amount: Any) -> Any:
+    buyer_stages = [(orders == 1, "first_purchase"),
+                    (and_(orders >= policy.super_min_orders, amount >= policy.super_min_amount_fen), "super"),
+                    (orders >= 2, "repeat")]
+    if policy.stage_path == "ecommerce":
+        return case((orders == 0, "new"), *buyer_stages)
+    intent = exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.removed_at.is_(None),
+                            CustomerTag.tag_id == Tag.id, Tag.name.in_(policy.intent_tags))
+    return case((and_(orders == 0, intent), "intent"),
+                (and_(orders == 0, Customer.last_interaction_at.is_not(None)), "potential"),
+                (orders == 0, "stranger"), *buyer_stages)
+
+
+def _engagement(policy: TierPolicy, as_of: date, tz: ZoneInfo, last_day: Any) -> Any:
+    def touched_since(days: int) -> Any:
+        boundary = local_midnight_utc(as_of - timedelta(days=days), tz)
+        return or_(last_day >= as_of.toordinal() - days, Customer.last_interaction_at >= boundary,
+                   Customer.created_at >= boundary)
+
+    return case((touched_since(policy.active_days), "active"), (touched_since(policy.silent_days), "silent"),
+                else_="churned")
+
+
+def _score(policy: TierPolicy, r: Any, f: Any, m: Any) -> Any:
+    wr, wf, wm = policy.score_weights
+    den = 4 * (wr + wf + wm)
+    points = (r - 1) * wr + (f - 1) * wf + (m - 1) * wm
+    return (points * 200 + den) // (2 * den)  # round(100 · points / den), in integers
+
+
+def _yuan(fen: Any) -> Any:
+    text = cast(fen // 100, String) + "." + case((fen % 100 < 10, "0"), else_="") + cast(fen % 100, String)
+    return text
+
+
+def _reason(dimension: str, table: Table, policy: TierPolicy, stats: PopulationStats, as_of: date) -> Any:
+    t = table.c
+    if dimension == "value_tier":
+        return ("paid " + _yuan(t.amount_fen) + " 元 in " + cast(t.order_count, String) + " orders, activity "
+                + t.activity)
+    if dimension == "rfm_segment":
+        if not stats.n:
+            return literal("no paid orders")
+        means = (f"{stats.mean_r_days(as_of.toordinal()):.1f}", f"{stats.sum_orders / stats.n:.2f}",
+                 f"{stats.sum_amount_fen / stats.n / 100:.2f}")
+        return case((t.order_count == 0, "no paid orders"), else_=(
+            "R " + cast(t.r_days, String) + "d (mean " + means[0] + "), F " + cast(t.order_count, String)
+            + " (mean " + means[1] + "), M " + _yuan(t.amount_fen) + " (mean " + means[2] + ")"))
+    if dimension == "stage":
+        return "paid orders " + cast(t.order_count, String)
+    if dimension == "activity":
+        return ("activity score " + cast(t.activity_score, String) + f" in {policy.activity_window_days} days "
+                f"(high ≥ {policy.activity_high}, mid ≥ {policy.activity_mid})")
+    return literal(f"days since last order or interaction (active ≤ {policy.active_days}, "
+                   f"silent ≤ {policy.silent_days})")
+
+
+def _record_changes(session: Session, table: Table, dimension: str, as_of: date, policy: TierPolicy,
+                    stats: PopulationStats) -> int:
+    c, t = Customer.__table__.c, table.c
+    changed = select(c.id, literal(dimension), c[dimension], t[dimension], literal(as_of),
+                     _reason(dimension, table, policy, stats, as_of), literal(utcnow())).select_from(
+        table.join(Customer.__table__, c.id == t.customer_id)).where(
+        c.tiered_at.is_not(None), c[dimension].is_distinct_from(t[dimension]))
+    result = session.execute(insert(TierChange).from_select(
+        ["customer_id", "dimension", "from_value", "to_value", "as_of", "reason", "created_at"], changed))
+    return max(result.rowcount or 0, 0)
+
+
+def _write_changed(session: Session, table: Table) -> int:
+    """The result table holds only rows that differ, so every one of them is written."""
+    c, t = Customer.__table__.c, table.c
+    stmt = (update(Customer.__table__).where(c.id == t.customer_id)
+            .values(**{name: t[name] for name in DIMENSIONS + SCORE_COLUMNS}, tiered_at=utcnow(), updated_at=utcnow()))
+    return max(session.execute(stmt).rowcount or 0, 0)
+
+
+def tier_counts(session: Session) -> dict[str, dict[str | None, int]]:
+    """Customers per value of each dimension (for before/after tables)."""
+    counts: dict[str, dict[str | None, int]] = {}
+    for dimension in DIMENSIONS:
+        column = getattr(Customer, dimension)
+        counts[dimension] = dict(session.execute(select(column, func.count()).group_by(column)).all())
+    return counts

@@ -1,0 +1,96 @@
+"""RFM eight segments (seed 003) and the population statistics they are judged against.
+
+R, F and M are each "high" when strictly better than the mean over customers with at least one paid
+order (R better = fewer days). All comparisons are exact integer arithmetic: ``x > mean`` is
+``x * n > sum``. Quintile scores are 1 + floor(5 · (rank − 1) / n), rank counting strictly smaller
+values (ties share a score), which reduces to comparing each value with four cut points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, case, func, literal, select
+
+SEGMENTS = {  # (R high, F high, M high) → code
+    (True, True, True): "important_value",
+    (True, False, True): "important_develop",
+    (False, True, True): "important_keep",
+    (False, False, True): "important_retain",
+    (True, True, False): "general_value",
+    (True, False, False): "general_develop",
+    (False, True, False): "general_keep",
+    (False, False, False): "general_retain",
+}
+SEGMENT_NAMES = {
+    "important_value": "重要价值", "important_develop": "重要发展", "important_keep": "重要保持",
+    "important_retain": "重要挽留", "general_value": "一般价值", "general_develop": "一般发展",
+    "general_keep": "一般保持", "general_retain": "一般挽留",
+}
+
+
+@dataclass(frozen=True)
+class PopulationStats:
+    """Totals over customers with ≥1 paid order, and each dimension's four quintile cut points.
+    R is carried as the day of the last order: a later day is a smaller R."""
+
+    n: int
+    sum_last_day: int
+    sum_orders: int
+    sum_amount_fen: int
+    cuts_last_day: tuple[int, ...]
+    cuts_orders: tuple[int, ...]
+    cuts_amount_fen: tuple[int, ...]
+
+    def mean_r_days(self, as_of_day: int) -> float:
+        return as_of_day - self.sum_last_day / self.n if self.n else 0.0
+
+
+def population_stats(session: Any, metrics: Any) -> PopulationStats:
+    """``metrics``: a selectable with order_count, paid_amount_fen, last_order_day per customer."""
+    buyers = select(metrics).where(metrics.c.order_count > 0).subquery("buyers")
+    n, sum_last, sum_orders, sum_amount = session.execute(select(
+        func.count(), func.coalesce(func.sum(buyers.c.last_order_day), 0),
+        func.coalesce(func.sum(buyers.c.order_count), 0), func.coalesce(func.sum(buyers.c.paid_amount_fen), 0),
+    )).one()
+    positions = sorted({-(-k * n // 5) for k in range(1, 5)} - {0})  # ceil(k·n/5), 1-based
+    cuts = [_cut_points(session, buyers.c[col], positions, n) for col in
+            ("last_order_day", "order_count", "paid_amount_fen")]
+    return PopulationStats(int(n), int(sum_last), int(sum_orders), int(sum_amount), *cuts)
+
+
+def _cut_points(session: Any, column: Any, positions: list[int], n: int) -> tuple[int, ...]:
+    """The value at each 1-based sorted position, in the order of k = 1..4 (repeats kept)."""
+    if not n:
+        return ()
+    ranked = select(column.label("v"), func.row_number().over(order_by=column).label("rn")).subquery()
+    found = dict(session.execute(select(ranked.c.rn, ranked.c.v).where(ranked.c.rn.in_(positions))).all())
+    return tuple(int(found[-(-k * n // 5)]) for k in range(1, 5) if -(-k * n // 5) in found)
+
+
+def high(value: Any, n: int, total: int) -> Any:
+    """SQL: value strictly above the mean (value·n > total)."""
+    return value * literal(n) > literal(total)
+
+
+def quintile(value: Any, cuts: tuple[int, ...]) -> Any:
+    """SQL: 1 + the number of cut points strictly below the value."""
+    expr: Any = literal(1)
+    for cut in cuts:
+        expr = expr + case((value > literal(cut), 1), else_=0)
+    return expr
+
+
+def segment_case(r_high: Any, f_high: Any, m_high: Any) -> Any:
+    return case(*[(and_(r_high if r else ~r_high, f_high if f else ~f_high, m_high if m else ~m_high), literal(code))
+                  for (r, f, m), code in SEGMENTS.items()])
+
+
+def quintile_of(value: int, cuts: tuple[int, ...]) -> int:
+    return 1 + sum(1 for cut in cuts if value > cut)
+
+
+def segment_of(last_day: int, orders: int, amount_fen: int, stats: PopulationStats) -> str:
+    return SEGMENTS[(last_day * stats.n > stats.sum_last_day, orders * stats.n > stats.sum_orders,
+                     amount_fen * stats.n > stats.sum_amount_fen)]

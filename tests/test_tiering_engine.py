@@ -1,0 +1,291 @@
+"""The SQL re-tier engine against an independent pandas computation, and its invariants."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete, func, select
+
+from bot.config import TiersSettings
+from bot.demo import data as demo_data
+from bot.models import Customer, CustomerAggregate, Interaction, Order, TierChange
+from segments.imports import import_orders
+from segments.orders import OrderRow, OrderWriter
+from segments.policy import TierPolicy
+from segments.retier import retier
+from segments.rfm import SEGMENTS
+
+TZ = ZoneInfo("Asia/Shanghai")
+POLICY = TierPolicy.from_settings(TiersSettings())
+AS_OF = date(2026, 11, 20)
+
+
+def reference(customers: pd.DataFrame, orders: pd.DataFrame, interactions: pd.DataFrame, as_of: date,
+              policy: TierPolicy = POLICY) -> pd.DataFrame:
+    """Straightforward pandas: the definitions from DESIGN.md §4 / issue 3, nothing shared with the engine."""
+    as_of_day = as_of.toordinal()
+    out = customers.set_index("external_userid").copy()
+    paid = orders[orders.status == "paid"].copy()
+    paid["day"] = paid.paid_at.map(lambda t: t.astimezone(TZ).date().toordinal())
+    g = paid.groupby("external_userid").agg(F=("order_id", "count"), M=("amount_fen", "sum"), last=("day", "max"))
+    n = len(g)
+    r = as_of_day - g["last"]
+    flags = pd.DataFrame({"r": r * n < r.sum(), "f": g.F * n > g.F.sum(), "m": g.M * n > g.M.sum()})
+    g["segment"] = [SEGMENTS[(bool(a), bool(b), bool(c))] for a, b, c in flags.itertuples(index=False)]
+    for dim, col in (("r_score", "last"), ("f_score", "F"), ("m_score", "M")):
+        rank = g[col].rank(method="min")
+        g[dim] = (1 + (5 * (rank - 1)) // n).astype(int)
+    points = (g.r_score - 1) + (g.f_score - 1) + (g.m_score - 1)  # equal weights: 0–12 points
+    g["score"] = [int(Fraction(100 * p, 12) + Fraction(1, 2)) for p in points]  # round half up
+    out = out.join(g)
+    out["F"] = out["F"].fillna(0).astype(int)
+    out["M"] = out["M"].fillna(0).astype(int)
+    window_start = as_of_day - policy.activity_window_days + 1
+    weights = dict(policy.activity_weights)
+    acts = interactions.copy()
+    acts["day"] = acts.occurred_at.map(lambda t: t.astimezone(TZ).date().toordinal())
+    in_window = acts[(acts.day >= window_start) & (acts.day <= as_of_day)]
+    score = in_window.assign(w=in_window.kind.map(lambda k: weights.get(k, 0))).groupby("external_userid").w.sum()
+    out["activity_score"] = score.reindex(out.index).fillna(0).astype(int)
+    out["activity"] = ["high" if s >= policy.activity_high else "mid" if s >= policy.activity_mid else "low"
+                       for s in out.activity_score]
+    out["value_tier"] = [_value_tier(m, f, a) for m, f, a in zip(out.M, out.F, out.activity, strict=True)]
+    out["stage"] = ["new" if f == 0 else "first_purchase" if f == 1 else "super" if f >= 6 else "repeat"
+                    for f in out.F]
+    last_touch = acts.groupby("external_userid").day.max().reindex(out.index)
+    touch = pd.concat([out["last"], last_touch, out.created_at.map(lambda t: t.astimezone(TZ).date().toordinal())],
+                      axis=1).max(axis=1)
+    out["engagement"] = ["active" if as_of_day - t <= 30 else "silent" if as_of_day - t <= 90 else "churned"
+                         for t in touch]
+    return out
+
+
+def _value_tier(amount_fen: int, orders: int, activity: str) -> str:
+    if amount_fen > 100000 and orders > 5 and activity == "high":
+        return "high"
+    if amount_fen >= 50000 and orders >= 3 and activity in ("high", "mid"):
+        return "mid"
+    return "low"
+
+
+def engine_rows(db: Any) -> pd.DataFrame:
+    with db.sessions() as session:
+        rows = session.execute(select(Customer.external_userid, Customer.rfm_segment, Customer.r_score,
+                                      Customer.f_score, Customer.m_score, Customer.score, Customer.value_tier,
+                                      Customer.stage,
+                                      Customer.engagement, Customer.activity, Customer.activity_score)).all()
+    return pd.DataFrame([r._asdict() for r in rows]).set_index("external_userid")
+
+
+def edge_case_orders() -> list[dict[str, Any]]:
+    """Ties, refunds, and orders on both sides of local midnight written in different offsets."""
+    rows = []
+    for i in range(6):  # six customers tied on everything
+        rows.append({"order_id": f"tie-{i}", "external_userid": f"wmtie{i}", "amount": "88.00",
+                     "paid_at": "2026-10-01T12:00:00+08:00", "status": "paid"})
+    rows += [
+        # 2026-11-20 00:30 local, the as-of day itself
+        {"order_id": "tz-1", "external_userid": "wmtz", "amount": "10", "paid_at": "2026-11-19T16:30:00Z"},
+        {"order_id": "tz-2", "external_userid": "wmtz2", "amount": "10", "paid_at": "2026-11-19T15:59:59Z"},  # 11-19
+        {"order_id": "tz-3", "external_userid": "wmtz3", "amount": "10", "paid_at": "2026-11-19T08:00:00-08:00"},
+        {"order_id": "rf-1", "external_userid": "wmrefund", "amount": "999.99", "paid_at": "2026-11-01T10:00:00+08:00",
+         "status": "refunded"},
+        {"order_id": "rf-2", "external_userid": "wmrefund", "amount": "5", "paid_at": "2026-11-02T10:00:00+08:00"},
+        {"order_id": "rf-3", "external_userid": "wmrefundonly", "amount": "300", "paid_at": "2026-11-02T10:00:00+08:00",
+         "status": "refunded"},
+    ]
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["order_id", "external_userid", "amount", "paid_at", "status"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"status": "paid", **row})
+
+
+@pytest.fixture
+def dataset(db, tmp_path):
+    """~500 generated customers plus edge cases, imported through the CSV importer."""
+    now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    generated = demo_data.generate(500, seed=3, now=now)
+    orders = [{"order_id": o["order_id"], "external_userid": o["external_userid"],
+               "amount": f"{o['amount_fen'] // 100}.{o['amount_fen'] % 100:02d}",
+               "paid_at": o["paid_at"].astimezone(TZ).isoformat(), "status": o["status"]} for o in generated.orders]
+    orders += edge_case_orders()
+    path = tmp_path / "orders.csv"
+    write_csv(path, orders)
+    created = {c["external_userid"]: c["added_at"] for c in generated.customers}
+    with db.begin() as session:
+        for c in generated.customers:
+            session.add(Customer(external_userid=c["external_userid"], name=c["name"], created_at=c["added_at"]))
+        session.add(Customer(external_userid="wmnoorders", name="x", created_at=now - timedelta(days=400)))
+        session.flush()
+        summary = import_orders(session, path, TZ)
+        assert summary.skipped == 0
+        interactions = _interactions(session, now)
+        for customer in session.scalars(select(Customer)):
+            created.setdefault(customer.external_userid, customer.created_at)
+    customers = pd.DataFrame({"external_userid": list(created), "created_at": list(created.values())})
+    frame = pd.DataFrame(orders)
+    frame["status"] = frame["status"].fillna("paid")
+    frame["amount_fen"] = frame.amount.map(lambda a: round(float(a) * 100))
+    frame["paid_at"] = frame.paid_at.map(datetime.fromisoformat)
+    return customers, frame, interactions
+
+
+def _interactions(session: Any, now: datetime) -> pd.DataFrame:
+    """Interactions for some customers, inside and outside the activity window."""
+    rows = []
+    customers = session.scalars(select(Customer).order_by(Customer.id).limit(200)).all()
+    for i, customer in enumerate(customers):
+        for j in range(i % 12):
+            occurred = now - timedelta(days=(j * 7) % 45, hours=j)
+            kind = ["kf_message", "moment_like", "moment_comment", "coupon_redeem", "unknown_kind"][j % 5]
+            session.add(Interaction(customer_id=customer.id, kind=kind, occurred_at=occurred,
+                                    source_ref=f"t-{customer.id}-{j}"))
+            rows.append({"external_userid": customer.external_userid, "kind": kind, "occurred_at": occurred})
+            if customer.last_interaction_at is None or customer.last_interaction_at < occurred:
+                customer.last_interaction_at = occurred
+    return pd.DataFrame(rows)
+
+
+def test_engine_matches_pandas_on_every_customer(db, dataset):
+    customers, orders, interactions = dataset
+    with db.begin() as session:
+        result = retier(session, POLICY, AS_OF, TZ)
+    expected = reference(customers, orders, interactions, AS_OF)
+    got = engine_rows(db).reindex(expected.index)
+    assert result.customers == len(expected)
+    buyers = expected.segment.notna()
+    assert (got.rfm_segment[buyers] == expected.segment[buyers]).all()
+    assert got.rfm_segment[~buyers].isna().all()
+    for dim in ("r_score", "f_score", "m_score", "score"):
+        assert (got[dim][buyers].astype(int) == expected[dim][buyers]).all(), dim
+    for dim in ("value_tier", "stage", "engagement", "activity", "activity_score"):
+        mismatched = expected.index[got[dim] != expected[dim]]
+        assert list(mismatched) == [], dim
+    assert set(got.value_tier) >= {"low", "mid"}  # the data reaches more than one tier
+    tie_segments = got.loc[[f"wmtie{i}" for i in range(6)], "rfm_segment"]
+    assert tie_segments.nunique() == 1
+    assert pd.isna(got.loc["wmrefundonly", "rfm_segment"]) and got.loc["wmrefundonly", "stage"] == "new"
+
+
+def test_local_day_of_orders_decides_recency(db):
+    """paid_at is converted to the local (+08:00) day before counting days."""
+    rows = [OrderRow("a", "wma", 100, datetime(2026, 11, 19, 16, 30, tzinfo=UTC), 0, "paid"),
+            OrderRow("b", "wmb", 100, datetime(2026, 11, 19, 15, 59, tzinfo=UTC), 0, "paid")]
+    rows = [OrderRow(r.order_id, r.external_userid, r.amount_fen, r.paid_at,
+                     r.paid_at.astimezone(TZ).date().toordinal(), r.status) for r in rows]
+    with db.begin() as session:
+        OrderWriter(session).write(rows)
+        retier(session, POLICY, AS_OF, TZ)
+    with db.sessions() as session:
+        days = dict(session.execute(select(Customer.external_userid, CustomerAggregate.last_order_day)
+                                    .join(CustomerAggregate, CustomerAggregate.customer_id == Customer.id)).all())
+        segments = dict(session.execute(select(Customer.external_userid, Customer.rfm_segment)).all())
+    assert AS_OF.toordinal() - days["wma"] == 0 and AS_OF.toordinal() - days["wmb"] == 1
+    assert segments == {"wma": "general_develop", "wmb": "general_retain"}  # R high only for the 0-day one
+
+
+def test_single_customer_is_not_above_its_own_mean(db):
+    with db.begin() as session:
+        OrderWriter(session).write([OrderRow("o1", "wmsolo", 12345, datetime(2026, 11, 1, tzinfo=UTC),
+                                             date(2026, 11, 1).toordinal(), "paid")])
+        retier(session, POLICY, AS_OF, TZ)
+    with db.sessions() as session:
+        solo = session.scalar(select(Customer))
+    assert (solo.rfm_segment, solo.r_score, solo.f_score, solo.m_score, solo.score) == ("general_retain", 1, 1, 1, 0)
+
+
+def test_retier_writes_only_changes_and_records_them(db):
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    rows = [OrderRow(f"o{i}", f"wm{i % 4}", 1000 * (i + 1), start + timedelta(days=i), 0, "paid") for i in range(8)]
+    rows = [OrderRow(r.order_id, r.external_userid, r.amount_fen, r.paid_at, r.paid_at.astimezone(TZ).date()
+                     .toordinal(), r.status) for r in rows]
+    with db.begin() as session:
+        OrderWriter(session).write(rows)
+        first = retier(session, POLICY, AS_OF, TZ)
+        second = retier(session, POLICY, AS_OF, TZ)
+        assert session.scalar(select(func.count()).select_from(TierChange)) == 0  # a first tiering is a baseline
+    assert first.updated == 4 and second.updated == 0 and sum(second.changes.values()) == 0
+    with db.begin() as session:  # wm0 buys a lot more: it changes segment and stage
+        OrderWriter(session).write([OrderRow(f"x{i}", "wm0", 900_000, start + timedelta(days=40 + i),
+                                             (start + timedelta(days=40 + i)).astimezone(TZ).date().toordinal(),
+                                             "paid") for i in range(5)])
+        third = retier(session, POLICY, AS_OF, TZ)
+        changes = session.execute(select(TierChange.dimension, TierChange.from_value, TierChange.to_value,
+                                         TierChange.reason).join(Customer, Customer.id == TierChange.customer_id)
+                                  .where(Customer.external_userid == "wm0")).all()
+    assert third.updated >= 1
+    by_dim = {d: (f, t, reason) for d, f, t, reason in changes}
+    assert by_dim["stage"][:2] == ("repeat", "super")
+    assert by_dim["rfm_segment"][1] == "important_value" and "mean" in by_dim["rfm_segment"][2]
+
+
+def test_as_of_in_the_past_ignores_later_orders(db):
+    early, late = datetime(2026, 1, 10, 4, tzinfo=UTC), datetime(2026, 11, 10, 4, tzinfo=UTC)
+    rows = [OrderRow("e", "wmx", 500, early, early.astimezone(TZ).date().toordinal(), "paid"),
+            OrderRow("l", "wmx", 500, late, late.astimezone(TZ).date().toordinal(), "paid")]
+    with db.begin() as session:
+        OrderWriter(session).write(rows)
+        retier(session, POLICY, date(2026, 6, 1), TZ)
+        customer = session.scalar(select(Customer))
+        assert (customer.stage, customer.f_score) == ("first_purchase", 1)
+
+
+ORDER = st.tuples(st.integers(0, 5), st.integers(0, 300_000), st.integers(0, 120),
+                  st.sampled_from(["paid", "refunded"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(ORDER, max_size=25), st.integers(0, 3))
+def test_invariants_hold_for_any_data(db, orders, no_order_customers):
+    with db.begin() as session:
+        for table in (TierChange, Order, CustomerAggregate, Interaction, Customer):
+            session.execute(delete(table))
+        base = datetime(2026, 7, 1, tzinfo=UTC)
+        rows = [OrderRow(f"h{i}", f"wm{c}", amount, base + timedelta(days=d), (base + timedelta(days=d))
+                         .astimezone(TZ).date().toordinal(), status) for i, (c, amount, d, status) in enumerate(orders)]
+        OrderWriter(session).write(rows)
+        for i in range(no_order_customers):
+            session.add(Customer(external_userid=f"wmnone{i}", name=""))
+        session.flush()
+        retier(session, POLICY, AS_OF, TZ)
+        again = retier(session, POLICY, AS_OF, TZ)
+        assert again.updated == 0 and sum(again.changes.values()) == 0
+        buyers = {f"wm{c}" for c, _, _, status in orders if status == "paid"}
+        segmented = dict(session.execute(select(Customer.external_userid, Customer.rfm_segment)).all())
+    assert {e for e, s in segmented.items() if s is not None} == buyers
+    assert all(s in SEGMENTS.values() for s in segmented.values() if s is not None)
+    expected = _python_segments(orders)
+    assert {e: s for e, s in segmented.items() if s is not None} == expected
+
+
+def _python_segments(orders: list[tuple[int, int, int, str]]) -> dict[str, str]:
+    """A third, plain-Python reading of the definition (fractions, not cross-multiplication)."""
+    base = datetime(2026, 7, 1, tzinfo=UTC)
+    per: dict[str, list[int]] = {}
+    for c, amount, d, status in orders:
+        if status != "paid":
+            continue
+        day = (base + timedelta(days=d)).astimezone(TZ).date().toordinal()
+        f, m, last = per.get(f"wm{c}", [0, 0, 0])
+        per[f"wm{c}"] = [f + 1, m + amount, max(last, day)]
+    if not per:
+        return {}
+    n = len(per)
+    mean_r = Fraction(sum(AS_OF.toordinal() - v[2] for v in per.values()), n)
+    mean_f = Fraction(sum(v[0] for v in per.values()), n)
+    mean_m = Fraction(sum(v[1] for v in per.values()), n)
+    return {e: SEGMENTS[(AS_OF.toordinal() - v[2] < mean_r, v[0] > mean_f, v[1] > mean_m)] for e, v in per.items()}
