@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from datetime import date
 from typing import IO
 
 from sqlalchemy import func, select
@@ -60,9 +59,3 @@ def _row(c: Customer, a: CustomerAggregate | None, tags: str) -> list[object]:
 
 def _n(value: int | None) -> str:
     return "" if value is None else str(value)
-
-
-def today_in(tz) -> date:  # type: ignore[no-untyped-def]
-    from datetime import datetime
-
-    return datetime.now(tz).date()
