@@ -173,10 +173,16 @@ class OrderWriter:
         if not rows:
             return
         now = self._time(utcnow())
-        sql = self._sql("INSERT INTO orders (order_id, customer_id, amount_fen, paid_at, paid_day, status, "
-                        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-        self.session.connection().exec_driver_sql(sql, [
-            (r.order_id, c, r.amount_fen, self._time(r.paid_at), r.paid_day, r.status, now, now) for r, c in rows])
+        values = [(r.order_id, c, r.amount_fen, self._time(r.paid_at), r.paid_day, r.status, now, now)
+                  for r, c in rows]
+        columns = "order_id, customer_id, amount_fen, paid_at, paid_day, status, created_at, updated_at"
+        if self.dialect == "postgresql":  # COPY text: several times faster than INSERT for big batches
+            cursor = self.session.connection().connection.dbapi_connection.cursor()
+            with cursor.copy(f"COPY orders ({columns}) FROM STDIN") as copy:
+                copy.write("".join("\t".join(_copy_text(v) for v in value) + "\n" for value in values))
+            return
+        sql = f"INSERT INTO orders ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        self.session.connection().exec_driver_sql(sql, values)
 
     def _time(self, moment: datetime) -> Any:
         """A UTC instant as the UTCDateTime column stores it (SQLite: SQLAlchemy's exact text format)."""
@@ -217,6 +223,11 @@ class OrderWriter:
             params = [tuple(self._time(d[c]) if isinstance(d[c], datetime) else d[c] for c in _DELTA_COLUMNS)
                       for d in deltas.values()]
             self.session.connection().exec_driver_sql(self._sql(_DELTA_UPSERT), params)
+
+
+def _copy_text(value: Any) -> str:
+    """One value in COPY's text format (ids are validated free of tabs and newlines; escape backslashes)."""
+    return str(value).replace("\\", "\\\\")
 
 
 def _same(old: Mapping[str, Any], row: OrderRow, customer_id: int) -> bool:

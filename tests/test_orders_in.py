@@ -210,3 +210,12 @@ def test_tokens_are_stored_as_digests(cli_env, token, db):
     assert token not in (stored.token_sha256, stored.name) and len(stored.token_sha256) == 64
     listing = scrm(cli_env, "token", "list")
     assert "shop" in listing.output and token not in listing.output
+
+
+def test_unusual_but_valid_ids_round_trip(db, tmp_path):
+    """Backslashes, quotes and non-ASCII survive every write path (COPY on PostgreSQL included)."""
+    path = write(tmp_path, '"a\\\\b""c",wm客户\\x,1,2026-11-01T10:00:00+08:00,paid\n')
+    assert run_import(db, path).inserted == 1
+    with db.sessions() as session:
+        assert session.scalar(select(Order.order_id)) == 'a\\\\b"c'
+        assert session.scalar(select(Customer.external_userid)) == "wm客户\\x"

@@ -1,0 +1,195 @@
+"""Tiering benchmark: order import rate, first and incremental re-tier, against pandas on the same data.
+
+    pip install -e '.[bench]'
+    python bench/tiering.py --customers 1000000 --orders 10000000 \
+        [--pg-url postgresql://root@127.0.0.1:5432/test]   # uses (and resets) schema scrm_bench
+
+Data comes from ../shared/tools/gen_orders.py (deterministic). Each database phase runs in its own
+process so its peak memory (max RSS) is its own. Printed: import rows/s per database, first re-tier
+and incremental re-tier (after 1% new orders) seconds, the pandas baseline (RFM eight segments from
+an in-memory DataFrame), the ratios to it, peak memory, and whether both give the same segment counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+AS_OF = date(2025, 6, 30)  # gen_orders.py's default window ends 2025-07-01 00:00 +08:00
+GEN = Path(__file__).resolve().parents[2] / "shared" / "tools" / "gen_orders.py"
+SEGMENTS = {(True, True, True): "important_value", (True, False, True): "important_develop",
+            (False, True, True): "important_keep", (False, False, True): "important_retain",
+            (True, True, False): "general_value", (True, False, False): "general_develop",
+            (False, True, False): "general_keep", (False, False, False): "general_retain"}
+
+
+def generate(work: Path, customers: int, orders: int, gen: Path) -> tuple[Path, Path]:
+    out = work / f"orders_{customers}_{orders}.csv"
+    extra = work / f"orders_{customers}_{orders}_plus1pct.csv"
+    if not out.exists():
+        subprocess.run([sys.executable, str(gen), "--customers", str(customers), "--orders", str(orders),
+                        "--seed", "7", "--out", str(out), "--customers-out", str(work / "customers.csv")], check=True)
+    if not extra.exists():
+        import pandas as pd
+
+        ids = pd.read_csv(out, usecols=["external_userid"], dtype="string").external_userid
+        sample = ids.drop_duplicates().sample(frac=1.0, random_state=1).head(max(1, orders // 100))
+        sample = sample.sample(n=max(1, orders // 100), replace=True, random_state=2)
+        pd.DataFrame({"order_id": [f"new-{i}" for i in range(len(sample))], "external_userid": sample.values,
+                      "amount": "128.00", "paid_at": "2025-06-30T20:00:00+08:00"}).to_csv(extra, index=False)
+    return out, extra
+
+
+def pandas_baseline(path: Path) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    started = time.perf_counter()
+    df = pd.read_csv(path, dtype={"order_id": "string", "external_userid": "string", "amount": "string",
+                                  "paid_at": "string"}, engine="pyarrow")
+    df["amount_fen"] = (df.amount.astype("float64") * 100).round().astype("int64")
+    df["day"] = (pd.to_datetime(df.paid_at.str.slice(0, 10)).values.astype("datetime64[D]").astype("int64")
+                 + date(1970, 1, 1).toordinal())
+    frame = df[["external_userid", "amount_fen", "day"]]
+    parse = time.perf_counter() - started
+    started = time.perf_counter()
+    g = frame.groupby("external_userid", sort=False).agg(F=("day", "size"), M=("amount_fen", "sum"),
+                                                           last=("day", "max"))
+    r = AS_OF.toordinal() - g["last"].to_numpy()
+    f, m = g.F.to_numpy(), g.M.to_numpy()
+    code = (r < r.mean()).astype(np.int8) * 4 + (f > f.mean()).astype(np.int8) * 2 + (m > m.mean()).astype(np.int8)
+    names = [SEGMENTS[(bool(c & 4), bool(c & 2), bool(c & 1))] for c in range(8)]
+    counts = dict(zip(names, np.bincount(code, minlength=8).tolist(), strict=True))
+    compute = time.perf_counter() - started
+    return {"parse_s": parse, "compute_s": compute, "counts": counts}
+
+
+def phase(kind: str, url: str, path: str) -> dict:
+    """Runs inside a child process: one import or one re-tier, timed, with this process's peak RSS."""
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import func, select
+
+    from bot.config import load_settings
+    from bot.db import Database
+    from bot.models import Customer
+    from segments.imports import import_orders
+    from segments.policy import TierPolicy
+    from segments.retier import retier
+
+    settings = load_settings(overrides={"database": {"url": url}}, environ={})
+    db = Database(settings.database)
+    tz = ZoneInfo("Asia/Shanghai")
+    out: dict = {}
+    started = time.perf_counter()
+    with db.begin() as session:
+        if kind == "import":
+            summary = import_orders(session, Path(path), tz)
+            out["rows"] = summary.read
+            out["skipped"] = summary.skipped
+        else:
+            result = retier(session, TierPolicy.from_settings(settings.tiers), AS_OF, tz)
+            out["updated"] = result.updated
+            out["counts"] = {k: v for k, v in session.execute(select(Customer.rfm_segment, func.count())
+                                                              .group_by(Customer.rfm_segment)).all() if k}
+    out["seconds"] = time.perf_counter() - started
+    out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    db.dispose()
+    return out
+
+
+def run_phase(kind: str, url: str, path: Path | str = "") -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--phase", kind, "--url", url, "--path", str(path)],
+                          check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fresh_database(url: str, work: Path) -> str:
+    from sqlalchemy import text
+
+    from bot.db import make_engine, upgrade_schema
+
+    if url.startswith("sqlite"):
+        path = work / "bench.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        url = f"sqlite:///{path}"
+    else:
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS scrm_bench CASCADE"))
+            conn.execute(text("CREATE SCHEMA scrm_bench"))
+        engine.dispose()
+        url += ("&" if "?" in url else "?") + "options=-csearch_path%3Dscrm_bench"
+    engine = make_engine(url)
+    upgrade_schema(engine)
+    engine.dispose()
+    return url
+
+
+def bench_database(label: str, url: str, work: Path, orders: Path, extra: Path) -> dict:
+    url = fresh_database(url, work)
+    imported = run_phase("import", url, orders)
+    first = run_phase("retier", url)
+    added = run_phase("import", url, extra)
+    incremental = run_phase("retier", url)
+    print(f"  {label}: import {imported['rows'] / imported['seconds']:,.0f} rows/s "
+          f"({imported['seconds']:.1f}s), first re-tier {first['seconds']:.2f}s, "
+          f"+1% import {added['seconds']:.2f}s, incremental re-tier {incremental['seconds']:.2f}s", flush=True)
+    return {"import": imported, "first": first, "added": added, "incremental": incremental}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--orders", type=int, default=10_000_000)
+    parser.add_argument("--work", type=Path, default=Path("bench-data"))
+    parser.add_argument("--gen", type=Path, default=GEN)
+    parser.add_argument("--sqlite", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--pg-url", default="")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args.phase, args.url, args.path)))
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    orders, extra = generate(args.work, args.customers, args.orders, args.gen)
+    baseline = pandas_baseline(orders)
+    print(f"pandas baseline: RFM eight segments in {baseline['compute_s']:.2f}s from an in-memory DataFrame "
+          f"(CSV parse {baseline['parse_s']:.1f}s, not counted)", flush=True)
+    results = {}
+    if args.sqlite:
+        results["SQLite"] = bench_database("SQLite", "sqlite", args.work, orders, extra)
+    if args.pg_url:
+        results["PostgreSQL"] = bench_database("PostgreSQL", args.pg_url, args.work, orders, extra)
+    report(args, baseline, results)
+
+
+def report(args: argparse.Namespace, baseline: dict, results: dict) -> None:
+    base = baseline["compute_s"]
+    goals = {"SQLite": 250_000, "PostgreSQL": 100_000}
+    print(f"\n{args.orders:,} orders, {args.customers:,} customers, as of {AS_OF}")
+    print(f"{'':12} {'import rows/s':>14} {'goal':>9} {'first s':>8} {'×pandas':>8} {'incr s':>7} {'×pandas':>8} "
+          f"{'peak MB':>8} {'same segments':>14}")
+    for label, r in results.items():
+        rate = r["import"]["rows"] / r["import"]["seconds"]
+        peak = max(r[k]["max_rss_mb"] for k in r)
+        same = r["first"]["counts"] == baseline["counts"]
+        print(f"{label:12} {rate:14,.0f} {goals[label]:9,} {r['first']['seconds']:8.2f} "
+              f"{r['first']['seconds'] / base:8.2f} {r['incremental']['seconds']:7.2f} "
+              f"{r['incremental']['seconds'] / base:8.2f} {peak:8.0f} {str(same):>14}")
+        if not same:
+            print(f"  segment counts differ: engine {r['first']['counts']} vs pandas {baseline['counts']}")
+    print(f"pandas compute {base:.2f}s; goals: first re-tier ≤ 1.0×, incremental ≤ 0.2×, peak ≤ 500 MB")
+
+
+if __name__ == "__main__":
+    main()
