@@ -116,7 +116,11 @@ class OrderWriter:
         result = WriteResult()
         if not rows:
             return result
-        result.customers_created = self._ensure_customers({r.external_userid for r in rows})
+        first_seen: dict[str, datetime] = {}
+        for r in rows:
+            if r.external_userid not in first_seen or r.paid_at < first_seen[r.external_userid]:
+                first_seen[r.external_userid] = r.paid_at
+        result.customers_created = self._ensure_customers(first_seen)
         existing = self._existing({r.order_id for r in rows})
         new_rows, changed, recompute = [], [], set()
         for row in rows:
@@ -141,8 +145,10 @@ class OrderWriter:
         refresh_aggregates(self.session, recompute)
         return result
 
-    def _ensure_customers(self, external_userids: set[str]) -> int:
-        missing = [e for e in external_userids if e not in self._customer_ids]
+    def _ensure_customers(self, first_seen: dict[str, datetime]) -> int:
+        """Ids for these customers; unknown ones get a stub "known since" their earliest order here
+        (not the import time, which would make every imported customer look freshly engaged)."""
+        missing = [e for e in first_seen if e not in self._customer_ids]
         self._lookup_customers(missing)
         stubs = [e for e in missing if e not in self._customer_ids]
         if stubs:
@@ -150,7 +156,7 @@ class OrderWriter:
             sql = self._sql("INSERT INTO customers (external_userid, name, contact_type, gender, opted_out, "
                             "created_at, updated_at) VALUES (?, '', 1, 0, FALSE, ?, ?) "
                             "ON CONFLICT (external_userid) DO NOTHING")
-            self.session.connection().exec_driver_sql(sql, [(e, now, now) for e in stubs])
+            self.session.connection().exec_driver_sql(sql, [(e, self._time(first_seen[e]), now) for e in stubs])
             self._lookup_customers(stubs)
         return len(stubs)
 

@@ -219,3 +219,11 @@ def test_unusual_but_valid_ids_round_trip(db, tmp_path):
     with db.sessions() as session:
         assert session.scalar(select(Order.order_id)) == 'a\\\\b"c'
         assert session.scalar(select(Customer.external_userid)) == "wm客户\\x"
+
+
+def test_customer_stubs_are_known_since_their_first_order(db, tmp_path):
+    run_import(db, write(tmp_path, "o1,wmOld,1,2024-01-05T10:00:00+08:00,paid\n"
+                                   "o2,wmOld,1,2023-12-31T10:00:00+08:00,paid\n"))
+    with db.sessions() as session:
+        created = session.scalar(select(Customer.created_at).where(Customer.external_userid == "wmOld"))
+    assert created.isoformat() == "2023-12-31T02:00:00+00:00"

@@ -289,3 +289,26 @@ def _python_segments(orders: list[tuple[int, int, int, str]]) -> dict[str, str]:
     mean_f = Fraction(sum(v[0] for v in per.values()), n)
     mean_m = Fraction(sum(v[1] for v in per.values()), n)
     return {e: SEGMENTS[(AS_OF.toordinal() - v[2] < mean_r, v[0] > mean_f, v[1] > mean_m)] for e, v in per.items()}
+
+
+def test_high_ticket_path_uses_interactions_and_intent_tags(db):
+    from dataclasses import replace
+
+    from bot.models import CustomerTag, Tag, TagGroup
+
+    policy = replace(POLICY, stage_path="high_ticket")
+    now = datetime(2026, 11, 19, tzinfo=UTC)
+    with db.begin() as session:
+        stranger, chatted, quoted = (Customer(external_userid=e, name="") for e in ("wmS", "wmP", "wmI"))
+        chatted.last_interaction_at = now
+        session.add_all([stranger, chatted, quoted])
+        group = TagGroup(name="销售阶段")
+        tag = Tag(group=group, name="已报价")
+        session.add_all([group, tag])
+        session.flush()
+        session.add(CustomerTag(customer_id=quoted.id, tag_id=tag.id, source="staff", added_by="zhangsan"))
+        OrderWriter(session).write([OrderRow("b1", "wmBuyer", 100, now, now.astimezone(TZ).date().toordinal(),
+                                             "paid")])
+        retier(session, policy, AS_OF, TZ)
+        stages = dict(session.execute(select(Customer.external_userid, Customer.stage)).all())
+    assert stages == {"wmS": "stranger", "wmP": "potential", "wmI": "intent", "wmBuyer": "first_purchase"}
