@@ -56,7 +56,7 @@ class ImportSummary:
 def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress | None = None) -> ImportSummary:
     """Import an orders CSV (``order_id,external_userid,amount,paid_at[,status]``) into ``session``."""
     summary = ImportSummary()
-    writer = OrderWriter(session)
+    writer = OrderWriter(session, defer_aggregates=True)
     batch: dict[str, OrderRow] = {}
     now = datetime.now(UTC)
     for line, record in _records(path, ORDER_COLUMNS, ("status",), progress):
@@ -74,6 +74,7 @@ def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress
             batch.clear()
         batch[row.order_id] = row
     summary.add(writer.write(list(batch.values())))
+    writer.finish()
     return summary
 
 

@@ -107,10 +107,14 @@ class OrderWriter:
     """Writes batches of parsed orders into one session. Rows of one batch must have distinct
     order ids (callers flush before a repeat)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, defer_aggregates: bool = False) -> None:
+        """``defer_aggregates``: for bulk imports, collect the touched customers and rebuild their
+        aggregates once in :meth:`finish` (one GROUP BY) instead of upserting deltas per batch."""
         self.session = session
         self.dialect = session.get_bind().dialect.name
         self._customer_ids: dict[str, int] = {}
+        self.defer_aggregates = defer_aggregates
+        self._touched: set[int] = set()
 
     def write(self, rows: list[OrderRow], keep_outcomes: bool = False) -> WriteResult:
         result = WriteResult()
@@ -141,9 +145,33 @@ class OrderWriter:
                 result.outcomes[row.order_id] = outcome
         self._insert(new_rows)
         self._update(changed)
-        self._add_deltas([(r, c) for r, c in new_rows if c not in recompute])
-        refresh_aggregates(self.session, recompute)
+        if self.defer_aggregates:
+            self._touched.update(c for _, c in new_rows)
+            self._touched.update(recompute)
+        else:
+            self._add_deltas([(r, c) for r, c in new_rows if c not in recompute])
+            refresh_aggregates(self.session, recompute)
         return result
+
+    def finish(self) -> None:
+        """Rebuild the aggregates of every customer a deferred import touched, set-based."""
+        if not self._touched:
+            return
+        connection = self.session.connection()
+        connection.exec_driver_sql("CREATE TEMPORARY TABLE IF NOT EXISTS touched_customers "
+                                   "(customer_id BIGINT PRIMARY KEY)")
+        connection.exec_driver_sql("DELETE FROM touched_customers")
+        ids = sorted(self._touched)
+        if self.dialect == "postgresql":
+            cursor = connection.connection.dbapi_connection.cursor()
+            with cursor.copy("COPY touched_customers (customer_id) FROM STDIN") as copy:
+                copy.write("".join(f"{i}\n" for i in ids))
+        else:
+            connection.exec_driver_sql("INSERT INTO touched_customers (customer_id) VALUES (?)", [(i,) for i in ids])
+        touched = "SELECT customer_id FROM touched_customers"
+        connection.exec_driver_sql(f"DELETE FROM customer_aggregates WHERE customer_id IN ({touched})")
+        connection.exec_driver_sql(_REBUILD_SQL.format(touched=touched))
+        self._touched.clear()
 
     def _ensure_customers(self, first_seen: dict[str, datetime]) -> int:
         """Ids for these customers; unknown ones get a stub "known since" their earliest order here
@@ -299,6 +327,17 @@ _DELTA_UPSERT = (
                 + [_pick("first_order_at", "<"), _pick("first_order_day", "<", "first_order_at"),
                    _pick("last_order_at", ">"), _pick("last_order_day", ">", "last_order_at"),
                    "updated_at = excluded.updated_at"]))
+
+
+_REBUILD_SQL = (
+    "INSERT INTO customer_aggregates (customer_id, order_count, paid_amount_fen, refund_count, refunded_amount_fen, "
+    "first_order_at, last_order_at, first_order_day, last_order_day, updated_at) "
+    "SELECT customer_id, count(*) FILTER (WHERE status = 'paid'), "
+    "coalesce(sum(amount_fen) FILTER (WHERE status = 'paid'), 0), count(*) FILTER (WHERE status = 'refunded'), "
+    "coalesce(sum(amount_fen) FILTER (WHERE status = 'refunded'), 0), "
+    "min(paid_at) FILTER (WHERE status = 'paid'), max(paid_at) FILTER (WHERE status = 'paid'), "
+    "min(paid_day) FILTER (WHERE status = 'paid'), max(paid_day) FILTER (WHERE status = 'paid'), max(updated_at) "
+    "FROM orders WHERE customer_id IN ({touched}) GROUP BY customer_id")
 
 
 def refresh_aggregates(session: Session, customer_ids: Iterable[int]) -> None:
