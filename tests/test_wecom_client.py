@@ -146,13 +146,16 @@ def test_redis_token_cache_is_shared_between_processes(corp, sandbox, seeded):
         "wecom": {"corp_id": corp.corp_id, "secret": secret_for(corp, "app"),
                   "contact_secret": secret_for(corp, "contact"), "api_base_url": f"{sandbox.url}/cgi-bin/"}},
         environ={})
+    first, second = build_clients(settings), build_clients(settings)  # two processes sharing one Redis
+    admin = redis.Redis.from_url(REDIS_URL)
     try:
-        build_clients(settings).contact.external_contact.get("wmA")
-        build_clients(settings).contact.external_contact.get("wmA")  # a second process: same Redis
+        first.contact.external_contact.get("wmA")
+        second.contact.external_contact.get("wmA")
         assert [c["path"] for c in calls(sandbox)].count("gettoken") == 1
-        keys = [k.decode() for k in redis.Redis.from_url(REDIS_URL).keys(f"{prefix}:*")]
+        keys = [k.decode() for k in admin.keys(f"{prefix}:*")]
         assert keys and not any(secret_for(corp, "contact")[:10] in k for k in keys)
     finally:
-        r = redis.Redis.from_url(REDIS_URL)
-        for key in r.keys(f"{prefix}:*"):
-            r.delete(key)
+        for key in admin.keys(f"{prefix}:*"):
+            admin.delete(key)
+        for client in (admin, first.app.session.redis, second.app.session.redis):
+            client.close()
