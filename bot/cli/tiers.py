@@ -48,22 +48,27 @@ def _report(summary: ImportSummary, errors_out: Path | None) -> None:
         errors_out.write_text("".join(f"{line},{reason}\n" for line, reason in summary.errors), encoding="utf-8")
 
 
-@click.command("import-orders")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--errors-out", type=click.Path(dir_okay=False, path_type=Path), help="Write skipped rows' reasons here.")
-@click.option("--no-progress", is_flag=True)
-@pass_cli
+def _import_command(name: str):  # type: ignore[no-untyped-def]
+    """The options every CSV import shares."""
+    def decorate(func):  # type: ignore[no-untyped-def]
+        func = pass_cli(func)
+        func = click.option("--no-progress", is_flag=True)(func)
+        func = click.option("--errors-out", type=click.Path(dir_okay=False, path_type=Path),
+                            help="Write skipped rows' reasons here.")(func)
+        func = click.argument("file", type=click.Path(dir_okay=False, path_type=Path))(func)
+        return click.command(name)(func)
+
+    return decorate
+
+
+@_import_command("import-orders")
 def import_orders_cmd(cli: CliContext, file: Path, errors_out: Path | None, no_progress: bool) -> None:
     """Import orders: order_id,external_userid,amount,paid_at[,status] (amount in 元, paid_at ISO 8601
     with offset, status paid|refunded). Idempotent on order_id; bad rows are skipped and reported."""
     _report(_import(cli, file, import_orders, "orders", not no_progress), errors_out)
 
 
-@click.command("import-customers")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--errors-out", type=click.Path(dir_okay=False, path_type=Path), help="Write skipped rows' reasons here.")
-@click.option("--no-progress", is_flag=True)
-@pass_cli
+@_import_command("import-customers")
 def import_customers_cmd(cli: CliContext, file: Path, errors_out: Path | None, no_progress: bool) -> None:
     """Import customers: external_userid,name,follow_userid,added_at[,birthday]."""
     _report(_import(cli, file, import_customers, "customers", not no_progress), errors_out)
