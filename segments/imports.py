@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.models import Customer, Follow, Staff
-from segments.orders import OrderRow, OrderWriter, RowError, parse_order
+from segments.orders import OrderRow, OrderWriter, RowError, WriteCounts, parse_order
 
 ORDER_COLUMNS = ("order_id", "external_userid", "amount", "paid_at")
 CUSTOMER_COLUMNS = ("external_userid", "name", "follow_userid", "added_at")
@@ -32,25 +32,15 @@ class ImportFailed(Exception):
 
 
 @dataclass
-class ImportSummary:
+class ImportSummary(WriteCounts):
     read: int = 0
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
     skipped: int = 0
-    customers_created: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason), the first KEPT_ERRORS
 
     def skip(self, line: int, reason: str) -> None:
         self.skipped += 1
         if len(self.errors) < KEPT_ERRORS:
             self.errors.append((line, reason))
-
-    def add(self, result: Any) -> None:
-        self.inserted += result.inserted
-        self.updated += result.updated
-        self.unchanged += result.unchanged
-        self.customers_created += result.customers_created
 
 
 def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress | None = None) -> ImportSummary:

@@ -95,11 +95,21 @@ def _timestamp(value: Any, now: datetime) -> datetime:
 
 
 @dataclass
-class WriteResult:
+class WriteCounts:
+    """What happened to written rows; shared by one batch's result and a whole import's summary."""
+
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
     customers_created: int = 0
+
+    def add(self, other: WriteCounts) -> None:
+        for name in ("inserted", "updated", "unchanged", "customers_created"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class WriteResult(WriteCounts):
     outcomes: dict[str, str] = field(default_factory=dict)  # order_id → inserted / updated / unchanged
 
 
