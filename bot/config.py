@@ -42,6 +42,8 @@ class AppSettings:
     timezone: str = "Asia/Shanghai"
     log_level: str = "INFO"
     public_url: str = ""
+    brand_name: str = "本店"
+    templates_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,61 @@ class TiersSettings:
     score_weight_m: int = 1
 
 
+def _default_reply_rules() -> list[dict[str, Any]]:
+    return [
+        {"name": "price", "keywords": ["多少钱", "价格", "怎么卖", "报价", "优惠", "打折"]},
+        {"name": "order_status", "keywords": ["物流", "快递", "发货", "到哪了"]},
+        {"name": "human", "keywords": ["人工", "真人", "转人工"]},
+    ]
+
+
+@dataclass(frozen=True)
+class ContactsSettings:
+    channels: dict[str, Any] = field(default_factory=dict)
+    send_welcome: bool = True
+    churn_alert: bool = True
+
+
+@dataclass(frozen=True)
+class KfSettings:
+    auto_reply: bool = True
+    reply_rules: list[dict[str, Any]] = field(default_factory=_default_reply_rules)
+    default_reply_cooldown_minutes: int = 30
+    human_takeover_minutes: int = 30
+    opt_out_words: list[str] = field(default_factory=lambda: ["退订", "TD"])
+    opt_in_words: list[str] = field(default_factory=lambda: ["恢复订阅"])
+    window_hours: int = 48
+    window_messages: int = 5
+    welcome_on_enter: bool = True
+
+
+def _default_tag_rules() -> list[dict[str, Any]]:
+    return [
+        {"name": "asked_price", "when": "kf_keyword", "keywords": ["多少钱", "价格", "怎么卖", "报价"],
+         "tag": "意向/问过价格"},
+        {"name": "first_order", "when": "first_order", "tag": "交易/客户首单"},
+        {"name": "repeat_buyer", "when": "order_count", "gte": 2, "tag": "交易/复购客户"},
+        {"name": "big_spender", "when": "order_amount", "gte": 1000, "tag": "交易/累计消费千元"},
+        {"name": "moment_like", "when": "moment_like", "tag": "互动/朋友圈点赞"},
+        {"name": "moment_comment", "when": "moment_comment", "tag": "互动/朋友圈评论"},
+        {"name": "coupon_user", "when": "coupon_redeemed", "tag": "交易/用过优惠券"},
+        {"name": "vip", "when": "tier_entered", "dimension": "value_tier", "value": "high", "tag": "分层/高价值客户"},
+    ]
+
+
+@dataclass(frozen=True)
+class TagsSettings:
+    default_group: str = "自动标签"
+    aliases: dict[str, Any] = field(default_factory=lambda: {"客户已下单": "交易/客户首单"})
+    rules: list[dict[str, Any]] = field(default_factory=_default_tag_rules)
+    push_to_wecom: bool = True
+
+
+@dataclass(frozen=True)
+class MomentsSettings:
+    lookback_days: int = 30
+
+
 @dataclass(frozen=True)
 class Settings:
     app: AppSettings = field(default_factory=AppSettings)
@@ -131,6 +188,10 @@ class Settings:
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     tiers: TiersSettings = field(default_factory=TiersSettings)
+    contacts: ContactsSettings = field(default_factory=ContactsSettings)
+    kf: KfSettings = field(default_factory=KfSettings)
+    tags: TagsSettings = field(default_factory=TagsSettings)
+    moments: MomentsSettings = field(default_factory=MomentsSettings)
 
     def __repr__(self) -> str:
         return f"Settings({self.redacted()!r})"
@@ -176,7 +237,7 @@ def _masked_repr(self: Any) -> str:
 
 
 for _section_cls in (AppSettings, DatabaseSettings, RedisSettings, WeComSettings, WebhookSettings, WorkerSettings,
-                     TiersSettings):
+                     TiersSettings, ContactsSettings, KfSettings, TagsSettings, MomentsSettings):
     _section_cls.__repr__ = _masked_repr  # type: ignore[method-assign]
 
 
@@ -351,6 +412,54 @@ def validate(settings: Settings) -> None:
         TierPolicy.from_settings(settings.tiers)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
+    _check_conversations(settings)
+    from bot.tagging.rules import RuleError, TagRules
+
+    try:
+        TagRules.from_settings(settings)
+    except RuleError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_conversations(settings: Settings) -> None:
+    for key in ("default_reply_cooldown_minutes", "human_takeover_minutes"):
+        if getattr(settings.kf, key) < 0:
+            raise ConfigError(f"kf.{key} must not be negative")
+    _check_positive("kf.window_hours", settings.kf.window_hours)
+    _check_positive("kf.window_messages", settings.kf.window_messages)
+    _check_positive("moments.lookback_days", settings.moments.lookback_days)
+    if settings.moments.lookback_days > 30:
+        raise ConfigError("moments.lookback_days must be at most 30 (WeCom lists moments in windows of ≤30 days)")
+    for i, rule in enumerate(settings.kf.reply_rules):
+        if not isinstance(rule, dict) or not _is_name(rule.get("name")) or not _str_list(rule.get("keywords")):
+            raise ConfigError(f"kf.reply_rules[{i}] needs a name (letters, digits, _) and a non-empty keywords list")
+        unknown = set(rule) - {"name", "keywords"}
+        if unknown:
+            raise ConfigError(f"kf.reply_rules[{i}] has unknown keys {sorted(unknown)}")
+    for key in ("opt_out_words", "opt_in_words"):
+        if not isinstance(getattr(settings.kf, key), list) or not all(
+                isinstance(w, str) and w.strip() for w in getattr(settings.kf, key)):
+            raise ConfigError(f"kf.{key} must be a list of non-empty words")
+    for state, channel in settings.contacts.channels.items():
+        if not isinstance(channel, dict):
+            raise ConfigError(f"contacts.channels.{state} must be a table (tags, stage, welcome)")
+        unknown = set(channel) - {"tags", "stage", "welcome"}
+        if unknown:
+            raise ConfigError(f"contacts.channels.{state} has unknown keys {sorted(unknown)}")
+        if "tags" in channel and not _str_list(channel["tags"]):
+            raise ConfigError(f"contacts.channels.{state}.tags must be a list of tag names")
+        if "welcome" in channel and not _is_name(channel["welcome"]):
+            raise ConfigError(f"contacts.channels.{state}.welcome must be a template name (letters, digits, _)")
+        if "stage" in channel and not isinstance(channel["stage"], str):
+            raise ConfigError(f"contacts.channels.{state}.stage must be a stage name")
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_]{1,64}", value) is not None
+
+
+def _str_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip() for v in value)
 
 
 def _check_wecom(w: WeComSettings) -> None:

@@ -14,6 +14,7 @@ from bot.inbox.dispatcher import Dispatcher
 from bot.inbox.processor import InboxProcessor
 from bot.inbox.webhook import bp as webhook_bp
 from bot.inbox.worker import InboxWorker
+from bot.outbox import OutboxSender
 from bot.wecom.client import WeComClients, build_clients
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ def build_dispatcher() -> Dispatcher:
 def build_processor(settings: Settings, db: Database, clients: WeComClients | None = None) -> InboxProcessor:
     if clients is None and settings.wecom.corp_id:
         clients = build_clients(settings)
-    return InboxProcessor(db, build_dispatcher(), settings, clients=clients)
+    sender = OutboxSender(db, clients, settings)
+    return InboxProcessor(db, build_dispatcher(), settings, clients=clients, sender=sender)
 
 
 def init_app(app: Flask, settings: Settings, db: Database, start_worker: bool | None = None) -> None:
@@ -40,6 +42,6 @@ def init_app(app: Flask, settings: Settings, db: Database, start_worker: bool | 
         logger.warning("wecom.token is not set: /wecom/callback will refuse every request (503)")
     run_worker = settings.worker.enabled if start_worker is None else start_worker
     if run_worker:
-        worker = InboxWorker(processor, settings.worker.poll_seconds)
+        worker = InboxWorker(processor, settings.worker.poll_seconds, sender=processor.sender)
         worker.start()
         app.extensions["scrm.worker"] = worker

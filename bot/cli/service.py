@@ -110,7 +110,9 @@ def worker(cli: CliContext) -> None:
     click.echo(f"inbox worker polling every {settings.worker.poll_seconds}s (Ctrl-C to stop)")
     try:
         while True:
-            if not processor.run_once():
+            handled = processor.run_once()
+            sent = processor.sender.send_due() if processor.sender else None
+            if not handled and not sent:
                 time.sleep(settings.worker.poll_seconds)
     except KeyboardInterrupt:
         click.echo("stopped")

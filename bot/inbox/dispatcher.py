@@ -12,6 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 
@@ -32,6 +33,30 @@ class HandlerContext:
     inbox_event_id: int
     clients: Any = None  # bot.wecom.client.WeComClients, when WeCom is configured
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("handlers"))
+    received_at: datetime | None = None
+    templates: Any = None  # bot.messages.MessageTemplates
+    tag_rules: Any = None  # bot.tagging.rules.TagRules
+    sender: Any = None  # bot.outbox.OutboxSender
+    send_now: list[int] = field(default_factory=list)
+
+    def send_after_commit(self, outbox_id: int | None) -> None:
+        """Send this outbox row as soon as the handler's work is committed."""
+        if outbox_id is not None:
+            self.send_now.append(outbox_id)
+
+    def checkpoint(self) -> None:
+        """Commit what is done so far (e.g. one sync page and its cursor) and send its messages:
+        a crash after this point resumes from here instead of redoing it."""
+        self.session.commit()
+        self.flush_sends()
+
+    def flush_sends(self) -> None:
+        ids, self.send_now = self.send_now, []
+        if ids and self.sender is not None:
+            try:
+                self.sender.send(ids)
+            except Exception:  # noqa: BLE001 - unsent rows stay pending; the worker's sweep sends them
+                self.log.exception("sending outbox rows %s failed; left for the next sweep", ids)
 
 
 def make_key(msg_type: str, event: str | None = None, change_type: str | None = None) -> Key:

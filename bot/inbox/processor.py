@@ -21,7 +21,9 @@ from bot.config import Settings
 from bot.db import Database
 from bot.inbox.dispatcher import Dispatcher, HandlerContext
 from bot.inbox.xmlsafe import parse_flat_xml
+from bot.messages import MessageTemplates
 from bot.models import InboxEvent, utcnow
+from bot.tagging.rules import TagRules
 
 logger = logging.getLogger(__name__)
 RUNNABLE = ("pending", "failed")
@@ -35,12 +37,16 @@ class InboxProcessor:
         settings: Settings,
         clients: Any = None,
         clock: Callable[[], datetime] = utcnow,
+        sender: Any = None,
     ) -> None:
         self.db = db
         self.dispatcher = dispatcher
         self.settings = settings
         self.clients = clients
         self.clock = clock
+        self.sender = sender
+        self.templates = MessageTemplates.from_settings(settings)
+        self.tag_rules = TagRules.from_settings(settings)
 
     # ------------------------------------------------------------ batch
 
@@ -88,21 +94,28 @@ class InboxProcessor:
             row = session.get(InboxEvent, event_id)
             assert row is not None
             payload, msg_type, event, change_type = row.payload, row.msg_type, row.event, row.change_type
+            received_at = row.received_at
         handlers = self.dispatcher.handlers_for(msg_type, event, change_type)
         if not handlers:
             logger.info("inbox event %d (%s/%s/%s) has no handler; kept as unhandled",
                         event_id, msg_type, event, change_type)
             return self._finish(event_id, "unhandled")
-        try:
-            with self.db.begin() as session:
-                fields = parse_flat_xml(payload)
+        # Handlers may commit part of their work (HandlerContext.checkpoint); the rest commits here.
+        with self.db.sessions() as session:
+            ctx = HandlerContext(session=session, settings=self.settings, fields={}, inbox_event_id=event_id,
+                                 clients=self.clients, received_at=received_at, templates=self.templates,
+                                 tag_rules=self.tag_rules, sender=self.sender)
+            try:
+                ctx.fields = parse_flat_xml(payload)
                 message = parse_message(payload)
-                ctx = HandlerContext(session=session, settings=self.settings, fields=fields,
-                                     inbox_event_id=event_id, clients=self.clients)
                 for handler in handlers:
                     handler(message, ctx)
-        except Exception as exc:  # noqa: BLE001 - any handler error is recorded and retried
-            return self._fail(event_id, exc)
+                session.commit()
+            except Exception as exc:  # noqa: BLE001 - any handler error is recorded and retried
+                session.rollback()
+                ctx.send_now.clear()
+                return self._fail(event_id, exc)
+        ctx.flush_sends()
         return self._finish(event_id, "handled")
 
     def _claim(self, event_id: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from bot.inbox.processor import InboxProcessor
 
@@ -11,8 +12,9 @@ logger = logging.getLogger(__name__)
 
 
 class InboxWorker:
-    def __init__(self, processor: InboxProcessor, poll_seconds: float) -> None:
+    def __init__(self, processor: InboxProcessor, poll_seconds: float, sender: Any = None) -> None:
         self.processor = processor
+        self.sender = sender
         self.poll_seconds = poll_seconds
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -43,6 +45,8 @@ class InboxWorker:
             try:
                 while self.processor.run_once() and not self._stop.is_set():
                     pass
+                if self.sender is not None:
+                    self.sender.send_due()  # conversational messages left pending (deferred or interrupted)
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
                 logger.exception("inbox worker round failed; retrying after %.1fs", self.poll_seconds)
             self._wake.wait(self.poll_seconds)

@@ -3,13 +3,20 @@
 from bot.models.api import ApiToken
 from bot.models.base import Base, UTCDateTime, utcnow
 from bot.models.customers import Customer, CustomerAggregate, Follow, Staff
-from bot.models.events import INBOX_STATUSES, InboxEvent, Interaction, OutboxMessage, TierChange
+from bot.models.events import (
+    INBOX_STATUSES,
+    InboxEvent,
+    Interaction,
+    KfConversation,
+    OutboxMessage,
+    SyncCursor,
+    TierChange,
+)
 from bot.models.orders import Order
 from bot.models.tags import CustomerTag, Tag, TagAlias, TagGroup
 
 __all__ = [
     "INBOX_STATUSES",
-    "ApiToken",
     "ApiToken",
     "Base",
     "Customer",
@@ -18,9 +25,11 @@ __all__ = [
     "Follow",
     "InboxEvent",
     "Interaction",
+    "KfConversation",
     "Order",
     "OutboxMessage",
     "Staff",
+    "SyncCursor",
     "Tag",
     "TagAlias",
     "TagGroup",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Date, ForeignKey, Index, SmallInteger, String, Text
+from sqlalchemy import JSON, Date, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.models.base import Base, utcnow
@@ -105,6 +105,36 @@ class OutboxMessage(Base):
     wecom_msgid: Mapped[str | None] = mapped_column(String(128))
     attempts: Mapped[int] = mapped_column(SmallInteger, default=0)
     scheduled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A hard deadline from WeCom (welcome codes live 20 s): not sent after it, skipped with a reason.
+    expires_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SyncCursor(Base):
+    """Where a paged pull from WeCom stopped (``kf:<open_kfid>``, …), saved after every page so a
+    crash neither re-reads nor skips."""
+
+    __tablename__ = "sync_cursors"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    cursor: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class KfConversation(Base):
+    """One WeChat user talking to one 微信客服 account: the 48-hour / 5-message send window is
+    counted from ``last_customer_message_at``."""
+
+    __tablename__ = "kf_conversations"
+    __table_args__ = (UniqueConstraint("open_kfid", "external_userid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    open_kfid: Mapped[str] = mapped_column(String(64))
+    external_userid: Mapped[str] = mapped_column(String(128))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id", ondelete="SET NULL"), index=True)
+    last_customer_message_at: Mapped[datetime | None]
+    sent_since_customer_message: Mapped[int] = mapped_column(default=0)
+    last_servicer_message_at: Mapped[datetime | None]
+    last_reply_at: Mapped[datetime | None]

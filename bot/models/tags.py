@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.models.base import Base, utcnow
@@ -75,3 +75,6 @@ class CustomerTag(Base):
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
     removed_at: Mapped[datetime | None]
     removed_by: Mapped[str | None] = mapped_column(String(64))
+    # What WeCom still has to be told: "add", "remove", or None when WeCom agrees with this row.
+    push_state: Mapped[str | None] = mapped_column(String(16), index=True)
+    push_error: Mapped[str | None] = mapped_column(Text)

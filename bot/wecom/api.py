@@ -37,6 +37,16 @@ class ScrmKF(WeChatKF):
         )
         return self._post("kf/sync_msg", data=data)
 
+    def send_msg(self, touser: str, open_kfid: str, msgtype: str, msg_content: dict, msgid: str | None = None) -> dict:
+        """发送消息. Only inside the 48-hour / 5-message window after the customer's last message;
+        ``msgid`` (≤32 bytes of ``[0-9a-zA-Z_-]``, unique per kf account) makes a resend detectable.
+        An errcode of 0 does not mean delivered: WeCom reports failures as ``msg_send_fail`` events."""
+        data = {"touser": touser, "open_kfid": open_kfid, "msgtype": msgtype}
+        if msgid:
+            data["msgid"] = msgid
+        data.update(msg_content)
+        return self._post("kf/send_msg", data=data)
+
     def gen_sync_msg(self, token: str, open_kfid: str, cursor: str = "", limit: int = 1000) -> Iterator[dict]:
         """Yield each page (with its ``next_cursor``) until ``has_more`` is 0."""
         while True:
@@ -53,6 +63,23 @@ class ScrmExternalContact(WeChatExternalContact):
 
     https://developer.work.weixin.qq.com/document/path/92115
     """
+
+    def batch_get_by_users(self, userid_list: list[str], cursor: str = "", limit: int = 100) -> dict:
+        """批量获取客户详情 for up to 100 members at once (wechatpy's ``batch_get_by_user`` takes one)."""
+        if not 1 <= len(userid_list) <= 100:
+            raise ValueError("batch/get_by_user takes 1 to 100 userids")
+        data = optionaldict(userid_list=userid_list, cursor=cursor or None, limit=min(limit, 100))
+        return self._post("externalcontact/batch/get_by_user", data=data)
+
+    def gen_batch_get_by_users(self, userid_list: list[str], limit: int = 100) -> Iterator[dict]:
+        """Yield each page until ``next_cursor`` is empty."""
+        cursor = ""
+        while True:
+            page = self.batch_get_by_users(userid_list, cursor=cursor, limit=limit)
+            yield page
+            cursor = page.get("next_cursor") or ""
+            if not cursor:
+                return
 
     def remark(
         self,

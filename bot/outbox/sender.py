@@ -1,0 +1,145 @@
+"""Sends outbox rows through the WeCom channel each names, recording the outcome on the row.
+
+pending → sending → sent | failed | skipped. A row is claimed with a conditional UPDATE and the
+claim committed before WeCom is called, so two senders never send one row. A call that gets no
+answer is not repeated blindly: its outcome is unknown, and the row says so. Rows left "sending"
+by a crash are resumed only on channels where a resend cannot duplicate (the kf ``msgid`` and
+the welcome code are single-use on WeCom's side).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from sqlalchemy import select, update
+from wechatpy.exceptions import WeChatClientException
+
+from bot.config import Settings
+from bot.db import Database
+from bot.models import OutboxMessage, utcnow
+
+logger = logging.getLogger(__name__)
+
+# Conversational channels, sent as soon as the row is committed.
+IMMEDIATE_CHANNELS = ("welcome", "kf", "kf_event", "app_message")
+RESENDABLE = frozenset({"welcome", "kf", "kf_event"})
+WELCOME_BUSY = 41096  # another app is sending this customer's welcome right now: may retry
+EXPLAINED = {
+    41051: "the welcome was already sent or the customer has started chatting; not retried",
+    41096: "another app is sending this welcome right now",
+    95018: "the kf session does not allow sending (outside the 48-hour window or taken by a servicer)",
+    95002: "the kf event code was already used or is older than 20 seconds",
+    95000: "the kf account does not exist",
+}
+
+
+class OutboxSender:
+    def __init__(self, db: Database, clients: Any, settings: Settings,
+                 clock: Callable[[], datetime] = utcnow, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.db, self.clients, self.settings = db, clients, settings
+        self.clock, self.sleep = clock, sleep
+
+    # ------------------------------------------------------------ batches
+
+    def send_due(self, channels: Iterable[str] = IMMEDIATE_CHANNELS, limit: int = 100) -> Counter[str]:
+        self.recover_stale()
+        with self.db.begin() as session:
+            ids = list(session.scalars(
+                select(OutboxMessage.id).where(OutboxMessage.status == "pending",
+                                               OutboxMessage.channel.in_(list(channels)),
+                                               OutboxMessage.scheduled_at <= self.clock())
+                .order_by(OutboxMessage.scheduled_at, OutboxMessage.id).limit(limit)))
+        return self.send(ids)
+
+    def send(self, ids: Iterable[int]) -> Counter[str]:
+        outcome: Counter[str] = Counter()
+        for outbox_id in ids:
+            status = self.send_one(outbox_id)
+            if status:
+                outcome[status] += 1
+        return outcome
+
+    def recover_stale(self, lease_seconds: float | None = None) -> int:
+        stale = self.clock() - timedelta(seconds=lease_seconds or self.settings.worker.lease_seconds)
+        with self.db.begin() as session:
+            rows = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "sending",
+                                                               OutboxMessage.updated_at < stale)).all()
+            for row in rows:
+                if row.channel in RESENDABLE:
+                    row.status, row.reason = "pending", "resumed after an interrupted send"
+                else:
+                    row.status = "failed"
+                    row.reason = "interrupted while sending; outcome unknown, not resent"
+            return len(rows)
+
+    # ------------------------------------------------------------ one row
+
+    def send_one(self, outbox_id: int) -> str | None:
+        row = self._claim(outbox_id)
+        if row is None:
+            return None
+        if row.expires_at is not None and self.clock() > row.expires_at:
+            return self._finish(outbox_id, "skipped", f"{row.channel} window passed before sending "
+                                                      f"(deadline {row.expires_at:%H:%M:%S} UTC)")
+        if self.clients is None:
+            return self._finish(outbox_id, "failed", "WeCom is not configured (wecom.corp_id / secret)")
+        try:
+            answer = self._call(row)
+        except WeChatClientException as exc:
+            if exc.errcode == WELCOME_BUSY and row.channel == "welcome" and row.attempts < 2:
+                self.sleep(1.0)
+                self._release(outbox_id)
+                return self.send_one(outbox_id)
+            explained = EXPLAINED.get(exc.errcode, exc.errmsg)
+            logger.warning("outbox %d (%s) refused by WeCom: %s %s", outbox_id, row.channel, exc.errcode, explained)
+            return self._finish(outbox_id, "failed", f"WeCom {exc.errcode}: {explained}")
+        except requests.RequestException as exc:
+            logger.error("outbox %d (%s): no answer from WeCom (%s)", outbox_id, row.channel, type(exc).__name__)
+            return self._finish(outbox_id, "failed", f"no answer from WeCom ({type(exc).__name__}); "
+                                                     "outcome unknown, not resent")
+        return self._finish(outbox_id, "sent", None, wecom_msgid=str(answer.get("msgid") or row.content.get("msgid")
+                                                                      or "") or None)
+
+    def _call(self, row: OutboxMessage) -> dict[str, Any]:
+        content, text = row.content, {"content": row.content["text"]}
+        if row.channel == "welcome":
+            return self.clients.contact.external_contact.send_welcome_msg(
+                {"welcome_code": content["welcome_code"], "text": text})
+        if row.channel == "kf":
+            return self.clients.kf.kf.send_msg(row.recipient, content["open_kfid"], "text", {"text": text},
+                                               msgid=content.get("msgid"))
+        if row.channel == "kf_event":
+            return self.clients.kf.kf.send_msg_on_event(content["code"], "text", {"text": text},
+                                                        msgid=content.get("msgid"))
+        if row.channel == "app_message":
+            agent_id = self.settings.wecom.agent_id
+            if not agent_id:
+                raise WeChatClientException(40056, "wecom.agent_id is not set; app messages cannot be sent")
+            return self.clients.app.message.send_text(agent_id, row.recipient, content["text"])
+        raise WeChatClientException(-2, f"channel {row.channel} is not sent by this sender")
+
+    def _claim(self, outbox_id: int) -> OutboxMessage | None:
+        with self.db.begin() as session:
+            claimed = session.execute(
+                update(OutboxMessage).where(OutboxMessage.id == outbox_id, OutboxMessage.status == "pending")
+                .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=self.clock())
+            ).rowcount
+            return session.get(OutboxMessage, outbox_id) if claimed == 1 else None
+
+    def _release(self, outbox_id: int) -> None:
+        with self.db.begin() as session:
+            session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(status="pending"))
+
+    def _finish(self, outbox_id: int, status: str, reason: str | None, wecom_msgid: str | None = None) -> str:
+        with self.db.begin() as session:
+            values: dict[str, Any] = {"status": status, "reason": reason, "updated_at": self.clock()}
+            if status == "sent":
+                values.update(sent_at=self.clock(), wecom_msgid=wecom_msgid)
+            session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(**values))
+        return status

@@ -1,0 +1,224 @@
+"""Local tag store: canonical tags (aliases folded), tagging and untagging customers with history,
+rule application (per event and set-based over aggregates), merging and the consistency check."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from bot.models import Customer, CustomerAggregate, CustomerTag, Tag, TagAlias, TagGroup, utcnow
+from bot.tagging.rules import TagRef, TagRule, TagRules, parse_ref
+
+FEN_PER_YUAN = 100
+
+
+def canonical_ref(session: Session, rules: TagRules, ref: TagRef) -> TagRef:
+    """Fold a synonym onto its canonical tag: config aliases first, then merged-tag aliases."""
+    if ref.name in rules.aliases:
+        return rules.aliases[ref.name]
+    row = session.execute(
+        select(TagGroup.name, Tag.name).join(Tag, Tag.group_id == TagGroup.id)
+        .join(TagAlias, TagAlias.tag_id == Tag.id).where(TagAlias.alias == ref.name)
+    ).first()
+    return TagRef(row[0], row[1]) if row else ref
+
+
+def ensure_tag(session: Session, ref: TagRef) -> Tag:
+    group = session.scalar(select(TagGroup).where(TagGroup.name == ref.group))
+    if group is None:
+        group = TagGroup(name=ref.group)
+        session.add(group)
+        session.flush()
+    tag = session.scalar(select(Tag).where(Tag.group_id == group.id, Tag.name == ref.name))
+    if tag is None:
+        tag = Tag(group_id=group.id, name=ref.name)
+        session.add(tag)
+        session.flush()
+    return tag
+
+
+def resolve(session: Session, rules: TagRules, text: str) -> Tag:
+    return ensure_tag(session, canonical_ref(session, rules, parse_ref(text, rules.default_group)))
+
+
+def tag_customer(session: Session, customer_id: int, tag: Tag, *, source: str, rule: str | None = None,
+                 added_by: str | None = None, push: bool = True, at: datetime | None = None) -> bool:
+    """Put ``tag`` on the customer; True if it was not there. A rule never re-adds a tag that was
+    removed (a member's decision wins over automation); a member or WeCom may."""
+    row = session.scalar(select(CustomerTag).where(CustomerTag.customer_id == customer_id,
+                                                   CustomerTag.tag_id == tag.id))
+    if row is not None and row.removed_at is None:
+        return False
+    if row is not None and source == "rule":
+        return False
+    if row is None:
+        row = CustomerTag(customer_id=customer_id, tag_id=tag.id)
+        session.add(row)
+    row.source, row.rule, row.added_by = source, rule, added_by
+    row.added_at, row.removed_at, row.removed_by = at or utcnow(), None, None
+    row.push_state, row.push_error = ("add" if push else None), None
+    session.flush()
+    return True
+
+
+def untag_customer(session: Session, customer_id: int, tag: Tag, *, removed_by: str | None,
+                   push: bool = True) -> bool:
+    row = session.scalar(select(CustomerTag).where(CustomerTag.customer_id == customer_id,
+                                                   CustomerTag.tag_id == tag.id, CustomerTag.removed_at.is_(None)))
+    if row is None:
+        return False
+    row.removed_at, row.removed_by = utcnow(), removed_by
+    # A tag never pushed to WeCom needs no removal there.
+    row.push_state = None if row.push_state == "add" or not push else "remove"
+    session.flush()
+    return True
+
+
+def live_tag_names(session: Session, customer_id: int) -> list[str]:
+    rows = session.execute(
+        select(TagGroup.name, Tag.name).join(Tag, Tag.group_id == TagGroup.id)
+        .join(CustomerTag, CustomerTag.tag_id == Tag.id)
+        .where(CustomerTag.customer_id == customer_id, CustomerTag.removed_at.is_(None)).order_by(Tag.name)
+    )
+    return [f"{g}/{n}" for g, n in rows]
+
+
+# ---------------------------------------------------------------- rules
+
+
+def apply_rules(session: Session, rules: TagRules, customer_id: int, kind: str, *, text: str = "",
+                state: str = "", push: bool = True) -> list[str]:
+    """Apply every rule of one event kind to one customer; returns the tags newly put on."""
+    applied = []
+    for rule in rules.when(kind):
+        if kind == "kf_keyword" and not rule.matches_text(text):
+            continue
+        if kind == "channel" and rule.state != state:
+            continue
+        tag = ensure_tag(session, canonical_ref(session, rules, rule.tag))
+        if tag_customer(session, customer_id, tag, source="rule", rule=rule.name, push=push):
+            applied.append(str(rule.tag))
+    return applied
+
+
+def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True) -> dict[str, int]:
+    """Order-threshold and tier rules for every customer at once: one INSERT … SELECT per rule
+    over the indexed aggregates (no Python loop over customers). Returns tags added per rule."""
+    added: dict[str, int] = {}
+    for rule in rules.rules:
+        condition = _aggregate_condition(rule)
+        if condition is None:
+            continue
+        tag = ensure_tag(session, canonical_ref(session, rules, rule.tag))
+        already = exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.tag_id == tag.id)
+        source = (select(Customer.id, tag.id, "rule", rule.name, utcnow(), "add" if push else None)
+                  .select_from(Customer).outerjoin(CustomerAggregate, CustomerAggregate.customer_id == Customer.id)
+                  .where(condition, ~already))
+        result = session.execute(insert(CustomerTag).from_select(
+            ["customer_id", "tag_id", "source", "rule", "added_at", "push_state"], source))
+        added[rule.name] = max(result.rowcount or 0, 0)
+    return added
+
+
+def _aggregate_condition(rule: TagRule) -> Any:
+    if rule.when == "first_order":
+        return CustomerAggregate.order_count >= 1
+    if rule.when == "order_count":
+        return CustomerAggregate.order_count >= int(rule.gte)
+    if rule.when == "order_amount":
+        return CustomerAggregate.paid_amount_fen >= int(rule.gte * FEN_PER_YUAN)
+    if rule.when == "tier_entered":
+        return getattr(Customer, rule.dimension) == rule.value
+    return None
+
+
+# ---------------------------------------------------------------- merge and check
+
+
+@dataclass
+class MergeResult:
+    moved: int = 0
+    already_had: int = 0
+
+
+def merge_tags(session: Session, rules: TagRules, source_text: str, target_text: str,
+               by: str = "merge") -> MergeResult:
+    """Move every customer from tag A to tag B, keep A's rows as history, fold A onto B."""
+    source_ref = parse_ref(source_text, rules.default_group, "tag A")
+    target = ensure_tag(session, canonical_ref(session, rules, parse_ref(target_text, rules.default_group, "tag B")))
+    source = session.scalar(select(Tag).join(TagGroup).where(TagGroup.name == source_ref.group,
+                                                              Tag.name == source_ref.name))
+    if source is None:
+        raise LookupError(f"no tag {source_ref}")
+    if source.id == target.id:
+        raise ValueError("a tag cannot be merged into itself")
+    result = MergeResult()
+    holders = session.scalars(select(CustomerTag).where(CustomerTag.tag_id == source.id,
+                                                        CustomerTag.removed_at.is_(None))).all()
+    for row in holders:
+        if tag_customer(session, row.customer_id, target, source=row.source, rule=row.rule,
+                        added_by=row.added_by or by):
+            result.moved += 1
+        else:
+            result.already_had += 1
+        untag_customer(session, row.customer_id, source, removed_by=by)
+    if session.scalar(select(TagAlias).where(TagAlias.alias == source.name)) is None:
+        session.add(TagAlias(alias=source.name, tag_id=target.id))
+    source.deleted = True
+    session.flush()
+    return result
+
+
+_SUFFIXES = ("客户", "用户", "人群", "会员", "类", "型", "的")
+
+
+def normalize_tag_name(name: str) -> str:
+    """Same after folding width, case, spaces, punctuation and common suffixes → near-duplicate."""
+    text = unicodedata.normalize("NFKC", name).casefold()
+    text = re.sub(r"[\s\W_]+", "", text)
+    for suffix in _SUFFIXES:
+        if text.endswith(suffix) and len(text) > len(suffix):
+            text = text[: -len(suffix)]
+            break
+    return text
+
+
+@dataclass
+class TagReport:
+    near_duplicates: list[list[tuple[str, int]]] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    aliases: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_tags(session: Session) -> TagReport:
+    usage = dict(session.execute(
+        select(CustomerTag.tag_id, func.count()).where(CustomerTag.removed_at.is_(None)).group_by(CustomerTag.tag_id)
+    ).all())
+    rows = session.execute(select(Tag.id, TagGroup.name, Tag.name).join(TagGroup)
+                           .where(Tag.deleted.is_(False)).order_by(TagGroup.name, Tag.name)).all()
+    groups: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    report = TagReport()
+    for tag_id, group, name in rows:
+        groups[normalize_tag_name(name)].append((f"{group}/{name}", usage.get(tag_id, 0)))
+        if not usage.get(tag_id):
+            report.unused.append(f"{group}/{name}")
+    report.near_duplicates = [names for names in groups.values() if len(names) > 1]
+    report.aliases = [(a, f"{g}/{n}") for a, g, n in session.execute(
+        select(TagAlias.alias, TagGroup.name, Tag.name).join(Tag, Tag.id == TagAlias.tag_id).join(TagGroup)
+        .order_by(TagAlias.alias))]
+    return report
+
+
+def mark_pushed(session: Session, customer_id: int, tag_ids: list[int], error: str | None = None) -> None:
+    if not tag_ids:
+        return
+    values: dict[str, Any] = {"push_error": error} if error else {"push_state": None, "push_error": None}
+    session.execute(update(CustomerTag).where(and_(CustomerTag.customer_id == customer_id,
+                                                   CustomerTag.tag_id.in_(tag_ids))).values(**values))
