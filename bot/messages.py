@@ -77,8 +77,10 @@ def customer_vars(customer: Any) -> dict[str, Any]:
     tier = getattr(customer, "value_tier", None)
     segment = getattr(customer, "rfm_segment", None)
     stage = getattr(customer, "stage", None)
+    external_userid = getattr(customer, "external_userid", "") or ""
     return {
         "name": name or "您",
+        "label": name or f"客户…{external_userid[-6:]}",  # how staff see a customer with no known name
         "value_tier": tier or "",
         "tier_name": TIER_NAMES.get(tier or "", ""),
         "rfm_segment": segment or "",

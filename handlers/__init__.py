@@ -7,9 +7,9 @@ attached to a dispatcher.
 from __future__ import annotations
 
 from bot.inbox.dispatcher import Dispatcher
-from handlers import contacts
+from handlers import contacts, kf, tags
 
-MODULES = (contacts,)
+MODULES = (contacts, kf, tags)
 
 
 def register_all(dispatcher: Dispatcher) -> None:

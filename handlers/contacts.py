@@ -1,8 +1,10 @@
-"""change_external_contact: keep customers, staff and follows in step with WeCom."""
+"""change_external_contact: keep customers, staff and follows in step with WeCom; tag new
+customers by channel, welcome them within WeCom's 20-second window, flow staff tag edits back
+here, and alert the owner when a customer leaves."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -10,20 +12,30 @@ from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
 
 from bot.inbox.dispatcher import HandlerContext, on
-from bot.models import Customer, Follow, Interaction, Staff, utcnow
+from bot.interactions import add_interaction
+from bot.messages import customer_vars, tier_keys
+from bot.models import Customer, CustomerTag, Follow, Staff, Tag, utcnow
+from bot.outbox import enqueue
+from bot.tagging.rules import TagRef
+from bot.tagging.sync import push_pending, tag_from_wecom
+from bot.tagging.system import apply_rules, canonical_ref, ensure_tag, resolve, tag_customer, untag_customer
+from segments.policy import STAGE_PATHS
 
 EVENT = "change_external_contact"
 NOT_EXTERNAL_CONTACT = 84061
+WELCOME_WINDOW = timedelta(seconds=20)
+CORP_TAG = 1  # follow_user.tags[].type: 1 corp, 2 personal, 3 strategy
 
 
 @on("event", EVENT, "add_external_contact")
 @on("event", EVENT, "add_half_external_contact")
 def customer_added(event: Any, ctx: HandlerContext) -> None:
-    """A customer added a member: fetch the contact, upsert customer + follow, record the add."""
+    """A customer added a member: fetch the contact, upsert customer + follow, tag by channel,
+    record the add, and send the welcome while the WelcomeCode is valid."""
     external_userid, userid = _ids(ctx)
     contact = _fetch_contact(ctx, external_userid)
     customer = upsert_customer(ctx.session, external_userid, contact.get("external_contact", {}))
-    staff = upsert_staff(ctx.session, userid)
+    staff = upsert_staff(ctx.session, userid, ctx)
     info = _follow_info(contact, userid)
     follow = upsert_follow(ctx.session, customer, staff)
     follow.state = ctx.fields.get("State") or info.get("state") or follow.state
@@ -33,34 +45,158 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
     follow.added_at = _event_time(ctx) if not info.get("createtime") else _from_epoch(info["createtime"])
     follow.ended_at, follow.ended_reason = None, None
     customer.owner_userid = customer.owner_userid or userid
-    _record(ctx, customer, "added", f"add:{userid}:{external_userid}:{ctx.fields.get('CreateTime')}", userid,
-            {"state": follow.state, "change_type": ctx.fields.get("ChangeType")})
+    channel = ctx.settings.contacts.channels.get(follow.state or "", {})
+    if customer.stage is None:
+        customer.stage = channel.get("stage") or STAGE_PATHS[ctx.settings.tiers.stage_path][0]
+    reconcile_wecom_tags(ctx.session, ctx.tag_rules, customer, contact, actor=userid)
+    for text in channel.get("tags", []):
+        tag_customer(ctx.session, customer.id, resolve(ctx.session, ctx.tag_rules, text), source="rule",
+                     rule=f"channel:{follow.state}", push=ctx.settings.tags.push_to_wecom)
+    if follow.state:
+        apply_rules(ctx.session, ctx.tag_rules, customer.id, "channel", state=follow.state,
+                    push=ctx.settings.tags.push_to_wecom)
+    record_interaction(ctx, customer, "added", f"add:{userid}:{external_userid}:{ctx.fields.get('CreateTime')}",
+                       userid, {"state": follow.state, "change_type": ctx.fields.get("ChangeType")})
+    _welcome(ctx, customer, staff, follow.state or "", channel.get("welcome") or "default")
+    push_customer_tags(ctx, customer)
 
 
 @on("event", EVENT, "edit_external_contact")
 def customer_edited(event: Any, ctx: HandlerContext) -> None:
-    """A member edited the customer's remark or description: re-fetch and reconcile."""
+    """A member edited the customer's remark, description or tags: re-fetch and reconcile."""
     external_userid, userid = _ids(ctx)
     contact = _fetch_contact(ctx, external_userid)
     customer = upsert_customer(ctx.session, external_userid, contact.get("external_contact", {}))
-    follow = upsert_follow(ctx.session, customer, upsert_staff(ctx.session, userid))
+    follow = upsert_follow(ctx.session, customer, upsert_staff(ctx.session, userid, ctx))
     info = _follow_info(contact, userid)
     follow.remark = info.get("remark", follow.remark) or ""
     follow.description = info.get("description", follow.description) or ""
+    if contact:
+        reconcile_wecom_tags(ctx.session, ctx.tag_rules, customer, contact, actor=userid)
 
 
 @on("event", EVENT, "del_external_contact")
 @on("event", EVENT, "del_follow_user")
 def follow_ended(event: Any, ctx: HandlerContext) -> None:
-    """Either side removed the other: end the follow, keep the history."""
+    """Either side removed the other: end the follow, keep the history, and when the customer
+    did it, record the churn signal and tell the owner (流失提醒)."""
     external_userid, userid = _ids(ctx)
     customer = upsert_customer(ctx.session, external_userid, {})
-    follow = upsert_follow(ctx.session, customer, upsert_staff(ctx.session, userid))
+    follow = upsert_follow(ctx.session, customer, upsert_staff(ctx.session, userid, ctx))
     change_type = ctx.fields.get("ChangeType")
-    reason = "customer_deleted_staff" if change_type == "del_follow_user" else "staff_deleted_customer"
+    by_customer = change_type == "del_follow_user"
+    reason = "customer_deleted_staff" if by_customer else "staff_deleted_customer"
     if ctx.fields.get("Source") == "DELETE_BY_TRANSFER":
         reason = "transferred"
     follow.ended_at, follow.ended_reason = _event_time(ctx), reason
+    if by_customer:
+        ref = f"churn:{userid}:{external_userid}:{ctx.fields.get('CreateTime')}"
+        record_interaction(ctx, customer, "churn_signal", ref, userid, {"reason": reason}, touch=False)
+        if ctx.settings.contacts.churn_alert:
+            _churn_alert(ctx, customer, userid, ref)
+
+
+@on("event", EVENT, "transfer_fail")
+def transfer_failed(event: Any, ctx: HandlerContext) -> None:
+    """在职继承 failed (customer refused, or the new member is full): keep it on the customer's record."""
+    external_userid, userid = _ids(ctx)
+    customer = upsert_customer(ctx.session, external_userid, {})
+    reason = str(ctx.fields.get("FailReason") or "unknown")
+    record_interaction(ctx, customer, "transfer_fail", f"transfer_fail:{userid}:{external_userid}:"
+                       f"{ctx.fields.get('CreateTime')}", userid, {"fail_reason": reason}, touch=False)
+    ctx.log.warning("transfer of customer %s to %s failed: %s", external_userid, userid, reason)
+
+
+# ------------------------------------------------------------------ welcome and alerts
+
+
+def _welcome(ctx: HandlerContext, customer: Customer, staff: Staff, state: str, name: str) -> None:
+    code = str(ctx.fields.get("WelcomeCode") or "")
+    key = f"welcome:{customer.external_userid}:{staff.userid}:{ctx.fields.get('CreateTime')}"
+    base = {"channel": "welcome", "dedupe_key": key, "recipient": customer.external_userid,
+            "trigger_kind": "welcome", "trigger_ref": state or "default", "customer_id": customer.id,
+            "sender_userid": staff.userid}
+    if not ctx.settings.contacts.send_welcome:
+        enqueue(ctx.session, **base, content={}, status="skipped", reason="contacts.send_welcome is off")
+        return
+    if not code:
+        enqueue(ctx.session, **base, content={}, status="skipped",
+                reason="no WelcomeCode in the event: a welcome is set in the admin console, the half-add event "
+                       "already used it, or the customer is already chatting")
+        return
+    rendered = ctx.templates.render("welcome", name, tier_keys(customer), customer=customer_vars(customer),
+                                    staff={"name": staff.name or staff.userid, "userid": staff.userid},
+                                    brand=ctx.settings.app.brand_name, channel=state)
+    started = ctx.received_at or utcnow()
+    row = enqueue(ctx.session, **base, content={"text": rendered.text, "welcome_code": code,
+                                                "template": rendered.template},
+                  expires_at=started + WELCOME_WINDOW)
+    ctx.send_after_commit(row.id if row else None)
+
+
+def _churn_alert(ctx: HandlerContext, customer: Customer, userid: str, ref: str) -> None:
+    owner = customer.owner_userid or userid
+    rendered = ctx.templates.render("staff", "churn_alert", tier_keys(customer), customer=customer_vars(customer),
+                                    staff={"name": owner, "userid": owner},
+                                    how=f"删除了成员 {userid}")
+    row = enqueue(ctx.session, channel="app_message", dedupe_key=ref, recipient=owner, trigger_kind="churn_alert",
+                  trigger_ref=customer.external_userid, customer_id=customer.id,
+                  content={"text": rendered.text, "template": rendered.template})
+    ctx.send_after_commit(row.id if row else None)
+
+
+def push_customer_tags(ctx: HandlerContext, customer: Customer) -> None:
+    """Mirror this customer's pending tag changes to WeCom now; a failure is kept on the tag row
+    (``scrm sync tags`` retries) and never fails the event."""
+    if ctx.clients is None or not ctx.settings.tags.push_to_wecom:
+        return
+    ctx.session.flush()
+    result = push_pending(ctx.session, ctx.clients.contact, customer_ids=[customer.id])
+    if result.errors:
+        ctx.log.warning("tags of customer %s not yet in WeCom: %s", customer.external_userid, result.errors[0])
+
+
+# ------------------------------------------------------------------ tags from WeCom
+
+
+def reconcile_wecom_tags(session: Session, rules: Any, customer: Customer, contact: dict[str, Any],
+                         actor: str | None) -> tuple[int, int]:
+    """Make the customer's WeCom-synced tags equal the corp tags on their live follows in WeCom
+    (externalcontact/get): tags a member added there are added here, tags a member removed there
+    are removed here. Tags waiting to be pushed are left alone. Synonyms fold to their canonical tag."""
+    wanted: dict[int, str | None] = {}
+    for info in contact.get("follow_user", []) or []:
+        for item in info.get("tags", []) or []:
+            if int(item.get("type") or CORP_TAG) != CORP_TAG or not item.get("tag_id"):
+                continue
+            tag = _folded(session, rules, tag_from_wecom(session, item["tag_id"], item.get("group_name") or "未分组",
+                                                         item.get("tag_name") or item["tag_id"]))
+            wanted.setdefault(tag.id, info.get("userid"))
+    return apply_wecom_tag_set(session, customer, wanted, actor)
+
+
+def apply_wecom_tag_set(session: Session, customer: Customer, wanted: dict[int, str | None],
+                        actor: str | None) -> tuple[int, int]:
+    added = removed = 0
+    for tag_id, userid in wanted.items():
+        tag = session.get(Tag, tag_id)
+        assert tag is not None
+        if tag_customer(session, customer.id, tag, source="wecom", added_by=userid, push=False):
+            added += 1
+    in_sync = session.scalars(select(CustomerTag).join(Tag).where(
+        CustomerTag.customer_id == customer.id, CustomerTag.removed_at.is_(None), CustomerTag.push_state.is_(None),
+        Tag.wecom_tag_id.is_not(None))).all()
+    for row in in_sync:
+        if row.tag_id not in wanted:
+            untag_customer(session, customer.id, session.get(Tag, row.tag_id), removed_by=actor, push=False)
+            removed += 1
+    return added, removed
+
+
+def _folded(session: Session, rules: Any, tag: Tag) -> Tag:
+    ref = TagRef(tag.group.name, tag.name)
+    target = canonical_ref(session, rules, ref)
+    return tag if target == ref else ensure_tag(session, target)
 
 
 # ------------------------------------------------------------------ helpers shared by handlers
@@ -82,13 +218,24 @@ def upsert_customer(session: Session, external_userid: str, contact: dict[str, A
     return customer
 
 
-def upsert_staff(session: Session, userid: str) -> Staff:
+def upsert_staff(session: Session, userid: str, ctx: HandlerContext | None = None) -> Staff:
     staff = session.scalar(select(Staff).where(Staff.userid == userid))
     if staff is None:
-        staff = Staff(userid=userid, name=userid)
+        staff = Staff(userid=userid, name=_member_name(ctx, userid) if ctx else userid)
         session.add(staff)
         session.flush()
     return staff
+
+
+def _member_name(ctx: HandlerContext, userid: str) -> str:
+    """The member's display name from the address book (user/get), or the userid if unreadable."""
+    if ctx.clients is None:
+        return userid
+    try:
+        return str(ctx.clients.app.user.get(userid).get("name") or userid)
+    except (WeChatClientException, OSError, ValueError) as exc:
+        ctx.log.info("name of member %s not readable (%s); using the userid", userid, exc)
+        return userid
 
 
 def upsert_follow(session: Session, customer: Customer, staff: Staff) -> Follow:
@@ -98,6 +245,13 @@ def upsert_follow(session: Session, customer: Customer, staff: Staff) -> Follow:
         session.add(follow)
         session.flush()
     return follow
+
+
+def record_interaction(ctx: HandlerContext, customer: Customer, kind: str, source_ref: str,
+                       staff_userid: str | None, detail: dict[str, Any], occurred: datetime | None = None,
+                       touch: bool = True) -> bool:
+    return add_interaction(ctx.session, customer, kind, source_ref, occurred or _event_time(ctx), staff_userid,
+                           detail, touch)
 
 
 def _ids(ctx: HandlerContext) -> tuple[str, str]:
@@ -131,19 +285,11 @@ def _follow_info(contact: dict[str, Any], userid: str) -> dict[str, Any]:
 
 def _event_time(ctx: HandlerContext) -> datetime:
     created = ctx.fields.get("CreateTime")
-    return _from_epoch(created) if created else utcnow()
+    return from_epoch(created) if created else utcnow()
 
 
-def _from_epoch(value: Any) -> datetime:
+def from_epoch(value: Any) -> datetime:
     return datetime.fromtimestamp(int(value), tz=UTC)
 
 
-def _record(ctx: HandlerContext, customer: Customer, kind: str, source_ref: str,
-            staff_userid: str | None, detail: dict[str, Any]) -> None:
-    exists = ctx.session.scalar(select(Interaction.id).where(Interaction.source_ref == source_ref))
-    if exists is None:
-        occurred = _event_time(ctx)
-        ctx.session.add(Interaction(customer_id=customer.id, kind=kind, occurred_at=occurred,
-                                    source_ref=source_ref, staff_userid=staff_userid, detail=detail))
-        if customer.last_interaction_at is None or customer.last_interaction_at < occurred:
-            customer.last_interaction_at = occurred
+_from_epoch = from_epoch

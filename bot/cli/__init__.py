@@ -8,6 +8,7 @@ from bot.cli.context import CliContext
 from bot.cli.demo import demo
 from bot.cli.inbox import inbox
 from bot.cli.service import config_group, init, sandbox, serve, worker
+from bot.cli.sync import sync_group, tags_group
 from bot.cli.tiers import customer_group, export_group, import_customers_cmd, import_orders_cmd, retier_cmd
 from bot.cli.tokens import token_group
 
@@ -35,3 +36,5 @@ main.add_command(retier_cmd)
 main.add_command(customer_group)
 main.add_command(export_group)
 main.add_command(token_group)
+main.add_command(sync_group)
+main.add_command(tags_group)

@@ -19,6 +19,14 @@ from bot.models import InboxEvent, utcnow
 class StoreResult:
     event_id: int
     duplicate: bool
+    requeued: bool = False
+
+
+# Events whose handler re-reads the current state from WeCom. Two real edits in one second are
+# byte-identical callbacks, so a repeat of one already handled is run again: harmless for a
+# retry (the re-read finds nothing new), and it picks up the second edit.
+RESYNC_ON_REPEAT = frozenset({("event", "change_external_contact", "edit_external_contact"),
+                              ("event", "change_external_tag", None)})
 
 
 def dedupe_key(fields: dict[str, Any]) -> str:
@@ -65,7 +73,13 @@ def store_event(session: Session, fields: dict[str, Any], payload: str) -> Store
         update(InboxEvent).where(InboxEvent.dedupe_key == key).values(duplicates=InboxEvent.duplicates + 1)
     )
     existing = session.execute(select(InboxEvent.id).where(InboxEvent.dedupe_key == key)).scalar_one()
-    return StoreResult(existing, duplicate=True)
+    requeued = False
+    if (values["msg_type"], values["event"], values["change_type"]) in RESYNC_ON_REPEAT or (
+            values["msg_type"], values["event"], None) in RESYNC_ON_REPEAT:
+        requeued = session.execute(
+            update(InboxEvent).where(InboxEvent.id == existing, InboxEvent.status == "handled")
+            .values(status="pending", next_attempt_at=None)).rowcount == 1
+    return StoreResult(existing, duplicate=True, requeued=requeued)
 
 
 @lru_cache(maxsize=4)

@@ -54,7 +54,7 @@ def receive() -> Response:
         result.event_id,
         " (duplicate delivery)" if result.duplicate else "",
     )
-    if not result.duplicate and "scrm.worker" in current_app.extensions:
+    if (not result.duplicate or result.requeued) and "scrm.worker" in current_app.extensions:
         current_app.extensions["scrm.worker"].wake()
     return Response("", status=200, mimetype="text/plain")
 

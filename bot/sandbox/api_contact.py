@@ -251,6 +251,18 @@ def get_moment_list(call: Call) -> dict[str, Any]:
     return {"moment_list": page, "next_cursor": str(offset + limit) if offset + limit < len(rows) else ""}
 
 
+@endpoint("POST", "externalcontact/get_moment_task")
+def get_moment_task(call: Call) -> dict[str, Any]:
+    (moment_id,) = call.require("moment_id")
+    moment = call.state.moments.get(moment_id)
+    if moment is None:
+        raise WeComError(40058, "invalid moment_id")
+    if moment.get("create_type", 0) != 0:
+        raise WeComError(40058, "only corp moments have publish tasks")
+    return {"task_list": [{"userid": u, "publish_status": 1} for u in moment.get("senders", [])],
+            "next_cursor": ""}
+
+
 @endpoint("POST", "externalcontact/get_moment_comments")
 def get_moment_comments(call: Call) -> dict[str, Any]:
     moment_id, userid = call.require("moment_id", "userid")

@@ -23,6 +23,7 @@ def sync_msg(call: Call) -> dict[str, Any]:
     limit = int(body.get("limit") or 1000)
     if not 1 <= limit <= 1000:
         raise WeComError(40058, "limit must be 1–1000")
+    limit = min(limit, state.kf_page_limit)
     open_kfid = body.get("open_kfid") or ""
     token = body.get("token") or ""
     if token:

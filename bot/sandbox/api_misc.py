@@ -19,6 +19,13 @@ def message_send(call: Call) -> dict[str, Any]:
     return {"invaliduser": "|".join(invalid), "msgid": random_id("", 24)}
 
 
+@endpoint("GET", "user/get")
+def user_get(call: Call) -> dict[str, Any]:
+    (userid,) = call.require("userid")
+    member = call.state.require_staff(userid)
+    return {"userid": userid, "name": member["name"], "status": 1}
+
+
 @endpoint("GET", "auth/getuserinfo")
 def auth_getuserinfo(call: Call) -> dict[str, Any]:
     (code,) = call.require("code")

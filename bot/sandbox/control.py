@@ -74,6 +74,41 @@ def kf_text() -> Response:
     return jsonify(scenario.kf_customer_text(_state(), _args()))
 
 
+@bp.post("/kf/page_limit")
+def kf_page_limit() -> Response:
+    state = _state()
+    with state.lock:
+        state.kf_page_limit = max(1, int(_args().get("limit", 1000)))
+        return jsonify(limit=state.kf_page_limit)
+
+
+@bp.post("/tags")
+def corp_tag() -> Response:
+    return jsonify(scenario.corp_tag_changed(_state(), _args()))
+
+
+@bp.post("/moments")
+def moment() -> Response:
+    return jsonify(scenario.moment_posted(_state(), _args()))
+
+
+@bp.get("/contacts/<external_userid>")
+def contact_view(external_userid: str) -> Response:
+    state = _state()
+    with state.lock:
+        return jsonify(contact=state.contacts.get(external_userid),
+                       follows=list(state.follows.get(external_userid, {}).values()))
+
+
+@bp.get("/sent")
+def sent() -> Response:
+    """What reached customers: welcomes, kf messages, app messages, mass messages."""
+    state = _state()
+    with state.lock:
+        return jsonify(welcomes=state.welcomes_sent, kf=state.kf_sent, app_messages=state.app_messages,
+                       mass_messages=list(state.mass_messages.values()))
+
+
 @bp.post("/kf/enter_session")
 def kf_enter() -> Response:
     return jsonify(scenario.kf_enter_session(_state(), _args()))

@@ -47,11 +47,22 @@ def customer_adds(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
 
 
 def staff_edits(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
+    """A member edits remark/description, or tags (``add_tags`` / ``remove_tags``: "组/标签")."""
     with state.lock:
         follow = state.require_follow(a["userid"], a["external_userid"])
         for key in ("remark", "description"):
             if key in a:
                 follow[key] = a[key]
+        for text in a.get("add_tags", []):
+            group_name, _, tag_name = text.rpartition("/")
+            found = state.ensure_corp_tag(group_name or "未分组", tag_name)
+            if not any(t["tag_id"] == found["tag"]["id"] for t in follow["tags"]):
+                follow["tags"].append({"group_name": found["group"]["group_name"], "tag_name": tag_name,
+                                       "type": 1, "tag_id": found["tag"]["id"]})
+        for text in a.get("remove_tags", []):
+            group_name, _, tag_name = text.rpartition("/")
+            follow["tags"] = [t for t in follow["tags"]
+                              if not (t["tag_name"] == tag_name and t["group_name"] == (group_name or "未分组"))]
         fields = _envelope(state, Event=CONTACT_EVENT, ChangeType="edit_external_contact",
                            UserID=a["userid"], ExternalUserID=a["external_userid"])
     return {"delivery": deliver(state, fields)}
@@ -79,12 +90,64 @@ def kf_account(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
 
 
 def kf_customer_text(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
-    """The WeChat user writes ``content`` to kf account ``open_kfid``; WeCom announces it (no content)."""
+    """The WeChat user writes ``content`` (or each of ``contents``) to kf account ``open_kfid``;
+    WeCom announces it with one callback (no content). ``msgtype``/``body`` send another type
+    (image, voice…); ``origin: 5`` with ``servicer_userid`` is a servicer typing in the WeCom client."""
+    contents = a.get("contents") or [a.get("content", "")]
+    msgtype = a.get("msgtype", "text")
     with state.lock:
-        message, token = state.kf_customer_message(a["open_kfid"], a["external_userid"], "text",
-                                                   {"content": a["content"]})
+        msgids, token = [], ""
+        for content in contents:
+            body = a.get("body") or ({"content": content} if msgtype == "text" else {"media_id": random_id("m", 20)})
+            message, token = state.kf_customer_message(a["open_kfid"], a["external_userid"], msgtype, body,
+                                                       origin=int(a.get("origin", 3)),
+                                                       servicer_userid=a.get("servicer_userid", ""))
+            msgids.append(message["msgid"])
         fields = _kf_callback(state, a["open_kfid"], token)
-    return {"msgid": message["msgid"], "token": token, "delivery": deliver(state, fields)}
+    delivery = deliver(state, fields) if a.get("deliver", True) else None
+    return {"msgid": msgids[-1], "msgids": msgids, "token": token, "delivery": delivery}
+
+
+def corp_tag_changed(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
+    """An admin creates (``name`` "组/标签"), renames (``id`` + ``name``) or deletes (``id`` +
+    ``delete``) a corp tag in the console; WeCom sends change_external_tag."""
+    with state.lock:
+        if a.get("delete"):
+            for group in state.tag_groups.values():
+                group["tag"] = [t for t in group["tag"] if t["id"] != a["id"]]
+            tag_id, change = a["id"], "delete"
+        elif a.get("id"):
+            found = state.find_tag(a["id"])
+            if found is None:
+                raise WeComError(40068, "invalid tagid")
+            found[1]["name"] = a["name"]
+            tag_id, change = a["id"], "update"
+        else:
+            group_name, _, tag_name = a["name"].rpartition("/")
+            tag_id, change = state.ensure_corp_tag(group_name or "未分组", tag_name)["tag"]["id"], "create"
+        fields = _envelope(state, Event="change_external_tag", Id=tag_id, TagType="tag", ChangeType=change)
+    return {"id": tag_id, "delivery": deliver(state, fields)}
+
+
+def moment_posted(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
+    """A moment posted by ``creator`` (personal, create_type 1) or by the corp for ``senders``
+    (create_type 0), with ``likes`` / ``comments``: [{external_userid, create_time?}, …]. Posting
+    again with the same ``moment_id`` adds interactions. No callback exists for any of it."""
+    with state.lock:
+        moment_id = a.get("moment_id") or random_id("mom", 20)
+        moment = state.moments.setdefault(moment_id, {
+            "moment_id": moment_id, "creator": a.get("creator", ""), "create_time": int(a.get("create_time")
+                                                                                       or state.now()),
+            "create_type": int(a.get("create_type", 1)), "visible_type": 1, "text": {"content": a.get("text", "")},
+            "senders": a.get("senders", []), "likes": [], "comments": []})
+        for kind in ("likes", "comments"):
+            for item in a.get(kind, []):
+                entry = {"external_userid": item["external_userid"],
+                         "create_time": int(item.get("create_time") or state.now())}
+                if item.get("userid_of_poster"):
+                    entry["userid_of_poster"] = item["userid_of_poster"]
+                moment[kind].append(entry)
+    return {"moment_id": moment_id}
 
 
 def kf_enter_session(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:

@@ -71,6 +71,7 @@ class SandboxState:
     kf_tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
     kf_sessions: dict[tuple[str, str], KfSession] = field(default_factory=lambda: defaultdict(KfSession))
     kf_sent: list[dict[str, Any]] = field(default_factory=list)
+    kf_page_limit: int = 1000  # WeCom "may return fewer" than asked: tests make pages small
     app_messages: list[dict[str, Any]] = field(default_factory=list)
     mass_messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     moments: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -162,6 +163,19 @@ class SandboxState:
                 if tag["id"] == tag_id:
                     return group, tag
         return None
+
+    def ensure_corp_tag(self, group_name: str, tag_name: str) -> dict[str, Any]:
+        """A corp tag by names, created (as an admin would in the console) if missing."""
+        group = next((g for g in self.tag_groups.values() if g["group_name"] == group_name), None)
+        if group is None:
+            group = {"group_id": random_id("et", 20), "group_name": group_name, "create_time": int(self.now()),
+                     "order": 0, "tag": []}
+            self.tag_groups[group["group_id"]] = group
+        tag = next((t for t in group["tag"] if t["name"] == tag_name), None)
+        if tag is None:
+            tag = {"id": random_id("et", 20), "name": tag_name, "create_time": int(self.now()), "order": 0}
+            group["tag"].append(tag)
+        return {"group": group, "tag": tag}
 
     def corp_tag_count(self) -> int:
         return sum(len(g["tag"]) for g in self.tag_groups.values())

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy import Integer, String, and_, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from bot.models import Customer, CustomerAggregate, CustomerTag, Tag, TagAlias, TagGroup, utcnow
+from bot.models import Customer, CustomerAggregate, CustomerTag, Tag, TagAlias, TagGroup, UTCDateTime, utcnow
 from bot.tagging.rules import TagRef, TagRule, TagRules, parse_ref
 
 FEN_PER_YUAN = 100
@@ -118,7 +118,8 @@ def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True) 
             continue
         tag = ensure_tag(session, canonical_ref(session, rules, rule.tag))
         already = exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.tag_id == tag.id)
-        source = (select(Customer.id, tag.id, "rule", rule.name, utcnow(), "add" if push else None)
+        source = (select(Customer.id, literal(tag.id, Integer), literal("rule", String), literal(rule.name, String),
+                         literal(utcnow(), UTCDateTime), literal("add" if push else None, String))
                   .select_from(Customer).outerjoin(CustomerAggregate, CustomerAggregate.customer_id == Customer.id)
                   .where(condition, ~already))
         result = session.execute(insert(CustomerTag).from_select(

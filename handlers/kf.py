@@ -1,0 +1,308 @@
+"""微信客服 (kf_msg_or_event): the callback carries no content; pull it with kf/sync_msg, saving
+the cursor after every page, then record each customer message, tag by keyword, honour
+opt-out words, and reply by rule and by tier inside WeCom's 48-hour / 5-message window."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from wechatpy.exceptions import WeChatClientException
+
+from bot.inbox.dispatcher import HandlerContext, on
+from bot.messages import customer_vars, tier_keys
+from bot.models import Customer, Interaction, KfConversation, OutboxMessage, SyncCursor, utcnow
+from bot.outbox import enqueue, kf_msgid
+from bot.tagging.system import apply_rules
+from handlers.contacts import from_epoch, push_customer_tags, record_interaction
+
+EVENT = "kf_msg_or_event"
+CUSTOMER, SYSTEM, SERVICER = 3, 4, 5  # msg_list[].origin
+INVALID_MSG_TOKEN = 95007
+EVENT_CODE_WINDOW = timedelta(seconds=20)
+MAX_PAGES = 10_000  # a guard against a server that never says has_more=0
+FAIL_TYPES = {0: "unknown", 1: "kf account deleted", 2: "app closed", 4: "session expired (over 48 hours)",
+              5: "session closed", 6: "over the 5-message limit", 7: "视频号 verification pending",
+              8: "主体 not verified", 9: "视频号 not verified", 10: "customer refused messages"}
+_SCENE = re.compile(r"[0-9A-Za-z_]{1,32}")
+
+
+@on("event", EVENT)
+def kf_messages(event: Any, ctx: HandlerContext) -> None:
+    open_kfid = str(ctx.fields.get("OpenKfId") or "")
+    if not open_kfid:
+        raise ValueError("kf_msg_or_event without OpenKfId")
+    if ctx.clients is None:
+        raise RuntimeError("WeCom is not configured: cannot pull kf messages")
+    token = str(ctx.fields.get("Token") or "")
+    name = f"kf:{open_kfid}"
+    for _ in range(MAX_PAGES):
+        cursor = _load_cursor(ctx, name)
+        page, token = _pull(ctx, open_kfid, token, cursor)
+        messages = [m for m in page.get("msg_list") or [] if isinstance(m, dict)]
+        touched = handle_page(ctx, open_kfid, messages)
+        _save_cursor(ctx, name, page.get("next_cursor") or cursor)
+        for customer in touched:
+            push_customer_tags(ctx, customer)
+        ctx.checkpoint()  # this page and its cursor are durable; its replies go out now
+        if not page.get("has_more"):  # an empty page may still say has_more: keep going
+            return
+    raise RuntimeError(f"kf sync for {open_kfid} still had more after {MAX_PAGES} pages")
+
+
+def _pull(ctx: HandlerContext, open_kfid: str, token: str, cursor: str) -> tuple[dict[str, Any], str]:
+    try:
+        return ctx.clients.kf.kf.sync_msg(token=token, cursor=cursor, open_kfid=open_kfid), token
+    except WeChatClientException as exc:
+        if exc.errcode != INVALID_MSG_TOKEN or not token:
+            raise
+        # The callback token lives 10 minutes; a late retry reads without it (stricter rate limit).
+        ctx.log.info("kf callback token expired; syncing %s without it", open_kfid)
+        return ctx.clients.kf.kf.sync_msg(cursor=cursor, open_kfid=open_kfid), ""
+
+
+def _load_cursor(ctx: HandlerContext, name: str) -> str:
+    row = ctx.session.get(SyncCursor, name, with_for_update=ctx.session.bind.dialect.name == "postgresql")
+    return row.cursor if row else ""
+
+
+def _save_cursor(ctx: HandlerContext, name: str, cursor: str) -> None:
+    row = ctx.session.get(SyncCursor, name)
+    if row is None:
+        ctx.session.add(SyncCursor(name=name, cursor=cursor))
+    else:
+        row.cursor = cursor
+    ctx.session.flush()
+
+
+# ------------------------------------------------------------------ one page
+
+
+def handle_page(ctx: HandlerContext, open_kfid: str, messages: list[dict[str, Any]]) -> list[Customer]:
+    """Handle one sync page in order; returns the customers whose tags may have changed."""
+    fresh = [m for m in messages if not _seen(ctx, m)]
+    _note_latest_customer_messages(ctx, open_kfid, fresh)
+    touched: dict[int, Customer] = {}
+    for message in fresh:
+        origin = int(message.get("origin") or 0)
+        if origin == CUSTOMER:
+            customer = _customer_message(ctx, open_kfid, message)
+            touched[customer.id] = customer
+        elif origin == SERVICER:
+            _servicer_message(ctx, open_kfid, message)
+        elif message.get("msgtype") == "event":
+            _system_event(ctx, open_kfid, message)
+    return list(touched.values())
+
+
+def _seen(ctx: HandlerContext, message: dict[str, Any]) -> bool:
+    msgid = message.get("msgid")
+    if not msgid:
+        return False
+    return ctx.session.scalar(select(Interaction.id).where(Interaction.source_ref == f"kf:{msgid}")) is not None
+
+
+def _note_latest_customer_messages(ctx: HandlerContext, open_kfid: str, messages: Iterable[dict[str, Any]]) -> None:
+    """WeCom counts the 5-message quota from the customer's latest message at send time, so a page
+    holding several messages opens one window, at the last of them (replies to earlier ones count)."""
+    latest: dict[str, datetime] = {}
+    for m in messages:
+        if int(m.get("origin") or 0) == CUSTOMER and m.get("external_userid"):
+            at = _sent_at(m)
+            latest[m["external_userid"]] = max(at, latest.get(m["external_userid"], at))
+    for external_userid, at in latest.items():
+        conversation = _conversation(ctx, open_kfid, external_userid)
+        if conversation.last_customer_message_at is None or at > conversation.last_customer_message_at:
+            conversation.last_customer_message_at, conversation.sent_since_customer_message = at, 0
+
+
+def _customer_message(ctx: HandlerContext, open_kfid: str, message: dict[str, Any]) -> Customer:
+    external_userid = str(message.get("external_userid") or "")
+    if not external_userid:
+        raise ValueError(f"kf message {message.get('msgid')} has no external_userid")
+    customer = _customer(ctx, external_userid)
+    conversation = _conversation(ctx, open_kfid, external_userid)
+    conversation.customer_id = customer.id
+    msgtype = str(message.get("msgtype") or "unknown")
+    text = _text_of(message)
+    record_interaction(ctx, customer, "kf_message", f"kf:{message['msgid']}", None,
+                       {"open_kfid": open_kfid, "msgtype": msgtype, "text": text[:500]}, occurred=_sent_at(message))
+    if text:
+        apply_rules(ctx.session, ctx.tag_rules, customer.id, "kf_keyword", text=text,
+                    push=ctx.settings.tags.push_to_wecom)
+    word = text.strip().casefold()
+    if word in {w.strip().casefold() for w in ctx.settings.kf.opt_out_words}:
+        _opt(ctx, customer, conversation, message, out=True)
+    elif word in {w.strip().casefold() for w in ctx.settings.kf.opt_in_words}:
+        _opt(ctx, customer, conversation, message, out=False)
+    elif ctx.settings.kf.auto_reply:
+        _reply(ctx, customer, conversation, message, _rule_for(ctx, text), text)
+    return customer
+
+
+def _opt(ctx: HandlerContext, customer: Customer, conversation: KfConversation, message: dict[str, Any],
+         out: bool) -> None:
+    """退订 / 恢复订阅: switch broadcasts off or on; confirm only when the switch actually moved."""
+    if customer.opted_out == out:
+        return
+    customer.opted_out, customer.opted_out_at = out, (utcnow() if out else None)
+    ctx.log.info("customer %s opted %s of broadcasts", customer.external_userid, "out" if out else "back in")
+    _reply(ctx, customer, conversation, message, "opt_out" if out else "opt_in", "")
+
+
+def _rule_for(ctx: HandlerContext, text: str) -> str:
+    folded = text.casefold()
+    for rule in ctx.settings.kf.reply_rules:
+        if any(k.casefold() in folded for k in rule["keywords"]):
+            return str(rule["name"])
+    return "default"
+
+
+def _reply(ctx: HandlerContext, customer: Customer, conversation: KfConversation, message: dict[str, Any],
+           name: str, text: str) -> None:
+    now = utcnow()
+    key = f"kf-reply:{message['msgid']}"
+    reason = _why_not_reply(ctx, conversation, name, now)
+    if reason == "cooldown":
+        return  # the default reply was sent recently: saying it again is noise, not news
+    rendered = ctx.templates.render("reply", name, tier_keys(customer), customer=customer_vars(customer),
+                                    brand=ctx.settings.app.brand_name, text=text)
+    content = {"text": rendered.text, "open_kfid": conversation.open_kfid, "msgid": kf_msgid(key),
+               "template": rendered.template, "reply_to": message["msgid"]}
+    base = {"channel": "kf", "dedupe_key": key, "recipient": customer.external_userid, "trigger_kind": "reply",
+            "trigger_ref": name, "customer_id": customer.id, "content": content}
+    if reason:
+        enqueue(ctx.session, **base, status="skipped", reason=reason)
+        return
+    row = enqueue(ctx.session, **base)
+    if row is not None:
+        conversation.sent_since_customer_message += 1
+        conversation.last_reply_at = now
+        ctx.send_after_commit(row.id)
+
+
+def _why_not_reply(ctx: HandlerContext, conversation: KfConversation, name: str, now: datetime) -> str | None:
+    kf = ctx.settings.kf
+    last = conversation.last_customer_message_at
+    if last is None or now - last > timedelta(hours=kf.window_hours):
+        return f"kf window closed: more than {kf.window_hours} hours since the customer's last message"
+    if conversation.sent_since_customer_message >= kf.window_messages:
+        return (f"kf window full: {conversation.sent_since_customer_message} messages already sent since the "
+                f"customer's last message (WeCom allows {kf.window_messages} within {kf.window_hours} hours)")
+    servicer = conversation.last_servicer_message_at
+    if servicer is not None and now - servicer < timedelta(minutes=kf.human_takeover_minutes):
+        return f"a servicer is handling this conversation (wrote within {kf.human_takeover_minutes} minutes)"
+    cooldown = timedelta(minutes=kf.default_reply_cooldown_minutes)
+    if name == "default" and conversation.last_reply_at is not None and now - conversation.last_reply_at < cooldown:
+        return "cooldown"
+    return None
+
+
+def _servicer_message(ctx: HandlerContext, open_kfid: str, message: dict[str, Any]) -> None:
+    """A servicer typed in the WeCom client: it uses the same quota, and the bot steps back."""
+    external_userid = str(message.get("external_userid") or "")
+    if not external_userid:
+        return
+    conversation = _conversation(ctx, open_kfid, external_userid)
+    at = _sent_at(message)
+    conversation.last_servicer_message_at = max(at, conversation.last_servicer_message_at or at)
+    if conversation.last_customer_message_at is None or at >= conversation.last_customer_message_at:
+        conversation.sent_since_customer_message += 1
+    customer = _customer(ctx, external_userid)
+    record_interaction(ctx, customer, "kf_servicer_message", f"kf:{message['msgid']}",
+                       message.get("servicer_userid"), {"open_kfid": open_kfid, "msgtype": message.get("msgtype")},
+                       occurred=at, touch=False)
+
+
+# ------------------------------------------------------------------ system events
+
+
+def _system_event(ctx: HandlerContext, open_kfid: str, message: dict[str, Any]) -> None:
+    event = message.get("event") if isinstance(message.get("event"), dict) else {}
+    kind = event.get("event_type")
+    if kind == "enter_session":
+        _enter_session(ctx, open_kfid, event, message)
+    elif kind == "msg_send_fail":
+        _send_failed(ctx, event)
+    else:
+        ctx.log.debug("kf event %s on %s noted", kind, open_kfid)
+
+
+def _enter_session(ctx: HandlerContext, open_kfid: str, event: dict[str, Any], message: dict[str, Any]) -> None:
+    external_userid = str(event.get("external_userid") or message.get("external_userid") or "")
+    code = str(event.get("welcome_code") or "")
+    if not external_userid or not code or not ctx.settings.kf.welcome_on_enter:
+        return
+    customer = _customer(ctx, external_userid)
+    scene = str(event.get("scene") or "")
+    name = scene if _SCENE.fullmatch(scene) else "default"
+    rendered = ctx.templates.render("kf_welcome", name, tier_keys(customer), customer=customer_vars(customer),
+                                    brand=ctx.settings.app.brand_name, scene=scene)
+    key = f"kf-welcome:{code}"
+    started = min(ctx.received_at or utcnow(), utcnow())
+    row = enqueue(ctx.session, channel="kf_event", dedupe_key=key, recipient=external_userid,
+                  trigger_kind="kf_welcome", trigger_ref=scene or "default", customer_id=customer.id,
+                  content={"text": rendered.text, "code": code, "msgid": kf_msgid(key), "open_kfid": open_kfid,
+                           "template": rendered.template},
+                  expires_at=started + EVENT_CODE_WINDOW)
+    ctx.send_after_commit(row.id if row else None)
+
+
+def _send_failed(ctx: HandlerContext, event: dict[str, Any]) -> None:
+    """WeCom accepted a message and later failed it: record that on the outbox row."""
+    msgid = str(event.get("fail_msgid") or "")
+    fail_type = int(event.get("fail_type") or 0)
+    row = ctx.session.scalar(select(OutboxMessage).where(OutboxMessage.wecom_msgid == msgid,
+                                                         OutboxMessage.channel.in_(("kf", "kf_event"))))
+    if row is None:
+        ctx.log.warning("msg_send_fail for unknown kf msgid %s (fail_type %s)", msgid, fail_type)
+        return
+    row.status = "failed"
+    row.reason = f"msg_send_fail: {FAIL_TYPES.get(fail_type, 'fail_type ' + str(fail_type))} (fail_type {fail_type})"
+
+
+# ------------------------------------------------------------------ lookups
+
+
+def _customer(ctx: HandlerContext, external_userid: str) -> Customer:
+    customer = ctx.session.scalar(select(Customer).where(Customer.external_userid == external_userid))
+    if customer is None:
+        customer = Customer(external_userid=external_userid, name=_nickname(ctx, external_userid))
+        ctx.session.add(customer)
+        ctx.session.flush()
+    return customer
+
+
+def _nickname(ctx: HandlerContext, external_userid: str) -> str:
+    try:
+        found = ctx.clients.kf.kf.batchget_customer([external_userid]).get("customer_list") or []
+    except (WeChatClientException, OSError) as exc:
+        ctx.log.info("kf customer %s: nickname not readable (%s)", external_userid, exc)
+        return ""
+    return str(found[0].get("nickname") or "")[:255] if found else ""
+
+
+def _conversation(ctx: HandlerContext, open_kfid: str, external_userid: str) -> KfConversation:
+    row = ctx.session.scalar(select(KfConversation).where(KfConversation.open_kfid == open_kfid,
+                                                          KfConversation.external_userid == external_userid))
+    if row is None:
+        row = KfConversation(open_kfid=open_kfid, external_userid=external_userid, sent_since_customer_message=0)
+        ctx.session.add(row)
+        ctx.session.flush()
+    return row
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    if message.get("msgtype") == "text" and isinstance(message.get("text"), dict):
+        return str(message["text"].get("content") or "")
+    return ""
+
+
+def _sent_at(message: dict[str, Any]) -> datetime:
+    try:
+        return from_epoch(message.get("send_time"))
+    except (TypeError, ValueError, OverflowError):
+        return utcnow()

@@ -1,0 +1,263 @@
+"""Event handlers end to end: the sandbox delivers encrypted callbacks to the real webhook, the
+bot calls the sandbox's API, and what reaches customers is read back from the sandbox."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from bot.models import Customer, CustomerTag, InboxEvent, Interaction, OutboxMessage, Tag, TagGroup, utcnow
+
+CHANNEL = "live_0618"
+
+
+@pytest.fixture
+def overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {**overrides, "contacts": {"channels": {CHANNEL: {"tags": ["渠道/直播间"], "stage": "new"}}},
+            "app": {**overrides["app"], "brand_name": "测试店"}}
+
+
+def control(sandbox, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = requests.post(f"{sandbox.url}/_sandbox/{path}", json=payload or {}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def read(sandbox, what: str, **params: Any) -> Any:
+    response = requests.get(f"{sandbox.url}/_sandbox/{what}", params=params, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def drain(app) -> dict:
+    return dict(app.extensions["scrm.processor"].drain())
+
+
+def live_tags(db, external_userid: str) -> set[str]:
+    with db.sessions() as s:
+        rows = s.execute(select(TagGroup.name, Tag.name).join(Tag).join(CustomerTag).join(Customer)
+                         .where(Customer.external_userid == external_userid, CustomerTag.removed_at.is_(None)))
+        return {f"{g}/{n}" for g, n in rows}
+
+
+def wecom_tags(sandbox, external_userid: str) -> set[str]:
+    follows = read(sandbox, f"contacts/{external_userid}")["follows"]
+    return {f"{t['group_name']}/{t['tag_name']}" for f in follows for t in f["tags"]}
+
+
+def known_customer(db, external_userid: str, name: str, tier: str, segment: str | None) -> None:
+    with db.begin() as s:
+        s.add(Customer(external_userid=external_userid, name=name, value_tier=tier, rfm_segment=segment,
+                       stage="repeat"))
+
+
+@pytest.fixture
+def staff(sandbox):
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan", "name": "张三"}],
+                              "kf_accounts": [{"open_kfid": "wkSHOP", "name": "官方客服"}]})
+
+
+# ---------------------------------------------------------------- new customers
+
+
+def test_channel_add_tags_customer_here_and_in_wecom_and_welcomes(wired, sandbox, staff):
+    added = control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "李四", "state": CHANNEL})
+    assert drain(wired) == {"handled": 1}
+    db = wired.extensions["scrm.db"]
+    assert live_tags(db, added["external_userid"]) == {"渠道/直播间"}
+    assert wecom_tags(sandbox, added["external_userid"]) == {"渠道/直播间"}  # mark_tag reached WeCom
+    welcomes = read(sandbox, "sent")["welcomes"]
+    assert len(welcomes) == 1 and welcomes[0]["sent_at"] - welcomes[0]["issued_at"] < 20
+    assert "李四您好，我是测试店的张三" in welcomes[0]["text"]
+    with db.sessions() as s:
+        customer = s.scalar(select(Customer))
+        assert customer.stage == "new"
+        row = s.scalar(select(OutboxMessage))
+        assert (row.channel, row.status, row.content["template"]) == ("welcome", "sent", "welcome/default.j2")
+        assert s.scalar(select(CustomerTag)).push_state is None
+
+
+def test_returning_vip_gets_the_vip_welcome(wired, sandbox, staff):
+    db = wired.extensions["scrm.db"]
+    known_customer(db, "wmVIP", "王总", "high", "important_value")
+    known_customer(db, "wmGOLD", "赵姐", "high", "important_retain")
+    for external_userid in ("wmVIP", "wmGOLD", "wmNEW"):
+        control(sandbox, "contacts/add", {"userid": "zhangsan", "external_userid": external_userid, "name": "客户"})
+    drain(wired)
+    with db.sessions() as s:
+        used = dict(s.execute(select(OutboxMessage.recipient, OutboxMessage.content)).all())
+    assert used["wmVIP"]["template"] == "welcome/default.important_value.j2"
+    assert used["wmGOLD"]["template"] == "welcome/default.high.j2"
+    assert used["wmNEW"]["template"] == "welcome/default.j2"
+    texts = {w["external_userid"]: w["text"] for w in read(sandbox, "sent")["welcomes"]}
+    assert "好久不见" in texts["wmVIP"] and "专属客服" in texts["wmGOLD"] and "很高兴认识您" in texts["wmNEW"]
+
+
+def test_no_welcome_code_and_a_missed_window_are_recorded_not_sent(wired, sandbox, staff):
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "甲", "welcome": False})
+    sender = wired.extensions["scrm.processor"].sender
+    sender.clock = lambda: utcnow() + timedelta(seconds=25)  # processing fell 25 s behind
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "乙"})
+    drain(wired)
+    with wired.extensions["scrm.db"].sessions() as s:
+        rows = s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+    assert [r.status for r in rows] == ["skipped", "skipped"]
+    assert "no WelcomeCode" in rows[0].reason and "window passed" in rows[1].reason
+    assert read(sandbox, "sent")["welcomes"] == []
+
+
+def test_welcome_already_delivered_is_not_retried(wired, sandbox, staff):
+    control(sandbox, "faults", {"path": "externalcontact/send_welcome_msg", "errcode": 41051})
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "丙"})
+    assert drain(wired) == {"handled": 1}
+    wired.extensions["scrm.processor"].sender.send_due()
+    with wired.extensions["scrm.db"].sessions() as s:
+        row = s.scalar(select(OutboxMessage))
+    assert row.status == "failed" and row.reason.startswith("WeCom 41051")
+    assert len(read(sandbox, "calls", path="externalcontact/send_welcome_msg")) == 1
+
+
+def test_staff_tag_edits_in_wecom_flow_back_and_synonyms_fold(wired, sandbox, staff):
+    added = control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "丁"})
+    ids = {"userid": "zhangsan", "external_userid": added["external_userid"]}
+    control(sandbox, "contacts/edit", {**ids, "add_tags": ["客户等级/金牌", "其他/客户已下单"]})
+    drain(wired)
+    db = wired.extensions["scrm.db"]
+    assert live_tags(db, ids["external_userid"]) == {"客户等级/金牌", "交易/客户首单"}
+    control(sandbox, "contacts/edit", {**ids, "remove_tags": ["客户等级/金牌"]})
+    drain(wired)
+    assert live_tags(db, ids["external_userid"]) == {"交易/客户首单"}
+    with db.sessions() as s:
+        removed = s.scalar(select(CustomerTag).where(CustomerTag.removed_at.is_not(None)))
+        assert removed.removed_by == "zhangsan"  # history kept, with who removed it
+
+
+def test_customer_leaving_alerts_the_owner(wired, sandbox, staff):
+    added = control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "戊"})
+    drain(wired)
+    control(sandbox, "contacts/delete", {"userid": "zhangsan", "external_userid": added["external_userid"],
+                                         "by": "customer"})
+    drain(wired)
+    alerts = read(sandbox, "sent")["app_messages"]
+    assert len(alerts) == 1 and alerts[0]["touser"] == "zhangsan"
+    assert "流失提醒" in alerts[0]["text"]["content"] and "戊" in alerts[0]["text"]["content"]
+    with wired.extensions["scrm.db"].sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Interaction).where(Interaction.kind == "churn_signal")) == 1
+
+
+def test_corp_tag_changes_in_the_console_are_mirrored(wired, sandbox, staff):
+    created = control(sandbox, "tags", {"name": "兴趣/户外"})
+    drain(wired)
+    db = wired.extensions["scrm.db"]
+    with db.sessions() as s:
+        assert s.scalar(select(Tag.name).where(Tag.wecom_tag_id == created["id"])) == "户外"
+    control(sandbox, "tags", {"id": created["id"], "name": "户外运动"})
+    assert drain(wired) == {"handled": 1}
+    with db.sessions() as s:
+        assert s.scalar(select(Tag.name).where(Tag.wecom_tag_id == created["id"])) == "户外运动"
+    control(sandbox, "tags", {"id": created["id"], "delete": True})
+    assert drain(wired) == {"handled": 1}
+    with db.sessions() as s:
+        assert s.scalar(select(Tag.deleted).where(Tag.wecom_tag_id == created["id"])) is True
+
+
+# ---------------------------------------------------------------- 微信客服
+
+
+def kf_say(sandbox, external_userid: str, *contents: str, **extra: Any) -> dict[str, Any]:
+    return control(sandbox, "kf/text", {"open_kfid": "wkSHOP", "external_userid": external_userid,
+                                        "contents": list(contents), **extra})
+
+
+def kf_replies(sandbox, external_userid: str) -> list[str]:
+    return [m["text"]["content"] for m in read(sandbox, "sent")["kf"] if m["touser"] == external_userid]
+
+
+def test_price_question_gets_a_reply_for_the_customers_tier(wired, sandbox, staff):
+    db = wired.extensions["scrm.db"]
+    known_customer(db, "wmHIGH", "王总", "high", None)
+    known_customer(db, "wmLOW", "小李", "low", None)
+    kf_say(sandbox, "wmHIGH", "这个多少钱？")
+    kf_say(sandbox, "wmLOW", "这个多少钱？")
+    assert drain(wired) == {"handled": 2}
+    high, low = kf_replies(sandbox, "wmHIGH"), kf_replies(sandbox, "wmLOW")
+    assert len(high) == 1 and "专属客户经理" in high[0]
+    assert len(low) == 1 and "促销" in low[0]
+    assert "意向/问过价格" in live_tags(db, "wmHIGH")  # keyword auto-tag rule
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Interaction).where(Interaction.kind == "kf_message")) == 2
+
+
+def test_sixth_reply_in_a_window_is_not_sent_and_says_why(wired, sandbox, staff):
+    kf_say(sandbox, "wmBUSY", *["多少钱"] * 6)
+    drain(wired)
+    assert len(kf_replies(sandbox, "wmBUSY")) == 5
+    with wired.extensions["scrm.db"].sessions() as s:
+        rows = s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+    assert [r.status for r in rows] == ["sent"] * 5 + ["skipped"]
+    assert "window full" in rows[-1].reason and "5" in rows[-1].reason
+    assert not [m for m in read(sandbox, "sent")["kf"] if not m["delivered"]]  # WeCom never had to refuse
+
+
+def test_opt_out_word_stops_broadcasts_and_is_confirmed_once(wired, sandbox, staff):
+    kf_say(sandbox, "wmQUIT", "退订")
+    kf_say(sandbox, "wmQUIT", " td ")
+    drain(wired)
+    db = wired.extensions["scrm.db"]
+    with db.sessions() as s:
+        customer = s.scalar(select(Customer).where(Customer.external_userid == "wmQUIT"))
+        assert customer.opted_out and customer.opted_out_at is not None
+    replies = kf_replies(sandbox, "wmQUIT")
+    assert len(replies) == 1 and "已为您退订" in replies[0]
+    kf_say(sandbox, "wmQUIT", "恢复订阅")
+    drain(wired)
+    with db.sessions() as s:
+        assert not s.scalar(select(Customer.opted_out).where(Customer.external_userid == "wmQUIT"))
+
+
+def test_crash_between_sync_pages_resumes_from_the_saved_cursor(wired, sandbox, staff):
+    control(sandbox, "kf/page_limit", {"limit": 2})
+    control(sandbox, "faults", {"path": "kf/sync_msg", "errcode": 0})
+    control(sandbox, "faults", {"path": "kf/sync_msg", "errcode": 50001})  # the second page fails
+    kf_say(sandbox, "wmPAGE", "多少钱", "价格呢", "怎么卖", "优惠吗", "打折吗")
+    assert drain(wired) == {"failed": 1}
+    assert len(kf_replies(sandbox, "wmPAGE")) == 2  # the first page was handled and its replies sent
+    with wired.extensions["scrm.db"].sessions() as s:
+        failed = s.scalar(select(InboxEvent).where(InboxEvent.status == "failed"))
+        assert "50001" in failed.last_error
+    wired.extensions["scrm.processor"].retry(failed.id)
+    assert drain(wired) == {"handled": 1}
+    cursors = [c["body"].get("cursor", "") for c in read(sandbox, "calls", path="kf/sync_msg")]
+    assert cursors == ["", "c2", "c2", "c4"]
+    assert len(kf_replies(sandbox, "wmPAGE")) == 5
+    with wired.extensions["scrm.db"].sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Interaction)) == 5
+
+
+def test_other_message_types_devices_and_servicers_are_handled(wired, sandbox, staff):
+    kf_say(sandbox, "wmPIC", msgtype="image")
+    drain(wired)
+    assert len(kf_replies(sandbox, "wmPIC")) == 1  # a default reply
+    kf_say(sandbox, "wmPIC", "我刚发了张图", origin=5, servicer_userid="zhangsan")
+    kf_say(sandbox, "wmPIC", "多少钱")
+    drain(wired)
+    assert len(kf_replies(sandbox, "wmPIC")) == 1  # a person is answering: the bot stays quiet
+    with wired.extensions["scrm.db"].sessions() as s:
+        last = s.scalar(select(OutboxMessage).order_by(OutboxMessage.id.desc()))
+        assert last.status == "skipped" and "servicer" in last.reason
+        kinds = s.execute(select(Interaction.kind, Interaction.detail)).all()
+    assert ("kf_message", "image") in {(k, d.get("msgtype")) for k, d in kinds}
+
+
+def test_entering_a_session_gets_a_welcome_within_20_seconds(wired, sandbox, staff):
+    entered = control(sandbox, "kf/enter_session", {"open_kfid": "wkSHOP", "external_userid": "wmENTER",
+                                                    "scene": "homepage"})
+    drain(wired)
+    sent = [m for m in read(sandbox, "sent")["kf"] if m["touser"] == "wmENTER"]
+    assert len(sent) == 1 and "欢迎咨询测试店" in sent[0]["text"]["content"]
+    calls = read(sandbox, "calls", path="kf/send_msg_on_event")
+    assert calls[0]["body"]["code"] == entered["welcome_code"]
