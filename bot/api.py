@@ -12,7 +12,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.models import ApiToken, utcnow
+from bot.models import ApiToken, Customer, utcnow
+from bot.tagging.rules import TagRules
+from bot.tagging.system import apply_aggregate_rules
 from segments.orders import OrderRow, OrderWriter, RowError, parse_order
 
 logger = logging.getLogger(__name__)
@@ -96,10 +98,21 @@ def post_orders() -> Response:
             batch[row.order_id] = (index, row)
             results.append({"index": index, "order_id": row.order_id, "result": None})
         _flush(writer, batch, results)
+        _apply_order_rules(session, settings, {item["external_userid"] for item in payload if isinstance(item, dict)
+                                               and isinstance(item.get("external_userid"), str)})
     summary: dict[str, int] = {}
     for item in results:
         summary[item["result"]] = summary.get(item["result"], 0) + 1
     return jsonify(results=results, summary=summary)
+
+
+def _apply_order_rules(session: Session, settings: Any, external_userids: set[str]) -> None:
+    """Order-threshold tags (first order, repeat buyer, big spender) for the customers just written."""
+    if not external_userids:
+        return
+    ids = list(session.scalars(select(Customer.id).where(Customer.external_userid.in_(external_userids))))
+    if ids:
+        apply_aggregate_rules(session, TagRules.from_settings(settings), settings.tags.push_to_wecom, ids)
 
 
 def _flush(writer: OrderWriter, batch: dict[str, tuple[int, OrderRow]], results: list[dict[str, Any]]) -> None:

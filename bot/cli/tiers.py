@@ -12,6 +12,8 @@ from tqdm import tqdm
 
 from bot.cli.context import CliContext, pass_cli, render_table
 from bot.models import Customer
+from bot.tagging.rules import TagRules
+from bot.tagging.system import apply_aggregate_rules
 from segments.export import export_customers
 from segments.imports import ImportFailed, ImportSummary, import_customers, import_orders
 from segments.policy import TierPolicy
@@ -66,6 +68,19 @@ def import_orders_cmd(cli: CliContext, file: Path, errors_out: Path | None, no_p
     """Import orders: order_id,external_userid,amount,paid_at[,status] (amount in 元, paid_at ISO 8601
     with offset, status paid|refunded). Idempotent on order_id; bad rows are skipped and reported."""
     _report(_import(cli, file, import_orders, "orders", not no_progress), errors_out)
+    _report_tags(_apply_tag_rules(cli))
+
+
+def _apply_tag_rules(cli: CliContext) -> dict[str, int]:
+    """Order-threshold and tier-entered auto-tags, set-based; WeCom learns them at `scrm sync tags`."""
+    settings = cli.settings()
+    with cli.db().begin() as session:
+        return apply_aggregate_rules(session, TagRules.from_settings(settings), settings.tags.push_to_wecom)
+
+
+def _report_tags(added: dict[str, int]) -> None:
+    if any(added.values()):
+        click.echo("auto-tags: " + ", ".join(f"{rule} +{n}" for rule, n in added.items() if n))
 
 
 @_import_command("import-customers")
@@ -105,6 +120,7 @@ def retier_cmd(cli: CliContext, as_of_text: str | None) -> None:
             rows.append([dimension, f"{value or '-'} {label}".strip(), before[dimension].get(value, 0),
                          after[dimension].get(value, 0)])
     click.echo(render_table(["dimension", "value", "before", "after"], rows))
+    _report_tags(_apply_tag_rules(cli))
 
 
 @click.group("customer", help="Look at one customer.")

@@ -108,9 +108,11 @@ def apply_rules(session: Session, rules: TagRules, customer_id: int, kind: str, 
     return applied
 
 
-def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True) -> dict[str, int]:
-    """Order-threshold and tier rules for every customer at once: one INSERT … SELECT per rule
-    over the indexed aggregates (no Python loop over customers). Returns tags added per rule."""
+def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True,
+                          customer_ids: list[int] | None = None) -> dict[str, int]:
+    """Order-threshold and tier rules for every customer (or the given ones) at once: one
+    INSERT … SELECT per rule over the indexed aggregates, no Python loop over customers.
+    Returns tags added per rule."""
     added: dict[str, int] = {}
     for rule in rules.rules:
         condition = _aggregate_condition(rule)
@@ -122,9 +124,14 @@ def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True) 
                          literal(utcnow(), UTCDateTime), literal("add" if push else None, String))
                   .select_from(Customer).outerjoin(CustomerAggregate, CustomerAggregate.customer_id == Customer.id)
                   .where(condition, ~already))
-        result = session.execute(insert(CustomerTag).from_select(
+        if customer_ids is not None:
+            source = source.where(Customer.id.in_(customer_ids))
+        # rowcount of INSERT … SELECT is -1 under psycopg 3; count on the (indexed) tag instead.
+        count = select(func.count()).select_from(CustomerTag).where(CustomerTag.tag_id == tag.id)
+        before = session.scalar(count) or 0
+        session.execute(insert(CustomerTag.__table__).from_select(
             ["customer_id", "tag_id", "source", "rule", "added_at", "push_state"], source))
-        added[rule.name] = max(result.rowcount or 0, 0)
+        added[rule.name] = (session.scalar(count) or 0) - before
     return added
 
 

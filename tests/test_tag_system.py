@@ -1,0 +1,134 @@
+"""One tag system: auto-tags from orders and tiers, moments polled into interactions, the full
+contact re-sync, near-duplicate checks and merges — through the CLI an operator uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from bot.cli import main
+from bot.models import Customer, CustomerTag, Follow, Interaction, Tag, TagAlias, TagGroup
+from bot.tagging.system import normalize_tag_name
+from tests.support import secret_for
+
+
+def control(sandbox, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    response = requests.post(f"{sandbox.url}/_sandbox/{path}", json=payload, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+@pytest.fixture
+def scrm(database_url, corp, sandbox):
+    env = {"SCRM_CONFIG": None, "SCRM_DATABASE_URL": database_url, "SCRM_WECOM_CORP_ID": corp.corp_id,
+           "SCRM_WECOM_SECRET": secret_for(corp, "app"), "SCRM_WECOM_CONTACT_SECRET": secret_for(corp, "contact"),
+           "SCRM_WECOM_API_BASE_URL": f"{sandbox.url}/cgi-bin/", "SCRM_WECOM_BUSY_BACKOFF_SECONDS": "0"}
+
+    def run(*args: str, ok: bool = True) -> str:
+        result = CliRunner(env=env).invoke(main, list(args), catch_exceptions=False)
+        assert (result.exit_code == 0) == ok, result.output
+        return result.output
+
+    return run
+
+
+def tags_of(db, external_userid: str) -> set[str]:
+    with db.sessions() as s:
+        rows = s.execute(select(TagGroup.name, Tag.name).join(Tag).join(CustomerTag).join(Customer)
+                         .where(Customer.external_userid == external_userid, CustomerTag.removed_at.is_(None)))
+        return {f"{g}/{n}" for g, n in rows}
+
+
+def test_order_thresholds_tag_customers_once_and_sync_pushes_them(scrm, db, sandbox, tmp_path):
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan"}], "contacts": [
+        {"userid": "zhangsan", "external_userid": "wmBIG", "name": "大客户"},
+        {"userid": "zhangsan", "external_userid": "wmONE", "name": "新客"}]})
+    orders = tmp_path / "orders.csv"
+    orders.write_text("order_id,external_userid,amount,paid_at\n"
+                      "o1,wmBIG,800.00,2026-11-01T10:00:00+08:00\no2,wmBIG,300.00,2026-11-02T10:00:00+08:00\n"
+                      "o3,wmONE,9.90,2026-11-03T10:00:00+08:00\n", encoding="utf-8")
+    out = scrm("sync", "contacts")
+    assert "customers added 2" in out
+    out = scrm("import-orders", str(orders), "--no-progress")
+    assert "first_order +2" in out and "repeat_buyer +1" in out and "big_spender +1" in out
+    assert tags_of(db, "wmBIG") == {"交易/客户首单", "交易/复购客户", "交易/累计消费千元"}
+    assert tags_of(db, "wmONE") == {"交易/客户首单"}
+    assert "auto-tags" not in scrm("import-orders", str(orders), "--no-progress")  # idempotent
+    out = scrm("sync", "tags")
+    assert "customers 2, tags added 4" in out
+    follows = requests.get(f"{sandbox.url}/_sandbox/contacts/wmBIG", timeout=5).json()["follows"]
+    assert {t["tag_name"] for t in follows[0]["tags"]} == {"客户首单", "复购客户", "累计消费千元"}
+    assert "customers 0" in scrm("sync", "tags")
+
+
+def test_moment_likes_and_comments_become_interactions_once(scrm, db, sandbox):
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan"}, {"userid": "lisi"}], "contacts": [
+        {"userid": "zhangsan", "external_userid": "wmFAN", "name": "粉丝"}]})
+    control(sandbox, "moments", {"moment_id": "momA", "creator": "zhangsan", "create_type": 1,
+                                 "likes": [{"external_userid": "wmFAN"}],
+                                 "comments": [{"external_userid": "wmFAN", "create_time": 1763800000}]})
+    control(sandbox, "moments", {"moment_id": "momB", "create_type": 0, "senders": ["zhangsan", "lisi"],
+                                 "likes": [{"external_userid": "wmFAN", "userid_of_poster": "lisi"}]})
+    out = scrm("sync", "moments")
+    assert "moments 2, likes 2, comments 1" in out
+    out = scrm("sync", "moments")
+    assert "likes 0, comments 0" in out  # polled again: nothing recorded twice
+    with db.sessions() as s:
+        kinds = sorted(s.scalars(select(Interaction.kind)))
+    assert kinds == ["moment_comment", "moment_like", "moment_like"]
+    assert tags_of(db, "wmFAN") == {"互动/朋友圈点赞", "互动/朋友圈评论"}
+    calls = requests.get(f"{sandbox.url}/_sandbox/calls", params={"path": "externalcontact/get_moment_comments"},
+                         timeout=5).json()
+    assert {c["body"]["userid"] for c in calls} == {"zhangsan", "lisi"}  # each poster's copy of the corp moment
+
+
+def test_full_contact_sync_heals_missed_callbacks(scrm, db, sandbox):
+    control(sandbox, "seed", {"staff": [{"userid": f"u{i}"} for i in range(3)], "contacts": [
+        {"userid": f"u{i % 3}", "external_userid": f"wm{i:03d}", "name": f"客户{i}", "state": "ad"}
+        for i in range(130)]})
+    control(sandbox, "contacts/edit", {"userid": "u0", "external_userid": "wm000", "add_tags": ["等级/金牌"]})
+    out = scrm("sync", "contacts", "--no-progress")
+    assert "members 3, customers seen 130, customers added 130, follows added 130" in out
+    assert tags_of(db, "wm000") == {"等级/金牌"}
+    control(sandbox, "contacts/delete", {"userid": "u1", "external_userid": "wm001", "by": "customer"})
+    control(sandbox, "contacts/edit", {"userid": "u0", "external_userid": "wm000", "remove_tags": ["等级/金牌"]})
+    out = scrm("sync", "contacts", "--no-progress")
+    assert "customers added 0, follows added 0" in out and "follows ended 1" in out and "tags removed 1" in out
+    with db.sessions() as s:
+        ended = s.scalar(select(Follow).join(Customer).where(Customer.external_userid == "wm001"))
+        assert ended.ended_reason == "missing_in_wecom"
+    assert tags_of(db, "wm000") == set()
+
+
+def test_near_duplicates_are_reported_and_merged_with_history(scrm, db):
+    with db.begin() as s:
+        group = TagGroup(name="交易")
+        s.add(group)
+        s.flush()
+        tags = {name: Tag(group_id=group.id, name=name) for name in ("VIP客户", "ＶＩＰ", "vip 用户", "沉睡")}
+        s.add_all(tags.values())
+        s.flush()
+        for i in range(3):
+            customer = Customer(external_userid=f"wm{i}", name=str(i))
+            s.add(customer)
+            s.flush()
+            s.add(CustomerTag(customer_id=customer.id, tag_id=tags["ＶＩＰ" if i else "VIP客户"].id, source="staff"))
+    out = scrm("tags", "check")
+    assert "near-duplicates" in out and "交易/ＶＩＰ" in out and "交易/vip 用户" in out
+    assert "unused tags (2): 交易/vip 用户、交易/沉睡" in out
+    out = scrm("tags", "merge", "交易/ＶＩＰ", "交易/VIP客户")
+    assert "2 customers moved, 0 already had it" in out
+    assert tags_of(db, "wm1") == {"交易/VIP客户"}
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(CustomerTag).where(CustomerTag.removed_by == "merge")) == 2
+        assert s.scalar(select(TagAlias.alias)) == "ＶＩＰ"
+    assert "no such" not in scrm("tags", "merge", "交易/不存在", "交易/VIP客户", ok=False)
+
+
+def test_normalising_tag_names():
+    assert normalize_tag_name("ＶＩＰ 客户") == normalize_tag_name("vip") == "vip"
+    assert normalize_tag_name("高价值-用户") == normalize_tag_name("高价值") != normalize_tag_name("价值")
