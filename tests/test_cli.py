@@ -97,3 +97,8 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert (delivered, stored, dups) == (44, 40, 4)
     assert handled + unhandled == 40 and failed == 0 and waiting == 0 and handled > 0
     assert "externalcontact/get" in out
+    assert unhandled == 0  # every event family the demo sends now has a handler
+    assert re.search(r"new customer via live_0618\s+tags here \['渠道/直播间'\], in WeCom \['直播间'\]; welcome: ", out)
+    assert re.search(r"6 questions in one go\s+5 replies sent, 1 not sent: kf window full", out)
+    assert re.search(r"kf「退订」\s+opted out: True", out)
+    assert "second poll 0" in out

@@ -9,6 +9,7 @@ import click
 
 from bot.cli.context import CliContext, pass_cli, render_table
 from bot.demo import run as demo_run
+from bot.demo.scenes import run_scenes
 
 DEFAULT_DB = "scrm-demo.db"
 
@@ -79,7 +80,17 @@ def _report(run: demo_run.DemoRun, burst: dict, drained: bool) -> None:
     click.echo(f"\nRe-tiered {result.customers} customers in {result.seconds:.2f}s (SQL over per-customer "
                "aggregates; `scrm customer show ID` explains one):")
     click.echo(render_table(["dimension", "value", "customers"], rows))
+    click.echo("\nWhat customers got (each scene goes through WeCom's callbacks and API, in the sandbox):")
+    click.echo(render_table(["scene", "what happened"], run_scenes(run, _first_staff(run))))
     counts = demo_run.database_counts(run)
-    click.echo(f"\ndatabase now holds {counts['customers']} customers and {counts['orders']} orders. "
-               "kf and tag events are stored and kept as 'unhandled' until their handlers exist "
-               "(`scrm inbox list --status unhandled`).")
+    click.echo(f"\ndatabase now holds {counts['customers']} customers and {counts['orders']} orders "
+               "(`scrm inbox list`, `scrm customer show ID`, `scrm tags check` to look around).")
+
+
+def _first_staff(run: demo_run.DemoRun) -> str:
+    from sqlalchemy import select
+
+    from bot.models import Staff
+
+    with run.app.extensions["scrm.db"].sessions() as session:
+        return session.scalar(select(Staff.userid).order_by(Staff.id).limit(1)) or ""

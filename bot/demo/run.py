@@ -25,6 +25,12 @@ from bot.sandbox import SandboxConfig, SandboxState, create_sandbox_app
 from bot.serving import BackgroundServer
 
 OPEN_KFID = "wkDEMO0000000000000000000001"
+DEMO_CHANNELS = {
+    "live_0618": {"tags": ["渠道/直播间"], "stage": "new"},
+    "store_qr": {"tags": ["渠道/门店扫码"]},
+    "wechat_ad": {"tags": ["渠道/朋友圈广告"]},
+    "friend_referral": {"tags": ["渠道/老带新"]},
+}
 KF_TEXTS = ["多少钱", "有优惠吗", "什么时候发货", "会员有什么权益", "退订", "谢谢"]
 
 
@@ -57,7 +63,8 @@ def demo_overrides(database_url: str, sandbox_url: str, corp: SandboxConfig, app
                   "encoding_aes_key": corp.encoding_aes_key, "secret": app_secret,
                   "api_base_url": f"{sandbox_url}/cgi-bin/", "busy_backoff_seconds": 0.2},
         "worker": {"poll_seconds": 0.5, "backoff_base_seconds": 1.0},
-        "app": {"log_level": "WARNING"},
+        "app": {"log_level": "WARNING", "brand_name": "小满咖啡"},
+        "contacts": {"channels": DEMO_CHANNELS},
     }
 
 
