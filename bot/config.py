@@ -180,6 +180,17 @@ class MomentsSettings:
 
 
 @dataclass(frozen=True)
+class SchedulerSettings:
+    enabled: bool = True
+    retier_at: str = "02:30"
+    contacts_resync_at: str = "03:30"
+    moments_poll_minutes: int = 30
+    tags_push_minutes: int = 10
+    outbox_sweep_seconds: int = 30
+    lock_seconds: int = 60
+
+
+@dataclass(frozen=True)
 class Settings:
     app: AppSettings = field(default_factory=AppSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -192,6 +203,7 @@ class Settings:
     kf: KfSettings = field(default_factory=KfSettings)
     tags: TagsSettings = field(default_factory=TagsSettings)
     moments: MomentsSettings = field(default_factory=MomentsSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
 
     def __repr__(self) -> str:
         return f"Settings({self.redacted()!r})"
@@ -237,7 +249,8 @@ def _masked_repr(self: Any) -> str:
 
 
 for _section_cls in (AppSettings, DatabaseSettings, RedisSettings, WeComSettings, WebhookSettings, WorkerSettings,
-                     TiersSettings, ContactsSettings, KfSettings, TagsSettings, MomentsSettings):
+                     TiersSettings, ContactsSettings, KfSettings, TagsSettings, MomentsSettings,
+                     SchedulerSettings):
     _section_cls.__repr__ = _masked_repr  # type: ignore[method-assign]
 
 
@@ -428,6 +441,11 @@ def _check_conversations(settings: Settings) -> None:
     _check_positive("kf.window_hours", settings.kf.window_hours)
     _check_positive("kf.window_messages", settings.kf.window_messages)
     _check_positive("moments.lookback_days", settings.moments.lookback_days)
+    for key in ("retier_at", "contacts_resync_at"):
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", getattr(settings.scheduler, key)):
+            raise ConfigError(f"scheduler.{key} must be a local time HH:MM, got {getattr(settings.scheduler, key)!r}")
+    for key in ("moments_poll_minutes", "tags_push_minutes", "outbox_sweep_seconds", "lock_seconds"):
+        _check_positive(f"scheduler.{key}", getattr(settings.scheduler, key))
     if settings.moments.lookback_days > 30:
         raise ConfigError("moments.lookback_days must be at most 30 (WeCom lists moments in windows of ≤30 days)")
     for i, rule in enumerate(settings.kf.reply_rules):
@@ -541,6 +559,7 @@ def install_secret_redaction(settings: Settings) -> None:
     root.setLevel(settings.app.log_level.upper())
     if settings.app.log_level.upper() != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     secrets = settings.secret_values()
     for handler in root.handlers:
         existing = next((f for f in handler.filters if isinstance(f, SecretRedactingFilter)), None)

@@ -9,7 +9,7 @@ import string
 import click
 from alembic.runtime.migration import MigrationContext
 
-from bot.cli.context import CliContext, pass_cli
+from bot.cli.context import CliContext, pass_cli, render_table
 from bot.config import redact_url
 
 
@@ -27,17 +27,29 @@ def init(cli: CliContext) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--no-worker", is_flag=True, help="Do not process the inbox in this process.")
+@click.option("--no-scheduler", is_flag=True, help="Do not run scheduled jobs in this process.")
 @pass_cli
-def serve(cli: CliContext, host: str, port: int, no_worker: bool) -> None:
-    """Run the web app (webhook, API). Embedded mode also runs the inbox worker in-process.
-    Creates or upgrades the database on start. For production use gunicorn 'bot.wsgi:app'."""
+def serve(cli: CliContext, host: str, port: int, no_worker: bool, no_scheduler: bool) -> None:
+    """Run the web app (webhook, API). Embedded mode also runs the inbox worker and the scheduler
+    in-process. Creates or upgrades the database on start. For production use gunicorn
+    'bot.wsgi:app' plus `scrm scheduler` (and `scrm worker`) processes."""
     from werkzeug.serving import run_simple
 
     from bot.app import create_app
+    from bot.scheduler import SchedulerService
 
-    app = create_app(settings=cli.settings(), start_worker=False if no_worker else None)
+    settings = cli.settings()
+    app = create_app(settings=settings, start_worker=False if no_worker else None)
+    service = None
+    if settings.scheduler.enabled and not no_scheduler:
+        processor = app.extensions["scrm.processor"]
+        service = SchedulerService(settings, app.extensions["scrm.db"], processor.clients, processor.sender).start()
     click.echo(f"webhook: http://{host}:{port}/wecom/callback   health: http://{host}:{port}/healthz")
-    run_simple(host, port, app, threaded=True, use_reloader=False)
+    try:
+        run_simple(host, port, app, threaded=True, use_reloader=False)
+    finally:
+        if service:
+            service.stop()
 
 
 @click.command()
@@ -116,3 +128,35 @@ def worker(cli: CliContext) -> None:
                 time.sleep(settings.worker.poll_seconds)
     except KeyboardInterrupt:
         click.echo("stopped")
+
+
+@click.command("scheduler")
+@pass_cli
+def scheduler_cmd(cli: CliContext) -> None:
+    """Run the scheduler alone (with Redis configured, any number may run: one is active)."""
+    import time
+
+    from bot.inbox_setup import build_processor
+    from bot.scheduler import SchedulerService
+
+    settings = cli.settings()
+    processor = build_processor(settings, cli.db())
+    service = SchedulerService(settings, cli.db(), processor.clients, processor.sender).start()
+    click.echo("scheduler running" + (" (standing by for the Redis lock)" if settings.redis.url else "")
+               + "; Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        click.echo("stopped")
+    finally:
+        service.stop()
+
+
+@click.command("jobs")
+@pass_cli
+def jobs_cmd(cli: CliContext) -> None:
+    """List the scheduled jobs with their next run times."""
+    from bot.scheduler import job_table
+
+    click.echo(render_table(["job", "trigger", "next run", "what"], job_table(cli.settings(), cli.db())))

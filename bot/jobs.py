@@ -1,0 +1,101 @@
+"""Scheduled jobs: plain module-level functions (APScheduler stores them by reference). Each
+takes its settings, database and WeCom clients from the runtime the scheduler installed."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.config import Settings
+from bot.db import Database
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    clients: Any = None
+    sender: Any = None
+
+
+_runtime: Runtime | None = None
+
+
+def install(runtime: Runtime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("scheduled job ran before the scheduler installed its runtime")
+    return _runtime
+
+
+def nightly_retier() -> dict[str, Any]:
+    """Re-tier everyone as of today (local), then apply order and tier auto-tags."""
+    from bot.tagging.rules import TagRules
+    from bot.tagging.system import apply_aggregate_rules
+    from segments.policy import TierPolicy
+    from segments.retier import retier
+
+    rt = runtime()
+    as_of = datetime.now(rt.settings.tz).date()
+    with rt.db.begin() as session:
+        result = retier(session, TierPolicy.from_settings(rt.settings.tiers), as_of, rt.settings.tz)
+        tags = apply_aggregate_rules(session, TagRules.from_settings(rt.settings), rt.settings.tags.push_to_wecom)
+    logger.info("nightly re-tier as of %s: %d customers, changes %s, auto-tags %s", as_of, result.customers,
+                result.changes, tags)
+    return {"customers": result.customers, "changes": result.changes, "tags": tags}
+
+
+def contacts_resync() -> dict[str, Any]:
+    """Full contact reconcile with WeCom (heals callbacks that never arrived)."""
+    from dataclasses import asdict
+
+    from bot.contacts_sync import sync_contacts
+    from bot.tagging.rules import TagRules
+
+    rt = runtime()
+    if rt.clients is None:
+        return {"skipped": "WeCom is not configured"}
+    with rt.db.begin() as session:
+        result = sync_contacts(session, rt.clients.contact, TagRules.from_settings(rt.settings))
+    logger.info("contact re-sync: %s", result)
+    return asdict(result)
+
+
+def moments_poll() -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from bot.moments import poll_moments
+    from bot.tagging.rules import TagRules
+
+    rt = runtime()
+    if rt.clients is None:
+        return {"skipped": "WeCom is not configured"}
+    with rt.db.begin() as session:
+        result = poll_moments(session, rt.clients.contact, rt.settings, TagRules.from_settings(rt.settings))
+    return asdict(result)
+
+
+def tags_push() -> dict[str, Any]:
+    from bot.tagging.sync import push_pending
+
+    rt = runtime()
+    if rt.clients is None or not rt.settings.tags.push_to_wecom:
+        return {"skipped": "WeCom is not configured or tags.push_to_wecom is off"}
+    with rt.db.begin() as session:
+        result = push_pending(session, rt.clients.contact, limit=1000)
+    return {"customers": result.customers, "added": result.added, "removed": result.removed, "failed": result.failed}
+
+
+def outbox_sweep() -> dict[str, int]:
+    rt = runtime()
+    if rt.sender is None:
+        return {}
+    return dict(rt.sender.send_due())

@@ -1,0 +1,181 @@
+"""APScheduler with a persistent SQLAlchemy job store. Jobs are declared once, in :data:`JOBS`,
+and reconciled at every start (stable ids, ``replace_existing``), so restarts never duplicate
+them. With Redis configured, a lock keeps exactly one scheduler active across processes; the
+others stand by and take over when the holder stops renewing it."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bot.config import Settings
+from bot.db import Database
+from bot.jobs import Runtime, install
+
+logger = logging.getLogger(__name__)
+JOBSTORE_TABLE = "scheduler_jobs"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    id: str
+    func: str  # "module:function", stored by reference
+    description: str
+    trigger: Callable[[Settings], Any]
+
+
+def _daily(key: str) -> Callable[[Settings], Any]:
+    def trigger(settings: Settings) -> Any:
+        hour, minute = getattr(settings.scheduler, key).split(":")
+        return CronTrigger(hour=int(hour), minute=int(minute), timezone=settings.tz)
+
+    return trigger
+
+
+def _every(key: str, unit: str) -> Callable[[Settings], Any]:
+    return lambda settings: IntervalTrigger(**{unit: getattr(settings.scheduler, key)}, timezone=settings.tz)
+
+
+JOBS: tuple[JobSpec, ...] = (
+    JobSpec("nightly_retier", "bot.jobs:nightly_retier", "re-tier everyone, then order/tier auto-tags",
+            _daily("retier_at")),
+    JobSpec("contacts_resync", "bot.jobs:contacts_resync", "full contact reconcile with WeCom",
+            _daily("contacts_resync_at")),
+    JobSpec("moments_poll", "bot.jobs:moments_poll", "poll moment likes and comments",
+            _every("moments_poll_minutes", "minutes")),
+    JobSpec("tags_push", "bot.jobs:tags_push", "push tags put on here to WeCom",
+            _every("tags_push_minutes", "minutes")),
+    JobSpec("outbox_sweep", "bot.jobs:outbox_sweep", "send pending conversational messages",
+            _every("outbox_sweep_seconds", "seconds")),
+)
+
+
+def build_scheduler(settings: Settings, db: Database) -> BackgroundScheduler:
+    store = SQLAlchemyJobStore(engine=db.engine, tablename=JOBSTORE_TABLE)
+    return BackgroundScheduler(jobstores={"default": store}, timezone=settings.tz,
+                               job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
+
+
+def reconcile_jobs(scheduler: BackgroundScheduler, settings: Settings) -> None:
+    """Make the stored jobs exactly :data:`JOBS`: add or replace each, remove any other."""
+    wanted = {spec.id for spec in JOBS}
+    for job in scheduler.get_jobs():
+        if job.id not in wanted:
+            scheduler.remove_job(job.id)
+    for spec in JOBS:
+        scheduler.add_job(spec.func, trigger=spec.trigger(settings), id=spec.id, name=spec.description,
+                          replace_existing=True)
+
+
+class SchedulerLock:
+    """``SET key token NX EX ttl`` in Redis, renewed by its holder; released on stop."""
+
+    RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
+    RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+    def __init__(self, redis_url: str, key: str, ttl: int) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(redis_url)
+        self.key, self.ttl, self.token = key, ttl, secrets.token_hex(16)
+
+    def acquire_or_renew(self, held: bool) -> bool:
+        if held:
+            return bool(self.client.eval(self.RENEW, 1, self.key, self.token, self.ttl))
+        return bool(self.client.set(self.key, self.token, nx=True, ex=self.ttl))
+
+    def release(self) -> None:
+        self.client.eval(self.RELEASE, 1, self.key, self.token)
+        self.client.close()
+
+
+class SchedulerService:
+    """Runs the scheduler when it holds the lock (or always, without Redis)."""
+
+    def __init__(self, settings: Settings, db: Database, clients: Any = None, sender: Any = None) -> None:
+        self.settings, self.db = settings, db
+        install(Runtime(settings, db, clients, sender))
+        self.scheduler: BackgroundScheduler | None = None
+        self.lock = (SchedulerLock(settings.redis.url, f"{settings.redis.key_prefix}:scheduler:lock",
+                                   settings.scheduler.lock_seconds) if settings.redis.url else None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.scheduler is not None and self.scheduler.running
+
+    def start(self) -> SchedulerService:
+        if self.lock is None:
+            self._activate()
+            return self
+        self._thread = threading.Thread(target=self._standby, name="scrm-scheduler-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def tick(self) -> None:
+        """One lock round: take or renew the lock; start or stop the scheduler to match."""
+        assert self.lock is not None
+        held = self.lock.acquire_or_renew(self.active)
+        if held and not self.active:
+            self._activate()
+        elif not held and self.active:
+            logger.warning("scheduler lock lost; standing by")
+            self._deactivate()
+
+    def _standby(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - Redis hiccups must not kill the standby loop
+                logger.exception("scheduler lock round failed")
+            self._stop.wait(max(1.0, self.settings.scheduler.lock_seconds / 3))
+
+    def _activate(self) -> None:
+        self.scheduler = build_scheduler(self.settings, self.db)
+        self.scheduler.start(paused=True)
+        reconcile_jobs(self.scheduler, self.settings)
+        self.scheduler.resume()
+        logger.info("scheduler active with %d jobs", len(JOBS))
+
+    def _deactivate(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.scheduler = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        self._deactivate()
+        if self.lock is not None:
+            self.lock.release()
+
+
+def job_table(settings: Settings, db: Database) -> list[list[str]]:
+    """Each declared job with its trigger and next run time, read from the job store (or, for a
+    job no scheduler has stored yet, computed from its trigger). Changes nothing."""
+    from datetime import datetime
+
+    scheduler = build_scheduler(settings, db)
+    scheduler.start(paused=True)
+    try:
+        rows = []
+        for spec in JOBS:
+            job = scheduler.get_job(spec.id)
+            trigger = job.trigger if job else spec.trigger(settings)
+            next_run = job.next_run_time if job else trigger.get_next_fire_time(None, datetime.now(settings.tz))
+            shown = next_run.strftime("%Y-%m-%d %H:%M:%S %Z") if next_run else "-"
+            rows.append([spec.id, str(trigger), shown + ("" if job else " (not yet stored)"), spec.description])
+        return rows
+    finally:
+        scheduler.shutdown(wait=False)

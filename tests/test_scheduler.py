@@ -1,0 +1,86 @@
+"""The scheduler: jobs declared once and reconciled on every start, exactly one active scheduler
+among several processes (Redis lock), and the job functions doing their work."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+from sqlalchemy import func, select, text
+
+from bot import jobs
+from bot.config import load_settings
+from bot.db import Database
+from bot.models import Customer, CustomerAggregate, CustomerTag
+from bot.scheduler import JOBS, JOBSTORE_TABLE, SchedulerService, job_table
+from tests.support import REDIS_URL
+
+
+def stored_jobs(db: Database) -> list[str]:
+    with db.engine.connect() as conn:
+        return sorted(conn.execute(text(f"SELECT id FROM {JOBSTORE_TABLE}")).scalars())
+
+
+def test_jobs_are_reconciled_on_every_start_and_never_duplicated(database_url):
+    settings = load_settings(overrides={"database": {"url": database_url}}, environ={})
+    db = Database(settings.database)
+    try:
+        for _ in range(2):  # a restart
+            service = SchedulerService(settings, db).start()
+            assert service.active
+            service.scheduler.add_job("bot.jobs:outbox_sweep", "interval", minutes=5, id="left_over_by_old_code")
+            service.stop()
+        service = SchedulerService(settings, db).start()
+        service.stop()
+        assert stored_jobs(db) == sorted(spec.id for spec in JOBS)
+        rows = job_table(settings, db)
+        assert [r[0] for r in rows] == [spec.id for spec in JOBS]
+        assert rows[0][1] == "cron[hour='2', minute='30']" and "(not yet stored)" not in rows[0][2]
+    finally:
+        db.dispose()
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="SCRM_TEST_REDIS_URL not set (CI sets it)")
+def test_exactly_one_scheduler_is_active_and_a_stand_by_takes_over(database_url):
+    import redis
+
+    prefix = "scrm-test-" + str(id(database_url))
+    settings = load_settings(overrides={"database": {"url": database_url},
+                                        "redis": {"url": REDIS_URL, "key_prefix": prefix},
+                                        "scheduler": {"lock_seconds": 30}}, environ={})
+    db = Database(settings.database)
+    first, second = SchedulerService(settings, db), SchedulerService(settings, db)
+    try:
+        first.tick()
+        second.tick()
+        assert (first.active, second.active) == (True, False)
+        first.tick()  # the holder renews
+        second.tick()
+        assert (first.active, second.active) == (True, False)
+        first.stop()  # releases the lock
+        second.tick()
+        assert second.active
+    finally:
+        first.stop()
+        second.stop()
+        db.dispose()
+        client = redis.Redis.from_url(REDIS_URL)
+        client.delete(f"{prefix}:scheduler:lock")
+        client.close()
+
+
+def test_nightly_retier_job_tiers_and_tags(db, app):
+    with db.begin() as s:
+        customer = Customer(external_userid="wmJOB", name="job")
+        s.add(customer)
+        s.flush()
+        paid = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+        s.add(CustomerAggregate(customer_id=customer.id, order_count=2, paid_amount_fen=150000,
+                                first_order_at=paid, last_order_at=paid, first_order_day=date(2026, 11, 1).toordinal(),
+                                last_order_day=date(2026, 11, 1).toordinal()))
+    jobs.install(jobs.Runtime(app.extensions["scrm.settings"], db))
+    result = jobs.nightly_retier()
+    assert result["customers"] == 1 and result["tags"]["repeat_buyer"] == 1
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(CustomerTag)) == 3  # first order, repeat, ≥1000 元
+    assert jobs.moments_poll() == {"skipped": "WeCom is not configured"}
