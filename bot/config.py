@@ -179,6 +179,17 @@ class MomentsSettings:
     lookback_days: int = 30
 
 
+def _default_holidays() -> list[str]:
+    return ["new_year", "spring_festival", "lantern", "valentines", "womens_day", "labour_day", "dragon_boat",
+            "qixi", "mid_autumn", "national_day", "double_ninth", "double_eleven", "christmas"]
+
+
+@dataclass(frozen=True)
+class GreetingsSettings:
+    holidays: list[str] = field(default_factory=_default_holidays)
+    send_at: str = "10:00"
+
+
 @dataclass(frozen=True)
 class SchedulerSettings:
     enabled: bool = True
@@ -204,6 +215,7 @@ class Settings:
     tags: TagsSettings = field(default_factory=TagsSettings)
     moments: MomentsSettings = field(default_factory=MomentsSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    greetings: GreetingsSettings = field(default_factory=GreetingsSettings)
 
     def __repr__(self) -> str:
         return f"Settings({self.redacted()!r})"
@@ -250,7 +262,7 @@ def _masked_repr(self: Any) -> str:
 
 for _section_cls in (AppSettings, DatabaseSettings, RedisSettings, WeComSettings, WebhookSettings, WorkerSettings,
                      TiersSettings, ContactsSettings, KfSettings, TagsSettings, MomentsSettings,
-                     SchedulerSettings):
+                     SchedulerSettings, GreetingsSettings):
     _section_cls.__repr__ = _masked_repr  # type: ignore[method-assign]
 
 
@@ -441,6 +453,13 @@ def _check_conversations(settings: Settings) -> None:
     _check_positive("kf.window_hours", settings.kf.window_hours)
     _check_positive("kf.window_messages", settings.kf.window_messages)
     _check_positive("moments.lookback_days", settings.moments.lookback_days)
+    from bot.holidays import HOLIDAYS
+
+    unknown = [h for h in settings.greetings.holidays if h not in HOLIDAYS]
+    if unknown:
+        raise ConfigError(f"greetings.holidays: unknown {unknown}; known: {sorted(HOLIDAYS)}")
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", settings.greetings.send_at):
+        raise ConfigError(f"greetings.send_at must be a local time HH:MM, got {settings.greetings.send_at!r}")
     for key in ("retier_at", "contacts_resync_at"):
         if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", getattr(settings.scheduler, key)):
             raise ConfigError(f"scheduler.{key} must be a local time HH:MM, got {getattr(settings.scheduler, key)!r}")

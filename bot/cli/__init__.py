@@ -7,7 +7,7 @@ import click
 from bot.cli.context import CliContext
 from bot.cli.demo import demo
 from bot.cli.inbox import inbox
-from bot.cli.service import config_group, init, jobs_cmd, sandbox, scheduler_cmd, serve, worker
+from bot.cli.service import config_group, holidays_cmd, init, jobs_cmd, sandbox, scheduler_cmd, serve, worker
 from bot.cli.sync import sync_group, tags_group
 from bot.cli.tiers import customer_group, export_group, import_customers_cmd, import_orders_cmd, retier_cmd
 from bot.cli.tokens import token_group
@@ -40,3 +40,4 @@ main.add_command(sync_group)
 main.add_command(tags_group)
 main.add_command(scheduler_cmd)
 main.add_command(jobs_cmd)
+main.add_command(holidays_cmd)

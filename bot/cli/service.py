@@ -160,3 +160,19 @@ def jobs_cmd(cli: CliContext) -> None:
     from bot.scheduler import job_table
 
     click.echo(render_table(["job", "trigger", "next run", "what"], job_table(cli.settings(), cli.db())))
+
+
+@click.command("holidays")
+@click.option("--year", type=click.IntRange(1901, 2099), help="Calendar year (default: this year, local).")
+@click.option("--all", "show_all", is_flag=True, help="Every known holiday, not only those in greetings.holidays.")
+@pass_cli
+def holidays_cmd(cli: CliContext, year: int | None, show_all: bool) -> None:
+    """The greeting calendar: one holiday a line, its Chinese name and its date (YYYY-MM-DD)."""
+    from datetime import datetime
+
+    from bot.holidays import calendar
+
+    settings = cli.settings()
+    year = year or datetime.now(settings.tz).year
+    for day, holiday in calendar(year, None if show_all else settings.greetings.holidays):
+        click.echo(f"{holiday.name} {day.isoformat()}")
