@@ -191,6 +191,14 @@ class GreetingsSettings:
 
 
 @dataclass(frozen=True)
+class OutboxSettings:
+    quiet_hours: str = "21:00-09:00"
+    daily_cap: int = 1
+    weekly_cap: int = 3
+    mass_message_rule: str = "days_in_month"
+
+
+@dataclass(frozen=True)
 class SchedulerSettings:
     enabled: bool = True
     retier_at: str = "02:30"
@@ -216,6 +224,7 @@ class Settings:
     moments: MomentsSettings = field(default_factory=MomentsSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     greetings: GreetingsSettings = field(default_factory=GreetingsSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
 
     def __repr__(self) -> str:
         return f"Settings({self.redacted()!r})"
@@ -262,7 +271,7 @@ def _masked_repr(self: Any) -> str:
 
 for _section_cls in (AppSettings, DatabaseSettings, RedisSettings, WeComSettings, WebhookSettings, WorkerSettings,
                      TiersSettings, ContactsSettings, KfSettings, TagsSettings, MomentsSettings,
-                     SchedulerSettings, GreetingsSettings):
+                     SchedulerSettings, GreetingsSettings, OutboxSettings):
     _section_cls.__repr__ = _masked_repr  # type: ignore[method-assign]
 
 
@@ -460,6 +469,7 @@ def _check_conversations(settings: Settings) -> None:
         raise ConfigError(f"greetings.holidays: unknown {unknown}; known: {sorted(HOLIDAYS)}")
     if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", settings.greetings.send_at):
         raise ConfigError(f"greetings.send_at must be a local time HH:MM, got {settings.greetings.send_at!r}")
+    _check_outbox(settings.outbox)
     for key in ("retier_at", "contacts_resync_at"):
         if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", getattr(settings.scheduler, key)):
             raise ConfigError(f"scheduler.{key} must be a local time HH:MM, got {getattr(settings.scheduler, key)!r}")
@@ -489,6 +499,20 @@ def _check_conversations(settings: Settings) -> None:
             raise ConfigError(f"contacts.channels.{state}.welcome must be a template name (letters, digits, _)")
         if "stage" in channel and not isinstance(channel["stage"], str):
             raise ConfigError(f"contacts.channels.{state}.stage must be a stage name")
+
+
+def _check_outbox(outbox: OutboxSettings) -> None:
+    from bot.outbox.policy import MASS_RULES, parse_quiet_hours
+
+    try:
+        parse_quiet_hours(outbox.quiet_hours)
+    except ValueError as exc:
+        raise ConfigError(f"outbox.{exc}") from None
+    _check_positive("outbox.daily_cap", outbox.daily_cap)
+    _check_positive("outbox.weekly_cap", outbox.weekly_cap)
+    if outbox.mass_message_rule not in MASS_RULES:
+        raise ConfigError(f"outbox.mass_message_rule must be one of {list(MASS_RULES)}, "
+                          f"got {outbox.mass_message_rule!r}")
 
 
 def _is_name(value: Any) -> bool:
