@@ -99,3 +99,28 @@ def outbox_sweep() -> dict[str, int]:
     if rt.sender is None:
         return {}
     return dict(rt.sender.send_due())
+
+
+def holiday_greetings() -> dict[str, Any]:
+    """Plan today's holiday greetings (if today is one), then submit what is due."""
+    from bot.greetings import plan_holiday_greetings
+    from bot.messages import MessageTemplates
+    from bot.models import utcnow
+
+    rt = runtime()
+    with rt.db.begin() as session:
+        plan = plan_holiday_greetings(session, rt.settings, MessageTemplates.from_settings(rt.settings), utcnow())
+    if plan.holidays:
+        logger.info("holiday greetings %s: %d planned, skipped %s", plan.holidays, plan.planned, dict(plan.skipped))
+    return {"holidays": plan.holidays, "planned": plan.planned, "skipped": dict(plan.skipped),
+            "submitted": dict(mass_send())}
+
+
+def mass_send() -> dict[str, int]:
+    from bot.outbox.mass import submit_mass_messages
+    from bot.outbox.policy import ContactPolicy
+
+    rt = runtime()
+    if rt.clients is None:
+        return {}
+    return dict(submit_mass_messages(rt.db, rt.clients.contact, ContactPolicy.from_settings(rt.settings)))

@@ -33,9 +33,9 @@ class JobSpec:
     trigger: Callable[[Settings], Any]
 
 
-def _daily(key: str) -> Callable[[Settings], Any]:
+def _daily(key: str, section: str = "scheduler") -> Callable[[Settings], Any]:
     def trigger(settings: Settings) -> Any:
-        hour, minute = getattr(settings.scheduler, key).split(":")
+        hour, minute = getattr(getattr(settings, section), key).split(":")
         return CronTrigger(hour=int(hour), minute=int(minute), timezone=settings.tz)
 
     return trigger
@@ -55,6 +55,10 @@ JOBS: tuple[JobSpec, ...] = (
     JobSpec("tags_push", "bot.jobs:tags_push", "push tags put on here to WeCom",
             _every("tags_push_minutes", "minutes")),
     JobSpec("outbox_sweep", "bot.jobs:outbox_sweep", "send pending conversational messages",
+            _every("outbox_sweep_seconds", "seconds")),
+    JobSpec("holiday_greetings", "bot.jobs:holiday_greetings", "节假日问候 on holidays (lunar ones included)",
+            _daily("send_at", "greetings")),
+    JobSpec("mass_send", "bot.jobs:mass_send", "submit due mass messages (deferred past quiet hours)",
             _every("outbox_sweep_seconds", "seconds")),
 )
 

@@ -1,0 +1,82 @@
+"""Mass messages (企业群发): pending rows due now are grouped by sending member and text and
+submitted with add_msg_template (≤10,000 customers per call). WeCom does not send them itself —
+the member confirms in the client — so rows become ``submitted`` with the msgid; customers WeCom
+refuses (``fail_list``) are ``failed``. A customer who opted out after planning is skipped."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from wechatpy.exceptions import WeChatClientException
+
+from bot.db import Database
+from bot.models import Customer, OutboxMessage, utcnow
+from bot.outbox.policy import ContactPolicy
+
+logger = logging.getLogger(__name__)
+MAX_RECIPIENTS = 10_000
+
+
+def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolicy,
+                         now: datetime | None = None) -> Counter[str]:
+    now = now or utcnow()
+    outcome: Counter[str] = Counter()
+    if policy.in_quiet_hours(now):
+        return outcome  # deferred, not dropped: the rows wait for the end of quiet hours
+    with db.begin() as session:
+        rows = session.execute(
+            select(OutboxMessage.id, OutboxMessage.sender_userid, OutboxMessage.recipient, OutboxMessage.content,
+                   Customer.opted_out)
+            .join(Customer, Customer.id == OutboxMessage.customer_id)
+            .where(OutboxMessage.channel == "mass_message", OutboxMessage.status == "pending",
+                   OutboxMessage.scheduled_at <= now)).all()
+        groups: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+        for row in rows:
+            if row.opted_out:
+                session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
+                    status="skipped", reason="opted out (退订) after planning", updated_at=now))
+                outcome["skipped"] += 1
+                continue
+            groups[(row.sender_userid or "", row.content["text"])].append((row.id, row.recipient))
+        ids = [i for members in groups.values() for i, _ in members]
+        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.status == "pending")
+                        .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=now))
+    for (sender, text), members in groups.items():
+        for start in range(0, len(members), MAX_RECIPIENTS):
+            _submit(db, contact_client, sender, text, members[start:start + MAX_RECIPIENTS], outcome)
+    return outcome
+
+
+def _submit(db: Database, client: Any, sender: str, text: str, members: list[tuple[int, str]],
+            outcome: Counter[str]) -> None:
+    template = {"chat_type": "single", "external_userid": [r for _, r in members], "text": {"content": text}}
+    if sender:
+        template["sender"] = sender
+    ids = [i for i, _ in members]
+    try:
+        answer = client.external_contact.add_msg_template(template)
+    except WeChatClientException as exc:
+        _finish(db, ids, "failed", f"add_msg_template: WeCom {exc.errcode} {exc.errmsg}")
+        outcome["failed"] += len(ids)
+        return
+    refused = set(answer.get("fail_list") or [])
+    ok = [i for i, r in members if r not in refused]
+    bad = [i for i, r in members if r in refused]
+    _finish(db, ok, "submitted", "waiting for the member to confirm in WeCom", answer.get("msgid"))
+    _finish(db, bad, "failed", "WeCom refused the recipient (fail_list: not this member's customer)")
+    outcome["submitted"] += len(ok)
+    outcome["failed"] += len(bad)
+
+
+def _finish(db: Database, ids: list[int], status: str, reason: str, msgid: str | None = None) -> None:
+    if not ids:
+        return
+    with db.begin() as session:
+        values: dict[str, Any] = {"status": status, "reason": reason, "updated_at": utcnow()}
+        if msgid:
+            values["wecom_msgid"] = msgid
+        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(**values))

@@ -1,0 +1,86 @@
+"""Holiday greetings with a frozen clock: the tier's template, opt-outs and caps skipped with a
+reason, quiet hours deferring, once per holiday, and submission as WeCom mass messages."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import requests
+from sqlalchemy import select
+
+from bot.greetings import plan_holiday_greetings
+from bot.messages import MessageTemplates
+from bot.models import Customer, Follow, OutboxMessage, Staff
+from bot.outbox.mass import submit_mass_messages
+from bot.outbox.policy import ContactPolicy
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+MID_AUTUMN_MORNING = datetime(2026, 9, 25, 10, 0, tzinfo=SHANGHAI)
+
+
+def seed_customers(db) -> None:
+    with db.begin() as s:
+        staff = Staff(userid="zhangsan", name="张三")
+        s.add(staff)
+        s.flush()
+        for i, (tier, opted_out) in enumerate([("high", False), ("low", False), ("low", False), ("mid", True)]):
+            customer = Customer(external_userid=f"wm{i}", name=f"客户{i}", value_tier=tier, opted_out=opted_out,
+                                owner_userid="zhangsan")
+            s.add(customer)
+            s.flush()
+            s.add(Follow(customer_id=customer.id, staff_id=staff.id))
+        s.add(Customer(external_userid="wmGONE", name="无跟进", owner_userid="lisi"))  # nobody to send from
+
+
+def plan(app, db, now):
+    settings = app.extensions["scrm.settings"]
+    with db.begin() as s:
+        return plan_holiday_greetings(s, settings, MessageTemplates.from_settings(settings), now)
+
+
+def test_mid_autumn_greets_each_tier_once_and_skips_opt_outs(app, db):
+    seed_customers(db)
+    result = plan(app, db, MID_AUTUMN_MORNING)
+    assert result.holidays == ["中秋"] and result.planned == 3 and result.deferred_to is None
+    assert result.skipped == Counter({"opted out (退订)": 1})
+    with db.sessions() as s:
+        rows = {r.recipient: r for r in s.scalars(select(OutboxMessage))}
+    assert rows["wm0"].content["template"] == "holiday/mid_autumn.high.j2"
+    assert "高价值会员" in rows["wm0"].content["text"]
+    assert rows["wm1"].content["template"] == "holiday/mid_autumn.j2"
+    assert rows["wm3"].status == "skipped" and "wmGONE" not in rows
+    again = plan(app, db, MID_AUTUMN_MORNING.replace(hour=15))
+    assert again.planned == 0 and not again.skipped  # once per holiday
+    assert plan(app, db, datetime(2026, 9, 24, 10, 0, tzinfo=SHANGHAI)).holidays == []
+
+
+def test_planned_in_quiet_hours_waits_until_they_end(app, db):
+    seed_customers(db)
+    night = datetime(2026, 10, 1, 6, 30, tzinfo=SHANGHAI)  # 国庆, before 09:00
+    result = plan(app, db, night)
+    assert result.holidays == ["国庆"] and result.deferred_to == datetime(2026, 10, 1, 9, 0, tzinfo=SHANGHAI)
+    policy = ContactPolicy.from_settings(app.extensions["scrm.settings"])
+    assert submit_mass_messages(db, None, policy, now=night) == Counter()  # nothing goes out at night
+
+
+def test_due_greetings_become_one_mass_message_per_member_and_text(wired, sandbox):
+    db = wired.extensions["scrm.db"]
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
+        {"userid": "zhangsan", "external_userid": f"wm{i}", "name": f"客户{i}"} for i in range(3)]},
+        timeout=10).raise_for_status()
+    seed_customers(db)
+    plan(wired, db, MID_AUTUMN_MORNING)
+    with db.begin() as s:  # the low-tier customer opts out after planning
+        s.scalar(select(Customer).where(Customer.external_userid == "wm2")).opted_out = True
+    processor = wired.extensions["scrm.processor"]
+    policy = ContactPolicy.from_settings(wired.extensions["scrm.settings"])
+    outcome = submit_mass_messages(db, processor.clients.contact, policy, now=MID_AUTUMN_MORNING)
+    assert outcome == Counter({"submitted": 2, "skipped": 1})
+    sent = requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]
+    assert sorted(m["external_userid"] for m in sent) == [["wm0"], ["wm1"]]  # high and low texts differ
+    assert {m["sender"] for m in sent} == {"zhangsan"}
+    with db.sessions() as s:
+        statuses = Counter(s.scalars(select(OutboxMessage.status)))
+    assert statuses == Counter({"submitted": 2, "skipped": 2})
