@@ -124,3 +124,12 @@ def mass_send() -> dict[str, int]:
     if rt.clients is None:
         return {}
     return dict(submit_mass_messages(rt.db, rt.clients.contact, ContactPolicy.from_settings(rt.settings)))
+
+
+def mass_results() -> dict[str, int]:
+    from bot.outbox.mass import poll_mass_results
+
+    rt = runtime()
+    if rt.clients is None:
+        return {}
+    return dict(poll_mass_results(rt.db, rt.clients.contact))

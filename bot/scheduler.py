@@ -60,6 +60,8 @@ JOBS: tuple[JobSpec, ...] = (
             _daily("send_at", "greetings")),
     JobSpec("mass_send", "bot.jobs:mass_send", "submit due mass messages (deferred past quiet hours)",
             _every("outbox_sweep_seconds", "seconds")),
+    JobSpec("mass_results", "bot.jobs:mass_results", "record which mass messages members actually sent",
+            _every("tags_push_minutes", "minutes")),
 )
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from bot.greetings import plan_holiday_greetings
 from bot.messages import MessageTemplates
 from bot.models import Customer, Follow, OutboxMessage, Staff
-from bot.outbox.mass import submit_mass_messages
+from bot.outbox.mass import poll_mass_results, submit_mass_messages
 from bot.outbox.policy import ContactPolicy
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -84,3 +84,15 @@ def test_due_greetings_become_one_mass_message_per_member_and_text(wired, sandbo
     with db.sessions() as s:
         statuses = Counter(s.scalars(select(OutboxMessage.status)))
     assert statuses == Counter({"submitted": 2, "skipped": 2})
+
+    msgid = next(m["msgid"] for m in sent if m["external_userid"] == ["wm1"])
+    requests.post(f"{sandbox.url}/_sandbox/mass_messages/{msgid}/confirm", json={"capped": ["wm1"]},
+                  timeout=10).raise_for_status()
+    other = next(m["msgid"] for m in sent if m["external_userid"] == ["wm0"])
+    assert poll_mass_results(db, processor.clients.contact) == Counter({"waiting": 1, "failed": 1})
+    requests.post(f"{sandbox.url}/_sandbox/mass_messages/{other}/confirm", json={}, timeout=10).raise_for_status()
+    assert poll_mass_results(db, processor.clients.contact) == Counter({"confirmed": 1})
+    with db.sessions() as s:
+        rows = {r.recipient: r for r in s.scalars(select(OutboxMessage))}
+    assert rows["wm0"].status == "confirmed" and rows["wm0"].sent_at is not None
+    assert rows["wm1"].status == "failed" and "WeCom cap" in rows["wm1"].reason

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -80,3 +80,44 @@ def _finish(db: Database, ids: list[int], status: str, reason: str, msgid: str |
         if msgid:
             values["wecom_msgid"] = msgid
         session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(**values))
+
+
+RESULT_STATUS = {
+    2: "not sent: the customer is no longer the member's friend",
+    3: "not sent: the customer already received a mass message this period (WeCom cap)",
+}
+
+
+def poll_mass_results(db: Database, contact_client: Any) -> Counter[str]:
+    """get_groupmsg_send_result for every submitted mass message: status 1 → confirmed (with the
+    send time), 2/3 → failed with WeCom's reason, 0 → still waiting for the member."""
+    outcome: Counter[str] = Counter()
+    with db.sessions() as session:
+        pending = session.execute(select(OutboxMessage.wecom_msgid, OutboxMessage.sender_userid).where(
+            OutboxMessage.channel == "mass_message", OutboxMessage.status == "submitted",
+            OutboxMessage.wecom_msgid.is_not(None)).distinct()).all()
+    for msgid, sender in pending:
+        try:
+            items = list(contact_client.external_contact.gen_groupmsg_send_result(msgid, sender or ""))
+        except WeChatClientException as exc:
+            logger.warning("mass message %s: results not readable (%s)", msgid, exc)
+            outcome["unreadable"] += 1
+            continue
+        with db.begin() as session:
+            for item in items:
+                status = int(item.get("status") or 0)
+                if status == 0:
+                    outcome["waiting"] += 1
+                    continue
+                values: dict[str, Any] = {"updated_at": utcnow()}
+                if status == 1:
+                    sent = item.get("send_time")
+                    values.update(status="confirmed", reason=None,
+                                  sent_at=datetime.fromtimestamp(int(sent), tz=UTC) if sent else utcnow())
+                else:
+                    values.update(status="failed", reason=RESULT_STATUS.get(status, f"WeCom result status {status}"))
+                session.execute(update(OutboxMessage).where(
+                    OutboxMessage.wecom_msgid == msgid, OutboxMessage.recipient == item.get("external_userid"),
+                    OutboxMessage.status == "submitted").values(**values))
+                outcome[values["status"]] += 1
+    return outcome

@@ -215,8 +215,14 @@ def get_groupmsg_task(call: Call) -> dict[str, Any]:
 def get_groupmsg_send_result(call: Call) -> dict[str, Any]:
     (userid,) = call.require("userid")
     message = _mass_message(call)
-    rows = [{"external_userid": e, "userid": userid, "status": 0 if userid in call.state.follows.get(e, {}) else 2}
-            for e in message["external_userid"]]
+    confirmed = message.get("confirmed", {})
+    rows = []
+    for e in message["external_userid"]:
+        row = {"external_userid": e, "userid": userid,
+               "status": confirmed.get(e, 0) if userid in call.state.follows.get(e, {}) else 2}
+        if row["status"] == 1:
+            row["send_time"] = message.get("confirmed_at", int(call.state.now()))
+        rows.append(row)
     return {"send_list": rows, "next_cursor": ""}
 
 

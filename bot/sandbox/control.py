@@ -109,6 +109,21 @@ def sent() -> Response:
                        mass_messages=list(state.mass_messages.values()))
 
 
+@bp.post("/mass_messages/<msgid>/confirm")
+def confirm_mass_message(msgid: str) -> Response:
+    """The member taps send in the WeCom client. ``capped``: customers WeCom then refuses because
+    they already received a mass message this period (result status 3)."""
+    state, a = _state(), _args()
+    with state.lock:
+        message = state.mass_messages.get(msgid)
+        if message is None:
+            raise WeComError(40058, "invalid msgid")
+        capped = set(a.get("capped", []))
+        message["confirmed"] = {e: (3 if e in capped else 1) for e in message["external_userid"]}
+        message["confirmed_at"] = int(state.now())
+        return jsonify(message["confirmed"])
+
+
 @bp.post("/kf/enter_session")
 def kf_enter() -> Response:
     return jsonify(scenario.kf_enter_session(_state(), _args()))
