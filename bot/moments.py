@@ -20,6 +20,7 @@ from bot.interactions import add_interaction
 from bot.models import Customer, utcnow
 from bot.tagging.rules import TagRules
 from bot.tagging.system import apply_rules
+from bot.wecom.api import cursor_pages
 
 logger = logging.getLogger(__name__)
 CORP_MOMENT = 0
@@ -59,13 +60,8 @@ def _posters(api: Any, moment: dict[str, Any]) -> list[str]:
     who published its task, and each member's copy has its own likes and comments."""
     if int(moment.get("create_type", 1)) != CORP_MOMENT:
         return [moment["creator"]] if moment.get("creator") else []
-    posters, cursor = [], None
-    while True:
-        page = api.get_moment_task(moment["moment_id"], cursor=cursor, limit=1000)
-        posters += [t["userid"] for t in page.get("task_list", []) if int(t.get("publish_status", 0)) == 1]
-        cursor = page.get("next_cursor")
-        if not cursor:
-            return posters
+    pages = cursor_pages(lambda cursor: api.get_moment_task(moment["moment_id"], cursor=cursor, limit=1000))
+    return [t["userid"] for page in pages for t in page.get("task_list", []) if int(t.get("publish_status", 0)) == 1]
 
 
 def _record(session: Session, settings: Settings, rules: TagRules, moment: dict[str, Any], userid: str,

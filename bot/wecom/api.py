@@ -3,11 +3,22 @@ one method per endpoint, ``optionaldict`` for optional fields, generators for cu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from optionaldict import optionaldict
 from wechatpy.client.api.base import BaseWeChatAPI
 from wechatpy.work.client.api import WeChatExternalContact, WeChatKF, WeChatOAuth
+
+
+def cursor_pages(fetch: Callable[[str | None], dict]) -> Iterator[dict]:
+    """Call ``fetch(cursor)`` from the first page until WeCom returns an empty ``next_cursor``."""
+    cursor: str | None = None
+    while True:
+        page = fetch(cursor)
+        yield page
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return
 
 
 class ScrmKF(WeChatKF):
@@ -73,13 +84,7 @@ class ScrmExternalContact(WeChatExternalContact):
 
     def gen_batch_get_by_users(self, userid_list: list[str], limit: int = 100) -> Iterator[dict]:
         """Yield each page until ``next_cursor`` is empty."""
-        cursor = ""
-        while True:
-            page = self.batch_get_by_users(userid_list, cursor=cursor, limit=limit)
-            yield page
-            cursor = page.get("next_cursor") or ""
-            if not cursor:
-                return
+        return cursor_pages(lambda cursor: self.batch_get_by_users(userid_list, cursor=cursor or "", limit=limit))
 
     def remark(
         self,
@@ -142,13 +147,8 @@ class ScrmExternalContact(WeChatExternalContact):
         return self._post("externalcontact/get_groupmsg_send_result", data=data)
 
     def gen_groupmsg_send_result(self, msgid: str, userid: str, limit: int = 1000) -> Iterator[dict]:
-        cursor: str | None = None
-        while True:
-            page = self.get_groupmsg_send_result(msgid, userid, limit=limit, cursor=cursor)
+        for page in cursor_pages(lambda cursor: self.get_groupmsg_send_result(msgid, userid, limit, cursor)):
             yield from page.get("send_list", [])
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
 
     def remind_groupmsg_send(self, msgid: str) -> dict:
         """提醒成员群发 (at most 3 reminders per mass message per 24 h)."""
@@ -197,13 +197,9 @@ class ScrmMoment(BaseWeChatAPI):
         return self._post("externalcontact/get_moment_list", data=data)
 
     def gen_moment_list(self, start_time: int, end_time: int, limit: int = 20) -> Iterator[dict]:
-        cursor: str | None = None
-        while True:
-            page = self.get_moment_list(start_time, end_time, cursor=cursor, limit=limit)
+        for page in cursor_pages(lambda cursor: self.get_moment_list(start_time, end_time, cursor=cursor,
+                                                                     limit=limit)):
             yield from page.get("moment_list", [])
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
 
     def get_moment_task(self, moment_id: str, cursor: str | None = None, limit: int = 500) -> dict:
         data = optionaldict(moment_id=moment_id, cursor=cursor, limit=limit)
