@@ -1,4 +1,4 @@
-"""REST API (``/api/v1``): bearer tokens created with ``scrm token create``; orders in."""
+"""REST API (``/api/v1``): bearer tokens created with ``scrm token create``; orders in, coupons redeemed."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from bot.models import ApiToken, Customer, utcnow
 from bot.tagging.rules import TagRules
 from bot.tagging.system import apply_aggregate_rules
+from segments.money import number_to_fen
 from segments.orders import OrderRow, OrderWriter, RowError, parse_order
 
 logger = logging.getLogger(__name__)
@@ -124,3 +125,38 @@ def _flush(writer: OrderWriter, batch: dict[str, tuple[int, OrderRow]], results:
         if item["result"] is None and item["index"] in by_index:
             item["result"] = by_index[item["index"]]
     batch.clear()
+
+
+@bp.post("/coupons/redeem")
+def redeem_coupon() -> tuple[Response, int]:
+    """``{"code": "…", "order_id": "…"?, "amount": 元?}`` → 200 redeemed; 404 unknown code;
+    409 already redeemed or expired; 422 minimum spend not met or the order is someone else's."""
+    from bot.campaigns.coupons import display_code, redeem
+
+    settings = current_app.extensions["scrm.settings"]
+    db = current_app.extensions["scrm.db"]
+    payload = request.get_json(silent=True)
+    if not isinstance(payload, dict) or not isinstance(payload.get("code"), str) or len(payload["code"]) > 64:
+        raise ApiError(400, "body must be a JSON object with a code")
+    order_id = payload.get("order_id")
+    if order_id is not None and (not isinstance(order_id, str) or not order_id.strip() or len(order_id) > 128):
+        raise ApiError(400, "order_id must be a non-empty string of at most 128 characters")
+    amount_fen = None
+    if payload.get("amount") is not None:
+        try:
+            amount_fen = number_to_fen(payload["amount"])
+        except (ValueError, TypeError):
+            raise ApiError(400, "amount must be a number of 元 with at most two decimals") from None
+    with db.begin() as session:
+        _authenticate(session)
+        result = redeem(session, payload["code"], order_id=order_id, amount_fen=amount_fen,
+                        tag_rules=TagRules.from_settings(settings), push_tags=settings.tags.push_to_wecom)
+        coupon = result.coupon
+        body = {"code": display_code(coupon.code), "definition": coupon.definition, "title": coupon.title,
+                "status": coupon.status, "order_id": coupon.order_id} if coupon else None
+    if result.ok:
+        return jsonify(result="redeemed", coupon=body), 200
+    status = 404 if coupon is None else 422 if "minimum" in result.reason or "another customer" in result.reason \
+        else 409
+    logger.info("coupon redemption refused (%d): %s", status, result.reason)
+    return jsonify(result="refused", error=result.reason, coupon=body), status

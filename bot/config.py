@@ -73,6 +73,7 @@ class WeComSettings:
     timeout_seconds: float = 10.0
     busy_retries: int = 3
     busy_backoff_seconds: float = 2.0
+    rate_limit_per_minute: int = 10000
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,8 @@ def _default_holidays() -> list[str]:
 class GreetingsSettings:
     holidays: list[str] = field(default_factory=_default_holidays)
     send_at: str = "10:00"
+    birthday: bool = True
+    birthday_coupon: str = "BIRTHDAY"
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,67 @@ class OutboxSettings:
     daily_cap: int = 1
     weekly_cap: int = 3
     mass_message_rule: str = "days_in_month"
+    remind_after_hours: int = 4
+
+
+def _default_coupon_definitions() -> list[dict[str, Any]]:
+    return [
+        {"code": "THANKS", "title": "感谢惠顾抵用券", "value": 10, "min_spend": 100, "valid_days": 30},
+        {"code": "FLASH", "title": "限时折扣", "percent_off": 12, "min_spend": 0, "valid_days": 3, "tiers": ["mid"]},
+        {"code": "VIP", "title": "专属优惠券", "value": 50, "min_spend": 300, "valid_days": 30, "tiers": ["high"]},
+        {"code": "WINBACK", "title": "回归礼券", "value": 30, "min_spend": 150, "valid_days": 14},
+        {"code": "BIRTHDAY", "title": "生日礼券", "value": 100, "min_spend": 200, "valid_days": 30, "tiers": ["high"]},
+        {"code": "NEWBIE", "title": "新客首单券", "value": 20, "min_spend": 99, "valid_days": 7},
+    ]
+
+
+def _default_coupon_schedules() -> list[dict[str, Any]]:
+    return [
+        {"coupon": "FLASH", "audience": {"value_tiers": ["mid"]}, "cron": "0 10 * * 5", "template": "coupon/flash"},
+        {"coupon": "VIP", "audience": {"value_tiers": ["high"]}, "cron": "0 10 8 * *", "template": "coupon/vip"},
+    ]
+
+
+@dataclass(frozen=True)
+class CouponsSettings:
+    definitions: list[dict[str, Any]] = field(default_factory=_default_coupon_definitions)
+    post_purchase: str = "THANKS"
+    schedules: list[dict[str, Any]] = field(default_factory=_default_coupon_schedules)
+    code_length: int = 12
+
+
+@dataclass(frozen=True)
+class BroadcastsSettings:
+    holdout_percent: int = 10
+    report_days: int = 14
+    dispatch_minutes: int = 1
+
+
+def _default_sequences() -> list[dict[str, Any]]:
+    return [{"name": "new_customer", "start": "added", "exit_on_order": True, "steps": [
+        {"day": 3, "template": "sequence/new_customer_guide"},
+        {"day": 7, "template": "sequence/new_customer_coupon", "coupon": "NEWBIE", "if_no_order": True},
+    ]}]
+
+
+@dataclass(frozen=True)
+class SequencesSettings:
+    flows: list[dict[str, Any]] = field(default_factory=_default_sequences)
+    run_every_minutes: int = 60
+
+
+def _default_tier_actions() -> list[dict[str, Any]]:
+    return [
+        {"dimension": "value_tier", "to": "high", "message": "tier_change/vip", "notify_owner": "staff/vip_upgrade"},
+        {"dimension": "rfm_segment", "to": "important_retain", "message": "tier_change/win_back",
+         "coupon": "WINBACK", "notify_owner": "staff/win_back_task"},
+        {"dimension": "engagement", "to": "churned", "notify_owner": "staff/churned_alert"},
+    ]
+
+
+@dataclass(frozen=True)
+class TierActionsSettings:
+    rules: list[dict[str, Any]] = field(default_factory=_default_tier_actions)
 
 
 @dataclass(frozen=True)
@@ -225,6 +289,10 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     greetings: GreetingsSettings = field(default_factory=GreetingsSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    coupons: CouponsSettings = field(default_factory=CouponsSettings)
+    broadcasts: BroadcastsSettings = field(default_factory=BroadcastsSettings)
+    sequences: SequencesSettings = field(default_factory=SequencesSettings)
+    tier_actions: TierActionsSettings = field(default_factory=TierActionsSettings)
 
     def __repr__(self) -> str:
         return f"Settings({self.redacted()!r})"
@@ -453,6 +521,7 @@ def validate(settings: Settings) -> None:
         TagRules.from_settings(settings)
     except RuleError as exc:
         raise ConfigError(str(exc)) from None
+    _check_campaigns(settings)
 
 
 def _check_conversations(settings: Settings) -> None:
@@ -513,6 +582,27 @@ def _check_outbox(outbox: OutboxSettings) -> None:
     if outbox.mass_message_rule not in MASS_RULES:
         raise ConfigError(f"outbox.mass_message_rule must be one of {list(MASS_RULES)}, "
                           f"got {outbox.mass_message_rule!r}")
+
+
+def _check_campaigns(settings: Settings) -> None:
+    from bot.campaigns.audience import AudienceError
+    from bot.campaigns.coupons import CouponBook, CouponError
+    from bot.campaigns.rules import CampaignRules
+
+    try:
+        CouponBook.from_settings(settings)
+        CampaignRules.from_settings(settings)
+    except (CouponError, AudienceError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    b = settings.broadcasts
+    if not 0 <= b.holdout_percent <= 50:
+        raise ConfigError("broadcasts.holdout_percent must be 0–50")
+    _check_positive("broadcasts.report_days", b.report_days)
+    _check_positive("broadcasts.dispatch_minutes", b.dispatch_minutes)
+    _check_positive("sequences.run_every_minutes", settings.sequences.run_every_minutes)
+    _check_positive("wecom.rate_limit_per_minute", settings.wecom.rate_limit_per_minute)
+    if settings.outbox.remind_after_hours < 0:
+        raise ConfigError("outbox.remind_after_hours must not be negative")
 
 
 def _is_name(value: Any) -> bool:

@@ -102,18 +102,84 @@ def outbox_sweep() -> dict[str, int]:
 
 
 def holiday_greetings() -> dict[str, Any]:
-    """Plan today's holiday greetings (if today is one), then submit what is due."""
+    """Plan today's holiday and birthday greetings, then submit what is due."""
+    from bot.campaigns.automation import birthday_greetings
     from bot.greetings import plan_holiday_greetings
     from bot.messages import MessageTemplates
     from bot.models import utcnow
 
     rt = runtime()
+    templates = MessageTemplates.from_settings(rt.settings)
+    now = utcnow()
     with rt.db.begin() as session:
-        plan = plan_holiday_greetings(session, rt.settings, MessageTemplates.from_settings(rt.settings), utcnow())
+        plan = plan_holiday_greetings(session, rt.settings, templates, now)
+        birthdays = birthday_greetings(session, rt.settings, templates, now)
     if plan.holidays:
         logger.info("holiday greetings %s: %d planned, skipped %s", plan.holidays, plan.planned, dict(plan.skipped))
     return {"holidays": plan.holidays, "planned": plan.planned, "skipped": dict(plan.skipped),
-            "submitted": dict(mass_send())}
+            "birthdays": birthdays.as_dict(), "submitted": dict(mass_send())}
+
+
+def _automation(name: str) -> dict[str, Any]:
+    from bot.campaigns import automation
+    from bot.messages import MessageTemplates
+    from bot.models import utcnow
+
+    rt = runtime()
+    with rt.db.begin() as session:
+        result = getattr(automation, name)(session, rt.settings, MessageTemplates.from_settings(rt.settings), utcnow())
+    if result.planned or result.notified or result.skipped:
+        logger.info("%s: %s", name, result.as_dict())
+    return result.as_dict()
+
+
+def coupon_pushes() -> dict[str, Any]:
+    """成交之后赠送抵用券 for new paid orders; issued coupons past their date expire."""
+    from bot.campaigns.coupons import expire_coupons
+
+    result = _automation("post_purchase_coupons")
+    rt = runtime()
+    with rt.db.begin() as session:
+        result["expired"] = expire_coupons(session)
+    return result
+
+
+def sequences() -> dict[str, Any]:
+    return _automation("run_sequences")
+
+
+def tier_actions() -> dict[str, Any]:
+    result = _automation("tier_change_actions")
+    rt = runtime()
+    if rt.sender is not None and result["notified"]:
+        rt.sender.send_due()
+    return result
+
+
+def broadcast_dispatch() -> dict[str, Any]:
+    """Keep the scheduled tier coupons as broadcasts, plan every broadcast that is due, submit."""
+    from bot.campaigns.automation import reconcile_coupon_schedules
+    from bot.campaigns.broadcasts import dispatch_due
+    from bot.models import utcnow
+
+    rt = runtime()
+    now = utcnow()
+    with rt.db.begin() as session:
+        reconcile_coupon_schedules(session, rt.settings, now)
+        runs = dispatch_due(session, rt.settings, now)
+        planned = [{"broadcast": r.broadcast_id, "to_send": r.to_send, "held_out": r.held_out} for r in runs]
+    for run in planned:
+        logger.info("broadcast run planned: %s", run)
+    return {"runs": planned, "submitted": dict(mass_send())}
+
+
+def mass_reminders() -> dict[str, int]:
+    from bot.outbox.mass import remind_unconfirmed
+
+    rt = runtime()
+    if rt.clients is None:
+        return {}
+    return dict(remind_unconfirmed(rt.db, rt.clients.contact, rt.settings.outbox.remind_after_hours))
 
 
 def mass_send() -> dict[str, int]:

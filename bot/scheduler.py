@@ -41,8 +41,8 @@ def _daily(key: str, section: str = "scheduler") -> Callable[[Settings], Any]:
     return trigger
 
 
-def _every(key: str, unit: str) -> Callable[[Settings], Any]:
-    return lambda settings: IntervalTrigger(**{unit: getattr(settings.scheduler, key)}, timezone=settings.tz)
+def _every(key: str, unit: str, section: str = "scheduler") -> Callable[[Settings], Any]:
+    return lambda settings: IntervalTrigger(**{unit: getattr(getattr(settings, section), key)}, timezone=settings.tz)
 
 
 JOBS: tuple[JobSpec, ...] = (
@@ -56,11 +56,21 @@ JOBS: tuple[JobSpec, ...] = (
             _every("tags_push_minutes", "minutes")),
     JobSpec("outbox_sweep", "bot.jobs:outbox_sweep", "send pending conversational messages",
             _every("outbox_sweep_seconds", "seconds")),
-    JobSpec("holiday_greetings", "bot.jobs:holiday_greetings", "节假日问候 on holidays (lunar ones included)",
+    JobSpec("holiday_greetings", "bot.jobs:holiday_greetings", "节假日问候 (lunar holidays included) and 生日礼品",
             _daily("send_at", "greetings")),
     JobSpec("mass_send", "bot.jobs:mass_send", "submit due mass messages (deferred past quiet hours)",
             _every("outbox_sweep_seconds", "seconds")),
     JobSpec("mass_results", "bot.jobs:mass_results", "record which mass messages members actually sent",
+            _every("tags_push_minutes", "minutes")),
+    JobSpec("mass_reminders", "bot.jobs:mass_reminders", "remind members of unconfirmed mass messages (≤3/24 h)",
+            _every("tags_push_minutes", "minutes")),
+    JobSpec("broadcast_dispatch", "bot.jobs:broadcast_dispatch", "plan due broadcasts and scheduled tier coupons",
+            _every("dispatch_minutes", "minutes", "broadcasts")),
+    JobSpec("coupon_pushes", "bot.jobs:coupon_pushes", "coupon after each paid order; expire old coupons",
+            _every("dispatch_minutes", "minutes", "broadcasts")),
+    JobSpec("sequences", "bot.jobs:sequences", "follow-up sequence steps that came due",
+            _every("run_every_minutes", "minutes", "sequences")),
+    JobSpec("tier_actions", "bot.jobs:tier_actions", "actions on tier changes (VIP welcome, win-back, alerts)",
             _every("tags_push_minutes", "minutes")),
 )
 

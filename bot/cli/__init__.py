@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from bot.cli.campaigns import broadcast_group, coupons_group
 from bot.cli.context import CliContext
 from bot.cli.demo import demo
 from bot.cli.inbox import inbox
@@ -41,3 +42,5 @@ main.add_command(tags_group)
 main.add_command(scheduler_cmd)
 main.add_command(jobs_cmd)
 main.add_command(holidays_cmd)
+main.add_command(broadcast_group)
+main.add_command(coupons_group)

@@ -2,6 +2,7 @@
 
 from bot.models.api import ApiToken
 from bot.models.base import Base, UTCDateTime, utcnow
+from bot.models.campaigns import BROADCAST_STATUSES, COUPON_STATUSES, Broadcast, BroadcastRun, Coupon, MassReminder
 from bot.models.customers import Customer, CustomerAggregate, Follow, Staff
 from bot.models.events import (
     INBOX_STATUSES,
@@ -16,7 +17,13 @@ from bot.models.orders import Order
 from bot.models.tags import CustomerTag, Tag, TagAlias, TagGroup
 
 __all__ = [
+    "BROADCAST_STATUSES",
+    "COUPON_STATUSES",
     "INBOX_STATUSES",
+    "Broadcast",
+    "BroadcastRun",
+    "Coupon",
+    "MassReminder",
     "ApiToken",
     "Base",
     "Customer",

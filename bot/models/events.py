@@ -89,6 +89,7 @@ class OutboxMessage(Base):
     __table_args__ = (
         Index("ix_outbox_messages_status_scheduled_at", "status", "scheduled_at"),
         Index("ix_outbox_messages_customer_id_created_at", "customer_id", "created_at"),
+        Index("ix_outbox_messages_trigger_ref_status", "trigger_ref", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from wechatpy.exceptions import WeChatClientException
 
 from bot.db import Database
-from bot.models import Customer, OutboxMessage, utcnow
+from bot.models import Customer, MassReminder, OutboxMessage, utcnow
 from bot.outbox.policy import ContactPolicy
 
 logger = logging.getLogger(__name__)
@@ -121,3 +121,49 @@ def poll_mass_results(db: Database, contact_client: Any) -> Counter[str]:
                     OutboxMessage.status == "submitted").values(**values))
                 outcome[values["status"]] += 1
     return outcome
+
+
+REMINDERS_PER_DAY = 3  # WeCom: remind_groupmsg_send at most 3 times per mass message per 24 h
+
+
+def remind_unconfirmed(db: Database, contact_client: Any, remind_after_hours: int,
+                       now: datetime | None = None) -> Counter[str]:
+    """remind_groupmsg_send for mass messages members have not confirmed ``remind_after_hours``
+    after submission (and as long since the last reminder), never more than 3 in 24 hours."""
+    now = now or utcnow()
+    outcome: Counter[str] = Counter()
+    if remind_after_hours <= 0:
+        return outcome
+    wait = timedelta(hours=remind_after_hours)
+    with db.sessions() as session:
+        msgids = list(session.scalars(select(OutboxMessage.wecom_msgid).where(
+            OutboxMessage.channel == "mass_message", OutboxMessage.status == "submitted",
+            OutboxMessage.wecom_msgid.is_not(None), OutboxMessage.updated_at <= now - wait).distinct()))
+        recent = _recent_reminders(session, msgids, now)
+    for msgid in msgids:
+        times = recent.get(msgid, [])
+        if len(times) >= REMINDERS_PER_DAY:
+            outcome["limit"] += 1
+            continue
+        if times and max(times) > now - wait:
+            outcome["waiting"] += 1
+            continue
+        try:
+            contact_client.external_contact.remind_groupmsg_send(msgid)
+        except WeChatClientException as exc:
+            logger.warning("mass message %s: reminder refused (%s %s)", msgid, exc.errcode, exc.errmsg)
+            outcome["refused"] += 1
+            continue
+        with db.begin() as session:
+            session.add(MassReminder(msgid=msgid, reminded_at=now))
+        outcome["reminded"] += 1
+    return outcome
+
+
+def _recent_reminders(session: Any, msgids: list[str], now: datetime) -> dict[str, list[datetime]]:
+    found: dict[str, list[datetime]] = defaultdict(list)
+    for start in range(0, len(msgids), 1000):
+        for msgid, at in session.execute(select(MassReminder.msgid, MassReminder.reminded_at).where(
+                MassReminder.msgid.in_(msgids[start:start + 1000]), MassReminder.reminded_at > now - timedelta(days=1))):
+            found[msgid].append(at)
+    return found

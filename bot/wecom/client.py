@@ -18,6 +18,7 @@ from wechatpy.work import WeChatClient
 
 from bot.config import Settings
 from bot.wecom.api import ScrmExternalContact, ScrmKF, ScrmMoment, ScrmOAuth
+from bot.wecom.ratelimit import LocalBuckets, RateLimiter, RedisBuckets, api_path
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class WeComClient(WeChatClient):
         busy_retries: int = 3,
         busy_backoff_seconds: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
+        limiter: RateLimiter | None = None,
     ) -> None:
         # Our own retry loop below replaces wechatpy's auto_retry, which recurses without bound.
         super().__init__(corp_id, secret, session=session, timeout=timeout, auto_retry=False)
@@ -49,6 +51,7 @@ class WeComClient(WeChatClient):
         self.busy_retries = busy_retries
         self.busy_backoff_seconds = busy_backoff_seconds
         self._sleep = sleep
+        self.limiter = limiter
 
     @property
     def _secret_id(self) -> str:
@@ -77,6 +80,8 @@ class WeComClient(WeChatClient):
             attempt_kwargs = dict(kwargs)
             if isinstance(kwargs.get("params"), dict):
                 attempt_kwargs["params"] = {k: v for k, v in kwargs["params"].items() if k != "access_token"}
+            if self.limiter is not None:
+                self.limiter.acquire(api_path(url_or_endpoint, self.API_BASE_URL))
             try:
                 return super()._request(method, url_or_endpoint, **attempt_kwargs)
             except WeChatClientException as exc:
@@ -115,10 +120,22 @@ def session_storage(settings: Settings) -> SessionStorage:
     return MemoryStorage()
 
 
+def rate_limiter(settings: Settings, sleep: Callable[[float], None] = time.sleep) -> RateLimiter:
+    """Per-API token buckets: in Redis (shared by every process) when configured, else in memory."""
+    per_minute = settings.wecom.rate_limit_per_minute
+    if settings.redis.url:
+        import redis
+
+        prefix = f"{settings.redis.key_prefix}:ratelimit:{settings.wecom.corp_id}"
+        return RedisBuckets(redis.Redis.from_url(settings.redis.url), per_minute, prefix, sleep=sleep)
+    return LocalBuckets(per_minute, sleep=sleep)
+
+
 def build_clients(settings: Settings, session: SessionStorage | None = None,
-                  sleep: Callable[[float], None] = time.sleep) -> WeComClients:
+                  sleep: Callable[[float], None] = time.sleep, limiter: RateLimiter | None = None) -> WeComClients:
     w = settings.wecom
     storage = session or session_storage(settings)
+    limiter = limiter or rate_limiter(settings, sleep)
 
     def client(secret: str) -> WeComClient:
         return WeComClient(
@@ -130,6 +147,7 @@ def build_clients(settings: Settings, session: SessionStorage | None = None,
             busy_retries=w.busy_retries,
             busy_backoff_seconds=w.busy_backoff_seconds,
             sleep=sleep,
+            limiter=limiter,
         )
 
     app = client(w.secret)

@@ -1,0 +1,170 @@
+"""A broadcast audience is a structured filter — a dict of known keys, validated — compiled to
+SQL over the customers table and its indexes. Operator text is only ever a bound value.
+
+    {"value_tiers": ["high"], "rfm_segments": ["important_value"], "tags_any": ["客户等级/VIP"],
+     "tags_none": ["已投诉"], "owners": ["zhangsan"], "added_after": "2026-01-01", "has_ordered": true}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import date, datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, exists, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from bot.models import Customer, CustomerAggregate, CustomerTag, Follow, Tag, TagAlias, TagGroup
+from segments.money import number_to_fen
+from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, STAGE_PATHS
+from segments.rfm import SEGMENT_NAMES
+
+
+class AudienceError(ValueError):
+    """The filter is not valid; the message names the key."""
+
+
+LIST_KEYS = ("value_tiers", "rfm_segments", "stages", "engagement", "activity", "tags_any", "tags_all",
+             "tags_none", "owners")
+ALL_STAGES = tuple(dict.fromkeys(s for path in STAGE_PATHS.values() for s in path))
+
+
+@dataclass(frozen=True)
+class Audience:
+    value_tiers: tuple[str, ...] = ()
+    rfm_segments: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
+    engagement: tuple[str, ...] = ()
+    activity: tuple[str, ...] = ()
+    tags_any: tuple[str, ...] = ()
+    tags_all: tuple[str, ...] = ()
+    tags_none: tuple[str, ...] = ()
+    owners: tuple[str, ...] = ()
+    added_after: date | None = None
+    added_before: date | None = None
+    has_ordered: bool | None = None
+    min_orders: int | None = None
+    min_amount_fen: int | None = None
+
+    @classmethod
+    def parse(cls, raw: Any, value_tiers: tuple[str, ...] = ()) -> Audience:
+        """Validate a filter dict; ``value_tiers`` are the configured tier names."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise AudienceError("audience must be an object of filter keys")
+        known = {f.name for f in fields(cls)} - {"min_amount_fen"} | {"min_amount"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise AudienceError(f"unknown audience key(s) {unknown}; known: {sorted(known)}")
+        values: dict[str, Any] = {}
+        allowed = {"rfm_segments": tuple(SEGMENT_NAMES), "stages": ALL_STAGES, "engagement": ENGAGEMENT_STATES,
+                   "activity": ACTIVITY_LEVELS, "value_tiers": value_tiers}
+        for key in LIST_KEYS:
+            if key not in raw:
+                continue
+            items = raw[key]
+            if isinstance(items, str):
+                items = [items]
+            if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+                raise AudienceError(f"audience.{key} must be a list of names")
+            choices = allowed.get(key)
+            bad = [i for i in items if choices and i not in choices]
+            if bad:
+                raise AudienceError(f"audience.{key}: unknown {bad}; choose from {list(choices or ())}")
+            values[key] = tuple(i.strip() for i in items)
+        for key in ("added_after", "added_before"):
+            if raw.get(key) is not None:
+                try:
+                    values[key] = date.fromisoformat(str(raw[key]))
+                except ValueError:
+                    raise AudienceError(f"audience.{key} must be a date YYYY-MM-DD, got {raw[key]!r}") from None
+        if "has_ordered" in raw:
+            if not isinstance(raw["has_ordered"], bool):
+                raise AudienceError("audience.has_ordered must be true or false")
+            values["has_ordered"] = raw["has_ordered"]
+        if "min_orders" in raw:
+            if not isinstance(raw["min_orders"], int) or isinstance(raw["min_orders"], bool) or raw["min_orders"] < 0:
+                raise AudienceError("audience.min_orders must be a whole number ≥ 0")
+            values["min_orders"] = raw["min_orders"]
+        if "min_amount" in raw:
+            try:
+                values["min_amount_fen"] = number_to_fen(raw["min_amount"])
+            except (ValueError, TypeError):
+                raise AudienceError(f"audience.min_amount must be an amount in 元, got {raw['min_amount']!r}") from None
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value in ((), None):
+                continue
+            if f.name == "min_amount_fen":
+                out["min_amount"] = value / 100
+            elif isinstance(value, date):
+                out[f.name] = value.isoformat()
+            else:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.to_dict().items()) or "everyone"
+
+    # ------------------------------------------------------------ SQL
+
+    def conditions(self, session: Session, tz: ZoneInfo) -> list[ColumnElement[bool]]:
+        """WHERE conditions on ``customers`` (tag names are looked up here; unknown ones fail)."""
+        where: list[ColumnElement[bool]] = []
+        for key, column in (("value_tiers", Customer.value_tier), ("rfm_segments", Customer.rfm_segment),
+                            ("stages", Customer.stage), ("engagement", Customer.engagement),
+                            ("activity", Customer.activity), ("owners", Customer.owner_userid)):
+            if getattr(self, key):
+                where.append(column.in_(getattr(self, key)))
+        for key in ("tags_any", "tags_all", "tags_none"):
+            names = getattr(self, key)
+            if not names:
+                continue
+            groups = [_tag_ids(session, name) for name in names]
+            if key == "tags_any":
+                where.append(_has_tag([i for g in groups for i in g]))
+            elif key == "tags_all":
+                where += [_has_tag(g) for g in groups]
+            else:
+                where.append(~_has_tag([i for g in groups for i in g]))
+        if self.added_after or self.added_before:
+            added = [Follow.customer_id == Customer.id]
+            if self.added_after:
+                added.append(Follow.added_at >= datetime.combine(self.added_after, time(0), tzinfo=tz))
+            if self.added_before:
+                added.append(Follow.added_at < datetime.combine(self.added_before, time(0), tzinfo=tz))
+            where.append(exists().where(and_(*added)))
+        orders = select(CustomerAggregate.customer_id)
+        if self.has_ordered is not None:
+            bought = Customer.id.in_(orders.where(CustomerAggregate.order_count > 0))
+            where.append(bought if self.has_ordered else ~bought)
+        if self.min_orders:
+            where.append(Customer.id.in_(orders.where(CustomerAggregate.order_count >= self.min_orders)))
+        if self.min_amount_fen:
+            where.append(Customer.id.in_(orders.where(CustomerAggregate.paid_amount_fen >= self.min_amount_fen)))
+        return where
+
+
+def _has_tag(tag_ids: list[int]) -> ColumnElement[bool]:
+    return exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.tag_id.in_(tag_ids),
+                          CustomerTag.removed_at.is_(None))
+
+
+def _tag_ids(session: Session, text: str) -> list[int]:
+    """``group/name`` exactly, or ``name`` in any group; merged-tag aliases fold onto their target."""
+    group, _, name = text.rpartition("/")
+    query = select(Tag.id).join(TagGroup, TagGroup.id == Tag.group_id).where(Tag.deleted.is_(False))
+    if group:
+        query = query.where(TagGroup.name == group)
+    ids = list(session.scalars(query.where(Tag.name == name)))
+    ids += list(session.scalars(select(TagAlias.tag_id).where(TagAlias.alias == name)))
+    if not ids:
+        raise AudienceError(f"unknown tag {text!r} (see `scrm tags check` for the tag library)")
+    return ids

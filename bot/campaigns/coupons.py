@@ -1,0 +1,204 @@
+"""优惠券: definitions from ``[coupons]``, one unguessable code per customer and reason, and
+issue → redeem → expire. Redemption is one conditional UPDATE, so a code is redeemed once even
+when two tills try at the same moment; it records an interaction (activity) and the order it was
+used on (revenue attribution)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from bot.interactions import add_interaction
+from bot.models import Coupon, Customer, Order, utcnow
+from segments.money import fen_to_yuan, number_to_fen
+
+logger = logging.getLogger(__name__)
+
+# No look-alikes (0/O, 1/I/L): a code read aloud or typed from a screenshot still works.
+ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+DEFINITION_KEYS = {"code", "title", "value", "percent_off", "min_spend", "valid_days", "tiers"}
+
+
+class CouponError(ValueError):
+    """A definition or a request is invalid; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class CouponDefinition:
+    code: str
+    title: str
+    value_fen: int
+    percent_off: int
+    min_spend_fen: int
+    valid_days: int
+    tiers: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, raw: Any, where: str) -> CouponDefinition:
+        if not isinstance(raw, dict):
+            raise CouponError(f"{where} must be a table")
+        unknown = sorted(set(raw) - DEFINITION_KEYS)
+        if unknown:
+            raise CouponError(f"{where}: unknown key(s) {unknown}; known: {sorted(DEFINITION_KEYS)}")
+        code = raw.get("code")
+        if not isinstance(code, str) or not code.replace("_", "").isalnum() or not code.isascii() or len(code) > 64:
+            raise CouponError(f"{where}.code must be letters, digits and _ (≤64)")
+        try:
+            value_fen = number_to_fen(raw.get("value", 0))
+            min_spend_fen = number_to_fen(raw.get("min_spend", 0))
+        except ValueError as exc:
+            raise CouponError(f"{where}: {exc}") from None
+        percent_off = raw.get("percent_off", 0)
+        if not isinstance(percent_off, int) or not 0 <= percent_off < 100:
+            raise CouponError(f"{where}.percent_off must be a whole number 0–99")
+        if (value_fen > 0) == (percent_off > 0):
+            raise CouponError(f"{where}: give either value (元 off) or percent_off, not both or neither")
+        valid_days = raw.get("valid_days", 30)
+        if not isinstance(valid_days, int) or valid_days <= 0:
+            raise CouponError(f"{where}.valid_days must be a whole number > 0")
+        tiers = raw.get("tiers", [])
+        if not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers):
+            raise CouponError(f"{where}.tiers must be a list of tier or segment names")
+        return cls(code, str(raw.get("title") or code), value_fen, percent_off, min_spend_fen, valid_days,
+                   tuple(tiers))
+
+    def allows(self, customer: Any) -> bool:
+        return not self.tiers or customer.value_tier in self.tiers or customer.rfm_segment in self.tiers
+
+    def terms(self) -> str:
+        off = f"立减{fen_to_yuan(self.value_fen)}元" if self.value_fen else f"{100 - self.percent_off}折"
+        return f"满{fen_to_yuan(self.min_spend_fen)}元{off}" if self.min_spend_fen else off
+
+
+class CouponBook:
+    def __init__(self, definitions: Sequence[CouponDefinition], code_length: int = 12) -> None:
+        self.definitions = {d.code: d for d in definitions}
+        self.code_length = code_length
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CouponBook:
+        c = settings.coupons
+        definitions = [CouponDefinition.parse(raw, f"coupons.definitions[{i}]") for i, raw in enumerate(c.definitions)]
+        codes = [d.code for d in definitions]
+        if len(set(codes)) != len(codes):
+            raise CouponError("coupons.definitions: two definitions share a code")
+        if not 8 <= c.code_length <= 32:
+            raise CouponError("coupons.code_length must be 8–32")
+        book = cls(definitions, c.code_length)
+        for key, code in (("coupons.post_purchase", c.post_purchase),
+                          ("greetings.birthday_coupon", settings.greetings.birthday_coupon)):
+            if code:
+                book.get(code, key)
+        return book
+
+    def get(self, code: str, where: str = "coupon") -> CouponDefinition:
+        try:
+            return self.definitions[code]
+        except KeyError:
+            raise CouponError(f"{where}: no coupon definition {code!r} (defined: {sorted(self.definitions)})") from None
+
+    def new_code(self) -> str:
+        return "".join(secrets.choice(ALPHABET) for _ in range(self.code_length))
+
+
+def normalize_code(text: str) -> str:
+    """What a customer types → the stored form: upper case, no spaces or dashes."""
+    return "".join(ch for ch in text.upper() if ch not in " -\t")
+
+
+def display_code(code: str) -> str:
+    return "-".join(code[i:i + 4] for i in range(0, len(code), 4))
+
+
+def coupon_vars(coupon: Coupon, tz: Any) -> dict[str, Any]:
+    """What a template may say about a coupon."""
+    off = f"立减{fen_to_yuan(coupon.value_fen)}元" if coupon.value_fen else f"{100 - coupon.percent_off}折"
+    return {"code": display_code(coupon.code), "title": coupon.title, "off": off,
+            "min_spend": fen_to_yuan(coupon.min_spend_fen),
+            "expires": coupon.expires_at.astimezone(tz).strftime("%Y-%m-%d")}
+
+
+def issue(session: Session, book: CouponBook, definition: CouponDefinition, customer_ids: Sequence[int],
+          issue_ref: str, now: datetime | None = None) -> dict[int, Coupon]:
+    """One coupon per customer for this reason (``issue_ref``); issuing again returns the same coupons."""
+    now = now or utcnow()
+    found = {c.customer_id: c for c in session.scalars(select(Coupon).where(
+        Coupon.definition == definition.code, Coupon.issue_ref == issue_ref,
+        Coupon.customer_id.in_(list(customer_ids))))}
+    for customer_id in customer_ids:
+        if customer_id in found:
+            continue
+        coupon = Coupon(code=book.new_code(), definition=definition.code, title=definition.title,
+                        customer_id=customer_id, issue_ref=issue_ref[:128], value_fen=definition.value_fen,
+                        percent_off=definition.percent_off, min_spend_fen=definition.min_spend_fen,
+                        issued_at=now, expires_at=now + timedelta(days=definition.valid_days))
+        session.add(coupon)
+        found[customer_id] = coupon
+    session.flush()
+    return found
+
+
+@dataclass(frozen=True)
+class Redemption:
+    ok: bool
+    reason: str
+    coupon: Coupon | None = None
+
+
+def redeem(session: Session, code_text: str, *, order_id: str | None = None, amount_fen: int | None = None,
+           now: datetime | None = None, tag_rules: Any = None, push_tags: bool = True) -> Redemption:
+    """Redeem a code once. ``order_id`` links the order (its amount checks the minimum spend
+    and must belong to the coupon's customer); ``amount_fen`` is the spend when no order is known yet."""
+    now = now or utcnow()
+    code = normalize_code(code_text)
+    coupon = session.scalar(select(Coupon).where(Coupon.code == code)) if code else None
+    if coupon is None:
+        return Redemption(False, "unknown coupon code")
+    if coupon.status == "redeemed":
+        return Redemption(False, f"already redeemed at {coupon.redeemed_at:%Y-%m-%d %H:%M} UTC"
+                                 f"{f' on order {coupon.order_id}' if coupon.order_id else ''}", coupon)
+    if coupon.status == "expired" or coupon.expires_at <= now:
+        return Redemption(False, f"expired on {coupon.expires_at:%Y-%m-%d}", coupon)
+    if order_id:
+        order = session.scalar(select(Order).where(Order.order_id == order_id))
+        if order is not None:
+            if order.customer_id != coupon.customer_id:
+                return Redemption(False, "the order belongs to another customer", coupon)
+            amount_fen = order.amount_fen if amount_fen is None else amount_fen
+    if coupon.min_spend_fen and (amount_fen is None or amount_fen < coupon.min_spend_fen):
+        spent = "no amount given" if amount_fen is None else f"spend {fen_to_yuan(amount_fen)}元"
+        return Redemption(False, f"minimum spend {fen_to_yuan(coupon.min_spend_fen)}元 not met ({spent})", coupon)
+    claimed = session.execute(
+        update(Coupon).where(Coupon.id == coupon.id, Coupon.status == "issued", Coupon.expires_at > now)
+        .values(status="redeemed", redeemed_at=now, order_id=order_id)
+        .execution_options(synchronize_session=False)).rowcount
+    if claimed != 1:
+        session.refresh(coupon)
+        return Redemption(False, "already redeemed", coupon)
+    session.refresh(coupon)
+    customer = session.get(Customer, coupon.customer_id)
+    if customer is not None:
+        add_interaction(session, customer, "coupon_redeem", f"coupon:{coupon.code}", now,
+                        detail={"coupon": coupon.definition, "order_id": order_id})
+        if tag_rules is not None:
+            from bot.tagging.system import apply_rules
+
+            apply_rules(session, tag_rules, customer.id, "coupon_redeemed", push=push_tags)
+    logger.info("coupon %s… (%s) redeemed by customer %s", coupon.code[:4], coupon.definition, coupon.customer_id)
+    return Redemption(True, "redeemed", coupon)
+
+
+def expire_coupons(session: Session, now: datetime | None = None) -> int:
+    now = now or utcnow()
+    due = (Coupon.status == "issued", Coupon.expires_at <= now)
+    count = session.scalar(select(func.count()).select_from(Coupon).where(*due)) or 0
+    if count:
+        session.execute(update(Coupon).where(*due).values(status="expired"))
+    return count

@@ -1,0 +1,75 @@
+"""One push to a handful of customers (a birthday, a tier change, a sequence step, a coupon after an
+order): the tier's template rendered per customer, the contact policy applied, and one outbox row
+per customer with a key that makes a second push of the same thing impossible. Bulk audiences go
+through bot/campaigns/broadcasts.py instead, which does the same in SQL."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from bot.config import Settings
+from bot.messages import MessageTemplates, customer_vars, tier_keys
+from bot.models import Customer, Follow, OutboxMessage, Staff
+from bot.outbox.policy import ContactPolicy
+
+NO_SENDER = "no member to send from (the owner no longer follows this customer)"
+
+
+@dataclass
+class PushResult:
+    planned: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    already: int = 0
+    outbox_ids: list[int] = field(default_factory=list)
+
+
+def reachable(customer_ids: Sequence[int]) -> Any:
+    """Customers (of ``customer_ids``) whose owner still follows them: a mass message can go out."""
+    live = exists().where(Follow.customer_id == Customer.id, Follow.ended_at.is_(None), Follow.staff_id == Staff.id,
+                          Staff.userid == Customer.owner_userid)
+    return select(Customer.id).where(Customer.id.in_(list(customer_ids)), live)
+
+
+def push(session: Session, settings: Settings, templates: MessageTemplates, customers: Sequence[Customer], *,
+         kind: str, name: str, trigger_kind: str, trigger_ref: str, now: datetime,
+         extra: Callable[[Customer], dict[str, Any]] | None = None) -> PushResult:
+    """Plan ``kind/name`` (the tier's variant) as a mass message from each customer's owner.
+    The dedupe key is (trigger_kind, trigger_ref, customer): planning twice adds nothing."""
+    result = PushResult()
+    if not customers:
+        return result
+    policy = ContactPolicy.from_settings(settings)
+    ids = [c.id for c in customers]
+    keys = {c.id: f"{trigger_kind}:{trigger_ref}:{c.id}" for c in customers}
+    existing = set(session.scalars(select(OutboxMessage.dedupe_key).where(
+        OutboxMessage.dedupe_key.in_(list(keys.values())))))
+    blocked = policy.blocked(session, ids, "mass_message", now)
+    live = set(session.scalars(reachable(ids)))
+    send_at = policy.next_allowed(now)
+    for customer in customers:
+        if keys[customer.id] in existing:
+            result.already += 1
+            continue
+        reason = blocked.get(customer.id) or (None if customer.id in live else NO_SENDER)
+        rendered = templates.render(kind, name, tier_keys(customer), customer=customer_vars(customer),
+                                    brand=settings.app.brand_name, **(extra(customer) if extra else {}))
+        row = OutboxMessage(dedupe_key=keys[customer.id], channel="mass_message", customer_id=customer.id,
+                            recipient=customer.external_userid, sender_userid=customer.owner_userid,
+                            trigger_kind=trigger_kind, trigger_ref=trigger_ref[:128],
+                            content={"text": rendered.text, "template": rendered.template},
+                            status="skipped" if reason else "pending", reason=reason, scheduled_at=send_at)
+        session.add(row)
+        session.flush()
+        result.outbox_ids.append(row.id)
+        if reason:
+            result.skipped[reason] += 1
+        else:
+            result.planned += 1
+    return result

@@ -1,0 +1,287 @@
+"""``scrm broadcast …`` and ``scrm coupons …``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from bot.campaigns.broadcasts import (
+    BroadcastError,
+    BroadcastSpec,
+    Preview,
+    broadcast_rows,
+    cancel_broadcast,
+    create_broadcast,
+    effect_report,
+    find_broadcast,
+    preview,
+    spec_of,
+)
+from bot.campaigns.coupons import CouponBook, CouponError, display_code, issue, redeem
+from bot.cli.context import CliContext, pass_cli, render_table
+from bot.messages import TIER_NAMES
+from bot.models import Coupon, Customer
+from bot.tagging.rules import TagRules
+from segments.money import fen_to_yuan, number_to_fen
+
+
+@click.group("broadcast", help="Tiered broadcasts: create (with a preview), list, cancel, report.")
+def broadcast_group() -> None:
+    pass
+
+
+def _audience(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--audience") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object, e.g. '{\"value_tiers\": [\"high\"]}'", param_hint="--audience")
+    return value
+
+
+def _templates(inline: tuple[str, ...], files: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item, from_file in [(i, False) for i in inline] + [(f, True) for f in files]:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: use TIER=TEXT (TIER = default, a value tier or an RFM segment)",
+                                     param_hint="--template")
+        out[key.strip()] = Path(value).read_text(encoding="utf-8") if from_file else value
+    return out
+
+
+def _local_time(text: str, cli: CliContext) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use YYYY-MM-DD HH:MM (local time)", param_hint="--at") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=cli.settings().tz)
+
+
+def _show_preview(p: Preview, cli: CliContext) -> None:
+    tz = cli.settings().tz
+    when = p.send_after.astimezone(tz).strftime("%Y-%m-%d %H:%M") if p.send_after else "?"
+    click.echo(f"audience {p.audience}; to send {p.to_send}; held out {sum(p.held_out.values())}; "
+               f"skipped {sum(p.skipped.values())}; sends from {when}"
+               + (" (deferred past quiet hours)" if p.deferred else ""))
+    rows = [[tier, TIER_NAMES.get(tier, ""), n, p.held_out.get(tier, 0)] for tier, n in sorted(p.per_tier.items())]
+    click.echo(render_table(["tier", "name", "audience", "held out"], rows))
+    for reason, n in p.skipped.most_common():
+        click.echo(f"  skipped {n}: {reason}")
+    for tier, samples in sorted(p.samples.items()):
+        for sample in samples:
+            click.echo(f"  [{tier} · {sample['template']}] {sample['customer']}: {sample['text']}")
+
+
+@broadcast_group.command("create")
+@click.argument("name")
+@click.option("--audience", "audience_text", help="Filter as JSON or @file.json, e.g. '{\"value_tiers\": [\"high\"]}'.")
+@click.option("--template", "inline", multiple=True, help="TIER=TEXT; give default=… and any tier or segment.")
+@click.option("--template-file", "files", multiple=True, help="TIER=PATH of a Jinja2 template.")
+@click.option("--at", "at_text", help="Send once at this local time (YYYY-MM-DD HH:MM).")
+@click.option("--cron", help="Repeat on this cron expression (local time), e.g. '0 10 1 * *'.")
+@click.option("--holdout", type=click.IntRange(0, 50),
+              help="Percent held out per tier (default broadcasts.holdout_percent).")
+@click.option("--coupon", help="Issue this coupon definition to every recipient ({{ coupon.code }} in the text).")
+@click.option("--yes", is_flag=True, help="Schedule without asking after the preview.")
+@pass_cli
+def broadcast_create(cli: CliContext, name: str, audience_text: str | None, inline: tuple[str, ...],
+                     files: tuple[str, ...], at_text: str | None, cron: str | None, holdout: int | None,
+                     coupon: str | None, yes: bool) -> None:
+    """Preview a broadcast, then schedule it."""
+    settings = cli.settings()
+    spec = BroadcastSpec(name, _audience(audience_text), _templates(inline, files),
+                         _local_time(at_text, cli) if at_text else None, cron, holdout, coupon)
+    try:
+        with cli.db().begin() as session:
+            _show_preview(preview(session, settings, spec, spec.send_at), cli)
+            if not yes:
+                click.confirm("schedule it?", abort=True)
+            created = create_broadcast(session, settings, spec)
+            assert created.next_run_at is not None
+            click.echo(f"scheduled broadcast {created.id} {name!r}; first run "
+                       f"{created.next_run_at.astimezone(settings.tz):%Y-%m-%d %H:%M}")
+    except BroadcastError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@broadcast_group.command("preview")
+@click.argument("name")
+@click.option("--at", "at_text", help="Preview as if sent at this local time (default: its next run).")
+@pass_cli
+def broadcast_preview(cli: CliContext, name: str, at_text: str | None) -> None:
+    """Who a scheduled broadcast would reach, skip and hold out, with samples per tier."""
+    with cli.db().begin() as session:
+        try:
+            broadcast = find_broadcast(session, name)
+            at = _local_time(at_text, cli) if at_text else broadcast.next_run_at
+            _show_preview(preview(session, cli.settings(), spec_of(broadcast), at), cli)
+        except BroadcastError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@broadcast_group.command("list")
+@pass_cli
+def broadcast_list(cli: CliContext) -> None:
+    tz = cli.settings().tz
+    with cli.db().begin() as session:
+        rows = broadcast_rows(session)
+    click.echo(render_table(
+        ["id", "name", "status", "schedule", "next run", "audience", "coupon", "runs", "to send", "held out",
+         "skipped"],
+        [[r["id"], r["name"], r["status"], r["schedule"],
+          r["next_run_at"].astimezone(tz).strftime("%Y-%m-%d %H:%M") if r["next_run_at"] else "-",
+          r["audience"], r["coupon"] or "-", r.get("runs", 0), r.get("to_send", 0), r.get("held_out", 0),
+          r.get("skipped", 0)] for r in rows]))
+
+
+@broadcast_group.command("cancel")
+@click.argument("name")
+@pass_cli
+def broadcast_cancel(cli: CliContext, name: str) -> None:
+    """Stop a broadcast; its messages not yet handed to WeCom are skipped."""
+    with cli.db().begin() as session:
+        try:
+            broadcast = find_broadcast(session, name)
+        except BroadcastError as exc:
+            raise click.ClickException(str(exc)) from None
+        count = cancel_broadcast(session, broadcast)
+    click.echo(f"cancelled {name!r}; {count} unsent message(s) skipped")
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+@broadcast_group.command("report")
+@click.argument("name")
+@click.option("--days", type=click.IntRange(1, 365),
+              help="Orders within N days of each run (default broadcasts.report_days).")
+@pass_cli
+def broadcast_report(cli: CliContext, name: str, days: int | None) -> None:
+    """效果评估: recipients against the hold-out group, with the lift and a 95% interval."""
+    settings = cli.settings()
+    with cli.db().begin() as session:
+        try:
+            report = effect_report(session, find_broadcast(session, name), days or settings.broadcasts.report_days)
+        except BroadcastError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"{report.broadcast}: {report.runs} run(s), orders within {report.days} days; "
+               f"{report.delivered} message(s) confirmed delivered")
+    rows = []
+    for label, g in (("sent", report.sent), ("held out", report.held_out)):
+        rows.append([label, g.customers, g.converters, _pct(g.conversion), f"{g.orders_per_customer:.3f}",
+                     fen_to_yuan(round(g.revenue_per_customer_fen))])
+    click.echo(render_table(["group", "customers", "ordered", "share", "orders/customer", "revenue/customer 元"], rows))
+    lift = report.conversion_lift
+    if lift is None:
+        click.echo("lift: needs customers in both groups (hold-out 0%, or no run yet)")
+    else:
+        relative = f", {lift.relative * 100:+.1f}% relative" if lift.relative is not None else ""
+        click.echo(f"lift in share who ordered: {lift.difference * 100:+.2f} pts (95% CI "
+                   f"{lift.low * 100:+.2f} … {lift.high * 100:+.2f}){relative}")
+    revenue = report.revenue_lift_fen
+    if revenue is not None:
+        click.echo(f"lift in revenue per customer: {revenue.difference / 100:+.2f} 元 (95% CI "
+                   f"{revenue.low / 100:+.2f} … {revenue.high / 100:+.2f})")
+
+
+# ---------------------------------------------------------------- coupons
+
+
+@click.group("coupons", help="优惠券: definitions, issue, redeem, list.")
+def coupons_group() -> None:
+    pass
+
+
+def _book(cli: CliContext) -> CouponBook:
+    return CouponBook.from_settings(cli.settings())
+
+
+@coupons_group.command("definitions")
+@pass_cli
+def coupons_definitions(cli: CliContext) -> None:
+    book = _book(cli)
+    click.echo(render_table(["code", "title", "terms", "valid days", "tiers"],
+                            [[d.code, d.title, d.terms(), d.valid_days, ",".join(d.tiers) or "all"]
+                             for d in book.definitions.values()]))
+
+
+def _customer(session: Any, ref: str) -> Customer:
+    customer = session.scalar(select(Customer).where(Customer.external_userid == ref))
+    if customer is None and ref.isdigit():
+        customer = session.get(Customer, int(ref))
+    if customer is None:
+        raise click.ClickException(f"no customer {ref!r}")
+    return customer
+
+
+@coupons_group.command("issue")
+@click.argument("definition")
+@click.argument("customer_ref")
+@click.option("--reason", default="manual", show_default=True,
+              help="Why (one coupon per definition, customer, reason).")
+@pass_cli
+def coupons_issue(cli: CliContext, definition: str, customer_ref: str, reason: str) -> None:
+    book = _book(cli)
+    try:
+        d = book.get(definition)
+    except CouponError as exc:
+        raise click.ClickException(str(exc)) from None
+    with cli.db().begin() as session:
+        customer = _customer(session, customer_ref)
+        coupon = issue(session, book, d, [customer.id], f"manual:{reason}")[customer.id]
+        click.echo(f"{display_code(coupon.code)}  {coupon.title} ({d.terms()}) for {customer.external_userid}, "
+                   f"expires {coupon.expires_at.astimezone(cli.settings().tz):%Y-%m-%d}")
+
+
+@coupons_group.command("redeem")
+@click.argument("code")
+@click.option("--order", "order_id", help="The order it is used on (links revenue; its amount checks the minimum).")
+@click.option("--amount", help="The spend in 元, when the order is not imported yet.")
+@pass_cli
+def coupons_redeem(cli: CliContext, code: str, order_id: str | None, amount: str | None) -> None:
+    """Redeem a code once; a second redemption is refused."""
+    settings = cli.settings()
+    try:
+        amount_fen = number_to_fen(amount) if amount is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--amount") from None
+    with cli.db().begin() as session:
+        result = redeem(session, code, order_id=order_id, amount_fen=amount_fen,
+                        tag_rules=TagRules.from_settings(settings), push_tags=settings.tags.push_to_wecom)
+    if not result.ok:
+        raise click.ClickException(f"not redeemed: {result.reason}")
+    assert result.coupon is not None
+    click.echo(f"redeemed {display_code(result.coupon.code)} ({result.coupon.title})"
+               + (f" on order {order_id}" if order_id else ""))
+
+
+@coupons_group.command("list")
+@click.option("--customer", "customer_ref", help="Only this customer's coupons.")
+@click.option("--status", type=click.Choice(["issued", "redeemed", "expired"]))
+@click.option("--limit", default=50, show_default=True)
+@pass_cli
+def coupons_list(cli: CliContext, customer_ref: str | None, status: str | None, limit: int) -> None:
+    tz = cli.settings().tz
+    with cli.db().begin() as session:
+        query = select(Coupon, Customer.external_userid).join(Customer, Customer.id == Coupon.customer_id)
+        if customer_ref:
+            query = query.where(Coupon.customer_id == _customer(session, customer_ref).id)
+        if status:
+            query = query.where(Coupon.status == status)
+        rows = session.execute(query.order_by(Coupon.id.desc()).limit(limit)).all()
+        click.echo(render_table(["code", "definition", "customer", "status", "issued for", "expires", "order"],
+                                [[display_code(c.code), c.definition, ext, c.status, c.issue_ref,
+                                  c.expires_at.astimezone(tz).strftime("%Y-%m-%d"), c.order_id or "-"]
+                                 for c, ext in rows]))

@@ -1,0 +1,268 @@
+"""Tiered broadcasts: structured audiences compiled to SQL, templates checked when created,
+preview, planning with a stratified hold-out, schedules, cancel, and the effect report."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import datetime, timedelta
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from bot.campaigns.audience import Audience, AudienceError
+from bot.campaigns.broadcasts import (
+    BroadcastError,
+    BroadcastSpec,
+    GroupFigures,
+    cancel_broadcast,
+    conversion_lift,
+    create_broadcast,
+    dispatch_due,
+    effect_report,
+    plan_run,
+    preview,
+    revenue_lift,
+)
+from bot.models import Broadcast, Coupon, Customer, Order, OutboxMessage, Staff
+from bot.outbox.mass import submit_mass_messages
+from bot.outbox.policy import ContactPolicy
+from bot.tagging.rules import TagRules
+from bot.tagging.system import resolve, tag_customer
+from tests.campaign_data import MORNING, SHANGHAI, seed_audience
+
+TEMPLATES = {"default": "{{ brand }}：本周上新，欢迎选购。", "high": "{{ tier_name }}会员专享：新品抢先看。"}
+
+
+def settings_of(app):
+    return app.extensions["scrm.settings"]
+
+
+def spec(**kw) -> BroadcastSpec:
+    values = {"name": "上新", "audience": {}, "templates": TEMPLATES, "send_at": MORNING}
+    values.update(kw)
+    return BroadcastSpec(**values)
+
+
+def test_audience_filter_is_compiled_to_sql(app, db):
+    settings = settings_of(app)
+    ids = seed_audience(db, {"high": 3, "mid": 3, "low": 3})
+    seed_audience(db, {"high": 2}, owner="lisi", start=100)
+    rules = TagRules.from_settings(settings)
+    with db.begin() as s:
+        vip = resolve(s, rules, "客户等级/VIP")
+        for cid in ids[:2]:
+            tag_customer(s, cid, vip, source="staff", push=False)
+        complained = resolve(s, rules, "已投诉")
+        tag_customer(s, ids[1], complained, source="staff", push=False)
+
+    def members(raw):
+        with db.sessions() as s:
+            audience = Audience.parse(raw, ("high", "mid", "low"))
+            return s.scalar(select(func.count()).select_from(Customer).where(*audience.conditions(s, SHANGHAI)))
+
+    assert members({}) == 11
+    assert members({"value_tiers": ["high"]}) == 5
+    assert members({"value_tiers": ["high"], "owners": ["zhangsan"]}) == 3
+    assert members({"tags_any": ["客户等级/VIP"]}) == 2
+    assert members({"tags_any": ["VIP"], "tags_none": ["已投诉"]}) == 1
+    assert members({"tags_all": ["VIP", "已投诉"]}) == 1
+    assert members({"has_ordered": True}) == 0
+    assert members({"added_after": "2026-11-25"}) == 0
+    assert members({"added_after": "2026-11-24", "added_before": "2026-11-25"}) == 11
+    with pytest.raises(AudienceError, match="unknown audience key"):
+        Audience.parse({"value_tier": ["high"]}, ("high",))
+    with pytest.raises(AudienceError, match="rfm_segments: unknown"):
+        Audience.parse({"rfm_segments": ["vip"]})
+    with pytest.raises(AudienceError, match="unknown tag"):
+        members({"tags_any": ["不存在"]})
+    with pytest.raises(AudienceError, match="1=1"):  # operator text is a value, never SQL
+        Audience.parse({"owners": "x' OR 1=1 --", "value_tiers": ["1=1"]}, ("high",))
+
+
+def test_templates_are_checked_when_the_broadcast_is_created(app, db):
+    settings = settings_of(app)
+    with db.begin() as s:
+        with pytest.raises(BroadcastError, match=r"unknown variable\(s\) \['nickname'\]"):
+            create_broadcast(s, settings, spec(templates={"default": "{{ nickname }}您好"}))
+        with pytest.raises(BroadcastError, match="customer.*no attribute 'nick'|'dict object' has no attribute"):
+            create_broadcast(s, settings, spec(templates={"default": "{{ customer.nick }}您好"}))
+        with pytest.raises(BroadcastError, match="coupon needs --coupon"):
+            create_broadcast(s, settings, spec(templates={"default": "券码 {{ coupon.code }}"}))
+        with pytest.raises(BroadcastError, match="syntax error"):
+            create_broadcast(s, settings, spec(templates={"default": "{{ brand "}))
+        with pytest.raises(BroadcastError, match="default template"):
+            create_broadcast(s, settings, spec(templates={"high": "hi"}))
+        with pytest.raises(BroadcastError, match="unknown tier"):
+            create_broadcast(s, settings, spec(templates={"default": "hi", "platinum": "hi"}))
+        with pytest.raises(BroadcastError, match="either a send time"):
+            create_broadcast(s, settings, spec(cron="0 10 1 * *"))
+        with pytest.raises(BroadcastError, match="cron"):
+            create_broadcast(s, settings, spec(send_at=None, cron="every day"))
+        created = create_broadcast(s, settings, spec(templates={
+            "default": "{{ customer.name }}您好，{{ brand }}上新了", "important_value": "尊敬的{{ customer.name }}"}))
+        assert created.next_run_at == MORNING and created.status == "scheduled"
+        with pytest.raises(BroadcastError, match="exists already"):
+            create_broadcast(s, settings, spec())
+
+
+def _capped_and_opted_out(db, ids):
+    with db.begin() as s:
+        s.get(Customer, ids[0]).opted_out = True
+        s.get(Customer, ids[1]).owner_userid = "nobody"  # no member follows them as owner
+        s.add(OutboxMessage(dedupe_key="earlier", channel="mass_message", customer_id=ids[2], recipient="x",
+                            trigger_kind="greeting", trigger_ref="g", content={"text": "t"}, status="confirmed",
+                            scheduled_at=MORNING - timedelta(hours=1)))
+
+
+def test_preview_counts_skips_holdouts_and_samples_per_tier(app, db):
+    settings = settings_of(app)
+    ids = seed_audience(db, {"high": 40, "low": 61})
+    _capped_and_opted_out(db, ids)
+    with db.sessions() as s:
+        p = preview(s, settings, spec())
+    assert p.audience == 101 and p.per_tier == {"high": 40, "low": 61}
+    assert p.skipped == Counter({"opted out (退订)": 1, "brand cap: 1 push(es) per day reached": 1,
+                                 "no member to send from (the owner no longer follows this customer)": 1})
+    assert p.held_out == {"high": 4, "low": 6}  # 10% of 37 and 61, rounded
+    assert p.to_send == 101 - 3 - 10
+    assert [len(v) for v in p.samples.values()] == [3, 3]
+    assert p.samples["high"][0]["text"] == "高价值会员专享：新品抢先看。"
+    assert p.samples["low"][0]["text"].startswith("本店：本周上新") and not p.deferred
+    with db.sessions() as s:
+        night = preview(s, settings, spec(), at=MORNING.replace(hour=22))
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 1  # a preview writes nothing
+    assert night.deferred and night.send_after == datetime(2026, 11, 25, 9, 0, tzinfo=SHANGHAI)
+
+
+def test_a_run_holds_out_a_random_tenth_of_each_tier_and_sends_the_rest(wired, sandbox):
+    db, settings = wired.extensions["scrm.db"], settings_of(wired)
+    seed_audience(db, {"high": 200, "mid": 35, "low": 300})
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
+        {"userid": "zhangsan", "external_userid": f"wm{i:06d}", "name": f"客户{i}"} for i in range(535)]},
+        timeout=30).raise_for_status()
+    with db.begin() as s:
+        broadcast = create_broadcast(s, settings, spec())
+        first = plan_run(s, settings, broadcast, MORNING, now=MORNING)
+        again = plan_run(s, settings, broadcast, MORNING, now=MORNING)
+    assert first.created and not again.created and again.run.id == first.run.id
+    run = first.run
+    assert (run.audience, run.held_out, run.to_send, run.skipped) == (535, 20 + 4 + 30, 535 - 54, {})
+    with db.sessions() as s:
+        held = Counter(s.scalars(select(Customer.value_tier)
+                                 .join(OutboxMessage, OutboxMessage.customer_id == Customer.id)
+                                 .where(OutboxMessage.status == "held_out")))
+        texts = Counter(r["text"] for r in s.scalars(select(OutboxMessage.content)))
+    assert held == Counter({"high": 20, "mid": 4, "low": 30})
+    assert texts == Counter({"高价值会员专享：新品抢先看。": 200, "本店：本周上新，欢迎选购。": 335})
+
+    with db.begin() as s:  # a second broadcast draws a different random hold-out
+        other = create_broadcast(s, settings, spec(name="二次", send_at=MORNING + timedelta(days=7)))
+        second = plan_run(s, settings, other, other.next_run_at, now=other.next_run_at).run
+        held_ids = [set(s.scalars(select(OutboxMessage.customer_id).where(
+            OutboxMessage.trigger_ref == f"broadcast_run:{r.id}", OutboxMessage.status == "held_out")))
+            for r in (run, second)]
+    assert held_ids[0] != held_ids[1]
+
+    processor = wired.extensions["scrm.processor"]
+    outcome = submit_mass_messages(db, processor.clients.contact, ContactPolicy.from_settings(settings), now=MORNING)
+    assert outcome == Counter({"submitted": 535 - 54})  # held-out rows are never sent
+    sent = requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]
+    assert sorted(len(m["external_userid"]) for m in sent) == [180, 301]  # one call per text and sender
+
+
+def test_schedules_once_and_cron_and_cancel(app, db):
+    settings = settings_of(app)
+    seed_audience(db, {"high": 5, "low": 5})
+    with db.begin() as s:
+        once = create_broadcast(s, settings, spec())
+        monthly = create_broadcast(s, settings, spec(name="会员日", send_at=None, cron="0 10 1 * *",
+                                                     audience={"value_tiers": ["high"]}), now=MORNING)
+        assert monthly.next_run_at == datetime(2026, 12, 1, 10, 0, tzinfo=SHANGHAI)
+        assert dispatch_due(s, settings, now=MORNING - timedelta(minutes=1)) == []
+        runs = dispatch_due(s, settings, now=MORNING + timedelta(seconds=30))
+        assert [r.broadcast_id for r in runs] == [once.id] and once.status == "done"
+        assert dispatch_due(s, settings, now=MORNING + timedelta(minutes=1)) == []  # once means once
+        december = datetime(2026, 12, 1, 10, 0, 20, tzinfo=SHANGHAI)
+        assert [r.broadcast_id for r in dispatch_due(s, settings, now=december)] == [monthly.id]
+        assert monthly.next_run_at == datetime(2027, 1, 1, 10, 0, tzinfo=SHANGHAI)
+        assert cancel_broadcast(s, monthly) == 5 - 1  # its pending rows are skipped, the held-out one stays
+        assert monthly.status == "cancelled"
+        assert dispatch_due(s, settings, now=datetime(2027, 2, 1, tzinfo=SHANGHAI)) == []
+        assert s.scalar(select(func.count()).select_from(OutboxMessage).where(
+            OutboxMessage.reason == "broadcast cancelled")) == 4
+
+
+def test_coupon_broadcast_gives_each_recipient_an_own_code(app, db):
+    settings = settings_of(app)
+    seed_audience(db, {"high": 30, "low": 10})
+    with db.begin() as s:
+        broadcast = create_broadcast(s, settings, spec(
+            name="会员日券", coupon="VIP",
+            templates={"default": "{{ customer.name }}：{{ coupon.title }} {{ coupon.code }}"}))
+        run = plan_run(s, settings, broadcast, MORNING, now=MORNING).run
+        assert run.skipped == {"the coupon is only for ['high']": 10} and run.held_out == 3
+        rows = s.scalars(select(OutboxMessage).where(OutboxMessage.status == "pending")).all()
+        coupons = {c.customer_id: c for c in s.scalars(select(Coupon))}
+    assert len(rows) == 27 and len(coupons) == 27  # held-out and skipped customers get no coupon
+    codes = {r.content["coupon"] for r in rows}
+    assert len(codes) == 27
+    for row in rows:
+        code = coupons[row.customer_id].code
+        assert row.content["text"].endswith(f"专属优惠券 {code[:4]}-{code[4:8]}-{code[8:]}")
+
+
+def test_lift_and_interval_on_constructed_groups():
+    sent = GroupFigures(customers=900, converters=180, orders=200, revenue_fen=900 * 5000, revenue_sq_fen=0)
+    held = GroupFigures(customers=100, converters=10, orders=10, revenue_fen=100 * 2000, revenue_sq_fen=0)
+    lift = conversion_lift(sent, held)
+    se = math.sqrt(0.2 * 0.8 / 900 + 0.1 * 0.9 / 100)
+    assert lift.difference == pytest.approx(0.1)
+    assert (lift.low, lift.high) == (pytest.approx(0.1 - 1.959964 * se), pytest.approx(0.1 + 1.959964 * se))
+    assert lift.relative == pytest.approx(1.0)
+    assert revenue_lift(sent, held).difference == pytest.approx(3000)
+    assert conversion_lift(sent, GroupFigures()) is None
+
+
+def test_effect_report_counts_orders_after_the_run(app, db):
+    settings = settings_of(app)
+    seed_audience(db, {"low": 100})
+    with db.begin() as s:
+        broadcast = create_broadcast(s, settings, spec(holdout_percent=20))
+        plan_run(s, settings, broadcast, MORNING, now=MORNING)
+        rows = s.execute(select(OutboxMessage.customer_id, OutboxMessage.status)).all()
+        sent = [c for c, st in rows if st == "pending"]
+        held = [c for c, st in rows if st == "held_out"]
+        def order(cid, n, amount_fen, at):
+            s.add(Order(order_id=f"o{cid}-{n}", customer_id=cid, amount_fen=amount_fen, paid_at=at,
+                        paid_day=at.astimezone(SHANGHAI).date().toordinal()))
+
+        for cid in sent[:24]:  # 30% of 80 sent customers order after the run
+            order(cid, 1, 10000, MORNING + timedelta(days=2))
+        order(sent[0], 2, 5000, MORNING + timedelta(days=3))
+        order(held[0], 1, 10000, MORNING + timedelta(days=1))  # 1 of 20 held out
+        order(held[1], 1, 99999, MORNING - timedelta(days=1))  # before the run: not counted
+        order(sent[30], 1, 99999, MORNING + timedelta(days=20))  # after the window: not counted
+        report = effect_report(s, broadcast, 14, now=MORNING + timedelta(days=30))
+    assert (report.sent.customers, report.sent.converters, report.sent.orders) == (80, 24, 25)
+    assert report.sent.revenue_fen == 24 * 10000 + 5000
+    assert (report.held_out.customers, report.held_out.converters, report.held_out.revenue_fen) == (20, 1, 10000)
+    assert report.conversion_lift.difference == pytest.approx(0.30 - 0.05)
+    assert report.conversion_lift.low < 0.25 < report.conversion_lift.high
+
+
+def test_a_broadcast_whose_tag_was_deleted_fails_without_stopping_others(app, db):
+    settings = settings_of(app)
+    seed_audience(db, {"low": 3})
+    rules = TagRules.from_settings(settings)
+    with db.begin() as s:
+        tag = resolve(s, rules, "临时标签")
+        broken = create_broadcast(s, settings, spec(name="坏的", audience={"tags_any": ["临时标签"]}))
+        fine = create_broadcast(s, settings, spec(name="好的"))
+        tag.deleted = True
+    with db.begin() as s:
+        runs = dispatch_due(s, settings, now=MORNING + timedelta(minutes=1))
+        assert [r.broadcast_id for r in runs] == [fine.id]
+        assert s.get(Broadcast, broken.id).status == "failed"
+        assert s.scalar(select(func.count()).select_from(Staff)) == 1

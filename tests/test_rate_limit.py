@@ -1,0 +1,93 @@
+"""Token buckets per WeCom API: a burst, then a steady rate that keeps any minute within the
+limit; shared through Redis by several processes; every client call takes a token."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bot.config import load_settings
+from bot.wecom.client import build_clients
+from bot.wecom.ratelimit import LocalBuckets, RedisBuckets, api_path, bucket_shape
+from tests.support import REDIS_URL, secret_for
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_any_minute_stays_within_the_limit():
+    clock = FakeClock()
+    buckets = LocalBuckets(600, clock=clock, sleep=clock.sleep)
+    burst, rate = bucket_shape(600)
+    assert (burst, rate) == (60, 9)
+    stamps = []
+    for _ in range(2000):
+        buckets.acquire("externalcontact/get")
+        stamps.append(clock.now)
+    assert stamps[59] == 0 and stamps[60] > 0  # the burst goes at once, then calls are paced
+    for i, start in enumerate(stamps):  # sliding 60-second windows
+        inside = sum(1 for t in stamps[i:i + 700] if t < start + 60)
+        assert inside <= 600
+    assert buckets.acquire("kf/send_msg") == 0  # another API has its own bucket
+
+
+def test_api_path_is_the_endpoint():
+    assert api_path("https://qyapi.weixin.qq.com/cgi-bin/externalcontact/get?external_userid=x",
+                    "https://qyapi.weixin.qq.com/cgi-bin/") == "externalcontact/get"
+    assert api_path("kf/sync_msg", "https://qyapi.weixin.qq.com/cgi-bin/") == "kf/sync_msg"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.apis: list[str] = []
+
+    def acquire(self, api: str) -> float:
+        self.apis.append(api)
+        return 0.0
+
+
+def test_every_client_call_takes_a_token(corp, sandbox):
+    import requests
+
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
+        {"userid": "zhangsan", "external_userid": "wmA", "name": "A"}]}, timeout=10).raise_for_status()
+    settings = load_settings(overrides={"wecom": {
+        "corp_id": corp.corp_id, "secret": secret_for(corp, "app"), "contact_secret": secret_for(corp, "contact"),
+        "api_base_url": f"{sandbox.url}/cgi-bin/"}}, environ={})
+    recorder = Recorder()
+    clients = build_clients(settings, limiter=recorder)
+    clients.contact.external_contact.get("wmA")
+    clients.contact.external_contact.get_follow_user_list()
+    assert recorder.apis == ["externalcontact/get", "externalcontact/get_follow_user_list"]
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="SCRM_TEST_REDIS_URL not set (CI sets it)")
+def test_processes_share_one_bucket_through_redis():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = "scrmtest:ratelimit:" + os.urandom(4).hex()
+    slept: list[float] = []
+    first = RedisBuckets(client, 600, prefix, sleep=slept.append)
+    second = RedisBuckets(client, 600, prefix, sleep=slept.append)
+    try:
+        waits = [(first if i % 2 else second).reserve("externalcontact/get") for i in range(70)]
+        assert waits[:60] == [0] * 60  # one burst of 60 between the two of them
+        assert all(w > 0 for w in waits[61:]) and waits[-1] > waits[61]
+        assert 0.9 < waits[-1] < 1.2  # ten calls over the burst at 9 per second
+        assert first.reserve("kf/send_msg") == 0
+    finally:
+        for key in client.keys(f"{prefix}:*"):
+            client.delete(key)
+        client.close()
