@@ -146,7 +146,9 @@ def redeem_coupon() -> tuple[Response, int]:
         try:
             amount_fen = number_to_fen(payload["amount"])
         except (ValueError, TypeError):
-            raise ApiError(400, "amount must be a number of 元 with at most two decimals") from None
+            amount_fen = -1
+        if isinstance(payload["amount"], bool) or not 0 <= amount_fen < 10**12:
+            raise ApiError(400, "amount must be a number of 元 (0 to 10 billion) with at most two decimals")
     with db.begin() as session:
         _authenticate(session)
         result = redeem(session, payload["code"], order_id=order_id, amount_fen=amount_fen,

@@ -99,6 +99,12 @@ def app(overrides: dict[str, dict[str, Any]]) -> Iterator[Any]:
 
 
 @pytest.fixture
+def cli_env(database_url: str) -> dict[str, str]:
+    """Environment for running ``scrm`` in-process against this test's database."""
+    return {"SCRM_DATABASE_URL": database_url}
+
+
+@pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()
 

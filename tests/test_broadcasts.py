@@ -266,3 +266,43 @@ def test_a_broadcast_whose_tag_was_deleted_fails_without_stopping_others(app, db
         assert [r.broadcast_id for r in runs] == [fine.id]
         assert s.get(Broadcast, broken.id).status == "failed"
         assert s.scalar(select(func.count()).select_from(Staff)) == 1
+
+
+def test_cron_weekdays_are_standard_crontab():
+    from bot.campaigns.rules import cron_trigger
+
+    after = datetime(2026, 11, 24, tzinfo=SHANGHAI)  # a Tuesday
+    fire = {expr: cron_trigger(expr, SHANGHAI).get_next_fire_time(None, after).date().isoformat()
+            for expr in ("0 10 * * 5", "0 10 * * 0", "0 10 * * 7", "0 10 * * 1-3", "0 10 * * fri")}
+    assert fire == {"0 10 * * 5": "2026-11-27", "0 10 * * 0": "2026-11-29", "0 10 * * 7": "2026-11-29",
+                    "0 10 * * 1-3": "2026-11-24", "0 10 * * fri": "2026-11-27"}
+    with pytest.raises(ValueError, match="5 fields"):
+        cron_trigger("0 10 * *")
+
+
+def test_cli_create_preview_list_report_cancel(cli_env, db, tmp_path):
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    runner = CliRunner(env={"SCRM_CONFIG": None, **cli_env})
+    seed_audience(db, {"high": 12, "low": 30})
+    vip = tmp_path / "vip.j2"
+    vip.write_text("{{ customer.name }}，{{ tier_name }}会员日快乐", encoding="utf-8")
+    args = ["broadcast", "create", "会员日", "--audience", '{"value_tiers": ["high", "low"]}',
+            "--template", "default=本周上新", "--template-file", f"high={vip}", "--at", "2026-11-24 10:00"]
+    refused = runner.invoke(main, args, input="n\n")
+    assert refused.exit_code == 1 and "audience 42; to send 38; held out 4" in refused.output
+    assert "客户0，高价值会员日快乐" in refused.output  # samples per tier before anything is scheduled
+    created = runner.invoke(main, [*args, "--yes"])
+    assert created.exit_code == 0 and "first run 2026-11-24 10:00" in created.output, created.output
+    bad = runner.invoke(main, ["broadcast", "create", "坏", "--template", "default={{ nick }}", "--at",
+                               "2026-11-24 10:00", "--yes"])
+    assert bad.exit_code == 1 and "unknown variable(s) ['nick']" in bad.output
+    assert "会员日" in runner.invoke(main, ["broadcast", "list"]).output
+    assert "held out" in runner.invoke(main, ["broadcast", "preview", "会员日"]).output
+    report = runner.invoke(main, ["broadcast", "report", "会员日"])
+    assert report.exit_code == 0 and "0 run(s)" in report.output and "needs customers in both groups" in report.output
+    cancelled = runner.invoke(main, ["broadcast", "cancel", "会员日"])
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.output
+    assert runner.invoke(main, ["broadcast", "cancel", "没有"]).exit_code == 1

@@ -130,11 +130,6 @@ def scrm(config_env: dict[str, str], *args: str):
     return CliRunner(env={"SCRM_CONFIG": None, **config_env}).invoke(main, list(args), catch_exceptions=False)
 
 
-@pytest.fixture
-def cli_env(database_url) -> dict[str, str]:
-    return {"SCRM_DATABASE_URL": database_url}
-
-
 def test_cli_import_prints_summary_and_writes_error_file(cli_env, tmp_path):
     path = write(tmp_path, "o1,wmA,10,2026-11-01T10:00:00+08:00,paid\no2,wmA,ten,2026-11-01T10:00:00+08:00,paid\n")
     errors = tmp_path / "errors.csv"

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from apscheduler.triggers.cron import CronTrigger
 from jinja2 import TemplateSyntaxError, UndefinedError, meta
 from sqlalchemy import JSON, String, and_, bindparam, case, cast, exists, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
@@ -26,7 +25,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from bot.campaigns.audience import Audience
 from bot.campaigns.coupons import CouponBook, coupon_vars, issue
 from bot.campaigns.push import NO_SENDER
-from bot.campaigns.rules import value_tier_names
+from bot.campaigns.rules import cron_trigger, value_tier_names
 from bot.config import Settings
 from bot.messages import TIER_NAMES, MessageTemplates, customer_vars
 from bot.models import Broadcast, BroadcastRun, Coupon, Customer, Follow, Order, OutboxMessage, Staff, utcnow
@@ -186,7 +185,7 @@ def create_broadcast(session: Session, settings: Settings, spec: BroadcastSpec, 
 
 def next_cron_time(expression: str, settings: Settings, after: datetime) -> datetime:
     try:
-        trigger = CronTrigger.from_crontab(expression, timezone=settings.tz)
+        trigger = cron_trigger(expression, settings.tz)
     except ValueError as exc:
         raise BroadcastError(f"cron {expression!r}: {exc}") from None
     fire = trigger.get_next_fire_time(None, after.astimezone(settings.tz) + timedelta(seconds=1))

@@ -13,6 +13,36 @@ from bot.campaigns.coupons import CouponBook
 from bot.messages import MessageTemplates, TemplateMissing
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
+DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # standard cron: 0 (and 7) = Sunday
+
+
+def cron_trigger(expression: str, timezone: Any = None) -> CronTrigger:
+    """A standard 5-field crontab line as an APScheduler trigger. APScheduler 3 numbers weekdays
+    from Monday = 0, so "0 10 * * 5" would fire on Saturdays; numeric weekdays are translated to
+    names first (5 → fri, 0 and 7 → sun)."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"a cron expression has 5 fields (minute hour day month weekday), got {len(fields)}")
+    if any(ch.isdigit() for ch in fields[4]):
+        fields[4] = ",".join(DAY_NAMES[d] for d in sorted(_weekdays(fields[4])))
+    return CronTrigger.from_crontab(" ".join(fields), timezone=timezone)
+
+
+def _weekdays(field: str) -> set[int]:
+    days: set[int] = set()
+    for part in field.split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if span == "*":
+            first, last = 0, 6
+        elif "-" in span:
+            first, last = (int(x) for x in span.split("-", 1))
+        else:
+            first = last = int(span)
+        if not (0 <= first <= 7 and 0 <= last <= 7 and step >= 1 and first <= last):
+            raise ValueError(f"weekday field {field!r}: use 0–7 (0 and 7 = Sunday), ranges a-b and steps /n")
+        days.update(d % 7 for d in range(first, last + 1, step))
+    return days
 
 
 class CampaignError(ValueError):
@@ -142,7 +172,7 @@ class _Parser:
     def schedule(self, raw: Any, where: str) -> CouponSchedule:
         raw = self._keys(raw, where, {"coupon", "audience", "cron", "template"}, {"coupon", "cron", "template"})
         try:
-            CronTrigger.from_crontab(str(raw["cron"]))
+            cron_trigger(str(raw["cron"]))
         except ValueError as exc:
             raise CampaignError(f"{where}.cron: {exc}") from None
         return CouponSchedule(self.coupon(raw["coupon"], f"{where}.coupon"),

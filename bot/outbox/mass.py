@@ -162,8 +162,9 @@ def remind_unconfirmed(db: Database, contact_client: Any, remind_after_hours: in
 
 def _recent_reminders(session: Any, msgids: list[str], now: datetime) -> dict[str, list[datetime]]:
     found: dict[str, list[datetime]] = defaultdict(list)
+    since = now - timedelta(days=1)
     for start in range(0, len(msgids), 1000):
         for msgid, at in session.execute(select(MassReminder.msgid, MassReminder.reminded_at).where(
-                MassReminder.msgid.in_(msgids[start:start + 1000]), MassReminder.reminded_at > now - timedelta(days=1))):
+                MassReminder.msgid.in_(msgids[start:start + 1000]), MassReminder.reminded_at > since)):
             found[msgid].append(at)
     return found

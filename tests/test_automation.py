@@ -1,0 +1,177 @@
+"""Pushes the rules make on their own, with a frozen clock: the coupon after a paid order,
+birthdays, tier-change actions (once per change), sequences (converted customers leave),
+mass-message reminders (≤3 per 24 h) and the scheduled tier coupons."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from datetime import date, datetime, time, timedelta
+
+import requests
+from sqlalchemy import func, select
+
+from bot.campaigns.automation import (
+    birthday_greetings,
+    post_purchase_coupons,
+    reconcile_coupon_schedules,
+    run_sequences,
+    tier_change_actions,
+)
+from bot.campaigns.broadcasts import dispatch_due
+from bot.messages import MessageTemplates
+from bot.models import Broadcast, Coupon, Customer, Follow, MassReminder, Order, OutboxMessage, TierChange
+from bot.outbox.mass import remind_unconfirmed, submit_mass_messages
+from bot.outbox.policy import ContactPolicy
+from tests.campaign_data import MORNING, SHANGHAI, seed_audience
+
+
+def run(app, db, func_, now=MORNING):
+    settings = app.extensions["scrm.settings"]
+    with db.begin() as s:
+        return func_(s, settings, MessageTemplates.from_settings(settings), now)
+
+
+def outbox(db, **where):
+    with db.sessions() as s:
+        query = select(OutboxMessage).order_by(OutboxMessage.id)
+        for key, value in where.items():
+            query = query.where(getattr(OutboxMessage, key) == value)
+        return s.scalars(query).all()
+
+
+def order(s, customer_id, order_id, at, amount_fen=15000):
+    s.add(Order(order_id=order_id, customer_id=customer_id, amount_fen=amount_fen, paid_at=at,
+                paid_day=at.astimezone(SHANGHAI).date().toordinal()))
+
+
+def test_a_paid_order_earns_a_thank_you_coupon_once(app, db):
+    ids = seed_audience(db, {"low": 2})
+    with db.begin() as s:
+        order(s, ids[0], "old", MORNING - timedelta(days=90))  # history: no coupon for it
+        order(s, ids[1], "new-1", MORNING - timedelta(hours=1))
+    first = run(app, db, post_purchase_coupons)
+    again = run(app, db, post_purchase_coupons)
+    assert (first.planned, first.coupons, again.planned) == (1, 1, 0)
+    [row] = outbox(db, trigger_kind="coupon")
+    with db.sessions() as s:
+        coupon = s.scalar(select(Coupon))
+    assert row.customer_id == ids[1] and coupon.issue_ref == "order:new-1" and coupon.definition == "THANKS"
+    assert f"{coupon.code[:4]}-{coupon.code[4:8]}-{coupon.code[8:]}" in row.content["text"]
+    assert "满100.00元可用" in row.content["text"]
+
+
+def test_birthdays_with_a_coupon_for_the_top_tier(app, db):
+    ids = seed_audience(db, {"high": 1, "low": 1})
+    with db.begin() as s:
+        s.get(Customer, ids[0]).birthday = date(1990, 11, 24)
+        s.get(Customer, ids[1]).birthday = date(1985, 11, 24)
+        s.add(Customer(external_userid="wmOTHER", birthday=date(1990, 11, 25), owner_userid="zhangsan"))
+    result = run(app, db, birthday_greetings)
+    assert (result.planned, result.coupons) == (2, 1)
+    rows = {r.customer_id: r for r in outbox(db, trigger_kind="greeting")}
+    assert "生日礼券" in rows[ids[0]].content["text"] and rows[ids[0]].content["template"] == "birthday/default.high.j2"
+    assert rows[ids[1]].content["template"] == "birthday/default.j2" and "券码" not in rows[ids[1]].content["text"]
+    assert run(app, db, birthday_greetings).planned == 0  # once a year
+
+
+def test_leap_day_birthdays_are_greeted_on_28_february(app, db):
+    ids = seed_audience(db, {"low": 1})
+    with db.begin() as s:
+        s.get(Customer, ids[0]).birthday = date(2000, 2, 29)
+    feb28 = datetime(2027, 2, 28, 10, 0, tzinfo=SHANGHAI)
+    assert run(app, db, birthday_greetings, feb28).planned == 1
+    assert run(app, db, birthday_greetings, datetime(2028, 2, 28, 10, 0, tzinfo=SHANGHAI)).planned == 0  # leap year
+
+
+def _change(s, customer_id, dimension, to, at=MORNING, reason="test"):
+    s.add(TierChange(customer_id=customer_id, dimension=dimension, from_value="mid", to_value=to,
+                     as_of=at.date(), reason=reason, created_at=at))
+
+
+def test_tier_changes_fire_their_actions_once(app, db):
+    ids = seed_audience(db, {"high": 1, "low": 2})
+    with db.begin() as s:
+        s.get(Customer, ids[1]).rfm_segment = "important_retain"
+        _change(s, ids[0], "value_tier", "high")
+        _change(s, ids[1], "rfm_segment", "important_retain", reason="R low: last order 200 days ago")
+        _change(s, ids[2], "engagement", "churned", reason="no order or interaction for 120 days")
+        _change(s, ids[2], "value_tier", "mid")  # no action configured
+    first = run(app, db, tier_change_actions)
+    assert (first.planned, first.coupons, first.notified) == (2, 1, 3)
+    assert run(app, db, tier_change_actions).as_dict() == {"planned": 0, "coupons": 0, "notified": 0, "skipped": {}}
+    pushes = {r.customer_id: r for r in outbox(db, trigger_kind="tier_change")}
+    assert pushes[ids[0]].content["template"] == "tier_change/vip.j2"
+    assert "回归礼券" in pushes[ids[1]].content["text"]
+    staff = {r.customer_id: r for r in outbox(db, channel="app_message")}
+    assert {r.recipient for r in staff.values()} == {"zhangsan"}
+    assert "升级为高价值客户（原为中价值）" in staff[ids[0]].content["text"]
+    assert "R low: last order 200 days ago" in staff[ids[1]].content["text"]
+    assert "流失" in staff[ids[2]].content["text"]
+    with db.begin() as s:  # a later change of the same kind fires again (once per change)
+        _change(s, ids[0], "value_tier", "high", at=MORNING + timedelta(days=40))
+    assert run(app, db, tier_change_actions, MORNING + timedelta(days=40)).planned == 1
+
+
+def test_sequence_steps_come_due_and_converted_customers_leave(app, db):
+    ids = seed_audience(db, {"low": 4})
+    with db.begin() as s:
+        added = {ids[0]: 3, ids[1]: 7, ids[2]: 7, ids[3]: 60}  # days before MORNING
+        for cid, days in added.items():
+            s.scalar(select(Follow).where(Follow.customer_id == cid)).added_at = MORNING - timedelta(days=days)
+        order(s, ids[2], "bought", MORNING - timedelta(days=5))  # converted: leaves the sequence
+    result = run(app, db, run_sequences)
+    rows = {r.customer_id: r for r in outbox(db, trigger_kind="sequence")}
+    assert set(rows) == {ids[0], ids[1]} and result.coupons == 1
+    assert rows[ids[0]].content["template"] == "sequence/new_customer_guide.j2"
+    assert "新客首单券" in rows[ids[1]].content["text"]
+    assert run(app, db, run_sequences).planned == 0  # each step once
+    later = run(app, db, run_sequences, MORNING + timedelta(days=4))  # ids[0] reaches day 7
+    assert later.planned == 1
+
+
+def test_reminders_at_most_three_per_day(wired, sandbox):
+    db, settings = wired.extensions["scrm.db"], wired.extensions["scrm.settings"]
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
+        {"userid": "zhangsan", "external_userid": "wm000000", "name": "A"}]}, timeout=10).raise_for_status()
+    seed_audience(db, {"low": 1})
+    with db.begin() as s:
+        s.add(OutboxMessage(dedupe_key="k", channel="mass_message", customer_id=s.scalar(select(Customer.id)),
+                            recipient="wm000000", sender_userid="zhangsan", trigger_kind="campaign", trigger_ref="r",
+                            content={"text": "hi"}, status="pending",
+                            scheduled_at=datetime(2026, 1, 1, tzinfo=SHANGHAI)))
+    contact = wired.extensions["scrm.processor"].clients.contact
+    anytime = replace(ContactPolicy.from_settings(settings), quiet_start=time(0), quiet_end=time(0))
+    assert submit_mass_messages(db, contact, anytime) == Counter({"submitted": 1})
+    submitted_at = datetime.now(SHANGHAI)
+    outcomes, clock = [], 0
+    for hour in (1, 5, 6, 10, 15, 20, 30):
+        requests.post(f"{sandbox.url}/_sandbox/clock/advance", json={"seconds": (hour - clock) * 3600},
+                      timeout=10).raise_for_status()  # WeCom's clock moves with ours
+        clock = hour
+        outcomes.append(dict(remind_unconfirmed(db, contact, 4, now=submitted_at + timedelta(hours=hour))))
+    assert outcomes == [{}, {"reminded": 1}, {"waiting": 1}, {"reminded": 1}, {"reminded": 1}, {"limit": 1},
+                        {"reminded": 1}]
+    reminders = [c for c in requests.get(f"{sandbox.url}/_sandbox/calls", timeout=10).json()
+                 if c["path"] == "externalcontact/remind_groupmsg_send" and c["errcode"] == 0]
+    assert len(reminders) == 4
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(MassReminder)) == 4
+
+
+def test_scheduled_tier_coupons_are_broadcasts_with_codes(app, db):
+    settings = app.extensions["scrm.settings"]
+    seed_audience(db, {"mid": 20, "high": 5, "low": 5})
+    with db.begin() as s:
+        names = reconcile_coupon_schedules(s, settings, MORNING)
+        assert names == ["coupon:FLASH", "coupon:VIP"]
+        assert reconcile_coupon_schedules(s, settings, MORNING) == names  # idempotent
+        flash = s.scalar(select(Broadcast).where(Broadcast.name == "coupon:FLASH"))
+        friday = datetime(2026, 11, 27, 10, 0, tzinfo=SHANGHAI)
+        assert flash.next_run_at == friday and flash.cron == "0 10 * * 5"
+        [planned] = dispatch_due(s, settings, now=friday + timedelta(seconds=5))
+        assert (planned.audience, planned.held_out, planned.to_send) == (20, 2, 18)
+        coupons = s.scalars(select(Coupon).where(Coupon.definition == "FLASH")).all()
+        assert len(coupons) == 18 and flash.next_run_at == friday + timedelta(days=7)
+        texts = [r.content["text"] for r in s.scalars(select(OutboxMessage).where(OutboxMessage.status == "pending"))]
+        assert all("全场88折" in t for t in texts) and len(set(texts)) == 18
