@@ -84,3 +84,26 @@ def test_nightly_retier_job_tiers_and_tags(db, app):
     with db.sessions() as s:
         assert s.scalar(select(func.count()).select_from(CustomerTag)) == 3  # first order, repeat, ≥1000 元
     assert jobs.moments_poll() == {"skipped": "WeCom is not configured"}
+
+
+def test_every_declared_job_runs_against_the_sandbox(wired, sandbox):
+    """Each job function, called as the scheduler calls it, does its work without error."""
+    import importlib
+
+    from bot.jobs import Runtime, install
+
+    processor = wired.extensions["scrm.processor"]
+    install(Runtime(wired.extensions["scrm.settings"], wired.extensions["scrm.db"], processor.clients,
+                    processor.sender))
+    results = {}
+    for spec in JOBS:
+        module, name = spec.func.split(":")
+        results[spec.id] = getattr(importlib.import_module(module), name)()
+    assert set(results) == {spec.id for spec in JOBS}
+    assert results["broadcast_dispatch"]["runs"] == []  # coupon schedules become broadcasts, none due yet
+    with wired.extensions["scrm.db"].sessions() as s:
+        from sqlalchemy import select
+
+        from bot.models import Broadcast
+
+        assert sorted(s.scalars(select(Broadcast.name))) == ["coupon:FLASH", "coupon:VIP"]

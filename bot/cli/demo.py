@@ -9,6 +9,7 @@ import click
 
 from bot.cli.context import CliContext, pass_cli, render_table
 from bot.demo import run as demo_run
+from bot.demo.campaigns import run_campaign_scenes
 from bot.demo.scenes import run_scenes
 
 DEFAULT_DB = "scrm-demo.db"
@@ -82,6 +83,8 @@ def _report(run: demo_run.DemoRun, burst: dict, drained: bool) -> None:
     click.echo(render_table(["dimension", "value", "customers"], rows))
     click.echo("\nWhat customers got (each scene goes through WeCom's callbacks and API, in the sandbox):")
     click.echo(render_table(["scene", "what happened"], run_scenes(run, _first_staff(run))))
+    click.echo("\nWhat the service sends on its own (broadcasts, coupons, tier actions, greetings):")
+    click.echo(render_table(["scene", "what happened"], run_campaign_scenes(run)))
     counts = demo_run.database_counts(run)
     click.echo(f"\ndatabase now holds {counts['customers']} customers and {counts['orders']} orders "
                "(`scrm inbox list`, `scrm customer show ID`, `scrm tags check` to look around).")
