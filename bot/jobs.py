@@ -4,6 +4,7 @@ takes its settings, database and WeCom clients from the runtime the scheduler in
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -183,13 +184,16 @@ def mass_reminders() -> dict[str, int]:
 
 
 def mass_send() -> dict[str, int]:
-    from bot.outbox.mass import submit_mass_messages
+    """Look up mass messages a crash interrupted, then submit what is due."""
+    from bot.outbox.mass import resolve_interrupted, submit_mass_messages
     from bot.outbox.policy import ContactPolicy
 
     rt = runtime()
     if rt.clients is None:
         return {}
-    return dict(submit_mass_messages(rt.db, rt.clients.contact, ContactPolicy.from_settings(rt.settings)))
+    resolved = resolve_interrupted(rt.db, rt.clients.contact, rt.settings.worker.lease_seconds)
+    submitted = submit_mass_messages(rt.db, rt.clients.contact, ContactPolicy.from_settings(rt.settings))
+    return dict(submitted + Counter({f"interrupted_{k}": v for k, v in resolved.items()}))
 
 
 def mass_results() -> dict[str, int]:

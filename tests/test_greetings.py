@@ -96,3 +96,39 @@ def test_due_greetings_become_one_mass_message_per_member_and_text(wired, sandbo
         rows = {r.recipient: r for r in s.scalars(select(OutboxMessage))}
     assert rows["wm0"].status == "confirmed" and rows["wm0"].sent_at is not None
     assert rows["wm1"].status == "failed" and "WeCom cap" in rows["wm1"].reason
+
+
+def test_a_crash_mid_submit_is_looked_up_never_sent_blindly_twice(wired, sandbox):
+    from datetime import UTC, timedelta
+
+    from bot.outbox.mass import resolve_interrupted
+
+    db = wired.extensions["scrm.db"]
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
+        {"userid": "zhangsan", "external_userid": f"wm{i}", "name": f"客户{i}"} for i in range(3)]},
+        timeout=10).raise_for_status()
+    seed_customers(db)
+    contact = wired.extensions["scrm.processor"].clients.contact
+    now = datetime.now(UTC)
+    with db.begin() as s:
+        for i, text in ((0, "已经到了 WeCom 的"), (1, "还没发出去的")):
+            s.add(OutboxMessage(dedupe_key=f"k{i}", channel="mass_message", customer_id=i + 1, recipient=f"wm{i}",
+                                sender_userid="zhangsan", trigger_kind="campaign", trigger_ref="r",
+                                content={"text": text}, status="sending", updated_at=now - timedelta(minutes=10),
+                                scheduled_at=now - timedelta(minutes=10)))
+    # the first call reached WeCom before the crash; the second never left
+    reached = contact.external_contact.add_msg_template({
+        "chat_type": "single", "external_userid": ["wm0"], "sender": "zhangsan",
+        "text": {"content": "已经到了 WeCom 的"}})
+    assert resolve_interrupted(db, contact, 300, now=now) == Counter({"submitted": 1, "pending": 1})
+    with db.sessions() as s:
+        rows = {r.recipient: r for r in s.scalars(select(OutboxMessage))}
+    assert rows["wm0"].status == "submitted" and rows["wm0"].wecom_msgid == reached["msgid"]
+    assert rows["wm1"].status == "pending"
+    anytime = ContactPolicy.from_settings(wired.extensions["scrm.settings"])
+    from dataclasses import replace
+    from datetime import time
+
+    submit_mass_messages(db, contact, replace(anytime, quiet_start=time(0), quiet_end=time(0)), now=now)
+    sent = requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]
+    assert sorted(m["external_userid"][0] for m in sent) == ["wm0", "wm1"]  # each exactly once

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, UndefinedError, meta
-from sqlalchemy import JSON, String, and_, bindparam, case, cast, exists, func, insert, literal, or_, select, update
+from sqlalchemy import JSON, String, and_, case, cast, exists, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -55,6 +55,7 @@ class Content:
     sources: dict[str, str]
     templates: MessageTemplates
     brand: str
+    _compiled: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def key_for(self, rfm_segment: str | None, value_tier: str | None) -> str:
         for key in (rfm_segment, value_tier):
@@ -78,7 +79,9 @@ class Content:
             context["customer"] = customer_vars(customer)
         if coupon is not None:
             context["coupon"] = coupon
-        return key, self.templates.env.from_string(self.sources[key]).render(**context).strip()
+        if key not in self._compiled:
+            self._compiled[key] = self.templates.env.from_string(self.sources[key])
+        return key, self._compiled[key].render(**context).strip()
 
 
 def check_content(sources: Any, templates: MessageTemplates, tier_keys: set[str], has_coupon: bool,
@@ -272,8 +275,8 @@ class Preview:
 
 
 def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datetime | None = None) -> Preview:
-    """What a run at ``at`` would do: audience per tier, who is skipped and why, the hold-out
-    per tier, and three rendered samples per tier. Writes nothing."""
+    """What a run at ``at`` would do: audience per tier, who is skipped and why, the expected
+    hold-out per tier (the run draws it at random), and three rendered samples per tier. Writes nothing."""
     at = at or spec.send_at or utcnow()
     audience, content = validate_spec(session, settings, spec)
     policy = ContactPolicy.from_settings(settings)
@@ -294,7 +297,10 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
         else:
             eligible[tier or "none"] += count
     percent = settings.broadcasts.holdout_percent if spec.holdout_percent is None else spec.holdout_percent
-    result.held_out = {tier: holdout_size(n, percent) for tier, n in eligible.items()}
+    # The plan draws round(n × percent) of each tier's audience, then skips the blocked among them:
+    # expected hold-out = the draw × the tier's sendable share.
+    result.held_out = {tier: round(holdout_size(result.per_tier[tier], percent) * n / result.per_tier[tier])
+                       for tier, n in eligible.items()}
     result.to_send = sum(eligible.values()) - sum(result.held_out.values())
     numbered = (select(Customer.id, func.row_number().over(
         partition_by=func.coalesce(Customer.value_tier, ""), order_by=Customer.id).label("rn"))
@@ -345,23 +351,34 @@ def plan_run(session: Session, settings: Settings, broadcast: Broadcast, run_at:
     session.add(run)
     session.flush()
     ref = run_ref(run.id)
+    conditions = audience.conditions(session, settings.tz)
     reason = _skip_reason(settings, policy, send_after, coupon_def.tiers if coupon_def else ())
-    text_expr = _tier_content(session, settings, audience, content) if not content.personal else literal("{}")
+    held_out = Customer.id.in_(_holdout_draw(conditions, broadcast.holdout_percent))
+    # A customer the policy blocks is skipped even when drawn: both groups stay random samples of
+    # the customers who could be sent to, so the effect report compares like with like.
+    why = case((reason.is_not(None), reason), (held_out, HELD_OUT), else_=None) if broadcast.holdout_percent \
+        else reason
+    audience_rows = (select(Customer.id.label("customer_id"), Customer.external_userid, Customer.owner_userid,
+                            Customer.rfm_segment, Customer.value_tier, why.label("why"))
+                     .where(*conditions)
+                     # evaluated once per customer (SQLite would otherwise inline it at every reference)
+                     .cte("audience").prefix_with("MATERIALIZED"))
+    text_expr: Any = literal("{}")
+    if not content.personal:
+        text_expr = _tier_content(session, settings, audience, content, audience_rows.c.rfm_segment,
+                                  audience_rows.c.value_tier)
     if session.get_bind().dialect.name == "postgresql":
         text_expr = cast(text_expr, JSON)
-    source = (select(Customer.id.label("customer_id"), Customer.external_userid, Customer.owner_userid,
-                     reason.label("reason"), text_expr.label("content"))
-              .where(*audience.conditions(session, settings.tz)).subquery())
+    status = case((audience_rows.c.why.is_(None), "pending"), (audience_rows.c.why == HELD_OUT, "held_out"),
+                  else_="skipped")
     stamp = literal(now, type_=OutboxMessage.__table__.c.created_at.type)
     session.execute(insert(OutboxMessage).from_select(
         ["dedupe_key", "channel", "customer_id", "recipient", "sender_userid", "trigger_kind", "trigger_ref",
          "content", "status", "reason", "attempts", "scheduled_at", "created_at", "updated_at"],
-        select(literal(f"campaign:{run.id}:") + cast(source.c.customer_id, String), literal("mass_message"),
-               source.c.customer_id, source.c.external_userid, source.c.owner_userid, literal("campaign"),
-               literal(ref), source.c.content,
-               case((source.c.reason.is_(None), "pending"), else_="skipped"), source.c.reason, literal(0),
+        select(literal(f"campaign:{run.id}:") + cast(audience_rows.c.customer_id, String), literal("mass_message"),
+               audience_rows.c.customer_id, audience_rows.c.external_userid, audience_rows.c.owner_userid,
+               literal("campaign"), literal(ref), text_expr, status, audience_rows.c.why, literal(0),
                literal(send_after, type_=OutboxMessage.__table__.c.scheduled_at.type), stamp, stamp)))
-    _draw_holdout(session, ref, broadcast.holdout_percent)
     if coupon_def is not None or content.personal:
         _render_personal(session, settings, content, ref, coupon_def, book, now)
     _count(session, run, ref)
@@ -373,76 +390,78 @@ def spec_of(broadcast: Broadcast) -> BroadcastSpec:
                          broadcast.holdout_percent, broadcast.coupon)
 
 
-def _tier_content(session: Session, settings: Settings, audience: Audience, content: Content) -> Any:
+def _tier_content(session: Session, settings: Settings, audience: Audience, content: Content, segment: Any,
+                  tier: Any) -> Any:
     """A CASE giving each (segment, tier) pair of the audience its rendered JSON content."""
     pairs = session.execute(select(Customer.rfm_segment, Customer.value_tier).where(
         *audience.conditions(session, settings.tz)).distinct()).all()
     whens = []
-    for segment, tier in pairs:
-        key, text = content.render(segment, tier)
+    for segment_value, tier_value in pairs:
+        key, text = content.render(segment_value, tier_value)
         doc = json.dumps({"text": text, "template": f"broadcast:{key}"}, ensure_ascii=False)
-        whens.append((and_(func.coalesce(Customer.rfm_segment, "") == (segment or ""),
-                           func.coalesce(Customer.value_tier, "") == (tier or "")), doc))
+        whens.append((and_(func.coalesce(segment, "") == (segment_value or ""),
+                           func.coalesce(tier, "") == (tier_value or "")), doc))
     return case(*whens, else_=literal("{}")) if whens else literal("{}")
 
 
-def _draw_holdout(session: Session, ref: str, percent: int) -> None:
-    """Hold out round(n × percent / 100) of each value tier's sendable rows, drawn at random."""
-    if percent <= 0:
-        return
+def _holdout_draw(conditions: list[Any], percent: int) -> Any:
+    """round(n × percent / 100) customers of each value tier of the audience, drawn at random."""
     tier = func.coalesce(Customer.value_tier, "")
-    ranked = (select(OutboxMessage.id,
-                     func.row_number().over(partition_by=tier, order_by=func.random()).label("rn"),
-                     func.count().over(partition_by=tier).label("n"))
-              .join(Customer, Customer.id == OutboxMessage.customer_id)
-              .where(OutboxMessage.trigger_ref == ref, OutboxMessage.status == "pending").subquery())
-    chosen = select(ranked.c.id).where(ranked.c.rn <= (ranked.c.n * percent + 50) // 100)
-    session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(chosen))
-                    .values(status="held_out", reason=HELD_OUT).execution_options(synchronize_session=False))
+    draw = select(Customer.id, tier.label("tier"), func.random().label("draw")).where(*conditions).subquery()
+    # One partition and order for both windows: the database sorts once.
+    ranked = select(draw.c.id,
+                    func.row_number().over(partition_by=draw.c.tier, order_by=draw.c.draw).label("rn"),
+                    func.count().over(partition_by=draw.c.tier, order_by=draw.c.draw, rows=(None, None)).label("n"),
+                    ).subquery()
+    return select(ranked.c.id).where(ranked.c.rn <= (ranked.c.n * percent + 50) // 100)
 
 
 def _render_personal(session: Session, settings: Settings, content: Content, ref: str, coupon_def: Any,
-                     book: CouponBook, now: datetime, chunk: int = 5000) -> None:
-    """Templates that name the customer or carry a coupon: rendered per sendable row, in chunks."""
+                     book: CouponBook, now: datetime, chunk: int = 10000) -> None:
+    """Templates that name the customer or carry a coupon: rendered per sendable row, in chunks,
+    written back with one driver-level executemany per chunk."""
+    connection = session.connection()
+    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    statement = f"UPDATE outbox_messages SET content = {mark} WHERE id = {mark}"
     last_id = 0
     while True:
-        rows = session.execute(select(OutboxMessage.id, Customer).join(
-            Customer, Customer.id == OutboxMessage.customer_id).where(
-            OutboxMessage.trigger_ref == ref, OutboxMessage.status == "pending", OutboxMessage.id > last_id)
+        rows = session.execute(
+            select(OutboxMessage.id.label("outbox_id"), Customer.id, Customer.name, Customer.external_userid,
+                   Customer.value_tier, Customer.rfm_segment, Customer.stage)
+            .join(Customer, Customer.id == OutboxMessage.customer_id)
+            .where(OutboxMessage.trigger_ref == ref, OutboxMessage.status == "pending", OutboxMessage.id > last_id)
             .order_by(OutboxMessage.id).limit(chunk)).all()
         if not rows:
             return
         coupons: dict[int, Coupon] = {}
         if coupon_def is not None:
-            coupons = issue(session, book, coupon_def, [c.id for _, c in rows], ref, now)
+            coupons = issue(session, book, coupon_def, [r.id for r in rows], ref, now)
         updates = []
-        for outbox_id, customer in rows:
-            coupon = coupons.get(customer.id)
-            key, text = content.render(customer.rfm_segment, customer.value_tier, customer,
+        for row in rows:
+            coupon = coupons.get(row.id)
+            key, text = content.render(row.rfm_segment, row.value_tier, row,
                                        coupon_vars(coupon, settings.tz) if coupon else None)
             doc: dict[str, Any] = {"text": text, "template": f"broadcast:{key}"}
             if coupon:
                 doc["coupon"] = coupon.code
-            updates.append({"row_id": outbox_id, "doc": doc})
-        table = OutboxMessage.__table__
-        session.execute(table.update().where(table.c.id == bindparam("row_id")).values(content=bindparam("doc")),
-                        updates)
-        last_id = rows[-1][0]
+            updates.append((json.dumps(doc, ensure_ascii=False), row.outbox_id))
+        connection.exec_driver_sql(statement, updates)
+        last_id = rows[-1].outbox_id
 
 
 def _count(session: Session, run: BroadcastRun, ref: str) -> None:
-    skipped: Counter[str] = Counter()
-    for status, reason, count in session.execute(
-            select(OutboxMessage.status, OutboxMessage.reason, func.count()).where(OutboxMessage.trigger_ref == ref)
-            .group_by(OutboxMessage.status, OutboxMessage.reason)):
+    """Totals per status from the (trigger_ref, status) index alone; reasons only for skipped rows."""
+    mine = OutboxMessage.trigger_ref == ref
+    for status, count in session.execute(select(OutboxMessage.status, func.count()).where(mine)
+                                         .group_by(OutboxMessage.status)):
         run.audience += count
         if status == "held_out":
             run.held_out += count
-        elif status == "skipped":
-            skipped[reason or "skipped"] += count
-        else:
+        elif status != "skipped":
             run.to_send += count
-    run.skipped = dict(skipped)
+    run.skipped = {reason or "skipped": count for reason, count in session.execute(
+        select(OutboxMessage.reason, func.count()).where(mine, OutboxMessage.status == "skipped")
+        .group_by(OutboxMessage.reason))}
     session.flush()
 
 

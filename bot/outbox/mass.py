@@ -168,3 +168,54 @@ def _recent_reminders(session: Any, msgids: list[str], now: datetime) -> dict[st
                 MassReminder.msgid.in_(msgids[start:start + 1000]), MassReminder.reminded_at > since)):
             found[msgid].append(at)
     return found
+
+
+def resolve_interrupted(db: Database, contact_client: Any, lease_seconds: float,
+                        now: datetime | None = None) -> Counter[str]:
+    """Mass-message rows a crash left "sending": add_msg_template is not idempotent, so instead of
+    calling it again, look the call up in WeCom's own list (get_groupmsg_list_v2, by member and
+    text around the time of the attempt). Found → submitted with its msgid; not there → the call
+    never reached WeCom, so the rows go back to pending."""
+    now = now or utcnow()
+    outcome: Counter[str] = Counter()
+    with db.sessions() as session:
+        rows = session.execute(select(OutboxMessage.id, OutboxMessage.sender_userid, OutboxMessage.content,
+                                      OutboxMessage.updated_at).where(
+            OutboxMessage.channel == "mass_message", OutboxMessage.status == "sending",
+            OutboxMessage.updated_at < now - timedelta(seconds=lease_seconds))).all()
+    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for row in rows:
+        groups[(row.sender_userid or "", row.content["text"])].append(row)
+    for (sender, text), members in groups.items():
+        since = min(r.updated_at for r in members) - timedelta(minutes=1)
+        try:
+            found = _find_sent(contact_client, sender, text, since, now)
+        except WeChatClientException as exc:
+            logger.warning("interrupted mass message of %s not looked up (%s); left as sending", sender, exc)
+            outcome["unknown"] += len(members)
+            continue
+        ids = [r.id for r in members]
+        if found:
+            _finish(db, ids, "submitted", "interrupted; WeCom has it, waiting for the member to confirm", found)
+            outcome["submitted"] += len(ids)
+        else:
+            with db.begin() as session:
+                session.execute(update(OutboxMessage)
+                                .where(OutboxMessage.id.in_(ids), OutboxMessage.status == "sending")
+                                .values(status="pending", reason="interrupted before WeCom had it; sent again",
+                                        updated_at=now))
+            outcome["pending"] += len(ids)
+    return outcome
+
+
+def _find_sent(client: Any, sender: str, text: str, since: datetime, now: datetime) -> str | None:
+    from bot.wecom.api import cursor_pages
+
+    pages = cursor_pages(lambda cursor: client.external_contact.get_groupmsg_list_v2(
+        "single", int(since.timestamp()), int(now.timestamp()), creator=sender or None, filter_type=0, limit=100,
+        cursor=cursor))
+    for page in pages:
+        for message in page.get("group_msg_list") or []:
+            if (message.get("text") or {}).get("content") == text:
+                return str(message["msgid"])
+    return None

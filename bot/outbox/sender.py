@@ -68,7 +68,9 @@ class OutboxSender:
     def recover_stale(self, lease_seconds: float | None = None) -> int:
         stale = self.clock() - timedelta(seconds=lease_seconds or self.settings.worker.lease_seconds)
         with self.db.begin() as session:
+            # Mass messages are not this sender's: bot.outbox.mass looks their outcome up in WeCom.
             rows = session.scalars(select(OutboxMessage).where(OutboxMessage.status == "sending",
+                                                               OutboxMessage.channel != "mass_message",
                                                                OutboxMessage.updated_at < stale)).all()
             for row in rows:
                 if row.channel in RESENDABLE:

@@ -195,6 +195,24 @@ def add_msg_template(call: Call) -> dict[str, Any]:
     return {"msgid": msgid, "fail_list": fail_list}
 
 
+@endpoint("POST", "externalcontact/get_groupmsg_list_v2")
+def get_groupmsg_list_v2(call: Call) -> dict[str, Any]:
+    chat_type, start, end = call.require("chat_type", "start_time", "end_time")
+    start, end = int(start), int(end)
+    if end < start or end - start > 31 * 86400:
+        raise WeComError(40058, "the time range must be at most one month")
+    creator = call.body.get("creator")
+    found = [m for m in call.state.mass_messages.values()
+             if m["chat_type"] == chat_type and start <= m["create_time"] <= end
+             and (not creator or m["sender"] == creator)]
+    limit = min(int(call.body.get("limit") or 50), 100)
+    offset = int(call.body.get("cursor") or 0)
+    page = found[offset:offset + limit]
+    return {"group_msg_list": [{"msgid": m["msgid"], "creator": m["sender"], "create_type": 0,
+                                "create_time": m["create_time"], "text": m["text"]} for m in page],
+            "next_cursor": str(offset + limit) if offset + limit < len(found) else ""}
+
+
 def _mass_message(call: Call) -> dict[str, Any]:
     (msgid,) = call.require("msgid")
     message = call.state.mass_messages.get(msgid)

@@ -120,14 +120,17 @@ def session_storage(settings: Settings) -> SessionStorage:
     return MemoryStorage()
 
 
-def rate_limiter(settings: Settings, sleep: Callable[[float], None] = time.sleep) -> RateLimiter:
+def rate_limiter(settings: Settings, sleep: Callable[[float], None] = time.sleep,
+                 redis_client: Any = None) -> RateLimiter:
     """Per-API token buckets: in Redis (shared by every process) when configured, else in memory."""
     per_minute = settings.wecom.rate_limit_per_minute
     if settings.redis.url:
-        import redis
+        if redis_client is None:
+            import redis
 
+            redis_client = redis.Redis.from_url(settings.redis.url)
         prefix = f"{settings.redis.key_prefix}:ratelimit:{settings.wecom.corp_id}"
-        return RedisBuckets(redis.Redis.from_url(settings.redis.url), per_minute, prefix, sleep=sleep)
+        return RedisBuckets(redis_client, per_minute, prefix, sleep=sleep)
     return LocalBuckets(per_minute, sleep=sleep)
 
 
@@ -135,7 +138,7 @@ def build_clients(settings: Settings, session: SessionStorage | None = None,
                   sleep: Callable[[float], None] = time.sleep, limiter: RateLimiter | None = None) -> WeComClients:
     w = settings.wecom
     storage = session or session_storage(settings)
-    limiter = limiter or rate_limiter(settings, sleep)
+    limiter = limiter or rate_limiter(settings, sleep, getattr(storage, "redis", None))  # one Redis connection
 
     def client(secret: str) -> WeComClient:
         return WeComClient(
