@@ -259,8 +259,11 @@ def reconcile_coupon_schedules(session: Session, settings: Settings, now: dateti
         if existing.status == "cancelled" or existing.cron != schedule.cron:
             existing.status = "scheduled"
             existing.next_run_at = next_cron_time(schedule.cron, settings, now)
-        existing.cron, existing.audience, existing.templates = schedule.cron, schedule.audience.to_dict(), sources
-        existing.coupon = schedule.coupon
+        wanted_fields = {"cron": schedule.cron, "audience": schedule.audience.to_dict(), "templates": sources,
+                         "coupon": schedule.coupon}
+        for key, value in wanted_fields.items():
+            if getattr(existing, key) != value:  # this runs every minute: write only what changed
+                setattr(existing, key, value)
     for stale in session.scalars(select(Broadcast).where(Broadcast.name.like("coupon:%"),
                                                          Broadcast.status == "scheduled")):
         if stale.name not in wanted:
