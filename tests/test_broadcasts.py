@@ -306,3 +306,17 @@ def test_cli_create_preview_list_report_cancel(cli_env, db, tmp_path):
     cancelled = runner.invoke(main, ["broadcast", "cancel", "会员日"])
     assert cancelled.exit_code == 0 and "cancelled" in cancelled.output
     assert runner.invoke(main, ["broadcast", "cancel", "没有"]).exit_code == 1
+
+
+def test_effect_report_survives_big_spenders(app, db):
+    settings = settings_of(app)
+    seed_audience(db, {"high": 20})
+    with db.begin() as s:
+        broadcast = create_broadcast(s, settings, spec())
+        plan_run(s, settings, broadcast, MORNING, now=MORNING)
+        sent = s.scalar(select(OutboxMessage.customer_id).where(OutboxMessage.status == "pending"))
+        at = MORNING + timedelta(days=1)
+        s.add(Order(order_id="big", customer_id=sent, amount_fen=9_000_000_000_000, paid_at=at,
+                    paid_day=at.astimezone(SHANGHAI).date().toordinal()))  # 900 亿元: its square overflows BIGINT
+        report = effect_report(s, broadcast, 14, now=MORNING + timedelta(days=30))
+    assert report.sent.revenue_fen == 9_000_000_000_000 and report.revenue_lift_fen is not None

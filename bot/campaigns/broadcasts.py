@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, UndefinedError, meta
-from sqlalchemy import JSON, String, and_, case, cast, exists, func, insert, literal, or_, select, update
+from sqlalchemy import JSON, Numeric, String, and_, case, cast, exists, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -584,9 +584,10 @@ def effect_report(session: Session, broadcast: Broadcast, days: int, now: dateti
                         .group_by(Order.customer_id).subquery())
         group = case((members.c.status == "held_out", "held_out"), else_="sent")
         revenue = func.coalesce(per_customer.c.revenue, 0)
+        exact = cast(revenue, Numeric(38, 0))  # squares of big spenders' fen overflow BIGINT
         query = (select(group, func.count(), func.count(per_customer.c.customer_id),
                         func.coalesce(func.sum(per_customer.c.orders), 0), func.coalesce(func.sum(revenue), 0),
-                        func.coalesce(func.sum(revenue * revenue), 0))
+                        func.coalesce(func.sum(exact * exact), 0))
                  .select_from(members).outerjoin(per_customer, per_customer.c.customer_id == members.c.customer_id)
                  .group_by(group))
         for name, customers, converters, orders, rev, rev_sq in session.execute(query):
