@@ -99,9 +99,23 @@ def phase(kind: str, url: str, path: str) -> dict:
             out["counts"] = {k: v for k, v in session.execute(select(Customer.rfm_segment, func.count())
                                                               .group_by(Customer.rfm_segment)).all() if k}
     out["seconds"] = time.perf_counter() - started
-    out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["max_rss_mb"] = peak_rss_mb()
     db.dispose()
     return out
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory. Linux carries ru_maxrss across fork + exec, so a
+    phase started from a parent holding the pandas DataFrame would report the parent's size;
+    VmHWM belongs to the new address space alone."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_phase(kind: str, url: str, path: Path | str = "") -> dict:
@@ -141,7 +155,9 @@ def bench_database(label: str, url: str, work: Path, orders: Path, extra: Path) 
     incremental = run_phase("retier", url)
     print(f"  {label}: import {imported['rows'] / imported['seconds']:,.0f} rows/s "
           f"({imported['seconds']:.1f}s), first re-tier {first['seconds']:.2f}s, "
-          f"+1% import {added['seconds']:.2f}s, incremental re-tier {incremental['seconds']:.2f}s", flush=True)
+          f"+1% import {added['seconds']:.2f}s, incremental re-tier {incremental['seconds']:.2f}s; peak RSS per "
+          f"phase {imported['max_rss_mb']:.0f} / {first['max_rss_mb']:.0f} / {added['max_rss_mb']:.0f} / "
+          f"{incremental['max_rss_mb']:.0f} MB", flush=True)
     return {"import": imported, "first": first, "added": added, "incremental": incremental}
 
 
