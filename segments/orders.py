@@ -23,6 +23,7 @@ from segments.money import number_to_fen, yuan_to_fen
 MAX_ID_LENGTH = 128
 STATUSES = ("paid", "refunded")
 IN_CHUNK = 900  # ids per IN (...) list: well under SQLite's bound-parameter limit
+CUSTOMER_ID_CACHE = 200_000  # external_userid → id entries kept between batches (bounds an import's memory)
 
 
 class RowError(ValueError):
@@ -186,6 +187,8 @@ class OrderWriter:
     def _ensure_customers(self, first_seen: dict[str, datetime]) -> int:
         """Ids for these customers; unknown ones get a stub "known since" their earliest order here
         (not the import time, which would make every imported customer look freshly engaged)."""
+        if len(self._customer_ids) > CUSTOMER_ID_CACHE:
+            self._customer_ids.clear()  # looked up again per batch: a few ms, against ~200 MB per million
         missing = [e for e in first_seen if e not in self._customer_ids]
         self._lookup_customers(missing)
         stubs = [e for e in missing if e not in self._customer_ids]
