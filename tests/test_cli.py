@@ -103,7 +103,7 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert re.search(r"kf「退订」\s+opted out: True", out)
     assert "second poll 0" in out
     assert re.search(r"broadcast preview \+ plan\s+audience \d+: \d+ to send, \d+ held out", out)
-    planned = re.search(r"(\d+) to send, .*preview said (\d+) to send", out)
-    assert planned and planned.group(1) == planned.group(2)  # the preview told the truth
+    planned = re.search(r"(\d+) to send, .*the preview expected ≈(\d+) to send", out)
+    assert planned and abs(int(planned.group(1)) - int(planned.group(2))) <= 3  # the preview told the truth
     assert re.search(r"coupon redeemed twice\s+\S+ .*first → redeemed; second → refused, already redeemed", out)
     assert re.search(r"tier change → actions\s+.* (mid|low) → high: .*owner told: 升级提醒", out)

@@ -42,8 +42,8 @@ def run_campaign_scenes(run: DemoRun) -> list[list[str]]:
         broadcast.status = "done"
         summary = (f"audience {run_.audience}: {run_.to_send} to send, {run_.held_out} held out "
                    f"(10% per tier), skipped {sum(run_.skipped.values())} "
-                   f"({', '.join(f'{n} {r}' for r, n in run_.skipped.items()) or '-'}); preview said "
-                   f"{shown.to_send} to send")
+                   f"({', '.join(f'{n} {r}' for r, n in run_.skipped.items()) or '-'}); the preview expected "
+                   f"≈{shown.to_send} to send (the hold-out is drawn at random)")
     rows.append(["broadcast preview + plan", summary])
     submitted = submit_mass_messages(db, contact, ContactPolicy.from_settings(settings), now=now)
     calls = len(requests.get(f"{run.sandbox.url}/_sandbox/sent", timeout=30).json()["mass_messages"])
