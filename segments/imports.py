@@ -6,25 +6,28 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.models import Customer, Follow, Staff
-from segments.orders import OrderRow, OrderWriter, RowError, WriteCounts, parse_order
+from segments.bulk_orders import STAGE_BATCH, OrderStaging
+from segments.orders import RowError, WriteCounts
 
 ORDER_COLUMNS = ("order_id", "external_userid", "amount", "paid_at")
 CUSTOMER_COLUMNS = ("external_userid", "name", "follow_userid", "added_at")
-BATCH = 20_000
 KEPT_ERRORS = 1000
 
 Progress = Callable[[int], None]  # called with bytes read so far
+Phase = Callable[[str], None]  # called with the name of a step that follows reading
 
 
 class ImportFailed(Exception):
@@ -43,32 +46,37 @@ class ImportSummary(WriteCounts):
             self.errors.append((line, reason))
 
 
-def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress | None = None) -> ImportSummary:
-    """Import an orders CSV (``order_id,external_userid,amount,paid_at[,status]``) into ``session``."""
+def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress | None = None,
+                  phase: Phase | None = None) -> ImportSummary:
+    """Import an orders CSV (``order_id,external_userid,amount,paid_at[,status]``) into ``session``:
+    raw fields are staged and merged set-based (segments.bulk_orders)."""
     summary = ImportSummary()
-    writer = OrderWriter(session, defer_aggregates=True)
-    batch: dict[str, OrderRow] = {}
-    now = datetime.now(UTC)
-    for line, record in _records(path, ORDER_COLUMNS, ("status",), progress):
-        summary.read += 1
-        if "__error__" in record:
-            summary.skip(line, record["__error__"])
-            continue
-        try:
-            row = parse_order(record, tz, now)
-        except RowError as exc:
-            summary.skip(line, str(exc))
-            continue
-        if row.order_id in batch or len(batch) >= BATCH:  # a repeat within the file updates the earlier row
-            summary.add(writer.write(list(batch.values())))
-            batch.clear()
-        batch[row.order_id] = row
-    summary.add(writer.write(list(batch.values())))
-    writer.finish()
+    staging = OrderStaging(session, tz, summary.skip)
+    try:
+        batch: list[tuple[Any, ...]] = []
+        blocks = PlainBlocks()
+        for row in _rows(path, ORDER_COLUMNS, ("status",), progress, blocks):
+            summary.read += 1
+            if type(row) is RowProblem:
+                summary.skip(*row)
+                continue
+            batch.append(row)
+            if len(batch) >= STAGE_BATCH:
+                staging.add(batch, plain=blocks.batch_plain)
+                blocks.next_batch()
+                batch = []
+        staging.add(batch, plain=blocks.batch_plain)
+        if phase:
+            phase("validating and merging")
+        summary.add(staging.merge())
+    finally:
+        staging.drop()
+    summary.errors.sort()
     return summary
 
 
-def import_customers(session: Session, path: Path, tz: ZoneInfo, progress: Progress | None = None) -> ImportSummary:
+def import_customers(session: Session, path: Path, tz: ZoneInfo, progress: Progress | None = None,
+                     phase: Phase | None = None) -> ImportSummary:
     """Import ``external_userid,name,follow_userid,added_at[,birthday]``: upsert customer, staff, follow."""
     summary = ImportSummary()
     staff_ids: dict[str, int] = {}
@@ -137,9 +145,49 @@ def _upsert_customer(session: Session, staff_ids: dict[str, int], v: dict[str, A
     return created
 
 
+class RowProblem(NamedTuple):
+    line: int
+    reason: str
+
+
 def _records(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
              progress: Progress | None) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield (line number, {column: value}); raise ImportFailed if the file itself is unusable."""
+    """Yield (line number, {column: value}) — {"__error__": reason} for a malformed row."""
+    names = ("__line__", *required, *optional)
+    for row in _rows(path, required, optional, progress):
+        if type(row) is RowProblem:
+            yield row.line, {"__error__": row.reason}
+        else:
+            yield row[0], {k: v for k, v in zip(names[1:], row[1:], strict=True) if v is not None}
+
+
+class PlainBlocks:
+    """The CSV text, read in blocks of about a megabyte, line by line; notes whether the blocks a batch
+    of rows came from were *plain*: no whitespace but line ends, no control character, no quote (so no
+    value can hold a line end). Values from plain text need no per-value check for such characters."""
+
+    SIZE = 1 << 20
+    _NOT_PLAIN = re.compile(r'[^\S\n\r]|[\x00-\x09\x0b\x0c\x0e-\x1f\x7f"]')
+
+    def __init__(self) -> None:
+        self.current_plain = True  # the block lines are being taken from
+        self.batch_plain = True  # every block the current batch's rows came from
+
+    def next_batch(self) -> None:
+        self.batch_plain = self.current_plain
+
+    def lines(self, text: io.TextIOBase) -> Iterator[str]:
+        while block := text.read(self.SIZE):
+            block += text.readline()  # end on a line end (a "\r" is completed by its "\n")
+            self.current_plain = not self._NOT_PLAIN.search(block)
+            self.batch_plain = self.batch_plain and self.current_plain
+            yield from io.StringIO(block, newline="")
+
+
+def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...], progress: Progress | None,
+          blocks: PlainBlocks | None = None) -> Iterator[tuple[Any, ...] | RowProblem]:
+    """Yield (line, *values in the order required + optional, None for an absent optional column),
+    or a RowProblem; raise ImportFailed if the file itself is unusable. The hot loop of big imports."""
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed in finally
     except OSError as exc:
@@ -148,18 +196,22 @@ def _records(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
         if b"\x00" in raw.peek(8192)[:8192]:
             raise ImportFailed(f"{path} looks like a binary file, not a CSV: nothing imported")
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        reader = csv.reader(text)
+        reader = csv.reader((blocks or PlainBlocks()).lines(text))
         header = _header(reader, path, required, optional)
         width = len(header)
+        pick = _picker(header, required + optional)
+        next_report = 10_000
         for row in reader:
-            if progress and reader.line_num % 10_000 == 0:
-                progress(raw.tell())
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
+            line = reader.line_num
             if len(row) != width:
-                yield reader.line_num, {"__error__": f"expected {width} fields, found {len(row)}"}
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                yield RowProblem(line, f"expected {width} fields, found {len(row)}")
                 continue
-            yield reader.line_num, dict(zip(header, row, strict=True))
+            yield (line, *pick(row))
+            if progress and line >= next_report:
+                progress(raw.tell())
+                next_report = line + 10_000
         if progress:
             progress(raw.tell())
     except UnicodeDecodeError as exc:
@@ -168,6 +220,15 @@ def _records(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
         raise ImportFailed(f"{path} is not a readable CSV file ({exc}): nothing imported") from None
     finally:
         raw.close()
+
+
+def _picker(header: list[str], columns: tuple[str, ...]) -> Callable[[list[str]], tuple[str | None, ...]]:
+    """A function from a CSV row to the named columns' values (None where the header lacks one)."""
+    positions = [header.index(c) if c in header else None for c in columns]
+    if None not in positions:
+        get = itemgetter(*positions)
+        return get if len(positions) > 1 else lambda row: (get(row),)
+    return lambda row: tuple(None if p is None else row[p] for p in positions)
 
 
 def _header(reader: Any, path: Path, required: tuple[str, ...], optional: tuple[str, ...]) -> list[str]:

@@ -181,7 +181,7 @@ class OrderWriter:
             connection.exec_driver_sql("INSERT INTO touched_customers (customer_id) VALUES (?)", [(i,) for i in ids])
         touched = "SELECT customer_id FROM touched_customers"
         connection.exec_driver_sql(f"DELETE FROM customer_aggregates WHERE customer_id IN ({touched})")
-        connection.exec_driver_sql(_REBUILD_SQL.format(touched=touched))
+        connection.exec_driver_sql(REBUILD_SQL.format(touched=touched))
         self._touched.clear()
 
     def _ensure_customers(self, first_seen: dict[str, datetime]) -> int:
@@ -235,7 +235,7 @@ class OrderWriter:
         if self.dialect == "postgresql":  # COPY text: several times faster than INSERT for big batches
             cursor = self.session.connection().connection.dbapi_connection.cursor()
             with cursor.copy(f"COPY orders ({columns}) FROM STDIN") as copy:
-                copy.write("".join("\t".join(_copy_text(v) for v in value) + "\n" for value in values))
+                copy.write("".join("\t".join(copy_text(v) for v in value) + "\n" for value in values))
             return
         sql = f"INSERT INTO orders ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         self.session.connection().exec_driver_sql(sql, values)
@@ -280,32 +280,40 @@ class OrderWriter:
                       for d in deltas.values()]
             self._stage_deltas(params)
             connection = self.session.connection()
-            connection.exec_driver_sql(_DELTA_UPSERT)
+            connection.exec_driver_sql(DELTA_UPSERT)
             connection.exec_driver_sql("DELETE FROM aggregate_delta")
 
     def _stage_deltas(self, params: list[tuple[Any, ...]]) -> None:
         """Load the batch's per-customer deltas into a temporary table, so that one set-based upsert
         applies them (a row-by-row upsert costs a statement per customer, tens of µs each)."""
         connection = self.session.connection()
-        time_type = "TEXT" if self.dialect == "sqlite" else "TIMESTAMP"
-        connection.exec_driver_sql(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS aggregate_delta (customer_id BIGINT PRIMARY KEY, "
-            "order_count BIGINT, paid_amount_fen BIGINT, refund_count BIGINT, refunded_amount_fen BIGINT, "
-            f"first_order_at {time_type}, last_order_at {time_type}, first_order_day BIGINT, last_order_day BIGINT, "
-            f"updated_at {time_type})")
+        create_delta_table(connection, self.dialect)
         if self.dialect == "postgresql":
             cursor = connection.connection.dbapi_connection.cursor()
             with cursor.copy(f"COPY aggregate_delta ({', '.join(_DELTA_COLUMNS)}) FROM STDIN") as copy:
-                copy.write("".join("\t".join(_copy_text(v) for v in row) + "\n" for row in params))
+                copy.write("".join("\t".join(copy_text(v) for v in row) + "\n" for row in params))
         else:
             placeholders = ", ".join("?" * len(_DELTA_COLUMNS))
             connection.exec_driver_sql(f"INSERT INTO aggregate_delta ({', '.join(_DELTA_COLUMNS)}) "
                                        f"VALUES ({placeholders})", params)
 
 
-def _copy_text(value: Any) -> str:
-    """One value in COPY's text format (ids are validated free of tabs and newlines; escape backslashes)."""
-    return "\\N" if value is None else str(value).replace("\\", "\\\\")
+def create_delta_table(connection: Any, dialect: str) -> None:
+    """The temporary table DELTA_UPSERT reads: per-customer totals of newly written orders."""
+    time_type = "TEXT" if dialect == "sqlite" else "TIMESTAMP"
+    connection.exec_driver_sql(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS aggregate_delta (customer_id BIGINT PRIMARY KEY, "
+        "order_count BIGINT, paid_amount_fen BIGINT, refund_count BIGINT, refunded_amount_fen BIGINT, "
+        f"first_order_at {time_type}, last_order_at {time_type}, first_order_day BIGINT, last_order_day BIGINT, "
+        f"updated_at {time_type})")
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_text(value: Any) -> str:
+    """One value in COPY's text format: NULL as \\N; backslash, tab, newline and carriage return escaped."""
+    return "\\N" if value is None else str(value).translate(_COPY_ESCAPES)
 
 
 def _same(old: Mapping[str, Any], row: OrderRow, customer_id: int) -> bool:
@@ -331,7 +339,7 @@ def _pick(column: str, wins: str, by: str | None = None) -> str:
 
 
 # Adds staged new orders' totals to each customer's aggregate, creating it if needed (both dialects).
-_DELTA_UPSERT = (
+DELTA_UPSERT = (
     f"INSERT INTO customer_aggregates ({', '.join(_DELTA_COLUMNS)}) "
     f"SELECT {', '.join(_DELTA_COLUMNS)} FROM aggregate_delta WHERE TRUE "  # WHERE: SQLite's upsert grammar
     "ON CONFLICT (customer_id) DO UPDATE SET "
@@ -342,7 +350,7 @@ _DELTA_UPSERT = (
                    "updated_at = excluded.updated_at"]))
 
 
-_REBUILD_SQL = (
+REBUILD_SQL = (
     "INSERT INTO customer_aggregates (customer_id, order_count, paid_amount_fen, refund_count, refunded_amount_fen, "
     "first_order_at, last_order_at, first_order_day, last_order_day, updated_at) "
     "SELECT customer_id, count(*) FILTER (WHERE status = 'paid'), "

@@ -30,9 +30,12 @@ def _import(cli: CliContext, path: Path, importer, what: str, progress: bool) ->
         def advance(position: int) -> None:
             bar.update(max(0, position - bar.n))
 
+        def step(name: str) -> None:
+            bar.set_description(f"{what}: {name}")
+
         try:
             with cli.db().begin() as session:
-                return importer(session, path, settings.tz, advance)
+                return importer(session, path, settings.tz, advance, step)
         except ImportFailed as exc:
             raise click.ClickException(str(exc)) from None
 

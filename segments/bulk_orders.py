@@ -1,0 +1,456 @@
+"""Bulk order import: raw CSV fields are staged in the database, validated and converted there, and
+merged into the order table with a handful of set-based statements.
+
+Python only splits the CSV and hands the raw strings over (COPY on PostgreSQL, one executemany per
+batch on SQLite). SQL accepts the rows that match a strict canonical shape — ASCII ids, ``123.45``
+amounts, ``YYYY-MM-DDTHH:MM:SS+HH:MM`` times, lower-case status — and converts them exactly (integer
+fen, the UTC instant, the local day). Every other row goes through :func:`segments.orders.parse_order`,
+the one definition of a valid order, which either converts it or names what is wrong. The fast path
+therefore never accepts a row the slow path would refuse, and never converts one differently.
+
+The merge is an upsert in line order (a repeat within the file updates the earlier row), so the file's
+order ids are looked up once, in the database. Aggregates: customers that only gained new orders get
+deltas from one GROUP BY; customers whose existing orders changed or moved are rebuilt from their
+orders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from bot.models import utcnow
+from segments.orders import (
+    DELTA_UPSERT,
+    REBUILD_SQL,
+    RowError,
+    WriteCounts,
+    copy_text,
+    create_delta_table,
+    parse_order,
+)
+
+RAW_COLUMNS = ("line", "order_id", "external_userid", "amount", "paid_at", "status")
+STAGE_BATCH = 50_000  # rows handed to the database at once
+BULK_LOAD_ROWS = 100_000  # from this size (and the order table's) indexes are built after the load
+WORK_MEM = "64MB"
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+EARLIEST_YEAR = 1990  # parse_order refuses earlier times, so offsets before it never matter
+
+Skip = Callable[[int, str], None]  # (line, reason)
+
+
+@dataclass
+class MergeCounts(WriteCounts):
+    valid: int = 0
+
+
+class OrderStaging:
+    """One import's staging tables in one session: :meth:`add` raw rows, then :meth:`merge`."""
+
+    def __init__(self, session: Session, tz: ZoneInfo, skip: Skip, now: datetime | None = None) -> None:
+        """``skip(line, reason)`` is told of every row that is not imported."""
+        self.session = session
+        self.skip = skip
+        self.tz = tz
+        self.now = now or datetime.now(UTC)
+        self.dialect = session.get_bind().dialect.name
+        self._create_tables()
+
+    # ------------------------------------------------------------------------------ staging
+
+    def add(self, rows: list[tuple[Any, ...]], plain: bool = False) -> None:
+        """Stage rows of (line, order_id, external_userid, amount, paid_at, status) as read (status may be
+        None). ``plain``: the caller checked that no value holds whitespace, a control character or a quote."""
+        if not rows:
+            return
+        if self.dialect == "postgresql":
+            with self._cursor().copy(f"COPY import_raw ({', '.join(RAW_COLUMNS)}, plain) FROM STDIN") as copy:
+                copy.write(self._copy_block(rows, "t" if plain else "f"))
+        else:
+            marks = ", ".join("?" * len(RAW_COLUMNS))
+            self._conn().exec_driver_sql(f"INSERT INTO import_raw VALUES ({marks}, {int(plain)})", rows)
+
+    def _copy_block(self, rows: list[tuple[Any, ...]], plain: str) -> str:
+        """The pending rows in COPY text format. Joined as they are when no value holds a tab, newline,
+        carriage return or backslash (checked on the whole block: a value with a tab adds a tab);
+        escaped value by value otherwise. A NUL cannot be stored: such a row is skipped here."""
+        block = "\n".join("\t".join((str(r[0]), *r[1:5], "\\N" if r[5] is None else r[5], plain))
+                          for r in rows) + "\n"
+        if (block.count("\t") == 6 * len(rows) and block.count("\n") == len(rows) and "\r" not in block
+                and block.count("\\") == sum(1 for r in rows if r[5] is None) and "\x00" not in block):
+            return block
+        lines = []
+        for row in rows:
+            if any(value is not None and "\x00" in value for value in row[1:]):
+                self.skip(row[0], "the row contains a NUL character")
+                continue
+            lines.append("\t".join([*(copy_text(value) for value in row), plain]) + "\n")
+        return "".join(lines)
+
+    # ------------------------------------------------------------------------------ merging
+
+    def merge(self) -> MergeCounts:
+        """Validate, convert and write every staged row; invalid rows are passed to ``skip``."""
+        counts = MergeCounts()
+        if self.dialect == "postgresql":  # sorts and hash joins over the whole file: fewer spills to disk
+            self._conn().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        self._convert_usual_rows()
+        self._parse_unusual_rows()
+        counts.valid = self._scalar("SELECT count(*) FROM import_rows")
+        if not counts.valid:
+            return counts
+        counts.customers_created = self._create_stubs()
+        self._analyze("import_rows")
+        if counts.customers_created > 10_000:
+            self._analyze("customers")
+        self._conn().exec_driver_sql(
+            "INSERT INTO import_existing (order_id, old_customer_id) SELECT DISTINCT o.order_id, o.customer_id "
+            "FROM import_rows r JOIN orders o ON o.order_id = r.order_id")
+        self._analyze("import_existing")
+        with self._bulk_load(counts.valid):
+            counts.inserted, written = self._upsert()
+        counts.updated = written - counts.inserted
+        counts.unchanged = counts.valid - written
+        self._refresh_aggregates()
+        return counts
+
+    def _convert_usual_rows(self) -> None:
+        """Rows of the canonical shape, converted in SQL into import_rows; on PostgreSQL the others are
+        set aside in import_unusual by the same statement (the condition is evaluated once per row)."""
+        columns = "line, order_id, external_userid, amount_fen, paid_at, paid_day, status"
+        if self.dialect == "postgresql":
+            instant = "paid_at::timestamptz"
+            self._conn().exec_driver_sql(
+                f"WITH checked AS MATERIALIZED (SELECT r.*, {self._fast_condition()} AS usual FROM import_raw r), "
+                f"unusual AS (INSERT INTO import_unusual SELECT {', '.join(RAW_COLUMNS)} FROM checked "
+                f"WHERE NOT usual) INSERT INTO import_rows ({columns}) "
+                f"SELECT line, order_id, external_userid, {_PG_FEN}, {instant} AT TIME ZONE 'UTC', "
+                f"({instant} AT TIME ZONE {_sql_string(self.tz.key)})::date - DATE '0001-01-01' + 1, {_STATUS} "
+                "FROM checked WHERE usual", self._fast_params())
+            return
+        offset = utc_offset_case(_SQLITE_EPOCH, self.tz, self.now)
+        self._conn().exec_driver_sql(
+            f"INSERT INTO import_rows ({columns}) SELECT line, order_id, external_userid, {_SQLITE_FEN}, "
+            f"datetime(paid_at) || '.000000', ({_SQLITE_EPOCH} + {offset}) / 86400 + {EPOCH_ORDINAL}, {_STATUS} "
+            f"FROM import_raw WHERE {_SQLITE_FAST_CONDITION}", self._fast_params())
+
+    def _parse_unusual_rows(self) -> None:
+        """Rows outside the fast path's canonical shape: parse_order accepts or explains them."""
+        conn = self._conn()
+        if self.dialect == "postgresql":
+            unusual = "SELECT * FROM import_unusual"
+        else:  # import_rows.line is the rowid: one lookup per staged row
+            unusual = ("SELECT * FROM import_raw WHERE NOT EXISTS "
+                       "(SELECT 1 FROM import_rows f WHERE f.line = import_raw.line)")
+        result = conn.exec_driver_sql(
+            f"SELECT {', '.join(RAW_COLUMNS)} FROM ({unusual}) AS u ORDER BY line").yield_per(5000)
+        parsed: list[tuple[Any, ...]] = []
+        for line, *values in result:
+            try:
+                row = parse_order(dict(zip(RAW_COLUMNS[1:], values, strict=True)), self.tz, self.now)
+            except RowError as exc:
+                self.skip(line, str(exc))
+                continue
+            parsed.append((line, row.order_id, row.external_userid, row.amount_fen, self._time(row.paid_at),
+                           row.paid_day, row.status))
+        if parsed:
+            placeholders = ", ".join([self._mark] * 7)
+            conn.exec_driver_sql(f"INSERT INTO import_rows (line, order_id, external_userid, amount_fen, paid_at, "
+                                 f"paid_day, status) VALUES ({placeholders})", parsed)
+
+    @contextmanager
+    def _bulk_load(self, rows: int) -> Iterator[None]:
+        """For a load at least as big as the order table, do what PostgreSQL's "Populating a Database"
+        advises (and what pays on SQLite too): drop the non-unique indexes of orders and build them
+        again afterwards (a sort instead of a random index insert per row), and on PostgreSQL drop the
+        orders → customers foreign key and validate it in one query (it is otherwise checked row by row,
+        each check locking the customer: as costly as the insert itself). The import holds the order
+        table exclusively until it commits; the order-id index stays, so idempotence is untouched."""
+        if rows < BULK_LOAD_ROWS or rows < self._order_table_size():
+            yield
+            return
+        conn = self._conn()
+        indexes = self._secondary_order_indexes()
+        foreign_keys = conn.exec_driver_sql(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'orders'::regclass "
+            "AND contype = 'f' AND confrelid = 'customers'::regclass").all() if self.dialect == "postgresql" else []
+        for name, _ in foreign_keys:
+            conn.exec_driver_sql(f'ALTER TABLE orders DROP CONSTRAINT "{name}"')
+        for name, _ in indexes:
+            conn.exec_driver_sql(f'DROP INDEX "{name}"')
+        yield
+        for _, definition in indexes:
+            conn.exec_driver_sql(definition)
+        for name, definition in foreign_keys:
+            conn.exec_driver_sql(f'ALTER TABLE orders ADD CONSTRAINT "{name}" {definition} NOT VALID')
+            conn.exec_driver_sql(f'ALTER TABLE orders VALIDATE CONSTRAINT "{name}"')
+
+    def _order_table_size(self) -> int:
+        if self.dialect == "postgresql":  # the planner's estimate: no scan
+            return self._scalar("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'orders'::regclass")
+        return self._scalar("SELECT coalesce(max(id), 0) FROM orders")
+
+    def _secondary_order_indexes(self) -> list[tuple[str, str]]:
+        """(name, CREATE statement) of the order table's indexes that enforce nothing."""
+        if self.dialect == "postgresql":
+            rows = self._conn().exec_driver_sql(
+                "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c "
+                "ON c.oid = i.indexrelid WHERE i.indrelid = 'orders'::regclass AND NOT i.indisunique").all()
+        else:
+            rows = self._conn().exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'orders' "
+                "AND sql IS NOT NULL AND sql NOT LIKE 'CREATE UNIQUE%'").all()
+        return [(name, definition) for name, definition in rows]
+
+    def _create_stubs(self) -> int:
+        """Unknown customers get a stub known since their earliest order in the file."""
+        sql = ("INSERT INTO customers (external_userid, name, contact_type, gender, opted_out, created_at, updated_at) "
+               f"SELECT external_userid, '', 1, 0, FALSE, min(paid_at), {self._mark} FROM import_rows r "
+               "WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.external_userid = r.external_userid) "
+               "GROUP BY external_userid ON CONFLICT (external_userid) DO NOTHING")
+        return max(self._conn().exec_driver_sql(sql, (self._time(utcnow()),)).rowcount or 0, 0)
+
+    def _upsert(self) -> tuple[int, int]:
+        """Insert new orders and update changed ones, in line order; returns (inserted, inserted + updated).
+        The per-customer totals of inserted orders (in their final state) go to aggregate_delta."""
+        conn = self._conn()
+        create_delta_table(conn, self.dialect)
+        conn.exec_driver_sql("DELETE FROM aggregate_delta")
+        if self.dialect != "postgresql":  # SQLite applies an upsert row by row, so a repeat updates the earlier row
+            before = self._scalar("SELECT coalesce(max(id), 0) FROM orders")  # this transaction is the only writer
+            written = max(conn.exec_driver_sql(self._upsert_sql("import_rows", "TRUE"), self._now_twice()).rowcount
+                          or 0, 0)
+            new_orders = f"SELECT * FROM orders NOT INDEXED WHERE id > {int(before)}"  # a rowid range, then a sort
+            inserted = self._scalar(f"SELECT count(*) FROM ({new_orders}) AS n")
+            conn.exec_driver_sql(_DELTA_FROM.format(source=new_orders, mark="?"), (self._time(utcnow()),))
+            return inserted, written
+        try:
+            with self.session.begin_nested():
+                return self._upsert_counted("import_rows", "TRUE", with_delta=True)
+        except DBAPIError as exc:  # "ON CONFLICT DO UPDATE command cannot affect row a second time"
+            if getattr(exc.orig, "sqlstate", None) != "21000":
+                raise
+        # An order id repeats within the file: write the first occurrences, then the second, … The
+        # customers of repeated ids are rebuilt (see _refresh_aggregates), so round 1's delta may be stale for them.
+        conn.exec_driver_sql(
+            "CREATE TEMPORARY TABLE import_ranked AS SELECT r.*, "
+            "row_number() OVER (PARTITION BY order_id ORDER BY line) AS occurrence FROM import_rows r")
+        conn.exec_driver_sql("INSERT INTO import_existing (order_id, old_customer_id) SELECT DISTINCT order_id, "
+                             "CAST(NULL AS BIGINT) FROM import_ranked WHERE occurrence > 1 "
+                             "ON CONFLICT (order_id) DO NOTHING")
+        inserted = written = 0
+        for occurrence in range(1, self._scalar("SELECT max(occurrence) FROM import_ranked") + 1):
+            more_inserted, more_written = self._upsert_counted("import_ranked", f"r.occurrence = {occurrence}",
+                                                               with_delta=occurrence == 1)
+            inserted, written = inserted + more_inserted, written + more_written
+        return inserted, written
+
+    def _upsert_counted(self, source: str, where: str, with_delta: bool) -> tuple[int, int]:
+        """PostgreSQL: the upsert, counting inserted rows by xmax = 0 (a row this statement created)."""
+        returning = "RETURNING (xmax = 0) AS inserted, customer_id, amount_fen, paid_at, paid_day, status"
+        delta = (", delta AS (" + _DELTA_FROM.format(source="SELECT * FROM written WHERE inserted", mark="%s")
+                 + " RETURNING 1)") if with_delta else ""
+        inserted, written = self._conn().exec_driver_sql(
+            f"WITH written AS ({self._upsert_sql(source, where)} {returning}){delta} "
+            "SELECT count(*) FILTER (WHERE inserted), count(*) FROM written",
+            self._now_twice() + ((self._time(utcnow()),) if with_delta else ())).one()
+        return int(inserted), int(written)
+
+    def _now_twice(self) -> tuple[Any, Any]:
+        now = self._time(utcnow())
+        return now, now
+
+    def _upsert_sql(self, source: str, where: str) -> str:
+        columns = ("customer_id", "amount_fen", "paid_at", "paid_day", "status")
+        # SQLite: line order makes a repeat update the earlier row (import_rows is stored by line, no sort).
+        # PostgreSQL refuses a repeat in one statement anyway (see _upsert), so the order is free.
+        order = "ORDER BY r.line" if self.dialect == "sqlite" else ""
+        differs = " OR ".join(f"orders.{c} <> excluded.{c}" for c in columns)
+        return (
+            "INSERT INTO orders (order_id, customer_id, amount_fen, paid_at, paid_day, status, created_at, updated_at) "
+            f"SELECT r.order_id, c.id, r.amount_fen, r.paid_at, r.paid_day, r.status, {self._mark}, {self._mark} "
+            f"FROM {source} r JOIN customers c ON c.external_userid = r.external_userid "
+            f"WHERE {where} {order} ON CONFLICT (order_id) DO UPDATE SET "  # WHERE: SQLite's upsert grammar
+            + ", ".join(f"{c} = excluded.{c}" for c in columns) + f", updated_at = excluded.updated_at WHERE {differs}")
+
+    def _refresh_aggregates(self) -> None:
+        """Add the new orders' totals; rebuild customers whose existing orders changed or moved (their
+        old and new owners) and customers of an order id repeated in the file, from their orders."""
+        conn = self._conn()
+        conn.exec_driver_sql("DELETE FROM touched_customers")
+        conn.exec_driver_sql(
+            "INSERT INTO touched_customers (customer_id) SELECT old_customer_id FROM import_existing "
+            "WHERE old_customer_id IS NOT NULL UNION SELECT c.id FROM import_rows r JOIN import_existing e "
+            "ON e.order_id = r.order_id JOIN customers c ON c.external_userid = r.external_userid")
+        conn.exec_driver_sql(DELTA_UPSERT)
+        touched = "SELECT customer_id FROM touched_customers"
+        conn.exec_driver_sql(f"DELETE FROM customer_aggregates WHERE customer_id IN ({touched})")
+        conn.exec_driver_sql(REBUILD_SQL.format(touched=touched))
+
+    def drop(self) -> None:
+        for table in ("import_raw", "import_unusual", "import_rows", "import_existing", "import_ranked"):
+            self._conn().exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+
+    # ------------------------------------------------------------------------------ SQL pieces
+
+    def _fast_condition(self) -> str:
+        """PostgreSQL: never NULL, so that every staged row takes exactly one path. (SQLite finds the
+        unusual rows by line instead: coalesce() would make its condition 50% slower.)"""
+        return f"coalesce(({_PG_FAST_CONDITION}), FALSE)"
+
+    def _fast_params(self) -> tuple[Any, ...]:
+        latest = self.now + timedelta(days=1)
+        if self.dialect == "postgresql":
+            return (latest,)
+        return (int(latest.timestamp()),)
+
+    def _create_tables(self) -> None:
+        conn = self._conn()
+        time_type = "TIMESTAMP" if self.dialect == "postgresql" else "TEXT"
+        # PostgreSQL: no index on line (COPY speed); SQLite: line is the rowid anyway.
+        line = "BIGINT" if self.dialect == "postgresql" else "INTEGER PRIMARY KEY"
+        self.drop()
+        statements = [
+            f"CREATE TEMPORARY TABLE import_raw (line {line}, order_id TEXT, external_userid TEXT, amount TEXT, "
+            "paid_at TEXT, status TEXT, plain BOOLEAN)",
+            f"CREATE TEMPORARY TABLE import_rows (line {line}, order_id TEXT, external_userid TEXT, "
+            f"amount_fen BIGINT, paid_at {time_type}, paid_day BIGINT, status TEXT)",
+            "CREATE TEMPORARY TABLE import_unusual (line BIGINT, order_id TEXT, external_userid TEXT, amount TEXT, "
+            "paid_at TEXT, status TEXT)",
+            "CREATE TEMPORARY TABLE import_existing (order_id TEXT PRIMARY KEY, old_customer_id BIGINT)",
+            "CREATE TEMPORARY TABLE IF NOT EXISTS touched_customers (customer_id BIGINT PRIMARY KEY)",
+        ]
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+    def _analyze(self, table: str) -> None:
+        """PostgreSQL: autovacuum never analyzes temporary tables (and not yet a just-grown table);
+        the planner needs their size."""
+        if self.dialect == "postgresql":
+            self._conn().exec_driver_sql(f"ANALYZE {table}")
+
+    @property
+    def _mark(self) -> str:
+        return "%s" if self.dialect == "postgresql" else "?"
+
+    def _time(self, moment: datetime) -> Any:
+        naive = moment.astimezone(UTC).replace(tzinfo=None)
+        return naive.isoformat(sep=" ", timespec="microseconds") if self.dialect == "sqlite" else naive
+
+    def _scalar(self, sql: str) -> int:
+        return int(self._conn().exec_driver_sql(sql).scalar() or 0)
+
+    def _conn(self) -> Connection:
+        return self.session.connection()
+
+    def _cursor(self) -> Any:
+        return self._conn().connection.dbapi_connection.cursor()
+
+
+# Per-customer totals of newly inserted orders ({source}: rows shaped like orders), for DELTA_UPSERT.
+_DELTA_FROM = (
+    "INSERT INTO aggregate_delta (customer_id, order_count, paid_amount_fen, refund_count, refunded_amount_fen, "
+    "first_order_at, last_order_at, first_order_day, last_order_day, updated_at) "
+    "SELECT customer_id, count(*) FILTER (WHERE status = 'paid'), "
+    "coalesce(sum(amount_fen) FILTER (WHERE status = 'paid'), 0), count(*) FILTER (WHERE status = 'refunded'), "
+    "coalesce(sum(amount_fen) FILTER (WHERE status = 'refunded'), 0), "
+    "min(paid_at) FILTER (WHERE status = 'paid'), max(paid_at) FILTER (WHERE status = 'paid'), "
+    "min(paid_day) FILTER (WHERE status = 'paid'), max(paid_day) FILTER (WHERE status = 'paid'), {mark} "
+    "FROM ({source}) AS new_orders GROUP BY customer_id")
+
+
+def utc_offset_case(epoch: str, tz: ZoneInfo, now: datetime) -> str:
+    """SQL: the zone's UTC offset in seconds at the instant ``epoch`` (Unix seconds), from 1990 to
+    tomorrow — a constant for zones without transitions, else a CASE over them (newest first)."""
+    transitions = offset_transitions(tz, datetime(EARLIEST_YEAR - 1, 12, 30, tzinfo=UTC), now + timedelta(days=2))
+    first_offset = transitions[0][1]
+    if len(transitions) == 1:
+        return str(first_offset)
+    whens = " ".join(f"WHEN {epoch} >= {start} THEN {offset}" for start, offset in reversed(transitions[1:]))
+    return f"(CASE {whens} ELSE {first_offset} END)"
+
+
+def offset_transitions(tz: ZoneInfo, start: datetime, end: datetime) -> list[tuple[int, int]]:
+    """[(first Unix second, offset seconds)] for each span of constant offset between start and end."""
+    def offset_at(second: int) -> int:
+        moment = datetime.fromtimestamp(second, UTC).astimezone(tz)
+        return int(moment.utcoffset().total_seconds())  # type: ignore[union-attr]
+
+    step = 6 * 3600
+    second, last = int(start.timestamp()), int(end.timestamp())
+    spans = [(second, offset_at(second))]
+    while second < last:
+        following = second + step
+        if offset_at(following) != spans[-1][1]:
+            low, high = second, following  # offset_at(low) is the old offset, offset_at(high) the new
+            while high - low > 1:
+                middle = (low + high) // 2
+                low, high = (middle, high) if offset_at(middle) == spans[-1][1] else (low, middle)
+            spans.append((high, offset_at(high)))
+        second = following
+    return spans
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _day_of_month(as_integer: str) -> str:
+    """SQL: month 01–12 and day 01 to the month's length (SQLite's date() would roll 02-30 over to March)."""
+    year, month, day = (as_integer.format(f"substr(paid_at, {start}, {length})")
+                        for start, length in ((1, 4), (6, 2), (9, 2)))
+    leap = f"({year} % 4 = 0 AND ({year} % 100 <> 0 OR {year} % 400 = 0))"
+    return (f"{month} BETWEEN 1 AND 12 AND {day} BETWEEN 1 AND CASE {month} WHEN 2 THEN CASE WHEN {leap} "
+            "THEN 29 ELSE 28 END "
+            f"WHEN 4 THEN 30 WHEN 6 THEN 30 WHEN 9 THEN 30 WHEN 11 THEN 30 ELSE 31 END")
+
+
+# julianday() parses the offset and exists in every SQLite (unixepoch() needs 3.38)
+_SQLITE_EPOCH = "CAST(round((julianday(paid_at) - 2440587.5) * 86400) AS INTEGER)"
+_STATUS = "CASE WHEN status = 'refunded' THEN 'refunded' ELSE 'paid' END"
+# Plain rows hold no whitespace or control character (the reader checked whole blocks of text), so only
+# the length is left to check; other rows take the fast path only with printable ASCII ids.
+_SQLITE_ID = "length({c}) BETWEEN 1 AND 128 AND (plain OR {c} NOT GLOB '*[^!-~]*')"
+_SQLITE_FAST_CONDITION = " AND ".join([
+    _SQLITE_ID.format(c="order_id"),
+    _SQLITE_ID.format(c="external_userid"),
+    # digits, then nothing or "." and one or two digits; at most 13 digits before the point
+    "amount GLOB '[0-9]*' AND amount NOT GLOB '*[^0-9.]*' AND CASE instr(amount, '.') "
+    "WHEN 0 THEN length(amount) <= 13 ELSE instr(amount, '.') <= 14 AND length(amount) - instr(amount, '.') <= 2 "
+    "AND (amount GLOB '*.[0-9]' OR amount GLOB '*.[0-9][0-9]') END",
+    "length(paid_at) = 25 AND paid_at GLOB "
+    "'[12][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9][+-][01][0-9]:[0-5][0-9]' "
+    f"AND substr(paid_at, 1, 4) >= '{EARLIEST_YEAR}' AND substr(paid_at, 12, 2) < '24' "
+    "AND substr(paid_at, 21, 2) <= '14' AND {day_of_month} "
+    f"AND {_SQLITE_EPOCH} <= ?",
+    "(status IS NULL OR status IN ('', 'paid', 'refunded'))",
+])
+_SQLITE_FAST_CONDITION = _SQLITE_FAST_CONDITION.replace("{day_of_month}", _day_of_month("CAST({} AS INTEGER)"))
+# CAST takes the longest integer prefix ("12.3" → 12); "12.3" || "0" puts two digits after the point
+_SQLITE_FEN = ("CAST(amount AS INTEGER) * 100 + CASE instr(amount, '.') WHEN 0 THEN 0 "
+               "ELSE CAST(substr(amount || '0', instr(amount, '.') + 1, 2) AS INTEGER) END")
+_PG_FAST_CONDITION = " AND ".join([
+    # length + a negated class: PostgreSQL's regex engine expands a bounded repeat like {1,128} slowly
+    "length(order_id) BETWEEN 1 AND 128 AND (plain OR order_id !~ '[^!-~]')",
+    "length(external_userid) BETWEEN 1 AND 128 AND (plain OR external_userid !~ '[^!-~]')",
+    "amount ~ '^[0-9]+([.][0-9][0-9]?)?$' AND length(split_part(amount, '.', 1)) <= 13",
+    "(status IS NULL OR status IN ('', 'paid', 'refunded'))",
+    # CASE: the range checks and the cast run only on text already shaped like a time
+    "CASE WHEN translate(paid_at, '0123456789', '0000000000') "
+    "IN ('0000-00-00T00:00:00+00:00', '0000-00-00T00:00:00-00:00') "
+    f"AND substr(paid_at, 1, 4) >= '{EARLIEST_YEAR}' AND substr(paid_at, 12, 2) < '24' "
+    "AND substr(paid_at, 15, 2) < '60' AND substr(paid_at, 18, 2) < '60' AND substr(paid_at, 21, 2) <= '14' "
+    "AND substr(paid_at, 24, 2) < '60' AND length(paid_at) = 25 AND "
+    + _day_of_month("{}::int").replace("%", "%%") + " THEN paid_at::timestamptz <= %s ELSE FALSE END",
+])
+_PG_FEN = ("CASE WHEN strpos(amount, '.') = 0 THEN amount::bigint * 100 "
+           "ELSE split_part(amount, '.', 1)::bigint * 100 + rpad(split_part(amount, '.', 2), 2, '0')::bigint END")

@@ -1,0 +1,179 @@
+"""The bulk importer converts rows in SQL on a fast path; every row must come out exactly as the one
+definition of a valid order (parse_order) says — same values, or skipped with the same reason."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import delete, func, insert, inspect, select
+from sqlalchemy.exc import IntegrityError
+
+from bot.models import Customer, CustomerAggregate, Order
+from segments import bulk_orders, imports
+from segments.bulk_orders import offset_transitions
+from segments.imports import import_orders
+from segments.orders import RowError, parse_order
+
+AMOUNTS = ["0", "7", "007", "12.3", "12.30", "0.01", "1.", ".5", "12.345", "١٢", " 12", "12 ", "9999999999999",
+           "99999999999999", "9999999999999.99", "1e3", "-1", "+1", "1,000", "", "1.2.3", "12.3a"]
+TIMES = [
+    "2025-03-09T01:59:59-05:00", "2025-03-09T03:00:00-04:00", "2025-11-02T01:30:00-04:00",
+    "2025-11-02T01:30:00-05:00", "2024-02-29T23:59:59+08:00", "2025-02-29T10:00:00+08:00",
+    "2025-04-31T10:00:00+08:00", "2025-01-01T24:00:00+08:00", "2025-13-01T10:00:00+08:00",
+    "1989-12-31T23:59:59+08:00", "1990-01-01T00:00:00+08:00", "1990-01-01T00:00:00+14:00",
+    "1990-01-01T03:00:00-10:00", "1991-04-14T02:30:00+09:00", "1991-09-15T01:30:00+08:00",
+    "2025-01-01T10:00:00+15:00", "2025-01-01T10:00:00+23:59", "2025-01-01T10:00:00-00:30",
+    "2025-01-01T10:00:00Z", "2025-01-01T10:00:00.123456+08:00", "2025-01-01 10:00:00+08:00",
+    "2025-01-01T10:00+08:00", "20250101T100000+0800", "2099-01-01T00:00:00+08:00", "2025-01-01T10:00:00",
+    "2025-06-30T23:59:59+08:00", "2025-06-30T16:00:00+00:00", "2025-10-05T02:30:00+10:30", "not a time", "",
+]
+IDS = ["o", "a\\b", '"q"', "客户", " padded ", "tab\tin", "new\nline", "", "ok~!#", "x" * 124, "x" * 125, "é"]
+STATUSES = ["", "paid", "refunded", "PAID", " refunded", "cancelled", "paid\t"]
+
+
+def rows(seed: int, count: int, plain: bool = False) -> list[dict[str, str]]:
+    """Random rows; ``plain``: only values without whitespace, control characters or quotes."""
+    def keep(values: list[str]) -> list[str]:
+        return [v for v in values if not plain or not re.search(r'[\s\x00-\x1f\x7f"]', v)]
+
+    pick = random.Random(seed).choice
+    ids, amounts, times, statuses = keep(IDS), keep(AMOUNTS), keep(TIMES), keep(STATUSES)
+    made = []
+    for i in range(count):
+        made.append({"order_id": pick(ids[:1] * 6 + ids) + f"{i:04d}" if i % 7 else "",
+                     "external_userid": pick(ids[:1] * 8 + ids) + str(i % 37),
+                     "amount": pick(amounts[:6] * 3 + amounts), "paid_at": pick(times[:1] * 3 + times),
+                     "status": pick(statuses)})
+    return made
+
+
+def write_csv(path: Path, records: list[dict[str, str]], with_status: bool = True) -> None:
+    buffer = io.StringIO()
+    columns = ["order_id", "external_userid", "amount", "paid_at"] + (["status"] if with_status else [])
+    writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def numbered(path: Path, records: list[dict[str, str]]) -> list[tuple[int, dict[str, str]]]:
+    """Each record with the line a CSV reader reports for it (where it ends: values may hold newlines)."""
+    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
+    next(reader)
+    lines = [reader.line_num for _ in reader]
+    return list(zip(lines, records, strict=True))
+
+
+@pytest.mark.parametrize("zone,plain", [("Asia/Shanghai", False), ("America/New_York", False),
+                                        ("Australia/Lord_Howe", False), ("UTC", False), ("Asia/Shanghai", True),
+                                        ("America/New_York", True)])
+def test_every_row_is_imported_exactly_as_parse_order_defines_it(db, tmp_path, zone, plain):
+    """Plain files (no whitespace, control character or quote anywhere) skip a per-value check."""
+    assert_imported_as_parse_order_says(db, tmp_path, ZoneInfo(zone), rows(seed=len(zone), count=700, plain=plain))
+
+
+def test_small_blocks_and_batches_mixing_plain_and_other_text(db, tmp_path, monkeypatch):
+    """A batch is treated as plain only if every block its rows came from was plain."""
+    monkeypatch.setattr(imports.PlainBlocks, "SIZE", 200)
+    monkeypatch.setattr(imports, "STAGE_BATCH", 7)
+    records = rows(seed=5, count=400, plain=True)
+    for i in range(3, 400, 17):
+        records[i]["external_userid"] = random.Random(i).choice([" padded ", "tab\tin", "new\nline", "a b"])
+    assert_imported_as_parse_order_says(db, tmp_path, ZoneInfo("Asia/Shanghai"), records)
+
+
+def assert_imported_as_parse_order_says(db, tmp_path: Path, tz: ZoneInfo, records: list[dict[str, str]]) -> None:
+    path = tmp_path / "orders.csv"
+    write_csv(path, records)
+    expected, reasons = {}, {}
+    now = datetime.now(UTC)
+    for line, record in numbered(path, records):
+        try:
+            row = parse_order(record, tz, now)
+        except RowError as exc:
+            reasons[line] = str(exc)
+            continue
+        expected[row.order_id] = (row.external_userid, row.amount_fen, row.paid_at, row.paid_day, row.status)
+    with db.begin() as session:
+        summary = import_orders(session, path, tz)
+    assert dict(summary.errors) == reasons
+    assert (summary.read, summary.inserted, summary.skipped) == (len(records), len(expected), len(reasons))
+    with db.sessions() as session:
+        stored = {o: (e, a, p, d, s) for o, e, a, p, d, s in session.execute(
+            select(Order.order_id, Customer.external_userid, Order.amount_fen, Order.paid_at, Order.paid_day,
+                   Order.status).join(Customer, Customer.id == Order.customer_id))}
+    assert stored == expected
+    assert len(expected) > 100 and len(reasons) > 50  # both outcomes, on both paths (see IDS, TIMES)
+
+
+def test_a_file_without_status_column_means_paid(db, tmp_path):
+    path = tmp_path / "orders.csv"
+    write_csv(path, [{"order_id": "o1", "external_userid": "wmA", "amount": "1", "paid_at": TIMES[0]}],
+              with_status=False)
+    with db.begin() as session:
+        assert import_orders(session, path, ZoneInfo("UTC")).inserted == 1
+    with db.sessions() as session:
+        assert session.scalar(select(Order.status)) == "paid"
+
+
+def test_repeats_of_new_and_known_orders_keep_the_last_row_in_line_order(db, tmp_path):
+    tz = ZoneInfo("Asia/Shanghai")
+    first = tmp_path / "first.csv"
+    write_csv(first, [{"order_id": "known", "external_userid": "wmA", "amount": "1", "paid_at": TIMES[4]}])
+    with db.begin() as session:
+        import_orders(session, first, tz)
+    second = tmp_path / "second.csv"
+    write_csv(second, [
+        {"order_id": "n1", "external_userid": "wmA", "amount": "2", "paid_at": TIMES[4]},
+        {"order_id": "known", "external_userid": "wmB", "amount": "3", "paid_at": TIMES[4]},
+        {"order_id": "n1", "external_userid": "wmA", "amount": "2", "paid_at": TIMES[4]},
+        {"order_id": "n1", "external_userid": "wmB", "amount": "4", "paid_at": TIMES[4]},
+        {"order_id": "known", "external_userid": "wmB", "amount": "5", "paid_at": TIMES[4], "status": "refunded"},
+        {"order_id": "n2", "external_userid": "wmC", "amount": "6", "paid_at": TIMES[4]},
+    ])
+    with db.begin() as session:
+        summary = import_orders(session, second, tz)
+    # n1 inserted, known updated, n1 unchanged, n1 updated, known updated, n2 inserted
+    assert (summary.inserted, summary.updated, summary.unchanged) == (2, 3, 1)
+    with db.sessions() as session:
+        stored = {o: a for o, a in session.execute(select(Order.order_id, Order.amount_fen))}
+        totals = {e: (n, f) for e, n, f in session.execute(
+            select(Customer.external_userid, CustomerAggregate.order_count, CustomerAggregate.paid_amount_fen)
+            .join(CustomerAggregate, CustomerAggregate.customer_id == Customer.id))}
+    assert stored == {"known": 500, "n1": 400, "n2": 600}
+    assert {"wmA": (0, 0), **totals} == {"wmA": (0, 0), "wmB": (1, 400), "wmC": (1, 600)}  # wmA: none left
+
+
+def test_offset_transitions_find_each_change_to_the_second():
+    spans = offset_transitions(ZoneInfo("America/New_York"), datetime(2025, 1, 1, tzinfo=UTC),
+                               datetime(2026, 1, 1, tzinfo=UTC))
+    assert [(datetime.fromtimestamp(s, UTC).isoformat(), o) for s, o in spans] == [
+        ("2025-01-01T00:00:00+00:00", -18000), ("2025-03-09T07:00:00+00:00", -14400),
+        ("2025-11-02T06:00:00+00:00", -18000)]
+
+
+def test_a_bulk_load_leaves_indexes_and_foreign_key_as_they_were(db, tmp_path, monkeypatch):
+    """A load as big as the order table builds the secondary index afterwards and (PostgreSQL) checks
+    orders → customers once, at the end; both are back afterwards, the cascade included."""
+    indexes_before = inspect(db.engine).get_indexes("orders")
+    monkeypatch.setattr(bulk_orders, "BULK_LOAD_ROWS", 1)
+    path = tmp_path / "orders.csv"
+    write_csv(path, [{"order_id": f"o{i}", "external_userid": f"wm{i % 3}", "amount": "1", "paid_at": TIMES[4]}
+                     for i in range(9)])
+    with db.begin() as session:
+        assert import_orders(session, path, ZoneInfo("UTC")).inserted == 9
+    assert inspect(db.engine).get_indexes("orders") == indexes_before
+    with db.begin() as session:
+        session.execute(delete(Customer).where(Customer.external_userid == "wm0"))
+    with db.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Order)) == 6
+        with pytest.raises(IntegrityError):
+            session.execute(insert(Order).values(order_id="orphan", customer_id=10**9, amount_fen=1,
+                                                 paid_at=datetime.now(UTC), paid_day=1, status="paid"))
