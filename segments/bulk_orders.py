@@ -35,6 +35,7 @@ from segments.orders import (
     WriteCounts,
     copy_text,
     create_delta_table,
+    mark_for_retier,
     parse_order,
 )
 
@@ -295,6 +296,7 @@ class OrderStaging:
         touched = "SELECT customer_id FROM touched_customers"
         conn.exec_driver_sql(f"DELETE FROM customer_aggregates WHERE customer_id IN ({touched})")
         conn.exec_driver_sql(REBUILD_SQL.format(touched=touched))
+        mark_for_retier(conn, f"SELECT customer_id FROM aggregate_delta UNION {touched}")
 
     def drop(self) -> None:
         for table in ("import_raw", "import_unusual", "import_rows", "import_existing", "import_ranked"):

@@ -13,13 +13,13 @@ from bot.models import Customer, Interaction
 from segments.money import fen_to_yuan
 from segments.policy import TierPolicy
 from segments.retier import local_midnight_utc, metrics_source
-from segments.rfm import SEGMENT_NAMES, population_stats, quintile_of, segment_of
+from segments.rfm import SEGMENT_NAMES, aggregate_stats, population_stats, quintile_of, segment_of
 
 
 def explain(session: Session, customer: Customer, policy: TierPolicy, as_of: date, tz: ZoneInfo) -> list[str]:
     as_of_day = as_of.toordinal()
-    metrics = metrics_source(session, as_of_day, tz)
-    stats = population_stats(session, metrics)
+    metrics, from_aggregates = metrics_source(session, as_of_day, tz)
+    stats = aggregate_stats(session) if from_aggregates else population_stats(session, metrics)
     row = session.execute(select(metrics).where(metrics.c.customer_id == customer.id)).one_or_none()
     orders, amount, last_day = (int(row.order_count), int(row.paid_amount_fen), row.last_order_day) if row and \
         row.order_count else (0, 0, None)

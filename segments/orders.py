@@ -15,9 +15,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ARRAY, String, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from bot.models import Customer, CustomerAggregate, Order, utcnow
+from bot.models import Customer, CustomerAggregate, Order, TierDirty, utcnow
 from segments.money import number_to_fen, yuan_to_fen
 
 MAX_ID_LENGTH = 128
@@ -182,6 +184,7 @@ class OrderWriter:
         touched = "SELECT customer_id FROM touched_customers"
         connection.exec_driver_sql(f"DELETE FROM customer_aggregates WHERE customer_id IN ({touched})")
         connection.exec_driver_sql(REBUILD_SQL.format(touched=touched))
+        mark_for_retier(connection, touched)
         self._touched.clear()
 
     def _ensure_customers(self, first_seen: dict[str, datetime]) -> int:
@@ -281,6 +284,7 @@ class OrderWriter:
             self._stage_deltas(params)
             connection = self.session.connection()
             connection.exec_driver_sql(DELTA_UPSERT)
+            mark_for_retier(connection, "SELECT customer_id FROM aggregate_delta")
             connection.exec_driver_sql("DELETE FROM aggregate_delta")
 
     def _stage_deltas(self, params: list[tuple[Any, ...]]) -> None:
@@ -361,9 +365,25 @@ REBUILD_SQL = (
     "FROM orders WHERE customer_id IN ({touched}) GROUP BY customer_id")
 
 
+def mark_for_retier(connection: Any, customer_ids_sql: str) -> None:
+    """Note customers whose aggregates changed, for the next (incremental) re-tier."""
+    connection.exec_driver_sql(f"INSERT INTO tier_dirty (customer_id) SELECT * FROM ({customer_ids_sql}) AS m "
+                               "WHERE TRUE ON CONFLICT (customer_id) DO NOTHING")
+
+
+def mark_ids_for_retier(session: Session, customer_ids: list[int]) -> None:
+    if not customer_ids:
+        return
+    dialect = session.get_bind().dialect.name
+    insert_into = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    for chunk in _chunks(customer_ids):
+        session.execute(insert_into(TierDirty).values([{"customer_id": i} for i in chunk]).on_conflict_do_nothing())
+
+
 def refresh_aggregates(session: Session, customer_ids: Iterable[int]) -> None:
     """Recompute these customers' aggregates from their orders (one GROUP BY per chunk)."""
     ids = sorted(set(customer_ids))
+    mark_ids_for_retier(session, ids)
     paid = Order.status == "paid"
     refunded = Order.status == "refunded"
     for chunk in _chunks(ids):
@@ -384,5 +404,6 @@ def refresh_aggregates(session: Session, customer_ids: Iterable[int]) -> None:
 def rebuild_all_aggregates(session: Session) -> None:
     """Recompute every aggregate from the order table (repair tool; imports keep them current)."""
     ids = session.scalars(select(Order.customer_id).distinct()).all()
+    mark_for_retier(session.connection(), "SELECT customer_id FROM customer_aggregates")
     session.execute(delete(CustomerAggregate))
     refresh_aggregates(session, ids)

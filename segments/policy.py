@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from segments.money import fen_to_yuan, number_to_fen
 
@@ -14,6 +16,11 @@ STAGE_PATHS = {
 }
 ENGAGEMENT_STATES = ("active", "silent", "churned")
 RULE_KEYS = {"name", "amount_gt", "amount_gte", "orders_gt", "orders_gte", "activity_in"}
+
+
+def local_midnight_utc(day: date, tz: ZoneInfo) -> datetime:
+    """The UTC instant the local day begins."""
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
 
 
 class PolicyError(ValueError):

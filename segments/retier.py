@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as dtime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -37,8 +36,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from bot.models import Customer, CustomerAggregate, CustomerTag, Interaction, Order, Tag, TierChange, utcnow
-from segments.policy import TierPolicy
-from segments.rfm import PopulationStats, high, population_stats, quintile, segment_case
+from segments.incremental import Scope, last_run, policy_digest, record_run
+from segments.policy import TierPolicy, local_midnight_utc
+from segments.rfm import PopulationStats, aggregate_stats, high, population_stats, quintile, segment_case
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
 SCORE_COLUMNS = ("r_score", "f_score", "m_score", "score", "activity_score")
@@ -52,38 +52,61 @@ class RetierResult:
     changes: dict[str, int] = field(default_factory=dict)
     stats: PopulationStats | None = None
     seconds: float = 0.0
+    recomputed: int = 0  # customers looked at: all of them in a full run
+    incremental: bool = False
 
 
-def metrics_source(session: Session, as_of_day: int, tz: ZoneInfo) -> Any:
-    """Per-customer paid-order metrics as of the day: the maintained aggregates, unless the as-of
-    day lies before some recorded order, in which case orders after it are left out."""
+def metrics_source(session: Session, as_of_day: int, tz: ZoneInfo) -> tuple[Any, bool]:
+    """Per-customer paid-order metrics as of the day, and whether they are the maintained aggregates
+    (else: the as-of day lies before some recorded order, so orders after it are left out)."""
     latest = session.scalar(select(func.max(CustomerAggregate.last_order_at)))  # an index lookup
     if latest is None or latest.astimezone(tz).date().toordinal() <= as_of_day:
         a = CustomerAggregate
-        return select(a.customer_id, a.order_count, a.paid_amount_fen, a.last_order_day).subquery("metrics")
+        return select(a.customer_id, a.order_count, a.paid_amount_fen, a.last_order_day).subquery("metrics"), True
     return (select(Order.customer_id, func.count().label("order_count"),
-                   func.sum(Order.amount_fen).label("paid_amount_fen"),
-                   func.max(Order.paid_day).label("last_order_day"))
+                    func.sum(Order.amount_fen).label("paid_amount_fen"),
+                    func.max(Order.paid_day).label("last_order_day"))
             .where(Order.status == "paid", Order.paid_day <= as_of_day)
-            .group_by(Order.customer_id).subquery("metrics"))
+            .group_by(Order.customer_id).subquery("metrics")), False
 
 
-def local_midnight_utc(day: date, tz: ZoneInfo) -> datetime:
-    return datetime.combine(day, dtime(0), tzinfo=tz).astimezone(UTC)
-
-
-def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo) -> RetierResult:
-    started = time.perf_counter()
+def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full: bool = False) -> RetierResult:
+    """Recompute tiers as of the local day. Unless ``full``, a run that follows one with the same policy
+    recomputes only the customers whose result may differ (segments/incremental.py) — the same result
+    as a full run, which tests check."""
+    started, started_at = time.perf_counter(), utcnow()
     result = RetierResult(as_of=as_of)
-    metrics = metrics_source(session, as_of.toordinal(), tz)
-    stats = population_stats(session, metrics)
+    metrics, from_aggregates = metrics_source(session, as_of.toordinal(), tz)
+    stats = aggregate_stats(session) if from_aggregates else population_stats(session, metrics)
     result.stats = stats
+    digest = policy_digest(policy, tz)
+    scope = Scope(session)
+    previous = last_run(session)
+    try:
+        scope.claim_marks()
+        result.incremental = not full and from_aggregates and scope.widen(previous, digest, policy, as_of, tz, stats)
+        result.recomputed = _compute_and_write(session, policy, as_of, tz, metrics, stats, result,
+                                               scope if result.incremental else None)
+    finally:
+        scope.drop()
+    result.seconds = time.perf_counter() - started
+    record_run(session, result, digest, started_at)
+    return result
+
+
+def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any,
+                       stats: PopulationStats, result: RetierResult, scope: Scope | None) -> int:
+    """The new values of every customer (or of those in ``scope``) into a temporary table, then the
+    changes recorded and the differing rows written. Returns how many customers were looked at."""
     table = _result_table()
     table.create(session.connection())
     try:
-        activity = _activity_scores(policy, as_of, tz)
+        activity = _activity_scores(policy, as_of, tz, scope)
         columns = _computed_columns(policy, as_of, tz, metrics, activity, stats)
-        joined = (Customer.__table__.outerjoin(metrics, metrics.c.customer_id == Customer.id)
+        joined: Any = Customer.__table__
+        if scope is not None:
+            joined = joined.join(scope.table, scope.table.c.customer_id == Customer.id)
+        joined = (joined.outerjoin(metrics, metrics.c.customer_id == Customer.id)
                   .outerjoin(activity, activity.c.customer_id == Customer.id))
         current = [Customer.tiered_at.label("current_tiered_at")] + [
             getattr(Customer, name).label(f"current_{name}") for name in DIMENSIONS + SCORE_COLUMNS]
@@ -100,8 +123,7 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo) -> R
         result.updated = _write_changed(session, table)
     finally:
         table.drop(session.connection())
-    result.seconds = time.perf_counter() - started
-    return result
+    return scope.size() if scope is not None else result.customers
 
 
 def _result_table() -> Table:
@@ -115,14 +137,21 @@ def _result_table() -> Table:
     )
 
 
-def _activity_scores(policy: TierPolicy, as_of: date, tz: ZoneInfo) -> Any:
-    start = local_midnight_utc(as_of - timedelta(days=policy.activity_window_days - 1), tz)
-    end = local_midnight_utc(as_of + timedelta(days=1), tz)
+def _activity_scores(policy: TierPolicy, as_of: date, tz: ZoneInfo, scope: Scope | None = None) -> Any:
+    start, end = activity_window(policy, as_of, tz)
     weight = case(*[(Interaction.kind == kind, w) for kind, w in policy.activity_weights], else_=0) \
         if policy.activity_weights else literal(0)
-    return (select(Interaction.customer_id, func.sum(weight).label("score"))
-            .where(Interaction.occurred_at >= start, Interaction.occurred_at < end)
-            .group_by(Interaction.customer_id).subquery("activity_scores"))
+    query = select(Interaction.customer_id, func.sum(weight).label("score")).where(
+        Interaction.occurred_at >= start, Interaction.occurred_at < end)
+    if scope is not None:
+        query = query.where(Interaction.customer_id.in_(select(scope.table.c.customer_id)))
+    return query.group_by(Interaction.customer_id).subquery("activity_scores")
+
+
+def activity_window(policy: TierPolicy, as_of: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[start, end) of the interactions that count towards activity as of the day."""
+    return (local_midnight_utc(as_of - timedelta(days=policy.activity_window_days - 1), tz),
+            local_midnight_utc(as_of + timedelta(days=1), tz))
 
 
 def _computed_columns(policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any, activity_scores: Any,
@@ -247,8 +276,9 @@ def _record_changes(session: Session, table: Table, dimension: str, as_of: date,
 def _write_changed(session: Session, table: Table) -> int:
     """The result table holds only rows that differ, so every one of them is written."""
     c, t = Customer.__table__.c, table.c
+    now = utcnow()  # one instant: a customer edited later than tiered is what the next run looks for
     stmt = (update(Customer.__table__).where(c.id == t.customer_id)
-            .values(**{name: t[name] for name in DIMENSIONS + SCORE_COLUMNS}, tiered_at=utcnow(), updated_at=utcnow()))
+            .values(**{name: t[name] for name in DIMENSIONS + SCORE_COLUMNS}, tiered_at=now, updated_at=now))
     return max(session.execute(stmt).rowcount or 0, 0)
 
 

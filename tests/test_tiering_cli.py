@@ -43,7 +43,8 @@ def test_retier_prints_before_and_after(scrm):
     assert lines[("stage", "super")] == ["0", "1"]
     assert "重要价值" in out
     again = scrm("retier", "--as-of", "2026-11-20")
-    assert "0 rows written" in again
+    assert "0 rows written" in again and "incremental: looked at 0 whose tiers may have moved" in again
+    assert "incremental" not in scrm("retier", "--as-of", "2026-11-20", "--full")
 
 
 def test_customer_show_explains_each_dimension(scrm):

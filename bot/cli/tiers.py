@@ -103,17 +103,21 @@ def _as_of(value: str | None, cli: CliContext) -> date:
 
 @click.command("retier")
 @click.option("--as-of", "as_of_text", help="Local date to tier as of (default: today in app.timezone).")
+@click.option("--full", is_flag=True, help="Look at every customer, not only those whose tiers may have moved.")
 @pass_cli
-def retier_cmd(cli: CliContext, as_of_text: str | None) -> None:
-    """Recompute every customer's tiers in SQL and print counts before and after."""
+def retier_cmd(cli: CliContext, as_of_text: str | None, full: bool) -> None:
+    """Recompute customers' tiers in SQL and print counts before and after. After a first run, only
+    customers whose tiers may have moved are looked at (same result as --full)."""
     settings = cli.settings()
     as_of = _as_of(as_of_text, cli)
     policy = TierPolicy.from_settings(settings.tiers)
     with cli.db().begin() as session:
         before = tier_counts(session)
-        result = retier(session, policy, as_of, settings.tz)
+        result = retier(session, policy, as_of, settings.tz, full=full)
         after = tier_counts(session)
-    click.echo(f"re-tiered {result.customers} customers as of {as_of.isoformat()} in {result.seconds:.2f}s: "
+    looked = (f" (incremental: looked at {result.recomputed} whose tiers may have moved)" if result.incremental
+              else "")
+    click.echo(f"re-tiered {result.customers} customers{looked} as of {as_of.isoformat()} in {result.seconds:.2f}s: "
                f"{result.updated} rows written, changes: "
                + ", ".join(f"{d} {n}" for d, n in result.changes.items()))
     rows = []

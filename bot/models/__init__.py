@@ -15,6 +15,7 @@ from bot.models.events import (
 )
 from bot.models.orders import Order
 from bot.models.tags import CustomerTag, Tag, TagAlias, TagGroup
+from bot.models.tiering import TierDirty, TierRun
 
 __all__ = [
     "BROADCAST_STATUSES",
@@ -38,6 +39,8 @@ __all__ = [
     "Staff",
     "SyncCursor",
     "Tag",
+    "TierDirty",
+    "TierRun",
     "TagAlias",
     "TagGroup",
     "TierChange",

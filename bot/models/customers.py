@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Date, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.models.base import Base, utcnow
@@ -35,6 +35,12 @@ class Customer(Base):
         Index("ix_customers_stage", "stage"),
         Index("ix_customers_activity", "activity"),
         Index("ix_customers_owner_userid", "owner_userid"),
+        # What an incremental re-tier looks up: edited since it last looked, and the engagement clocks.
+        Index("ix_customers_updated_at", "updated_at"),
+        Index("ix_customers_last_interaction_at", "last_interaction_at"),
+        Index("ix_customers_created_at", "created_at"),
+        Index("ix_customers_untiered", "id", sqlite_where=text("tiered_at IS NULL"),
+              postgresql_where=text("tiered_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -102,7 +108,14 @@ class CustomerAggregate(Base):
     re-tiering never scans the order table. Money is integer fen."""
 
     __tablename__ = "customer_aggregates"
-    __table_args__ = (Index("ix_customer_aggregates_last_order_at", "last_order_at"),)
+    __table_args__ = (
+        Index("ix_customer_aggregates_last_order_at", "last_order_at"),
+        # Buyers ordered by each RFM input: quintile cut points by offset, and the customers whose value
+        # lies between an old and a new mean or cut point (incremental re-tier).
+        *(Index(f"ix_customer_aggregates_buyers_{column}", column, sqlite_where=text("order_count > 0"),
+                postgresql_where=text("order_count > 0"))
+          for column in ("order_count", "paid_amount_fen", "last_order_day")),
+    )
 
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
     order_count: Mapped[int] = mapped_column(default=0)

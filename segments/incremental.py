@@ -1,0 +1,143 @@
+"""Which customers a re-tier must look at again, given the run before it.
+
+A customer's tiers are a function of its own inputs (order aggregates, interactions, its own row) and
+of the population statistics (the means and quintile cut points of R, F and M) under the policy. So
+after a run, a customer's result can only differ if
+
+* its aggregates changed — every order writer marks it in ``tier_dirty``;
+* it has an interaction the last run did not see (interaction ids after the last run's highest);
+* its own row was edited after it was tiered, or it was never tiered;
+* its R, F or M lies between an old and a new mean or cut point (the statistics moved);
+* the as-of day moved and one of its clocks (last order, last interaction, joined) or an interaction
+  crossed an engagement or activity-window boundary on the way.
+
+Everything else needs a full run: another policy or time zone, an as-of day before the last one or
+before some order (metrics then come from the orders), the high-ticket stage path (tag-driven), or a
+population that was or became empty. Each set is an index range; the union is the scope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import BigInteger, Column, MetaData, Table, func, select, text
+from sqlalchemy.orm import Session
+
+from bot.models import Interaction, TierRun
+from segments.policy import TierPolicy, local_midnight_utc
+from segments.rfm import PopulationStats
+
+EDIT_MARGIN = timedelta(minutes=10)  # edits stamped before the last run began but committed after it
+INTERACTION_MARGIN = 10_000  # ids allocated before the last run's highest but committed after it
+
+
+def policy_digest(policy: TierPolicy, tz: ZoneInfo) -> str:
+    return hashlib.sha256(repr((policy, tz.key)).encode()).hexdigest()
+
+
+def last_run(session: Session) -> TierRun | None:
+    return session.scalar(select(TierRun).order_by(TierRun.id.desc()).limit(1))
+
+
+def record_run(session: Session, result: Any, digest: str, started_at: datetime) -> None:
+    stats = asdict(result.stats) if result.stats else {}
+    session.add(TierRun(as_of=result.as_of, policy_digest=digest, full=not result.incremental,
+                        stats=stats, max_interaction_id=session.scalar(select(func.max(Interaction.id))) or 0,
+                        recomputed=result.recomputed, started_at=started_at, seconds=result.seconds))
+    session.flush()
+
+
+class Scope:
+    """The customers a run recomputes, in a temporary table."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.dialect = session.get_bind().dialect.name
+        self.table = Table("retier_scope", MetaData(), Column("customer_id", BigInteger, primary_key=True),
+                           prefixes=["TEMPORARY"])
+        self.table.create(session.connection())
+
+    def claim_marks(self) -> None:
+        """Take the dirty marks into the scope and remove them, before any data is read: a writer
+        committing later marks its customers again, for the next run."""
+        conn = self.session.connection()
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("WITH taken AS (DELETE FROM tier_dirty RETURNING customer_id) "
+                                 "INSERT INTO retier_scope SELECT customer_id FROM taken")
+        else:  # one writer at a time: the marks read are the marks deleted
+            conn.exec_driver_sql("INSERT INTO retier_scope SELECT customer_id FROM tier_dirty")
+            conn.exec_driver_sql("DELETE FROM tier_dirty WHERE customer_id IN (SELECT customer_id FROM retier_scope)")
+
+    def widen(self, previous: TierRun | None, digest: str, policy: TierPolicy, as_of: date, tz: ZoneInfo,
+              stats: PopulationStats) -> bool:
+        """Add every customer whose result may differ from ``previous``; False if a full run is needed."""
+        if previous is None or previous.policy_digest != digest or as_of < previous.as_of \
+                or policy.stage_path != "ecommerce":
+            return False
+        old = PopulationStats(**previous.stats)
+        if not old.n or not stats.n or len(old.cuts_orders) != len(stats.cuts_orders):
+            return False
+        self._add("SELECT id FROM customers WHERE tiered_at IS NULL")
+        self._add("SELECT id FROM customers WHERE updated_at >= :since AND (tiered_at IS NULL OR updated_at > "
+                  "tiered_at)", since=_stored_time(previous.started_at - EDIT_MARGIN, self.dialect))
+        self._add("SELECT DISTINCT customer_id FROM interactions WHERE id > :after",
+                  after=previous.max_interaction_id - INTERACTION_MARGIN)
+        self._add_moved_statistics(old, stats)
+        if as_of > previous.as_of:
+            self._add_moved_clocks(policy, previous.as_of, as_of, tz)
+        return True
+
+    def _add_moved_statistics(self, old: PopulationStats, new: PopulationStats) -> None:
+        """Buyers on or between an old and a new threshold of the same comparison."""
+        for column, old_sum, new_sum, old_cuts, new_cuts in (
+                ("last_order_day", old.sum_last_day, new.sum_last_day, old.cuts_last_day, new.cuts_last_day),
+                ("order_count", old.sum_orders, new.sum_orders, old.cuts_orders, new.cuts_orders),
+                ("paid_amount_fen", old.sum_amount_fen, new.sum_amount_fen, old.cuts_amount_fen,
+                 new.cuts_amount_fen)):
+            ranges = [(c0, c1) for c0, c1 in zip(old_cuts, new_cuts, strict=True) if c0 != c1]
+            if old_sum * new.n != new_sum * old.n:  # the mean moved: value · n > sum flips for v in (t0, t1]
+                floors = (old_sum // old.n, new_sum // new.n)
+                ranges.append((min(floors), max(floors) + 1))
+            for a, b in ranges:
+                self._add(f"SELECT customer_id FROM customer_aggregates WHERE order_count > 0 "
+                          f"AND {column} BETWEEN :low AND :high", low=min(a, b), high=max(a, b))
+
+    def _add_moved_clocks(self, policy: TierPolicy, before: date, after: date, tz: ZoneInfo) -> None:
+        """Customers whose engagement clock or activity window crossed a boundary between the days."""
+        for days in (policy.active_days, policy.silent_days):
+            since, until = before - timedelta(days=days), after - timedelta(days=days)
+            self._add("SELECT customer_id FROM customer_aggregates WHERE order_count > 0 "
+                      "AND last_order_day BETWEEN :low AND :high", low=since.toordinal(), high=until.toordinal())
+            low, high = self._instants(since, until + timedelta(days=1), tz)
+            for column in ("last_interaction_at", "created_at"):
+                self._add(f"SELECT id FROM customers WHERE {column} >= :low AND {column} < :high", low=low, high=high)
+        window = policy.activity_window_days
+        for since, until in ((before - timedelta(days=window - 1), after - timedelta(days=window - 1)),
+                             (before + timedelta(days=1), after + timedelta(days=1))):
+            low, high = self._instants(since, until, tz)
+            self._add("SELECT DISTINCT customer_id FROM interactions WHERE occurred_at >= :low AND occurred_at < :high",
+                      low=low, high=high)
+
+    def _instants(self, since: date, until: date, tz: ZoneInfo) -> tuple[Any, Any]:
+        return (_stored_time(local_midnight_utc(since, tz), self.dialect),
+                _stored_time(local_midnight_utc(until, tz), self.dialect))
+
+    def _add(self, select_sql: str, **params: Any) -> None:
+        self.session.execute(text(f"INSERT INTO retier_scope (customer_id) SELECT * FROM ({select_sql}) AS s "
+                                  "WHERE TRUE ON CONFLICT (customer_id) DO NOTHING"), params)
+
+    def size(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(self.table)) or 0
+
+    def drop(self) -> None:
+        self.table.drop(self.session.connection())
+
+
+def _stored_time(moment: datetime, dialect: str) -> Any:
+    """A UTC instant as UTCDateTime stores it, for hand-written SQL (SQLite: SQLAlchemy's text format)."""
+    naive = moment.astimezone(UTC).replace(tzinfo=None)
+    return naive.isoformat(sep=" ", timespec="microseconds") if dialect == "sqlite" else naive

@@ -1,0 +1,118 @@
+"""An incremental re-tier looks only at customers whose tiers may have moved; it must leave exactly
+what a full re-tier would: after it, a full run over the same data finds nothing to change."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from bot.demo import data as demo_data
+from bot.models import Customer, Interaction, TierRun
+from segments.imports import import_orders
+from segments.retier import retier
+from tests.test_tiering_engine import POLICY, TZ, write_csv
+
+START = date(2025, 6, 1)  # with every later as-of day still in the past: orders may not be in the future
+GENERATED_AT = datetime(2025, 6, 1, 12, tzinfo=UTC)
+KINDS = ["kf_message", "moment_like", "moment_comment", "coupon_redeem"]
+
+
+def order_rows(generated, prefix: str = "") -> list[dict[str, str]]:
+    return [{"order_id": prefix + o["order_id"], "external_userid": o["external_userid"],
+             "amount": f"{o['amount_fen'] // 100}.{o['amount_fen'] % 100:02d}",
+             "paid_at": o["paid_at"].astimezone(TZ).isoformat(), "status": o["status"]} for o in generated.orders]
+
+
+def load(db, path: Path, rows: list[dict[str, str]]) -> None:
+    write_csv(path, rows)
+    with db.begin() as session:
+        assert import_orders(session, path, TZ).skipped == 0
+
+
+def change_something(db, tmp_path: Path, rng: random.Random, as_of: date, step: int) -> None:
+    """New and refunded orders, moved orders, new buyers and new contacts, interactions (some dated
+    in the past), and edits of the engagement clocks."""
+    moment = datetime.combine(as_of, datetime.min.time(), tzinfo=TZ)
+    with db.sessions() as session:
+        customers = session.execute(select(Customer.id, Customer.external_userid)).all()
+    rows = []
+    for i in range(rng.randint(5, 40)):
+        who = rng.choice(customers).external_userid if rng.random() < 0.8 else f"wmnew{step}-{i}"
+        paid = moment - timedelta(days=rng.randint(0, 200), hours=rng.randint(0, 23))
+        rows.append({"order_id": f"s{step}-{i}", "external_userid": who, "paid_at": paid.isoformat(),
+                     "amount": f"{rng.randint(1, 3000)}.{i % 100:02d}",
+                     "status": "refunded" if rng.random() < 0.1 else "paid"})
+    for _ in range(rng.randint(0, 5)):  # an existing order refunded or moved to someone else
+        rows.append({"order_id": f"o{rng.randint(1, 400)}", "external_userid": rng.choice(customers).external_userid,
+                     "amount": "88.00", "paid_at": (moment - timedelta(days=30)).isoformat(),
+                     "status": rng.choice(["paid", "refunded"])})
+    load(db, tmp_path / f"step{step}.csv", rows)
+    with db.begin() as session:
+        for i in range(rng.randint(0, 3)):
+            session.add(Customer(external_userid=f"wmcontact{step}-{i}", name="",
+                                 created_at=moment - timedelta(days=rng.randint(0, 100))))
+        for i in range(rng.randint(0, 30)):
+            customer_id = rng.choice(customers).id
+            occurred = moment - timedelta(days=rng.randint(0, 60), hours=rng.randint(0, 23))
+            session.add(Interaction(customer_id=customer_id, kind=rng.choice(KINDS), occurred_at=occurred,
+                                    source_ref=f"i{step}-{i}"))
+            if rng.random() < 0.5:  # as add_interaction(touch=False): the customer's row is not edited
+                continue
+            session.execute(update(Customer).where(Customer.id == customer_id, (
+                Customer.last_interaction_at.is_(None) | (Customer.last_interaction_at < occurred)))
+                .values(last_interaction_at=occurred))
+        for _ in range(rng.randint(1, 4)):  # edits of the row alone (no interaction, no order)
+            session.execute(update(Customer).where(Customer.id == rng.choice(customers).id)
+                            .values(created_at=moment - timedelta(days=rng.randint(0, 400))))
+            session.execute(update(Customer).where(Customer.id == rng.choice(customers).id)
+                            .values(last_interaction_at=moment - timedelta(hours=rng.randint(1, 2000))))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_incremental_runs_leave_what_a_full_run_would(db, tmp_path, seed):
+    rng = random.Random(seed)
+    generated = demo_data.generate(300, seed=seed, now=GENERATED_AT)
+    load(db, tmp_path / "orders.csv", order_rows(generated))
+    with db.begin() as session:
+        first = retier(session, POLICY, START, TZ)
+    assert not first.incremental
+    as_of, shares = START, []
+    for step in range(4):
+        as_of += timedelta(days=rng.choice([0, 0, 1, 3, 17, 40]))
+        change_something(db, tmp_path, rng, as_of, step)
+        with db.begin() as session:
+            incremental = retier(session, POLICY, as_of, TZ)
+        assert incremental.incremental
+        shares.append(incremental.recomputed / incremental.customers)
+        with db.begin() as session:
+            full = retier(session, POLICY, as_of, TZ, full=True)
+        assert (full.updated, sum(full.changes.values())) == (0, 0), f"step {step}: incremental missed customers"
+    assert min(shares) < 0.9  # (a long jump of the as-of day may move nearly everyone)
+
+
+def test_nothing_new_means_nothing_looked_at(db, tmp_path):
+    generated = demo_data.generate(100, seed=4, now=GENERATED_AT)
+    load(db, tmp_path / "orders.csv", order_rows(generated))
+    with db.begin() as session:
+        retier(session, POLICY, START, TZ)
+        again = retier(session, POLICY, START, TZ)
+    assert again.incremental and (again.recomputed, again.updated) == (0, 0)
+
+
+def test_a_new_policy_an_earlier_day_or_the_tag_driven_path_run_in_full(db, tmp_path):
+    generated = demo_data.generate(50, seed=5, now=GENERATED_AT)
+    load(db, tmp_path / "orders.csv", order_rows(generated))
+    with db.begin() as session:
+        retier(session, POLICY, START, TZ)
+        assert not retier(session, replace(POLICY, activity_high=POLICY.activity_high + 1), START, TZ).incremental
+        assert not retier(session, POLICY, START, TZ).incremental  # back to the first policy: changed again
+        assert retier(session, POLICY, START, TZ).incremental
+        assert not retier(session, POLICY, START - timedelta(days=1), TZ).incremental
+        assert not retier(session, replace(POLICY, stage_path="high_ticket"), START, TZ).incremental
+        runs = session.scalars(select(TierRun.full).order_by(TierRun.id)).all()
+    assert runs == [True, True, True, False, True, True]
