@@ -5,7 +5,8 @@
         [--pg-url postgresql://root@127.0.0.1:5432/test]   # uses (and resets) schema scrm_bench
 
 Data comes from ../shared/tools/gen_orders.py (deterministic). Each database phase runs in its own
-process so its peak memory (max RSS) is its own. Printed: import rows/s per database, first re-tier
+process so its peak memory (max RSS) is its own. Printed: the insert-rate floor (ready-made rows into
+the order table by the driver's fastest path: a ceiling for any importer), import rows/s per database, first re-tier
 and incremental re-tier (after 1% new orders) seconds, the pandas baseline (RFM eight segments from
 an in-memory DataFrame), the ratios to it, peak memory, and whether both give the same segment counts.
 """
@@ -87,6 +88,8 @@ def phase(kind: str, url: str, path: str) -> dict:
     db = Database(settings.database)
     tz = ZoneInfo("Asia/Shanghai")
     out: dict = {}
+    if kind == "floor":
+        return insert_floor(db, int(path))
     started = time.perf_counter()
     with db.begin() as session:
         if kind == "import":
@@ -102,6 +105,39 @@ def phase(kind: str, url: str, path: str) -> dict:
     out["max_rss_mb"] = peak_rss_mb()
     db.dispose()
     return out
+
+
+def insert_floor(db, rows: int) -> dict:
+    """The database's own rate for writing ready-made order rows (values already parsed, customers
+    already known) into the order table with its indexes and foreign key, by the driver's fastest
+    path: a ceiling for any importer on this machine."""
+    from datetime import datetime
+
+    customers = max(1, rows // 10)
+    with db.begin() as session:
+        conn = session.connection()
+        dialect = conn.dialect.name
+        mark = "%s" if dialect == "postgresql" else "?"
+        conn.exec_driver_sql("INSERT INTO customers (external_userid, name, contact_type, gender, opted_out, "
+                             f"created_at, updated_at) VALUES ({mark}, '', 1, 0, FALSE, {mark}, {mark})",
+                             [(f"floor{i:09d}", datetime(2025, 1, 1), datetime(2025, 1, 1)) for i in range(customers)])
+        first_id = conn.exec_driver_sql("SELECT min(id) FROM customers").scalar()
+    stamp = "2025-01-01 10:00:00.000000"
+    values = ((str(i), first_id + (i * 7919) % customers, 8883, stamp, 739252, "paid", stamp, stamp)
+              for i in range(rows))
+    columns = "order_id, customer_id, amount_fen, paid_at, paid_day, status, created_at, updated_at"
+    started = time.perf_counter()
+    with db.begin() as session:
+        conn = session.connection()
+        if dialect == "postgresql":
+            with conn.connection.dbapi_connection.cursor().copy(f"COPY orders ({columns}) FROM STDIN") as copy:
+                for row in values:
+                    copy.write_row(row)
+        else:
+            conn.connection.dbapi_connection.cursor().executemany(
+                f"INSERT INTO orders ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "seconds": seconds, "max_rss_mb": peak_rss_mb()}
 
 
 def peak_rss_mb() -> float:
@@ -120,7 +156,9 @@ def peak_rss_mb() -> float:
 
 def run_phase(kind: str, url: str, path: Path | str = "") -> dict:
     proc = subprocess.run([sys.executable, __file__, "--phase", kind, "--url", url, "--path", str(path)],
-                          check=True, capture_output=True, text=True)
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"phase {kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -147,7 +185,10 @@ def fresh_database(url: str, work: Path) -> str:
     return url
 
 
-def bench_database(label: str, url: str, work: Path, orders: Path, extra: Path) -> dict:
+def bench_database(label: str, url: str, work: Path, orders: Path, extra: Path, floor_rows: int) -> dict:
+    floor = run_phase("floor", fresh_database(url, work), floor_rows)
+    print(f"  {label}: floor — ready-made rows into the order table by the driver's fastest path: "
+          f"{floor['rows'] / floor['seconds']:,.0f} rows/s ({floor['rows']:,} rows)", flush=True)
     url = fresh_database(url, work)
     imported = run_phase("import", url, orders)
     first = run_phase("retier", url)
@@ -158,7 +199,7 @@ def bench_database(label: str, url: str, work: Path, orders: Path, extra: Path) 
           f"+1% import {added['seconds']:.2f}s, incremental re-tier {incremental['seconds']:.2f}s; peak RSS per "
           f"phase {imported['max_rss_mb']:.0f} / {first['max_rss_mb']:.0f} / {added['max_rss_mb']:.0f} / "
           f"{incremental['max_rss_mb']:.0f} MB", flush=True)
-    return {"import": imported, "first": first, "added": added, "incremental": incremental}
+    return {"import": imported, "first": first, "added": added, "incremental": incremental, "floor": floor}
 
 
 def main() -> None:
@@ -169,6 +210,8 @@ def main() -> None:
     parser.add_argument("--gen", type=Path, default=GEN)
     parser.add_argument("--sqlite", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--pg-url", default="")
+    parser.add_argument("--floor-rows", type=int, default=2_000_000,
+                        help="ready-made rows for the insert-rate floor (default 2M)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -183,9 +226,9 @@ def main() -> None:
           f"(CSV parse {baseline['parse_s']:.1f}s, not counted)", flush=True)
     results = {}
     if args.sqlite:
-        results["SQLite"] = bench_database("SQLite", "sqlite", args.work, orders, extra)
+        results["SQLite"] = bench_database("SQLite", "sqlite", args.work, orders, extra, args.floor_rows)
     if args.pg_url:
-        results["PostgreSQL"] = bench_database("PostgreSQL", args.pg_url, args.work, orders, extra)
+        results["PostgreSQL"] = bench_database("PostgreSQL", args.pg_url, args.work, orders, extra, args.floor_rows)
     report(args, baseline, results)
 
 
@@ -193,13 +236,15 @@ def report(args: argparse.Namespace, baseline: dict, results: dict) -> None:
     base = baseline["compute_s"]
     goals = {"SQLite": 250_000, "PostgreSQL": 100_000}
     print(f"\n{args.orders:,} orders, {args.customers:,} customers, as of {AS_OF}")
-    print(f"{'':12} {'import rows/s':>14} {'goal':>9} {'first s':>8} {'×pandas':>8} {'incr s':>7} {'×pandas':>8} "
+    print(f"{'':12} {'floor rows/s':>13} {'import rows/s':>14} {'goal':>9} {'first s':>8} {'×pandas':>8} "
+          f"{'incr s':>7} {'×pandas':>8} "
           f"{'peak MB':>8} {'same segments':>14}")
     for label, r in results.items():
         rate = r["import"]["rows"] / r["import"]["seconds"]
-        peak = max(r[k]["max_rss_mb"] for k in r)
+        peak = max(r[k]["max_rss_mb"] for k in r if k != "floor")
         same = r["first"]["counts"] == baseline["counts"]
-        print(f"{label:12} {rate:14,.0f} {goals[label]:9,} {r['first']['seconds']:8.2f} "
+        floor = r["floor"]["rows"] / r["floor"]["seconds"]
+        print(f"{label:12} {floor:13,.0f} {rate:14,.0f} {goals[label]:9,} {r['first']['seconds']:8.2f} "
               f"{r['first']['seconds'] / base:8.2f} {r['incremental']['seconds']:7.2f} "
               f"{r['incremental']['seconds'] / base:8.2f} {peak:8.0f} {str(same):>14}")
         if not same:

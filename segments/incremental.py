@@ -43,8 +43,10 @@ def last_run(session: Session) -> TierRun | None:
     return session.scalar(select(TierRun).order_by(TierRun.id.desc()).limit(1))
 
 
-def record_run(session: Session, result: Any, digest: str, started_at: datetime) -> None:
-    stats = asdict(result.stats) if result.stats else {}
+def record_run(session: Session, result: Any, digest: str, started_at: datetime, from_aggregates: bool) -> None:
+    """``from_aggregates``: the run tiered by the maintained aggregates. A run as of a day before some
+    order (metrics from the orders up to that day) keeps no statistics, so the next run is full."""
+    stats = asdict(result.stats) if result.stats and from_aggregates else {}
     session.add(TierRun(as_of=result.as_of, policy_digest=digest, full=not result.incremental,
                         stats=stats, max_interaction_id=session.scalar(select(func.max(Interaction.id))) or 0,
                         recomputed=result.recomputed, started_at=started_at, seconds=result.seconds))
@@ -61,6 +63,10 @@ class Scope:
                            prefixes=["TEMPORARY"])
         self.table.create(session.connection())
 
+    def clear_marks(self) -> None:
+        """A full run reads everything after this: the marks are no longer needed."""
+        self.session.connection().exec_driver_sql("DELETE FROM tier_dirty")
+
     def claim_marks(self) -> None:
         """Take the dirty marks into the scope and remove them, before any data is read: a writer
         committing later marks its customers again, for the next run."""
@@ -72,15 +78,20 @@ class Scope:
             conn.exec_driver_sql("INSERT INTO retier_scope SELECT customer_id FROM tier_dirty")
             conn.exec_driver_sql("DELETE FROM tier_dirty WHERE customer_id IN (SELECT customer_id FROM retier_scope)")
 
-    def widen(self, previous: TierRun | None, digest: str, policy: TierPolicy, as_of: date, tz: ZoneInfo,
-              stats: PopulationStats) -> bool:
-        """Add every customer whose result may differ from ``previous``; False if a full run is needed."""
-        if previous is None or previous.policy_digest != digest or as_of < previous.as_of \
-                or policy.stage_path != "ecommerce":
+    @staticmethod
+    def possible(previous: TierRun | None, digest: str, policy: TierPolicy, as_of: date,
+                 stats: PopulationStats) -> bool:
+        """Whether a run can be incremental after ``previous`` (see the module's docstring)."""
+        if previous is None or not previous.stats or previous.policy_digest != digest \
+                or as_of < previous.as_of or policy.stage_path != "ecommerce":
             return False
         old = PopulationStats(**previous.stats)
-        if not old.n or not stats.n or len(old.cuts_orders) != len(stats.cuts_orders):
-            return False
+        return bool(old.n and stats.n and len(old.cuts_orders) == len(stats.cuts_orders))
+
+    def widen(self, previous: TierRun, policy: TierPolicy, as_of: date, tz: ZoneInfo,
+              stats: PopulationStats) -> None:
+        """Add every customer whose result may differ from ``previous`` (after :meth:`claim_marks`)."""
+        old = PopulationStats(**previous.stats)
         self._add("SELECT id FROM customers WHERE tiered_at IS NULL")
         self._add("SELECT id FROM customers WHERE updated_at >= :since AND (tiered_at IS NULL OR updated_at > "
                   "tiered_at)", since=_stored_time(previous.started_at - EDIT_MARGIN, self.dialect))
@@ -89,7 +100,6 @@ class Scope:
         self._add_moved_statistics(old, stats)
         if as_of > previous.as_of:
             self._add_moved_clocks(policy, previous.as_of, as_of, tz)
-        return True
 
     def _add_moved_statistics(self, old: PopulationStats, new: PopulationStats) -> None:
         """Buyers on or between an old and a new threshold of the same comparison."""

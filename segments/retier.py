@@ -31,6 +31,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import Session
@@ -83,14 +84,18 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
     scope = Scope(session)
     previous = last_run(session)
     try:
-        scope.claim_marks()
-        result.incremental = not full and from_aggregates and scope.widen(previous, digest, policy, as_of, tz, stats)
+        result.incremental = not full and from_aggregates and Scope.possible(previous, digest, policy, as_of, stats)
+        if result.incremental and previous is not None:
+            scope.claim_marks()
+            scope.widen(previous, policy, as_of, tz, stats)
+        else:
+            scope.clear_marks()
         result.recomputed = _compute_and_write(session, policy, as_of, tz, metrics, stats, result,
                                                scope if result.incremental else None)
     finally:
         scope.drop()
     result.seconds = time.perf_counter() - started
-    record_run(session, result, digest, started_at)
+    record_run(session, result, digest, started_at, from_aggregates)
     return result
 
 
@@ -274,12 +279,24 @@ def _record_changes(session: Session, table: Table, dimension: str, as_of: date,
 
 
 def _write_changed(session: Session, table: Table) -> int:
-    """The result table holds only rows that differ, so every one of them is written."""
+    """The result table holds only rows that differ, so every one of them is written. updated_at is
+    left alone (tiered_at says when tiers changed): an incremental run looks for rows edited after
+    they were tiered, and must not find every row the last run wrote."""
     c, t = Customer.__table__.c, table.c
-    now = utcnow()  # one instant: a customer edited later than tiered is what the next run looks for
+    names = DIMENSIONS + SCORE_COLUMNS
+    if session.get_bind().dialect.name == "sqlite":  # UPDATE … FROM would scan customers, probing the result
+        sql = (f"UPDATE customers SET ({', '.join(names)}, tiered_at) = (SELECT {', '.join(f't.{n}' for n in names)}, "
+               ":now FROM retier_result t WHERE t.customer_id = customers.id) "
+               "WHERE id IN (SELECT customer_id FROM retier_result)")
+        return max(session.execute(text(sql), {"now": _stored_now()}).rowcount or 0, 0)
     stmt = (update(Customer.__table__).where(c.id == t.customer_id)
-            .values(**{name: t[name] for name in DIMENSIONS + SCORE_COLUMNS}, tiered_at=now, updated_at=now))
+            .values(**{name: t[name] for name in names}, tiered_at=utcnow(), updated_at=c.updated_at))
     return max(session.execute(stmt).rowcount or 0, 0)
+
+
+def _stored_now() -> str:
+    """Now as SQLAlchemy stores a DateTime on SQLite, for hand-written SQL."""
+    return utcnow().replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 def tier_counts(session: Session) -> dict[str, dict[str | None, int]]:

@@ -70,19 +70,23 @@ def _cut_points(session: Any, column: Any, positions: list[int], n: int) -> tupl
 
 
 def aggregate_stats(session: Any) -> PopulationStats:
-    """The same statistics as population_stats over the maintained aggregates, reading each cut point
-    at its offset in a partial index of buyers (no sort of the whole population)."""
-    from bot.models import CustomerAggregate as a
-
-    buyer = a.order_count > 0
-    n, sum_last, sum_orders, sum_amount = session.execute(select(
-        func.count(), func.coalesce(func.sum(a.last_order_day), 0), func.coalesce(func.sum(a.order_count), 0),
-        func.coalesce(func.sum(a.paid_amount_fen), 0)).where(buyer)).one()
+    """The same statistics as population_stats over the maintained aggregates: the totals in one
+    sequential scan, each cut point read at its offset in a partial index of buyers (no sort)."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    conn = session.connection()
+    # SQLite would walk the order_count index and look every row up; a plain scan reads it in order.
+    n, sum_last, sum_orders, sum_amount = conn.exec_driver_sql(
+        "SELECT count(*), coalesce(sum(last_order_day), 0), coalesce(sum(order_count), 0), "
+        f"coalesce(sum(paid_amount_fen), 0) FROM customer_aggregates {'NOT INDEXED' if sqlite else ''} "
+        "WHERE order_count > 0").one()
     cuts = []
-    for column in (a.last_order_day, a.order_count, a.paid_amount_fen):
+    for column in ("last_order_day", "order_count", "paid_amount_fen"):
+        # The literal predicate lets both databases use the partial index; SQLite is also told which.
+        hint = f"INDEXED BY ix_customer_aggregates_buyers_{column}" if sqlite else ""
+        sql = (f"SELECT {column} FROM customer_aggregates {hint} WHERE order_count > 0 "
+               f"ORDER BY {column} LIMIT 1 OFFSET {{offset}}")
         positions = [-(-k * n // 5) for k in range(1, 5)] if n else []
-        cuts.append(tuple(int(session.scalar(select(column).where(buyer).order_by(column).offset(p - 1).limit(1)))
-                          for p in positions if p > 0))
+        cuts.append(tuple(int(conn.exec_driver_sql(sql.format(offset=p - 1)).scalar()) for p in positions))
     return PopulationStats(int(n), int(sum_last), int(sum_orders), int(sum_amount), *cuts)
 
 

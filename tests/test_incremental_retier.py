@@ -116,3 +116,15 @@ def test_a_new_policy_an_earlier_day_or_the_tag_driven_path_run_in_full(db, tmp_
         assert not retier(session, replace(POLICY, stage_path="high_ticket"), START, TZ).incremental
         runs = session.scalars(select(TierRun.full).order_by(TierRun.id)).all()
     assert runs == [True, True, True, False, True, True]
+
+
+def test_a_run_as_of_a_day_before_some_order_is_followed_by_a_full_run(db, tmp_path):
+    """As of a day before the last orders, metrics come from the orders up to that day: the next
+    run cannot build on that run's tiers."""
+    generated = demo_data.generate(60, seed=6, now=GENERATED_AT)
+    load(db, tmp_path / "orders.csv", order_rows(generated))
+    with db.begin() as session:
+        retier(session, POLICY, START - timedelta(days=90), TZ)
+        later = retier(session, POLICY, START, TZ)
+        assert not later.incremental
+        assert retier(session, POLICY, START, TZ, full=True).updated == 0
