@@ -35,12 +35,6 @@ class Customer(Base):
         Index("ix_customers_stage", "stage"),
         Index("ix_customers_activity", "activity"),
         Index("ix_customers_owner_userid", "owner_userid"),
-        # What an incremental re-tier looks up: edited since it last looked, and the engagement clocks.
-        Index("ix_customers_updated_at", "updated_at"),
-        Index("ix_customers_last_interaction_at", "last_interaction_at"),
-        Index("ix_customers_created_at", "created_at"),
-        Index("ix_customers_untiered", "id", sqlite_where=text("tiered_at IS NULL"),
-              postgresql_where=text("tiered_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

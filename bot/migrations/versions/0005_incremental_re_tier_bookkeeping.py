@@ -1,4 +1,4 @@
-"""incremental re-tier bookkeeping: dirty marks, run statistics, lookup indexes
+"""incremental re-tier bookkeeping: dirty marks, run statistics, partial indexes of buyers
 
 Revision ID: 0005
 Revises: 0004
@@ -39,21 +39,9 @@ def upgrade() -> None:
         batch_op.create_index('ix_customer_aggregates_buyers_order_count', ['order_count'], unique=False, sqlite_where=sa.text('order_count > 0'), postgresql_where=sa.text('order_count > 0'))
         batch_op.create_index('ix_customer_aggregates_buyers_paid_amount_fen', ['paid_amount_fen'], unique=False, sqlite_where=sa.text('order_count > 0'), postgresql_where=sa.text('order_count > 0'))
 
-    with op.batch_alter_table('customers', schema=None) as batch_op:
-        batch_op.create_index('ix_customers_created_at', ['created_at'], unique=False)
-        batch_op.create_index('ix_customers_last_interaction_at', ['last_interaction_at'], unique=False)
-        batch_op.create_index('ix_customers_untiered', ['id'], unique=False, sqlite_where=sa.text('tiered_at IS NULL'), postgresql_where=sa.text('tiered_at IS NULL'))
-        batch_op.create_index('ix_customers_updated_at', ['updated_at'], unique=False)
-
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('customers', schema=None) as batch_op:
-        batch_op.drop_index('ix_customers_updated_at')
-        batch_op.drop_index('ix_customers_untiered', sqlite_where=sa.text('tiered_at IS NULL'), postgresql_where=sa.text('tiered_at IS NULL'))
-        batch_op.drop_index('ix_customers_last_interaction_at')
-        batch_op.drop_index('ix_customers_created_at')
-
     with op.batch_alter_table('customer_aggregates', schema=None) as batch_op:
         batch_op.drop_index('ix_customer_aggregates_buyers_paid_amount_fen', sqlite_where=sa.text('order_count > 0'), postgresql_where=sa.text('order_count > 0'))
         batch_op.drop_index('ix_customer_aggregates_buyers_order_count', sqlite_where=sa.text('order_count > 0'), postgresql_where=sa.text('order_count > 0'))
