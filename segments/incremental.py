@@ -13,7 +13,8 @@ after a run, a customer's result can only differ if
 
 Everything else needs a full run: another policy or time zone, an as-of day before the last one or
 before some order (metrics then come from the orders), the high-ticket stage path (tag-driven), or a
-population that was or became empty. Each set is an index range; the union is the scope.
+population that was or became empty. The customer-row rules are one scan of customers, the others
+index ranges; the union is the scope.
 """
 
 from __future__ import annotations
