@@ -20,6 +20,14 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 MID_AUTUMN_MORNING = datetime(2026, 9, 25, 10, 0, tzinfo=SHANGHAI)
 
 
+def seed_sandbox_and_customers(sandbox, db) -> None:
+    """zhangsan's three contacts wm0–wm2, in the sandbox and in our database."""
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
+        {"userid": "zhangsan", "external_userid": f"wm{i}", "name": f"客户{i}"} for i in range(3)]},
+        timeout=10).raise_for_status()
+    seed_customers(db)
+
+
 def seed_customers(db) -> None:
     with db.begin() as s:
         staff = Staff(userid="zhangsan", name="张三")
@@ -67,10 +75,7 @@ def test_planned_in_quiet_hours_waits_until_they_end(app, db):
 
 def test_due_greetings_become_one_mass_message_per_member_and_text(wired, sandbox):
     db = wired.extensions["scrm.db"]
-    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
-        {"userid": "zhangsan", "external_userid": f"wm{i}", "name": f"客户{i}"} for i in range(3)]},
-        timeout=10).raise_for_status()
-    seed_customers(db)
+    seed_sandbox_and_customers(sandbox, db)
     plan(wired, db, MID_AUTUMN_MORNING)
     with db.begin() as s:  # the low-tier customer opts out after planning
         s.scalar(select(Customer).where(Customer.external_userid == "wm2")).opted_out = True
@@ -104,10 +109,7 @@ def test_a_crash_mid_submit_is_looked_up_never_sent_blindly_twice(wired, sandbox
     from bot.outbox.mass import resolve_interrupted
 
     db = wired.extensions["scrm.db"]
-    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
-        {"userid": "zhangsan", "external_userid": f"wm{i}", "name": f"客户{i}"} for i in range(3)]},
-        timeout=10).raise_for_status()
-    seed_customers(db)
+    seed_sandbox_and_customers(sandbox, db)
     contact = wired.extensions["scrm.processor"].clients.contact
     now = datetime.now(UTC)
     with db.begin() as s:
