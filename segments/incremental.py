@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, Column, MetaData, Table, func, select, text
+from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, func, select, text
 from sqlalchemy.orm import Session
 
 from bot.models import Interaction, TierRun
@@ -34,6 +34,8 @@ from segments.rfm import PopulationStats
 
 EDIT_MARGIN = timedelta(minutes=10)  # edits stamped before the last run began but committed after it
 INTERACTION_MARGIN = 10_000  # ids allocated before the last run's highest but committed after it
+# A customer id key for temporary tables: SQLite makes INTEGER PRIMARY KEY the rowid (no separate index).
+ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def policy_digest(policy: TierPolicy, tz: ZoneInfo) -> str:
@@ -60,7 +62,7 @@ class Scope:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.dialect = session.get_bind().dialect.name
-        self.table = Table("retier_scope", MetaData(), Column("customer_id", BigInteger, primary_key=True),
+        self.table = Table("retier_scope", MetaData(), Column("customer_id", ROW_ID, primary_key=True),
                            prefixes=["TEMPORARY"])
         self.table.create(session.connection())
 

@@ -10,6 +10,8 @@ SQLite and PostgreSQL.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -37,12 +39,15 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from bot.models import Customer, CustomerAggregate, CustomerTag, Interaction, Order, Tag, TierChange, utcnow
-from segments.incremental import Scope, last_run, policy_digest, record_run
+from segments.incremental import ROW_ID, Scope, last_run, policy_digest, record_run
 from segments.policy import TierPolicy, local_midnight_utc
 from segments.rfm import PopulationStats, aggregate_stats, high, population_stats, quintile, segment_case
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
 SCORE_COLUMNS = ("r_score", "f_score", "m_score", "score", "activity_score")
+COLUMNS = DIMENSIONS + SCORE_COLUMNS
+REBUILD_INDEXES_ROWS = 100_000
+TIERED_BIT = 1 << len(DIMENSIONS)  # in the result table's change mask: the customer had been tiered before
 
 
 @dataclass
@@ -108,20 +113,25 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
     try:
         activity = _activity_scores(policy, as_of, tz, scope)
         columns = _computed_columns(policy, as_of, tz, metrics, activity, stats)
-        joined: Any = Customer.__table__
-        if scope is not None:
-            joined = joined.join(scope.table, scope.table.c.customer_id == Customer.id)
-        joined = (joined.outerjoin(metrics, metrics.c.customer_id == Customer.id)
+        joined = (Customer.__table__.outerjoin(metrics, metrics.c.customer_id == Customer.id)
                   .outerjoin(activity, activity.c.customer_id == Customer.id))
         current = [Customer.tiered_at.label("current_tiered_at")] + [
-            getattr(Customer, name).label(f"current_{name}") for name in DIMENSIONS + SCORE_COLUMNS]
+            getattr(Customer, name).label(f"current_{name}") for name in COLUMNS]
+        # OFFSET 0 keeps the subquery from being merged into the statement below, which would evaluate
+        # each computed expression again wherever it is referred to (SQLite, 1M customers: 2.6 s → 5.4 s).
+        # The scope as IN, not a join: SQLite then looks customers up by id instead of scanning them all.
+        in_scope = Customer.id.in_(select(scope.table.c.customer_id)) if scope is not None else literal(True)
         computed = select(*[expr.label(name) for name, expr in columns.items()], *current).select_from(
-            joined).subquery("computed")
+            joined).where(in_scope).offset(0).subquery("computed")
+        changed = {name: computed.c[name].is_distinct_from(computed.c[f"current_{name}"]) for name in COLUMNS}
+        tiered = computed.c.current_tiered_at.is_not(None)
+        masked = select(*[computed.c[name] for name in columns], _change_mask(changed, tiered).label("changes"),
+                        or_(~tiered, *(changed[name] for name in SCORE_COLUMNS)).label("scores_differ")
+                        ).offset(0).subquery("masked")
         # Only customers whose values differ (or who were never tiered) go on to the writes below.
-        differs = or_(computed.c.current_tiered_at.is_(None), *(
-            computed.c[name].is_distinct_from(computed.c[f"current_{name}"]) for name in DIMENSIONS + SCORE_COLUMNS))
-        session.execute(insert(table).from_select(list(columns), select(*[computed.c[name] for name in columns])
-                                                  .where(differs)))
+        session.execute(insert(table).from_select(
+            [*columns, "changes"], select(*[masked.c[name] for name in [*columns, "changes"]]).where(
+                or_(masked.c.changes != TIERED_BIT, masked.c.scores_differ))))
         result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
         for dimension in DIMENSIONS:
             result.changes[dimension] = _record_changes(session, table, dimension, as_of, policy, stats)
@@ -134,10 +144,11 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
 def _result_table() -> Table:
     return Table(
         "retier_result", MetaData(),
-        Column("customer_id", BigInteger, primary_key=True),
+        Column("customer_id", ROW_ID, primary_key=True),
         *(Column(name, String(32)) for name in DIMENSIONS),
         *(Column(name, Integer) for name in SCORE_COLUMNS),
         Column("r_days", Integer), Column("order_count", Integer), Column("amount_fen", BigInteger),
+        Column("changes", Integer),  # see _change_mask
         prefixes=["TEMPORARY"],
     )
 
@@ -269,13 +280,32 @@ def _reason(dimension: str, table: Table, policy: TierPolicy, stats: PopulationS
 def _record_changes(session: Session, table: Table, dimension: str, as_of: date, policy: TierPolicy,
                     stats: PopulationStats) -> int:
     c, t = Customer.__table__.c, table.c
-    changed = select(c.id, literal(dimension), c[dimension], t[dimension], literal(as_of),
+    bits = _bit(dimension) | TIERED_BIT
+    changed = select(t.customer_id, literal(dimension), c[dimension], t[dimension], literal(as_of),
                      _reason(dimension, table, policy, stats, as_of), literal(utcnow())).select_from(
-        table.join(Customer.__table__, c.id == t.customer_id)).where(
-        c.tiered_at.is_not(None), c[dimension].is_distinct_from(t[dimension]))
+        table.join(Customer.__table__, c.id == t.customer_id)).where(t.changes.op("&")(bits) == bits)
     result = session.execute(insert(TierChange).from_select(
         ["customer_id", "dimension", "from_value", "to_value", "as_of", "reason", "created_at"], changed))
     return max(result.rowcount or 0, 0)
+
+
+def _bit(column: str) -> int:
+    """A dimension's bit in the change mask; score columns have none (no index holds them)."""
+    return 1 << DIMENSIONS.index(column) if column in DIMENSIONS else 0
+
+
+def _change_mask(changed: dict[str, Any], tiered: Any) -> Any:
+    """SQL: a bit per dimension whose value changes, and TIERED_BIT."""
+    mask: Any = case((tiered, TIERED_BIT), else_=0)
+    for name in DIMENSIONS:
+        mask = mask + case((changed[name], _bit(name)), else_=0)
+    return mask
+
+
+def _indexed_tier_bits() -> int:
+    """The bits of the tier columns some index of customers holds."""
+    indexed = {column.name for index in Customer.__table__.indexes for column in index.columns}
+    return sum(_bit(name) for name in COLUMNS if name in indexed)
 
 
 def _write_changed(session: Session, table: Table) -> int:
@@ -283,15 +313,54 @@ def _write_changed(session: Session, table: Table) -> int:
     left alone (tiered_at says when tiers changed): an incremental run looks for rows edited after
     they were tiered, and must not find every row the last run wrote."""
     c, t = Customer.__table__.c, table.c
-    names = DIMENSIONS + SCORE_COLUMNS
-    if session.get_bind().dialect.name == "sqlite":  # UPDATE … FROM would scan customers, probing the result
-        sql = (f"UPDATE customers SET ({', '.join(names)}, tiered_at) = (SELECT {', '.join(f't.{n}' for n in names)}, "
-               ":now FROM retier_result t WHERE t.customer_id = customers.id) "
-               "WHERE id IN (SELECT customer_id FROM retier_result)")
-        return max(session.execute(text(sql), {"now": _stored_now()}).rowcount or 0, 0)
-    stmt = (update(Customer.__table__).where(c.id == t.customer_id)
-            .values(**{name: t[name] for name in names}, tiered_at=utcnow(), updated_at=c.updated_at))
-    return max(session.execute(stmt).rowcount or 0, 0)
+    if session.get_bind().dialect.name != "sqlite":  # PostgreSQL compares values itself (HOT updates)
+        stmt = (update(Customer.__table__).where(c.id == t.customer_id)
+                .values(**{name: t[name] for name in COLUMNS}, tiered_at=utcnow(), updated_at=c.updated_at))
+        return max(session.execute(stmt).rowcount or 0, 0)
+    # SQLite rewrites the entries of every index holding a column the UPDATE sets, even to its old value
+    # (300k rows: 1.7 s with the four tier indexes, 0.24 s without). So rows are written in groups by
+    # which indexed columns change, and each group sets only those. UPDATE … FROM would scan customers
+    # and probe the result; the row-value form looks each result row up instead.
+    indexed = _indexed_tier_bits()
+    with _tier_indexes_rebuilt_if_most_change(session, table, indexed):
+        return _write_groups(session, table, indexed)
+
+
+@contextmanager
+def _tier_indexes_rebuilt_if_most_change(session: Session, table: Table, indexed: int) -> Iterator[None]:
+    """SQLite, when at least half of the customers (and 100k) change an indexed tier column, as in a
+    first run: drop the tier indexes and build them again after the writes (1M customers: 4.3 s of
+    index upkeep against 2.8 s to rebuild). Readers keep their snapshot (WAL), so nobody sees them missing."""
+    t = table.c
+    changing = session.scalar(select(func.count()).where(t.changes.op("&")(indexed) != 0)) or 0
+    customers = session.scalar(select(func.max(Customer.id))) or 0
+    if changing < max(REBUILD_INDEXES_ROWS, customers // 2):
+        yield
+        return
+    conn = session.connection()
+    tier_columns = set(COLUMNS)
+    definitions = [(index.name, conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?",
+                                                     (index.name,)).scalar())
+                   for index in Customer.__table__.indexes if {c.name for c in index.columns} & tier_columns]
+    definitions = [(name, sql) for name, sql in definitions if sql]
+    for name, _ in definitions:
+        conn.exec_driver_sql(f'DROP INDEX "{name}"')
+    yield
+    for _, sql in definitions:
+        conn.exec_driver_sql(sql)
+
+
+def _write_groups(session: Session, table: Table, indexed: int) -> int:
+    t = table.c
+    written = 0
+    for group in session.scalars(select(t.changes.op("&")(indexed)).distinct()).all():
+        columns = [name for name in COLUMNS if not indexed & _bit(name) or group & _bit(name)]
+        sql = (f"UPDATE customers SET ({', '.join(columns)}, tiered_at) = (SELECT "
+               f"{', '.join(f't.{n}' for n in columns)}, :now FROM retier_result t WHERE t.customer_id = customers.id) "
+               "WHERE id IN (SELECT customer_id FROM retier_result WHERE changes & :indexed = :group)")
+        params = {"now": _stored_now(), "indexed": indexed, "group": group}
+        written += max(session.execute(text(sql), params).rowcount or 0, 0)
+    return written
 
 
 def _stored_now() -> str:

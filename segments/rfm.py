@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy import case, func, literal, select
 
 SEGMENTS = {  # (R high, F high, M high) → code
     (True, True, True): "important_value",
@@ -104,8 +104,9 @@ def quintile(value: Any, cuts: tuple[int, ...]) -> Any:
 
 
 def segment_case(r_high: Any, f_high: Any, m_high: Any) -> Any:
-    return case(*[(and_(r_high if r else ~r_high, f_high if f else ~f_high, m_high if m else ~m_high), literal(code))
-                  for (r, f, m), code in SEGMENTS.items()])
+    """SQL: the segment code, each comparison made once (as a 3-bit number R·4 + F·2 + M)."""
+    bits = case((r_high, 4), else_=0) + case((f_high, 2), else_=0) + case((m_high, 1), else_=0)
+    return case({4 * r + 2 * f + m: literal(code) for (r, f, m), code in SEGMENTS.items()}, value=bits)
 
 
 def quintile_of(value: int, cuts: tuple[int, ...]) -> int:

@@ -9,8 +9,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, inspect, select, update
 
+import segments.retier as retier_module
 from bot.demo import data as demo_data
 from bot.models import Customer, Interaction, TierRun
 from segments.imports import import_orders
@@ -128,3 +129,27 @@ def test_a_run_as_of_a_day_before_some_order_is_followed_by_a_full_run(db, tmp_p
         later = retier(session, POLICY, START, TZ)
         assert not later.incremental
         assert retier(session, POLICY, START, TZ, full=True).updated == 0
+
+
+def test_a_run_that_rebuilds_the_tier_indexes_puts_them_back(db, tmp_path, monkeypatch):
+    """When most customers change (a first run), SQLite drops the tier indexes and builds them again."""
+    monkeypatch.setattr(retier_module, "REBUILD_INDEXES_ROWS", 1)
+    before = customer_indexes(db)
+    generated = demo_data.generate(120, seed=8, now=GENERATED_AT)
+    load(db, tmp_path / "orders.csv", order_rows(generated))
+    with db.begin() as session:
+        first = retier(session, POLICY, START, TZ)
+    assert first.updated == first.customers and customer_indexes(db) == before
+    with db.sessions() as session:
+        by_index = session.scalar(select(func.count()).select_from(Customer).where(
+            Customer.rfm_segment == "important_value"))
+        assert by_index == sum(1 for c in session.scalars(select(Customer)) if c.rfm_segment == "important_value")
+    with db.begin() as session:
+        assert retier(session, POLICY, START + timedelta(days=30), TZ, full=True).updated > 0
+        assert (retier(session, POLICY, START + timedelta(days=30), TZ, full=True).updated) == 0
+
+
+def customer_indexes(db) -> list[tuple[str, tuple[str, ...]]]:
+    with db.sessions() as session:
+        indexes = inspect(session.connection()).get_indexes("customers")
+    return sorted((index["name"], tuple(index["column_names"])) for index in indexes)
