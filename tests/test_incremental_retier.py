@@ -132,7 +132,8 @@ def test_a_run_as_of_a_day_before_some_order_is_followed_by_a_full_run(db, tmp_p
 
 
 def test_a_run_that_rebuilds_the_tier_indexes_puts_them_back(db, tmp_path, monkeypatch):
-    """When most customers change (a first run), SQLite drops the tier indexes and builds them again."""
+    """When most customers change (a first run), indexes are dropped and built again (PostgreSQL:
+    the unique external_userid constraint too)."""
     monkeypatch.setattr(retier_module, "REBUILD_INDEXES_ROWS", 1)
     before = customer_indexes(db)
     generated = demo_data.generate(120, seed=8, now=GENERATED_AT)
@@ -149,7 +150,11 @@ def test_a_run_that_rebuilds_the_tier_indexes_puts_them_back(db, tmp_path, monke
         assert (retier(session, POLICY, START + timedelta(days=30), TZ, full=True).updated) == 0
 
 
-def customer_indexes(db) -> list[tuple[str, tuple[str, ...]]]:
+def customer_indexes(db) -> list[tuple[str, tuple[str, ...], bool]]:
     with db.sessions() as session:
-        indexes = inspect(session.connection()).get_indexes("customers")
-    return sorted((index["name"], tuple(index["column_names"])) for index in indexes)
+        inspector = inspect(session.connection())
+        indexes = [(index["name"], tuple(index["column_names"]), bool(index["unique"]))
+                   for index in inspector.get_indexes("customers")]
+        constraints = [(c["name"], tuple(c["column_names"]), True)
+                       for c in inspector.get_unique_constraints("customers")]
+    return sorted(set(indexes + constraints))
