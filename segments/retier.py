@@ -48,6 +48,7 @@ SCORE_COLUMNS = ("r_score", "f_score", "m_score", "score", "activity_score")
 COLUMNS = DIMENSIONS + SCORE_COLUMNS
 REBUILD_INDEXES_ROWS = 100_000
 INDEX_BUILD_MEMORY = "256MB"
+WORK_MEM = "64MB"
 TIERED_BIT = 1 << len(DIMENSIONS)  # in the result table's change mask: the customer had been tiered before
 
 
@@ -83,6 +84,8 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
     as a full run, which tests check."""
     started, started_at = time.perf_counter(), utcnow()
     result = RetierResult(as_of=as_of)
+    if session.get_bind().dialect.name == "postgresql":  # hash joins over the population without spilling
+        session.connection().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
     metrics, from_aggregates = metrics_source(session, as_of.toordinal(), tz)
     stats = aggregate_stats(session) if from_aggregates else population_stats(session, metrics)
     result.stats = stats
@@ -133,6 +136,8 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
         session.execute(insert(table).from_select(
             [*columns, "changes"], select(*[masked.c[name] for name in [*columns, "changes"]]).where(
                 or_(masked.c.changes != TIERED_BIT, masked.c.scores_differ))))
+        if session.get_bind().dialect.name == "postgresql":  # autovacuum never analyzes temporary tables
+            session.connection().exec_driver_sql("ANALYZE retier_result")
         result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
         for dimension in DIMENSIONS:
             result.changes[dimension] = _record_changes(session, table, dimension, as_of, policy, stats)

@@ -74,6 +74,8 @@ def aggregate_stats(session: Any) -> PopulationStats:
     sequential scan, each cut point read at its offset in a partial index of buyers (no sort)."""
     sqlite = session.get_bind().dialect.name == "sqlite"
     conn = session.connection()
+    if not sqlite:
+        return _postgresql_aggregate_stats(conn)
     # SQLite would walk the order_count index and look every row up; a plain scan reads it in order.
     n, sum_last, sum_orders, sum_amount = conn.exec_driver_sql(
         "SELECT count(*), coalesce(sum(last_order_day), 0), coalesce(sum(order_count), 0), "
@@ -88,6 +90,23 @@ def aggregate_stats(session: Any) -> PopulationStats:
         positions = [-(-k * n // 5) for k in range(1, 5)] if n else []
         cuts.append(tuple(int(conn.exec_driver_sql(sql.format(offset=p - 1)).scalar()) for p in positions))
     return PopulationStats(int(n), int(sum_last), int(sum_orders), int(sum_amount), *cuts)
+
+
+def _postgresql_aggregate_stats(conn: Any) -> PopulationStats:
+    """PostgreSQL: totals and cut points in one scan of the aggregates and an in-memory sort per
+    column (offsets in the partial indexes visit the heap for every skipped row once it has changed).
+    percentile_disc(f) is the value at position ceil(f · n); asking for (p − ½) / n gives position p
+    exactly, whatever the rounding of f."""
+    n = int(conn.exec_driver_sql("SELECT count(*) FROM customer_aggregates WHERE order_count > 0").scalar() or 0)
+    positions = [-(-k * n // 5) for k in range(1, 5)] if n else []
+    fractions = "ARRAY[" + ", ".join(f"{(p - 0.5) / n!r}" for p in positions) + "]::float8[]" if n else "NULL"
+    row = conn.exec_driver_sql(
+        "SELECT coalesce(sum(last_order_day), 0), coalesce(sum(order_count), 0), coalesce(sum(paid_amount_fen), 0), "
+        + ", ".join(f"percentile_disc({fractions}) WITHIN GROUP (ORDER BY {column})"
+                    for column in ("last_order_day", "order_count", "paid_amount_fen"))
+        + " FROM customer_aggregates WHERE order_count > 0").one()
+    cuts = [tuple(int(v) for v in (values or ())) for values in row[3:]]
+    return PopulationStats(n, int(row[0]), int(row[1]), int(row[2]), *cuts)
 
 
 def high(value: Any, n: int, total: int) -> Any:

@@ -22,7 +22,7 @@ from segments.imports import import_orders
 from segments.orders import OrderRow, OrderWriter
 from segments.policy import TierPolicy
 from segments.retier import retier
-from segments.rfm import SEGMENTS
+from segments.rfm import SEGMENTS, aggregate_stats
 
 TZ = ZoneInfo("Asia/Shanghai")
 POLICY = TierPolicy.from_settings(TiersSettings())
@@ -312,3 +312,23 @@ def test_high_ticket_path_uses_interactions_and_intent_tags(db):
         retier(session, policy, AS_OF, TZ)
         stages = dict(session.execute(select(Customer.external_userid, Customer.stage)).all())
     assert stages == {"wmS": "stranger", "wmP": "potential", "wmI": "intent", "wmBuyer": "first_purchase"}
+
+
+@pytest.mark.parametrize("buyers", [1, 2, 4, 5, 6, 7, 10, 13, 25])
+def test_quintile_cut_points_from_the_aggregates_are_exact(db, buyers):
+    """The cut points are the values at positions ceil(k·n/5): read from the aggregates (index offsets
+    on SQLite, percentile_disc on PostgreSQL) they equal a sort in Python, for every n mod 5 and ties."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [OrderRow(f"q{i}-{j}", f"wmq{i}", 100 * (1 + i), start + timedelta(days=i % 4), 0, "paid")
+            for i in range(buyers) for j in range(1 + i % 5)]
+    with db.begin() as session:
+        OrderWriter(session).write([OrderRow(r.order_id, r.external_userid, r.amount_fen, r.paid_at,
+                                             r.paid_at.date().toordinal(), r.status) for r in rows])
+        stats = aggregate_stats(session)
+        per_customer = session.execute(select(CustomerAggregate.last_order_day, CustomerAggregate.order_count,
+                                              CustomerAggregate.paid_amount_fen)).all()
+    positions = [-(-k * buyers // 5) for k in range(1, 5)]
+    for i, cuts in enumerate((stats.cuts_last_day, stats.cuts_orders, stats.cuts_amount_fen)):
+        ordered = sorted(values[i] for values in per_customer)
+        assert cuts == tuple(ordered[p - 1] for p in positions)
+    assert (stats.n, stats.sum_orders) == (buyers, len(rows))
