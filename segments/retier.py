@@ -127,15 +127,19 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
         in_scope = Customer.id.in_(select(scope.table.c.customer_id)) if scope is not None else literal(True)
         computed = select(*[expr.label(name) for name, expr in columns.items()], *current).select_from(
             joined).where(in_scope).offset(0).subquery("computed")
-        changed = {name: computed.c[name].is_distinct_from(computed.c[f"current_{name}"]) for name in COLUMNS}
+        # The score from the r/f/m scores already computed (not from their expressions again).
+        values = {name: computed.c[name] for name in columns} | {"score": case(
+            (computed.c.order_count > 0, _score(policy, computed.c.r_score, computed.c.f_score, computed.c.m_score)))}
+        changed = {name: values[name].is_distinct_from(computed.c[f"current_{name}"]) for name in COLUMNS}
         tiered = computed.c.current_tiered_at.is_not(None)
-        masked = select(*[computed.c[name] for name in columns], _change_mask(changed, tiered).label("changes"),
+        masked = select(*[value.label(name) for name, value in values.items()],
+                        _change_mask(changed, tiered).label("changes"),
                         or_(~tiered, *(changed[name] for name in SCORE_COLUMNS)).label("scores_differ")
                         ).offset(0).subquery("masked")
         # Only customers whose values differ (or who were never tiered) go on to the writes below.
-        session.execute(insert(table).from_select(
-            [*columns, "changes"], select(*[masked.c[name] for name in [*columns, "changes"]]).where(
-                or_(masked.c.changes != TIERED_BIT, masked.c.scores_differ))))
+        stored = [*values, "changes"]
+        session.execute(insert(table).from_select(stored, select(*[masked.c[name] for name in stored]).where(
+            or_(masked.c.changes != TIERED_BIT, masked.c.scores_differ))))
         if session.get_bind().dialect.name == "postgresql":  # autovacuum never analyzes temporary tables
             session.connection().exec_driver_sql("ANALYZE retier_result")
         result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
@@ -200,7 +204,6 @@ def _computed_columns(policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: An
         "r_score": case((buyer, r_score)),
         "f_score": case((buyer, f_score)),
         "m_score": case((buyer, m_score)),
-        "score": case((buyer, _score(policy, r_score, f_score, m_score))),
         "activity_score": activity_score,
         "r_days": case((buyer, literal(as_of_day) - last_day)),
         "order_count": orders,
