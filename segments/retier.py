@@ -143,8 +143,12 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
         if session.get_bind().dialect.name == "postgresql":  # autovacuum never analyzes temporary tables
             session.connection().exec_driver_sql("ANALYZE retier_result")
         result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
+        # A first tiering is a baseline, not a change: a first run has no history to record.
+        had_tiers = session.scalar(select(table.c.customer_id).where(
+            table.c.changes.op("&")(TIERED_BIT) != 0).limit(1)) is not None
         for dimension in DIMENSIONS:
-            result.changes[dimension] = _record_changes(session, table, dimension, as_of, policy, stats)
+            result.changes[dimension] = (_record_changes(session, table, dimension, as_of, policy, stats)
+                                         if had_tiers else 0)
         result.updated = _write_changed(session, table)
     finally:
         table.drop(session.connection())
