@@ -115,31 +115,7 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
     table = _result_table()
     table.create(session.connection())
     try:
-        activity = _activity_scores(policy, as_of, tz, scope)
-        columns = _computed_columns(policy, as_of, tz, metrics, activity, stats)
-        joined = (Customer.__table__.outerjoin(metrics, metrics.c.customer_id == Customer.id)
-                  .outerjoin(activity, activity.c.customer_id == Customer.id))
-        current = [Customer.tiered_at.label("current_tiered_at")] + [
-            getattr(Customer, name).label(f"current_{name}") for name in COLUMNS]
-        # OFFSET 0 keeps the subquery from being merged into the statement below, which would evaluate
-        # each computed expression again wherever it is referred to (SQLite, 1M customers: 2.6 s → 5.4 s).
-        # The scope as IN, not a join: SQLite then looks customers up by id instead of scanning them all.
-        in_scope = Customer.id.in_(select(scope.table.c.customer_id)) if scope is not None else literal(True)
-        computed = select(*[expr.label(name) for name, expr in columns.items()], *current).select_from(
-            joined).where(in_scope).offset(0).subquery("computed")
-        # The score from the r/f/m scores already computed (not from their expressions again).
-        values = {name: computed.c[name] for name in columns} | {"score": case(
-            (computed.c.order_count > 0, _score(policy, computed.c.r_score, computed.c.f_score, computed.c.m_score)))}
-        changed = {name: values[name].is_distinct_from(computed.c[f"current_{name}"]) for name in COLUMNS}
-        tiered = computed.c.current_tiered_at.is_not(None)
-        masked = select(*[value.label(name) for name, value in values.items()],
-                        _change_mask(changed, tiered).label("changes"),
-                        or_(~tiered, *(changed[name] for name in SCORE_COLUMNS)).label("scores_differ")
-                        ).offset(0).subquery("masked")
-        # Only customers whose values differ (or who were never tiered) go on to the writes below.
-        stored = [*values, "changes"]
-        session.execute(insert(table).from_select(stored, select(*[masked.c[name] for name in stored]).where(
-            or_(masked.c.changes != TIERED_BIT, masked.c.scores_differ))))
+        _fill_result(session, table, _computed(policy, as_of, tz, metrics, stats, scope), policy)
         if session.get_bind().dialect.name == "postgresql":  # autovacuum never analyzes temporary tables
             session.connection().exec_driver_sql("ANALYZE retier_result")
         result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
@@ -153,6 +129,40 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
     finally:
         table.drop(session.connection())
     return scope.size() if scope is not None else result.customers
+
+
+def _computed(policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any, stats: PopulationStats,
+              scope: Scope | None) -> Any:
+    """A subquery: each customer's new values (but the score) beside its current ones."""
+    activity = _activity_scores(policy, as_of, tz, scope)
+    columns = _computed_columns(policy, as_of, tz, metrics, activity, stats)
+    joined = (Customer.__table__.outerjoin(metrics, metrics.c.customer_id == Customer.id)
+              .outerjoin(activity, activity.c.customer_id == Customer.id))
+    current = [Customer.tiered_at.label("current_tiered_at")] + [
+        getattr(Customer, name).label(f"current_{name}") for name in COLUMNS]
+    # OFFSET 0 keeps the subquery from being merged into the statement that uses it, which would
+    # evaluate each expression again wherever it is referred to (SQLite, 1M customers: 2.6 s → 5.4 s).
+    # The scope as IN, not a join: SQLite then looks customers up by id instead of scanning them all.
+    in_scope = Customer.id.in_(select(scope.table.c.customer_id)) if scope is not None else literal(True)
+    return select(*[expr.label(name) for name, expr in columns.items()], *current).select_from(
+        joined).where(in_scope).offset(0).subquery("computed")
+
+
+def _fill_result(session: Session, table: Table, computed: Any, policy: TierPolicy) -> None:
+    """Customers whose values differ (or who were never tiered) into the result table, with their
+    change mask. The score is built from the r/f/m scores already computed."""
+    values = {name: computed.c[name] for name in computed.c.keys() if not name.startswith("current_")} | {
+        "score": case((computed.c.order_count > 0,
+                       _score(policy, computed.c.r_score, computed.c.f_score, computed.c.m_score)))}
+    changed = {name: values[name].is_distinct_from(computed.c[f"current_{name}"]) for name in COLUMNS}
+    tiered = computed.c.current_tiered_at.is_not(None)
+    masked = select(*[value.label(name) for name, value in values.items()],
+                    _change_mask(changed, tiered).label("changes"),
+                    or_(~tiered, *(changed[name] for name in SCORE_COLUMNS)).label("scores_differ")
+                    ).offset(0).subquery("masked")
+    stored = [*values, "changes"]
+    session.execute(insert(table).from_select(stored, select(*[masked.c[name] for name in stored]).where(
+        or_(masked.c.changes != TIERED_BIT, masked.c.scores_differ))))
 
 
 def _result_table() -> Table:
