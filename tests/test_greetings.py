@@ -111,7 +111,7 @@ def test_a_crash_mid_submit_is_looked_up_never_sent_blindly_twice(wired, sandbox
     db = wired.extensions["scrm.db"]
     seed_sandbox_and_customers(sandbox, db)
     contact = wired.extensions["scrm.processor"].clients.contact
-    now = datetime.now(UTC)
+    now = datetime.now(UTC) - timedelta(seconds=2)  # our clock a little behind WeCom's
     with db.begin() as s:
         for i, text in ((0, "已经到了 WeCom 的"), (1, "还没发出去的")):
             s.add(OutboxMessage(dedupe_key=f"k{i}", channel="mass_message", customer_id=i + 1, recipient=f"wm{i}",

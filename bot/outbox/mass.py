@@ -19,6 +19,8 @@ from bot.outbox.policy import ContactPolicy
 
 logger = logging.getLogger(__name__)
 MAX_RECIPIENTS = 10_000
+# WeCom's clock and ours may differ: a call is looked up in its creation window widened by this much.
+CLOCK_MARGIN = timedelta(minutes=1)
 
 
 def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolicy,
@@ -187,7 +189,7 @@ def resolve_interrupted(db: Database, contact_client: Any, lease_seconds: float,
     for row in rows:
         groups[(row.sender_userid or "", row.content["text"])].append(row)
     for (sender, text), members in groups.items():
-        since = min(r.updated_at for r in members) - timedelta(minutes=1)
+        since = min(r.updated_at for r in members) - CLOCK_MARGIN
         try:
             found = _find_sent(contact_client, sender, text, since, now)
         except WeChatClientException as exc:
@@ -212,7 +214,8 @@ def _find_sent(client: Any, sender: str, text: str, since: datetime, now: dateti
     from bot.wecom.api import cursor_pages
 
     pages = cursor_pages(lambda cursor: client.external_contact.get_groupmsg_list_v2(
-        "single", int(since.timestamp()), int(now.timestamp()), creator=sender or None, filter_type=0, limit=100,
+        "single", int(since.timestamp()), int((now + CLOCK_MARGIN).timestamp()), creator=sender or None,
+        filter_type=0, limit=100,
         cursor=cursor))
     for page in pages:
         for message in page.get("group_msg_list") or []:
