@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from bot.models import utcnow
 from segments.orders import (
+    DELTA_COLUMNS,
     DELTA_UPSERT,
     REBUILD_SQL,
     RowError,
@@ -109,6 +110,7 @@ class OrderStaging:
         counts.valid = self._scalar("SELECT count(*) FROM import_rows")
         if not counts.valid:
             return counts
+        self._group_by_customer()
         counts.customers_created = self._create_stubs()
         self._analyze("import_rows")
         if counts.customers_created > 10_000:
@@ -118,7 +120,7 @@ class OrderStaging:
             "FROM import_rows r JOIN orders o ON o.order_id = r.order_id")
         self._analyze("import_existing")
         with self._bulk_load(counts.valid):
-            counts.inserted, written = self._upsert()
+            counts.inserted, written = self._upsert(counts.valid)
         counts.updated = written - counts.inserted
         counts.unchanged = counts.valid - written
         self._refresh_aggregates()
@@ -212,15 +214,32 @@ class OrderStaging:
                 "AND sql IS NOT NULL AND sql NOT LIKE 'CREATE UNIQUE%'").all()
         return [(name, definition) for name, definition in rows]
 
+    def _group_by_customer(self) -> None:
+        """The file's rows per customer, sorted and grouped once: the earliest time (for stubs) and the
+        totals the rows would add. When every row becomes a new order, these totals are the delta."""
+        self._conn().exec_driver_sql(
+            "CREATE TEMPORARY TABLE import_customers AS SELECT external_userid, min(paid_at) AS first_seen, "
+            f"{_TOTALS} FROM import_rows GROUP BY external_userid")
+        self._analyze("import_customers")
+
     def _create_stubs(self) -> int:
         """Unknown customers get a stub known since their earliest order in the file."""
         sql = ("INSERT INTO customers (external_userid, name, contact_type, gender, opted_out, created_at, updated_at) "
-               f"SELECT external_userid, '', 1, 0, FALSE, min(paid_at), {self._mark} FROM import_rows r "
-               "WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.external_userid = r.external_userid) "
-               "GROUP BY external_userid ON CONFLICT (external_userid) DO NOTHING")
+               f"SELECT external_userid, '', 1, 0, FALSE, first_seen, {self._mark} FROM import_customers g "
+               "WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.external_userid = g.external_userid) "
+               "ON CONFLICT (external_userid) DO NOTHING")
         return max(self._conn().exec_driver_sql(sql, (self._time(utcnow()),)).rowcount or 0, 0)
 
-    def _upsert(self) -> tuple[int, int]:
+    def _delta_from_groups(self) -> None:
+        """aggregate_delta from the per-customer totals of the file: right only when every valid row
+        was inserted as a new order (no repeat in the file, no order already known)."""
+        self._conn().exec_driver_sql(
+            f"INSERT INTO aggregate_delta ({', '.join(DELTA_COLUMNS)}) SELECT c.id, "
+            + ", ".join(f"g.{column}" for column in DELTA_COLUMNS[1:-1])
+            + f", {self._mark} FROM import_customers g JOIN customers c ON c.external_userid = g.external_userid",
+            (self._time(utcnow()),))
+
+    def _upsert(self, valid: int) -> tuple[int, int]:
         """Insert new orders and update changed ones, in line order; returns (inserted, inserted + updated).
         The per-customer totals of inserted orders (in their final state) go to aggregate_delta."""
         conn = self._conn()
@@ -232,11 +251,18 @@ class OrderStaging:
                           or 0, 0)
             new_orders = f"SELECT * FROM orders NOT INDEXED WHERE id > {int(before)}"  # a rowid range, then a sort
             inserted = self._scalar(f"SELECT count(*) FROM ({new_orders}) AS n")
-            conn.exec_driver_sql(_DELTA_FROM.format(source=new_orders, mark="?"), (self._time(utcnow()),))
+            if inserted == valid:  # each row a new order, in the state the file gives it
+                self._delta_from_groups()
+            else:
+                conn.exec_driver_sql(_DELTA_FROM.format(source=new_orders, mark="?"), (self._time(utcnow()),))
             return inserted, written
         try:
             with self.session.begin_nested():
-                return self._upsert_counted("import_rows", "TRUE", with_delta=True)
+                counted = self._upsert_counted("import_rows", "TRUE", with_delta=False)
+            # No id repeats (PostgreSQL would have refused the statement), so a customer's rows are all
+            # new orders unless one of them was known: such customers are rebuilt from their orders.
+            self._delta_from_groups()
+            return counted
         except DBAPIError as exc:  # "ON CONFLICT DO UPDATE command cannot affect row a second time"
             if getattr(exc.orig, "sqlstate", None) != "21000":
                 raise
@@ -300,7 +326,8 @@ class OrderStaging:
         mark_for_retier(conn, f"SELECT customer_id FROM aggregate_delta UNION {touched}")
 
     def drop(self) -> None:
-        for table in ("import_raw", "import_unusual", "import_rows", "import_existing", "import_ranked"):
+        for table in ("import_raw", "import_unusual", "import_rows", "import_customers", "import_existing",
+                      "import_ranked"):
             self._conn().exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
 
     # ------------------------------------------------------------------------------ SQL pieces
@@ -359,16 +386,20 @@ class OrderStaging:
         return self._conn().connection.dbapi_connection.cursor()
 
 
+# Per-customer totals of order rows, named as in aggregate_delta.
+_TOTALS = (
+    "count(*) FILTER (WHERE status = 'paid') AS order_count, "
+    "coalesce(sum(amount_fen) FILTER (WHERE status = 'paid'), 0) AS paid_amount_fen, "
+    "count(*) FILTER (WHERE status = 'refunded') AS refund_count, "
+    "coalesce(sum(amount_fen) FILTER (WHERE status = 'refunded'), 0) AS refunded_amount_fen, "
+    "min(paid_at) FILTER (WHERE status = 'paid') AS first_order_at, "
+    "max(paid_at) FILTER (WHERE status = 'paid') AS last_order_at, "
+    "min(paid_day) FILTER (WHERE status = 'paid') AS first_order_day, "
+    "max(paid_day) FILTER (WHERE status = 'paid') AS last_order_day")
 # Per-customer totals of newly inserted orders ({source}: rows shaped like orders), for DELTA_UPSERT.
 _DELTA_FROM = (
-    "INSERT INTO aggregate_delta (customer_id, order_count, paid_amount_fen, refund_count, refunded_amount_fen, "
-    "first_order_at, last_order_at, first_order_day, last_order_day, updated_at) "
-    "SELECT customer_id, count(*) FILTER (WHERE status = 'paid'), "
-    "coalesce(sum(amount_fen) FILTER (WHERE status = 'paid'), 0), count(*) FILTER (WHERE status = 'refunded'), "
-    "coalesce(sum(amount_fen) FILTER (WHERE status = 'refunded'), 0), "
-    "min(paid_at) FILTER (WHERE status = 'paid'), max(paid_at) FILTER (WHERE status = 'paid'), "
-    "min(paid_day) FILTER (WHERE status = 'paid'), max(paid_day) FILTER (WHERE status = 'paid'), {mark} "
-    "FROM ({source}) AS new_orders GROUP BY customer_id")
+    f"INSERT INTO aggregate_delta ({', '.join(DELTA_COLUMNS)}) "
+    f"SELECT customer_id, {_TOTALS}, {{mark}} FROM ({{source}}) AS new_orders GROUP BY customer_id")
 
 
 def utc_offset_case(epoch: str, tz: ZoneInfo, now: datetime) -> str:

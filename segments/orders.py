@@ -279,7 +279,7 @@ class OrderWriter:
                 d["refund_count"] += 1
                 d["refunded_amount_fen"] += row.amount_fen
         if deltas:
-            params = [tuple(self._time(d[c]) if isinstance(d[c], datetime) else d[c] for c in _DELTA_COLUMNS)
+            params = [tuple(self._time(d[c]) if isinstance(d[c], datetime) else d[c] for c in DELTA_COLUMNS)
                       for d in deltas.values()]
             self._stage_deltas(params)
             connection = self.session.connection()
@@ -294,11 +294,11 @@ class OrderWriter:
         create_delta_table(connection, self.dialect)
         if self.dialect == "postgresql":
             cursor = connection.connection.dbapi_connection.cursor()
-            with cursor.copy(f"COPY aggregate_delta ({', '.join(_DELTA_COLUMNS)}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY aggregate_delta ({', '.join(DELTA_COLUMNS)}) FROM STDIN") as copy:
                 copy.write("".join("\t".join(copy_text(v) for v in row) + "\n" for row in params))
         else:
-            placeholders = ", ".join("?" * len(_DELTA_COLUMNS))
-            connection.exec_driver_sql(f"INSERT INTO aggregate_delta ({', '.join(_DELTA_COLUMNS)}) "
+            placeholders = ", ".join("?" * len(DELTA_COLUMNS))
+            connection.exec_driver_sql(f"INSERT INTO aggregate_delta ({', '.join(DELTA_COLUMNS)}) "
                                        f"VALUES ({placeholders})", params)
 
 
@@ -330,7 +330,7 @@ def _chunks(items: list[Any], size: int = IN_CHUNK) -> Iterable[list[Any]]:
         yield items[start:start + size]
 
 
-_DELTA_COLUMNS = ["customer_id", "order_count", "paid_amount_fen", "refund_count", "refunded_amount_fen",
+DELTA_COLUMNS = ["customer_id", "order_count", "paid_amount_fen", "refund_count", "refunded_amount_fen",
                   "first_order_at", "last_order_at", "first_order_day", "last_order_day", "updated_at"]
 
 
@@ -344,8 +344,8 @@ def _pick(column: str, wins: str, by: str | None = None) -> str:
 
 # Adds staged new orders' totals to each customer's aggregate, creating it if needed (both dialects).
 DELTA_UPSERT = (
-    f"INSERT INTO customer_aggregates ({', '.join(_DELTA_COLUMNS)}) "
-    f"SELECT {', '.join(_DELTA_COLUMNS)} FROM aggregate_delta WHERE TRUE "  # WHERE: SQLite's upsert grammar
+    f"INSERT INTO customer_aggregates ({', '.join(DELTA_COLUMNS)}) "
+    f"SELECT {', '.join(DELTA_COLUMNS)} FROM aggregate_delta WHERE TRUE "  # WHERE: SQLite's upsert grammar
     "ON CONFLICT (customer_id) DO UPDATE SET "
     + ", ".join([f"{c} = customer_aggregates.{c} + excluded.{c}"
                  for c in ("order_count", "paid_amount_fen", "refund_count", "refunded_amount_fen")]

@@ -177,3 +177,42 @@ def test_a_bulk_load_leaves_indexes_and_foreign_key_as_they_were(db, tmp_path, m
         with pytest.raises(IntegrityError):
             session.execute(insert(Order).values(order_id="orphan", customer_id=10**9, amount_fen=1,
                                                  paid_at=datetime.now(UTC), paid_day=1, status="paid"))
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_aggregates_equal_the_orders_after_any_sequence_of_imports(db, tmp_path, seed):
+    """Files of only new orders (their totals are added as they are), then files that repeat ids,
+    update or move known orders and refund them: every customer's aggregates must equal a count over
+    the order table afterwards."""
+    pick = random.Random(seed)
+    known: list[str] = []
+    for round_, (known_share, repeat_share) in enumerate([(0, 0), (0, 0.2), (0.3, 0), (0, 0), (0.3, 0.2)]):
+        records = []
+        for i in range(pick.randint(20, 60)):
+            order_id = pick.choice(known) if known and pick.random() < known_share else f"r{round_}-{i}"
+            if records and pick.random() < repeat_share:
+                order_id = records[-1]["order_id"]  # a repeat within the file
+            records.append({"order_id": order_id, "external_userid": f"wm{pick.randint(0, 49)}",
+                            "amount": f"{pick.randint(0, 999)}.{pick.randint(0, 99):02d}",
+                            "paid_at": f"2025-0{pick.randint(1, 6)}-1{pick.randint(0, 9)}T1{pick.randint(0, 9)}"
+                                       f":00:00+08:00", "status": pick.choice(["", "paid", "refunded"])})
+        known += [r["order_id"] for r in records]
+        path = tmp_path / f"round{round_}.csv"
+        write_csv(path, records)
+        with db.begin() as session:
+            assert import_orders(session, path, ZoneInfo("Asia/Shanghai")).skipped == 0
+        with db.sessions() as session:
+            paid, refunded = Order.status == "paid", Order.status == "refunded"
+            expected = {row[0]: tuple(row[1:]) for row in session.execute(
+                select(Order.customer_id, func.count().filter(paid), func.coalesce(func.sum(Order.amount_fen)
+                       .filter(paid), 0), func.count().filter(refunded),
+                       func.coalesce(func.sum(Order.amount_fen).filter(refunded), 0),
+                       func.min(Order.paid_at).filter(paid), func.max(Order.paid_at).filter(paid),
+                       func.min(Order.paid_day).filter(paid), func.max(Order.paid_day).filter(paid))
+                .group_by(Order.customer_id))}
+            a = CustomerAggregate
+            stored = {row[0]: tuple(row[1:]) for row in session.execute(select(
+                a.customer_id, a.order_count, a.paid_amount_fen, a.refund_count, a.refunded_amount_fen,
+                a.first_order_at, a.last_order_at, a.first_order_day, a.last_order_day))}
+        empty = (0, 0, 0, 0, None, None, None, None)
+        assert {k: v for k, v in stored.items() if v != empty} == {k: v for k, v in expected.items() if v != empty}
