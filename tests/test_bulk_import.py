@@ -216,3 +216,24 @@ def test_aggregates_equal_the_orders_after_any_sequence_of_imports(db, tmp_path,
                 a.first_order_at, a.last_order_at, a.first_order_day, a.last_order_day))}
         empty = (0, 0, 0, 0, None, None, None, None)
         assert {k: v for k, v in stored.items() if v != empty} == {k: v for k, v in expected.items() if v != empty}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_line_numbers_survive_values_that_span_lines_and_any_line_end(db, tmp_path, monkeypatch, seed):
+    """Rows are read a run at a time and numbered afterwards: each problem must still carry the line
+    a CSV reader reports for its row, whatever line ends the file and its quoted values use."""
+    monkeypatch.setattr(imports, "STAGE_BATCH", 3)
+    pick = random.Random(seed).choice
+    shapes = ["o{i},wm,bad,2025-01-01T10:00:00+08:00", '"o{i}\r\nx",wm,bad,T', '"o{i}\rx",wm,bad,T',
+              '"o{i}\nx\n\ny",wm,bad,T', "", "o{i},wm,bad", '"o{i}\r\r\n",wm,"b\na\rd",T']
+    text = "order_id,external_userid,amount,paid_at\n" + "".join(
+        pick(shapes).format(i=i) + pick(["\n", "\r\n", "\r"]) for i in range(60))
+    path = tmp_path / "orders.csv"
+    path.write_bytes(text.encode())
+    reader = csv.reader(io.StringIO(text, newline=""))
+    next(reader)
+    expected = [reader.line_num for row in reader if row and row != [""]]
+    with db.begin() as session:
+        summary = import_orders(session, path, ZoneInfo("UTC"))
+    assert [line for line, _ in summary.errors] == expected
+    assert summary.read == summary.skipped == len(expected)
