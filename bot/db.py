@@ -56,7 +56,32 @@ def make_engine(url: str, echo: bool = False) -> Engine:
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "checkin", _foreign_keys_back_on)
     return engine
+
+
+def sqlite_foreign_keys_off(session: Session) -> bool:
+    """SQLite: stop checking foreign keys on this session's connection until it goes back to the pool.
+    For bulk writes that take every reference from a join with the parent table inside the same write
+    transaction (SQLite has one writer, so the parent row stays until commit): at 10M orders the
+    per-row check of customers costs 42 s of 78. The pragma only takes effect outside a transaction;
+    returns whether it did (not once the session has written)."""
+    conn = session.connection()
+    dbapi_connection = conn.connection.dbapi_connection
+    if conn.dialect.name != "sqlite" or dbapi_connection is None or dbapi_connection.in_transaction:
+        return False
+    dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+    conn.connection.info[_FOREIGN_KEYS_OFF] = True
+    return True
+
+
+_FOREIGN_KEYS_OFF = "scrm_foreign_keys_off"
+
+
+def _foreign_keys_back_on(dbapi_connection: Any, record: Any) -> None:
+    """Pool check-in (after the transaction ended): checking foreign keys again."""
+    if record.info.pop(_FOREIGN_KEYS_OFF, False) and dbapi_connection is not None:
+        dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
 def _ensure_sqlite_dir(database: str | None) -> None:

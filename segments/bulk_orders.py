@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from bot.db import sqlite_foreign_keys_off
 from bot.models import utcnow
 from segments.orders import (
     DELTA_COLUMNS,
@@ -65,6 +66,7 @@ class OrderStaging:
         self.tz = tz
         self.now = now or datetime.now(UTC)
         self.dialect = session.get_bind().dialect.name
+        sqlite_foreign_keys_off(session)  # every order's customer comes from a join (see _upsert_sql)
         self._create_tables()
 
     # ------------------------------------------------------------------------------ staging
