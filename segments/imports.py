@@ -7,10 +7,11 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable, Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from itertools import islice
+from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,11 +57,12 @@ def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress
     try:
         batch: list[tuple[Any, ...]] = []
         blocks = PlainBlocks()
-        for rows, problems in _row_chunks(path, ORDER_COLUMNS, ("status",), progress, blocks):
-            summary.read += len(rows) + len(problems)
-            for problem in problems:
-                summary.skip(*problem)
-            batch += rows
+        for row in _rows(path, ORDER_COLUMNS, ("status",), progress, blocks):
+            summary.read += 1
+            if type(row) is RowProblem:
+                summary.skip(*row)
+                continue
+            batch.append(row)
             if len(batch) >= STAGE_BATCH:
                 staging.add(batch, plain=blocks.batch_plain)
                 blocks.next_batch()
@@ -167,7 +169,11 @@ class PlainBlocks:
     value can hold a line end). Values from plain text need no per-value check for such characters."""
 
     SIZE = 1 << 20
-    _NOT_PLAIN = re.compile(r'[^\S\n\r]|[\x00-\x09\x0b\x0c\x0e-\x1f\x7f"]')
+    # ASCII blocks (most files) are checked as bytes, 10× faster than a regular expression
+    _NOT_PLAIN_ASCII = bytes(c for c in range(0x21) if c not in b"\n\r") + b'\x7f"'
+    _NOT_PLAIN = re.compile("[" + re.escape("".join(
+        sorted({chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()} - {"\n", "\r"})
+        + [chr(c) for c in range(0x20) if chr(c) not in "\n\r"] + ["\x7f", '"'])) + "]")
 
     def __init__(self) -> None:
         self.current_plain = True  # the block lines are being taken from
@@ -177,27 +183,26 @@ class PlainBlocks:
         self.batch_plain = self.current_plain
 
     def lines(self, text: io.TextIOBase) -> Iterator[str]:
+        return chain.from_iterable(io.StringIO(block, newline="") for block in self._blocks(text))
+
+    def _blocks(self, text: io.TextIOBase) -> Iterator[str]:
         while block := text.read(self.SIZE):
             block += text.readline()  # end on a line end (a "\r" is completed by its "\n")
-            self.current_plain = not self._NOT_PLAIN.search(block)
+            self.current_plain = self.plain(block)
             self.batch_plain = self.batch_plain and self.current_plain
-            yield from io.StringIO(block, newline="")
+            yield block
+
+    @classmethod
+    def plain(cls, text: str) -> bool:
+        if text.isascii():
+            return len(text.encode("ascii").translate(None, cls._NOT_PLAIN_ASCII)) == len(text)
+        return not cls._NOT_PLAIN.search(text)
 
 
-def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
-          progress: Progress | None) -> Iterator[tuple[Any, ...] | RowProblem]:
+def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...], progress: Progress | None,
+          blocks: PlainBlocks | None = None) -> Iterator[tuple[Any, ...] | RowProblem]:
     """Yield (line, *values in the order required + optional, None for an absent optional column),
-    or a RowProblem, in file order; raise ImportFailed if the file itself is unusable."""
-    for rows, problems in _row_chunks(path, required, optional, progress):
-        yield from sorted([*rows, *problems], key=itemgetter(0))
-
-
-def _row_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...], progress: Progress | None,
-                blocks: PlainBlocks | None = None) -> Iterator[tuple[list[tuple[Any, ...]], list[RowProblem]]]:
-    """Yield, for each run of up to STAGE_BATCH rows: the good rows as (line, *values in the order
-    required + optional, None for an absent optional column) and the rows of the wrong width as
-    RowProblems; raise ImportFailed if the file itself is unusable. The hot loop of big imports:
-    rows are taken a run at a time, and numbered by line afterwards."""
+    or a RowProblem; raise ImportFailed if the file itself is unusable. The hot loop of big imports."""
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed in finally
     except OSError as exc:
@@ -210,45 +215,26 @@ def _row_chunks(path: Path, required: tuple[str, ...], optional: tuple[str, ...]
         header = _header(reader, path, required, optional)
         width = len(header)
         pick = _picker(header, required + optional)
-        while True:
-            first_line = reader.line_num + 1
-            chunk = list(islice(reader, STAGE_BATCH))
-            if not chunk:
-                break
-            lines = _last_lines(chunk, first_line, reader.line_num)
-            rows = [(line, *pick(row)) for line, row in zip(lines, chunk, strict=True) if len(row) == width]
-            problems = [] if len(rows) == len(chunk) else [
-                RowProblem(line, f"expected {width} fields, found {len(row)}")
-                for line, row in zip(lines, chunk, strict=True) if len(row) != width and not _blank(row)]
-            if progress:
+        next_report = 10_000
+        for row in reader:
+            line = reader.line_num
+            if len(row) != width:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                yield RowProblem(line, f"expected {width} fields, found {len(row)}")
+                continue
+            yield (line, *pick(row))
+            if progress and line >= next_report:
                 progress(raw.tell())
-            yield rows, problems
+                next_report = line + 10_000
+        if progress:
+            progress(raw.tell())
     except UnicodeDecodeError as exc:
         raise ImportFailed(f"{path} is not UTF-8 text (byte {exc.start} of a read block): nothing imported") from None
     except csv.Error as exc:
         raise ImportFailed(f"{path} is not a readable CSV file ({exc}): nothing imported") from None
     finally:
         raw.close()
-
-
-def _blank(row: list[str]) -> bool:
-    return not row or (len(row) == 1 and not row[0].strip())
-
-
-def _last_lines(chunk: list[list[str]], first_line: int, last_line: int) -> Iterable[int]:
-    """The line each row of ``chunk`` ends on (what csv.reader's line_num says after reading it), given
-    that the chunk spans ``first_line`` to ``last_line``. A row ends one line after the previous one,
-    plus one more for each line end inside its quoted values ("\n", "\r\n" or a lone "\r")."""
-    if last_line - first_line + 1 == len(chunk):  # no value spans lines: numbered in sequence
-        return range(first_line, last_line + 1)
-    lines, line = [], first_line - 1
-    for row in chunk:
-        line += 1 + sum(v.count("\n") + v.count("\r") - v.count("\r\n") for v in row)
-        lines.append(line)
-    if line != last_line:  # csv.reader keeps line ends in values as read; never report a wrong line
-        raise ImportFailed(f"cannot tell the lines of the rows between lines {first_line} and {last_line} "
-                           "apart: nothing imported")
-    return lines
 
 
 def _picker(header: list[str], columns: tuple[str, ...]) -> Callable[[list[str]], tuple[str | None, ...]]:

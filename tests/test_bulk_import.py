@@ -220,9 +220,9 @@ def test_aggregates_equal_the_orders_after_any_sequence_of_imports(db, tmp_path,
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_line_numbers_survive_values_that_span_lines_and_any_line_end(db, tmp_path, monkeypatch, seed):
-    """Rows are read a run at a time and numbered afterwards: each problem must still carry the line
-    a CSV reader reports for its row, whatever line ends the file and its quoted values use."""
-    monkeypatch.setattr(imports, "STAGE_BATCH", 3)
+    """The text is read in blocks (here of 50 characters, so values span blocks): each problem must
+    carry the line a CSV reader reports for its row, whatever line ends the file and its values use."""
+    monkeypatch.setattr(imports.PlainBlocks, "SIZE", 50)
     pick = random.Random(seed).choice
     shapes = ["o{i},wm,bad,2025-01-01T10:00:00+08:00", '"o{i}\r\nx",wm,bad,T', '"o{i}\rx",wm,bad,T',
               '"o{i}\nx\n\ny",wm,bad,T', "", "o{i},wm,bad", '"o{i}\r\r\n",wm,"b\na\rd",T']
@@ -237,3 +237,12 @@ def test_line_numbers_survive_values_that_span_lines_and_any_line_end(db, tmp_pa
         summary = import_orders(session, path, ZoneInfo("UTC"))
     assert [line for line, _ in summary.errors] == expected
     assert summary.read == summary.skipped == len(expected)
+
+
+def test_plain_blocks_are_told_apart_exactly():
+    """A block is plain when it holds no whitespace but line ends, no control character and no quote;
+    ASCII blocks are checked as bytes, others with a regular expression: both must agree with \\s."""
+    not_plain = re.compile(r'[^\S\n\r]|[\x00-\x09\x0b\x0c\x0e-\x1f\x7f"]')
+    for code in [*range(0x300), 0x1680, *range(0x2000, 0x2030), 0x205f, 0x3000, 0xfeff, 0x10000]:
+        for text in (chr(code), f"a,b\n{chr(code)}1\r\n", f"é{chr(code)}"):
+            assert imports.PlainBlocks.plain(text) == (not not_plain.search(text)), (hex(code), text)
