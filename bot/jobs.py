@@ -42,13 +42,14 @@ def nightly_retier() -> dict[str, Any]:
     from bot.tagging.rules import TagRules
     from bot.tagging.system import apply_aggregate_rules
     from segments.policy import TierPolicy
-    from segments.retier import retier
+    from segments.retier import retier, tidy_after_commit
 
     rt = runtime()
     as_of = datetime.now(rt.settings.tz).date()
     with rt.db.begin() as session:
         result = retier(session, TierPolicy.from_settings(rt.settings.tiers), as_of, rt.settings.tz)
         tags = apply_aggregate_rules(session, TagRules.from_settings(rt.settings), rt.settings.tags.push_to_wecom)
+    tidy_after_commit(rt.db.engine, result)
     logger.info("nightly re-tier as of %s: %d customers, changes %s, auto-tags %s", as_of, result.customers,
                 result.changes, tags)
     return {"customers": result.customers, "changes": result.changes, "tags": tags}

@@ -36,6 +36,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from bot.models import Customer, CustomerAggregate, CustomerTag, Interaction, Order, Tag, TierChange, utcnow
@@ -62,6 +63,7 @@ class RetierResult:
     seconds: float = 0.0
     recomputed: int = 0  # customers looked at: all of them in a full run
     incremental: bool = False
+    mass_change: bool = False  # most customer rows were rewritten (their indexes built again)
 
 
 def metrics_source(session: Session, as_of_day: int, tz: ZoneInfo) -> tuple[Any, bool]:
@@ -125,7 +127,7 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
         for dimension in DIMENSIONS:
             result.changes[dimension] = (_record_changes(session, table, dimension, as_of, policy, stats)
                                          if had_tiers else 0)
-        result.updated = _write_changed(session, table)
+        result.updated = _write_changed(session, table, result)
     finally:
         table.drop(session.connection())
     return scope.size() if scope is not None else result.customers
@@ -331,13 +333,13 @@ def _indexed_tier_bits() -> int:
     return sum(_bit(name) for name in COLUMNS if name in indexed)
 
 
-def _write_changed(session: Session, table: Table) -> int:
+def _write_changed(session: Session, table: Table, result: RetierResult) -> int:
     """The result table holds only rows that differ, so every one of them is written. updated_at is
     left alone (tiered_at says when tiers changed): an incremental run looks for rows edited after
     they were tiered, and must not find every row the last run wrote."""
     c, t = Customer.__table__.c, table.c
     indexed = _indexed_tier_bits()
-    with _indexes_rebuilt_if_most_change(session, table, indexed):
+    with _indexes_rebuilt_if_most_change(session, table, indexed) as result.mass_change:
         if session.get_bind().dialect.name != "sqlite":  # PostgreSQL compares values itself (HOT updates)
             stmt = (update(Customer.__table__).where(c.id == t.customer_id)
                     .values(**{name: t[name] for name in COLUMNS}, tiered_at=utcnow(), updated_at=c.updated_at))
@@ -346,7 +348,7 @@ def _write_changed(session: Session, table: Table) -> int:
 
 
 @contextmanager
-def _indexes_rebuilt_if_most_change(session: Session, table: Table, indexed: int) -> Iterator[None]:
+def _indexes_rebuilt_if_most_change(session: Session, table: Table, indexed: int) -> Iterator[bool]:
     """When at least half of the customers (and 100k) change an indexed tier column, as in a first run,
     drop indexes of customers and build them again after the writes, as PostgreSQL's "Populating a
     Database" advises (1M customers). SQLite: the tier indexes (4.3 s of upkeep against 2.8 s to
@@ -358,7 +360,7 @@ def _indexes_rebuilt_if_most_change(session: Session, table: Table, indexed: int
     changing = session.scalar(select(func.count()).where(t.changes.op("&")(indexed) != 0)) or 0
     customers = session.scalar(select(func.max(Customer.id))) or 0
     if changing < max(REBUILD_INDEXES_ROWS, customers // 2):
-        yield
+        yield False
         return
     conn = session.connection()
     if conn.dialect.name == "postgresql":
@@ -370,11 +372,23 @@ def _indexes_rebuilt_if_most_change(session: Session, table: Table, indexed: int
     dropped = [(drop, create) for drop, create in dropped if create]
     for drop, _ in dropped:
         conn.exec_driver_sql(drop)
-    yield
+    yield True
     if conn.dialect.name == "postgresql":  # each index sorted in memory rather than in files
         conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
     for _, create in dropped:
         conn.exec_driver_sql(create)
+
+
+def tidy_after_commit(engine: Engine, result: RetierResult) -> None:
+    """After the re-tier's transaction committed: on PostgreSQL, when it rewrote most customer rows,
+    VACUUM (ANALYZE) the customer table, as PostgreSQL advises after bulk updates. The next run and
+    every audience query then read neither the million dead row versions nor stale statistics
+    (1M customers: 1.3 s; the incremental run that followed went from 14.6 s to 9.9 s). VACUUM
+    cannot run inside a transaction, hence a separate step for the callers of retier()."""
+    if not result.mass_change or engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM (ANALYZE) customers")
 
 
 def _postgresql_secondary_indexes(conn: Any) -> list[tuple[str, str]]:

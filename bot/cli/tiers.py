@@ -17,7 +17,7 @@ from bot.tagging.system import apply_aggregate_rules
 from segments.export import export_customers
 from segments.imports import ImportFailed, ImportSummary, import_customers, import_orders
 from segments.policy import TierPolicy
-from segments.retier import DIMENSIONS, retier, tier_counts
+from segments.retier import DIMENSIONS, retier, tidy_after_commit, tier_counts
 from segments.rfm import SEGMENT_NAMES
 
 SHOWN_ERRORS = 20
@@ -115,6 +115,7 @@ def retier_cmd(cli: CliContext, as_of_text: str | None, full: bool) -> None:
         before = tier_counts(session)
         result = retier(session, policy, as_of, settings.tz, full=full)
         after = tier_counts(session)
+    tidy_after_commit(cli.db().engine, result)
     looked = (f" (incremental: looked at {result.recomputed} whose tiers may have moved)" if result.incremental
               else "")
     click.echo(f"re-tiered {result.customers} customers{looked} as of {as_of.isoformat()} in {result.seconds:.2f}s: "

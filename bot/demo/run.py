@@ -213,14 +213,16 @@ def retier_table(run: DemoRun) -> tuple[Any, list[list[Any]]]:
     from datetime import datetime
 
     from segments.policy import TierPolicy
-    from segments.retier import retier, tier_counts
+    from segments.retier import retier, tidy_after_commit, tier_counts
     from segments.rfm import SEGMENT_NAMES
 
     settings = run.app.extensions["scrm.settings"]
-    with run.app.extensions["scrm.db"].begin() as session:
+    db = run.app.extensions["scrm.db"]
+    with db.begin() as session:
         result = retier(session, TierPolicy.from_settings(settings.tiers), datetime.now(settings.tz).date(),
                         settings.tz)
         counts = tier_counts(session)
+    tidy_after_commit(db.engine, result)
     rows = [["rfm_segment", f"{SEGMENT_NAMES[code]} {code}", counts["rfm_segment"].get(code, 0)]
             for code in SEGMENT_NAMES]
     rows.append(["rfm_segment", "- (no paid order)", counts["rfm_segment"].get(None, 0)])
