@@ -16,6 +16,7 @@ orders.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,25 +72,29 @@ class OrderStaging:
 
     # ------------------------------------------------------------------------------ staging
 
-    def add(self, rows: list[tuple[Any, ...]], plain: bool = False) -> None:
+    def add(self, rows: list[tuple[Any, ...]], plain: bool = False, canonical: bool = False) -> None:
         """Stage rows of (line, order_id, external_userid, amount, paid_at, status) as read (status may be
-        None). ``plain``: the caller checked that no value holds whitespace, a control character or a quote."""
+        None). ``plain``: the caller checked that no value holds whitespace, a control character or a quote.
+        ``canonical``: the caller checked that every row has the canonical shape (canonical_rows_pattern)."""
         if not rows:
             return
+        flags = "\t".join("t" if flag else "f" for flag in (plain, canonical))
         if self.dialect == "postgresql":
-            with self._cursor().copy(f"COPY import_raw ({', '.join(RAW_COLUMNS)}, plain) FROM STDIN") as copy:
-                copy.write(self._copy_block(rows, "t" if plain else "f"))
+            with self._cursor().copy(f"COPY import_raw ({', '.join(RAW_COLUMNS)}, plain, canonical) "
+                                     "FROM STDIN") as copy:
+                copy.write(self._copy_block(rows, flags))
         else:
             marks = ", ".join("?" * len(RAW_COLUMNS))
-            self._conn().exec_driver_sql(f"INSERT INTO import_raw VALUES ({marks}, {int(plain)})", rows)
+            self._conn().exec_driver_sql(f"INSERT INTO import_raw VALUES ({marks}, {int(plain)}, {int(canonical)})",
+                                         rows)
 
-    def _copy_block(self, rows: list[tuple[Any, ...]], plain: str) -> str:
+    def _copy_block(self, rows: list[tuple[Any, ...]], flags: str) -> str:
         """The pending rows in COPY text format. Joined as they are when no value holds a tab, newline,
         carriage return or backslash (checked on the whole block: a value with a tab adds a tab);
         escaped value by value otherwise. A NUL cannot be stored: such a row is skipped here."""
-        block = "\n".join("\t".join((str(r[0]), *r[1:5], "\\N" if r[5] is None else r[5], plain))
+        block = "\n".join("\t".join((str(r[0]), *r[1:5], "\\N" if r[5] is None else r[5], flags))
                           for r in rows) + "\n"
-        if (block.count("\t") == 6 * len(rows) and block.count("\n") == len(rows) and "\r" not in block
+        if (block.count("\t") == 7 * len(rows) and block.count("\n") == len(rows) and "\r" not in block
                 and block.count("\\") == sum(1 for r in rows if r[5] is None) and "\x00" not in block):
             return block
         lines = []
@@ -97,7 +102,7 @@ class OrderStaging:
             if any(value is not None and "\x00" in value for value in row[1:]):
                 self.skip(row[0], "the row contains a NUL character")
                 continue
-            lines.append("\t".join([*(copy_text(value) for value in row), plain]) + "\n")
+            lines.append("\t".join([*(copy_text(value) for value in row), flags]) + "\n")
         return "".join(lines)
 
     # ------------------------------------------------------------------------------ merging
@@ -342,7 +347,7 @@ class OrderStaging:
     def _fast_params(self) -> tuple[Any, ...]:
         latest = self.now + timedelta(days=1)
         if self.dialect == "postgresql":
-            return (latest,)
+            return (latest, latest)
         return (int(latest.timestamp()),)
 
     def _create_tables(self) -> None:
@@ -353,7 +358,7 @@ class OrderStaging:
         self.drop()
         statements = [
             f"CREATE TEMPORARY TABLE import_raw (line {line}, order_id TEXT, external_userid TEXT, amount TEXT, "
-            "paid_at TEXT, status TEXT, plain BOOLEAN)",
+            "paid_at TEXT, status TEXT, plain BOOLEAN, canonical BOOLEAN)",
             f"CREATE TEMPORARY TABLE import_rows (line {line}, order_id TEXT, external_userid TEXT, "
             f"amount_fen BIGINT, paid_at {time_type}, paid_day BIGINT, status TEXT)",
             "CREATE TEMPORARY TABLE import_unusual (line BIGINT, order_id TEXT, external_userid TEXT, amount TEXT, "
@@ -456,7 +461,7 @@ _STATUS = "CASE WHEN status = 'refunded' THEN 'refunded' ELSE 'paid' END"
 # Plain rows hold no whitespace or control character (the reader checked whole blocks of text), so only
 # the length is left to check; other rows take the fast path only with printable ASCII ids.
 _SQLITE_ID = "length({c}) BETWEEN 1 AND 128 AND (plain OR {c} NOT GLOB '*[^!-~]*')"
-_SQLITE_FAST_CONDITION = " AND ".join([
+_SQLITE_SHAPE = " AND ".join([
     _SQLITE_ID.format(c="order_id"),
     _SQLITE_ID.format(c="external_userid"),
     # digits, then nothing or "." and one or two digits; at most 13 digits before the point
@@ -466,15 +471,20 @@ _SQLITE_FAST_CONDITION = " AND ".join([
     "length(paid_at) = 25 AND paid_at GLOB "
     "'[12][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9][+-][01][0-9]:[0-5][0-9]' "
     f"AND substr(paid_at, 1, 4) >= '{EARLIEST_YEAR}' AND substr(paid_at, 12, 2) < '24' "
-    "AND substr(paid_at, 21, 2) <= '14' AND {day_of_month} "
-    f"AND {_SQLITE_EPOCH} <= ?",
+    "AND substr(paid_at, 21, 2) <= '14'",
     "(status IS NULL OR status IN ('', 'paid', 'refunded'))",
 ])
-_SQLITE_FAST_CONDITION = _SQLITE_FAST_CONDITION.replace("{day_of_month}", _day_of_month("CAST({} AS INTEGER)"))
+_SQLITE_DAY_OF_MONTH = _day_of_month("CAST({} AS INTEGER)")
+# Canonical rows (the reader matched their blocks against canonical_rows_pattern) have a month of 01–12
+# and a day of 01–31: only days 29–31 need a look at the month.
+_SQLITE_FAST_CONDITION = (
+    f"CASE WHEN canonical THEN substr(paid_at, 9, 2) <= '28' OR {_SQLITE_DAY_OF_MONTH} "
+    f"ELSE {_SQLITE_SHAPE} AND {_SQLITE_DAY_OF_MONTH} END AND {_SQLITE_EPOCH} <= ?")
 # CAST takes the longest integer prefix ("12.3" → 12); "12.3" || "0" puts two digits after the point
 _SQLITE_FEN = ("CAST(amount AS INTEGER) * 100 + CASE instr(amount, '.') WHEN 0 THEN 0 "
                "ELSE CAST(substr(amount || '0', instr(amount, '.') + 1, 2) AS INTEGER) END")
-_PG_FAST_CONDITION = " AND ".join([
+_PG_DAY_OF_MONTH = _day_of_month("{}::int").replace("%", "%%")
+_PG_SHAPE = " AND ".join([
     # length + a negated class: PostgreSQL's regex engine expands a bounded repeat like {1,128} slowly
     "length(order_id) BETWEEN 1 AND 128 AND (plain OR order_id !~ '[^!-~]')",
     "length(external_userid) BETWEEN 1 AND 128 AND (plain OR external_userid !~ '[^!-~]')",
@@ -485,8 +495,35 @@ _PG_FAST_CONDITION = " AND ".join([
     "IN ('0000-00-00T00:00:00+00:00', '0000-00-00T00:00:00-00:00') "
     f"AND substr(paid_at, 1, 4) >= '{EARLIEST_YEAR}' AND substr(paid_at, 12, 2) < '24' "
     "AND substr(paid_at, 15, 2) < '60' AND substr(paid_at, 18, 2) < '60' AND substr(paid_at, 21, 2) <= '14' "
-    "AND substr(paid_at, 24, 2) < '60' AND length(paid_at) = 25 AND "
-    + _day_of_month("{}::int").replace("%", "%%") + " THEN paid_at::timestamptz <= %s ELSE FALSE END",
+    f"AND substr(paid_at, 24, 2) < '60' AND length(paid_at) = 25 AND {_PG_DAY_OF_MONTH} "
+    "THEN paid_at::timestamptz <= %s ELSE FALSE END",
 ])
+# CASE, not AND: PostgreSQL does not promise to evaluate AND from left to right, and a cast of text
+# that is not a time raises an error.
+_PG_FAST_CONDITION = (
+    f"CASE WHEN canonical THEN CASE WHEN substr(paid_at, 9, 2) <= '28' OR {_PG_DAY_OF_MONTH} "
+    f"THEN paid_at::timestamptz <= %s ELSE FALSE END ELSE {_PG_SHAPE} END")
+# The canonical shape as a pattern over whole blocks of plain text (no quote, no whitespace but line
+# ends): checking a block at once costs the reader ~0.5 µs a row, against 1.3 µs (SQLite) and 3.4 µs
+# (PostgreSQL) a row for the shape checks in SQL. Same shape as the SQL checks, years from 1990.
+_CANONICAL_VALUES = {
+    "order_id": r"[!-+\--~]{1,128}",  # printable ASCII but the comma
+    "external_userid": r"[!-+\--~]{1,128}",
+    "amount": r"[0-9]{1,13}(?:\.[0-9]{1,2})?",
+    "paid_at": r"(?:199[0-9]|2[0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+               r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9][+-](?:0[0-9]|1[0-4]):[0-5][0-9]",
+    "status": r"(?:paid|refunded)?",
+}
+
+
+def canonical_rows_pattern(header: list[str]) -> re.Pattern[str] | None:
+    """A pattern that a block of plain text matches as a whole when each of its lines is a row of the
+    canonical shape, in this header's column order; None when the header names another column."""
+    if not set(header) <= set(_CANONICAL_VALUES) or len(set(header)) != len(header):
+        return None
+    row = ",".join(f"(?:{_CANONICAL_VALUES[name]})" for name in header)
+    return re.compile(rf"(?:{row}(?:\r\n|\n|\r))*")
+
+
 _PG_FEN = ("CASE WHEN strpos(amount, '.') = 0 THEN amount::bigint * 100 "
            "ELSE split_part(amount, '.', 1)::bigint * 100 + rpad(split_part(amount, '.', 2), 2, '0')::bigint END")

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.models import Customer, Follow, Staff
-from segments.bulk_orders import STAGE_BATCH, OrderStaging
+from segments.bulk_orders import STAGE_BATCH, OrderStaging, canonical_rows_pattern
 from segments.orders import RowError, WriteCounts
 
 ORDER_COLUMNS = ("order_id", "external_userid", "amount", "paid_at")
@@ -56,7 +56,7 @@ def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress
     staging = OrderStaging(session, tz, summary.skip)
     try:
         batch: list[tuple[Any, ...]] = []
-        blocks = PlainBlocks()
+        blocks = PlainBlocks(canonical_rows_pattern)
         for row in _rows(path, ORDER_COLUMNS, ("status",), progress, blocks):
             summary.read += 1
             if type(row) is RowProblem:
@@ -64,10 +64,10 @@ def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress
                 continue
             batch.append(row)
             if len(batch) >= STAGE_BATCH:
-                staging.add(batch, plain=blocks.batch_plain)
+                staging.add(batch, plain=blocks.batch_plain, canonical=blocks.batch_canonical)
                 blocks.next_batch()
                 batch = []
-        staging.add(batch, plain=blocks.batch_plain)
+        staging.add(batch, plain=blocks.batch_plain, canonical=blocks.batch_canonical)
         if phase:
             phase("validating and merging")
         summary.add(staging.merge())
@@ -166,7 +166,9 @@ def _records(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
 class PlainBlocks:
     """The CSV text, read in blocks of about a megabyte, line by line; notes whether the blocks a batch
     of rows came from were *plain*: no whitespace but line ends, no control character, no quote (so no
-    value can hold a line end). Values from plain text need no per-value check for such characters."""
+    value can hold a line end). Values from plain text need no per-value check for such characters.
+    Given a pattern for the header (``canonical``), also notes whether every line of those blocks
+    matched it (*canonical* rows, whose shape SQL then need not check)."""
 
     SIZE = 1 << 20
     # ASCII blocks (most files) are checked as bytes, 10× faster than a regular expression
@@ -175,21 +177,34 @@ class PlainBlocks:
         sorted({chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()} - {"\n", "\r"})
         + [chr(c) for c in range(0x20) if chr(c) not in "\n\r"] + ["\x7f", '"'])) + "]")
 
-    def __init__(self) -> None:
+    def __init__(self, canonical: Callable[[list[str]], re.Pattern[str] | None] | None = None) -> None:
         self.current_plain = True  # the block lines are being taken from
         self.batch_plain = True  # every block the current batch's rows came from
+        self.current_canonical = self.batch_canonical = canonical is not None
+        self._pattern_for = canonical
+        self._pattern: re.Pattern[str] | None = None
+
+    def header(self, names: list[str]) -> None:
+        """The file's column names, known before the first block of rows is read."""
+        self._pattern = self._pattern_for(names) if self._pattern_for else None
 
     def next_batch(self) -> None:
         self.batch_plain = self.current_plain
+        self.batch_canonical = self.current_canonical
 
     def lines(self, text: io.TextIOBase) -> Iterator[str]:
         return chain.from_iterable(io.StringIO(block, newline="") for block in self._blocks(text))
 
     def _blocks(self, text: io.TextIOBase) -> Iterator[str]:
+        if first_line := text.readline():
+            yield first_line  # the header, alone: the blocks of rows are read once it has been parsed
         while block := text.read(self.SIZE):
             block += text.readline()  # end on a line end (a "\r" is completed by its "\n")
             self.current_plain = self.plain(block)
+            self.current_canonical = (self.current_plain and self._pattern is not None
+                                      and self._pattern.fullmatch(block) is not None)
             self.batch_plain = self.batch_plain and self.current_plain
+            self.batch_canonical = self.batch_canonical and self.current_canonical
             yield block
 
     @classmethod
@@ -211,8 +226,10 @@ def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...], prog
         if b"\x00" in raw.peek(8192)[:8192]:
             raise ImportFailed(f"{path} looks like a binary file, not a CSV: nothing imported")
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-        reader = csv.reader((blocks or PlainBlocks()).lines(text))
+        blocks = blocks or PlainBlocks()
+        reader = csv.reader(blocks.lines(text))
         header = _header(reader, path, required, optional)
+        blocks.header(header)
         width = len(header)
         pick = _picker(header, required + optional)
         next_report = 10_000
