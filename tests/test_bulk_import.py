@@ -165,23 +165,32 @@ def test_offset_transitions_find_each_change_to_the_second():
 
 
 def test_a_bulk_load_leaves_indexes_and_foreign_key_as_they_were(db, tmp_path, monkeypatch):
-    """A load as big as the order table builds the secondary index afterwards and (PostgreSQL) checks
-    orders → customers once, at the end; both are back afterwards, the cascade included."""
-    indexes_before = inspect(db.engine).get_indexes("orders")
+    """A load as big as the order table (and aggregates as many as the aggregate table holds) builds
+    the secondary indexes afterwards and (PostgreSQL) checks orders → customers and aggregates →
+    customers once, at the end; all are back afterwards, the cascades included."""
+    def indexes(table: str) -> list[dict]:  # partial indexes' WHERE as text (a clause compares by identity)
+        return sorted(({**index, "dialect_options": {k: str(v) for k, v in index["dialect_options"].items()}}
+                       for index in inspect(db.engine).get_indexes(table)), key=lambda index: index["name"])
+
+    indexes_before = {t: indexes(t) for t in ("orders", "customer_aggregates")}
     monkeypatch.setattr(bulk_orders, "BULK_LOAD_ROWS", 1)
     path = tmp_path / "orders.csv"
     write_csv(path, [{"order_id": f"o{i}", "external_userid": f"wm{i % 3}", "amount": "1", "paid_at": TIMES[4]}
                      for i in range(9)])
     with db.begin() as session:
         assert import_orders(session, path, ZoneInfo("UTC")).inserted == 9
-    assert inspect(db.engine).get_indexes("orders") == indexes_before
+    assert {t: indexes(t) for t in indexes_before} == indexes_before
+    assert len(indexes_before["customer_aggregates"]) >= 4
     with db.begin() as session:
         session.execute(delete(Customer).where(Customer.external_userid == "wm0"))
     with db.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Order)) == 6
+        assert session.scalar(select(func.count()).select_from(CustomerAggregate)) == 2
         with pytest.raises(IntegrityError):
             session.execute(insert(Order).values(order_id="orphan", customer_id=10**9, amount_fen=1,
                                                  paid_at=datetime.now(UTC), paid_day=1, status="paid"))
+    with db.sessions() as session, pytest.raises(IntegrityError):
+        session.execute(insert(CustomerAggregate).values(customer_id=10**9, order_count=1))
 
 
 @pytest.mark.parametrize("seed", [3, 4])
