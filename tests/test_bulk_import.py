@@ -172,7 +172,7 @@ def test_a_bulk_load_leaves_indexes_and_foreign_key_as_they_were(db, tmp_path, m
         return sorted(({**index, "dialect_options": {k: str(v) for k, v in index["dialect_options"].items()}}
                        for index in inspect(db.engine).get_indexes(table)), key=lambda index: index["name"])
 
-    indexes_before = {t: indexes(t) for t in ("orders", "customer_aggregates")}
+    indexes_before = {t: indexes(t) for t in ("orders", "customer_aggregates", "customers")}
     monkeypatch.setattr(bulk_orders, "BULK_LOAD_ROWS", 1)
     path = tmp_path / "orders.csv"
     write_csv(path, [{"order_id": f"o{i}", "external_userid": f"wm{i % 3}", "amount": "1", "paid_at": TIMES[4]}
