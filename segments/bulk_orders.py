@@ -184,7 +184,7 @@ class OrderStaging:
 
     @contextmanager
     def _bulk_load(self, table: str, rows: int) -> Iterator[None]:
-        """For a load at least as big as the table (orders, customer_aggregates), do what PostgreSQL's
+        """For a load at least as big as the table (orders, customer_aggregates, customers), do what PostgreSQL's
         "Populating a Database" advises (and what pays on SQLite too): drop the table's non-unique
         indexes and build them again afterwards (a sort instead of a random index insert per row),
         and on PostgreSQL drop its foreign key to customers and validate it in one query (it is
