@@ -41,6 +41,7 @@ from segments.orders import (
     mark_for_retier,
     parse_order,
 )
+from segments.retier import INDEX_BUILD_MEMORY
 
 RAW_COLUMNS = ("line", "order_id", "external_userid", "amount", "paid_at", "status")
 STAGE_BATCH = 50_000  # rows handed to the database at once
@@ -69,6 +70,7 @@ class OrderStaging:
         self.dialect = session.get_bind().dialect.name
         sqlite_foreign_keys_off(session)  # every order's customer comes from a join (see _upsert_sql)
         self._staged = self._converted = 0  # SQLite: rows staged, and converted on the fast path
+        self._bulk_loading: set[str] = set()  # tables whose indexes _bulk_load has dropped
         self._create_tables()
 
     # ------------------------------------------------------------------------------ staging
@@ -112,8 +114,9 @@ class OrderStaging:
     def merge(self) -> MergeCounts:
         """Validate, convert and write every staged row; invalid rows are passed to ``skip``."""
         counts = MergeCounts()
-        if self.dialect == "postgresql":  # sorts and hash joins over the whole file: fewer spills to disk
+        if self.dialect == "postgresql":  # sorts, hash joins and index builds over the whole file: fewer spills
             self._conn().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+            self._conn().exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
         self._convert_usual_rows()
         self._parse_unusual_rows()
         counts.valid = self._scalar("SELECT count(*) FROM import_rows")
@@ -194,6 +197,7 @@ class OrderStaging:
         if rows < BULK_LOAD_ROWS or rows < self._table_size(table):
             yield
             return
+        self._bulk_loading.add(table)
         conn = self._conn()
         indexes = self._secondary_indexes(table)
         foreign_keys = conn.exec_driver_sql(
@@ -210,6 +214,24 @@ class OrderStaging:
         for name, definition in foreign_keys:
             conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition} NOT VALID')
             conn.exec_driver_sql(f'ALTER TABLE {table} VALIDATE CONSTRAINT "{name}"')
+        self._bulk_loading.discard(table)
+
+    @contextmanager
+    def _unique_rebuilt(self, table: str) -> Iterator[None]:
+        """PostgreSQL, inside a bulk load of a table the load's lock already holds: its primary key and unique
+        constraints (those no foreign key refers to) dropped and added again afterwards — one sorted build
+        instead of an insert into each unique index per row (orders, 2M rows: 13.9 s → 8.8 s). A value
+        repeated by the load makes the rebuild raise a unique violation (SQLSTATE 23505)."""
+        conn = self._conn()
+        constraints = conn.exec_driver_sql(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint c WHERE conrelid = %s::regclass "
+            "AND contype IN ('p', 'u') AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' "
+            "AND f.confrelid = c.conrelid AND f.conindid = c.conindid)", (table,)).all()
+        for name, _ in constraints:
+            conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+        yield
+        for name, definition in constraints:
+            conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
 
     def _table_size(self, table: str) -> int:
         if self.dialect == "postgresql":  # the planner's estimate: no scan
@@ -274,6 +296,12 @@ class OrderStaging:
             with self.session.begin_nested():
                 if self._scalar("SELECT count(*) FROM import_existing"):
                     counted = self._upsert_counted("import_rows", "TRUE", with_delta=False)
+                elif "orders" in self._bulk_loading:  # nothing to keep the rows in order for
+                    with self._unique_rebuilt("orders"):
+                        inserted = conn.exec_driver_sql(
+                            self._upsert_sql("import_rows", "TRUE", on_conflict=False, ordered=False),
+                            self._now_twice()).rowcount
+                    counted = (inserted, inserted)
                 else:  # no order of the file known: a plain insert (2M rows: 7 s, against 13 s with ON CONFLICT)
                     inserted = conn.exec_driver_sql(self._upsert_sql("import_rows", "TRUE", on_conflict=False),
                                                     self._now_twice()).rowcount
@@ -318,12 +346,12 @@ class OrderStaging:
         now = self._time(utcnow())
         return now, now
 
-    def _upsert_sql(self, source: str, where: str, on_conflict: bool = True) -> str:
+    def _upsert_sql(self, source: str, where: str, on_conflict: bool = True, ordered: bool = True) -> str:
         columns = ("customer_id", "amount_fen", "paid_at", "paid_day", "status")
         # In order-id order the unique index grows at its end instead of at random places (SQLite, 10M
         # rows: 120 s → 79 s); line order among equal ids makes a repeat update the earlier row
         # (PostgreSQL refuses a repeat in one statement anyway, see _upsert).
-        order = "ORDER BY r.order_id, r.line"
+        order = "ORDER BY r.order_id, r.line" if ordered else ""
         differs = " OR ".join(f"orders.{c} <> excluded.{c}" for c in columns)
         insert = (
             "INSERT INTO orders (order_id, customer_id, amount_fen, paid_at, paid_day, status, created_at, updated_at) "

@@ -164,27 +164,40 @@ def test_offset_transitions_find_each_change_to_the_second():
         ("2025-11-02T06:00:00+00:00", -18000)]
 
 
-def test_a_bulk_load_leaves_indexes_and_foreign_key_as_they_were(db, tmp_path, monkeypatch):
+@pytest.mark.parametrize("repeat", [False, True])
+def test_a_bulk_load_leaves_indexes_and_foreign_key_as_they_were(db, tmp_path, monkeypatch, repeat):
     """A load as big as the order table (and aggregates as many as the aggregate table holds) builds
-    the secondary indexes afterwards and (PostgreSQL) checks orders → customers and aggregates →
-    customers once, at the end; all are back afterwards, the cascades included."""
+    the secondary indexes afterwards (on PostgreSQL the order table's unique ones too) and (PostgreSQL)
+    checks orders → customers and aggregates → customers once, at the end; all are back afterwards, the
+    cascades included. An id the file repeats still updates the earlier row."""
     def indexes(table: str) -> list[dict]:  # partial indexes' WHERE as text (a clause compares by identity)
+        inspector = inspect(db.engine)
         return sorted(({**index, "dialect_options": {k: str(v) for k, v in index["dialect_options"].items()}}
-                       for index in inspect(db.engine).get_indexes(table)), key=lambda index: index["name"])
+                       for index in inspector.get_indexes(table)), key=lambda index: index["name"]) + [
+            inspector.get_pk_constraint(table), sorted(inspector.get_unique_constraints(table), key=str)]
 
     indexes_before = {t: indexes(t) for t in ("orders", "customer_aggregates", "customers")}
     monkeypatch.setattr(bulk_orders, "BULK_LOAD_ROWS", 1)
     path = tmp_path / "orders.csv"
     write_csv(path, [{"order_id": f"o{i}", "external_userid": f"wm{i % 3}", "amount": "1", "paid_at": TIMES[4]}
-                     for i in range(9)])
+                     for i in range(9)] + ([{"order_id": "o3", "external_userid": "wm1", "amount": "2",
+                                             "paid_at": TIMES[4]}] if repeat else []))
     with db.begin() as session:
-        assert import_orders(session, path, ZoneInfo("UTC")).inserted == 9
+        summary = import_orders(session, path, ZoneInfo("UTC"))
+    assert (summary.inserted, summary.updated) == (9, int(repeat))
     assert {t: indexes(t) for t in indexes_before} == indexes_before
+    with db.sessions() as session:
+        assert session.scalar(select(Order.amount_fen).where(Order.order_id == "o3")) == (200 if repeat else 100)
+        assert session.scalar(select(CustomerAggregate.paid_amount_fen).join(Customer).where(
+            Customer.external_userid == "wm1")) == (500 if repeat else 300)  # o3 moved to wm1
+        with pytest.raises(IntegrityError):  # the unique order id is back
+            session.execute(insert(Order).values(order_id="o1", customer_id=session.scalar(select(Customer.id)),
+                                                 amount_fen=1, paid_at=datetime.now(UTC), paid_day=1, status="paid"))
     assert len(indexes_before["customer_aggregates"]) >= 4
     with db.begin() as session:
         session.execute(delete(Customer).where(Customer.external_userid == "wm0"))
     with db.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(Order)) == 6
+        assert session.scalar(select(func.count()).select_from(Order)) == (7 if repeat else 6)
         assert session.scalar(select(func.count()).select_from(CustomerAggregate)) == 2
         with pytest.raises(IntegrityError):
             session.execute(insert(Order).values(order_id="orphan", customer_id=10**9, amount_fen=1,
