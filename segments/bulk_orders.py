@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -71,6 +72,10 @@ class OrderStaging:
         sqlite_foreign_keys_off(session)  # every order's customer comes from a join (see _upsert_sql)
         self._staged = self._converted = 0  # SQLite: rows staged, and converted on the fast path
         self._bulk_loading: set[str] = set()  # tables whose indexes _bulk_load has dropped
+        self.takes_blocks = self.dialect == "postgresql"  # see add_block
+        self._blocks = ExitStack()  # the COPY add_block keeps open between blocks
+        self._block_copy: Any = None
+        self._next_block_line = 0
         self._create_tables()
 
     # ------------------------------------------------------------------------------ staging
@@ -81,6 +86,7 @@ class OrderStaging:
         ``canonical``: the caller checked that every row has the canonical shape (canonical_rows_pattern)."""
         if not rows:
             return
+        self._finish_blocks()
         flags = "\t".join("t" if flag else "f" for flag in (plain, canonical))
         if self.dialect == "postgresql":
             with self._cursor().copy(f"COPY import_raw ({', '.join(RAW_COLUMNS)}, plain, canonical) "
@@ -91,6 +97,26 @@ class OrderStaging:
             self._conn().exec_driver_sql(f"INSERT INTO import_raw VALUES ({marks}, {int(plain)}, {int(canonical)})",
                                          rows)
             self._staged += len(rows)
+
+    def add_block(self, columns: list[str], block: str, first_line: int) -> None:
+        """PostgreSQL: stage a block of canonical rows (canonical_rows_pattern, "\n" line ends, no quote)
+        as it is, in CSV format, the first on line ``first_line``; each line is one row. Consecutive
+        blocks share one COPY, which a thread feeds while the reader goes on to the next block; the
+        line numbers come from a sequence (set again where other rows came between)."""
+        if self._block_copy is None or first_line != self._next_block_line:
+            self._finish_blocks()
+            self._conn().exec_driver_sql("SELECT setval('import_line', %s, false)", (first_line,))
+            cursor = self._cursor()
+            self._block_copy = self._blocks.enter_context(cursor.copy(
+                f"COPY import_raw ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)",
+                writer=QueuedLibpqWriter(cursor)))
+        self._block_copy.write(block)
+        self._next_block_line = first_line + block.count("\n")
+
+    def _finish_blocks(self) -> None:
+        """End add_block's COPY, if one is open: nothing else can run on the connection meanwhile."""
+        self._block_copy = None
+        self._blocks.close()
 
     def _copy_block(self, rows: list[tuple[Any, ...]], flags: str) -> str:
         """The pending rows in COPY text format. Joined as they are when no value holds a tab, newline,
@@ -114,6 +140,7 @@ class OrderStaging:
     def merge(self) -> MergeCounts:
         """Validate, convert and write every staged row; invalid rows are passed to ``skip``."""
         counts = MergeCounts()
+        self._finish_blocks()
         if self.dialect == "postgresql":  # sorts, hash joins and index builds over the whole file: fewer spills
             self._conn().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
             self._conn().exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
@@ -383,9 +410,12 @@ class OrderStaging:
                         + (f" UNION {touched}" if touched_count else ""))
 
     def drop(self) -> None:
+        self._finish_blocks()
         for table in ("import_raw", "import_unusual", "import_rows", "import_customers", "import_existing",
                       "import_ranked"):
             self._conn().exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        if self.dialect == "postgresql":
+            self._conn().exec_driver_sql("DROP SEQUENCE IF EXISTS import_line")
 
     # ------------------------------------------------------------------------------ SQL pieces
 
@@ -406,9 +436,12 @@ class OrderStaging:
         # PostgreSQL: no index on line (COPY speed); SQLite: line is the rowid anyway.
         line = "BIGINT" if self.dialect == "postgresql" else "INTEGER PRIMARY KEY"
         self.drop()
+        if self.dialect == "postgresql":  # lines of the blocks add_block stages
+            conn.exec_driver_sql("CREATE TEMPORARY SEQUENCE import_line")
+            line += " DEFAULT nextval('import_line')"
         statements = [
             f"CREATE TEMPORARY TABLE import_raw (line {line}, order_id TEXT, external_userid TEXT, amount TEXT, "
-            "paid_at TEXT, status TEXT, plain BOOLEAN, canonical BOOLEAN)",
+            "paid_at TEXT, status TEXT, plain BOOLEAN DEFAULT TRUE, canonical BOOLEAN DEFAULT TRUE)",
             f"CREATE TEMPORARY TABLE import_rows (line {line}, order_id TEXT, external_userid TEXT, "
             f"amount_fen BIGINT, paid_at {time_type}, paid_day BIGINT, status TEXT)",
             "CREATE TEMPORARY TABLE import_unusual (line BIGINT, order_id TEXT, external_userid TEXT, amount TEXT, "

@@ -56,7 +56,7 @@ def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress
     staging = OrderStaging(session, tz, summary.skip)
     try:
         batch: list[tuple[Any, ...]] = []
-        blocks = PlainBlocks(canonical_rows_pattern)
+        blocks = PlainBlocks(canonical_rows_pattern, divert=staging.add_block if staging.takes_blocks else None)
         for row in _rows(path, ORDER_COLUMNS, ("status",), progress, blocks):
             summary.read += 1
             if type(row) is RowProblem:
@@ -68,6 +68,7 @@ def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress
                 blocks.next_batch()
                 batch = []
         staging.add(batch, plain=blocks.batch_plain, canonical=blocks.batch_canonical)
+        summary.read += blocks.diverted_lines  # one row a line
         if phase:
             phase("validating and merging")
         summary.add(staging.merge())
@@ -168,7 +169,9 @@ class PlainBlocks:
     of rows came from were *plain*: no whitespace but line ends, no control character, no quote (so no
     value can hold a line end). Values from plain text need no per-value check for such characters.
     Given a pattern for the header (``canonical``), also notes whether every line of those blocks
-    matched it (*canonical* rows, whose shape SQL then need not check)."""
+    matched it (*canonical* rows, whose shape SQL then need not check). Given ``divert``, hands each
+    canonical block with "\n" line ends that starts a record to ``divert(block, first line number)``
+    as it is, instead of to the CSV reader (every line of such a block is one row, without quotes)."""
 
     SIZE = 1 << 20
     # ASCII blocks (most files) are checked as bytes, 10× faster than a regular expression
@@ -177,15 +180,23 @@ class PlainBlocks:
         sorted({chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()} - {"\n", "\r"})
         + [chr(c) for c in range(0x20) if chr(c) not in "\n\r"] + ["\x7f", '"'])) + "]")
 
-    def __init__(self, canonical: Callable[[list[str]], re.Pattern[str] | None] | None = None) -> None:
+    def __init__(self, canonical: Callable[[list[str]], re.Pattern[str] | None] | None = None,
+                 divert: Callable[[list[str], str, int], None] | None = None) -> None:
         self.current_plain = True  # the block lines are being taken from
         self.batch_plain = True  # every block the current batch's rows came from
         self.current_canonical = self.batch_canonical = canonical is not None
         self._pattern_for = canonical
         self._pattern: re.Pattern[str] | None = None
+        self._names: list[str] = []
+        self._divert = divert
+        self.report: Callable[[], None] | None = None  # progress, after each diverted block
+        self.diverted_lines = 0  # lines handed to divert: the reader's line numbers lag by as many
+        self.reader: Any = None  # the CSV reader taking the other blocks' lines (set by _rows)
+        self.record_end = 0  # the reader's line count after its latest record (set by _rows)
 
     def header(self, names: list[str]) -> None:
         """The file's column names, known before the first block of rows is read."""
+        self._names = names
         self._pattern = self._pattern_for(names) if self._pattern_for else None
 
     def next_batch(self) -> None:
@@ -200,12 +211,23 @@ class PlainBlocks:
             yield first_line  # the header, alone: the blocks of rows are read once it has been parsed
         while block := text.read(self.SIZE):
             block += text.readline()  # end on a line end (a "\r" is completed by its "\n")
-            self.current_plain = self.plain(block)
-            self.current_canonical = (self.current_plain and self._pattern is not None
-                                      and self._pattern.fullmatch(block) is not None)
-            self.batch_plain = self.batch_plain and self.current_plain
-            self.batch_canonical = self.batch_canonical and self.current_canonical
+            plain = self.plain(block)
+            canonical = plain and self._pattern is not None and self._pattern.fullmatch(block) is not None
+            if canonical and self._divert and "\r" not in block and self._reader_between_records():
+                self._divert(self._names, block, self.reader.line_num + self.diverted_lines + 1)
+                self.diverted_lines += block.count("\n")
+                if self.report:
+                    self.report()
+                continue
+            self.current_plain, self.current_canonical = plain, canonical
+            self.batch_plain = self.batch_plain and plain
+            self.batch_canonical = self.batch_canonical and canonical
             yield block
+
+    def _reader_between_records(self) -> bool:
+        """Whether the reader, asking for its next line, is about to start a record (and not inside a
+        quoted value that runs on over lines)."""
+        return self.reader is not None and self.reader.line_num == self.record_end
 
     @classmethod
     def plain(cls, text: str) -> bool:
@@ -230,11 +252,15 @@ def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...], prog
         reader = csv.reader(blocks.lines(text))
         header = _header(reader, path, required, optional)
         blocks.header(header)
+        blocks.reader, blocks.record_end = reader, reader.line_num
+        if progress:
+            blocks.report = lambda: progress(raw.tell())
         width = len(header)
         pick = _picker(header, required + optional)
         next_report = 10_000
         for row in reader:
-            line = reader.line_num
+            blocks.record_end = read = reader.line_num
+            line = read + blocks.diverted_lines
             if len(row) != width:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue

@@ -54,18 +54,23 @@ def rows(seed: int, count: int, plain: bool = False) -> list[dict[str, str]]:
     return made
 
 
-def write_csv(path: Path, records: list[dict[str, str]], with_status: bool = True) -> None:
+def write_csv(path: Path, records: list[dict[str, str]], with_status: bool = True,
+              line_ends: list[str] | None = None) -> None:
+    """``line_ends``: each record's own line end (default "\n")."""
     buffer = io.StringIO()
     columns = ["order_id", "external_userid", "amount", "paid_at"] + (["status"] if with_status else [])
     writer = csv.DictWriter(buffer, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(records)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
+    for record, line_end in zip(records, line_ends or ["\n"] * len(records), strict=True):
+        writer.writerow(record)
+        buffer.seek(buffer.tell() - 1)
+        buffer.write(line_end)
+    path.write_bytes(buffer.getvalue().encode())
 
 
 def numbered(path: Path, records: list[dict[str, str]]) -> list[tuple[int, dict[str, str]]]:
     """Each record with the line a CSV reader reports for it (where it ends: values may hold newlines)."""
-    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
+    reader = csv.reader(io.StringIO(path.read_bytes().decode(), newline=""))
     next(reader)
     lines = [reader.line_num for _ in reader]
     return list(zip(lines, records, strict=True))
@@ -90,11 +95,12 @@ def test_small_blocks_and_batches_mixing_plain_and_other_text(db, tmp_path, monk
 
 
 def assert_imported_as_parse_order_says(db, tmp_path: Path, tz: ZoneInfo, records: list[dict[str, str]],
-                                        with_status: bool = True, least: tuple[int, int] = (100, 50)) -> None:
+                                        with_status: bool = True, least: tuple[int, int] = (100, 50),
+                                        line_ends: list[str] | None = None) -> None:
     """Import ``records`` and compare each row with parse_order's verdict: the same values stored, or
     skipped with the same reason on the same line; ``least``: how many of each to expect at least."""
     path = tmp_path / "orders.csv"
-    write_csv(path, records, with_status=with_status)
+    write_csv(path, records, with_status=with_status, line_ends=line_ends)
     if not with_status:
         records = [{k: v for k, v in r.items() if k != "status"} for r in records]
     expected, reasons = {}, {}
@@ -300,6 +306,40 @@ def test_canonical_blocks_skip_the_shape_checks_but_not_the_calendar(db, tmp_pat
                         "status": pick.choice(["", "paid", "refunded"])})
     assert_imported_as_parse_order_says(db, tmp_path, ZoneInfo("Asia/Shanghai"), records, with_status, (200, 50))
     assert flags and all(flags)  # every block of this file was recognised as canonical
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_canonical_blocks_staged_whole_keep_their_lines_and_never_split_a_quoted_value(db, tmp_path, monkeypatch,
+                                                                                          seed):
+    """PostgreSQL stages canonical blocks as they are, past the CSV reader. A block whose lines look
+    canonical but lie inside a quoted value that runs over lines belongs to that value; blocks with
+    "\r\n" line ends and other rows come between; every row keeps its line and its verdict."""
+    pick = random.Random(seed)
+    monkeypatch.setattr(imports.PlainBlocks, "SIZE", pick.choice([60, 90, 150]))
+    monkeypatch.setattr(imports, "STAGE_BATCH", 7)
+    diverted, refused = [], []
+    add_block, between = bulk_orders.OrderStaging.add_block, imports.PlainBlocks._reader_between_records
+    monkeypatch.setattr(bulk_orders.OrderStaging, "add_block", lambda self, *args: (
+        diverted.append(args[2]), add_block(self, *args))[1])
+    monkeypatch.setattr(imports.PlainBlocks, "_reader_between_records", lambda self: (
+        result := between(self), refused.append(not result))[0])
+
+    def looks_canonical(i: int) -> str:
+        return f"in{i},wm{i % 5},1.00,2025-01-0{1 + i % 9}T10:00:00+08:00,paid"
+
+    records, line_ends = [], []
+    for i in range(700):
+        chance = pick.random()
+        external = (f"wm{i % 3}\n" + "\n".join(looks_canonical(i * 10 + k) for k in range(pick.randint(2, 9)))
+                    if chance < 0.03 else "wm 1" if chance < 0.05 else f"wm{i % 13}")
+        records.append({"order_id": f"o{i}", "external_userid": external, "amount": pick.choice(["12.30", "7"]),
+                        "paid_at": pick.choice([TIMES[4], TIMES[25], TIMES[26], TIMES[5]]),
+                        "status": pick.choice(["", "paid", "refunded"])})
+        line_ends.append("\r\n" if 300 < i < 340 else "\n")
+    assert_imported_as_parse_order_says(db, tmp_path, ZoneInfo("Asia/Shanghai"), records, least=(400, 40),
+                                        line_ends=line_ends)
+    if db.dialect == "postgresql":
+        assert len(diverted) > 10 and any(refused)  # blocks went both ways
 
 
 def test_the_canonical_pattern_matches_only_canonical_rows():

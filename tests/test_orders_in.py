@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from bot.cli import main
 from bot.models import Customer, CustomerAggregate, Follow, Order
+from segments import imports
 from segments.imports import ImportFailed, import_orders
 from tests.test_tiering_engine import TZ
 
@@ -124,6 +125,19 @@ def test_unreadable_files_fail_whole_and_change_nothing(db, tmp_path, content, m
     with pytest.raises(ImportFailed, match=message.replace("(", r"\(").replace(")", r"\)")):
         run_import(db, path)
     assert order_count(db) == 0
+
+
+def test_a_file_that_turns_unreadable_late_changes_nothing(db, tmp_path, monkeypatch):
+    """Blocks of good rows already staged (PostgreSQL: as they are, by a COPY left open) are thrown away."""
+    monkeypatch.setattr(imports.PlainBlocks, "SIZE", 100)
+    path = tmp_path / "input.csv"
+    good = "".join(f"o{i},wmA,1,2026-11-01T10:00:00+08:00,paid\n" for i in range(40))
+    path.write_bytes((HEADER + good).encode() + "o99,wm\xe9,1,2026-11-01T10:00:00+08:00,paid\n".encode("latin-1"))
+    with pytest.raises(ImportFailed, match="not UTF-8"):
+        run_import(db, path)
+    assert order_count(db) == 0
+    path.write_bytes((HEADER + good).encode())
+    assert run_import(db, path).inserted == 40  # the session that failed left nothing behind
 
 
 def scrm(config_env: dict[str, str], *args: str):
