@@ -168,23 +168,38 @@ class OrderStaging:
 
     def _convert_usual_rows(self) -> None:
         """Rows of the canonical shape, converted in SQL into import_rows; on PostgreSQL the others are
-        set aside in import_unusual by the same statement (the condition is evaluated once per row)."""
+        set aside in import_unusual."""
         columns = "line, order_id, external_userid, amount_fen, paid_at, paid_day, status"
         if self.dialect == "postgresql":
-            instant = "paid_at::timestamptz"
+            self._convert_canonical_rows(columns)
             self._conn().exec_driver_sql(
-                f"WITH checked AS MATERIALIZED (SELECT r.*, {self._fast_condition()} AS usual FROM import_raw r), "
-                f"unusual AS (INSERT INTO import_unusual SELECT {', '.join(RAW_COLUMNS)} FROM checked "
-                f"WHERE NOT usual) INSERT INTO import_rows ({columns}) "
-                f"SELECT line, order_id, external_userid, {_PG_FEN}, {instant} AT TIME ZONE 'UTC', "
-                f"({instant} AT TIME ZONE {_sql_string(self.tz.key)})::date - DATE '0001-01-01' + 1, {_STATUS} "
-                "FROM checked WHERE usual", self._fast_params())
+                f"WITH checked AS MATERIALIZED (SELECT r.*, {self._fast_condition()} AS usual FROM import_raw r "
+                f"WHERE NOT canonical), unusual AS (INSERT INTO import_unusual SELECT {', '.join(RAW_COLUMNS)} "
+                f"FROM checked WHERE NOT usual) INSERT INTO import_rows ({columns}) "
+                f"SELECT line, order_id, external_userid, {_PG_FEN}, {_pg_instant('paid_at::timestamptz', self.tz)}, "
+                f"{_STATUS} FROM checked WHERE usual", self._fast_params())
             return
         offset = utc_offset_case(_SQLITE_EPOCH, self.tz, self.now)
         self._converted = self._conn().exec_driver_sql(
             f"INSERT INTO import_rows ({columns}) SELECT line, order_id, external_userid, {_SQLITE_FEN}, "
             f"datetime(paid_at) || '.000000', ({_SQLITE_EPOCH} + {offset}) / 86400 + {EPOCH_ORDINAL}, {_STATUS} "
             f"FROM import_raw WHERE {_SQLITE_FAST_CONDITION}", self._fast_params()).rowcount
+
+    def _convert_canonical_rows(self, columns: str) -> None:
+        """PostgreSQL: every canonical row converted into import_rows, its time parsed once (NULL for a day
+        its month lacks); then the few rows with no time or one in the future are moved to import_unusual,
+        where parse_order names their fault. (Choosing each row's table in one statement needs the rows
+        materialized: 2M rows, 9.5 s against 5.3 s.)"""
+        conn = self._conn()
+        conn.exec_driver_sql(
+            f"INSERT INTO import_rows ({columns}) SELECT line, order_id, external_userid, {_PG_FEN}, "
+            f"{_pg_instant('instant', self.tz)}, {_STATUS} FROM (SELECT r.*, CASE WHEN substr(paid_at, 9, 2) <= '28' "
+            f"OR {_PG_DAY_OF_MONTH} THEN paid_at::timestamptz END AS instant FROM import_raw r WHERE canonical "
+            "OFFSET 0) AS parsed")  # OFFSET 0: the subquery stays, so each row's time is parsed once
+        conn.exec_driver_sql(
+            "WITH moved AS (DELETE FROM import_rows WHERE paid_at IS NULL OR paid_at > %s RETURNING line) "
+            f"INSERT INTO import_unusual SELECT {', '.join(RAW_COLUMNS)} FROM import_raw "
+            "WHERE canonical AND line IN (SELECT line FROM moved)", (self._time(self.now + timedelta(days=1)),))
 
     def _parse_unusual_rows(self) -> None:
         """Rows outside the fast path's canonical shape: parse_order accepts or explains them."""
@@ -249,6 +264,7 @@ class OrderStaging:
         constraints (those no foreign key refers to) dropped and added again afterwards — one sorted build
         instead of an insert into each unique index per row (orders, 2M rows: 13.9 s → 8.8 s). A value
         repeated by the load makes the rebuild raise a unique violation (SQLSTATE 23505)."""
+        assert table in self._bulk_loading, "only under the lock of a bulk load"
         conn = self._conn()
         constraints = conn.exec_driver_sql(
             "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint c WHERE conrelid = %s::regclass "
@@ -286,12 +302,18 @@ class OrderStaging:
         self._analyze("import_customers")
 
     def _create_stubs(self) -> int:
-        """Unknown customers get a stub known since their earliest order in the file."""
+        """Unknown customers get a stub known since their earliest order in the file. In a bulk load of the
+        customer table (PostgreSQL), which the import then holds alone, a plain insert with the unique
+        index built afterwards (1M stubs: 8.8 s → 5.0 s)."""
         sql = ("INSERT INTO customers (external_userid, name, contact_type, gender, opted_out, created_at, updated_at) "
                f"SELECT external_userid, '', 1, 0, FALSE, first_seen, {self._mark} FROM import_customers g "
-               "WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.external_userid = g.external_userid) "
-               "ON CONFLICT (external_userid) DO NOTHING")
-        return max(self._conn().exec_driver_sql(sql, (self._time(utcnow()),)).rowcount or 0, 0)
+               "WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.external_userid = g.external_userid)")
+        params = (self._time(utcnow()),)
+        if "customers" in self._bulk_loading and self.dialect == "postgresql":
+            with self._unique_rebuilt("customers"):
+                return max(self._conn().exec_driver_sql(sql, params).rowcount or 0, 0)
+        sql += " ON CONFLICT (external_userid) DO NOTHING"
+        return max(self._conn().exec_driver_sql(sql, params).rowcount or 0, 0)
 
     def _delta_from_groups(self) -> None:
         """aggregate_delta from the per-customer totals of the file: right only when every valid row
@@ -420,14 +442,14 @@ class OrderStaging:
     # ------------------------------------------------------------------------------ SQL pieces
 
     def _fast_condition(self) -> str:
-        """PostgreSQL: never NULL, so that every staged row takes exactly one path. (SQLite finds the
-        unusual rows by line instead: coalesce() would make its condition 50% slower.)"""
-        return f"coalesce(({_PG_FAST_CONDITION}), FALSE)"
+        """PostgreSQL, rows not canonical: never NULL, so that every staged row takes exactly one path.
+        (SQLite finds the unusual rows by line instead: coalesce() would make its condition 50% slower.)"""
+        return f"coalesce(({_PG_SHAPE}), FALSE)"
 
     def _fast_params(self) -> tuple[Any, ...]:
         latest = self.now + timedelta(days=1)
         if self.dialect == "postgresql":
-            return (latest, latest)
+            return (latest,)
         return (int(latest.timestamp()),)
 
     def _create_tables(self) -> None:
@@ -581,11 +603,6 @@ _PG_SHAPE = " AND ".join([
     f"AND substr(paid_at, 24, 2) < '60' AND length(paid_at) = 25 AND {_PG_DAY_OF_MONTH} "
     "THEN paid_at::timestamptz <= %s ELSE FALSE END",
 ])
-# CASE, not AND: PostgreSQL does not promise to evaluate AND from left to right, and a cast of text
-# that is not a time raises an error.
-_PG_FAST_CONDITION = (
-    f"CASE WHEN canonical THEN CASE WHEN substr(paid_at, 9, 2) <= '28' OR {_PG_DAY_OF_MONTH} "
-    f"THEN paid_at::timestamptz <= %s ELSE FALSE END ELSE {_PG_SHAPE} END")
 # The canonical shape as a pattern over whole blocks of plain text (no quote, no whitespace but line
 # ends): checking a block at once costs the reader ~0.5 µs a row, against 1.3 µs (SQLite) and 3.4 µs
 # (PostgreSQL) a row for the shape checks in SQL. Same shape as the SQL checks, years from 1990.
@@ -606,6 +623,12 @@ def canonical_rows_pattern(header: list[str]) -> re.Pattern[str] | None:
         return None
     row = ",".join(f"(?:{_CANONICAL_VALUES[name]})" for name in header)
     return re.compile(rf"(?:{row}(?:\r\n|\n|\r))*")
+
+
+def _pg_instant(instant: str, tz: ZoneInfo) -> str:
+    """SQL: the UTC time and the local day (an ordinal) of a timestamptz."""
+    return (f"{instant} AT TIME ZONE 'UTC', ({instant} AT TIME ZONE {_sql_string(tz.key)})::date "
+            "- DATE '0001-01-01' + 1")
 
 
 _PG_FEN = ("CASE WHEN strpos(amount, '.') = 0 THEN amount::bigint * 100 "
