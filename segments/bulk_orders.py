@@ -455,6 +455,7 @@ class OrderStaging:
     def _create_tables(self) -> None:
         conn = self._conn()
         time_type = "TIMESTAMP" if self.dialect == "postgresql" else "TEXT"
+        id_type = 'TEXT COLLATE "C"' if self.dialect == "postgresql" else "TEXT"  # sorted as the tables' ids are
         # PostgreSQL: no index on line (COPY speed); SQLite: line is the rowid anyway.
         line = "BIGINT" if self.dialect == "postgresql" else "INTEGER PRIMARY KEY"
         self.drop()
@@ -464,11 +465,11 @@ class OrderStaging:
         statements = [
             f"CREATE TEMPORARY TABLE import_raw (line {line}, order_id TEXT, external_userid TEXT, amount TEXT, "
             "paid_at TEXT, status TEXT, plain BOOLEAN DEFAULT TRUE, canonical BOOLEAN DEFAULT TRUE)",
-            f"CREATE TEMPORARY TABLE import_rows (line {line}, order_id TEXT, external_userid TEXT, "
+            f"CREATE TEMPORARY TABLE import_rows (line {line}, order_id {id_type}, external_userid {id_type}, "
             f"amount_fen BIGINT, paid_at {time_type}, paid_day BIGINT, status TEXT)",
             "CREATE TEMPORARY TABLE import_unusual (line BIGINT, order_id TEXT, external_userid TEXT, amount TEXT, "
             "paid_at TEXT, status TEXT)",
-            "CREATE TEMPORARY TABLE import_existing (order_id TEXT PRIMARY KEY, old_customer_id BIGINT)",
+            f"CREATE TEMPORARY TABLE import_existing (order_id {id_type} PRIMARY KEY, old_customer_id BIGINT)",
             "CREATE TEMPORARY TABLE IF NOT EXISTS touched_customers (customer_id BIGINT PRIMARY KEY)",
         ]
         for statement in statements:

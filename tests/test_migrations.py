@@ -51,9 +51,23 @@ def test_upgrade_from_empty_matches_models_and_downgrades(empty_engine):
     with empty_engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
+    assert reflected_collations(empty_engine) == declared_collations(empty_engine)  # not compared above
     upgrade_schema(empty_engine)  # idempotent
     downgrade_schema(empty_engine)
     assert set(inspect(empty_engine).get_table_names()) <= {"alembic_version"}
+
+
+def declared_collations(engine) -> dict[tuple[str, str], str]:
+    """Columns the models give a collation on this engine's dialect (e.g. byte order for ids)."""
+    return {(table.name, column.name): collation for table in Base.metadata.tables.values()
+            for column in table.columns
+            if (collation := getattr(column.type.dialect_impl(engine.dialect), "collation", None))}
+
+
+def reflected_collations(engine) -> dict[tuple[str, str], str]:
+    inspector = inspect(engine)
+    return {(table, column["name"]): collation for table in Base.metadata.tables
+            for column in inspector.get_columns(table) if (collation := getattr(column["type"], "collation", None))}
 
 
 def test_audience_and_retier_indexes_exist(empty_engine):

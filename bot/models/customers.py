@@ -7,7 +7,7 @@ from datetime import date, datetime
 from sqlalchemy import Boolean, Date, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from bot.models.base import Base, utcnow
+from bot.models.base import Base, ByteOrderString, utcnow
 
 
 class Staff(Base):
@@ -40,7 +40,7 @@ class Customer(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    external_userid: Mapped[str] = mapped_column(String(128), unique=True)
+    external_userid: Mapped[str] = mapped_column(ByteOrderString(128), unique=True)
     name: Mapped[str] = mapped_column(default="")
     contact_type: Mapped[int] = mapped_column(SmallInteger, default=1)  # 1 WeChat user, 2 WeCom user
     gender: Mapped[int] = mapped_column(SmallInteger, default=0)

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from bot.models.base import Base, utcnow
+from bot.models.base import Base, ByteOrderString, utcnow
 
 ORDER_STATUSES = ("paid", "refunded")
 
@@ -17,7 +17,7 @@ class Order(Base):
     __table_args__ = (Index("ix_orders_customer_id_paid_at", "customer_id", "paid_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    order_id: Mapped[str] = mapped_column(String(128), unique=True)
+    order_id: Mapped[str] = mapped_column(ByteOrderString(128), unique=True)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"))
     amount_fen: Mapped[int]
     paid_at: Mapped[datetime]
