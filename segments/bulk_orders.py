@@ -365,9 +365,7 @@ class OrderStaging:
                     counted = self._upsert_counted("import_rows", "TRUE", with_delta=False)
                 elif "orders" in self._bulk_loading:  # nothing to keep the rows in order for
                     with self._unique_rebuilt("orders"):
-                        inserted = conn.exec_driver_sql(
-                            self._upsert_sql("import_rows", "TRUE", on_conflict=False, ordered=False),
-                            self._now_twice()).rowcount
+                        inserted = self._insert_numbered()
                     counted = (inserted, inserted)
                 else:  # no order of the file known: a plain insert (2M rows: 7 s, against 13 s with ON CONFLICT)
                     inserted = conn.exec_driver_sql(self._upsert_sql("import_rows", "TRUE", on_conflict=False),
@@ -397,6 +395,19 @@ class OrderStaging:
             inserted, written = inserted + more_inserted, written + more_written
         return inserted, written
 
+    def _insert_numbered(self) -> int:
+        """PostgreSQL, the order table held by a bulk load: a plain insert of every row, the ids numbered
+        by the statement from one value taken from the sequence, which is then moved past them (10M
+        rows: a counter instead of 2.4 s of nextval calls)."""
+        conn = self._conn()
+        sequence = conn.exec_driver_sql("SELECT pg_get_serial_sequence('orders', 'id')").scalar()
+        first = int(conn.exec_driver_sql("SELECT nextval(%s::regclass)", (sequence,)).scalar() or 0)
+        inserted = int(conn.exec_driver_sql(self._upsert_sql("import_rows", "TRUE", on_conflict=False, ordered=False,
+                                                             first_id=first), self._now_twice()).rowcount or 0)
+        if inserted > 1:
+            conn.exec_driver_sql("SELECT setval(%s::regclass, %s)", (sequence, first + inserted - 1))
+        return inserted
+
     def _upsert_counted(self, source: str, where: str, with_delta: bool) -> tuple[int, int]:
         """PostgreSQL: the upsert, counting inserted rows by xmax = 0 (a row this statement created)."""
         returning = "RETURNING (xmax = 0) AS inserted" + (
@@ -413,16 +424,19 @@ class OrderStaging:
         now = self._time(utcnow())
         return now, now
 
-    def _upsert_sql(self, source: str, where: str, on_conflict: bool = True, ordered: bool = True) -> str:
+    def _upsert_sql(self, source: str, where: str, on_conflict: bool = True, ordered: bool = True,
+                    first_id: int | None = None) -> str:
         columns = ("customer_id", "amount_fen", "paid_at", "paid_day", "status")
         # In order-id order the unique index grows at its end instead of at random places (SQLite, 10M
         # rows: 120 s → 79 s); line order among equal ids makes a repeat update the earlier row
         # (PostgreSQL refuses a repeat in one statement anyway, see _upsert).
         order = "ORDER BY r.order_id, r.line" if ordered else ""
         differs = " OR ".join(f"orders.{c} <> excluded.{c}" for c in columns)
+        numbered = ("id, ", f"{int(first_id) - 1} + row_number() OVER (), ") if first_id is not None else ("", "")
         insert = (
-            "INSERT INTO orders (order_id, customer_id, amount_fen, paid_at, paid_day, status, created_at, updated_at) "
-            f"SELECT r.order_id, c.id, r.amount_fen, r.paid_at, r.paid_day, r.status, {self._mark}, {self._mark} "
+            f"INSERT INTO orders ({numbered[0]}order_id, customer_id, amount_fen, paid_at, paid_day, status, "
+            f"created_at, updated_at) SELECT {numbered[1]}r.order_id, c.id, r.amount_fen, r.paid_at, r.paid_day, "
+            f"r.status, {self._mark}, {self._mark} "
             f"FROM {source} r JOIN customers c ON c.external_userid = r.external_userid "
             f"WHERE {where} {order}")  # WHERE: SQLite's upsert grammar
         if not on_conflict:
@@ -440,7 +454,13 @@ class OrderStaging:
             "WHERE old_customer_id IS NOT NULL UNION SELECT c.id FROM import_rows r JOIN import_existing e "
             "ON e.order_id = r.order_id JOIN customers c ON c.external_userid = r.external_userid").rowcount
         with self._bulk_load("customer_aggregates", self._scalar("SELECT count(*) FROM aggregate_delta")):
-            conn.exec_driver_sql(DELTA_UPSERT)
+            if ("customer_aggregates" in self._bulk_loading and self.dialect == "postgresql"
+                    and not self._scalar("SELECT count(*) FROM (SELECT 1 FROM customer_aggregates LIMIT 1) AS a")):
+                with self._unique_rebuilt("customer_aggregates"):  # nothing to add to: each delta is a new row
+                    conn.exec_driver_sql(f"INSERT INTO customer_aggregates ({', '.join(DELTA_COLUMNS)}) "
+                                         f"SELECT {', '.join(DELTA_COLUMNS)} FROM aggregate_delta")
+            else:
+                conn.exec_driver_sql(DELTA_UPSERT)
         touched = "SELECT customer_id FROM touched_customers"
         if touched_count:
             conn.exec_driver_sql(f"DELETE FROM customer_aggregates WHERE customer_id IN ({touched})")

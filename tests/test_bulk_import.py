@@ -199,11 +199,18 @@ def test_a_bulk_load_leaves_indexes_and_foreign_key_as_they_were(db, tmp_path, m
         with pytest.raises(IntegrityError):  # the unique order id is back
             session.execute(insert(Order).values(order_id="o1", customer_id=session.scalar(select(Customer.id)),
                                                  amount_fen=1, paid_at=datetime.now(UTC), paid_day=1, status="paid"))
+    write_csv(path, [{"order_id": "later", "external_userid": "wm1", "amount": "1", "paid_at": TIMES[4]}])
+    with db.begin() as session:  # the order ids' sequence went on past the loaded rows
+        assert import_orders(session, path, ZoneInfo("UTC")).inserted == 1
+    with db.sessions() as session:
+        ids = session.scalars(select(Order.id).order_by(Order.id)).all()
+        assert len(set(ids)) == len(ids) == 10
+        assert session.scalar(select(Order.id).where(Order.order_id == "later")) == max(ids)
     assert len(indexes_before["customer_aggregates"]) >= 4
     with db.begin() as session:
         session.execute(delete(Customer).where(Customer.external_userid == "wm0"))
     with db.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(Order)) == (7 if repeat else 6)
+        assert session.scalar(select(func.count()).select_from(Order)) == (8 if repeat else 7)
         assert session.scalar(select(func.count()).select_from(CustomerAggregate)) == 2
         with pytest.raises(IntegrityError):
             session.execute(insert(Order).values(order_id="orphan", customer_id=10**9, amount_fen=1,
