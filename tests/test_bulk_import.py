@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import delete, func, insert, inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from bot.models import Customer, CustomerAggregate, Order
+from bot.models import Customer, CustomerAggregate, Order, TierDirty
 from segments import bulk_orders, imports
 from segments.bulk_orders import offset_transitions
 from segments.imports import import_orders
@@ -217,6 +217,30 @@ def test_a_bulk_load_leaves_indexes_and_foreign_key_as_they_were(db, tmp_path, m
                                                  paid_at=datetime.now(UTC), paid_day=1, status="paid"))
     with db.sessions() as session, pytest.raises(IntegrityError):
         session.execute(insert(CustomerAggregate).values(customer_id=10**9, order_count=1))
+
+
+def test_a_first_load_before_any_re_tier_leaves_marks_only_where_they_matter(db, tmp_path, monkeypatch):
+    """Marks tell an incremental re-tier whom to look at. Before the first re-tier (always a full run)
+    PostgreSQL's bulk load of the customer table may leave them out; after it, every import marks."""
+    from segments.retier import retier
+    from tests.test_tiering_engine import POLICY
+
+    monkeypatch.setattr(bulk_orders, "BULK_LOAD_ROWS", 1)
+
+    def load(name: str, customers: range) -> set[int]:
+        path = tmp_path / f"{name}.csv"
+        write_csv(path, [{"order_id": f"{name}{i}", "external_userid": f"wm{i}", "amount": "1",
+                          "paid_at": TIMES[4]} for i in customers])
+        with db.begin() as session:
+            import_orders(session, path, ZoneInfo("UTC"))
+        with db.sessions() as session:
+            return set(session.scalars(select(TierDirty.customer_id)))
+
+    first = load("a", range(5))
+    assert len(first) == (0 if db.dialect == "postgresql" else 5)
+    with db.begin() as session:
+        assert not retier(session, POLICY, datetime(2025, 1, 1).date(), ZoneInfo("UTC")).incremental
+    assert len(load("b", range(3, 13))) == 10  # 3–4 known, 5–12 new: the customer table is bulk loaded again
 
 
 @pytest.mark.parametrize("seed", [3, 4])
