@@ -48,6 +48,7 @@ RAW_COLUMNS = ("line", "order_id", "external_userid", "amount", "paid_at", "stat
 STAGE_BATCH = 50_000  # rows handed to the database at once
 BULK_LOAD_ROWS = 100_000  # from this size (and the order table's) indexes are built after the load
 WORK_MEM = "64MB"
+LOOKUP_COST = 20  # an index lookup of an order id, in rows of the order table scanned and hashed
 EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 EARLIEST_YEAR = 1990  # parse_order refuses earlier times, so offsets before it never matter
 
@@ -174,9 +175,7 @@ class OrderStaging:
         self._analyze("import_rows")
         if counts.customers_created > 10_000:
             self._analyze("customers")
-        self._conn().exec_driver_sql(
-            "INSERT INTO import_existing (order_id, old_customer_id) SELECT DISTINCT o.order_id, o.customer_id "
-            "FROM import_rows r JOIN orders o ON o.order_id = r.order_id")
+        self._find_known_orders(counts.valid)
         self._analyze("import_existing")
         with self._bulk_load("orders", counts.valid):
             counts.inserted, written = self._upsert(counts.valid)
@@ -184,6 +183,19 @@ class OrderStaging:
         counts.unchanged = counts.valid - written
         self._refresh_aggregates()
         return counts
+
+    def _find_known_orders(self, valid: int) -> None:
+        """import_existing: the file's order ids already in the order table, with their current customer.
+        PostgreSQL hashes the file and scans the whole order table even for a file a fraction of its size
+        (100k rows against 10M orders: 4.2 s); there a small file looks its ids up in the unique index
+        instead (0.8 s). A lookup costs about as much as hashing twenty scanned rows."""
+        if self.dialect == "postgresql" and valid * LOOKUP_COST < self._table_size("orders"):
+            known = ("import_rows r CROSS JOIN LATERAL (SELECT order_id, customer_id FROM orders o "
+                     "WHERE o.order_id = r.order_id OFFSET 0) AS o")  # OFFSET 0: kept as a lookup per row
+        else:
+            known = "import_rows r JOIN orders o ON o.order_id = r.order_id"
+        self._conn().exec_driver_sql("INSERT INTO import_existing (order_id, old_customer_id) "
+                                     f"SELECT DISTINCT o.order_id, o.customer_id FROM {known}")
 
     def _convert_usual_rows(self) -> None:
         """Rows of the canonical shape, converted in SQL into import_rows; on PostgreSQL the others are
