@@ -30,7 +30,7 @@ from sqlalchemy import String, cast, delete, func, insert, literal, select
 from bot.campaigns.broadcasts import BroadcastSpec, create_broadcast, plan_run, preview
 from bot.config import load_settings
 from bot.db import Database
-from bot.models import Broadcast, BroadcastRun, Customer, Follow, OutboxMessage, Staff
+from bot.models import Broadcast, BroadcastRun, Customer, CustomerTier, Follow, OutboxMessage, Staff
 
 TZ = ZoneInfo("Asia/Shanghai")
 RUN_AT = datetime(2026, 11, 24, 10, 0, tzinfo=TZ)
@@ -53,17 +53,19 @@ def build(db: Database, customers: int, staff: int, chunk: int = 100_000) -> Non
         staff_ids = list(s.scalars(select(Staff.id).order_by(Staff.id)))
     added = RUN_AT - timedelta(days=100)
     for start in range(0, customers, chunk):
-        rows, follows = [], []
+        rows, tiers, follows = [], [], []
         for n in range(start, min(start + chunk, customers)):
             owner = n % staff
             rows.append({"id": n + 1, "external_userid": f"wm{n:08d}", "name": f"客户{n}",
-                         "value_tier": rng.choices(names, weights)[0], "rfm_segment": rng.choice(SEGMENTS),
                          "owner_userid": f"staff{owner:03d}", "opted_out": rng.random() < 0.01,
                          "contact_type": 1, "gender": 0})
+            tiers.append({"customer_id": n + 1, "value_tier": rng.choices(names, weights)[0],
+                          "rfm_segment": rng.choice(SEGMENTS)})
             follows.append({"customer_id": n + 1, "staff_id": staff_ids[owner], "remark": "", "description": "",
                             "added_at": added})
         with db.begin() as s:
             s.execute(insert(Customer), rows)
+            s.execute(insert(CustomerTier), tiers)
             s.execute(insert(Follow), follows)
     with db.begin() as s:  # 3% already had a push today: the brand's daily cap skips them
         capped = rng.sample(range(1, customers + 1), customers * 3 // 100)

@@ -80,7 +80,7 @@ def phase(kind: str, url: str, path: str) -> dict:
 
     from bot.config import load_settings
     from bot.db import Database
-    from bot.models import Customer
+    from bot.models import CustomerTier
     from segments.imports import import_orders
     from segments.policy import TierPolicy
     from segments.retier import retier, tidy_after_commit
@@ -105,8 +105,8 @@ def phase(kind: str, url: str, path: str) -> dict:
     out["seconds"] = time.perf_counter() - started  # the work and its commit; not the check below
     if kind == "retier":
         with db.sessions() as session:
-            out["counts"] = {k: v for k, v in session.execute(select(Customer.rfm_segment, func.count())
-                                                              .group_by(Customer.rfm_segment)).all() if k}
+            out["counts"] = {k: v for k, v in session.execute(select(CustomerTier.rfm_segment, func.count())
+                                                              .group_by(CustomerTier.rfm_segment)).all() if k}
     out["max_rss_mb"] = peak_rss_mb()
     db.dispose()
     return out

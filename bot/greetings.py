@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from bot.config import Settings
 from bot.holidays import holidays_on
 from bot.messages import TIER_NAMES, MessageTemplates
-from bot.models import Customer, Follow, OutboxMessage, Staff
+from bot.models import Customer, CustomerTier, Follow, OutboxMessage, Staff
 from bot.outbox.policy import ContactPolicy
 from segments.rfm import SEGMENT_NAMES
 
@@ -71,5 +71,7 @@ def _audience() -> Any:
     """Customers with an owner who still follows them (a mass message goes out from that member)."""
     live = exists().where(Follow.customer_id == Customer.id, Follow.ended_at.is_(None), Follow.staff_id == Staff.id,
                           Staff.userid == Customer.owner_userid)
-    return (select(Customer.id, Customer.external_userid, Customer.owner_userid, Customer.value_tier,
-                   Customer.rfm_segment).where(Customer.owner_userid.is_not(None), live).order_by(Customer.id))
+    return (select(Customer.id, Customer.external_userid, Customer.owner_userid, CustomerTier.value_tier,
+                   CustomerTier.rfm_segment)
+            .select_from(Customer).outerjoin(CustomerTier, CustomerTier.customer_id == Customer.id)
+            .where(Customer.owner_userid.is_not(None), live).order_by(Customer.id))

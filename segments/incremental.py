@@ -121,15 +121,16 @@ class Scope:
         """One pass over the customers (cheaper, over a night's worth of tier writes, than keeping
         four more indexes current on every customer update): never tiered, edited after tiered, or —
         when the as-of day moved — last interaction or join time across an engagement boundary."""
-        conditions = ["tiered_at IS NULL", "(updated_at >= :since AND updated_at > tiered_at)"]
+        conditions = ["t.tiered_at IS NULL", "(c.updated_at >= :since AND c.updated_at > t.tiered_at)"]
         params: dict[str, Any] = {"since": _stored_time(previous.started_at - EDIT_MARGIN, self.dialect)}
         if as_of > previous.as_of:
             for i, days in enumerate((policy.active_days, policy.silent_days)):
                 params[f"low{i}"], params[f"high{i}"] = self._instants(
                     previous.as_of - timedelta(days=days), as_of - timedelta(days=days - 1), tz)
                 conditions += [f"({column} >= :low{i} AND {column} < :high{i})"
-                               for column in ("last_interaction_at", "created_at")]
-        self._add(f"SELECT id FROM customers WHERE {' OR '.join(conditions)}", **params)
+                               for column in ("c.last_interaction_at", "c.created_at")]
+        self._add("SELECT c.id FROM customers c LEFT JOIN customer_tiers t ON t.customer_id = c.id "
+                  f"WHERE {' OR '.join(conditions)}", **params)
 
     def _add_moved_orders_and_interactions(self, policy: TierPolicy, before: date, after: date,
                                            tz: ZoneInfo) -> None:

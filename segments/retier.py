@@ -3,8 +3,8 @@ activity, computed in SQL over the per-customer aggregates (no Python loop over 
 
 One INSERT … SELECT fills a temporary table with the new values; one INSERT … SELECT per dimension
 records a TierChange for each customer whose value changed (customers tiered for the first time get
-a baseline, not a change); one UPDATE … FROM writes only the rows that differ. Same statements on
-SQLite and PostgreSQL.
+a baseline, not a change); the rows that differ are written to customer_tiers (updated, or inserted
+for customers without tiers yet). Same statements on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -39,7 +39,17 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from bot.models import Customer, CustomerAggregate, CustomerTag, Interaction, Order, Tag, TierChange, utcnow
+from bot.models import (
+    Customer,
+    CustomerAggregate,
+    CustomerTag,
+    CustomerTier,
+    Interaction,
+    Order,
+    Tag,
+    TierChange,
+    utcnow,
+)
 from segments.incremental import ROW_ID, Scope, last_run, policy_digest, record_run
 from segments.policy import TierPolicy, local_midnight_utc
 from segments.rfm import PopulationStats, aggregate_stats, high, population_stats, quintile, segment_case
@@ -114,6 +124,8 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
                        stats: PopulationStats, result: RetierResult, scope: Scope | None) -> int:
     """The new values of every customer (or of those in ``scope``) into a temporary table, then the
     changes recorded and the differing rows written. Returns how many customers were looked at."""
+    if scope is None and session.scalar(select(CustomerTier.customer_id).limit(1)) is None:
+        return _first_tiering(session, _computed(policy, as_of, tz, metrics, stats, None), policy, result)
     table = _result_table()
     table.create(session.connection())
     try:
@@ -133,15 +145,37 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
     return scope.size() if scope is not None else result.customers
 
 
+def _first_tiering(session: Session, computed: Any, policy: TierPolicy, result: RetierResult) -> int:
+    """No customer has tiers yet (a first run): every customer's values go straight into the empty
+    tier table — nothing to compare, no history to record (a first tiering is a baseline), and no
+    temporary table."""
+    result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
+    result.changes = dict.fromkeys(DIMENSIONS, 0)
+    values = {name: computed.c[name] for name in ("customer_id", *COLUMNS) if name != "score"} | {
+        "score": case((computed.c.order_count > 0,
+                       _score(policy, computed.c.r_score, computed.c.f_score, computed.c.m_score))),
+        "tiered_at": literal(utcnow(), type_=CustomerTier.__table__.c.tiered_at.type)}
+    result.mass_change = result.customers >= REBUILD_INDEXES_ROWS
+    with _keys_dropped(session, result.mass_change):
+        written = session.execute(insert(CustomerTier.__table__).from_select(
+            list(values), select(*values.values()).order_by(computed.c.customer_id)))
+    # psycopg 3 reports no row count for this INSERT … SELECT; the table was empty before it.
+    result.updated = written.rowcount if written.rowcount and written.rowcount > 0 else (
+        session.scalar(select(func.count()).select_from(CustomerTier)) or 0)
+    return result.customers
+
+
 def _computed(policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any, stats: PopulationStats,
               scope: Scope | None) -> Any:
     """A subquery: each customer's new values (but the score) beside its current ones."""
     activity = _activity_scores(policy, as_of, tz, scope)
     columns = _computed_columns(policy, as_of, tz, metrics, activity, stats)
+    tiers = CustomerTier.__table__
     joined = (Customer.__table__.outerjoin(metrics, metrics.c.customer_id == Customer.id)
-              .outerjoin(activity, activity.c.customer_id == Customer.id))
-    current = [Customer.tiered_at.label("current_tiered_at")] + [
-        getattr(Customer, name).label(f"current_{name}") for name in COLUMNS]
+              .outerjoin(activity, activity.c.customer_id == Customer.id)
+              .outerjoin(tiers, tiers.c.customer_id == Customer.id))
+    current = [tiers.c.tiered_at.label("current_tiered_at")] + [
+        tiers.c[name].label(f"current_{name}") for name in COLUMNS]
     # OFFSET 0 keeps the subquery from being merged into the statement that uses it, which would
     # evaluate each expression again wherever it is referred to (SQLite, 1M customers: 2.6 s → 5.4 s).
     # The scope as IN, not a join: SQLite then looks customers up by id instead of scanning them all.
@@ -304,11 +338,11 @@ def _reason(dimension: str, table: Table, policy: TierPolicy, stats: PopulationS
 
 def _record_changes(session: Session, table: Table, dimension: str, as_of: date, policy: TierPolicy,
                     stats: PopulationStats) -> int:
-    c, t = Customer.__table__.c, table.c
+    c, t = CustomerTier.__table__.c, table.c
     bits = _bit(dimension) | TIERED_BIT
     changed = select(t.customer_id, literal(dimension), c[dimension], t[dimension], literal(as_of),
                      _reason(dimension, table, policy, stats, as_of), literal(utcnow())).select_from(
-        table.join(Customer.__table__, c.id == t.customer_id)).where(t.changes.op("&")(bits) == bits)
+        table.join(CustomerTier.__table__, c.customer_id == t.customer_id)).where(t.changes.op("&")(bits) == bits)
     result = session.execute(insert(TierChange).from_select(
         ["customer_id", "dimension", "from_value", "to_value", "as_of", "reason", "created_at"], changed))
     return max(result.rowcount or 0, 0)
@@ -328,51 +362,68 @@ def _change_mask(changed: dict[str, Any], tiered: Any) -> Any:
 
 
 def _indexed_tier_bits() -> int:
-    """The bits of the tier columns some index of customers holds."""
-    indexed = {column.name for index in Customer.__table__.indexes for column in index.columns}
+    """The bits of the tier columns some index of customer_tiers holds."""
+    indexed = {column.name for index in CustomerTier.__table__.indexes for column in index.columns}
     return sum(_bit(name) for name in COLUMNS if name in indexed)
 
 
 def _write_changed(session: Session, table: Table, result: RetierResult) -> int:
-    """The result table holds only rows that differ, so every one of them is written. updated_at is
-    left alone (tiered_at says when tiers changed): an incremental run looks for rows edited after
-    they were tiered, and must not find every row the last run wrote."""
-    c, t = Customer.__table__.c, table.c
+    """The result table holds only rows that differ, so every one of them is written: tier rows that
+    exist are updated, the others inserted (a first run inserts them all)."""
     indexed = _indexed_tier_bits()
-    with _indexes_rebuilt_if_most_change(session, table, indexed) as result.mass_change:
-        if session.get_bind().dialect.name != "sqlite":  # PostgreSQL compares values itself (HOT updates)
-            stmt = (update(Customer.__table__).where(c.id == t.customer_id)
-                    .values(**{name: t[name] for name in COLUMNS}, tiered_at=utcnow(), updated_at=c.updated_at))
-            return max(session.execute(stmt).rowcount or 0, 0)
-        return _write_groups(session, table, indexed)
+    with _keys_rebuilt_if_most_change(session, table, indexed) as result.mass_change:
+        if session.get_bind().dialect.name == "sqlite":
+            written = _write_groups(session, table, indexed)
+        else:  # PostgreSQL compares values itself (HOT updates)
+            c, t = CustomerTier.__table__.c, table.c
+            stmt = (update(CustomerTier.__table__).where(c.customer_id == t.customer_id)
+                    .values(**{name: t[name] for name in COLUMNS}, tiered_at=utcnow()))
+            written = max(session.execute(stmt).rowcount or 0, 0)
+        return written + _insert_new_rows(session)
+
+
+def _insert_new_rows(session: Session) -> int:
+    """Tier rows for the customers of the result that have none yet, in key order."""
+    columns = ", ".join(COLUMNS)
+    sql = (f"INSERT INTO customer_tiers (customer_id, {columns}, tiered_at) SELECT t.customer_id, "
+           f"{', '.join(f't.{n}' for n in COLUMNS)}, :now FROM retier_result t WHERE NOT EXISTS "
+           "(SELECT 1 FROM customer_tiers c WHERE c.customer_id = t.customer_id) ORDER BY t.customer_id")
+    now = _stored_now() if session.get_bind().dialect.name == "sqlite" else utcnow().replace(tzinfo=None)
+    return max(session.execute(text(sql), {"now": now}).rowcount or 0, 0)
 
 
 @contextmanager
-def _indexes_rebuilt_if_most_change(session: Session, table: Table, indexed: int) -> Iterator[bool]:
+def _keys_rebuilt_if_most_change(session: Session, table: Table, indexed: int) -> Iterator[bool]:
     """When at least half of the customers (and 100k) change an indexed tier column, as in a first run,
-    drop indexes of customers and build them again after the writes, as PostgreSQL's "Populating a
-    Database" advises (1M customers). SQLite: the tier indexes (4.3 s of upkeep against 2.8 s to
-    rebuild); readers keep their snapshot (WAL). PostgreSQL: every index but the primary key, since
-    such an update inserts into every index (34.6 s → 19.2 s for the tier indexes alone, 10.3 s for
-    all, against ~6 s to rebuild); other sessions wait for this transaction (the drop locks the
-    table), which is why only a mass change does it."""
+    drop the tier indexes (and on PostgreSQL the foreign key) and build them again after the writes, as
+    PostgreSQL's "Populating a Database" advises: 1M rows inserted or updated, then sorted once into
+    each index, instead of 1M entries added to every index one by one. Readers of the tier table wait
+    for this transaction on PostgreSQL (the drop locks it), which is why only a mass change does it."""
     t = table.c
     changing = session.scalar(select(func.count()).where(t.changes.op("&")(indexed) != 0)) or 0
     customers = session.scalar(select(func.max(Customer.id))) or 0
-    if changing < max(REBUILD_INDEXES_ROWS, customers // 2):
-        yield False
+    mass = changing >= max(REBUILD_INDEXES_ROWS, customers // 2)
+    with _keys_dropped(session, mass):
+        yield mass
+
+
+@contextmanager
+def _keys_dropped(session: Session, drop: bool) -> Iterator[None]:
+    """If ``drop``: the tier indexes (PostgreSQL: and foreign keys) dropped inside, built again after."""
+    if not drop:
+        yield
         return
     conn = session.connection()
+    names = [index.name for index in CustomerTier.__table__.indexes]
     if conn.dialect.name == "postgresql":
-        dropped = _postgresql_secondary_indexes(conn)
+        dropped = _postgresql_keys(conn)
     else:
         lookup = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?"
-        dropped = [(f'DROP INDEX "{index.name}"', conn.exec_driver_sql(lookup, (index.name,)).scalar())
-                   for index in Customer.__table__.indexes if {c.name for c in index.columns} & set(COLUMNS)]
-    dropped = [(drop, create) for drop, create in dropped if create]
-    for drop, _ in dropped:
-        conn.exec_driver_sql(drop)
-    yield True
+        dropped = [(f'DROP INDEX "{name}"', conn.exec_driver_sql(lookup, (name,)).scalar()) for name in names]
+    dropped = [(statement, create) for statement, create in dropped if create]
+    for statement, _ in dropped:
+        conn.exec_driver_sql(statement)
+    yield
     if conn.dialect.name == "postgresql":  # each index sorted in memory rather than in files
         conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
     for _, create in dropped:
@@ -380,39 +431,42 @@ def _indexes_rebuilt_if_most_change(session: Session, table: Table, indexed: int
 
 
 def tidy_after_commit(engine: Engine, result: RetierResult) -> None:
-    """After the re-tier's transaction committed: on PostgreSQL, when it rewrote most customer rows,
-    VACUUM (ANALYZE) the customer table, as PostgreSQL advises after bulk updates. The next run and
-    every audience query then read neither the million dead row versions nor stale statistics
-    (1M customers: 1.3 s; the incremental run that followed went from 14.6 s to 9.9 s). VACUUM
-    cannot run inside a transaction, hence a separate step for the callers of retier()."""
+    """After the re-tier's transaction committed: on PostgreSQL, when it wrote most tier rows,
+    VACUUM (ANALYZE) the tier table, as PostgreSQL advises after bulk writes: the next run and every
+    audience query then read neither dead row versions nor stale statistics (autovacuum would get
+    there later). VACUUM cannot run inside a transaction, hence a separate step for the callers of
+    retier()."""
     if not result.mass_change or engine.dialect.name != "postgresql":
         return
     with engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM (ANALYZE) customers")
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM (ANALYZE) customer_tiers")
 
 
-def _postgresql_secondary_indexes(conn: Any) -> list[tuple[str, str]]:
-    """(drop, create) statements for every index of customers but the primary key; a unique
-    constraint is dropped and added again as a constraint. Skipped: one a foreign key relies on."""
-    rows = conn.exec_driver_sql(
-        "SELECT c.relname, pg_get_indexdef(i.indexrelid), con.conname, pg_get_constraintdef(con.oid) "
-        "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid "
-        "WHERE i.indrelid = 'customers'::regclass AND NOT i.indisprimary AND NOT EXISTS "
-        "(SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conindid = i.indexrelid)").all()
-    return [(f'ALTER TABLE customers DROP CONSTRAINT "{constraint}"',
-             f'ALTER TABLE customers ADD CONSTRAINT "{constraint}" {definition}') if constraint
-            else (f'DROP INDEX "{name}"', index_sql) for name, index_sql, constraint, definition in rows]
+def _postgresql_keys(conn: Any) -> list[tuple[str, str]]:
+    """(drop, create) statements for every index of customer_tiers but the primary key, and for its
+    foreign keys (validated once when added again, instead of a check per written row)."""
+    indexes = conn.exec_driver_sql(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = 'customer_tiers'::regclass AND NOT i.indisprimary").all()
+    foreign = conn.exec_driver_sql(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = 'customer_tiers'::regclass AND contype = 'f'").all()
+    return [(f'DROP INDEX "{name}"', index_sql) for name, index_sql in indexes] + [
+        (f'ALTER TABLE customer_tiers DROP CONSTRAINT "{name}"',
+         f'ALTER TABLE customer_tiers ADD CONSTRAINT "{name}" {definition}') for name, definition in foreign]
 
 
 def _write_groups(session: Session, table: Table, indexed: int) -> int:
+    """SQLite rewrites the entries of every index holding a column an UPDATE sets, even to the same
+    value: rows are written in groups, each setting only the indexed columns that change."""
     t = table.c
     written = 0
     for group in session.scalars(select(t.changes.op("&")(indexed)).distinct()).all():
         columns = [name for name in COLUMNS if not indexed & _bit(name) or group & _bit(name)]
-        sql = (f"UPDATE customers SET ({', '.join(columns)}, tiered_at) = (SELECT "
-               f"{', '.join(f't.{n}' for n in columns)}, :now FROM retier_result t WHERE t.customer_id = customers.id) "
-               "WHERE id IN (SELECT customer_id FROM retier_result WHERE changes & :indexed = :group)")
+        sql = (f"UPDATE customer_tiers SET ({', '.join(columns)}, tiered_at) = (SELECT "
+               f"{', '.join(f't.{n}' for n in columns)}, :now FROM retier_result t "
+               "WHERE t.customer_id = customer_tiers.customer_id) "
+               "WHERE customer_id IN (SELECT customer_id FROM retier_result WHERE changes & :indexed = :group)")
         params = {"now": _stored_now(), "indexed": indexed, "group": group}
         written += max(session.execute(text(sql), params).rowcount or 0, 0)
     return written
@@ -426,7 +480,9 @@ def _stored_now() -> str:
 def tier_counts(session: Session) -> dict[str, dict[str | None, int]]:
     """Customers per value of each dimension (for before/after tables)."""
     counts: dict[str, dict[str | None, int]] = {}
+    tiered = Customer.__table__.outerjoin(CustomerTier.__table__, CustomerTier.customer_id == Customer.id)
     for dimension in DIMENSIONS:
-        column = getattr(Customer, dimension)
-        counts[dimension] = dict(session.execute(select(column, func.count()).group_by(column)).all())
+        column = getattr(CustomerTier, dimension)
+        counts[dimension] = dict(session.execute(
+            select(column, func.count()).select_from(tiered).group_by(column)).all())
     return counts

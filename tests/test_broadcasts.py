@@ -25,7 +25,7 @@ from bot.campaigns.broadcasts import (
     preview,
     revenue_lift,
 )
-from bot.models import Broadcast, Coupon, Customer, Order, OutboxMessage, Staff
+from bot.models import Broadcast, Coupon, Customer, CustomerTier, Order, OutboxMessage, Staff
 from bot.outbox.mass import submit_mass_messages
 from bot.outbox.policy import ContactPolicy
 from bot.tagging.rules import TagRules
@@ -150,8 +150,8 @@ def test_a_run_holds_out_a_random_tenth_of_each_tier_and_sends_the_rest(wired, s
     run = first.run
     assert (run.audience, run.held_out, run.to_send, run.skipped) == (535, 20 + 4 + 30, 535 - 54, {})
     with db.sessions() as s:
-        held = Counter(s.scalars(select(Customer.value_tier)
-                                 .join(OutboxMessage, OutboxMessage.customer_id == Customer.id)
+        held = Counter(s.scalars(select(CustomerTier.value_tier)
+                                 .join(OutboxMessage, OutboxMessage.customer_id == CustomerTier.customer_id)
                                  .where(OutboxMessage.status == "held_out")))
         texts = Counter(r["text"] for r in s.scalars(select(OutboxMessage.content)))
     assert held == Counter({"high": 20, "mid": 4, "low": 30})

@@ -13,7 +13,7 @@ from sqlalchemy import func, inspect, select, update
 
 import segments.retier as retier_module
 from bot.demo import data as demo_data
-from bot.models import Customer, Interaction, TierRun
+from bot.models import Customer, CustomerTier, Interaction, TierRun
 from segments.imports import import_orders
 from segments.retier import retier, tidy_after_commit
 from tests.test_tiering_engine import POLICY, TZ, write_csv
@@ -132,8 +132,8 @@ def test_a_run_as_of_a_day_before_some_order_is_followed_by_a_full_run(db, tmp_p
 
 
 def test_a_run_that_rebuilds_the_tier_indexes_puts_them_back(db, tmp_path, monkeypatch):
-    """When most customers change (a first run), indexes are dropped and built again (PostgreSQL:
-    the unique external_userid constraint too)."""
+    """When most customers change (a first run), the tier indexes are dropped and built again
+    (PostgreSQL: the foreign key too); the customer table's own indexes are not touched."""
     monkeypatch.setattr(retier_module, "REBUILD_INDEXES_ROWS", 1)
     before = customer_indexes(db)
     generated = demo_data.generate(120, seed=8, now=GENERATED_AT)
@@ -141,10 +141,10 @@ def test_a_run_that_rebuilds_the_tier_indexes_puts_them_back(db, tmp_path, monke
     with db.begin() as session:
         first = retier(session, POLICY, START, TZ)
     assert first.updated == first.customers and customer_indexes(db) == before and first.mass_change
-    tidy_after_commit(db.engine, first)  # PostgreSQL: VACUUM (ANALYZE) customers, outside the transaction
+    tidy_after_commit(db.engine, first)  # PostgreSQL: VACUUM (ANALYZE) customer_tiers, outside the transaction
     with db.sessions() as session:
-        by_index = session.scalar(select(func.count()).select_from(Customer).where(
-            Customer.rfm_segment == "important_value"))
+        by_index = session.scalar(select(func.count()).select_from(CustomerTier).where(
+            CustomerTier.rfm_segment == "important_value"))
         assert by_index == sum(1 for c in session.scalars(select(Customer)) if c.rfm_segment == "important_value")
     with db.begin() as session:
         assert retier(session, POLICY, START + timedelta(days=30), TZ, full=True).updated > 0
@@ -152,11 +152,17 @@ def test_a_run_that_rebuilds_the_tier_indexes_puts_them_back(db, tmp_path, monke
         assert unchanged.updated == 0 and not unchanged.mass_change
 
 
-def customer_indexes(db) -> list[tuple[str, tuple[str, ...], bool]]:
+def customer_indexes(db) -> list[tuple[str, str, tuple[str, ...], object]]:
+    """Indexes, unique constraints and foreign keys of the customer and tier tables."""
+    keys = []
     with db.sessions() as session:
         inspector = inspect(session.connection())
-        indexes = [(index["name"], tuple(index["column_names"]), bool(index["unique"]))
-                   for index in inspector.get_indexes("customers")]
-        constraints = [(c["name"], tuple(c["column_names"]), True)
-                       for c in inspector.get_unique_constraints("customers")]
-    return sorted(set(indexes + constraints))
+        for table in ("customers", "customer_tiers"):
+            keys += [(table, index["name"], tuple(index["column_names"]), bool(index["unique"]))
+                     for index in inspector.get_indexes(table)]
+            keys += [(table, c["name"], tuple(c["column_names"]), True)
+                     for c in inspector.get_unique_constraints(table)]
+            keys += [(table, f["name"] or "", tuple(f["constrained_columns"]),
+                      (f["referred_table"], f.get("options", {}).get("ondelete")))
+                     for f in inspector.get_foreign_keys(table)]
+    return sorted(set(keys), key=repr)

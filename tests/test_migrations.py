@@ -73,9 +73,33 @@ def reflected_collations(engine) -> dict[tuple[str, str], str]:
 def test_audience_and_retier_indexes_exist(empty_engine):
     upgrade_schema(empty_engine)
     inspector = inspect(empty_engine)
-    customer_indexes = {tuple(ix["column_names"]) for ix in inspector.get_indexes("customers")}
-    assert {("value_tier", "rfm_segment"), ("rfm_segment",), ("stage",), ("activity",)} <= customer_indexes
+    tier_indexes = {tuple(ix["column_names"]) for ix in inspector.get_indexes("customer_tiers")}
+    assert {("value_tier", "rfm_segment"), ("rfm_segment",), ("stage",), ("activity",)} <= tier_indexes
     tag_indexes = {tuple(ix["column_names"]) for ix in inspector.get_indexes("customer_tags")}
     assert ("tag_id", "removed_at", "customer_id") in tag_indexes
     inbox_indexes = {tuple(ix["column_names"]) for ix in inspector.get_indexes("inbox_events")}
     assert ("status", "next_attempt_at") in inbox_indexes
+
+
+def test_tiers_move_to_their_own_table_and_back(empty_engine):
+    upgrade_schema(empty_engine, "0007")
+    with empty_engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO customers (id, external_userid, name, contact_type, gender, opted_out, created_at, "
+            "updated_at, value_tier, rfm_segment, r_score, score, stage, engagement, activity, activity_score, "
+            "tiered_at) VALUES "
+            "(1, 'wm_tiered', 'a', 1, 0, false, '2026-01-01', '2026-01-01', 'high', 'important_value', 5, 100, "
+            "'repeat', 'active', 'mid', 7, '2026-02-01'), "
+            "(2, 'wm_plain', 'b', 1, 0, false, '2026-01-01', '2026-01-01', NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+            "NULL, NULL)"))
+    upgrade_schema(empty_engine)
+    assert "value_tier" not in {c["name"] for c in inspect(empty_engine).get_columns("customers")}
+    with empty_engine.connect() as conn:
+        rows = conn.execute(text("SELECT customer_id, value_tier, rfm_segment, r_score, f_score, score, stage, "
+                                 "engagement, activity, activity_score FROM customer_tiers")).all()
+    assert [tuple(r) for r in rows] == [(1, "high", "important_value", 5, None, 100, "repeat", "active", "mid", 7)]
+    downgrade_schema(empty_engine, "0007")
+    with empty_engine.connect() as conn:
+        back = conn.execute(text("SELECT id, value_tier, stage, activity_score FROM customers ORDER BY id")).all()
+    assert [tuple(r) for r in back] == [(1, "high", "repeat", 7), (2, None, None, None)]
+    assert "customer_tiers" not in inspect(empty_engine).get_table_names()

@@ -16,7 +16,7 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.models import Customer, CustomerAggregate, CustomerTag, Follow, Tag, TagAlias, TagGroup
+from bot.models import Customer, CustomerAggregate, CustomerTag, CustomerTier, Follow, Tag, TagAlias, TagGroup
 from segments.money import number_to_fen
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, STAGE_PATHS
 from segments.rfm import SEGMENT_NAMES
@@ -118,11 +118,14 @@ class Audience:
     def conditions(self, session: Session, tz: ZoneInfo) -> list[ColumnElement[bool]]:
         """WHERE conditions on ``customers`` (tag names are looked up here; unknown ones fail)."""
         where: list[ColumnElement[bool]] = []
-        for key, column in (("value_tiers", Customer.value_tier), ("rfm_segments", Customer.rfm_segment),
-                            ("stages", Customer.stage), ("engagement", Customer.engagement),
-                            ("activity", Customer.activity), ("owners", Customer.owner_userid)):
-            if getattr(self, key):
-                where.append(column.in_(getattr(self, key)))
+        tiers = [column.in_(getattr(self, key)) for key, column in (
+            ("value_tiers", CustomerTier.value_tier), ("rfm_segments", CustomerTier.rfm_segment),
+            ("stages", CustomerTier.stage), ("engagement", CustomerTier.engagement),
+            ("activity", CustomerTier.activity)) if getattr(self, key)]
+        if tiers:  # through the tier indexes, not a lookup per customer
+            where.append(Customer.id.in_(select(CustomerTier.customer_id).where(*tiers).correlate(None)))
+        if self.owners:
+            where.append(Customer.owner_userid.in_(self.owners))
         for key in ("tags_any", "tags_all", "tags_none"):
             names = getattr(self, key)
             if not names:

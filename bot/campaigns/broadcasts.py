@@ -28,7 +28,18 @@ from bot.campaigns.push import NO_SENDER
 from bot.campaigns.rules import cron_trigger, value_tier_names
 from bot.config import Settings
 from bot.messages import TIER_NAMES, MessageTemplates, customer_vars
-from bot.models import Broadcast, BroadcastRun, Coupon, Customer, Follow, Order, OutboxMessage, Staff, utcnow
+from bot.models import (
+    Broadcast,
+    BroadcastRun,
+    Coupon,
+    Customer,
+    CustomerTier,
+    Follow,
+    Order,
+    OutboxMessage,
+    Staff,
+    utcnow,
+)
 from bot.outbox.policy import COUNTED_STATUSES, PUSH_TRIGGERS, ContactPolicy
 from segments.money import fen_to_yuan
 from segments.rfm import SEGMENT_NAMES
@@ -238,7 +249,7 @@ def _skip_reason(settings: Settings, policy: ContactPolicy, at: datetime, coupon
                                 Follow.staff_id == Staff.id, Staff.userid == Customer.owner_userid)
     whens: list[tuple[ColumnElement[bool], str]] = [(Customer.opted_out.is_(True), OPTED_OUT)]
     if coupon_tiers:
-        allowed = or_(Customer.value_tier.in_(coupon_tiers), Customer.rfm_segment.in_(coupon_tiers))
+        allowed = or_(CustomerTier.value_tier.in_(coupon_tiers), CustomerTier.rfm_segment.in_(coupon_tiers))
         whens.append((~func.coalesce(allowed, False), f"the coupon is only for {list(coupon_tiers)}"))
     whens.append((~live_owner, NO_SENDER))
     day_start = datetime.combine(at.astimezone(policy.tz).date(), datetime.min.time(), tzinfo=policy.tz)
@@ -285,7 +296,8 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
     coupon_def = book.get(spec.coupon) if spec.coupon else None
     reason = _skip_reason(settings, policy, send_after, coupon_def.tiers if coupon_def else ())
     where = audience.conditions(session, settings.tz)
-    each = select(func.coalesce(Customer.value_tier, "").label("tier"), reason.label("reason")).where(*where).subquery()
+    each = (select(func.coalesce(CustomerTier.value_tier, "").label("tier"), reason.label("reason"))
+            .select_from(_tiered()).where(*where).subquery())
     rows = select(each.c.tier, each.c.reason, func.count()).group_by(each.c.tier, each.c.reason)
     result = Preview(send_after=send_after, deferred=send_after != at)
     eligible: Counter[str] = Counter()
@@ -303,8 +315,8 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
                        for tier, n in eligible.items()}
     result.to_send = sum(eligible.values()) - sum(result.held_out.values())
     numbered = (select(Customer.id, func.row_number().over(
-        partition_by=func.coalesce(Customer.value_tier, ""), order_by=Customer.id).label("rn"))
-        .where(*where, reason.is_(None)).subquery())
+        partition_by=func.coalesce(CustomerTier.value_tier, ""), order_by=Customer.id).label("rn"))
+        .select_from(_tiered()).where(*where, reason.is_(None)).subquery())
     sample_ids = select(numbered.c.id).where(numbered.c.rn <= SAMPLES_PER_TIER)
     sample_coupon = None
     if coupon_def:
@@ -359,8 +371,8 @@ def plan_run(session: Session, settings: Settings, broadcast: Broadcast, run_at:
     why = case((reason.is_not(None), reason), (held_out, HELD_OUT), else_=None) if broadcast.holdout_percent \
         else reason
     audience_rows = (select(Customer.id.label("customer_id"), Customer.external_userid, Customer.owner_userid,
-                            Customer.rfm_segment, Customer.value_tier, why.label("why"))
-                     .where(*conditions)
+                            CustomerTier.rfm_segment, CustomerTier.value_tier, why.label("why"))
+                     .select_from(_tiered()).where(*conditions)
                      # evaluated once per customer (SQLite would otherwise inline it at every reference)
                      .cte("audience").prefix_with("MATERIALIZED"))
     text_expr: Any = literal("{}")
@@ -390,10 +402,15 @@ def spec_of(broadcast: Broadcast) -> BroadcastSpec:
                          broadcast.holdout_percent, broadcast.coupon)
 
 
+def _tiered() -> Any:
+    """Customers with their tiers (NULL where a customer has none yet)."""
+    return Customer.__table__.outerjoin(CustomerTier.__table__, CustomerTier.customer_id == Customer.id)
+
+
 def _tier_content(session: Session, settings: Settings, audience: Audience, content: Content, segment: Any,
                   tier: Any) -> Any:
     """A CASE giving each (segment, tier) pair of the audience its rendered JSON content."""
-    pairs = session.execute(select(Customer.rfm_segment, Customer.value_tier).where(
+    pairs = session.execute(select(CustomerTier.rfm_segment, CustomerTier.value_tier).select_from(_tiered()).where(
         *audience.conditions(session, settings.tz)).distinct()).all()
     whens = []
     for segment_value, tier_value in pairs:
@@ -406,8 +423,9 @@ def _tier_content(session: Session, settings: Settings, audience: Audience, cont
 
 def _holdout_draw(conditions: list[Any], percent: int) -> Any:
     """round(n × percent / 100) customers of each value tier of the audience, drawn at random."""
-    tier = func.coalesce(Customer.value_tier, "")
-    draw = select(Customer.id, tier.label("tier"), func.random().label("draw")).where(*conditions).subquery()
+    tier = func.coalesce(CustomerTier.value_tier, "")
+    draw = (select(Customer.id, tier.label("tier"), func.random().label("draw"))
+            .select_from(_tiered()).where(*conditions).subquery())
     # One partition and order for both windows: the database sorts once.
     ranked = select(draw.c.id,
                     func.row_number().over(partition_by=draw.c.tier, order_by=draw.c.draw).label("rn"),
@@ -427,8 +445,9 @@ def _render_personal(session: Session, settings: Settings, content: Content, ref
     while True:
         rows = session.execute(
             select(OutboxMessage.id.label("outbox_id"), Customer.id, Customer.name, Customer.external_userid,
-                   Customer.value_tier, Customer.rfm_segment, Customer.stage)
-            .join(Customer, Customer.id == OutboxMessage.customer_id)
+                   CustomerTier.value_tier, CustomerTier.rfm_segment, CustomerTier.stage)
+            .select_from(OutboxMessage).join(Customer, Customer.id == OutboxMessage.customer_id)
+            .outerjoin(CustomerTier, CustomerTier.customer_id == Customer.id)
             .where(OutboxMessage.trigger_ref == ref, OutboxMessage.status == "pending", OutboxMessage.id > last_id)
             .order_by(OutboxMessage.id).limit(chunk)).all()
         if not rows:

@@ -3,7 +3,7 @@
 from bot.models.api import ApiToken
 from bot.models.base import Base, UTCDateTime, utcnow
 from bot.models.campaigns import BROADCAST_STATUSES, COUPON_STATUSES, Broadcast, BroadcastRun, Coupon, MassReminder
-from bot.models.customers import Customer, CustomerAggregate, Follow, Staff
+from bot.models.customers import Customer, CustomerAggregate, CustomerTier, Follow, Staff
 from bot.models.events import (
     INBOX_STATUSES,
     InboxEvent,
@@ -30,6 +30,7 @@ __all__ = [
     "Customer",
     "CustomerAggregate",
     "CustomerTag",
+    "CustomerTier",
     "Follow",
     "InboxEvent",
     "Interaction",

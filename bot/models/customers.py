@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, text
+from sqlalchemy import Boolean, Date, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, select, text
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bot.models.base import Base, ByteOrderString, utcnow
@@ -25,18 +27,31 @@ class Staff(Base):
         return f"<Staff {self.userid}>"
 
 
+def _tier_field(name: str) -> Any:
+    """Customer.<name>: the customer's CustomerTier.<name> (None without a row); setting it creates the row."""
+
+    def get(self: Customer) -> Any:
+        return getattr(self.tier, name) if self.tier is not None else None
+
+    def set_(self: Customer, value: Any) -> None:
+        if self.tier is None:
+            self.tier = CustomerTier()
+        setattr(self.tier, name, value)
+
+    def expression(cls: type[Customer]) -> Any:
+        column = getattr(CustomerTier, name)
+        return select(column).where(CustomerTier.customer_id == cls.id).scalar_subquery().label(name)
+
+    return hybrid_property(get, set_, expr=expression)
+
+
 class Customer(Base):
-    """An external contact (客户), with the tier fields the re-tier job maintains."""
+    """An external contact (客户); its tiers are in CustomerTier (``customer.tier``)."""
 
     __tablename__ = "customers"
     __table_args__ = (
-        Index("ix_customers_value_tier_rfm_segment", "value_tier", "rfm_segment"),
-        Index("ix_customers_rfm_segment", "rfm_segment"),
-        Index("ix_customers_stage", "stage"),
-        Index("ix_customers_activity", "activity"),
         Index("ix_customers_owner_userid", "owner_userid"),
-        # PostgreSQL: room on each page for in-place (HOT) updates of re-tiered rows (migration 0006).
-        {"postgresql_with": {"fillfactor": 70}},
+        {"postgresql_with": {"fillfactor": 70}},  # migration 0006 (tiers were kept here then)
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -51,7 +66,49 @@ class Customer(Base):
     owner_userid: Mapped[str | None] = mapped_column(String(64))
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     opted_out_at: Mapped[datetime | None]
-    # Tier fields (segments/ writes these; NULL = not computed yet or not applicable).
+    last_interaction_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    follows: Mapped[list[Follow]] = relationship(back_populates="customer")
+    tier: Mapped[CustomerTier | None] = relationship(lazy="joined", cascade="all, delete-orphan",
+                                                     passive_deletes=True)
+
+    # The tier fields, kept in customer_tiers (see CustomerTier); NULL = not computed or not applicable.
+    # In SQL each is a correlated lookup by key; queries over many customers join customer_tiers instead.
+    value_tier = _tier_field("value_tier")
+    rfm_segment = _tier_field("rfm_segment")
+    r_score = _tier_field("r_score")
+    f_score = _tier_field("f_score")
+    m_score = _tier_field("m_score")
+    score = _tier_field("score")
+    stage = _tier_field("stage")
+    engagement = _tier_field("engagement")
+    activity = _tier_field("activity")
+    activity_score = _tier_field("activity_score")
+    tiered_at = _tier_field("tiered_at")
+
+    def __repr__(self) -> str:
+        return f"<Customer {self.external_userid}>"
+
+
+class CustomerTier(Base):
+    """A customer's tiers, written by the re-tier job (segments/retier.py). A table of their own: a
+    re-tier that changes most customers writes these narrow rows (a first run inserts them into an
+    empty table) instead of rewriting every customer row and its indexes (bench/tier_table.py).
+    A customer without a row has no tiers yet."""
+
+    __tablename__ = "customer_tiers"
+    __table_args__ = (
+        Index("ix_customer_tiers_value_tier_rfm_segment", "value_tier", "rfm_segment"),
+        Index("ix_customer_tiers_rfm_segment", "rfm_segment"),
+        Index("ix_customer_tiers_stage", "stage"),
+        Index("ix_customer_tiers_activity", "activity"),
+        # PostgreSQL: room on each page for in-place (HOT) updates of re-tiered rows.
+        {"postgresql_with": {"fillfactor": 70}},
+    )
+
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True)
     value_tier: Mapped[str | None] = mapped_column(String(32))
     rfm_segment: Mapped[str | None] = mapped_column(String(32))
     r_score: Mapped[int | None] = mapped_column(SmallInteger)
@@ -62,15 +119,10 @@ class Customer(Base):
     engagement: Mapped[str | None] = mapped_column(String(32))
     activity: Mapped[str | None] = mapped_column(String(32))
     activity_score: Mapped[int | None]
-    tiered_at: Mapped[datetime | None]
-    last_interaction_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-    follows: Mapped[list[Follow]] = relationship(back_populates="customer")
+    tiered_at: Mapped[datetime | None]  # NULL: only set by hand (a channel's stage), never re-tiered
 
     def __repr__(self) -> str:
-        return f"<Customer {self.external_userid}>"
+        return f"<CustomerTier customer={self.customer_id} {self.value_tier} {self.rfm_segment}>"
 
 
 class Follow(Base):

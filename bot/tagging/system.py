@@ -13,7 +13,17 @@ from typing import Any
 from sqlalchemy import Integer, String, and_, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from bot.models import Customer, CustomerAggregate, CustomerTag, Tag, TagAlias, TagGroup, UTCDateTime, utcnow
+from bot.models import (
+    Customer,
+    CustomerAggregate,
+    CustomerTag,
+    CustomerTier,
+    Tag,
+    TagAlias,
+    TagGroup,
+    UTCDateTime,
+    utcnow,
+)
 from bot.tagging.rules import TagRef, TagRule, TagRules, parse_ref
 
 FEN_PER_YUAN = 100
@@ -143,7 +153,8 @@ def _aggregate_condition(rule: TagRule) -> Any:
     if rule.when == "order_amount":
         return CustomerAggregate.paid_amount_fen >= int(rule.gte * FEN_PER_YUAN)
     if rule.when == "tier_entered":
-        return getattr(Customer, rule.dimension) == rule.value
+        tiered = select(CustomerTier.customer_id).where(getattr(CustomerTier, rule.dimension) == rule.value)
+        return Customer.id.in_(tiered.correlate(None))  # through the tier index
     return None
 
 
