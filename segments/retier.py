@@ -159,10 +159,9 @@ def _first_tiering(session: Session, computed: Any, policy: TierPolicy, result: 
     # No ORDER BY: the plans scan customers in key order already, and sorting 1M computed rows cost
     # SQLite 0.3–1.2 s (a temporary B-tree) and PostgreSQL 0.3–0.6 s (an external merge).
     with _keys_dropped(session, result.mass_change):
-        written = session.execute(insert(CustomerTier.__table__).from_select(list(values), select(*values.values())))
-    # psycopg 3 reports no row count for this INSERT … SELECT; the table was empty before it.
-    result.updated = written.rowcount if written.rowcount and written.rowcount > 0 else (
-        session.scalar(select(func.count()).select_from(CustomerTier)) or 0)
+        written = session.execute(insert(CustomerTier.__table__).from_select(list(values), select(*values.values())),
+                                  execution_options={"preserve_rowcount": True})
+    result.updated = max(written.rowcount or 0, 0)
     return result.customers
 
 
@@ -345,7 +344,8 @@ def _record_changes(session: Session, table: Table, dimension: str, as_of: date,
                      _reason(dimension, table, policy, stats, as_of), literal(utcnow())).select_from(
         table.join(CustomerTier.__table__, c.customer_id == t.customer_id)).where(t.changes.op("&")(bits) == bits)
     result = session.execute(insert(TierChange).from_select(
-        ["customer_id", "dimension", "from_value", "to_value", "as_of", "reason", "created_at"], changed))
+        ["customer_id", "dimension", "from_value", "to_value", "as_of", "reason", "created_at"], changed),
+        execution_options={"preserve_rowcount": True})  # else psycopg 3 reports -1 once the cursor closes
     return max(result.rowcount or 0, 0)
 
 

@@ -227,7 +227,11 @@ def test_retier_writes_only_changes_and_records_them(db):
         changes = session.execute(select(TierChange.dimension, TierChange.from_value, TierChange.to_value,
                                          TierChange.reason).join(Customer, Customer.id == TierChange.customer_id)
                                   .where(Customer.external_userid == "wm0")).all()
+        recorded = dict(session.execute(select(TierChange.dimension, func.count())
+                                        .group_by(TierChange.dimension)).all())
     assert third.updated >= 1
+    # the counts `scrm retier` prints are the rows recorded (psycopg 3 loses them unless preserved)
+    assert {d: n for d, n in third.changes.items() if n} == recorded
     by_dim = {d: (f, t, reason) for d, f, t, reason in changes}
     assert by_dim["stage"][:2] == ("repeat", "super")
     assert by_dim["rfm_segment"][1] == "important_value" and "mean" in by_dim["rfm_segment"][2]
