@@ -225,6 +225,27 @@ def test_lift_and_interval_on_constructed_groups():
     assert conversion_lift(sent, GroupFigures()) is None
 
 
+def test_holdout_is_exact_per_tier_even_when_the_candidates_fall_short(app, db, monkeypatch):
+    """The draw keeps only keys under a per-tier threshold; a tier left with fewer candidates than its
+    draw (here forced: a threshold below every key) is drawn again from all its customers."""
+    from bot.campaigns.broadcasts import HoldoutDraw
+
+    settings = settings_of(app)
+    seed_audience(db, {"high": 7, "mid": 45, "low": 250, None: 40})  # None: tiered without a value tier
+    for week, (margin, name) in enumerate(((HoldoutDraw.MARGIN_SIGMAS, "常规"), (-1000, "补抽"))):
+        monkeypatch.setattr(HoldoutDraw, "MARGIN_SIGMAS", margin)
+        at = MORNING + timedelta(days=7 * week)  # a week apart: the first run's rows do not cap the second
+        with db.begin() as s:
+            broadcast = create_broadcast(s, settings, spec(name=name, holdout_percent=30, send_at=at))
+            run = plan_run(s, settings, broadcast, at, now=at).run
+            held = Counter(s.execute(select(func.coalesce(CustomerTier.value_tier, "none"))
+                                     .select_from(OutboxMessage)
+                                     .outerjoin(CustomerTier, CustomerTier.customer_id == OutboxMessage.customer_id)
+                                     .where(OutboxMessage.trigger_ref == f"broadcast_run:{run.id}",
+                                            OutboxMessage.status == "held_out")).scalars())
+        assert held == Counter({"high": 2, "mid": 14, "low": 75, "none": 12}), name  # 30% of 7, 45, 250, 40
+
+
 def test_effect_report_counts_orders_after_the_run(app, db):
     settings = settings_of(app)
     seed_audience(db, {"low": 100})

@@ -18,7 +18,26 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, UndefinedError, meta
-from sqlalchemy import JSON, Numeric, String, and_, case, cast, exists, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -41,6 +60,7 @@ from bot.models import (
     utcnow,
 )
 from bot.outbox.policy import COUNTED_STATUSES, PUSH_TRIGGERS, ContactPolicy
+from segments.incremental import ROW_ID
 from segments.money import fen_to_yuan
 from segments.rfm import SEGMENT_NAMES
 
@@ -365,10 +385,10 @@ def plan_run(session: Session, settings: Settings, broadcast: Broadcast, run_at:
     ref = run_ref(run.id)
     conditions = audience.conditions(session, settings.tz)
     reason = _skip_reason(settings, policy, send_after, coupon_def.tiers if coupon_def else ())
-    held_out = Customer.id.in_(_holdout_draw(conditions, broadcast.holdout_percent))
+    draw = HoldoutDraw(session, conditions, broadcast.holdout_percent) if broadcast.holdout_percent else None
     # A customer the policy blocks is skipped even when drawn: both groups stay random samples of
     # the customers who could be sent to, so the effect report compares like with like.
-    why = case((reason.is_not(None), reason), (held_out, HELD_OUT), else_=None) if broadcast.holdout_percent \
+    why = case((reason.is_not(None), reason), (Customer.id.in_(draw.drawn()), HELD_OUT), else_=None) if draw \
         else reason
     audience_rows = (select(Customer.id.label("customer_id"), Customer.external_userid, Customer.owner_userid,
                             CustomerTier.rfm_segment, CustomerTier.value_tier, why.label("why"))
@@ -391,6 +411,8 @@ def plan_run(session: Session, settings: Settings, broadcast: Broadcast, run_at:
                audience_rows.c.customer_id, audience_rows.c.external_userid, audience_rows.c.owner_userid,
                literal("campaign"), literal(ref), text_expr, status, audience_rows.c.why, literal(0),
                literal(send_after, type_=OutboxMessage.__table__.c.scheduled_at.type), stamp, stamp)))
+    if draw:
+        draw.drop()
     if coupon_def is not None or content.personal:
         _render_personal(session, settings, content, ref, coupon_def, book, now)
     _count(session, run, ref)
@@ -421,17 +443,80 @@ def _tier_content(session: Session, settings: Settings, audience: Audience, cont
     return case(*whens, else_=literal("{}")) if whens else literal("{}")
 
 
-def _holdout_draw(conditions: list[Any], percent: int) -> Any:
-    """round(n × percent / 100) customers of each value tier of the audience, drawn at random."""
-    tier = func.coalesce(CustomerTier.value_tier, "")
-    draw = (select(Customer.id, tier.label("tier"), func.random().label("draw"))
-            .select_from(_tiered()).where(*conditions).subquery())
-    # One partition and order for both windows: the database sorts once.
-    ranked = select(draw.c.id,
-                    func.row_number().over(partition_by=draw.c.tier, order_by=draw.c.draw).label("rn"),
-                    func.count().over(partition_by=draw.c.tier, order_by=draw.c.draw, rows=(None, None)).label("n"),
-                    ).subquery()
-    return select(ranked.c.id).where(ranked.c.rn <= (ranked.c.n * percent + 50) // 100)
+class HoldoutDraw:
+    """round(n × percent / 100) customers of each value tier of the audience, drawn at random: each
+    customer gets a random key and the smallest keys of each tier are held out.
+
+    Sorting the whole audience by its keys (1M customers: 4–6 s on SQLite) is not needed: only keys
+    under a per-tier threshold are kept, in a temporary table, and sorted. The threshold is set so
+    that the expected number of candidates exceeds the draw by six standard deviations; the smallest
+    keys of a tier are all candidates whenever the tier has at least as many candidates as its draw,
+    which is checked, and a tier short of that (about once in 10⁹) is drawn again from all its
+    customers. The sample is the same exact, uniform one as sorting everyone would give."""
+
+    MARGIN_SIGMAS = 6
+
+    def __init__(self, session: Session, conditions: list[Any], percent: int) -> None:
+        self.session = session
+        self.sqlite = session.get_bind().dialect.name == "sqlite"
+        self.table = Table("holdout_candidates", MetaData(), Column("customer_id", ROW_ID, primary_key=True),
+                           Column("tier", String(32)), Column("draw", Float().with_variant(BigInteger(), "sqlite")),
+                           prefixes=["TEMPORARY"])
+        self.table.create(session.connection())
+        tier = func.coalesce(CustomerTier.value_tier, "")
+        sizes = session.execute(select(tier, func.count()).select_from(_tiered())
+                                .where(*conditions, _in_key_order()).group_by(tier)).all()
+        self.wanted = {name: holdout_size(n, percent) for name, n in sizes if holdout_size(n, percent)}
+        keyed = (select(Customer.id, tier.label("tier"), func.random().label("draw")).select_from(_tiered())
+                 .where(*conditions, _in_key_order())
+                 .offset(0).subquery())  # OFFSET 0: each customer's key drawn once, not once per reference
+        thresholds = {name: self._threshold(self.wanted[name], n) for name, n in sizes if name in self.wanted}
+        self._fill(keyed, thresholds)
+        short = self._short_tiers()
+        if short:
+            session.execute(self.table.delete().where(self.table.c.tier.in_(short)))
+            self._fill(keyed, {name: self._all_keys() for name in short})
+
+    def _threshold(self, wanted: int, size: int) -> Any:
+        share = max(0.0, (wanted + self.MARGIN_SIGMAS * math.sqrt(wanted) + 10) / size)
+        if share >= 1:
+            return self._all_keys()
+        # random() is a signed 64-bit integer on SQLite, a float in [0, 1) on PostgreSQL
+        return min(int(-2 ** 63 + share * 2 ** 64), 2 ** 63 - 1) if self.sqlite else share
+
+    def _all_keys(self) -> Any:
+        return 2 ** 63 - 1 if self.sqlite else 1.0
+
+    def _fill(self, keyed: Any, thresholds: dict[str, Any]) -> None:
+        if not thresholds:
+            return
+        limit = case(*[(keyed.c.tier == name, literal(bound)) for name, bound in thresholds.items()], else_=None)
+        kept = select(keyed.c.id, keyed.c.tier, keyed.c.draw).where(keyed.c.draw <= limit)
+        self.session.execute(insert(self.table).from_select(["customer_id", "tier", "draw"], kept))
+
+    def _short_tiers(self) -> list[str]:
+        c = self.table.c
+        found = dict(self.session.execute(select(c.tier, func.count()).group_by(c.tier)).all())
+        return [name for name, wanted in self.wanted.items() if found.get(name, 0) < wanted]
+
+    def drawn(self) -> Any:
+        """The held-out customer ids (a subquery over the temporary table)."""
+        c = self.table.c
+        ranked = select(c.customer_id, c.tier, func.row_number().over(partition_by=c.tier, order_by=c.draw).label("rn")
+                        ).subquery()
+        wanted = case(*[(ranked.c.tier == name, n) for name, n in self.wanted.items()], else_=0) \
+            if self.wanted else literal(0)
+        return select(ranked.c.customer_id).where(ranked.c.rn <= wanted)
+
+    def drop(self) -> None:
+        self.table.drop(self.session.connection())
+
+
+def _in_key_order() -> ColumnElement[bool]:
+    """Always true; it makes SQLite read customers in key order (a rowid range) rather than through a
+    smaller covering index in another order — the tier lookups that follow then walk customer_tiers in
+    order (1M customers: 0.2–0.5 s against 1.4 s)."""
+    return Customer.id >= 0
 
 
 def _render_personal(session: Session, settings: Settings, content: Content, ref: str, coupon_def: Any,
