@@ -225,6 +225,22 @@ def test_lift_and_interval_on_constructed_groups():
     assert conversion_lift(sent, GroupFigures()) is None
 
 
+def test_tier_texts_follow_segment_then_tier_then_default(app, db):
+    settings = settings_of(app)
+    retain = seed_audience(db, {"high": 2, "low": 3}, rfm_segment="important_retain")
+    keep = seed_audience(db, {"high": 2, "low": 1}, rfm_segment="general_keep", start=100)
+    untiered = seed_audience(db, {None: 2}, start=200)
+    templates = {"default": "默认", "high": "高价值", "important_retain": "回归礼"}
+    with db.begin() as s:
+        broadcast = create_broadcast(s, settings, spec(templates=templates, holdout_percent=0))
+        run = plan_run(s, settings, broadcast, MORNING, now=MORNING).run
+        texts = dict(s.execute(select(OutboxMessage.customer_id, OutboxMessage.content).where(
+            OutboxMessage.trigger_ref == f"broadcast_run:{run.id}")).all())
+    expected = {**dict.fromkeys(retain, "回归礼"), **dict.fromkeys(keep[:2], "高价值"),
+                **dict.fromkeys(keep[2:] + untiered, "默认")}
+    assert {cid: doc["text"] for cid, doc in texts.items()} == expected
+
+
 def test_holdout_is_exact_per_tier_even_when_the_candidates_fall_short(app, db, monkeypatch):
     """The draw keeps only keys under a per-tier threshold; a tier left with fewer candidates than its
     draw (here forced: a threshold below every key) is drawn again from all its customers."""

@@ -431,16 +431,22 @@ def _tiered() -> Any:
 
 def _tier_content(session: Session, settings: Settings, audience: Audience, content: Content, segment: Any,
                   tier: Any) -> Any:
-    """A CASE giving each (segment, tier) pair of the audience its rendered JSON content."""
+    """A CASE giving each (segment, tier) pair of the audience its rendered JSON content: a CASE on the
+    tier, inside it one on the segment where the tier's texts differ by segment (each row compares a
+    few keys instead of testing every pair)."""
     pairs = session.execute(select(CustomerTier.rfm_segment, CustomerTier.value_tier).select_from(_tiered()).where(
         *audience.conditions(session, settings.tz)).distinct()).all()
-    whens = []
+    docs: dict[str, dict[str, str]] = defaultdict(dict)
     for segment_value, tier_value in pairs:
         key, text = content.render(segment_value, tier_value)
-        doc = json.dumps({"text": text, "template": f"broadcast:{key}"}, ensure_ascii=False)
-        whens.append((and_(func.coalesce(segment, "") == (segment_value or ""),
-                           func.coalesce(tier, "") == (tier_value or "")), doc))
-    return case(*whens, else_=literal("{}")) if whens else literal("{}")
+        docs[tier_value or ""][segment_value or ""] = json.dumps({"text": text, "template": f"broadcast:{key}"},
+                                                                 ensure_ascii=False)
+    if not docs:
+        return literal("{}")
+    by_tier = {tier_value: literal(next(iter(by_segment.values()))) if len(set(by_segment.values())) == 1
+               else case(by_segment, value=func.coalesce(segment, ""), else_=literal("{}"))
+               for tier_value, by_segment in docs.items()}
+    return case(by_tier, value=func.coalesce(tier, ""), else_=literal("{}"))
 
 
 class HoldoutDraw:
