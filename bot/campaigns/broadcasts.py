@@ -321,6 +321,7 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
     rows = select(each.c.tier, each.c.reason, func.count()).group_by(each.c.tier, each.c.reason)
     result = Preview(send_after=send_after, deferred=send_after != at)
     eligible: Counter[str] = Counter()
+    sendable_tiers: set[str] = set()
     for tier, why, count in session.execute(rows):
         result.audience += count
         result.per_tier[tier or "none"] = result.per_tier.get(tier or "none", 0) + count
@@ -328,16 +329,18 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
             result.skipped[why] += count
         else:
             eligible[tier or "none"] += count
+            sendable_tiers.add(tier)
     percent = settings.broadcasts.holdout_percent if spec.holdout_percent is None else spec.holdout_percent
     # The plan draws round(n × percent) of each tier's audience, then skips the blocked among them:
     # expected hold-out = the draw × the tier's sendable share.
     result.held_out = {tier: round(holdout_size(result.per_tier[tier], percent) * n / result.per_tier[tier])
                        for tier, n in eligible.items()}
     result.to_send = sum(eligible.values()) - sum(result.held_out.values())
-    numbered = (select(Customer.id, func.row_number().over(
-        partition_by=func.coalesce(CustomerTier.value_tier, ""), order_by=Customer.id).label("rn"))
-        .select_from(_tiered()).where(*where, reason.is_(None)).subquery())
-    sample_ids = select(numbered.c.id).where(numbered.c.rn <= SAMPLES_PER_TIER)
+    # The first sendable customers of each tier in key order: each query stops once it has them.
+    sample_ids = [customer_id for tier in sorted(sendable_tiers) for customer_id in session.scalars(
+        select(Customer.id).select_from(_tiered())
+        .where(*where, reason.is_(None), func.coalesce(CustomerTier.value_tier, "") == tier)
+        .order_by(Customer.id).limit(SAMPLES_PER_TIER))]
     sample_coupon = None
     if coupon_def:
         sample_coupon = {"code": "XXXX-XXXX-XXXX", "title": coupon_def.title, "off": coupon_def.terms(),
