@@ -479,11 +479,15 @@ def _stored_now() -> str:
 
 
 def tier_counts(session: Session) -> dict[str, dict[str | None, int]]:
-    """Customers per value of each dimension (for before/after tables)."""
+    """Customers per value of each dimension (for before/after tables). Counted over the tier table
+    (its indexes, or its narrow rows), customers without a tier row added to None: joining every
+    customer to its tiers cost 0.7–2.4 s per dimension at 1M customers."""
+    untiered = (session.scalar(select(func.count()).select_from(Customer)) or 0) - (
+        session.scalar(select(func.count()).select_from(CustomerTier)) or 0)
     counts: dict[str, dict[str | None, int]] = {}
-    tiered = Customer.__table__.outerjoin(CustomerTier.__table__, CustomerTier.customer_id == Customer.id)
     for dimension in DIMENSIONS:
         column = getattr(CustomerTier, dimension)
-        counts[dimension] = dict(session.execute(
-            select(column, func.count()).select_from(tiered).group_by(column)).all())
+        counts[dimension] = dict(session.execute(select(column, func.count()).group_by(column)).all())
+        if untiered:
+            counts[dimension][None] = counts[dimension].get(None, 0) + untiered
     return counts

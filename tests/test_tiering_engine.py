@@ -17,11 +17,11 @@ from sqlalchemy import delete, func, select
 
 from bot.config import TiersSettings
 from bot.demo import data as demo_data
-from bot.models import Customer, CustomerAggregate, Interaction, Order, TierChange
+from bot.models import Customer, CustomerAggregate, CustomerTier, Interaction, Order, TierChange
 from segments.imports import import_orders
 from segments.orders import OrderRow, OrderWriter
 from segments.policy import TierPolicy
-from segments.retier import retier
+from segments.retier import DIMENSIONS, retier, tier_counts
 from segments.rfm import SEGMENTS, aggregate_stats
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -336,3 +336,21 @@ def test_quintile_cut_points_from_the_aggregates_are_exact(db, buyers):
         ordered = sorted(values[i] for values in per_customer)
         assert cuts == tuple(ordered[p - 1] for p in positions)
     assert (stats.n, stats.sum_orders) == (buyers, len(rows))
+
+
+def test_tier_counts_cover_every_customer_tiered_or_not(db):
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    with db.begin() as session:
+        OrderWriter(session).write([OrderRow(f"o{i}", f"wm{i % 5}", 1000 * (i + 1), start + timedelta(days=i),
+                                             (start + timedelta(days=i)).astimezone(TZ).date().toordinal(), "paid")
+                                    for i in range(12)])
+        retier(session, POLICY, AS_OF, TZ)
+        session.add_all([Customer(external_userid="wm-new", name="新客"), Customer(external_userid="wm-x", name="x")])
+        session.flush()
+        session.execute(delete(CustomerTier).where(CustomerTier.customer_id == select(Customer.id).where(
+            Customer.external_userid == "wm0").scalar_subquery()))
+        counts = tier_counts(session)
+        joined = {d: dict(session.execute(select(getattr(CustomerTier, d), func.count()).select_from(Customer)
+                                          .outerjoin(CustomerTier, CustomerTier.customer_id == Customer.id)
+                                          .group_by(getattr(CustomerTier, d))).all()) for d in DIMENSIONS}
+    assert counts == joined and sum(counts["value_tier"].values()) == 7 and counts["value_tier"][None] == 3
