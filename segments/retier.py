@@ -34,6 +34,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -134,11 +135,7 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
             session.connection().exec_driver_sql("ANALYZE retier_result")
         result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
         # A first tiering is a baseline, not a change: a first run has no history to record.
-        had_tiers = session.scalar(select(table.c.customer_id).where(
-            table.c.changes.op("&")(TIERED_BIT) != 0).limit(1)) is not None
-        for dimension in DIMENSIONS:
-            result.changes[dimension] = (_record_changes(session, table, dimension, as_of, policy, stats)
-                                         if had_tiers else 0)
+        result.changes = _record_changes(session, table, as_of, policy, stats)
         result.updated = _write_changed(session, table, result)
     finally:
         table.drop(session.connection())
@@ -336,17 +333,32 @@ def _reason(dimension: str, table: Table, policy: TierPolicy, stats: PopulationS
                    f"silent ≤ {policy.silent_days})")
 
 
-def _record_changes(session: Session, table: Table, dimension: str, as_of: date, policy: TierPolicy,
-                    stats: PopulationStats) -> int:
+def _record_changes(session: Session, table: Table, as_of: date, policy: TierPolicy,
+                    stats: PopulationStats) -> dict[str, int]:
+    """One TierChange per changed dimension of each customer that had been tiered, in one statement
+    (one join of the result to the tier table, not one per dimension). Returns the count per dimension."""
     c, t = CustomerTier.__table__.c, table.c
-    bits = _bit(dimension) | TIERED_BIT
-    changed = select(t.customer_id, literal(dimension), c[dimension], t[dimension], literal(as_of),
-                     _reason(dimension, table, policy, stats, as_of), literal(utcnow())).select_from(
-        table.join(CustomerTier.__table__, c.customer_id == t.customer_id)).where(t.changes.op("&")(bits) == bits)
-    result = session.execute(insert(TierChange).from_select(
-        ["customer_id", "dimension", "from_value", "to_value", "as_of", "reason", "created_at"], changed),
-        execution_options={"preserve_rowcount": True})  # else psycopg 3 reports -1 once the cursor closes
-    return max(result.rowcount or 0, 0)
+    counts = dict(zip(DIMENSIONS, session.execute(select(*[
+        func.coalesce(func.sum(case((t.changes.op("&")(_bit(name) | TIERED_BIT) == _bit(name) | TIERED_BIT, 1),
+                                    else_=0)), 0) for name in DIMENSIONS])).one(), strict=True))
+    if not any(counts.values()):
+        return counts
+    dimensions = union_all(*[select(literal(name).label("dimension"), literal(_bit(name)).label("bit"))
+                             for name, n in counts.items() if n]).subquery("dimensions")
+    d = dimensions.c
+
+    def per_dimension(values: dict[str, Any]) -> Any:
+        return case(*[(d.dimension == name, value) for name, value in values.items()])
+
+    changed = select(t.customer_id, d.dimension, per_dimension({name: c[name] for name in DIMENSIONS}),
+                     per_dimension({name: t[name] for name in DIMENSIONS}), literal(as_of),
+                     per_dimension({name: _reason(name, table, policy, stats, as_of) for name in DIMENSIONS}),
+                     literal(utcnow())).select_from(
+        table.join(CustomerTier.__table__, c.customer_id == t.customer_id)
+        .join(dimensions, t.changes.op("&")(d.bit.op("|")(TIERED_BIT)) == d.bit.op("|")(TIERED_BIT)))
+    session.execute(insert(TierChange).from_select(
+        ["customer_id", "dimension", "from_value", "to_value", "as_of", "reason", "created_at"], changed))
+    return counts
 
 
 def _bit(column: str) -> int:
