@@ -74,7 +74,7 @@ class RetierResult:
     seconds: float = 0.0
     recomputed: int = 0  # customers looked at: all of them in a full run
     incremental: bool = False
-    mass_change: bool = False  # most customer rows were rewritten (their indexes built again)
+    mass_change: bool = False  # most tier rows were written (SQLite: indexes built again; PostgreSQL: vacuumed)
 
 
 def metrics_source(session: Session, as_of_day: int, tz: ZoneInfo) -> tuple[Any, bool]:
@@ -375,24 +375,38 @@ def _change_mask(changed: dict[str, Any], tiered: Any) -> Any:
 
 
 def _indexed_tier_bits() -> int:
-    """The bits of the tier columns some index of customer_tiers holds."""
-    indexed = {column.name for index in CustomerTier.__table__.indexes for column in index.columns}
+    """The bits of the tier columns some SQLite index of customer_tiers holds (PostgreSQL has none:
+    migration 0009)."""
+    indexed = {column.name for index in CustomerTier.__table__.indexes
+               if "sqlite" in index.info.get("dialects", ("sqlite",)) for column in index.columns}
     return sum(_bit(name) for name in COLUMNS if name in indexed)
 
 
 def _write_changed(session: Session, table: Table, result: RetierResult) -> int:
     """The result table holds only rows that differ, so every one of them is written: tier rows that
     exist are updated, the others inserted (a first run inserts them all)."""
-    indexed = _indexed_tier_bits()
-    with _keys_rebuilt_if_most_change(session, table, indexed) as result.mass_change:
-        if session.get_bind().dialect.name == "sqlite":
-            written = _write_groups(session, table, indexed)
-        else:  # PostgreSQL compares values itself (HOT updates)
-            c, t = CustomerTier.__table__.c, table.c
-            stmt = (update(CustomerTier.__table__).where(c.customer_id == t.customer_id)
-                    .values(**{name: t[name] for name in COLUMNS}, tiered_at=utcnow()))
-            written = max(session.execute(stmt).rowcount or 0, 0)
+    t = table.c
+    if session.get_bind().dialect.name == "sqlite":
+        indexed = _indexed_tier_bits()
+        changing = select(func.count()).where(t.changes.op("&")(indexed) != 0)
+        with _keys_dropped(session, _most_customers(session, changing)) as result.mass_change:
+            return _write_groups(session, table, indexed) + _insert_new_rows(session)
+    # PostgreSQL: no tier index to spare, and it compares values itself (HOT updates). A mass change
+    # is still vacuumed after (tidy_after_commit); many new rows are checked against customers once.
+    result.mass_change = _most_customers(session, select(func.count()).select_from(table))
+    c = CustomerTier.__table__.c
+    stmt = (update(CustomerTier.__table__).where(c.customer_id == t.customer_id)
+            .values(**{name: t[name] for name in COLUMNS}, tiered_at=utcnow()))
+    written = max(session.execute(stmt).rowcount or 0, 0)
+    new = session.scalar(select(func.count()).where(t.changes.op("&")(TIERED_BIT) == 0)) or 0
+    with _keys_dropped(session, new >= REBUILD_INDEXES_ROWS):
         return written + _insert_new_rows(session)
+
+
+def _most_customers(session: Session, count: Any) -> bool:
+    """Whether the count reaches half of the customers, and 100k."""
+    customers = session.scalar(select(func.max(Customer.id))) or 0
+    return (session.scalar(count) or 0) >= max(REBUILD_INDEXES_ROWS, customers // 2)
 
 
 def _insert_new_rows(session: Session) -> int:
@@ -406,25 +420,14 @@ def _insert_new_rows(session: Session) -> int:
 
 
 @contextmanager
-def _keys_rebuilt_if_most_change(session: Session, table: Table, indexed: int) -> Iterator[bool]:
-    """When at least half of the customers (and 100k) change an indexed tier column, as in a first run,
-    drop the tier indexes (and on PostgreSQL the foreign key) and build them again after the writes, as
-    PostgreSQL's "Populating a Database" advises: 1M rows inserted or updated, then sorted once into
-    each index, instead of 1M entries added to every index one by one. Readers of the tier table wait
-    for this transaction on PostgreSQL (the drop locks it), which is why only a mass change does it."""
-    t = table.c
-    changing = session.scalar(select(func.count()).where(t.changes.op("&")(indexed) != 0)) or 0
-    customers = session.scalar(select(func.max(Customer.id))) or 0
-    mass = changing >= max(REBUILD_INDEXES_ROWS, customers // 2)
-    with _keys_dropped(session, mass):
-        yield mass
-
-
-@contextmanager
-def _keys_dropped(session: Session, drop: bool) -> Iterator[None]:
-    """If ``drop``: the tier indexes (PostgreSQL: and foreign keys) dropped inside, built again after."""
+def _keys_dropped(session: Session, drop: bool) -> Iterator[bool]:
+    """If ``drop`` (yielded): the tier indexes (PostgreSQL: the foreign key) dropped inside, built again
+    after, as PostgreSQL's "Populating a Database" advises: 1M rows inserted or updated, then sorted
+    once into each index, instead of 1M entries added to every index one by one. Readers of the tier
+    table wait for this transaction on PostgreSQL (the drop locks it), which is why only a mass change
+    does it."""
     if not drop:
-        yield
+        yield drop
         return
     conn = session.connection()
     names = [index.name for index in CustomerTier.__table__.indexes]
@@ -436,7 +439,7 @@ def _keys_dropped(session: Session, drop: bool) -> Iterator[None]:
     dropped = [(statement, create) for statement, create in dropped if create]
     for statement, _ in dropped:
         conn.exec_driver_sql(statement)
-    yield
+    yield drop
     if conn.dialect.name == "postgresql":  # each index sorted in memory rather than in files
         conn.exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
     for _, create in dropped:
