@@ -102,6 +102,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # 818 MB with them in memory, 225 MB and a little faster without.
     cursor.execute("PRAGMA cache_size=-131072")
     cursor.execute("PRAGMA temp_store=FILE")
+    # Some builds (Debian's) turn secure_delete on: every freed page is zeroed and written, so dropping
+    # an import's staging tables (10M rows) cost 5.3 s. FAST zeroes freed content only on pages that
+    # are written anyway; the temporary database does not follow the main one's setting.
+    cursor.execute("PRAGMA secure_delete=FAST")
+    cursor.execute("PRAGMA temp.secure_delete=FAST")
     cursor.close()
 
 
