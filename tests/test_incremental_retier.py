@@ -9,11 +9,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, inspect, select, update
+from sqlalchemy import delete, func, inspect, select, update
 
 import segments.retier as retier_module
 from bot.demo import data as demo_data
-from bot.models import Customer, CustomerTier, Interaction, TierRun
+from bot.models import Customer, CustomerTier, Interaction, TierChange, TierRun
 from segments.imports import import_orders
 from segments.retier import retier, tidy_after_commit
 from tests.test_tiering_engine import POLICY, TZ, write_csv
@@ -131,10 +131,10 @@ def test_a_run_as_of_a_day_before_some_order_is_followed_by_a_full_run(db, tmp_p
         assert retier(session, POLICY, START, TZ, full=True).updated == 0
 
 
-def test_a_run_that_rebuilds_the_tier_indexes_puts_them_back(db, tmp_path, monkeypatch):
-    """When most customers change (a first run), the tier indexes are dropped and built again
-    (PostgreSQL: the foreign key too); the customer table's own indexes are not touched."""
-    monkeypatch.setattr(retier_module, "REBUILD_INDEXES_ROWS", 1)
+def test_a_run_that_rebuilds_the_tier_keys_puts_them_back(db, tmp_path, monkeypatch):
+    """When most customers change (a first run), PostgreSQL drops the tier table's foreign key and
+    adds it again after the writes; no other key of the tier or customer tables is touched."""
+    monkeypatch.setattr(retier_module, "MASS_CHANGE_ROWS", 1)
     before = customer_indexes(db)
     generated = demo_data.generate(120, seed=8, now=GENERATED_AT)
     load(db, tmp_path / "orders.csv", order_rows(generated))
@@ -166,3 +166,22 @@ def customer_indexes(db) -> list[tuple[str, str, tuple[str, ...], object]]:
                       (f["referred_table"], f.get("options", {}).get("ondelete")))
                      for f in inspector.get_foreign_keys(table)]
     return sorted(set(keys), key=repr)
+
+
+def test_deleting_a_customer_after_a_retier_still_removes_its_tiers_and_history(db, tmp_path):
+    """SQLite writes a re-tier without checking foreign keys row by row; the connection checks them
+    again afterwards, so a customer's deletion still cascades to its tier row and TierChanges."""
+    generated = demo_data.generate(80, seed=9, now=GENERATED_AT)
+    load(db, tmp_path / "orders.csv", order_rows(generated))
+    with db.begin() as session:
+        retier(session, POLICY, START, TZ)
+    with db.begin() as session:
+        assert sum(retier(session, POLICY, START + timedelta(days=60), TZ).changes.values()) > 0
+    with db.begin() as session:
+        tiered = session.scalar(select(func.count()).select_from(CustomerTier))
+        gone = session.scalar(select(TierChange.customer_id).limit(1))
+        session.execute(delete(Customer).where(Customer.id == gone))
+    with db.sessions() as session:
+        for model in (CustomerTier, TierChange):
+            assert session.scalar(select(func.count()).select_from(model).where(model.customer_id == gone)) == 0
+        assert session.scalar(select(func.count()).select_from(CustomerTier)) == tiered - 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 from alembic import context
 
 from bot.models import Base
-from bot.models.base import include_in_comparison
 
 config = context.config
 engine = config.attributes["engine"]
@@ -16,6 +15,5 @@ with engine.begin() as connection:
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
-        include_object=include_in_comparison(connection.dialect.name),
     )
     context.run_migrations()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Dialect, Index, Integer, MetaData, String, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, Dialect, Integer, MetaData, String, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -23,21 +22,6 @@ def ByteOrderString(length: int) -> String:  # noqa: N802 - used like a type
     "C" collation spares a locale comparison at each step of its index's sorts and searches (unique
     index on 10M order ids: 7.5 s -> ~3.4 s to build); SQLite compares bytes anyway."""
     return String(length).with_variant(String(length, collation="C"), "postgresql")
-
-
-def only_on(dialect: str, index: Index) -> Index:
-    """An index built on one database only (``ddl_if``). Alembic does not read ``ddl_if``: its
-    comparisons skip such an index elsewhere through :func:`include_in_comparison`."""
-    index.info["dialects"] = (dialect,)
-    return index.ddl_if(dialect=dialect)
-
-
-def include_in_comparison(dialect: str) -> Callable[..., bool]:
-    """Alembic ``include_object`` for a database: the models' indexes built only on others left out."""
-    def include(obj: Any, _name: str | None, type_: str, reflected: bool, _compare_to: Any) -> bool:
-        return type_ != "index" or reflected or dialect in obj.info.get("dialects", (dialect,))
-
-    return include
 
 
 class UTCDateTime(TypeDecorator[datetime]):

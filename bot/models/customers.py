@@ -9,7 +9,7 @@ from sqlalchemy import Boolean, Date, ForeignKey, Index, SmallInteger, String, T
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from bot.models.base import Base, ByteOrderString, only_on, utcnow
+from bot.models.base import Base, ByteOrderString, utcnow
 
 
 class Staff(Base):
@@ -98,18 +98,13 @@ class CustomerTier(Base):
     empty table) instead of rewriting every customer row and its indexes (bench/tier_table.py).
     A customer without a row has no tiers yet.
 
-    The tier indexes exist on SQLite only. There a count per tier over 1M rows takes 0.12 s by its
-    index and 1.18 s without. PostgreSQL scans these narrow rows in parallel (a count per tier 0.06 s
-    by index, 0.10–0.17 s without; a rare tier's customers 0.002 s by index, 0.08 s without), while
-    the indexes cost a first re-tier of 1M customers 3.0 s of building and every re-tier updating a
-    tier column the in-place (HOT) update (migration 0009)."""
+    No index holds a tier column (migration 0009): both databases scan these narrow rows fast (a count
+    per tier over 1M rows 0.14–0.30 s on SQLite, 0.10–0.17 s on PostgreSQL; a rare tier's customers
+    0.04 s / 0.08 s), while building four indexes took 1.4 s of a 4.9 s first re-tier on SQLite and
+    3.0 s of 10.3 s on PostgreSQL, and keeping them current slowed every re-tier's writes."""
 
     __tablename__ = "customer_tiers"
     __table_args__ = (
-        only_on("sqlite", Index("ix_customer_tiers_value_tier_rfm_segment", "value_tier", "rfm_segment")),
-        only_on("sqlite", Index("ix_customer_tiers_rfm_segment", "rfm_segment")),
-        only_on("sqlite", Index("ix_customer_tiers_stage", "stage")),
-        only_on("sqlite", Index("ix_customer_tiers_activity", "activity")),
         # PostgreSQL: room on each page for in-place (HOT) updates of re-tiered rows.
         {"postgresql_with": {"fillfactor": 70}},
     )
