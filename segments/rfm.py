@@ -95,18 +95,19 @@ def aggregate_stats(session: Any) -> PopulationStats:
 def _postgresql_aggregate_stats(conn: Any) -> PopulationStats:
     """PostgreSQL: totals and cut points in one scan of the aggregates and an in-memory sort per
     column (offsets in the partial indexes visit the heap for every skipped row once it has changed).
-    percentile_disc(f) is the value at position ceil(f · n); asking for (p − ½) / n gives position p
-    exactly, whatever the rounding of f."""
-    n = int(conn.exec_driver_sql("SELECT count(*) FROM customer_aggregates WHERE order_count > 0").scalar() or 0)
-    positions = [-(-k * n // 5) for k in range(1, 5)] if n else []
-    fractions = "ARRAY[" + ", ".join(f"{(p - 0.5) / n!r}" for p in positions) + "]::float8[]" if n else "NULL"
+    percentile_disc(f) is the value at position ceil(f · n) of n rows, computed in float8; asking for
+    k/5 − 10⁻¹² gives position ceil(k · n / 5) exactly for any n below 10¹¹ (the float8 error, ~10⁻¹⁶ · n,
+    stays far below 10⁻¹² · n, which stays below the smallest fraction 0.2 a non-integral k · n / 5
+    has), without counting the rows first (a second scan: 0.15–0.44 s at 1M customers)."""
+    fractions = "ARRAY[" + ", ".join(f"{k / 5 - 1e-12!r}" for k in range(1, 5)) + "]::float8[]"
     row = conn.exec_driver_sql(
-        "SELECT coalesce(sum(last_order_day), 0), coalesce(sum(order_count), 0), coalesce(sum(paid_amount_fen), 0), "
+        "SELECT count(*), coalesce(sum(last_order_day), 0), coalesce(sum(order_count), 0), "
+        "coalesce(sum(paid_amount_fen), 0), "
         + ", ".join(f"percentile_disc({fractions}) WITHIN GROUP (ORDER BY {column})"
                     for column in ("last_order_day", "order_count", "paid_amount_fen"))
         + " FROM customer_aggregates WHERE order_count > 0").one()
-    cuts = [tuple(int(v) for v in (values or ())) for values in row[3:]]
-    return PopulationStats(n, int(row[0]), int(row[1]), int(row[2]), *cuts)
+    cuts = [tuple(int(v) for v in (values or ())) for values in row[4:]]
+    return PopulationStats(int(row[0]), int(row[1]), int(row[2]), int(row[3]), *cuts)
 
 
 def high(value: Any, n: int, total: int) -> Any:
