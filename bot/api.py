@@ -6,13 +6,14 @@ import hashlib
 import hmac
 import logging
 import secrets
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.models import ApiToken, Customer, utcnow
+from bot.models import ApiToken, Customer
 from bot.tagging.rules import TagRules
 from bot.tagging.system import apply_aggregate_rules
 from segments.money import number_to_fen
@@ -47,6 +48,10 @@ def _api_error(exc: ApiError) -> tuple[Response, int]:
     return jsonify(error=exc.message), exc.status
 
 
+def _now() -> datetime:
+    return current_app.extensions["scrm.clock"]()
+
+
 def _authenticate(session: Session) -> ApiToken:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -56,7 +61,7 @@ def _authenticate(session: Session) -> ApiToken:
     found = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == digest))
     if found is None or found.revoked_at is not None or not hmac.compare_digest(found.token_sha256, digest):
         raise ApiError(401, "invalid or revoked token")
-    found.last_used_at = utcnow()
+    found.last_used_at = _now()
     return found
 
 
@@ -151,7 +156,7 @@ def redeem_coupon() -> tuple[Response, int]:
             raise ApiError(400, "amount must be a number of 元 (0 to 10 billion) with at most two decimals")
     with db.begin() as session:
         _authenticate(session)
-        result = redeem(session, payload["code"], order_id=order_id, amount_fen=amount_fen,
+        result = redeem(session, payload["code"], order_id=order_id, amount_fen=amount_fen, now=_now(),
                         tag_rules=TagRules.from_settings(settings), push_tags=settings.tags.push_to_wecom)
         coupon = result.coupon
         body = {"code": display_code(coupon.code), "definition": coupon.definition, "title": coupon.title,

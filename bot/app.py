@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask
 
+from bot.clock import Clock, system_clock
 from bot.config import Settings, install_secret_redaction, load_settings
 
 
@@ -20,9 +21,11 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     start_worker: bool | None = None,
     upgrade_db: bool = True,
+    clock: Clock = system_clock,
 ) -> Flask:
     """Build the web app. Settings load as defaults → TOML → env → ``overrides``; ``environ``
-    replaces ``os.environ`` (the demo passes ``{}`` so a user's SCRM_* vars cannot redirect it)."""
+    replaces ``os.environ`` (the demo passes ``{}`` so a user's SCRM_* vars cannot redirect it);
+    ``clock`` is what the app's requests take as "now" (tests replace ``app.extensions["scrm.clock"]``)."""
     settings = settings or load_settings(config_file, overrides, environ=environ)
     install_secret_redaction(settings)
 
@@ -30,6 +33,7 @@ def create_app(
     app.config["SECRET_KEY"] = settings.app.secret_key or secrets.token_hex(32)
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.extensions["scrm.settings"] = settings
+    app.extensions["scrm.clock"] = clock
 
     from bot import inbox_setup, web
 

@@ -3,9 +3,11 @@ SCRM_TEST_DATABASE_URL is set), the app, the WeCom sandbox, and a signed-callbac
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,29 @@ from bot.models import Base
 from bot.sandbox import SandboxConfig, SandboxState, create_sandbox_app
 from bot.serving import BackgroundServer
 from tests.support import PG_URL, Callbacks, random_text, secret_for
+
+
+CLOCK_SHIFT_ENV = "SCRM_TEST_CLOCK_SHIFT_DAYS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``SCRM_TEST_CLOCK_SHIFT_DAYS=N`` runs the whole suite with the wall clock N days ahead (CI runs
+    +365 and +1826), which proves no test mixes a fixed date with today's. time-machine moves the
+    realtime clocks only; libfaketime was tried and cannot be used: Debian's 0.9.10 makes Python's
+    ``time.sleep`` fail with EINVAL when monotonic time is left real, and hangs ``Event.wait`` when it
+    is moved too (upstream #426)."""
+    days = os.environ.get(CLOCK_SHIFT_ENV, "").strip()
+    if days:
+        import time_machine
+
+        traveller = time_machine.travel(datetime.now(UTC) + timedelta(days=int(days)), tick=True)
+        traveller.start()
+        config.add_cleanup(traveller.stop)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    days = os.environ.get(CLOCK_SHIFT_ENV, "").strip()
+    return f"wall clock moved {days} days ahead: now {datetime.now(UTC):%Y-%m-%d %H:%M} UTC" if days else None
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ def _issued(app, db, definition="WINBACK"):
     book = book_of(app)
     ids = seed_audience(db, {"low": 2})
     with db.begin() as s:
-        coupons = issue(s, book, book.get(definition), ids, "test")
+        coupons = issue(s, book, book.get(definition), ids, "test", MORNING)
         s.add(Order(order_id="o-big", customer_id=ids[0], amount_fen=20000, paid_at=MORNING,
                     paid_day=MORNING.date().toordinal()))
         s.add(Order(order_id="o-small", customer_id=ids[0], amount_fen=5000, paid_at=MORNING,
@@ -68,6 +68,7 @@ def _issued(app, db, definition="WINBACK"):
 
 def test_redeem_api_once_with_minimum_spend_and_owner_checks(app, client, db, token):
     ids, codes = _issued(app, db)
+    app.extensions["scrm.clock"] = lambda: MORNING + timedelta(hours=1)
     auth = {"Authorization": f"Bearer {token}"}
     code = codes[ids[0]]
     spaced = f"{code[:4]}-{code[4:8]} {code[8:].lower()}"  # as a customer types it
@@ -96,6 +97,7 @@ def test_expired_coupons_are_refused(app, db, client, token):
     ids, codes = _issued(app, db)
     with db.begin() as s:
         assert expire_coupons(s, MORNING + timedelta(days=15)) == 2
+    app.extensions["scrm.clock"] = lambda: MORNING + timedelta(days=15)
     answer = client.post("/api/v1/coupons/redeem", json={"code": codes[ids[0]], "amount": 500},
                          headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 409 and "expired" in answer.json["error"]
