@@ -28,8 +28,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import String, cast, delete, func, insert, literal, select
 
 from bot.campaigns.broadcasts import BroadcastSpec, create_broadcast, plan_run, preview
-from bot.config import load_settings
-from bot.db import Database
+from bot.core.config import load_settings
+from bot.core.db import Database
 from bot.models import Broadcast, BroadcastRun, Customer, CustomerTier, Follow, OutboxMessage, Staff
 
 TZ = ZoneInfo("Asia/Shanghai")

@@ -78,8 +78,8 @@ def phase(kind: str, url: str, path: str) -> dict:
 
     from sqlalchemy import func, select
 
-    from bot.config import load_settings
-    from bot.db import Database
+    from bot.core.config import load_settings
+    from bot.core.db import Database
     from bot.models import CustomerTier
     from segments.imports import import_orders
     from segments.policy import TierPolicy
@@ -120,7 +120,7 @@ def insert_floor(db, rows: int, bulk: bool = False) -> dict:
     validated once afterwards (PostgreSQL) — that work included in the time."""
     from datetime import datetime
 
-    from bot.db import sqlite_foreign_keys_off
+    from bot.core.db import sqlite_foreign_keys_off
 
     customers = max(1, rows // 10)
     with db.begin() as session:
@@ -188,7 +188,7 @@ def run_phase(kind: str, url: str, path: Path | str = "") -> dict:
 def fresh_database(url: str, work: Path) -> str:
     from sqlalchemy import text
 
-    from bot.db import make_engine, upgrade_schema
+    from bot.core.db import make_engine, upgrade_schema
 
     if url.startswith("sqlite"):
         path = work / "bench.db"

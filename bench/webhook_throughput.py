@@ -25,10 +25,10 @@ import requests
 from flask import Flask
 from sqlalchemy import delete, func, select
 
-from bot.app import create_app
 from bot.models import InboxEvent
 from bot.sandbox.delivery import encrypt_callback, event_xml
 from bot.sandbox.state import SandboxConfig, SandboxState
+from bot.web.app import create_app
 
 
 def _random(n: int) -> str:

@@ -1,5 +1,3 @@
-"""wecom-scrm-bot: the service shell (config, database, WeCom client and sandbox, inbox, CLI)."""
-
-from bot.app import create_app
-
-__all__ = ["create_app"]
+"""wecom-scrm-bot: the service shell around the tiering engine (``segments``) and the WeCom event
+handlers (``handlers``). Each subpackage owns one concern; see docs/architecture.md for the rooms and
+what each may import. Importing ``bot`` loads nothing: ``bot.web.app.create_app`` builds the app."""

@@ -4,21 +4,22 @@ here, and alert the owner when a customer leaves."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
 
+from bot.contacts.customers import apply_wecom_tag_set, from_epoch, upsert_customer, upsert_follow
+from bot.contacts.interactions import add_interaction
 from bot.inbox.dispatcher import HandlerContext, on
-from bot.interactions import add_interaction
-from bot.messages import customer_vars, tier_keys
-from bot.models import Customer, CustomerTag, Follow, Staff, Tag, utcnow
+from bot.models import Customer, Staff, Tag, utcnow
 from bot.outbox import enqueue
+from bot.outbox.messages import customer_vars, tier_keys
 from bot.tagging.rules import TagRef
 from bot.tagging.sync import push_pending, tag_from_wecom
-from bot.tagging.system import apply_rules, canonical_ref, ensure_tag, resolve, tag_customer, untag_customer
+from bot.tagging.system import apply_rules, canonical_ref, ensure_tag, resolve, tag_customer
 from segments.policy import STAGE_PATHS
 
 EVENT = "change_external_contact"
@@ -175,24 +176,6 @@ def reconcile_wecom_tags(session: Session, rules: Any, customer: Customer, conta
     return apply_wecom_tag_set(session, customer, wanted, actor)
 
 
-def apply_wecom_tag_set(session: Session, customer: Customer, wanted: dict[int, str | None],
-                        actor: str | None) -> tuple[int, int]:
-    added = removed = 0
-    for tag_id, userid in wanted.items():
-        tag = session.get(Tag, tag_id)
-        assert tag is not None
-        if tag_customer(session, customer.id, tag, source="wecom", added_by=userid, push=False):
-            added += 1
-    in_sync = session.scalars(select(CustomerTag).join(Tag).where(
-        CustomerTag.customer_id == customer.id, CustomerTag.removed_at.is_(None), CustomerTag.push_state.is_(None),
-        Tag.wecom_tag_id.is_not(None))).all()
-    for row in in_sync:
-        if row.tag_id not in wanted:
-            untag_customer(session, customer.id, session.get(Tag, row.tag_id), removed_by=actor, push=False)
-            removed += 1
-    return added, removed
-
-
 def _folded(session: Session, rules: Any, tag: Tag) -> Tag:
     ref = TagRef(tag.group.name, tag.name)
     target = canonical_ref(session, rules, ref)
@@ -200,22 +183,6 @@ def _folded(session: Session, rules: Any, tag: Tag) -> Tag:
 
 
 # ------------------------------------------------------------------ helpers shared by handlers
-
-
-def upsert_customer(session: Session, external_userid: str, contact: dict[str, Any]) -> Customer:
-    customer = session.scalar(select(Customer).where(Customer.external_userid == external_userid))
-    if customer is None:
-        customer = Customer(external_userid=external_userid, name="")
-        session.add(customer)
-    if contact:
-        customer.name = str(contact.get("name") or customer.name)[:255]
-        customer.contact_type = int(contact.get("type") or customer.contact_type or 1)
-        customer.gender = int(contact.get("gender") or 0)
-        customer.unionid = contact.get("unionid") or customer.unionid
-        customer.avatar = contact.get("avatar") or customer.avatar
-        customer.corp_name = contact.get("corp_name") or customer.corp_name
-    session.flush()
-    return customer
 
 
 def upsert_staff(session: Session, userid: str, ctx: HandlerContext | None = None) -> Staff:
@@ -236,15 +203,6 @@ def _member_name(ctx: HandlerContext, userid: str) -> str:
     except (WeChatClientException, OSError, ValueError) as exc:
         ctx.log.info("name of member %s not readable (%s); using the userid", userid, exc)
         return userid
-
-
-def upsert_follow(session: Session, customer: Customer, staff: Staff) -> Follow:
-    follow = session.scalar(select(Follow).where(Follow.customer_id == customer.id, Follow.staff_id == staff.id))
-    if follow is None:
-        follow = Follow(customer_id=customer.id, staff_id=staff.id)
-        session.add(follow)
-        session.flush()
-    return follow
 
 
 def record_interaction(ctx: HandlerContext, customer: Customer, kind: str, source_ref: str,
@@ -286,10 +244,5 @@ def _follow_info(contact: dict[str, Any], userid: str) -> dict[str, Any]:
 def _event_time(ctx: HandlerContext) -> datetime:
     created = ctx.fields.get("CreateTime")
     return from_epoch(created) if created else utcnow()
-
-
-def from_epoch(value: Any) -> datetime:
-    return datetime.fromtimestamp(int(value), tz=UTC)
-
 
 _from_epoch = from_epoch

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from wechatpy.exceptions import WeChatClientException
 
 from bot.inbox.dispatcher import HandlerContext, on
-from bot.messages import customer_vars, tier_keys
 from bot.models import Customer, Interaction, KfConversation, OutboxMessage, SyncCursor, utcnow
 from bot.outbox import enqueue, kf_msgid
+from bot.outbox.messages import customer_vars, tier_keys
 from bot.tagging.system import apply_rules
 from handlers.contacts import from_epoch, push_customer_tags, record_interaction
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from bot.db import sqlite_foreign_keys_off
+from bot.core.db import sqlite_foreign_keys_off
 from bot.models import utcnow
 from segments.orders import (
     DELTA_COLUMNS,

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from bot.db import sqlite_foreign_keys_off
+from bot.core.db import sqlite_foreign_keys_off
 from bot.models import (
     Customer,
     CustomerAggregate,

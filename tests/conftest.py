@@ -14,21 +14,20 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from bot.app import create_app
-from bot.db import make_engine, upgrade_schema
+from bot.core.db import make_engine, upgrade_schema
 from bot.models import Base
 from bot.sandbox import SandboxConfig, SandboxState, create_sandbox_app
-from bot.serving import BackgroundServer
+from bot.web.app import create_app
+from bot.web.serving import BackgroundServer
 from tests.support import PG_URL, Callbacks, random_text, secret_for
-
 
 CLOCK_SHIFT_ENV = "SCRM_TEST_CLOCK_SHIFT_DAYS"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """``SCRM_TEST_CLOCK_SHIFT_DAYS=N`` runs the whole suite with the wall clock N days ahead (CI runs
-    +365 and +1826.4, the fraction landing the run at another time of day), which proves no test mixes a fixed date with today's. time-machine moves the
-    realtime clocks only; libfaketime was tried and cannot be used: Debian's 0.9.10 makes Python's
+    +365 and +1826.4, the fraction landing the run at another time of day), which proves no test
+    mixes a fixed date with today's. time-machine moves the realtime clocks only; libfaketime was tried and cannot be used: Debian's 0.9.10 makes Python's
     ``time.sleep`` fail with EINVAL when monotonic time is left real, and hangs ``Event.wait`` when it
     is moved too (upstream #426)."""
     days = os.environ.get(CLOCK_SHIFT_ENV, "").strip()

@@ -19,9 +19,9 @@ from bot.campaigns.automation import (
     tier_change_actions,
 )
 from bot.campaigns.broadcasts import dispatch_due
-from bot.messages import MessageTemplates
 from bot.models import Broadcast, Coupon, Customer, Follow, MassReminder, Order, OutboxMessage, TierChange
 from bot.outbox.mass import remind_unconfirmed, submit_mass_messages
+from bot.outbox.messages import MessageTemplates
 from bot.outbox.policy import ContactPolicy
 from tests.campaign_data import MORNING, SHANGHAI, seed_audience
 

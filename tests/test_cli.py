@@ -33,7 +33,7 @@ def test_init_creates_and_reports_the_schema(tmp_path):
     assert result.exit_code == 0
     from alembic.script import ScriptDirectory
 
-    from bot.db import MIGRATIONS_DIR
+    from bot.core.db import MIGRATIONS_DIR
 
     head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
     assert f"schema revision {head}" in result.output

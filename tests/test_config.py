@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ConfigError, SecretRedactingFilter, load_settings
+from bot.core.config import ConfigError, SecretRedactingFilter
+from bot.startup import load_settings
 
 AES = "A" * 43
 
@@ -125,7 +126,7 @@ def test_secret_values_are_scrubbed_from_log_lines(caplog):
 
 
 def test_app_start_with_bad_config_fails_naming_the_key(database_url):
-    from bot.app import create_app
+    from bot.web.app import create_app
 
     with pytest.raises(ConfigError, match="app.timezone"):
         create_app({"database": {"url": database_url}, "app": {"timezone": "Nowhere/City"}}, environ={})
@@ -135,7 +136,7 @@ def test_example_config_documents_every_key_and_loads():
     import tomllib
     from dataclasses import fields
 
-    from bot.config import Settings
+    from bot.core.config import Settings
 
     path = Path(__file__).parent.parent / "config.example.toml"
     example = tomllib.loads(path.read_text(encoding="utf-8"))

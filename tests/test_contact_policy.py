@@ -7,9 +7,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.config import ConfigError, load_settings
+from bot.core.config import ConfigError
 from bot.models import Customer, OutboxMessage
 from bot.outbox.policy import ContactPolicy
+from bot.startup import load_settings
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 

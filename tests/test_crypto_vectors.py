@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bot.app import create_app
 from bot.models import InboxEvent
+from bot.web.app import create_app
 
 TOKEN = "123456"
 AES_KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
@@ -60,7 +60,7 @@ def test_post_vector_is_decrypted_and_stored(vector_client, database_url):
     assert response.status_code == 200
     from sqlalchemy.orm import Session
 
-    from bot.db import make_engine
+    from bot.core.db import make_engine
 
     engine = make_engine(database_url)
     with Session(engine) as session:

@@ -190,7 +190,7 @@ def test_decorated_module_functions_register_explicitly():
 def test_worker_thread_processes_events_off_the_request(overrides, corp):
     import time
 
-    from bot.app import create_app
+    from bot.web.app import create_app
     from tests.support import Callbacks
 
     settings = {**overrides, "worker": {"poll_seconds": 30.0}}

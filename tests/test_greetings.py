@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 import requests
 from sqlalchemy import select
 
-from bot.greetings import plan_holiday_greetings
-from bot.messages import MessageTemplates
+from bot.campaigns.greetings import plan_holiday_greetings
 from bot.models import Customer, Follow, OutboxMessage, Staff
 from bot.outbox.mass import poll_mass_results, submit_mass_messages
+from bot.outbox.messages import MessageTemplates
 from bot.outbox.policy import ContactPolicy
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

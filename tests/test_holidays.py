@@ -7,8 +7,8 @@ from datetime import date
 import pytest
 from click.testing import CliRunner
 
+from bot.campaigns.holidays import HOLIDAYS, calendar, holidays_on
 from bot.cli import main
-from bot.holidays import HOLIDAYS, calendar, holidays_on
 
 # Published dates (中国国务院放假安排 and standard almanacs).
 KNOWN = {

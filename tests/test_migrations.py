@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from bot.db import downgrade_schema, make_engine, upgrade_schema
+from bot.core.db import downgrade_schema, make_engine, upgrade_schema
 from bot.models import Base
 from tests.support import PG_URL
 

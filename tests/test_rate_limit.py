@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from bot.config import load_settings
+from bot.startup import load_settings
 from bot.wecom.client import build_clients
 from bot.wecom.ratelimit import LocalBuckets, RedisBuckets, api_path, bucket_shape
 from tests.support import REDIS_URL, secret_for

@@ -12,7 +12,7 @@ from flask import Flask
 
 from bot.sandbox import SandboxConfig, SandboxState, create_sandbox_app
 from bot.sandbox.delivery import deliver
-from bot.serving import BackgroundServer
+from bot.web.serving import BackgroundServer
 
 
 class Receiver:

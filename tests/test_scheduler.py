@@ -8,11 +8,11 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import func, select, text
 
-from bot import jobs
-from bot.config import load_settings
-from bot.db import Database
+from bot.core.db import Database
 from bot.models import Customer, CustomerAggregate, CustomerTag
-from bot.scheduler import JOBS, JOBSTORE_TABLE, SchedulerService, job_table
+from bot.schedule import jobs
+from bot.schedule.scheduler import JOBS, JOBSTORE_TABLE, SchedulerService, job_table
+from bot.startup import load_settings
 from tests.support import REDIS_URL
 
 
@@ -28,7 +28,8 @@ def test_jobs_are_reconciled_on_every_start_and_never_duplicated(database_url):
         for _ in range(2):  # a restart
             service = SchedulerService(settings, db).start()
             assert service.active
-            service.scheduler.add_job("bot.jobs:outbox_sweep", "interval", minutes=5, id="left_over_by_old_code")
+            service.scheduler.add_job("bot.schedule.jobs:outbox_sweep", "interval", minutes=5,
+                                      id="left_over_by_old_code")
             service.stop()
         service = SchedulerService(settings, db).start()
         service.stop()
@@ -90,7 +91,7 @@ def test_every_declared_job_runs_against_the_sandbox(wired, sandbox):
     """Each job function, called as the scheduler calls it, does its work without error."""
     import importlib
 
-    from bot.jobs import Runtime, install
+    from bot.schedule.jobs import Runtime, install
 
     processor = wired.extensions["scrm.processor"]
     install(Runtime(wired.extensions["scrm.settings"], wired.extensions["scrm.db"], processor.clients,

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, func, select
 
-from bot.config import TiersSettings
+from bot.core.config import TiersSettings
 from bot.demo import data as demo_data
 from bot.models import Customer, CustomerAggregate, CustomerTier, Interaction, Order, TierChange
 from segments.imports import import_orders

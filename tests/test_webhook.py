@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 from wechatpy.utils import WeChatSigner
 from wechatpy.work.crypto import WeChatCrypto
 
-from bot.app import create_app
 from bot.models import InboxEvent
 from bot.sandbox.delivery import encrypt_callback, event_xml
 from bot.sandbox.state import SandboxState
+from bot.web.app import create_app
 from tests.support import Callbacks, contact_event, random_text
 
 
@@ -190,7 +190,7 @@ def latin1_body(callbacks) -> Any:
     (not_xml, 400), (garbage_ciphertext, 400), (latin1_body, 400),
 ])
 def test_bad_requests_get_4xx_a_log_line_and_store_nothing(callbacks, db, caplog, attack, status):
-    with caplog.at_level(logging.WARNING, logger="bot.inbox.webhook"):
+    with caplog.at_level(logging.WARNING, logger="bot.web.webhook"):
         response = attack(callbacks)
     assert response.status_code == status
     assert count(db) == 0

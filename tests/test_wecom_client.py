@@ -9,7 +9,7 @@ import pytest
 import requests
 from wechatpy.exceptions import WeChatClientException
 
-from bot.config import load_settings
+from bot.startup import load_settings
 from bot.wecom.client import WeComClient, build_clients
 from tests.support import REDIS_URL, secret_for
 

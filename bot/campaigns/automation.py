@@ -19,10 +19,10 @@ from bot.campaigns.broadcasts import BroadcastSpec, create_broadcast, next_cron_
 from bot.campaigns.coupons import CouponBook, CouponDefinition, coupon_vars, issue
 from bot.campaigns.push import push
 from bot.campaigns.rules import CampaignRules, SequenceFlow, SequenceStep, TemplateRef
-from bot.config import Settings
-from bot.messages import MessageTemplates, customer_vars, tier_keys
+from bot.core.config import Settings
 from bot.models import Broadcast, Customer, Follow, Order, SyncCursor, TierChange
 from bot.outbox import enqueue
+from bot.outbox.messages import MessageTemplates, customer_vars, tier_keys
 
 logger = logging.getLogger(__name__)
 # Causes older than this are history, not news: a fresh install does not thank last year's buyers.
@@ -169,7 +169,7 @@ def tier_change_actions(session: Session, settings: Settings, templates: Message
 
 def _notify_owner(session: Session, settings: Settings, templates: MessageTemplates, template: TemplateRef,
                   customer: Customer, change: TierChange, ref: str) -> int:
-    from bot.messages import STAGE_NAMES, TIER_NAMES
+    from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
     from segments.rfm import SEGMENT_NAMES
 
     names = {**TIER_NAMES, **SEGMENT_NAMES, **STAGE_NAMES, "active": "活跃", "silent": "沉默", "churned": "流失"}

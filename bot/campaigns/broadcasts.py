@@ -45,8 +45,7 @@ from bot.campaigns.audience import Audience
 from bot.campaigns.coupons import CouponBook, coupon_vars, issue
 from bot.campaigns.push import NO_SENDER
 from bot.campaigns.rules import cron_trigger, value_tier_names
-from bot.config import Settings
-from bot.messages import TIER_NAMES, MessageTemplates, customer_vars
+from bot.core.config import Settings
 from bot.models import (
     Broadcast,
     BroadcastRun,
@@ -59,6 +58,7 @@ from bot.models import (
     Staff,
     utcnow,
 )
+from bot.outbox.messages import TIER_NAMES, MessageTemplates, customer_vars
 from bot.outbox.policy import COUNTED_STATUSES, PUSH_TRIGGERS, ContactPolicy
 from segments.incremental import ROW_ID
 from segments.money import fen_to_yuan

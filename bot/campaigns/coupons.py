@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from bot.interactions import add_interaction
+from bot.contacts.interactions import add_interaction
 from bot.models import Coupon, Customer, Order, utcnow
 from segments.money import fen_to_yuan, number_to_fen
 

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from bot.config import Settings
-from bot.messages import MessageTemplates, customer_vars, tier_keys
+from bot.core.config import Settings
 from bot.models import Customer, Follow, OutboxMessage, Staff
+from bot.outbox.messages import MessageTemplates, customer_vars, tier_keys
 from bot.outbox.policy import ContactPolicy
 
 NO_SENDER = "no member to send from (the owner no longer follows this customer)"

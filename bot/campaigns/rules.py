@@ -10,7 +10,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from bot.campaigns.audience import Audience
 from bot.campaigns.coupons import CouponBook
-from bot.messages import MessageTemplates, TemplateMissing
+from bot.outbox.messages import MessageTemplates, TemplateMissing
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # standard cron: 0 (and 7) = Sunday

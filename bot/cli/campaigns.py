@@ -24,8 +24,8 @@ from bot.campaigns.broadcasts import (
 )
 from bot.campaigns.coupons import CouponBook, CouponError, display_code, issue, redeem
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.messages import TIER_NAMES
 from bot.models import Coupon, Customer
+from bot.outbox.messages import TIER_NAMES
 from bot.tagging.rules import TagRules
 from segments.money import fen_to_yuan, number_to_fen
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from bot.config import ConfigError, Settings, install_secret_redaction, load_settings
-from bot.db import Database
+from bot.core.config import ConfigError, Settings, install_secret_redaction
+from bot.core.db import Database
 
 
 class CliContext:
@@ -19,6 +19,10 @@ class CliContext:
 
     def settings(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
         if self._settings is None or overrides:
+            # Imported here: the domains' checks load the campaign, tag and outbox modules, which
+            # `scrm --help` and the commands' own parsing should not wait for.
+            from bot.startup import load_settings
+
             try:
                 self._settings = load_settings(self.config_file, overrides)
             except ConfigError as exc:

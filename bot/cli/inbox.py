@@ -6,8 +6,8 @@ import click
 from sqlalchemy import select
 
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.inbox_setup import build_processor
 from bot.models import INBOX_STATUSES, InboxEvent
+from bot.web.inbox import build_processor
 
 
 @click.group(help="The callback inbox: every WeCom event as stored, and its processing status.")

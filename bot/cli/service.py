@@ -10,7 +10,7 @@ import click
 from alembic.runtime.migration import MigrationContext
 
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.config import redact_url
+from bot.core.config import redact_url
 
 
 @click.command()
@@ -32,11 +32,11 @@ def init(cli: CliContext) -> None:
 def serve(cli: CliContext, host: str, port: int, no_worker: bool, no_scheduler: bool) -> None:
     """Run the web app (webhook, API). Embedded mode also runs the inbox worker and the scheduler
     in-process. Creates or upgrades the database on start. For production use gunicorn
-    'bot.wsgi:app' plus `scrm scheduler` (and `scrm worker`) processes."""
+    'bot.web.wsgi:app' plus `scrm scheduler` (and `scrm worker`) processes."""
     from werkzeug.serving import run_simple
 
-    from bot.app import create_app
-    from bot.scheduler import SchedulerService
+    from bot.schedule.scheduler import SchedulerService
+    from bot.web.app import create_app
 
     settings = cli.settings()
     app = create_app(settings=settings, start_worker=False if no_worker else None)
@@ -115,7 +115,7 @@ def worker(cli: CliContext) -> None:
     """Process the inbox in the foreground (for deployments that keep web and worker apart)."""
     import time
 
-    from bot.inbox_setup import build_processor
+    from bot.web.inbox import build_processor
 
     settings = cli.settings()
     processor = build_processor(settings, cli.db())
@@ -136,8 +136,8 @@ def scheduler_cmd(cli: CliContext) -> None:
     """Run the scheduler alone (with Redis configured, any number may run: one is active)."""
     import time
 
-    from bot.inbox_setup import build_processor
-    from bot.scheduler import SchedulerService
+    from bot.schedule.scheduler import SchedulerService
+    from bot.web.inbox import build_processor
 
     settings = cli.settings()
     processor = build_processor(settings, cli.db())
@@ -157,7 +157,7 @@ def scheduler_cmd(cli: CliContext) -> None:
 @pass_cli
 def jobs_cmd(cli: CliContext) -> None:
     """List the scheduled jobs with their next run times."""
-    from bot.scheduler import job_table
+    from bot.schedule.scheduler import job_table
 
     click.echo(render_table(["job", "trigger", "next run", "what"], job_table(cli.settings(), cli.db())))
 
@@ -170,7 +170,7 @@ def holidays_cmd(cli: CliContext, year: int | None, show_all: bool) -> None:
     """The greeting calendar: one holiday a line, its Chinese name and its date (YYYY-MM-DD)."""
     from datetime import datetime
 
-    from bot.holidays import calendar
+    from bot.campaigns.holidays import calendar
 
     settings = cli.settings()
     year = year or datetime.now(settings.tz).year

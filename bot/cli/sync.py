@@ -35,7 +35,7 @@ def sync_group() -> None:
 @pass_cli
 def sync_contacts_cmd(cli: CliContext, no_progress: bool) -> None:
     """Full reconcile of every follow user's customers (heals missed callbacks)."""
-    from bot.contacts_sync import sync_contacts
+    from bot.contacts.sync import sync_contacts
 
     clients, settings = _clients(cli), cli.settings()
     with cli.db().begin() as session, tqdm(unit="member", desc="syncing contacts", disable=no_progress) as bar:
@@ -66,7 +66,7 @@ def sync_tags_cmd(cli: CliContext) -> None:
 @pass_cli
 def sync_moments_cmd(cli: CliContext) -> None:
     """Poll likes and comments on recent moments (WeCom sends no callback for them)."""
-    from bot.moments import poll_moments
+    from bot.contacts.moments import poll_moments
     from bot.tagging.sync import push_pending
 
     clients, settings = _clients(cli), cli.settings()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 from sqlalchemy import select
 
-from bot.api import new_token
 from bot.cli.context import CliContext, pass_cli, render_table
 from bot.models import ApiToken, utcnow
+from bot.web.api import new_token
 
 
 @click.group("token", help="API bearer tokens.")

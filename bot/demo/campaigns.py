@@ -16,9 +16,9 @@ from bot.campaigns.automation import birthday_greetings, tier_change_actions
 from bot.campaigns.broadcasts import BroadcastSpec, create_broadcast, effect_report, plan_run, preview
 from bot.campaigns.coupons import CouponBook, display_code, issue, redeem
 from bot.demo.run import DemoRun
-from bot.messages import MessageTemplates
 from bot.models import Customer, Order, OutboxMessage, TierChange, utcnow
 from bot.outbox.mass import poll_mass_results, submit_mass_messages
+from bot.outbox.messages import MessageTemplates
 from bot.outbox.policy import ContactPolicy
 
 TEMPLATES = {"default": "{{ brand }}本周上新，回复「退订」不再接收。",

@@ -17,12 +17,12 @@ import requests
 from sqlalchemy import func, select
 from tqdm import tqdm
 
-from bot.app import create_app
 from bot.demo import data as demo_data
 from bot.demo.seed import load_database, sandbox_seed
 from bot.models import Customer, InboxEvent, Order
 from bot.sandbox import SandboxConfig, SandboxState, create_sandbox_app
-from bot.serving import BackgroundServer
+from bot.web.app import create_app
+from bot.web.serving import BackgroundServer
 
 OPEN_KFID = "wkDEMO0000000000000000000001"
 DEMO_CHANNELS = {

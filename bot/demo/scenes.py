@@ -81,7 +81,7 @@ def run_scenes(run: DemoRun, staff_userid: str) -> list[list[str]]:
 
 
 def _moments(run: DemoRun, staff_userid: str) -> str:
-    from bot.moments import poll_moments
+    from bot.contacts.moments import poll_moments
 
     fans = [c.external_userid for c in (_one(run, value_tier=t) for t in ("high", "mid", "low")) if c]
     _post(run, "moments", {"moment_id": "momDEMO", "creator": staff_userid, "create_type": 1,

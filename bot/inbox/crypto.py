@@ -13,7 +13,7 @@ from wechatpy.exceptions import InvalidSignatureException
 from wechatpy.work.crypto import WeChatCrypto
 from wechatpy.work.exceptions import InvalidCorpIdException
 
-from bot.config import WeComSettings
+from bot.core.config import WeComSettings
 
 
 class CallbackRejected(Exception):

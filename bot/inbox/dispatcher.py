@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from bot.config import Settings
+from bot.core.config import Settings
 
 Key = tuple[str, str | None, str | None]
 Handler = Callable[[Any, "HandlerContext"], None]
@@ -34,7 +34,7 @@ class HandlerContext:
     clients: Any = None  # bot.wecom.client.WeComClients, when WeCom is configured
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("handlers"))
     received_at: datetime | None = None
-    templates: Any = None  # bot.messages.MessageTemplates
+    templates: Any = None  # bot.outbox.messages.MessageTemplates
     tag_rules: Any = None  # bot.tagging.rules.TagRules
     sender: Any = None  # bot.outbox.OutboxSender
     send_now: list[int] = field(default_factory=list)

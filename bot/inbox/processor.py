@@ -17,12 +17,12 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from wechatpy.work import parse_message
 
-from bot.config import Settings
-from bot.db import Database
+from bot.core.config import Settings
+from bot.core.db import Database
 from bot.inbox.dispatcher import Dispatcher, HandlerContext
 from bot.inbox.xmlsafe import parse_flat_xml
-from bot.messages import MessageTemplates
 from bot.models import InboxEvent, utcnow
+from bot.outbox.messages import MessageTemplates
 from bot.tagging.rules import TagRules
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from wechatpy.exceptions import WeChatClientException
 
-from bot.db import Database
+from bot.core.db import Database
 from bot.models import Customer, MassReminder, OutboxMessage, utcnow
 from bot.outbox.policy import ContactPolicy
 

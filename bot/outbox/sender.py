@@ -20,8 +20,8 @@ import requests
 from sqlalchemy import select, update
 from wechatpy.exceptions import WeChatClientException
 
-from bot.config import Settings
-from bot.db import Database
+from bot.core.config import Settings
+from bot.core.db import Database
 from bot.models import OutboxMessage, utcnow
 
 logger = logging.getLogger(__name__)

@@ -3,6 +3,6 @@ every call, and delivers encrypted callbacks to the bot as Tencent does."""
 
 from bot.sandbox.app import create_sandbox_app
 from bot.sandbox.state import SandboxConfig, SandboxState, WeComError
-from bot.serving import BackgroundServer
+from bot.web.serving import BackgroundServer
 
 __all__ = ["BackgroundServer", "SandboxConfig", "SandboxState", "WeComError", "create_sandbox_app"]

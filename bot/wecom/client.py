@@ -16,7 +16,7 @@ from wechatpy.session.memorystorage import MemoryStorage
 from wechatpy.session.redisstorage import RedisStorage
 from wechatpy.work import WeChatClient
 
-from bot.config import Settings
+from bot.core.config import Settings
 from bot.wecom.api import ScrmExternalContact, ScrmKF, ScrmMoment, ScrmOAuth
 from bot.wecom.ratelimit import LocalBuckets, RateLimiter, RedisBuckets, api_path
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from sqlalchemy import text
 
-from bot.config import Settings
-from bot.db import Database
+from bot.core.config import Settings
+from bot.core.db import Database
 
 
 def init_db(app: Flask, settings: Settings, upgrade: bool = True) -> Database:
@@ -18,7 +18,7 @@ def init_db(app: Flask, settings: Settings, upgrade: bool = True) -> Database:
 
 
 def init_app(app: Flask) -> None:
-    from bot.api import bp as api_bp
+    from bot.web.api import bp as api_bp
 
     app.register_blueprint(api_bp)
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bot.config import Settings
-from bot.db import Database
+from bot.core.config import Settings
+from bot.core.db import Database
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def contacts_resync() -> dict[str, Any]:
     """Full contact reconcile with WeCom (heals callbacks that never arrived)."""
     from dataclasses import asdict
 
-    from bot.contacts_sync import sync_contacts
+    from bot.contacts.sync import sync_contacts
     from bot.tagging.rules import TagRules
 
     rt = runtime()
@@ -74,7 +74,7 @@ def contacts_resync() -> dict[str, Any]:
 def moments_poll() -> dict[str, Any]:
     from dataclasses import asdict
 
-    from bot.moments import poll_moments
+    from bot.contacts.moments import poll_moments
     from bot.tagging.rules import TagRules
 
     rt = runtime()
@@ -106,9 +106,9 @@ def outbox_sweep() -> dict[str, int]:
 def holiday_greetings() -> dict[str, Any]:
     """Plan today's holiday and birthday greetings, then submit what is due."""
     from bot.campaigns.automation import birthday_greetings
-    from bot.greetings import plan_holiday_greetings
-    from bot.messages import MessageTemplates
+    from bot.campaigns.greetings import plan_holiday_greetings
     from bot.models import utcnow
+    from bot.outbox.messages import MessageTemplates
 
     rt = runtime()
     templates = MessageTemplates.from_settings(rt.settings)
@@ -124,8 +124,8 @@ def holiday_greetings() -> dict[str, Any]:
 
 def _automation(name: str) -> dict[str, Any]:
     from bot.campaigns import automation
-    from bot.messages import MessageTemplates
     from bot.models import utcnow
+    from bot.outbox.messages import MessageTemplates
 
     rt = runtime()
     with rt.db.begin() as session:

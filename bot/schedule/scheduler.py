@@ -17,9 +17,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bot.config import Settings
-from bot.db import Database
-from bot.jobs import Runtime, install
+from bot.core.config import Settings
+from bot.core.db import Database
+from bot.schedule.jobs import Runtime, install
 
 logger = logging.getLogger(__name__)
 JOBSTORE_TABLE = "scheduler_jobs"
@@ -45,32 +45,35 @@ def _every(key: str, unit: str, section: str = "scheduler") -> Callable[[Setting
     return lambda settings: IntervalTrigger(**{unit: getattr(getattr(settings, section), key)}, timezone=settings.tz)
 
 
+# Job functions are stored by reference in the job store; the scheduler replaces a stored job whose
+# reference changed (a module move) when it reconciles the declared list at start.
+JOBS_MODULE = "bot.schedule.jobs"
 JOBS: tuple[JobSpec, ...] = (
-    JobSpec("nightly_retier", "bot.jobs:nightly_retier", "re-tier everyone, then order/tier auto-tags",
+    JobSpec("nightly_retier", f"{JOBS_MODULE}:nightly_retier", "re-tier everyone, then order/tier auto-tags",
             _daily("retier_at")),
-    JobSpec("contacts_resync", "bot.jobs:contacts_resync", "full contact reconcile with WeCom",
+    JobSpec("contacts_resync", f"{JOBS_MODULE}:contacts_resync", "full contact reconcile with WeCom",
             _daily("contacts_resync_at")),
-    JobSpec("moments_poll", "bot.jobs:moments_poll", "poll moment likes and comments",
+    JobSpec("moments_poll", f"{JOBS_MODULE}:moments_poll", "poll moment likes and comments",
             _every("moments_poll_minutes", "minutes")),
-    JobSpec("tags_push", "bot.jobs:tags_push", "push tags put on here to WeCom",
+    JobSpec("tags_push", f"{JOBS_MODULE}:tags_push", "push tags put on here to WeCom",
             _every("tags_push_minutes", "minutes")),
-    JobSpec("outbox_sweep", "bot.jobs:outbox_sweep", "send pending conversational messages",
+    JobSpec("outbox_sweep", f"{JOBS_MODULE}:outbox_sweep", "send pending conversational messages",
             _every("outbox_sweep_seconds", "seconds")),
-    JobSpec("holiday_greetings", "bot.jobs:holiday_greetings", "节假日问候 (lunar holidays included) and 生日礼品",
+    JobSpec("holiday_greetings", f"{JOBS_MODULE}:holiday_greetings", "节假日问候 (lunar holidays included) and 生日礼品",
             _daily("send_at", "greetings")),
-    JobSpec("mass_send", "bot.jobs:mass_send", "submit due mass messages (deferred past quiet hours)",
+    JobSpec("mass_send", f"{JOBS_MODULE}:mass_send", "submit due mass messages (deferred past quiet hours)",
             _every("outbox_sweep_seconds", "seconds")),
-    JobSpec("mass_results", "bot.jobs:mass_results", "record which mass messages members actually sent",
+    JobSpec("mass_results", f"{JOBS_MODULE}:mass_results", "record which mass messages members actually sent",
             _every("tags_push_minutes", "minutes")),
-    JobSpec("mass_reminders", "bot.jobs:mass_reminders", "remind members of unconfirmed mass messages (≤3/24 h)",
+    JobSpec("mass_reminders", f"{JOBS_MODULE}:mass_reminders", "remind members of unconfirmed mass messages (≤3/24 h)",
             _every("tags_push_minutes", "minutes")),
-    JobSpec("broadcast_dispatch", "bot.jobs:broadcast_dispatch", "plan due broadcasts and scheduled tier coupons",
+    JobSpec("broadcast_dispatch", f"{JOBS_MODULE}:broadcast_dispatch", "plan due broadcasts and scheduled tier coupons",
             _every("dispatch_minutes", "minutes", "broadcasts")),
-    JobSpec("coupon_pushes", "bot.jobs:coupon_pushes", "coupon after each paid order; expire old coupons",
+    JobSpec("coupon_pushes", f"{JOBS_MODULE}:coupon_pushes", "coupon after each paid order; expire old coupons",
             _every("dispatch_minutes", "minutes", "broadcasts")),
-    JobSpec("sequences", "bot.jobs:sequences", "follow-up sequence steps that came due",
+    JobSpec("sequences", f"{JOBS_MODULE}:sequences", "follow-up sequence steps that came due",
             _every("run_every_minutes", "minutes", "sequences")),
-    JobSpec("tier_actions", "bot.jobs:tier_actions", "actions on tier changes (VIP welcome, win-back, alerts)",
+    JobSpec("tier_actions", f"{JOBS_MODULE}:tier_actions", "actions on tier changes (VIP welcome, win-back, alerts)",
             _every("tags_push_minutes", "minutes")),
 )
 

@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
-from bot.config import Settings
+from bot.core.config import Settings
 from segments.rfm import SEGMENT_NAMES
 from templates import MESSAGES_DIR
 

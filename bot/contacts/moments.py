@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
 
-from bot.config import Settings
-from bot.interactions import add_interaction
+from bot.contacts.interactions import add_interaction
+from bot.core.config import Settings
 from bot.models import Customer, utcnow
 from bot.tagging.rules import TagRules
 from bot.tagging.system import apply_rules

@@ -7,12 +7,12 @@ import logging
 from flask import Flask
 
 import handlers
-from bot.config import Settings
-from bot.db import Database
+from bot.core.config import Settings
+from bot.core.db import Database
 from bot.inbox.crypto import Keyring
 from bot.inbox.dispatcher import Dispatcher
 from bot.inbox.processor import InboxProcessor
-from bot.inbox.webhook import bp as webhook_bp
+from bot.web.webhook import bp as webhook_bp
 from bot.inbox.worker import InboxWorker
 from bot.outbox import OutboxSender
 from bot.wecom.client import WeComClients, build_clients

@@ -9,8 +9,10 @@ from typing import Any
 
 from flask import Flask
 
-from bot.clock import Clock, system_clock
-from bot.config import Settings, install_secret_redaction, load_settings
+from bot.core.clock import Clock, system_clock
+from bot.core.config import Settings, install_secret_redaction
+from bot.startup import load_settings
+from bot.web import inbox, wiring
 
 
 def create_app(
@@ -35,9 +37,7 @@ def create_app(
     app.extensions["scrm.settings"] = settings
     app.extensions["scrm.clock"] = clock
 
-    from bot import inbox_setup, web
-
-    db = web.init_db(app, settings, upgrade=upgrade_db)
-    inbox_setup.init_app(app, settings, db, start_worker=start_worker)
-    web.init_app(app)
+    db = wiring.init_db(app, settings, upgrade=upgrade_db)
+    inbox.init_app(app, settings, db, start_worker=start_worker)
+    wiring.init_app(app)
     return app

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.contacts.customers import apply_wecom_tag_set, upsert_customer, upsert_follow
 from bot.models import Customer, Follow, Staff, Tag, utcnow
 from bot.tagging.rules import TagRules
 from bot.tagging.sync import mirror_corp_tags
-from handlers.contacts import apply_wecom_tag_set, upsert_customer, upsert_follow
 
 MEMBERS_PER_CALL = 100
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.config import DatabaseSettings
+from bot.core.config import DatabaseSettings
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from bot.config import Settings
-from bot.holidays import holidays_on
-from bot.messages import TIER_NAMES, MessageTemplates
+from bot.campaigns.holidays import holidays_on
+from bot.core.config import Settings
 from bot.models import Customer, CustomerTier, Follow, OutboxMessage, Staff
+from bot.outbox.messages import TIER_NAMES, MessageTemplates
 from bot.outbox.policy import ContactPolicy
 from segments.rfm import SEGMENT_NAMES
 

@@ -1,4 +1,4 @@
-"""Alembic environment: the engine comes from the caller (``bot.db.upgrade_schema``)."""
+"""Alembic environment: the engine comes from the caller (``bot.core.db.upgrade_schema``)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,60 @@
+"""Customers and their follows as WeCom reports them: one upsert each, and making a customer's synced
+corp tags equal a given set. Used by the event handlers and the full contact re-sync alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.models import Customer, CustomerTag, Follow, Staff, Tag
+from bot.tagging.system import tag_customer, untag_customer
+
+
+def upsert_customer(session: Session, external_userid: str, contact: dict[str, Any]) -> Customer:
+    customer = session.scalar(select(Customer).where(Customer.external_userid == external_userid))
+    if customer is None:
+        customer = Customer(external_userid=external_userid, name="")
+        session.add(customer)
+    if contact:
+        customer.name = str(contact.get("name") or customer.name)[:255]
+        customer.contact_type = int(contact.get("type") or customer.contact_type or 1)
+        customer.gender = int(contact.get("gender") or 0)
+        customer.unionid = contact.get("unionid") or customer.unionid
+        customer.avatar = contact.get("avatar") or customer.avatar
+        customer.corp_name = contact.get("corp_name") or customer.corp_name
+    session.flush()
+    return customer
+
+
+def upsert_follow(session: Session, customer: Customer, staff: Staff) -> Follow:
+    follow = session.scalar(select(Follow).where(Follow.customer_id == customer.id, Follow.staff_id == staff.id))
+    if follow is None:
+        follow = Follow(customer_id=customer.id, staff_id=staff.id)
+        session.add(follow)
+        session.flush()
+    return follow
+
+
+def apply_wecom_tag_set(session: Session, customer: Customer, wanted: dict[int, str | None],
+                        actor: str | None) -> tuple[int, int]:
+    added = removed = 0
+    for tag_id, userid in wanted.items():
+        tag = session.get(Tag, tag_id)
+        assert tag is not None
+        if tag_customer(session, customer.id, tag, source="wecom", added_by=userid, push=False):
+            added += 1
+    in_sync = session.scalars(select(CustomerTag).join(Tag).where(
+        CustomerTag.customer_id == customer.id, CustomerTag.removed_at.is_(None), CustomerTag.push_state.is_(None),
+        Tag.wecom_tag_id.is_not(None))).all()
+    for row in in_sync:
+        if row.tag_id not in wanted:
+            untag_customer(session, customer.id, session.get(Tag, row.tag_id), removed_by=actor, push=False)
+            removed += 1
+    return added, removed
+
+
+def from_epoch(value: Any) -> datetime:
+    return datetime.fromtimestamp(int(value), tz=UTC)
