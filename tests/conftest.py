@@ -27,9 +27,9 @@ CLOCK_SHIFT_ENV = "SCRM_TEST_CLOCK_SHIFT_DAYS"
 def pytest_configure(config: pytest.Config) -> None:
     """``SCRM_TEST_CLOCK_SHIFT_DAYS=N`` runs the whole suite with the wall clock N days ahead (CI runs
     +365 and +1826.4, the fraction landing the run at another time of day), which proves no test
-    mixes a fixed date with today's. time-machine moves the realtime clocks only; libfaketime was tried and cannot be used: Debian's 0.9.10 makes Python's
-    ``time.sleep`` fail with EINVAL when monotonic time is left real, and hangs ``Event.wait`` when it
-    is moved too (upstream #426)."""
+    mixes a fixed date with today's. time-machine moves the realtime clocks only; libfaketime was
+    tried and cannot be used: Debian's 0.9.10 makes Python's ``time.sleep`` fail with EINVAL when
+    monotonic time is left real, and hangs ``Event.wait`` when it is moved too (upstream #426)."""
     days = os.environ.get(CLOCK_SHIFT_ENV, "").strip()
     if days:
         import time_machine

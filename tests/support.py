@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import secrets
 import string
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from bot.core.config import TiersSettings
 from bot.sandbox import SandboxConfig, SandboxState
 from bot.sandbox.delivery import encrypt_callback, event_xml
+from segments.policy import TierPolicy
 
 PG_URL = os.environ.get("SCRM_TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("SCRM_TEST_REDIS_URL", "")
+TZ = ZoneInfo("Asia/Shanghai")
+POLICY = TierPolicy.from_settings(TiersSettings())
 
 
 def random_text(length: int) -> str:
@@ -47,3 +54,10 @@ def contact_event(change_type: str = "add_external_contact", **extra: Any) -> di
     fields.update(extra)
     return fields
 
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["order_id", "external_userid", "amount", "paid_at", "status"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"status": "paid", **row})

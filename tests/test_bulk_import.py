@@ -223,7 +223,7 @@ def test_a_first_load_before_any_re_tier_leaves_marks_only_where_they_matter(db,
     """Marks tell an incremental re-tier whom to look at. Before the first re-tier (always a full run)
     PostgreSQL's bulk load of the customer table may leave them out; after it, every import marks."""
     from segments.retier import retier
-    from tests.test_tiering_engine import POLICY
+    from tests.support import POLICY
 
     monkeypatch.setattr(bulk_orders, "BULK_LOAD_ROWS", 1)
 

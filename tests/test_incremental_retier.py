@@ -16,7 +16,7 @@ from bot.demo import data as demo_data
 from bot.models import Customer, CustomerTier, Interaction, TierChange, TierRun
 from segments.imports import import_orders
 from segments.retier import retier, tidy_after_commit
-from tests.test_tiering_engine import POLICY, TZ, write_csv
+from tests.support import POLICY, TZ, write_csv
 
 START = date(2025, 6, 1)  # with every later as-of day still in the past: orders may not be in the future
 GENERATED_AT = datetime(2025, 6, 1, 12, tzinfo=UTC)

@@ -14,7 +14,7 @@ from bot.cli import main
 from bot.models import Customer, CustomerAggregate, Follow, Order
 from segments import imports
 from segments.imports import ImportFailed, import_orders
-from tests.test_tiering_engine import TZ
+from tests.support import TZ
 
 HEADER = "order_id,external_userid,amount,paid_at,status\n"
 

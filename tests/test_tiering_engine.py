@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
@@ -15,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, func, select
 
-from bot.core.config import TiersSettings
 from bot.demo import data as demo_data
 from bot.models import Customer, CustomerAggregate, CustomerTier, Interaction, Order, TierChange
 from segments.imports import import_orders
@@ -23,9 +19,8 @@ from segments.orders import OrderRow, OrderWriter
 from segments.policy import TierPolicy
 from segments.retier import DIMENSIONS, retier, tier_counts
 from segments.rfm import SEGMENTS, aggregate_stats
+from tests.support import POLICY, TZ, write_csv
 
-TZ = ZoneInfo("Asia/Shanghai")
-POLICY = TierPolicy.from_settings(TiersSettings())
 AS_OF = date(2026, 11, 20)
 
 
@@ -104,14 +99,6 @@ def edge_case_orders() -> list[dict[str, Any]]:
          "status": "refunded"},
     ]
     return rows
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["order_id", "external_userid", "amount", "paid_at", "status"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({"status": "paid", **row})
 
 
 @pytest.fixture
