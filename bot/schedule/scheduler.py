@@ -59,7 +59,7 @@ JOBS: tuple[JobSpec, ...] = (
             _every("tags_push_minutes", "minutes")),
     JobSpec("outbox_sweep", f"{JOBS_MODULE}:outbox_sweep", "send pending conversational messages",
             _every("outbox_sweep_seconds", "seconds")),
-    JobSpec("holiday_greetings", f"{JOBS_MODULE}:holiday_greetings", "节假日问候 (lunar holidays included) and 生日礼品",
+    JobSpec("holiday_greetings", f"{JOBS_MODULE}:holiday_greetings", "节假日问候 (lunar holidays) and 生日礼品",
             _daily("send_at", "greetings")),
     JobSpec("mass_send", f"{JOBS_MODULE}:mass_send", "submit due mass messages (deferred past quiet hours)",
             _every("outbox_sweep_seconds", "seconds")),

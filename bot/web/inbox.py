@@ -12,9 +12,9 @@ from bot.core.db import Database
 from bot.inbox.crypto import Keyring
 from bot.inbox.dispatcher import Dispatcher
 from bot.inbox.processor import InboxProcessor
-from bot.web.webhook import bp as webhook_bp
 from bot.inbox.worker import InboxWorker
 from bot.outbox import OutboxSender
+from bot.web.webhook import bp as webhook_bp
 from bot.wecom.client import WeComClients, build_clients
 
 logger = logging.getLogger(__name__)
