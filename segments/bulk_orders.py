@@ -53,6 +53,8 @@ EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 EARLIEST_YEAR = 1990  # parse_order refuses earlier times, so offsets before it never matter
 
 Skip = Callable[[int, str], None]  # (line, reason)
+Step = Callable[[str], None]  # told the name of each merge step as it starts
+MERGE_STEPS = ("checking rows", "finding customers", "finding known orders", "writing orders", "updating totals")
 
 
 @dataclass
@@ -157,30 +159,37 @@ class OrderStaging:
 
     # ------------------------------------------------------------------------------ merging
 
-    def merge(self) -> MergeCounts:
-        """Validate, convert and write every staged row; invalid rows are passed to ``skip``."""
+    def merge(self, step: Step | None = None) -> MergeCounts:
+        """Validate, convert and write every staged row; invalid rows are passed to ``skip``. ``step`` is
+        told each of MERGE_STEPS as it starts (a merge that finds no valid row stops after the first)."""
+        step = step or (lambda name: None)
         counts = MergeCounts()
         self._finish_blocks()
         if self.dialect == "postgresql":  # sorts, hash joins and index builds over the whole file: fewer spills
             self._conn().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
             self._conn().exec_driver_sql(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
+        step(MERGE_STEPS[0])
         self._convert_usual_rows()
         self._parse_unusual_rows()
         counts.valid = self._scalar("SELECT count(*) FROM import_rows")
         if not counts.valid:
             return counts
+        step(MERGE_STEPS[1])
         self._group_by_customer()
         with self._bulk_load("customers", self._scalar("SELECT count(*) FROM import_customers")):
             counts.customers_created = self._create_stubs()
         self._analyze("import_rows")
         if counts.customers_created > 10_000:
             self._analyze("customers")
+        step(MERGE_STEPS[2])
         self._find_known_orders(counts.valid)
         self._analyze("import_existing")
+        step(MERGE_STEPS[3])
         with self._bulk_load("orders", counts.valid):
             counts.inserted, written = self._upsert(counts.valid)
         counts.updated = written - counts.inserted
         counts.unchanged = counts.valid - written
+        step(MERGE_STEPS[4])
         self._refresh_aggregates()
         return counts
 

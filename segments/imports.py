@@ -1,9 +1,13 @@
 """CSV imports of orders and customers. A bad row is skipped and reported with its line number; a
-file that cannot be read (missing, not UTF-8, binary, wrong header) fails as a whole and, being one
-transaction, changes nothing."""
+file that cannot be read (missing, neither UTF-8 nor GB18030, binary, wrong header) fails as a whole
+and, being one transaction, changes nothing.
+
+Encodings: UTF-8 (with or without a BOM) and GB18030, a superset of the GBK that Excel writes on a
+Chinese Windows. ``auto`` reads a file that is valid UTF-8 as UTF-8 and any other as GB18030."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -22,14 +26,17 @@ from sqlalchemy.orm import Session
 
 from bot.models import Customer, Follow, Staff
 from segments.bulk_orders import STAGE_BATCH, OrderStaging, canonical_rows_pattern
-from segments.orders import RowError, WriteCounts
+from segments.orders import RowError, WriteCounts, local_or_aware
 
 ORDER_COLUMNS = ("order_id", "external_userid", "amount", "paid_at")
 CUSTOMER_COLUMNS = ("external_userid", "name", "follow_userid", "added_at")
 KEPT_ERRORS = 1000
+ENCODINGS = ("auto", "utf-8", "gb18030")
+_CODECS = {"utf-8": "utf-8-sig", "gb18030": "gb18030"}  # utf-8-sig: a BOM is dropped, its absence is fine
+SCAN_BLOCK = 1 << 20
 
 Progress = Callable[[int], None]  # called with bytes read so far
-Phase = Callable[[str], None]  # called with the name of a step that follows reading
+Phase = Callable[[str], None]  # called with the name of each step that follows reading (MERGE_STEPS)
 
 
 class ImportFailed(Exception):
@@ -40,6 +47,7 @@ class ImportFailed(Exception):
 class ImportSummary(WriteCounts):
     read: int = 0
     skipped: int = 0
+    encoding: str = "utf-8"  # the one the file was read in
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason), the first KEPT_ERRORS
 
     def skip(self, line: int, reason: str) -> None:
@@ -49,15 +57,15 @@ class ImportSummary(WriteCounts):
 
 
 def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress | None = None,
-                  phase: Phase | None = None) -> ImportSummary:
+                  phase: Phase | None = None, encoding: str = "auto") -> ImportSummary:
     """Import an orders CSV (``order_id,external_userid,amount,paid_at[,status]``) into ``session``:
     raw fields are staged and merged set-based (segments.bulk_orders)."""
-    summary = ImportSummary()
+    summary = ImportSummary(encoding=resolve_encoding(path, encoding))
     staging = OrderStaging(session, tz, summary.skip)
     try:
         batch: list[tuple[Any, ...]] = []
         blocks = PlainBlocks(canonical_rows_pattern, divert=staging.add_block if staging.takes_blocks else None)
-        for row in _rows(path, ORDER_COLUMNS, ("status",), progress, blocks):
+        for row in _rows(path, summary.encoding, ORDER_COLUMNS, ("status",), progress, blocks):
             summary.read += 1
             if type(row) is RowProblem:
                 summary.skip(*row)
@@ -69,9 +77,7 @@ def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress
                 batch = []
         staging.add(batch, plain=blocks.batch_plain, canonical=blocks.batch_canonical)
         summary.read += blocks.diverted_lines  # one row a line
-        if phase:
-            phase("validating and merging")
-        summary.add(staging.merge())
+        summary.add(staging.merge(phase))
     finally:
         staging.drop()
     summary.errors.sort()
@@ -79,17 +85,17 @@ def import_orders(session: Session, path: Path, tz: ZoneInfo, progress: Progress
 
 
 def import_customers(session: Session, path: Path, tz: ZoneInfo, progress: Progress | None = None,
-                     phase: Phase | None = None) -> ImportSummary:
+                     phase: Phase | None = None, encoding: str = "auto") -> ImportSummary:
     """Import ``external_userid,name,follow_userid,added_at[,birthday]``: upsert customer, staff, follow."""
-    summary = ImportSummary()
+    summary = ImportSummary(encoding=resolve_encoding(path, encoding))
     staff_ids: dict[str, int] = {}
-    for line, record in _records(path, CUSTOMER_COLUMNS, ("birthday",), progress):
+    for line, record in _records(path, summary.encoding, CUSTOMER_COLUMNS, ("birthday",), progress):
         summary.read += 1
         if "__error__" in record:
             summary.skip(line, record["__error__"])
             continue
         try:
-            values = _customer_values(record)
+            values = _customer_values(record, tz)
         except RowError as exc:
             summary.skip(line, str(exc))
             continue
@@ -99,7 +105,7 @@ def import_customers(session: Session, path: Path, tz: ZoneInfo, progress: Progr
     return summary
 
 
-def _customer_values(record: dict[str, str]) -> dict[str, Any]:
+def _customer_values(record: dict[str, str], tz: ZoneInfo) -> dict[str, Any]:
     external_userid = (record.get("external_userid") or "").strip()
     follow_userid = (record.get("follow_userid") or "").strip()
     if not external_userid or len(external_userid) > 128:
@@ -107,11 +113,9 @@ def _customer_values(record: dict[str, str]) -> dict[str, Any]:
     if not follow_userid or len(follow_userid) > 64:
         raise RowError("follow_userid is empty or longer than 64 characters")
     try:
-        added_at = datetime.fromisoformat((record.get("added_at") or "").strip())
+        added_at = local_or_aware(datetime.fromisoformat((record.get("added_at") or "").strip()), tz)
     except ValueError:
         raise RowError("added_at is not an ISO 8601 time") from None
-    if added_at.tzinfo is None:
-        raise RowError("added_at needs a UTC offset")
     birthday = None
     if (record.get("birthday") or "").strip():
         try:
@@ -153,11 +157,11 @@ class RowProblem(NamedTuple):
     reason: str
 
 
-def _records(path: Path, required: tuple[str, ...], optional: tuple[str, ...],
+def _records(path: Path, encoding: str, required: tuple[str, ...], optional: tuple[str, ...],
              progress: Progress | None) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (line number, {column: value}) — {"__error__": reason} for a malformed row."""
     names = ("__line__", *required, *optional)
-    for row in _rows(path, required, optional, progress):
+    for row in _rows(path, encoding, required, optional, progress):
         if type(row) is RowProblem:
             yield row.line, {"__error__": row.reason}
         else:
@@ -236,10 +240,50 @@ class PlainBlocks:
         return not cls._NOT_PLAIN.search(text)
 
 
-def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...], progress: Progress | None,
-          blocks: PlainBlocks | None = None) -> Iterator[tuple[Any, ...] | RowProblem]:
+def resolve_encoding(path: Path, requested: str = "auto") -> str:
+    """The encoding to read ``path`` in: ``requested``, or for ``auto`` UTF-8 when the whole file is valid
+    UTF-8 and GB18030 otherwise (whose own errors _rows reports). One streamed pass over the bytes."""
+    if requested not in ENCODINGS:
+        raise ImportFailed(f"unknown encoding {requested!r}: use one of {', '.join(ENCODINGS)}")
+    if requested != "auto":
+        return requested
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as raw:
+            while block := raw.read(SCAN_BLOCK):
+                if block.isascii() and not decoder.getstate()[0]:
+                    continue  # most blocks: ASCII is UTF-8, checked 20x faster than by decoding
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+    except OSError as exc:
+        raise ImportFailed(f"cannot open {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        return "gb18030"
+    return "utf-8"
+
+
+def _undecodable_line(path: Path, encoding: str) -> int:
+    """The line holding the first byte that is not ``encoding``; 0 if none. Neither encoding uses the
+    byte of "\n" inside a character, so counting it among the bytes counts lines."""
+    decoder = codecs.getincrementaldecoder(_CODECS[encoding])()
+    line = 1
+    with open(path, "rb") as raw:
+        while True:
+            block = raw.read(SCAN_BLOCK)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:  # exc.object: the bytes held back from the last block + this one
+                return line + exc.object[:exc.start].count(b"\n")
+            if not block:
+                return 0
+            line += block.count(b"\n")
+
+
+def _rows(path: Path, encoding: str, required: tuple[str, ...], optional: tuple[str, ...],
+          progress: Progress | None, blocks: PlainBlocks | None = None) -> Iterator[tuple[Any, ...] | RowProblem]:
     """Yield (line, *values in the order required + optional, None for an absent optional column),
-    or a RowProblem; raise ImportFailed if the file itself is unusable. The hot loop of big imports."""
+    or a RowProblem; raise ImportFailed if the file itself is unusable. A row may leave out optional
+    columns that end the header. The hot loop of big imports."""
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed in finally
     except OSError as exc:
@@ -247,7 +291,7 @@ def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...], prog
     try:
         if b"\x00" in raw.peek(8192)[:8192]:
             raise ImportFailed(f"{path} looks like a binary file, not a CSV: nothing imported")
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        text = io.TextIOWrapper(raw, encoding=_CODECS[encoding], newline="")
         blocks = blocks or PlainBlocks()
         reader = csv.reader(blocks.lines(text))
         header = _header(reader, path, required, optional)
@@ -256,6 +300,7 @@ def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...], prog
         if progress:
             blocks.report = lambda: progress(raw.tell())
         width = len(header)
+        shortest = width - _optional_tail(header, optional)
         pick = _picker(header, required + optional)
         next_report = 10_000
         for row in reader:
@@ -264,20 +309,41 @@ def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...], prog
             if len(row) != width:
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue
-                yield RowProblem(line, f"expected {width} fields, found {len(row)}")
-                continue
+                if not shortest <= len(row) < width:
+                    yield RowProblem(line, f"expected {width} fields, found {len(row)}")
+                    continue
+                row += [""] * (width - len(row))
             yield (line, *pick(row))
             if progress and line >= next_report:
                 progress(raw.tell())
                 next_report = line + 10_000
         if progress:
             progress(raw.tell())
-    except UnicodeDecodeError as exc:
-        raise ImportFailed(f"{path} is not UTF-8 text (byte {exc.start} of a read block): nothing imported") from None
+    except UnicodeDecodeError:
+        raise ImportFailed(_not_text(path, encoding)) from None
     except csv.Error as exc:
         raise ImportFailed(f"{path} is not a readable CSV file ({exc}): nothing imported") from None
     finally:
         raw.close()
+
+
+def _not_text(path: Path, encoding: str) -> str:
+    line = _undecodable_line(path, encoding)
+    where = f"line {line}" if line else "the file"
+    if encoding == "gb18030":
+        return (f"{path} is not UTF-8 or GB18030 text ({where} is neither; save it as UTF-8 CSV): "
+                "nothing imported")
+    return f"{path} is not UTF-8 text ({where}; --encoding gb18030 reads GBK/GB18030): nothing imported"
+
+
+def _optional_tail(header: list[str], optional: tuple[str, ...]) -> int:
+    """How many of the header's last columns are optional ones (a row may leave those out)."""
+    count = 0
+    for name in reversed(header):
+        if name not in optional:
+            break
+        count += 1
+    return count
 
 
 def _picker(header: list[str], columns: tuple[str, ...]) -> Callable[[list[str]], tuple[str | None, ...]]:

@@ -11,6 +11,8 @@ _YUAN = re.compile(r"(\d{1,13})(?:\.(\d{1,2}))?")
 def yuan_to_fen(text: str) -> int:
     """``"12.3"`` → 1230. Accepts 0–2 decimals; raises ValueError on anything else (no sign, no exponent)."""
     match = _YUAN.fullmatch(text.strip())
+    if not match and text.strip().startswith("-"):
+        raise ValueError(f"amount must not be negative, got {text.strip()!r}")
     if not match:
         raise ValueError(f"amount must be a number of 元 with at most 2 decimals, got {text!r}")
     whole, cents = match.groups()

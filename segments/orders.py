@@ -47,7 +47,7 @@ def parse_order(record: Mapping[str, Any], tz: ZoneInfo, now: datetime | None = 
     order_id = _identifier(record.get("order_id"), "order_id")
     external_userid = _identifier(record.get("external_userid"), "external_userid")
     amount_fen = _amount(record.get("amount"))
-    paid_at = _timestamp(record.get("paid_at"), now or datetime.now(UTC))
+    paid_at = _timestamp(record.get("paid_at"), tz, now or datetime.now(UTC))
     status = str(record.get("status") or "paid").strip().lower()
     if status not in STATUSES:
         raise RowError(f"status must be paid or refunded, got {status!r}")
@@ -68,30 +68,39 @@ def _identifier(value: Any, name: str) -> str:
 
 
 def _amount(value: Any) -> int:
-    try:
-        if isinstance(value, str):
+    if isinstance(value, str):
+        try:
             return yuan_to_fen(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        except ValueError as exc:  # its message names the amount
+            raise RowError(str(exc)) from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise RowError(f"amount must not be negative, got {value!r}")
+        try:
             return number_to_fen(value)
-    except ValueError as exc:
-        raise RowError(f"amount: {exc}") from None
+        except (ValueError, OverflowError) as exc:  # OverflowError: JSON's Infinity
+            raise RowError(f"amount: {exc}") from None
     raise RowError(f"amount must be a non-negative number of 元, got {value!r}")
 
 
-def _timestamp(value: Any, now: datetime) -> datetime:
+def _timestamp(value: Any, tz: ZoneInfo, now: datetime) -> datetime:
+    """An ISO 8601 time; one without a UTC offset is a local time in ``tz`` (app.timezone)."""
     if not isinstance(value, str) or not value.strip():
         raise RowError("paid_at is empty")
     try:
-        moment = datetime.fromisoformat(value.strip())
+        moment = local_or_aware(datetime.fromisoformat(value.strip()), tz)
     except ValueError:
         raise RowError(f"paid_at is not an ISO 8601 time: {value.strip()[:40]!r}") from None
-    if moment.tzinfo is None:
-        raise RowError("paid_at needs a UTC offset (e.g. 2024-05-01T10:00:00+08:00)")
     if moment > now + timedelta(days=1):
         raise RowError("paid_at is in the future")
     if moment.year < 1990:
         raise RowError("paid_at is before 1990")
     return moment
+
+
+def local_or_aware(moment: datetime, tz: ZoneInfo) -> datetime:
+    """``moment`` as it is when it carries a UTC offset, else read as a local time in ``tz``."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=tz)
 
 
 # ------------------------------------------------------------------------------------- writing

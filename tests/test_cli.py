@@ -73,10 +73,10 @@ def test_inbox_list_show_retry_replay(config_file, callbacks, processor):
     assert "add_external_contact" in failed.output and "ConnectionError" in failed.output
 
     retried = scrm("--config", str(config_file), "inbox", "retry", "1")
-    assert retried.exit_code == 0 and "inbox event 1: failed" in retried.output
+    assert retried.exit_code == 1 and "inbox event 1: failed" in retried.stderr  # it failed again
 
     replayed = scrm("--config", str(config_file), "inbox", "replay", "2")
-    assert "inbox event 2: unhandled" in replayed.output
+    assert replayed.exit_code == 0 and "inbox event 2: unhandled" in replayed.output
 
     missing = scrm("--config", str(config_file), "inbox", "retry", "99")
     assert missing.exit_code == 1 and "no inbox event 99" in missing.output

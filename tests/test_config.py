@@ -88,6 +88,23 @@ def test_unknown_keys_and_sections_in_the_file_are_errors(tmp_path):
         load_settings(write(tmp_path, '[wechat]\nx = 1\n'), environ={})
 
 
+def test_unknown_keys_get_a_did_you_mean_hint(tmp_path):
+    with pytest.raises(ConfigError, match=r"worker\.pollseconds .*\(did you mean worker\.poll_seconds\?\)"):
+        load_settings(write(tmp_path, "[worker]\npollseconds = 5\n"), environ={})
+    with pytest.raises(ConfigError, match=r"\[tier\] .*\(did you mean tiers\?\)"):
+        load_settings(write(tmp_path, "[tier]\nx = 1\n"), environ={})
+
+
+def test_an_unknown_environment_variable_is_an_error_like_an_unknown_key():
+    with pytest.raises(ConfigError, match=r"unknown environment variable SCRM_WORKER_POLLSECONDS "
+                                          r"\(did you mean SCRM_WORKER_POLL_SECONDS\?\)"):
+        load_settings(environ={"SCRM_WORKER_POLLSECONDS": "5"})
+    with pytest.raises(ConfigError, match=r"SCRM_NOTHING_LIKE_IT$"):
+        load_settings(environ={"SCRM_NOTHING_LIKE_IT": "1"})
+    not_settings = {"SCRM_CONFIG": "", "SCRM_TEST_DATABASE_URL": "x", "SCRM_CI_REDIS_URL": "y", "SCRMX": "z"}
+    assert load_settings(environ=not_settings) == load_settings(environ={})
+
+
 def test_unreadable_files_fail_clearly(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.toml", environ={})

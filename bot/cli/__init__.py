@@ -13,14 +13,21 @@ from bot.cli.sync import sync_group, tags_group
 from bot.cli.tiers import customer_group, export_group, import_customers_cmd, import_orders_cmd, retier_cmd
 from bot.cli.tokens import token_group
 
+# Long-running commands log at INFO like the web app; the others print their result and log only
+# warnings (on stderr), unless --verbose or app.log_level says otherwise.
+SERVICES = ("serve", "worker", "scheduler", "sandbox")
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_file", envvar="SCRM_CONFIG", type=click.Path(dir_okay=False),
               help="TOML config file (default: $SCRM_CONFIG; env vars SCRM_<SECTION>_<KEY> override it).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log at INFO or finer on stderr (default: app.log_level, or when that is empty WARNING, "
+                   "INFO for serve/worker/scheduler/sandbox).")
 @click.pass_context
-def main(ctx: click.Context, config_file: str | None) -> None:
+def main(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
     """wecom-scrm-bot: customer tiering for WeCom."""
-    ctx.obj = CliContext(config_file)
+    ctx.obj = CliContext(config_file, "INFO" if ctx.invoked_subcommand in SERVICES else "WARNING", verbose)
     ctx.call_on_close(ctx.obj.close)
 
 

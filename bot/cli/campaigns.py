@@ -24,6 +24,7 @@ from bot.campaigns.broadcasts import (
 )
 from bot.campaigns.coupons import CouponBook, CouponError, display_code, issue, redeem
 from bot.cli.context import CliContext, pass_cli, render_table
+from bot.cli.times import local_time, zoned
 from bot.models import Coupon, Customer
 from bot.outbox.messages import TIER_NAMES
 from bot.tagging.rules import TagRules
@@ -70,7 +71,7 @@ def _local_time(text: str, cli: CliContext) -> datetime:
 
 def _show_preview(p: Preview, cli: CliContext) -> None:
     tz = cli.settings().tz
-    when = p.send_after.astimezone(tz).strftime("%Y-%m-%d %H:%M") if p.send_after else "?"
+    when = local_time(p.send_after, tz) if p.send_after else "?"
     click.echo(f"audience {p.audience}; to send {p.to_send}; held out {sum(p.held_out.values())}; "
                f"skipped {sum(p.skipped.values())}; sends from {when}"
                + (" (deferred past quiet hours)" if p.deferred else ""))
@@ -110,7 +111,7 @@ def broadcast_create(cli: CliContext, name: str, audience_text: str | None, inli
             created = create_broadcast(session, settings, spec)
             assert created.next_run_at is not None
             click.echo(f"scheduled broadcast {created.id} {name!r}; first run "
-                       f"{created.next_run_at.astimezone(settings.tz):%Y-%m-%d %H:%M}")
+                       f"{local_time(created.next_run_at, settings.tz)}")
     except BroadcastError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -133,14 +134,14 @@ def broadcast_preview(cli: CliContext, name: str, at_text: str | None) -> None:
 @broadcast_group.command("list")
 @pass_cli
 def broadcast_list(cli: CliContext) -> None:
+    """One line per broadcast: schedule, next run, audience and what its runs sent, held out, skipped."""
     tz = cli.settings().tz
     with cli.db().begin() as session:
         rows = broadcast_rows(session)
     click.echo(render_table(
-        ["id", "name", "status", "schedule", "next run", "audience", "coupon", "runs", "to send", "held out",
-         "skipped"],
-        [[r["id"], r["name"], r["status"], r["schedule"],
-          r["next_run_at"].astimezone(tz).strftime("%Y-%m-%d %H:%M") if r["next_run_at"] else "-",
+        ["id", "name", "status", "schedule", zoned("next run", tz), "audience", "coupon", "runs", "to send",
+         "held out", "skipped"],
+        [[r["id"], r["name"], r["status"], r["schedule"], local_time(r["next_run_at"], tz, zone=False),
           r["audience"], r["coupon"] or "-", r.get("runs", 0), r.get("to_send", 0), r.get("held_out", 0),
           r.get("skipped", 0)] for r in rows]))
 
@@ -211,6 +212,7 @@ def _book(cli: CliContext) -> CouponBook:
 @coupons_group.command("definitions")
 @pass_cli
 def coupons_definitions(cli: CliContext) -> None:
+    """The coupon definitions in the config (coupons.definitions) and their terms."""
     book = _book(cli)
     click.echo(render_table(["code", "title", "terms", "valid days", "tiers"],
                             [[d.code, d.title, d.terms(), d.valid_days, ",".join(d.tiers) or "all"]
@@ -233,6 +235,7 @@ def _customer(session: Any, ref: str) -> Customer:
               help="Why (one coupon per definition, customer, reason).")
 @pass_cli
 def coupons_issue(cli: CliContext, definition: str, customer_ref: str, reason: str) -> None:
+    """Issue coupon DEFINITION to CUSTOMER_REF (external_userid or id) and print its code."""
     book = _book(cli)
     try:
         d = book.get(definition)
@@ -242,7 +245,7 @@ def coupons_issue(cli: CliContext, definition: str, customer_ref: str, reason: s
         customer = _customer(session, customer_ref)
         coupon = issue(session, book, d, [customer.id], f"manual:{reason}")[customer.id]
         click.echo(f"{display_code(coupon.code)}  {coupon.title} ({d.terms()}) for {customer.external_userid}, "
-                   f"expires {coupon.expires_at.astimezone(cli.settings().tz):%Y-%m-%d}")
+                   f"expires {local_time(coupon.expires_at, cli.settings().tz)}")
 
 
 @coupons_group.command("redeem")
@@ -269,10 +272,12 @@ def coupons_redeem(cli: CliContext, code: str, order_id: str | None, amount: str
 
 @coupons_group.command("list")
 @click.option("--customer", "customer_ref", help="Only this customer's coupons.")
-@click.option("--status", type=click.Choice(["issued", "redeemed", "expired"]))
-@click.option("--limit", default=50, show_default=True)
+@click.option("--status", type=click.Choice(["issued", "redeemed", "expired"]), help="Only coupons in this status.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000),
+              help="Show at most this many coupons.")
 @pass_cli
 def coupons_list(cli: CliContext, customer_ref: str | None, status: str | None, limit: int) -> None:
+    """Issued coupons, newest first: code, customer, status, expiry and the order it was used on."""
     tz = cli.settings().tz
     with cli.db().begin() as session:
         query = select(Coupon, Customer.external_userid).join(Customer, Customer.id == Coupon.customer_id)
@@ -281,7 +286,8 @@ def coupons_list(cli: CliContext, customer_ref: str | None, status: str | None, 
         if status:
             query = query.where(Coupon.status == status)
         rows = session.execute(query.order_by(Coupon.id.desc()).limit(limit)).all()
-        click.echo(render_table(["code", "definition", "customer", "status", "issued for", "expires", "order"],
+        click.echo(render_table(["code", "definition", "customer", "status", "issued for", zoned("expires", tz),
+                                 "order"],
                                 [[display_code(c.code), c.definition, ext, c.status, c.issue_ref,
-                                  c.expires_at.astimezone(tz).strftime("%Y-%m-%d"), c.order_id or "-"]
+                                  local_time(c.expires_at, tz, zone=False), c.order_id or "-"]
                                  for c, ext in rows]))

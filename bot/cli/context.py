@@ -12,8 +12,11 @@ from bot.core.db import Database
 
 
 class CliContext:
-    def __init__(self, config_file: str | None) -> None:
+    def __init__(self, config_file: str | None, log_level: str = "WARNING", verbose: bool = False) -> None:
+        """``log_level``: used when app.log_level is empty (its default); ``verbose``: at least INFO."""
         self.config_file = config_file
+        self.log_level = log_level
+        self.verbose = verbose
         self._settings: Settings | None = None
         self._db: Database | None = None
 
@@ -27,8 +30,12 @@ class CliContext:
                 self._settings = load_settings(self.config_file, overrides)
             except ConfigError as exc:
                 raise click.ClickException(f"configuration error: {exc}") from None
-            install_secret_redaction(self._settings)
+            install_secret_redaction(self._settings, self._log_level(self._settings))
         return self._settings
+
+    def _log_level(self, settings: Settings) -> str:
+        level = (settings.app.log_level or self.log_level).upper()
+        return "INFO" if self.verbose and level in ("WARNING", "ERROR", "CRITICAL") else level
 
     def close(self) -> None:
         if self._db is not None:

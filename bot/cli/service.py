@@ -24,8 +24,8 @@ def init(cli: CliContext) -> None:
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--no-worker", is_flag=True, help="Do not process the inbox in this process.")
 @click.option("--no-scheduler", is_flag=True, help="Do not run scheduled jobs in this process.")
 @pass_cli
@@ -53,8 +53,8 @@ def serve(cli: CliContext, host: str, port: int, no_worker: bool, no_scheduler: 
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8001, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8001, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--callback-url", default="http://127.0.0.1:8000/wecom/callback", show_default=True,
               help="The bot's webhook, where encrypted callbacks are delivered.")
 @pass_cli

@@ -31,7 +31,7 @@ def sync_group() -> None:
 
 
 @sync_group.command("contacts")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @pass_cli
 def sync_contacts_cmd(cli: CliContext, no_progress: bool) -> None:
     """Full reconcile of every follow user's customers (heals missed callbacks)."""

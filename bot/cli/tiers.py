@@ -14,8 +14,9 @@ from bot.cli.context import CliContext, pass_cli, render_table
 from bot.models import Customer
 from bot.tagging.rules import TagRules
 from bot.tagging.system import apply_aggregate_rules
+from segments.bulk_orders import MERGE_STEPS
 from segments.export import export_customers
-from segments.imports import ImportFailed, ImportSummary, import_customers, import_orders
+from segments.imports import ENCODINGS, ImportFailed, ImportSummary, import_customers, import_orders
 from segments.policy import TierPolicy
 from segments.retier import DIMENSIONS, retier, tidy_after_commit, tier_counts
 from segments.rfm import SEGMENT_NAMES
@@ -23,27 +24,66 @@ from segments.rfm import SEGMENT_NAMES
 SHOWN_ERRORS = 20
 
 
-def _import(cli: CliContext, path: Path, importer, what: str, progress: bool) -> ImportSummary:  # type: ignore[no-untyped-def]
+class _ImportProgress:
+    """One bar per stage of an import: reading (bytes of the file), merging (MERGE_STEPS), auto-tagging
+    (the tag rules), so that no bar stands still while later stages run."""
+
+    def __init__(self, what: str, enabled: bool) -> None:
+        self.what = what
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+        self.unit = ""
+
+    def stage(self, label: str, total: int, unit: str, unit_scale: bool = False) -> None:
+        self.close()
+        self.unit = unit
+        self.bar = tqdm(total=total, unit=unit, unit_scale=unit_scale, desc=f"{self.what}: {label}",
+                        disable=not self.enabled)
+
+    def read(self, position: int) -> None:
+        if self.bar is not None:
+            self.bar.update(max(0, position - self.bar.n))
+
+    def merge_step(self, name: str) -> None:
+        if self.bar is None or self.unit != "step":
+            self.stage(name, len(MERGE_STEPS), "step")
+        else:
+            self.bar.update(1)
+        assert self.bar is not None
+        self.bar.set_description(f"{self.what}: {name}")
+
+    def advance(self, _name: str = "") -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            if self.bar.total:
+                self.bar.update(self.bar.total - self.bar.n)  # a stage that is over is complete
+            self.bar.close()
+            self.bar = None
+
+
+def _import(cli: CliContext, path: Path, importer, what: str, encoding: str,  # type: ignore[no-untyped-def]
+            progress: _ImportProgress) -> ImportSummary:
     settings = cli.settings()
-    size = path.stat().st_size if path.exists() else 0
-    with tqdm(total=size, unit="B", unit_scale=True, desc=f"importing {what}", disable=not progress) as bar:
-        def advance(position: int) -> None:
-            bar.update(max(0, position - bar.n))
-
-        def step(name: str) -> None:
-            bar.set_description(f"{what}: {name}")
-
-        try:
-            with cli.db().begin() as session:
-                return importer(session, path, settings.tz, advance, step)
-        except ImportFailed as exc:
-            raise click.ClickException(str(exc)) from None
+    size = path.stat().st_size if path.is_file() else 0
+    progress.stage("reading", size, "B", unit_scale=True)
+    try:
+        with cli.db().begin() as session:
+            return importer(session, path, settings.tz, progress.read, progress.merge_step, encoding=encoding)
+    except ImportFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        progress.close()
 
 
 def _report(summary: ImportSummary, errors_out: Path | None) -> None:
     click.echo(f"read {summary.read}, inserted {summary.inserted}, updated {summary.updated}, "
                f"unchanged {summary.unchanged}, skipped {summary.skipped}"
                + (f", new customer stubs {summary.customers_created}" if summary.customers_created else ""))
+    click.echo(f"file read as {summary.encoding.upper()}"
+               + (" (it is not valid UTF-8)" if summary.encoding != "utf-8" else ""))
     for line, reason in summary.errors[:SHOWN_ERRORS]:
         click.echo(f"  line {line}: {reason}")
     if summary.skipped > SHOWN_ERRORS:
@@ -51,13 +91,19 @@ def _report(summary: ImportSummary, errors_out: Path | None) -> None:
                    + ("" if errors_out else " (--errors-out FILE lists them)"))
     if errors_out:
         errors_out.write_text("".join(f"{line},{reason}\n" for line, reason in summary.errors), encoding="utf-8")
+    if summary.read and summary.skipped >= summary.read:
+        raise click.ClickException(f"all {summary.read} rows were skipped: nothing imported")
 
 
 def _import_command(name: str):  # type: ignore[no-untyped-def]
     """The options every CSV import shares."""
     def decorate(func):  # type: ignore[no-untyped-def]
         func = pass_cli(func)
-        func = click.option("--no-progress", is_flag=True)(func)
+        func = click.option("--no-progress", is_flag=True, help="Hide the progress bars.")(func)
+        func = click.option("--encoding", type=click.Choice(ENCODINGS, case_sensitive=False), default="auto",
+                            show_default=True,
+                            help="The file's text encoding: auto reads valid UTF-8 (with or without BOM) as "
+                                 "UTF-8 and anything else as GB18030 (GBK, Excel on a Chinese Windows).")(func)
         func = click.option("--errors-out", type=click.Path(dir_okay=False, path_type=Path),
                             help="Write skipped rows' reasons here.")(func)
         func = click.argument("file", type=click.Path(dir_okay=False, path_type=Path))(func)
@@ -67,18 +113,28 @@ def _import_command(name: str):  # type: ignore[no-untyped-def]
 
 
 @_import_command("import-orders")
-def import_orders_cmd(cli: CliContext, file: Path, errors_out: Path | None, no_progress: bool) -> None:
-    """Import orders: order_id,external_userid,amount,paid_at[,status] (amount in 元, paid_at ISO 8601
-    with offset, status paid|refunded). Idempotent on order_id; bad rows are skipped and reported."""
-    _report(_import(cli, file, import_orders, "orders", not no_progress), errors_out)
-    _report_tags(_apply_tag_rules(cli))
+def import_orders_cmd(cli: CliContext, file: Path, errors_out: Path | None, encoding: str, no_progress: bool) -> None:
+    """Import orders: order_id,external_userid,amount,paid_at[,status] (amount in 元, paid_at ISO 8601,
+    without an offset a local time in app.timezone; status paid|refunded, empty or left out = paid).
+    Idempotent on order_id; bad rows are skipped and reported. Exits 1 when every row is skipped."""
+    progress = _ImportProgress("orders", not no_progress)
+    _report(_import(cli, file, import_orders, "orders", encoding.lower(), progress), errors_out)
+    _report_tags(_apply_tag_rules(cli, progress))
 
 
-def _apply_tag_rules(cli: CliContext) -> dict[str, int]:
+def _apply_tag_rules(cli: CliContext, progress: _ImportProgress | None = None) -> dict[str, int]:
     """Order-threshold and tier-entered auto-tags, set-based; WeCom learns them at `scrm sync tags`."""
     settings = cli.settings()
-    with cli.db().begin() as session:
-        return apply_aggregate_rules(session, TagRules.from_settings(settings), settings.tags.push_to_wecom)
+    rules = TagRules.from_settings(settings)
+    if progress:
+        progress.stage("auto-tagging", len(rules.rules), "rule")
+    try:
+        with cli.db().begin() as session:
+            return apply_aggregate_rules(session, rules, settings.tags.push_to_wecom,
+                                         progress=progress.advance if progress else None)
+    finally:
+        if progress:
+            progress.close()
 
 
 def _report_tags(added: dict[str, int]) -> None:
@@ -87,9 +143,12 @@ def _report_tags(added: dict[str, int]) -> None:
 
 
 @_import_command("import-customers")
-def import_customers_cmd(cli: CliContext, file: Path, errors_out: Path | None, no_progress: bool) -> None:
-    """Import customers: external_userid,name,follow_userid,added_at[,birthday]."""
-    _report(_import(cli, file, import_customers, "customers", not no_progress), errors_out)
+def import_customers_cmd(cli: CliContext, file: Path, errors_out: Path | None, encoding: str,
+                         no_progress: bool) -> None:
+    """Import customers: external_userid,name,follow_userid,added_at[,birthday] (added_at ISO 8601,
+    without an offset a local time in app.timezone). Exits 1 when every row is skipped."""
+    _report(_import(cli, file, import_customers, "customers", encoding.lower(),
+                    _ImportProgress("customers", not no_progress)), errors_out)
 
 
 def _as_of(value: str | None, cli: CliContext) -> date:

@@ -6,6 +6,7 @@ import click
 from sqlalchemy import select
 
 from bot.cli.context import CliContext, pass_cli, render_table
+from bot.cli.times import local_time, zoned
 from bot.models import ApiToken, utcnow
 from bot.web.api import new_token
 
@@ -34,21 +35,27 @@ def create(cli: CliContext, name: str) -> None:
 @token_group.command("list")
 @pass_cli
 def list_tokens(cli: CliContext) -> None:
+    """One line per token: name, created, last used, active or revoked."""
+    tz = cli.settings().tz
     with cli.db().sessions() as session:
         tokens = session.scalars(select(ApiToken).order_by(ApiToken.id))
-        rows = [[t.name, t.created_at.isoformat(timespec="seconds"),
-                 t.last_used_at.isoformat(timespec="seconds") if t.last_used_at else "-",
+        rows = [[t.name, local_time(t.created_at, tz, zone=False), local_time(t.last_used_at, tz, zone=False),
                  "revoked" if t.revoked_at else "active"] for t in tokens]
-    click.echo(render_table(["name", "created", "last used", "state"], rows) if rows else "no tokens")
+    headers = ["name", zoned("created", tz), zoned("last used", tz), "state"]
+    click.echo(render_table(headers, rows) if rows else "no tokens")
 
 
 @token_group.command("revoke")
 @click.argument("name")
 @pass_cli
 def revoke(cli: CliContext, name: str) -> None:
+    """Revoke a token: the API refuses it from now on. Exits 1 if it was already revoked."""
     with cli.db().begin() as session:
         token = session.scalar(select(ApiToken).where(ApiToken.name == name))
         if token is None:
             raise click.ClickException(f"no token named {name!r}")
-        token.revoked_at = token.revoked_at or utcnow()
+        if token.revoked_at is not None:
+            raise click.ClickException(f"token {name!r} was already revoked at "
+                                       f"{local_time(token.revoked_at, cli.settings().tz)}")
+        token.revoked_at = utcnow()
     click.echo(f"token {name!r} revoked")

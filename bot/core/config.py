@@ -8,6 +8,7 @@ this module in clear: ``repr`` and :meth:`Settings.redacted` mask them, and
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -25,6 +26,10 @@ from sqlalchemy.exc import ArgumentError
 
 ENV_PREFIX = "SCRM_"
 CONFIG_ENV = "SCRM_CONFIG"
+# SCRM_ variables that are not settings: the config file, and the test suite's and CI's own
+NON_SETTING_ENV = (CONFIG_ENV,)
+NON_SETTING_ENV_PREFIXES = ("SCRM_TEST_", "SCRM_CI_")
+DEFAULT_LOG_LEVEL = "INFO"  # app.log_level "": the services' level (one-shot commands choose their own)
 DEFAULT_WECOM_API_BASE_URL = "https://qyapi.weixin.qq.com/cgi-bin/"
 
 
@@ -40,7 +45,7 @@ def _secret() -> Any:
 class AppSettings:
     secret_key: str = _secret()
     timezone: str = "Asia/Shanghai"
-    log_level: str = "INFO"
+    log_level: str = ""
     public_url: str = ""
     brand_name: str = "本店"
     templates_dir: str = ""
@@ -406,26 +411,38 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """The settings given as SCRM_<SECTION>_<KEY>; any other SCRM_ variable is a mistake, as an unknown
+    TOML key is (a misspelt override would otherwise be ignored without a word)."""
+    names = {f"{ENV_PREFIX}{section}_{f.name}".upper(): (section, f.name)
+             for section, cls in _section_types().items() for f in fields(cls)}
     out: dict[str, dict[str, str]] = {}
-    for section, cls in _section_types().items():
-        for f in fields(cls):
-            name = f"{ENV_PREFIX}{section}_{f.name}".upper()
-            if name in environ:
-                out.setdefault(section, {})[f.name] = environ[name]
+    for variable, value in environ.items():
+        if variable in names:
+            section, key = names[variable]
+            out.setdefault(section, {})[key] = value
+        elif (variable.startswith(ENV_PREFIX) and variable not in NON_SETTING_ENV
+              and not variable.startswith(NON_SETTING_ENV_PREFIXES)):
+            raise ConfigError(f"unknown environment variable {variable}{_did_you_mean(variable, [*names, CONFIG_ENV])}")
     return out
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _merge(raw: dict[str, dict[str, Any]], incoming: Mapping[str, Any], origin: str) -> None:
     sections = _section_types()
     for section, values in incoming.items():
         if section not in sections:
-            raise ConfigError(f"unknown config section [{section}] in {origin}")
+            raise ConfigError(f"unknown config section [{section}] in {origin}{_did_you_mean(section, sections)}")
         if not isinstance(values, Mapping):
             raise ConfigError(f"[{section}] in {origin} must be a table of keys")
         known = {f.name for f in fields(sections[section])}
         for key, value in values.items():
             if key not in known:
-                raise ConfigError(f"unknown config key {section}.{key} in {origin}")
+                raise ConfigError(f"unknown config key {section}.{key} in {origin}"
+                                  + _did_you_mean(f"{section}.{key}", (f"{section}.{k}" for k in known)))
             raw[section][key] = value
 
 
@@ -501,8 +518,9 @@ _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 def validate(settings: Settings) -> None:
     _check_timezone(settings.app.timezone)
-    if settings.app.log_level.upper() not in _LOG_LEVELS:
-        raise ConfigError(f"app.log_level must be one of {sorted(_LOG_LEVELS)}, got {settings.app.log_level!r}")
+    if settings.app.log_level and settings.app.log_level.upper() not in _LOG_LEVELS:
+        raise ConfigError(f"app.log_level must be empty or one of {sorted(_LOG_LEVELS)}, "
+                          f"got {settings.app.log_level!r}")
     _check_sqlalchemy_url("database.url", settings.database.url)
     if settings.redis.url and urlsplit(settings.redis.url).scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError("redis.url must start with redis://, rediss:// or unix://")
@@ -652,13 +670,15 @@ class SecretRedactingFilter(logging.Filter):
         return _CREDENTIAL_PARAM.sub(r"\1=***", text)
 
 
-def install_secret_redaction(settings: Settings) -> None:
-    """Configure logging once and scrub this app's secrets from every handler's output."""
+def install_secret_redaction(settings: Settings, level: str | None = None) -> None:
+    """Configure logging once (to stderr) at ``level`` (default: app.log_level, else INFO) and scrub
+    this app's secrets from every handler's output."""
+    level = (level or settings.app.log_level or DEFAULT_LOG_LEVEL).upper()
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root.setLevel(settings.app.log_level.upper())
-    if settings.app.log_level.upper() != "DEBUG":
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # stream: stderr
+    root.setLevel(level)
+    if level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
     secrets = settings.secret_values()

@@ -193,7 +193,8 @@ def job_table(settings: Settings, db: Database) -> list[list[str]]:
             job = scheduler.get_job(spec.id)
             trigger = job.trigger if job else spec.trigger(settings)
             next_run = job.next_run_time if job else trigger.get_next_fire_time(None, datetime.now(settings.tz))
-            shown = next_run.strftime("%Y-%m-%d %H:%M:%S %Z") if next_run else "-"
+            # the zone's name: "%Z" gives "CST", which is also America/Chicago's
+            shown = f"{next_run.astimezone(settings.tz):%Y-%m-%d %H:%M:%S} {settings.tz.key}" if next_run else "-"
             rows.append([spec.id, str(trigger), shown + ("" if job else " (not yet stored)"), spec.description])
         return rows
     finally:

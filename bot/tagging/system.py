@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -119,14 +120,17 @@ def apply_rules(session: Session, rules: TagRules, customer_id: int, kind: str, 
 
 
 def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True,
-                          customer_ids: list[int] | None = None) -> dict[str, int]:
+                          customer_ids: list[int] | None = None,
+                          progress: Callable[[str], None] | None = None) -> dict[str, int]:
     """Order-threshold and tier rules for every customer (or the given ones) at once: one
     INSERT … SELECT per rule over the indexed aggregates, no Python loop over customers.
-    Returns tags added per rule."""
+    Returns tags added per rule; ``progress`` is told each rule's name once it is done."""
     added: dict[str, int] = {}
     for rule in rules.rules:
         condition = _aggregate_condition(rule)
         if condition is None:
+            if progress:
+                progress(rule.name)
             continue
         tag = ensure_tag(session, canonical_ref(session, rules, rule.tag))
         already = exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.tag_id == tag.id)
@@ -142,6 +146,8 @@ def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True,
         session.execute(insert(CustomerTag.__table__).from_select(
             ["customer_id", "tag_id", "source", "rule", "added_at", "push_state"], source))
         added[rule.name] = (session.scalar(count) or 0) - before
+        if progress:
+            progress(rule.name)
     return added
 
 

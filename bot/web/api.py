@@ -80,7 +80,7 @@ def _orders_payload() -> list[Any]:
 
 @bp.post("/orders")
 def post_orders() -> Response:
-    """Each order: order_id, external_userid, amount (元), paid_at (ISO 8601 with offset), status.
+    """Each order: order_id, external_userid, amount (元), paid_at (ISO 8601; no offset = app.timezone), status.
     Answers one result per order, in order: inserted / updated / unchanged / error."""
     settings = current_app.extensions["scrm.settings"]
     db = current_app.extensions["scrm.db"]
