@@ -79,6 +79,9 @@ class WeComSettings:
 @dataclass(frozen=True)
 class WebhookSettings:
     max_body_bytes: int = 256 * 1024
+    # WeCom waits about 5 s for an answer, then retries: storing an event waits this long for a
+    # database lock before answering 503 (WeCom retries; nothing unstored is acknowledged).
+    store_timeout_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -505,6 +508,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("redis.url must start with redis://, rediss:// or unix://")
     _check_wecom(settings.wecom)
     _check_positive("webhook.max_body_bytes", settings.webhook.max_body_bytes)
+    _check_positive("webhook.store_timeout_seconds", settings.webhook.store_timeout_seconds)
     for f in fields(settings.worker):
         if f.name != "enabled":
             _check_positive(f"worker.{f.name}", getattr(settings.worker, f.name))
