@@ -203,6 +203,8 @@ class OutboxSettings:
     weekly_cap: int = 3
     mass_message_rule: str = "days_in_month"
     remind_after_hours: int = 4
+    # Attempts in all for a welcome or kf message whose send got no answer (see config.example.toml).
+    resend_attempts: int = 3
 
 
 def _default_coupon_definitions() -> list[dict[str, Any]]:
@@ -605,6 +607,8 @@ def _check_campaigns(settings: Settings) -> None:
     _check_positive("broadcasts.dispatch_minutes", b.dispatch_minutes)
     _check_positive("sequences.run_every_minutes", settings.sequences.run_every_minutes)
     _check_positive("wecom.rate_limit_per_minute", settings.wecom.rate_limit_per_minute)
+    if settings.outbox.resend_attempts < 1:
+        raise ConfigError("outbox.resend_attempts must be at least 1")
     if settings.outbox.remind_after_hours < 0:
         raise ConfigError("outbox.remind_after_hours must not be negative")
 
