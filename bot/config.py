@@ -92,7 +92,8 @@ class WorkerSettings:
     max_attempts: int = 8
     backoff_base_seconds: float = 10.0
     backoff_max_seconds: float = 3600.0
-    lease_seconds: float = 300.0
+    # A claim not renewed for this long is a dead worker's; live workers renew every third of it.
+    lease_seconds: float = 6.0
 
 
 def _default_value_rules() -> list[dict[str, Any]]:
@@ -607,6 +608,7 @@ def _check_campaigns(settings: Settings) -> None:
     _check_positive("broadcasts.dispatch_minutes", b.dispatch_minutes)
     _check_positive("sequences.run_every_minutes", settings.sequences.run_every_minutes)
     _check_positive("wecom.rate_limit_per_minute", settings.wecom.rate_limit_per_minute)
+    _check_positive("worker.lease_seconds", settings.worker.lease_seconds)
     if settings.outbox.resend_attempts < 1:
         raise ConfigError("outbox.resend_attempts must be at least 1")
     if settings.outbox.remind_after_hours < 0:

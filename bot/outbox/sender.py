@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import requests
@@ -24,6 +25,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.config import Settings
 from bot.db import Database
+from bot.lease import LeaseKeeper
 from bot.models import OutboxMessage, utcnow
 
 logger = logging.getLogger(__name__)
@@ -95,9 +97,10 @@ class OutboxSender:
     # ------------------------------------------------------------ one row
 
     def send_one(self, outbox_id: int) -> str | None:
-        row = self._claim(outbox_id)
-        if row is None:
+        claim = self._claim(outbox_id)
+        if claim is None:
             return None
+        row, claimed_at = claim
         if row.expires_at is not None and self.clock() > row.expires_at and _after_unanswered(row):
             return self._finish(outbox_id, "failed", f"{UNANSWERED} on attempt {row.attempts - 1}; the "
                                                      f"{row.channel} window closed at {row.expires_at:%H:%M:%S} UTC "
@@ -108,7 +111,10 @@ class OutboxSender:
         if self.clients is None:
             return self._finish(outbox_id, "failed", "WeCom is not configured (wecom.corp_id / secret)")
         try:
-            answer = self._call(row)
+            # Renewed while WeCom takes its time, so recover_stale only resumes a dead sender's rows.
+            with LeaseKeeper(partial(self._renew, outbox_id), claimed_at, self.clock,
+                             self.settings.worker.lease_seconds, f"outbox {outbox_id}"):
+                answer = self._call(row)
         except WeChatClientException as exc:
             if exc.errcode == WELCOME_BUSY and row.channel == "welcome" and row.attempts < 2:
                 self.sleep(1.0)
@@ -162,13 +168,23 @@ class OutboxSender:
             return self.clients.app.message.send_text(agent_id, row.recipient, content["text"])
         raise WeChatClientException(-2, f"channel {row.channel} is not sent by this sender")
 
-    def _claim(self, outbox_id: int) -> OutboxMessage | None:
+    def _claim(self, outbox_id: int) -> tuple[OutboxMessage, datetime] | None:
+        """The claimed row and the claim's time stamp (its lease token)."""
+        now = self.clock()
         with self.db.begin() as session:
             claimed = session.execute(
                 update(OutboxMessage).where(OutboxMessage.id == outbox_id, OutboxMessage.status == "pending")
-                .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=self.clock())
+                .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=now)
             ).rowcount
-            return session.get(OutboxMessage, outbox_id) if claimed == 1 else None
+            row = session.get(OutboxMessage, outbox_id) if claimed == 1 else None
+            return (row, now) if row is not None else None
+
+    def _renew(self, outbox_id: int, held: datetime, new: datetime) -> bool:
+        with self.db.begin() as session:
+            return session.execute(
+                update(OutboxMessage).where(OutboxMessage.id == outbox_id, OutboxMessage.status == "sending",
+                                            OutboxMessage.updated_at == held).values(updated_at=new)
+            ).rowcount == 1
 
     def _release(self, outbox_id: int, reason: str | None = None) -> None:
         values: dict[str, Any] = {"status": "pending"}
