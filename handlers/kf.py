@@ -177,7 +177,9 @@ def _reply(ctx: HandlerContext, customer: Customer, conversation: KfConversation
     if reason:
         enqueue(ctx.session, **base, status="skipped", reason=reason)
         return
-    row = enqueue(ctx.session, **base)
+    # The 48-hour window bounds sending (and a resend after an unanswered attempt).
+    window_ends = conversation.last_customer_message_at + timedelta(hours=ctx.settings.kf.window_hours)
+    row = enqueue(ctx.session, **base, expires_at=window_ends)
     if row is not None:
         conversation.sent_since_customer_message += 1
         conversation.last_reply_at = now

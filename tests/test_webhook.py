@@ -241,3 +241,43 @@ def test_unconfigured_webhook_refuses_with_503(database_url, callbacks):
         assert response.status_code == 503
     finally:
         app.extensions["scrm.db"].dispose()
+
+
+def test_locked_database_gets_a_503_within_the_store_timeout_and_the_retry_is_stored(
+        overrides, database_url, callbacks, caplog):
+    """SQLite write-locked by a long job: the webhook used to hold WeCom's request for the 30 s busy
+    timeout (WeCom gives up after ~5 s). It answers 503 within webhook.store_timeout_seconds,
+    stores nothing, and WeCom's retry is stored once the lock is gone."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("holds an SQLite write lock")
+    import sqlite3
+    import time
+
+    app = create_app({**overrides, "webhook": {"store_timeout_seconds": 0.3}}, environ={}, start_worker=False)
+    db = app.extensions["scrm.db"]
+    client = Callbacks(app.test_client(), callbacks.corp)
+    event = contact_event()
+    blocker = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="bot.inbox.webhook"):
+            response = client.post(event)
+        elapsed = time.monotonic() - started
+        blocker.execute("ROLLBACK")
+        assert response.status_code == 503
+        assert elapsed < 3.0
+        assert "database is locked" in caplog.text
+        assert event["ExternalUserID"] not in caplog.text
+        assert count(db) == 0
+        assert client.post(event).status_code == 200
+        assert count(db) == 1
+    finally:
+        blocker.close()
+        db.dispose()
+
+
+def test_default_store_timeout_answers_before_wecom_gives_up():
+    from bot.core.config import WebhookSettings
+
+    assert WebhookSettings().store_timeout_seconds <= 3.0

@@ -84,6 +84,9 @@ class WeComSettings:
 @dataclass(frozen=True)
 class WebhookSettings:
     max_body_bytes: int = 256 * 1024
+    # WeCom waits about 5 s for an answer, then retries: storing an event waits this long for a
+    # database lock before answering 503 (WeCom retries; nothing unstored is acknowledged).
+    store_timeout_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,8 @@ class WorkerSettings:
     max_attempts: int = 8
     backoff_base_seconds: float = 10.0
     backoff_max_seconds: float = 3600.0
-    lease_seconds: float = 300.0
+    # A claim not renewed for this long is a dead worker's; live workers renew every third of it.
+    lease_seconds: float = 6.0
 
 
 def _default_value_rules() -> list[dict[str, Any]]:
@@ -205,6 +209,8 @@ class OutboxSettings:
     weekly_cap: int = 3
     mass_message_rule: str = "days_in_month"
     remind_after_hours: int = 4
+    # Attempts in all for a welcome or kf message whose send got no answer (see config.example.toml).
+    resend_attempts: int = 3
 
 
 def _default_coupon_definitions() -> list[dict[str, Any]]:
@@ -526,6 +532,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("redis.url must start with redis://, rediss:// or unix://")
     _check_wecom(settings.wecom)
     _check_positive("webhook.max_body_bytes", settings.webhook.max_body_bytes)
+    _check_positive("webhook.store_timeout_seconds", settings.webhook.store_timeout_seconds)
     for f in fields(settings.worker):
         if f.name != "enabled":
             _check_positive(f"worker.{f.name}", getattr(settings.worker, f.name))
@@ -587,6 +594,9 @@ def _check_campaigns(settings: Settings) -> None:
     _check_positive("broadcasts.dispatch_minutes", b.dispatch_minutes)
     _check_positive("sequences.run_every_minutes", settings.sequences.run_every_minutes)
     _check_positive("wecom.rate_limit_per_minute", settings.wecom.rate_limit_per_minute)
+    _check_positive("worker.lease_seconds", settings.worker.lease_seconds)
+    if settings.outbox.resend_attempts < 1:
+        raise ConfigError("outbox.resend_attempts must be at least 1")
     if settings.outbox.remind_after_hours < 0:
         raise ConfigError("outbox.remind_after_hours must not be negative")
 

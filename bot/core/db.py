@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,6 +32,23 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def begin_bounded(self, lock_wait_seconds: float) -> Iterator[Session]:
+        """Like :meth:`begin`, but a statement waits at most ``lock_wait_seconds`` for another writer's
+        lock and then raises ``OperationalError``: for a request that must answer before its caller
+        gives up. Elsewhere the 30 s wait rides out long imports and re-tiers."""
+        with self.sessions() as session, session.begin():
+            connection = session.connection()
+            millis = max(1, int(lock_wait_seconds * 1000))
+            if connection.dialect.name == "sqlite":
+                with _sqlite_busy_timeout(connection, millis):
+                    yield session
+            else:
+                # Transaction-scoped (SET LOCAL): gone at commit or rollback.
+                connection.execute(text("SELECT set_config('lock_timeout', :ms, true), "
+                                        "set_config('statement_timeout', :ms, true)"), {"ms": f"{millis}ms"})
+                yield session
+
     def upgrade(self) -> None:
         upgrade_schema(self.engine)
 
@@ -41,6 +58,20 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _sqlite_busy_timeout(connection: Connection, millis: int) -> Iterator[None]:
+    """SQLite's busy timeout is per connection, not per transaction: set it for this block, then put
+    the pool's default back before the connection is reused."""
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    before = dbapi_connection.execute("PRAGMA busy_timeout").fetchone()[0]
+    dbapi_connection.execute(f"PRAGMA busy_timeout={int(millis)}")
+    try:
+        yield
+    finally:
+        dbapi_connection.execute(f"PRAGMA busy_timeout={int(before)}")
 
 
 def make_engine(url: str, echo: bool = False) -> Engine:

@@ -12,6 +12,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -19,6 +20,7 @@ from wechatpy.work import parse_message
 
 from bot.core.config import Settings
 from bot.core.db import Database
+from bot.core.lease import LeaseKeeper
 from bot.inbox.dispatcher import Dispatcher, HandlerContext
 from bot.inbox.xmlsafe import parse_flat_xml
 from bot.models import InboxEvent, utcnow
@@ -87,9 +89,20 @@ class InboxProcessor:
     # ------------------------------------------------------------ one event
 
     def process(self, event_id: int) -> str | None:
-        """Claim and handle one event; returns its new status, or None if another worker has it."""
-        if not self._claim(event_id):
+        """Claim and handle one event; returns its new status, or None if another worker has it.
+        The claim is renewed while the event is handled, so only a dead worker's event is taken over."""
+        claimed_at = self._claim(event_id)
+        if claimed_at is None:
             return None
+        with LeaseKeeper(partial(self._renew, event_id), claimed_at, self.clock,
+                         self.settings.worker.lease_seconds, f"inbox event {event_id}"):
+            status, error = self._handle(event_id)
+        # Recorded after the keeper stopped: a renewal racing the final write would look like a takeover.
+        return self._fail(event_id, error) if error is not None else self._finish(event_id, status)
+
+    def _handle(self, event_id: int) -> tuple[str, BaseException | None]:
+        """Run the event's handlers and send what they queued: ("handled" | "unhandled", None) or
+        ("failed", the error)."""
         with self.db.sessions() as session:
             row = session.get(InboxEvent, event_id)
             assert row is not None
@@ -99,7 +112,7 @@ class InboxProcessor:
         if not handlers:
             logger.info("inbox event %d (%s/%s/%s) has no handler; kept as unhandled",
                         event_id, msg_type, event, change_type)
-            return self._finish(event_id, "unhandled")
+            return "unhandled", None
         # Handlers may commit part of their work (HandlerContext.checkpoint); the rest commits here.
         with self.db.sessions() as session:
             ctx = HandlerContext(session=session, settings=self.settings, fields={}, inbox_event_id=event_id,
@@ -114,11 +127,12 @@ class InboxProcessor:
             except Exception as exc:  # noqa: BLE001 - any handler error is recorded and retried
                 session.rollback()
                 ctx.send_now.clear()
-                return self._fail(event_id, exc)
+                return "failed", exc
         ctx.flush_sends()
-        return self._finish(event_id, "handled")
+        return "handled", None
 
-    def _claim(self, event_id: int) -> bool:
+    def _claim(self, event_id: int) -> datetime | None:
+        """The claim's time stamp (its token), or None if the event is not claimable."""
         now = self.clock()
         with self.db.begin() as session:
             result = session.execute(
@@ -126,7 +140,15 @@ class InboxProcessor:
                 .where(InboxEvent.id == event_id, self._claimable(now))
                 .values(status="processing", locked_at=now, attempts=InboxEvent.attempts + 1)
             )
-            return result.rowcount == 1
+            return now if result.rowcount == 1 else None
+
+    def _renew(self, event_id: int, held: datetime, new: datetime) -> bool:
+        with self.db.begin() as session:
+            return session.execute(
+                update(InboxEvent)
+                .where(InboxEvent.id == event_id, InboxEvent.status == "processing", InboxEvent.locked_at == held)
+                .values(locked_at=new)
+            ).rowcount == 1
 
     def _finish(self, event_id: int, status: str) -> str:
         with self.db.begin() as session:

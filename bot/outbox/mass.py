@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select, update
 from wechatpy.exceptions import WeChatClientException
 
 from bot.core.db import Database
+from bot.core.lease import LeaseKeeper
 from bot.models import Customer, MassReminder, OutboxMessage, utcnow
 from bot.outbox.policy import ContactPolicy
 
@@ -24,7 +26,7 @@ CLOCK_MARGIN = timedelta(minutes=1)
 
 
 def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolicy,
-                         now: datetime | None = None) -> Counter[str]:
+                         now: datetime | None = None, lease_seconds: float = 300.0) -> Counter[str]:
     now = now or utcnow()
     outcome: Counter[str] = Counter()
     if policy.in_quiet_hours(now):
@@ -47,10 +49,23 @@ def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolic
         ids = [i for members in groups.values() for i, _ in members]
         session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.status == "pending")
                         .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=now))
-    for (sender, text), members in groups.items():
-        for start in range(0, len(members), MAX_RECIPIENTS):
-            _submit(db, contact_client, sender, text, members[start:start + MAX_RECIPIENTS], outcome)
+    # The claim is renewed while the groups are submitted: resolve_interrupted must only look up
+    # a dead run's rows (its "not found" would send again what this run is about to submit).
+    with LeaseKeeper(partial(_renew, db), now, utcnow, lease_seconds, "mass messages"):
+        for (sender, text), members in groups.items():
+            for start in range(0, len(members), MAX_RECIPIENTS):
+                _submit(db, contact_client, sender, text, members[start:start + MAX_RECIPIENTS], outcome)
     return outcome
+
+
+def _renew(db: Database, held: datetime, new: datetime) -> bool:
+    """Restamp this run's rows still "sending" (they carry its claim time). Rows already submitted
+    need no lease, so finding none left is not a lost claim."""
+    with db.begin() as session:
+        session.execute(update(OutboxMessage).where(
+            OutboxMessage.channel == "mass_message", OutboxMessage.status == "sending",
+            OutboxMessage.updated_at == held).values(updated_at=new))
+    return True
 
 
 def _submit(db: Database, client: Any, sender: str, text: str, members: list[tuple[int, str]],

@@ -2,9 +2,11 @@
 
 pending → sending → sent | failed | skipped. A row is claimed with a conditional UPDATE and the
 claim committed before WeCom is called, so two senders never send one row. A call that gets no
-answer is not repeated blindly: its outcome is unknown, and the row says so. Rows left "sending"
-by a crash are resumed only on channels where a resend cannot duplicate (the kf ``msgid`` and
-the welcome code are single-use on WeCom's side).
+answer (or a row a crash left "sending") is sent again only on channels where a resend cannot
+duplicate — the kf ``msgid`` and the welcome / event codes are single-use on WeCom's side — while
+the message's window lasts and for at most ``outbox.resend_attempts`` attempts; WeCom refusing
+such a resend as "already used" means the unanswered attempt delivered it. Other channels are
+never repeated blindly: their outcome is unknown, and the row says so.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import requests
@@ -22,6 +25,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.core.config import Settings
 from bot.core.db import Database
+from bot.core.lease import LeaseKeeper
 from bot.models import OutboxMessage, utcnow
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,11 @@ EXPLAINED = {
     95002: "the kf event code was already used or is older than 20 seconds",
     95000: "the kf account does not exist",
 }
+# WeCom's answer to a resend of something it already has: the welcome code or event code is used up.
+# For a kf msgid WeCom's code is unconfirmed (the sandbox answers 40058 naming the msgid).
+ALREADY_USED = {"welcome": frozenset({41051}), "kf_event": frozenset({95002}), "kf": frozenset({40058})}
+# Marks a row whose last attempt got no answer: WeCom may have it already (see ALREADY_USED).
+UNANSWERED = "no answer from WeCom"
 
 
 class OutboxSender:
@@ -73,8 +82,13 @@ class OutboxSender:
                                                                OutboxMessage.channel != "mass_message",
                                                                OutboxMessage.updated_at < stale)).all()
             for row in rows:
-                if row.channel in RESENDABLE:
-                    row.status, row.reason = "pending", "resumed after an interrupted send"
+                if row.channel in RESENDABLE and row.attempts < self.settings.outbox.resend_attempts:
+                    row.status = "pending"
+                    row.reason = f"{UNANSWERED}: interrupted while sending (attempt {row.attempts}); resending"
+                elif row.channel in RESENDABLE:
+                    row.status = "failed"
+                    row.reason = (f"interrupted while sending; outcome unknown after {row.attempts} attempts, "
+                                  "not resent again")
                 else:
                     row.status = "failed"
                     row.reason = "interrupted while sending; outcome unknown, not resent"
@@ -83,30 +97,58 @@ class OutboxSender:
     # ------------------------------------------------------------ one row
 
     def send_one(self, outbox_id: int) -> str | None:
-        row = self._claim(outbox_id)
-        if row is None:
+        claim = self._claim(outbox_id)
+        if claim is None:
             return None
+        row, claimed_at = claim
+        if row.expires_at is not None and self.clock() > row.expires_at and _after_unanswered(row):
+            return self._finish(outbox_id, "failed", f"{UNANSWERED} on attempt {row.attempts - 1}; the "
+                                                     f"{row.channel} window closed at {row.expires_at:%H:%M:%S} UTC "
+                                                     "before the resend, outcome unknown")
         if row.expires_at is not None and self.clock() > row.expires_at:
             return self._finish(outbox_id, "skipped", f"{row.channel} window passed before sending "
                                                       f"(deadline {row.expires_at:%H:%M:%S} UTC)")
         if self.clients is None:
             return self._finish(outbox_id, "failed", "WeCom is not configured (wecom.corp_id / secret)")
         try:
-            answer = self._call(row)
+            # Renewed while WeCom takes its time, so recover_stale only resumes a dead sender's rows.
+            with LeaseKeeper(partial(self._renew, outbox_id), claimed_at, self.clock,
+                             self.settings.worker.lease_seconds, f"outbox {outbox_id}"):
+                answer = self._call(row)
         except WeChatClientException as exc:
             if exc.errcode == WELCOME_BUSY and row.channel == "welcome" and row.attempts < 2:
                 self.sleep(1.0)
                 self._release(outbox_id)
                 return self.send_one(outbox_id)
+            if _delivered_by_unanswered_attempt(row, exc):
+                logger.info("outbox %d (%s): WeCom already has it from the unanswered attempt", outbox_id, row.channel)
+                return self._finish(outbox_id, "sent", f"WeCom {exc.errcode} on the resend: the attempt that got no "
+                                                       "answer delivered it", wecom_msgid=row.content.get("msgid"))
             explained = EXPLAINED.get(exc.errcode, exc.errmsg)
+            if _after_unanswered(row):
+                explained += " (after an unanswered attempt, which may have delivered it)"
             logger.warning("outbox %d (%s) refused by WeCom: %s %s", outbox_id, row.channel, exc.errcode, explained)
             return self._finish(outbox_id, "failed", f"WeCom {exc.errcode}: {explained}")
         except requests.RequestException as exc:
-            logger.error("outbox %d (%s): no answer from WeCom (%s)", outbox_id, row.channel, type(exc).__name__)
-            return self._finish(outbox_id, "failed", f"no answer from WeCom ({type(exc).__name__}); "
-                                                     "outcome unknown, not resent")
+            return self._unanswered(row, type(exc).__name__)
         return self._finish(outbox_id, "sent", None, wecom_msgid=str(answer.get("msgid") or row.content.get("msgid")
                                                                       or "") or None)
+
+    def _unanswered(self, row: OutboxMessage, error: str) -> str | None:
+        """No answer (timeout, connection lost): resend a single-use message while its window lasts
+        and attempts remain; anything else keeps an unknown outcome rather than risk a duplicate."""
+        limit = self.settings.outbox.resend_attempts
+        logger.error("outbox %d (%s): no answer from WeCom (%s), attempt %d", row.id, row.channel, error, row.attempts)
+        if row.channel not in RESENDABLE:
+            return self._finish(row.id, "failed", f"{UNANSWERED} ({error}); outcome unknown, not resent")
+        if row.attempts >= limit:
+            return self._finish(row.id, "failed", f"{UNANSWERED} ({error}) in {row.attempts} attempts; "
+                                                  "outcome unknown, not resent again")
+        if row.expires_at is not None and self.clock() > row.expires_at:
+            return self._finish(row.id, "failed", f"{UNANSWERED} ({error}); the {row.channel} window closed at "
+                                                  f"{row.expires_at:%H:%M:%S} UTC, so it was not resent")
+        self._release(row.id, f"{UNANSWERED} ({error}) on attempt {row.attempts} of {limit}; resending")
+        return self.send_one(row.id)
 
     def _call(self, row: OutboxMessage) -> dict[str, Any]:
         content, text = row.content, {"content": row.content["text"]}
@@ -126,17 +168,30 @@ class OutboxSender:
             return self.clients.app.message.send_text(agent_id, row.recipient, content["text"])
         raise WeChatClientException(-2, f"channel {row.channel} is not sent by this sender")
 
-    def _claim(self, outbox_id: int) -> OutboxMessage | None:
+    def _claim(self, outbox_id: int) -> tuple[OutboxMessage, datetime] | None:
+        """The claimed row and the claim's time stamp (its lease token)."""
+        now = self.clock()
         with self.db.begin() as session:
             claimed = session.execute(
                 update(OutboxMessage).where(OutboxMessage.id == outbox_id, OutboxMessage.status == "pending")
-                .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=self.clock())
+                .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=now)
             ).rowcount
-            return session.get(OutboxMessage, outbox_id) if claimed == 1 else None
+            row = session.get(OutboxMessage, outbox_id) if claimed == 1 else None
+            return (row, now) if row is not None else None
 
-    def _release(self, outbox_id: int) -> None:
+    def _renew(self, outbox_id: int, held: datetime, new: datetime) -> bool:
         with self.db.begin() as session:
-            session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(status="pending"))
+            return session.execute(
+                update(OutboxMessage).where(OutboxMessage.id == outbox_id, OutboxMessage.status == "sending",
+                                            OutboxMessage.updated_at == held).values(updated_at=new)
+            ).rowcount == 1
+
+    def _release(self, outbox_id: int, reason: str | None = None) -> None:
+        values: dict[str, Any] = {"status": "pending"}
+        if reason is not None:
+            values["reason"] = reason
+        with self.db.begin() as session:
+            session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(**values))
 
     def _finish(self, outbox_id: int, status: str, reason: str | None, wecom_msgid: str | None = None) -> str:
         with self.db.begin() as session:
@@ -145,3 +200,14 @@ class OutboxSender:
                 values.update(sent_at=self.clock(), wecom_msgid=wecom_msgid)
             session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(**values))
         return status
+
+
+def _after_unanswered(row: OutboxMessage) -> bool:
+    return row.attempts > 1 and (row.reason or "").startswith(UNANSWERED)
+
+
+def _delivered_by_unanswered_attempt(row: OutboxMessage, exc: WeChatClientException) -> bool:
+    """A single-use message refused as already used right after an attempt that got no answer."""
+    if not _after_unanswered(row) or exc.errcode not in ALREADY_USED.get(row.channel, frozenset()):
+        return False
+    return row.channel != "kf" or "msgid" in str(exc.errmsg).lower()

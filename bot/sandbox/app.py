@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from flask import Flask, Response, request
@@ -34,6 +35,15 @@ def _handle(state: SandboxState, path: str) -> dict[str, Any]:
     entry = {"ts": state.now(), "method": request.method, "path": path,
              "params": {k: v for k, v in params.items() if k not in ("access_token", "corpsecret")},
              "body": body, "role": None}
+    with state.lock:
+        delay = state.take_delay(path)
+    if delay and delay[1] == "drop":
+        # Lost on the way: WeCom never sees the call, and the caller gets no answer in time.
+        entry.update(errcode=None, dropped=True)
+        with state.lock:
+            state.record_call(entry)
+        time.sleep(delay[0])
+        return {"errcode": -1, "errmsg": "dropped by the sandbox"}
     try:
         with state.lock:
             result = _route(state, path, params, body, entry)
@@ -42,6 +52,8 @@ def _handle(state: SandboxState, path: str) -> dict[str, Any]:
     entry["errcode"] = errcode
     with state.lock:
         state.record_call(entry)
+    if delay:
+        time.sleep(delay[0])  # done, but the answer comes too late for a caller's timeout
     return result
 
 

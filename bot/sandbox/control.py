@@ -156,6 +156,19 @@ def faults() -> Response:
     return jsonify(ok=True)
 
 
+@bp.post("/delays")
+def delays() -> Response:
+    """Make the next ``count`` calls to ``path`` answer only after ``seconds``. ``mode`` "late"
+    (default): WeCom did the call and the answer is late; "drop": the call never reached WeCom."""
+    a, state = _args(), _state()
+    mode = str(a.get("mode", "late"))
+    if mode not in ("late", "drop"):
+        raise WeComError(40058, "mode is late or drop")
+    with state.lock:
+        state.delays[a["path"]].extend([(float(a["seconds"]), mode)] * int(a.get("count", 1)))
+    return jsonify(ok=True)
+
+
 @bp.post("/tokens/expire")
 def expire_tokens() -> Response:
     with _state().lock:

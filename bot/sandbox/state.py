@@ -77,6 +77,8 @@ class SandboxState:
     moments: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     faults: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    # path → queued (seconds, mode): "late" does the call then answers late, "drop" never does it.
+    delays: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     delivery_bodies: dict[int, tuple[dict[str, str], str]] = field(default_factory=dict)
 
@@ -110,6 +112,10 @@ class SandboxState:
         for token, (role, _) in list(self.tokens.items()):
             self.tokens[token] = (role, self.now() - 1)
         return len(self.tokens)
+
+    def take_delay(self, path: str) -> tuple[float, str] | None:
+        queue = self.delays.get(path)
+        return queue.pop(0) if queue else None
 
     def take_fault(self, path: str) -> int | None:
         queue = self.faults.get(path)

@@ -193,7 +193,8 @@ def mass_send() -> dict[str, int]:
     if rt.clients is None:
         return {}
     resolved = resolve_interrupted(rt.db, rt.clients.contact, rt.settings.worker.lease_seconds)
-    submitted = submit_mass_messages(rt.db, rt.clients.contact, ContactPolicy.from_settings(rt.settings))
+    submitted = submit_mass_messages(rt.db, rt.clients.contact, ContactPolicy.from_settings(rt.settings),
+                                     lease_seconds=rt.settings.worker.lease_seconds)
     return dict(submitted + Counter({f"interrupted_{k}": v for k, v in resolved.items()}))
 
 

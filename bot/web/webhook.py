@@ -1,4 +1,5 @@
-"""``GET/POST /wecom/callback``: verify, decrypt, store durably, then answer 200.
+"""``GET/POST /wecom/callback``: verify, decrypt, store durably, then answer 200 — or 503 within
+``webhook.store_timeout_seconds`` when the database cannot take the event (WeCom then retries).
 
 Nothing else happens on the request thread: the worker is only woken. No freshness rule is
 applied to ``timestamp`` because WeCom's retries resend the original, authentic request.
@@ -10,6 +11,7 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from sqlalchemy.exc import OperationalError
 
 from bot.inbox.crypto import CallbackRejected, Keyring
 from bot.inbox.store import store_event
@@ -46,8 +48,13 @@ def receive() -> Response:
     plain = _keyring().decrypt(encrypt, signature, timestamp, nonce)
     fields = _parse(plain, "decrypted message")
     db = current_app.extensions["scrm.db"]
-    with db.begin() as session:
-        result = store_event(session, fields, plain)
+    try:
+        with db.begin_bounded(current_app.extensions["scrm.settings"].webhook.store_timeout_seconds) as session:
+            result = store_event(session, fields, plain)
+    except OperationalError as exc:
+        # Locked (or unreachable) database: answer before WeCom's ~5 s limit; its retry stores the event.
+        logger.warning("callback not stored, answered 503 for WeCom to retry: %s", _db_reason(exc))
+        return Response("inbox busy; retry", status=503, mimetype="text/plain")
     logger.info(
         "callback %s stored as inbox event %d%s",
         "/".join(str(fields.get(k)) for k in ("MsgType", "Event", "ChangeType") if fields.get(k)),
@@ -57,6 +64,13 @@ def receive() -> Response:
     if (not result.duplicate or result.requeued) and "scrm.worker" in current_app.extensions:
         current_app.extensions["scrm.worker"].wake()
     return Response("", status=200, mimetype="text/plain")
+
+
+def _db_reason(exc: OperationalError) -> str:
+    """The driver's first line ("database is locked", "canceling statement due to lock timeout"),
+    never SQLAlchemy's full text, which quotes the parameters (the decrypted event)."""
+    original = exc.orig if exc.orig is not None else exc
+    return f"{type(original).__name__}: {str(original).splitlines()[0][:200] if str(original) else ''}"
 
 
 def _keyring() -> Keyring:
