@@ -663,7 +663,8 @@ _CREDENTIAL_PARAM = re.compile(r"\b(access_token|corpsecret|jsapi_ticket|ticket|
 
 
 class SecretRedactingFilter(logging.Filter):
-    """Replace every configured secret value in a log record with ``***``."""
+    """Replace every configured secret value in a log record with ``***``, and mask the personal data
+    that can be recognised (:func:`bot.privacy.mask_personal_data`)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
@@ -679,13 +680,16 @@ class SecretRedactingFilter(logging.Filter):
         return True
 
     def _scrub(self, text: str) -> str:
+        from bot.privacy import mask_personal_data  # stdlib only; imported here as config's other helpers are
+
         for secret in self.secrets:
             text = text.replace(secret, "***")
-        return _CREDENTIAL_PARAM.sub(r"\1=***", text)
+        return mask_personal_data(_CREDENTIAL_PARAM.sub(r"\1=***", text))
 
 
 def install_secret_redaction(settings: Settings) -> None:
-    """Configure logging once and scrub this app's secrets from every handler's output."""
+    """Configure logging once and scrub this app's secrets and recognisable personal data from every
+    handler's output."""
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")

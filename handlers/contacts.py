@@ -16,6 +16,7 @@ from bot.interactions import add_interaction
 from bot.messages import customer_vars, tier_keys
 from bot.models import Customer, CustomerTag, Follow, Staff, Tag, utcnow
 from bot.outbox import enqueue
+from bot.privacy import masked
 from bot.tagging.rules import TagRef
 from bot.tagging.sync import push_pending, tag_from_wecom
 from bot.tagging.system import apply_rules, canonical_ref, ensure_tag, resolve, tag_customer, untag_customer
@@ -104,7 +105,7 @@ def transfer_failed(event: Any, ctx: HandlerContext) -> None:
     reason = str(ctx.fields.get("FailReason") or "unknown")
     record_interaction(ctx, customer, "transfer_fail", f"transfer_fail:{userid}:{external_userid}:"
                        f"{ctx.fields.get('CreateTime')}", userid, {"fail_reason": reason}, touch=False)
-    ctx.log.warning("transfer of customer %s to %s failed: %s", external_userid, userid, reason)
+    ctx.log.warning("transfer of customer %s to %s failed: %s", customer.id, masked(userid), reason)
 
 
 # ------------------------------------------------------------------ welcome and alerts
@@ -153,7 +154,7 @@ def push_customer_tags(ctx: HandlerContext, customer: Customer) -> None:
     ctx.session.flush()
     result = push_pending(ctx.session, ctx.clients.contact, customer_ids=[customer.id])
     if result.errors:
-        ctx.log.warning("tags of customer %s not yet in WeCom: %s", customer.external_userid, result.errors[0])
+        ctx.log.warning("tags of customer %s not yet in WeCom: %s", customer.id, result.errors[0])
 
 
 # ------------------------------------------------------------------ tags from WeCom
@@ -234,7 +235,7 @@ def _member_name(ctx: HandlerContext, userid: str) -> str:
     try:
         return str(ctx.clients.app.user.get(userid).get("name") or userid)
     except (WeChatClientException, OSError, ValueError) as exc:
-        ctx.log.info("name of member %s not readable (%s); using the userid", userid, exc)
+        ctx.log.info("name of member %s not readable (%s); using the userid", masked(userid), exc)
         return userid
 
 
@@ -271,7 +272,7 @@ def _fetch_contact(ctx: HandlerContext, external_userid: str) -> dict[str, Any]:
         return ctx.clients.contact.external_contact.get(external_userid)
     except WeChatClientException as exc:
         if exc.errcode == NOT_EXTERNAL_CONTACT:
-            ctx.log.info("contact %s no longer exists in WeCom; using the event alone", external_userid)
+            ctx.log.info("contact %s no longer exists in WeCom; using the event alone", masked(external_userid))
             return {}
         raise
 

@@ -62,7 +62,7 @@ def test_a_body_that_is_not_json_is_415(client, token):
 def test_numbers_are_bounded_like_text_amounts_and_a_bad_row_loses_no_other(client, token, db):
     bad = [1e17, "1e17", -1, [[[1]]], {"x": 1}, None]
     raw_bad = ["1e400", "Infinity", "NaN", "-Infinity", "1" * 5000, "1e-999999999", "1E+999999999", "0.001"]
-    body = ('[{"order_id": "good-1", "external_userid": "wmHostile", "amount": 12.5, "paid_at": "%s"},' % PAID_AT
+    body = (f'[{{"order_id": "good-1", "external_userid": "wmHostile", "amount": 12.5, "paid_at": "{PAID_AT}"}},'
             + ",".join(f'{{"order_id": "raw-{i}", "external_userid": "wmHostile", "amount": {raw}, '
                        f'"paid_at": "{PAID_AT}"}}' for i, raw in enumerate(raw_bad))
             + "]")
