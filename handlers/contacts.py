@@ -13,6 +13,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.customers import apply_wecom_tag_set, from_epoch, upsert_customer, upsert_follow
 from bot.contacts.interactions import add_interaction
+from bot.core.privacy import masked
 from bot.inbox.dispatcher import HandlerContext, on
 from bot.models import Customer, Staff, Tag, utcnow
 from bot.outbox import enqueue
@@ -105,7 +106,7 @@ def transfer_failed(event: Any, ctx: HandlerContext) -> None:
     reason = str(ctx.fields.get("FailReason") or "unknown")
     record_interaction(ctx, customer, "transfer_fail", f"transfer_fail:{userid}:{external_userid}:"
                        f"{ctx.fields.get('CreateTime')}", userid, {"fail_reason": reason}, touch=False)
-    ctx.log.warning("transfer of customer %s to %s failed: %s", external_userid, userid, reason)
+    ctx.log.warning("transfer of customer %s to %s failed: %s", customer.id, masked(userid), reason)
 
 
 # ------------------------------------------------------------------ welcome and alerts
@@ -154,7 +155,7 @@ def push_customer_tags(ctx: HandlerContext, customer: Customer) -> None:
     ctx.session.flush()
     result = push_pending(ctx.session, ctx.clients.contact, customer_ids=[customer.id])
     if result.errors:
-        ctx.log.warning("tags of customer %s not yet in WeCom: %s", customer.external_userid, result.errors[0])
+        ctx.log.warning("tags of customer %s not yet in WeCom: %s", customer.id, result.errors[0])
 
 
 # ------------------------------------------------------------------ tags from WeCom
@@ -201,7 +202,7 @@ def _member_name(ctx: HandlerContext, userid: str) -> str:
     try:
         return str(ctx.clients.app.user.get(userid).get("name") or userid)
     except (WeChatClientException, OSError, ValueError) as exc:
-        ctx.log.info("name of member %s not readable (%s); using the userid", userid, exc)
+        ctx.log.info("name of member %s not readable (%s); using the userid", masked(userid), exc)
         return userid
 
 
@@ -229,7 +230,7 @@ def _fetch_contact(ctx: HandlerContext, external_userid: str) -> dict[str, Any]:
         return ctx.clients.contact.external_contact.get(external_userid)
     except WeChatClientException as exc:
         if exc.errcode == NOT_EXTERNAL_CONTACT:
-            ctx.log.info("contact %s no longer exists in WeCom; using the event alone", external_userid)
+            ctx.log.info("contact %s no longer exists in WeCom; using the event alone", masked(external_userid))
             return {}
         raise
 

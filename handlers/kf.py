@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from wechatpy.exceptions import WeChatClientException
 
+from bot.core.privacy import masked
 from bot.inbox.dispatcher import HandlerContext, on
 from bot.models import Customer, Interaction, KfConversation, OutboxMessage, SyncCursor, utcnow
 from bot.outbox import enqueue, kf_msgid
@@ -149,7 +150,7 @@ def _opt(ctx: HandlerContext, customer: Customer, conversation: KfConversation, 
     if customer.opted_out == out:
         return
     customer.opted_out, customer.opted_out_at = out, (utcnow() if out else None)
-    ctx.log.info("customer %s opted %s of broadcasts", customer.external_userid, "out" if out else "back in")
+    ctx.log.info("customer %s opted %s of broadcasts", customer.id, "out" if out else "back in")
     _reply(ctx, customer, conversation, message, "opt_out" if out else "opt_in", "")
 
 
@@ -282,7 +283,7 @@ def _nickname(ctx: HandlerContext, external_userid: str) -> str:
     try:
         found = ctx.clients.kf.kf.batchget_customer([external_userid]).get("customer_list") or []
     except (WeChatClientException, OSError) as exc:
-        ctx.log.info("kf customer %s: nickname not readable (%s)", external_userid, exc)
+        ctx.log.info("kf customer %s: nickname not readable (%s)", masked(external_userid), exc)
         return ""
     return str(found[0].get("nickname") or "")[:255] if found else ""
 

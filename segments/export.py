@@ -1,25 +1,51 @@
-"""Customers out, as CSV: tiers, metrics and tags, streamed in pages so memory stays flat."""
+"""Customers out, as CSV: tiers, metrics and tags, streamed in pages so memory stays flat; and the one
+CSV writer every file the product writes goes through, which keeps cells from running as formulas."""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from typing import IO, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bot.models import Customer, CustomerAggregate, CustomerTag, Tag
-from segments.money import fen_to_yuan
 
 COLUMNS = ["external_userid", "name", "owner_userid", "value_tier", "rfm_segment", "r_score", "f_score", "m_score",
            "score", "stage", "engagement", "activity", "order_count", "total_amount", "last_order_at", "tags",
            "opted_out"]
 PAGE = 5000
+# OWASP "CSV injection": Excel and WPS run a cell that begins with one of these as a formula.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, prefixed with ``'`` (shown as text, not run).
+    Only text is touched: numbers the product writes (ints, Decimals) stay numbers, negatives included."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_TRIGGERS):
+        return "'" + cell
+    return cell
+
+
+class SafeCsvWriter:
+    """``csv.writer`` whose every text cell passes :func:`spreadsheet_safe`: names, tags and reasons
+    come from customers, staff and input files, and end up opened in Excel."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._writer = csv.writer(out)
+
+    def writerow(self, row: Iterable[Any]) -> None:
+        self._writer.writerow([spreadsheet_safe(cell) for cell in row])
+
+    def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
+        for row in rows:
+            self.writerow(row)
 
 
 def export_customers(session: Session, out: IO[str]) -> int:
-    writer = csv.writer(out)
+    writer = SafeCsvWriter(out)
     writer.writerow(COLUMNS)
     written = 0
     for rows in _pages(session):
@@ -51,11 +77,17 @@ def _pages(session: Session) -> Iterator[list[list[object]]]:
 
 def _row(c: Customer, a: CustomerAggregate | None, tags: str) -> list[object]:
     last = a.last_order_at.isoformat() if a and a.last_order_at else ""
+    # Scores and amounts go out as numbers (int, Decimal), so a negative one stays a number.
     return [c.external_userid, c.name, c.owner_userid or "", c.value_tier or "", c.rfm_segment or "",
             _n(c.r_score), _n(c.f_score), _n(c.m_score), _n(c.score), c.stage or "", c.engagement or "",
-            c.activity or "", a.order_count if a else 0, fen_to_yuan(a.paid_amount_fen if a else 0), last,
+            c.activity or "", a.order_count if a else 0, _yuan(a.paid_amount_fen if a else 0), last,
             ";".join(sorted(t for t in tags.split(";") if t)), "true" if c.opted_out else "false"]
 
 
-def _n(value: int | None) -> str:
-    return "" if value is None else str(value)
+def _n(value: int | None) -> int | str:
+    return "" if value is None else value
+
+
+def _yuan(fen: int) -> Decimal:
+    """Fen as 元 with two decimals, written as 12.30 / -0.05 (exact, never via float)."""
+    return Decimal(fen).scaleb(-2)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-_YUAN = re.compile(r"(\d{1,13})(?:\.(\d{1,2}))?")
+MAX_WHOLE_DIGITS = 13  # 元 below 10^13: the bound of a text amount, and of a number too
+_YUAN = re.compile(rf"(\d{{1,{MAX_WHOLE_DIGITS}}})(?:\.(\d{{1,2}}))?")
+_CENT = Decimal("0.01")
 
 
 def yuan_to_fen(text: str) -> int:
@@ -14,20 +16,25 @@ def yuan_to_fen(text: str) -> int:
     if not match and text.strip().startswith("-"):
         raise ValueError(f"amount must not be negative, got {text.strip()!r}")
     if not match:
-        raise ValueError(f"amount must be a number of 元 with at most 2 decimals, got {text!r}")
+        raise ValueError(f"amount must be a number of 元 with at most 2 decimals, got {text[:40]!r}")
     whole, cents = match.groups()
     return int(whole) * 100 + int((cents or "").ljust(2, "0"))
 
 
-def number_to_fen(value: int | float | str) -> int:
-    """A config number in 元 (int, float or string) → fen, exactly; fails on fractions of a fen."""
+def number_to_fen(value: int | float | str | Decimal) -> int:
+    """A number in 元 (int, float, Decimal or string) → fen, exactly; fails on fractions of a fen,
+    on infinities and NaN, and on amounts of 10^13 元 or more (as text amounts do)."""
     try:
-        amount = Decimal(str(value)) * 100
-    except InvalidOperation:
-        raise ValueError(f"not a number: {value!r}") from None
-    if amount != amount.to_integral_value():
-        raise ValueError(f"{value!r} 元 is not a whole number of fen")
-    return int(amount)
+        shown = str(value)[:40]
+        yuan = value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError):  # ValueError: an int too long to print
+        raise ValueError(f"not a number: {type(value).__name__}") from None
+    # Checked without arithmetic, which would overflow on 1e999999999 (adjusted() is the exponent of the first digit).
+    if not yuan.is_finite() or (yuan != 0 and yuan.adjusted() >= MAX_WHOLE_DIGITS):
+        raise ValueError(f"{shown} 元 is not a number below 10^{MAX_WHOLE_DIGITS}")
+    if yuan != yuan.quantize(_CENT):
+        raise ValueError(f"{shown} 元 is not a whole number of fen")
+    return int(yuan.quantize(_CENT) * 100)
 
 
 def fen_to_yuan(fen: int) -> str:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from bot.models import Customer, CustomerAggregate, Order, TierDirty, utcnow
-from segments.money import number_to_fen, yuan_to_fen
+from segments.money import fen_to_yuan, number_to_fen, yuan_to_fen
 
 MAX_ID_LENGTH = 128
 STATUSES = ("paid", "refunded")
@@ -48,11 +49,19 @@ def parse_order(record: Mapping[str, Any], tz: ZoneInfo, now: datetime | None = 
     external_userid = _identifier(record.get("external_userid"), "external_userid")
     amount_fen = _amount(record.get("amount"))
     paid_at = _timestamp(record.get("paid_at"), tz, now or datetime.now(UTC))
-    status = str(record.get("status") or "paid").strip().lower()
-    if status not in STATUSES:
-        raise RowError(f"status must be paid or refunded, got {status!r}")
+    status = record.get("status") or "paid"
+    if not isinstance(status, str) or status.strip().lower() not in STATUSES:
+        raise RowError(f"status must be paid or refunded, got {_shown(status)}")
     return OrderRow(order_id, external_userid, amount_fen, paid_at.astimezone(UTC),
-                    paid_at.astimezone(tz).date().toordinal(), status)
+                    paid_at.astimezone(tz).date().toordinal(), status.strip().lower())
+
+
+def _shown(value: Any) -> str:
+    """A value from outside, for an error message: text cut short; of anything else only its type, since
+    printing it could be huge or recurse too deep (a list nested a thousand times)."""
+    if value is None:
+        return "nothing"
+    return repr(value[:40]) if isinstance(value, str) else type(value).__name__
 
 
 _IDENTIFIER = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")  # MAX_ID_LENGTH
@@ -68,19 +77,21 @@ def _identifier(value: Any, name: str) -> str:
 
 
 def _amount(value: Any) -> int:
+    if not isinstance(value, str | int | float | Decimal) or isinstance(value, bool):
+        raise RowError(f"amount must be a non-negative number of 元, got {_shown(value)}")
     if isinstance(value, str):
         try:
             return yuan_to_fen(value)
         except ValueError as exc:  # its message names the amount
             raise RowError(str(exc)) from None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise RowError(f"amount must not be negative, got {value!r}")
-        try:
-            return number_to_fen(value)
-        except (ValueError, OverflowError) as exc:  # OverflowError: JSON's Infinity
-            raise RowError(f"amount: {exc}") from None
-    raise RowError(f"amount must be a non-negative number of 元, got {value!r}")
+    try:
+        # A number is bounded like a text amount; NaN and infinities are refused there.
+        fen = number_to_fen(value)
+    except ValueError as exc:
+        raise RowError(f"amount: {exc}") from None
+    if fen < 0:
+        raise RowError(f"amount must not be negative, got {fen_to_yuan(fen)}")
+    return fen
 
 
 def _timestamp(value: Any, tz: ZoneInfo, now: datetime) -> datetime:

@@ -58,7 +58,7 @@ from bot.models import (
     Staff,
     utcnow,
 )
-from bot.outbox.messages import TIER_NAMES, MessageTemplates, customer_vars
+from bot.outbox.messages import TIER_NAMES, MessageTemplates, customer_vars, refusal
 from bot.outbox.policy import COUNTED_STATUSES, PUSH_TRIGGERS, ContactPolicy
 from segments.incremental import ROW_ID
 from segments.money import fen_to_yuan
@@ -150,6 +150,8 @@ def check_content(sources: Any, templates: MessageTemplates, tier_keys: set[str]
                                      sample_coupon if has_coupon else None)
         except UndefinedError as exc:
             raise BroadcastError(f"template {key!r}: {exc.message}") from None
+        except Exception as exc:  # noqa: BLE001 - the sandbox (SecurityError), arithmetic, a filter's bad argument
+            raise BroadcastError(f"template {key!r} refused: {refusal(exc)}") from None
         if len(text.encode("utf-8")) > 4000:
             raise BroadcastError(f"template {key!r} renders to more than 4000 bytes (WeCom's text limit)")
     return content

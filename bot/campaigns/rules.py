@@ -10,7 +10,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from bot.campaigns.audience import Audience
 from bot.campaigns.coupons import CouponBook
-from bot.outbox.messages import MessageTemplates, TemplateMissing
+from bot.outbox.messages import MessageTemplates, TemplateMissing, TemplateRefused
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # standard cron: 0 (and 7) = Sunday
@@ -151,7 +151,7 @@ class _Parser:
         ref = TemplateRef(*text.split("/"))
         try:
             self.templates.choose(ref.kind, ref.name)
-        except TemplateMissing as exc:
+        except (TemplateMissing, TemplateRefused) as exc:
             raise CampaignError(f"{where}: {exc}") from None
         return ref
 

@@ -57,8 +57,17 @@ def _templates(inline: tuple[str, ...], files: tuple[str, ...]) -> dict[str, str
         if not sep or not key.strip():
             raise click.BadParameter(f"{item!r}: use TIER=TEXT (TIER = default, a value tier or an RFM segment)",
                                      param_hint="--template")
-        out[key.strip()] = Path(value).read_text(encoding="utf-8") if from_file else value
+        out[key.strip()] = _read_template_file(value) if from_file else value
     return out
+
+
+def _read_template_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint="--template-file") from None
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path} is not UTF-8 text", param_hint="--template-file") from None
 
 
 def _local_time(text: str, cli: CliContext) -> datetime:

@@ -15,7 +15,7 @@ from bot.models import Customer
 from bot.tagging.rules import TagRules
 from bot.tagging.system import apply_aggregate_rules
 from segments.bulk_orders import MERGE_STEPS
-from segments.export import export_customers
+from segments.export import SafeCsvWriter, export_customers
 from segments.imports import ENCODINGS, ImportFailed, ImportSummary, import_customers, import_orders
 from segments.policy import TierPolicy
 from segments.retier import DIMENSIONS, retier, tidy_after_commit, tier_counts
@@ -90,7 +90,9 @@ def _report(summary: ImportSummary, errors_out: Path | None) -> None:
         click.echo(f"  … {summary.skipped - SHOWN_ERRORS} more skipped rows"
                    + ("" if errors_out else " (--errors-out FILE lists them)"))
     if errors_out:
-        errors_out.write_text("".join(f"{line},{reason}\n" for line, reason in summary.errors), encoding="utf-8")
+        with errors_out.open("w", encoding="utf-8", newline="") as fh:
+            # Reasons quote the rejected input: quoted, and neutralised like every CSV cell we write.
+            SafeCsvWriter(fh).writerows(summary.errors)
     if summary.read and summary.skipped >= summary.read:
         raise click.ClickException(f"all {summary.read} rows were skipped: nothing imported")
 

@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from bot.core.privacy import mask_personal_data
+
 ENV_PREFIX = "SCRM_"
 CONFIG_ENV = "SCRM_CONFIG"
 # SCRM_ variables that are not settings: the config file, and the test suite's and CI's own
@@ -659,7 +661,8 @@ _CREDENTIAL_PARAM = re.compile(r"\b(access_token|corpsecret|jsapi_ticket|ticket|
 
 
 class SecretRedactingFilter(logging.Filter):
-    """Replace every configured secret value in a log record with ``***``."""
+    """Replace every configured secret value in a log record with ``***``, and mask the personal data
+    that can be recognised (:func:`bot.core.privacy.mask_personal_data`)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
@@ -677,12 +680,12 @@ class SecretRedactingFilter(logging.Filter):
     def _scrub(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, "***")
-        return _CREDENTIAL_PARAM.sub(r"\1=***", text)
+        return mask_personal_data(_CREDENTIAL_PARAM.sub(r"\1=***", text))
 
 
 def install_secret_redaction(settings: Settings, level: str | None = None) -> None:
     """Configure logging once (to stderr) at ``level`` (default: app.log_level, else INFO) and scrub
-    this app's secrets from every handler's output."""
+    this app's secrets and recognisable personal data from every handler's output."""
     level = (level or settings.app.log_level or DEFAULT_LOG_LEVEL).upper()
     root = logging.getLogger()
     if not root.handlers:

@@ -76,7 +76,9 @@ def _sqlite_busy_timeout(connection: Connection, millis: int) -> Iterator[None]:
 
 def make_engine(url: str, echo: bool = False) -> Engine:
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    # hide_parameters: an error's message (and echo) would carry the statement's values: a decrypted
+    # callback with the customer's message text, names, phone numbers.
+    kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         _ensure_sqlite_dir(parsed.database)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}

@@ -16,6 +16,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.core.db import Database
 from bot.core.lease import LeaseKeeper
+from bot.core.privacy import masked
 from bot.models import Customer, MassReminder, OutboxMessage, utcnow
 from bot.outbox.policy import ContactPolicy
 
@@ -208,7 +209,7 @@ def resolve_interrupted(db: Database, contact_client: Any, lease_seconds: float,
         try:
             found = _find_sent(contact_client, sender, text, since, now)
         except WeChatClientException as exc:
-            logger.warning("interrupted mass message of %s not looked up (%s); left as sending", sender, exc)
+            logger.warning("interrupted mass message of %s not looked up (%s); left as sending", masked(sender), exc)
             outcome["unknown"] += len(members)
             continue
         ids = [r.id for r in members]

@@ -10,11 +10,12 @@ when the template is used, never an empty gap in a message a customer reads.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateNotFound
+from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from bot.core.config import Settings
@@ -30,6 +31,39 @@ class TemplateMissing(LookupError):
     """No template in the fallback chain exists."""
 
 
+class TemplateRefused(ValueError):
+    """A template that cannot be used (bad syntax, or refused by the sandbox); the message says why in one line."""
+
+
+def refusal(exc: BaseException) -> str:
+    """Why a template failed, in one line: the sandbox's or Jinja2's message, never a traceback."""
+    line = f" on line {exc.lineno}" if isinstance(exc, TemplateSyntaxError) and exc.lineno else ""
+    text = str(getattr(exc, "message", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}{line}: {text[0] if text else ''}"[:300]
+
+
+MAX_REPEAT_LENGTH = 10_000  # characters a template may build with * (a WeCom text is at most 4000 bytes)
+MAX_POWER_EXPONENT = 64
+
+
+class BoundedSandbox(SandboxedEnvironment):
+    """Jinja2's sandbox, plus bounds on * and ** that it does not have: ``"x" * 10**10`` or ``9**9**9``
+    in an operator's template would otherwise take all memory or CPU instead of being refused."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
+        if operator_name == "**":
+            if isinstance(right, int) and abs(right) > MAX_POWER_EXPONENT:
+                raise OverflowError(f"exponent {right} is larger than the sandbox allows ({MAX_POWER_EXPONENT})")
+            return operator.pow(left, right)
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, str | list | tuple) and isinstance(times, int) \
+                    and len(seq) * times > MAX_REPEAT_LENGTH:
+                raise OverflowError(f"repeating makes more than {MAX_REPEAT_LENGTH} items")
+        return operator.mul(left, right)
+
+
 @dataclass(frozen=True)
 class Rendered:
     template: str
@@ -40,7 +74,7 @@ class MessageTemplates:
     def __init__(self, extra_dir: str = "") -> None:
         loaders = [FileSystemLoader(extra_dir)] if extra_dir else []
         loaders.append(FileSystemLoader(str(MESSAGES_DIR)))
-        self.env = SandboxedEnvironment(loader=ChoiceLoader(loaders), undefined=StrictUndefined, autoescape=False,
+        self.env = BoundedSandbox(loader=ChoiceLoader(loaders), undefined=StrictUndefined, autoescape=False,
                                         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
 
     @classmethod
@@ -62,6 +96,8 @@ class MessageTemplates:
                 self.env.get_template(path)
             except TemplateNotFound:
                 continue
+            except TemplateSyntaxError as exc:
+                raise TemplateRefused(f"template {path}: {refusal(exc)}") from None
             return path
         raise TemplateMissing(f"no template for {kind}/{name} (tried {', '.join(self.candidates(kind, name, tiers))})")
 

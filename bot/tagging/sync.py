@@ -196,7 +196,7 @@ def _push_customer(session: Session, contact_client: Any, customer_id: int, resu
         if add or remove:
             contact_client.external_contact.mark_tag(userid, customer.external_userid, add_tag=add, remove_tag=remove)
     except WeChatClientException as exc:
-        logger.warning("mark_tag for customer %s failed: %s", customer.external_userid, exc)
+        logger.warning("mark_tag for customer %d failed: %s", customer_id, exc)
         mark_pushed(session, customer_id, [r.CustomerTag.tag_id for r in rows], error=f"mark_tag: {exc}")
         result.failed += len(rows)
         result.errors.append(str(exc))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from bot.models import ApiToken, Customer
 from bot.tagging.rules import TagRules
@@ -23,6 +26,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 MAX_ORDERS_PER_REQUEST = 10_000
 MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_ECHOED_ID = 128
 TOKEN_PREFIX = "scrm_"
 
 
@@ -48,6 +52,32 @@ def _api_error(exc: ApiError) -> tuple[Response, int]:
     return jsonify(error=exc.message), exc.status
 
 
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+    # Registered on the app, not the blueprint: a blueprint never sees a 404/405 of routing.
+    app.register_error_handler(HTTPException, _http_error)
+
+
+def _http_error(exc: HTTPException) -> HTTPException | tuple[Response, int]:
+    """Under /api/v1 every error is JSON (Flask's own page is HTML); elsewhere Flask's page stays."""
+    if not _is_api_path(request.path):
+        return exc
+    status = exc.code or 500
+    if isinstance(exc, InternalServerError):
+        message = "internal error; the server log has the details"  # Flask has logged the exception
+    else:
+        message = exc.description or exc.name
+        logger.info("API %s %s refused (%d): %s", request.method, request.path, status, exc.name)
+    response = jsonify(error=message)
+    if status == 405 and isinstance(exc.valid_methods, list | tuple | set) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    return response, status
+
+
+def _is_api_path(path: str) -> bool:
+    return path == bp.url_prefix or path.startswith(f"{bp.url_prefix}/")
+
+
 def _now() -> datetime:
     return current_app.extensions["scrm.clock"]()
 
@@ -65,10 +95,31 @@ def _authenticate(session: Session) -> ApiToken:
     return found
 
 
-def _orders_payload() -> list[Any]:
+def _json_body() -> Any:
+    """The request's JSON, or an ApiError: 413 when too large, 415 when not JSON, 400 when unparsable
+    (including nesting too deep for the parser). Numbers are read as exact Decimals, so that a huge or
+    non-finite amount is one row's error, not a failure of the whole body."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
-    payload = request.get_json(silent=True)
+    if not request.is_json:
+        raise ApiError(415, "body must be JSON (Content-Type: application/json)")
+    body = request.stream.read(MAX_BODY_BYTES + 1)  # bounded even without a Content-Length (chunked)
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(body, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
+    except RecursionError:
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(400, f"body is not valid JSON: {_first_line(str(exc))}") from None
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _orders_payload() -> list[Any]:
+    payload = _json_body()
     if isinstance(payload, dict) and "orders" in payload:
         payload = payload["orders"]
     if not isinstance(payload, list):
@@ -96,8 +147,8 @@ def post_orders() -> Response:
                     raise RowError("each order must be a JSON object")
                 row = parse_order(item, settings.tz)
             except RowError as exc:
-                results.append({"index": index, "order_id": item.get("order_id") if isinstance(item, dict) else None,
-                                "result": "error", "error": str(exc)})
+                results.append({"index": index, "order_id": _echoed_order_id(item), "result": "error",
+                                "error": str(exc)})
                 continue
             if row.order_id in batch:
                 _flush(writer, batch, results)
@@ -110,6 +161,12 @@ def post_orders() -> Response:
     for item in results:
         summary[item["result"]] = summary.get(item["result"], 0) + 1
     return jsonify(results=results, summary=summary)
+
+
+def _echoed_order_id(item: Any) -> str | None:
+    """The order id of a refused row, if it is text (anything else is not sent back)."""
+    order_id = item.get("order_id") if isinstance(item, dict) else None
+    return order_id[:MAX_ECHOED_ID] if isinstance(order_id, str) else None
 
 
 def _apply_order_rules(session: Session, settings: Any, external_userids: set[str]) -> None:
@@ -140,7 +197,24 @@ def redeem_coupon() -> tuple[Response, int]:
 
     settings = current_app.extensions["scrm.settings"]
     db = current_app.extensions["scrm.db"]
-    payload = request.get_json(silent=True)
+    with db.begin() as session:
+        _authenticate(session)  # before the body is read: a caller without a token gets 401, whatever it sent
+        payload, order_id, amount_fen = _redeem_request()
+        result = redeem(session, payload["code"], order_id=order_id, amount_fen=amount_fen, now=_now(),
+                        tag_rules=TagRules.from_settings(settings), push_tags=settings.tags.push_to_wecom)
+        coupon = result.coupon
+        body = {"code": display_code(coupon.code), "definition": coupon.definition, "title": coupon.title,
+                "status": coupon.status, "order_id": coupon.order_id} if coupon else None
+    if result.ok:
+        return jsonify(result="redeemed", coupon=body), 200
+    status = 404 if coupon is None else 422 if "minimum" in result.reason or "another customer" in result.reason \
+        else 409
+    logger.info("coupon redemption refused (%d): %s", status, result.reason)
+    return jsonify(result="refused", error=result.reason, coupon=body), status
+
+
+def _redeem_request() -> tuple[dict[str, Any], str | None, int | None]:
+    payload = _json_body()
     if not isinstance(payload, dict) or not isinstance(payload.get("code"), str) or len(payload["code"]) > 64:
         raise ApiError(400, "body must be a JSON object with a code")
     order_id = payload.get("order_id")
@@ -154,16 +228,4 @@ def redeem_coupon() -> tuple[Response, int]:
             amount_fen = -1
         if isinstance(payload["amount"], bool) or not 0 <= amount_fen < 10**12:
             raise ApiError(400, "amount must be a number of 元 (0 to 10 billion) with at most two decimals")
-    with db.begin() as session:
-        _authenticate(session)
-        result = redeem(session, payload["code"], order_id=order_id, amount_fen=amount_fen, now=_now(),
-                        tag_rules=TagRules.from_settings(settings), push_tags=settings.tags.push_to_wecom)
-        coupon = result.coupon
-        body = {"code": display_code(coupon.code), "definition": coupon.definition, "title": coupon.title,
-                "status": coupon.status, "order_id": coupon.order_id} if coupon else None
-    if result.ok:
-        return jsonify(result="redeemed", coupon=body), 200
-    status = 404 if coupon is None else 422 if "minimum" in result.reason or "another customer" in result.reason \
-        else 409
-    logger.info("coupon redemption refused (%d): %s", status, result.reason)
-    return jsonify(result="refused", error=result.reason, coupon=body), status
+    return payload, order_id, amount_fen

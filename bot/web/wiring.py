@@ -18,9 +18,9 @@ def init_db(app: Flask, settings: Settings, upgrade: bool = True) -> Database:
 
 
 def init_app(app: Flask) -> None:
-    from bot.web.api import bp as api_bp
+    from bot.web import api
 
-    app.register_blueprint(api_bp)
+    api.init_app(app)
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]

@@ -1,0 +1,40 @@
+"""Personal data out of log lines: names and ids masked where they are logged, and a last sweep over
+every line for what can be recognised (phone numbers, WeCom external contact ids, the text of XML
+elements: a decrypted callback in an error message)."""
+
+from __future__ import annotations
+
+import re
+
+# Mainland mobile numbers, with or without +86 and with spaces or dashes as people write them.
+_PHONE = re.compile(r"(?<![0-9])(?:\+?86[ -]?)?1[3-9][0-9](?:[ -]?[0-9]{4}){2}(?![0-9])")
+# External contact ids: wm… (customers), wo… (WeChat users), wb… (kf customers), about 32 characters.
+_EXTERNAL_USERID = re.compile(r"(?<![0-9A-Za-z_-])(w[mob])[0-9A-Za-z_-]{16,}")
+_XML_TEXT = re.compile(r"<([A-Za-z_][\w.-]*)>(<!\[CDATA\[.*?\]\]>|[^<]*)</\1>", re.DOTALL)
+# What a callback is (not who sent it, nor what it says) stays readable.
+_STRUCTURAL_XML = frozenset({"MsgType", "Event", "ChangeType", "InfoType", "CreateTime", "TimeStamp", "AgentID",
+                             "MsgId", "FailReason"})
+_SHOWN_TAIL = 4
+_MIN_LENGTH_WITH_TAIL = 16
+
+
+def masked(value: object) -> str:
+    """A name or id as a log line may show it. A long opaque id (an external_userid) keeps its last four
+    characters, enough to match the line to a record; anything shorter (a staff userid, a nickname)
+    would give itself away, and is hidden whole."""
+    text = "" if value is None else str(value)
+    if not text:
+        return "-"
+    return f"…{text[-_SHOWN_TAIL:]}" if len(text) >= _MIN_LENGTH_WITH_TAIL else "***"
+
+
+def mask_personal_data(text: str) -> str:
+    """Mask what is recognisably personal in a finished log line (a backstop: call sites mask first)."""
+    text = _XML_TEXT.sub(_masked_element, text)
+    text = _EXTERNAL_USERID.sub(lambda m: masked(m.group(0)), text)
+    return _PHONE.sub("[phone]", text)
+
+
+def _masked_element(match: re.Match[str]) -> str:
+    tag = match.group(1)
+    return match.group(0) if tag in _STRUCTURAL_XML else f"<{tag}>…</{tag}>"

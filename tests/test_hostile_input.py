@@ -1,0 +1,192 @@
+"""Hostile input gets a clear 4xx (JSON under /api/v1) and a log line, and loses nothing else."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from bot.cli import main
+from bot.inbox.xmlsafe import MAX_DEPTH, UnsafeXML, parse_flat_xml
+from bot.models import InboxEvent, Order
+from tests.support import contact_event
+
+PAID_AT = "2025-06-01T10:00:00+08:00"
+DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.fixture
+def token(cli_env: dict[str, str]) -> str:
+    result = CliRunner(env={"SCRM_CONFIG": None, **cli_env}).invoke(main, ["token", "create", "probe"])
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[0]
+
+
+def order(order_id: str, amount: Any, **extra: Any) -> dict[str, Any]:
+    return {"order_id": order_id, "external_userid": "wmHostile", "amount": amount, "paid_at": PAID_AT, **extra}
+
+
+def stored_orders(db: Any) -> dict[str, int]:
+    with db.sessions() as session:
+        return dict(session.execute(select(Order.order_id, Order.amount_fen)).all())
+
+
+# ---------------------------------------------------------------- API bodies
+
+
+@pytest.mark.parametrize("path", ["/api/v1/coupons/redeem", "/api/v1/orders"])
+def test_deeply_nested_json_without_a_token_is_401_not_500(client, path):
+    response = client.post(path, data=DEEP_JSON, content_type="application/json")
+    assert response.status_code == 401 and "token" in response.json["error"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/coupons/redeem", "/api/v1/orders"])
+@pytest.mark.parametrize("body", [DEEP_JSON, "{", b"\xff\xfe[]", '{"code": "A", "code": ' + "[" * 5000])
+def test_unparsable_bodies_are_400_with_a_json_error(client, token, path, body, caplog):
+    with caplog.at_level(logging.INFO, logger="bot.web.api"):
+        response = client.post(path, data=body, content_type="application/json",
+                               headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 400 and "not valid JSON" in response.json["error"]
+    assert any("refused (400)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_body_that_is_not_json_is_415(client, token):
+    response = client.post("/api/v1/orders", data="order_id=1", content_type="application/x-www-form-urlencoded",
+                           headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 415 and "application/json" in response.json["error"]
+
+
+def test_numbers_are_bounded_like_text_amounts_and_a_bad_row_loses_no_other(client, token, db):
+    bad = [1e17, "1e17", -1, [[[1]]], {"x": 1}, None]
+    raw_bad = ["1e400", "Infinity", "NaN", "-Infinity", "1" * 5000, "1e-999999999", "1E+999999999", "0.001"]
+    body = (f'[{{"order_id": "good-1", "external_userid": "wmHostile", "amount": 12.5, "paid_at": "{PAID_AT}"}},'
+            + ",".join(f'{{"order_id": "raw-{i}", "external_userid": "wmHostile", "amount": {raw}, '
+                       f'"paid_at": "{PAID_AT}"}}' for i, raw in enumerate(raw_bad))
+            + "]")
+    auth = {"Authorization": f"Bearer {token}"}
+    response = client.post("/api/v1/orders", data=body, content_type="application/json", headers=auth)
+    assert response.status_code == 200, response.data[:300]
+    results = response.json["results"]
+    assert results[0] == {"index": 0, "order_id": "good-1", "result": "inserted"}
+    assert [(r["index"], r["result"]) for r in results[1:]] == [(i + 1, "error") for i in range(len(raw_bad))]
+    assert all("amount" in r["error"] for r in results[1:])
+
+    mixed = [order("good-2", 9999999999999.99), *[order(f"bad-{i}", amount) for i, amount in enumerate(bad)],
+             order("bad-status", 1, status=[[["paid"]]]), {"order_id": [[["x"]]], "amount": 1}]
+    response = client.post("/api/v1/orders", json=mixed, headers=auth)
+    assert response.status_code == 200, response.data[:300]
+    results = response.json["results"]
+    assert results[0]["result"] == "inserted"
+    assert [r["result"] for r in results[1:]] == ["error"] * (len(mixed) - 1)
+    assert "below 10^13" in results[1]["error"] and "at most 2 decimals" in results[2]["error"]
+    assert results[-1]["order_id"] is None  # only text is echoed back
+    assert stored_orders(db) == {"good-1": 1250, "good-2": 999999999999999}
+
+
+# ---------------------------------------------------------------- API errors are JSON
+
+
+def test_api_errors_are_json_never_an_html_page(client, token, monkeypatch):
+    auth = {"Authorization": f"Bearer {token}"}
+    missing = client.get("/api/v1/nothing-here", headers=auth)
+    assert missing.status_code == 404 and missing.is_json and missing.json["error"]
+    wrong_method = client.get("/api/v1/orders", headers=auth)
+    assert wrong_method.status_code == 405 and wrong_method.is_json and "POST" in wrong_method.headers["Allow"]
+    too_large = client.post("/api/v1/orders", data=" " * (9 * 1024 * 1024), headers=auth,
+                            content_type="application/json")
+    assert too_large.status_code == 413 and too_large.is_json
+    client.application.config["MAX_CONTENT_LENGTH"] = 10  # Werkzeug's own 413, raised before the view reads
+    werkzeug_too_large = client.post("/api/v1/orders", data="[" + " " * 20 + "]", headers=auth,
+                                     content_type="application/json")
+    assert werkzeug_too_large.status_code == 413 and werkzeug_too_large.is_json
+    client.application.config["MAX_CONTENT_LENGTH"] = None
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the database fell over")
+
+    monkeypatch.setattr("bot.campaigns.coupons.redeem", broken)
+    failed = client.post("/api/v1/coupons/redeem", json={"code": "ABCD"}, headers=auth)
+    assert failed.status_code == 500 and failed.is_json and "fell over" not in failed.json["error"]
+    assert not client.get("/nothing-here").is_json  # outside the API Flask's own page stays
+
+
+# ---------------------------------------------------------------- callbacks nested too deep
+
+
+def nested_xml(depth: int) -> str:
+    return "<xml><MsgType>event</MsgType>" + "<a>" * depth + "x" + "</a>" * depth + "</xml>"
+
+
+def test_deeply_nested_callback_is_400_with_a_log_line_and_stores_nothing(callbacks, db, caplog):
+    with caplog.at_level(logging.WARNING, logger="bot.inbox.webhook"):
+        response = callbacks.post(nested_xml(1000))
+    assert response.status_code == 400
+    assert any("callback rejected" in r.getMessage() and "nested" in r.getMessage() for r in caplog.records)
+    with db.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(InboxEvent)) == 0
+
+
+def test_deeply_nested_envelope_is_400(callbacks, db):
+    query, _ = callbacks.sign(contact_event())
+    body = "<xml>" + "<Encrypt>" * 5000 + "</Encrypt>" * 5000 + "</xml>"
+    response = callbacks.client.post("/wecom/callback", query_string=query, data=body, content_type="text/xml")
+    assert response.status_code == 400
+
+
+def test_the_depth_bound_leaves_room_for_every_wecom_callback():
+    deepest_wecom = ("<xml><MsgType>event</MsgType><SendPicsInfo><Count>1</Count><PicList><item>"
+                     "<PicMd5Sum>abc</PicMd5Sum></item></PicList></SendPicsInfo></xml>")
+    assert parse_flat_xml(deepest_wecom)["SendPicsInfo"]["PicList"]["item"]["PicMd5Sum"] == "abc"
+    assert parse_flat_xml(nested_xml(MAX_DEPTH - 1))["MsgType"] == "event"
+    with pytest.raises(UnsafeXML, match="nested"):
+        parse_flat_xml(nested_xml(MAX_DEPTH))
+
+
+def test_a_stored_payload_nested_too_deep_fails_in_the_worker_without_stopping_it(db, processor):
+    """An event stored before the bound existed: the worker records the failure and goes on."""
+    with db.begin() as session:
+        session.add(InboxEvent(dedupe_key="deep", msg_type="event", event="change_external_contact",
+                               change_type="add_external_contact", payload=nested_xml(1000),
+                               status="pending", attempts=0, duplicates=0))
+    assert processor.run_once() == {"failed": 1}
+    with db.sessions() as session:
+        assert "nested" in session.scalar(select(InboxEvent.last_error))
+
+
+# ---------------------------------------------------------------- operator templates
+
+
+@pytest.mark.parametrize("template,reason", [
+    ("{{ customer.__class__ }}", "SecurityError"), ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    ("{{ brand * 10**10 }}", "repeating makes more than"), ("{{ 2 ** 100000 }}", "exponent"),
+])
+def test_a_refused_template_says_why_in_one_line(cli_env, template, reason):
+    result = CliRunner(env={"SCRM_CONFIG": None, **cli_env}).invoke(
+        main, ["broadcast", "create", "probe", "--template", f"default={template}", "--at", "2030-01-01 10:00",
+               "--yes"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: template 'default' refused: ")
+    assert reason in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_unreadable_template_file_is_a_usage_error(cli_env, tmp_path):
+    result = CliRunner(env={"SCRM_CONFIG": None, **cli_env}).invoke(
+        main, ["broadcast", "create", "probe", "--template-file", f"default={tmp_path / 'nope.j2'}"])
+    assert result.exit_code == 2 and "cannot read" in result.output
+
+
+def test_a_broken_operator_template_is_a_configuration_error(database_url, tmp_path):
+    from bot.core.config import ConfigError
+    from bot.startup import load_settings
+
+    (tmp_path / "coupon").mkdir()
+    (tmp_path / "coupon" / "flash.j2").write_text("{{ customer.name ", encoding="utf-8")
+    overrides = {"database": {"url": database_url}, "app": {"templates_dir": str(tmp_path)},
+                 "coupons": {"schedules": [{"coupon": "VIP", "cron": "0 10 * * 1", "template": "coupon/flash"}]}}
+    with pytest.raises(ConfigError, match=r"coupon/flash\.j2: TemplateSyntaxError on line 1"):
+        load_settings(None, overrides, environ={})
+

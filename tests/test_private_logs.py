@@ -1,0 +1,89 @@
+"""No personal data in logs: runs in which the database fails, grepped for what a customer said and who
+they are. The log is read from a handler on the root logger, as the service's own (basicConfig) is."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from bot.core.privacy import mask_personal_data, masked
+from bot.web.app import create_app
+from tests.support import Callbacks, contact_event
+
+EXTERNAL_USERID = "wmPrivateCustomer0000000000Xy9z"
+STAFF_USERID = "zhangsan"
+MESSAGE = "我家地址是幸福路12号，电话"
+PHONE = "13812345678"
+NICKNAME = "王小明"
+
+
+@pytest.fixture
+def log_text() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture
+def logged_app(overrides: dict[str, dict[str, Any]], log_text: io.StringIO) -> Iterator[Any]:
+    """The app made after the log handler exists (as in service start), with SQL echo on."""
+    settings = {**overrides, "database": {**overrides["database"], "echo": True}, "app": {**overrides["app"],
+                                                                                          "log_level": "DEBUG"}}
+    app = create_app(settings, environ={}, start_worker=False)
+    yield app
+    app.extensions["scrm.db"].dispose()
+
+
+def assert_nothing_personal(log: str) -> None:
+    for personal in (MESSAGE, PHONE, PHONE[-8:], EXTERNAL_USERID, NICKNAME, f"{STAFF_USERID}"):
+        assert personal not in log, f"{personal!r} is in the log"
+
+
+def text_message() -> dict[str, Any]:
+    return {"ToUserName": "corp", "FromUserName": EXTERNAL_USERID, "CreateTime": 1700000000, "MsgType": "text",
+            "Content": f"{MESSAGE} {PHONE[:3]} {PHONE[3:7]} {PHONE[7:]} / {PHONE}", "MsgId": "7001", "AgentID": 1}
+
+
+def test_a_callback_while_the_inbox_table_is_gone_logs_the_failure_but_not_the_message(logged_app, corp, log_text):
+    with logged_app.extensions["scrm.db"].begin() as session:
+        session.execute(text("DROP TABLE inbox_events"))
+    response = Callbacks(logged_app.test_client(), corp).post(text_message())
+    assert response.status_code == 503  # WeCom retries; nothing is acknowledged that was not stored
+    log = log_text.getvalue()
+    assert "no such table: inbox_events" in log or "inbox_events" in log  # the failure itself is logged
+    assert "callback not stored, answered 503" in log
+    assert_nothing_personal(log)
+
+
+def test_a_handler_whose_table_is_gone_logs_the_failure_but_not_the_customer(logged_app, corp, log_text):
+    event = contact_event(ExternalUserID=EXTERNAL_USERID, UserID=STAFF_USERID, State=f"{NICKNAME} {PHONE}")
+    assert Callbacks(logged_app.test_client(), corp).post(event).status_code == 200
+    with logged_app.extensions["scrm.db"].begin() as session:
+        session.execute(text("ALTER TABLE customers RENAME TO customers_elsewhere"))
+    assert logged_app.extensions["scrm.processor"].run_once() == {"failed": 1}
+    log = log_text.getvalue()
+    assert "inbox event 1 failed" in log and "customers" in log
+    assert_nothing_personal(log)
+
+
+def test_call_sites_mask_ids_and_the_last_sweep_masks_what_it_recognises():
+    assert masked(EXTERNAL_USERID) == "…Xy9z" and masked(STAFF_USERID) == "***" and masked(None) == "-"
+    line = (f"failed for {EXTERNAL_USERID} (+86 138-1234-5678, {PHONE}): <xml><MsgType>text</MsgType>"
+            f"<Content><![CDATA[{MESSAGE}]]></Content><FromUserName>{STAFF_USERID}</FromUserName></xml>")
+    swept = mask_personal_data(line)
+    assert "<MsgType>text</MsgType>" in swept and "<Content>…</Content>" in swept
+    assert "[phone]" in swept and "…Xy9z" in swept
+    assert_nothing_personal(swept)
+    assert "1234-5678" not in swept
+    assert mask_personal_data("inbox event 12345678901234 at 1700000000") == "inbox event 12345678901234 at 1700000000"
