@@ -62,25 +62,37 @@ def seed(world_db: Any, state: SandboxState, now: datetime) -> None:
         others = Customer(external_userid=OTHERS, name="刘先生", owner_userid="lisi")
         session.add_all([own, others])
         session.flush()
-        own.tier = CustomerTier(value_tier="high", rfm_segment="important_value", r_score=5, f_score=4, m_score=5,
-                                score=93, stage="repeat", engagement="active", activity="high", activity_score=9)
+        # Stored tiers as a re-tier over this population would compute them (the card shows the why too).
+        own.tier = CustomerTier(value_tier="high", rfm_segment="important_value", r_score=5, f_score=5, m_score=5,
+                                score=100, stage="super", engagement="active", activity="high", activity_score=9)
+        order_days = [now - timedelta(days=d) for d in (80, 60, 41, 25, 12, 2)]
         session.add_all([
             Follow(customer_id=own.id, staff_id=staff["zhangsan"].id, remark="老客户", add_way=1, state="live_0618",
                    added_at=now - timedelta(days=40)),
             Follow(customer_id=others.id, staff_id=staff["lisi"].id, added_at=now - timedelta(days=3)),
-            CustomerAggregate(customer_id=own.id, order_count=1, paid_amount_fen=128800,
-                              first_order_at=now - timedelta(days=2), last_order_at=now - timedelta(days=2),
-                              first_order_day=(now - timedelta(days=2)).date().toordinal(),
-                              last_order_day=(now - timedelta(days=2)).date().toordinal()),
-            Order(order_id="o-1", customer_id=own.id, amount_fen=128800, paid_at=now - timedelta(days=2),
-                  paid_day=(now - timedelta(days=2)).date().toordinal()),
+            CustomerAggregate(customer_id=own.id, order_count=6, paid_amount_fen=328800,
+                              first_order_at=order_days[0], last_order_at=order_days[-1],
+                              first_order_day=order_days[0].date().toordinal(),
+                              last_order_day=order_days[-1].date().toordinal()),
+            *(Order(order_id=f"o-{i}", customer_id=own.id, amount_fen=fen, paid_at=day,
+                    paid_day=day.date().toordinal())
+              for i, (fen, day) in enumerate(zip((28800, 50000, 60000, 40000, 70000, 80000), order_days,
+                                                 strict=True))),
             TierChange(customer_id=own.id, dimension="value_tier", from_value="mid", to_value="high",
                        as_of=(now - timedelta(days=1)).date(), reason="test"),
             Coupon(code="ABCDEFGHJKMN", definition="VIP", title="专属优惠券", customer_id=own.id, issue_ref="t",
                    value_fen=5000, issued_at=now - timedelta(days=1), expires_at=now + timedelta(days=29)),
-            Interaction(customer_id=own.id, kind="kf_message", occurred_at=now - timedelta(hours=3),
-                        source_ref="kf:1"),
+            *(Interaction(customer_id=own.id, kind="kf_message", occurred_at=now - timedelta(hours=3 + 20 * i),
+                          source_ref=f"kf:{i}") for i in range(9)),
         ])
+        for i in range(4):  # buyers the member does not follow: the population OWN is compared with
+            buyer = Customer(external_userid=f"wmBuyer{i}", name="")
+            session.add(buyer)
+            session.flush()
+            day = now - timedelta(days=40 + i)
+            session.add(CustomerAggregate(customer_id=buyer.id, order_count=1, paid_amount_fen=10000 + 100 * i,
+                                          first_order_at=day, last_order_at=day,
+                                          first_order_day=day.date().toordinal(), last_order_day=day.date().toordinal()))
         intent = TagGroup(name="意向")
         deal = TagGroup(name="交易")
         session.add_all([intent, deal])

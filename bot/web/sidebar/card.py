@@ -144,7 +144,8 @@ def _channel(follow: Follow | None) -> str:
 
 
 def tier_rows(session: Session, customer: Customer, settings: Settings, as_of: date) -> list[TierRow]:
-    why = explanation(session, customer, TierPolicy.from_settings(settings.tiers), as_of, settings.tz).why
+    policy = TierPolicy.from_settings(settings.tiers)
+    why = explanation(session, customer, policy, as_of, settings.tz).why
     scores = "/".join(str(s) if s is not None else "-" for s in (customer.r_score, customer.f_score, customer.m_score))
     rfm_why = " · ".join(why[k] for k in ("r", "f", "m", "rfm_segment") if k in why)
     return [
@@ -153,7 +154,8 @@ def tier_rows(session: Session, customer: Customer, settings: Settings, as_of: d
         TierRow("阶段", STAGE_NAMES.get(customer.stage or "", customer.stage or "—"), why["stage"]),
         TierRow("活跃状态", ENGAGEMENT_NAMES.get(customer.engagement or "", "—"), why["engagement"]),
         TierRow("互动活跃度", ACTIVITY_NAMES.get(customer.activity or "", "—"), why["activity"]),
-        TierRow("客户评分", f"{customer.score}/100" if customer.score is not None else "—", why.get("rfm_segment", "")),
+        TierRow("客户评分", f"{customer.score}/100" if customer.score is not None else "—",
+                "R/F/M 分数按权重 {}/{}/{} 折算为 0–100".format(*policy.score_weights)),
     ]
 
 
