@@ -87,7 +87,8 @@ def test_a_member_sees_tags_and_sends_for_their_own_customer(world, phone, tmp_p
     phone.click("button[data-send]")
     phone.wait_for_selector("[data-send-status]:has-text('已发送到聊天')")
     sent = [c for c in phone.evaluate("window.__wecomCalls") if c["api"] == "sendChatMessage"]
-    assert sent == [{"api": "sendChatMessage", "args": {"msgtype": "text", "enterChat": True, "text": {"content": text}}}]
+    assert sent == [{"api": "sendChatMessage",
+                     "args": {"msgtype": "text", "enterChat": True, "text": {"content": text}}}]
     phone.screenshot(path=str(tmp_path / "sidebar-sent.png"), full_page=True)
     apis = [c["api"] for c in phone.evaluate("window.__wecomCalls")]
     assert apis[:4] == ["config", "agentConfig", "getContext", "getCurExternalContact"]
