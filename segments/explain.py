@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,7 +17,25 @@ from segments.retier import local_midnight_utc, metrics_source
 from segments.rfm import SEGMENT_NAMES, aggregate_stats, population_stats, quintile_of, segment_of
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """``header``: who, as of when, the metrics; ``why``: one line per dimension (keys ``r``, ``f``,
+    ``m`` and ``rfm_segment`` — only ``rfm_segment`` without paid orders —, ``value_tier``, ``stage``,
+    ``activity``, ``engagement``), in the order ``scrm customer show`` prints them."""
+
+    header: list[str]
+    why: dict[str, str]
+
+    @property
+    def lines(self) -> list[str]:
+        return self.header + list(self.why.values())
+
+
 def explain(session: Session, customer: Customer, policy: TierPolicy, as_of: date, tz: ZoneInfo) -> list[str]:
+    return explanation(session, customer, policy, as_of, tz).lines
+
+
+def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of: date, tz: ZoneInfo) -> Explanation:
     as_of_day = as_of.toordinal()
     metrics, from_aggregates = metrics_source(session, as_of_day, tz)
     stats = aggregate_stats(session) if from_aggregates else population_stats(session, metrics)
@@ -26,40 +45,41 @@ def explain(session: Session, customer: Customer, policy: TierPolicy, as_of: dat
     activity_score = _activity_score(session, customer.id, policy, as_of, tz)
     activity = "high" if activity_score >= policy.activity_high else "mid" if activity_score >= policy.activity_mid \
         else "low"
-    lines = [f"customer {customer.external_userid} {customer.name or ''}".rstrip(),
-             f"as of {as_of.isoformat()} (stored values from the last re-tier are shown in brackets)",
-             f"metrics: {orders} paid orders, {fen_to_yuan(amount)} 元 paid"
-             + (f", last paid order {date.fromordinal(last_day).isoformat()}" if last_day else "")]
-    lines += _rfm_lines(orders, amount, last_day, as_of_day, stats, customer)
-    lines.append(_value_line(policy, amount, orders, activity, customer))
-    lines.append(f"stage: {customer.stage or '-'} ({orders} paid orders; path {policy.stage_path}, "
-                 f"super from {policy.super_min_orders} orders)")
-    lines.append(f"activity: {activity} [{customer.activity or '-'}] — score {activity_score} in the last "
-                 f"{policy.activity_window_days} days (high ≥ {policy.activity_high}, mid ≥ {policy.activity_mid})")
-    lines.append(f"engagement: {customer.engagement or '-'} — active if an order or interaction within "
-                 f"{policy.active_days} days, silent within {policy.silent_days}, else churned")
-    return lines
+    header = [f"customer {customer.external_userid} {customer.name or ''}".rstrip(),
+              f"as of {as_of.isoformat()} (stored values from the last re-tier are shown in brackets)",
+              f"metrics: {orders} paid orders, {fen_to_yuan(amount)} 元 paid"
+              + (f", last paid order {date.fromordinal(last_day).isoformat()}" if last_day else "")]
+    why = _rfm_lines(orders, amount, last_day, as_of_day, stats, customer)
+    why["value_tier"] = _value_line(policy, amount, orders, activity, customer)
+    why["stage"] = (f"stage: {customer.stage or '-'} ({orders} paid orders; path {policy.stage_path}, "
+                    f"super from {policy.super_min_orders} orders)")
+    why["activity"] = (f"activity: {activity} [{customer.activity or '-'}] — score {activity_score} in the last "
+                       f"{policy.activity_window_days} days (high ≥ {policy.activity_high}, "
+                       f"mid ≥ {policy.activity_mid})")
+    why["engagement"] = (f"engagement: {customer.engagement or '-'} — active if an order or interaction within "
+                         f"{policy.active_days} days, silent within {policy.silent_days}, else churned")
+    return Explanation(header, why)
 
 
 def _rfm_lines(orders: int, amount: int, last_day: int | None, as_of_day: int, stats: Any,
-               customer: Customer) -> list[str]:
+               customer: Customer) -> dict[str, str]:
     if not orders or last_day is None or not stats.n:
-        return ["RFM: no segment (no paid orders)"]
+        return {"rfm_segment": "RFM: no segment (no paid orders)"}
     r_days = as_of_day - last_day
     mean_r, mean_f, mean_m = stats.mean_r_days(as_of_day), stats.sum_orders / stats.n, stats.sum_amount_fen / stats.n
     r_high, f_high = last_day * stats.n > stats.sum_last_day, orders * stats.n > stats.sum_orders
     m_high = amount * stats.n > stats.sum_amount_fen
     segment = segment_of(last_day, orders, amount, stats)
-    return [
-        f"R {'high' if r_high else 'low'}: last order {r_days} days ago, mean {mean_r:.1f} "
+    return {
+        "r": f"R {'high' if r_high else 'low'}: last order {r_days} days ago, mean {mean_r:.1f} "
         f"(score {quintile_of(last_day, stats.cuts_last_day)}/5)",
-        f"F {'high' if f_high else 'low'}: {orders} paid orders, mean {mean_f:.2f} "
+        "f": f"F {'high' if f_high else 'low'}: {orders} paid orders, mean {mean_f:.2f} "
         f"(score {quintile_of(orders, stats.cuts_orders)}/5)",
-        f"M {'high' if m_high else 'low'}: {fen_to_yuan(amount)} 元, mean {mean_m / 100:.2f} "
+        "m": f"M {'high' if m_high else 'low'}: {fen_to_yuan(amount)} 元, mean {mean_m / 100:.2f} "
         f"(score {quintile_of(amount, stats.cuts_amount_fen)}/5)",
-        f"RFM segment: {SEGMENT_NAMES[segment]} {segment} [{customer.rfm_segment or '-'}], "
+        "rfm_segment": f"RFM segment: {SEGMENT_NAMES[segment]} {segment} [{customer.rfm_segment or '-'}], "
         f"customer score [{customer.score if customer.score is not None else '-'}]/100",
-    ]
+    }
 
 
 def _value_line(policy: TierPolicy, amount: int, orders: int, activity: str, customer: Customer) -> str:

@@ -107,3 +107,6 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert planned and abs(int(planned.group(1)) - int(planned.group(2))) <= 3  # the preview told the truth
     assert re.search(r"coupon redeemed twice\s+\S+ .*first → redeemed; second → refused, already redeemed", out)
     assert re.search(r"tier change → actions\s+.* (mid|low) → high: .*owner told: 升级提醒", out)
+    # `scrm demo` points at the staff sidebar, signed in through the sandbox's OAuth2 page
+    assert re.search(r"staff sidebar \(聊天工具栏\) — open in a browser, sign in as \S+ on the sandbox's page:\n"
+                     r"  http://127\.0\.0\.1:\d+/sidebar/\?sandbox_contact=\S+", out)

@@ -46,6 +46,10 @@ def demo(cli: CliContext, customers: int, events: int, retry_share: float, datab
         burst = demo_run.drive(run, demo_run.plan_burst(data, events), retry_share, progress)
         drained = demo_run.wait_for_inbox(run)
         _report(run, burst, drained)
+        link = demo_run.sidebar_link(run)
+        if link:
+            click.echo(f"\nstaff sidebar (聊天工具栏) — open in a browser, sign in as {link[1]} on the sandbox's page:"
+                       f"\n  {link[0]}")
         if no_serve:
             return
         click.echo(f"\nserving — webhook {run.bot.url}/wecom/callback · health {run.bot.url}/healthz · "

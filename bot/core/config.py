@@ -286,6 +286,22 @@ class SchedulerSettings:
     lock_seconds: int = 60
 
 
+DEFAULT_OAUTH_AUTHORIZE_URL = "https://open.weixin.qq.com/connect/oauth2/authorize"
+# WeCom's own JS-SDK: the one script the sidebar loads from outside this service (WeCom requires its
+# own copy; our CSS and JS are served from here, no CDN).
+DEFAULT_JSSDK_URL = "https://res.wx.qq.com/open/js/jweixin-1.2.0.js"
+
+
+@dataclass(frozen=True)
+class SidebarSettings:
+    managers: list[str] = field(default_factory=list)
+    tag_creators: list[str] = field(default_factory=list)
+    session_minutes: int = 30
+    authorize_url: str = DEFAULT_OAUTH_AUTHORIZE_URL
+    jssdk_url: str = DEFAULT_JSSDK_URL
+    ticket_refresh_margin_seconds: int = 600
+
+
 @dataclass(frozen=True)
 class Settings:
     app: AppSettings = field(default_factory=AppSettings)
@@ -306,6 +322,7 @@ class Settings:
     broadcasts: BroadcastsSettings = field(default_factory=BroadcastsSettings)
     sequences: SequencesSettings = field(default_factory=SequencesSettings)
     tier_actions: TierActionsSettings = field(default_factory=TierActionsSettings)
+    sidebar: SidebarSettings = field(default_factory=SidebarSettings)
 
     def __repr__(self) -> str:
         return f"Settings({self.redacted()!r})"
@@ -352,7 +369,7 @@ def _masked_repr(self: Any) -> str:
 
 for _section_cls in (AppSettings, DatabaseSettings, RedisSettings, WeComSettings, WebhookSettings, WorkerSettings,
                      TiersSettings, ContactsSettings, KfSettings, TagsSettings, MomentsSettings,
-                     SchedulerSettings, GreetingsSettings, OutboxSettings):
+                     SchedulerSettings, GreetingsSettings, OutboxSettings, SidebarSettings):
     _section_cls.__repr__ = _masked_repr  # type: ignore[method-assign]
 
 
@@ -540,6 +557,22 @@ def validate(settings: Settings) -> None:
             _check_positive(f"worker.{f.name}", getattr(settings.worker, f.name))
     _check_conversations(settings)
     _check_campaigns(settings)
+    _check_sidebar(settings.sidebar)
+
+
+def _check_sidebar(sidebar: SidebarSettings) -> None:
+    for key in ("managers", "tag_creators"):
+        userids = getattr(sidebar, key)
+        if not isinstance(userids, list) or not all(isinstance(u, str) and u.strip() for u in userids):
+            raise ConfigError(f"sidebar.{key} must be a list of WeCom userids")
+    if not 1 <= sidebar.session_minutes <= 24 * 60:
+        raise ConfigError("sidebar.session_minutes must be 1–1440 (a short-lived staff session)")
+    for key in ("authorize_url", "jssdk_url"):
+        parts = urlsplit(getattr(sidebar, key))
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(f"sidebar.{key} must be an http(s) URL, got {getattr(sidebar, key)!r}")
+    if not 0 <= sidebar.ticket_refresh_margin_seconds < 7200:
+        raise ConfigError("sidebar.ticket_refresh_margin_seconds must be 0–7199 (tickets live 7200 s)")
 
 
 def _check_conversations(settings: Settings) -> None:

@@ -65,7 +65,27 @@ def demo_overrides(database_url: str, sandbox_url: str, corp: SandboxConfig, app
         "worker": {"poll_seconds": 0.5, "backoff_base_seconds": 1.0},
         "app": {"log_level": "WARNING", "brand_name": "小满咖啡"},
         "contacts": {"channels": DEMO_CHANNELS},
+        # The sandbox plays WeCom's OAuth2 page and JS-SDK, so the sidebar opens in a desktop browser.
+        "sidebar": {"authorize_url": f"{sandbox_url}/connect/oauth2/authorize",
+                    "jssdk_url": f"{sandbox_url}/_sandbox/jssdk.js"},
     }
+
+
+def sidebar_link(run: DemoRun) -> tuple[str, str] | None:
+    """A sidebar URL beside a chat with a followed, tiered customer (the highest score), and the member
+    to pick on the sandbox's sign-in page; None before any customer is tiered."""
+    from bot.models import CustomerTier, Follow, Staff
+
+    query = (select(Customer.external_userid, Staff.userid)
+             .join(Follow, Follow.customer_id == Customer.id).join(Staff, Staff.id == Follow.staff_id)
+             .join(CustomerTier, CustomerTier.customer_id == Customer.id)
+             .where(Follow.ended_at.is_(None), CustomerTier.value_tier.is_not(None))
+             .order_by(CustomerTier.score.desc().nulls_last(), Customer.id).limit(1))
+    with run.app.extensions["scrm.db"].begin() as session:
+        row = session.execute(query).first()
+    if row is None:
+        return None
+    return f"{run.bot.url}/sidebar/?sandbox_contact={row.external_userid}", row.userid
 
 
 def start(database_url: str) -> tuple[DemoRun, SandboxState]:

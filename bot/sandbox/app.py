@@ -11,6 +11,7 @@ from flask import Flask, Response, request
 
 from bot.sandbox import api_contact, api_kf, api_misc  # noqa: F401  (they fill ENDPOINTS)
 from bot.sandbox.control import bp as control_bp
+from bot.sandbox.jssdk import bp as jssdk_bp
 from bot.sandbox.registry import ENDPOINTS, Call
 from bot.sandbox.state import SandboxState, WeComError
 
@@ -21,6 +22,7 @@ def create_sandbox_app(state: SandboxState) -> Flask:
     app = Flask("scrm-sandbox")
     app.extensions["sandbox.state"] = state
     app.register_blueprint(control_bp)
+    app.register_blueprint(jssdk_bp)
 
     @app.route("/cgi-bin/<path:path>", methods=["GET", "POST"])
     def cgi(path: str) -> Response:

@@ -18,6 +18,9 @@ KF_HISTORY_SECONDS = 3 * 86400
 WELCOME_CODE_TTL = 20
 KF_WINDOW_SECONDS = 48 * 3600
 KF_WINDOW_MESSAGES = 5
+OAUTH_CODE_TTL = 300  # an OAuth2 code: single use, 5 minutes
+TICKET_TTL = 7200
+TICKET_FETCHES_PER_HOUR = {"corp": 400, "agent": 100}  # jsapi_ticket per corp, agent_config per app
 
 
 class WeComError(Exception):
@@ -81,6 +84,10 @@ class SandboxState:
     delays: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     delivery_bodies: dict[int, tuple[dict[str, str], str]] = field(default_factory=dict)
+    oauth_codes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tickets: dict[str, list[tuple[str, float]]] = field(default_factory=lambda: defaultdict(list))
+    ticket_fetches: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    jssdk_calls: list[dict[str, Any]] = field(default_factory=list)
 
     def now(self) -> float:
         return self.clock() + self.offset
@@ -120,6 +127,35 @@ class SandboxState:
     def take_fault(self, path: str) -> int | None:
         queue = self.faults.get(path)
         return queue.pop(0) if queue else None
+
+    # ---------------------------------------------------------------- OAuth2 and JS-SDK
+
+    def issue_oauth_code(self, userid: str) -> str:
+        """What WeCom's authorize page hands back after a member opens the app (or a customer does)."""
+        code = random_id("sbxcode", 32)
+        self.oauth_codes[code] = {"userid": userid, "issued_at": self.now()}
+        return code
+
+    def take_oauth_code(self, code: str) -> str | None:
+        """The user behind a code, once; an unknown, used or expired code gives None (WeCom: 40029)."""
+        entry = self.oauth_codes.pop(code, None)
+        if entry is None or self.now() - entry["issued_at"] > OAUTH_CODE_TTL:
+            return None
+        return str(entry["userid"])
+
+    def issue_ticket(self, kind: str) -> tuple[str, int]:
+        """A JS-SDK ticket (``corp`` or ``agent``), within WeCom's hourly fetch limit."""
+        now = self.now()
+        fetches = [t for t in self.ticket_fetches[kind] if now - t < 3600]
+        if len(fetches) >= TICKET_FETCHES_PER_HOUR[kind]:
+            raise WeComError(45009, "api freq out of limit")
+        self.ticket_fetches[kind] = [*fetches, now]
+        ticket = random_id(f"{kind}_ticket_", 40)
+        self.tickets[kind].append((ticket, now + TICKET_TTL))
+        return ticket, TICKET_TTL
+
+    def valid_tickets(self, kind: str) -> list[str]:
+        return [t for t, expires_at in self.tickets[kind] if expires_at > self.now()]
 
     # ---------------------------------------------------------------- people
 

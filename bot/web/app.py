@@ -12,7 +12,7 @@ from flask import Flask
 from bot.core.clock import Clock, system_clock
 from bot.core.config import Settings, install_secret_redaction
 from bot.startup import load_settings
-from bot.web import inbox, wiring
+from bot.web import inbox, sidebar, wiring
 
 
 def create_app(
@@ -40,4 +40,5 @@ def create_app(
     db = wiring.init_db(app, settings, upgrade=upgrade_db)
     inbox.init_app(app, settings, db, start_worker=start_worker)
     wiring.init_app(app)
+    sidebar.init_app(app, settings)
     return app

@@ -3,11 +3,16 @@ one method per endpoint, ``optionaldict`` for optional fields, generators for cu
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable, Iterator
+from urllib.parse import quote
 
 from optionaldict import optionaldict
 from wechatpy.client.api.base import BaseWeChatAPI
-from wechatpy.work.client.api import WeChatExternalContact, WeChatKF, WeChatOAuth
+from wechatpy.work.client.api import WeChatExternalContact, WeChatJSAPI, WeChatKF, WeChatOAuth
+
+WECOM_OAUTH_AUTHORIZE_URL = "https://open.weixin.qq.com/connect/oauth2/authorize"
 
 
 def cursor_pages(fetch: Callable[[str | None], dict]) -> Iterator[dict]:
@@ -237,11 +242,58 @@ class ScrmOAuth(WeChatOAuth):
         return self._get("auth/getuserinfo", params={"code": code})
 
     def authorize_url_for_agent(self, redirect_uri: str, state: str, agentid: int, scope: str = "snsapi_base") -> str:
-        from urllib.parse import quote
+        return authorize_url(self.OAUTH_BASE_URL, self._client.corp_id, redirect_uri, state, agentid, scope)
 
-        return (
-            f"{self.OAUTH_BASE_URL}?appid={self._client.corp_id}&redirect_uri={quote(redirect_uri, safe='')}"
-            f"&response_type=code&scope={scope}&state={state}&agentid={agentid}#wechat_redirect"
-        )
+
+def authorize_url(base_url: str, corp_id: str, redirect_uri: str, state: str, agentid: int,
+                  scope: str = "snsapi_base") -> str:
+    """The OAuth2 authorize URL a member's WeCom client is sent to (``state``: a-zA-Z0-9, ≤128 bytes)."""
+    return (
+        f"{base_url}?appid={quote(corp_id, safe='')}&redirect_uri={quote(redirect_uri, safe='')}"
+        f"&response_type=code&scope={scope}&state={state}&agentid={agentid}#wechat_redirect"
+    )
+
+
+def jsapi_signature(ticket: str, noncestr: str, timestamp: int | str, url: str) -> str:
+    """JS-SDK signature: sha1 over the four fields in WeCom's fixed order, raw (not URL-encoded)
+    values, the page URL without its ``#`` fragment (WECOM.md §8)."""
+    page_url = url.split("#", 1)[0]
+    text = f"jsapi_ticket={ticket}&noncestr={noncestr}&timestamp={timestamp}&url={page_url}"
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class ScrmJSAPI(WeChatJSAPI):
+    """
+    JS-SDK tickets, cached in the client's session storage (Redis or memory, like the access token)
+
+    wechatpy keys the app ticket by corp only (two apps of one corp would share it) and fetches a new
+    one only after expiry; here the corp ticket is kept per corp, the app ticket per corp and agent, and
+    both are fetched again ``refresh_margin`` seconds before they expire. WeCom allows 400 fetches an
+    hour per corp and 100 per app, so a page load must never fetch one.
+
+    https://developer.work.weixin.qq.com/document/path/90506
+    """
+
+    refresh_margin: int = 600
+    clock: Callable[[], float] = staticmethod(time.time)
+
+    def get_jsapi_ticket(self) -> str:  # type: ignore[override]
+        """The corp jsapi_ticket (for ``wx.config`` / ``ww.register``)."""
+        return self._cached(f"{self._client.corp_id}_jsapi_ticket", self.get_ticket)
+
+    def get_agent_jsapi_ticket(self, agentid: int | str = "") -> str:  # type: ignore[override]
+        """The app ticket (for ``wx.agentConfig``); ``agentid`` keeps two apps' tickets apart."""
+        return self._cached(f"{self._client.corp_id}_{agentid}_agent_jsapi_ticket", self.get_agent_ticket)
+
+    def _cached(self, key: str, fetch: Callable[[], dict]) -> str:
+        now = int(self.clock())
+        cached = self.session.get(key)
+        if isinstance(cached, dict) and cached.get("ticket") and int(cached.get("expires_at", 0)) - \
+                self.refresh_margin > now:
+            return str(cached["ticket"])
+        answer = fetch()
+        expires_in = int(answer.get("expires_in") or 7200)
+        self.session.set(key, {"ticket": answer["ticket"], "expires_at": now + expires_in}, expires_in)
+        return str(answer["ticket"])
 
 

@@ -17,7 +17,7 @@ from wechatpy.session.redisstorage import RedisStorage
 from wechatpy.work import WeChatClient
 
 from bot.core.config import Settings
-from bot.wecom.api import ScrmExternalContact, ScrmKF, ScrmMoment, ScrmOAuth
+from bot.wecom.api import ScrmExternalContact, ScrmJSAPI, ScrmKF, ScrmMoment, ScrmOAuth
 from bot.wecom.ratelimit import LocalBuckets, RateLimiter, RedisBuckets, api_path
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ class WeComClient(WeChatClient):
     kf = ScrmKF()
     moment = ScrmMoment()
     oauth = ScrmOAuth()
+    jsapi = ScrmJSAPI()
 
     def __init__(
         self,
@@ -141,7 +142,7 @@ def build_clients(settings: Settings, session: SessionStorage | None = None,
     limiter = limiter or rate_limiter(settings, sleep, getattr(storage, "redis", None))  # one Redis connection
 
     def client(secret: str) -> WeComClient:
-        return WeComClient(
+        made = WeComClient(
             w.corp_id,
             secret,
             api_base_url=w.api_base_url,
@@ -152,6 +153,8 @@ def build_clients(settings: Settings, session: SessionStorage | None = None,
             sleep=sleep,
             limiter=limiter,
         )
+        made.jsapi.refresh_margin = settings.sidebar.ticket_refresh_margin_seconds
+        return made
 
     app = client(w.secret)
     contact = client(w.contact_secret) if w.contact_secret and w.contact_secret != w.secret else app

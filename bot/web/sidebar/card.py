@@ -1,0 +1,227 @@
+"""What the sidebar shows about one customer, read in a handful of indexed queries (no Flask here):
+who may see it, the card itself, and the next best action with its ready text."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.core.config import Settings
+from bot.models import Coupon, Customer, CustomerTag, Follow, Interaction, Order, Staff, Tag, TagGroup, TierChange
+from bot.outbox.messages import STAGE_NAMES, TIER_NAMES, MessageTemplates, customer_vars, tier_keys
+from segments.explain import explanation
+from segments.money import fen_to_yuan
+from segments.policy import TierPolicy
+from segments.rfm import SEGMENT_NAMES
+
+ENGAGEMENT_NAMES = {"active": "活跃", "silent": "沉默", "churned": "流失"}
+ACTIVITY_NAMES = {"high": "高", "mid": "中", "low": "低"}
+INTERACTION_NAMES = {"kf_message": "客服消息", "moment_like": "朋友圈点赞", "moment_comment": "朋友圈评论",
+                     "campaign_reply": "活动回复", "coupon_redeem": "用券", "added": "添加好友"}
+COUPON_STATUS_NAMES = {"issued": "未使用", "redeemed": "已使用", "expired": "已过期"}
+DIMENSION_NAMES = {"value_tier": "价值分层", "rfm_segment": "RFM 分群", "stage": "阶段", "engagement": "活跃状态",
+                   "activity": "互动活跃度"}
+ADD_WAY_NAMES = {0: "未知来源", 1: "扫描二维码", 2: "搜索手机号", 3: "名片分享", 4: "群聊", 5: "手机通讯录",
+                 6: "微信联系人", 8: "第三方售前客服", 9: "搜索邮箱", 10: "视频号", 11: "日程参与人",
+                 12: "会议参与人", 13: "微信好友的客户", 14: "智能客服", 15: "门店客服", 16: "客户群聊",
+                 201: "内部成员共享", 202: "管理员/负责人分配"}
+# First match wins: (dimension, value, template name under templates/messages/nba/, what staff do).
+NEXT_BEST_ACTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("rfm_segment", "important_value", "vip", "专属客服 · 会员日邀请"),
+    ("rfm_segment", "important_retain", "win_back", "挽留：送回归礼券"),
+    ("value_tier", "high", "vip", "专属客服 · 会员日邀请"),
+    ("value_tier", "mid", "flash", "限时折扣提醒"),
+)
+DEFAULT_ACTION = ("content", "日常内容关怀")
+
+
+def customer_digest(external_userid: str) -> str:
+    """A customer reference for logs that names no one."""
+    return hashlib.sha256(external_userid.encode("utf-8")).hexdigest()[:12]
+
+
+def may_view(session: Session, staff_userid: str, customer_id: int, managers: list[str]) -> bool:
+    """Staff see customers they follow now; configured managers see every customer."""
+    if staff_userid in managers:
+        return True
+    follows = (select(Follow.id).join(Staff, Staff.id == Follow.staff_id)
+               .where(Follow.customer_id == customer_id, Staff.userid == staff_userid, Follow.ended_at.is_(None)))
+    return session.scalar(follows.limit(1)) is not None
+
+
+@dataclass(frozen=True)
+class TierRow:
+    label: str
+    value: str
+    why: str
+
+
+@dataclass(frozen=True)
+class TagOption:
+    id: int
+    name: str
+    checked: bool
+
+
+@dataclass(frozen=True)
+class TagGroupView:
+    name: str
+    tags: list[TagOption]
+
+
+@dataclass(frozen=True)
+class NextBestAction:
+    title: str
+    template: str
+    text: str
+
+
+@dataclass
+class CustomerCard:
+    external_userid: str
+    name: str
+    remark: str
+    owner: str
+    added_at: str
+    channel: str
+    opted_out: bool
+    tiers: list[TierRow] = field(default_factory=list)
+    changes: list[dict[str, str]] = field(default_factory=list)
+    orders: list[dict[str, str]] = field(default_factory=list)
+    coupons: list[dict[str, str]] = field(default_factory=list)
+    interactions: list[dict[str, str]] = field(default_factory=list)
+    tag_groups: list[TagGroupView] = field(default_factory=list)
+    action: NextBestAction | None = None
+
+
+def find_customer(session: Session, external_userid: str) -> Customer | None:
+    return session.scalar(select(Customer).where(Customer.external_userid == external_userid))
+
+
+def build_card(session: Session, customer: Customer, staff_userid: str, settings: Settings,
+               as_of: date, templates: MessageTemplates) -> CustomerCard:
+    tz = settings.tz
+    follow = _follow_shown(session, customer, staff_userid)
+    owner = session.scalar(select(Staff.name).where(Staff.userid == customer.owner_userid)) \
+        if customer.owner_userid else None
+    card = CustomerCard(
+        external_userid=customer.external_userid,
+        name=customer.name or f"客户…{customer.external_userid[-6:]}",
+        remark=follow.remark if follow else "",
+        owner=owner or customer.owner_userid or "—",
+        added_at=_day(follow.added_at, tz) if follow and follow.added_at else "—",
+        channel=_channel(follow),
+        opted_out=customer.opted_out,
+    )
+    card.tiers = tier_rows(session, customer, settings, as_of)
+    card.changes = _changes(session, customer.id)
+    card.orders = _orders(session, customer.id, tz)
+    card.coupons = _coupons(session, customer.id, tz)
+    card.interactions = _interactions(session, customer.id, tz)
+    card.tag_groups = tag_groups(session, customer.id)
+    card.action = next_best_action(customer, templates, settings.app.brand_name)
+    return card
+
+
+def _follow_shown(session: Session, customer: Customer, staff_userid: str) -> Follow | None:
+    """The viewer's own follow (their remark, their channel), else the owner's, else the first."""
+    rows = session.execute(select(Follow, Staff.userid).join(Staff, Staff.id == Follow.staff_id)
+                           .where(Follow.customer_id == customer.id).order_by(Follow.added_at, Follow.id)).all()
+    by_userid = {userid: f for f, userid in rows}
+    return by_userid.get(staff_userid) or by_userid.get(customer.owner_userid or "") or (rows[0][0] if rows else None)
+
+
+def _channel(follow: Follow | None) -> str:
+    if follow is None:
+        return "—"
+    how = ADD_WAY_NAMES.get(follow.add_way or 0, "其他")
+    return f"{how} · 渠道 {follow.state}" if follow.state else how
+
+
+def tier_rows(session: Session, customer: Customer, settings: Settings, as_of: date) -> list[TierRow]:
+    policy = TierPolicy.from_settings(settings.tiers)
+    why = explanation(session, customer, policy, as_of, settings.tz).why
+    scores = "/".join(str(s) if s is not None else "-" for s in (customer.r_score, customer.f_score, customer.m_score))
+    rfm_why = " · ".join(why[k] for k in ("r", "f", "m", "rfm_segment") if k in why)
+    return [
+        TierRow("价值分层", TIER_NAMES.get(customer.value_tier or "", "未分层"), why["value_tier"]),
+        TierRow("RFM 分群", f"{SEGMENT_NAMES.get(customer.rfm_segment or '', '无')}（R/F/M {scores}）", rfm_why),
+        TierRow("阶段", STAGE_NAMES.get(customer.stage or "", customer.stage or "—"), why["stage"]),
+        TierRow("活跃状态", ENGAGEMENT_NAMES.get(customer.engagement or "", "—"), why["engagement"]),
+        TierRow("互动活跃度", ACTIVITY_NAMES.get(customer.activity or "", "—"), why["activity"]),
+        TierRow("客户评分", f"{customer.score}/100" if customer.score is not None else "—",
+                "R/F/M 分数按权重 {}/{}/{} 折算为 0–100".format(*policy.score_weights)),
+    ]
+
+
+def _changes(session: Session, customer_id: int, limit: int = 5) -> list[dict[str, str]]:
+    rows = session.scalars(select(TierChange).where(TierChange.customer_id == customer_id)
+                           .order_by(TierChange.as_of.desc(), TierChange.id.desc()).limit(limit))
+    return [{"day": c.as_of.isoformat(), "what": DIMENSION_NAMES.get(c.dimension, c.dimension),
+             "change": f"{_value_name(c.dimension, c.from_value)} → {_value_name(c.dimension, c.to_value)}"}
+            for c in rows]
+
+
+def _value_name(dimension: str, value: str | None) -> str:
+    names = {"value_tier": TIER_NAMES, "rfm_segment": SEGMENT_NAMES, "stage": STAGE_NAMES,
+             "engagement": ENGAGEMENT_NAMES, "activity": ACTIVITY_NAMES}.get(dimension, {})
+    return names.get(value or "", value or "—")
+
+
+def _orders(session: Session, customer_id: int, tz: ZoneInfo, limit: int = 5) -> list[dict[str, str]]:
+    rows = session.scalars(select(Order).where(Order.customer_id == customer_id)
+                           .order_by(Order.paid_at.desc()).limit(limit))
+    return [{"day": _day(o.paid_at, tz), "amount": f"¥{fen_to_yuan(o.amount_fen)}",
+             "status": {"paid": "已付款", "refunded": "已退款"}.get(o.status, o.status)} for o in rows]
+
+
+def _coupons(session: Session, customer_id: int, tz: ZoneInfo, limit: int = 5) -> list[dict[str, str]]:
+    rows = session.scalars(select(Coupon).where(Coupon.customer_id == customer_id)
+                           .order_by(Coupon.issued_at.desc()).limit(limit))
+    return [{"title": c.title, "issued": _day(c.issued_at, tz),
+             "status": COUPON_STATUS_NAMES.get(c.status, c.status)} for c in rows]
+
+
+def _interactions(session: Session, customer_id: int, tz: ZoneInfo, limit: int = 8) -> list[dict[str, str]]:
+    rows = session.scalars(select(Interaction).where(Interaction.customer_id == customer_id)
+                           .order_by(Interaction.occurred_at.desc()).limit(limit))
+    return [{"when": _moment(i.occurred_at, tz), "what": INTERACTION_NAMES.get(i.kind, i.kind)} for i in rows]
+
+
+def tag_groups(session: Session, customer_id: int) -> list[TagGroupView]:
+    live = set(session.scalars(select(CustomerTag.tag_id).where(CustomerTag.customer_id == customer_id,
+                                                                CustomerTag.removed_at.is_(None))))
+    rows = session.execute(select(TagGroup.name, Tag.id, Tag.name).join(Tag, Tag.group_id == TagGroup.id)
+                           .where(TagGroup.deleted.is_(False), Tag.deleted.is_(False))
+                           .order_by(TagGroup.order.desc(), TagGroup.name, Tag.order.desc(), Tag.name)).all()
+    groups: dict[str, list[TagOption]] = {}
+    for group, tag_id, name in rows:
+        groups.setdefault(group, []).append(TagOption(tag_id, name, tag_id in live))
+    return [TagGroupView(name, tags) for name, tags in groups.items()]
+
+
+def next_best_action(customer: Customer, templates: MessageTemplates, brand: str) -> NextBestAction:
+    name, title = DEFAULT_ACTION
+    for dimension, value, template, what in NEXT_BEST_ACTIONS:
+        if getattr(customer, dimension) == value:
+            name, title = template, what
+            break
+    rendered = templates.render("nba", name, tier_keys(customer), customer=customer_vars(customer), brand=brand)
+    return NextBestAction(title, rendered.template, rendered.text)
+
+
+def _day(moment: datetime, tz: ZoneInfo) -> str:
+    return _local(moment, tz).strftime("%Y-%m-%d")
+
+
+def _moment(moment: datetime, tz: ZoneInfo) -> str:
+    return _local(moment, tz).strftime("%m-%d %H:%M")
+
+
+def _local(moment: datetime, tz: ZoneInfo) -> datetime:
+    return moment.astimezone(tz)
