@@ -92,7 +92,8 @@ def seed(world_db: Any, state: SandboxState, now: datetime) -> None:
             day = now - timedelta(days=40 + i)
             session.add(CustomerAggregate(customer_id=buyer.id, order_count=1, paid_amount_fen=10000 + 100 * i,
                                           first_order_at=day, last_order_at=day,
-                                          first_order_day=day.date().toordinal(), last_order_day=day.date().toordinal()))
+                                          first_order_day=day.date().toordinal(),
+                                          last_order_day=day.date().toordinal()))
         intent = TagGroup(name="意向")
         deal = TagGroup(name="交易")
         session.add_all([intent, deal])
