@@ -40,6 +40,50 @@ def test_init_creates_and_reports_the_schema(tmp_path):
     assert (tmp_path / "new.db").exists()
 
 
+@pytest.mark.parametrize("command", [["inbox", "list"], ["customer", "show", "1"], ["tags", "check"], ["retier"],
+                                     ["broadcast", "report", "x"], ["token", "list"]])
+def test_commands_other_than_init_refuse_a_missing_database(tmp_path, command):
+    url = f"sqlite:///{tmp_path / 'typo' / 'scrm.db'}"
+    result = scrm(*command, env={"SCRM_DATABASE_URL": url})
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: no database at {tmp_path / 'typo' / 'scrm.db'} (database.url {url})")
+    assert "run `scrm init`" in result.output
+    assert not (tmp_path / "typo").exists()  # nothing created on the way
+
+
+def test_init_creates_the_missing_directory_and_then_commands_work(tmp_path):
+    env = {"SCRM_DATABASE_URL": f"sqlite:///{tmp_path / 'new' / 'scrm.db'}"}
+    assert scrm("init", env=env).exit_code == 0
+    listing = scrm("inbox", "list", env=env)
+    assert listing.exit_code == 0 and listing.output == "no inbox events\n"
+
+
+def test_a_database_without_the_schema_is_not_used(tmp_path):
+    (tmp_path / "empty.db").touch()
+    result = scrm("inbox", "list", env={"SCRM_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"})
+    assert result.exit_code == 1 and "no scrm schema" in result.output and "run `scrm init`" in result.output
+
+
+@pytest.mark.parametrize("case", ["through a file", "not a database", "a directory", "unreachable postgresql"])
+@pytest.mark.parametrize("command", [["init"], ["inbox", "list"]])
+def test_an_unusable_database_is_one_line_naming_the_setting(tmp_path, case, command):
+    (tmp_path / "notes.txt").write_text("not a database, just notes\n" * 200, encoding="utf-8")
+    url, cause = {
+        "through a file": (f"sqlite:///{tmp_path / 'notes.txt' / 'scrm.db'}", "notes.txt is a file, not a directory"),
+        "not a database": (f"sqlite:///{tmp_path / 'notes.txt'}", "notes.txt is not a SQLite database"),
+        "a directory": (f"sqlite:///{tmp_path}", f"{tmp_path} is a directory"),
+        # port 1 on loopback: refused at once, and no shared server is touched
+        "unreachable postgresql": ("postgresql://scrm:hunter2@127.0.0.1:1/scrm", "cannot connect: "),
+    }[case]
+    result = scrm(*command, env={"SCRM_DATABASE_URL": url})
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: database.url ") and cause in lines[0]
+    assert "hunter2" not in result.output
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8").startswith("not a database")
+
+
 def test_config_show_masks_secrets(config_file, overrides):
     result = scrm("--config", str(config_file), "config", "show")
     assert result.exit_code == 0

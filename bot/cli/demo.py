@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from bot.cli.context import CliContext, pass_cli, render_table
+from bot.cli.context import DEMO_DATABASE, CliContext, pass_cli, render_table
 from bot.demo import run as demo_run
 from bot.demo.campaigns import run_campaign_scenes
 from bot.demo.scenes import run_scenes
 
-DEFAULT_DB = "scrm-demo.db"
+DEFAULT_DB = DEMO_DATABASE
 
 
 @click.command()

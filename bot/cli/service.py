@@ -17,7 +17,7 @@ from bot.config import redact_url
 @pass_cli
 def init(cli: CliContext) -> None:
     """Create the database, or upgrade it to the newest schema."""
-    db = cli.db(upgrade=True)
+    db = cli.db(create=True)
     with db.engine.connect() as conn:
         revision = MigrationContext.configure(conn).get_current_revision()
     click.echo(f"database {redact_url(db.url)} is at schema revision {revision}")
@@ -38,8 +38,13 @@ def serve(cli: CliContext, host: str, port: int, no_worker: bool, no_scheduler: 
     from bot.app import create_app
     from bot.scheduler import SchedulerService
 
+    from bot.db import DatabaseUnavailable
+
     settings = cli.settings()
-    app = create_app(settings=settings, start_worker=False if no_worker else None)
+    try:
+        app = create_app(settings=settings, start_worker=False if no_worker else None)
+    except DatabaseUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     service = None
     if settings.scheduler.enabled and not no_scheduler:
         processor = app.extensions["scrm.processor"]
