@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,14 @@ def test_an_unusable_database_is_one_line_naming_the_setting(tmp_path, case, com
     assert (tmp_path / "notes.txt").read_text(encoding="utf-8").startswith("not a database")
 
 
+def test_demo_refuses_a_database_path_through_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("notes", encoding="utf-8")
+    result = scrm("demo", "--no-serve", "--database", str(tmp_path / "notes.txt" / "demo.db"))
+    assert result.exit_code == 1
+    notes = tmp_path / "notes.txt"
+    assert result.output == f"Error: --database {notes / 'demo.db'}: {notes} is a file, not a directory\n"
+
+
 def test_config_show_masks_secrets(config_file, overrides):
     result = scrm("--config", str(config_file), "config", "show")
     assert result.exit_code == 0
@@ -146,8 +155,47 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert re.search(r"6 questions in one go\s+5 replies sent, 1 not sent: kf window full", out)
     assert re.search(r"kf「退订」\s+opted out: True", out)
     assert "second poll 0" in out
-    assert re.search(r"broadcast preview \+ plan\s+audience \d+: \d+ to send, \d+ held out", out)
+    assert re.search(r"broadcast preview \+ plan\s+sent 14 days and an hour ago .*: audience \d+: \d+ to send, "
+                     r"\d+ held out \(10% per tier\)", out)
     planned = re.search(r"(\d+) to send, .*the preview expected ≈(\d+) to send", out)
     assert planned and abs(int(planned.group(1)) - int(planned.group(2))) <= 3  # the preview told the truth
     assert re.search(r"coupon redeemed twice\s+\S+ .*first → redeemed; second → refused, already redeemed", out)
-    assert re.search(r"tier change → actions\s+.* (mid|low) → high: .*owner told: 升级提醒", out)
+    upgrade = re.search(r"tier change → actions\s+\S+ \(id (\d+)\) was (mid|low) .* posted to /api/v1/orders; "
+                        r"the re-tier moved \d+ customers' value tier in all: \S+ (mid|low) → high \(paid .* owner "
+                        r"told: 升级提醒", out)
+    assert upgrade, out
+    effect = re.search(r"effect report\s+simulated: .*: (\d+) orders posted to /api/v1/orders → ordered within 14 "
+                       r"days: sent (\d+) of (\d+) \([\d.]+%\), held out (\d+) of (\d+) \([\d.]+%\); lift "
+                       r"(\S+ pts \(95% CI \S+ … \S+\))", out)
+    assert effect and int(effect.group(1)) > 0, out
+
+    # The closing hints carry the demo's database, and each shows the demo's data as printed.
+    hints = [shlex.split(line) for line in out.splitlines() if line.startswith("  SCRM_DATABASE_URL=")]
+    assert [h[2:4] for h in hints] == [["inbox", "list"], ["customer", "show"], ["broadcast", "report"],
+                                       ["tags", "check"]]
+    runs = {}
+    for setting, program, *args in hints:
+        name, _, url = setting.partition("=")
+        assert (name, url, program) == ("SCRM_DATABASE_URL", f"sqlite:///{db}", "scrm")
+        runs[args[0]] = scrm(*args, env={name: url})
+        assert runs[args[0]].exit_code == 0, runs[args[0]].output
+    assert re.search(r"^\d+\s+\S+ \S+\s+event/\S+\s+handled", runs["inbox"].output, re.M)
+    assert hints[1][4] == upgrade.group(1)
+    assert "value tier: high [high]" in runs["customer"].output
+    report = runs["broadcast"].output
+    ordered, sent, held_ordered, held = effect.group(2, 3, 4, 5)
+    assert re.search(rf"^sent\s+{sent}\s+{ordered}\s", report, re.M), report
+    assert re.search(rf"^held out\s+{held}\s+{held_ordered}\s", report, re.M), report
+    assert f"lift in share who ordered: {effect.group(6)}" in report
+    assert runs["tags"].exit_code == 0
+
+
+def test_the_demo_upgrade_buys_just_past_the_top_rule():
+    from bot.demo.campaigns import orders_to_reach
+    from segments.policy import ValueRule
+
+    high = ValueRule("high", amount_gt_fen=100000, orders_gt=5, activity_in=("high",))
+    assert orders_to_reach(high, orders=3, paid_fen=124920) == (3, 99)  # an ordinary order is enough
+    count, yuan = orders_to_reach(high, orders=0, paid_fen=0)
+    assert count == 6 and count * yuan * 100 > 100000 and (count * (yuan - 1)) * 100 <= 100000
+    assert orders_to_reach(high, orders=9, paid_fen=200000) == (1, 99)

@@ -36,9 +36,8 @@ def serve(cli: CliContext, host: str, port: int, no_worker: bool, no_scheduler: 
     from werkzeug.serving import run_simple
 
     from bot.app import create_app
-    from bot.scheduler import SchedulerService
-
     from bot.db import DatabaseUnavailable
+    from bot.scheduler import SchedulerService
 
     settings = cli.settings()
     try:
