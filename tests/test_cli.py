@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,58 @@ def test_init_creates_and_reports_the_schema(tmp_path):
     head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
     assert f"schema revision {head}" in result.output
     assert (tmp_path / "new.db").exists()
+
+
+@pytest.mark.parametrize("command", [["inbox", "list"], ["customer", "show", "1"], ["tags", "check"], ["retier"],
+                                     ["broadcast", "report", "x"], ["token", "list"]])
+def test_commands_other_than_init_refuse_a_missing_database(tmp_path, command):
+    url = f"sqlite:///{tmp_path / 'typo' / 'scrm.db'}"
+    result = scrm(*command, env={"SCRM_DATABASE_URL": url})
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: no database at {tmp_path / 'typo' / 'scrm.db'} (database.url {url})")
+    assert "run `scrm init`" in result.output
+    assert not (tmp_path / "typo").exists()  # nothing created on the way
+
+
+def test_init_creates_the_missing_directory_and_then_commands_work(tmp_path):
+    env = {"SCRM_DATABASE_URL": f"sqlite:///{tmp_path / 'new' / 'scrm.db'}"}
+    assert scrm("init", env=env).exit_code == 0
+    listing = scrm("inbox", "list", env=env)
+    assert listing.exit_code == 0 and listing.output == "no inbox events\n"
+
+
+def test_a_database_without_the_schema_is_not_used(tmp_path):
+    (tmp_path / "empty.db").touch()
+    result = scrm("inbox", "list", env={"SCRM_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"})
+    assert result.exit_code == 1 and "no scrm schema" in result.output and "run `scrm init`" in result.output
+
+
+@pytest.mark.parametrize("case", ["through a file", "not a database", "a directory", "unreachable postgresql"])
+@pytest.mark.parametrize("command", [["init"], ["inbox", "list"]])
+def test_an_unusable_database_is_one_line_naming_the_setting(tmp_path, case, command):
+    (tmp_path / "notes.txt").write_text("not a database, just notes\n" * 200, encoding="utf-8")
+    url, cause = {
+        "through a file": (f"sqlite:///{tmp_path / 'notes.txt' / 'scrm.db'}", "notes.txt is a file, not a directory"),
+        "not a database": (f"sqlite:///{tmp_path / 'notes.txt'}", "notes.txt is not a SQLite database"),
+        "a directory": (f"sqlite:///{tmp_path}", f"{tmp_path} is a directory"),
+        # port 1 on loopback: refused at once, and no shared server is touched
+        "unreachable postgresql": ("postgresql://scrm:hunter2@127.0.0.1:1/scrm", "cannot connect: "),
+    }[case]
+    result = scrm(*command, env={"SCRM_DATABASE_URL": url})
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: database.url ") and cause in lines[0]
+    assert "hunter2" not in result.output
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8").startswith("not a database")
+
+
+def test_demo_refuses_a_database_path_through_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("notes", encoding="utf-8")
+    result = scrm("demo", "--no-serve", "--database", str(tmp_path / "notes.txt" / "demo.db"))
+    assert result.exit_code == 1
+    notes = tmp_path / "notes.txt"
+    assert result.output == f"Error: --database {notes / 'demo.db'}: {notes} is a file, not a directory\n"
 
 
 def test_config_show_masks_secrets(config_file, overrides):
@@ -102,11 +155,50 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert re.search(r"6 questions in one go\s+5 replies sent, 1 not sent: kf window full", out)
     assert re.search(r"kf「退订」\s+opted out: True", out)
     assert "second poll 0" in out
-    assert re.search(r"broadcast preview \+ plan\s+audience \d+: \d+ to send, \d+ held out", out)
+    assert re.search(r"broadcast preview \+ plan\s+sent 14 days and an hour ago .*: audience \d+: \d+ to send, "
+                     r"\d+ held out \(10% per tier\)", out)
     planned = re.search(r"(\d+) to send, .*the preview expected ≈(\d+) to send", out)
     assert planned and abs(int(planned.group(1)) - int(planned.group(2))) <= 3  # the preview told the truth
     assert re.search(r"coupon redeemed twice\s+\S+ .*first → redeemed; second → refused, already redeemed", out)
-    assert re.search(r"tier change → actions\s+.* (mid|low) → high: .*owner told: 升级提醒", out)
+    upgrade = re.search(r"tier change → actions\s+\S+ \(id (\d+)\) was (mid|low) .* posted to /api/v1/orders; "
+                        r"the re-tier moved \d+ customers' value tier in all: \S+ (mid|low) → high \(paid .* owner "
+                        r"told: 升级提醒", out)
+    assert upgrade, out
     # `scrm demo` points at the staff sidebar, signed in through the sandbox's OAuth2 page
     assert re.search(r"staff sidebar \(聊天工具栏\) — open in a browser, sign in as \S+ on the sandbox's page:\n"
                      r"  http://127\.0\.0\.1:\d+/sidebar/\?sandbox_contact=\S+", out)
+    effect = re.search(r"effect report\s+simulated: .*: (\d+) orders posted to /api/v1/orders → ordered within 14 "
+                       r"days: sent (\d+) of (\d+) \([\d.]+%\), held out (\d+) of (\d+) \([\d.]+%\); lift "
+                       r"(\S+ pts \(95% CI \S+ … \S+\))", out)
+    assert effect and int(effect.group(1)) > 0, out
+
+    # The closing hints carry the demo's database, and each shows the demo's data as printed.
+    hints = [shlex.split(line) for line in out.splitlines() if line.startswith("  SCRM_DATABASE_URL=")]
+    assert [h[2:4] for h in hints] == [["inbox", "list"], ["customer", "show"], ["broadcast", "report"],
+                                       ["tags", "check"]]
+    runs = {}
+    for setting, program, *args in hints:
+        name, _, url = setting.partition("=")
+        assert (name, url, program) == ("SCRM_DATABASE_URL", f"sqlite:///{db}", "scrm")
+        runs[args[0]] = scrm(*args, env={name: url})
+        assert runs[args[0]].exit_code == 0, runs[args[0]].output
+    assert re.search(r"^\d+\s+\S+ \S+\s+event/\S+\s+handled", runs["inbox"].output, re.M)
+    assert hints[1][4] == upgrade.group(1)
+    assert "value tier: high [high]" in runs["customer"].output
+    report = runs["broadcast"].output
+    ordered, sent, held_ordered, held = effect.group(2, 3, 4, 5)
+    assert re.search(rf"^sent\s+{sent}\s+{ordered}\s", report, re.M), report
+    assert re.search(rf"^held out\s+{held}\s+{held_ordered}\s", report, re.M), report
+    assert f"lift in share who ordered: {effect.group(6)}" in report
+    assert runs["tags"].exit_code == 0
+
+
+def test_the_demo_upgrade_buys_just_past_the_top_rule():
+    from bot.demo.campaigns import orders_to_reach
+    from segments.policy import ValueRule
+
+    high = ValueRule("high", amount_gt_fen=100000, orders_gt=5, activity_in=("high",))
+    assert orders_to_reach(high, orders=3, paid_fen=124920) == (3, 99)  # an ordinary order is enough
+    count, yuan = orders_to_reach(high, orders=0, paid_fen=0)
+    assert count == 6 and count * yuan * 100 > 100000 and (count * (yuan - 1)) * 100 <= 100000
+    assert orders_to_reach(high, orders=9, paid_fen=200000) == (1, 99)

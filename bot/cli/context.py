@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import click
 
 from bot.core.config import ConfigError, Settings, install_secret_redaction
-from bot.core.db import Database
+from bot.core.db import Database, DatabaseUnavailable, NoDatabase, open_database, sqlite_file
+
+DEMO_DATABASE = "scrm-demo.db"
 
 
 class CliContext:
@@ -42,12 +45,24 @@ class CliContext:
             self._db.dispose()
             self._db = None
 
-    def db(self, upgrade: bool = True) -> Database:
+    def db(self, create: bool = False) -> Database:
+        """The configured database, upgraded to the newest schema. Only `init`, `serve` and `demo`
+        pass ``create``: any other command on a missing database stops with a message."""
         if self._db is None:
-            self._db = Database(self.settings().database)
-            if upgrade:
-                self._db.upgrade()
+            try:
+                self._db = open_database(self.settings().database, create=create)
+            except NoDatabase as exc:
+                raise click.ClickException(f"{exc}{self._demo_hint()}") from None
+            except DatabaseUnavailable as exc:
+                raise click.ClickException(str(exc)) from None
         return self._db
+
+    def _demo_hint(self) -> str:
+        """A newcomer who ran `scrm demo` and then a command without its database setting."""
+        demo = Path(DEMO_DATABASE).absolute()
+        if not demo.exists() or sqlite_file(self.settings().database.url) == demo:
+            return ""
+        return f"; the demo's database is {DEMO_DATABASE}: SCRM_DATABASE_URL=sqlite:///{DEMO_DATABASE} scrm …"
 
 
 pass_cli = click.make_pass_decorator(CliContext)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import time
 from pathlib import Path
 
 import click
 
-from bot.cli.context import CliContext, pass_cli, render_table
+from bot.cli.context import DEMO_DATABASE, CliContext, pass_cli, render_table
+from bot.core.db import DatabaseUnavailable, sqlite_path_problem
 from bot.demo import run as demo_run
-from bot.demo.campaigns import run_campaign_scenes
+from bot.demo.campaigns import CampaignScenes, run_campaign_scenes
 from bot.demo.scenes import run_scenes
 
-DEFAULT_DB = "scrm-demo.db"
+DEFAULT_DB = DEMO_DATABASE
 
 
 @click.command()
@@ -31,11 +34,17 @@ def demo(cli: CliContext, customers: int, events: int, retry_share: float, datab
          no_serve: bool, no_progress: bool) -> None:
     """Start a local WeCom sandbox and the bot on SQLite, seed a demo brand, drive a burst of
     encrypted callbacks through the real webhook, and print what happened."""
-    path = Path(database_path).resolve()
+    path = Path(database_path).absolute()
+    problem = sqlite_path_problem(path)
+    if problem:
+        raise click.ClickException(f"--database {database_path}: {problem}")
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     progress = not no_progress
-    run, _ = demo_run.start(f"sqlite:///{path}")
+    try:
+        run, _ = demo_run.start(f"sqlite:///{path}")
+    except DatabaseUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         click.echo(f"sandbox WeCom at {run.sandbox.url}   bot webhook at {run.bot.url}/wecom/callback")
         check = run_verify(run)
@@ -45,7 +54,7 @@ def demo(cli: CliContext, customers: int, events: int, retry_share: float, datab
                    f"into {path.name}")
         burst = demo_run.drive(run, demo_run.plan_burst(data, events), retry_share, progress)
         drained = demo_run.wait_for_inbox(run)
-        _report(run, burst, drained)
+        _report(run, burst, drained, path)
         link = demo_run.sidebar_link(run)
         if link:
             click.echo(f"\nstaff sidebar (聊天工具栏) — open in a browser, sign in as {link[1]} on the sandbox's page:"
@@ -68,7 +77,7 @@ def run_verify(run: demo_run.DemoRun) -> dict:
     return requests.post(f"{run.sandbox.url}/_sandbox/verify_url", json={}, timeout=10).json()
 
 
-def _report(run: demo_run.DemoRun, burst: dict, drained: bool) -> None:
+def _report(run: demo_run.DemoRun, burst: dict, drained: bool, path: Path) -> None:
     deliveries = burst["deliveries"]
     rate = len(deliveries) / burst["elapsed"] if burst["elapsed"] else 0.0
     click.echo(f"\n{len(deliveries)} callbacks delivered ({burst['retried']} of them WeCom-style re-sends), "
@@ -88,10 +97,32 @@ def _report(run: demo_run.DemoRun, burst: dict, drained: bool) -> None:
     click.echo("\nWhat customers got (each scene goes through WeCom's callbacks and API, in the sandbox):")
     click.echo(render_table(["scene", "what happened"], run_scenes(run, _first_staff(run))))
     click.echo("\nWhat the service sends on its own (broadcasts, coupons, tier actions, greetings):")
-    click.echo(render_table(["scene", "what happened"], run_campaign_scenes(run)))
+    scenes = run_campaign_scenes(run)
+    click.echo(render_table(["scene", "what happened"], scenes.rows))
     counts = demo_run.database_counts(run)
-    click.echo(f"\ndatabase now holds {counts['customers']} customers and {counts['orders']} orders "
-               "(`scrm inbox list`, `scrm customer show ID`, `scrm tags check` to look around).")
+    click.echo(f"\n{path.name} now holds {counts['customers']} customers and {counts['orders']} orders. Look "
+               "around (every other scrm command uses database.url, scrm.db by default, so each line names the "
+               "demo's database):")
+    for command in look_around_commands(path, scenes):
+        click.echo(f"  {command}")
+
+
+def look_around_commands(path: Path, scenes: CampaignScenes) -> list[str]:
+    """Commands to copy, each carrying the demo's database (relative when it lies below the
+    working directory, as a newcomer typed it)."""
+    try:
+        shown = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        shown = str(path)
+    if shown.startswith(".."):
+        shown = str(path)
+    prefix = f"SCRM_DATABASE_URL={shlex.quote(f'sqlite:///{shown}')} scrm"
+    commands = [f"{prefix} inbox list"]
+    if scenes.upgraded_customer_id is not None:
+        commands.append(f"{prefix} customer show {scenes.upgraded_customer_id}")
+    commands += [f"{prefix} broadcast report {shlex.quote(scenes.broadcast)} --days {scenes.report_days}",
+                 f"{prefix} tags check"]
+    return commands
 
 
 def _first_staff(run: demo_run.DemoRun) -> str:

@@ -17,7 +17,7 @@ from bot.core.config import redact_url
 @pass_cli
 def init(cli: CliContext) -> None:
     """Create the database, or upgrade it to the newest schema."""
-    db = cli.db(upgrade=True)
+    db = cli.db(create=True)
     with db.engine.connect() as conn:
         revision = MigrationContext.configure(conn).get_current_revision()
     click.echo(f"database {redact_url(db.url)} is at schema revision {revision}")
@@ -35,11 +35,15 @@ def serve(cli: CliContext, host: str, port: int, no_worker: bool, no_scheduler: 
     'bot.web.wsgi:app' plus `scrm scheduler` (and `scrm worker`) processes."""
     from werkzeug.serving import run_simple
 
+    from bot.core.db import DatabaseUnavailable
     from bot.schedule.scheduler import SchedulerService
     from bot.web.app import create_app
 
     settings = cli.settings()
-    app = create_app(settings=settings, start_worker=False if no_worker else None)
+    try:
+        app = create_app(settings=settings, start_worker=False if no_worker else None)
+    except DatabaseUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     service = None
     if settings.scheduler.enabled and not no_scheduler:
         processor = app.extensions["scrm.processor"]

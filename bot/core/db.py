@@ -9,13 +9,24 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.core.config import DatabaseSettings
+from bot.core.config import DatabaseSettings, redact_url
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The configured database cannot be used. The message is one line naming ``database.url``
+    and the cause, fit to show a user as it is."""
+
+
+class NoDatabase(DatabaseUnavailable):
+    """Nothing is there yet: the command needs `scrm init` (or serve / demo) to create it."""
 
 
 class Database:
@@ -52,6 +63,10 @@ class Database:
     def upgrade(self) -> None:
         upgrade_schema(self.engine)
 
+    def has_schema(self) -> bool:
+        """Whether this database was ever initialised (Alembic keeps its revision in a table)."""
+        return inspect(self.engine).has_table("alembic_version")
+
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
@@ -80,7 +95,6 @@ def make_engine(url: str, echo: bool = False) -> Engine:
     # callback with the customer's message text, names, phone numbers.
     kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
-        _ensure_sqlite_dir(parsed.database)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
@@ -117,9 +131,65 @@ def _foreign_keys_back_on(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
-def _ensure_sqlite_dir(database: str | None) -> None:
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+def open_database(settings: DatabaseSettings, create: bool) -> Database:
+    """The configured database at the newest schema. Only ``create`` (init, serve, demo) makes a
+    missing one; otherwise a command on a mistyped URL would work on an empty database and say
+    nothing. Every failure is one :class:`DatabaseUnavailable` line instead of a driver traceback."""
+    setting = f"database.url {redact_url(settings.url)}"
+    path = sqlite_file(settings.url)
+    if path is not None:
+        problem = sqlite_path_problem(path)
+        if problem:
+            raise DatabaseUnavailable(f"{setting}: {problem}")
+        if not path.exists():
+            if not create:
+                raise NoDatabase(f"no database at {path} ({setting}) — run `scrm init` to create it")
+            path.parent.mkdir(parents=True, exist_ok=True)
+    db = Database(settings)
+    try:
+        if not create and not db.has_schema():
+            raise NoDatabase(f"no scrm schema in the database at {setting} — run `scrm init` to create it")
+        db.upgrade()
+    except DBAPIError as exc:
+        db.dispose()
+        raise DatabaseUnavailable(f"{setting}: {_cause(exc, path)}") from None
+    except CommandError as exc:
+        db.dispose()
+        raise DatabaseUnavailable(f"{setting}: its schema cannot be upgraded by this version ({exc})") from None
+    except BaseException:
+        db.dispose()
+        raise
+    return db
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL (absolute), or None for other databases and in-memory ones."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().absolute()
+
+
+def sqlite_path_problem(path: Path) -> str | None:
+    """Why no database can live at ``path`` (a directory there, or a file where a folder should be)."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is a file, not a directory"
+    return None
+
+
+def _cause(exc: DBAPIError, path: Path | None) -> str:
+    """The driver's own words on one line (psycopg's span lines; SQLAlchemy adds a background link)."""
+    words = " ".join(str(exc.orig).split())
+    if path is not None and "file is not a database" in words:
+        return f"{path} is not a SQLite database ({words})"
+    if path is None and isinstance(exc, OperationalError):
+        return f"cannot connect: {words}"
+    return words
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -6,13 +6,12 @@ from flask import Flask, jsonify
 from sqlalchemy import text
 
 from bot.core.config import Settings
-from bot.core.db import Database
+from bot.core.db import Database, open_database
 
 
 def init_db(app: Flask, settings: Settings, upgrade: bool = True) -> Database:
-    db = Database(settings.database)
-    if upgrade:
-        db.upgrade()
+    """The app's database; the app (serve, the demo, gunicorn) creates it when it is missing."""
+    db = open_database(settings.database, create=True) if upgrade else Database(settings.database)
     app.extensions["scrm.db"] = db
     return db
 
