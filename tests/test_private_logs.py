@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -55,10 +56,23 @@ def text_message() -> dict[str, Any]:
             "Content": f"{MESSAGE} {PHONE[:3]} {PHONE[3:7]} {PHONE[7:]} / {PHONE}", "MsgId": "7001", "AgentID": 1}
 
 
+@contextmanager
+def table_gone(app: Any, table: str) -> Iterator[None]:
+    """The table is renamed away while the block runs, and back afterwards: on PostgreSQL every test
+    shares one database, so a dropped table would fail every test after this one."""
+    db = app.extensions["scrm.db"]
+    with db.begin() as session:
+        session.execute(text(f"ALTER TABLE {table} RENAME TO {table}_elsewhere"))
+    try:
+        yield
+    finally:
+        with db.begin() as session:
+            session.execute(text(f"ALTER TABLE {table}_elsewhere RENAME TO {table}"))
+
+
 def test_a_callback_while_the_inbox_table_is_gone_logs_the_failure_but_not_the_message(logged_app, corp, log_text):
-    with logged_app.extensions["scrm.db"].begin() as session:
-        session.execute(text("DROP TABLE inbox_events"))
-    response = Callbacks(logged_app.test_client(), corp).post(text_message())
+    with table_gone(logged_app, "inbox_events"):
+        response = Callbacks(logged_app.test_client(), corp).post(text_message())
     # WeCom retries either; nothing is acknowledged that was not stored. SQLite reports the missing
     # table as an OperationalError (503, as for a locked database), PostgreSQL as a ProgrammingError (500).
     assert response.status_code in (500, 503)
@@ -71,9 +85,8 @@ def test_a_callback_while_the_inbox_table_is_gone_logs_the_failure_but_not_the_m
 def test_a_handler_whose_table_is_gone_logs_the_failure_but_not_the_customer(logged_app, corp, log_text):
     event = contact_event(ExternalUserID=EXTERNAL_USERID, UserID=STAFF_USERID, State=f"{NICKNAME} {PHONE}")
     assert Callbacks(logged_app.test_client(), corp).post(event).status_code == 200
-    with logged_app.extensions["scrm.db"].begin() as session:
-        session.execute(text("ALTER TABLE customers RENAME TO customers_elsewhere"))
-    assert logged_app.extensions["scrm.processor"].run_once() == {"failed": 1}
+    with table_gone(logged_app, "customers"):
+        assert logged_app.extensions["scrm.processor"].run_once() == {"failed": 1}
     log = log_text.getvalue()
     assert "inbox event 1 failed" in log and "customers" in log
     assert_nothing_personal(log)
