@@ -55,7 +55,8 @@ def test_scrm_jobs_reads_the_job_store_and_changes_nothing(database_url):
             for job_id, state in conn.execute(text(f"SELECT id, job_state FROM {JOBSTORE_TABLE}")).all():
                 moved = pickle.loads(state) | {"next_run_time": due}
                 conn.execute(text(f"UPDATE {JOBSTORE_TABLE} SET job_state = :state, next_run_time = :at "
-                                  "WHERE id = :id"), {"state": pickle.dumps(moved), "at": due.timestamp(), "id": job_id})
+                                  "WHERE id = :id"),
+                             {"state": pickle.dumps(moved), "at": due.timestamp(), "id": job_id})
         before = store_rows(db)
         result = CliRunner(env={"SCRM_CONFIG": None, "SCRM_DATABASE_URL": database_url}).invoke(main, ["jobs"])
         assert result.exit_code == 0, result.output
