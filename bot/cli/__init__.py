@@ -20,7 +20,8 @@ from bot.cli.tokens import token_group
 @click.pass_context
 def main(ctx: click.Context, config_file: str | None) -> None:
     """wecom-scrm-bot: customer tiering for WeCom."""
-    ctx.obj = CliContext(config_file)
+    # A caller may pass the clock as the context object (tests: ``CliRunner().invoke(main, args, obj=clock)``).
+    ctx.obj = CliContext(config_file, ctx.obj) if callable(ctx.obj) else CliContext(config_file)
     ctx.call_on_close(ctx.obj.close)
 
 

@@ -16,6 +16,7 @@ from bot.campaigns.broadcasts import (
     Preview,
     broadcast_rows,
     cancel_broadcast,
+    check_send_time,
     create_broadcast,
     effect_report,
     find_broadcast,
@@ -103,11 +104,13 @@ def broadcast_create(cli: CliContext, name: str, audience_text: str | None, inli
     spec = BroadcastSpec(name, _audience(audience_text), _templates(inline, files),
                          _local_time(at_text, cli) if at_text else None, cron, holdout, coupon)
     try:
+        if spec.send_at is not None:  # before the preview: a past time is refused, not previewed
+            check_send_time(spec.send_at, settings, cli.now())
         with cli.db().begin() as session:
-            _show_preview(preview(session, settings, spec, spec.send_at), cli)
+            _show_preview(preview(session, settings, spec, spec.send_at or cli.now()), cli)
             if not yes:
                 click.confirm("schedule it?", abort=True)
-            created = create_broadcast(session, settings, spec)
+            created = create_broadcast(session, settings, spec, cli.now())
             assert created.next_run_at is not None
             click.echo(f"scheduled broadcast {created.id} {name!r}; first run "
                        f"{created.next_run_at.astimezone(settings.tz):%Y-%m-%d %H:%M}")

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date, datetime
 from typing import Any
 
 import click
 
+from bot.clock import Clock, system_clock
 from bot.config import ConfigError, Settings, install_secret_redaction, load_settings
 from bot.db import Database
 
 
 class CliContext:
-    def __init__(self, config_file: str | None) -> None:
+    def __init__(self, config_file: str | None, clock: Clock = system_clock) -> None:
         self.config_file = config_file
+        self.clock = clock
         self._settings: Settings | None = None
         self._db: Database | None = None
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def today(self) -> date:
+        """Today in app.timezone."""
+        return self.clock().astimezone(self.settings().tz).date()
 
     def settings(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
         if self._settings is None or overrides:

@@ -39,7 +39,7 @@ def run_campaign_scenes(run: DemoRun) -> list[list[str]]:
         shown = preview(session, settings, spec, now)
         broadcast = create_broadcast(session, settings, spec, now)
         run_ = plan_run(session, settings, broadcast, now, now).run
-        broadcast.status = "done"
+        broadcast.status, broadcast.next_run_at = "done", None
         summary = (f"audience {run_.audience}: {run_.to_send} to send, {run_.held_out} held out "
                    f"(10% per tier), skipped {sum(run_.skipped.values())} "
                    f"({', '.join(f'{n} {r}' for r, n in run_.skipped.items()) or '-'}); the preview expected "
