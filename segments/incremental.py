@@ -66,13 +66,10 @@ class Scope:
                            prefixes=["TEMPORARY"])
         self.table.create(session.connection())
 
-    def clear_marks(self) -> None:
-        """A full run reads everything after this: the marks are no longer needed."""
-        self.session.connection().exec_driver_sql("DELETE FROM tier_dirty")
-
     def claim_marks(self) -> None:
         """Take the dirty marks into the scope and remove them, before any data is read: a writer
-        committing later marks its customers again, for the next run."""
+        committing later marks its customers again, for the next run. (A full run reads everything,
+        but the customers whose aggregates changed are still wanted after it, by its ``after`` hook.)"""
         conn = self.session.connection()
         if self.dialect == "postgresql":
             conn.exec_driver_sql("WITH taken AS (DELETE FROM tier_dirty RETURNING customer_id) "
@@ -154,6 +151,10 @@ class Scope:
     def _add(self, select_sql: str, **params: Any) -> None:
         self.session.execute(text(f"INSERT INTO retier_scope (customer_id) SELECT * FROM ({select_sql}) AS s "
                                   "WHERE TRUE ON CONFLICT (customer_id) DO NOTHING"), params)
+
+    def add_from(self, table: Table) -> None:
+        """Add the customers of another temporary table (the re-tier's result)."""
+        self._add(f"SELECT customer_id FROM {table.name}")
 
     def size(self) -> int:
         return self.session.scalar(select(func.count()).select_from(self.table)) or 0

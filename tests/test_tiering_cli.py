@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import func, select
 
 from bot.cli import main
+from bot.config import load_settings
+from bot.db import Database
+from bot.models import CustomerTag, CustomerTier, TierChange, TierRun
+
+NOON = datetime(2026, 11, 20, 12, 0, tzinfo=ZoneInfo("Asia/Shanghai"))  # the CLI's "now": as of 2026-11-20 is today
 
 ORDERS = "\n".join([
     "order_id,external_userid,amount,paid_at,status",
@@ -27,7 +35,7 @@ def scrm(database_url, tmp_path):
     env = {"SCRM_CONFIG": None, "SCRM_DATABASE_URL": database_url}
 
     def run(*args: str):
-        result = CliRunner(env=env).invoke(main, list(args), catch_exceptions=False)
+        result = CliRunner(env=env).invoke(main, list(args), catch_exceptions=False, obj=lambda: NOON)
         assert result.exit_code == 0, result.output
         return result.output
 
@@ -36,8 +44,8 @@ def scrm(database_url, tmp_path):
 
 
 def test_retier_prints_before_and_after(scrm):
-    out = scrm("retier", "--as-of", "2026-11-20")
-    assert "re-tiered 3 customers as of 2026-11-20" in out
+    out = scrm("retier", "--as-of", "2026-11-20", "--counts")
+    assert "re-tiered 3 customers as of 2026-11-20" in out and "a first tiering" in out
     lines = {tuple(line.split()[:2]): line.split()[-2:] for line in out.splitlines()[2:]}
     assert lines[("rfm_segment", "important_value")] == ["0", "1"]  # 重要价值 appears after
     assert lines[("stage", "super")] == ["0", "1"]
@@ -80,3 +88,36 @@ def test_export_customers_has_the_promised_columns(scrm, tmp_path):
     assert vip["last_order_at"].startswith("2026-11-16T04:00:00")
     stdout = scrm("export", "customers")
     assert stdout.splitlines()[0].startswith("external_userid,name")
+
+
+def count_rows(database_url, model):
+    db = Database(load_settings(overrides={"database": {"url": database_url}}, environ={}).database)
+    try:
+        with db.sessions() as session:
+            return session.scalar(select(func.count()).select_from(model))
+    finally:
+        db.dispose()
+
+
+def test_retier_as_of_another_day_is_a_dry_run(scrm, database_url, tmp_path):
+    """Only a re-tier as of today writes: one as of a past day showed what the tiers were then but also
+    stored them, and the TierChanges it recorded were acted on (pushes, coupons, owner alerts)."""
+    tables = (CustomerTier, TierChange, TierRun, CustomerTag)
+    stored = [count_rows(database_url, model) for model in tables]
+    out = scrm("retier", "--as-of", "2026-11-19")
+    assert out.startswith("dry run, nothing written: re-tiered 3 customers as of 2026-11-19")
+    assert "rolled back" in out
+    assert [count_rows(database_url, model) for model in tables] == stored
+    scrm("retier")  # today (the clock's): a baseline, written
+    more = tmp_path / "more.csv"
+    more.write_text("order_id,external_userid,amount,paid_at,status\n"
+                    + "".join(f"m{i},wmSmall,500.00,2026-11-19T12:00:00+08:00,paid\n" for i in range(6)),
+                    encoding="utf-8")
+    scrm("import-orders", str(more), "--no-progress")
+    changes = count_rows(database_url, TierChange)
+    past = scrm("retier", "--as-of", "2026-11-21")
+    assert "dry run" in past and "super" in past  # the moves it would make are shown
+    assert count_rows(database_url, TierChange) == changes
+    today = scrm("retier")
+    assert "dry run" not in today and count_rows(database_url, TierChange) > changes
+    assert any(line.split()[:4] == ["stage", "first_purchase", "super", "1"] for line in today.splitlines())

@@ -3,6 +3,7 @@ rule application (per event and set-based over aggregates), merging and the cons
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections import defaultdict
@@ -10,14 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, and_, exists, func, insert, literal, select, update
+from sqlalchemy import Integer, Select, String, and_, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from bot.models import (
-    Customer,
     CustomerAggregate,
     CustomerTag,
     CustomerTier,
+    SyncCursor,
     Tag,
     TagAlias,
     TagGroup,
@@ -119,42 +120,72 @@ def apply_rules(session: Session, rules: TagRules, customer_id: int, kind: str, 
 
 
 def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True,
-                          customer_ids: list[int] | None = None) -> dict[str, int]:
-    """Order-threshold and tier rules for every customer (or the given ones) at once: one
-    INSERT … SELECT per rule over the indexed aggregates, no Python loop over customers.
-    Returns tags added per rule."""
+                          customer_ids: list[int] | Select[Any] | None = None) -> dict[str, int]:
+    """Order-threshold and tier rules for every customer, or only for ``customer_ids`` (a list, or a
+    SELECT of ids: the customers whose aggregates or tiers may have changed). One INSERT … SELECT per
+    rule over the aggregates or the tier rows, no Python loop over customers. A rule set that differs
+    from the one the last pass over every customer applied (a rule added or changed) is applied to
+    every customer, since customers who already qualified did not change. Returns tags added per rule."""
+    digest = _aggregate_rules_digest(rules)
+    if customer_ids is not None and _cursor_value(session, AGGREGATE_RULES_CURSOR) != digest:
+        customer_ids = None
     added: dict[str, int] = {}
     for rule in rules.rules:
-        condition = _aggregate_condition(rule)
-        if condition is None:
+        source = _aggregate_source(rule)
+        if source is None:
             continue
+        customer_id, condition = source
         tag = ensure_tag(session, canonical_ref(session, rules, rule.tag))
-        already = exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.tag_id == tag.id)
-        source = (select(Customer.id, literal(tag.id, Integer), literal("rule", String), literal(rule.name, String),
-                         literal(utcnow(), UTCDateTime), literal("add" if push else None, String))
-                  .select_from(Customer).outerjoin(CustomerAggregate, CustomerAggregate.customer_id == Customer.id)
-                  .where(condition, ~already))
+        already = exists().where(CustomerTag.customer_id == customer_id, CustomerTag.tag_id == tag.id)
+        rows = (select(customer_id, literal(tag.id, Integer), literal("rule", String), literal(rule.name, String),
+                       literal(utcnow(), UTCDateTime), literal("add" if push else None, String))
+                .where(condition, ~already))
         if customer_ids is not None:
-            source = source.where(Customer.id.in_(customer_ids))
+            rows = rows.where(customer_id.in_(customer_ids))
         # rowcount of INSERT … SELECT is -1 under psycopg 3; count on the (indexed) tag instead.
         count = select(func.count()).select_from(CustomerTag).where(CustomerTag.tag_id == tag.id)
         before = session.scalar(count) or 0
         session.execute(insert(CustomerTag.__table__).from_select(
-            ["customer_id", "tag_id", "source", "rule", "added_at", "push_state"], source))
+            ["customer_id", "tag_id", "source", "rule", "added_at", "push_state"], rows))
         added[rule.name] = (session.scalar(count) or 0) - before
+    if customer_ids is None:
+        _save_cursor_value(session, AGGREGATE_RULES_CURSOR, digest)
     return added
 
 
-def _aggregate_condition(rule: TagRule) -> Any:
+AGGREGATE_RULES_CURSOR = "tags:aggregate_rules"  # the digest of the rules the last pass over everyone applied
+
+
+def _aggregate_rules_digest(rules: TagRules) -> str:
+    aggregate = [rule for rule in rules.rules if _aggregate_source(rule) is not None]
+    return hashlib.sha256(repr((aggregate, sorted(rules.aliases.items()))).encode()).hexdigest()
+
+
+def _cursor_value(session: Session, name: str) -> str | None:
+    return session.scalar(select(SyncCursor.cursor).where(SyncCursor.name == name))
+
+
+def _save_cursor_value(session: Session, name: str, value: str) -> None:
+    row = session.get(SyncCursor, name)
+    if row is None:
+        session.add(SyncCursor(name=name, cursor=value))
+    elif row.cursor != value:
+        row.cursor = value
+    session.flush()
+
+
+def _aggregate_source(rule: TagRule) -> tuple[Any, Any] | None:
+    """(customer id column, condition) of a rule over one narrow table: the order aggregates, or the
+    tier rows (read through them, not the wide customer rows); None for an event rule."""
+    a = CustomerAggregate
     if rule.when == "first_order":
-        return CustomerAggregate.order_count >= 1
+        return a.customer_id, a.order_count >= 1
     if rule.when == "order_count":
-        return CustomerAggregate.order_count >= int(rule.gte)
+        return a.customer_id, a.order_count >= int(rule.gte)
     if rule.when == "order_amount":
-        return CustomerAggregate.paid_amount_fen >= int(rule.gte * FEN_PER_YUAN)
+        return a.customer_id, a.paid_amount_fen >= int(rule.gte * FEN_PER_YUAN)
     if rule.when == "tier_entered":
-        tiered = select(CustomerTier.customer_id).where(getattr(CustomerTier, rule.dimension) == rule.value)
-        return Customer.id.in_(tiered.correlate(None))  # through the tier index
+        return CustomerTier.customer_id, getattr(CustomerTier, rule.dimension) == rule.value
     return None
 
 
