@@ -107,3 +107,25 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert planned and abs(int(planned.group(1)) - int(planned.group(2))) <= 3  # the preview told the truth
     assert re.search(r"coupon redeemed twice\s+\S+ .*first → redeemed; second → refused, already redeemed", out)
     assert re.search(r"tier change → actions\s+.* (mid|low) → high: .*owner told: 升级提醒", out)
+
+
+def test_scrm_starts_without_the_heavy_libraries():
+    """`scrm --help` took about 2 s: every command module imported SQLAlchemy, Flask, Alembic and
+    friends at start. Each command now imports what it needs when it runs."""
+    import subprocess
+    import sys
+
+    heavy = ("sqlalchemy", "flask", "alembic", "apscheduler", "wechatpy", "pandas", "numpy", "jinja2", "tqdm")
+    code = ("import sys, bot.cli; from click.testing import CliRunner; "
+            "assert CliRunner().invoke(bot.cli.main, ['--help']).exit_code == 0; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_inbox_status_choices_are_the_models():
+    from bot.cli.inbox import STATUSES
+    from bot.models import INBOX_STATUSES
+
+    assert STATUSES == INBOX_STATUSES

@@ -5,30 +5,18 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import select
 
-from bot.campaigns.broadcasts import (
-    BroadcastError,
-    BroadcastSpec,
-    Preview,
-    broadcast_rows,
-    cancel_broadcast,
-    check_send_time,
-    create_broadcast,
-    effect_report,
-    find_broadcast,
-    preview,
-    spec_of,
-)
-from bot.campaigns.coupons import CouponBook, CouponError, display_code, issue, redeem
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.messages import TIER_NAMES
-from bot.models import Coupon, Customer
 from bot.tagging.rules import TagRules
 from segments.money import fen_to_yuan, number_to_fen
+
+if TYPE_CHECKING:
+    from bot.campaigns.broadcasts import Preview
+    from bot.campaigns.coupons import CouponBook
+    from bot.models import Customer
 
 
 @click.group("broadcast", help="Tiered broadcasts: create (with a preview), list, cancel, report.")
@@ -70,6 +58,8 @@ def _local_time(text: str, cli: CliContext) -> datetime:
 
 
 def _show_preview(p: Preview, cli: CliContext) -> None:
+    from bot.messages import TIER_NAMES
+
     tz = cli.settings().tz
     when = p.send_after.astimezone(tz).strftime("%Y-%m-%d %H:%M") if p.send_after else "?"
     click.echo(f"audience {p.audience}; to send {p.to_send}; held out {sum(p.held_out.values())}; "
@@ -100,6 +90,8 @@ def broadcast_create(cli: CliContext, name: str, audience_text: str | None, inli
                      files: tuple[str, ...], at_text: str | None, cron: str | None, holdout: int | None,
                      coupon: str | None, yes: bool) -> None:
     """Preview a broadcast, then schedule it."""
+    from bot.campaigns.broadcasts import BroadcastError, BroadcastSpec, check_send_time, create_broadcast, preview
+
     settings = cli.settings()
     spec = BroadcastSpec(name, _audience(audience_text), _templates(inline, files),
                          _local_time(at_text, cli) if at_text else None, cron, holdout, coupon)
@@ -124,6 +116,8 @@ def broadcast_create(cli: CliContext, name: str, audience_text: str | None, inli
 @pass_cli
 def broadcast_preview(cli: CliContext, name: str, at_text: str | None) -> None:
     """Who a scheduled broadcast would reach, skip and hold out, with samples per tier."""
+    from bot.campaigns.broadcasts import BroadcastError, find_broadcast, preview, spec_of
+
     with cli.db().begin() as session:
         try:
             broadcast = find_broadcast(session, name)
@@ -136,6 +130,8 @@ def broadcast_preview(cli: CliContext, name: str, at_text: str | None) -> None:
 @broadcast_group.command("list")
 @pass_cli
 def broadcast_list(cli: CliContext) -> None:
+    from bot.campaigns.broadcasts import broadcast_rows
+
     tz = cli.settings().tz
     with cli.db().begin() as session:
         rows = broadcast_rows(session)
@@ -153,6 +149,8 @@ def broadcast_list(cli: CliContext) -> None:
 @pass_cli
 def broadcast_cancel(cli: CliContext, name: str) -> None:
     """Stop a broadcast; its messages not yet handed to WeCom are skipped."""
+    from bot.campaigns.broadcasts import BroadcastError, cancel_broadcast, find_broadcast
+
     with cli.db().begin() as session:
         try:
             broadcast = find_broadcast(session, name)
@@ -173,6 +171,8 @@ def _pct(x: float) -> str:
 @pass_cli
 def broadcast_report(cli: CliContext, name: str, days: int | None) -> None:
     """效果评估: recipients against the hold-out group, with the lift and a 95% interval."""
+    from bot.campaigns.broadcasts import BroadcastError, effect_report, find_broadcast
+
     settings = cli.settings()
     with cli.db().begin() as session:
         try:
@@ -208,6 +208,8 @@ def coupons_group() -> None:
 
 
 def _book(cli: CliContext) -> CouponBook:
+    from bot.campaigns.coupons import CouponBook
+
     return CouponBook.from_settings(cli.settings())
 
 
@@ -221,6 +223,10 @@ def coupons_definitions(cli: CliContext) -> None:
 
 
 def _customer(session: Any, ref: str) -> Customer:
+    from sqlalchemy import select
+
+    from bot.models import Customer
+
     customer = session.scalar(select(Customer).where(Customer.external_userid == ref))
     if customer is None and ref.isdigit():
         customer = session.get(Customer, int(ref))
@@ -236,6 +242,8 @@ def _customer(session: Any, ref: str) -> Customer:
               help="Why (one coupon per definition, customer, reason).")
 @pass_cli
 def coupons_issue(cli: CliContext, definition: str, customer_ref: str, reason: str) -> None:
+    from bot.campaigns.coupons import CouponError, display_code, issue
+
     book = _book(cli)
     try:
         d = book.get(definition)
@@ -255,6 +263,8 @@ def coupons_issue(cli: CliContext, definition: str, customer_ref: str, reason: s
 @pass_cli
 def coupons_redeem(cli: CliContext, code: str, order_id: str | None, amount: str | None) -> None:
     """Redeem a code once; a second redemption is refused."""
+    from bot.campaigns.coupons import display_code, redeem
+
     settings = cli.settings()
     try:
         amount_fen = number_to_fen(amount) if amount is not None else None
@@ -276,6 +286,11 @@ def coupons_redeem(cli: CliContext, code: str, order_id: str | None, amount: str
 @click.option("--limit", default=50, show_default=True)
 @pass_cli
 def coupons_list(cli: CliContext, customer_ref: str | None, status: str | None, limit: int) -> None:
+    from sqlalchemy import select
+
+    from bot.campaigns.coupons import display_code
+    from bot.models import Coupon, Customer
+
     tz = cli.settings().tz
     with cli.db().begin() as session:
         query = select(Coupon, Customer.external_userid).join(Customer, Customer.id == Coupon.customer_id)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bot.clock import Clock, system_clock
-from bot.config import ConfigError, Settings, install_secret_redaction, load_settings
-from bot.db import Database
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+    from bot.db import Database
+
+# Every command module imports this one, and `scrm --help` imports every command module: what a
+# command needs beyond click is imported inside it, so no command pays for another's libraries.
 
 
 class CliContext:
@@ -28,6 +33,8 @@ class CliContext:
         return self.clock().astimezone(self.settings().tz).date()
 
     def settings(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+        from bot.config import ConfigError, install_secret_redaction, load_settings
+
         if self._settings is None or overrides:
             try:
                 self._settings = load_settings(self.config_file, overrides)
@@ -42,6 +49,8 @@ class CliContext:
             self._db = None
 
     def db(self, upgrade: bool = True) -> Database:
+        from bot.db import Database
+
         if self._db is None:
             self._db = Database(self.settings().database)
             if upgrade:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.demo import run as demo_run
-from bot.demo.campaigns import run_campaign_scenes
-from bot.demo.scenes import run_scenes
+
+if TYPE_CHECKING:
+    from bot.demo import run as demo_run
 
 DEFAULT_DB = "scrm-demo.db"
 
@@ -31,6 +32,8 @@ def demo(cli: CliContext, customers: int, events: int, retry_share: float, datab
          no_serve: bool, no_progress: bool) -> None:
     """Start a local WeCom sandbox and the bot on SQLite, seed a demo brand, drive a burst of
     encrypted callbacks through the real webhook, and print what happened."""
+    from bot.demo import run as demo_run
+
     path = Path(database_path).resolve()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -65,6 +68,10 @@ def run_verify(run: demo_run.DemoRun) -> dict:
 
 
 def _report(run: demo_run.DemoRun, burst: dict, drained: bool) -> None:
+    from bot.demo import run as demo_run
+    from bot.demo.campaigns import run_campaign_scenes
+    from bot.demo.scenes import run_scenes
+
     deliveries = burst["deliveries"]
     rate = len(deliveries) / burst["elapsed"] if burst["elapsed"] else 0.0
     click.echo(f"\n{len(deliveries)} callbacks delivered ({burst['retried']} of them WeCom-style re-sends), "

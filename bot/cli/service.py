@@ -7,16 +7,18 @@ import secrets
 import string
 
 import click
-from alembic.runtime.migration import MigrationContext
 
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.config import redact_url
 
 
 @click.command()
 @pass_cli
 def init(cli: CliContext) -> None:
     """Create the database, or upgrade it to the newest schema."""
+    from alembic.runtime.migration import MigrationContext
+
+    from bot.config import redact_url
+
     db = cli.db(upgrade=True)
     with db.engine.connect() as conn:
         revision = MigrationContext.configure(conn).get_current_revision()

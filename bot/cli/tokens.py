@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import click
-from sqlalchemy import select
 
-from bot.api import new_token
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.models import ApiToken, utcnow
 
 
 @click.group("token", help="API bearer tokens.")
@@ -20,6 +17,11 @@ def token_group() -> None:
 @pass_cli
 def create(cli: CliContext, name: str) -> None:
     """Create a token; it is printed once and only its digest is kept."""
+    from sqlalchemy import select
+
+    from bot.api import new_token
+    from bot.models import ApiToken
+
     if not 1 <= len(name) <= 64:
         raise click.BadParameter("1–64 characters", param_hint="NAME")
     token, digest = new_token()
@@ -34,6 +36,10 @@ def create(cli: CliContext, name: str) -> None:
 @token_group.command("list")
 @pass_cli
 def list_tokens(cli: CliContext) -> None:
+    from sqlalchemy import select
+
+    from bot.models import ApiToken
+
     with cli.db().sessions() as session:
         tokens = session.scalars(select(ApiToken).order_by(ApiToken.id))
         rows = [[t.name, t.created_at.isoformat(timespec="seconds"),
@@ -46,6 +52,10 @@ def list_tokens(cli: CliContext) -> None:
 @click.argument("name")
 @pass_cli
 def revoke(cli: CliContext, name: str) -> None:
+    from sqlalchemy import select
+
+    from bot.models import ApiToken, utcnow
+
     with cli.db().begin() as session:
         token = session.scalar(select(ApiToken).where(ApiToken.name == name))
         if token is None:
