@@ -168,16 +168,21 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
 
 def _moves(session: Session, table: Table, last_change: int) -> list[Move]:
     """Customers per (dimension, from, to) of this run, from its own TierChanges (after ``last_change``)
-    and, for customers tiered for the first time, from the result table: no scan of the tier table."""
+    and, for customers tiered for the first time, from the result table (before the tier rows are
+    written): no scan of the tier table."""
     recorded = session.execute(select(TierChange.dimension, TierChange.from_value, TierChange.to_value, func.count())
                                .where(TierChange.id > last_change)
                                .group_by(TierChange.dimension, TierChange.from_value, TierChange.to_value)).all()
     moves: list[Move] = [(d, f, t, n) for d, f, t, n in recorded]
-    first_time = table.c.changes.op("&")(TIERED_BIT) == 0
+    # Tiered for the first time: most have no tier row; a new contact's may hold the stage its channel gave.
+    tiers = CustomerTier.__table__
+    first_time = (select(table, *[tiers.c[name].label(f"old_{name}") for name in DIMENSIONS])
+                  .select_from(table.outerjoin(tiers, tiers.c.customer_id == table.c.customer_id))
+                  .where(table.c.changes.op("&")(TIERED_BIT) == 0).subquery("first_time"))
     for name in DIMENSIONS:
-        column = table.c[name]
-        moves += [(name, None, value, n) for value, n in session.execute(
-            select(column, func.count()).where(first_time).group_by(column)).all()]
+        old, new = first_time.c[f"old_{name}"], first_time.c[name]
+        moves += [(name, f, t, n) for f, t, n in session.execute(
+            select(old, new, func.count()).group_by(old, new)).all() if f != t]
     return moves
 
 

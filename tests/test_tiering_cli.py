@@ -118,6 +118,34 @@ def test_retier_as_of_another_day_is_a_dry_run(scrm, database_url, tmp_path):
     past = scrm("retier", "--as-of", "2026-11-21")
     assert "dry run" in past and "super" in past  # the moves it would make are shown
     assert count_rows(database_url, TierChange) == changes
-    today = scrm("retier")
+    today = scrm("retier", "--counts")
     assert "dry run" not in today and count_rows(database_url, TierChange) > changes
     assert any(line.split()[:4] == ["stage", "first_purchase", "super", "1"] for line in today.splitlines())
+    assert counts_table(today) == counts_table(scrm("retier", "--counts"))  # after = before + moves = counted
+
+
+def counts_table(output: str) -> dict[tuple[str, str], str]:
+    """The before/after table: (dimension, value) → after, for the values someone has after."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("dimension") and "before" in line)
+    return {tuple(line.split()[:2]): line.split()[-1] for line in lines[start + 2:] if line.split()
+            and line.split()[0] in ("value_tier", "rfm_segment", "stage", "engagement", "activity")
+            and line.split()[-1] != "0"}
+
+
+def test_counts_after_cover_new_contacts_and_customers_never_tiered(scrm, database_url, tmp_path):
+    """The after column comes from the before column and the run's moves, also for customers tiered for
+    the first time: one without a tier row, one whose tier row holds only its channel's stage."""
+    from bot.models import Customer
+
+    scrm("retier")
+    db = Database(load_settings(overrides={"database": {"url": database_url}}, environ={}).database)
+    try:
+        with db.begin() as session:
+            session.add(Customer(external_userid="wmNEW"))
+            session.add(Customer(external_userid="wmCHANNEL", stage="new"))
+    finally:
+        db.dispose()
+    out = scrm("retier", "--counts")
+    assert counts_table(out) == counts_table(scrm("retier", "--counts"))
+    assert any(line.split()[:4] == ["value_tier", "-", "low", "2"] for line in out.splitlines())
