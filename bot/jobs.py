@@ -40,7 +40,7 @@ def runtime() -> Runtime:
 def nightly_retier() -> dict[str, Any]:
     """Re-tier as of today (local), then apply the order and tier auto-tags to the customers it changed."""
     from bot.tagging.rules import TagRules
-    from bot.tagging.system import apply_aggregate_rules
+    from bot.tagging.system import after_retier
     from segments.policy import TierPolicy
     from segments.retier import retier, tidy_after_commit
 
@@ -49,7 +49,7 @@ def nightly_retier() -> dict[str, Any]:
     rules, push = TagRules.from_settings(rt.settings), rt.settings.tags.push_to_wecom
     with rt.db.begin() as session:
         result = retier(session, TierPolicy.from_settings(rt.settings.tiers), as_of, rt.settings.tz,
-                        after=lambda s, changed: apply_aggregate_rules(s, rules, push, changed))
+                        after=after_retier(rules, push))
     tags = result.after
     tidy_after_commit(rt.db.engine, result)
     logger.info("nightly re-tier as of %s: %d customers, changes %s, auto-tags %s", as_of, result.customers,

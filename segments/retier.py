@@ -64,10 +64,34 @@ MASS_CHANGE_ROWS = 100_000
 INDEX_BUILD_MEMORY = "256MB"
 WORK_MEM = "64MB"
 TIERED_BIT = 1 << len(DIMENSIONS)  # in the result table's change mask: the customer had been tiered before
-# Run inside the re-tier's transaction with the customers it may have changed (a SELECT of customer ids; None:
-# every customer), before its temporary tables go: the auto-tag rules of bot.tagging.system, say. Returns counts.
-AfterRetier = Callable[[Session, Any], dict[str, int]]
 Move = tuple[str, str | None, str | None, int]  # dimension, from (None: not tiered before), to, customers
+
+
+@dataclass(frozen=True)
+class Changed:
+    """Whom a re-tier may have changed, for rules that react to changes (the auto-tags), as SELECTs of
+    customer ids valid inside its transaction: ``customers`` whose order aggregates changed since the
+    run before (its dirty marks) or who were tiered for the first time, and :meth:`entered`."""
+
+    customers: Any
+    as_of: date
+    last_change: int  # the highest TierChange id before the run
+    first: bool  # a first tiering: every customer entered its values
+
+    def entered(self, dimension: str, value: str) -> Any:
+        """The customers who took ``value`` on ``dimension`` in this run (by its TierChanges), and
+        ``customers``."""
+        if self.first:
+            return select(CustomerTier.customer_id).where(getattr(CustomerTier, dimension) == value)
+        moved = select(TierChange.customer_id).where(
+            TierChange.dimension == dimension, TierChange.to_value == value, TierChange.as_of == self.as_of,
+            TierChange.id > self.last_change)
+        return union_all(moved, self.customers)
+
+
+# Run inside the re-tier's transaction, before its temporary tables go: the auto-tag rules of
+# bot.tagging.system, say. Returns counts (of tags added per rule).
+AfterRetier = Callable[[Session, Changed], dict[str, int]]
 
 
 @dataclass
@@ -104,9 +128,8 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
            after: AfterRetier | None = None) -> RetierResult:
     """Recompute tiers as of the local day. Unless ``full``, a run that follows one with the same policy
     recomputes only the customers whose result may differ (segments/incremental.py) — the same result
-    as a full run, which tests check. ``after`` runs in the same transaction with the customers the run
-    may have changed: those it looked at in an incremental run; in a full one those whose tiers it
-    wrote and those whose order aggregates changed since the run before (the dirty marks)."""
+    as a full run, which tests check. ``after`` runs in the same transaction with whom the run may have
+    changed (:class:`Changed`)."""
     started, started_at = time.perf_counter(), utcnow()
     result = RetierResult(as_of=as_of)
     # SQLite: every customer id the run writes (tier rows, TierChanges) comes from the customer table
@@ -121,27 +144,34 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
     result.stats = stats
     digest = policy_digest(policy, tz)
     scope = Scope(session)
+    touched = Scope(session, "retier_touched")  # marks and customers tiered for the first time
     previous = last_run(session)
+    last_change = session.scalar(select(func.max(TierChange.id))) or 0
     try:
         result.incremental = not full and from_aggregates and Scope.possible(previous, digest, policy, as_of, stats)
         scope.claim_marks()
+        touched.add_from(scope.table)
         if result.incremental and previous is not None:
             scope.widen(previous, policy, as_of, tz, stats)
-        result.recomputed = _compute_and_write(session, policy, as_of, tz, metrics, stats, result, scope)
+        result.recomputed = _compute_and_write(session, policy, as_of, tz, metrics, stats, result, scope, touched,
+                                               last_change)
         if after is not None:
-            result.after = after(session, None if result.first else select(scope.table.c.customer_id))
+            result.after = after(session, Changed(select(touched.table.c.customer_id), as_of, last_change,
+                                                  result.first))
     finally:
         scope.drop()
+        touched.drop()
     result.seconds = time.perf_counter() - started
     record_run(session, result, digest, started_at, from_aggregates)
     return result
 
 
 def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any,
-                       stats: PopulationStats, result: RetierResult, scope: Scope) -> int:
+                       stats: PopulationStats, result: RetierResult, scope: Scope, touched: Scope,
+                       last_change: int) -> int:
     """The new values of every customer (or, in an incremental run, of those in ``scope``) into a
-    temporary table, then the changes recorded and the differing rows written; the customers written
-    are added to ``scope``. Returns how many customers were looked at."""
+    temporary table, then the changes recorded and the differing rows written; customers tiered for the
+    first time are added to ``touched``. Returns how many customers were looked at."""
     looked_at = scope if result.incremental else None
     if looked_at is None and session.scalar(select(CustomerTier.customer_id).limit(1)) is None:
         result.first = True
@@ -155,12 +185,10 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
             session.connection().exec_driver_sql("ANALYZE retier_result")
         result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
         # A first tiering is a baseline, not a change: a first run has no history to record.
-        last_change = session.scalar(select(func.max(TierChange.id))) or 0
         result.changes = _record_changes(session, table, as_of, policy, stats)
         result.moves = _moves(session, table, last_change)
         result.updated = _write_changed(session, table, result)
-        if looked_at is None:
-            scope.add_from(table)
+        touched.add_from(table, f"changes & {TIERED_BIT} = 0")
     finally:
         table.drop(session.connection())
     return scope.size() if looked_at is not None else result.customers

@@ -149,3 +149,41 @@ def test_counts_after_cover_new_contacts_and_customers_never_tiered(scrm, databa
     out = scrm("retier", "--counts")
     assert counts_table(out) == counts_table(scrm("retier", "--counts"))
     assert any(line.split()[:4] == ["value_tier", "-", "low", "2"] for line in out.splitlines())
+
+
+def test_a_tier_entered_rule_tags_who_entered_the_tier(database_url, tmp_path):
+    """The tier-entered auto-tags follow the re-tier's own changes: a first tiering tags everyone in
+    the tier, a later run those whose TierChange took them there, and nobody else."""
+    import json
+
+    rule = {"name": "super_stage", "when": "tier_entered", "dimension": "stage", "value": "super",
+            "tag": "分层/超级用户"}
+    env = {"SCRM_CONFIG": None, "SCRM_DATABASE_URL": database_url, "SCRM_TAGS_RULES": json.dumps([rule])}
+
+    def scrm(*args: str) -> str:
+        result = CliRunner(env=env).invoke(main, list(args), catch_exceptions=False, obj=lambda: NOON)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    orders = tmp_path / "orders.csv"
+    orders.write_text(ORDERS, encoding="utf-8")
+    scrm("import-orders", str(orders), "--no-progress")
+    assert "super_stage +1" in scrm("retier")  # wmVIP, in a first tiering
+    more = tmp_path / "more.csv"
+    more.write_text("order_id,external_userid,amount,paid_at,status\n"
+                    + "".join(f"m{i},wmSmall,500.00,2026-11-19T12:00:00+08:00,paid\n" for i in range(6)),
+                    encoding="utf-8")
+    scrm("import-orders", str(more), "--no-progress")
+    out = scrm("retier")
+    assert "super_stage +1" in out and "first_purchase" in out  # wmSmall: first_purchase → super
+    assert "auto-tags" not in scrm("retier")
+    db = Database(load_settings(overrides={"database": {"url": database_url}}, environ={}).database)
+    try:
+        with db.sessions() as session:
+            from bot.models import Customer, Tag
+
+            tagged = session.scalars(select(Customer.external_userid).join(CustomerTag).join(Tag)
+                                     .where(Tag.name == "超级用户").order_by(Customer.external_userid)).all()
+    finally:
+        db.dispose()
+    assert tagged == ["wmSmall", "wmVIP"]

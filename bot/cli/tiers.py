@@ -122,7 +122,7 @@ def retier_cmd(cli: CliContext, as_of_text: str | None, full: bool, counts: bool
     run: everything is rolled back, so nothing goes out to anyone because of it. After a first run,
     only customers whose tiers may have moved are looked at (same result as --full)."""
     from bot.tagging.rules import TagRules
-    from bot.tagging.system import apply_aggregate_rules
+    from bot.tagging.system import after_retier
     from segments.policy import TierPolicy
     from segments.retier import retier, tidy_after_commit, tier_counts
 
@@ -134,7 +134,7 @@ def retier_cmd(cli: CliContext, as_of_text: str | None, full: bool, counts: bool
     with db.sessions() as session, session.begin():
         before = tier_counts(session) if counts else None
         result = retier(session, TierPolicy.from_settings(settings.tiers), as_of, settings.tz, full=full,
-                        after=lambda s, changed: apply_aggregate_rules(s, rules, push, changed))
+                        after=after_retier(rules, push))
         after = _counts_after(session, before, result) if before is not None else None
         if dry_run:
             session.rollback()

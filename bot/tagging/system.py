@@ -7,6 +7,7 @@ import hashlib
 import re
 import unicodedata
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -120,12 +121,14 @@ def apply_rules(session: Session, rules: TagRules, customer_id: int, kind: str, 
 
 
 def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True,
-                          customer_ids: list[int] | Select[Any] | None = None) -> dict[str, int]:
+                          customer_ids: list[int] | Select[Any] | None = None,
+                          entered: Callable[[str, str], Any] | None = None) -> dict[str, int]:
     """Order-threshold and tier rules for every customer, or only for ``customer_ids`` (a list, or a
-    SELECT of ids: the customers whose aggregates or tiers may have changed). One INSERT … SELECT per
-    rule over the aggregates or the tier rows, no Python loop over customers. A rule set that differs
-    from the one the last pass over every customer applied (a rule added or changed) is applied to
-    every customer, since customers who already qualified did not change. Returns tags added per rule."""
+    SELECT of ids: the customers whose aggregates may have changed); a tier rule, given ``entered``,
+    only for ``entered(dimension, value)`` (a SELECT: who entered it). One INSERT … SELECT per rule
+    over the aggregates or the tier rows, no Python loop over customers. A rule set that differs from
+    the one the last pass over every customer applied (a rule added or changed) is applied to every
+    customer, since customers who already qualified did not change. Returns tags added per rule."""
     digest = _aggregate_rules_digest(rules)
     if customer_ids is not None and _cursor_value(session, AGGREGATE_RULES_CURSOR) != digest:
         customer_ids = None
@@ -141,7 +144,8 @@ def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True,
                        literal(utcnow(), UTCDateTime), literal("add" if push else None, String))
                 .where(condition, ~already))
         if customer_ids is not None:
-            rows = rows.where(customer_id.in_(customer_ids))
+            wanted = entered(rule.dimension, rule.value) if entered and rule.when == "tier_entered" else customer_ids
+            rows = rows.where(customer_id.in_(wanted))
         # rowcount of INSERT … SELECT is -1 under psycopg 3; count on the (indexed) tag instead.
         count = select(func.count()).select_from(CustomerTag).where(CustomerTag.tag_id == tag.id)
         before = session.scalar(count) or 0
@@ -151,6 +155,12 @@ def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True,
     if customer_ids is None:
         _save_cursor_value(session, AGGREGATE_RULES_CURSOR, digest)
     return added
+
+
+def after_retier(rules: TagRules, push: bool = True) -> Callable[[Session, Any], dict[str, int]]:
+    """For ``retier(after=…)``: the rules applied to whom the re-tier may have changed (its
+    segments.retier.Changed), inside its transaction."""
+    return lambda session, changed: apply_aggregate_rules(session, rules, push, changed.customers, changed.entered)
 
 
 AGGREGATE_RULES_CURSOR = "tags:aggregate_rules"  # the digest of the rules the last pass over everyone applied
