@@ -79,7 +79,7 @@ def _show_preview(p: Preview, cli: CliContext) -> None:
 @click.option("--audience", "audience_text", help="Filter as JSON or @file.json, e.g. '{\"value_tiers\": [\"high\"]}'.")
 @click.option("--template", "inline", multiple=True, help="TIER=TEXT; give default=… and any tier or segment.")
 @click.option("--template-file", "files", multiple=True, help="TIER=PATH of a Jinja2 template.")
-@click.option("--at", "at_text", help="Send once at this local time (YYYY-MM-DD HH:MM).")
+@click.option("--at", "at_text", help="Send once at this local time (YYYY-MM-DD HH:MM); a past time is refused.")
 @click.option("--cron", help="Repeat on this cron expression (local time), e.g. '0 10 1 * *'.")
 @click.option("--holdout", type=click.IntRange(0, 50),
               help="Percent held out per tier (default broadcasts.holdout_percent).")

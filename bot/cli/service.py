@@ -158,10 +158,10 @@ def scheduler_cmd(cli: CliContext) -> None:
 @click.command("jobs")
 @pass_cli
 def jobs_cmd(cli: CliContext) -> None:
-    """List the scheduled jobs with their next run times."""
+    """List the scheduled jobs with their next run times, as stored (changes nothing)."""
     from bot.scheduler import job_table
 
-    click.echo(render_table(["job", "trigger", "next run", "what"], job_table(cli.settings(), cli.db())))
+    click.echo(render_table(["job", "trigger", "next run", "what"], job_table(cli.settings(), cli.db(), cli.now())))
 
 
 @click.command("holidays")
