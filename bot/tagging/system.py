@@ -176,12 +176,16 @@ def _cursor_value(session: Session, name: str) -> str | None:
 
 
 def _save_cursor_value(session: Session, name: str, value: str) -> None:
-    row = session.get(SyncCursor, name)
-    if row is None:
-        session.add(SyncCursor(name=name, cursor=value))
-    elif row.cursor != value:
-        row.cursor = value
-    session.flush()
+    """An upsert: two order requests may both find the digest missing and both save it."""
+    if _cursor_value(session, name) == value:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    statement = upsert(SyncCursor).values(name=name, cursor=value, updated_at=utcnow())
+    session.execute(statement.on_conflict_do_update(index_elements=[SyncCursor.name],
+                                                    set_={"cursor": value, "updated_at": utcnow()}))
 
 
 def _aggregate_source(rule: TagRule) -> tuple[Any, Any] | None:
