@@ -66,10 +66,13 @@ class Scope:
                            prefixes=["TEMPORARY"])
         self.table.create(session.connection())
 
+    def clear_marks(self) -> None:
+        """A full run reads everything after this: the marks are no longer needed."""
+        self.session.connection().exec_driver_sql("DELETE FROM tier_dirty")
+
     def claim_marks(self) -> None:
         """Take the dirty marks into the scope and remove them, before any data is read: a writer
-        committing later marks its customers again, for the next run. (A full run reads everything,
-        but the customers whose aggregates changed are still wanted after it, by its ``after`` hook.)"""
+        committing later marks its customers again, for the next run."""
         conn = self.session.connection()
         if self.dialect == "postgresql":
             conn.exec_driver_sql("WITH taken AS (DELETE FROM tier_dirty RETURNING customer_id) "

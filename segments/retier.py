@@ -69,24 +69,23 @@ Move = tuple[str, str | None, str | None, int]  # dimension, from (None: not tie
 
 @dataclass(frozen=True)
 class Changed:
-    """Whom a re-tier may have changed, for rules that react to changes (the auto-tags), as SELECTs of
-    customer ids valid inside its transaction: ``customers`` whose order aggregates changed since the
-    run before (its dirty marks) or who were tiered for the first time, and :meth:`entered`."""
+    """Whom a re-tier changed, for rules that react to tier changes (the tier-entered auto-tags), as
+    SELECTs of customer ids valid inside its transaction (see :meth:`entered`)."""
 
-    customers: Any
+    first_time: Any  # tiered for the first time (a baseline: no TierChange) in a run that is not a first tiering
     as_of: date
     last_change: int  # the highest TierChange id before the run
     first: bool  # a first tiering: every customer entered its values
 
     def entered(self, dimension: str, value: str) -> Any:
-        """The customers who took ``value`` on ``dimension`` in this run (by its TierChanges), and
-        ``customers``."""
+        """The customers who took ``value`` on ``dimension`` in this run: by its TierChanges (through
+        their index), or tiered for the first time."""
         if self.first:
             return select(CustomerTier.customer_id).where(getattr(CustomerTier, dimension) == value)
         moved = select(TierChange.customer_id).where(
             TierChange.dimension == dimension, TierChange.to_value == value, TierChange.as_of == self.as_of,
             TierChange.id > self.last_change)
-        return union_all(moved, self.customers)
+        return union_all(moved, self.first_time)
 
 
 # Run inside the re-tier's transaction, before its temporary tables go: the auto-tag rules of
@@ -144,34 +143,35 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
     result.stats = stats
     digest = policy_digest(policy, tz)
     scope = Scope(session)
-    touched = Scope(session, "retier_touched")  # marks and customers tiered for the first time
+    first_time = Scope(session, "retier_first_time")
     previous = last_run(session)
     last_change = session.scalar(select(func.max(TierChange.id))) or 0
     try:
         result.incremental = not full and from_aggregates and Scope.possible(previous, digest, policy, as_of, stats)
-        scope.claim_marks()
-        touched.add_from(scope.table)
         if result.incremental and previous is not None:
+            scope.claim_marks()
             scope.widen(previous, policy, as_of, tz, stats)
-        result.recomputed = _compute_and_write(session, policy, as_of, tz, metrics, stats, result, scope, touched,
-                                               last_change)
+        else:
+            scope.clear_marks()
+        result.recomputed = _compute_and_write(session, policy, as_of, tz, metrics, stats, result, scope,
+                                               first_time, last_change)
         if after is not None:
-            result.after = after(session, Changed(select(touched.table.c.customer_id), as_of, last_change,
+            result.after = after(session, Changed(select(first_time.table.c.customer_id), as_of, last_change,
                                                   result.first))
     finally:
         scope.drop()
-        touched.drop()
+        first_time.drop()
     result.seconds = time.perf_counter() - started
     record_run(session, result, digest, started_at, from_aggregates)
     return result
 
 
 def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any,
-                       stats: PopulationStats, result: RetierResult, scope: Scope, touched: Scope,
+                       stats: PopulationStats, result: RetierResult, scope: Scope, first_time: Scope,
                        last_change: int) -> int:
     """The new values of every customer (or, in an incremental run, of those in ``scope``) into a
     temporary table, then the changes recorded and the differing rows written; customers tiered for the
-    first time are added to ``touched``. Returns how many customers were looked at."""
+    first time go into ``first_time``. Returns how many customers were looked at."""
     looked_at = scope if result.incremental else None
     if looked_at is None and session.scalar(select(CustomerTier.customer_id).limit(1)) is None:
         result.first = True
@@ -188,7 +188,7 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
         result.changes = _record_changes(session, table, as_of, policy, stats)
         result.moves = _moves(session, table, last_change)
         result.updated = _write_changed(session, table, result)
-        touched.add_from(table, f"changes & {TIERED_BIT} = 0")
+        first_time.add_from(table, f"changes & {TIERED_BIT} = 0")
     finally:
         table.drop(session.connection())
     return scope.size() if looked_at is not None else result.customers
