@@ -117,10 +117,11 @@ def retier_cmd(cli: CliContext, as_of_text: str | None, full: bool, counts: bool
     """Recompute customers' tiers in SQL and print how many moved between which values.
 
     As of today it writes the changed tier rows, a TierChange for each changed dimension (the
-    tier_actions job acts on those: VIP welcome, win-back, owner alerts) and the order and
-    tier-entered auto-tags of the customers it changed. As of any other day (--as-of) it is a dry
-    run: everything is rolled back, so nothing goes out to anyone because of it. After a first run,
-    only customers whose tiers may have moved are looked at (same result as --full)."""
+    tier_actions job acts on those: VIP welcome, win-back, owner alerts) and the tier-entered
+    auto-tags of the customers who entered a tier (the order-threshold ones are put on by the order
+    import and API, and here to everyone only after the rules changed). As of any other day (--as-of)
+    it is a dry run: everything is rolled back, so nothing goes out to anyone because of it. After a
+    first run, only customers whose tiers may have moved are looked at (same result as --full)."""
     from bot.tagging.rules import TagRules
     from bot.tagging.system import after_retier
     from segments.policy import TierPolicy
