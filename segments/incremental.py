@@ -59,10 +59,10 @@ def record_run(session: Session, result: Any, digest: str, started_at: datetime,
 class Scope:
     """The customers a run recomputes, in a temporary table."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, name: str = "retier_scope") -> None:
         self.session = session
         self.dialect = session.get_bind().dialect.name
-        self.table = Table("retier_scope", MetaData(), Column("customer_id", ROW_ID, primary_key=True),
+        self.table = Table(name, MetaData(), Column("customer_id", ROW_ID, primary_key=True),
                            prefixes=["TEMPORARY"])
         self.table.create(session.connection())
 
@@ -152,8 +152,12 @@ class Scope:
                 _stored_time(local_midnight_utc(until, tz), self.dialect))
 
     def _add(self, select_sql: str, **params: Any) -> None:
-        self.session.execute(text(f"INSERT INTO retier_scope (customer_id) SELECT * FROM ({select_sql}) AS s "
+        self.session.execute(text(f"INSERT INTO {self.table.name} (customer_id) SELECT * FROM ({select_sql}) AS s "
                                   "WHERE TRUE ON CONFLICT (customer_id) DO NOTHING"), params)
+
+    def add_from(self, table: Table, where: str = "TRUE") -> None:
+        """Add the customers of another temporary table (the re-tier's result, another scope)."""
+        self._add(f"SELECT customer_id FROM {table.name} WHERE {where}")
 
     def size(self) -> int:
         return self.session.scalar(select(func.count()).select_from(self.table)) or 0

@@ -11,7 +11,7 @@ Same statements on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -64,6 +64,33 @@ MASS_CHANGE_ROWS = 100_000
 INDEX_BUILD_MEMORY = "256MB"
 WORK_MEM = "64MB"
 TIERED_BIT = 1 << len(DIMENSIONS)  # in the result table's change mask: the customer had been tiered before
+Move = tuple[str, str | None, str | None, int]  # dimension, from (None: not tiered before), to, customers
+
+
+@dataclass(frozen=True)
+class Changed:
+    """Whom a re-tier changed, for rules that react to tier changes (the tier-entered auto-tags), as
+    SELECTs of customer ids valid inside its transaction (see :meth:`entered`)."""
+
+    first_time: Any  # tiered for the first time (a baseline: no TierChange) in a run that is not a first tiering
+    as_of: date
+    last_change: int  # the highest TierChange id before the run
+    first: bool  # a first tiering: every customer entered its values
+
+    def entered(self, dimension: str, value: str) -> Any:
+        """The customers who took ``value`` on ``dimension`` in this run: by its TierChanges (through
+        their index), or tiered for the first time."""
+        if self.first:
+            return select(CustomerTier.customer_id).where(getattr(CustomerTier, dimension) == value)
+        moved = select(TierChange.customer_id).where(
+            TierChange.dimension == dimension, TierChange.to_value == value, TierChange.as_of == self.as_of,
+            TierChange.id > self.last_change)
+        return union_all(moved, self.first_time)
+
+
+# Run inside the re-tier's transaction, before its temporary tables go: the auto-tag rules of
+# bot.tagging.system, say. Returns counts (of tags added per rule).
+AfterRetier = Callable[[Session, Changed], dict[str, int]]
 
 
 @dataclass
@@ -77,6 +104,9 @@ class RetierResult:
     recomputed: int = 0  # customers looked at: all of them in a full run
     incremental: bool = False
     mass_change: bool = False  # most tier rows were written (PostgreSQL: vacuumed after, see tidy_after_commit)
+    first: bool = False  # no customer had tiers before: every one was tiered for the first time (a baseline)
+    moves: list[Move] = field(default_factory=list)  # not in a first tiering: every customer moved from None
+    after: dict[str, int] = field(default_factory=dict)  # what the ``after`` hook returned
 
 
 def metrics_source(session: Session, as_of_day: int, tz: ZoneInfo) -> tuple[Any, bool]:
@@ -93,10 +123,12 @@ def metrics_source(session: Session, as_of_day: int, tz: ZoneInfo) -> tuple[Any,
             .group_by(Order.customer_id).subquery("metrics")), False
 
 
-def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full: bool = False) -> RetierResult:
+def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full: bool = False,
+           after: AfterRetier | None = None) -> RetierResult:
     """Recompute tiers as of the local day. Unless ``full``, a run that follows one with the same policy
     recomputes only the customers whose result may differ (segments/incremental.py) — the same result
-    as a full run, which tests check."""
+    as a full run, which tests check. ``after`` runs in the same transaction with whom the run may have
+    changed (:class:`Changed`)."""
     started, started_at = time.perf_counter(), utcnow()
     result = RetierResult(as_of=as_of)
     # SQLite: every customer id the run writes (tier rows, TierChanges) comes from the customer table
@@ -111,7 +143,9 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
     result.stats = stats
     digest = policy_digest(policy, tz)
     scope = Scope(session)
+    first_time = Scope(session, "retier_first_time")
     previous = last_run(session)
+    last_change = session.scalar(select(func.max(TierChange.id))) or 0
     try:
         result.incremental = not full and from_aggregates and Scope.possible(previous, digest, policy, as_of, stats)
         if result.incremental and previous is not None:
@@ -119,35 +153,65 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
             scope.widen(previous, policy, as_of, tz, stats)
         else:
             scope.clear_marks()
-        result.recomputed = _compute_and_write(session, policy, as_of, tz, metrics, stats, result,
-                                               scope if result.incremental else None)
+        result.recomputed = _compute_and_write(session, policy, as_of, tz, metrics, stats, result, scope,
+                                               first_time, last_change)
+        if after is not None:
+            result.after = after(session, Changed(select(first_time.table.c.customer_id), as_of, last_change,
+                                                  result.first))
     finally:
         scope.drop()
+        first_time.drop()
     result.seconds = time.perf_counter() - started
     record_run(session, result, digest, started_at, from_aggregates)
     return result
 
 
 def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any,
-                       stats: PopulationStats, result: RetierResult, scope: Scope | None) -> int:
-    """The new values of every customer (or of those in ``scope``) into a temporary table, then the
-    changes recorded and the differing rows written. Returns how many customers were looked at."""
-    if scope is None and session.scalar(select(CustomerTier.customer_id).limit(1)) is None:
+                       stats: PopulationStats, result: RetierResult, scope: Scope, first_time: Scope,
+                       last_change: int) -> int:
+    """The new values of every customer (or, in an incremental run, of those in ``scope``) into a
+    temporary table, then the changes recorded and the differing rows written; customers tiered for the
+    first time go into ``first_time``. Returns how many customers were looked at."""
+    looked_at = scope if result.incremental else None
+    if looked_at is None and session.scalar(select(CustomerTier.customer_id).limit(1)) is None:
+        result.first = True
         return _first_tiering(session, _computed(policy, as_of, tz, metrics, stats, None, with_current=False),
                               policy, result)
     table = _result_table()
     table.create(session.connection())
     try:
-        _fill_result(session, table, _computed(policy, as_of, tz, metrics, stats, scope), policy)
+        _fill_result(session, table, _computed(policy, as_of, tz, metrics, stats, looked_at), policy)
         if session.get_bind().dialect.name == "postgresql":  # autovacuum never analyzes temporary tables
             session.connection().exec_driver_sql("ANALYZE retier_result")
         result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
         # A first tiering is a baseline, not a change: a first run has no history to record.
         result.changes = _record_changes(session, table, as_of, policy, stats)
+        result.moves = _moves(session, table, last_change)
         result.updated = _write_changed(session, table, result)
+        first_time.add_from(table, f"changes & {TIERED_BIT} = 0")
     finally:
         table.drop(session.connection())
-    return scope.size() if scope is not None else result.customers
+    return scope.size() if looked_at is not None else result.customers
+
+
+def _moves(session: Session, table: Table, last_change: int) -> list[Move]:
+    """Customers per (dimension, from, to) of this run, from its own TierChanges (after ``last_change``)
+    and, for customers tiered for the first time, from the result table (before the tier rows are
+    written): no scan of the tier table."""
+    recorded = session.execute(select(TierChange.dimension, TierChange.from_value, TierChange.to_value, func.count())
+                               .where(TierChange.id > last_change)
+                               .group_by(TierChange.dimension, TierChange.from_value, TierChange.to_value)).all()
+    moves: list[Move] = [(d, f, t, n) for d, f, t, n in recorded]
+    # Tiered for the first time: most have no tier row; a new contact's may hold the stage its channel gave.
+    tiers = CustomerTier.__table__
+    first_time = (select(table, *[tiers.c[name].label(f"old_{name}") for name in DIMENSIONS])
+                  .select_from(table.outerjoin(tiers, tiers.c.customer_id == table.c.customer_id))
+                  .where(table.c.changes.op("&")(TIERED_BIT) == 0).subquery("first_time"))
+    for name in DIMENSIONS:
+        old, new = first_time.c[f"old_{name}"], first_time.c[name]
+        moves += [(name, f, t, n) for f, t, n in session.execute(
+            select(old, new, func.count()).group_by(old, new)).all() if f != t]
+    return moves
 
 
 def _first_tiering(session: Session, computed: Any, policy: TierPolicy, result: RetierResult) -> int:

@@ -85,26 +85,29 @@ def test_templates_are_checked_when_the_broadcast_is_created(app, db):
     settings = settings_of(app)
     with db.begin() as s:
         with pytest.raises(BroadcastError, match=r"unknown variable\(s\) \['nickname'\]"):
-            create_broadcast(s, settings, spec(templates={"default": "{{ nickname }}您好"}))
+            create_broadcast(s, settings, spec(templates={"default": "{{ nickname }}您好"}), now=MORNING)
         with pytest.raises(BroadcastError, match="customer.*no attribute 'nick'|'dict object' has no attribute"):
-            create_broadcast(s, settings, spec(templates={"default": "{{ customer.nick }}您好"}))
+            create_broadcast(s, settings, spec(templates={"default": "{{ customer.nick }}您好"}), now=MORNING)
         with pytest.raises(BroadcastError, match="coupon needs --coupon"):
-            create_broadcast(s, settings, spec(templates={"default": "券码 {{ coupon.code }}"}))
+            create_broadcast(s, settings, spec(templates={"default": "券码 {{ coupon.code }}"}), now=MORNING)
         with pytest.raises(BroadcastError, match="syntax error"):
-            create_broadcast(s, settings, spec(templates={"default": "{{ brand "}))
+            create_broadcast(s, settings, spec(templates={"default": "{{ brand "}), now=MORNING)
         with pytest.raises(BroadcastError, match="default template"):
-            create_broadcast(s, settings, spec(templates={"high": "hi"}))
+            create_broadcast(s, settings, spec(templates={"high": "hi"}), now=MORNING)
         with pytest.raises(BroadcastError, match="unknown tier"):
-            create_broadcast(s, settings, spec(templates={"default": "hi", "platinum": "hi"}))
+            create_broadcast(s, settings, spec(templates={"default": "hi", "platinum": "hi"}), now=MORNING)
         with pytest.raises(BroadcastError, match="either a send time"):
-            create_broadcast(s, settings, spec(cron="0 10 1 * *"))
+            create_broadcast(s, settings, spec(cron="0 10 1 * *"), now=MORNING)
         with pytest.raises(BroadcastError, match="cron"):
-            create_broadcast(s, settings, spec(send_at=None, cron="every day"))
-        created = create_broadcast(s, settings, spec(templates={
-            "default": "{{ customer.name }}您好，{{ brand }}上新了", "important_value": "尊敬的{{ customer.name }}"}))
+            create_broadcast(s, settings, spec(send_at=None, cron="every day"), now=MORNING)
+        with pytest.raises(BroadcastError, match="2026-11-24 09:59 is in the past"):
+            create_broadcast(s, settings, spec(send_at=MORNING - timedelta(minutes=1)), now=MORNING)
+        personal = {"default": "{{ customer.name }}您好，{{ brand }}上新了",
+                    "important_value": "尊敬的{{ customer.name }}"}
+        created = create_broadcast(s, settings, spec(templates=personal), now=MORNING)
         assert created.next_run_at == MORNING and created.status == "scheduled"
         with pytest.raises(BroadcastError, match="exists already"):
-            create_broadcast(s, settings, spec())
+            create_broadcast(s, settings, spec(), now=MORNING)
 
 
 def _capped_and_opted_out(db, ids):
@@ -143,7 +146,7 @@ def test_a_run_holds_out_a_random_tenth_of_each_tier_and_sends_the_rest(wired, s
         {"userid": "zhangsan", "external_userid": f"wm{i:06d}", "name": f"客户{i}"} for i in range(535)]},
         timeout=30).raise_for_status()
     with db.begin() as s:
-        broadcast = create_broadcast(s, settings, spec())
+        broadcast = create_broadcast(s, settings, spec(), now=MORNING)
         first = plan_run(s, settings, broadcast, MORNING, now=MORNING)
         again = plan_run(s, settings, broadcast, MORNING, now=MORNING)
     assert first.created and not again.created and again.run.id == first.run.id
@@ -158,7 +161,7 @@ def test_a_run_holds_out_a_random_tenth_of_each_tier_and_sends_the_rest(wired, s
     assert texts == Counter({"高价值会员专享：新品抢先看。": 200, "本店：本周上新，欢迎选购。": 335})
 
     with db.begin() as s:  # a second broadcast draws a different random hold-out
-        other = create_broadcast(s, settings, spec(name="二次", send_at=MORNING + timedelta(days=7)))
+        other = create_broadcast(s, settings, spec(name="二次", send_at=MORNING + timedelta(days=7)), now=MORNING)
         second = plan_run(s, settings, other, other.next_run_at, now=other.next_run_at).run
         held_ids = [set(s.scalars(select(OutboxMessage.customer_id).where(
             OutboxMessage.trigger_ref == f"broadcast_run:{r.id}", OutboxMessage.status == "held_out")))
@@ -176,7 +179,7 @@ def test_schedules_once_and_cron_and_cancel(app, db):
     settings = settings_of(app)
     seed_audience(db, {"high": 5, "low": 5})
     with db.begin() as s:
-        once = create_broadcast(s, settings, spec())
+        once = create_broadcast(s, settings, spec(), now=MORNING)
         monthly = create_broadcast(s, settings, spec(name="会员日", send_at=None, cron="0 10 1 * *",
                                                      audience={"value_tiers": ["high"]}), now=MORNING)
         assert monthly.next_run_at == datetime(2026, 12, 1, 10, 0, tzinfo=SHANGHAI)
@@ -200,7 +203,7 @@ def test_coupon_broadcast_gives_each_recipient_an_own_code(app, db):
     with db.begin() as s:
         broadcast = create_broadcast(s, settings, spec(
             name="会员日券", coupon="VIP",
-            templates={"default": "{{ customer.name }}：{{ coupon.title }} {{ coupon.code }}"}))
+            templates={"default": "{{ customer.name }}：{{ coupon.title }} {{ coupon.code }}"}), now=MORNING)
         run = plan_run(s, settings, broadcast, MORNING, now=MORNING).run
         assert run.skipped == {"the coupon is only for ['high']": 10} and run.held_out == 3
         rows = s.scalars(select(OutboxMessage).where(OutboxMessage.status == "pending")).all()
@@ -232,7 +235,7 @@ def test_tier_texts_follow_segment_then_tier_then_default(app, db):
     untiered = seed_audience(db, {None: 2}, start=200)
     templates = {"default": "默认", "high": "高价值", "important_retain": "回归礼"}
     with db.begin() as s:
-        broadcast = create_broadcast(s, settings, spec(templates=templates, holdout_percent=0))
+        broadcast = create_broadcast(s, settings, spec(templates=templates, holdout_percent=0), now=MORNING)
         run = plan_run(s, settings, broadcast, MORNING, now=MORNING).run
         texts = dict(s.execute(select(OutboxMessage.customer_id, OutboxMessage.content).where(
             OutboxMessage.trigger_ref == f"broadcast_run:{run.id}")).all())
@@ -252,7 +255,7 @@ def test_holdout_is_exact_per_tier_even_when_the_candidates_fall_short(app, db, 
         monkeypatch.setattr(HoldoutDraw, "MARGIN_SIGMAS", margin)
         at = MORNING + timedelta(days=7 * week)  # a week apart: the first run's rows do not cap the second
         with db.begin() as s:
-            broadcast = create_broadcast(s, settings, spec(name=name, holdout_percent=30, send_at=at))
+            broadcast = create_broadcast(s, settings, spec(name=name, holdout_percent=30, send_at=at), now=MORNING)
             run = plan_run(s, settings, broadcast, at, now=at).run
             held = Counter(s.execute(select(func.coalesce(CustomerTier.value_tier, "none"))
                                      .select_from(OutboxMessage)
@@ -266,7 +269,7 @@ def test_effect_report_counts_orders_after_the_run(app, db):
     settings = settings_of(app)
     seed_audience(db, {"low": 100})
     with db.begin() as s:
-        broadcast = create_broadcast(s, settings, spec(holdout_percent=20))
+        broadcast = create_broadcast(s, settings, spec(holdout_percent=20), now=MORNING)
         plan_run(s, settings, broadcast, MORNING, now=MORNING)
         rows = s.execute(select(OutboxMessage.customer_id, OutboxMessage.status)).all()
         sent = [c for c, st in rows if st == "pending"]
@@ -295,8 +298,8 @@ def test_a_broadcast_whose_tag_was_deleted_fails_without_stopping_others(app, db
     rules = TagRules.from_settings(settings)
     with db.begin() as s:
         tag = resolve(s, rules, "临时标签")
-        broken = create_broadcast(s, settings, spec(name="坏的", audience={"tags_any": ["临时标签"]}))
-        fine = create_broadcast(s, settings, spec(name="好的"))
+        broken = create_broadcast(s, settings, spec(name="坏的", audience={"tags_any": ["临时标签"]}), now=MORNING)
+        fine = create_broadcast(s, settings, spec(name="好的"), now=MORNING)
         tag.deleted = True
     with db.begin() as s:
         runs = dispatch_due(s, settings, now=MORNING + timedelta(minutes=1))
@@ -323,18 +326,19 @@ def test_cli_create_preview_list_report_cancel(cli_env, db, tmp_path):
     from bot.cli import main
 
     runner = CliRunner(env={"SCRM_CONFIG": None, **cli_env})
+    before_the_send = lambda: MORNING - timedelta(hours=1)  # noqa: E731 - the CLI's clock
     seed_audience(db, {"high": 12, "low": 30})
     vip = tmp_path / "vip.j2"
     vip.write_text("{{ customer.name }}，{{ tier_name }}会员日快乐", encoding="utf-8")
     args = ["broadcast", "create", "会员日", "--audience", '{"value_tiers": ["high", "low"]}',
             "--template", "default=本周上新", "--template-file", f"high={vip}", "--at", "2026-11-24 10:00"]
-    refused = runner.invoke(main, args, input="n\n")
+    refused = runner.invoke(main, args, input="n\n", obj=before_the_send)
     assert refused.exit_code == 1 and "audience 42; to send 38; held out 4" in refused.output
     assert "客户0，高价值会员日快乐" in refused.output  # samples per tier before anything is scheduled
-    created = runner.invoke(main, [*args, "--yes"])
+    created = runner.invoke(main, [*args, "--yes"], obj=before_the_send)
     assert created.exit_code == 0 and "first run 2026-11-24 10:00" in created.output, created.output
     bad = runner.invoke(main, ["broadcast", "create", "坏", "--template", "default={{ nick }}", "--at",
-                               "2026-11-24 10:00", "--yes"])
+                               "2026-11-24 10:00", "--yes"], obj=before_the_send)
     assert bad.exit_code == 1 and "unknown variable(s) ['nick']" in bad.output
     assert "会员日" in runner.invoke(main, ["broadcast", "list"]).output
     assert "held out" in runner.invoke(main, ["broadcast", "preview", "会员日"]).output
@@ -349,7 +353,7 @@ def test_effect_report_survives_big_spenders(app, db):
     settings = settings_of(app)
     seed_audience(db, {"high": 20})
     with db.begin() as s:
-        broadcast = create_broadcast(s, settings, spec())
+        broadcast = create_broadcast(s, settings, spec(), now=MORNING)
         plan_run(s, settings, broadcast, MORNING, now=MORNING)
         sent = s.scalar(select(OutboxMessage.customer_id).where(OutboxMessage.status == "pending"))
         at = MORNING + timedelta(days=1)
@@ -357,3 +361,31 @@ def test_effect_report_survives_big_spenders(app, db):
                     paid_day=at.astimezone(SHANGHAI).date().toordinal()))  # 900 亿元: its square overflows BIGINT
         report = effect_report(s, broadcast, 14, now=MORNING + timedelta(days=30))
     assert report.sent.revenue_fen == 9_000_000_000_000 and report.revenue_lift_fen is not None
+
+
+def test_scrm_broadcast_create_refuses_a_past_time_and_done_shows_no_next_run(app, db):
+    """The CLI's "now" is its clock (here MORNING), not the wall clock."""
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    seed_audience(db, {"high": 2, "low": 2})
+    env = {"SCRM_CONFIG": None, "SCRM_DATABASE_URL": str(app.extensions["scrm.db"].url)}
+
+    def scrm(*args: str):
+        return CliRunner(env=env).invoke(main, list(args), obj=lambda: MORNING)
+
+    past = scrm("broadcast", "create", "旧闻", "--template", "default=hi", "--at", "2026-11-24 09:59", "--yes")
+    assert past.exit_code == 1 and "2026-11-24 09:59 is in the past (now 2026-11-24 10:00)" in past.output
+    assert "audience" not in past.output  # refused before the preview
+    later = scrm("broadcast", "create", "上新", "--template", "default=hi", "--at", "2026-11-24 11:00", "--yes")
+    assert later.exit_code == 0 and "first run 2026-11-24 11:00" in later.output, later.output
+    with db.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Broadcast)) == 1
+        dispatch_due(s, settings_of(app), now=MORNING + timedelta(hours=1, seconds=30))
+        s.add(Broadcast(name="演示", audience={}, templates={"default": "hi"}, send_at=MORNING, status="done",
+                        holdout_percent=0, next_run_at=MORNING))  # how `scrm demo` used to leave its broadcast
+    listed = scrm("broadcast", "list").output.splitlines()
+    for name in ("上新", "演示"):
+        [row] = [line.split() for line in listed if name in line]
+        assert row[2] == "done" and row[4] == "-", row  # status, schedule, next run

@@ -202,3 +202,27 @@ def test_the_demo_upgrade_buys_just_past_the_top_rule():
     count, yuan = orders_to_reach(high, orders=0, paid_fen=0)
     assert count == 6 and count * yuan * 100 > 100000 and (count * (yuan - 1)) * 100 <= 100000
     assert orders_to_reach(high, orders=9, paid_fen=200000) == (1, 99)
+
+
+def test_scrm_starts_without_the_heavy_libraries():
+    """`scrm --help` took about 2 s: every command module imported SQLAlchemy, Flask, Alembic and
+    friends at start. Each command now imports what it needs when it runs."""
+    import subprocess
+    import sys
+
+    heavy = ("sqlalchemy", "flask", "alembic", "apscheduler", "wechatpy", "pandas", "numpy", "jinja2", "tqdm")
+    code = ("import sys, bot.cli; from click.testing import CliRunner; "
+            "assert CliRunner().invoke(bot.cli.main, ['--help']).exit_code == 0; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_inbox_status_choices_are_the_models():
+    from bot.cli.inbox import STATUSES
+    from bot.cli.tiers import ENCODINGS
+    from bot.models import INBOX_STATUSES
+    from segments.imports import ENCODINGS as IMPORT_ENCODINGS
+
+    assert STATUSES == INBOX_STATUSES and ENCODINGS == IMPORT_ENCODINGS

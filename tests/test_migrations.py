@@ -105,3 +105,21 @@ def test_tiers_move_to_their_own_table_and_back(empty_engine):
         back = conn.execute(text("SELECT id, value_tier, stage, activity_score FROM customers ORDER BY id")).all()
     assert [tuple(r) for r in back] == [(1, "high", "repeat", 7), (2, None, None, None)]
     assert "customer_tiers" not in inspect(empty_engine).get_table_names()
+
+
+def test_a_current_schema_is_recognised_without_alembic(tmp_path):
+    """Every command upgrades the database first; one already at the head skips Alembic altogether."""
+    from alembic.script import ScriptDirectory
+
+    from bot.core.db import alembic_config, head_revision, make_engine, schema_is_current, upgrade_schema
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'scrm.db'}")
+    try:
+        assert head_revision() == ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+        assert not schema_is_current(engine)  # no version table yet
+        upgrade_schema(engine, "0008")
+        assert not schema_is_current(engine)
+        upgrade_schema(engine)
+        assert schema_is_current(engine)
+    finally:
+        engine.dispose()

@@ -3,11 +3,14 @@ among several processes (Redis lock), and the job functions doing their work."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+import pickle
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import func, select, text
 
+from bot.cli import main
 from bot.core.db import Database
 from bot.models import Customer, CustomerAggregate, CustomerTag
 from bot.schedule import jobs
@@ -39,6 +42,36 @@ def test_jobs_are_reconciled_on_every_start_and_never_duplicated(database_url):
         assert rows[0][1] == "cron[hour='2', minute='30']" and "(not yet stored)" not in rows[0][2]
     finally:
         db.dispose()
+
+
+def test_scrm_jobs_reads_the_job_store_and_changes_nothing(database_url):
+    """A due run (next run time in the past) stays due: listing the jobs neither moves it nor tries to
+    submit it (a paused scheduler did both, and logged 'cannot schedule new futures after shutdown')."""
+    settings = load_settings(overrides={"database": {"url": database_url}}, environ={})
+    db = Database(settings.database)
+    try:
+        SchedulerService(settings, db).start().stop()
+        due = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        with db.engine.begin() as conn:
+            for job_id, state in conn.execute(text(f"SELECT id, job_state FROM {JOBSTORE_TABLE}")).all():
+                moved = pickle.loads(state) | {"next_run_time": due}
+                conn.execute(text(f"UPDATE {JOBSTORE_TABLE} SET job_state = :state, next_run_time = :at "
+                                  "WHERE id = :id"),
+                             {"state": pickle.dumps(moved), "at": due.timestamp(), "id": job_id})
+        before = store_rows(db)
+        result = CliRunner(env={"SCRM_CONFIG": None, "SCRM_DATABASE_URL": database_url}).invoke(main, ["jobs"])
+        assert result.exit_code == 0, result.output
+        assert store_rows(db) == before
+        shown = due.astimezone(settings.tz).strftime("%Y-%m-%d %H:%M:%S")
+        assert sum(shown in line for line in result.output.splitlines()) == len(JOBS)
+    finally:
+        db.dispose()
+
+
+def store_rows(db: Database) -> list[tuple[str, float, bytes]]:
+    with db.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(f"SELECT id, next_run_time, job_state FROM {JOBSTORE_TABLE} "
+                                                        "ORDER BY id"))]
 
 
 @pytest.mark.skipif(not REDIS_URL, reason="SCRM_TEST_REDIS_URL not set (CI sets it)")

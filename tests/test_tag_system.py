@@ -132,3 +132,41 @@ def test_near_duplicates_are_reported_and_merged_with_history(scrm, db):
 def test_normalising_tag_names():
     assert normalize_tag_name("ＶＩＰ 客户") == normalize_tag_name("vip") == "vip"
     assert normalize_tag_name("高价值-用户") == normalize_tag_name("高价值") != normalize_tag_name("价值")
+
+
+def test_aggregate_rules_look_at_the_changed_customers_unless_the_rules_changed(app, db):
+    """Rules applied to some customers (an order request's; a re-tier's, who entered a tier) look at
+    those only (at 1M customers a pass over everyone took 3.2 s); a rule set not yet applied to
+    everyone is applied to everyone once, since customers who qualified already did not change."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from bot.models import CustomerAggregate
+    from bot.tagging.rules import TagRef, TagRule, TagRules
+    from bot.tagging.system import apply_aggregate_rules
+
+    rules = TagRules.from_settings(app.extensions["scrm.settings"])
+    paid = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+
+    def buyer(s, name: str) -> int:
+        customer = Customer(external_userid=name)
+        s.add(customer)
+        s.flush()
+        s.add(CustomerAggregate(customer_id=customer.id, order_count=3, paid_amount_fen=5000, first_order_at=paid,
+                                last_order_at=paid, first_order_day=739556, last_order_day=739556))
+        return customer.id
+
+    with db.begin() as s:
+        first = buyer(s, "wmFIRST")
+        assert apply_aggregate_rules(s, rules, False, [first])["repeat_buyer"] == 1  # never applied to all: all
+        buyer(s, "wmUNCHANGED")  # e.g. written by a path that neither tagged nor marked it
+        changed = buyer(s, "wmCHANGED")
+        assert apply_aggregate_rules(s, rules, False, select(Customer.id).where(Customer.id == changed)) == {
+            "first_order": 1, "repeat_buyer": 1, "big_spender": 0, "vip": 0}
+    assert tags_of(db, "wmUNCHANGED") == set()
+    loyal = TagRule("loyal", "order_count", TagRef("交易", "三单客户"), gte=Decimal(3))
+    with db.begin() as s:
+        added = apply_aggregate_rules(s, replace(rules, rules=(*rules.rules, loyal)), False, [changed])
+    assert added["loyal"] == 3 and added["first_order"] == 1  # a new rule: every customer, once
+    assert tags_of(db, "wmUNCHANGED") == {"交易/客户首单", "交易/复购客户", "交易/三单客户"}

@@ -205,8 +205,7 @@ def create_broadcast(session: Session, settings: Settings, spec: BroadcastSpec, 
     if session.scalar(select(Broadcast.id).where(Broadcast.name == spec.name)) is not None:
         raise BroadcastError(f"a broadcast named {spec.name!r} exists already")
     if spec.send_at is not None:
-        if spec.send_at.tzinfo is None:
-            raise BroadcastError("the send time needs a time zone")
+        check_send_time(spec.send_at, settings, now)
         next_run = spec.send_at
     else:
         next_run = next_cron_time(str(spec.cron), settings, now)
@@ -217,6 +216,16 @@ def create_broadcast(session: Session, settings: Settings, spec: BroadcastSpec, 
     session.add(broadcast)
     session.flush()
     return broadcast
+
+
+def check_send_time(send_at: datetime, settings: Settings, now: datetime) -> None:
+    """A one-off send time must be aware and not before ``now``: a run planned in the past would go
+    out at the next dispatch, at once and unannounced."""
+    if send_at.tzinfo is None:
+        raise BroadcastError("the send time needs a time zone")
+    if send_at < now:
+        raise BroadcastError(f"the send time {send_at.astimezone(settings.tz):%Y-%m-%d %H:%M} is in the past "
+                             f"(now {now.astimezone(settings.tz):%Y-%m-%d %H:%M}); give a later one")
 
 
 def next_cron_time(expression: str, settings: Settings, after: datetime) -> datetime:
@@ -728,7 +737,8 @@ def broadcast_rows(session: Session) -> list[dict[str, Any]]:
     out = []
     for b in session.scalars(select(Broadcast).order_by(Broadcast.id)):
         out.append({"id": b.id, "name": b.name, "status": b.status, "schedule": b.cron or
-                    (b.send_at.isoformat() if b.send_at else ""), "next_run_at": b.next_run_at,
+                    (b.send_at.isoformat() if b.send_at else ""),
+                    "next_run_at": b.next_run_at if b.status == "scheduled" else None,
                     "audience": Audience.parse(b.audience).describe() if b.audience is not None else "",
                     "coupon": b.coupon or "", **totals[b.id]})
     return out

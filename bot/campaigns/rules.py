@@ -4,13 +4,14 @@ follow-up sequences (``[sequences] flows``) and tier-change actions (``[tier_act
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from apscheduler.triggers.cron import CronTrigger
+from typing import TYPE_CHECKING, Any
 
 from bot.campaigns.audience import Audience
 from bot.campaigns.coupons import CouponBook
 from bot.outbox.messages import MessageTemplates, TemplateMissing, TemplateRefused
+
+if TYPE_CHECKING:  # APScheduler is loaded when a cron expression is read, not with the settings
+    from apscheduler.triggers.cron import CronTrigger
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # standard cron: 0 (and 7) = Sunday
@@ -20,6 +21,8 @@ def cron_trigger(expression: str, timezone: Any = None) -> CronTrigger:
     """A standard 5-field crontab line as an APScheduler trigger. APScheduler 3 numbers weekdays
     from Monday = 0, so "0 10 * * 5" would fire on Saturdays; numeric weekdays are translated to
     names first (5 → fri, 0 and 7 → sun)."""
+    from apscheduler.triggers.cron import CronTrigger
+
     fields = expression.split()
     if len(fields) != 5:
         raise ValueError(f"a cron expression has 5 fields (minute hour day month weekday), got {len(fields)}")

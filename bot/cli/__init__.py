@@ -27,7 +27,9 @@ SERVICES = ("serve", "worker", "scheduler", "sandbox")
 @click.pass_context
 def main(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
     """wecom-scrm-bot: customer tiering for WeCom."""
-    ctx.obj = CliContext(config_file, "INFO" if ctx.invoked_subcommand in SERVICES else "WARNING", verbose)
+    # A caller may pass the clock as the context object (tests: ``CliRunner().invoke(main, args, obj=clock)``).
+    clock = {"clock": ctx.obj} if callable(ctx.obj) else {}
+    ctx.obj = CliContext(config_file, "INFO" if ctx.invoked_subcommand in SERVICES else "WARNING", verbose, **clock)
     ctx.call_on_close(ctx.obj.close)
 
 

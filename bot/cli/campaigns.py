@@ -5,30 +5,19 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import select
 
-from bot.campaigns.broadcasts import (
-    BroadcastError,
-    BroadcastSpec,
-    Preview,
-    broadcast_rows,
-    cancel_broadcast,
-    create_broadcast,
-    effect_report,
-    find_broadcast,
-    preview,
-    spec_of,
-)
-from bot.campaigns.coupons import CouponBook, CouponError, display_code, issue, redeem
 from bot.cli.context import CliContext, pass_cli, render_table
 from bot.cli.times import local_time, zoned
-from bot.models import Coupon, Customer
-from bot.outbox.messages import TIER_NAMES
 from bot.tagging.rules import TagRules
 from segments.money import fen_to_yuan, number_to_fen
+
+if TYPE_CHECKING:
+    from bot.campaigns.broadcasts import Preview
+    from bot.campaigns.coupons import CouponBook
+    from bot.models import Customer
 
 
 @click.group("broadcast", help="Tiered broadcasts: create (with a preview), list, cancel, report.")
@@ -79,6 +68,8 @@ def _local_time(text: str, cli: CliContext) -> datetime:
 
 
 def _show_preview(p: Preview, cli: CliContext) -> None:
+    from bot.outbox.messages import TIER_NAMES
+
     tz = cli.settings().tz
     when = local_time(p.send_after, tz) if p.send_after else "?"
     click.echo(f"audience {p.audience}; to send {p.to_send}; held out {sum(p.held_out.values())}; "
@@ -98,7 +89,7 @@ def _show_preview(p: Preview, cli: CliContext) -> None:
 @click.option("--audience", "audience_text", help="Filter as JSON or @file.json, e.g. '{\"value_tiers\": [\"high\"]}'.")
 @click.option("--template", "inline", multiple=True, help="TIER=TEXT; give default=… and any tier or segment.")
 @click.option("--template-file", "files", multiple=True, help="TIER=PATH of a Jinja2 template.")
-@click.option("--at", "at_text", help="Send once at this local time (YYYY-MM-DD HH:MM).")
+@click.option("--at", "at_text", help="Send once at this local time (YYYY-MM-DD HH:MM); a past time is refused.")
 @click.option("--cron", help="Repeat on this cron expression (local time), e.g. '0 10 1 * *'.")
 @click.option("--holdout", type=click.IntRange(0, 50),
               help="Percent held out per tier (default broadcasts.holdout_percent).")
@@ -109,15 +100,19 @@ def broadcast_create(cli: CliContext, name: str, audience_text: str | None, inli
                      files: tuple[str, ...], at_text: str | None, cron: str | None, holdout: int | None,
                      coupon: str | None, yes: bool) -> None:
     """Preview a broadcast, then schedule it."""
+    from bot.campaigns.broadcasts import BroadcastError, BroadcastSpec, check_send_time, create_broadcast, preview
+
     settings = cli.settings()
     spec = BroadcastSpec(name, _audience(audience_text), _templates(inline, files),
                          _local_time(at_text, cli) if at_text else None, cron, holdout, coupon)
     try:
+        if spec.send_at is not None:  # before the preview: a past time is refused, not previewed
+            check_send_time(spec.send_at, settings, cli.now())
         with cli.db().begin() as session:
-            _show_preview(preview(session, settings, spec, spec.send_at), cli)
+            _show_preview(preview(session, settings, spec, spec.send_at or cli.now()), cli)
             if not yes:
                 click.confirm("schedule it?", abort=True)
-            created = create_broadcast(session, settings, spec)
+            created = create_broadcast(session, settings, spec, cli.now())
             assert created.next_run_at is not None
             click.echo(f"scheduled broadcast {created.id} {name!r}; first run "
                        f"{local_time(created.next_run_at, settings.tz)}")
@@ -131,6 +126,8 @@ def broadcast_create(cli: CliContext, name: str, audience_text: str | None, inli
 @pass_cli
 def broadcast_preview(cli: CliContext, name: str, at_text: str | None) -> None:
     """Who a scheduled broadcast would reach, skip and hold out, with samples per tier."""
+    from bot.campaigns.broadcasts import BroadcastError, find_broadcast, preview, spec_of
+
     with cli.db().begin() as session:
         try:
             broadcast = find_broadcast(session, name)
@@ -144,6 +141,8 @@ def broadcast_preview(cli: CliContext, name: str, at_text: str | None) -> None:
 @pass_cli
 def broadcast_list(cli: CliContext) -> None:
     """One line per broadcast: schedule, next run, audience and what its runs sent, held out, skipped."""
+    from bot.campaigns.broadcasts import broadcast_rows
+
     tz = cli.settings().tz
     with cli.db().begin() as session:
         rows = broadcast_rows(session)
@@ -160,6 +159,8 @@ def broadcast_list(cli: CliContext) -> None:
 @pass_cli
 def broadcast_cancel(cli: CliContext, name: str) -> None:
     """Stop a broadcast; its messages not yet handed to WeCom are skipped."""
+    from bot.campaigns.broadcasts import BroadcastError, cancel_broadcast, find_broadcast
+
     with cli.db().begin() as session:
         try:
             broadcast = find_broadcast(session, name)
@@ -180,6 +181,8 @@ def _pct(x: float) -> str:
 @pass_cli
 def broadcast_report(cli: CliContext, name: str, days: int | None) -> None:
     """效果评估: recipients against the hold-out group, with the lift and a 95% interval."""
+    from bot.campaigns.broadcasts import BroadcastError, effect_report, find_broadcast
+
     settings = cli.settings()
     with cli.db().begin() as session:
         try:
@@ -215,6 +218,8 @@ def coupons_group() -> None:
 
 
 def _book(cli: CliContext) -> CouponBook:
+    from bot.campaigns.coupons import CouponBook
+
     return CouponBook.from_settings(cli.settings())
 
 
@@ -229,6 +234,10 @@ def coupons_definitions(cli: CliContext) -> None:
 
 
 def _customer(session: Any, ref: str) -> Customer:
+    from sqlalchemy import select
+
+    from bot.models import Customer
+
     customer = session.scalar(select(Customer).where(Customer.external_userid == ref))
     if customer is None and ref.isdigit():
         customer = session.get(Customer, int(ref))
@@ -245,6 +254,8 @@ def _customer(session: Any, ref: str) -> Customer:
 @pass_cli
 def coupons_issue(cli: CliContext, definition: str, customer_ref: str, reason: str) -> None:
     """Issue coupon DEFINITION to CUSTOMER_REF (external_userid or id) and print its code."""
+    from bot.campaigns.coupons import CouponError, display_code, issue
+
     book = _book(cli)
     try:
         d = book.get(definition)
@@ -264,6 +275,8 @@ def coupons_issue(cli: CliContext, definition: str, customer_ref: str, reason: s
 @pass_cli
 def coupons_redeem(cli: CliContext, code: str, order_id: str | None, amount: str | None) -> None:
     """Redeem a code once; a second redemption is refused."""
+    from bot.campaigns.coupons import display_code, redeem
+
     settings = cli.settings()
     try:
         amount_fen = number_to_fen(amount) if amount is not None else None
@@ -287,6 +300,11 @@ def coupons_redeem(cli: CliContext, code: str, order_id: str | None, amount: str
 @pass_cli
 def coupons_list(cli: CliContext, customer_ref: str | None, status: str | None, limit: int) -> None:
     """Issued coupons, newest first: code, customer, status, expiry and the order it was used on."""
+    from sqlalchemy import select
+
+    from bot.campaigns.coupons import display_code
+    from bot.models import Coupon, Customer
+
     tz = cli.settings().tz
     with cli.db().begin() as session:
         query = select(Coupon, Customer.external_userid).join(Customer, Customer.id == Coupon.customer_id)

@@ -3,32 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from bot.core.config import ConfigError, Settings, install_secret_redaction
-from bot.core.db import Database, DatabaseUnavailable, NoDatabase, open_database, sqlite_file
+from bot.core.clock import Clock, system_clock
+
+if TYPE_CHECKING:
+    from bot.core.config import Settings
+    from bot.core.db import Database
+
+# Every command module imports this one, and `scrm --help` imports every command module: what a
+# command needs beyond click is imported inside it, so no command pays for another's libraries.
 
 DEMO_DATABASE = "scrm-demo.db"
 
 
 class CliContext:
-    def __init__(self, config_file: str | None, log_level: str = "WARNING", verbose: bool = False) -> None:
-        """``log_level``: used when app.log_level is empty (its default); ``verbose``: at least INFO."""
+    def __init__(self, config_file: str | None, log_level: str = "WARNING", verbose: bool = False,
+                 clock: Clock = system_clock) -> None:
+        """``log_level``: used when app.log_level is empty (its default); ``verbose``: at least INFO;
+        ``clock``: what the commands take as now (tests pass their own)."""
         self.config_file = config_file
         self.log_level = log_level
         self.verbose = verbose
+        self.clock = clock
         self._settings: Settings | None = None
         self._db: Database | None = None
 
-    def settings(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
-        if self._settings is None or overrides:
-            # Imported here: the domains' checks load the campaign, tag and outbox modules, which
-            # `scrm --help` and the commands' own parsing should not wait for.
-            from bot.startup import load_settings
+    def now(self) -> datetime:
+        return self.clock()
 
+    def today(self) -> date:
+        """Today in app.timezone."""
+        return self.clock().astimezone(self.settings().tz).date()
+
+    def settings(self, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+        from bot.core.config import ConfigError, install_secret_redaction
+        from bot.startup import load_settings
+
+        if self._settings is None or overrides:
             try:
                 self._settings = load_settings(self.config_file, overrides)
             except ConfigError as exc:
@@ -48,6 +64,8 @@ class CliContext:
     def db(self, create: bool = False) -> Database:
         """The configured database, upgraded to the newest schema. Only `init`, `serve` and `demo`
         pass ``create``: any other command on a missing database stops with a message."""
+        from bot.core.db import DatabaseUnavailable, NoDatabase, open_database
+
         if self._db is None:
             try:
                 self._db = open_database(self.settings().database, create=create)
@@ -59,6 +77,8 @@ class CliContext:
 
     def _demo_hint(self) -> str:
         """A newcomer who ran `scrm demo` and then a command without its database setting."""
+        from bot.core.db import sqlite_file
+
         demo = Path(DEMO_DATABASE).absolute()
         if not demo.exists() or sqlite_file(self.settings().database.url) == demo:
             return ""

@@ -6,14 +6,15 @@ import os
 import shlex
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from bot.cli.context import DEMO_DATABASE, CliContext, pass_cli, render_table
-from bot.core.db import DatabaseUnavailable, sqlite_path_problem
-from bot.demo import run as demo_run
-from bot.demo.campaigns import CampaignScenes, run_campaign_scenes
-from bot.demo.scenes import run_scenes
+
+if TYPE_CHECKING:
+    from bot.demo import run as demo_run
+    from bot.demo.campaigns import CampaignScenes
 
 DEFAULT_DB = DEMO_DATABASE
 
@@ -34,6 +35,9 @@ def demo(cli: CliContext, customers: int, events: int, retry_share: float, datab
          no_serve: bool, no_progress: bool) -> None:
     """Start a local WeCom sandbox and the bot on SQLite, seed a demo brand, drive a burst of
     encrypted callbacks through the real webhook, and print what happened."""
+    from bot.core.db import DatabaseUnavailable, sqlite_path_problem
+    from bot.demo import run as demo_run
+
     path = Path(database_path).absolute()
     problem = sqlite_path_problem(path)
     if problem:
@@ -78,6 +82,10 @@ def run_verify(run: demo_run.DemoRun) -> dict:
 
 
 def _report(run: demo_run.DemoRun, burst: dict, drained: bool, path: Path) -> None:
+    from bot.demo import run as demo_run
+    from bot.demo.campaigns import run_campaign_scenes
+    from bot.demo.scenes import run_scenes
+
     deliveries = burst["deliveries"]
     rate = len(deliveries) / burst["elapsed"] if burst["elapsed"] else 0.0
     click.echo(f"\n{len(deliveries)} callbacks delivered ({burst['retried']} of them WeCom-style re-sends), "

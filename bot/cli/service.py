@@ -7,16 +7,18 @@ import secrets
 import string
 
 import click
-from alembic.runtime.migration import MigrationContext
 
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.core.config import redact_url
 
 
 @click.command()
 @pass_cli
 def init(cli: CliContext) -> None:
     """Create the database, or upgrade it to the newest schema."""
+    from alembic.runtime.migration import MigrationContext
+
+    from bot.core.config import redact_url
+
     db = cli.db(create=True)
     with db.engine.connect() as conn:
         revision = MigrationContext.configure(conn).get_current_revision()
@@ -160,10 +162,10 @@ def scheduler_cmd(cli: CliContext) -> None:
 @click.command("jobs")
 @pass_cli
 def jobs_cmd(cli: CliContext) -> None:
-    """List the scheduled jobs with their next run times."""
+    """List the scheduled jobs with their next run times, as stored (changes nothing)."""
     from bot.schedule.scheduler import job_table
 
-    click.echo(render_table(["job", "trigger", "next run", "what"], job_table(cli.settings(), cli.db())))
+    click.echo(render_table(["job", "trigger", "next run", "what"], job_table(cli.settings(), cli.db(), cli.now())))
 
 
 @click.command("holidays")

@@ -6,7 +6,6 @@ from dataclasses import asdict
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from bot.cli.context import CliContext, pass_cli, render_table
 from bot.tagging.rules import RuleError, TagRules
@@ -35,6 +34,8 @@ def sync_group() -> None:
 @pass_cli
 def sync_contacts_cmd(cli: CliContext, no_progress: bool) -> None:
     """Full reconcile of every follow user's customers (heals missed callbacks)."""
+    from tqdm import tqdm
+
     from bot.contacts.sync import sync_contacts
 
     clients, settings = _clients(cli), cli.settings()
@@ -47,6 +48,8 @@ def sync_contacts_cmd(cli: CliContext, no_progress: bool) -> None:
 @pass_cli
 def sync_tags_cmd(cli: CliContext) -> None:
     """Mirror WeCom's corp tag library here, then push tags put on customers here to WeCom."""
+    from tqdm import tqdm
+
     from bot.tagging.sync import mirror_corp_tags, push_pending, retry_failed_pushes
 
     clients = _clients(cli)
@@ -66,6 +69,8 @@ def sync_tags_cmd(cli: CliContext) -> None:
 @pass_cli
 def sync_moments_cmd(cli: CliContext) -> None:
     """Poll likes and comments on recent moments (WeCom sends no callback for them)."""
+    from tqdm import tqdm
+
     from bot.contacts.moments import poll_moments
     from bot.tagging.sync import push_pending
 

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import sys
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import select
-from tqdm import tqdm
 
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.models import Customer
-from bot.tagging.rules import TagRules
-from bot.tagging.system import apply_aggregate_rules
-from segments.bulk_orders import MERGE_STEPS
-from segments.export import SafeCsvWriter, export_customers
-from segments.imports import ENCODINGS, ImportFailed, ImportSummary, import_customers, import_orders
-from segments.policy import TierPolicy
-from segments.retier import DIMENSIONS, retier, tidy_after_commit, tier_counts
-from segments.rfm import SEGMENT_NAMES
+
+if TYPE_CHECKING:
+    from segments.imports import ImportSummary
+
+# segments.imports.ENCODINGS, spelled out so that `scrm --help` needs no SQLAlchemy (a test keeps them equal)
+ENCODINGS = ("auto", "utf-8", "gb18030")
 
 SHOWN_ERRORS = 20
 
@@ -31,10 +27,12 @@ class _ImportProgress:
     def __init__(self, what: str, enabled: bool) -> None:
         self.what = what
         self.enabled = enabled
-        self.bar: tqdm | None = None
+        self.bar: Any = None  # a tqdm bar
         self.unit = ""
 
     def stage(self, label: str, total: int, unit: str, unit_scale: bool = False) -> None:
+        from tqdm import tqdm
+
         self.close()
         self.unit = unit
         self.bar = tqdm(total=total, unit=unit, unit_scale=unit_scale, desc=f"{self.what}: {label}",
@@ -45,6 +43,8 @@ class _ImportProgress:
             self.bar.update(max(0, position - self.bar.n))
 
     def merge_step(self, name: str) -> None:
+        from segments.bulk_orders import MERGE_STEPS
+
         if self.bar is None or self.unit != "step":
             self.stage(name, len(MERGE_STEPS), "step")
         else:
@@ -66,6 +66,8 @@ class _ImportProgress:
 
 def _import(cli: CliContext, path: Path, importer, what: str, encoding: str,  # type: ignore[no-untyped-def]
             progress: _ImportProgress) -> ImportSummary:
+    from segments.imports import ImportFailed
+
     settings = cli.settings()
     size = path.stat().st_size if path.is_file() else 0
     progress.stage("reading", size, "B", unit_scale=True)
@@ -90,6 +92,8 @@ def _report(summary: ImportSummary, errors_out: Path | None) -> None:
         click.echo(f"  … {summary.skipped - SHOWN_ERRORS} more skipped rows"
                    + ("" if errors_out else " (--errors-out FILE lists them)"))
     if errors_out:
+        from segments.export import SafeCsvWriter
+
         with errors_out.open("w", encoding="utf-8", newline="") as fh:
             # Reasons quote the rejected input: quoted, and neutralised like every CSV cell we write.
             SafeCsvWriter(fh).writerows(summary.errors)
@@ -119,6 +123,8 @@ def import_orders_cmd(cli: CliContext, file: Path, errors_out: Path | None, enco
     """Import orders: order_id,external_userid,amount,paid_at[,status] (amount in 元, paid_at ISO 8601,
     without an offset a local time in app.timezone; status paid|refunded, empty or left out = paid).
     Idempotent on order_id; bad rows are skipped and reported. Exits 1 when every row is skipped."""
+    from segments.imports import import_orders
+
     progress = _ImportProgress("orders", not no_progress)
     _report(_import(cli, file, import_orders, "orders", encoding.lower(), progress), errors_out)
     _report_tags(_apply_tag_rules(cli, progress))
@@ -126,6 +132,9 @@ def import_orders_cmd(cli: CliContext, file: Path, errors_out: Path | None, enco
 
 def _apply_tag_rules(cli: CliContext, progress: _ImportProgress | None = None) -> dict[str, int]:
     """Order-threshold and tier-entered auto-tags, set-based; WeCom learns them at `scrm sync tags`."""
+    from bot.tagging.rules import TagRules
+    from bot.tagging.system import apply_aggregate_rules
+
     settings = cli.settings()
     rules = TagRules.from_settings(settings)
     if progress:
@@ -149,13 +158,15 @@ def import_customers_cmd(cli: CliContext, file: Path, errors_out: Path | None, e
                          no_progress: bool) -> None:
     """Import customers: external_userid,name,follow_userid,added_at[,birthday] (added_at ISO 8601,
     without an offset a local time in app.timezone). Exits 1 when every row is skipped."""
+    from segments.imports import import_customers
+
     _report(_import(cli, file, import_customers, "customers", encoding.lower(),
                     _ImportProgress("customers", not no_progress)), errors_out)
 
 
 def _as_of(value: str | None, cli: CliContext) -> date:
     if value is None:
-        return datetime.now(cli.settings().tz).date()
+        return cli.today()
     try:
         return date.fromisoformat(value)
     except ValueError:
@@ -163,33 +174,92 @@ def _as_of(value: str | None, cli: CliContext) -> date:
 
 
 @click.command("retier")
-@click.option("--as-of", "as_of_text", help="Local date to tier as of (default: today in app.timezone).")
+@click.option("--as-of", "as_of_text", help="Local date to tier as of (default: today in app.timezone). Any other "
+              "day is a dry run: it shows what the tiers would be and writes nothing.")
 @click.option("--full", is_flag=True, help="Look at every customer, not only those whose tiers may have moved.")
+@click.option("--counts", is_flag=True, help="Also print the customers per tier value before and after (one "
+              "scan of the tier table: slower at a million customers).")
 @pass_cli
-def retier_cmd(cli: CliContext, as_of_text: str | None, full: bool) -> None:
-    """Recompute customers' tiers in SQL and print counts before and after. After a first run, only
-    customers whose tiers may have moved are looked at (same result as --full)."""
+def retier_cmd(cli: CliContext, as_of_text: str | None, full: bool, counts: bool) -> None:
+    """Recompute customers' tiers in SQL and print how many moved between which values.
+
+    As of today it writes the changed tier rows, a TierChange for each changed dimension (the
+    tier_actions job acts on those: VIP welcome, win-back, owner alerts) and the tier-entered
+    auto-tags of the customers who entered a tier (the order-threshold ones are put on by the order
+    import and API, and here to everyone only after the rules changed). As of any other day (--as-of)
+    it is a dry run: everything is rolled back, so nothing goes out to anyone because of it. After a
+    first run, only customers whose tiers may have moved are looked at (same result as --full)."""
+    from bot.tagging.rules import TagRules
+    from bot.tagging.system import after_retier
+    from segments.policy import TierPolicy
+    from segments.retier import retier, tidy_after_commit, tier_counts
+
     settings = cli.settings()
     as_of = _as_of(as_of_text, cli)
-    policy = TierPolicy.from_settings(settings.tiers)
-    with cli.db().begin() as session:
-        before = tier_counts(session)
-        result = retier(session, policy, as_of, settings.tz, full=full)
-        after = tier_counts(session)
-    tidy_after_commit(cli.db().engine, result)
+    dry_run = as_of != cli.today()
+    rules, push = TagRules.from_settings(settings), settings.tags.push_to_wecom
+    db = cli.db()
+    with db.sessions() as session, session.begin():
+        before = tier_counts(session) if counts else None
+        result = retier(session, TierPolicy.from_settings(settings.tiers), as_of, settings.tz, full=full,
+                        after=after_retier(rules, push))
+        after = _counts_after(session, before, result) if before is not None else None
+        if dry_run:
+            session.rollback()
+    if not dry_run:
+        tidy_after_commit(db.engine, result)
+    _report_retier(result, dry_run, before, after)
+
+
+Counts = dict[str, dict[str | None, int]]  # customers per value of each dimension (None: no value)
+
+
+def _counts_after(session: Any, before: Counts, result: Any) -> Counts:
+    """The counts after the run: before, moved by the run's own moves (a first tiering: counted)."""
+    from segments.retier import tier_counts
+
+    if result.first:
+        return tier_counts(session)
+    after = {dimension: dict(values) for dimension, values in before.items()}
+    for dimension, old, new, n in result.moves:
+        values = after[dimension]
+        values[old] = values.get(old, 0) - n
+        values[new] = values.get(new, 0) + n
+    return {dimension: {v: n for v, n in values.items() if n} for dimension, values in after.items()}
+
+
+def _report_retier(result: Any, dry_run: bool, before: Counts | None, after: Counts | None) -> None:
+    from segments.retier import DIMENSIONS
+    from segments.rfm import SEGMENT_NAMES
+
+    def shown(dimension: str, value: str | None) -> str:
+        label = SEGMENT_NAMES.get(value or "", "") if dimension == "rfm_segment" else ""
+        return f"{value or '-'} {label}".strip()
+
     looked = (f" (incremental: looked at {result.recomputed} whose tiers may have moved)" if result.incremental
               else "")
-    click.echo(f"re-tiered {result.customers} customers{looked} as of {as_of.isoformat()} in {result.seconds:.2f}s: "
-               f"{result.updated} rows written, changes: "
+    click.echo(("dry run, nothing written: " if dry_run else "")
+               + f"re-tiered {result.customers} customers{looked} as of {result.as_of.isoformat()} in "
+               f"{result.seconds:.2f}s: {result.updated} rows written, changes: "
                + ", ".join(f"{d} {n}" for d, n in result.changes.items()))
-    rows = []
-    for dimension in DIMENSIONS:
-        for value in sorted(set(before[dimension]) | set(after[dimension]), key=lambda v: (v is None, v or "")):
-            label = SEGMENT_NAMES.get(value or "", "") if dimension == "rfm_segment" else ""
-            rows.append([dimension, f"{value or '-'} {label}".strip(), before[dimension].get(value, 0),
-                         after[dimension].get(value, 0)])
-    click.echo(render_table(["dimension", "value", "before", "after"], rows))
-    _report_tags(_apply_tag_rules(cli))
+    if result.first:
+        click.echo("a first tiering: every customer's tiers are a baseline, no TierChange is recorded"
+                   + ("" if after else " (--counts shows the customers per tier)"))
+    elif result.moves:
+        order = {d: i for i, d in enumerate(DIMENSIONS)}
+        moves = sorted(result.moves, key=lambda m: (order[m[0]], -m[3], m[1] or "", m[2] or ""))
+        click.echo(render_table(["dimension", "from", "to", "customers"],
+                                [[d, shown(d, old), shown(d, new), n] for d, old, new, n in moves]))
+    if before is not None and after is not None:
+        rows = []
+        for dimension in DIMENSIONS:
+            for value in sorted(set(before[dimension]) | set(after[dimension]), key=lambda v: (v is None, v or "")):
+                rows.append([dimension, shown(dimension, value), before[dimension].get(value, 0),
+                             after[dimension].get(value, 0)])
+        click.echo(render_table(["dimension", "value", "before", "after"], rows))
+    if dry_run:
+        click.echo(f"(as of {result.as_of.isoformat()}, not today: tiers, TierChanges and auto-tags were rolled back)")
+    _report_tags(result.after)
 
 
 @click.group("customer", help="Look at one customer.")
@@ -203,7 +273,11 @@ def customer_group() -> None:
 @pass_cli
 def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) -> None:
     """Print a customer's metrics, each tier dimension and why (CUSTOMER_REF: external_userid or id)."""
+    from sqlalchemy import select
+
+    from bot.models import Customer
     from segments.explain import explain
+    from segments.policy import TierPolicy
 
     settings = cli.settings()
     with cli.db().sessions() as session:
@@ -228,6 +302,8 @@ def export_group() -> None:
 @pass_cli
 def export_customers_cmd(cli: CliContext, out: Path | None) -> None:
     """Customers with tiers, scores, order totals and tags."""
+    from segments.export import export_customers
+
     with cli.db().sessions() as session:
         if out is None:
             export_customers(session, sys.stdout)

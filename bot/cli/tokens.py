@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import click
-from sqlalchemy import select
 
 from bot.cli.context import CliContext, pass_cli, render_table
 from bot.cli.times import local_time, zoned
-from bot.models import ApiToken, utcnow
-from bot.web.api import new_token
 
 
 @click.group("token", help="API bearer tokens.")
@@ -21,6 +18,11 @@ def token_group() -> None:
 @pass_cli
 def create(cli: CliContext, name: str) -> None:
     """Create a token; it is printed once and only its digest is kept."""
+    from sqlalchemy import select
+
+    from bot.models import ApiToken
+    from bot.web.api import new_token
+
     if not 1 <= len(name) <= 64:
         raise click.BadParameter("1–64 characters", param_hint="NAME")
     token, digest = new_token()
@@ -37,6 +39,10 @@ def create(cli: CliContext, name: str) -> None:
 def list_tokens(cli: CliContext) -> None:
     """One line per token: name, created, last used, active or revoked."""
     tz = cli.settings().tz
+    from sqlalchemy import select
+
+    from bot.models import ApiToken
+
     with cli.db().sessions() as session:
         tokens = session.scalars(select(ApiToken).order_by(ApiToken.id))
         rows = [[t.name, local_time(t.created_at, tz, zone=False), local_time(t.last_used_at, tz, zone=False),
@@ -50,6 +56,10 @@ def list_tokens(cli: CliContext) -> None:
 @pass_cli
 def revoke(cli: CliContext, name: str) -> None:
     """Revoke a token: the API refuses it from now on. Exits 1 if it was already revoked."""
+    from sqlalchemy import select
+
+    from bot.models import ApiToken, utcnow
+
     with cli.db().begin() as session:
         token = session.scalar(select(ApiToken).where(ApiToken.name == name))
         if token is None:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.core.config import DatabaseSettings, redact_url
+
+if TYPE_CHECKING:  # Alembic is imported when a migration runs: most commands and jobs never need it
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -61,7 +62,10 @@ class Database:
                 yield session
 
     def upgrade(self) -> None:
-        upgrade_schema(self.engine)
+        """Migrate to the newest schema; a database already there is left alone without loading Alembic
+        (0.2–0.5 s of every command's start)."""
+        if not schema_is_current(self.engine):
+            upgrade_schema(self.engine)
 
     def has_schema(self) -> bool:
         """Whether this database was ever initialised (Alembic keeps its revision in a table)."""
@@ -145,6 +149,8 @@ def open_database(settings: DatabaseSettings, create: bool) -> Database:
             if not create:
                 raise NoDatabase(f"no database at {path} ({setting}) — run `scrm init` to create it")
             path.parent.mkdir(parents=True, exist_ok=True)
+    from alembic.util.exc import CommandError
+
     db = Database(settings)
     try:
         if not create and not db.has_schema():
@@ -214,15 +220,46 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["engine"] = engine
     return cfg
 
 
+_REVISION = re.compile(r"^(down_revision|revision) = ['\"]?([^'\"\n]*)['\"]?$", re.MULTILINE)
+
+
+def head_revision() -> str | None:
+    """The one revision no migration revises (None if the scripts branch: Alembic decides then)."""
+    revisions, revised = set(), set()
+    for script in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        found = dict(m.groups() for m in _REVISION.finditer(script.read_text(encoding="utf-8")))
+        revisions.add(found.get("revision"))
+        revised.add(found.get("down_revision"))
+    heads = revisions - revised - {None}
+    return heads.pop() if len(heads) == 1 else None
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """Whether the database records the head revision (a missing version table: no)."""
+    head = head_revision()
+    if head is None:
+        return False
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return False
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
+
+
 def upgrade_schema(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(engine), revision)
 
 
 def downgrade_schema(engine: Engine, revision: str = "base") -> None:
+    from alembic import command
+
     command.downgrade(alembic_config(engine), revision)

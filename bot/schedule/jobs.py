@@ -38,17 +38,19 @@ def runtime() -> Runtime:
 
 
 def nightly_retier() -> dict[str, Any]:
-    """Re-tier everyone as of today (local), then apply order and tier auto-tags."""
+    """Re-tier as of today (local), then apply the order and tier auto-tags to the customers it changed."""
     from bot.tagging.rules import TagRules
-    from bot.tagging.system import apply_aggregate_rules
+    from bot.tagging.system import after_retier
     from segments.policy import TierPolicy
     from segments.retier import retier, tidy_after_commit
 
     rt = runtime()
     as_of = datetime.now(rt.settings.tz).date()
+    rules, push = TagRules.from_settings(rt.settings), rt.settings.tags.push_to_wecom
     with rt.db.begin() as session:
-        result = retier(session, TierPolicy.from_settings(rt.settings.tiers), as_of, rt.settings.tz)
-        tags = apply_aggregate_rules(session, TagRules.from_settings(rt.settings), rt.settings.tags.push_to_wecom)
+        result = retier(session, TierPolicy.from_settings(rt.settings.tiers), as_of, rt.settings.tz,
+                        after=after_retier(rules, push))
+    tags = result.after
     tidy_after_commit(rt.db.engine, result)
     logger.info("nightly re-tier as of %s: %d customers, changes %s, auto-tags %s", as_of, result.customers,
                 result.changes, tags)

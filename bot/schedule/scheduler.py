@@ -6,16 +6,19 @@ others stand by and take over when the holder stops renewing it."""
 from __future__ import annotations
 
 import logging
+import pickle
 import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Column, LargeBinary, MetaData, Table, Unicode, inspect, select
 
 from bot.core.config import Settings
 from bot.core.db import Database
@@ -180,22 +183,28 @@ class SchedulerService:
             self.lock.release()
 
 
-def job_table(settings: Settings, db: Database) -> list[list[str]]:
+def job_table(settings: Settings, db: Database, now: datetime | None = None) -> list[list[str]]:
     """Each declared job with its trigger and next run time, read from the job store (or, for a
-    job no scheduler has stored yet, computed from its trigger). Changes nothing."""
-    from datetime import datetime
+    job no scheduler has stored yet, computed from its trigger as of ``now``). Changes nothing: no
+    scheduler is started, since even a paused one reschedules due jobs and submits them."""
+    now = now or datetime.now(settings.tz)
+    stored = stored_job_states(db)
+    rows = []
+    for spec in JOBS:
+        state = stored.get(spec.id)
+        trigger = state["trigger"] if state else spec.trigger(settings)
+        next_run = state["next_run_time"] if state else trigger.get_next_fire_time(None, now.astimezone(settings.tz))
+        # the zone's name: "%Z" gives "CST", which is also America/Chicago's
+        shown = f"{next_run.astimezone(settings.tz):%Y-%m-%d %H:%M:%S} {settings.tz.key}" if next_run else "- (paused)"
+        rows.append([spec.id, str(trigger), shown + ("" if state else " (not yet stored)"), spec.description])
+    return rows
 
-    scheduler = build_scheduler(settings, db)
-    scheduler.start(paused=True)
-    try:
-        rows = []
-        for spec in JOBS:
-            job = scheduler.get_job(spec.id)
-            trigger = job.trigger if job else spec.trigger(settings)
-            next_run = job.next_run_time if job else trigger.get_next_fire_time(None, datetime.now(settings.tz))
-            # the zone's name: "%Z" gives "CST", which is also America/Chicago's
-            shown = f"{next_run.astimezone(settings.tz):%Y-%m-%d %H:%M:%S} {settings.tz.key}" if next_run else "-"
-            rows.append([spec.id, str(trigger), shown + ("" if job else " (not yet stored)"), spec.description])
-        return rows
-    finally:
-        scheduler.shutdown(wait=False)
+
+def stored_job_states(db: Database) -> dict[str, dict[str, Any]]:
+    """The job store's rows, read only (none if no scheduler has created the store yet). Each state is
+    what APScheduler pickled there itself; nothing else writes that table."""
+    if not inspect(db.engine).has_table(JOBSTORE_TABLE):
+        return {}
+    table = Table(JOBSTORE_TABLE, MetaData(), Column("id", Unicode(191)), Column("job_state", LargeBinary))
+    with db.engine.connect() as conn:
+        return {job_id: pickle.loads(state) for job_id, state in conn.execute(select(table.c.id, table.c.job_state))}

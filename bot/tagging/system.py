@@ -3,6 +3,7 @@ rule application (per event and set-based over aggregates), merging and the cons
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections import defaultdict
@@ -11,14 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, and_, exists, func, insert, literal, select, update
+from sqlalchemy import Integer, Select, String, and_, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from bot.models import (
-    Customer,
     CustomerAggregate,
     CustomerTag,
     CustomerTier,
+    SyncCursor,
     Tag,
     TagAlias,
     TagGroup,
@@ -120,47 +121,111 @@ def apply_rules(session: Session, rules: TagRules, customer_id: int, kind: str, 
 
 
 def apply_aggregate_rules(session: Session, rules: TagRules, push: bool = True,
-                          customer_ids: list[int] | None = None,
+                          customer_ids: list[int] | Select[Any] | None = None,
+                          entered: Callable[[str, str], Any] | None = None,
                           progress: Callable[[str], None] | None = None) -> dict[str, int]:
-    """Order-threshold and tier rules for every customer (or the given ones) at once: one
-    INSERT … SELECT per rule over the indexed aggregates, no Python loop over customers.
-    Returns tags added per rule; ``progress`` is told each rule's name once it is done."""
+    """Order-threshold and tier rules for every customer, or only for ``customer_ids`` (a list, or a
+    SELECT of ids: the customers whose aggregates may have changed); a tier rule, given ``entered``,
+    only for ``entered(dimension, value)`` (a SELECT: who entered it). One INSERT … SELECT per rule
+    over the aggregates or the tier rows, no Python loop over customers. A rule set that differs from
+    the one the last pass over every customer applied (a rule added or changed) is applied to every
+    customer, since customers who already qualified did not change. Returns tags added per rule;
+    ``progress`` is told each rule's name once it is done."""
+    digest = _aggregate_rules_digest(rules)
+    if customer_ids is not None and _cursor_value(session, AGGREGATE_RULES_CURSOR) != digest:
+        customer_ids = None
     added: dict[str, int] = {}
     for rule in rules.rules:
-        condition = _aggregate_condition(rule)
-        if condition is None:
-            if progress:
-                progress(rule.name)
-            continue
-        tag = ensure_tag(session, canonical_ref(session, rules, rule.tag))
-        already = exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.tag_id == tag.id)
-        source = (select(Customer.id, literal(tag.id, Integer), literal("rule", String), literal(rule.name, String),
-                         literal(utcnow(), UTCDateTime), literal("add" if push else None, String))
-                  .select_from(Customer).outerjoin(CustomerAggregate, CustomerAggregate.customer_id == Customer.id)
-                  .where(condition, ~already))
-        if customer_ids is not None:
-            source = source.where(Customer.id.in_(customer_ids))
-        # rowcount of INSERT … SELECT is -1 under psycopg 3; count on the (indexed) tag instead.
-        count = select(func.count()).select_from(CustomerTag).where(CustomerTag.tag_id == tag.id)
-        before = session.scalar(count) or 0
-        session.execute(insert(CustomerTag.__table__).from_select(
-            ["customer_id", "tag_id", "source", "rule", "added_at", "push_state"], source))
-        added[rule.name] = (session.scalar(count) or 0) - before
+        added_now = _apply_aggregate_rule(session, rules, rule, push, customer_ids, entered)
+        if added_now is not None:
+            added[rule.name] = added_now
         if progress:
             progress(rule.name)
+    if customer_ids is None:
+        _save_cursor_value(session, AGGREGATE_RULES_CURSOR, digest)
     return added
 
 
-def _aggregate_condition(rule: TagRule) -> Any:
+def _apply_aggregate_rule(session: Session, rules: TagRules, rule: Any, push: bool,
+                          customer_ids: list[int] | Select[Any] | None,
+                          entered: Callable[[str, str], Any] | None) -> int | None:
+    """Tags one rule adds (None: the rule is not an order-threshold or tier rule)."""
+    source = _aggregate_source(rule)
+    if source is None:
+        return None
+    customer_id, condition = source
+    wanted = customer_ids
+    if wanted is not None and entered is not None and rule.when == "tier_entered":
+        wanted = entered(rule.dimension, rule.value)
+    if isinstance(wanted, list) and not wanted:
+        return 0
+    tag = ensure_tag(session, canonical_ref(session, rules, rule.tag))
+    already = exists().where(CustomerTag.customer_id == customer_id, CustomerTag.tag_id == tag.id)
+    rows = (select(customer_id, literal(tag.id, Integer), literal("rule", String), literal(rule.name, String),
+                   literal(utcnow(), UTCDateTime), literal("add" if push else None, String))
+            .where(condition, ~already))
+    if wanted is not None:
+        rows = rows.where(customer_id.in_(wanted))
+    return _insert_counted(session, tag, rows)
+
+
+def after_retier(rules: TagRules, push: bool = True) -> Callable[[Session, Any], dict[str, int]]:
+    """For ``retier(after=…)``, inside its transaction: the tier-entered rules for those who entered a
+    value (its segments.retier.Changed). The order rules are the order writers' (import, API): a re-tier
+    changes no aggregate, so it applies them only when the rules changed (to everyone)."""
+    return lambda session, changed: apply_aggregate_rules(session, rules, push, [], changed.entered)
+
+
+def _insert_counted(session: Session, tag: Tag, rows: Any) -> int:
+    """INSERT … SELECT the rows into customer_tags; how many. psycopg 3 reports no row count for it, so
+    PostgreSQL counts the tag's rows (by its index) before and after; SQLite's count is exact."""
+    statement = insert(CustomerTag.__table__).from_select(
+        ["customer_id", "tag_id", "source", "rule", "added_at", "push_state"], rows)
+    if session.get_bind().dialect.name == "sqlite":  # counting 1M rows of a tag twice cost more than the insert
+        return max(session.execute(statement, execution_options={"preserve_rowcount": True}).rowcount or 0, 0)
+    count = select(func.count()).select_from(CustomerTag).where(CustomerTag.tag_id == tag.id)
+    before = session.scalar(count) or 0
+    session.execute(statement)
+    return (session.scalar(count) or 0) - before
+
+
+AGGREGATE_RULES_CURSOR = "tags:aggregate_rules"  # the digest of the rules the last pass over everyone applied
+
+
+def _aggregate_rules_digest(rules: TagRules) -> str:
+    aggregate = [rule for rule in rules.rules if _aggregate_source(rule) is not None]
+    return hashlib.sha256(repr((aggregate, sorted(rules.aliases.items()))).encode()).hexdigest()
+
+
+def _cursor_value(session: Session, name: str) -> str | None:
+    return session.scalar(select(SyncCursor.cursor).where(SyncCursor.name == name))
+
+
+def _save_cursor_value(session: Session, name: str, value: str) -> None:
+    """An upsert: two order requests may both find the digest missing and both save it."""
+    if _cursor_value(session, name) == value:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    statement = upsert(SyncCursor).values(name=name, cursor=value, updated_at=utcnow())
+    session.execute(statement.on_conflict_do_update(index_elements=[SyncCursor.name],
+                                                    set_={"cursor": value, "updated_at": utcnow()}))
+
+
+def _aggregate_source(rule: TagRule) -> tuple[Any, Any] | None:
+    """(customer id column, condition) of a rule over one narrow table: the order aggregates, or the
+    tier rows (read through them, not the wide customer rows); None for an event rule."""
+    a = CustomerAggregate
     if rule.when == "first_order":
-        return CustomerAggregate.order_count >= 1
+        return a.customer_id, a.order_count >= 1
     if rule.when == "order_count":
-        return CustomerAggregate.order_count >= int(rule.gte)
+        return a.customer_id, a.order_count >= int(rule.gte)
     if rule.when == "order_amount":
-        return CustomerAggregate.paid_amount_fen >= int(rule.gte * FEN_PER_YUAN)
+        return a.customer_id, a.paid_amount_fen >= int(rule.gte * FEN_PER_YUAN)
     if rule.when == "tier_entered":
-        tiered = select(CustomerTier.customer_id).where(getattr(CustomerTier, rule.dimension) == rule.value)
-        return Customer.id.in_(tiered.correlate(None))  # through the tier index
+        return CustomerTier.customer_id, getattr(CustomerTier, rule.dimension) == rule.value
     return None
 
 

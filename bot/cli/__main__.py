@@ -1,0 +1,5 @@
+"""``python -m bot.cli`` runs ``scrm``."""
+
+from bot.cli import main
+
+main()
