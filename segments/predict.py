@@ -224,15 +224,23 @@ def p_alive(params: BgNbd, x: FloatArray, t_x: FloatArray, T: FloatArray) -> Flo
 
 def expected_purchases(params: BgNbd, days: float, x: FloatArray, t_x: FloatArray, T: FloatArray) -> FloatArray:
     """Expected purchases in the next ``days`` days given the history (FHL 2005, eq. 10)."""
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    r, alpha, b = params.r, params.alpha, params.b
+    a = _off_one(params.a)
     z = days / (alpha + T + days)
     tail = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + days))) * hyp2f1(r + x, b + x, a + b + x - 1, z)
     return (a + b + x - 1) / (a - 1) * (1 - tail) * p_alive(params, x, t_x, T)
 
 
+def _off_one(a: float) -> float:
+    """The closed forms hold for any a > 0 but a = 1 exactly, where (a − 1) and the bracket both vanish;
+    the limit is continuous, so a hair away from 1 gives it."""
+    return a if abs(a - 1) > 1e-7 else 1 + 1e-7
+
+
 def expected_purchases_new(params: BgNbd, days: FloatArray | float) -> FloatArray:
     """Expected purchases of a new customer in its first ``days`` days (FHL 2005, eq. 9)."""
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    r, alpha, b = params.r, params.alpha, params.b
+    a = _off_one(params.a)
     days = np.asarray(days, dtype=np.float64)
     tail = (alpha / (alpha + days)) ** r * hyp2f1(r, b, a + b - 1, days / (alpha + days))
     return (a + b - 1) / (a - 1) * (1 - tail)
@@ -316,9 +324,6 @@ def fit(summaries: Summaries, as_of: date, minimum: MinimumData = MinimumData())
     """Both models fitted on the whole population, or :class:`CannotFit` saying why not."""
     check_minimums(summaries, as_of, minimum)
     bgnbd, bg_ll = fit_bgnbd(summaries.x, summaries.t_x, summaries.T)
-    if bgnbd.a <= 1:
-        raise CannotFit(f"cannot fit because the dropout estimate is degenerate (a = {bgnbd.a:.3f} ≤ 1: expected "
-                        "purchases are not finite)")
     gg, gg_ll = fit_gamma_gamma(summaries.x, summaries.mean_repeat_fen())
     repeat = int(((summaries.x > 0) & (summaries.repeat_fen > 0)).sum())
     return Model(bgnbd, gg, bg_ll, gg_ll, len(summaries), repeat)

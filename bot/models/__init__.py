@@ -14,6 +14,7 @@ from bot.models.events import (
     TierChange,
 )
 from bot.models.orders import Order
+from bot.models.predictions import CustomerPrediction, PredictionRun
 from bot.models.tags import CustomerTag, Tag, TagAlias, TagGroup
 from bot.models.tiering import TierDirty, TierRun
 
@@ -29,6 +30,7 @@ __all__ = [
     "Base",
     "Customer",
     "CustomerAggregate",
+    "CustomerPrediction",
     "CustomerTag",
     "CustomerTier",
     "Follow",
@@ -37,6 +39,7 @@ __all__ = [
     "KfConversation",
     "Order",
     "OutboxMessage",
+    "PredictionRun",
     "Staff",
     "SyncCursor",
     "Tag",

@@ -1,0 +1,118 @@
+"""A prediction run: summarise, fit, predict every customer and store it all (segments/predict.py has
+the models). A refusal is stored too, with its reason; the previous predictions then stay, each row
+naming the run that made it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from bot.models import CustomerPrediction, PredictionRun, utcnow
+from segments.predict import (
+    DEFAULT_HOLDOUT_DAYS,
+    DEFAULT_HORIZON_DAYS,
+    CannotFit,
+    Holdout,
+    MinimumData,
+    Model,
+    Predictions,
+    fit,
+    holdout_check,
+    predict,
+    summarise,
+)
+
+logger = logging.getLogger(__name__)
+WRITE_CHUNK = 20_000
+
+
+@dataclass
+class RunOutcome:
+    run: PredictionRun
+    model: Model | None
+    holdout: Holdout | None
+    holdout_skipped: str | None
+    written: int
+
+
+def refit(session: Session, as_of: date, horizon_days: int = DEFAULT_HORIZON_DAYS,
+          minimum: MinimumData = MinimumData(), holdout_days: int | None = DEFAULT_HOLDOUT_DAYS) -> RunOutcome:
+    """Fit on the paid orders up to ``as_of`` (a local day), store the run and every customer's predictions;
+    with ``holdout_days`` also the holdout check. A refusal is stored, and :class:`CannotFit` raised."""
+    started = time.perf_counter()
+    summaries = summarise(session, as_of)
+    run = PredictionRun(as_of=as_of, horizon_days=horizon_days, customers=len(summaries), repeat_customers=0,
+                        data_from=_day(summaries.first_day), data_to=_day(summaries.last_day), seconds=0.0,
+                        fitted_at=utcnow())
+    try:
+        model = fit(summaries, as_of, minimum)
+    except CannotFit as exc:
+        run.status, run.reason, run.seconds = "refused", str(exc), time.perf_counter() - started
+        session.add(run)
+        session.flush()
+        logger.warning("prediction run %s as of %s refused: %s", run.id, as_of, exc)
+        raise
+    holdout, skipped = None, None
+    if holdout_days:
+        try:
+            holdout = holdout_check(session, as_of, holdout_days, minimum)
+        except CannotFit as exc:
+            skipped = str(exc)
+    run.status, run.parameters = "fitted", model.parameters()
+    run.bgnbd_log_likelihood, run.gamma_gamma_log_likelihood = model.bgnbd_log_likelihood, \
+        model.gamma_gamma_log_likelihood
+    run.repeat_customers = model.repeat_customers
+    run.holdout = _holdout_record(holdout, skipped) if holdout_days else None
+    session.add(run)
+    session.flush()
+    written = store_predictions(session, run.id, predict(model, summaries, as_of, horizon_days))
+    run.seconds = time.perf_counter() - started
+    logger.info("prediction run %s as of %s: %d customers in %.2fs", run.id, as_of, written, run.seconds)
+    return RunOutcome(run, model, holdout, skipped, written)
+
+
+def store_predictions(session: Session, run_id: int, predictions: Predictions) -> int:
+    """Replace every stored prediction with these: one DELETE, then multi-row INSERTs in chunks."""
+    session.execute(delete(CustomerPrediction))
+    next_day = predictions.next_order_day
+    columns = {
+        "customer_id": predictions.customer_id.tolist(),
+        "p_alive": np.round(predictions.p_alive, 6).tolist(),
+        "churn_risk": predictions.churn_risk.tolist(),
+        "expected_purchases": np.round(predictions.expected_purchases, 6).tolist(),
+        "expected_spend_fen": np.rint(predictions.expected_spend_fen).astype(np.int64).tolist(),
+        "predicted_value_fen": np.rint(predictions.predicted_value_fen).astype(np.int64).tolist(),
+        "next_order_on": [None if np.isnan(d) else date.fromordinal(int(d)) for d in next_day.tolist()],
+    }
+    total = len(predictions.customer_id)
+    for start in range(0, total, WRITE_CHUNK):
+        rows = [dict(zip(columns, values, strict=True)) for values in
+                zip(*(column[start:start + WRITE_CHUNK] for column in columns.values()), strict=True)]
+        session.execute(insert(CustomerPrediction).values(run_id=run_id), rows)
+    return total
+
+
+def latest_run(session: Session, fitted_only: bool = True) -> PredictionRun | None:
+    query = select(PredictionRun).order_by(PredictionRun.id.desc()).limit(1)
+    if fitted_only:
+        query = query.where(PredictionRun.status == "fitted")
+    return session.scalar(query)
+
+
+def _holdout_record(holdout: Holdout | None, skipped: str | None) -> dict[str, Any]:
+    if holdout is None:
+        return {"skipped": skipped}
+    return {"calibration_end": holdout.calibration_end.isoformat(), "end": holdout.end.isoformat(),
+            "parameters": holdout.model.parameters(), "total": asdict(holdout.total),
+            "groups": [asdict(row) for row in holdout.rows]}
+
+
+def _day(ordinal: int | None) -> date | None:
+    return date.fromordinal(ordinal) if ordinal is not None else None
