@@ -54,6 +54,9 @@ class MinimumData:
     repeat_customers: int = 50  # Gamma-Gamma fits spend on the repeat purchases only
 
 
+KLAVIYO_MINIMUM = MinimumData()
+
+
 # ---------------------------------------------------------------- the data, from SQL
 
 
@@ -218,7 +221,8 @@ def p_alive(params: BgNbd, x: FloatArray, t_x: FloatArray, T: FloatArray) -> Flo
     """P(still a customer | x, t_x, T) (FHL 2005, eq. 11)."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
     repeat = x > 0
-    log_odds = np.log(a) - np.log(np.where(repeat, b + x - 1, 1.0)) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
+    log_odds = (np.log(a) - np.log(np.where(repeat, b + x - 1, 1.0))
+                + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x)))
     return np.where(repeat, expit(-log_odds), 1.0)
 
 
@@ -320,7 +324,7 @@ class Predictions:
     churn_risk: NDArray[np.str_] = field(default_factory=lambda: np.array([], dtype="<U6"))
 
 
-def fit(summaries: Summaries, as_of: date, minimum: MinimumData = MinimumData()) -> Model:
+def fit(summaries: Summaries, as_of: date, minimum: MinimumData = KLAVIYO_MINIMUM) -> Model:
     """Both models fitted on the whole population, or :class:`CannotFit` saying why not."""
     check_minimums(summaries, as_of, minimum)
     bgnbd, bg_ll = fit_bgnbd(summaries.x, summaries.t_x, summaries.T)
@@ -374,7 +378,7 @@ class Holdout:
 
 
 def holdout_check(session: Session, as_of: date, holdout_days: int = DEFAULT_HOLDOUT_DAYS,
-                  minimum: MinimumData = MinimumData(), top_group: int = 7) -> Holdout:
+                  minimum: MinimumData = KLAVIYO_MINIMUM, top_group: int = 7) -> Holdout:
     """The standard BTYD check: fit on the orders up to ``as_of − holdout_days``, predict each calibration
     customer's purchases in the holdout days, and compare with what they bought, in total and by the
     number of repeat purchases in the calibration period (0, 1, …, ``top_group``+)."""

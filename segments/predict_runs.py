@@ -18,6 +18,7 @@ from bot.models import CustomerPrediction, PredictionRun, utcnow
 from segments.predict import (
     DEFAULT_HOLDOUT_DAYS,
     DEFAULT_HORIZON_DAYS,
+    KLAVIYO_MINIMUM,
     CannotFit,
     Holdout,
     MinimumData,
@@ -36,16 +37,21 @@ WRITE_CHUNK = 20_000
 @dataclass
 class RunOutcome:
     run: PredictionRun
-    model: Model | None
-    holdout: Holdout | None
-    holdout_skipped: str | None
-    written: int
+    model: Model | None = None
+    holdout: Holdout | None = None
+    holdout_skipped: str | None = None
+    written: int = 0
+
+    @property
+    def refused(self) -> str | None:
+        """Why the fit was refused (None: fitted)."""
+        return self.run.reason if self.run.status == "refused" else None
 
 
 def refit(session: Session, as_of: date, horizon_days: int = DEFAULT_HORIZON_DAYS,
-          minimum: MinimumData = MinimumData(), holdout_days: int | None = DEFAULT_HOLDOUT_DAYS) -> RunOutcome:
+          minimum: MinimumData = KLAVIYO_MINIMUM, holdout_days: int | None = DEFAULT_HOLDOUT_DAYS) -> RunOutcome:
     """Fit on the paid orders up to ``as_of`` (a local day), store the run and every customer's predictions;
-    with ``holdout_days`` also the holdout check. A refusal is stored, and :class:`CannotFit` raised."""
+    with ``holdout_days`` also the holdout check. A refusal is stored as a run with its reason."""
     started = time.perf_counter()
     summaries = summarise(session, as_of)
     run = PredictionRun(as_of=as_of, horizon_days=horizon_days, customers=len(summaries), repeat_customers=0,
@@ -58,7 +64,7 @@ def refit(session: Session, as_of: date, horizon_days: int = DEFAULT_HORIZON_DAY
         session.add(run)
         session.flush()
         logger.warning("prediction run %s as of %s refused: %s", run.id, as_of, exc)
-        raise
+        return RunOutcome(run)
     holdout, skipped = None, None
     if holdout_days:
         try:
@@ -116,3 +122,28 @@ def _holdout_record(holdout: Holdout | None, skipped: str | None) -> dict[str, A
 
 def _day(ordinal: int | None) -> date | None:
     return date.fromordinal(ordinal) if ordinal is not None else None
+
+
+def prediction_lines(session: Session, customer_id: int) -> list[str]:
+    """What ``scrm customer show`` prints under the tiers: churn risk with P(alive), then value."""
+    from segments.money import fen_to_yuan
+    from segments.predict import CHURN_BAND_NAMES
+
+    row = session.get(CustomerPrediction, customer_id)
+    latest = latest_run(session, fitted_only=False)
+    refused = [f"latest prediction run {latest.id} as of {latest.as_of.isoformat()} refused: {latest.reason}"] \
+        if latest is not None and latest.status == "refused" else []
+    if row is None:
+        return [*refused, "predictions: none (no paid orders at the last prediction run, or no run yet: "
+                          "`scrm predict fit`)"]
+    run = session.get(PredictionRun, row.run_id)
+    horizon = run.horizon_days if run else "?"
+    source = f"prediction run {row.run_id} as of {run.as_of.isoformat()}" if run else f"prediction run {row.run_id}"
+    next_order = (f"; next order expected around {row.next_order_on.isoformat()} if still a customer"
+                  if row.next_order_on else "")
+    return [*refused,
+            f"流失风险 {CHURN_BAND_NAMES[row.churn_risk]}: P(alive) {row.p_alive:.2f} — churn risk {row.churn_risk} "
+            f"(churn probability {1 - row.p_alive:.0%}; high ≥ 75%, medium ≥ 50%) [{source}]",
+            f"predicted value: {fen_to_yuan(row.predicted_value_fen)} 元 in {horizon} days — "
+            f"{row.expected_purchases:.2f} expected purchases × {fen_to_yuan(row.expected_spend_fen)} 元 per "
+            f"purchase{next_order}"]

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from bot.core.db import make_engine
@@ -161,9 +161,7 @@ def test_summaries_count_paid_days_and_leave_out_refunds_and_later_orders(sessio
 
 def test_too_little_data_is_refused_with_every_reason(session):
     add_orders(session, [("a", 10, 100, "paid"), ("a", 5, 100, "paid"), ("b", 3, 100, "paid")])
-    with pytest.raises(CannotFit) as refused:
-        refit(session, AS_OF)
-    message = str(refused.value)
+    message = refit(session, AS_OF).refused
     assert message.startswith("cannot fit because the data has 2 customers with paid orders (needs ≥ 500)")
     assert "10 days of order history (needs ≥ 180)" in message
     assert "0 customers with ≥ 3 purchase days" in message
@@ -236,3 +234,94 @@ def test_one_order_customers_and_last_order_today(session, simulated_shop):
 def test_minimums_apply_to_the_population(session, simulated_shop):
     with pytest.raises(CannotFit, match=r"3000 customers with paid orders \(needs ≥ 5000\)"):
         fit(summarise(session, AS_OF), AS_OF, MinimumData(customers=5000))
+
+
+# ---------------------------------------------------------------- as operators and jobs use it
+
+
+@pytest.fixture
+def scrm(database_url, simulated_shop):
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    def run(*args: str, code: int = 0) -> str:
+        result = CliRunner(env={"SCRM_CONFIG": None, "SCRM_DATABASE_URL": database_url}).invoke(
+            main, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    return run
+
+
+def test_predict_fit_prints_parameters_and_the_holdout_check(scrm):
+    out = scrm("predict", "fit", "--as-of", AS_OF.isoformat(), "--holdout-days", "120")
+    assert f"prediction run 1 as of {AS_OF.isoformat()}: 3000 customers with paid orders" in out
+    assert "BG/NBD      r=0." in out and "Gamma-Gamma p=" in out and "log-likelihood -" in out
+    assert "holdout check: fitted on orders up to 2026-03-02, purchases after it up to 2026-06-30" in out
+    table = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+             if line.split() and line.split()[0] in ("0", "1", "7+", "all")}
+    assert set(table) == {"0", "1", "7+", "all"}
+    customers, predicted, actual = int(table["all"][0]), float(table["all"][1]), int(table["all"][2])
+    assert customers < 3000 and predicted == pytest.approx(actual, rel=0.2)
+
+
+def test_predict_fit_refuses_below_the_minimums(database_url):
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    result = CliRunner(env={"SCRM_CONFIG": None, "SCRM_DATABASE_URL": database_url}).invoke(
+        main, ["predict", "fit", "--as-of", AS_OF.isoformat()])
+    assert result.exit_code == 1
+    assert "prediction run 1: cannot fit because the data has 0 customers with paid orders (needs ≥ 500)" \
+        in result.output
+
+
+def test_customer_show_export_and_audiences_use_the_predictions(scrm, session, simulated_shop):
+    from bot.campaigns.audience import Audience, AudienceError
+
+    scrm("predict", "fit", "--as-of", AS_OF.isoformat(), "--holdout-days", "0")
+    rows = {r.customer_id: r for r in session.scalars(select(CustomerPrediction))}
+    by_id = {v: k for k, v in simulated_shop.items()}
+    lapsed = min(rows.values(), key=lambda r: r.p_alive)
+    out = scrm("customer", "show", by_id[lapsed.customer_id], "--as-of", AS_OF.isoformat())
+    assert f"流失风险 高: P(alive) {lapsed.p_alive:.2f} — churn risk high" in out
+    assert "expected purchases ×" in out and "prediction run 1 as of 2026-06-30" in out
+
+    import csv
+    import io
+
+    exported = list(csv.DictReader(io.StringIO(scrm("export", "customers"))))
+    row = next(r for r in exported if r["external_userid"] == by_id[lapsed.customer_id])
+    assert (float(row["p_alive"]), row["churn_risk"]) == (pytest.approx(lapsed.p_alive, abs=1e-4), "high")
+
+    def members(raw: dict) -> set[int]:
+        from zoneinfo import ZoneInfo
+
+        audience = Audience.parse(raw)
+        return set(session.scalars(select(Customer.id).where(*audience.conditions(session, ZoneInfo("Asia/Shanghai")))))
+
+    assert members({"p_alive_below": 0.3}) == {c for c, r in rows.items() if r.p_alive < 0.3} != set()
+    assert members({"predicted_value_above": 500}) == {c for c, r in rows.items() if r.predicted_value_fen > 50000}
+    assert members({"churn_risk": ["high"], "predicted_value_above": 10}) == {
+        c for c, r in rows.items() if r.churn_risk == "high" and r.predicted_value_fen > 1000}
+    assert Audience.parse({"predicted_value_above": 12.5}).to_dict() == {"predicted_value_above": 12.5}
+    for bad in ({"p_alive_below": 0}, {"p_alive_below": True}, {"p_alive_below": "0.5"},
+                {"predicted_value_above": "lots"}, {"churn_risk": ["doomed"]}):
+        with pytest.raises(AudienceError, match=next(iter(bad))):
+            Audience.parse(bad)
+
+
+def test_nightly_job_refits_after_the_re_tier(app, db, simulated_shop):
+    from bot.schedule import jobs
+
+    jobs.install(jobs.Runtime(app.extensions["scrm.settings"], db))
+    # Today is months after the simulated shop's last order (AS_OF): the nightly refit says so and is stored.
+    refused = jobs.nightly_retier()["predictions"]
+    assert refused == {"run": 1, "refused": refused["refused"]}
+    assert "no paid order in the last 30 days" in refused["refused"]
+    assert jobs.nightly_predictions(jobs.runtime(), AS_OF) == {"run": 2, "customers": 3000}
+    with db.sessions() as s:
+        assert list(s.scalars(select(PredictionRun.status).order_by(PredictionRun.id))) == ["refused", "fitted"]
+        assert s.scalar(select(func.count()).select_from(CustomerPrediction)) == 3000

@@ -12,7 +12,7 @@ from bot.cli.context import CliContext, pass_cli, render_table
 from bot.cli.tiers import _as_of
 from bot.models import CustomerPrediction
 from segments.money import fen_to_yuan
-from segments.predict import CHURN_BAND_NAMES, DEFAULT_HOLDOUT_DAYS, DEFAULT_HORIZON_DAYS, CannotFit
+from segments.predict import CHURN_BAND_NAMES, DEFAULT_HOLDOUT_DAYS, DEFAULT_HORIZON_DAYS
 from segments.predict_runs import RunOutcome, refit
 
 
@@ -33,13 +33,12 @@ def predict_fit(cli: CliContext, as_of_text: str | None, horizon_days: int, hold
     and value; then fit again on the orders before the last --holdout-days days and compare its predictions
     with the purchases made in them. Exits 1, saying why, when the data is below the minimums."""
     as_of = _as_of(as_of_text, cli)
-    try:
-        with cli.db().begin() as session:
-            outcome = refit(session, as_of, horizon_days, holdout_days=holdout_days)
-            bands = Counter(dict(session.execute(select(CustomerPrediction.churn_risk, func.count())
-                                                 .group_by(CustomerPrediction.churn_risk)).all()))
-    except CannotFit as exc:
-        raise click.ClickException(str(exc)) from None
+    with cli.db().begin() as session:
+        outcome = refit(session, as_of, horizon_days, holdout_days=holdout_days)
+        bands = Counter(dict(session.execute(select(CustomerPrediction.churn_risk, func.count())
+                                             .group_by(CustomerPrediction.churn_risk)).all()))
+    if outcome.refused:
+        raise click.ClickException(f"prediction run {outcome.run.id}: {outcome.refused}")
     _print_fit(outcome, bands)
     _print_holdout(outcome)
 

@@ -18,6 +18,7 @@ from segments.bulk_orders import MERGE_STEPS
 from segments.export import SafeCsvWriter, export_customers
 from segments.imports import ENCODINGS, ImportFailed, ImportSummary, import_customers, import_orders
 from segments.policy import TierPolicy
+from segments.predict_runs import prediction_lines
 from segments.retier import DIMENSIONS, retier, tidy_after_commit, tier_counts
 from segments.rfm import SEGMENT_NAMES
 
@@ -202,7 +203,8 @@ def customer_group() -> None:
 @click.option("--as-of", "as_of_text", help="Local date to explain as of (default: today).")
 @pass_cli
 def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) -> None:
-    """Print a customer's metrics, each tier dimension and why (CUSTOMER_REF: external_userid or id)."""
+    """Print a customer's metrics, each tier dimension and why, then its churn risk and predicted value
+    from the last `scrm predict fit` (CUSTOMER_REF: external_userid or id)."""
     from segments.explain import explain
 
     settings = cli.settings()
@@ -216,6 +218,8 @@ def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) ->
         for line in explain(session, customer, TierPolicy.from_settings(settings.tiers), _as_of(as_of_text, cli),
                             settings.tz):
             click.echo(line)
+        for line in prediction_lines(session, customer.id):
+            click.echo(line)
 
 
 @click.group("export", help="Export data as CSV.")
@@ -227,7 +231,8 @@ def export_group() -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout).")
 @pass_cli
 def export_customers_cmd(cli: CliContext, out: Path | None) -> None:
-    """Customers with tiers, scores, order totals and tags."""
+    """Customers with tiers, scores, order totals, tags and predictions (P(alive), churn risk, expected
+    purchases and predicted value over the last fit's horizon, expected next order date)."""
     with cli.db().sessions() as session:
         if out is None:
             export_customers(session, sys.stdout)

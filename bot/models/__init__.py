@@ -14,11 +14,12 @@ from bot.models.events import (
     TierChange,
 )
 from bot.models.orders import Order
-from bot.models.predictions import CustomerPrediction, PredictionRun
+from bot.models.predictions import CHURN_RISKS, CustomerPrediction, PredictionRun
 from bot.models.tags import CustomerTag, Tag, TagAlias, TagGroup
 from bot.models.tiering import TierDirty, TierRun
 
 __all__ = [
+    "CHURN_RISKS",
     "BROADCAST_STATUSES",
     "COUPON_STATUSES",
     "INBOX_STATUSES",

@@ -11,6 +11,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.models.base import Base, utcnow
 
+CHURN_RISKS = ("low", "medium", "high")  # bands of 1 − P(alive): < 50 %, < 75 %, ≥ 75 % (Braze's)
+
 
 class PredictionRun(Base):
     """One fit (or a refusal and why): parameters, fit quality, the data window and the holdout check."""
