@@ -30,6 +30,9 @@ from segments.predict import (
     predict,
     summarise,
 )
+from segments.predict import (
+    bgnbd_log_likelihood as fit_ll,
+)
 from segments.predict_runs import refit
 
 TRUE_BGNBD = BgNbd(r=0.25, alpha=40.0, a=1.2, b=2.5)
@@ -60,6 +63,22 @@ def simulate_spend(rng: np.random.Generator, x: np.ndarray, params: GammaGamma) 
     nu = rng.gamma(params.q, 1 / params.gamma, len(x))
     mean = rng.gamma(params.p * x, 1 / nu) / x
     return mean, rng.gamma(params.p, 1 / nu)
+
+
+def test_bgnbd_log_likelihood_matches_the_paper_written_with_beta_functions():
+    from scipy.special import betaln, gammaln
+
+    params = BgNbd(r=0.24, alpha=4.4, a=0.79, b=2.43)  # FHL 2005's CDNOW estimates (weeks)
+    x, t_x, T = np.array([0.0, 2, 7, 1]), np.array([0.0, 30.43, 35.0, 1.0]), np.array([38.86, 38.86, 36.0, 2.0])
+    r, alpha, a, b = vars(params).values()
+    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+    a2 = betaln(a, b + x) - betaln(a, b)
+    a3 = -(r + x) * np.log(alpha + T)
+    a4 = np.where(x > 0, np.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) - (r + x) * np.log(alpha + t_x), -np.inf)
+    reference = a1 + a2 + np.log(np.exp(a3) + np.exp(a4))
+    assert fit_ll(params, x, t_x, T) == pytest.approx(reference, rel=1e-12)
+    levels, at = np.unique(x, return_inverse=True)
+    assert fit_ll(params, x, t_x, T, (levels, at)) == pytest.approx(reference, rel=1e-12)
 
 
 def test_bgnbd_fit_recovers_the_simulated_parameters():
