@@ -32,7 +32,7 @@ IntArray = NDArray[np.int64]
 DEFAULT_HORIZON_DAYS = 365
 DEFAULT_HOLDOUT_DAYS = 90
 # Braze's churn-risk bands over the churn probability 1 − P(alive): 0–50 low, 50–75 medium, 75–100 high.
-CHURN_BANDS = ((0.75, "high"), (0.5, "medium"), (0.0, "low"))
+CHURN_BANDS = ((0.75, "high"), (0.5, "medium"), (0.0, "low"))  # names as in bot.models.CHURN_RISKS
 CHURN_BAND_NAMES = {"high": "高", "medium": "中", "low": "低"}
 FETCH_ROWS = 50_000
 LOG_BOUNDS = (-12.0, 14.0)  # e^-12 … e^14: far beyond any sensible rate, dropout or spend parameter
@@ -114,19 +114,19 @@ def summarise(session: Session, calibration_day: date, end_day: date | None = No
     # from it in index order; one pass over the table and a sort is faster (1M orders: 14 s → 5 s).
     # PostgreSQL chooses a sequential scan and a hash aggregate by itself.
     hint = " NOT INDEXED" if session.get_bind().dialect.name == "sqlite" else ""
-    table = _fetch_ints(session, SUMMARY_SQL.format(hint=hint, calibration_day=cal, key=FIRST_DAY_KEY), 5)
+    table = fetch_ints(session, SUMMARY_SQL.format(hint=hint, calibration_day=cal, key=FIRST_DAY_KEY), 5)
     summaries = Summaries(customer_id=table[:, 0], x=table[:, 1], t_x=table[:, 2], T=table[:, 3],
                           repeat_fen=table[:, 4])
     if len(summaries):
         summaries.first_day = int(cal - summaries.T.max())
         summaries.last_day = int(cal - (summaries.T - summaries.t_x).min())
     if end_day is not None:
-        later = _fetch_ints(session, HOLDOUT_SQL.format(calibration_day=cal, end_day=end_day.toordinal()), 2)
+        later = fetch_ints(session, HOLDOUT_SQL.format(calibration_day=cal, end_day=end_day.toordinal()), 2)
         summaries.holdout = _aligned(summaries.customer_id, later[:, 0], later[:, 1])
     return summaries
 
 
-def _fetch_ints(session: Session, sql: str, width: int) -> IntArray:
+def fetch_ints(session: Session, sql: str, width: int) -> IntArray:
     """The query's rows as an int64 array sorted by the first column, read from the driver's cursor in
     slices: SQLAlchemy's Row objects cost more than the query for a million rows, and all of them at
     once more memory than the arrays. The SQL holds only integers the code computed (day ordinals)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from bot.models import CustomerPrediction, PredictionRun, utcnow
+from bot.models import CHURN_RISKS, CustomerPrediction, PredictionRun, TierChange, utcnow
 from segments.predict import (
     DEFAULT_HOLDOUT_DAYS,
     DEFAULT_HORIZON_DAYS,
@@ -24,6 +24,7 @@ from segments.predict import (
     MinimumData,
     Model,
     Predictions,
+    fetch_ints,
     fit,
     holdout_check,
     predict,
@@ -41,6 +42,7 @@ class RunOutcome:
     holdout: Holdout | None = None
     holdout_skipped: str | None = None
     written: int = 0
+    band_changes: dict[str, int] = field(default_factory=dict)  # customers who entered each churn-risk band
 
     @property
     def refused(self) -> str | None:
@@ -78,10 +80,44 @@ def refit(session: Session, as_of: date, horizon_days: int = DEFAULT_HORIZON_DAY
     run.holdout = _holdout_record(holdout, skipped) if holdout_days else None
     session.add(run)
     session.flush()
-    written = store_predictions(session, run.id, predict(model, summaries, as_of, horizon_days))
+    predictions = predict(model, summaries, as_of, horizon_days)
+    changes = record_band_changes(session, as_of, predictions)
+    written = store_predictions(session, run.id, predictions)
     run.seconds = time.perf_counter() - started
     logger.info("prediction run %s as of %s: %d customers in %.2fs", run.id, as_of, written, run.seconds)
-    return RunOutcome(run, model, holdout, skipped, written)
+    return RunOutcome(run, model, holdout, skipped, written, changes)
+
+
+def record_band_changes(session: Session, as_of: date, predictions: Predictions) -> dict[str, int]:
+    """A TierChange (dimension ``churn_risk``) for each customer whose churn-risk band differs from its
+    stored prediction, so tier actions can react (e.g. the owner gets a 回访 task on entering high).
+    A customer's first prediction is a baseline, not a change. Compared as arrays, written in one
+    executemany; returns the count of changes by new band."""
+    bands = {name: code for code, name in enumerate(CHURN_RISKS)}
+    case = " ".join(f"WHEN '{name}' THEN {code}" for name, code in bands.items())
+    old = fetch_ints(session, "SELECT customer_id, CASE churn_risk " + case + " END, "
+                      "CAST(ROUND(p_alive * 1000000) AS BIGINT) FROM customer_predictions", 3)
+    if not len(old):
+        return {}
+    new_codes = np.zeros(len(predictions.customer_id), dtype=np.int64)
+    for name, code in bands.items():
+        new_codes[predictions.churn_risk == name] = code
+    order = np.argsort(predictions.customer_id)  # summaries are sorted already; cheap insurance
+    ids, new_codes, new_alive = predictions.customer_id[order], new_codes[order], predictions.p_alive[order]
+    where = np.clip(np.searchsorted(ids, old[:, 0]), 0, len(ids) - 1)
+    kept = ids[where] == old[:, 0]
+    changed = kept & (new_codes[where] != old[:, 1])
+    if not changed.any():
+        return {}
+    at = where[changed]
+    rows = [{"customer_id": int(c), "dimension": "churn_risk", "from_value": CHURN_RISKS[int(f)],
+             "to_value": CHURN_RISKS[int(t)], "as_of": as_of, "created_at": utcnow(),
+             "reason": f"P(alive) {p / 1e6:.2f} → {a:.2f}"}
+            for c, f, t, p, a in zip(old[changed, 0], old[changed, 1], new_codes[at], old[changed, 2],
+                                     new_alive[at], strict=True)]
+    session.connection().execute(insert(TierChange.__table__), rows)
+    counts = np.bincount(new_codes[at], minlength=len(CHURN_RISKS))
+    return {name: int(counts[code]) for name, code in bands.items() if counts[code]}
 
 
 def store_predictions(session: Session, run_id: int, predictions: Predictions) -> int:

@@ -4,6 +4,7 @@ expectations agree with what the simulated customers then do (an independent Mon
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
@@ -344,3 +345,33 @@ def test_nightly_job_refits_after_the_re_tier(app, db, simulated_shop):
     with db.sessions() as s:
         assert list(s.scalars(select(PredictionRun.status).order_by(PredictionRun.id))) == ["refused", "fitted"]
         assert s.scalar(select(func.count()).select_from(CustomerPrediction)) == 3000
+
+
+def test_entering_high_churn_risk_gives_the_owner_a_return_visit_task(app, db, session, simulated_shop):
+    from sqlalchemy import update
+
+    from bot.campaigns.automation import tier_change_actions
+    from bot.models import OutboxMessage, TierChange, utcnow
+    from bot.outbox.messages import MessageTemplates
+
+    session.execute(update(Customer).values(owner_userid="zhangsan"))
+    assert refit(session, AS_OF - timedelta(days=90), holdout_days=None).band_changes == {}  # a baseline
+    before = {r.customer_id: r.churn_risk for r in session.scalars(select(CustomerPrediction))}
+    outcome = refit(session, AS_OF, holdout_days=None)
+    session.commit()
+    after = {r.customer_id: r.churn_risk for r in session.scalars(select(CustomerPrediction))}
+    moved = {c: band for c, band in after.items() if c in before and before[c] != band}
+    changes = session.scalars(select(TierChange).where(TierChange.dimension == "churn_risk")).all()
+    assert {c.customer_id: c.to_value for c in changes} == moved and moved
+    assert outcome.band_changes == dict(sorted(Counter(moved.values()).items()))
+    assert all(c.from_value == before[c.customer_id] and c.reason.startswith("P(alive) ") for c in changes)
+
+    settings = app.extensions["scrm.settings"]
+    with db.begin() as s:
+        result = tier_change_actions(s, settings, MessageTemplates.from_settings(settings), utcnow())
+    entered_high = sum(1 for band in moved.values() if band == "high")
+    assert result.notified == entered_high > 0
+    with db.sessions() as s:
+        texts = [m.content["text"] for m in s.scalars(select(OutboxMessage).where(
+            OutboxMessage.channel == "app_message"))]
+    assert len(texts) == entered_high and all("流失风险高" in t and "回访" in t for t in texts)
