@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench-data"))
     parser.add_argument("--gen", type=Path, default=GEN)
     parser.add_argument("--horizon-days", type=int, default=365)
+    parser.add_argument("--reuse", action="store_true", help="reuse the database a previous run loaded")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
@@ -117,8 +118,14 @@ def main() -> None:
     baseline = pandas_baseline(csv)
     db_path = args.work / "predict.db"
     started = time.perf_counter()
-    rows = load(csv, db_path)
-    print(f"loaded {rows:,} orders into {db_path} in {time.perf_counter() - started:.1f}s (set-up)", flush=True)
+    if args.reuse and db_path.exists():
+        import sqlite3
+
+        rows = sqlite3.connect(db_path).execute("SELECT count(*) FROM orders").fetchone()[0]
+        print(f"reusing {db_path} ({rows:,} orders)", flush=True)
+    else:
+        rows = load(csv, db_path)
+        print(f"loaded {rows:,} orders into {db_path} in {time.perf_counter() - started:.1f}s (set-up)", flush=True)
     proc = subprocess.run([sys.executable, __file__, "--phase", f"sqlite:///{db_path}", "--horizon-days",
                            str(args.horizon_days)], capture_output=True, text=True)
     if proc.returncode:
