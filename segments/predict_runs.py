@@ -120,29 +120,41 @@ def record_band_changes(session: Session, as_of: date, predictions: Predictions)
     return {name: int(counts[code]) for name, code in bands.items() if counts[code]}
 
 
+PREDICTION_COLUMNS = ("customer_id", "run_id", "p_alive", "churn_risk", "expected_purchases", "expected_spend_fen",
+                      "predicted_value_fen", "next_order_on")
+
+
 def store_predictions(session: Session, run_id: int, predictions: Predictions) -> int:
-    """Replace every stored prediction with these: one DELETE, then executemany INSERTs in chunks (Core,
-    not the ORM's bulk path, which handles each row as an entity: 100k rows 10 s → 1.7 s). Python
-    values are made one chunk at a time, so memory holds the arrays and one chunk of rows."""
+    """Replace every stored prediction with these: one DELETE, then executemany INSERTs in chunks. Python
+    values are made one chunk at a time, so memory holds the arrays and one chunk of rows. SQLite takes
+    tuples straight through the driver's executemany (1M rows: 13 s of CPU through SQLAlchemy's Core
+    executemany, see docs/performance.md); PostgreSQL gets Core's multi-row INSERTs (insertmanyvalues)."""
     session.execute(delete(CustomerPrediction))
-    connection, table, total = session.connection(), CustomerPrediction.__table__, len(predictions.customer_id)
+    connection = session.connection()
+    sqlite = connection.dialect.name == "sqlite"
+    total = len(predictions.customer_id)
     for start in range(0, total, WRITE_CHUNK):
-        part = slice(start, start + WRITE_CHUNK)
-        next_days = predictions.next_order_day[part]
-        ids = predictions.customer_id[part].tolist()
-        columns = {
-            "customer_id": ids,
-            "run_id": [run_id] * len(ids),
-            "p_alive": np.round(predictions.p_alive[part], 6).tolist(),
-            "churn_risk": predictions.churn_risk[part].tolist(),
-            "expected_purchases": np.round(predictions.expected_purchases[part], 6).tolist(),
-            "expected_spend_fen": np.rint(predictions.expected_spend_fen[part]).astype(np.int64).tolist(),
-            "predicted_value_fen": np.rint(predictions.predicted_value_fen[part]).astype(np.int64).tolist(),
-            "next_order_on": [None if np.isnan(d) else date.fromordinal(int(d)) for d in next_days.tolist()],
-        }
-        rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-        connection.execute(insert(table), rows)
+        columns = _chunk(predictions, run_id, slice(start, start + WRITE_CHUNK), dates_as_text=sqlite)
+        if sqlite:
+            marks = ", ".join("?" * len(PREDICTION_COLUMNS))
+            connection.connection.dbapi_connection.executemany(  # type: ignore[union-attr]
+                f"INSERT INTO customer_predictions ({', '.join(PREDICTION_COLUMNS)}) VALUES ({marks})",
+                zip(*columns, strict=True))
+        else:
+            connection.execute(insert(CustomerPrediction.__table__),
+                               [dict(zip(PREDICTION_COLUMNS, row, strict=True)) for row in zip(*columns, strict=True)])
     return total
+
+
+def _chunk(predictions: Predictions, run_id: int, part: slice, dates_as_text: bool) -> list[list[Any]]:
+    """One slice of the predictions as Python columns, in PREDICTION_COLUMNS order; amounts rounded to fen."""
+    ids = predictions.customer_id[part].tolist()
+    days = [None if np.isnan(d) else date.fromordinal(int(d)) for d in predictions.next_order_day[part].tolist()]
+    return [ids, [run_id] * len(ids), np.round(predictions.p_alive[part], 6).tolist(),
+            predictions.churn_risk[part].tolist(), np.round(predictions.expected_purchases[part], 6).tolist(),
+            np.rint(predictions.expected_spend_fen[part]).astype(np.int64).tolist(),
+            np.rint(predictions.predicted_value_fen[part]).astype(np.int64).tolist(),
+            [d.isoformat() if d and dates_as_text else d for d in days]]
 
 
 def latest_run(session: Session, fitted_only: bool = True) -> PredictionRun | None:
