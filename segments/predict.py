@@ -385,7 +385,7 @@ class Predictions:
     expected_purchases: FloatArray  # over the horizon
     expected_spend_fen: FloatArray  # per purchase
     predicted_value_fen: FloatArray  # over the horizon, undiscounted
-    next_order_day: FloatArray  # date.toordinal(); NaN where the expected wait is not finite
+    next_order_day: FloatArray  # date.toordinal() of the median wait if still a customer
     churn_risk: NDArray[np.str_] = field(default_factory=lambda: np.array([], dtype="<U6"))
 
 
@@ -410,9 +410,11 @@ def predict(model: Model, summaries: Summaries, as_of: date, horizon_days: int =
     purchases = expected_purchases(model.bgnbd, float(horizon_days), ux, ut, uT)[inverse]
     spend = expected_spend(model.gamma_gamma, summaries.x.astype(np.float64), summaries.mean_repeat_fen())
     r, alpha = model.bgnbd.r, model.bgnbd.alpha
-    shape = r + summaries.x
-    # If still a customer, the purchase rate is Gamma(r + x, α + T) and the wait memoryless: E[1/λ].
-    wait = np.divide(alpha + summaries.T, shape - 1, out=np.full(len(summaries), np.nan), where=shape > 1)
+    # If still a customer, its rate given its history is Gamma(r + x, α + T) and the wait for the next
+    # purchase is memoryless, so the wait is Lomax: P(wait > w) = ((α + T) / (α + T + w))^(r + x). Its
+    # median (α + T)(2^(1/(r+x)) − 1) is defined for everyone; the mean is not for r + x ≤ 1 and is
+    # dominated by the tail for few purchases.
+    wait = (alpha + summaries.T) * np.expm1(np.log(2) / (r + summaries.x))
     next_day = np.round(as_of.toordinal() + wait)
     return Predictions(customer_id=summaries.customer_id, p_alive=alive, expected_purchases=purchases,
                        expected_spend_fen=spend, predicted_value_fen=purchases * spend, next_order_day=next_day,

@@ -250,6 +250,11 @@ def test_one_order_customers_and_last_order_today(session, simulated_shop):
     gg = model.gamma_gamma
     assert out.expected_spend_fen[0] == pytest.approx(gg.p * gg.gamma / (gg.q - 1))  # population mean
     assert out.next_order_day[1] > AS_OF.toordinal()
+    # The median wait if still a customer, checked by simulation: λ ~ Gamma(r + x, α + T), wait ~ Exp(λ).
+    rng = np.random.default_rng(3)
+    shape, rate = model.bgnbd.r + 3, model.bgnbd.alpha + 300
+    waits = rng.exponential(1 / rng.gamma(shape, 1 / rate, 400_000))
+    assert out.next_order_day[2] - AS_OF.toordinal() == pytest.approx(np.median(waits), abs=2)
 
 
 def test_minimums_apply_to_the_population(session, simulated_shop):
