@@ -292,6 +292,12 @@ def test_predict_fit_prints_parameters_and_the_holdout_check(scrm):
     assert customers < 3000 and predicted == pytest.approx(actual, rel=0.2)
 
 
+def test_a_holdout_period_too_long_for_the_minimums_is_skipped_with_the_reason(scrm):
+    out = scrm("predict", "fit", "--as-of", AS_OF.isoformat(), "--holdout-days", "400")
+    assert "stored 3000 customers' predictions over 365 days" in out
+    assert "holdout check skipped: cannot fit because the data has 139 days of order history (needs ≥ 180)" in out
+
+
 def test_predict_fit_refuses_below_the_minimums(database_url):
     from click.testing import CliRunner
 
