@@ -11,11 +11,11 @@ from typing import IO, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.models import Customer, CustomerAggregate, CustomerTag, Tag
+from bot.models import Customer, CustomerAggregate, CustomerPrediction, CustomerTag, Tag
 
 COLUMNS = ["external_userid", "name", "owner_userid", "value_tier", "rfm_segment", "r_score", "f_score", "m_score",
            "score", "stage", "engagement", "activity", "order_count", "total_amount", "last_order_at", "tags",
-           "opted_out"]
+           "opted_out", "p_alive", "churn_risk", "expected_purchases", "predicted_value", "next_order_on"]
 PAGE = 5000
 # OWASP "CSV injection": Excel and WPS run a cell that begins with one of these as a formula.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -58,12 +58,13 @@ def _pages(session: Session) -> Iterator[list[list[object]]]:
     last_id = 0
     while True:
         page = session.execute(
-            select(Customer, CustomerAggregate)
+            select(Customer, CustomerAggregate, CustomerPrediction)
             .outerjoin(CustomerAggregate, CustomerAggregate.customer_id == Customer.id)
+            .outerjoin(CustomerPrediction, CustomerPrediction.customer_id == Customer.id)
             .where(Customer.id > last_id).order_by(Customer.id).limit(PAGE)).all()
         if not page:
             return
-        ids = [c.id for c, _ in page]
+        ids = [c.id for c, _, _ in page]
         sqlite = session.get_bind().dialect.name == "sqlite"
         joined = func.group_concat(Tag.name, ";") if sqlite else func.string_agg(Tag.name, ";")
         tags = dict(session.execute(
@@ -71,7 +72,7 @@ def _pages(session: Session) -> Iterator[list[list[object]]]:
             .join(Tag, Tag.id == CustomerTag.tag_id)
             .where(CustomerTag.customer_id.in_(ids), CustomerTag.removed_at.is_(None))
             .group_by(CustomerTag.customer_id)).all())
-        yield [_row(c, a, tags.get(c.id, "")) for c, a in page]
+        yield [_row(c, a, tags.get(c.id, "")) + _predicted(p) for c, a, p in page]
         last_id = ids[-1]
 
 
@@ -82,6 +83,13 @@ def _row(c: Customer, a: CustomerAggregate | None, tags: str) -> list[object]:
             _n(c.r_score), _n(c.f_score), _n(c.m_score), _n(c.score), c.stage or "", c.engagement or "",
             c.activity or "", a.order_count if a else 0, _yuan(a.paid_amount_fen if a else 0), last,
             ";".join(sorted(t for t in tags.split(";") if t)), "true" if c.opted_out else "false"]
+
+
+def _predicted(p: CustomerPrediction | None) -> list[object]:
+    if p is None:
+        return ["", "", "", "", ""]
+    return [round(p.p_alive, 4), p.churn_risk, round(p.expected_purchases, 4), _yuan(p.predicted_value_fen),
+            p.next_order_on.isoformat() if p.next_order_on else ""]
 
 
 def _n(value: int | None) -> int | str:

@@ -226,3 +226,8 @@ def test_inbox_status_choices_are_the_models():
     from segments.imports import ENCODINGS as IMPORT_ENCODINGS
 
     assert STATUSES == INBOX_STATUSES and ENCODINGS == IMPORT_ENCODINGS
+    from bot.cli import predict as cli_predict
+    from segments import predict
+
+    assert (cli_predict.DEFAULT_HORIZON_DAYS, cli_predict.DEFAULT_HOLDOUT_DAYS) == (
+        predict.DEFAULT_HORIZON_DAYS, predict.DEFAULT_HOLDOUT_DAYS)

@@ -81,7 +81,8 @@ def test_export_customers_has_the_promised_columns(scrm, tmp_path):
     rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
     assert list(rows[0]) == ["external_userid", "name", "owner_userid", "value_tier", "rfm_segment", "r_score",
                              "f_score", "m_score", "score", "stage", "engagement", "activity", "order_count",
-                             "total_amount", "last_order_at", "tags", "opted_out"]
+                             "total_amount", "last_order_at", "tags", "opted_out", "p_alive", "churn_risk",
+                             "expected_purchases", "predicted_value", "next_order_on"]
     vip = next(r for r in rows if r["external_userid"] == "wmVIP")
     assert (vip["rfm_segment"], vip["stage"], vip["order_count"], vip["total_amount"]) == (
         "important_value", "super", "7", "2100.00")

@@ -2,7 +2,11 @@
 SQL over the customers table and its indexes. Operator text is only ever a bound value.
 
     {"value_tiers": ["high"], "rfm_segments": ["important_value"], "tags_any": ["客户等级/VIP"],
-     "tags_none": ["已投诉"], "owners": ["zhangsan"], "added_after": "2026-01-01", "has_ordered": true}
+     "tags_none": ["已投诉"], "owners": ["zhangsan"], "added_after": "2026-01-01", "has_ordered": true,
+     "p_alive_below": 0.3, "predicted_value_above": 500, "churn_risk": ["high"]}
+
+The prediction keys read the last `scrm predict fit` (customer_predictions): a customer without a
+prediction matches none of them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,18 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.models import Customer, CustomerAggregate, CustomerTag, CustomerTier, Follow, Tag, TagAlias, TagGroup
+from bot.models import (
+    CHURN_RISKS,
+    Customer,
+    CustomerAggregate,
+    CustomerPrediction,
+    CustomerTag,
+    CustomerTier,
+    Follow,
+    Tag,
+    TagAlias,
+    TagGroup,
+)
 from segments.money import number_to_fen
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, STAGE_PATHS
 from segments.rfm import SEGMENT_NAMES
@@ -26,8 +41,9 @@ class AudienceError(ValueError):
     """The filter is not valid; the message names the key."""
 
 
-LIST_KEYS = ("value_tiers", "rfm_segments", "stages", "engagement", "activity", "tags_any", "tags_all",
-             "tags_none", "owners")
+LIST_KEYS = ("value_tiers", "rfm_segments", "stages", "engagement", "activity", "churn_risk", "tags_any",
+             "tags_all", "tags_none", "owners")
+FEN_KEYS = {"min_amount_fen": "min_amount", "predicted_value_above_fen": "predicted_value_above"}
 ALL_STAGES = tuple(dict.fromkeys(s for path in STAGE_PATHS.values() for s in path))
 
 
@@ -47,6 +63,9 @@ class Audience:
     has_ordered: bool | None = None
     min_orders: int | None = None
     min_amount_fen: int | None = None
+    churn_risk: tuple[str, ...] = ()
+    p_alive_below: float | None = None
+    predicted_value_above_fen: int | None = None
 
     @classmethod
     def parse(cls, raw: Any, value_tiers: tuple[str, ...] = ()) -> Audience:
@@ -55,13 +74,13 @@ class Audience:
             raw = {}
         if not isinstance(raw, dict):
             raise AudienceError("audience must be an object of filter keys")
-        known = {f.name for f in fields(cls)} - {"min_amount_fen"} | {"min_amount"}
+        known = {f.name for f in fields(cls)} - set(FEN_KEYS) | set(FEN_KEYS.values())
         unknown = sorted(set(raw) - known)
         if unknown:
             raise AudienceError(f"unknown audience key(s) {unknown}; known: {sorted(known)}")
         values: dict[str, Any] = {}
         allowed = {"rfm_segments": tuple(SEGMENT_NAMES), "stages": ALL_STAGES, "engagement": ENGAGEMENT_STATES,
-                   "activity": ACTIVITY_LEVELS, "value_tiers": value_tiers}
+                   "activity": ACTIVITY_LEVELS, "value_tiers": value_tiers, "churn_risk": CHURN_RISKS}
         for key in LIST_KEYS:
             if key not in raw:
                 continue
@@ -89,11 +108,17 @@ class Audience:
             if not isinstance(raw["min_orders"], int) or isinstance(raw["min_orders"], bool) or raw["min_orders"] < 0:
                 raise AudienceError("audience.min_orders must be a whole number ≥ 0")
             values["min_orders"] = raw["min_orders"]
-        if "min_amount" in raw:
-            try:
-                values["min_amount_fen"] = number_to_fen(raw["min_amount"])
-            except (ValueError, TypeError):
-                raise AudienceError(f"audience.min_amount must be an amount in 元, got {raw['min_amount']!r}") from None
+        for field_name, key in FEN_KEYS.items():
+            if key in raw:
+                try:
+                    values[field_name] = number_to_fen(raw[key])
+                except (ValueError, TypeError):
+                    raise AudienceError(f"audience.{key} must be an amount in 元, got {raw[key]!r}") from None
+        if "p_alive_below" in raw:
+            value = raw["p_alive_below"]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                raise AudienceError(f"audience.p_alive_below must be a probability in (0, 1], got {value!r}")
+            values["p_alive_below"] = float(value)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,8 +127,8 @@ class Audience:
             value = getattr(self, f.name)
             if value in ((), None):
                 continue
-            if f.name == "min_amount_fen":
-                out["min_amount"] = value / 100
+            if f.name in FEN_KEYS:
+                out[FEN_KEYS[f.name]] = value / 100
             elif isinstance(value, date):
                 out[f.name] = value.isoformat()
             else:
@@ -152,6 +177,13 @@ class Audience:
             where.append(Customer.id.in_(orders.where(CustomerAggregate.order_count >= self.min_orders)))
         if self.min_amount_fen:
             where.append(Customer.id.in_(orders.where(CustomerAggregate.paid_amount_fen >= self.min_amount_fen)))
+        predicted = [condition for condition, wanted in (
+            (CustomerPrediction.churn_risk.in_(self.churn_risk), self.churn_risk),
+            (CustomerPrediction.p_alive < (self.p_alive_below or 0), self.p_alive_below is not None),
+            (CustomerPrediction.predicted_value_fen > (self.predicted_value_above_fen or 0),
+             self.predicted_value_above_fen is not None)) if wanted]
+        if predicted:
+            where.append(Customer.id.in_(select(CustomerPrediction.customer_id).where(*predicted).correlate(None)))
         return where
 
 

@@ -173,6 +173,8 @@ def _notify_owner(session: Session, settings: Settings, templates: MessageTempla
     from segments.rfm import SEGMENT_NAMES
 
     names = {**TIER_NAMES, **SEGMENT_NAMES, **STAGE_NAMES, "active": "活跃", "silent": "沉默", "churned": "流失"}
+    if change.dimension == "churn_risk":  # low/medium/high name risk bands here, not value tiers
+        names = {"low": "流失风险低", "medium": "流失风险中", "high": "流失风险高"}
     rendered = templates.render(template.kind, template.name, tier_keys(customer), customer=customer_vars(customer),
                                 brand=settings.app.brand_name,
                                 change={"dimension": change.dimension, "from": change.from_value or "",

@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # APScheduler is loaded when a cron expression is read, not w
     from apscheduler.triggers.cron import CronTrigger
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
+# A prediction run records a change of churn-risk band as a TierChange too (segments/predict_runs.py).
+ACTION_DIMENSIONS = (*DIMENSIONS, "churn_risk")
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # standard cron: 0 (and 7) = Sunday
 
 
@@ -206,8 +208,8 @@ class _Parser:
 
     def action(self, index: int, raw: Any, where: str) -> TierAction:
         raw = self._keys(raw, where, {"dimension", "to", "message", "coupon", "notify_owner"}, {"dimension", "to"})
-        if raw["dimension"] not in DIMENSIONS:
-            raise CampaignError(f"{where}.dimension must be one of {list(DIMENSIONS)}")
+        if raw["dimension"] not in ACTION_DIMENSIONS:
+            raise CampaignError(f"{where}.dimension must be one of {list(ACTION_DIMENSIONS)}")
         message = self.template(raw["message"], f"{where}.message") if raw.get("message") else None
         notify = self.template(raw["notify_owner"], f"{where}.notify_owner") if raw.get("notify_owner") else None
         coupon = self.coupon(raw.get("coupon"), f"{where}.coupon")

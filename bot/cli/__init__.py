@@ -8,6 +8,7 @@ from bot.cli.campaigns import broadcast_group, coupons_group
 from bot.cli.context import CliContext
 from bot.cli.demo import demo
 from bot.cli.inbox import inbox
+from bot.cli.predict import predict_group
 from bot.cli.service import config_group, holidays_cmd, init, jobs_cmd, sandbox, scheduler_cmd, serve, worker
 from bot.cli.sync import sync_group, tags_group
 from bot.cli.tiers import customer_group, export_group, import_customers_cmd, import_orders_cmd, retier_cmd
@@ -43,6 +44,7 @@ main.add_command(config_group, "config")
 main.add_command(import_orders_cmd)
 main.add_command(import_customers_cmd)
 main.add_command(retier_cmd)
+main.add_command(predict_group)
 main.add_command(customer_group)
 main.add_command(export_group)
 main.add_command(token_group)

@@ -272,12 +272,14 @@ def customer_group() -> None:
 @click.option("--as-of", "as_of_text", help="Local date to explain as of (default: today).")
 @pass_cli
 def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) -> None:
-    """Print a customer's metrics, each tier dimension and why (CUSTOMER_REF: external_userid or id)."""
+    """Print a customer's metrics, each tier dimension and why, then its churn risk and predicted value
+    from the last `scrm predict fit` (CUSTOMER_REF: external_userid or id)."""
     from sqlalchemy import select
 
     from bot.models import Customer
     from segments.explain import explain
     from segments.policy import TierPolicy
+    from segments.predict_runs import prediction_lines
 
     settings = cli.settings()
     with cli.db().sessions() as session:
@@ -290,6 +292,8 @@ def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) ->
         for line in explain(session, customer, TierPolicy.from_settings(settings.tiers), _as_of(as_of_text, cli),
                             settings.tz):
             click.echo(line)
+        for line in prediction_lines(session, customer.id):
+            click.echo(line)
 
 
 @click.group("export", help="Export data as CSV.")
@@ -301,7 +305,8 @@ def export_group() -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="File to write (default: stdout).")
 @pass_cli
 def export_customers_cmd(cli: CliContext, out: Path | None) -> None:
-    """Customers with tiers, scores, order totals and tags."""
+    """Customers with tiers, scores, order totals, tags and predictions (P(alive), churn risk, expected
+    purchases and predicted value over the last fit's horizon, expected next order date)."""
     from segments.export import export_customers
 
     with cli.db().sessions() as session:

@@ -267,6 +267,7 @@ def _default_tier_actions() -> list[dict[str, Any]]:
         {"dimension": "rfm_segment", "to": "important_retain", "message": "tier_change/win_back",
          "coupon": "WINBACK", "notify_owner": "staff/win_back_task"},
         {"dimension": "engagement", "to": "churned", "notify_owner": "staff/churned_alert"},
+        {"dimension": "churn_risk", "to": "high", "notify_owner": "staff/churn_risk_task"},
     ]
 
 

@@ -14,10 +14,12 @@ from bot.models.events import (
     TierChange,
 )
 from bot.models.orders import Order
+from bot.models.predictions import CHURN_RISKS, CustomerPrediction, PredictionRun
 from bot.models.tags import CustomerTag, Tag, TagAlias, TagGroup
 from bot.models.tiering import TierDirty, TierRun
 
 __all__ = [
+    "CHURN_RISKS",
     "BROADCAST_STATUSES",
     "COUPON_STATUSES",
     "INBOX_STATUSES",
@@ -29,6 +31,7 @@ __all__ = [
     "Base",
     "Customer",
     "CustomerAggregate",
+    "CustomerPrediction",
     "CustomerTag",
     "CustomerTier",
     "Follow",
@@ -37,6 +40,7 @@ __all__ = [
     "KfConversation",
     "Order",
     "OutboxMessage",
+    "PredictionRun",
     "Staff",
     "SyncCursor",
     "Tag",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from bot.core.config import Settings
@@ -54,7 +54,20 @@ def nightly_retier() -> dict[str, Any]:
     tidy_after_commit(rt.db.engine, result)
     logger.info("nightly re-tier as of %s: %d customers, changes %s, auto-tags %s", as_of, result.customers,
                 result.changes, tags)
-    return {"customers": result.customers, "changes": result.changes, "tags": tags}
+    return {"customers": result.customers, "changes": result.changes, "tags": tags,
+            "predictions": nightly_predictions(rt, as_of)}
+
+
+def nightly_predictions(rt: Runtime, as_of: date) -> dict[str, Any]:
+    """Refit predicted value and churn risk after the re-tier, in a transaction of its own: a refusal
+    (too little data) is stored with its reason and leaves the tiers and the last predictions as they are."""
+    from segments.predict_runs import refit
+
+    with rt.db.begin() as session:
+        outcome = refit(session, as_of, holdout_days=None)
+    if outcome.refused:
+        return {"run": outcome.run.id, "refused": outcome.refused}
+    return {"run": outcome.run.id, "customers": outcome.written}
 
 
 def contacts_resync() -> dict[str, Any]:
