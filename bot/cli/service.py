@@ -42,10 +42,9 @@ def serve(cli: CliContext, host: str, port: int, workers: int, no_worker: bool, 
     gunicorn runs N web processes (each with its inbox worker unless --no-worker, or none when
     RQ workers take the inbox: see `scrm worker`), and this process runs the scheduler. Creates or
     upgrades the database on start."""
-    from bot.schedule.scheduler import SchedulerService
-
     from werkzeug.serving import run_simple
 
+    from bot.schedule.scheduler import SchedulerService
     from bot.web.app import create_app
     from bot.web.inbox import build_processor
 

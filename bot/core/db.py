@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +25,7 @@ class Database:
         self.url = settings.url
         self.engine = make_engine(settings.url, echo=settings.echo)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._bounded: dict[int, Engine] = {}
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
@@ -36,18 +37,17 @@ class Database:
     def begin_bounded(self, lock_wait_seconds: float) -> Iterator[Session]:
         """Like :meth:`begin`, but a statement waits at most ``lock_wait_seconds`` for another writer's
         lock and then raises ``OperationalError``: for a request that must answer before its caller
-        gives up. Elsewhere the 30 s wait rides out long imports and re-tiers."""
-        with self.sessions() as session, session.begin():
-            connection = session.connection()
-            millis = max(1, int(lock_wait_seconds * 1000))
-            if connection.dialect.name == "sqlite":
-                with _sqlite_busy_timeout(connection, millis):
-                    yield session
-            else:
-                # Transaction-scoped (SET LOCAL): gone at commit or rollback.
-                connection.execute(text("SELECT set_config('lock_timeout', :ms, true), "
-                                        "set_config('statement_timeout', :ms, true)"), {"ms": f"{millis}ms"})
-                yield session
+        gives up. Elsewhere the 30 s wait rides out long imports and re-tiers.
+
+        The bound is set once per connection of a second, small pool (SQLite's busy_timeout,
+        PostgreSQL's lock_timeout and statement_timeout), not per transaction: three statements
+        less on every webhook request."""
+        millis = max(1, int(lock_wait_seconds * 1000))
+        engine = self._bounded.get(millis)
+        if engine is None:
+            engine = self._bounded.setdefault(millis, make_engine(self.url, lock_wait_ms=millis))
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
 
     def upgrade(self) -> None:
         upgrade_schema(self.engine)
@@ -58,23 +58,13 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        for engine in self._bounded.values():
+            engine.dispose()
 
 
-@contextmanager
-def _sqlite_busy_timeout(connection: Connection, millis: int) -> Iterator[None]:
-    """SQLite's busy timeout is per connection, not per transaction: set it for this block, then put
-    the pool's default back before the connection is reused."""
-    dbapi_connection = connection.connection.dbapi_connection
-    assert dbapi_connection is not None
-    before = dbapi_connection.execute("PRAGMA busy_timeout").fetchone()[0]
-    dbapi_connection.execute(f"PRAGMA busy_timeout={int(millis)}")
-    try:
-        yield
-    finally:
-        dbapi_connection.execute(f"PRAGMA busy_timeout={int(before)}")
-
-
-def make_engine(url: str, echo: bool = False) -> Engine:
+def make_engine(url: str, echo: bool = False, lock_wait_ms: int | None = None) -> Engine:
+    """``lock_wait_ms``: how long each statement of this engine's connections may wait for a lock
+    (default: 30 s on SQLite, no limit on PostgreSQL)."""
     parsed = make_url(url)
     # hide_parameters: an error's message (and echo) would carry the statement's values: a decrypted
     # callback with the customer's message text, names, phone numbers.
@@ -83,13 +73,20 @@ def make_engine(url: str, echo: bool = False) -> Engine:
         _ensure_sqlite_dir(parsed.database)
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
-        kwargs["pool_pre_ping"] = True
+        # The bounded pool answers callbacks: a ping per checkout would be one more round trip each, and
+        # a connection the server dropped fails that request with a 503 that WeCom retries anyway.
+        kwargs["pool_pre_ping"] = lock_wait_ms is None
+        if lock_wait_ms is not None:
+            kwargs["connect_args"] = {"options": f"-c lock_timeout={lock_wait_ms} -c statement_timeout={lock_wait_ms}"}
         if parsed.drivername == "postgresql":  # plain postgresql:// → the psycopg 3 driver we ship
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "checkin", _foreign_keys_back_on)
+        if lock_wait_ms is not None:
+            event.listen(engine, "connect", lambda dbapi_connection, _record: dbapi_connection.execute(
+                f"PRAGMA busy_timeout={int(lock_wait_ms)}"))
     return engine
 
 
