@@ -31,7 +31,7 @@ def _rejected(exc: CallbackRejected) -> Response:
 def verify_url() -> Response:
     signature, timestamp, nonce = _signature_params()
     # echostr is base64; a '+' sent unescaped arrives as a space after URL decoding.
-    echostr = request.args.get("echostr", "").replace(" ", "+")
+    echostr = _query_args().get("echostr", "").replace(" ", "+")
     if not echostr:
         raise CallbackRejected(400, "missing echostr")
     plain = _keyring().verify_url(signature, timestamp, nonce, echostr)
@@ -77,8 +77,17 @@ def _keyring() -> Keyring:
     return current_app.extensions["scrm.keyring"]
 
 
+def _query_args() -> Any:
+    """The query parameters; raw bytes that are not UTF-8 (werkzeug decodes strictly) are a 400."""
+    try:
+        return request.args
+    except UnicodeDecodeError:
+        raise CallbackRejected(400, "query string is not UTF-8") from None
+
+
 def _signature_params() -> tuple[str, str, str]:
-    values = [request.args.get(name, "") for name in ("msg_signature", "timestamp", "nonce")]
+    args = _query_args()
+    values = [args.get(name, "") for name in ("msg_signature", "timestamp", "nonce")]
     if not all(values):
         raise CallbackRejected(400, "msg_signature, timestamp and nonce are required")
     if any(len(v) > 128 for v in values):
