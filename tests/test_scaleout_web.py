@@ -67,8 +67,9 @@ def test_serve_with_workers_stores_every_callback_once_and_stops_cleanly(databas
                SCRM_WECOM_ENCODING_AES_KEY=corp.encoding_aes_key, SCRM_REDIS_URL="",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-c", "from bot.cli import main; main()", "serve", "--workers", "2", "--port", str(port),
-                                "--no-worker", "--no-scheduler"], env=env, cwd=tmp_path,
+    command = [sys.executable, "-c", "from bot.cli import main; main()", "serve", "--workers", "2",
+               "--port", str(port), "--no-worker", "--no-scheduler"]
+    process = subprocess.Popen(command, env=env, cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
