@@ -150,21 +150,38 @@ def config_show(cli: CliContext) -> None:
 
 
 @click.command()
+@click.option("--burst", is_flag=True, help="With Redis: stop once the queue is empty (for tests and cron).")
 @pass_cli
-def worker(cli: CliContext) -> None:
-    """Process the inbox in the foreground (for deployments that keep web and worker apart)."""
+def worker(cli: CliContext, burst: bool) -> None:
+    """Process the inbox and send due messages in the foreground, apart from the web processes.
+
+    With redis.url set this is an RQ worker: it runs the jobs the webhook enqueues, and sweeps the
+    database for rows whose job was lost (while Redis is unreachable it does the work in-process).
+    Without Redis it polls the database every worker.poll_seconds. Run as many as you like: every
+    event and message is claimed in the database, so none runs twice."""
     import time
 
     from bot.web.inbox import build_processor
 
     settings = cli.settings()
     processor = build_processor(settings, cli.db())
+    if settings.redis.url:
+        from bot.tasks.queue import TaskQueue, connect
+        from bot.tasks.worker import QueueWorker
+
+        tasks = TaskQueue(connect(settings.redis.url, timeout_seconds=10.0), settings.redis.key_prefix)
+        click.echo(f"RQ worker on queue {tasks.queue.name}, sweeping every {settings.worker.poll_seconds}s "
+                   "(Ctrl-C to stop)")
+        QueueWorker(processor, tasks, settings.worker.poll_seconds).run(burst=burst)
+        return
     click.echo(f"inbox worker polling every {settings.worker.poll_seconds}s (Ctrl-C to stop)")
     try:
         while True:
             handled = processor.run_once()
             sent = processor.sender.send_due() if processor.sender else None
             if not handled and not sent:
+                if burst:
+                    return
                 time.sleep(settings.worker.poll_seconds)
     except KeyboardInterrupt:
         click.echo("stopped")

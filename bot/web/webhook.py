@@ -61,9 +61,19 @@ def receive() -> Response:
         result.event_id,
         " (duplicate delivery)" if result.duplicate else "",
     )
-    if (not result.duplicate or result.requeued) and "scrm.worker" in current_app.extensions:
-        current_app.extensions["scrm.worker"].wake()
+    if not result.duplicate or result.requeued:
+        _hand_over(result.event_id)
     return Response("", status=200, mimetype="text/plain")
+
+
+def _hand_over(event_id: int) -> None:
+    """To the RQ queue when Redis is configured; else, or when Redis is down, to this process's worker
+    (if it runs one). Either way the stored row is the truth: a sweep or a poll finds it later."""
+    tasks = current_app.extensions.get("scrm.tasks")
+    if tasks is not None and tasks.enqueue_event(event_id):
+        return
+    if "scrm.worker" in current_app.extensions:
+        current_app.extensions["scrm.worker"].wake()
 
 
 def _db_reason(exc: OperationalError) -> str:
