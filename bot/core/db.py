@@ -11,6 +11,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.core.config import DatabaseSettings
@@ -42,12 +43,39 @@ class Database:
         The bound is set once per connection of a second, small pool (SQLite's busy_timeout,
         PostgreSQL's lock_timeout and statement_timeout), not per transaction: three statements
         less on every webhook request."""
+        with Session(self._bounded_engine(lock_wait_seconds), expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def raw_bounded(self, lock_wait_seconds: float) -> Iterator[Any]:
+        """A DBAPI connection of :meth:`begin_bounded`'s pool, in one transaction, for a hot path where
+        SQLAlchemy's own work would cost more than the statement. Driver errors come out as SQLAlchemy's
+        (``OperationalError`` for a lock or a lost server), parameters hidden; a connection that failed
+        that way is discarded rather than returned to the pool."""
+        engine = self._bounded_engine(lock_wait_seconds)
+        dbapi = engine.dialect.loaded_dbapi
+        raw = engine.raw_connection()
+        try:
+            yield raw
+            raw.commit()
+        except dbapi.Error as exc:
+            _rollback_quietly(raw)
+            if isinstance(exc, dbapi.OperationalError):
+                raw.invalidate(exc)
+            raise DBAPIError.instance(None, None, exc, dbapi.Error, hide_parameters=True,
+                                      dialect=engine.dialect) from exc
+        except BaseException:
+            _rollback_quietly(raw)
+            raise
+        finally:
+            raw.close()
+
+    def _bounded_engine(self, lock_wait_seconds: float) -> Engine:
         millis = max(1, int(lock_wait_seconds * 1000))
         engine = self._bounded.get(millis)
         if engine is None:
             engine = self._bounded.setdefault(millis, make_engine(self.url, lock_wait_ms=millis))
-        with Session(engine, expire_on_commit=False) as session, session.begin():
-            yield session
+        return engine
 
     def upgrade(self) -> None:
         upgrade_schema(self.engine)
@@ -60,6 +88,13 @@ class Database:
         self.engine.dispose()
         for engine in self._bounded.values():
             engine.dispose()
+
+
+def _rollback_quietly(raw: Any) -> None:
+    try:
+        raw.rollback()
+    except Exception:  # noqa: BLE001 - the connection may be gone; the original error is what matters
+        pass
 
 
 def make_engine(url: str, echo: bool = False, lock_wait_ms: int | None = None) -> Engine:

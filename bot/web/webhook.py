@@ -11,10 +11,10 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from bot.inbox.crypto import CallbackRejected, Keyring
-from bot.inbox.store import store_event
+from bot.inbox.store import StoreResult, insert_new_event, store_event
 from bot.inbox.xmlsafe import UnsafeXML, parse_flat_xml
 
 logger = logging.getLogger(__name__)
@@ -48,11 +48,18 @@ def receive() -> Response:
     plain = _keyring().decrypt(encrypt, signature, timestamp, nonce)
     fields = _parse(plain, "decrypted message")
     db = current_app.extensions["scrm.db"]
+    timeout = current_app.extensions["scrm.settings"].webhook.store_timeout_seconds
     try:
-        with db.begin_bounded(current_app.extensions["scrm.settings"].webhook.store_timeout_seconds) as session:
-            result = store_event(session, fields, plain)
-    except OperationalError as exc:
-        # Locked (or unreachable) database: answer before WeCom's ~5 s limit; its retry stores the event.
+        with db.raw_bounded(timeout) as connection:
+            new_id = insert_new_event(connection, db.engine.dialect, fields, plain)
+        if new_id is not None:
+            result = StoreResult(new_id, duplicate=False)
+        else:  # a retry or a repeat: counted (and requeued where that is the rule) through the ORM
+            with db.begin_bounded(timeout) as session:
+                result = store_event(session, fields, plain)
+    except DBAPIError as exc:
+        # Locked or unreachable database (or, on PostgreSQL, a missing table: a ProgrammingError there):
+        # answer before WeCom's ~5 s limit; its retry stores the event.
         logger.warning("callback not stored, answered 503 for WeCom to retry: %s", _db_reason(exc))
         return Response("inbox busy; retry", status=503, mimetype="text/plain")
     logger.info(
@@ -76,7 +83,7 @@ def _hand_over(event_id: int) -> None:
         current_app.extensions["scrm.worker"].wake()
 
 
-def _db_reason(exc: OperationalError) -> str:
+def _db_reason(exc: DBAPIError) -> str:
     """The driver's first line ("database is locked", "canceling statement due to lock timeout"),
     never SQLAlchemy's full text, which quotes the parameters (the decrypted event)."""
     original = exc.orig if exc.orig is not None else exc
