@@ -1,8 +1,9 @@
 """Webhook under load: wrk against gunicorn on 127.0.0.1, the real webhook (verify, decrypt, parse,
 durable inbox write, 200) against a bare wechatpy verify+decrypt+parse Flask handler under the same
-gunicorn settings (bench/webhook_baseline.py), in the same run.
+gunicorn settings (bench/webhook_baseline.py), in the same run: both servers stay up and their
+runs alternate, so a change in the machine's load falls on both; the medians are printed.
 
-    python bench/webhook_load.py [--connections 32] [--duration 10] [--workers 2] [--database-url URL]
+    python bench/webhook_load.py [--connections 32] [--duration 10] [--rounds 3] [--workers 2] [--database-url URL]
 
 Needs `wrk` (Debian: apt-get install wrk). Every request is a distinct, correctly encrypted event
 (bench/webhook_load.lua posts them); the inbox worker is off so the figure is the ack path. Prints
@@ -19,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +37,6 @@ from bot.core.db import make_engine, upgrade_schema
 from bot.models import InboxEvent
 from bot.sandbox.delivery import encrypt_callback, event_xml
 from bot.sandbox.state import SandboxConfig, SandboxState
-from bot.web.serving import BackgroundServer  # noqa: F401 - keeps the bench importable like the others
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).with_suffix(".lua")
@@ -57,14 +58,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _write_requests(state: SandboxState, folder: Path, threads: int, per_thread: int) -> list[list[tuple[str, str]]]:
-    """One file per wrk thread of distinct signed callbacks; returns them for the retry check."""
+def _write_requests(state: SandboxState, folder: Path, threads: int, per_thread: int,
+                    offset: int = 0) -> list[list[tuple[str, str]]]:
+    """One file per wrk thread of distinct signed callbacks (``offset`` keeps sets apart); returns
+    them for the retries."""
     corp = state.config
     every: list[list[tuple[str, str]]] = []
     for thread in range(threads):
         lines = []
         for i in range(per_thread):
-            n = thread * per_thread + i
+            n = (offset * threads + thread) * per_thread + i
             fields = {"ToUserName": corp.corp_id, "FromUserName": "sys", "CreateTime": 1700000000 + n // 50,
                       "MsgType": "event", "Event": "change_external_contact", "ChangeType": "add_external_contact",
                       "UserID": f"staff{n % 50:02d}", "ExternalUserID": f"wm{n:026d}", "State": "load"}
@@ -117,19 +120,34 @@ def _wrk(url: str, folder: Path, threads: int, connections: int, duration: int) 
                       [int(t[1]) for t in ordered], [int(t[4]) for t in ordered])
 
 
-def _report(name: str, result: LoadResult) -> None:
-    print(f"{name:<48} {result.rate:8.0f} req/s   p50 {result.p50_ms:6.1f} ms   p99 {result.p99_ms:6.1f} ms   "
-          f"errors {result.errors}")
+def _report(name: str, results: list[LoadResult]) -> None:
+    rates = [r.rate for r in results]
+    print(f"{name:<46} {statistics.median(rates):6.0f} req/s (runs: {', '.join(f'{r:.0f}' for r in rates)})   "
+          f"p50 {statistics.median(r.p50_ms for r in results):5.1f} ms   "
+          f"p99 {statistics.median(r.p99_ms for r in results):5.1f} ms   errors {sum(r.errors for r in results)}")
+
+
+def _retry_edges(url: str, every: list[list[tuple[str, str]]], result: LoadResult, tail: int) -> None:
+    """WeCom-style retries of each thread's first request (wrk builds it once to inspect and never
+    sends it) and of its last ones (wrk may have cut their answers off)."""
+    with requests.Session() as http:
+        for lines, sent in zip(every, result.sent_per_thread, strict=True):
+            last = min(sent, len(lines))
+            for query, body in lines[:1] + lines[max(1, last - tail):last]:
+                reply = http.post(f"{url}/wecom/callback?{query}", data=body.encode(), timeout=10)
+                if reply.status_code != 200:
+                    raise SystemExit(f"retry answered {reply.status_code}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="baseline and webhook runs, alternating")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (both servers)")
     parser.add_argument("--per-thread", type=int, default=0,
-                        help="distinct events per wrk thread (default: enough for 3,000 req/s)")
+                        help="distinct events per wrk thread and round (default: enough for 1,500 req/s)")
     parser.add_argument("--database-url", default="")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -138,23 +156,23 @@ def main() -> None:
     corp = SandboxConfig(corp_id="wwload" + os.urandom(4).hex(), token=os.urandom(12).hex(),
                          encoding_aes_key=os.urandom(32).hex()[:43], secrets={})
     state = SandboxState(corp)
-    per_thread = args.per_thread or 3000 * (args.duration + 2) // args.threads
+    per_thread = args.per_thread or 1500 * (args.duration + 2) // args.threads
     with tempfile.TemporaryDirectory(prefix="webhook-load-") as tmp:
-        folder = Path(tmp)
         started = time.perf_counter()
-        every = _write_requests(state, folder, args.threads, per_thread)
-        print(f"{args.threads * per_thread} distinct signed callbacks written in {time.perf_counter() - started:.1f}s")
+        folders, every = [], []
+        for round_no in range(args.rounds + 1):  # one set per round, and one for the warm-ups
+            folder = Path(tmp) / f"round-{round_no}"
+            folder.mkdir()
+            folders.append(folder)
+            every.append(_write_requests(state, folder, args.threads, per_thread, offset=round_no))
+        print(f"{(args.rounds + 1) * args.threads * per_thread} distinct signed callbacks written in "
+              f"{time.perf_counter() - started:.1f}s")
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("SCRM_")}
         base_env["PYTHONPATH"] = str(ROOT)
-        log = folder / "gunicorn.log"
-
+        log = Path(tmp) / "gunicorn.log"
         baseline_env = {**base_env, "WEBHOOK_LOAD_TOKEN": corp.token, "WEBHOOK_LOAD_AES_KEY": corp.encoding_aes_key,
                         "WEBHOOK_LOAD_CORP_ID": corp.corp_id}
-        with _gunicorn("bench.webhook_baseline:app", args.workers, baseline_env, log) as url:
-            _wrk(url, folder, args.threads, args.connections, 2)  # warm-up
-            baseline = _wrk(url, folder, args.threads, args.connections, args.duration)
-
-        database_url = args.database_url or f"sqlite:///{folder / 'load.db'}"
+        database_url = args.database_url or f"sqlite:///{Path(tmp) / 'load.db'}"
         engine = make_engine(database_url)
         upgrade_schema(engine)
         with engine.begin() as conn:
@@ -162,36 +180,39 @@ def main() -> None:
         webhook_env = {**base_env, "SCRM_DATABASE_URL": database_url, "SCRM_WORKER_ENABLED": "false",
                        "SCRM_WECOM_TOKEN": corp.token, "SCRM_WECOM_ENCODING_AES_KEY": corp.encoding_aes_key,
                        "SCRM_WECOM_CORP_ID": corp.corp_id}
-        with _gunicorn("bot.web.wsgi:app", args.workers, webhook_env, log) as url:
-            webhook = _wrk(url, folder, args.threads, args.connections, args.duration)
-            # WeCom-style retries of each thread's last requests (wrk may have cut their answers off) and
-            # of its first, which wrk builds once to inspect and never sends.
-            tail = args.connections // args.threads + 1
-            with requests.Session() as http:
-                for lines, sent in zip(every, webhook.sent_per_thread, strict=True):
-                    last = min(sent, len(lines))
-                    for query, body in lines[:1] + lines[max(1, last - tail):last]:
-                        reply = http.post(f"{url}/wecom/callback?{query}", data=body.encode(), timeout=10)
-                        if reply.status_code != 200:
-                            raise SystemExit(f"retry answered {reply.status_code}")
+        tail = args.connections // args.threads + 1
+        baseline: list[LoadResult] = []
+        webhook: list[LoadResult] = []
+        with _gunicorn("bench.webhook_baseline:app", args.workers, baseline_env, log) as base_url, \
+                _gunicorn("bot.web.wsgi:app", args.workers, webhook_env, log) as hook_url:
+            _wrk(base_url, folders[0], args.threads, args.connections, 2)  # warm-ups
+            warm = _wrk(hook_url, folders[0], args.threads, args.connections, 2)
+            _retry_edges(hook_url, every[0], warm, tail)
+            for round_no in range(1, args.rounds + 1):
+                baseline.append(_wrk(base_url, folders[round_no], args.threads, args.connections, args.duration))
+                webhook.append(_wrk(hook_url, folders[round_no], args.threads, args.connections, args.duration))
+                _retry_edges(hook_url, every[round_no], webhook[-1], tail)
         with engine.connect() as conn:
             stored, keys = conn.execute(select(func.count(), func.count(func.distinct(InboxEvent.dedupe_key)))
                                         .select_from(InboxEvent)).one()
         engine.dispose()
 
-    distinct = sum(min(sent, size) for sent, size in zip(webhook.sent_per_thread, webhook.size_per_thread,
-                                                          strict=True))
-    wrapped = any(sent > size for sent, size in zip(webhook.sent_per_thread, webhook.size_per_thread, strict=True))
-    print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, gunicorn --workers {args.workers} "
-          f"(gthread, bot/web/gunicorn_conf.py), database: {engine.dialect.name}")
+    distinct = sum(min(sent, size) for r in [warm, *webhook]
+                   for sent, size in zip(r.sent_per_thread, r.size_per_thread, strict=True))
+    wrapped = any(sent > size for r in webhook for sent, size in zip(r.sent_per_thread, r.size_per_thread,
+                                                                      strict=True))
+    print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s x {args.rounds} rounds, gunicorn "
+          f"--workers {args.workers} (gthread, bot/web/gunicorn_conf.py), database: {engine.dialect.name}")
     _report("baseline (wechatpy verify + decrypt + parse)", baseline)
     _report("webhook (… + durable inbox write)", webhook)
-    print(f"ratio webhook / baseline: {webhook.rate / baseline.rate:.2f}  (goal ≥ 0.6; p99 goal ≤ 25 ms)")
+    ratios = [w.rate / b.rate for w, b in zip(webhook, baseline, strict=True)]
+    print(f"ratio webhook / baseline: median {statistics.median(ratios):.2f} (per round: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}; goal ≥ 0.6; p99 goal ≤ 25 ms)")
     print(f"distinct events sent: {distinct}{' (files wrapped: some sent twice)' if wrapped else ''}; "
           f"stored: {stored} rows, {keys} distinct keys")
     if stored != distinct or keys != stored:
         raise SystemExit("FAIL: stored events do not match the distinct events sent")
-    if webhook.errors or baseline.errors:
+    if any(r.errors for r in webhook + baseline):
         raise SystemExit("FAIL: some requests were not answered 200")
     print("every distinct event stored exactly once")
 
