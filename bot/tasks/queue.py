@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -33,11 +34,17 @@ def connect(redis_url: str, timeout_seconds: float = 1.0) -> redis.Redis:
 
 class TaskQueue:
     """``scrm``'s RQ queue (named after ``redis.key_prefix``). Enqueueing never raises: when Redis is
-    unreachable the row simply waits in the database for the sweep (or an in-process worker)."""
+    unreachable the row simply waits in the database for the sweep (or an in-process worker), and for
+    the next few seconds callbacks do not wait on Redis's timeout again."""
 
-    def __init__(self, connection: redis.Redis, key_prefix: str = "scrm", job_timeout_seconds: int = 300) -> None:
+    RETRY_AFTER_SECONDS = 5.0
+
+    def __init__(self, connection: redis.Redis, key_prefix: str = "scrm", job_timeout_seconds: int = 300,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.connection = connection
         self.queue = Queue(f"{key_prefix}-tasks", connection=connection, default_timeout=job_timeout_seconds)
+        self.clock = clock
+        self._down_until = 0.0
 
     def enqueue_event(self, event_id: int) -> bool:
         return self._enqueue(INBOX_JOB, event_id, inbox_job_id(event_id))
@@ -46,12 +53,16 @@ class TaskQueue:
         return self._enqueue(OUTBOX_JOB, outbox_id, outbox_job_id(outbox_id))
 
     def _enqueue(self, function: str, row_id: int, job_id: str) -> bool:
+        if self.clock() < self._down_until:
+            logger.debug("%s not queued: Redis was unreachable moments ago", job_id)
+            return False
         try:
             # result_ttl=0: the outcome lives on the row; a failed job is kept a day for inspection.
             self.queue.enqueue(function, row_id, job_id=job_id, result_ttl=0, failure_ttl=86400)
         except redis.RedisError as exc:
-            logger.warning("%s not queued, Redis unreachable (%s); it waits in the database", job_id,
-                           type(exc).__name__)
+            self._down_until = self.clock() + self.RETRY_AFTER_SECONDS
+            logger.warning("%s not queued, Redis unreachable (%s); it waits in the database, and nothing is "
+                           "queued for %.0fs", job_id, type(exc).__name__, self.RETRY_AFTER_SECONDS)
             return False
         return True
 
