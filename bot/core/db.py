@@ -26,7 +26,7 @@ class Database:
         self.url = settings.url
         self.engine = make_engine(settings.url, echo=settings.echo)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._bounded: dict[int, Engine] = {}
+        self._bounded: dict[tuple[int, bool], Engine] = {}
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
@@ -43,16 +43,18 @@ class Database:
         The bound is set once per connection of a second, small pool (SQLite's busy_timeout,
         PostgreSQL's lock_timeout and statement_timeout), not per transaction: three statements
         less on every webhook request."""
-        with Session(self._bounded_engine(lock_wait_seconds), expire_on_commit=False) as session, session.begin():
+        with Session(self._bounded_engine(lock_wait_seconds, autocommit=False), expire_on_commit=False) as session, \
+                session.begin():
             yield session
 
     @contextmanager
-    def raw_bounded(self, lock_wait_seconds: float) -> Iterator[Any]:
-        """A DBAPI connection of :meth:`begin_bounded`'s pool, in one transaction, for a hot path where
-        SQLAlchemy's own work would cost more than the statement. Driver errors come out as SQLAlchemy's
-        (``OperationalError`` for a lock or a lost server), parameters hidden; a connection that failed
-        that way is discarded rather than returned to the pool."""
-        engine = self._bounded_engine(lock_wait_seconds)
+    def raw_statement(self, lock_wait_seconds: float) -> Iterator[Any]:
+        """A DBAPI connection in autocommit mode from a bounded pool (see :meth:`begin_bounded`), for one
+        statement on a hot path where SQLAlchemy's own work would cost more than the statement, and
+        a transaction around it one round trip (BEGIN) or two (COMMIT) more. Driver errors come out as
+        SQLAlchemy's (``OperationalError`` for a lock or a lost server), parameters hidden; a
+        connection that failed that way is discarded rather than returned to the pool."""
+        engine = self._bounded_engine(lock_wait_seconds, autocommit=True)
         dbapi = engine.dialect.loaded_dbapi
         raw = engine.raw_connection()
         try:
@@ -70,11 +72,11 @@ class Database:
         finally:
             raw.close()
 
-    def _bounded_engine(self, lock_wait_seconds: float) -> Engine:
-        millis = max(1, int(lock_wait_seconds * 1000))
-        engine = self._bounded.get(millis)
+    def _bounded_engine(self, lock_wait_seconds: float, autocommit: bool) -> Engine:
+        key = (max(1, int(lock_wait_seconds * 1000)), autocommit)
+        engine = self._bounded.get(key)
         if engine is None:
-            engine = self._bounded.setdefault(millis, make_engine(self.url, lock_wait_ms=millis))
+            engine = self._bounded.setdefault(key, make_engine(self.url, lock_wait_ms=key[0], autocommit=autocommit))
         return engine
 
     def upgrade(self) -> None:
@@ -97,9 +99,9 @@ def _rollback_quietly(raw: Any) -> None:
         pass
 
 
-def make_engine(url: str, echo: bool = False, lock_wait_ms: int | None = None) -> Engine:
+def make_engine(url: str, echo: bool = False, lock_wait_ms: int | None = None, autocommit: bool = False) -> Engine:
     """``lock_wait_ms``: how long each statement of this engine's connections may wait for a lock
-    (default: 30 s on SQLite, no limit on PostgreSQL)."""
+    (default: 30 s on SQLite, no limit on PostgreSQL). ``autocommit``: every statement commits itself."""
     parsed = make_url(url)
     # hide_parameters: an error's message (and echo) would carry the statement's values: a decrypted
     # callback with the customer's message text, names, phone numbers.
@@ -115,6 +117,8 @@ def make_engine(url: str, echo: bool = False, lock_wait_ms: int | None = None) -
             kwargs["connect_args"] = {"options": f"-c lock_timeout={lock_wait_ms} -c statement_timeout={lock_wait_ms}"}
         if parsed.drivername == "postgresql":  # plain postgresql:// → the psycopg 3 driver we ship
             url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if autocommit:
+        kwargs["isolation_level"] = "AUTOCOMMIT"
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

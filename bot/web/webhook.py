@@ -50,7 +50,7 @@ def receive() -> Response:
     db = current_app.extensions["scrm.db"]
     timeout = current_app.extensions["scrm.settings"].webhook.store_timeout_seconds
     try:
-        with db.raw_bounded(timeout) as connection:
+        with db.raw_statement(timeout) as connection:
             new_id = insert_new_event(connection, db.engine.dialect, fields, plain)
         if new_id is not None:
             result = StoreResult(new_id, duplicate=False)
