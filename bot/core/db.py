@@ -53,7 +53,7 @@ class Database:
         statement on a hot path where SQLAlchemy's own work would cost more than the statement, and
         a transaction around it one round trip (BEGIN) or two (COMMIT) more. Driver errors come out as
         SQLAlchemy's (``OperationalError`` for a lock or a lost server), parameters hidden; a
-        connection that failed that way is discarded rather than returned to the pool."""
+        connection the server dropped is discarded rather than returned to the pool."""
         engine = self._bounded_engine(lock_wait_seconds, autocommit=True)
         dbapi = engine.dialect.loaded_dbapi
         raw = engine.raw_connection()
@@ -62,8 +62,8 @@ class Database:
             raw.commit()
         except dbapi.Error as exc:
             _rollback_quietly(raw)
-            if isinstance(exc, dbapi.OperationalError):
-                raw.invalidate(exc)
+            if engine.dialect.is_disconnect(exc, raw.dbapi_connection, None):
+                raw.invalidate(exc)  # a dropped connection is not put back; a lock timeout's is
             raise DBAPIError.instance(None, None, exc, dbapi.Error, hide_parameters=True,
                                       dialect=engine.dialect) from exc
         except BaseException:
