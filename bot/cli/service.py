@@ -39,9 +39,9 @@ def serve(cli: CliContext, host: str, port: int, workers: int, no_worker: bool, 
     """Run the web app (webhook, API), with the inbox worker and the scheduler in-process.
 
     With --workers 1 one threaded process serves everything (the embedded mode). With --workers N
-    gunicorn runs N web processes (each with its inbox worker unless --no-worker, or none when
-    RQ workers take the inbox: see `scrm worker`), and this process runs the scheduler. Creates or
-    upgrades the database on start."""
+    gunicorn runs N web processes, each with an inbox worker thread unless --no-worker (with Redis,
+    `scrm worker` processes take the queued events: give the web --no-worker then), and this process
+    runs the scheduler. Creates or upgrades the database on start."""
     from werkzeug.serving import run_simple
 
     from bot.schedule.scheduler import SchedulerService
