@@ -121,3 +121,34 @@ def test_a_message_is_sent_once_by_jobs_sweeps_and_in_process_senders_together(a
 
 def test_without_redis_the_app_has_no_queue_and_wakes_its_own_worker(app):
     assert "scrm.tasks" not in app.extensions
+
+
+def test_scrm_worker_with_redis_runs_the_queued_jobs(callbacks, db, tasks, database_url, monkeypatch):
+    """`scrm worker --burst` with redis.url set: an RQ worker on the queue the webhook fills."""
+    from click.testing import CliRunner
+
+    import bot.tasks.queue
+    from bot.cli import main
+
+    for n in (1, 2):
+        assert callbacks.post(no_handler_event(n)).status_code == 200
+    monkeypatch.setattr(bot.tasks.queue, "connect", lambda url, timeout_seconds=1.0: tasks.connection)
+    result = CliRunner(env={"SCRM_CONFIG": None}).invoke(
+        main, ["worker", "--burst"], catch_exceptions=False,
+        env={"SCRM_DATABASE_URL": database_url, "SCRM_REDIS_URL": "redis://fake/0", "SCRM_REDIS_KEY_PREFIX": "t"})
+    assert result.exit_code == 0, result.output
+    assert "RQ worker on queue t-tasks" in result.output
+    assert [(e.status, e.attempts) for e in events(db)] == [("unhandled", 1)] * 2
+
+
+def test_scrm_worker_without_redis_polls_the_database(callbacks, db, database_url):
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    assert callbacks.post(no_handler_event(1)).status_code == 200
+    result = CliRunner(env={"SCRM_CONFIG": None}).invoke(
+        main, ["worker", "--burst"], catch_exceptions=False, env={"SCRM_DATABASE_URL": database_url})
+    assert result.exit_code == 0, result.output
+    assert "polling" in result.output
+    assert [(e.status, e.attempts) for e in events(db)] == [("unhandled", 1)]
