@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -164,9 +165,12 @@ def test_a_stored_payload_nested_too_deep_fails_in_the_worker_without_stopping_i
     ("{{ brand * 10**10 }}", "repeating makes more than"), ("{{ 2 ** 100000 }}", "exponent"),
 ])
 def test_a_refused_template_says_why_in_one_line(cli_env, template, reason):
+    def clock() -> datetime:  # the CLI's now, so --at stays in the future whatever today is
+        return datetime(2029, 12, 1, tzinfo=UTC)
+
     result = CliRunner(env={"SCRM_CONFIG": None, **cli_env}).invoke(
         main, ["broadcast", "create", "probe", "--template", f"default={template}", "--at", "2030-01-01 10:00",
-               "--yes"])
+               "--yes"], obj=clock)
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: template 'default' refused: ")
     assert reason in result.output and "Traceback" not in result.output

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import string
+import subprocess
+import sys
 
 import click
 
@@ -28,34 +32,70 @@ def init(cli: CliContext) -> None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
-@click.option("--no-worker", is_flag=True, help="Do not process the inbox in this process.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Web processes. 1: one threaded process; more: gunicorn with bot/web/gunicorn_conf.py.")
+@click.option("--no-worker", is_flag=True, help="Do not process the inbox in the web process(es).")
 @click.option("--no-scheduler", is_flag=True, help="Do not run scheduled jobs in this process.")
 @pass_cli
-def serve(cli: CliContext, host: str, port: int, no_worker: bool, no_scheduler: bool) -> None:
-    """Run the web app (webhook, API). Embedded mode also runs the inbox worker and the scheduler
-    in-process. Creates or upgrades the database on start. For production use gunicorn
-    'bot.web.wsgi:app' plus `scrm scheduler` (and `scrm worker`) processes."""
+def serve(cli: CliContext, host: str, port: int, workers: int, no_worker: bool, no_scheduler: bool) -> None:
+    """Run the web app (webhook, API), with the inbox worker and the scheduler in-process.
+
+    With --workers 1 one threaded process serves everything (the embedded mode). With --workers N
+    gunicorn runs N web processes, each with an inbox worker thread unless --no-worker (with Redis,
+    `scrm worker` processes take the queued events: give the web --no-worker then), and this process
+    runs the scheduler. Creates or upgrades the database on start."""
     from werkzeug.serving import run_simple
 
     from bot.core.db import DatabaseUnavailable
     from bot.schedule.scheduler import SchedulerService
     from bot.web.app import create_app
+    from bot.web.inbox import build_processor
 
     settings = cli.settings()
+    db = cli.db(create=True)  # once, before any web process starts
     try:
-        app = create_app(settings=settings, start_worker=False if no_worker else None)
+        app = create_app(settings=settings, start_worker=False if no_worker else None) if workers == 1 else None
     except DatabaseUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+    # The embedded app's processor is shared with the scheduler (one WeCom token cache per process).
+    processor = app.extensions["scrm.processor"] if app else build_processor(settings, db)
     service = None
     if settings.scheduler.enabled and not no_scheduler:
-        processor = app.extensions["scrm.processor"]
-        service = SchedulerService(settings, app.extensions["scrm.db"], processor.clients, processor.sender).start()
+        service = SchedulerService(settings, db, processor.clients, processor.sender).start()
     click.echo(f"webhook: http://{host}:{port}/wecom/callback   health: http://{host}:{port}/healthz")
     try:
-        run_simple(host, port, app, threaded=True, use_reloader=False)
+        if app is not None:
+            run_simple(host, port, app, threaded=True, use_reloader=False)
+        else:
+            _serve_gunicorn(cli, host, port, workers, no_worker)
     finally:
         if service:
             service.stop()
+
+
+def gunicorn_command(host: str, port: int, workers: int) -> list[str]:
+    """gunicorn with the shipped config; the bind and worker count from the command line win over it."""
+    return [sys.executable, "-m", "gunicorn", "-c", "python:bot.web.gunicorn_conf", "--bind", f"{host}:{port}",
+            "--workers", str(workers), "bot.web.wsgi:app"]
+
+
+def _serve_gunicorn(cli: CliContext, host: str, port: int, workers: int, no_worker: bool) -> None:
+    """gunicorn in a child process: its workers fork from a master that runs no scheduler thread."""
+    env = dict(os.environ)
+    if cli.config_file:
+        env["SCRM_CONFIG"] = os.path.abspath(cli.config_file)
+    if no_worker:
+        env["SCRM_WORKER_ENABLED"] = "false"
+    child = subprocess.Popen(gunicorn_command(host, port, workers), env=env)
+    # A process manager stops `scrm serve` with SIGTERM: passed on, so gunicorn is never orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:
+        child.terminate()  # gunicorn's graceful stop: workers finish their requests
+        code = child.wait(30)
+    if code not in (0, -signal.SIGTERM):
+        raise click.ClickException(f"gunicorn stopped with exit code {code}")
 
 
 @click.command()
@@ -116,21 +156,38 @@ def config_show(cli: CliContext) -> None:
 
 
 @click.command()
+@click.option("--burst", is_flag=True, help="With Redis: stop once the queue is empty (for tests and cron).")
 @pass_cli
-def worker(cli: CliContext) -> None:
-    """Process the inbox in the foreground (for deployments that keep web and worker apart)."""
+def worker(cli: CliContext, burst: bool) -> None:
+    """Process the inbox and send due messages in the foreground, apart from the web processes.
+
+    With redis.url set this is an RQ worker: it runs the jobs the webhook enqueues, and sweeps the
+    database for rows whose job was lost (while Redis is unreachable it does the work in-process).
+    Without Redis it polls the database every worker.poll_seconds. Run as many as you like: every
+    event and message is claimed in the database, so none runs twice."""
     import time
 
     from bot.web.inbox import build_processor
 
     settings = cli.settings()
     processor = build_processor(settings, cli.db())
+    if settings.redis.url:
+        from bot.tasks.queue import TaskQueue, connect
+        from bot.tasks.worker import QueueWorker
+
+        tasks = TaskQueue(connect(settings.redis.url, timeout_seconds=10.0), settings.redis.key_prefix)
+        click.echo(f"RQ worker on queue {tasks.queue.name}, sweeping every {settings.worker.poll_seconds}s "
+                   "(Ctrl-C to stop)")
+        QueueWorker(processor, tasks, settings.worker.poll_seconds).run(burst=burst)
+        return
     click.echo(f"inbox worker polling every {settings.worker.poll_seconds}s (Ctrl-C to stop)")
     try:
         while True:
             handled = processor.run_once()
             sent = processor.sender.send_due() if processor.sender else None
             if not handled and not sent:
+                if burst:
+                    return
                 time.sleep(settings.worker.poll_seconds)
     except KeyboardInterrupt:
         click.echo("stopped")

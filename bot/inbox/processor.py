@@ -71,6 +71,10 @@ class InboxProcessor:
             total.update(outcome)
         return total
 
+    def due_ids(self, limit: int | None = None) -> list[int]:
+        """Events that may be claimed now (pending, failed past their back-off, or a dead worker's)."""
+        return self._due_ids(limit or self.settings.worker.batch_size)
+
     def _due_ids(self, limit: int) -> list[int]:
         now = self.clock()
         with self.db.begin() as session:

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from bot.models import InboxEvent, utcnow
@@ -49,11 +50,47 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def store_event(session: Session, fields: dict[str, Any], payload: str) -> StoreResult:
-    """Insert the event unless its key is already stored; count a duplicate delivery instead."""
-    key = dedupe_key(fields)
-    values = {
-        "dedupe_key": key,
+def insert_new_event(dbapi_connection: Any, dialect: Dialect, fields: dict[str, Any], payload: str) -> int | None:
+    """The webhook's hot path: INSERT … ON CONFLICT DO NOTHING RETURNING id on a DBAPI connection, the
+    statement compiled by SQLAlchemy once per dialect. The id of the new row, or None when the key is
+    stored already (then :func:`store_event` records the duplicate). Through a Session the same insert
+    cost several times the database's own work on every callback."""
+    sql, names, processors = _compiled_insert(dialect)
+    values = _row_values(fields, payload)
+    bound = {name: (processors[name](values[name]) if processors.get(name) else values[name]) for name in names}
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql, tuple(bound[n] for n in names) if dialect.positional else bound)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return int(row[0]) if row else None
+
+
+_COMPILED: dict[tuple[str, str, str], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+
+
+def _compiled_insert(dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """The SQL in the driver's parameter style, the parameter names in order, and each column type's
+    conversion (SQLite stores datetimes as SQLAlchemy's text, not the driver's)."""
+    key = (dialect.name, dialect.driver, dialect.paramstyle)
+    if key not in _COMPILED:
+        _COMPILED[key] = _compile_insert(dialect)
+    return _COMPILED[key]
+
+
+def _compile_insert(dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    columns = list(_row_values({}, "").keys())
+    compiled = _insert_statement(dialect.name).compile(dialect=dialect, column_keys=columns)
+    names = tuple(compiled.positiontup or compiled.binds.keys()) if dialect.positional else tuple(compiled.binds)
+    table = InboxEvent.__table__
+    processors = {name: table.c[name].type.bind_processor(dialect) for name in names}
+    return str(compiled), names, processors
+
+
+def _row_values(fields: dict[str, Any], payload: str) -> dict[str, Any]:
+    return {
+        "dedupe_key": dedupe_key(fields),
         "received_at": utcnow(),
         # Authentic but odd (no MsgType, e.g. a suite's InfoType envelope): kept, and left unhandled.
         "msg_type": str(fields.get("MsgType") or "unknown").lower()[:32],
@@ -65,6 +102,12 @@ def store_event(session: Session, fields: dict[str, Any], payload: str) -> Store
         "attempts": 0,
         "duplicates": 0,
     }
+
+
+def store_event(session: Session, fields: dict[str, Any], payload: str) -> StoreResult:
+    """Insert the event unless its key is already stored; count a duplicate delivery instead."""
+    values = _row_values(fields, payload)
+    key = values["dedupe_key"]
     stmt = _insert_statement(session.get_bind().dialect.name)
     inserted = session.connection().execute(stmt, values).scalar_one_or_none()
     if inserted is not None:

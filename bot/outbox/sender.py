@@ -58,13 +58,16 @@ class OutboxSender:
 
     def send_due(self, channels: Iterable[str] = IMMEDIATE_CHANNELS, limit: int = 100) -> Counter[str]:
         self.recover_stale()
+        return self.send(self.due_ids(channels, limit))
+
+    def due_ids(self, channels: Iterable[str] = IMMEDIATE_CHANNELS, limit: int = 100) -> list[int]:
+        """Pending rows of these channels whose time has come, oldest first."""
         with self.db.begin() as session:
-            ids = list(session.scalars(
+            return list(session.scalars(
                 select(OutboxMessage.id).where(OutboxMessage.status == "pending",
                                                OutboxMessage.channel.in_(list(channels)),
                                                OutboxMessage.scheduled_at <= self.clock())
                 .order_by(OutboxMessage.scheduled_at, OutboxMessage.id).limit(limit)))
-        return self.send(ids)
 
     def send(self, ids: Iterable[int]) -> Counter[str]:
         outcome: Counter[str] = Counter()

@@ -14,6 +14,7 @@ from bot.inbox.dispatcher import Dispatcher
 from bot.inbox.processor import InboxProcessor
 from bot.inbox.worker import InboxWorker
 from bot.outbox import OutboxSender
+from bot.tasks.queue import TaskQueue, connect
 from bot.web.webhook import bp as webhook_bp
 from bot.wecom.client import WeComClients, build_clients
 
@@ -38,6 +39,9 @@ def init_app(app: Flask, settings: Settings, db: Database, start_worker: bool | 
     processor = build_processor(settings, db)
     app.extensions["scrm.processor"] = processor
     app.register_blueprint(webhook_bp)
+    if settings.redis.url:
+        # RQ workers (`scrm worker`) take each stored event from the queue; see bot/tasks.
+        app.extensions["scrm.tasks"] = TaskQueue(connect(settings.redis.url), settings.redis.key_prefix)
     if not settings.wecom.token:
         logger.warning("wecom.token is not set: /wecom/callback will refuse every request (503)")
     run_worker = settings.worker.enabled if start_worker is None else start_worker

@@ -11,10 +11,10 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from bot.inbox.crypto import CallbackRejected, Keyring
-from bot.inbox.store import store_event
+from bot.inbox.store import StoreResult, insert_new_event, store_event
 from bot.inbox.xmlsafe import UnsafeXML, parse_flat_xml
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def _rejected(exc: CallbackRejected) -> Response:
 def verify_url() -> Response:
     signature, timestamp, nonce = _signature_params()
     # echostr is base64; a '+' sent unescaped arrives as a space after URL decoding.
-    echostr = request.args.get("echostr", "").replace(" ", "+")
+    echostr = _query_args().get("echostr", "").replace(" ", "+")
     if not echostr:
         raise CallbackRejected(400, "missing echostr")
     plain = _keyring().verify_url(signature, timestamp, nonce, echostr)
@@ -48,11 +48,18 @@ def receive() -> Response:
     plain = _keyring().decrypt(encrypt, signature, timestamp, nonce)
     fields = _parse(plain, "decrypted message")
     db = current_app.extensions["scrm.db"]
+    timeout = current_app.extensions["scrm.settings"].webhook.store_timeout_seconds
     try:
-        with db.begin_bounded(current_app.extensions["scrm.settings"].webhook.store_timeout_seconds) as session:
-            result = store_event(session, fields, plain)
-    except OperationalError as exc:
-        # Locked (or unreachable) database: answer before WeCom's ~5 s limit; its retry stores the event.
+        with db.raw_statement(timeout) as connection:
+            new_id = insert_new_event(connection, db.engine.dialect, fields, plain)
+        if new_id is not None:
+            result = StoreResult(new_id, duplicate=False)
+        else:  # a retry or a repeat: counted (and requeued where that is the rule) through the ORM
+            with db.begin_bounded(timeout) as session:
+                result = store_event(session, fields, plain)
+    except DBAPIError as exc:
+        # Locked or unreachable database (or, on PostgreSQL, a missing table: a ProgrammingError there):
+        # answer before WeCom's ~5 s limit; its retry stores the event.
         logger.warning("callback not stored, answered 503 for WeCom to retry: %s", _db_reason(exc))
         return Response("inbox busy; retry", status=503, mimetype="text/plain")
     logger.info(
@@ -61,12 +68,22 @@ def receive() -> Response:
         result.event_id,
         " (duplicate delivery)" if result.duplicate else "",
     )
-    if (not result.duplicate or result.requeued) and "scrm.worker" in current_app.extensions:
-        current_app.extensions["scrm.worker"].wake()
+    if not result.duplicate or result.requeued:
+        _hand_over(result.event_id)
     return Response("", status=200, mimetype="text/plain")
 
 
-def _db_reason(exc: OperationalError) -> str:
+def _hand_over(event_id: int) -> None:
+    """To the RQ queue when Redis is configured; else, or when Redis is down, to this process's worker
+    (if it runs one). Either way the stored row is the truth: a sweep or a poll finds it later."""
+    tasks = current_app.extensions.get("scrm.tasks")
+    if tasks is not None and tasks.enqueue_event(event_id):
+        return
+    if "scrm.worker" in current_app.extensions:
+        current_app.extensions["scrm.worker"].wake()
+
+
+def _db_reason(exc: DBAPIError) -> str:
     """The driver's first line ("database is locked", "canceling statement due to lock timeout"),
     never SQLAlchemy's full text, which quotes the parameters (the decrypted event)."""
     original = exc.orig if exc.orig is not None else exc
@@ -77,8 +94,17 @@ def _keyring() -> Keyring:
     return current_app.extensions["scrm.keyring"]
 
 
+def _query_args() -> Any:
+    """The query parameters; raw bytes that are not UTF-8 (werkzeug decodes strictly) are a 400."""
+    try:
+        return request.args
+    except UnicodeDecodeError:
+        raise CallbackRejected(400, "query string is not UTF-8") from None
+
+
 def _signature_params() -> tuple[str, str, str]:
-    values = [request.args.get(name, "") for name in ("msg_signature", "timestamp", "nonce")]
+    args = _query_args()
+    values = [args.get(name, "") for name in ("msg_signature", "timestamp", "nonce")]
     if not all(values):
         raise CallbackRejected(400, "msg_signature, timestamp and nonce are required")
     if any(len(v) > 128 for v in values):

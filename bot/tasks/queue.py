@@ -1,0 +1,94 @@
+"""Enqueueing ids on the RQ queue, and the sweep that finds rows whose job was lost."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+
+logger = logging.getLogger(__name__)
+
+INBOX_JOB = "bot.tasks.jobs.handle_inbox_event"
+OUTBOX_JOB = "bot.tasks.jobs.send_outbox_message"
+# A job with one of these statuses will still run: its row needs no new job.
+LIVE = frozenset({JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED})
+
+
+def inbox_job_id(event_id: int) -> str:
+    return f"inbox-{event_id}"
+
+
+def outbox_job_id(outbox_id: int) -> str:
+    return f"outbox-{outbox_id}"
+
+
+def connect(redis_url: str, timeout_seconds: float = 1.0) -> redis.Redis:
+    """A client that gives up quickly: a webhook request must not wait on an unreachable Redis."""
+    return redis.Redis.from_url(redis_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds)
+
+
+class TaskQueue:
+    """``scrm``'s RQ queue (named after ``redis.key_prefix``). Enqueueing never raises: when Redis is
+    unreachable the row simply waits in the database for the sweep (or an in-process worker), and for
+    the next few seconds callbacks do not wait on Redis's timeout again."""
+
+    RETRY_AFTER_SECONDS = 5.0
+
+    def __init__(self, connection: redis.Redis, key_prefix: str = "scrm", job_timeout_seconds: int = 300,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.connection = connection
+        self.queue = Queue(f"{key_prefix}-tasks", connection=connection, default_timeout=job_timeout_seconds)
+        self.clock = clock
+        self._down_until = 0.0
+
+    def enqueue_event(self, event_id: int) -> bool:
+        return self._enqueue(INBOX_JOB, event_id, inbox_job_id(event_id))
+
+    def enqueue_send(self, outbox_id: int) -> bool:
+        return self._enqueue(OUTBOX_JOB, outbox_id, outbox_job_id(outbox_id))
+
+    def _enqueue(self, function: str, row_id: int, job_id: str) -> bool:
+        if self.clock() < self._down_until:
+            logger.debug("%s not queued: Redis was unreachable moments ago", job_id)
+            return False
+        try:
+            # result_ttl=0: the outcome lives on the row; a failed job is kept a day for inspection.
+            self.queue.enqueue(function, row_id, job_id=job_id, result_ttl=0, failure_ttl=86400)
+        except redis.RedisError as exc:
+            self._down_until = self.clock() + self.RETRY_AFTER_SECONDS
+            logger.warning("%s not queued, Redis unreachable (%s); it waits in the database, and nothing is "
+                           "queued for %.0fs", job_id, type(exc).__name__, self.RETRY_AFTER_SECONDS)
+            return False
+        return True
+
+    def reachable(self) -> bool:
+        try:
+            return bool(self.connection.ping())
+        except redis.RedisError:
+            return False
+
+    def without_live_job(self, job_ids: Iterable[str]) -> list[str]:
+        """The given job ids that have no job still to run (never queued, lost, finished or failed)."""
+        ids = list(job_ids)
+        if not ids:
+            return []
+        jobs: list[Any] = Job.fetch_many(ids, connection=self.connection)
+        return [job_id for job_id, job in zip(ids, jobs, strict=True)
+                if job is None or job.get_status(refresh=False) not in LIVE]
+
+    def sweep(self, due_events: list[int], due_sends: list[int]) -> dict[str, int]:
+        """Enqueue every due row whose job is gone: a lost job (Redis restarted without its data, an
+        enqueue that failed while Redis was down), or a failed event whose back-off has passed."""
+        events = {inbox_job_id(i): i for i in due_events}
+        sends = {outbox_job_id(i): i for i in due_sends}
+        requeued = {"events": 0, "sends": 0}
+        for job_id in self.without_live_job(events):
+            requeued["events"] += self.enqueue_event(events[job_id])
+        for job_id in self.without_live_job(sends):
+            requeued["sends"] += self.enqueue_send(sends[job_id])
+        return requeued

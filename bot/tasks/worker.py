@@ -1,0 +1,72 @@
+"""``scrm worker`` with Redis: an RQ worker that runs jobs in its own process, and a sweep thread.
+
+The sweep re-enqueues due rows that have no live job (lost jobs, failed events whose back-off has
+passed, sends deferred past quiet hours, a killed worker's claims once their lease ran out). While
+Redis is unreachable it degrades to processing the inbox and the due sends in-process, as
+``scrm worker`` does without Redis; the database claims keep anything from running twice when the
+RQ worker comes back."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from typing import Any
+
+from rq import SimpleWorker
+
+from bot.inbox.processor import InboxProcessor
+from bot.tasks.jobs import TaskRuntime, install
+from bot.tasks.queue import TaskQueue
+
+logger = logging.getLogger(__name__)
+
+
+class QueueWorker:
+    def __init__(self, processor: InboxProcessor, tasks: TaskQueue, sweep_seconds: float) -> None:
+        self.processor, self.tasks, self.sweep_seconds = processor, tasks, sweep_seconds
+        self._stop = threading.Event()
+        self.degraded = False
+        install(TaskRuntime(processor))
+
+    def sweep_once(self) -> dict[str, int]:
+        """One sweep round: re-enqueue what lost its job, or, with Redis down, do the work here."""
+        sender: Any = self.processor.sender
+        if not self.tasks.reachable():
+            if not self.degraded:
+                logger.warning("Redis unreachable: processing the inbox in-process until it is back")
+            self.degraded = True
+            done: Counter[str] = Counter(self.processor.run_once())
+            if sender is not None:
+                done.update(sender.send_due())
+            return dict(done)
+        if self.degraded:
+            logger.warning("Redis reachable again: back to the RQ queue")
+        self.degraded = False
+        due_sends: list[int] = []
+        if sender is not None:
+            sender.recover_stale()
+            due_sends = sender.due_ids()
+        return self.tasks.sweep(self.processor.due_ids(), due_sends)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.sweep_seconds):
+            try:
+                self.sweep_once()
+            except Exception:  # noqa: BLE001 - a database or Redis hiccup must not end the sweep
+                logger.exception("task sweep failed; trying again in %.1fs", self.sweep_seconds)
+
+    def rq_worker(self) -> SimpleWorker:
+        # SimpleWorker: jobs run in this process (no fork per job), with its database pool and WeCom clients.
+        return SimpleWorker([self.tasks.queue], connection=self.tasks.connection)
+
+    def run(self, burst: bool = False) -> None:
+        """Sweep once, then run the RQ worker in the foreground (``burst``: until the queue is empty)."""
+        self.sweep_once()
+        sweeper = threading.Thread(target=self._sweep_loop, name="scrm-task-sweep", daemon=True)
+        sweeper.start()
+        try:
+            self.rq_worker().work(burst=burst, logging_level="WARNING")
+        finally:
+            self._stop.set()
+            sweeper.join(5)

@@ -1,0 +1,94 @@
+"""`scrm serve --workers N` runs gunicorn with the shipped config: several web processes store each
+callback once, and stopping `scrm serve` stops them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from bot.cli.service import gunicorn_command
+from bot.core.db import make_engine
+from bot.models import InboxEvent
+from tests.support import PG_URL, Callbacks, contact_event
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "scrm serve exited"
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not come up")
+
+
+def test_the_gunicorn_command_uses_the_shipped_config_and_the_wsgi_entry():
+    command = gunicorn_command("127.0.0.1", 8000, 4)
+    assert command[:3] == [sys.executable, "-m", "gunicorn"]
+    assert command[command.index("-c") + 1] == "python:bot.web.gunicorn_conf"
+    assert command[-1] == "bot.web.wsgi:app"
+    assert command[command.index("--workers") + 1] == "4"
+
+
+def test_the_shipped_config_loads_with_gunicorn():
+    from gunicorn.config import Config
+
+    config = Config()
+    import bot.web.gunicorn_conf as conf
+
+    for name in ("bind", "workers", "worker_class", "threads", "timeout", "keepalive", "preload_app"):
+        config.set(name, getattr(conf, name))
+    assert config.worker_class_str == "gthread" and config.threads >= 2 and not config.preload_app
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="the served processes open the SQLite file the test copies")
+def test_serve_with_workers_stores_every_callback_once_and_stops_cleanly(database_url, corp, tmp_path: Path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCRM_")}
+    env.update(SCRM_DATABASE_URL=database_url, SCRM_WECOM_TOKEN=corp.token, SCRM_WECOM_CORP_ID=corp.corp_id,
+               SCRM_WECOM_ENCODING_AES_KEY=corp.encoding_aes_key, SCRM_REDIS_URL="",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    log = (tmp_path / "serve.log").open("wb")
+    command = [sys.executable, "-c", "from bot.cli import main; main()", "serve", "--workers", "2",
+               "--port", str(port), "--no-worker", "--no-scheduler"]
+    process = subprocess.Popen(command, env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        signer = Callbacks(None, corp)
+        with requests.Session() as http:
+            for i in range(20):
+                query, body = signer.sign(contact_event(ExternalUserID=f"wm_gunicorn_{i}"), nonce=f"n{i}")
+                for _ in range(2):  # each delivered twice, as WeCom's retries do
+                    reply = http.post(f"{url}/wecom/callback", params=query, data=body.encode(), timeout=10)
+                    assert reply.status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        log.close()
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(func.count(), func.sum(InboxEvent.duplicates)).select_from(InboxEvent)).one()
+    engine.dispose()
+    assert tuple(rows) == (20, 20)
+    with pytest.raises(requests.ConnectionError):  # gunicorn's master and workers are gone too
+        requests.get(f"{url}/healthz", timeout=1)
