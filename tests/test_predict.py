@@ -169,7 +169,8 @@ def test_summaries_count_paid_days_and_leave_out_refunds_and_later_orders(sessio
         ("refunded_only", 9, 4000, "refunded"),
     ])
     s = summarise(session, AS_OF)
-    assert session.connection().exec_driver_sql("PRAGMA cache_size").scalar() == -131072  # restored
+    if session.get_bind().dialect.name == "sqlite":
+        assert session.connection().exec_driver_sql("PRAGMA cache_size").scalar() == -131072  # restored
     got = {int(c): (int(x), int(t), int(T), int(m)) for c, x, t, T, m in
            zip(s.customer_id, s.x, s.t_x, s.T, s.repeat_fen, strict=True)}
     assert got == {ids["one"]: (0, 0, 10, 0), ids["today"]: (1, 40, 40, 2000), ids["sameday"]: (1, 10, 30, 1000),
