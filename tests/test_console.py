@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date, timedelta
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from bot.cli import main
 from bot.models import (
     AuditEntry,
     Broadcast,
-    Customer,
-    CustomerAggregate,
-    CustomerTag,
-    CustomerTier,
     Operator,
-    Tag,
-    TagGroup,
-    TierChange,
 )
 from tests.campaign_data import MORNING, seed_audience
-from tests.console_support import PASSWORD, add_user, csrf, sign_in, signed_in
+from tests.console_support import PASSWORD, add_user, csrf, seed_console, sign_in, signed_in
 
 PAGES = ["/console/", "/console/customers", "/console/broadcasts", "/console/broadcasts/new", "/console/audit",
          "/console/broadcasts/count.json"]
@@ -38,33 +31,7 @@ def console(app):
 
 @pytest.fixture
 def seeded(console, db):
-    ids = seed_audience(db, {"high": 3, "mid": 4, "low": 5})
-    with db.begin() as s:
-        s.execute(insert(CustomerAggregate), [{"customer_id": i, "order_count": 1 + n % 3,
-                                               "paid_amount_fen": 10000 * (1 + n),
-                                               "last_order_day": date(2026, 11, 1).toordinal() - n}
-                                              for n, i in enumerate(ids)])
-        for n, i in enumerate(ids):
-            tier = s.get(CustomerTier, i)
-            tier.rfm_segment = "important_value" if n < 3 else "general_retain"
-            tier.stage = "repeat" if n % 2 else "first_purchase"
-            tier.engagement = "active"
-        group = TagGroup(name="客户等级")
-        s.add(group)
-        s.flush()
-        vip = Tag(group_id=group.id, name="VIP")
-        s.add(vip)
-        s.flush()
-        s.add(CustomerTag(customer_id=ids[4], tag_id=vip.id, source="staff"))
-        s.get(Customer, ids[5]).name = "=HYPERLINK(\"x\")"
-        s.get(Customer, ids[6]).opted_out = True
-        day = date(2026, 11, 20)
-        s.add_all([TierChange(customer_id=ids[0], dimension="value_tier", from_value="mid", to_value="high", as_of=day),
-                   TierChange(customer_id=ids[1], dimension="value_tier", from_value="mid", to_value="high", as_of=day),
-                   TierChange(customer_id=ids[7], dimension="value_tier", from_value="high", to_value="low", as_of=day),
-                   TierChange(customer_id=ids[8], dimension="value_tier", from_value="low", to_value="mid",
-                              as_of=day - timedelta(days=1))])
-    return ids
+    return seed_console(db)
 
 
 def _cli(*args, env, stdin=None):

@@ -21,8 +21,8 @@
     pie: function (rows) {
       return {
         color: COLORS, tooltip: {trigger: "item", formatter: "{b}: {c} 人 ({d}%)"},
-        legend: {orient: "vertical", left: 0, top: "middle"},
-        series: [{type: "pie", radius: ["35%", "65%"], center: ["62%", "50%"],
+        legend: {bottom: 0},
+        series: [{type: "pie", radius: ["30%", "58%"], center: ["50%", "45%"], label: {formatter: "{b}\n{c} 人"},
                   data: rows.map(function (r) { return {name: r.label, value: r.count}; })}]
       };
     },
@@ -34,15 +34,20 @@
       };
     },
     report: function (r) {
+      // Two panels with their own axes: a share in percent and an amount in 元 do not share a scale.
+      var groups = ["发送组", "对照组"];
+      function bars(values, index) {
+        return {type: "bar", xAxisIndex: index, yAxisIndex: index, colorBy: "data", barWidth: "40%",
+                data: values, label: {show: true, position: "top", formatter: function (p) { return p.value.toFixed(2); }}};
+      }
       return {
-        color: ["#2f6fed", "#8993a4"], tooltip: {trigger: "axis"}, legend: {data: ["发送组", "对照组"]},
-        grid: {left: 56, right: 56, top: 36, bottom: 28},
-        xAxis: {type: "category", data: ["转化率 %", "人均收入 元"]},
-        yAxis: {type: "value"},
-        series: [
-          {name: "发送组", type: "bar", data: [r.conversion[0], r.revenue[0]], label: {show: true, position: "top", formatter: function (p) { return p.value.toFixed(2); }}},
-          {name: "对照组", type: "bar", data: [r.conversion[1], r.revenue[1]], label: {show: true, position: "top", formatter: function (p) { return p.value.toFixed(2); }}}
-        ]
+        color: ["#2f6fed", "#8993a4"], tooltip: {trigger: "item"},
+        title: [{text: "转化率 %", left: "22%", top: 0, textAlign: "center", textStyle: {fontSize: 13}},
+                {text: "人均收入 元", left: "74%", top: 0, textAlign: "center", textStyle: {fontSize: 13}}],
+        grid: [{left: "6%", width: "38%", top: 48, bottom: 28}, {left: "56%", width: "38%", top: 48, bottom: 28}],
+        xAxis: [{type: "category", data: groups, gridIndex: 0}, {type: "category", data: groups, gridIndex: 1}],
+        yAxis: [{type: "value", gridIndex: 0}, {type: "value", gridIndex: 1}],
+        series: [bars(r.conversion, 0), bars(r.revenue, 1)]
       };
     }
   };
@@ -54,6 +59,8 @@
       var build = builders[el.getAttribute("data-chart")];
       if (!rows || !build) { return; }
       var chart = echarts.init(el, null, {renderer: "canvas"});
+      // Marked once drawn (animation included), so a browser test or a screenshot waits for it.
+      chart.on("finished", function () { el.setAttribute("data-rendered", "1"); });
       chart.setOption(build(rows));
       window.addEventListener("resize", function () { chart.resize(); });
     });
