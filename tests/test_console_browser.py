@@ -77,7 +77,7 @@ def test_an_operator_builds_previews_and_schedules_a_tiered_broadcast(app, serve
         DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(DOCS_SCREENSHOT), full_page=True)
 
-    page.click("a:has-text('群发')")
+    page.click("nav a:has-text('群发')")
     page.click("a:has-text('新建群发')")
     expect(page.locator("#live-total")).to_have_text("12")
     page.check("#builder input[name=value_tiers][value=high]")
@@ -127,4 +127,15 @@ def test_an_operator_builds_previews_and_schedules_a_tiered_broadcast(app, serve
     sent = statuses["pending"]
     assert f"发送组 {sent} 人" in report and f"转化提升：{100 / sent:+.2f} 个百分点" in report
     page.screenshot(path=str(tmp_path / "console-report.png"), full_page=True)
+
+    page.click("nav a:has-text('客户')")
+    page.fill("input[name=q]", "VIP")
+    page.click("button:has-text('筛选')")
+    page.screenshot(path=str(tmp_path / "console-customers.png"), full_page=True)
+    page.click("a:has-text('客户4')")
+    assert "客户等级/VIP" in page.inner_text("main") and "value tier:" in page.inner_text("main")
+    page.screenshot(path=str(tmp_path / "console-customer.png"), full_page=True)
+    page.click("nav a:has-text('操作日志')")
+    assert "broadcast.create" in page.inner_text("main")
+    page.screenshot(path=str(tmp_path / "console-audit.png"), full_page=True)
     assert page.problems == []
