@@ -107,3 +107,4 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert planned and abs(int(planned.group(1)) - int(planned.group(2))) <= 3  # the preview told the truth
     assert re.search(r"coupon redeemed twice\s+\S+ .*first → redeemed; second → refused, already redeemed", out)
     assert re.search(r"tier change → actions\s+.* (mid|low) → high: .*owner told: 升级提醒", out)
+    assert re.search(r"^operator console http://127\.0\.0\.1:\d+/console/ — sign in as demo / \S{16}$", out, re.M)
