@@ -182,8 +182,11 @@ def test_dashboard_counts_tiers_rfm_and_the_latest_flows(seeded, console, db):
     assert rfm["important_value"].revenue_share == pytest.approx(6 / 78)
     assert (rfm["important_value"].r_high, rfm["important_value"].f_high, rfm["important_value"].m_high) == (
         True, True, True)
+    # the latest day's moves (the day before's mid → low is not one), and who stayed in each tier
     assert {(link["source"], link["target"], link["value"]) for link in d.flows["links"]} == {
-        ("之前·中价值", "之后·高价值", 2), ("之前·高价值", "之后·低价值", 1)}  # only the latest day
+        ("之前·中价值", "之后·高价值", 2), ("之前·高价值", "之后·低价值", 1),
+        ("之前·高价值", "之后·高价值", 1), ("之前·中价值", "之后·中价值", 4), ("之前·低价值", "之后·低价值", 4)}
+    assert d.flows["moved"] == 3
     assert d.flows["as_of"] == "2026-11-20"
     assert [(s["code"], s["count"]) for s in d.engagement] == [("active", 12)]
     page = signed_in(console, "alice", "viewer").get("/console/").get_data(as_text=True)

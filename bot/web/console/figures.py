@@ -91,23 +91,29 @@ def rfm_grid(session: Session) -> list[RfmCell]:
     return cells
 
 
-def tier_flows(session: Session, dimension: str = "value_tier") -> dict[str, Any]:
-    """Moves between value tiers recorded by the latest re-tier day (TierChange rows), as Sankey
-    nodes and links: "之前·X" → "之后·Y" so that a tier on both sides is two nodes (no cycle)."""
-    latest: date | None = session.scalar(select(func.max(TierChange.as_of)).where(TierChange.dimension == dimension))
+def tier_flows(session: Session) -> dict[str, Any]:
+    """Value-tier flows across the latest re-tier day, as Sankey nodes and links: the moves recorded
+    that day (TierChange rows) plus, per tier, the customers who stayed in it. "之前·X" → "之后·Y", so a
+    tier on both sides is two nodes (a Sankey has no cycles)."""
+    latest: date | None = session.scalar(select(func.max(TierChange.as_of))
+                                         .where(TierChange.dimension == "value_tier"))
     if latest is None:
         return {"as_of": None, "nodes": [], "links": [], "moved": 0}
-    query = (select(TierChange.from_value, TierChange.to_value, func.count())
-             .where(TierChange.dimension == dimension, TierChange.as_of == latest)
-             .group_by(TierChange.from_value, TierChange.to_value))
+    that_day = (TierChange.dimension == "value_tier", TierChange.as_of == latest)
+    moves = session.execute(select(TierChange.from_value, TierChange.to_value, func.count())
+                            .where(*that_day).group_by(TierChange.from_value, TierChange.to_value)).all()
+    moved_ids = select(TierChange.customer_id).where(*that_day)
+    stays = session.execute(select(CustomerTier.value_tier, CustomerTier.value_tier, func.count())
+                            .where(CustomerTier.value_tier.is_not(None), CustomerTier.customer_id.not_in(moved_ids))
+                            .group_by(CustomerTier.value_tier)).all()
     links, nodes = [], {}
-    for before, after, n in session.execute(query):
+    for before, after, n in [*stays, *moves]:
         source = "之前·" + (TIER_NAMES.get(before, before) if before else "新客户")
         target = "之后·" + (TIER_NAMES.get(after, after) if after else UNTIERED)
         nodes[source] = nodes[target] = True
         links.append({"source": source, "target": target, "value": int(n)})
     return {"as_of": latest.isoformat(), "nodes": [{"name": n} for n in nodes], "links": links,
-            "moved": sum(link["value"] for link in links)}
+            "moved": sum(int(n) for _, _, n in moves)}
 
 
 def latest_broadcasts(session: Session, now: datetime, report_days: int) -> list[dict[str, Any]]:
