@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 from sqlalchemy import select
 
 from bot.cli import main
-from bot.models import (
-    AuditEntry,
-    Broadcast,
-    Operator,
-)
+from bot.models import AuditEntry, Broadcast, CustomerTier, Operator, TierChange
 from tests.campaign_data import MORNING, seed_audience
 from tests.console_support import PASSWORD, add_user, csrf, seed_console, sign_in, signed_in
 
@@ -347,3 +343,25 @@ def test_the_report_page_charts_sent_against_held_out(seeded, console, db):
     page = client.get(response.headers["Location"]).get_data(as_text=True)
     assert 'data-chart="report"' in page and "对照组" in page
     assert client.get("/console/broadcasts/999").status_code == 404
+
+
+def test_tier_figures_are_reused_until_something_they_count_changes(seeded, db):
+    from bot.web.console.figures import FiguresCache, dashboard
+
+    cache = FiguresCache()
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14, cache).customers == 12
+    with db.begin() as s:  # a tier edited outside a re-tier: no key moves, so the cached figures stand
+        s.get(CustomerTier, seeded[0]).value_tier = "low"
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14, cache).value_tiers[0]["count"] == 3
+        fresh = dashboard(s, MORNING + cache.ttl, 14, cache)  # ... for at most the TTL
+    assert [(t["code"], t["count"]) for t in fresh.value_tiers] == [("high", 2), ("mid", 4), ("low", 6)]
+    seed_audience(db, {"high": 1}, start=100)  # a new customer moves the key
+    with db.sessions() as s:
+        assert dashboard(s, MORNING + cache.ttl, 14, cache).customers == 13
+    with db.begin() as s:  # so does a tier change
+        s.add(TierChange(customer_id=seeded[2], dimension="value_tier", from_value="high", to_value="mid",
+                         as_of=date(2026, 11, 22)))
+    with db.sessions() as s:
+        assert dashboard(s, MORNING + cache.ttl, 14, cache).flows["as_of"] == "2026-11-22"

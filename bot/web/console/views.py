@@ -48,7 +48,14 @@ from bot.models import AuditEntry, Broadcast, BroadcastRun, Customer, CustomerTi
 from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
 from bot.web.console import accounts
 from bot.web.console.customers import CustomerFilter, csv_chunks, customer_record, list_page
-from bot.web.console.figures import ACTIVITY_NAMES, ENGAGEMENT_NAMES, UNTIERED, dashboard, tier_label
+from bot.web.console.figures import (
+    ACTIVITY_NAMES,
+    ENGAGEMENT_NAMES,
+    UNTIERED,
+    FiguresCache,
+    dashboard,
+    tier_label,
+)
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, TierPolicy
 from segments.rfm import SEGMENT_NAMES
 
@@ -73,6 +80,7 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"
     app.session_interface = _SessionInterface()
+    app.extensions["scrm.console.figures"] = FiguresCache()
     app.register_blueprint(bp)
 
 
@@ -219,7 +227,8 @@ def logout() -> Response:
 @bp.get("/")
 def dashboard_page() -> str:
     with _db().sessions() as s:
-        figures = dashboard(s, _now(), _settings().broadcasts.report_days)
+        figures = dashboard(s, _now(), _settings().broadcasts.report_days,
+                            current_app.extensions["scrm.console.figures"])
     return render_template("console/dashboard.html", d=figures)
 
 
