@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from bot.cli import main
-from bot.models import AuditEntry, Broadcast, CustomerTier, Operator, TierChange
+from bot.models import AuditEntry, Broadcast, CustomerTier, InboxEvent, Operator, OutboxMessage, TierChange
 from tests.campaign_data import MORNING, seed_audience
 from tests.console_support import PASSWORD, add_user, csrf, seed_console, sign_in, signed_in
 
 PAGES = ["/console/", "/console/customers", "/console/broadcasts", "/console/broadcasts/new", "/console/audit",
-         "/console/broadcasts/count.json"]
+         "/console/broadcasts/count.json", "/console/system"]
 
 
 @pytest.fixture
@@ -140,7 +140,8 @@ def test_every_role_reads_every_page(seeded, console, role, path):
         assert "cdn" not in response.get_data(as_text=True).lower()
 
 
-POSTS = ["/console/broadcasts/new", "/console/broadcasts/1/cancel", "/console/logout", "/console/login"]
+POSTS = ["/console/broadcasts/new", "/console/broadcasts/1/cancel", "/console/logout", "/console/login",
+         "/console/system/inbox/1/retry"]
 
 
 @pytest.mark.parametrize("path", POSTS)
@@ -150,7 +151,8 @@ def test_a_post_without_the_csrf_token_is_refused(seeded, console, path):
     assert client.post(path, data={"csrf_token": "forged", "intent": "preview"}).status_code == 400
 
 
-@pytest.mark.parametrize("path", ["/console/broadcasts/new", "/console/broadcasts/1/cancel"])
+@pytest.mark.parametrize("path", ["/console/broadcasts/new", "/console/broadcasts/1/cancel",
+                                  "/console/system/inbox/1/retry"])
 def test_viewers_change_nothing(seeded, console, db, path):
     _schedule_one(console, db)
     viewer = signed_in(console, "vera", "viewer")
@@ -365,3 +367,34 @@ def test_tier_figures_are_reused_until_something_they_count_changes(seeded, db):
                          as_of=date(2026, 11, 22)))
     with db.sessions() as s:
         assert dashboard(s, MORNING + cache.ttl, 14, cache).flows["as_of"] == "2026-11-22"
+
+
+# ---------------------------------------------------------------- system
+
+
+def _inbox_event(db, status: str) -> int:
+    with db.begin() as s:
+        event = InboxEvent(dedupe_key=f"k-{status}", msg_type="event", event="change_external_contact",
+                           change_type="add_external_contact", payload="<xml/>", status=status, attempts=3,
+                           last_error="Traceback …\nRuntimeError: WeCom said 60011")
+        s.add(event)
+        s.flush()
+        return event.id
+
+
+def test_the_system_page_shows_what_needs_a_look_and_requeues_it(seeded, console, db):
+    failed, handled = _inbox_event(db, "dead"), _inbox_event(db, "handled")
+    with db.begin() as s:
+        s.add(OutboxMessage(dedupe_key="x1", channel="mass_message", customer_id=seeded[0], recipient="wm000000",
+                            trigger_kind="broadcast", trigger_ref="r", content={}, status="skipped",
+                            reason="opted out (退订)", scheduled_at=MORNING - timedelta(days=2)))
+    client = signed_in(console, "olga", "operator")
+    page = client.get("/console/system").get_data(as_text=True)
+    assert "RuntimeError: WeCom said 60011" in page and "opted out (退订)" in page and "nightly_retier" in page
+    assert client.post(f"/console/system/inbox/{failed}/retry", data={"csrf_token": csrf(client)}).status_code == 302
+    with db.sessions() as s:
+        assert s.get(InboxEvent, failed).status == "pending"
+        entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "inbox.retry"))
+    assert (entry.before["status"], entry.after["status"]) == ("dead", "pending")
+    assert client.post(f"/console/system/inbox/{handled}/retry", data={"csrf_token": csrf(client)}).status_code == 409
+    assert client.post("/console/system/inbox/999/retry", data={"csrf_token": csrf(client)}).status_code == 404

@@ -44,7 +44,7 @@ from bot.campaigns.broadcasts import (
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
 from bot.core.db import Database
-from bot.models import AuditEntry, Broadcast, BroadcastRun, Customer, CustomerTier, Operator
+from bot.models import AuditEntry, Broadcast, BroadcastRun, Customer, CustomerTier, InboxEvent, Operator
 from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
 from bot.web.console import accounts
 from bot.web.console.customers import CustomerFilter, csv_chunks, customer_record, list_page
@@ -56,6 +56,7 @@ from bot.web.console.figures import (
     dashboard,
     tier_label,
 )
+from bot.web.console.system import OUTBOX_DAYS, event_state, last_line, system_figures
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, TierPolicy
 from segments.rfm import SEGMENT_NAMES
 
@@ -436,3 +437,33 @@ def audit_page() -> str:
     entries = entries[:AUDIT_PAGE]
     return render_template("console/audit.html", entries=entries,
                            next_before=entries[-1].id if more and entries else None)
+
+
+# ---------------------------------------------------------------- system
+
+
+@bp.get("/system")
+def system_page() -> str:
+    with _db().sessions() as s:
+        figures = system_figures(s, _settings(), _db(), _now())
+        return render_template("console/system.html", f=figures, last_line=last_line,
+                               outbox_days=OUTBOX_DAYS)
+
+
+@bp.post("/system/inbox/<int:event_id>/retry")
+def inbox_retry(event_id: int) -> Response:
+    """Make a failed, dead or unhandled event due again; the inbox worker runs it."""
+    processor = current_app.extensions["scrm.processor"]
+    with _db().sessions() as s:
+        event = s.get(InboxEvent, event_id)
+        if event is None:
+            abort(404, "no such inbox event")
+        before = event_state(event)
+    try:
+        processor.retry(event_id)
+    except (LookupError, ValueError) as exc:
+        _refuse(409, str(exc))
+    with _db().begin() as s:
+        _audit(s, "inbox.retry", f"inbox_event:{event_id}", before, event_state(s.get(InboxEvent, event_id)))
+    flash(f"回调 #{event_id} 已重新排队，由 inbox worker 处理")
+    return redirect(url_for("console.system_page"))
