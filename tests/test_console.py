@@ -11,12 +11,23 @@ import pytest
 from sqlalchemy import select
 
 from bot.cli import main
-from bot.models import AuditEntry, Broadcast, CustomerTier, InboxEvent, Operator, OutboxMessage, TierChange
+from bot.models import (
+    AuditEntry,
+    Broadcast,
+    CustomerTag,
+    CustomerTier,
+    InboxEvent,
+    Operator,
+    OutboxMessage,
+    Tag,
+    TagGroup,
+    TierChange,
+)
 from tests.campaign_data import MORNING, seed_audience
 from tests.console_support import PASSWORD, add_user, csrf, seed_console, sign_in, signed_in
 
 PAGES = ["/console/", "/console/customers", "/console/broadcasts", "/console/broadcasts/new", "/console/audit",
-         "/console/broadcasts/count.json", "/console/system"]
+         "/console/broadcasts/count.json", "/console/system", "/console/tags"]
 
 
 @pytest.fixture
@@ -141,7 +152,7 @@ def test_every_role_reads_every_page(seeded, console, role, path):
 
 
 POSTS = ["/console/broadcasts/new", "/console/broadcasts/1/cancel", "/console/logout", "/console/login",
-         "/console/system/inbox/1/retry"]
+         "/console/system/inbox/1/retry", "/console/tags/merge"]
 
 
 @pytest.mark.parametrize("path", POSTS)
@@ -152,7 +163,7 @@ def test_a_post_without_the_csrf_token_is_refused(seeded, console, path):
 
 
 @pytest.mark.parametrize("path", ["/console/broadcasts/new", "/console/broadcasts/1/cancel",
-                                  "/console/system/inbox/1/retry"])
+                                  "/console/system/inbox/1/retry", "/console/tags/merge"])
 def test_viewers_change_nothing(seeded, console, db, path):
     _schedule_one(console, db)
     viewer = signed_in(console, "vera", "viewer")
@@ -398,3 +409,28 @@ def test_the_system_page_shows_what_needs_a_look_and_requeues_it(seeded, console
     assert (entry.before["status"], entry.after["status"]) == ("dead", "pending")
     assert client.post(f"/console/system/inbox/{handled}/retry", data={"csrf_token": csrf(client)}).status_code == 409
     assert client.post("/console/system/inbox/999/retry", data={"csrf_token": csrf(client)}).status_code == 404
+
+
+# ---------------------------------------------------------------- tags
+
+
+def test_the_tags_page_counts_usage_reports_near_duplicates_and_merges(seeded, console, db):
+    with db.begin() as s:
+        group = s.scalar(select(TagGroup).where(TagGroup.name == "客户等级"))
+        twin = Tag(group_id=group.id, name="VIP客户")
+        s.add(twin)
+        s.flush()
+        s.add(CustomerTag(customer_id=seeded[9], tag_id=twin.id, source="staff"))
+    client = signed_in(console, "olga", "operator")
+    page = client.get("/console/tags").get_data(as_text=True)
+    assert "VIP客户" in page and "客户等级/VIP客户" in page and "1 人" in page  # listed, and reported as a twin
+    merged = client.post("/console/tags/merge", data={"csrf_token": csrf(client), "source": "客户等级/VIP客户",
+                                                      "target": "客户等级/VIP"}, follow_redirects=True)
+    assert "已合并 客户等级/VIP客户 → 客户等级/VIP：1 位客户转入" in merged.get_data(as_text=True)
+    assert client.get("/console/customers", query_string={"tag": "VIP"}).get_data(as_text=True).count("wm0000") == 2
+    with db.sessions() as s:
+        entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "tags.merge"))
+    assert entry.actor == "olga" and entry.after["moved"] == 1
+    refused = client.post("/console/tags/merge", data={"csrf_token": csrf(client), "source": "客户等级/没有",
+                                                       "target": "客户等级/VIP"}, follow_redirects=True)
+    assert "未合并" in refused.get_data(as_text=True)

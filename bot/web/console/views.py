@@ -44,8 +44,21 @@ from bot.campaigns.broadcasts import (
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
 from bot.core.db import Database
-from bot.models import AuditEntry, Broadcast, BroadcastRun, Customer, CustomerTier, InboxEvent, Operator
+from bot.models import (
+    AuditEntry,
+    Broadcast,
+    BroadcastRun,
+    Customer,
+    CustomerTag,
+    CustomerTier,
+    InboxEvent,
+    Operator,
+    Tag,
+    TagGroup,
+)
 from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
+from bot.tagging.rules import TagRules
+from bot.tagging.system import check_tags, merge_tags
 from bot.web.console import accounts
 from bot.web.console.customers import CustomerFilter, csv_chunks, customer_record, list_page
 from bot.web.console.figures import (
@@ -467,3 +480,38 @@ def inbox_retry(event_id: int) -> Response:
         _audit(s, "inbox.retry", f"inbox_event:{event_id}", before, event_state(s.get(InboxEvent, event_id)))
     flash(f"回调 #{event_id} 已重新排队，由 inbox worker 处理")
     return redirect(url_for("console.system_page"))
+
+
+# ---------------------------------------------------------------- tags
+
+
+@bp.get("/tags")
+def tags_page() -> str:
+    usage = (select(CustomerTag.tag_id, func.count().label("n")).where(CustomerTag.removed_at.is_(None))
+             .group_by(CustomerTag.tag_id).subquery())
+    with _db().sessions() as s:
+        rows = s.execute(select(TagGroup.name, Tag.name, Tag.wecom_tag_id, func.coalesce(usage.c.n, 0))
+                         .join(Tag, Tag.group_id == TagGroup.id).outerjoin(usage, usage.c.tag_id == Tag.id)
+                         .where(Tag.deleted.is_(False), TagGroup.deleted.is_(False))
+                         .order_by(TagGroup.order, TagGroup.name, Tag.order, Tag.name)).all()
+        report = check_tags(s)
+    groups: dict[str, list[Any]] = {}
+    for group, name, wecom_id, used in rows:
+        groups.setdefault(group, []).append((name, wecom_id, used))
+    return render_template("console/tags.html", groups=groups, report=report)
+
+
+@bp.post("/tags/merge")
+def tags_merge() -> Response:
+    source, target = request.form.get("source", "").strip()[:130], request.form.get("target", "").strip()[:130]
+    try:
+        with _db().begin() as s:
+            result = merge_tags(s, TagRules.from_settings(_settings()), source, target, by=g.operator.name)
+            _audit(s, "tags.merge", f"tag:{source}", {"source": source, "target": target},
+                   {"alias_of": target, "moved": result.moved, "already_had": result.already_had})
+    except (LookupError, ValueError) as exc:  # RuleError is a ValueError
+        logger.info("console tag merge refused: %s", exc)
+        flash(f"未合并：{exc}")
+        return redirect(url_for("console.tags_page"))
+    flash(f"已合并 {source} → {target}：{result.moved} 位客户转入，{result.already_had} 位已有该标签")
+    return redirect(url_for("console.tags_page"))
