@@ -133,4 +133,7 @@ def test_an_operator_builds_previews_and_schedules_a_tiered_broadcast(app, serve
     page.click("nav a:has-text('操作日志')")
     assert "broadcast.create" in page.inner_text("main")
     page.screenshot(path=str(tmp_path / "console-audit.png"), full_page=True)
+    for name in ("tags", "system"):
+        page.click(f"nav a[href='/console/{name}']")
+        page.screenshot(path=str(tmp_path / f"console-{name}.png"), full_page=True)
     assert page.problems == []
