@@ -434,3 +434,36 @@ def test_the_tags_page_counts_usage_reports_near_duplicates_and_merges(seeded, c
     refused = client.post("/console/tags/merge", data={"csrf_token": csrf(client), "source": "客户等级/没有",
                                                        "target": "客户等级/VIP"}, follow_redirects=True)
     assert "未合并" in refused.get_data(as_text=True)
+
+
+def test_a_repeating_broadcast_with_segment_templates_and_a_coupon(seeded, console, db):
+    console.extensions["scrm.settings"] = _with_coupon(console.extensions["scrm.settings"])
+    client, response = _schedule_one(console, db, schedule="cron", cron="0 10 * * 1", send_at="",
+                                      tpl_important_value="{{ segment_name }}：{{ coupon.code }}", coupon="VIP10")
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    with db.sessions() as s:
+        b = s.scalar(select(Broadcast))
+    assert (b.cron, b.send_at, b.coupon) == ("0 10 * * 1", None, "VIP10")
+    assert b.templates["important_value"] == "{{ segment_name }}：{{ coupon.code }}"
+    assert b.next_run_at.astimezone(MORNING.tzinfo).strftime("%a %H:%M") == "Mon 10:00"
+    bad = client.post("/console/broadcasts/new", data={"csrf_token": csrf(client), "intent": "schedule",
+                                                       "name": "坏的", "tpl_default": "hi", "schedule": "cron",
+                                                       "cron": "every day"})
+    assert bad.status_code == 400 and "cron" in bad.get_data(as_text=True)
+
+
+def test_the_preview_of_a_repeating_broadcast_renders_the_segment_template(seeded, console, db):
+    client = signed_in(console, "olga", "operator")
+    page = client.post("/console/broadcasts/new", data={
+        "csrf_token": csrf(client), "intent": "preview", "name": "p", "value_tiers": ["high"], "schedule": "cron",
+        "cron": "0 10 * * 1", "tpl_default": "默认", "tpl_important_value": "{{ segment_name }}专享"}
+    ).get_data(as_text=True)
+    assert "重要价值专享" in page and "<details open>" in page
+
+
+def _with_coupon(settings):
+    from dataclasses import replace
+
+    coupons = replace(settings.coupons, definitions=[
+        *settings.coupons.definitions, {"code": "VIP10", "title": "会员券", "value": 10, "valid_days": 7}])
+    return replace(settings, coupons=coupons)

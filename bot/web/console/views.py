@@ -39,8 +39,10 @@ from bot.campaigns.broadcasts import (
     cancel_broadcast,
     create_broadcast,
     effect_report,
+    next_cron_time,
     preview,
 )
+from bot.campaigns.coupons import CouponBook
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
 from bot.core.db import Database
@@ -353,8 +355,13 @@ def _spec_from_form(form: Any) -> BroadcastSpec:
     holdout = form.get("holdout", "").strip()
     if holdout and not (holdout.isdigit() and len(holdout) <= 3):
         raise BroadcastError("hold-out must be a whole number of percent (0–50)")
-    return BroadcastSpec(form.get("name", "").strip(), audience, templates, _send_at(form.get("send_at", "")),
-                         None, int(holdout) if holdout else None, None)
+    repeat = form.get("schedule") == "cron"
+    cron = form.get("cron", "").strip()[:100] if repeat else ""
+    if repeat and not cron:
+        raise BroadcastError("give a cron expression (minute hour day month weekday), e.g. 0 10 * * 1")
+    return BroadcastSpec(form.get("name", "").strip(), audience, templates,
+                         None if repeat else _send_at(form.get("send_at", "")), cron or None,
+                         int(holdout) if holdout else None, form.get("coupon", "").strip()[:64] or None)
 
 
 def _send_at(text: str) -> datetime | None:
@@ -381,19 +388,25 @@ def broadcast_new() -> Any:
                 flash(f"已排期：群发 #{created_id}「{spec.name}」")
                 return redirect(url_for("console.broadcast_page", broadcast_id=created_id))
             with _db().sessions() as s:  # never committed: a preview writes nothing
-                result = preview(s, _settings(), spec, spec.send_at or _now())
+                at = spec.send_at or (next_cron_time(spec.cron, _settings(), _now()) if spec.cron else _now())
+                result = preview(s, _settings(), spec, at)
         except BroadcastError as exc:
             logger.info("console broadcast refused: %s", exc)
             error, status = str(exc), 400
     return render_template("console/broadcast_new.html", form=form, choices=_choices(), preview=result,
                            error=error, default_holdout=_settings().broadcasts.holdout_percent,
-                           tiers=value_tier_names(_settings())), status
+                           tiers=value_tier_names(_settings()), coupons=_coupon_choices()), status
+
+
+def _coupon_choices() -> list[tuple[str, str]]:
+    book = CouponBook.from_settings(_settings())
+    return [(code, f"{d.title}（{code}，{d.terms()}）") for code, d in sorted(book.definitions.items())]
 
 
 def _schedule(spec: BroadcastSpec) -> int:
-    if spec.send_at is None:
+    if spec.cron is None and spec.send_at is None:
         raise BroadcastError("choose a send time")
-    if spec.send_at <= _now():
+    if spec.send_at is not None and spec.send_at <= _now():
         raise BroadcastError("the send time has passed; choose a later one")
     with _db().begin() as s:
         created = create_broadcast(s, _settings(), spec, _now())
