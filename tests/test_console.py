@@ -467,3 +467,34 @@ def _with_coupon(settings):
     coupons = replace(settings.coupons, definitions=[
         *settings.coupons.definitions, {"code": "VIP10", "title": "会员券", "value": 10, "valid_days": 7}])
     return replace(settings, coupons=coupons)
+
+
+def test_a_session_ends_when_the_password_changes_and_the_cookie_holds_no_hash(console, db):
+    from werkzeug.security import generate_password_hash
+
+    client = signed_in(console, "alice", "operator")
+    with db.sessions() as s:
+        stored = s.scalar(select(Operator.password_hash).where(Operator.name == "alice"))
+    with client.session_transaction() as session:
+        assert len(session["pw"]) == 16 and session["pw"] not in stored
+    with db.begin() as s:
+        alice = s.scalar(select(Operator).where(Operator.name == "alice"))
+        alice.password_hash = generate_password_hash("another one!")
+    assert client.get("/console/").status_code == 302
+
+
+def test_the_live_count_on_tiers_alone_matches_the_joined_count(seeded, console, db):
+    """Tier-only filters are counted on the tier table; anything else joins customers. Both agree."""
+    seed_audience(db, {"high": 2}, start=200)
+    with db.begin() as s:  # two customers without a tier row
+        for row in s.scalars(select(CustomerTier).where(CustomerTier.customer_id > seeded[-1])):
+            s.delete(row)
+    client = signed_in(console, "alice", "viewer")
+    everyone = client.get("/console/broadcasts/count.json").get_json()
+    assert everyone["total"] == 14 and {"code": "", "label": "未分层", "count": 2} in everyone["per_tier"]
+    for query in ("value_tiers=high&stages=repeat", "rfm_segments=general_retain&engagement=active"):
+        fast = client.get(f"/console/broadcasts/count.json?{query}").get_json()
+        joined = client.get(f"/console/broadcasts/count.json?{query}&owner=zhangsan").get_json()
+        assert fast == joined and fast["total"] > 0
+    with_search = client.get("/console/broadcasts/count.json?value_tiers=mid&q=客户3").get_json()
+    assert with_search["total"] == 1

@@ -4,6 +4,7 @@ a signed-in operator on every page but sign-in (else to the sign-in page), and n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -31,7 +32,7 @@ from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.campaigns.audience import ALL_STAGES, AudienceError
+from bot.campaigns.audience import ALL_STAGES, Audience, AudienceError
 from bot.campaigns.broadcasts import (
     BroadcastError,
     BroadcastSpec,
@@ -155,9 +156,14 @@ def _signed_in() -> Operator | None:
         return None
     with _db().sessions() as s:
         operator = s.get(Operator, operator_id)
-    if operator is None or not operator.active or session.get("pw") != operator.password_hash[-16:]:
+    if operator is None or not operator.active or session.get("pw") != _password_mark(operator):
         return None  # deleted, disabled or its password changed since this session began
     return operator
+
+
+def _password_mark(operator: Operator) -> str:
+    """Changes when the password does; tells the cookie's reader nothing about the hash."""
+    return hashlib.sha256(operator.password_hash.encode("utf-8")).hexdigest()[:16]
 
 
 @bp.after_request
@@ -204,7 +210,7 @@ def login() -> Any:
         with _db().begin() as s:
             result = accounts.sign_in(s, name, password, _ip(), _now())
             if result.operator is not None:
-                operator_id, pw = result.operator.id, result.operator.password_hash[-16:]
+                operator_id, pw = result.operator.id, _password_mark(result.operator)
                 accounts.record(s, result.operator.name, "login", f"operator:{result.operator.name}", None, None,
                                 _ip(), at=_now())
         if result.operator is not None:
@@ -328,16 +334,36 @@ def audience_count() -> Response | tuple[Response, int]:
     wanted = CustomerFilter.from_args(request.args)
     with _db().sessions() as s:
         try:
+            audience = Audience.parse(dict(wanted.audience or {}), value_tier_names(_settings()))
             where = wanted.conditions(s, value_tier_names(_settings()), _settings().tz)
         except AudienceError as exc:
             return jsonify(error=str(exc)), 400
-        tier = func.coalesce(CustomerTier.value_tier, "")
-        rows = s.execute(select(tier, func.count()).select_from(Customer)
-                         .outerjoin(CustomerTier, CustomerTier.customer_id == Customer.id)
-                         .where(*where).group_by(tier)).all()
+        tiers_only = audience.only_tiers and not wanted.search and not wanted.opted_out
+        rows = _tier_counts(s, audience) if tiers_only else _joined_tier_counts(s, where)
     per_tier = [{"code": code, "label": tier_label(code, TIER_NAMES) if code else UNTIERED, "count": n}
                 for code, n in sorted(rows, key=lambda r: _tier_order(r[0]))]
     return jsonify(total=sum(r["count"] for r in per_tier), per_tier=per_tier)
+
+
+def _tier_counts(s: Session, audience: Audience) -> list[tuple[str, int]]:
+    """Tier filters only: one scan of the narrow tier table, no join (everyone at 1M: 1.7 s → see
+    docs/console.md); customers without a tier row are the rest of the customers, when they can match."""
+    tier = func.coalesce(CustomerTier.value_tier, "")
+    conditions = audience.tier_conditions()
+    counts = dict(s.execute(select(tier, func.count()).where(*conditions).group_by(tier)).all())
+    if not conditions:
+        total = s.scalar(select(func.count()).select_from(Customer)) or 0
+        untiered = total - sum(counts.values())
+        if untiered:
+            counts[""] = counts.get("", 0) + untiered
+    return list(counts.items())
+
+
+def _joined_tier_counts(s: Session, where: list[Any]) -> list[tuple[str, int]]:
+    tier = func.coalesce(CustomerTier.value_tier, "")
+    return [(code, n) for code, n in s.execute(
+        select(tier, func.count()).select_from(Customer)
+        .outerjoin(CustomerTier, CustomerTier.customer_id == Customer.id).where(*where).group_by(tier))]
 
 
 def _tier_order(code: str) -> int:
