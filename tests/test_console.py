@@ -498,3 +498,24 @@ def test_the_live_count_on_tiers_alone_matches_the_joined_count(seeded, console,
         assert fast == joined and fast["total"] > 0
     with_search = client.get("/console/broadcasts/count.json?value_tiers=mid&q=客户3").get_json()
     assert with_search["total"] == 1
+
+
+def test_outdated_figures_are_shown_while_new_ones_are_computed(seeded, console, db):
+    from bot.web.console.figures import FiguresCache, dashboard
+
+    cache = FiguresCache(sessions=db.sessions)
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14, cache).customers == 12  # the first view computes them
+    seed_audience(db, {"high": 1}, start=100)
+    with db.sessions() as s:
+        stale = dashboard(s, MORNING, 14, cache)
+    assert (stale.customers, stale.stale) == (12, True)
+    cache.wait()
+    with db.sessions() as s:
+        fresh = dashboard(s, MORNING, 14, cache)
+    assert (fresh.customers, fresh.stale) == (13, False)
+    client = signed_in(console, "alice", "viewer")
+    console.extensions["scrm.console.figures"]._value = stale  # as a page shows them
+    console.extensions["scrm.console.figures"]._key = None
+    assert "分层数据更新中" in client.get("/console/").get_data(as_text=True)
+    console.extensions["scrm.console.figures"].wait()

@@ -97,7 +97,7 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
     app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"
     app.session_interface = _SessionInterface()
-    app.extensions["scrm.console.figures"] = FiguresCache()
+    app.extensions["scrm.console.figures"] = FiguresCache(sessions=app.extensions["scrm.db"].sessions)
     app.register_blueprint(bp)
 
 
