@@ -16,6 +16,7 @@ from bot.models import (
     Broadcast,
     CustomerTag,
     CustomerTier,
+    Follow,
     InboxEvent,
     Operator,
     OutboxMessage,
@@ -519,3 +520,29 @@ def test_outdated_figures_are_shown_while_new_ones_are_computed(seeded, console,
     console.extensions["scrm.console.figures"]._key = None
     assert "分层数据更新中" in client.get("/console/").get_data(as_text=True)
     console.extensions["scrm.console.figures"].wait()
+
+
+def test_daily_new_customers_by_channel_and_messages_by_outcome(seeded, console, db):
+    from bot.web.console.figures import dashboard
+
+    with db.begin() as s:
+        follows = s.scalars(select(Follow).order_by(Follow.id)).all()
+        follows[0].state, follows[1].state = "live_0618", "live_0618"
+        follows[2].added_at = MORNING - timedelta(days=40)  # before the 30 days
+        s.add_all([OutboxMessage(dedupe_key=f"m{n}", channel="mass_message", customer_id=seeded[n],
+                                 recipient="x", trigger_kind="broadcast", trigger_ref="r", content={},
+                                 status=status, reason=reason, scheduled_at=at)
+                   for n, (status, reason, at) in enumerate([
+                       ("sent", None, MORNING), ("confirmed", None, MORNING - timedelta(days=1)),
+                       ("skipped", "opted out (退订)", MORNING), ("pending", None, MORNING)])])
+    with db.sessions() as s:
+        d = dashboard(s, MORNING, 14)
+    channels = {series["name"]: series["data"] for series in d.new_by_channel["series"]}
+    assert d.new_by_channel["days"][-1] == "11-24" and len(d.new_by_channel["days"]) == 30
+    assert channels["live_0618"][-1] == 2 and channels["（无渠道）"][-1] == sum(channels["（无渠道）"]) == 9
+    outcomes = {series["name"]: series["data"] for series in d.messages_by_outcome["series"]}
+    assert outcomes["已发送"][-2:] == [1, 1] and outcomes["跳过：opted out (退订)"][-1] == 1
+    assert len(outcomes) == 2  # pending is not an outcome yet
+    console.extensions["scrm.clock"] = lambda: MORNING + timedelta(hours=1)
+    page = signed_in(console, "alice", "viewer").get("/console/").get_data(as_text=True)
+    assert 'id="chart-new"' in page and 'id="chart-messages"' in page

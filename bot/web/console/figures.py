@@ -7,14 +7,24 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from bot.campaigns.broadcasts import effect_report
-from bot.models import Broadcast, Customer, CustomerAggregate, CustomerTier, TierChange, TierRun
+from bot.models import (
+    Broadcast,
+    Customer,
+    CustomerAggregate,
+    CustomerTier,
+    Follow,
+    OutboxMessage,
+    TierChange,
+    TierRun,
+)
 from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
 from segments.rfm import SEGMENT_NAMES, SEGMENTS
 
@@ -23,6 +33,8 @@ ENGAGEMENT_NAMES = {"active": "活跃", "silent": "沉默", "churned": "流失"}
 ACTIVITY_NAMES = {"high": "高活跃", "mid": "中活跃", "low": "低活跃"}
 UNTIERED = "未分层"
 LATEST_BROADCASTS = 5
+DAILY_DAYS = 30
+SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 @dataclass
@@ -46,6 +58,8 @@ class Dashboard:
     engagement: list[dict[str, Any]] = field(default_factory=list)
     flows: dict[str, Any] = field(default_factory=dict)
     broadcasts: list[dict[str, Any]] = field(default_factory=list)
+    new_by_channel: dict[str, Any] = field(default_factory=dict)
+    messages_by_outcome: dict[str, Any] = field(default_factory=dict)
     stale: bool = False  # outdated figures shown while newer ones are computed
 
 
@@ -71,7 +85,7 @@ class FiguresCache:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _refresh: threading.Thread | None = None
 
-    def tier_figures(self, session: Session, now: datetime) -> Dashboard:
+    def tier_figures(self, session: Session, now: datetime, tz: ZoneInfo) -> Dashboard:
         key = tuple(session.execute(select(
             select(func.max(TierRun.id)).scalar_subquery(), select(func.max(TierChange.id)).scalar_subquery(),
             select(func.max(Customer.id)).scalar_subquery())).one())
@@ -81,11 +95,11 @@ class FiguresCache:
                 return self._value  # type: ignore[return-value]
             if self._value is not None and self.sessions is not None:
                 if self._refresh is None or not self._refresh.is_alive():
-                    self._refresh = threading.Thread(target=self._recompute, args=(key, now), daemon=True,
+                    self._refresh = threading.Thread(target=self._recompute, args=(key, now, tz), daemon=True,
                                                      name="console-figures")
                     self._refresh.start()
                 return replace(self._value, stale=True)
-        value = tier_figures(session)
+        value = tier_figures(session, now, tz)
         self._store(key, now, value)
         return value
 
@@ -94,11 +108,11 @@ class FiguresCache:
         if self._refresh is not None:
             self._refresh.join(timeout)
 
-    def _recompute(self, key: tuple[Any, ...], now: datetime) -> None:
+    def _recompute(self, key: tuple[Any, ...], now: datetime, tz: ZoneInfo) -> None:
         assert self.sessions is not None
         try:
             with self.sessions() as session:
-                self._store(key, now, tier_figures(session))
+                self._store(key, now, tier_figures(session, now, tz))
         except Exception:  # noqa: BLE001 - the next view tries again; the stale figures stay shown
             logger.exception("console: recomputing the dashboard's tier figures failed")
 
@@ -107,15 +121,17 @@ class FiguresCache:
             self._key, self._at, self._value = key, now, value
 
 
-def dashboard(session: Session, now: datetime, report_days: int, cache: FiguresCache | None = None) -> Dashboard:
-    """The tier figures (from ``cache`` when given) and the latest broadcasts' effect (always fresh)."""
-    figures = cache.tier_figures(session, now) if cache is not None else tier_figures(session)
+def dashboard(session: Session, now: datetime, report_days: int, cache: FiguresCache | None = None,
+              tz: ZoneInfo = SHANGHAI) -> Dashboard:
+    """The tier and daily figures (from ``cache`` when given) and the latest broadcasts' effect (fresh)."""
+    figures = cache.tier_figures(session, now, tz) if cache is not None else tier_figures(session, now, tz)
     return replace(figures, broadcasts=latest_broadcasts(session, now, report_days))
 
 
-def tier_figures(session: Session) -> Dashboard:
+def tier_figures(session: Session, now: datetime, tz: ZoneInfo) -> Dashboard:
     """Every tier figure from one scan of the tier table (grouped by all four dimensions at once; the
-    groups are few) and the moves of the latest re-tier day."""
+    groups are few), the moves of the latest re-tier day, and the last days' new customers by channel
+    and messages by outcome."""
     result = Dashboard(customers=session.scalar(select(func.count()).select_from(Customer)) or 0)
     groups = session.execute(
         select(CustomerTier.value_tier, CustomerTier.rfm_segment, CustomerTier.stage, CustomerTier.engagement,
@@ -130,7 +146,57 @@ def tier_figures(session: Session) -> Dashboard:
     result.engagement = _counts(_sum_by(groups, 3), ENGAGEMENT_NAMES, result.customers)
     result.rfm = rfm_grid(groups)
     result.flows = tier_flows(session, per_tier)
+    bounds = day_bounds(now, tz, DAILY_DAYS)
+    result.new_by_channel = new_customers_by_channel(session, bounds)
+    result.messages_by_outcome = messages_by_outcome(session, bounds)
     return result
+
+
+def day_bounds(now: datetime, tz: ZoneInfo, days: int) -> list[datetime]:
+    """Local midnights from ``days`` − 1 days ago to tomorrow: ``days`` + 1 bounds of ``days`` days."""
+    today = now.astimezone(tz).date()
+    return [datetime.combine(today - timedelta(days=days - 1 - i), time(0), tzinfo=tz) for i in range(days + 1)]
+
+
+def _day_of(column: Any, bounds: list[datetime]) -> Any:
+    """The index of the local day a moment falls on — a CASE over the day bounds, the same on SQLite and
+    PostgreSQL and right in any time zone (no date functions of either database)."""
+    return case(*[(column < bounds[i + 1], i) for i in range(len(bounds) - 1)], else_=None)
+
+
+def _series(rows: list[tuple[int, str, int]], bounds: list[datetime], top: int) -> dict[str, Any]:
+    """{"days": ["11-20", …], "series": [{"name", "data": [per day]}]}; beyond ``top`` names, "其他"."""
+    totals: dict[str, int] = {}
+    for _, name, n in rows:
+        totals[name] = totals.get(name, 0) + n
+    kept = sorted(totals, key=lambda k: -totals[k])[:top]
+    data = {name: [0] * (len(bounds) - 1) for name in [*kept, "其他"]}
+    for day, name, n in rows:
+        data[name if name in kept else "其他"][day] += n
+    return {"days": [b.strftime("%m-%d") for b in bounds[:-1]],
+            "series": [{"name": k, "data": v} for k, v in data.items() if any(v)]}
+
+
+def new_customers_by_channel(session: Session, bounds: list[datetime]) -> dict[str, Any]:
+    day = _day_of(Follow.added_at, bounds)
+    channel = func.coalesce(Follow.state, "")
+    rows = session.execute(select(day, channel, func.count())
+                           .where(Follow.added_at >= bounds[0], Follow.added_at < bounds[-1])
+                           .group_by(day, channel)).all()
+    return _series([(d, c or "（无渠道）", int(n)) for d, c, n in rows], bounds, top=6)
+
+
+def messages_by_outcome(session: Session, bounds: list[datetime]) -> dict[str, Any]:
+    """Messages due each day: sent (sent or confirmed) or skipped / failed with the reason."""
+    day = _day_of(OutboxMessage.scheduled_at, bounds)
+    rows = session.execute(select(day, OutboxMessage.status, OutboxMessage.reason, func.count())
+                           .where(OutboxMessage.status.in_(("sent", "confirmed", "skipped", "failed")),
+                                  OutboxMessage.scheduled_at >= bounds[0], OutboxMessage.scheduled_at < bounds[-1])
+                           .group_by(day, OutboxMessage.status, OutboxMessage.reason)).all()
+    named = [(d, "已发送" if status in ("sent", "confirmed") else
+              f"{'跳过' if status == 'skipped' else '失败'}：{(reason or '-')[:40]}", int(n))
+             for d, status, reason, n in rows]
+    return _series(named, bounds, top=6)
 
 
 def _sum_by(groups: list[Any], index: int) -> dict[str | None, int]:

@@ -250,7 +250,7 @@ def logout() -> Response:
 def dashboard_page() -> str:
     with _db().sessions() as s:
         figures = dashboard(s, _now(), _settings().broadcasts.report_days,
-                            current_app.extensions["scrm.console.figures"])
+                            current_app.extensions["scrm.console.figures"], _settings().tz)
     return render_template("console/dashboard.html", d=figures)
 
 

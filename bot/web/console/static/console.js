@@ -26,6 +26,14 @@
                   data: rows.map(function (r) { return {name: r.label, value: r.count}; })}]
       };
     },
+    stacked: function (d) {
+      return {
+        color: COLORS, tooltip: {trigger: "axis"}, legend: {bottom: 0, type: "scroll"},
+        grid: {left: 40, right: 16, top: 16, bottom: 56},
+        xAxis: {type: "category", data: d.days}, yAxis: {type: "value", minInterval: 1},
+        series: d.series.map(function (s) { return {name: s.name, type: "bar", stack: "all", data: s.data}; })
+      };
+    },
     sankey: function (flows) {
       return {
         color: COLORS, tooltip: {trigger: "item"},
