@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from bot.campaigns.broadcasts import dispatch_due, run_ref
-from bot.models import Broadcast, Order, OutboxMessage
+from bot.models import Broadcast, Follow, Order, OutboxMessage
 from bot.web.serving import BackgroundServer
 from tests.campaign_data import MORNING
 from tests.console_support import PASSWORD, add_user, seed_console
@@ -35,6 +35,8 @@ pytestmark = pytest.mark.skipif(
 def served(app: Any) -> Iterator[str]:
     app.extensions["scrm.clock"] = lambda: MORNING - timedelta(days=1)
     seed_console(app.extensions["scrm.db"])
+    with app.extensions["scrm.db"].begin() as s:  # added two days ago: the daily chart shows them
+        s.execute(update(Follow).values(added_at=MORNING - timedelta(days=2)))
     add_user(app.extensions["scrm.db"], "olga", "operator")
     with BackgroundServer(app) as server:
         yield server.url
@@ -67,7 +69,9 @@ def test_an_operator_builds_previews_and_schedules_a_tiered_broadcast(app, serve
     page.click("button:has-text('登录')")
     page.wait_for_url(f"{served}/console/")
 
-    for chart in ("#chart-value", "#chart-stage", "#chart-engagement", "#chart-flows"):
+    charts = [f"#{el.get_attribute('id')}" for el in page.query_selector_all("[data-chart]")]
+    assert {"#chart-value", "#chart-stage", "#chart-engagement", "#chart-flows", "#chart-new"} <= set(charts)
+    for chart in charts:
         page.wait_for_selector(f"{chart}[data-rendered] canvas")
     assert "重要价值" in page.inner_text(".rfm")
     page.screenshot(path=str(tmp_path / "console-dashboard.png"), full_page=True)
