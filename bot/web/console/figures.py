@@ -178,21 +178,23 @@ def _series(rows: list[tuple[int, str, int]], bounds: list[datetime], top: int) 
 
 
 def new_customers_by_channel(session: Session, bounds: list[datetime]) -> dict[str, Any]:
-    day = _day_of(Follow.added_at, bounds)
-    channel = func.coalesce(Follow.state, "")
-    rows = session.execute(select(day, channel, func.count())
-                           .where(Follow.added_at >= bounds[0], Follow.added_at < bounds[-1])
-                           .group_by(day, channel)).all()
+    # Grouped over a subquery's columns: PostgreSQL does not match a GROUP BY expression whose bound
+    # parameters (the day bounds) are other parameters than the SELECT's.
+    each = (select(_day_of(Follow.added_at, bounds).label("day"), Follow.state.label("channel"))
+            .where(Follow.added_at >= bounds[0], Follow.added_at < bounds[-1]).subquery())
+    rows = session.execute(select(each.c.day, each.c.channel, func.count())
+                           .group_by(each.c.day, each.c.channel)).all()
     return _series([(d, c or "（无渠道）", int(n)) for d, c, n in rows], bounds, top=6)
 
 
 def messages_by_outcome(session: Session, bounds: list[datetime]) -> dict[str, Any]:
     """Messages due each day: sent (sent or confirmed) or skipped / failed with the reason."""
-    day = _day_of(OutboxMessage.scheduled_at, bounds)
-    rows = session.execute(select(day, OutboxMessage.status, OutboxMessage.reason, func.count())
-                           .where(OutboxMessage.status.in_(("sent", "confirmed", "skipped", "failed")),
-                                  OutboxMessage.scheduled_at >= bounds[0], OutboxMessage.scheduled_at < bounds[-1])
-                           .group_by(day, OutboxMessage.status, OutboxMessage.reason)).all()
+    each = (select(_day_of(OutboxMessage.scheduled_at, bounds).label("day"), OutboxMessage.status,
+                   OutboxMessage.reason)
+            .where(OutboxMessage.status.in_(("sent", "confirmed", "skipped", "failed")),
+                   OutboxMessage.scheduled_at >= bounds[0], OutboxMessage.scheduled_at < bounds[-1]).subquery())
+    rows = session.execute(select(each.c.day, each.c.status, each.c.reason, func.count())
+                           .group_by(each.c.day, each.c.status, each.c.reason)).all()
     named = [(d, "已发送" if status in ("sent", "confirmed") else
               f"{'跳过' if status == 'skipped' else '失败'}：{(reason or '-')[:40]}", int(n))
              for d, status, reason, n in rows]

@@ -348,9 +348,11 @@ def audience_count() -> Response | tuple[Response, int]:
 def _tier_counts(s: Session, audience: Audience) -> list[tuple[str, int]]:
     """Tier filters only: one scan of the narrow tier table, no join (everyone at 1M: 1.7 s → see
     docs/console.md); customers without a tier row are the rest of the customers, when they can match."""
-    tier = func.coalesce(CustomerTier.value_tier, "")
     conditions = audience.tier_conditions()
-    counts = dict(s.execute(select(tier, func.count()).where(*conditions).group_by(tier)).all())
+    counts: dict[str, int] = {}
+    for code, n in s.execute(select(CustomerTier.value_tier, func.count()).where(*conditions)
+                             .group_by(CustomerTier.value_tier)):
+        counts[code or ""] = counts.get(code or "", 0) + n
     if not conditions:
         total = s.scalar(select(func.count()).select_from(Customer)) or 0
         untiered = total - sum(counts.values())
@@ -360,10 +362,12 @@ def _tier_counts(s: Session, audience: Audience) -> list[tuple[str, int]]:
 
 
 def _joined_tier_counts(s: Session, where: list[Any]) -> list[tuple[str, int]]:
-    tier = func.coalesce(CustomerTier.value_tier, "")
-    return [(code, n) for code, n in s.execute(
-        select(tier, func.count()).select_from(Customer)
-        .outerjoin(CustomerTier, CustomerTier.customer_id == Customer.id).where(*where).group_by(tier))]
+    counts: dict[str, int] = {}
+    for code, n in s.execute(select(CustomerTier.value_tier, func.count()).select_from(Customer)
+                             .outerjoin(CustomerTier, CustomerTier.customer_id == Customer.id).where(*where)
+                             .group_by(CustomerTier.value_tier)):
+        counts[code or ""] = counts.get(code or "", 0) + n
+    return list(counts.items())
 
 
 def _tier_order(code: str) -> int:
