@@ -34,6 +34,8 @@ ACTIVITY_NAMES = {"high": "高活跃", "mid": "中活跃", "low": "低活跃"}
 UNTIERED = "未分层"
 LATEST_BROADCASTS = 5
 DAILY_DAYS = 30
+TIER_COLORS = {"high": "#2f6fed", "mid": "#36b37e", "low": "#ffab00"}  # a tier has one colour on both sides
+OTHER_COLOR = "#8993a4"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
@@ -258,10 +260,10 @@ def tier_flows(session: Session, per_tier: dict[str | None, int]) -> dict[str, A
     for before, after, n in [*stays, *moves]:
         source = "之前·" + (TIER_NAMES.get(before, before) if before else "新客户")
         target = "之后·" + (TIER_NAMES.get(after, after) if after else UNTIERED)
-        nodes[source] = nodes[target] = True
+        nodes[source], nodes[target] = TIER_COLORS.get(before, OTHER_COLOR), TIER_COLORS.get(after, OTHER_COLOR)
         links.append({"source": source, "target": target, "value": n})
-    return {"as_of": latest.isoformat(), "nodes": [{"name": n} for n in nodes], "links": links,
-            "moved": sum(n for _, _, n in moves)}
+    return {"as_of": latest.isoformat(), "links": links, "moved": sum(n for _, _, n in moves),
+            "nodes": [{"name": name, "itemStyle": {"color": color}} for name, color in nodes.items()]}
 
 
 def latest_broadcasts(session: Session, now: datetime, report_days: int) -> list[dict[str, Any]]:
