@@ -4,12 +4,13 @@ CSV writer every file the product writes goes through, which keeps cells from ru
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import IO, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.models import Customer, CustomerAggregate, CustomerPrediction, CustomerTag, Tag
 
@@ -44,24 +45,26 @@ class SafeCsvWriter:
             self.writerow(row)
 
 
-def export_customers(session: Session, out: IO[str]) -> int:
+def export_customers(session: Session, out: IO[str], where: Sequence[ColumnElement[bool]] = ()) -> int:
+    """Every customer matching ``where`` (conditions on ``customers``), written as CSV page by page."""
     writer = SafeCsvWriter(out)
     writer.writerow(COLUMNS)
     written = 0
-    for rows in _pages(session):
+    for rows in customer_pages(session, where):
         writer.writerows(rows)
         written += len(rows)
     return written
 
 
-def _pages(session: Session) -> Iterator[list[list[object]]]:
+def customer_pages(session: Session, where: Sequence[ColumnElement[bool]] = ()) -> Iterator[list[list[object]]]:
+    """The export's rows, a page at a time in id order (keyset: each page starts after the last id)."""
     last_id = 0
     while True:
         page = session.execute(
             select(Customer, CustomerAggregate, CustomerPrediction)
             .outerjoin(CustomerAggregate, CustomerAggregate.customer_id == Customer.id)
             .outerjoin(CustomerPrediction, CustomerPrediction.customer_id == Customer.id)
-            .where(Customer.id > last_id).order_by(Customer.id).limit(PAGE)).all()
+            .where(Customer.id > last_id, *where).order_by(Customer.id).limit(PAGE)).all()
         if not page:
             return
         ids = [c.id for c, _, _ in page]

@@ -167,6 +167,7 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     # `scrm demo` points at the staff sidebar, signed in through the sandbox's OAuth2 page
     assert re.search(r"staff sidebar \(聊天工具栏\) — open in a browser, sign in as \S+ on the sandbox's page:\n"
                      r"  http://127\.0\.0\.1:\d+/sidebar/\?sandbox_contact=\S+", out)
+    assert re.search(r"^operator console http://127\.0\.0\.1:\d+/console/ — sign in as demo / \S{16}$", out, re.M)
     effect = re.search(r"effect report\s+simulated: .*: (\d+) orders posted to /api/v1/orders → ordered within 14 "
                        r"days: sent (\d+) of (\d+) \([\d.]+%\), held out (\d+) of (\d+) \([\d.]+%\); lift "
                        r"(\S+ pts \(95% CI \S+ … \S+\))", out)
@@ -226,6 +227,10 @@ def test_inbox_status_choices_are_the_models():
     from segments.imports import ENCODINGS as IMPORT_ENCODINGS
 
     assert STATUSES == INBOX_STATUSES and ENCODINGS == IMPORT_ENCODINGS
+    from bot.cli.users import OPERATOR_ROLES
+    from bot.models import OPERATOR_ROLES as MODEL_ROLES
+
+    assert OPERATOR_ROLES == MODEL_ROLES
     from bot.cli import predict as cli_predict
     from segments import predict
 

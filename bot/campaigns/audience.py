@@ -45,6 +45,9 @@ LIST_KEYS = ("value_tiers", "rfm_segments", "stages", "engagement", "activity", 
              "tags_all", "tags_none", "owners")
 FEN_KEYS = {"min_amount_fen": "min_amount", "predicted_value_above_fen": "predicted_value_above"}
 ALL_STAGES = tuple(dict.fromkeys(s for path in STAGE_PATHS.values() for s in path))
+TIER_COLUMNS = {"value_tiers": CustomerTier.value_tier, "rfm_segments": CustomerTier.rfm_segment,
+                "stages": CustomerTier.stage, "engagement": CustomerTier.engagement,
+                "activity": CustomerTier.activity}
 
 
 @dataclass(frozen=True)
@@ -140,13 +143,19 @@ class Audience:
 
     # ------------------------------------------------------------ SQL
 
+    def tier_conditions(self) -> list[ColumnElement[bool]]:
+        """The conditions on ``customer_tiers`` alone (the tier keys)."""
+        return [column.in_(getattr(self, key)) for key, column in TIER_COLUMNS.items() if getattr(self, key)]
+
+    @property
+    def only_tiers(self) -> bool:
+        """True when no key but the tier keys is set: the audience can be counted on ``customer_tiers``."""
+        return all(getattr(self, f.name) in ((), None) for f in fields(self) if f.name not in TIER_COLUMNS)
+
     def conditions(self, session: Session, tz: ZoneInfo) -> list[ColumnElement[bool]]:
         """WHERE conditions on ``customers`` (tag names are looked up here; unknown ones fail)."""
         where: list[ColumnElement[bool]] = []
-        tiers = [column.in_(getattr(self, key)) for key, column in (
-            ("value_tiers", CustomerTier.value_tier), ("rfm_segments", CustomerTier.rfm_segment),
-            ("stages", CustomerTier.stage), ("engagement", CustomerTier.engagement),
-            ("activity", CustomerTier.activity)) if getattr(self, key)]
+        tiers = self.tier_conditions()
         if tiers:  # through the tier indexes, not a lookup per customer
             where.append(Customer.id.in_(select(CustomerTier.customer_id).where(*tiers).correlate(None)))
         if self.owners:

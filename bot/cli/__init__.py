@@ -13,6 +13,7 @@ from bot.cli.service import config_group, holidays_cmd, init, jobs_cmd, sandbox,
 from bot.cli.sync import sync_group, tags_group
 from bot.cli.tiers import customer_group, export_group, import_customers_cmd, import_orders_cmd, retier_cmd
 from bot.cli.tokens import token_group
+from bot.cli.users import user_group
 
 # Long-running commands log at INFO like the web app; the others print their result and log only
 # warnings (on stderr), unless --verbose or app.log_level says otherwise.
@@ -48,6 +49,7 @@ main.add_command(predict_group)
 main.add_command(customer_group)
 main.add_command(export_group)
 main.add_command(token_group)
+main.add_command(user_group)
 main.add_command(sync_group)
 main.add_command(tags_group)
 main.add_command(scheduler_cmd)

@@ -63,10 +63,13 @@ def demo(cli: CliContext, customers: int, events: int, retry_share: float, datab
         if link:
             click.echo(f"\nstaff sidebar (聊天工具栏) — open in a browser, sign in as {link[1]} on the sandbox's page:"
                        f"\n  {link[0]}")
+        name, password = demo_run.add_console_operator(run)
+        console = f"operator console {run.bot.url}/console/ — sign in as {name} / {password}"
+        click.echo(f"\n{console}")
         if no_serve:
             return
         click.echo(f"\nserving — webhook {run.bot.url}/wecom/callback · health {run.bot.url}/healthz · "
-                   f"sandbox control {run.sandbox.url}/_sandbox/state\nCtrl-C to stop.")
+                   f"sandbox control {run.sandbox.url}/_sandbox/state\n{console}\nCtrl-C to stop.")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

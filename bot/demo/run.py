@@ -102,6 +102,19 @@ def start(database_url: str) -> tuple[DemoRun, SandboxState]:
     return DemoRun(bot=bot, sandbox=sandbox, app=app), state
 
 
+DEMO_OPERATOR = "demo"
+
+
+def add_console_operator(run: DemoRun) -> tuple[str, str]:
+    """An operator for the console with a fresh random password (the demo database is new each run)."""
+    from bot.web.console.accounts import add_operator
+
+    password = secrets.token_urlsafe(12)
+    with run.app.extensions["scrm.db"].begin() as session:
+        add_operator(session, DEMO_OPERATOR, "operator", password, actor="scrm demo")
+    return DEMO_OPERATOR, password
+
+
 def seed(run: DemoRun, customers: int, progress: bool) -> tuple[demo_data.DemoData, dict[str, int]]:
     data = demo_data.generate(customers)
     with run.app.extensions["scrm.db"].begin() as session:

@@ -18,8 +18,10 @@ def init_db(app: Flask, settings: Settings, upgrade: bool = True) -> Database:
 
 def init_app(app: Flask) -> None:
     from bot.web import api
+    from bot.web.console import views as console
 
     api.init_app(app)
+    console.init_app(app)
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]

@@ -1,0 +1,57 @@
+"""``scrm user add | list``: operator accounts for the console (password hashes only)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from bot.cli.context import CliContext, pass_cli, render_table
+from bot.cli.times import local_time, zoned
+
+# bot.models.OPERATOR_ROLES, spelled out so that `scrm --help` needs no SQLAlchemy (a test keeps them equal)
+OPERATOR_ROLES = ("admin", "operator", "viewer")
+
+
+@click.group("user", help="Operator accounts for the web console.")
+def user_group() -> None:
+    pass
+
+
+@user_group.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(OPERATOR_ROLES), required=True,
+              help="admin: everything; operator: broadcasts and customers, not users; viewer: reads only.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin (scripts).")
+@pass_cli
+def add_user(cli: CliContext, name: str, role: str, password_stdin: bool) -> None:
+    """Create an operator; the password is prompted for (twice) unless --password-stdin."""
+    from bot.web.console.accounts import AccountError, add_operator
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        with cli.db().begin() as session:
+            add_operator(session, name, role, password, actor="cli")
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"operator {name.strip()!r} ({role}) created")
+
+
+@user_group.command("list")
+@pass_cli
+def list_users(cli: CliContext) -> None:
+    """One line per operator: name, role, created, last sign-in."""
+    from sqlalchemy import select
+
+    from bot.models import Operator
+
+    tz = cli.settings().tz
+    with cli.db().sessions() as session:
+        rows = [[o.name, o.role, local_time(o.created_at, tz, zone=False), local_time(o.last_login_at, tz, zone=False),
+                 "active" if o.active else "disabled"]
+                for o in session.scalars(select(Operator).order_by(Operator.id))]
+    click.echo(render_table(["name", "role", zoned("created", tz), zoned("last sign-in", tz), "state"], rows)
+               if rows else "no operators")

@@ -1,0 +1,92 @@
+"""Operator accounts, sign-in throttling and the audit log — plain functions over a session.
+
+Passwords are hashed with werkzeug.security (scrypt, salted); the throttle counts failed sign-ins per
+name and address over a window, so guessing one account from one place stops after a few tries
+while the operator can still sign in from elsewhere."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from bot.models import OPERATOR_ROLES, AuditEntry, LoginFailure, Operator
+
+MAX_FAILURES = 5
+FAILURE_WINDOW = timedelta(minutes=15)
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 256
+NAME_LENGTH = (1, 64)
+# Checked when the name is unknown, so a wrong name costs as long as a wrong password.
+_DUMMY_HASH = generate_password_hash("not-a-password-" + "x" * 16)
+
+
+class AccountError(ValueError):
+    """An account cannot be created or changed as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class SignIn:
+    operator: Operator | None
+    throttled: bool = False
+
+
+def check_new_password(password: str) -> None:
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise AccountError(f"the password needs {MIN_PASSWORD_LENGTH}–{MAX_PASSWORD_LENGTH} characters")
+
+
+def add_operator(session: Session, name: str, role: str, password: str, actor: str, ip: str | None = None
+                 ) -> Operator:
+    name = name.strip()
+    if not NAME_LENGTH[0] <= len(name) <= NAME_LENGTH[1] or not name.isprintable():
+        raise AccountError("the name needs 1–64 printable characters")
+    if role not in OPERATOR_ROLES:
+        raise AccountError(f"role must be one of {list(OPERATOR_ROLES)}")
+    check_new_password(password)
+    if session.scalar(select(Operator.id).where(Operator.name == name)) is not None:
+        raise AccountError(f"an operator named {name!r} exists already")
+    operator = Operator(name=name, role=role, password_hash=generate_password_hash(password), active=True)
+    session.add(operator)
+    session.flush()
+    record(session, actor, "user.add", f"operator:{name}", None, {"name": name, "role": role}, ip)
+    return operator
+
+
+def sign_in(session: Session, name: str, password: str, ip: str, now: datetime) -> SignIn:
+    """The operator if name and password match and the pair (name, ip) is not throttled. A failure is
+    recorded; a success clears that pair's failures."""
+    name = name.strip()[: NAME_LENGTH[1]]
+    ip = ip[:64]
+    recent = session.scalar(select(func.count()).select_from(LoginFailure).where(
+        LoginFailure.name == name, LoginFailure.ip == ip, LoginFailure.at > now - FAILURE_WINDOW)) or 0
+    if recent >= MAX_FAILURES:
+        return SignIn(None, throttled=True)
+    operator = session.scalar(select(Operator).where(Operator.name == name))
+    stored = operator.password_hash if operator is not None else _DUMMY_HASH
+    matches = check_password_hash(stored, password[:MAX_PASSWORD_LENGTH])
+    if operator is None or not operator.active or not matches:
+        session.add(LoginFailure(name=name, ip=ip, at=now))
+        return SignIn(None)
+    session.execute(delete(LoginFailure).where(LoginFailure.name == name, LoginFailure.ip == ip))
+    operator.last_login_at = now
+    return SignIn(operator)
+
+
+def same_token(given: str | None, expected: str | None) -> bool:
+    return bool(given and expected) and hmac.compare_digest(str(given), str(expected))
+
+
+def record(session: Session, actor: str, action: str, target: str, before: dict[str, Any] | None,
+           after: dict[str, Any] | None, ip: str | None = None, at: datetime | None = None) -> AuditEntry:
+    entry = AuditEntry(actor=actor[:64], action=action[:64], target=target[:128], before=before, after=after,
+                       ip=(ip or "")[:64] or None)
+    if at is not None:
+        entry.at = at
+    session.add(entry)
+    return entry

@@ -1,0 +1,136 @@
+"""The console's customer list: search and filters compiled to SQL (the broadcast audience model plus
+text search and opt-out), keyset pages, the filtered CSV export, and one customer's full record."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date
+from io import StringIO
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import exists, or_, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from bot.campaigns.audience import LIST_KEYS, Audience
+from bot.models import Customer, CustomerAggregate, CustomerTag, Interaction, Order, Tag, TagAlias, TagGroup, TierChange
+from segments.explain import explain
+from segments.export import COLUMNS, SafeCsvWriter, customer_pages
+from segments.policy import TierPolicy
+
+PAGE_SIZE = 50
+MAX_SEARCH = 100
+OPT_OUT_CHOICES = ("", "yes", "no")
+HISTORY_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class CustomerFilter:
+    """What the list page's form asks for; ``audience`` is the broadcast builder's filter dict."""
+
+    search: str = ""
+    audience: Mapping[str, Any] | None = None
+    opted_out: str = ""
+
+    @classmethod
+    def from_args(cls, args: Any) -> CustomerFilter:
+        """From request args (a MultiDict): one key per audience list, ``tag`` and ``owner`` comma-separated,
+        ``has_ordered`` yes/no."""
+        raw: dict[str, Any] = {}
+        for key in LIST_KEYS:
+            values = [v for v in args.getlist(key) if v.strip()]
+            if values:
+                raw[key] = values
+        for field_name, key in (("tag", "tags_any"), ("owner", "owners")):
+            values = [v.strip() for v in args.get(field_name, "").split(",") if v.strip()]
+            if values:
+                raw[key] = values
+        if args.get("has_ordered") in ("yes", "no"):
+            raw["has_ordered"] = args["has_ordered"] == "yes"
+        opted = args.get("opted_out", "")
+        return cls(args.get("q", "").strip()[:MAX_SEARCH], raw, opted if opted in OPT_OUT_CHOICES else "")
+
+    def conditions(self, session: Session, value_tiers: tuple[str, ...], tz: ZoneInfo) -> list[ColumnElement[bool]]:
+        """WHERE conditions on ``customers``; raises AudienceError (a ValueError) naming a bad value."""
+        where = Audience.parse(dict(self.audience or {}), value_tiers).conditions(session, tz)
+        if self.search:
+            where.append(_matches(self.search))
+        if self.opted_out:
+            where.append(Customer.opted_out.is_(self.opted_out == "yes"))
+        return where
+
+
+def _matches(text: str) -> ColumnElement[bool]:
+    """Name contains the text, the external id is it, or a live tag (or an alias of one) is named it."""
+    like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    tag_ids = select(Tag.id).join(TagGroup, TagGroup.id == Tag.group_id).where(Tag.name == text)
+    alias_ids = select(TagAlias.tag_id).where(TagAlias.alias == text)
+    tagged = exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.removed_at.is_(None),
+                            or_(CustomerTag.tag_id.in_(tag_ids), CustomerTag.tag_id.in_(alias_ids)))
+    return or_(Customer.name.like(like, escape="\\"), Customer.external_userid == text, tagged)
+
+
+@dataclass
+class Page:
+    customers: list[Customer]
+    next_after: int | None
+
+
+def list_page(session: Session, where: list[ColumnElement[bool]], after: int = 0, size: int = PAGE_SIZE) -> Page:
+    """One page in id order starting after ``after`` (keyset: a deep page costs what the first does)."""
+    rows = list(session.scalars(select(Customer).where(Customer.id > after, *where)
+                                .order_by(Customer.id).limit(size + 1)))
+    more = len(rows) > size
+    rows = rows[:size]
+    return Page(rows, rows[-1].id if more and rows else None)
+
+
+def csv_chunks(session: Session, where: list[ColumnElement[bool]]) -> Iterator[str]:
+    """The filtered customers as formula-safe CSV, one chunk per page of the export."""
+    buffer = StringIO()
+    writer = SafeCsvWriter(buffer)
+    writer.writerow(COLUMNS)
+    for rows in customer_pages(session, where):
+        writer.writerows(rows)
+        yield _drain(buffer)
+    yield _drain(buffer)
+
+
+def _drain(buffer: StringIO) -> str:
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return text
+
+
+@dataclass
+class CustomerRecord:
+    customer: Customer
+    aggregate: CustomerAggregate | None
+    why: list[str]
+    tags: list[tuple[str, str]]
+    changes: list[TierChange]
+    orders: list[Order]
+    interactions: list[Interaction]
+
+
+def customer_record(session: Session, customer_id: int, policy: TierPolicy, as_of: date, tz: ZoneInfo
+                    ) -> CustomerRecord | None:
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        return None
+    tags = [(group, name) for group, name in session.execute(
+        select(TagGroup.name, Tag.name).join(Tag, Tag.group_id == TagGroup.id)
+        .join(CustomerTag, CustomerTag.tag_id == Tag.id)
+        .where(CustomerTag.customer_id == customer_id, CustomerTag.removed_at.is_(None))
+        .order_by(TagGroup.name, Tag.name))]
+    changes = list(session.scalars(select(TierChange).where(TierChange.customer_id == customer_id)
+                                   .order_by(TierChange.id.desc()).limit(HISTORY_LIMIT)))
+    orders = list(session.scalars(select(Order).where(Order.customer_id == customer_id)
+                                  .order_by(Order.paid_at.desc()).limit(HISTORY_LIMIT)))
+    interactions = list(session.scalars(select(Interaction).where(Interaction.customer_id == customer_id)
+                                        .order_by(Interaction.occurred_at.desc()).limit(HISTORY_LIMIT)))
+    return CustomerRecord(customer, session.get(CustomerAggregate, customer_id),
+                          explain(session, customer, policy, as_of, tz), tags, changes, orders, interactions)

@@ -1,0 +1,549 @@
+"""The operator console: accounts, sign-in and its throttle, session cookie, CSRF, roles, the audit
+log, and each page's content over a small seeded audience."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from bot.cli import main
+from bot.models import (
+    AuditEntry,
+    Broadcast,
+    CustomerTag,
+    CustomerTier,
+    Follow,
+    InboxEvent,
+    Operator,
+    OutboxMessage,
+    Tag,
+    TagGroup,
+    TierChange,
+)
+from tests.campaign_data import MORNING, seed_audience
+from tests.console_support import PASSWORD, add_user, csrf, seed_console, sign_in, signed_in
+
+PAGES = ["/console/", "/console/customers", "/console/broadcasts", "/console/broadcasts/new", "/console/audit",
+         "/console/broadcasts/count.json", "/console/system", "/console/tags"]
+
+
+@pytest.fixture
+def console(app):
+    app.extensions["scrm.clock"] = lambda: MORNING - timedelta(days=1)
+    return app
+
+
+@pytest.fixture
+def seeded(console, db):
+    return seed_console(db)
+
+
+def _cli(*args, env, stdin=None):
+    from click.testing import CliRunner
+
+    return CliRunner(env={"SCRM_CONFIG": None, **env}).invoke(main, list(args), input=stdin)
+
+
+# ---------------------------------------------------------------- accounts
+
+
+def test_user_add_hashes_the_password_and_audits(cli_env, database_url, db):
+    result = _cli("user", "add", "alice", "--role", "operator", "--password-stdin", env=cli_env,
+                  stdin=PASSWORD + "\n")
+    assert result.exit_code == 0, result.output
+    with db.sessions() as s:
+        alice = s.scalar(select(Operator).where(Operator.name == "alice"))
+        entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "user.add"))
+    assert alice.role == "operator" and PASSWORD not in alice.password_hash
+    assert alice.password_hash.startswith(("scrypt:", "pbkdf2:"))
+    assert (entry.actor, entry.target, entry.after) == ("cli", "operator:alice", {"name": "alice", "role": "operator"})
+    again = _cli("user", "add", "alice", "--role", "viewer", "--password-stdin", env=cli_env, stdin=PASSWORD + "\n")
+    assert again.exit_code == 1 and "exists already" in again.output
+    short = _cli("user", "add", "bob", "--role", "viewer", "--password-stdin", env=cli_env, stdin="short\n")
+    assert short.exit_code == 1 and "password needs" in short.output
+    bad_role = _cli("user", "add", "bob", "--role", "root", "--password-stdin", env=cli_env, stdin=PASSWORD + "\n")
+    assert bad_role.exit_code == 2
+    listed = _cli("user", "list", env=cli_env)
+    assert "alice" in listed.output and "operator" in listed.output and PASSWORD not in listed.output
+
+
+def test_sign_in_sets_a_strict_session_cookie_and_signs_out(console, db):
+    add_user(db, "alice", "operator")
+    client = console.test_client()
+    response = sign_in(client, "alice")
+    assert response.status_code == 302 and response.headers["Location"].endswith("/console/")
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert client.get("/console/").status_code == 200
+    assert client.post("/console/logout", data={"csrf_token": csrf(client)}).status_code == 302
+    assert client.get("/console/").status_code == 302
+
+
+def test_the_cookie_is_secure_over_https(console, db):
+    add_user(db, "alice", "operator")
+    client = console.test_client()
+    client.get("/console/login", base_url="https://console.example")
+    with client.session_transaction(base_url="https://console.example") as session:
+        token = session["csrf"]
+    response = client.post("/console/login", base_url="https://console.example",
+                           data={"name": "alice", "password": PASSWORD, "csrf_token": token})
+    assert response.status_code == 302 and "Secure" in response.headers["Set-Cookie"]
+
+
+def test_wrong_passwords_are_throttled_per_name_and_address(console, db):
+    add_user(db, "alice", "operator")
+    client = console.test_client()
+    for _ in range(5):
+        assert sign_in(client, "alice", "wrong password!").status_code == 401
+    assert sign_in(client, "alice").status_code == 429  # even the right password, for 15 minutes
+    assert sign_in(console.test_client(), "alice", ip="10.0.0.2").status_code == 302  # another address
+    console.extensions["scrm.clock"] = lambda: MORNING + timedelta(minutes=16)
+    assert sign_in(client, "alice").status_code == 302
+
+
+def test_unknown_names_and_disabled_operators_cannot_sign_in(console, db):
+    add_user(db, "alice", "operator")
+    with db.begin() as s:
+        s.scalar(select(Operator).where(Operator.name == "alice")).active = False
+    assert sign_in(console.test_client(), "alice").status_code == 401
+    assert sign_in(console.test_client(), "nobody").status_code == 401
+
+
+def test_a_session_ends_when_the_operator_is_disabled(console, db):
+    client = signed_in(console, "alice", "operator")
+    with db.begin() as s:
+        s.scalar(select(Operator).where(Operator.name == "alice")).active = False
+    assert client.get("/console/").status_code == 302
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/elsewhere"])
+def test_sign_in_never_redirects_off_the_console(console, db, target):
+    add_user(db, "alice", "operator")
+    client = console.test_client()
+    response = client.post(f"/console/login?next={target}",
+                           data={"name": "alice", "password": PASSWORD, "csrf_token": csrf(client)})
+    assert response.headers["Location"] == "/console/"
+
+
+# ---------------------------------------------------------------- guard: auth, CSRF, roles
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_need_a_signed_in_operator(console, path):
+    response = console.test_client().get(path)
+    if path.endswith(".json"):
+        assert response.status_code == 401
+    else:
+        assert response.status_code == 302 and "/console/login" in response.headers["Location"]
+
+
+@pytest.mark.parametrize("role", ["admin", "operator", "viewer"])
+@pytest.mark.parametrize("path", PAGES)
+def test_every_role_reads_every_page(seeded, console, role, path):
+    client = signed_in(console, "someone", role)
+    response = client.get(path)
+    assert response.status_code == 200, response.data[:300]
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    if not path.endswith(".json"):  # every script, style and link from the console itself: no CDN
+        sources = re.findall(r'(?:src|href)="([^"]*)"', response.get_data(as_text=True))
+        assert sources and all(src.startswith("/") and not src.startswith("//") or src == "data:,"
+                               for src in sources), sources
+
+
+POSTS = ["/console/broadcasts/new", "/console/broadcasts/1/cancel", "/console/logout", "/console/login",
+         "/console/system/inbox/1/retry", "/console/tags/merge"]
+
+
+@pytest.mark.parametrize("path", POSTS)
+def test_a_post_without_the_csrf_token_is_refused(seeded, console, path):
+    client = signed_in(console, "alice", "admin")
+    assert client.post(path, data={"name": "x", "intent": "preview"}).status_code == 400
+    assert client.post(path, data={"csrf_token": "forged", "intent": "preview"}).status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/console/broadcasts/new", "/console/broadcasts/1/cancel",
+                                  "/console/system/inbox/1/retry", "/console/tags/merge"])
+def test_viewers_change_nothing(seeded, console, db, path):
+    _schedule_one(console, db)
+    viewer = signed_in(console, "vera", "viewer")
+    response = viewer.post(path, data={"csrf_token": csrf(viewer), "intent": "schedule", "name": "v",
+                                       "tpl_default": "hi", "send_at": "2026-11-24T10:00"})
+    assert response.status_code == 403
+    with db.sessions() as s:
+        assert [b.status for b in s.scalars(select(Broadcast))] == ["scheduled"]
+    assert viewer.post("/console/logout", data={"csrf_token": csrf(viewer)}).status_code == 302
+
+
+# ---------------------------------------------------------------- dashboard
+
+
+def test_dashboard_counts_tiers_rfm_and_the_latest_flows(seeded, console, db):
+    from bot.web.console.figures import dashboard
+
+    with db.sessions() as s:
+        d = dashboard(s, MORNING, 14)
+    assert d.customers == 12
+    assert [(t["code"], t["count"]) for t in d.value_tiers] == [("high", 3), ("mid", 4), ("low", 5)]
+    rfm = {c.code: c for c in d.rfm}
+    assert len(rfm) == 8 and rfm["important_value"].customers == 3 and rfm["general_retain"].customers == 9
+    # revenue (10000 fen × 1..12): the first three pay 1+2+3 of 78 parts
+    assert rfm["important_value"].revenue_share == pytest.approx(6 / 78)
+    assert (rfm["important_value"].r_high, rfm["important_value"].f_high, rfm["important_value"].m_high) == (
+        True, True, True)
+    # the latest day's moves (the day before's mid → low is not one), and who stayed in each tier
+    assert {(link["source"], link["target"], link["value"]) for link in d.flows["links"]} == {
+        ("之前·中价值", "之后·高价值", 2), ("之前·高价值", "之后·低价值", 1),
+        ("之前·高价值", "之后·高价值", 1), ("之前·中价值", "之后·中价值", 4), ("之前·低价值", "之后·低价值", 4)}
+    assert d.flows["moved"] == 3
+    assert d.flows["as_of"] == "2026-11-20"
+    assert [(s["code"], s["count"]) for s in d.engagement] == [("active", 12)]
+    page = signed_in(console, "alice", "viewer").get("/console/").get_data(as_text=True)
+    assert "重要价值" in page and 'data-chart="sankey"' in page and "echarts.min.js" in page
+
+
+def test_echarts_is_served_from_the_package(console):
+    client = signed_in(console, "alice", "viewer")
+    response = client.get("/console/static/echarts.min.js")
+    assert response.status_code == 200 and len(response.data) > 500_000
+    response.close()
+
+
+# ---------------------------------------------------------------- customers
+
+
+def _names(html: str, ids: list[str]) -> list[str]:
+    return [i for i in ids if i in html]
+
+
+def test_customers_search_by_name_id_and_tag(seeded, console):
+    client = signed_in(console, "alice", "viewer")
+    by_name = client.get("/console/customers", query_string={"q": "客户1"}).get_data(as_text=True)
+    assert "wm000001" in by_name and "wm000010" in by_name and "wm000002" not in by_name
+    by_id = client.get("/console/customers", query_string={"q": "wm000003"}).get_data(as_text=True)
+    assert _names(by_id, [f"wm{n:06d}" for n in range(12)]) == ["wm000003"]
+    by_tag = client.get("/console/customers", query_string={"q": "VIP"}).get_data(as_text=True)
+    assert _names(by_tag, [f"wm{n:06d}" for n in range(12)]) == ["wm000004"]
+    wildcard = client.get("/console/customers", query_string={"q": "%"}).get_data(as_text=True)
+    assert "没有符合条件的客户" in wildcard  # a LIKE wildcard is searched for, not obeyed
+
+
+def test_customers_filter_by_tiers_and_opt_out(seeded, console):
+    client = signed_in(console, "alice", "viewer")
+    all_ids = [f"wm{n:06d}" for n in range(12)]
+    high = client.get("/console/customers", query_string={"value_tiers": "high"}).get_data(as_text=True)
+    assert _names(high, all_ids) == ["wm000000", "wm000001", "wm000002"]
+    mixed = client.get("/console/customers?value_tiers=mid&rfm_segments=general_retain&opted_out=no")
+    assert _names(mixed.get_data(as_text=True), all_ids) == ["wm000003", "wm000004", "wm000005"]
+    opted = client.get("/console/customers", query_string={"opted_out": "yes"}).get_data(as_text=True)
+    assert _names(opted, all_ids) == ["wm000006"]
+    assert client.get("/console/customers", query_string={"value_tiers": "gold"}).status_code == 400
+    assert client.get("/console/customers", query_string={"tag": "nope"}).status_code == 400
+    assert client.get("/console/customers", query_string={"after": "x"}).status_code == 400
+
+
+def test_customer_pages_are_keyset_pages(console, db):
+    seed_audience(db, {"mid": 120})
+    client = signed_in(console, "alice", "viewer")
+    first = client.get("/console/customers").get_data(as_text=True)
+    assert "wm000000" in first and "wm000049" in first and "wm000050" not in first
+    next_url = re.search(r'id="next-page" href="([^"]+)"', first).group(1).replace("&amp;", "&")
+    second = client.get(next_url).get_data(as_text=True)
+    assert "wm000050" in second and "wm000099" in second and "wm000049" not in second
+    third = client.get(re.search(r'id="next-page" href="([^"]+)"', second).group(1).replace("&amp;", "&"))
+    assert 'id="next-page"' not in third.get_data(as_text=True)
+
+
+def test_csv_export_streams_the_filtered_list_formula_safe(seeded, console):
+    client = signed_in(console, "alice", "viewer")
+    response = client.get("/console/customers.csv", query_string={"value_tiers": "mid"})
+    assert response.status_code == 200 and response.mimetype == "text/csv" and response.is_streamed
+    assert "attachment" in response.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert [r["external_userid"] for r in rows] == ["wm000003", "wm000004", "wm000005", "wm000006"]
+    assert rows[2]["name"] == "'=HYPERLINK(\"x\")"
+    assert client.get("/console/customers.csv", query_string={"stages": "nope"}).status_code == 400
+
+
+def test_the_customer_page_shows_tiers_why_and_history(seeded, console):
+    client = signed_in(console, "alice", "viewer")
+    page = client.get(f"/console/customers/{seeded[0]}").get_data(as_text=True)
+    assert "高价值（high）" in page and "value tier:" in page and "客户等级" not in page
+    assert "value_tier" in page and "2026-11-20" in page
+    assert client.get("/console/customers/999999").status_code == 404
+
+
+# ---------------------------------------------------------------- broadcasts
+
+
+def _schedule_one(console, db, **form):
+    client = signed_in(console, "olga", "operator")
+    data = {"csrf_token": csrf(client), "intent": "schedule", "name": "双十二", "value_tiers": ["high", "mid"],
+            "tpl_default": "{{ brand }} 双十二", "tpl_high": "尊敬的{{ tier_name }}客户 {{ customer.name }}",
+            "send_at": "2026-11-24T10:00", "holdout": "20", **form}
+    return client, client.post("/console/broadcasts/new", data=data)
+
+
+def test_the_live_count_is_per_tier_and_uses_the_audience_model(seeded, console):
+    client = signed_in(console, "alice", "viewer")
+    body = client.get("/console/broadcasts/count.json?value_tiers=high&value_tiers=low").get_json()
+    assert body == {"total": 8, "per_tier": [{"code": "high", "label": "高价值（high）", "count": 3},
+                                             {"code": "low", "label": "低价值（low）", "count": 5}]}
+    assert client.get("/console/broadcasts/count.json?tag=VIP").get_json()["total"] == 1
+    assert client.get("/console/broadcasts/count.json?has_ordered=no").get_json()["total"] == 0
+    refused = client.get("/console/broadcasts/count.json?rfm_segments=best")
+    assert refused.status_code == 400 and "rfm_segments" in refused.get_json()["error"]
+
+
+def test_preview_renders_samples_and_writes_nothing(seeded, console, db):
+    client = signed_in(console, "olga", "operator")
+    response = client.post("/console/broadcasts/new", data={
+        "csrf_token": csrf(client), "intent": "preview", "name": "p", "value_tiers": ["high", "mid"],
+        "tpl_default": "{{ brand }} 双十二", "tpl_high": "尊敬的{{ tier_name }}客户 {{ customer.name }}",
+        "send_at": "2026-11-24T10:00"})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "尊敬的高价值客户 客户0" in page and "本店 双十二" in page
+    assert "opted out" in page  # wm000006 (mid) is skipped, and the page says why
+    with db.sessions() as s:
+        assert s.scalar(select(Broadcast)) is None
+
+
+def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
+    client, response = _schedule_one(console, db)
+    assert response.status_code == 302
+    with db.sessions() as s:
+        b = s.scalar(select(Broadcast))
+        created = s.scalar(select(AuditEntry).where(AuditEntry.action == "broadcast.create"))
+    assert (b.name, b.holdout_percent, b.status) == ("双十二", 20, "scheduled")
+    assert b.audience == {"value_tiers": ["high", "mid"]} and set(b.templates) == {"default", "high"}
+    assert created.actor == "olga" and created.before is None and created.after["name"] == "双十二"
+    assert "已排期" in client.get(response.headers["Location"]).get_data(as_text=True)
+    cancelled = client.post(f"/console/broadcasts/{b.id}/cancel", data={"csrf_token": csrf(client)})
+    assert cancelled.status_code == 302
+    with db.sessions() as s:
+        assert s.get(Broadcast, b.id).status == "cancelled"
+        entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "broadcast.cancel"))
+    assert (entry.before["status"], entry.after["status"]) == ("scheduled", "cancelled")
+    again = client.post(f"/console/broadcasts/{b.id}/cancel", data={"csrf_token": csrf(client)})
+    assert again.status_code == 409
+    audit = client.get("/console/audit").get_data(as_text=True)
+    assert "broadcast.cancel" in audit and "olga" in audit and "双十二" in audit
+
+
+@pytest.mark.parametrize(("form", "message"), [
+    ({"tpl_default": "{{ nope }}"}, "unknown variable"),
+    ({"tpl_default": "{% if %}"}, "syntax error"),
+    ({"send_at": ""}, "choose a send time"),
+    ({"send_at": "2026-11-01T10:00"}, "has passed"),
+    ({"send_at": "tomorrow"}, "YYYY-MM-DD"),
+    ({"holdout": "80"}, "hold-out"),
+    ({"holdout": "-1"}, "hold-out"),
+    ({"name": ""}, "name"),
+])
+def test_a_bad_broadcast_is_refused_with_the_reason(seeded, console, db, form, message):
+    _, response = _schedule_one(console, db, **form)
+    assert response.status_code == 400
+    assert message in response.get_data(as_text=True)
+    with db.sessions() as s:
+        assert s.scalar(select(Broadcast)) is None
+
+
+def test_the_report_page_charts_sent_against_held_out(seeded, console, db):
+    client, response = _schedule_one(console, db)
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert 'data-chart="report"' in page and "对照组" in page
+    assert client.get("/console/broadcasts/999").status_code == 404
+
+
+def test_tier_figures_are_reused_until_something_they_count_changes(seeded, db):
+    from bot.web.console.figures import FiguresCache, dashboard
+
+    cache = FiguresCache()
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14, cache).customers == 12
+    with db.begin() as s:  # a tier edited outside a re-tier: no key moves, so the cached figures stand
+        s.get(CustomerTier, seeded[0]).value_tier = "low"
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14, cache).value_tiers[0]["count"] == 3
+        fresh = dashboard(s, MORNING + cache.ttl, 14, cache)  # ... for at most the TTL
+    assert [(t["code"], t["count"]) for t in fresh.value_tiers] == [("high", 2), ("mid", 4), ("low", 6)]
+    seed_audience(db, {"high": 1}, start=100)  # a new customer moves the key
+    with db.sessions() as s:
+        assert dashboard(s, MORNING + cache.ttl, 14, cache).customers == 13
+    with db.begin() as s:  # so does a tier change
+        s.add(TierChange(customer_id=seeded[2], dimension="value_tier", from_value="high", to_value="mid",
+                         as_of=date(2026, 11, 22)))
+    with db.sessions() as s:
+        assert dashboard(s, MORNING + cache.ttl, 14, cache).flows["as_of"] == "2026-11-22"
+
+
+# ---------------------------------------------------------------- system
+
+
+def _inbox_event(db, status: str) -> int:
+    with db.begin() as s:
+        event = InboxEvent(dedupe_key=f"k-{status}", msg_type="event", event="change_external_contact",
+                           change_type="add_external_contact", payload="<xml/>", status=status, attempts=3,
+                           last_error="Traceback …\nRuntimeError: WeCom said 60011")
+        s.add(event)
+        s.flush()
+        return event.id
+
+
+def test_the_system_page_shows_what_needs_a_look_and_requeues_it(seeded, console, db):
+    failed, handled = _inbox_event(db, "dead"), _inbox_event(db, "handled")
+    with db.begin() as s:
+        s.add(OutboxMessage(dedupe_key="x1", channel="mass_message", customer_id=seeded[0], recipient="wm000000",
+                            trigger_kind="broadcast", trigger_ref="r", content={}, status="skipped",
+                            reason="opted out (退订)", scheduled_at=MORNING - timedelta(days=2)))
+    client = signed_in(console, "olga", "operator")
+    page = client.get("/console/system").get_data(as_text=True)
+    assert "RuntimeError: WeCom said 60011" in page and "opted out (退订)" in page and "nightly_retier" in page
+    assert client.post(f"/console/system/inbox/{failed}/retry", data={"csrf_token": csrf(client)}).status_code == 302
+    with db.sessions() as s:
+        assert s.get(InboxEvent, failed).status == "pending"
+        entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "inbox.retry"))
+    assert (entry.before["status"], entry.after["status"]) == ("dead", "pending")
+    assert client.post(f"/console/system/inbox/{handled}/retry", data={"csrf_token": csrf(client)}).status_code == 409
+    assert client.post("/console/system/inbox/999/retry", data={"csrf_token": csrf(client)}).status_code == 404
+
+
+# ---------------------------------------------------------------- tags
+
+
+def test_the_tags_page_counts_usage_reports_near_duplicates_and_merges(seeded, console, db):
+    with db.begin() as s:
+        group = s.scalar(select(TagGroup).where(TagGroup.name == "客户等级"))
+        twin = Tag(group_id=group.id, name="VIP客户")
+        s.add(twin)
+        s.flush()
+        s.add(CustomerTag(customer_id=seeded[9], tag_id=twin.id, source="staff"))
+    client = signed_in(console, "olga", "operator")
+    page = client.get("/console/tags").get_data(as_text=True)
+    assert "VIP客户" in page and "客户等级/VIP客户" in page and "1 人" in page  # listed, and reported as a twin
+    merged = client.post("/console/tags/merge", data={"csrf_token": csrf(client), "source": "客户等级/VIP客户",
+                                                      "target": "客户等级/VIP"}, follow_redirects=True)
+    assert "已合并 客户等级/VIP客户 → 客户等级/VIP：1 位客户转入" in merged.get_data(as_text=True)
+    assert client.get("/console/customers", query_string={"tag": "VIP"}).get_data(as_text=True).count("wm0000") == 2
+    with db.sessions() as s:
+        entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "tags.merge"))
+    assert entry.actor == "olga" and entry.after["moved"] == 1
+    refused = client.post("/console/tags/merge", data={"csrf_token": csrf(client), "source": "客户等级/没有",
+                                                       "target": "客户等级/VIP"}, follow_redirects=True)
+    assert "未合并" in refused.get_data(as_text=True)
+
+
+def test_a_repeating_broadcast_with_segment_templates_and_a_coupon(seeded, console, db):
+    console.extensions["scrm.settings"] = _with_coupon(console.extensions["scrm.settings"])
+    client, response = _schedule_one(console, db, schedule="cron", cron="0 10 * * 1", send_at="",
+                                      tpl_important_value="{{ segment_name }}：{{ coupon.code }}", coupon="VIP10")
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    with db.sessions() as s:
+        b = s.scalar(select(Broadcast))
+    assert (b.cron, b.send_at, b.coupon) == ("0 10 * * 1", None, "VIP10")
+    assert b.templates["important_value"] == "{{ segment_name }}：{{ coupon.code }}"
+    assert b.next_run_at.astimezone(MORNING.tzinfo).strftime("%a %H:%M") == "Mon 10:00"
+    bad = client.post("/console/broadcasts/new", data={"csrf_token": csrf(client), "intent": "schedule",
+                                                       "name": "坏的", "tpl_default": "hi", "schedule": "cron",
+                                                       "cron": "every day"})
+    assert bad.status_code == 400 and "cron" in bad.get_data(as_text=True)
+
+
+def test_the_preview_of_a_repeating_broadcast_renders_the_segment_template(seeded, console, db):
+    client = signed_in(console, "olga", "operator")
+    page = client.post("/console/broadcasts/new", data={
+        "csrf_token": csrf(client), "intent": "preview", "name": "p", "value_tiers": ["high"], "schedule": "cron",
+        "cron": "0 10 * * 1", "tpl_default": "默认", "tpl_important_value": "{{ segment_name }}专享"}
+    ).get_data(as_text=True)
+    assert "重要价值专享" in page and "<details open>" in page
+
+
+def _with_coupon(settings):
+    from dataclasses import replace
+
+    coupons = replace(settings.coupons, definitions=[
+        *settings.coupons.definitions, {"code": "VIP10", "title": "会员券", "value": 10, "valid_days": 7}])
+    return replace(settings, coupons=coupons)
+
+
+def test_a_session_ends_when_the_password_changes_and_the_cookie_holds_no_hash(console, db):
+    from werkzeug.security import generate_password_hash
+
+    client = signed_in(console, "alice", "operator")
+    with db.sessions() as s:
+        stored = s.scalar(select(Operator.password_hash).where(Operator.name == "alice"))
+    with client.session_transaction() as session:
+        assert len(session["pw"]) == 16 and session["pw"] not in stored
+    with db.begin() as s:
+        alice = s.scalar(select(Operator).where(Operator.name == "alice"))
+        alice.password_hash = generate_password_hash("another one!")
+    assert client.get("/console/").status_code == 302
+
+
+def test_the_live_count_on_tiers_alone_matches_the_joined_count(seeded, console, db):
+    """Tier-only filters are counted on the tier table; anything else joins customers. Both agree."""
+    seed_audience(db, {"high": 2}, start=200)
+    with db.begin() as s:  # two customers without a tier row
+        for row in s.scalars(select(CustomerTier).where(CustomerTier.customer_id > seeded[-1])):
+            s.delete(row)
+    client = signed_in(console, "alice", "viewer")
+    everyone = client.get("/console/broadcasts/count.json").get_json()
+    assert everyone["total"] == 14 and {"code": "", "label": "未分层", "count": 2} in everyone["per_tier"]
+    for query in ("value_tiers=high&stages=repeat", "rfm_segments=general_retain&engagement=active"):
+        fast = client.get(f"/console/broadcasts/count.json?{query}").get_json()
+        joined = client.get(f"/console/broadcasts/count.json?{query}&owner=zhangsan").get_json()
+        assert fast == joined and fast["total"] > 0
+    with_search = client.get("/console/broadcasts/count.json?value_tiers=mid&q=客户3").get_json()
+    assert with_search["total"] == 1
+
+
+def test_outdated_figures_are_shown_while_new_ones_are_computed(seeded, console, db):
+    from bot.web.console.figures import FiguresCache, dashboard
+
+    cache = FiguresCache(sessions=db.sessions)
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14, cache).customers == 12  # the first view computes them
+    seed_audience(db, {"high": 1}, start=100)
+    with db.sessions() as s:
+        stale = dashboard(s, MORNING, 14, cache)
+    assert (stale.customers, stale.stale) == (12, True)
+    cache.wait()
+    with db.sessions() as s:
+        fresh = dashboard(s, MORNING, 14, cache)
+    assert (fresh.customers, fresh.stale) == (13, False)
+    client = signed_in(console, "alice", "viewer")
+    console.extensions["scrm.console.figures"]._value = stale  # as a page shows them
+    console.extensions["scrm.console.figures"]._key = None
+    assert "分层数据更新中" in client.get("/console/").get_data(as_text=True)
+    console.extensions["scrm.console.figures"].wait()
+
+
+def test_daily_new_customers_by_channel_and_messages_by_outcome(seeded, console, db):
+    from bot.web.console.figures import dashboard
+
+    with db.begin() as s:
+        follows = s.scalars(select(Follow).order_by(Follow.id)).all()
+        follows[0].state, follows[1].state = "live_0618", "live_0618"
+        follows[2].added_at = MORNING - timedelta(days=40)  # before the 30 days
+        s.add_all([OutboxMessage(dedupe_key=f"m{n}", channel="mass_message", customer_id=seeded[n],
+                                 recipient="x", trigger_kind="broadcast", trigger_ref="r", content={},
+                                 status=status, reason=reason, scheduled_at=at)
+                   for n, (status, reason, at) in enumerate([
+                       ("sent", None, MORNING), ("confirmed", None, MORNING - timedelta(days=1)),
+                       ("skipped", "opted out (退订)", MORNING), ("pending", None, MORNING)])])
+    with db.sessions() as s:
+        d = dashboard(s, MORNING, 14)
+    channels = {series["name"]: series["data"] for series in d.new_by_channel["series"]}
+    assert d.new_by_channel["days"][-1] == "11-24" and len(d.new_by_channel["days"]) == 30
+    assert channels["live_0618"][-1] == 2 and channels["（无渠道）"][-1] == sum(channels["（无渠道）"]) == 9
+    outcomes = {series["name"]: series["data"] for series in d.messages_by_outcome["series"]}
+    assert outcomes["已发送"][-2:] == [1, 1] and outcomes["跳过：opted out (退订)"][-1] == 1
+    assert len(outcomes) == 2  # pending is not an outcome yet
+    console.extensions["scrm.clock"] = lambda: MORNING + timedelta(hours=1)
+    page = signed_in(console, "alice", "viewer").get("/console/").get_data(as_text=True)
+    assert 'id="chart-new"' in page and 'id="chart-messages"' in page

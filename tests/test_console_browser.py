@@ -1,0 +1,143 @@
+"""The console in real headless Chromium: an operator signs in, the dashboard's charts render (a canvas
+each, no console errors), a broadcast for two tiers is built with the live count, previewed and
+scheduled; its run is planned, the hold-out customers get nothing, and its report page charts the
+effect. Screenshots land in the test's tmp dir (docs/img/console.png is the same dashboard over the
+demo's data: `scrm demo`, then sign in with the login it prints)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from bot.campaigns.broadcasts import dispatch_due, run_ref
+from bot.models import Broadcast, Follow, Order, OutboxMessage
+from bot.web.serving import BackgroundServer
+from tests.campaign_data import MORNING
+from tests.console_support import PASSWORD, add_user, seed_console
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() or find_spec("playwright") is None,
+    reason="browser tests need Debian's chromium at /usr/bin/chromium and the playwright package "
+           "(pip install -e '.[test]'; apt-get install chromium) — .ci/run installs both")
+
+
+@pytest.fixture
+def served(app: Any) -> Iterator[str]:
+    app.extensions["scrm.clock"] = lambda: MORNING - timedelta(days=1)
+    seed_console(app.extensions["scrm.db"])
+    with app.extensions["scrm.db"].begin() as s:  # added two days ago: the daily chart shows them
+        s.execute(update(Follow).values(added_at=MORNING - timedelta(days=2)))
+    add_user(app.extensions["scrm.db"], "olga", "operator")
+    with BackgroundServer(app) as server:
+        yield server.url
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1360, "height": 900}, locale="zh-CN")
+        context.set_default_timeout(15_000)
+        tab = context.new_page()
+        tab.problems = []  # console errors and uncaught exceptions, asserted empty
+        tab.on("console", lambda m: m.type == "error" and tab.problems.append(f"{m.text} {m.location}"))
+        tab.on("pageerror", lambda e: tab.problems.append(str(e)))
+        yield tab
+        context.close()
+        browser.close()
+
+
+def test_an_operator_builds_previews_and_schedules_a_tiered_broadcast(app, served, page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.goto(f"{served}/console/")
+    assert "/console/login" in page.url
+    page.fill("input[name=name]", "olga")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text('登录')")
+    page.wait_for_url(f"{served}/console/")
+
+    charts = [f"#{el.get_attribute('id')}" for el in page.query_selector_all("[data-chart]")]
+    assert {"#chart-value", "#chart-stage", "#chart-engagement", "#chart-flows", "#chart-new"} <= set(charts)
+    for chart in charts:
+        page.wait_for_selector(f"{chart}[data-rendered] canvas")
+    assert "重要价值" in page.inner_text(".rfm")
+    page.screenshot(path=str(tmp_path / "console-dashboard.png"), full_page=True)
+
+    page.click("nav a:has-text('群发')")
+    page.click("a:has-text('新建群发')")
+    expect(page.locator("#live-total")).to_have_text("12")
+    page.check("#builder input[name=value_tiers][value=high]")
+    expect(page.locator("#live-total")).to_have_text("3")
+    page.check("#builder input[name=value_tiers][value=mid]")
+    expect(page.locator("#live-total")).to_have_text("7")
+    counts = page.inner_text("#live-count")
+    assert "高价值（high）\t3" in counts and "中价值（mid）\t4" in counts
+
+    page.fill("input[name=name]", "双十二预热")
+    page.fill("textarea[name=tpl_default]", "{{ brand }} 双十二预热开始啦")
+    page.fill("textarea[name=tpl_high]", "尊敬的{{ tier_name }}客户{{ customer.name }}，专属礼遇已备好")
+    page.fill("input[name=send_at]", "2026-11-24T10:00")
+    page.fill("input[name=holdout]", "50")
+    page.click("button:has-text('预览')")
+    page.wait_for_selector("#preview")
+    preview = page.inner_text("#preview")
+    assert "尊敬的高价值客户客户0，专属礼遇已备好" in preview and "本店 双十二预热开始啦" in preview
+    assert "opted out" in preview
+    page.screenshot(path=str(tmp_path / "console-preview.png"), full_page=True)
+
+    page.click("button:has-text('排期发送')")
+    page.wait_for_selector("text=已排期")
+    page.screenshot(path=str(tmp_path / "console-scheduled.png"), full_page=True)
+    db = app.extensions["scrm.db"]
+    with db.begin() as s:
+        broadcast = s.scalar(select(Broadcast))
+        assert (broadcast.name, broadcast.audience) == ("双十二预热", {"value_tiers": ["high", "mid"]})
+        [run] = dispatch_due(s, app.extensions["scrm.settings"], MORNING + timedelta(minutes=1))
+        statuses = dict(s.execute(select(OutboxMessage.status, func.count()).where(
+            OutboxMessage.trigger_ref == run_ref(run.id)).group_by(OutboxMessage.status)).all())
+    # 7 in the audience, 1 opted out; half of each tier's sendable customers are held out and get nothing
+    assert statuses.get("skipped") == 1 and statuses.get("held_out", 0) >= 2
+    assert statuses.get("pending", 0) + statuses["held_out"] == 6 and "sent" not in statuses
+
+    with db.begin() as s:  # one recipient orders the next day
+        buyer = s.scalar(select(OutboxMessage.customer_id).where(
+            OutboxMessage.trigger_ref == run_ref(run.id), OutboxMessage.status == "pending").limit(1))
+        paid_at = MORNING + timedelta(days=1)
+        s.add(Order(order_id="o-after-broadcast", customer_id=buyer, amount_fen=29900, paid_at=paid_at,
+                    paid_day=paid_at.date().toordinal(), status="paid"))
+    app.extensions["scrm.clock"] = lambda: MORNING + timedelta(days=3)
+
+    page.goto(f"{served}/console/broadcasts/{broadcast.id}")
+    page.wait_for_selector("#chart-report[data-rendered] canvas")
+    report = page.inner_text("main")
+    sent = statuses["pending"]
+    assert f"发送组 {sent} 人" in report and f"转化提升：{100 / sent:+.2f} 个百分点" in report
+    page.screenshot(path=str(tmp_path / "console-report.png"), full_page=True)
+
+    page.click("nav a:has-text('客户')")
+    page.fill("input[name=q]", "VIP")
+    page.click("button:has-text('筛选')")
+    page.screenshot(path=str(tmp_path / "console-customers.png"), full_page=True)
+    page.click("a:has-text('客户4')")
+    assert "客户等级/VIP" in page.inner_text("main") and "value tier:" in page.inner_text("main")
+    page.screenshot(path=str(tmp_path / "console-customer.png"), full_page=True)
+    page.click("nav a:has-text('操作日志')")
+    assert "broadcast.create" in page.inner_text("main")
+    page.screenshot(path=str(tmp_path / "console-audit.png"), full_page=True)
+    for name in ("tags", "system"):
+        page.click(f"nav a[href='/console/{name}']")
+        page.screenshot(path=str(tmp_path / f"console-{name}.png"), full_page=True)
+    assert page.problems == []
