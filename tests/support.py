@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import requests
+
 from bot.core.config import TiersSettings
 from bot.sandbox import SandboxConfig, SandboxState
 from bot.sandbox.delivery import encrypt_callback, event_xml
@@ -61,3 +63,15 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({"status": "paid", **row})
+
+
+def control(sandbox, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = requests.post(f"{sandbox.url}/_sandbox/{path}", json=payload or {}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def read(sandbox, what: str, **params: Any) -> Any:
+    response = requests.get(f"{sandbox.url}/_sandbox/{what}", params=params, timeout=10)
+    response.raise_for_status()
+    return response.json()

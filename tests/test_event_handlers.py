@@ -7,10 +7,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import func, select
 
 from bot.models import Customer, CustomerTag, InboxEvent, Interaction, OutboxMessage, Tag, TagGroup, utcnow
+from tests.support import control, read
 
 CHANNEL = "live_0618"
 
@@ -19,18 +19,6 @@ CHANNEL = "live_0618"
 def overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return {**overrides, "contacts": {"channels": {CHANNEL: {"tags": ["渠道/直播间"], "stage": "new"}}},
             "app": {**overrides["app"], "brand_name": "测试店"}}
-
-
-def control(sandbox, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-    response = requests.post(f"{sandbox.url}/_sandbox/{path}", json=payload or {}, timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
-def read(sandbox, what: str, **params: Any) -> Any:
-    response = requests.get(f"{sandbox.url}/_sandbox/{what}", params=params, timeout=10)
-    response.raise_for_status()
-    return response.json()
 
 
 def drain(app) -> dict:

@@ -7,11 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import select
 
 from bot.models import OutboxMessage, utcnow
 from bot.outbox import enqueue
+from tests.support import control, read
 
 TIMEOUT = 1.5  # the bot's WeCom timeout here; the sandbox answers after LATE seconds
 LATE = 2.0
@@ -22,18 +22,6 @@ LEASE = 0.6  # short claims, renewed every 0.2 s
 def overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return {**overrides, "wecom": {**overrides["wecom"], "timeout_seconds": TIMEOUT},
             "outbox": {"resend_attempts": 3}, "worker": {**overrides["worker"], "lease_seconds": LEASE}}
-
-
-def control(sandbox, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-    response = requests.post(f"{sandbox.url}/_sandbox/{path}", json=payload or {}, timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
-def read(sandbox, what: str, **params: Any) -> Any:
-    response = requests.get(f"{sandbox.url}/_sandbox/{what}", params=params, timeout=10)
-    response.raise_for_status()
-    return response.json()
 
 
 def delay(sandbox, path: str, mode: str, count: int = 1) -> None:
