@@ -11,10 +11,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bot.models import Customer, Interaction
+from segments.incremental import last_run
 from segments.money import fen_to_yuan
 from segments.policy import TierPolicy
 from segments.retier import local_midnight_utc, metrics_source
-from segments.rfm import SEGMENT_NAMES, aggregate_stats, population_stats, quintile_of, segment_of
+from segments.rfm import SEGMENT_NAMES, PopulationStats, aggregate_stats, population_stats, quintile_of, segment_of
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,21 @@ def explain(session: Session, customer: Customer, policy: TierPolicy, as_of: dat
     return explanation(session, customer, policy, as_of, tz).lines
 
 
-def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of: date, tz: ZoneInfo) -> Explanation:
+def stored_stats(session: Session) -> PopulationStats | None:
+    """The population statistics the last re-tier compared customers with (what their stored tiers
+    rest on), or None when no run kept them. Reading them is one indexed row, where computing them
+    scans every buyer: a page that explains one customer uses these."""
+    run = last_run(session)
+    return PopulationStats(**run.stats) if run is not None and run.stats else None
+
+
+def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of: date, tz: ZoneInfo,
+                stats: PopulationStats | None = None) -> Explanation:
+    """``stats``: the population to compare with (e.g. :func:`stored_stats`); default: computed now."""
     as_of_day = as_of.toordinal()
     metrics, from_aggregates = metrics_source(session, as_of_day, tz)
-    stats = aggregate_stats(session) if from_aggregates else population_stats(session, metrics)
+    if stats is None:
+        stats = aggregate_stats(session) if from_aggregates else population_stats(session, metrics)
     row = session.execute(select(metrics).where(metrics.c.customer_id == customer.id)).one_or_none()
     orders, amount, last_day = (int(row.order_count), int(row.paid_amount_fen), row.last_order_day) if row and \
         row.order_count else (0, 0, None)

@@ -8,11 +8,11 @@ import calendar
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from jinja2 import TemplateNotFound
-from sqlalchemy import exists, extract, func, select
+from sqlalchemy import exists, extract, func, literal, select
 from sqlalchemy.orm import Session
 
 from bot.campaigns.broadcasts import BroadcastSpec, create_broadcast, next_cron_time, tier_key_names
@@ -20,7 +20,7 @@ from bot.campaigns.coupons import CouponBook, CouponDefinition, coupon_vars, iss
 from bot.campaigns.push import push
 from bot.campaigns.rules import CampaignRules, SequenceFlow, SequenceStep, TemplateRef
 from bot.core.config import Settings
-from bot.models import Broadcast, Customer, Follow, Order, SyncCursor, TierChange
+from bot.models import Broadcast, Customer, Follow, Order, OutboxMessage, SyncCursor, TierChange
 from bot.outbox import enqueue
 from bot.outbox.messages import MessageTemplates, customer_vars, tier_keys
 
@@ -217,6 +217,55 @@ def run_sequences(session: Session, settings: Settings, templates: MessageTempla
                                 name=step.template.name, trigger_kind="sequence", trigger_ref=ref, now=now,
                                 extra=extra))
     return result
+
+
+@dataclass(frozen=True)
+class PendingStep:
+    """A sequence step one customer will still get: which flow and step, when it comes due, what it sends."""
+
+    flow: str
+    day: int
+    template: str
+    due_at: datetime
+    coupon: str
+
+
+def pending_steps(session: Session, settings: Settings, customer: Customer, now: datetime,
+                  rules: CampaignRules | None = None) -> list[PendingStep]:
+    """The steps of every flow this customer is in that are not planned yet and will be (due in the
+    future, or due within the window :func:`run_sequences` still plans), in due order. Steps whose
+    audience or order condition the customer does not meet now are left out: they would be skipped."""
+    rules = rules or CampaignRules.from_settings(settings)
+    book = CouponBook.from_settings(settings)
+    pending: list[PendingStep] = []
+    for flow in rules.sequences:
+        starts = _flow_starts(flow)
+        started_at = session.scalar(select(starts.c.started_at).where(starts.c.customer_id == customer.id))
+        if started_at is None:
+            continue
+        started_at = _aware(started_at)
+        for step in flow.steps:
+            due_at = started_at + timedelta(days=step.day)
+            if due_at <= now - FRESH:
+                continue
+            ref = f"{flow.name}:{step.index}:{started_at.astimezone(settings.tz).date().isoformat()}"
+            planned = session.scalar(select(OutboxMessage.id).where(
+                OutboxMessage.dedupe_key == f"sequence:{ref}:{customer.id}"))
+            if planned is not None:
+                continue
+            still = session.scalar(select(Customer.id).where(
+                Customer.id == customer.id, *step.audience.conditions(session, settings.tz),
+                *_still_in(flow, step, literal(started_at, Order.paid_at.type))))
+            if still is None:
+                continue
+            coupon = book.get(step.coupon).title if step.coupon else ""
+            pending.append(PendingStep(flow.name, step.day, str(step.template), due_at, coupon))
+    return sorted(pending, key=lambda p: p.due_at)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive UTC datetimes."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _flow_starts(flow: SequenceFlow) -> Any:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from bot.contacts.interactions import add_interaction
-from bot.models import Coupon, Customer, Order, utcnow
+from bot.models import AuditEntry, Coupon, Customer, Order, utcnow
 from segments.money import fen_to_yuan, number_to_fen
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,62 @@ def issue(session: Session, book: CouponBook, definition: CouponDefinition, cust
         found[customer_id] = coupon
     session.flush()
     return found
+
+
+STAFF_ISSUE_ACTION = "sidebar.coupon_issue"
+
+
+@dataclass(frozen=True)
+class StaffIssue:
+    """A member's one-tap issue: the coupon (new, or the one the same request key already made), or
+    why nothing was issued (``refused``), with the member's count for the day after it."""
+
+    coupon: Coupon | None
+    created: bool
+    issued_today: int
+    refused: str = ""
+
+
+def staff_issue_ref(staff_userid: str, request_key: str) -> str:
+    return f"staff:{staff_userid}:{request_key}"[:128]
+
+
+def staff_actor(staff_userid: str) -> str:
+    """The audit log's actor for a WeCom member (operators appear by their console name)."""
+    return f"staff:{staff_userid}"[:64]
+
+
+def issued_by_staff_since(session: Session, staff_userid: str, since: datetime) -> int:
+    """Coupons this member issued from the sidebar since ``since`` (their audit entries)."""
+    return session.scalar(select(func.count()).select_from(AuditEntry).where(
+        AuditEntry.at >= since, AuditEntry.action == STAFF_ISSUE_ACTION,
+        AuditEntry.actor == staff_actor(staff_userid))) or 0
+
+
+def issue_by_staff(session: Session, book: CouponBook, definition: CouponDefinition, customer: Customer,
+                   staff_userid: str, request_key: str, *, daily_limit: int, day_start: datetime,
+                   now: datetime) -> StaffIssue:
+    """Issue ``definition`` to ``customer`` for a member, at most ``daily_limit`` a day (from
+    ``day_start``, the member's local midnight). The same ``request_key`` (a double tap, a retried
+    request) returns the coupon it made instead of a second one. Each new coupon is audited: who,
+    when, which customer and definition."""
+    ref = staff_issue_ref(staff_userid, request_key)
+    already = session.scalar(select(Coupon).where(Coupon.definition == definition.code,
+                                                  Coupon.customer_id == customer.id, Coupon.issue_ref == ref))
+    today = issued_by_staff_since(session, staff_userid, day_start)
+    if already is not None:
+        return StaffIssue(already, False, today)
+    if not definition.allows(customer):
+        return StaffIssue(None, False, today, "tier")
+    if today >= daily_limit:
+        return StaffIssue(None, False, today, "limit")
+    coupon = issue(session, book, definition, [customer.id], ref, now)[customer.id]
+    session.add(AuditEntry(actor=staff_actor(staff_userid), action=STAFF_ISSUE_ACTION,
+                           target=f"customer:{customer.id}", before=None,
+                           after={"coupon_id": coupon.id, "definition": definition.code, "source": "staff"}, at=now))
+    session.flush()
+    logger.info("coupon %s issued from the sidebar by member %s", definition.code, staff_userid)
+    return StaffIssue(coupon, True, today + 1)
 
 
 @dataclass(frozen=True)

@@ -301,6 +301,7 @@ class SidebarSettings:
     authorize_url: str = DEFAULT_OAUTH_AUTHORIZE_URL
     jssdk_url: str = DEFAULT_JSSDK_URL
     ticket_refresh_margin_seconds: int = 600
+    daily_coupon_limit: int = 20
 
 
 @dataclass(frozen=True)
@@ -574,6 +575,8 @@ def _check_sidebar(sidebar: SidebarSettings) -> None:
             raise ConfigError(f"sidebar.{key} must be an http(s) URL, got {getattr(sidebar, key)!r}")
     if not 0 <= sidebar.ticket_refresh_margin_seconds < 7200:
         raise ConfigError("sidebar.ticket_refresh_margin_seconds must be 0–7199 (tickets live 7200 s)")
+    if not 0 <= sidebar.daily_coupon_limit <= 10_000:
+        raise ConfigError("sidebar.daily_coupon_limit must be 0–10000 coupons per member per day (0 = none)")
 
 
 def _check_conversations(settings: Settings) -> None:

@@ -1,7 +1,8 @@
 /* The sandbox's stand-in for WeCom's jweixin script: wx.config / wx.agentConfig are checked against
    the tickets the sandbox issued, wx.invoke answers like the WeCom client, and every call is kept in
    window.__wecomCalls and reported to the sandbox. The current external contact is the page URL's
-   sandbox_contact parameter (WeCom takes it from the chat the sidebar is opened beside). */
+   sandbox_contact parameter (WeCom takes it from the chat the sidebar is opened beside); where the page
+   was opened (getContext's entry) is its sandbox_entry parameter, single_chat_tools by default. */
 (function () {
   "use strict";
   var ORIGIN = "__SANDBOX_ORIGIN__";
@@ -23,9 +24,12 @@
     }).then(function (r) { return r.json(); }).then(function (j) { return !!j.ok; })
       .catch(function () { return false; });
   }
-  function contact() {
-    return new URLSearchParams(location.search).get("sandbox_contact") || "";
+  var SINGLE_CUSTOMER = ["single_chat_tools", "single_kf_tools", "contact_profile"];
+  function param(name) {
+    return new URLSearchParams(location.search).get(name) || "";
   }
+  function contact() { return param("sandbox_contact"); }
+  function entry() { return param("sandbox_entry") || "single_chat_tools"; }
 
   var wx = {
     config: function (cfg) {
@@ -50,10 +54,10 @@
       record(api, args || {});
       var res;
       if (!configured) res = { err_msg: api + ":fail not configured" };
-      else if (api === "getContext") res = { err_msg: "getContext:ok", entry: "single_chat_tools" };
+      else if (api === "getContext") res = { err_msg: "getContext:ok", entry: entry() };
       else if (!agentConfigured) res = { err_msg: api + ":fail no permission" };
       else if (api === "getCurExternalContact") {
-        res = contact() ? { err_msg: "getCurExternalContact:ok", userId: contact() }
+        res = contact() && SINGLE_CUSTOMER.indexOf(entry()) >= 0 ? { err_msg: "getCurExternalContact:ok", userId: contact() }
                         : { err_msg: "getCurExternalContact:fail without context of external contact" };
       } else if (api === "sendChatMessage") res = { err_msg: "sendChatMessage:ok" };
       else res = { err_msg: api + ":ok" };

@@ -11,10 +11,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.campaigns.automation import PendingStep, pending_steps
+from bot.campaigns.coupons import CouponBook
 from bot.core.config import Settings
 from bot.models import Coupon, Customer, CustomerTag, Follow, Interaction, Order, Staff, Tag, TagGroup, TierChange
 from bot.outbox.messages import STAGE_NAMES, TIER_NAMES, MessageTemplates, customer_vars, tier_keys
-from segments.explain import explanation
+from bot.outbox.quick_replies import RenderedReply, quick_replies_for
+from segments.explain import explanation, stored_stats
 from segments.money import fen_to_yuan
 from segments.policy import TierPolicy
 from segments.rfm import SEGMENT_NAMES
@@ -81,6 +84,22 @@ class NextBestAction:
     text: str
 
 
+@dataclass(frozen=True)
+class CouponOption:
+    code: str
+    title: str
+    terms: str
+    valid_days: int
+
+
+@dataclass(frozen=True)
+class StepView:
+    due: str
+    what: str
+    coupon: str
+    overdue: bool
+
+
 @dataclass
 class CustomerCard:
     external_userid: str
@@ -97,6 +116,9 @@ class CustomerCard:
     interactions: list[dict[str, str]] = field(default_factory=list)
     tag_groups: list[TagGroupView] = field(default_factory=list)
     action: NextBestAction | None = None
+    quick_replies: list[RenderedReply] = field(default_factory=list)
+    coupon_options: list[CouponOption] = field(default_factory=list)
+    steps: list[StepView] = field(default_factory=list)
 
 
 def find_customer(session: Session, external_userid: str) -> Customer | None:
@@ -104,8 +126,9 @@ def find_customer(session: Session, external_userid: str) -> Customer | None:
 
 
 def build_card(session: Session, customer: Customer, staff_userid: str, settings: Settings,
-               as_of: date, templates: MessageTemplates) -> CustomerCard:
+               now: datetime, templates: MessageTemplates) -> CustomerCard:
     tz = settings.tz
+    as_of = now.astimezone(tz).date()
     follow = _follow_shown(session, customer, staff_userid)
     owner = session.scalar(select(Staff.name).where(Staff.userid == customer.owner_userid)) \
         if customer.owner_userid else None
@@ -125,7 +148,21 @@ def build_card(session: Session, customer: Customer, staff_userid: str, settings
     card.interactions = _interactions(session, customer.id, tz)
     card.tag_groups = tag_groups(session, customer.id)
     card.action = next_best_action(customer, templates, settings.app.brand_name)
+    card.quick_replies = quick_replies_for(customer, templates, settings.app.brand_name)
+    card.coupon_options = coupon_options(CouponBook.from_settings(settings), customer)
+    card.steps = [_step_view(step, now, tz) for step in pending_steps(session, settings, customer, now)]
     return card
+
+
+def coupon_options(book: CouponBook, customer: Customer) -> list[CouponOption]:
+    """The coupon definitions this customer's value tier or RFM segment may have."""
+    return [CouponOption(d.code, d.title, d.terms(), d.valid_days) for d in book.definitions.values()
+            if d.allows(customer)]
+
+
+def _step_view(step: PendingStep, now: datetime, tz: ZoneInfo) -> StepView:
+    return StepView(_day(step.due_at, tz), f"{step.flow} 第 {step.day} 天 · {step.template}", step.coupon,
+                    step.due_at <= now)
 
 
 def _follow_shown(session: Session, customer: Customer, staff_userid: str) -> Follow | None:
@@ -145,7 +182,7 @@ def _channel(follow: Follow | None) -> str:
 
 def tier_rows(session: Session, customer: Customer, settings: Settings, as_of: date) -> list[TierRow]:
     policy = TierPolicy.from_settings(settings.tiers)
-    why = explanation(session, customer, policy, as_of, settings.tz).why
+    why = explanation(session, customer, policy, as_of, settings.tz, stats=stored_stats(session)).why
     scores = "/".join(str(s) if s is not None else "-" for s in (customer.r_score, customer.f_score, customer.m_score))
     rfm_why = " · ".join(why[k] for k in ("r", "f", "m", "rfm_segment") if k in why)
     return [

@@ -15,9 +15,10 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, re
 from sqlalchemy import select
 from wechatpy.exceptions import WeChatClientException
 
+from bot.campaigns.coupons import CouponBook, coupon_vars, issue_by_staff, issued_by_staff_since
 from bot.core.config import Settings
 from bot.models import Customer, Tag, TagGroup
-from bot.outbox.messages import MessageTemplates
+from bot.outbox.messages import MessageTemplates, customer_vars, tier_keys
 from bot.tagging.rules import RuleError, TagRules, parse_ref
 from bot.tagging.sync import push_pending
 from bot.tagging.system import canonical_ref, ensure_tag, tag_customer, untag_customer
@@ -33,12 +34,14 @@ from bot.web.sidebar.identity import (
     sign_in_redirect,
 )
 from bot.wecom.api import jsapi_signature
+from segments.policy import local_midnight_utc
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("sidebar", __name__, url_prefix="/sidebar", template_folder="templates", static_folder="static")
 # What the page asks WeCom for: getContext and getCurExternalContact need the app identity (agentConfig).
 JS_API_LIST = ["getContext", "getCurExternalContact", "sendChatMessage"]
 _EXTERNAL_USERID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_REQUEST_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -149,10 +152,66 @@ def customer_card(external_userid: str) -> Any:
         customer = _allowed_customer(session, member, external_userid)
         if not isinstance(customer, Customer):
             return customer
-        as_of = _now().astimezone(settings.tz).date()
-        card = build_card(session, customer, member.userid, settings, as_of, MessageTemplates.from_settings(settings))
+        now = _now()
+        card = build_card(session, customer, member.userid, settings, now, _templates())
+        issued_today = issued_by_staff_since(session, member.userid, _day_start(now))
         can_create = member.userid in settings.sidebar.tag_creators
-        return render_template("sidebar/card.html", card=card, can_create_tags=can_create)
+        return render_template("sidebar/card.html", card=card, can_create_tags=can_create,
+                               issued_today=issued_today, coupon_limit=settings.sidebar.daily_coupon_limit)
+
+
+def _templates() -> MessageTemplates:
+    """One template environment per app: Jinja2 compiles each template once and still notices an
+    operator's edit (it checks the file's time on use)."""
+    templates = current_app.extensions.get("sidebar.templates")
+    if templates is None:
+        templates = current_app.extensions["sidebar.templates"] = MessageTemplates.from_settings(_settings())
+    return templates
+
+
+def _day_start(now: datetime) -> datetime:
+    """The member's day for the coupon limit: since local midnight."""
+    return local_midnight_utc(now.astimezone(_settings().tz).date(), _settings().tz)
+
+
+@bp.post("/customer/<external_userid>/coupons")
+def issue_coupon(external_userid: str) -> Any:
+    """``{"definition": "VIP", "key": "<random per tap>"}``: one coupon of a definition the customer's
+    tier may have, within the member's daily limit; the same key returns the coupon it made."""
+    member = _member_or_401()
+    if not isinstance(member, Member):
+        return jsonify(error="登录已过期，请重新打开侧边栏"), 401
+    if not csrf_ok(member):
+        logger.warning("sidebar: coupon issue by member %s without a valid CSRF token", member.userid)
+        return jsonify(error="页面已过期，请刷新后重试"), 403
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("definition"), str) \
+            or not isinstance(body.get("key"), str) or not _REQUEST_KEY.fullmatch(body["key"]):
+        return jsonify(error="请求格式错误"), 400
+    settings, now = _settings(), _now()
+    limit = settings.sidebar.daily_coupon_limit
+    book = CouponBook.from_settings(settings)
+    definition = book.definitions.get(body["definition"])
+    if definition is None:
+        return jsonify(error="没有这种优惠券"), 400
+    with current_app.extensions["scrm.db"].begin() as session:
+        customer = _allowed_customer(session, member, external_userid)
+        if not isinstance(customer, Customer):
+            return jsonify(error="无权为该客户发券"), customer[1]
+        result = issue_by_staff(session, book, definition, customer, member.userid, body["key"],
+                                daily_limit=limit, day_start=_day_start(now), now=now)
+        if result.refused == "tier":
+            return jsonify(error=f"该客户的分层不能领取「{definition.title}」"), 403
+        if result.refused == "limit" or result.coupon is None:
+            logger.info("sidebar: member %s reached the daily coupon limit (%s)", member.userid, limit)
+            return jsonify(error=f"今天已发 {result.issued_today} 张，达到每人每日 {limit} 张的上限，未发放。"
+                                 "明天再发，或请管理员调整 sidebar.daily_coupon_limit。",
+                           issued_today=result.issued_today, limit=limit), 429
+        coupon = coupon_vars(result.coupon, settings.tz)
+        message = _templates().render("coupon", definition.code.lower(), tier_keys(customer),
+                                      customer=customer_vars(customer), brand=settings.app.brand_name, coupon=coupon)
+    return jsonify(created=result.created, code=coupon["code"], title=coupon["title"], expires=coupon["expires"],
+                   text=message.text, issued_today=result.issued_today, limit=limit)
 
 
 @bp.post("/customer/<external_userid>/tags")

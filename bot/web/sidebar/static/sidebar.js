@@ -74,9 +74,7 @@
   function askContext() {
     wx.invoke("getContext", {}, function (res) {
       if (!isOk(res, "getContext")) return fail("getContext", "无法确认打开入口", errText(res));
-      if (CHAT_ENTRIES.indexOf(res.entry) < 0) {
-        return fail("getContext", "请在客户聊天中打开", "当前入口：" + res.entry);
-      }
+      if (CHAT_ENTRIES.indexOf(res.entry) < 0) return wrongEntry(res.entry);
       step("getContext", true);
       wx.invoke("getCurExternalContact", {}, function (r) {
         if (!isOk(r, "getCurExternalContact") || !r.userId) {
@@ -88,6 +86,26 @@
         loadCard(r.userId);
       });
     });
+  }
+
+  // Where WeCom may open a page (getContext entry) and what staff should do instead; the card needs
+  // a single customer: a one-to-one chat (also a 微信客服 one) or the customer's profile.
+  var ENTRY_NAMES = {
+    group_chat_tools: "客户群聊的工具栏", chain_group_chat_tools: "上下游群聊的工具栏",
+    chain_single_chat_tools: "上下游单聊的工具栏", internal_group_chat_board: "内部群聊",
+    chat_attachment: "聊天附件栏", normal: "应用主页或工作台"
+  };
+  function wrongEntry(entry) {
+    step("getContext", false);
+    var where = ENTRY_NAMES[entry] || "其他入口";
+    var box = document.getElementById("problem");
+    box.innerHTML = "<h1>侧边栏只在客户单聊中可用</h1>" +
+      "<p>当前从「" + escapeHtml(where) + "」打开（入口 " + escapeHtml(entry || "未知") + "）。</p>" +
+      "<p>请在与客户的单聊、微信客服会话或客户资料页的聊天工具栏中打开本页。</p>";
+    box.className = "notice info";
+    box.hidden = false;
+    box.setAttribute("data-failed-step", "getContext");
+    box.setAttribute("data-entry", entry || "");
   }
 
   function loadCard(externalUserid) {
@@ -143,11 +161,14 @@
       if (send) {
         var text = document.getElementById(send.getAttribute("data-send")).textContent.trim();
         var status = send.parentNode.querySelector("[data-send-status]");
+        if (!text) return;
         wx.invoke("sendChatMessage", { msgtype: "text", enterChat: true, text: { content: text } }, function (res) {
           status.textContent = isOk(res, "sendChatMessage") ? "已发送到聊天" : "发送失败：" + errText(res);
         });
       }
     });
+    wireReplies(holder);
+    wireCoupons(holder, externalUserid);
     var form = holder.querySelector("[data-tag-new]");
     if (form) form.addEventListener("submit", function (ev) {
       ev.preventDefault();
@@ -159,6 +180,57 @@
         form.reset();
         var existing = holder.querySelector('button[data-tag-id="' + j.tag_id + '"]');
         if (existing) existing.setAttribute("aria-pressed", "true");
+      });
+    });
+  }
+
+  // 话术库: filter by title or text as staff type (all replies are on the page already).
+  function wireReplies(holder) {
+    var input = holder.querySelector("[data-reply-filter]");
+    if (!input) return;
+    var none = holder.querySelector("[data-reply-none]");
+    input.addEventListener("input", function () {
+      var words = input.value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+      var shown = 0;
+      holder.querySelectorAll("[data-reply]").forEach(function (item) {
+        var hay = item.textContent.toLowerCase();
+        var match = words.every(function (w) { return hay.indexOf(w) >= 0; });
+        item.hidden = !match;
+        if (match) shown += 1;
+      });
+      none.hidden = shown > 0;
+    });
+  }
+
+  function requestKey() {
+    var bytes = new Uint8Array(12);
+    window.crypto.getRandomValues(bytes);
+    return Array.prototype.map.call(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+  }
+
+  // One tap issues one coupon; the key makes a retried request return the same coupon.
+  function wireCoupons(holder, externalUserid) {
+    var url = base + "customer/" + encodeURIComponent(externalUserid) + "/coupons";
+    var status = holder.querySelector("[data-coupon-status]");
+    var sent = holder.querySelector("[data-coupon-sent]");
+    var count = holder.querySelector("[data-coupon-count]");
+    holder.querySelectorAll("button[data-coupon]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        button.disabled = true;
+        status.className = "muted";
+        post(url, { definition: button.getAttribute("data-coupon"), key: requestKey() }).then(function (j) {
+          button.disabled = false;
+          if (j.status !== 200) {
+            status.className = "error";
+            status.textContent = j.error || "发券失败";
+            return;
+          }
+          status.textContent = "已发放「" + j.title + "」券码 " + j.code + "，" + j.expires + " 前有效";
+          count.textContent = "今天已发 " + j.issued_today + "/" + j.limit;
+          document.getElementById("coupon-text").textContent = j.text;
+          sent.querySelector("[data-send-status]").textContent = "";
+          sent.hidden = false;
+        }).catch(function () { button.disabled = false; status.textContent = "网络错误，请重试"; });
       });
     });
   }
