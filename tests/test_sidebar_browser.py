@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from bot.models import CustomerTag, Tag
+from bot.campaigns.coupons import display_code
+from bot.models import Coupon, Customer, CustomerTag, Follow, Tag
 from tests.sidebar_support import OTHERS, OWN, SidebarWorld, serve_world
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -111,3 +113,92 @@ def test_a_bad_signature_shows_which_step_failed_and_what_to_check(world, phone,
     problem = phone.inner_text("#problem")
     assert "config:fail" in problem and "可信域名" in problem
     phone.screenshot(path=str(tmp_path / "sidebar-config-fail.png"), full_page=True)
+
+
+def test_a_quick_reply_is_found_by_search_and_sent(world, phone, tmp_path):
+    open_as(phone, world, "zhangsan", OWN)
+    replies = phone.locator("[data-reply]")
+    assert replies.count() >= 5
+    phone.fill("[data-reply-filter]", "会员日")
+    visible = [r.get_attribute("data-reply") for r in replies.all() if r.is_visible()]
+    assert visible == ["member_day"]
+    phone.fill("[data-reply-filter]", "没有这种话术")
+    assert phone.is_visible("[data-reply-none]") and not any(r.is_visible() for r in replies.all())
+    phone.fill("[data-reply-filter]", "会员日")
+    text = phone.inner_text("#qr-member_day").strip()
+    assert "陈小姐" in text
+    phone.click("[data-reply='member_day'] button[data-send]")
+    phone.wait_for_selector("[data-reply='member_day'] [data-send-status]:has-text('已发送到聊天')")
+    sent = [c["args"] for c in phone.evaluate("window.__wecomCalls") if c["api"] == "sendChatMessage"]
+    assert sent == [{"msgtype": "text", "enterChat": True, "text": {"content": text}}]
+    phone.screenshot(path=str(tmp_path / "sidebar-quick-reply.png"), full_page=True)
+    phone.fill("[data-reply-filter]", "")
+    phone.locator("section.replies").screenshot(path=str(tmp_path / "sidebar-quick-replies.png"))
+
+
+@pytest.fixture
+def limited_world(overrides, sandbox, sandbox_state) -> Iterator[SidebarWorld]:
+    yield from serve_world(overrides, sandbox, sandbox_state, daily_coupon_limit=1)
+
+
+def test_a_coupon_is_issued_with_one_tap_sent_and_the_daily_limit_refuses_more(limited_world, phone, tmp_path):
+    world = limited_world
+    open_as(phone, world, "zhangsan", OWN)
+    assert phone.inner_text("[data-coupon-count]") == "今天已发 0/1"
+    phone.click("button[data-coupon='VIP']")
+    phone.wait_for_selector("[data-coupon-status]:has-text('已发放')")
+    with world.db().begin() as session:
+        coupon, owner = session.execute(select(Coupon, Customer.external_userid).join(
+            Customer, Customer.id == Coupon.customer_id).where(Coupon.issue_ref.like("staff:zhangsan:%"))).one()
+        assert (coupon.definition, owner) == ("VIP", OWN)
+        code = coupon.code
+    assert display_code(code) in phone.inner_text("[data-coupon-status]")
+    assert phone.inner_text("[data-coupon-count]") == "今天已发 1/1"
+    phone.click("[data-coupon-sent] button[data-send]")
+    phone.wait_for_selector("[data-coupon-sent] [data-send-status]:has-text('已发送到聊天')")
+    sent = [c["args"]["text"]["content"] for c in phone.evaluate("window.__wecomCalls")
+            if c["api"] == "sendChatMessage"]
+    assert len(sent) == 1 and display_code(code) in sent[0]
+    phone.screenshot(path=str(tmp_path / "sidebar-coupon.png"), full_page=True)
+
+    phone.click("button[data-coupon='NEWBIE']")
+    phone.wait_for_selector("[data-coupon-status].error")
+    assert "上限" in phone.inner_text("[data-coupon-status]")
+    with world.db().begin() as session:
+        assert session.scalar(select(func.count()).select_from(Coupon).where(Coupon.issue_ref.like("staff:%"))) == 1
+    phone.locator("section.coupons").screenshot(path=str(tmp_path / "sidebar-coupon-limit.png"))
+
+
+def test_the_customers_pending_sequence_step_is_on_the_card(world, phone, tmp_path):
+    with world.db().begin() as session:
+        follow = session.scalar(select(Follow).join(Customer).where(Customer.external_userid == OWN))
+        follow.added_at = datetime.now(UTC) - timedelta(days=1)
+    open_as(phone, world, "zhangsan", OWN)
+    steps = phone.locator("[data-step-pending]")
+    assert steps.count() == 2
+    assert "new_customer 第 3 天" in steps.first.inner_text() and "新客首单券" in steps.nth(1).inner_text()
+    phone.locator("section.nba").screenshot(path=str(tmp_path / "sidebar-steps.png"))
+
+
+@pytest.mark.parametrize("entry", ["group_chat_tools", "normal", "chat_attachment"])
+def test_opened_outside_a_customer_chat_the_page_says_so(world, phone, tmp_path, entry):
+    phone.goto(f"{world.url}/sidebar/?sandbox_contact={OWN}&sandbox_entry={entry}")
+    if "/connect/oauth2/authorize" in phone.url:
+        phone.click("a:has-text('(zhangsan)')")
+    phone.wait_for_selector("#problem:not([hidden])")
+    assert phone.get_attribute("#problem", "data-entry") == entry
+    problem = phone.inner_text("#problem")
+    assert "只在客户单聊中可用" in problem and entry in problem
+    assert phone.inner_text("#card") == ""
+    apis = [c["api"] for c in phone.evaluate("window.__wecomCalls")]
+    assert "getCurExternalContact" not in apis
+    phone.screenshot(path=str(tmp_path / f"sidebar-entry-{entry}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("entry", ["single_kf_tools", "contact_profile"])
+def test_the_other_customer_entries_open_the_card(world, phone, entry):
+    phone.goto(f"{world.url}/sidebar/?sandbox_contact={OWN}&sandbox_entry={entry}")
+    if "/connect/oauth2/authorize" in phone.url:
+        phone.click("a:has-text('(zhangsan)')")
+    phone.wait_for_selector("#card[data-status]")
+    assert phone.get_attribute("#card", "data-status") == "200" and "陈小姐" in phone.inner_text("#card")
