@@ -231,16 +231,15 @@ class PendingStep:
 
 
 def pending_steps(session: Session, settings: Settings, customer: Customer, now: datetime,
-                  rules: CampaignRules | None = None) -> list[PendingStep]:
+                  rules: CampaignRules | None = None, book: CouponBook | None = None) -> list[PendingStep]:
     """The steps of every flow this customer is in that are not planned yet and will be (due in the
     future, or due within the window :func:`run_sequences` still plans), in due order. Steps whose
     audience or order condition the customer does not meet now are left out: they would be skipped."""
     rules = rules or CampaignRules.from_settings(settings)
-    book = CouponBook.from_settings(settings)
+    book = book or CouponBook.from_settings(settings)
     pending: list[PendingStep] = []
     for flow in rules.sequences:
-        starts = _flow_starts(flow)
-        started_at = session.scalar(select(starts.c.started_at).where(starts.c.customer_id == customer.id))
+        started_at = session.scalar(_flow_start_of(flow, customer.id))
         if started_at is None:
             continue
         started_at = _aware(started_at)
@@ -261,6 +260,17 @@ def pending_steps(session: Session, settings: Settings, customer: Customer, now:
             coupon = book.get(step.coupon).title if step.coupon else ""
             pending.append(PendingStep(flow.name, step.day, str(step.template), due_at, coupon))
     return sorted(pending, key=lambda p: p.due_at)
+
+
+def _flow_start_of(flow: SequenceFlow, customer_id: int) -> Any:
+    """:func:`_flow_starts` for one customer, through the customer's own index entries."""
+    if flow.entry is None:
+        return select(func.min(Follow.added_at)).where(Follow.customer_id == customer_id,
+                                                       Follow.added_at.is_not(None))
+    dimension, value = flow.entry
+    return select(func.max(TierChange.created_at)).where(TierChange.customer_id == customer_id,
+                                                         TierChange.dimension == dimension,
+                                                         TierChange.to_value == value)
 
 
 def _aware(moment: datetime) -> datetime:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from bot.campaigns.automation import PendingStep, pending_steps
 from bot.campaigns.coupons import CouponBook
+from bot.campaigns.rules import CampaignRules
 from bot.core.config import Settings
 from bot.models import Coupon, Customer, CustomerTag, Follow, Interaction, Order, Staff, Tag, TagGroup, TierChange
 from bot.outbox.messages import STAGE_NAMES, TIER_NAMES, MessageTemplates, customer_vars, tier_keys
@@ -125,8 +126,23 @@ def find_customer(session: Session, external_userid: str) -> Customer | None:
     return session.scalar(select(Customer).where(Customer.external_userid == external_userid))
 
 
+@dataclass(frozen=True)
+class CardSources:
+    """What a card reads besides the database, built once from the settings (parsing the campaign
+    rules checks every template they name: too slow to repeat per card)."""
+
+    templates: MessageTemplates
+    rules: CampaignRules
+    book: CouponBook
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CardSources:
+        return cls(MessageTemplates.from_settings(settings), CampaignRules.from_settings(settings),
+                   CouponBook.from_settings(settings))
+
+
 def build_card(session: Session, customer: Customer, staff_userid: str, settings: Settings,
-               now: datetime, templates: MessageTemplates) -> CustomerCard:
+               now: datetime, sources: CardSources) -> CustomerCard:
     tz = settings.tz
     as_of = now.astimezone(tz).date()
     follow = _follow_shown(session, customer, staff_userid)
@@ -147,10 +163,11 @@ def build_card(session: Session, customer: Customer, staff_userid: str, settings
     card.coupons = _coupons(session, customer.id, tz)
     card.interactions = _interactions(session, customer.id, tz)
     card.tag_groups = tag_groups(session, customer.id)
-    card.action = next_best_action(customer, templates, settings.app.brand_name)
-    card.quick_replies = quick_replies_for(customer, templates, settings.app.brand_name)
-    card.coupon_options = coupon_options(CouponBook.from_settings(settings), customer)
-    card.steps = [_step_view(step, now, tz) for step in pending_steps(session, settings, customer, now)]
+    card.action = next_best_action(customer, sources.templates, settings.app.brand_name)
+    card.quick_replies = quick_replies_for(customer, sources.templates, settings.app.brand_name)
+    card.coupon_options = coupon_options(sources.book, customer)
+    card.steps = [_step_view(step, now, tz)
+                  for step in pending_steps(session, settings, customer, now, sources.rules, sources.book)]
     return card
 
 

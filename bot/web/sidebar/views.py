@@ -15,14 +15,14 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, re
 from sqlalchemy import select
 from wechatpy.exceptions import WeChatClientException
 
-from bot.campaigns.coupons import CouponBook, coupon_vars, issue_by_staff, issued_by_staff_since
+from bot.campaigns.coupons import coupon_vars, issue_by_staff, issued_by_staff_since
 from bot.core.config import Settings
 from bot.models import Customer, Tag, TagGroup
-from bot.outbox.messages import MessageTemplates, customer_vars, tier_keys
+from bot.outbox.messages import customer_vars, tier_keys
 from bot.tagging.rules import RuleError, TagRules, parse_ref
 from bot.tagging.sync import push_pending
 from bot.tagging.system import canonical_ref, ensure_tag, tag_customer, untag_customer
-from bot.web.sidebar.card import build_card, customer_digest, find_customer, may_view, tag_groups
+from bot.web.sidebar.card import CardSources, build_card, customer_digest, find_customer, may_view, tag_groups
 from bot.web.sidebar.identity import (
     Member,
     SignInRefused,
@@ -153,20 +153,20 @@ def customer_card(external_userid: str) -> Any:
         if not isinstance(customer, Customer):
             return customer
         now = _now()
-        card = build_card(session, customer, member.userid, settings, now, _templates())
+        card = build_card(session, customer, member.userid, settings, now, _sources())
         issued_today = issued_by_staff_since(session, member.userid, _day_start(now))
         can_create = member.userid in settings.sidebar.tag_creators
         return render_template("sidebar/card.html", card=card, can_create_tags=can_create,
                                issued_today=issued_today, coupon_limit=settings.sidebar.daily_coupon_limit)
 
 
-def _templates() -> MessageTemplates:
-    """One template environment per app: Jinja2 compiles each template once and still notices an
-    operator's edit (it checks the file's time on use)."""
-    templates = current_app.extensions.get("sidebar.templates")
-    if templates is None:
-        templates = current_app.extensions["sidebar.templates"] = MessageTemplates.from_settings(_settings())
-    return templates
+def _sources() -> CardSources:
+    """Built once per app: Jinja2 then compiles each template once and still notices an operator's
+    edit (it checks the file's time on use); the campaign rules and coupons come from the settings."""
+    sources = current_app.extensions.get("sidebar.sources")
+    if sources is None:
+        sources = current_app.extensions["sidebar.sources"] = CardSources.from_settings(_settings())
+    return sources
 
 
 def _day_start(now: datetime) -> datetime:
@@ -190,7 +190,7 @@ def issue_coupon(external_userid: str) -> Any:
         return jsonify(error="请求格式错误"), 400
     settings, now = _settings(), _now()
     limit = settings.sidebar.daily_coupon_limit
-    book = CouponBook.from_settings(settings)
+    book = _sources().book
     definition = book.definitions.get(body["definition"])
     if definition is None:
         return jsonify(error="没有这种优惠券"), 400
@@ -208,7 +208,7 @@ def issue_coupon(external_userid: str) -> Any:
                                  "明天再发，或请管理员调整 sidebar.daily_coupon_limit。",
                            issued_today=result.issued_today, limit=limit), 429
         coupon = coupon_vars(result.coupon, settings.tz)
-        message = _templates().render("coupon", definition.code.lower(), tier_keys(customer),
+        message = _sources().templates.render("coupon", definition.code.lower(), tier_keys(customer),
                                       customer=customer_vars(customer), brand=settings.app.brand_name, coupon=coupon)
     return jsonify(created=result.created, code=coupon["code"], title=coupon["title"], expires=coupon["expires"],
                    text=message.text, issued_today=result.issued_today, limit=limit)
