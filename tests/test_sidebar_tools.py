@@ -238,7 +238,7 @@ def test_steps_long_past_are_not_pending(world):
 def test_the_why_uses_the_last_re_tiers_stored_statistics(world, monkeypatch):
     import segments.explain
 
-    day = datetime.now(UTC).date()
+    day = datetime.now(world.app.extensions["scrm.settings"].tz).date()  # the card's as-of day (local)
     with world.db().begin() as session:
         session.add(TierRun(as_of=day, policy_digest="x", full=True, max_interaction_id=0, recomputed=5,
                             started_at=datetime.now(UTC), seconds=0.1,
