@@ -261,3 +261,23 @@ def test_without_a_stored_run_the_why_is_computed(world):
     with world.db().begin() as session:
         assert session.scalar(select(func.count()).select_from(TierRun)) == 0
     assert "RFM segment: 重要价值" in card
+
+
+def test_taps_at_the_same_moment_stay_within_the_limit(overrides, sandbox, sandbox_state):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    for world in serve_world(overrides, sandbox, sandbox_state, daily_coupon_limit=3):
+        browser = sign_in(world, "zhangsan")
+        headers, cookies = {"X-CSRF-Token": _csrf(browser, world)}, browser.cookies.get_dict()
+        url = f"{world.url}/sidebar/customer/{OWN}/coupons"
+
+        def tap(i: int, url: str = url, headers: dict = headers, cookies: dict = cookies) -> int:
+            return requests.post(url, json={"definition": "NEWBIE", "key": f"tap-{i:04d}"}, headers=headers,
+                                 cookies=cookies).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            codes = list(pool.map(tap, range(12)))
+        assert sorted(codes) == [200] * 3 + [429] * 9
+        assert len(_staff_coupons(world)) == 3

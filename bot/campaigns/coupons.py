@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import false, func, select, text, update
 from sqlalchemy.orm import Session
 
 from bot.contacts.interactions import add_interaction
@@ -175,6 +175,17 @@ def issued_by_staff_since(session: Session, staff_userid: str, since: datetime) 
         AuditEntry.actor == staff_actor(staff_userid))) or 0
 
 
+def _one_issue_at_a_time(session: Session, staff_userid: str) -> None:
+    """Two taps of one member at once must not both pass the daily limit: the count and the issue
+    run under a lock until commit (PostgreSQL: an advisory lock per member; SQLite: the database's
+    one write lock, taken by a write that changes nothing)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                        {"key": f"sidebar-coupons:{staff_userid}"})
+    else:
+        session.execute(update(AuditEntry).where(false()).values(actor=AuditEntry.actor))
+
+
 def issue_by_staff(session: Session, book: CouponBook, definition: CouponDefinition, customer: Customer,
                    staff_userid: str, request_key: str, *, daily_limit: int, day_start: datetime,
                    now: datetime) -> StaffIssue:
@@ -183,6 +194,7 @@ def issue_by_staff(session: Session, book: CouponBook, definition: CouponDefinit
     request) returns the coupon it made instead of a second one. Each new coupon is audited: who,
     when, which customer and definition."""
     ref = staff_issue_ref(staff_userid, request_key)
+    _one_issue_at_a_time(session, staff_userid)
     already = session.scalar(select(Coupon).where(Coupon.definition == definition.code,
                                                   Coupon.customer_id == customer.id, Coupon.issue_ref == ref))
     today = issued_by_staff_since(session, staff_userid, day_start)
