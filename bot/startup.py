@@ -1,6 +1,7 @@
 """Start-up: the settings a process runs with. ``load_settings`` reads them (``bot.core.config``, which
 checks their shape and imports no domain), then lets each domain check the rules it owns — tier
-policy, tag rules, holiday names, the contact policy, coupons and campaign rules — so a bad rule stops
+policy, tag rules, holiday names, the contact policy, coupons, campaign rules and the sidebar's quick
+replies — so a bad rule stops
 the app, the CLI or the scheduler at start with one ``ConfigError`` line instead of failing later.
 This is the one module that knows every domain's checks; config stays on the ground floor."""
 
@@ -16,7 +17,9 @@ from bot.campaigns.holidays import HOLIDAYS
 from bot.campaigns.rules import CampaignRules
 from bot.core import config
 from bot.core.config import ConfigError, Settings
+from bot.outbox.messages import MessageTemplates
 from bot.outbox.policy import MASS_RULES, parse_quiet_hours
+from bot.outbox.quick_replies import load_quick_replies
 from bot.tagging.rules import RuleError, TagRules
 from segments.policy import PolicyError, TierPolicy
 
@@ -70,4 +73,9 @@ def _campaigns(settings: Settings) -> None:
     CampaignRules.from_settings(settings)
 
 
-_CHECKS: tuple[Callable[[Settings], None], ...] = (_tier_policy, _holidays, _contact_policy, _tag_rules, _campaigns)
+def _quick_replies(settings: Settings) -> None:
+    load_quick_replies(MessageTemplates.from_settings(settings))
+
+
+_CHECKS: tuple[Callable[[Settings], None], ...] = (_tier_policy, _holidays, _contact_policy, _tag_rules, _campaigns,
+                                                   _quick_replies)

@@ -281,3 +281,22 @@ def test_taps_at_the_same_moment_stay_within_the_limit(overrides, sandbox, sandb
             codes = list(pool.map(tap, range(12)))
         assert sorted(codes) == [200] * 3 + [429] * 9
         assert len(_staff_coupons(world)) == 3
+
+
+def test_a_broken_library_stops_the_start_with_one_line(tmp_path):
+    from bot.core.config import ConfigError
+    from bot.startup import load_settings
+
+    _library(tmp_path, '[[reply]]\nname = "gone"\ntitle = "没有模板"\n')
+    with pytest.raises(ConfigError, match="quick_reply/gone"):
+        load_settings(overrides={"app": {"templates_dir": str(tmp_path)}}, environ={})
+
+
+def test_a_reply_that_fails_to_render_costs_the_library_not_the_card(overrides, sandbox, sandbox_state, tmp_path,
+                                                                    caplog):
+    _library(tmp_path, '[[reply]]\nname = "oops"\ntitle = "坏话术"\n', oops="{{ customer.phone }}")
+    broken = {**overrides, "app": {**overrides["app"], "templates_dir": str(tmp_path)}}
+    for world in serve_world(broken, sandbox, sandbox_state):
+        card = sign_in(world, "zhangsan").get(f"{world.url}/sidebar/customer/{OWN}")
+        assert card.status_code == 200 and "话术库暂时不可用" in card.text and "陈小姐" in card.text
+        assert any("quick replies unavailable" in r.getMessage() for r in caplog.records)

@@ -4,10 +4,12 @@ who may see it, the card itself, and the next best action with its ready text.""
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
+from jinja2 import TemplateError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,13 +18,14 @@ from bot.campaigns.coupons import CouponBook
 from bot.campaigns.rules import CampaignRules
 from bot.core.config import Settings
 from bot.models import Coupon, Customer, CustomerTag, Follow, Interaction, Order, Staff, Tag, TagGroup, TierChange
-from bot.outbox.messages import STAGE_NAMES, TIER_NAMES, MessageTemplates, customer_vars, tier_keys
-from bot.outbox.quick_replies import RenderedReply, quick_replies_for
+from bot.outbox.messages import STAGE_NAMES, TIER_NAMES, MessageTemplates, customer_vars, refusal, tier_keys
+from bot.outbox.quick_replies import QuickReplyError, RenderedReply, quick_replies_for
 from segments.explain import explanation, stored_stats
 from segments.money import fen_to_yuan
 from segments.policy import TierPolicy
 from segments.rfm import SEGMENT_NAMES
 
+logger = logging.getLogger(__name__)
 ENGAGEMENT_NAMES = {"active": "活跃", "silent": "沉默", "churned": "流失"}
 ACTIVITY_NAMES = {"high": "高", "mid": "中", "low": "低"}
 INTERACTION_NAMES = {"kf_message": "客服消息", "moment_like": "朋友圈点赞", "moment_comment": "朋友圈评论",
@@ -118,6 +121,7 @@ class CustomerCard:
     tag_groups: list[TagGroupView] = field(default_factory=list)
     action: NextBestAction | None = None
     quick_replies: list[RenderedReply] = field(default_factory=list)
+    quick_replies_broken: bool = False
     coupon_options: list[CouponOption] = field(default_factory=list)
     steps: list[StepView] = field(default_factory=list)
 
@@ -164,11 +168,22 @@ def build_card(session: Session, customer: Customer, staff_userid: str, settings
     card.interactions = _interactions(session, customer.id, tz)
     card.tag_groups = tag_groups(session, customer.id)
     card.action = next_best_action(customer, sources.templates, settings.app.brand_name)
-    card.quick_replies = quick_replies_for(customer, sources.templates, settings.app.brand_name)
+    card.quick_replies, card.quick_replies_broken = _quick_replies(customer, sources.templates, settings)
     card.coupon_options = coupon_options(sources.book, customer)
     card.steps = [_step_view(step, now, tz)
                   for step in pending_steps(session, settings, customer, now, sources.rules, sources.book)]
     return card
+
+
+def _quick_replies(customer: Customer, templates: MessageTemplates,
+                   settings: Settings) -> tuple[list[RenderedReply], bool]:
+    """The 话术库 for this customer; an operator's broken edit (checked at start, but files change while
+    the service runs) costs the library, not the card."""
+    try:
+        return quick_replies_for(customer, templates, settings.app.brand_name), False
+    except (QuickReplyError, TemplateError, OverflowError) as exc:
+        logger.warning("sidebar: quick replies unavailable: %s", refusal(exc))
+        return [], True
 
 
 def coupon_options(book: CouponBook, customer: Customer) -> list[CouponOption]:
