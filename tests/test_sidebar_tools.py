@@ -182,7 +182,8 @@ def test_a_limit_of_zero_turns_sidebar_coupons_off(overrides, sandbox, sandbox_s
     for world in serve_world(overrides, sandbox, sandbox_state, daily_coupon_limit=0):
         browser = sign_in(world, "zhangsan")
         assert "发券未开启" in browser.get(f"{world.url}/sidebar/customer/{OWN}").text
-        assert _issue(browser, world, "VIP", "tap-0001").status_code == 429
+        off = _issue(browser, world, "VIP", "tap-0001")
+        assert off.status_code == 429 and "未开启" in off.json()["error"]
         assert _staff_coupons(world) == []
 
 

@@ -202,6 +202,9 @@ def issue_coupon(external_userid: str) -> Any:
                                 daily_limit=limit, day_start=_day_start(now), now=now)
         if result.refused == "tier":
             return jsonify(error=f"该客户的分层不能领取「{definition.title}」"), 403
+        if limit == 0 and result.coupon is None:
+            return jsonify(error="从侧边栏发券未开启（sidebar.daily_coupon_limit = 0），未发放。", issued_today=0,
+                           limit=0), 429
         if result.refused == "limit" or result.coupon is None:
             logger.info("sidebar: member %s reached the daily coupon limit (%s)", member.userid, limit)
             return jsonify(error=f"今天已发 {result.issued_today} 张，达到每人每日 {limit} 张的上限，未发放。"

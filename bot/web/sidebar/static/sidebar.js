@@ -226,7 +226,7 @@
             return;
           }
           status.textContent = "已发放「" + j.title + "」券码 " + j.code + "，" + j.expires + " 前有效";
-          count.textContent = "今天已发 " + j.issued_today + "/" + j.limit;
+          if (count) count.textContent = "今天已发 " + j.issued_today + "/" + j.limit;
           document.getElementById("coupon-text").textContent = j.text;
           sent.querySelector("[data-send-status]").textContent = "";
           sent.hidden = false;
