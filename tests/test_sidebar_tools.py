@@ -301,3 +301,16 @@ def test_a_reply_that_fails_to_render_costs_the_library_not_the_card(overrides, 
         card = sign_in(world, "zhangsan").get(f"{world.url}/sidebar/customer/{OWN}")
         assert card.status_code == 200 and "话术库暂时不可用" in card.text and "陈小姐" in card.text
         assert any("quick replies unavailable" in r.getMessage() for r in caplog.records)
+
+
+def test_a_coupon_message_that_fails_to_render_still_issues_the_coupon(overrides, sandbox, sandbox_state, tmp_path):
+    (tmp_path / "coupon").mkdir()
+    (tmp_path / "coupon" / "vip.j2").write_text("{{ coupon.nope }}", encoding="utf-8")
+    broken = {**overrides, "app": {**overrides["app"], "templates_dir": str(tmp_path)}}
+    for world in serve_world(broken, sandbox, sandbox_state):
+        browser = sign_in(world, "zhangsan")
+        done = _issue(browser, world, "VIP", "tap-0001")
+        assert done.status_code == 200 and done.json()["text"] == "" and done.json()["created"] is True
+        assert len(_staff_coupons(world)) == 1
+        missing = _issue(browser, world, "VIP", "tap-0002", customer="wmNoSuchCustomer")
+        assert missing.status_code == 404 and missing.json()["error"] == "系统里还没有这位客户"

@@ -12,13 +12,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template, request
+from jinja2 import TemplateError
 from sqlalchemy import select
 from wechatpy.exceptions import WeChatClientException
 
 from bot.campaigns.coupons import coupon_vars, issue_by_staff, issued_by_staff_since
 from bot.core.config import Settings
 from bot.models import Customer, Tag, TagGroup
-from bot.outbox.messages import customer_vars, tier_keys
+from bot.outbox.messages import TemplateMissing, TemplateRefused, customer_vars, refusal, tier_keys
 from bot.tagging.rules import RuleError, TagRules, parse_ref
 from bot.tagging.sync import push_pending
 from bot.tagging.system import canonical_ref, ensure_tag, tag_customer, untag_customer
@@ -42,6 +43,7 @@ bp = Blueprint("sidebar", __name__, url_prefix="/sidebar", template_folder="temp
 JS_API_LIST = ["getContext", "getCurExternalContact", "sendChatMessage"]
 _EXTERNAL_USERID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _REQUEST_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_REFUSALS = {400: "客户标识无效", 404: "系统里还没有这位客户", 403: "无权为该客户发券"}
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -197,7 +199,7 @@ def issue_coupon(external_userid: str) -> Any:
     with current_app.extensions["scrm.db"].begin() as session:
         customer = _allowed_customer(session, member, external_userid)
         if not isinstance(customer, Customer):
-            return jsonify(error="无权为该客户发券"), customer[1]
+            return jsonify(error=_REFUSALS.get(customer[1], "无权为该客户发券")), customer[1]
         result = issue_by_staff(session, book, definition, customer, member.userid, body["key"],
                                 daily_limit=limit, day_start=_day_start(now), now=now)
         if result.refused == "tier":
@@ -210,11 +212,22 @@ def issue_coupon(external_userid: str) -> Any:
             return jsonify(error=f"今天已发 {result.issued_today} 张，达到每人每日 {limit} 张的上限，未发放。"
                                  "明天再发，或请管理员调整 sidebar.daily_coupon_limit。",
                            issued_today=result.issued_today, limit=limit), 429
-        coupon = coupon_vars(result.coupon, settings.tz)
-        message = _sources().templates.render("coupon", definition.code.lower(), tier_keys(customer),
-                                      customer=customer_vars(customer), brand=settings.app.brand_name, coupon=coupon)
+        coupon, names = coupon_vars(result.coupon, settings.tz), customer_vars(customer)
+        keys = tier_keys(customer)
     return jsonify(created=result.created, code=coupon["code"], title=coupon["title"], expires=coupon["expires"],
-                   text=message.text, issued_today=result.issued_today, limit=limit)
+                   text=_coupon_text(definition.code, keys, names, coupon), issued_today=result.issued_today,
+                   limit=limit)
+
+
+def _coupon_text(code: str, keys: list[str], names: dict[str, Any], coupon: dict[str, Any]) -> str:
+    """The ready message for the chat (coupon/<code>, else coupon/default); "" when an operator's
+    template cannot render: the coupon stands, staff read its code from the page."""
+    try:
+        return _sources().templates.render("coupon", code.lower(), keys, customer=names,
+                                           brand=_settings().app.brand_name, coupon=coupon).text
+    except (TemplateError, TemplateMissing, TemplateRefused, OverflowError) as exc:
+        logger.warning("sidebar: coupon message unavailable: %s", refusal(exc))
+        return ""
 
 
 @bp.post("/customer/<external_userid>/tags")

@@ -229,7 +229,7 @@
           if (count) count.textContent = "今天已发 " + j.issued_today + "/" + j.limit;
           document.getElementById("coupon-text").textContent = j.text;
           sent.querySelector("[data-send-status]").textContent = "";
-          sent.hidden = false;
+          sent.hidden = !j.text;
         }).catch(function () { button.disabled = false; status.textContent = "网络错误，请重试"; });
       });
     });
