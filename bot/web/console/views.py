@@ -73,6 +73,7 @@ from bot.web.console.figures import (
     tier_label,
 )
 from bot.web.console.system import OUTBOX_DAYS, event_state, last_line, system_figures
+from bot.web.live import current_settings
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, TierPolicy
 from segments.rfm import SEGMENT_NAMES
 
@@ -105,7 +106,7 @@ def init_app(app: Flask) -> None:
 
 
 def _settings() -> Settings:
-    return current_app.extensions["scrm.settings"]
+    return current_settings()
 
 
 def _db() -> Database:
