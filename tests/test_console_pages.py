@@ -172,3 +172,26 @@ def test_the_wecom_check_names_the_error_code_and_what_to_check(overrides, sandb
     page = client.post("/console/system/wecom-check", data={"csrf_token": csrf(client)}).get_data(as_text=True)
     assert "连接失败" in page and "检查 wecom.api_base_url（http://127.0.0.1:9/cgi-bin/）" in page
     unreachable.extensions["scrm.db"].dispose()
+
+
+def test_customers_filter_by_channel_and_export_the_same_list(console, db):
+    from sqlalchemy import update
+
+    from bot.models import Follow
+    from tests.console_support import seed_console
+
+    ids = seed_console(db)
+    with db.begin() as s:
+        s.execute(update(Follow).where(Follow.customer_id.in_(ids[:2])).values(state="live_0618"))
+        s.execute(update(Follow).where(Follow.customer_id == ids[2]).values(state="store_sh"))
+    client = signed_in(console, "vera", "viewer")
+    page = client.get("/console/customers", query_string={"channel": "live_0618"}).get_data(as_text=True)
+    shown = [f"wm{n:06d}" for n in range(12) if f"wm{n:06d}" in page]
+    assert shown == ["wm000000", "wm000001"] and 'value="store_sh"' in page and "（无渠道）" in page
+    both = client.get("/console/customers?channel=live_0618&channel=store_sh&value_tiers=high").get_data(as_text=True)
+    assert [f"wm{n:06d}" for n in range(12) if f"wm{n:06d}" in both] == ["wm000000", "wm000001", "wm000002"]
+    none = client.get("/console/customers", query_string={"channel": "~none"}).get_data(as_text=True)
+    assert "wm000000" not in none and "wm000003" in none and "wm000011" in none
+    csv_text = client.get("/console/customers.csv", query_string={"channel": "store_sh"}).get_data(as_text=True)
+    assert "wm000002" in csv_text and "wm000000" not in csv_text
+    assert client.get("/console/customers", query_string={"channel": "x" * 65}).status_code == 400

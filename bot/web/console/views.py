@@ -63,7 +63,14 @@ from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
 from bot.tagging.rules import TagRules
 from bot.tagging.system import check_tags, merge_tags
 from bot.web.console import accounts
-from bot.web.console.customers import CustomerFilter, csv_chunks, customer_record, list_page
+from bot.web.console.customers import (
+    NO_CHANNEL,
+    CustomerFilter,
+    channel_choices,
+    csv_chunks,
+    customer_record,
+    list_page,
+)
 from bot.web.console.figures import (
     ACTIVITY_NAMES,
     ENGAGEMENT_NAMES,
@@ -274,9 +281,11 @@ def customers_page() -> str:
         _refuse(400, "after must be a customer id")
     with _db().sessions() as s:
         page = list_page(s, _customer_conditions(s, wanted), int(after))
+        channels = [(state, state) for state in channel_choices(s)] + [(NO_CHANNEL, "（无渠道）")]
     kept = {k: v for k, v in request.args.to_dict(flat=False).items() if k != "after"}
     return render_template(
-        "console/customers.html", page=page, wanted=wanted, choices=_choices(), args=request.args,
+        "console/customers.html", page=page, wanted=wanted, choices={**_choices(), "channel": channels},
+        args=request.args,
         csv_url=url_for("console.customers_csv", **kept),
         first_url=url_for("console.customers_page", **kept) if int(after) else None,
         next_url=url_for("console.customers_page", **kept, after=page.next_after) if page.next_after else None)
@@ -339,7 +348,7 @@ def audience_count() -> Response | tuple[Response, int]:
             where = wanted.conditions(s, value_tier_names(_settings()), _settings().tz)
         except AudienceError as exc:
             return jsonify(error=str(exc)), 400
-        tiers_only = audience.only_tiers and not wanted.search and not wanted.opted_out
+        tiers_only = audience.only_tiers and not wanted.search and not wanted.opted_out and not wanted.channels
         rows = _tier_counts(s, audience) if tiers_only else _joined_tier_counts(s, where)
     per_tier = [{"code": code, "label": tier_label(code, TIER_NAMES) if code else UNTIERED, "count": n}
                 for code, n in sorted(rows, key=lambda r: _tier_order(r[0]))]
