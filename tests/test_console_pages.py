@@ -195,3 +195,52 @@ def test_customers_filter_by_channel_and_export_the_same_list(console, db):
     csv_text = client.get("/console/customers.csv", query_string={"channel": "store_sh"}).get_data(as_text=True)
     assert "wm000002" in csv_text and "wm000000" not in csv_text
     assert client.get("/console/customers", query_string={"channel": "x" * 65}).status_code == 400
+
+
+def test_the_report_by_tier_compares_each_tier_with_its_own_held_out_customers(console, db):
+    from bot.campaigns.broadcasts import BroadcastSpec, create_broadcast, dispatch_due, effect_report, run_ref
+    from bot.campaigns.effect import effect_by_tier
+    from bot.models import Broadcast, CustomerTier, OutboxMessage, TierChange
+    from tests.console_support import seed_console
+
+    seed_console(db)
+    settings = console.extensions["scrm.settings"]
+    with db.begin() as s:
+        spec = BroadcastSpec("分层", {"value_tiers": ["high", "mid"]}, {"default": "{{ brand }} 好礼"},
+                             MORNING + timedelta(hours=1), None, 50, None)
+        broadcast = create_broadcast(s, settings, spec, MORNING)
+        [run] = dispatch_due(s, settings, MORNING + timedelta(hours=1, minutes=1))
+        rows = s.execute(select(OutboxMessage.customer_id, OutboxMessage.status, CustomerTier.value_tier)
+                         .join(CustomerTier, CustomerTier.customer_id == OutboxMessage.customer_id)
+                         .where(OutboxMessage.trigger_ref == run_ref(run.id), OutboxMessage.status != "skipped")).all()
+        sent = {tier: [c for c, st, t in rows if t == tier and st == "pending"] for tier in ("high", "mid")}
+        held = {tier: [c for c, st, t in rows if t == tier and st == "held_out"] for tier in ("high", "mid")}
+        paid_at = MORNING + timedelta(days=1)
+        for n, customer in enumerate([sent["high"][0], sent["mid"][0], held["mid"][0]]):
+            s.add(Order(order_id=f"after-{n}", customer_id=customer, amount_fen=10000 * (n + 1), paid_at=paid_at,
+                        paid_day=paid_at.date().toordinal(), status="paid"))
+        # a re-tier after the run moves a high recipient to low: the report keeps them in high
+        s.get(CustomerTier, sent["high"][0]).value_tier = "low"
+        s.add(TierChange(customer_id=sent["high"][0], dimension="value_tier", from_value="high", to_value="low",
+                         as_of=paid_at.date(), created_at=MORNING + timedelta(days=2)))
+    later = MORNING + timedelta(days=3)
+    with db.sessions() as s:
+        broadcast = s.get(Broadcast, broadcast.id)
+        tiers = effect_by_tier(s, broadcast, 30, settings.tz, later, ("high", "mid", "low"))
+        whole = effect_report(s, broadcast, 30, later)
+    assert [t.tier for t in tiers] == ["high", "mid"]
+    high, mid = tiers
+    assert (high.sent.customers, high.held_out.customers) == (len(sent["high"]), len(held["high"]))
+    assert (high.sent.converters, high.sent.revenue_fen, high.held_out.converters) == (1, 10000, 0)
+    assert (mid.sent.converters, mid.sent.revenue_fen, mid.held_out.converters, mid.held_out.revenue_fen) == \
+        (1, 20000, 1, 30000)
+    assert high.conversion_lift.difference == pytest.approx(1 / len(sent["high"]))
+    assert sum(t.sent.customers for t in tiers) == whole.sent.customers
+    assert sum(t.held_out.revenue_fen for t in tiers) == whole.held_out.revenue_fen
+
+    console.extensions["scrm.clock"] = lambda: later
+    client = signed_in(console, "vera", "viewer")
+    page = client.get(f"/console/broadcasts/{broadcast.id}").get_data(as_text=True)
+    assert 'data-chart="tiers"' in page and "分层效果" in page
+    table = page[page.index('<table class="list tiers">'):]
+    assert "高价值（high）" in table and "中价值（mid）" in table and "低价值" not in table.split("</table>")[0]

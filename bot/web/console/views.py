@@ -44,6 +44,7 @@ from bot.campaigns.broadcasts import (
     preview,
 )
 from bot.campaigns.coupons import CouponBook
+from bot.campaigns.effect import effect_by_tier
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
 from bot.core.db import Database
@@ -467,9 +468,20 @@ def broadcast_page(broadcast_id: int) -> str:
         if broadcast is None:
             abort(404, "no such broadcast")
         report = effect_report(s, broadcast, _settings().broadcasts.report_days, _now())
+        by_tier = effect_by_tier(s, broadcast, _settings().broadcasts.report_days, _settings().tz, _now(),
+                                 value_tier_names(_settings()))
         runs = list(s.scalars(select(BroadcastRun).where(BroadcastRun.broadcast_id == broadcast_id)
                               .order_by(BroadcastRun.run_at)))
-        return render_template("console/broadcast.html", b=broadcast, report=report, runs=runs)
+        return render_template("console/broadcast.html", b=broadcast, report=report, runs=runs, by_tier=by_tier,
+                               tier_chart=_tier_chart(by_tier))
+
+
+def _tier_chart(by_tier: list[Any]) -> dict[str, Any]:
+    return {"tiers": [tier_label(t.tier, TIER_NAMES) if t.tier else UNTIERED for t in by_tier],
+            "conversion": [[round(t.sent.conversion * 100, 2) for t in by_tier],
+                           [round(t.held_out.conversion * 100, 2) for t in by_tier]],
+            "revenue": [[round(t.sent.revenue_per_customer_fen / 100, 2) for t in by_tier],
+                        [round(t.held_out.revenue_per_customer_fen / 100, 2) for t in by_tier]]}
 
 
 @bp.post("/broadcasts/<int:broadcast_id>/cancel")
