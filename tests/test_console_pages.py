@@ -244,3 +244,23 @@ def test_the_report_by_tier_compares_each_tier_with_its_own_held_out_customers(c
     assert 'data-chart="tiers"' in page and "分层效果" in page
     table = page[page.index('<table class="list tiers">'):]
     assert "高价值（high）" in table and "中价值（mid）" in table and "低价值" not in table.split("</table>")[0]
+
+
+def test_cli_commands_and_scheduled_jobs_use_the_operators_rules(console, db, monkeypatch, database_url):
+    from bot.cli.context import CliContext
+    from bot.schedule.jobs import Runtime
+    from bot.startup import RuleReloader
+
+    tag_rules = [{"name": "big", "when": "order_amount", "gte": 50, "tag": "交易/大单"}]
+    client = signed_in(console, "olga", "operator")
+    assert _save(client, "tags.rules", tag_rules).status_code == 302
+    monkeypatch.setenv("SCRM_DATABASE_URL", database_url)
+    cli = CliContext(None)
+    try:
+        assert cli.rule_settings().tags.rules == tag_rules
+        assert cli.settings().tags.rules != tag_rules  # the config file's value stays the default seed
+    finally:
+        cli.close()
+    base = console.extensions["scrm.settings"]
+    runtime = Runtime(base, db, reloader=RuleReloader(db, base))
+    assert runtime.rule_settings().tags.rules == tag_rules
