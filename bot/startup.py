@@ -3,13 +3,24 @@ checks their shape and imports no domain), then lets each domain check the rules
 policy, tag rules, holiday names, the contact policy, coupons, campaign rules and the sidebar's quick
 replies — so a bad rule stops
 the app, the CLI or the scheduler at start with one ``ConfigError`` line instead of failing later.
-This is the one module that knows every domain's checks; config stays on the ground floor."""
+This is the one module that knows every domain's checks; config stays on the ground floor.
+
+Operators may edit three rule lists in the console (auto-tag rules, reply rules, channel mappings);
+their edits are stored as overrides (table ``rule_overrides``) over the config file's values and go
+through the same checks here (``with_rule_overrides``); ``RuleReloader`` lets a running process pick
+them up."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import Session
 
 from bot.campaigns.audience import AudienceError
 from bot.campaigns.coupons import CouponBook, CouponError
@@ -17,11 +28,17 @@ from bot.campaigns.holidays import HOLIDAYS
 from bot.campaigns.rules import CampaignRules
 from bot.core import config
 from bot.core.config import ConfigError, Settings
+from bot.core.db import Database
+from bot.models import RuleOverride
 from bot.outbox.messages import MessageTemplates
 from bot.outbox.policy import MASS_RULES, parse_quiet_hours
 from bot.outbox.quick_replies import load_quick_replies
-from bot.tagging.rules import RuleError, TagRules
-from segments.policy import PolicyError, TierPolicy
+from bot.tagging.rules import RuleError, TagRules, parse_ref
+from segments.policy import STAGE_PATHS, PolicyError, TierPolicy
+
+logger = logging.getLogger(__name__)
+# The rule lists an operator may edit in the console, as "section.key" of the settings.
+RULE_KEYS = ("tags.rules", "kf.reply_rules", "contacts.channels")
 
 
 def load_settings(
@@ -68,6 +85,25 @@ def _tag_rules(settings: Settings) -> None:
     TagRules.from_settings(settings)
 
 
+def _replies_and_channels(settings: Settings) -> None:
+    """What config's shape check leaves to the domains: reply rule names once each, a channel's stage on
+    the configured stage path, a channel's tags written as tag names."""
+    names = [rule["name"] for rule in settings.kf.reply_rules]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"kf.reply_rules: rule name(s) {twice} used twice")
+    stages = STAGE_PATHS[settings.tiers.stage_path]
+    default_group = settings.tags.default_group.strip()
+    for state, channel in settings.contacts.channels.items():
+        if not isinstance(state, str) or not state.strip() or len(state) > 30:
+            raise ConfigError(f"contacts.channels: a channel State must be 1–30 characters, got {state!r}")
+        if "stage" in channel and channel["stage"] not in stages:
+            raise ConfigError(f"contacts.channels.{state}.stage must be one of {list(stages)} "
+                              f"(tiers.stage_path = {settings.tiers.stage_path}), got {channel['stage']!r}")
+        for i, tag in enumerate(channel.get("tags", [])):
+            parse_ref(tag, default_group, f"contacts.channels.{state}.tags[{i}]")
+
+
 def _campaigns(settings: Settings) -> None:
     CouponBook.from_settings(settings)
     CampaignRules.from_settings(settings)
@@ -77,5 +113,77 @@ def _quick_replies(settings: Settings) -> None:
     load_quick_replies(MessageTemplates.from_settings(settings))
 
 
-_CHECKS: tuple[Callable[[Settings], None], ...] = (_tier_policy, _holidays, _contact_policy, _tag_rules, _campaigns,
-                                                   _quick_replies)
+_CHECKS: tuple[Callable[[Settings], None], ...] = (_tier_policy, _holidays, _contact_policy, _tag_rules,
+                                                  _replies_and_channels, _campaigns, _quick_replies)
+
+
+# ---------------------------------------------------------------- operators' rule overrides
+
+
+def with_rule_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
+    """``settings`` with the given rule lists replaced, checked as at start (shape, then every domain's
+    rules); raises :class:`ConfigError` naming the first refused rule."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if key not in RULE_KEYS:
+            raise ConfigError(f"{key} cannot be overridden (editable: {', '.join(RULE_KEYS)})")
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = value
+    try:
+        updated = replace(settings, **{s: replace(getattr(settings, s), **values) for s, values in sections.items()})
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    config.validate(updated)
+    check_rules(updated)
+    return updated
+
+
+def stored_rule_overrides(session: Session) -> dict[str, Any]:
+    return {row.key: row.value for row in session.scalars(select(RuleOverride).where(RuleOverride.key.in_(RULE_KEYS)))}
+
+
+def rules_revision(session: Session) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((key, revision) for key, revision in session.execute(
+        select(RuleOverride.key, RuleOverride.revision))))
+
+
+class RuleReloader:
+    """For a long-running process: its settings with the operators' current overrides. Each call reads
+    only the revisions (a few rows) and rebuilds the settings when they, or the base, changed; a stored
+    override that no longer passes the checks (say, the config's stage path changed) is left out with
+    a log line rather than stopping the process."""
+
+    def __init__(self, db: Database, base: Settings) -> None:
+        self.db = db
+        self.base = base
+        self._made: tuple[Settings, tuple[tuple[str, int], ...], Settings] | None = None  # base, revision, result
+
+    def refresh(self) -> Settings:
+        return self.over(self.base)
+
+    def over(self, base: Settings) -> Settings:
+        made = self._made
+        try:
+            with self.db.sessions() as s:
+                revision = rules_revision(s)
+                if made is not None and made[0] is base and made[1] == revision:
+                    return made[2]
+                overrides = stored_rule_overrides(s)
+        except (OperationalError, ProgrammingError) as exc:  # a database not yet upgraded, or away
+            logger.warning("the console's rule edits could not be read (%s); keeping the rules in use",
+                           type(exc).__name__)
+            return made[2] if made is not None and made[0] is base else base
+        settings = settings_with_overrides(base, overrides)
+        self._made = (base, revision, settings)
+        return settings
+
+
+def settings_with_overrides(base: Settings, overrides: Mapping[str, Any]) -> Settings:
+    """Each stored override that passes the checks on its own is applied; a refused one is skipped."""
+    settings = base
+    for key, value in overrides.items():
+        try:
+            settings = with_rule_overrides(settings, {key: value})
+        except ConfigError as exc:
+            logger.error("the console's %s override is refused and ignored: %s", key, exc)
+    return settings

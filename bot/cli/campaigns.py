@@ -282,9 +282,10 @@ def coupons_redeem(cli: CliContext, code: str, order_id: str | None, amount: str
         amount_fen = number_to_fen(amount) if amount is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--amount") from None
+    rules = TagRules.from_settings(cli.rule_settings())
     with cli.db().begin() as session:
         result = redeem(session, code, order_id=order_id, amount_fen=amount_fen,
-                        tag_rules=TagRules.from_settings(settings), push_tags=settings.tags.push_to_wecom)
+                        tag_rules=rules, push_tags=settings.tags.push_to_wecom)
     if not result.ok:
         raise click.ClickException(f"not redeemed: {result.reason}")
     assert result.coupon is not None

@@ -52,6 +52,14 @@ class CliContext:
             install_secret_redaction(self._settings, self._log_level(self._settings))
         return self._settings
 
+    def rule_settings(self) -> Settings:
+        """The settings with the rule lists operators edited in the console (auto-tag rules, reply rules,
+        channel mappings) in place of the config file's."""
+        from bot.startup import settings_with_overrides, stored_rule_overrides
+
+        with self.db().sessions() as session:
+            return settings_with_overrides(self.settings(), stored_rule_overrides(session))
+
     def _log_level(self, settings: Settings) -> str:
         level = (settings.app.log_level or self.log_level).upper()
         return "INFO" if self.verbose and level in ("WARNING", "ERROR", "CRITICAL") else level

@@ -38,9 +38,9 @@ def sync_contacts_cmd(cli: CliContext, no_progress: bool) -> None:
 
     from bot.contacts.sync import sync_contacts
 
-    clients, settings = _clients(cli), cli.settings()
+    clients, rules = _clients(cli), TagRules.from_settings(cli.rule_settings())
     with cli.db().begin() as session, tqdm(unit="member", desc="syncing contacts", disable=no_progress) as bar:
-        result = sync_contacts(session, clients.contact, TagRules.from_settings(settings), progress=bar.update)
+        result = sync_contacts(session, clients.contact, rules, progress=bar.update)
     click.echo(_summary(result))
 
 
@@ -74,7 +74,7 @@ def sync_moments_cmd(cli: CliContext) -> None:
     from bot.contacts.moments import poll_moments
     from bot.tagging.sync import push_pending
 
-    clients, settings = _clients(cli), cli.settings()
+    clients, settings = _clients(cli), cli.rule_settings()
     with cli.db().begin() as session, tqdm(unit="moment", desc="polling moments") as bar:
         result = poll_moments(session, clients.contact, settings, TagRules.from_settings(settings),
                               progress=bar.update)
@@ -116,10 +116,10 @@ def tags_merge_cmd(cli: CliContext, source: str, target: str) -> None:
     SOURCE becomes an alias of TARGET. WeCom is updated by the next `scrm sync tags`."""
     from bot.tagging.system import merge_tags
 
-    settings = cli.settings()
+    rules = TagRules.from_settings(cli.rule_settings())
     try:
         with cli.db().begin() as session:
-            result = merge_tags(session, TagRules.from_settings(settings), source, target)
+            result = merge_tags(session, rules, source, target)
     except (LookupError, ValueError, RuleError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"merged {source} into {target}: {result.moved} customers moved, {result.already_had} already had it")

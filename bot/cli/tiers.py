@@ -136,7 +136,7 @@ def _apply_tag_rules(cli: CliContext, progress: _ImportProgress | None = None) -
     from bot.tagging.system import apply_aggregate_rules
 
     settings = cli.settings()
-    rules = TagRules.from_settings(settings)
+    rules = TagRules.from_settings(cli.rule_settings())
     if progress:
         progress.stage("auto-tagging", len(rules.rules), "rule")
     try:
@@ -197,7 +197,7 @@ def retier_cmd(cli: CliContext, as_of_text: str | None, full: bool, counts: bool
     settings = cli.settings()
     as_of = _as_of(as_of_text, cli)
     dry_run = as_of != cli.today()
-    rules, push = TagRules.from_settings(settings), settings.tags.push_to_wecom
+    rules, push = TagRules.from_settings(cli.rule_settings()), settings.tags.push_to_wecom
     db = cli.db()
     with db.sessions() as session, session.begin():
         before = tier_counts(session) if counts else None

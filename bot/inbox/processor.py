@@ -40,6 +40,7 @@ class InboxProcessor:
         clients: Any = None,
         clock: Callable[[], datetime] = utcnow,
         sender: Any = None,
+        rules: Callable[[], Settings] | None = None,
     ) -> None:
         self.db = db
         self.dispatcher = dispatcher
@@ -49,6 +50,15 @@ class InboxProcessor:
         self.sender = sender
         self.templates = MessageTemplates.from_settings(settings)
         self.tag_rules = TagRules.from_settings(settings)
+        self.rules = rules  # the settings with the operators' current rule edits (bot.startup.RuleReloader)
+
+    def _current_rules(self) -> None:
+        """Pick up rule lists an operator edited in the console since the last event."""
+        if self.rules is None:
+            return
+        settings = self.rules()
+        if settings is not self.settings:
+            self.settings, self.tag_rules = settings, TagRules.from_settings(settings)
 
     # ------------------------------------------------------------ batch
 
@@ -117,6 +127,7 @@ class InboxProcessor:
             logger.info("inbox event %d (%s/%s/%s) has no handler; kept as unhandled",
                         event_id, msg_type, event, change_type)
             return "unhandled", None
+        self._current_rules()
         # Handlers may commit part of their work (HandlerContext.checkpoint); the rest commits here.
         with self.db.sessions() as session:
             ctx = HandlerContext(session=session, settings=self.settings, fields={}, inbox_event_id=event_id,

@@ -21,6 +21,10 @@ class Runtime:
     db: Database
     clients: Any = None
     sender: Any = None
+    reloader: Any = None  # bot.startup.RuleReloader: the rule lists operators edited in the console
+
+    def rule_settings(self) -> Settings:
+        return self.reloader.refresh() if self.reloader is not None else self.settings
 
 
 _runtime: Runtime | None = None
@@ -46,7 +50,7 @@ def nightly_retier() -> dict[str, Any]:
 
     rt = runtime()
     as_of = datetime.now(rt.settings.tz).date()
-    rules, push = TagRules.from_settings(rt.settings), rt.settings.tags.push_to_wecom
+    rules, push = TagRules.from_settings(rt.rule_settings()), rt.settings.tags.push_to_wecom
     with rt.db.begin() as session:
         result = retier(session, TierPolicy.from_settings(rt.settings.tiers), as_of, rt.settings.tz,
                         after=after_retier(rules, push))
@@ -81,7 +85,7 @@ def contacts_resync() -> dict[str, Any]:
     if rt.clients is None:
         return {"skipped": "WeCom is not configured"}
     with rt.db.begin() as session:
-        result = sync_contacts(session, rt.clients.contact, TagRules.from_settings(rt.settings))
+        result = sync_contacts(session, rt.clients.contact, TagRules.from_settings(rt.rule_settings()))
     logger.info("contact re-sync: %s", result)
     return asdict(result)
 
@@ -95,8 +99,9 @@ def moments_poll() -> dict[str, Any]:
     rt = runtime()
     if rt.clients is None:
         return {"skipped": "WeCom is not configured"}
+    settings = rt.rule_settings()
     with rt.db.begin() as session:
-        result = poll_moments(session, rt.clients.contact, rt.settings, TagRules.from_settings(rt.settings))
+        result = poll_moments(session, rt.clients.contact, settings, TagRules.from_settings(settings))
     return asdict(result)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import Column, LargeBinary, MetaData, Table, Unicode, inspect, s
 from bot.core.config import Settings
 from bot.core.db import Database
 from bot.schedule.jobs import Runtime, install
+from bot.startup import RuleReloader
 
 logger = logging.getLogger(__name__)
 JOBSTORE_TABLE = "scheduler_jobs"
@@ -125,7 +126,7 @@ class SchedulerService:
 
     def __init__(self, settings: Settings, db: Database, clients: Any = None, sender: Any = None) -> None:
         self.settings, self.db = settings, db
-        install(Runtime(settings, db, clients, sender))
+        install(Runtime(settings, db, clients, sender, RuleReloader(db, settings)))
         self.scheduler: BackgroundScheduler | None = None
         self.lock = (SchedulerLock(settings.redis.url, f"{settings.redis.key_prefix}:scheduler:lock",
                                    settings.scheduler.lock_seconds) if settings.redis.url else None)

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from bot.models import ApiToken, Customer
 from bot.tagging.rules import TagRules
 from bot.tagging.system import apply_aggregate_rules
+from bot.web.live import current_settings
 from segments.money import number_to_fen
 from segments.orders import OrderRow, OrderWriter, RowError, parse_order
 
@@ -133,7 +134,7 @@ def _orders_payload() -> list[Any]:
 def post_orders() -> Response:
     """Each order: order_id, external_userid, amount (元), paid_at (ISO 8601; no offset = app.timezone), status.
     Answers one result per order, in order: inserted / updated / unchanged / error."""
-    settings = current_app.extensions["scrm.settings"]
+    settings = current_settings()
     db = current_app.extensions["scrm.db"]
     with db.begin() as session:
         _authenticate(session)
@@ -195,7 +196,7 @@ def redeem_coupon() -> tuple[Response, int]:
     409 already redeemed or expired; 422 minimum spend not met or the order is someone else's."""
     from bot.campaigns.coupons import display_code, redeem
 
-    settings = current_app.extensions["scrm.settings"]
+    settings = current_settings()
     db = current_app.extensions["scrm.db"]
     with db.begin() as session:
         _authenticate(session)  # before the body is read: a caller without a token gets 401, whatever it sent

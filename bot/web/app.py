@@ -11,7 +11,7 @@ from flask import Flask
 
 from bot.core.clock import Clock, system_clock
 from bot.core.config import Settings, install_secret_redaction
-from bot.startup import load_settings
+from bot.startup import RuleReloader, load_settings
 from bot.web import inbox, sidebar, wiring
 
 
@@ -38,6 +38,8 @@ def create_app(
     app.extensions["scrm.clock"] = clock
 
     db = wiring.init_db(app, settings, upgrade=upgrade_db)
+    # The rule lists operators edited in the console replace the config file's (the default seed).
+    app.extensions["scrm.rules"] = RuleReloader(db, settings)
     inbox.init_app(app, settings, db, start_worker=start_worker)
     wiring.init_app(app)
     sidebar.init_app(app, settings)

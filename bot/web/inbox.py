@@ -14,6 +14,7 @@ from bot.inbox.dispatcher import Dispatcher
 from bot.inbox.processor import InboxProcessor
 from bot.inbox.worker import InboxWorker
 from bot.outbox import OutboxSender
+from bot.startup import RuleReloader
 from bot.tasks.queue import TaskQueue, connect
 from bot.web.webhook import bp as webhook_bp
 from bot.wecom.client import WeComClients, build_clients
@@ -31,7 +32,8 @@ def build_processor(settings: Settings, db: Database, clients: WeComClients | No
     if clients is None and settings.wecom.corp_id:
         clients = build_clients(settings)
     sender = OutboxSender(db, clients, settings)
-    return InboxProcessor(db, build_dispatcher(), settings, clients=clients, sender=sender)
+    return InboxProcessor(db, build_dispatcher(), settings, clients=clients, sender=sender,
+                          rules=RuleReloader(db, settings).refresh)
 
 
 def init_app(app: Flask, settings: Settings, db: Database, start_worker: bool | None = None) -> None:

@@ -44,6 +44,7 @@ from bot.campaigns.broadcasts import (
     preview,
 )
 from bot.campaigns.coupons import CouponBook
+from bot.campaigns.effect import effect_by_tier
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
 from bot.core.db import Database
@@ -63,7 +64,14 @@ from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
 from bot.tagging.rules import TagRules
 from bot.tagging.system import check_tags, merge_tags
 from bot.web.console import accounts
-from bot.web.console.customers import CustomerFilter, csv_chunks, customer_record, list_page
+from bot.web.console.customers import (
+    NO_CHANNEL,
+    CustomerFilter,
+    channel_choices,
+    csv_chunks,
+    customer_record,
+    list_page,
+)
 from bot.web.console.figures import (
     ACTIVITY_NAMES,
     ENGAGEMENT_NAMES,
@@ -73,6 +81,7 @@ from bot.web.console.figures import (
     tier_label,
 )
 from bot.web.console.system import OUTBOX_DAYS, event_state, last_line, system_figures
+from bot.web.live import current_settings
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, TierPolicy
 from segments.rfm import SEGMENT_NAMES
 
@@ -105,7 +114,7 @@ def init_app(app: Flask) -> None:
 
 
 def _settings() -> Settings:
-    return current_app.extensions["scrm.settings"]
+    return current_settings()
 
 
 def _db() -> Database:
@@ -273,9 +282,11 @@ def customers_page() -> str:
         _refuse(400, "after must be a customer id")
     with _db().sessions() as s:
         page = list_page(s, _customer_conditions(s, wanted), int(after))
+        channels = [(state, state) for state in channel_choices(s)] + [(NO_CHANNEL, "（无渠道）")]
     kept = {k: v for k, v in request.args.to_dict(flat=False).items() if k != "after"}
     return render_template(
-        "console/customers.html", page=page, wanted=wanted, choices=_choices(), args=request.args,
+        "console/customers.html", page=page, wanted=wanted, choices={**_choices(), "channel": channels},
+        args=request.args,
         csv_url=url_for("console.customers_csv", **kept),
         first_url=url_for("console.customers_page", **kept) if int(after) else None,
         next_url=url_for("console.customers_page", **kept, after=page.next_after) if page.next_after else None)
@@ -338,7 +349,7 @@ def audience_count() -> Response | tuple[Response, int]:
             where = wanted.conditions(s, value_tier_names(_settings()), _settings().tz)
         except AudienceError as exc:
             return jsonify(error=str(exc)), 400
-        tiers_only = audience.only_tiers and not wanted.search and not wanted.opted_out
+        tiers_only = audience.only_tiers and not wanted.search and not wanted.opted_out and not wanted.channels
         rows = _tier_counts(s, audience) if tiers_only else _joined_tier_counts(s, where)
     per_tier = [{"code": code, "label": tier_label(code, TIER_NAMES) if code else UNTIERED, "count": n}
                 for code, n in sorted(rows, key=lambda r: _tier_order(r[0]))]
@@ -457,9 +468,20 @@ def broadcast_page(broadcast_id: int) -> str:
         if broadcast is None:
             abort(404, "no such broadcast")
         report = effect_report(s, broadcast, _settings().broadcasts.report_days, _now())
+        by_tier = effect_by_tier(s, broadcast, _settings().broadcasts.report_days, _settings().tz, _now(),
+                                 value_tier_names(_settings()))
         runs = list(s.scalars(select(BroadcastRun).where(BroadcastRun.broadcast_id == broadcast_id)
                               .order_by(BroadcastRun.run_at)))
-        return render_template("console/broadcast.html", b=broadcast, report=report, runs=runs)
+        return render_template("console/broadcast.html", b=broadcast, report=report, runs=runs, by_tier=by_tier,
+                               tier_chart=_tier_chart(by_tier))
+
+
+def _tier_chart(by_tier: list[Any]) -> dict[str, Any]:
+    return {"tiers": [tier_label(t.tier, TIER_NAMES) if t.tier else UNTIERED for t in by_tier],
+            "conversion": [[round(t.sent.conversion * 100, 2) for t in by_tier],
+                           [round(t.held_out.conversion * 100, 2) for t in by_tier]],
+            "revenue": [[round(t.sent.revenue_per_customer_fen / 100, 2) for t in by_tier],
+                        [round(t.held_out.revenue_per_customer_fen / 100, 2) for t in by_tier]]}
 
 
 @bp.post("/broadcasts/<int:broadcast_id>/cancel")

@@ -23,6 +23,7 @@ from bot.outbox.messages import TemplateMissing, TemplateRefused, customer_vars,
 from bot.tagging.rules import RuleError, TagRules, parse_ref
 from bot.tagging.sync import push_pending
 from bot.tagging.system import canonical_ref, ensure_tag, tag_customer, untag_customer
+from bot.web.live import current_settings
 from bot.web.sidebar.card import CardSources, build_card, customer_digest, find_customer, may_view, tag_groups
 from bot.web.sidebar.identity import (
     Member,
@@ -52,7 +53,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 
 def _settings() -> Settings:
-    return current_app.extensions["scrm.settings"]
+    return current_settings()
 
 
 def _now() -> datetime:

@@ -41,6 +41,25 @@
                   lineStyle: {color: "gradient", curveness: 0.5}, label: {fontSize: 12}}]
       };
     },
+    tiers: function (d) {
+      // Per value tier, sent vs held out: conversion (%) on the left, revenue per customer (元) on the right.
+      function pair(values, index) {
+        return ["发送组", "对照组"].map(function (name, i) {
+          return {name: name, type: "bar", xAxisIndex: index, yAxisIndex: index, data: values[i],
+                  label: {show: true, position: "top", fontSize: 11}};
+        });
+      }
+      return {
+        color: ["#2f6fed", "#8993a4"], tooltip: {trigger: "axis"}, legend: {bottom: 0, data: ["发送组", "对照组"]},
+        title: [{text: "转化率 %", left: "22%", top: 0, textAlign: "center", textStyle: {fontSize: 13}},
+                {text: "人均收入 元", left: "74%", top: 0, textAlign: "center", textStyle: {fontSize: 13}}],
+        grid: [{left: "6%", width: "38%", top: 48, bottom: 56}, {left: "56%", width: "38%", top: 48, bottom: 56}],
+        xAxis: [{type: "category", data: d.tiers, gridIndex: 0, axisLabel: {interval: 0}},
+                {type: "category", data: d.tiers, gridIndex: 1, axisLabel: {interval: 0}}],
+        yAxis: [{type: "value", gridIndex: 0}, {type: "value", gridIndex: 1}],
+        series: pair(d.conversion, 0).concat(pair(d.revenue, 1))
+      };
+    },
     report: function (r) {
       // Two panels with their own axes: a share in percent and an amount in 元 do not share a scale.
       var groups = ["发送组", "对照组"];
