@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bot.core.db import sqlite_foreign_keys_off
+from bot.core.privacy import FORGOTTEN_PREFIX, forgotten_key
 from bot.models import utcnow
 from segments.orders import (
     DELTA_COLUMNS,
@@ -176,6 +177,9 @@ class OrderStaging:
             return counts
         step(MERGE_STEPS[1])
         self._group_by_customer()
+        counts.valid -= self._skip_forgotten()
+        if not counts.valid:
+            return counts
         with self._bulk_load("customers", self._scalar("SELECT count(*) FROM import_customers")):
             counts.customers_created = self._create_stubs()
         self._analyze("import_rows")
@@ -341,6 +345,39 @@ class OrderStaging:
             "CREATE TEMPORARY TABLE import_customers AS SELECT external_userid, min(paid_at) AS first_seen, "
             f"{_TOTALS} FROM import_rows GROUP BY external_userid")
         self._analyze("import_customers")
+
+    def _skip_forgotten(self) -> int:
+        """Rows of contacts erased by `scrm customer forget` (and not back since) are skipped: the file would
+        otherwise bring the id back and move the anonymous record's orders to it. One index probe when no
+        customer was ever forgotten; otherwise a digest of each id the database does not know."""
+        conn = self._conn()
+        prefix = FORGOTTEN_PREFIX
+        probe = (f"SELECT 1 FROM customers WHERE external_userid >= '{prefix}' "
+                 f"AND external_userid < '{prefix[:-1]}{chr(ord(prefix[-1]) + 1)}' LIMIT 1")
+        if conn.exec_driver_sql(probe).first() is None:
+            return 0
+        unknown = [row[0] for row in conn.exec_driver_sql(
+            "SELECT external_userid FROM import_customers g "
+            "WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.external_userid = g.external_userid)")]
+        keys = {forgotten_key(external_userid): external_userid for external_userid in unknown}
+        forgotten: list[str] = []
+        for start in range(0, len(keys), 500):
+            chunk = list(keys)[start:start + 500]
+            marks = ", ".join([self._mark] * len(chunk))
+            forgotten += [keys[row[0]] for row in conn.exec_driver_sql(
+                f"SELECT external_userid FROM customers WHERE external_userid IN ({marks})", tuple(chunk))]
+        skipped = 0
+        for start in range(0, len(forgotten), 500):
+            chunk = forgotten[start:start + 500]
+            marks = ", ".join([self._mark] * len(chunk))
+            lines = [row[0] for row in conn.exec_driver_sql(
+                f"SELECT line FROM import_rows WHERE external_userid IN ({marks})", tuple(chunk))]
+            for line in lines:
+                self.skip(line, "the customer was forgotten (scrm customer forget); their orders are not taken")
+            skipped += len(lines)
+            for table in ("import_rows", "import_customers"):
+                conn.exec_driver_sql(f"DELETE FROM {table} WHERE external_userid IN ({marks})", tuple(chunk))
+        return skipped
 
     def _create_stubs(self) -> int:
         """Unknown customers get a stub known since their earliest order in the file. In a bulk load of the

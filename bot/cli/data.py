@@ -1,4 +1,5 @@
-"""``scrm backup DEST | restore SRC``: a consistent copy of the database while the service runs, and back."""
+"""``scrm backup DEST | restore SRC | customer forget REF``: copies of the database while the service runs
+and back, and erasing one customer's personal data."""
 
 from __future__ import annotations
 
@@ -191,3 +192,78 @@ def _report_upgrade(cli: CliContext, revision: str) -> None:
 
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
+
+
+@click.command("forget")
+@click.argument("customer_ref")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--actor", default=None,
+              help="Who asks, for the audit log (default: cli:<login name>).")
+@click.option("--vacuum", is_flag=True,
+              help="SQLite: also rebuild the file (VACUUM) so that no older copy of the data is left in free "
+                   "pages; writers wait while it runs.")
+@pass_cli
+def forget_cmd(cli: CliContext, customer_ref: str, yes: bool, actor: str | None, vacuum: bool) -> None:
+    """Erase a customer's personal data (PIPL right to deletion), keeping anonymous aggregates and tiers.
+
+    CUSTOMER_REF is the external_userid or the id. Name, avatar, unionid, company, birthday, gender,
+    follow remarks and descriptions, message texts, the text of messages sent to or about them, and the
+    contact's id wherever it was stored are erased; orders' amounts and days, aggregates, tiers and
+    their history, tags and predictions stay, under the customer id. The contact sync and the imports
+    do not bring a forgotten contact back; a customer who adds a member again starts a new record.
+    Recorded in the audit log (who, when, customer id). Running it twice changes nothing."""
+    import getpass
+
+    from bot.contacts.forget import find_customer, forget_customer
+
+    db = cli.db()
+    who = actor or f"cli:{_login_name(getpass)}"
+    with db.sessions() as session:
+        customer = find_customer(session, customer_ref)
+        if customer is None:
+            raise click.ClickException(f"no customer {customer_ref}")
+        customer_id, name = customer.id, customer.name
+    if not yes:
+        click.confirm(f"Erase the personal data of customer {customer_id} ({name or 'no name'})? "
+                      "This cannot be undone", abort=True)
+    with db.begin() as session:
+        _zero_freed_pages(session)
+        customer = find_customer(session, customer_ref)
+        assert customer is not None
+        result = forget_customer(session, customer, who, cli.now())
+    if result.already:
+        click.echo(f"customer {customer_id} was forgotten already; nothing changed")
+        return
+    changed = ", ".join(f"{table} {count}" for table, count in result.rows.items() if count)
+    click.echo(f"forgot customer {customer_id}: rows changed: {changed}; recorded in the audit log as {who}")
+    click.echo(_purge_old_copies(db, vacuum))
+
+
+def _login_name(getpass: Any) -> str:
+    try:
+        return str(getpass.getuser())
+    except (KeyError, OSError):  # no login name in a bare container
+        return "unknown"
+
+
+def _zero_freed_pages(session: Any) -> None:
+    """SQLite: this write zeroes the bytes it frees (old values) instead of leaving them in free space."""
+    if session.connection().dialect.name == "sqlite":
+        session.connection().exec_driver_sql("PRAGMA secure_delete=ON")
+
+
+def _purge_old_copies(db: Any, vacuum: bool) -> str:
+    """Where the old values may still be, after the rows were rewritten, and what was done about it."""
+    if db.dialect != "sqlite":
+        return ("PostgreSQL keeps the old row versions until vacuum reuses their space; to purge them now, in a "
+                "quiet hour: VACUUM FULL customers, follows, interactions, inbox_events, outbox_messages, "
+                "kf_conversations, coupons. Backups made before now still hold the data.")
+    with db.engine.connect() as conn:
+        if vacuum:
+            conn.exec_driver_sql("VACUUM")
+        busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    if busy:
+        return ("the write-ahead log could not be emptied while the service reads (it will be at its next "
+                "checkpoint); backups made before now still hold the data")
+    done = "rebuilt the file and emptied" if vacuum else "emptied"
+    return f"{done} the write-ahead log; backups made before now still hold the data"
