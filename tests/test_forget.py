@@ -3,7 +3,9 @@ while orders, aggregates and tier statistics stay; the sync and the imports do n
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,3 +192,31 @@ def test_forget_leaves_no_bytes_in_the_file_without_a_vacuum(scrm, wired, sandbo
     out = scrm("customer", "forget", FORGET, "--yes")
     assert "emptied the write-ahead log" in out
     assert in_files() == []
+
+
+def test_the_new_commands_log_nothing_personal(scrm, wired, sandbox, tmp_path):
+    """forget, then the sync, import and member edit it makes skip the contact, and a backup and restore, all
+    at DEBUG with SQL echo on: the log names nobody (the same check as tests/test_private_logs.py)."""
+    customer_with_history(scrm, wired, sandbox, tmp_path)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.addHandler(handler)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("SCRM_APP_LOG_LEVEL", "DEBUG")
+            patch.setenv("SCRM_DATABASE_ECHO", "true")
+            scrm("-v", "customer", "forget", FORGET, "--yes")
+            scrm("-v", "sync", "contacts", "--no-progress")
+            scrm("-v", "import-orders", str(orders_csv(tmp_path / "again.csv", [
+                ("o1", FORGET, "800.00", "2026-11-01T10:00:00+08:00")])), "--no-progress", ok=False)
+            if not PG_URL:
+                scrm("-v", "backup", str(tmp_path / "copy.db"), "--no-progress")
+            control(sandbox, "contacts/edit", {"userid": "zhangsan", "external_userid": FORGET, "remark": MOBILE})
+            assert drain(wired) == {"handled": 1}
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    log = stream.getvalue()
+    assert "forgotten customer ignored" in log and "SELECT" in log  # the log was on, and verbose
+    assert [p for p in (NAME, MOBILE, MOBILE[-8:], FORGET) if p in log] == []
