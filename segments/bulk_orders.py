@@ -176,10 +176,10 @@ class OrderStaging:
         if not counts.valid:
             return counts
         step(MERGE_STEPS[1])
-        self._group_by_customer()
         counts.valid -= self._skip_forgotten()
         if not counts.valid:
             return counts
+        self._group_by_customer()
         with self._bulk_load("customers", self._scalar("SELECT count(*) FROM import_customers")):
             counts.customers_created = self._create_stubs()
         self._analyze("import_rows")
@@ -347,37 +347,43 @@ class OrderStaging:
         self._analyze("import_customers")
 
     def _skip_forgotten(self) -> int:
-        """Rows of contacts erased by `scrm customer forget` (and not back since) are skipped: the file would
-        otherwise bring the id back and move the anonymous record's orders to it. One index probe when no
-        customer was ever forgotten; otherwise a digest of each id the database does not know."""
-        conn = self._conn()
-        prefix = FORGOTTEN_PREFIX
-        probe = (f"SELECT 1 FROM customers WHERE external_userid >= '{prefix}' "
-                 f"AND external_userid < '{prefix[:-1]}{chr(ord(prefix[-1]) + 1)}' LIMIT 1")
-        if conn.exec_driver_sql(probe).first() is None:
+        """Rows that would undo a `scrm customer forget` are skipped: rows naming a forgotten contact (the file
+        would bring the id back) and rows of an order a forgotten record holds (a returning customer's new
+        record must not collect the anonymous one's history). One index probe when no customer was ever
+        forgotten; otherwise a digest of each id of the file the database does not know. Runs before the
+        rows are grouped by customer, so the groups' totals count only the rows kept."""
+        conn, low = self._conn(), FORGOTTEN_PREFIX
+        high = low[:-1] + chr(ord(low[-1]) + 1)
+        if conn.exec_driver_sql(f"SELECT 1 FROM customers WHERE external_userid >= '{low}' "
+                                f"AND external_userid < '{high}' LIMIT 1").first() is None:
             return 0
+        held = [row[0] for row in conn.exec_driver_sql(
+            "SELECT line FROM import_rows WHERE order_id IN (SELECT o.order_id FROM orders o JOIN customers c "
+            f"ON c.id = o.customer_id WHERE c.external_userid >= '{low}' AND c.external_userid < '{high}')")]
+        self._drop_lines(held, "the order belongs to a forgotten customer (scrm customer forget); left as it is")
         unknown = [row[0] for row in conn.exec_driver_sql(
-            "SELECT external_userid FROM import_customers g "
-            "WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.external_userid = g.external_userid)")]
+            "SELECT DISTINCT external_userid FROM import_rows r "
+            "WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.external_userid = r.external_userid)")]
         keys = {forgotten_key(external_userid): external_userid for external_userid in unknown}
         forgotten: list[str] = []
-        for start in range(0, len(keys), 500):
-            chunk = list(keys)[start:start + 500]
-            marks = ", ".join([self._mark] * len(chunk))
+        for chunk in _chunks(list(keys)):
             forgotten += [keys[row[0]] for row in conn.exec_driver_sql(
-                f"SELECT external_userid FROM customers WHERE external_userid IN ({marks})", tuple(chunk))]
-        skipped = 0
-        for start in range(0, len(forgotten), 500):
-            chunk = forgotten[start:start + 500]
-            marks = ", ".join([self._mark] * len(chunk))
-            lines = [row[0] for row in conn.exec_driver_sql(
-                f"SELECT line FROM import_rows WHERE external_userid IN ({marks})", tuple(chunk))]
-            for line in lines:
-                self.skip(line, "the customer was forgotten (scrm customer forget); their orders are not taken")
-            skipped += len(lines)
-            for table in ("import_rows", "import_customers"):
-                conn.exec_driver_sql(f"DELETE FROM {table} WHERE external_userid IN ({marks})", tuple(chunk))
-        return skipped
+                f"SELECT external_userid FROM customers WHERE external_userid IN ({self._marks(chunk)})", chunk)]
+        lines: list[int] = []
+        for chunk in _chunks(forgotten):
+            lines += [row[0] for row in conn.exec_driver_sql(
+                f"SELECT line FROM import_rows WHERE external_userid IN ({self._marks(chunk)})", chunk)]
+        self._drop_lines(lines, "the customer was forgotten (scrm customer forget); their orders are not taken")
+        return len(held) + len(lines)
+
+    def _drop_lines(self, lines: list[int], reason: str) -> None:
+        for line in lines:
+            self.skip(line, reason)
+        for chunk in _chunks(lines):
+            self._conn().exec_driver_sql(f"DELETE FROM import_rows WHERE line IN ({self._marks(chunk)})", chunk)
+
+    def _marks(self, values: tuple[Any, ...]) -> str:
+        return ", ".join([self._mark] * len(values))
 
     def _create_stubs(self) -> int:
         """Unknown customers get a stub known since their earliest order in the file. In a bulk load of the
@@ -742,3 +748,9 @@ def _pg_instant(instant: str, tz: ZoneInfo) -> str:
 
 _PG_FEN = ("CASE WHEN strpos(amount, '.') = 0 THEN amount::bigint * 100 "
            "ELSE split_part(amount, '.', 1)::bigint * 100 + rpad(split_part(amount, '.', 2), 2, '0')::bigint END")
+
+
+def _chunks(values: list[Any], size: int = 500) -> Iterator[tuple[Any, ...]]:
+    """``values`` in tuples of at most ``size``: bound parameters per statement stay under every driver's limit."""
+    for start in range(0, len(values), size):
+        yield tuple(values[start:start + size])

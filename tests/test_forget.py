@@ -22,7 +22,7 @@ from tests.support import PG_URL, control, secret_for
 
 NOW = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
 NAME, OTHER = "薛宝钗", "林黛玉"
-MOBILE, OTHER_MOBILE = "13912345678", "13687654321"
+MOBILE, OTHER_MOBILE = "13957203864", "13680417259"  # no run of digits SQL text has (0123456789)
 FORGET, KEEP = "wmFORGETxq7Lr2MtN5pW9sZkYc3B", "wmKEEPxq7Lr2MtN5pW9sZkYc3Bd"
 
 
@@ -220,3 +220,36 @@ def test_the_new_commands_log_nothing_personal(scrm, wired, sandbox, tmp_path):
     log = stream.getvalue()
     assert "forgotten customer ignored" in log and "SELECT" in log  # the log was on, and verbose
     assert [p for p in (NAME, MOBILE, MOBILE[-8:], FORGET) if p in log] == []
+
+
+def test_a_customer_who_comes_back_starts_a_new_record_that_can_be_forgotten_again(scrm, wired, sandbox, tmp_path):
+    db = wired.extensions["scrm.db"]
+    customer_with_history(scrm, wired, sandbox, tmp_path)
+    scrm("customer", "forget", FORGET, "--yes")
+    with db.sessions() as s:
+        anonymous = s.scalar(select(Customer.id).where(Customer.external_userid.like("forgotten:%")))
+        orders_before = s.scalar(select(CustomerAggregate.order_count).where(
+            CustomerAggregate.customer_id == anonymous))
+
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": NAME, "external_userid": FORGET})
+    assert drain(wired) == {"handled": 1}  # they added a member again: a new relationship
+    out = scrm("import-orders", str(orders_csv(tmp_path / "again.csv", [
+        ("o1", FORGET, "800.00", "2026-11-01T10:00:00+08:00"), ("o2", FORGET, "600.00", "2026-11-20T10:00:00+08:00"),
+        ("o7", FORGET, "50.00", "2026-11-28T10:00:00+08:00")])), "--no-progress")
+    assert out.count("the order belongs to a forgotten customer") == 2  # the old record keeps its history
+    with db.sessions() as s:
+        returned = s.scalar(select(Customer).where(Customer.external_userid == FORGET))
+        assert returned.name == NAME and returned.id != anonymous
+        assert s.scalar(select(CustomerAggregate.order_count).where(
+            CustomerAggregate.customer_id == anonymous)) == orders_before
+        assert s.scalar(select(CustomerAggregate.order_count).where(
+            CustomerAggregate.customer_id == returned.id)) == 1
+        returned_id = returned.id
+
+    out = scrm("customer", "forget", FORGET, "--yes")  # and asks again
+    assert f"forgot customer {returned_id}" in out
+    assert personal(every_row(db)) == []
+    assert "forgotten skipped 1" in scrm("sync", "contacts", "--no-progress")
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Customer).where(
+            Customer.external_userid.like("forgotten:%"))) == 2

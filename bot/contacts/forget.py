@@ -47,7 +47,9 @@ class Forgotten:
 
 def find_customer(session: Session, ref: str) -> Customer | None:
     """A customer by external_userid (a forgotten one too, by its original id) or by numeric id."""
-    customer = session.scalar(select(Customer).where(Customer.external_userid.in_({ref, forgotten_key(ref)})))
+    customer = session.scalar(select(Customer).where(Customer.external_userid == ref))
+    if customer is None:
+        customer = session.scalar(select(Customer).where(Customer.external_userid == forgotten_key(ref)))
     if customer is None and ref.isdigit():
         customer = session.get(Customer, int(ref))
     return customer
@@ -59,11 +61,11 @@ def forget_customer(session: Session, customer: Customer, actor: str, now: datet
     if is_forgotten_key(customer.external_userid):
         result.already = True
         return result
-    external_userid, key = customer.external_userid, forgotten_key(customer.external_userid)
+    external_userid, key = customer.external_userid, _free_key(session, customer)
     result.rows["customers"] = _erase_customer(customer, key, now)
     result.rows["follows"] = _count(session.execute(
         update(Follow).where(Follow.customer_id == customer.id).values(remark="", description="")))
-    result.rows["interactions"] = _erase_interactions(session, customer.id, external_userid)
+    result.rows["interactions"] = _erase_interactions(session, customer.id, external_userid, key)
     result.rows["inbox_events"] = _erase_inbox(session, external_userid, key)
     result.rows["outbox_messages"] = _erase_outbox(session, customer.id, external_userid, key)
     result.rows["kf_conversations"] = _count(session.execute(
@@ -77,6 +79,15 @@ def forget_customer(session: Session, customer: Customer, actor: str, now: datet
                            after={"rows": result.rows}, ip=None, at=now))
     session.flush()
     return result
+
+
+def _free_key(session: Session, customer: Customer) -> str:
+    """The contact's key, or, when an earlier record of the same contact was forgotten before (they came back
+    and asked again), the key with this record's id: still found by the key's prefix, and unique."""
+    key = forgotten_key(customer.external_userid)
+    if session.scalar(select(Customer.id).where(Customer.external_userid == key)) is None:
+        return key
+    return f"{key}:{customer.id}"
 
 
 def scrub_callback(session: Session, inbox_event_id: int, external_userid: str) -> None:
@@ -96,12 +107,12 @@ def _erase_customer(customer: Customer, key: str, now: datetime) -> int:
     return 1
 
 
-def _erase_interactions(session: Session, customer_id: int, external_userid: str) -> int:
+def _erase_interactions(session: Session, customer_id: int, external_userid: str, key: str) -> int:
     rows = session.scalars(select(Interaction).where(Interaction.customer_id == customer_id)).all()
     for row in rows:
         row.detail = None
         if row.source_ref and external_userid in row.source_ref:
-            row.source_ref = _without(row.source_ref, external_userid, limit=200)
+            row.source_ref = _without(row.source_ref, external_userid, key, limit=200)
     return len(rows)
 
 
@@ -125,19 +136,19 @@ def _erase_outbox(session: Session, customer_id: int, external_userid: str, key:
         row.content = {}
         if row.recipient == external_userid:
             row.recipient = key
-        row.dedupe_key = _without(row.dedupe_key, external_userid, limit=200)
-        row.trigger_ref = _without(row.trigger_ref, external_userid, limit=128)
+        row.dedupe_key = _without(row.dedupe_key, external_userid, key, limit=200)
+        row.trigger_ref = _without(row.trigger_ref, external_userid, key, limit=128)
         row.reason = row.reason.replace(external_userid, key) if row.reason else None
         if row.status == "pending":
             row.status, row.reason = "skipped", FORGOTTEN_NOTE
     return len(rows)
 
 
-def _without(text: str, external_userid: str, limit: int) -> str:
+def _without(text: str, external_userid: str, key: str, limit: int) -> str:
     """``text`` with the contact's id replaced by its key; a digest when that would not fit the column."""
     if external_userid not in text:
         return text
-    replaced = text.replace(external_userid, forgotten_key(external_userid))
+    replaced = text.replace(external_userid, key)
     return replaced if len(replaced) <= limit else "forgotten:" + hashlib.sha256(replaced.encode()).hexdigest()
 
 
