@@ -59,9 +59,11 @@ def schema_revisions() -> list[str]:
     return chain if len(chain) == len(parents) else sorted(parents)
 
 
-def check_scrm_database(path: Path) -> str:
+def check_scrm_database(path: Path, thorough: bool = True) -> str:
     """The schema revision of the scrm database in ``path``, or :class:`BackupError` saying in one line why
-    the file is not one this code can use (missing, not SQLite, damaged, another program's, newer)."""
+    the file is not one this code can use (missing, not SQLite, damaged, another program's, newer).
+    ``thorough`` reads every page (``quick_check``: about as long as the copy itself); without it only the
+    header and the schema are read, for a file just copied page by page from one that was checked."""
     if not path.is_file():
         raise BackupError(f"{path}: no such file")
     with path.open("rb") as fh:
@@ -69,7 +71,7 @@ def check_scrm_database(path: Path) -> str:
             raise BackupError(f"{path} is not a SQLite database (no SQLite header); nothing was changed")
     try:
         with closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as conn:
-            verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+            verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0] if thorough else "ok"
             if verdict != "ok":
                 raise BackupError(f"{path} is damaged ({verdict}); nothing was changed")
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -135,21 +137,32 @@ def backup_sqlite(source: Path, dest: Path, progress: Progress | None = None) ->
 
 
 def restore_sqlite(backup: Path, target: Path, progress: Progress | None = None) -> Copied:
-    """Replace the database ``target`` with ``backup`` (already checked) through the backup API, which
-    writes through the target's own journal: a stale "-wal" can never be replayed over the new pages."""
+    """Replace the database ``target`` with ``backup`` (already checked; nobody has ``target`` open). The
+    backup is copied through the backup API (which reads a "-wal" beside it, if any) into a new file beside
+    the target, checked and synced; then the target's "-wal" and "-shm" are removed — replayed over the new
+    file they would corrupt it — and the new file is renamed over the target. Until that rename the old
+    database is there as it was; after it, the new one whole (writing the pages through the target's own
+    write-ahead log instead would write each of them twice)."""
     started = time.monotonic()
+    fresh = target.with_name(f".{target.name}.restoring-{os.getpid()}")
     try:
         with closing(sqlite3.connect(f"{backup.absolute().as_uri()}?mode=ro", uri=True)) as src, \
-                closing(sqlite3.connect(target, timeout=30, isolation_level=None)) as out:
+                closing(sqlite3.connect(fresh, isolation_level=None)) as out:
             _copy(src, out, progress)
+            out.execute("PRAGMA journal_mode=DELETE")
             pages = out.execute("PRAGMA page_count").fetchone()[0]
-            verdict = out.execute("PRAGMA quick_check(1)").fetchone()[0]
-            out.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        check_scrm_database(fresh, thorough=False)  # the backup was read whole before: the copy is its pages
+        with fresh.open("rb") as fh:
+            os.fsync(fh.fileno())
+        for suffix in ("-wal", "-shm"):
+            target.with_name(target.name + suffix).unlink(missing_ok=True)
+        os.replace(fresh, target)
     except sqlite3.Error as exc:
-        raise BackupError(f"restore into {target} failed: {exc}") from None
-    if verdict != "ok":
-        raise BackupError(f"restore into {target} failed its check ({verdict})")
-    return Copied(target, target.stat().st_size, pages, check_scrm_database(target), time.monotonic() - started)
+        raise BackupError(f"restore into {target} failed: {exc}; the database was not changed") from None
+    finally:
+        fresh.unlink(missing_ok=True)
+    return Copied(target, target.stat().st_size, pages, check_scrm_database(target, thorough=False),
+                  time.monotonic() - started)
 
 
 def _copy(src: sqlite3.Connection, out: sqlite3.Connection, progress: Progress | None) -> None:
