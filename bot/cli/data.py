@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class _PageProgress:
-    """A bar in bytes over SQLite's page copy (hidden with --no-progress, and off a terminal)."""
+    """A bar in bytes over SQLite's page copy (hidden with --no-progress)."""
 
     def __init__(self, what: str, enabled: bool) -> None:
         self.what, self.enabled, self.bar, self.page_size = what, enabled, None, 4096
@@ -25,8 +25,12 @@ class _PageProgress:
 
         if self.bar is None:
             self.bar = tqdm(total=total * self.page_size, unit="B", unit_scale=True, desc=self.what,
-                            disable=None if self.enabled else True)
+                            disable=not self.enabled)
         self.bar.update(copied * self.page_size - self.bar.n)
+
+    def checking(self) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"{self.what}: copied; checking every page")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -66,7 +70,7 @@ def backup_cmd(cli: CliContext, dest: Path, force: bool, no_progress: bool) -> N
             raise click.ClickException("DEST is the database itself")
         bar = _PageProgress("backup", not no_progress)
         try:
-            copied = backup_sqlite(source, dest, bar)
+            copied = backup_sqlite(source, dest, bar, checking=bar.checking)
         finally:
             bar.close()
     except BackupError as exc:
@@ -96,6 +100,8 @@ def restore_cmd(cli: CliContext, src: Path, yes: bool, no_progress: bool) -> Non
         if target is None:
             _pg_restore(cli, settings, src, yes)
             return
+        if not no_progress:
+            click.echo(f"checking {src} (every page)…", err=True)
         revision = check_scrm_database(src)
         if src.absolute() == target:
             raise click.ClickException("SRC is the configured database itself")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from contextlib import closing
@@ -112,8 +113,10 @@ def holder_of(database: Path) -> bool:
         os.close(fd)
 
 
-def backup_sqlite(source: Path, dest: Path, progress: Progress | None = None) -> Copied:
-    """Copy the live database ``source`` to ``dest`` (which the caller has checked it may write)."""
+def backup_sqlite(source: Path, dest: Path, progress: Progress | None = None,
+                  checking: Callable[[], None] | None = None) -> Copied:
+    """Copy the live database ``source`` to ``dest`` (which the caller has checked it may write); ``checking``
+    is called when the copy is done and its check (a read of the whole copy) begins."""
     started = time.monotonic()
     partial = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     try:
@@ -125,6 +128,8 @@ def backup_sqlite(source: Path, dest: Path, progress: Progress | None = None) ->
             src.execute("COMMIT")
             out.execute("PRAGMA journal_mode=DELETE")  # a single file: no -wal beside the backup
             pages = out.execute("PRAGMA page_count").fetchone()[0]
+        if checking is not None:
+            checking()
         revision = check_scrm_database(partial)
         with partial.open("rb") as fh:
             os.fsync(fh.fileno())
@@ -154,6 +159,8 @@ def restore_sqlite(backup: Path, target: Path, progress: Progress | None = None)
         check_scrm_database(fresh, thorough=False)  # the backup was read whole before: the copy is its pages
         with fresh.open("rb") as fh:
             os.fsync(fh.fileno())
+        if target.exists():
+            os.chmod(fresh, stat.S_IMODE(target.stat().st_mode))
         for suffix in ("-wal", "-shm"):
             target.with_name(target.name + suffix).unlink(missing_ok=True)
         os.replace(fresh, target)
