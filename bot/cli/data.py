@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from bot.core.config import Settings
 
 
+BIG_FILE = 64_000_000  # bytes: reading every page takes a second or more, so say what is going on
+
+
 class _PageProgress:
     """A bar in bytes over SQLite's page copy (hidden with --no-progress)."""
 
@@ -100,7 +103,7 @@ def restore_cmd(cli: CliContext, src: Path, yes: bool, no_progress: bool) -> Non
         if target is None:
             _pg_restore(cli, settings, src, yes)
             return
-        if not no_progress:
+        if not no_progress and src.is_file() and src.stat().st_size > BIG_FILE:
             click.echo(f"checking {src} (every page)…", err=True)
         revision = check_scrm_database(src)
         if src.absolute() == target:
