@@ -50,19 +50,19 @@ def backup_cmd(cli: CliContext, dest: Path, force: bool, no_progress: bool) -> N
 
     SQLite: SQLite's online backup API from one read snapshot (writers are not stopped; the copy is the
     database as it was when the backup began), checked, then renamed into place. DEST may be a directory:
-    the file is then named scrm-<local time>.db. PostgreSQL: pg_dump --format=custom (the command is
-    printed when pg_dump is not on PATH). An existing DEST is kept unless --force."""
+    the file is then named scrm-<local time>.db (.dump on PostgreSQL). PostgreSQL: pg_dump --format=custom
+    (the command is printed when pg_dump is not on PATH). An existing DEST is kept unless --force."""
     from bot.core.backup import BackupError, backup_sqlite
     from bot.core.db import sqlite_file
 
     settings = cli.settings()
+    source = sqlite_file(settings.database.url)
     if dest.is_dir():
-        dest = dest / f"scrm-{cli.now().astimezone(settings.tz):%Y%m%d-%H%M%S}.db"
+        dest = dest / f"scrm-{cli.now().astimezone(settings.tz):%Y%m%d-%H%M%S}.{'db' if source else 'dump'}"
     if dest.exists() and not force:
         raise click.ClickException(f"{dest} exists; add --force to overwrite it")
     if not dest.absolute().parent.is_dir():
         raise click.ClickException(f"{dest.absolute().parent} is not a directory")
-    source = sqlite_file(settings.database.url)
     try:
         if source is None:
             _pg_dump(settings, dest)
