@@ -90,18 +90,40 @@ def check_scrm_database(path: Path, thorough: bool = True) -> str:
 
 
 def holder_of(database: Path) -> bool:
-    """Whether another process has the SQLite database open (a running `scrm serve`, worker or scheduler).
-    Reads the lock SQLite itself keeps on the "-shm" file in WAL mode; False where that cannot be told
-    (no such file: nobody has it open; not a POSIX system)."""
+    """Whether a process has the SQLite database open (a running `scrm serve`, worker or scheduler). Asks
+    about the lock SQLite itself keeps on the "-shm" file in WAL mode; False where that cannot be told (no
+    such file: nobody has it open; no POSIX locks: Windows).
+
+    Linux: read from /proc/locks, without opening the file. Opening and closing it would release every
+    POSIX lock this process holds on it (POSIX ties them to the process, not the descriptor), SQLite's own
+    included, had this process the database open."""
     shm = database.with_name(database.name + "-shm")
     try:
-        import fcntl
-    except ImportError:  # Windows: no POSIX locks to ask
-        return False
-    try:
-        fd = os.open(shm, os.O_RDWR)
+        inode = shm.stat().st_ino
     except FileNotFoundError:
         return False
+    try:
+        table = Path("/proc/locks").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return _lock_probe(shm)
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 8 or fields[1] == "->":  # "->": a waiter, not a holder
+            continue
+        device_inode, start, end = fields[5], fields[6], fields[7]
+        if device_inode.rsplit(":", 1)[-1] == str(inode) and int(start) <= _SHM_DMS_BYTE \
+                and (end == "EOF" or _SHM_DMS_BYTE <= int(end)):
+            return True
+    return False
+
+
+def _lock_probe(shm: Path) -> bool:
+    """Elsewhere: take the byte and let it go (the command calling this has not opened the database)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    fd = os.open(shm, os.O_RDWR)
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _SHM_DMS_BYTE)
