@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.customers import apply_wecom_tag_set, from_epoch, upsert_customer, upsert_follow
+from bot.contacts.forget import scrub_callback
 from bot.contacts.interactions import add_interaction
+from bot.core.forgotten import is_forgotten
 from bot.core.privacy import masked
 from bot.inbox.dispatcher import HandlerContext, on
 from bot.models import Customer, Staff, Tag, utcnow
@@ -67,6 +69,8 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
 def customer_edited(event: Any, ctx: HandlerContext) -> None:
     """A member edited the customer's remark, description or tags: re-fetch and reconcile."""
     external_userid, userid = _ids(ctx)
+    if _left_forgotten(ctx, external_userid):
+        return
     contact = _fetch_contact(ctx, external_userid)
     customer = upsert_customer(ctx.session, external_userid, contact.get("external_contact", {}))
     follow = upsert_follow(ctx.session, customer, upsert_staff(ctx.session, userid, ctx))
@@ -83,6 +87,8 @@ def follow_ended(event: Any, ctx: HandlerContext) -> None:
     """Either side removed the other: end the follow, keep the history, and when the customer
     did it, record the churn signal and tell the owner (流失提醒)."""
     external_userid, userid = _ids(ctx)
+    if _left_forgotten(ctx, external_userid):
+        return
     customer = upsert_customer(ctx.session, external_userid, {})
     follow = upsert_follow(ctx.session, customer, upsert_staff(ctx.session, userid, ctx))
     change_type = ctx.fields.get("ChangeType")
@@ -102,11 +108,23 @@ def follow_ended(event: Any, ctx: HandlerContext) -> None:
 def transfer_failed(event: Any, ctx: HandlerContext) -> None:
     """在职继承 failed (customer refused, or the new member is full): keep it on the customer's record."""
     external_userid, userid = _ids(ctx)
+    if _left_forgotten(ctx, external_userid):
+        return
     customer = upsert_customer(ctx.session, external_userid, {})
     reason = str(ctx.fields.get("FailReason") or "unknown")
     record_interaction(ctx, customer, "transfer_fail", f"transfer_fail:{userid}:{external_userid}:"
                        f"{ctx.fields.get('CreateTime')}", userid, {"fail_reason": reason}, touch=False)
     ctx.log.warning("transfer of customer %s to %s failed: %s", customer.id, masked(userid), reason)
+
+
+def _left_forgotten(ctx: HandlerContext, external_userid: str) -> bool:
+    """A contact erased on request stays erased when a member edits or deletes them (no new record from
+    the brand's side); only the customer adding a member again starts a new one (customer_added)."""
+    if not is_forgotten(ctx.session, external_userid):
+        return False
+    ctx.log.info("event about a forgotten customer ignored (scrm customer forget)")
+    scrub_callback(ctx.session, ctx.inbox_event_id, external_userid)
+    return True
 
 
 # ------------------------------------------------------------------ welcome and alerts

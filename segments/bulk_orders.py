@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bot.core.db import sqlite_foreign_keys_off
+from bot.core.privacy import FORGOTTEN_PREFIX, forgotten_key
 from bot.models import utcnow
 from segments.orders import (
     DELTA_COLUMNS,
@@ -175,6 +176,9 @@ class OrderStaging:
         if not counts.valid:
             return counts
         step(MERGE_STEPS[1])
+        counts.valid -= self._skip_forgotten()
+        if not counts.valid:
+            return counts
         self._group_by_customer()
         with self._bulk_load("customers", self._scalar("SELECT count(*) FROM import_customers")):
             counts.customers_created = self._create_stubs()
@@ -341,6 +345,45 @@ class OrderStaging:
             "CREATE TEMPORARY TABLE import_customers AS SELECT external_userid, min(paid_at) AS first_seen, "
             f"{_TOTALS} FROM import_rows GROUP BY external_userid")
         self._analyze("import_customers")
+
+    def _skip_forgotten(self) -> int:
+        """Rows that would undo a `scrm customer forget` are skipped: rows naming a forgotten contact (the file
+        would bring the id back) and rows of an order a forgotten record holds (a returning customer's new
+        record must not collect the anonymous one's history). One index probe when no customer was ever
+        forgotten; otherwise a digest of each id of the file the database does not know. Runs before the
+        rows are grouped by customer, so the groups' totals count only the rows kept."""
+        conn, low = self._conn(), FORGOTTEN_PREFIX
+        high = low[:-1] + chr(ord(low[-1]) + 1)
+        if conn.exec_driver_sql(f"SELECT 1 FROM customers WHERE external_userid >= '{low}' "
+                                f"AND external_userid < '{high}' LIMIT 1").first() is None:
+            return 0
+        held = [row[0] for row in conn.exec_driver_sql(
+            "SELECT line FROM import_rows WHERE order_id IN (SELECT o.order_id FROM orders o JOIN customers c "
+            f"ON c.id = o.customer_id WHERE c.external_userid >= '{low}' AND c.external_userid < '{high}')")]
+        self._drop_lines(held, "the order belongs to a forgotten customer (scrm customer forget); left as it is")
+        unknown = [row[0] for row in conn.exec_driver_sql(
+            "SELECT DISTINCT external_userid FROM import_rows r "
+            "WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.external_userid = r.external_userid)")]
+        keys = {forgotten_key(external_userid): external_userid for external_userid in unknown}
+        forgotten: list[str] = []
+        for chunk in _chunks(list(keys)):
+            forgotten += [keys[row[0]] for row in conn.exec_driver_sql(
+                f"SELECT external_userid FROM customers WHERE external_userid IN ({self._marks(chunk)})", chunk)]
+        lines: list[int] = []
+        for chunk in _chunks(forgotten):
+            lines += [row[0] for row in conn.exec_driver_sql(
+                f"SELECT line FROM import_rows WHERE external_userid IN ({self._marks(chunk)})", chunk)]
+        self._drop_lines(lines, "the customer was forgotten (scrm customer forget); their orders are not taken")
+        return len(held) + len(lines)
+
+    def _drop_lines(self, lines: list[int], reason: str) -> None:
+        for line in lines:
+            self.skip(line, reason)
+        for chunk in _chunks(lines):
+            self._conn().exec_driver_sql(f"DELETE FROM import_rows WHERE line IN ({self._marks(chunk)})", chunk)
+
+    def _marks(self, values: tuple[Any, ...]) -> str:
+        return ", ".join([self._mark] * len(values))
 
     def _create_stubs(self) -> int:
         """Unknown customers get a stub known since their earliest order in the file. In a bulk load of the
@@ -705,3 +748,9 @@ def _pg_instant(instant: str, tz: ZoneInfo) -> str:
 
 _PG_FEN = ("CASE WHEN strpos(amount, '.') = 0 THEN amount::bigint * 100 "
            "ELSE split_part(amount, '.', 1)::bigint * 100 + rpad(split_part(amount, '.', 2), 2, '0')::bigint END")
+
+
+def _chunks(values: list[Any], size: int = 500) -> Iterator[tuple[Any, ...]]:
+    """``values`` in tuples of at most ``size``: bound parameters per statement stay under every driver's limit."""
+    for start in range(0, len(values), size):
+        yield tuple(values[start:start + size])

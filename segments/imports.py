@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.core.forgotten import is_forgotten
 from bot.models import Customer, Follow, Staff
 from segments.bulk_orders import STAGE_BATCH, OrderStaging, canonical_rows_pattern
 from segments.orders import RowError, WriteCounts, local_or_aware
@@ -100,6 +101,9 @@ def import_customers(session: Session, path: Path, tz: ZoneInfo, progress: Progr
             summary.skip(line, str(exc))
             continue
         created = _upsert_customer(session, staff_ids, values)
+        if created is None:
+            summary.skip(line, "the customer was forgotten (scrm customer forget); not imported again")
+            continue
         summary.inserted += created
         summary.updated += not created
     return summary
@@ -126,7 +130,8 @@ def _customer_values(record: dict[str, str], tz: ZoneInfo) -> dict[str, Any]:
             "follow_userid": follow_userid, "added_at": added_at.astimezone(UTC), "birthday": birthday}
 
 
-def _upsert_customer(session: Session, staff_ids: dict[str, int], v: dict[str, Any]) -> bool:
+def _upsert_customer(session: Session, staff_ids: dict[str, int], v: dict[str, Any]) -> bool | None:
+    """Whether the customer was created; None for a contact erased on request, which stays erased."""
     if v["follow_userid"] not in staff_ids:
         staff = session.scalar(select(Staff).where(Staff.userid == v["follow_userid"]))
         if staff is None:
@@ -135,6 +140,8 @@ def _upsert_customer(session: Session, staff_ids: dict[str, int], v: dict[str, A
             session.flush()
         staff_ids[v["follow_userid"]] = staff.id
     customer = session.scalar(select(Customer).where(Customer.external_userid == v["external_userid"]))
+    if customer is None and is_forgotten(session, v["external_userid"]):
+        return None
     created = customer is None
     if customer is None:
         customer = Customer(external_userid=v["external_userid"], created_at=v["added_at"])

@@ -6,6 +6,7 @@ import click
 
 from bot.cli.campaigns import broadcast_group, coupons_group
 from bot.cli.context import CliContext
+from bot.cli.data import backup_cmd, forget_cmd, restore_cmd
 from bot.cli.demo import demo
 from bot.cli.inbox import inbox
 from bot.cli.predict import predict_group
@@ -57,3 +58,6 @@ main.add_command(jobs_cmd)
 main.add_command(holidays_cmd)
 main.add_command(broadcast_group)
 main.add_command(coupons_group)
+main.add_command(backup_cmd)
+main.add_command(restore_cmd)
+customer_group.add_command(forget_cmd)

@@ -262,7 +262,7 @@ def _report_retier(result: Any, dry_run: bool, before: Counts | None, after: Cou
     _report_tags(result.after)
 
 
-@click.group("customer", help="Look at one customer.")
+@click.group("customer", help="Look at one customer, or erase their personal data.")
 def customer_group() -> None:
     pass
 

@@ -17,6 +17,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.interactions import add_interaction
 from bot.core.config import Settings
+from bot.core.forgotten import is_forgotten
 from bot.models import Customer, utcnow
 from bot.tagging.rules import TagRules
 from bot.tagging.system import apply_rules
@@ -77,6 +78,8 @@ def _record(session: Session, settings: Settings, rules: TagRules, moment: dict[
             # One like per customer per moment; comments are kept each (by time).
             ref = f"{kind}:{moment_id}:{external_userid}" + (f":{created}" if kind == "moment_comment" else "")
             customer = _customer(session, external_userid)
+            if customer is None:  # forgotten on request: no new data about them
+                continue
             occurred = datetime.fromtimestamp(created, tz=utcnow().tzinfo) if created else utcnow()
             if add_interaction(session, customer, kind, ref, occurred, userid, {"moment_id": moment_id}):
                 result.likes += kind == "moment_like"
@@ -85,8 +88,10 @@ def _record(session: Session, settings: Settings, rules: TagRules, moment: dict[
                                                      push=settings.tags.push_to_wecom))
 
 
-def _customer(session: Session, external_userid: str) -> Customer:
+def _customer(session: Session, external_userid: str) -> Customer | None:
     customer = session.scalar(select(Customer).where(Customer.external_userid == external_userid))
+    if customer is None and is_forgotten(session, external_userid):
+        return None
     if customer is None:
         customer = Customer(external_userid=external_userid, name="")
         session.add(customer)

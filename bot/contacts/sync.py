@@ -1,6 +1,7 @@
 """``scrm sync contacts``: a full reconcile with WeCom to heal missed callbacks. Reads every
 follow user's customers with batch/get_by_user (100 members per call, paged), upserts customers,
-follows and WeCom tags, and ends follows WeCom no longer has."""
+follows and WeCom tags, and ends follows WeCom no longer has. A contact erased by `scrm customer forget`
+stays erased: its items are counted and left alone."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.contacts.customers import apply_wecom_tag_set, upsert_customer, upsert_follow
+from bot.core.forgotten import is_forgotten
+from bot.core.privacy import forgotten_key
 from bot.models import Customer, Follow, Staff, Tag, utcnow
 from bot.tagging.rules import TagRules
 from bot.tagging.sync import mirror_corp_tags
@@ -31,6 +34,7 @@ class ContactSync:
     follows_ended: int = 0
     tags_added: int = 0
     tags_removed: int = 0
+    forgotten_skipped: int = 0  # follows of contacts erased by `scrm customer forget`, left forgotten
 
 
 def sync_contacts(session: Session, contact_client: Any, rules: TagRules,
@@ -47,6 +51,11 @@ def sync_contacts(session: Session, contact_client: Any, rules: TagRules,
         chunk = userids[start:start + MEMBERS_PER_CALL]
         for page in api.gen_batch_get_by_users(chunk):
             for item in page.get("external_contact_list") or []:
+                forgotten = _forgotten_follow(session, item)
+                if forgotten is not None:
+                    result.forgotten_skipped += 1
+                    seen_follows.add(forgotten)
+                    continue
                 follow = _apply(session, item, result)
                 seen_follows.add(follow.id)
                 seen_customers.add(follow.customer_id)
@@ -64,6 +73,18 @@ def sync_contacts(session: Session, contact_client: Any, rules: TagRules,
         result.tags_removed += removed
     _end_missing(session, userids, seen_follows, result)
     return result
+
+
+def _forgotten_follow(session: Session, item: dict[str, Any]) -> int | None:
+    """For a contact forgotten on request (and not back since): the id of its anonymous follow of this
+    member (0 if none), which the sync leaves as it is; None for every other contact."""
+    external_userid = str((item.get("external_contact") or {}).get("external_userid") or "")
+    if not external_userid or not is_forgotten(session, external_userid):
+        return None
+    follow_id = session.scalar(select(Follow.id).join(Customer).join(Staff).where(
+        Customer.external_userid == forgotten_key(external_userid),
+        Staff.userid == (item.get("follow_info") or {}).get("userid")))
+    return follow_id or 0
 
 
 def _apply(session: Session, item: dict[str, Any], result: ContactSync) -> Follow:

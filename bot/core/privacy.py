@@ -4,6 +4,7 @@ elements: a decrypted callback in an error message)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 # Mainland mobile numbers, with or without +86 and with spaces or dashes as people write them.
@@ -38,3 +39,21 @@ def mask_personal_data(text: str) -> str:
 def _masked_element(match: re.Match[str]) -> str:
     tag = match.group(1)
     return match.group(0) if tag in _STRUCTURAL_XML else f"<{tag}>…</{tag}>"
+
+
+FORGOTTEN_PREFIX = "forgotten:"
+
+
+def forgotten_key(external_userid: str) -> str:
+    """What a forgotten customer's external_userid becomes (`scrm customer forget`): a one-way digest, so
+    the brand's own pulls (contact sync, imports, moment polls) can tell the contact was forgotten and
+    leave it so, while the record no longer names anyone. Unsalted on purpose: the same id must give the
+    same key in every process and after a secret's rotation; an external_userid is a random 32-character
+    id of one corp, so nobody without the id itself can find which key belongs to it."""
+    if external_userid.startswith(FORGOTTEN_PREFIX):
+        return external_userid
+    return FORGOTTEN_PREFIX + hashlib.sha256(external_userid.encode("utf-8")).hexdigest()[:40]
+
+
+def is_forgotten_key(external_userid: str) -> bool:
+    return external_userid.startswith(FORGOTTEN_PREFIX)
