@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
 
+from bot.contacts.channels import channel_rules
 from bot.contacts.customers import apply_wecom_tag_set, from_epoch, upsert_customer, upsert_follow
 from bot.contacts.interactions import add_interaction
 from bot.core.privacy import masked
@@ -47,7 +48,7 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
     follow.added_at = _event_time(ctx) if not info.get("createtime") else _from_epoch(info["createtime"])
     follow.ended_at, follow.ended_reason = None, None
     customer.owner_userid = customer.owner_userid or userid
-    channel = ctx.settings.contacts.channels.get(follow.state or "", {})
+    channel = channel_rules(ctx.session, ctx.settings, follow.state)
     if customer.stage is None:
         customer.stage = channel.get("stage") or STAGE_PATHS[ctx.settings.tiers.stage_path][0]
     reconcile_wecom_tags(ctx.session, ctx.tag_rules, customer, contact, actor=userid)
