@@ -136,6 +136,9 @@ def update_channel(session: Session, api: Any, state: str, changes: dict[str, An
     for key, value in changes.items():
         setattr(spec, key, value)
     check_spec(spec, stages, now, need_members=bool(row.config_id))  # a config-only channel has no code yet
+    if row.config_id and "members" in changes and (len(row.members or []) == 1) != (len(spec.members) == 1):
+        raise ChannelError("WeCom cannot turn a single-member code into a multi-member one or back: "
+                           "delete the channel and create it again with the same key")
     wecom_fields = {"members", "name", "skip_verify"} & set(changes)
     _apply_spec(row, spec, keep_expiry="expires_at" not in changes)
     session.flush()
@@ -289,7 +292,7 @@ def channel_report(session: Session, settings: Settings, now: datetime, since: d
                    until: date | None = None, states: list[str] | None = None) -> list[ChannelReport]:
     """Per channel, over the customers it brought (follows added through its state in the window):
     adds per local day, deletions (not transfers), value-tier and RFM mix, orders and revenue
-    (paid minus refunded), and cost per high-tier customer. All of it SQL aggregates."""
+    (paid orders; a refunded order counts in neither), and cost per high-tier customer. All of it SQL aggregates."""
     tz = settings.tz
     conditions = [Follow.state.is_not(None), Follow.state != ""]
     if states:
@@ -320,8 +323,7 @@ def channel_report(session: Session, settings: Settings, now: datetime, since: d
         for state, value, count in session.execute(query):
             getattr(reports[state], target)[value] = count
     money = select(brought.c.state, func.coalesce(func.sum(CustomerAggregate.order_count), 0),
-                   func.coalesce(func.sum(CustomerAggregate.paid_amount_fen - CustomerAggregate.refunded_amount_fen),
-                                 0)) \
+                   func.coalesce(func.sum(CustomerAggregate.paid_amount_fen), 0)) \
         .join(CustomerAggregate, CustomerAggregate.customer_id == brought.c.customer_id).group_by(brought.c.state)
     for state, orders, revenue in session.execute(money):
         reports[state].orders, reports[state].revenue_fen = int(orders), int(revenue)

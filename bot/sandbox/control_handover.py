@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from bot.sandbox import scenario
 from bot.sandbox.api_channels import contact_ways
 from bot.sandbox.api_transfer import add_group, handover_groups, refuse, resign, settle, transfers
-from bot.sandbox.state import SandboxState, WeComError
+from bot.sandbox.state import SandboxState, WeComError, random_id
 
 bp = Blueprint("sandbox_handover", __name__, url_prefix="/_sandbox")
 
@@ -38,6 +38,22 @@ def _missing(exc: KeyError) -> tuple[Response, int]:
 def list_ways() -> Response:
     with _state().lock:
         return jsonify(list(contact_ways(_state()).values()))
+
+
+@bp.post("/contact_ways/import")
+def made_elsewhere() -> Response:
+    """A 「联系我」 code made by another app or tool: ``{"state", "user": [...], "remark"?}``."""
+    state, a = _state(), _args()
+    with state.lock:
+        for userid in a["user"]:
+            state.require_staff(userid)
+        config_id = random_id("", 32).lower()
+        way = {"config_id": config_id, "type": 1 if len(a["user"]) == 1 else 2, "scene": 2,
+               "remark": a.get("remark", ""), "skip_verify": True, "state": a.get("state", ""), "user": a["user"],
+               "party": [], "is_temp": False, "create_time": int(state.now()),
+               "qr_code": f"https://wework.qpic.cn/wwpic/{random_id('', 24)}/0"}
+        contact_ways(state)[config_id] = way
+        return jsonify(way)
 
 
 @bp.post("/contact_ways/<config_id>/scan")
