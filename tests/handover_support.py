@@ -29,7 +29,8 @@ def scrm_runner(wired: Any, tmp_path: Path, config: str = CONFIG,
     path.write_text(config, encoding="utf-8")
     w = settings.wecom
     env = {"SCRM_CONFIG": str(path), "SCRM_DATABASE_URL": settings.database.url, "SCRM_REDIS_URL": "",
-           "SCRM_WECOM_CORP_ID": w.corp_id, "SCRM_WECOM_SECRET": w.secret, "SCRM_WECOM_CONTACT_SECRET": w.contact_secret,
+           "SCRM_WECOM_CORP_ID": w.corp_id, "SCRM_WECOM_SECRET": w.secret,
+           "SCRM_WECOM_CONTACT_SECRET": w.contact_secret,
            "SCRM_WECOM_API_BASE_URL": w.api_base_url, "SCRM_WECOM_BUSY_BACKOFF_SECONDS": "0"}
 
     def scrm(*args: str, ok: bool = True, stdin: str | None = None) -> Result:
