@@ -242,9 +242,11 @@ def refuse(state: SandboxState, external_userid: str, reason: str = "customer_re
     return {"transfer": dict(row), "delivery": deliver(state, fields)}
 
 
-def settle(state: SandboxState, force: bool = False) -> dict[str, Any]:
+def settle(state: SandboxState, force: bool = False, callbacks: bool = True) -> dict[str, Any]:
     """Every waiting transfer whose 24 hours are over (all of them with ``force``) completes: the
-    takeover member gets the customer; on-job, the handover member's relation is deleted."""
+    takeover member gets the customer; on-job, the handover member's relation is deleted. Without
+    ``callbacks`` no event is sent (WeCom sends no add event when the pair were already friends,
+    and callbacks can be lost): only transfer_result tells."""
     events: list[dict[str, Any]] = []
     with state.lock:
         now = state.now()
@@ -267,6 +269,6 @@ def settle(state: SandboxState, force: bool = False) -> dict[str, Any]:
             if row["kind"] == "onjob":
                 events.append(_envelope(state, ChangeType="del_external_contact", UserID=row["handover"],
                                         ExternalUserID=row["external_userid"], Source="DELETE_BY_TRANSFER"))
-    deliveries = [deliver(state, fields) for fields in events]
+    deliveries = [deliver(state, fields) for fields in events] if callbacks else []
     return {"settled": done, "callbacks": len(deliveries),
             "delivered": sum(1 for d in deliveries if d.get("delivered"))}

@@ -98,7 +98,8 @@ def transfer_refuse() -> Response:
 
 @bp.post("/transfers/settle")
 def transfer_settle() -> Response:
-    return jsonify(settle(_state(), bool(_args().get("force"))))
+    a = _args()
+    return jsonify(settle(_state(), bool(a.get("force")), bool(a.get("callbacks", True))))
 
 
 @bp.get("/transfers")
