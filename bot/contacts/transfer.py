@@ -149,13 +149,16 @@ def plan_departed(session: Session, api: Any, rest: list[str], routes: list[Rout
                                      .where(Customer.external_userid.in_(ids))).all())
         pool = [(known.get(e), e) for e in ids]
         _assign(session, plan, "resigned", handover, pool, rest, routes)
-    if with_groups and (only or by_member):
-        owners = sorted(set(only or []) | set(by_member))
-        turn = 0
-        for start in range(0, len(owners), 100):
-            for chat_id in api.resigned_group_chats(owners[start:start + 100]):
-                plan.groups.append(GroupPlanRow(chat_id, "", rest[turn % len(rest)]))
-                turn += 1
+    if with_groups:
+        if not rest:
+            raise TransferError("name at least one member to hand over to (--to)")
+        # A departed member with groups but no customers is not in get_unassigned_list: without
+        # --member, ask for every waiting group of the visible range.
+        owners = sorted(only or [])
+        chunks = [owners[start:start + 100] for start in range(0, len(owners), 100)] or [[]]
+        chat_ids = [chat_id for chunk in chunks for chat_id in api.resigned_group_chats(chunk)]
+        for turn, chat_id in enumerate(dict.fromkeys(chat_ids)):
+            plan.groups.append(GroupPlanRow(chat_id, "", rest[turn % len(rest)]))
     return plan
 
 

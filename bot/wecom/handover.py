@@ -158,12 +158,14 @@ class ScrmTransfer(BaseWeChatAPI):
             yield from page.get("customer") or []
 
     def resigned_group_chats(self, owners: list[str], limit: int = 1000) -> Iterator[str]:
-        """Chat ids of departed owners' groups still waiting (groupchat/list status_filter 1)."""
-        if not 1 <= len(owners) <= 100:
-            raise ValueError("owner_filter takes 1 to 100 userids")
+        """Chat ids of departed owners' groups still waiting (groupchat/list status_filter 1). No
+        owners: the whole visible range (WeCom answers 81017 when it holds more than 1000 people)."""
+        if len(owners) > 100:
+            raise ValueError("owner_filter takes at most 100 userids")
 
         def fetch(cursor: str | None) -> dict:
-            data = optionaldict(status_filter=1, owner_filter={"userid_list": owners}, cursor=cursor, limit=limit)
+            data = optionaldict(status_filter=1, owner_filter={"userid_list": owners} if owners else None,
+                                cursor=cursor, limit=limit)
             return self._post("externalcontact/groupchat/list", data=data)
 
         for page in cursor_pages(fetch):
