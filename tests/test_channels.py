@@ -132,3 +132,56 @@ def test_report_after_a_burst_of_adds_through_two_channels(wired, sandbox, tmp_p
     assert sum(live_r["rfm_segments"].values()) == 2 and sum(street_r["rfm_segments"].values()) == 2
     text = scrm("channels", "report").output
     assert "live" in text and "1,500.00" in text and "adds per day" in text
+
+
+def test_hostile_input_gets_clear_errors(wired, sandbox, tmp_path):
+    scrm = _setup(wired, sandbox, tmp_path)
+    for args, message in (
+        (("--cost", "abc"), "not an amount in 元"),
+        (("--cost", "-5"), "at most two decimals"),
+        (("--cost", "1.001"), "at most two decimals"),
+        (("--expires", "tomorrow"), "use YYYY-MM-DD"),
+        (("--expires", "2020-01-01"), "already past"),
+        (("--stage", "vip"), "unknown stage"),
+        (("--welcome", "../../etc/passwd"), "letters, digits and _"),
+    ):
+        result = scrm("channels", "create", "x", "--state", "k1", "--member", "lisi", *args, ok=False)
+        assert result.exit_code != 0 and message in result.output, (args, result.output)
+    spaced = scrm("channels", "create", "x", "--state", "a b", "--member", "lisi", ok=False)
+    assert "spaces" in spaced.output
+    missing = scrm("channels", "update", "nope", "--cost", "1", ok=False)
+    assert missing.exit_code == 1 and "no channel 'nope'" in missing.output
+    nothing = scrm("channels", "update", "nope", ok=False)
+    assert nothing.exit_code == 2 and "nothing to change" in nothing.output
+    assert read(sandbox, "contact_ways") == []
+
+
+def test_sandbox_contact_way_errors(wired, sandbox):
+    from wechatpy.exceptions import WeChatClientException
+
+    from bot.wecom.client import build_clients
+
+    control(sandbox, "seed", {"staff": [{"userid": "lisi"}]})
+    api = build_clients(wired.extensions["scrm.settings"]).contact.contact_way
+    for body, code in (({"scene": 2}, 41037), ({"type": 1}, 41038), ({"type": 3, "scene": 2}, 41039),
+                       ({"type": 1, "scene": 9}, 41040), ({"type": 2, "scene": 2, "user": ["lisi"] * 101}, 41041),
+                       ({"type": 1, "scene": 1, "style": 7, "user": ["lisi"]}, 41042),
+                       ({"type": 1, "scene": 2, "user": ["ghost"]}, 60111)):
+        try:
+            api._post("externalcontact/add_contact_way", data=body)
+        except WeChatClientException as exc:
+            assert exc.errcode == code, body
+        else:
+            raise AssertionError(body)
+    for path, code in (("get_contact_way", 41043), ("del_contact_way", 41043)):
+        try:
+            api._post(f"externalcontact/{path}", data={})
+        except WeChatClientException as exc:
+            assert exc.errcode == code
+    try:
+        api.get_contact_way("nope")
+    except WeChatClientException as exc:
+        assert exc.errcode == 41044
+    made = api.add_contact_way(type=1, scene=2, user=["lisi"], state="s1")
+    assert made["qr_code"] and api.get_contact_way(made["config_id"])["contact_way"]["state"] == "s1"
+    assert list(api.gen_contact_way_ids(limit=1)) == [made["config_id"]]

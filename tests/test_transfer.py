@@ -189,3 +189,25 @@ def test_departed_members_customers_and_groups_reassigned_by_rule_with_history(w
         assert "transferred" in kinds and "churn_signal" not in kinds
     status = scrm("transfer", "status").output
     assert "resigned" in status and "succeeded 1" in status  # the group
+
+
+def test_plan_refuses_bad_rules_and_self_transfer(wired, sandbox, tmp_path):
+    scrm = scrm_runner(wired, tmp_path)
+    _seed(sandbox, "zhangsan", 2, "R")
+    scrm("sync", "contacts", "--no-progress")
+    for args, message in (
+        (("--from", "zhangsan", "--to", "lisi", "--rule", "rfm=wang"), "bad rule"),
+        (("--from", "zhangsan", "--to", "lisi", "--rule", "rfm:超级VIP=wang"), "unknown RFM segment"),
+        (("--from", "zhangsan", "--to", "zhangsan"), "to themselves"),
+        (("--to", "lisi"), "either --from USERID"),
+        (("--from", "zhangsan", "--departed", "--to", "lisi"), "either --from USERID"),
+        (("--from", "zhangsan", "--to", "lisi", "--customer", "客户"), "not an external_userid"),
+    ):
+        result = scrm("transfer", "plan", *args, ok=False)
+        assert result.exit_code != 0 and message in result.output, (args, result.output)
+    chosen = scrm("transfer", "plan", "--from", "zhangsan", "--to", "lisi", "--customer", "wmR00001",
+                  "--customer", "wmSTRANGER").output
+    assert "plan only: 1 customers" in chosen and "skipped wmSTRANGER: not a current customer of zhangsan" in chosen
+    long_message = scrm("transfer", "run", "--from", "zhangsan", "--to", "lisi", "--message", "字" * 201, "--yes",
+                        ok=False)
+    assert long_message.exit_code == 2 and "1 to 200 characters" in long_message.output
