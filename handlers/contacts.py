@@ -14,6 +14,7 @@ from wechatpy.exceptions import WeChatClientException
 from bot.contacts.channels import channel_rules
 from bot.contacts.customers import apply_wecom_tag_set, from_epoch, upsert_customer, upsert_follow
 from bot.contacts.interactions import add_interaction
+from bot.contacts.transfer import awaits_takeover
 from bot.core.privacy import masked
 from bot.inbox.dispatcher import HandlerContext, on
 from bot.models import Customer, Staff, Tag, utcnow
@@ -58,9 +59,13 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
     if follow.state:
         apply_rules(ctx.session, ctx.tag_rules, customer.id, "channel", state=follow.state,
                     push=ctx.settings.tags.push_to_wecom)
-    record_interaction(ctx, customer, "added", f"add:{userid}:{external_userid}:{ctx.fields.get('CreateTime')}",
-                       userid, {"state": follow.state, "change_type": ctx.fields.get("ChangeType")})
-    _welcome(ctx, customer, staff, follow.state or "", channel.get("welcome") or "default")
+    # A hand-over's takeover is not the customer reaching out: no activity, no new-customer welcome.
+    takeover = awaits_takeover(ctx.session, external_userid, userid)
+    record_interaction(ctx, customer, "taken_over" if takeover else "added",
+                       f"add:{userid}:{external_userid}:{ctx.fields.get('CreateTime')}",
+                       userid, {"state": follow.state, "change_type": ctx.fields.get("ChangeType")}, touch=not takeover)
+    if not takeover:
+        _welcome(ctx, customer, staff, follow.state or "", channel.get("welcome") or "default")
     push_customer_tags(ctx, customer)
 
 

@@ -121,6 +121,12 @@ def test_transfer_callbacks_settle_and_are_not_churn(wired, sandbox, tmp_path):
         assert s.scalar(select(func.count()).select_from(Interaction).where(Interaction.kind == "churn_signal")) == 0
         assert s.scalar(select(func.count()).select_from(OutboxMessage)
                         .where(OutboxMessage.trigger_kind == "churn_alert")) == 0
+        kinds = list(s.scalars(select(Interaction.kind).where(Interaction.kind.in_(["added", "taken_over"]))))
+        assert kinds == ["taken_over"] * 3  # not counted as the customer's activity
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)
+                        .where(OutboxMessage.trigger_kind == "welcome")) == 0
+        assert s.scalar(select(func.count()).select_from(Customer)
+                        .where(Customer.last_interaction_at.is_not(None))) == 0
     assert _live_owner(db, ids) == {ids[0]: "lisi", ids[1]: "wangwu", ids[2]: "lisi"}
     status = scrm("transfer", "status").output
     assert "succeeded" in status and "→" not in status  # no problem lines

@@ -366,6 +366,13 @@ def record_failure(session: Session, external_userid: str, takeover_userid: str,
     return row
 
 
+def awaits_takeover(session: Session, external_userid: str, takeover_userid: str) -> bool:
+    """True if this customer is being handed to this member (their add is the takeover)."""
+    return session.scalar(select(Transfer.id).where(Transfer.external_userid == external_userid,
+                                                    Transfer.takeover_userid == takeover_userid,
+                                                    Transfer.status == "waiting").limit(1)) is not None
+
+
 def record_takeover(session: Session, external_userid: str, takeover_userid: str, at: datetime) -> Transfer | None:
     """The takeover member's add event: a waiting transfer to them has completed."""
     row = session.scalar(select(Transfer).where(Transfer.external_userid == external_userid,
