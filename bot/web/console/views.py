@@ -558,3 +558,6 @@ def tags_merge() -> Response:
         return redirect(url_for("console.tags_page"))
     flash(f"已合并 {source} → {target}：{result.moved} 位客户转入，{result.already_had} 位已有该标签")
     return redirect(url_for("console.tags_page"))
+
+
+from bot.web.console import handover  # noqa: E402, F401  (its routes join this blueprint)
