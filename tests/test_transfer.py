@@ -217,3 +217,21 @@ def test_plan_refuses_bad_rules_and_self_transfer(wired, sandbox, tmp_path):
     long_message = scrm("transfer", "run", "--from", "zhangsan", "--to", "lisi", "--message", "字" * 201, "--yes",
                         ok=False)
     assert long_message.exit_code == 2 and "1 to 200 characters" in long_message.output
+
+
+def test_the_scheduled_job_records_outcomes(wired, sandbox, tmp_path):
+    from bot.schedule.handover_jobs import transfer_results
+    from bot.schedule.jobs import Runtime, install
+
+    scrm = scrm_runner(wired, tmp_path)
+    _seed(sandbox, "zhangsan", 2, "J")
+    scrm("sync", "contacts", "--no-progress")
+    processor = wired.extensions["scrm.processor"]
+    install(Runtime(wired.extensions["scrm.settings"], wired.extensions["scrm.db"], processor.clients,
+                    processor.sender))
+    assert transfer_results() == {}  # nothing waits: no call to WeCom
+    scrm("transfer", "run", "--from", "zhangsan", "--to", "lisi", "--yes", "--no-progress")
+    assert transfer_results() == {}  # still within the 24 hours
+    control(sandbox, "transfers/settle", {"force": True, "callbacks": False})
+    assert transfer_results() == {"succeeded": 2}
+    assert len(read(sandbox, "calls", path="externalcontact/transfer_result")) == 2

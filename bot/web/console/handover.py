@@ -1,22 +1,21 @@
 """Console pages for channels (渠道活码: the report as charts and a table) and hand-overs (在职/离职继承:
-each batch's outcomes and a dry-run plan). Routes on the console blueprint, so its guard applies."""
+each batch's outcomes and a dry-run plan). :func:`register` puts them on the console blueprint, so
+its guard (sign-in, CSRF, roles) applies."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from flask import current_app, render_template, request
+from flask import Blueprint, current_app, render_template, request
 
 from bot.contacts.channels import channel_report
 from bot.contacts.transfer import Route, TransferError, batch_status, plan_onjob
 from bot.outbox.messages import TIER_NAMES
-from bot.web.console.views import bp
 
 DAYS = 30
 TIERS = ("high", "mid", "low")
 
 
-@bp.get("/channels")
 def channels_page() -> str:
     settings, now = current_app.extensions["scrm.settings"], current_app.extensions["scrm.clock"]()
     with current_app.extensions["scrm.db"].sessions() as s:
@@ -32,7 +31,6 @@ def channels_page() -> str:
     return render_template("console/channels.html", reports=reports, adds=adds, mix=mix, days=DAYS)
 
 
-@bp.get("/transfers")
 def transfers_page() -> str:
     """Batches with their outcomes; with ``from`` and ``to`` in the query, the dry-run plan too."""
     plan, error = None, ""
@@ -48,3 +46,8 @@ def transfers_page() -> str:
     with current_app.extensions["scrm.db"].sessions() as s:
         batches = batch_status(s, limit=20)
     return render_template("console/transfers.html", batches=batches, plan=plan, error=error, args=args)
+
+
+def register(bp: Blueprint) -> None:
+    bp.add_url_rule("/channels", view_func=channels_page, methods=["GET"])
+    bp.add_url_rule("/transfers", view_func=transfers_page, methods=["GET"])
