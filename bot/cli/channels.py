@@ -95,6 +95,7 @@ def create_cmd(cli: CliContext, name: str, state: str, members: tuple[str, ...],
     spec = ChannelSpec(state=state, name=name, members=list(members), tags=list(tags), stage=stage, welcome=welcome,
                        skip_verify=not verify, expires_at=_when(cli, expires), cost_fen=_fen(cost))
     api = _contact_api(cli)
+    config_id = qr_code = None
     try:
         with cli.db().begin() as session:
             seed_from_config(session, cli.settings())
@@ -102,6 +103,10 @@ def create_cmd(cli: CliContext, name: str, state: str, members: tuple[str, ...],
             config_id, qr_code = row.config_id, row.qr_code
     except ChannelError as exc:
         raise click.ClickException(str(exc)) from None
+    except Exception:
+        if config_id:  # WeCom made the code but it was not saved here: do not leave it orphaned
+            api.del_contact_way(config_id)
+        raise
     _warn_template(cli, welcome)
     click.echo(f"channel {state} ({name}) created: config_id {config_id}")
     click.echo(f"QR code: {qr_code or '-'}")
