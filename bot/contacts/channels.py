@@ -272,10 +272,11 @@ class ChannelReport:
     rfm_segments: dict[str, int] = field(default_factory=dict)
     orders: int = 0
     revenue_fen: int = 0
+    top_tier: str = "high"  # the first value-tier rule's name
 
     @property
     def high_customers(self) -> int:
-        return self.value_tiers.get("high", 0)
+        return self.value_tiers.get(self.top_tier, 0)
 
     @property
     def cost_per_high_fen(self) -> int | None:
@@ -303,11 +304,12 @@ def channel_report(session: Session, settings: Settings, now: datetime, since: d
         end = datetime.combine(date.fromordinal(until.toordinal() + 1), datetime.min.time(), tz).astimezone(UTC)
         conditions.append(Follow.added_at < end)
     where = and_(*conditions)
-    reports = _report_rows(session, states)
+    top = _top_tier(settings)
+    reports = _report_rows(session, states, top)
     day = _local_day(session, tz, now)
     for state, day_value, adds in session.execute(
             select(Follow.state, day, func.count()).where(where).group_by(Follow.state, day).order_by(day)):
-        report = reports.setdefault(state, ChannelReport(state, state, "unregistered", None))
+        report = reports.setdefault(state, ChannelReport(state, state, "unregistered", None, top_tier=top))
         report.adds += adds
         report.adds_per_day[str(day_value)[:10]] = adds
     for state, customers, deletions in session.execute(
@@ -330,11 +332,17 @@ def channel_report(session: Session, settings: Settings, now: datetime, since: d
     return sorted(reports.values(), key=lambda r: (-r.adds, r.state))
 
 
-def _report_rows(session: Session, states: list[str] | None) -> dict[str, ChannelReport]:
+def _top_tier(settings: Settings) -> str:
+    rules = [r for r in settings.tiers.value_rules if isinstance(r, dict) and r.get("name")]
+    return str(rules[0]["name"]) if rules else "high"
+
+
+def _report_rows(session: Session, states: list[str] | None, top: str) -> dict[str, ChannelReport]:
     query = select(Channel)
     if states:
         query = query.where(Channel.state.in_(states))
-    return {c.state: ChannelReport(c.state, c.name or c.state, c.status, c.cost_fen) for c in session.scalars(query)}
+    return {c.state: ChannelReport(c.state, c.name or c.state, c.status, c.cost_fen, top_tier=top)
+            for c in session.scalars(query)}
 
 
 def _local_day(session: Session, tz: ZoneInfo, at: datetime) -> Any:
