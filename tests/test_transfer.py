@@ -235,3 +235,23 @@ def test_the_scheduled_job_records_outcomes(wired, sandbox, tmp_path):
     control(sandbox, "transfers/settle", {"force": True, "callbacks": False})
     assert transfer_results() == {"succeeded": 2}
     assert len(read(sandbox, "calls", path="externalcontact/transfer_result")) == 2
+
+
+def test_a_call_without_an_answer_is_not_repeated_and_settles_by_polling(wired, sandbox, tmp_path):
+    """The call is lost on the way (WeCom never saw it): its customers stay waiting, the call is not
+    repeated, and the poll settles them as never started once WeCom has not listed them for 48 hours."""
+    control(sandbox, "delays", {"path": "externalcontact/transfer_customer", "seconds": 12, "mode": "drop"})
+    scrm = scrm_runner(wired, tmp_path, config="[wecom]\ntimeout_seconds = 2\n")
+    ids = _seed(sandbox, "zhangsan", 3, "T")
+    scrm("sync", "contacts", "--no-progress")
+    out = scrm("transfer", "run", "--from", "zhangsan", "--to", "lisi", "--yes", "--no-progress").output
+    assert "0 started" in out and "3 without an answer" in out, out
+    assert len(read(sandbox, "calls", path="externalcontact/transfer_customer")) == 1  # not blindly repeated
+    db = wired.extensions["scrm.db"]
+    assert "still waiting 3" in scrm("transfer", "status", "--poll").output
+    later = scrm_runner(wired, tmp_path, config="[wecom]\ntimeout_seconds = 2\n",
+                        clock=lambda: datetime.now(UTC) + timedelta(hours=49))
+    assert "no_record 3; still waiting 0" in later("transfer", "status", "--poll").output
+    with db.sessions() as s:
+        assert set(s.scalars(select(Transfer.status))) == {"no_record"}
+    assert _live_owner(db, ids) == dict.fromkeys(ids, "zhangsan")

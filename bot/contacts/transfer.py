@@ -14,7 +14,7 @@ import secrets
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -26,6 +26,7 @@ from bot.contacts.interactions import add_interaction
 from bot.models import Customer, CustomerTag, CustomerTier, Follow, GroupTransfer, Staff, Tag, TagGroup, Transfer
 
 PER_CALL = 100
+NEVER_STARTED_AFTER = timedelta(hours=48)
 ROUTE_KEYS = ("rfm", "value", "stage", "tag")
 RESULT_STATUS = {1: "succeeded", 2: "waiting", 3: "refused", 4: "takeover_full", 5: "no_record"}
 FAIL_REASONS = {"customer_refused": "refused", "customer_limit_exceed": "takeover_full"}
@@ -334,11 +335,13 @@ def poll_results(session: Session, api: Any, now: datetime, batch: str | None = 
         waiting = {t.external_userid: t for t in session.scalars(select(Transfer).where(
             Transfer.status == "waiting", Transfer.kind == kind, Transfer.handover_userid == handover,
             Transfer.takeover_userid == takeover))}
+        listed: set[str] = set()
         for item in api.gen_result(kind, handover, takeover):
             row = waiting.get(str(item.get("external_userid")))
             status = RESULT_STATUS.get(int(item.get("status") or 0))
             if row is None or status is None:
                 continue
+            listed.add(row.external_userid)
             row.result_status = int(item["status"])
             if item.get("takeover_time"):
                 row.takeover_at = from_epoch(item["takeover_time"])
@@ -350,6 +353,12 @@ def poll_results(session: Session, api: Any, now: datetime, batch: str | None = 
             else:
                 _settle(row, status, now)
             changed[status] += 1
+        for external_userid, row in waiting.items():
+            # WeCom lists every transfer it started; one still missing long after a call that got
+            # no answer never started.
+            if external_userid not in listed and row.created_at < now - NEVER_STARTED_AFTER:
+                _settle(row, "no_record", now)
+                changed["no_record"] += 1
     session.flush()
     return changed
 
