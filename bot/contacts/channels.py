@@ -318,17 +318,22 @@ def channel_report(session: Session, settings: Settings, now: datetime, since: d
         reports[state].customers, reports[state].deletions = customers, deletions
     brought = select(Follow.state.label("state"), Follow.customer_id.label("customer_id")).where(where) \
         .distinct().subquery()
-    for column, target in ((CustomerTier.value_tier, "value_tiers"), (CustomerTier.rfm_segment, "rfm_segments")):
-        query = select(brought.c.state, column, func.count()).join(
-            CustomerTier, CustomerTier.customer_id == brought.c.customer_id).where(column.is_not(None)) \
-            .group_by(brought.c.state, column)
-        for state, value, count in session.execute(query):
-            getattr(reports[state], target)[value] = count
-    money = select(brought.c.state, func.coalesce(func.sum(CustomerAggregate.order_count), 0),
-                   func.coalesce(func.sum(CustomerAggregate.paid_amount_fen), 0)) \
-        .join(CustomerAggregate, CustomerAggregate.customer_id == brought.c.customer_id).group_by(brought.c.state)
-    for state, orders, revenue in session.execute(money):
-        reports[state].orders, reports[state].revenue_fen = int(orders), int(revenue)
+    # One pass over the customers each channel brought: tiers and money together, grouped by the
+    # few (state, value tier, segment) combinations, then folded here.
+    mix = select(brought.c.state, CustomerTier.value_tier, CustomerTier.rfm_segment, func.count(),
+                 func.coalesce(func.sum(CustomerAggregate.order_count), 0),
+                 func.coalesce(func.sum(CustomerAggregate.paid_amount_fen), 0)) \
+        .outerjoin(CustomerTier, CustomerTier.customer_id == brought.c.customer_id) \
+        .outerjoin(CustomerAggregate, CustomerAggregate.customer_id == brought.c.customer_id) \
+        .group_by(brought.c.state, CustomerTier.value_tier, CustomerTier.rfm_segment)
+    for state, value_tier, segment, count, orders, revenue in session.execute(mix):
+        report = reports[state]
+        if value_tier is not None:
+            report.value_tiers[value_tier] = report.value_tiers.get(value_tier, 0) + count
+        if segment is not None:
+            report.rfm_segments[segment] = report.rfm_segments.get(segment, 0) + count
+        report.orders += int(orders)
+        report.revenue_fen += int(revenue)
     return sorted(reports.values(), key=lambda r: (-r.adds, r.state))
 
 
