@@ -11,9 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
 
+from bot.contacts.channels import channel_rules
 from bot.contacts.customers import apply_wecom_tag_set, from_epoch, upsert_customer, upsert_follow
 from bot.contacts.forget import scrub_callback
 from bot.contacts.interactions import add_interaction
+from bot.contacts.transfer import awaits_takeover
 from bot.core.forgotten import is_forgotten
 from bot.core.privacy import masked
 from bot.inbox.dispatcher import HandlerContext, on
@@ -49,7 +51,7 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
     follow.added_at = _event_time(ctx) if not info.get("createtime") else _from_epoch(info["createtime"])
     follow.ended_at, follow.ended_reason = None, None
     customer.owner_userid = customer.owner_userid or userid
-    channel = ctx.settings.contacts.channels.get(follow.state or "", {})
+    channel = channel_rules(ctx.session, ctx.settings, follow.state)
     if customer.stage is None:
         customer.stage = channel.get("stage") or STAGE_PATHS[ctx.settings.tiers.stage_path][0]
     reconcile_wecom_tags(ctx.session, ctx.tag_rules, customer, contact, actor=userid)
@@ -59,9 +61,13 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
     if follow.state:
         apply_rules(ctx.session, ctx.tag_rules, customer.id, "channel", state=follow.state,
                     push=ctx.settings.tags.push_to_wecom)
-    record_interaction(ctx, customer, "added", f"add:{userid}:{external_userid}:{ctx.fields.get('CreateTime')}",
-                       userid, {"state": follow.state, "change_type": ctx.fields.get("ChangeType")})
-    _welcome(ctx, customer, staff, follow.state or "", channel.get("welcome") or "default")
+    # A hand-over's takeover is not the customer reaching out: no activity, no new-customer welcome.
+    takeover = awaits_takeover(ctx.session, external_userid, userid)
+    record_interaction(ctx, customer, "taken_over" if takeover else "added",
+                       f"add:{userid}:{external_userid}:{ctx.fields.get('CreateTime')}",
+                       userid, {"state": follow.state, "change_type": ctx.fields.get("ChangeType")}, touch=not takeover)
+    if not takeover:
+        _welcome(ctx, customer, staff, follow.state or "", channel.get("welcome") or "default")
     push_customer_tags(ctx, customer)
 
 

@@ -155,6 +155,9 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert re.search(r"6 questions in one go\s+5 replies sent, 1 not sent: kf window full", out)
     assert re.search(r"kf「退订」\s+opted out: True", out)
     assert "second poll 0" in out
+    assert re.search(r"channel report 直播间 \(live_0618\)\s+\d+ adds \(12 just now by QR scan\)", out), out
+    assert re.search(r"hand-over: \S+'s (\d+) customers .* transfer_customer calls; after 24 h: \d+ taken over, 1 "
+                     r"refused \(客户拒绝 \(customer_refused\)\); tiers unchanged: True", out), out
     assert re.search(r"broadcast preview \+ plan\s+sent 14 days and an hour ago .*: audience \d+: \d+ to send, "
                      r"\d+ held out \(10% per tier\)", out)
     planned = re.search(r"(\d+) to send, .*the preview expected ≈(\d+) to send", out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bot.cli.campaigns import broadcast_group, coupons_group
+from bot.cli.channels import channels_group
 from bot.cli.context import CliContext
 from bot.cli.data import backup_cmd, forget_cmd, restore_cmd
 from bot.cli.demo import demo
@@ -14,6 +15,7 @@ from bot.cli.service import config_group, holidays_cmd, init, jobs_cmd, sandbox,
 from bot.cli.sync import sync_group, tags_group
 from bot.cli.tiers import customer_group, export_group, import_customers_cmd, import_orders_cmd, retier_cmd
 from bot.cli.tokens import token_group
+from bot.cli.transfer import transfer_group
 from bot.cli.users import user_group
 
 # Long-running commands log at INFO like the web app; the others print their result and log only
@@ -61,3 +63,5 @@ main.add_command(coupons_group)
 main.add_command(backup_cmd)
 main.add_command(restore_cmd)
 customer_group.add_command(forget_cmd)
+main.add_command(channels_group)
+main.add_command(transfer_group)

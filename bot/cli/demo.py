@@ -110,6 +110,10 @@ def _report(run: demo_run.DemoRun, burst: dict, drained: bool, path: Path) -> No
     click.echo("\nWhat the service sends on its own (broadcasts, coupons, tier actions, greetings):")
     scenes = run_campaign_scenes(run)
     click.echo(render_table(["scene", "what happened"], scenes.rows))
+    from bot.demo.handover import run_handover_scenes
+
+    click.echo("\nChannels and a hand-over (渠道活码, 在职继承), through the sandbox's WeCom:")
+    click.echo(render_table(["scene", "what happened"], run_handover_scenes(run)))
     counts = demo_run.database_counts(run)
     click.echo(f"\n{path.name} now holds {counts['customers']} customers and {counts['orders']} orders. Look "
                "around (every other scrm command uses database.url, scrm.db by default, so each line names the "

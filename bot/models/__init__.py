@@ -14,12 +14,28 @@ from bot.models.events import (
     SyncCursor,
     TierChange,
 )
+from bot.models.handover import (
+    CHANNEL_STATUSES,
+    SETTLED_TRANSFER_STATUSES,
+    TRANSFER_KINDS,
+    TRANSFER_STATUSES,
+    Channel,
+    GroupTransfer,
+    Transfer,
+)
 from bot.models.orders import Order
 from bot.models.predictions import CHURN_RISKS, CustomerPrediction, PredictionRun
 from bot.models.tags import CustomerTag, Tag, TagAlias, TagGroup
 from bot.models.tiering import TierDirty, TierRun
 
 __all__ = [
+    "CHANNEL_STATUSES",
+    "SETTLED_TRANSFER_STATUSES",
+    "TRANSFER_KINDS",
+    "TRANSFER_STATUSES",
+    "Channel",
+    "GroupTransfer",
+    "Transfer",
     "CHURN_RISKS",
     "BROADCAST_STATUSES",
     "COUPON_STATUSES",

@@ -79,6 +79,8 @@ JOBS: tuple[JobSpec, ...] = (
             _every("run_every_minutes", "minutes", "sequences")),
     JobSpec("tier_actions", f"{JOBS_MODULE}:tier_actions", "actions on tier changes (VIP welcome, win-back, alerts)",
             _every("tags_push_minutes", "minutes")),
+    JobSpec("transfer_results", "bot.schedule.handover_jobs:transfer_results",
+            "record how waiting hand-overs ended (在职/离职继承)", _every("tags_push_minutes", "minutes")),
 )
 
 

@@ -18,6 +18,7 @@ from wechatpy.work import WeChatClient
 
 from bot.core.config import Settings
 from bot.wecom.api import ScrmExternalContact, ScrmJSAPI, ScrmKF, ScrmMoment, ScrmOAuth
+from bot.wecom.handover import ScrmContactWay, ScrmTransfer
 from bot.wecom.ratelimit import LocalBuckets, RateLimiter, RedisBuckets, api_path
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class WeComClient(WeChatClient):
     moment = ScrmMoment()
     oauth = ScrmOAuth()
     jsapi = ScrmJSAPI()
+    contact_way = ScrmContactWay()
+    transfer = ScrmTransfer()
 
     def __init__(
         self,

@@ -63,7 +63,7 @@ from bot.models import (
 from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
 from bot.tagging.rules import TagRules
 from bot.tagging.system import check_tags, merge_tags
-from bot.web.console import accounts
+from bot.web.console import accounts, handover
 from bot.web.console.customers import (
     NO_CHANNEL,
     CustomerFilter,
@@ -87,6 +87,7 @@ from segments.rfm import SEGMENT_NAMES
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates", static_folder="static")
+handover.register(bp)  # 渠道 and 交接 pages
 PUBLIC_ENDPOINTS = {"console.login", "console.static"}
 ANY_ROLE_POSTS = {"console.logout"}  # a viewer may still sign out
 AUDIT_PAGE = 100
@@ -580,3 +581,4 @@ def tags_merge() -> Response:
         return redirect(url_for("console.tags_page"))
     flash(f"已合并 {source} → {target}：{result.moved} 位客户转入，{result.already_had} 位已有该标签")
     return redirect(url_for("console.tags_page"))
+

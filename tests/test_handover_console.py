@@ -1,0 +1,93 @@
+"""The console's 渠道 and 交接 pages: the channel report as charts and a table, hand-over batches
+with their refusals, and the dry-run plan form; in the test client and in headless Chromium."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from bot.models import Channel, Follow, Transfer
+from bot.web.serving import BackgroundServer
+from tests.campaign_data import MORNING
+from tests.console_support import PASSWORD, add_user, seed_console, signed_in
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _seed(app: Any) -> list[int]:
+    app.extensions["scrm.clock"] = lambda: MORNING
+    db = app.extensions["scrm.db"]
+    ids = seed_console(db)  # 3 high, 4 mid, 5 low, all followed by zhangsan
+    with db.begin() as s:
+        s.add_all([Channel(state="live", name="直播间", members=["zhangsan"], tags=[], welcome="default",
+                           cost_fen=600_000, config_id="cfg-live", qr_code="https://example.invalid/qr"),
+                   Channel(state="store", name="门店<b>码</b>", members=["zhangsan"], tags=[], welcome="default")])
+        for n, customer_id in enumerate(ids):
+            state = "live" if n % 2 == 0 else "store"
+            s.execute(update(Follow).where(Follow.customer_id == customer_id).values(
+                state=state, added_at=MORNING - timedelta(days=n % 3)))
+        s.add_all([Transfer(batch="b1", kind="onjob", customer_id=ids[0], external_userid="wm000000",
+                            handover_userid="zhangsan", takeover_userid="lisi", why="in turn", status="succeeded",
+                            created_at=MORNING),
+                   Transfer(batch="b1", kind="onjob", customer_id=ids[1], external_userid="wm000001",
+                            handover_userid="zhangsan", takeover_userid="lisi", why="in turn", status="refused",
+                            fail_reason="customer_refused", created_at=MORNING)])
+    return ids
+
+
+def test_channel_and_transfer_pages(app):
+    _seed(app)
+    anonymous = app.test_client().get("/console/channels")
+    assert anonymous.status_code == 302 and "/console/login" in anonymous.headers["Location"]
+    client = signed_in(app, "vera", "viewer")
+    page = client.get("/console/channels").get_data(as_text=True)
+    assert "直播间" in page and "门店&lt;b&gt;码&lt;/b&gt;" in page  # escaped
+    assert "2 / 2 / 2" in page and "1 / 2 / 3" in page  # live: every other of 3 high, 4 mid, 5 low; store the rest
+    assert "3,000.00" in page  # live's cost per high-tier customer: 6000 元 / 2
+    assert "data-chart=\"stacked\"" in page and "6,000.00" in page
+    transfers = client.get("/console/transfers").get_data(as_text=True)
+    assert "b1" in transfers and "wm000001" in transfers and "客户拒绝" in transfers
+    plan = client.get("/console/transfers", query_string={"from": "zhangsan", "to": "lisi,wangwu",
+                                                          "rule": "value:high=senior"}).get_data(as_text=True)
+    assert "规则 value:high" in plan and "senior" in plan and "其余客户，轮流" in plan
+    bad = client.get("/console/transfers", query_string={"from": "zhangsan", "to": "lisi", "rule": "nonsense"})
+    assert bad.status_code == 200 and "bad rule" in bad.get_data(as_text=True)
+    with app.extensions["scrm.db"].sessions() as s:  # the plan form wrote nothing
+        assert len(s.scalars(select(Transfer)).all()) == 2
+
+
+@pytest.mark.skipif(not CHROMIUM.exists() or find_spec("playwright") is None, reason="needs chromium + playwright")
+def test_channel_charts_render_in_chromium(app, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    _seed(app)
+    add_user(app.extensions["scrm.db"], "olga", "operator")
+    with BackgroundServer(app) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"],
+                                    headless=True)
+        page = browser.new_page(viewport={"width": 1360, "height": 900}, locale="zh-CN")
+        problems: list[str] = []
+        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{server.url}/console/login")
+        page.fill("input[name=name]", "olga")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button:has-text('登录')")
+        page.wait_for_url(f"{server.url}/console/")
+        page.click("nav a[href='/console/channels']")
+        for chart in ("#chart-channel-adds", "#chart-channel-mix"):
+            page.wait_for_selector(f"{chart}[data-rendered] canvas")
+        page.screenshot(path=str(tmp_path / "console-channels.png"), full_page=True)
+        page.click("nav a[href='/console/transfers']")
+        page.fill("input[name=from]", "zhangsan")
+        page.fill("input[name=to]", "lisi,wangwu")
+        page.click("button:has-text('试算')")
+        page.wait_for_selector("td:has-text('轮流')")
+        page.screenshot(path=str(tmp_path / "console-transfers.png"), full_page=True)
+        browser.close()
+    assert problems == []
