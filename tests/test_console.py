@@ -519,8 +519,35 @@ def test_outdated_figures_are_shown_while_new_ones_are_computed(seeded, console,
     client = signed_in(console, "alice", "viewer")
     console.extensions["scrm.console.figures"]._value = stale  # as a page shows them
     console.extensions["scrm.console.figures"]._key = None
+    seed_audience(db, {"high": 1}, start=300)  # the stored figures are outdated too
     assert "分层数据更新中" in client.get("/console/").get_data(as_text=True)
     console.extensions["scrm.console.figures"].wait()
+
+
+def test_a_new_process_starts_from_the_stored_figures(seeded, db, monkeypatch):
+    """The figures are kept in the database: another web process (or one restarted) shows them without
+    scanning the tier table, and a stored set that is outdated is shown stale while it is recomputed."""
+    from bot.web.console import figures
+    from bot.web.console.figures import FiguresCache, dashboard
+
+    with db.sessions() as s:
+        first = dashboard(s, MORNING, 14, FiguresCache(sessions=db.sessions))
+    scans = []
+    real = figures.tier_figures
+    monkeypatch.setattr(figures, "tier_figures", lambda *a: scans.append(1) or real(*a))
+    restarted = FiguresCache(sessions=db.sessions)
+    with db.sessions() as s:
+        again = dashboard(s, MORNING + timedelta(minutes=1), 14, restarted)
+    assert scans == [] and again.value_tiers == first.value_tiers and not again.stale
+    assert [(c.code, c.customers, c.revenue_share) for c in again.rfm] == \
+        [(c.code, c.customers, c.revenue_share) for c in first.rfm]
+    seed_audience(db, {"high": 1}, start=100)
+    third = FiguresCache(sessions=db.sessions)
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14, third).stale  # shown, and being recomputed
+    third.wait()
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14, FiguresCache(sessions=db.sessions)).customers == 13
 
 
 def test_daily_new_customers_by_channel_and_messages_by_outcome(seeded, console, db):

@@ -152,11 +152,18 @@ class Audience:
         """True when no key but the tier keys is set: the audience can be counted on ``customer_tiers``."""
         return all(getattr(self, f.name) in ((), None) for f in fields(self) if f.name not in TIER_COLUMNS)
 
-    def conditions(self, session: Session, tz: ZoneInfo) -> list[ColumnElement[bool]]:
-        """WHERE conditions on ``customers`` (tag names are looked up here; unknown ones fail)."""
+    def conditions(self, session: Session, tz: ZoneInfo, tiers_joined: bool = False) -> list[ColumnElement[bool]]:
+        """WHERE conditions on ``customers`` (tag names are looked up here; unknown ones fail).
+
+        ``tiers_joined``: the caller's query joins ``customer_tiers`` (inner or outer) to ``customers``,
+        so the tier keys are conditions on its columns. The same customers match; the database can then
+        walk customers in id order and stop at a LIMIT, instead of first reading the whole tier table
+        into the set an ``IN (SELECT …)`` needs (1M customers: ~0.1 s on SQLite for every statement)."""
         where: list[ColumnElement[bool]] = []
         tiers = self.tier_conditions()
-        if tiers:  # through the tier indexes, not a lookup per customer
+        if tiers and tiers_joined:
+            where += tiers
+        elif tiers:
             where.append(Customer.id.in_(select(CustomerTier.customer_id).where(*tiers).correlate(None)))
         if self.owners:
             where.append(Customer.owner_userid.in_(self.owners))

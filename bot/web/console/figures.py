@@ -3,10 +3,11 @@ a handful of GROUP BY statements whatever the number of customers."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from bot.campaigns.broadcasts import effect_report
 from bot.models import (
     Broadcast,
+    ConsoleFigures,
     Customer,
     CustomerAggregate,
     CustomerTier,
@@ -75,9 +77,11 @@ def tier_label(code: str | None, names: dict[str, str]) -> str:
 class FiguresCache:
     """The tier figures of the last computation, reused while nothing they count can have changed
     (same last re-tier, same last tier change, same newest customer) and for at most ``ttl``: they
-    take a scan of the whole tier table (8.6 s at 1M customers on a loaded SQLite), the key three
-    primary-key lookups. With ``sessions`` (a session factory) outdated figures are shown, marked
-    stale, while a background thread recomputes them, so only the very first view waits."""
+    take a scan of the whole tier table (1–9 s at 1M customers on SQLite), the key three primary-key
+    lookups. With ``sessions`` (a session factory) they are also kept in the database
+    (``console_figures``), so that a restarted or second web process starts from them, and outdated
+    figures are shown, marked stale, while a background thread recomputes them: only the very first
+    view on a new database waits for the scan."""
 
     ttl: timedelta = timedelta(minutes=5)
     sessions: Callable[[], Any] | None = None
@@ -92,8 +96,12 @@ class FiguresCache:
             select(func.max(TierRun.id)).scalar_subquery(), select(func.max(TierChange.id)).scalar_subquery(),
             select(func.max(Customer.id)).scalar_subquery())).one())
         with self._lock:
-            current = self._value is not None and self._key == key and self._at and now - self._at < self.ttl
-            if current:
+            if self._current(key, now):
+                return self._value  # type: ignore[return-value]
+        if self.sessions is not None:  # another process (or this one before a restart) may have newer ones
+            self._load(session)
+        with self._lock:
+            if self._current(key, now):
                 return self._value  # type: ignore[return-value]
             if self._value is not None and self.sessions is not None:
                 if self._refresh is None or not self._refresh.is_alive():
@@ -110,17 +118,55 @@ class FiguresCache:
         if self._refresh is not None:
             self._refresh.join(timeout)
 
+    def _current(self, key: tuple[Any, ...], now: datetime) -> bool:
+        return self._value is not None and self._key == key and self._at is not None and now - self._at < self.ttl
+
     def _recompute(self, key: tuple[Any, ...], now: datetime, tz: ZoneInfo) -> None:
         assert self.sessions is not None
         try:
             with self.sessions() as session:
-                self._store(key, now, tier_figures(session, now, tz))
+                value = tier_figures(session, now, tz)
+            self._store(key, now, value)
         except Exception:  # noqa: BLE001 - the next view tries again; the stale figures stay shown
             logger.exception("console: recomputing the dashboard's tier figures failed")
 
     def _store(self, key: tuple[Any, ...], now: datetime, value: Dashboard) -> None:
         with self._lock:
             self._key, self._at, self._value = key, now, value
+        if self.sessions is None:
+            return
+        try:
+            with self.sessions() as session:
+                session.merge(ConsoleFigures(id=1, key=json.dumps(list(key)), computed_at=now,
+                                             figures=figures_to_json(value)))
+                session.commit()
+        except Exception:  # noqa: BLE001 - kept in memory all the same; the next computation stores them
+            logger.exception("console: storing the dashboard's tier figures failed")
+
+    def _load(self, session: Session) -> None:
+        """The stored figures, when they were computed after the ones in memory."""
+        try:
+            row = session.get(ConsoleFigures, 1)
+        except Exception:  # noqa: BLE001 - a database not upgraded yet: computed as before
+            logger.exception("console: reading the stored dashboard figures failed")
+            return
+        if row is None:
+            return
+        with self._lock:
+            if self._at is None or row.computed_at > self._at:
+                self._key = tuple(json.loads(row.key))
+                self._at, self._value = row.computed_at, figures_from_json(row.figures)
+
+
+def figures_to_json(value: Dashboard) -> dict[str, Any]:
+    return {f.name: [asdict(c) for c in value.rfm] if f.name == "rfm" else getattr(value, f.name)
+            for f in fields(value) if f.name not in ("broadcasts", "stale")}
+
+
+def figures_from_json(data: dict[str, Any]) -> Dashboard:
+    known = {f.name for f in fields(Dashboard)} - {"broadcasts", "stale", "rfm"}
+    return Dashboard(**{k: v for k, v in data.items() if k in known},
+                     rfm=[RfmCell(**cell) for cell in data.get("rfm", [])])
 
 
 def dashboard(session: Session, now: datetime, report_days: int, cache: FiguresCache | None = None,
