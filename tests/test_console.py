@@ -502,6 +502,17 @@ def test_the_live_count_on_tiers_alone_matches_the_joined_count(seeded, console,
     assert with_search["total"] == 1
 
 
+def test_the_live_count_keeps_tiers_no_longer_configured(seeded, console, db):
+    with db.begin() as s:
+        s.get(CustomerTier, seeded[0]).value_tier = "legacy"
+        s.get(CustomerTier, seeded[1]).value_tier = None
+    client = signed_in(console, "alice", "viewer")
+    for query in ("", "?owner=zhangsan"):  # the tier table alone, and customers joined to their tiers
+        body = client.get(f"/console/broadcasts/count.json{query}").get_json()
+        counts = {row["code"]: row["count"] for row in body["per_tier"]}
+        assert counts["legacy"] == 1 and counts[""] == 1 and body["total"] == 12, (query, body)
+
+
 def test_outdated_figures_are_shown_while_new_ones_are_computed(seeded, console, db):
     from bot.web.console.figures import FiguresCache, dashboard
 

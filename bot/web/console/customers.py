@@ -15,7 +15,18 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.campaigns.audience import LIST_KEYS, Audience
-from bot.models import Customer, CustomerAggregate, CustomerTag, Interaction, Order, Tag, TagAlias, TagGroup, TierChange
+from bot.models import (
+    Customer,
+    CustomerAggregate,
+    CustomerTag,
+    CustomerTier,
+    Interaction,
+    Order,
+    Tag,
+    TagAlias,
+    TagGroup,
+    TierChange,
+)
 from segments.explain import explain
 from segments.export import COLUMNS, SafeCsvWriter, customer_pages
 from segments.policy import TierPolicy
@@ -52,9 +63,11 @@ class CustomerFilter:
         opted = args.get("opted_out", "")
         return cls(args.get("q", "").strip()[:MAX_SEARCH], raw, opted if opted in OPT_OUT_CHOICES else "")
 
-    def conditions(self, session: Session, value_tiers: tuple[str, ...], tz: ZoneInfo) -> list[ColumnElement[bool]]:
-        """WHERE conditions on ``customers``; raises AudienceError (a ValueError) naming a bad value."""
-        where = Audience.parse(dict(self.audience or {}), value_tiers).conditions(session, tz)
+    def conditions(self, session: Session, value_tiers: tuple[str, ...], tz: ZoneInfo, tiers_joined: bool = False
+                   ) -> list[ColumnElement[bool]]:
+        """WHERE conditions on ``customers``; raises AudienceError (a ValueError) naming a bad value.
+        ``tiers_joined``: for a query that joins ``customer_tiers`` (``list_page``), see ``Audience.conditions``."""
+        where = Audience.parse(dict(self.audience or {}), value_tiers).conditions(session, tz, tiers_joined)
         if self.search:
             where.append(_matches(self.search))
         if self.opted_out:
@@ -79,9 +92,12 @@ class Page:
 
 
 def list_page(session: Session, where: list[ColumnElement[bool]], after: int = 0, size: int = PAGE_SIZE) -> Page:
-    """One page in id order starting after ``after`` (keyset: a deep page costs what the first does)."""
-    rows = list(session.scalars(select(Customer).where(Customer.id > after, *where)
-                                .order_by(Customer.id).limit(size + 1)))
+    """One page in id order starting after ``after`` (keyset: a deep page costs what the first does).
+    The tiers are joined, so that tier filters (``conditions(tiers_joined=True)``) are tested customer by
+    customer as the page is walked in id order, which stops at the page's end (1M customers, two tiers
+    and a segment: 65 ms → 1 ms; a filter no one matches walks them all, ~0.2 s)."""
+    rows = list(session.scalars(select(Customer).outerjoin(CustomerTier, CustomerTier.customer_id == Customer.id)
+                                .where(Customer.id > after, *where).order_by(Customer.id).limit(size + 1)))
     more = len(rows) > size
     rows = rows[:size]
     return Page(rows, rows[-1].id if more and rows else None)
