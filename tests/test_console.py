@@ -206,6 +206,23 @@ def test_dashboard_counts_tiers_rfm_and_the_latest_flows(seeded, console, db):
     assert "重要价值" in page and 'data-chart="sankey"' in page and "echarts.min.js" in page
 
 
+def test_dashboard_counts_codes_of_an_older_policy_too(seeded, db):
+    """The figures count known codes in one pass; any other value is grouped apart, not lost."""
+    from bot.web.console.figures import dashboard
+
+    with db.begin() as s:
+        s.get(CustomerTier, seeded[0]).value_tier = "legacy"
+        s.get(CustomerTier, seeded[1]).rfm_segment = "old_segment"
+        s.get(CustomerTier, seeded[2]).engagement = None
+    with db.sessions() as s:
+        d = dashboard(s, MORNING, 14)
+    assert [(t["code"], t["count"]) for t in d.value_tiers] == [("high", 2), ("mid", 4), ("low", 5), ("legacy", 1)]
+    assert [(t["code"], t["count"]) for t in d.engagement] == [("active", 11), ("", 1)]
+    rfm = {c.code: c for c in d.rfm}
+    assert rfm["important_value"].customers == 2  # the old segment keeps its revenue in the total
+    assert rfm["important_value"].revenue_share == pytest.approx((1 + 3) / 78)
+
+
 def test_echarts_is_served_from_the_package(console):
     client = signed_in(console, "alice", "viewer")
     response = client.get("/console/static/echarts.min.js")
