@@ -38,7 +38,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.campaigns.audience import Audience
@@ -273,15 +273,18 @@ def run_ref(run_id: int) -> str:
 
 
 def _skip_reason(settings: Settings, policy: ContactPolicy, at: datetime, coupon_tiers: tuple[str, ...],
-                 per_customer: bool = False) -> ColumnElement[Any]:
+                 per_customer: bool = False, live_owner: ColumnElement[bool] | None = None) -> ColumnElement[Any]:
     """The first reason (or NULL) a customer must not get this push at ``at`` — one CASE over
     the customer row and indexed subqueries, evaluated inside the planning INSERT.
 
     The caps are sets of customers over the cap (each grouped once per statement), or, with
     ``per_customer``, each customer's own pushes counted through the (customer_id, created_at) index:
-    the same answer, cheaper for a statement that looks at a few customers only (the preview's samples)."""
-    live_owner = exists().where(Follow.customer_id == Customer.id, Follow.ended_at.is_(None),
-                                Follow.staff_id == Staff.id, Staff.userid == Customer.owner_userid)
+    the same answer, cheaper for a statement that looks at a few customers only (the preview's samples).
+    ``live_owner``: whether the owner follows the customer, when the statement joins that (``_with_owner``)
+    instead of asking a subquery per customer."""
+    if live_owner is None:
+        live_owner = exists().where(Follow.customer_id == Customer.id, Follow.ended_at.is_(None),
+                                    Follow.staff_id == Staff.id, Staff.userid == Customer.owner_userid)
     whens: list[tuple[ColumnElement[bool], str]] = [(Customer.opted_out.is_(True), OPTED_OUT)]
     if coupon_tiers:
         allowed = or_(CustomerTier.value_tier.in_(coupon_tiers), CustomerTier.rfm_segment.in_(coupon_tiers))
@@ -337,11 +340,12 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
     send_after = policy.next_allowed(at)
     book = CouponBook.from_settings(settings)
     coupon_def = book.get(spec.coupon) if spec.coupon else None
-    reason = _skip_reason(settings, policy, send_after, coupon_def.tiers if coupon_def else ())
     where = audience.conditions(session, settings.tz, tiers_joined=True)  # every query below joins the tiers
     tiered = _tiered(inner=bool(audience.tier_conditions()))
+    with_owner, live_owner = _with_owner(tiered)
+    reason = _skip_reason(settings, policy, send_after, coupon_def.tiers if coupon_def else (), live_owner=live_owner)
     each = (select(func.coalesce(CustomerTier.value_tier, "").label("tier"), reason.label("reason"))
-            .select_from(tiered).where(*where).subquery())
+            .select_from(with_owner).where(*where).subquery())
     rows = select(each.c.tier, each.c.reason, func.count()).group_by(each.c.tier, each.c.reason)
     result = Preview(send_after=send_after, deferred=send_after != at)
     eligible: Counter[str] = Counter()
@@ -452,6 +456,16 @@ def plan_run(session: Session, settings: Settings, broadcast: Broadcast, run_at:
 def spec_of(broadcast: Broadcast) -> BroadcastSpec:
     return BroadcastSpec(broadcast.name, broadcast.audience, broadcast.templates, broadcast.send_at, broadcast.cron,
                          broadcast.holdout_percent, broadcast.coupon)
+
+
+def _with_owner(source: Any) -> tuple[Any, ColumnElement[bool]]:
+    """``source`` (customers joined to their tiers) outer-joined to the owner's live follow, and the
+    condition that there is one. At most one row per customer (staff.userid and (customer, staff) are
+    unique), so counts do not change; PostgreSQL can then hash-join instead of probing per customer."""
+    owner, follow = aliased(Staff), aliased(Follow)
+    joined = source.outerjoin(owner, owner.userid == Customer.owner_userid).outerjoin(
+        follow, and_(follow.customer_id == Customer.id, follow.staff_id == owner.id, follow.ended_at.is_(None)))
+    return joined, follow.id.is_not(None)
 
 
 def _tiered(inner: bool = False) -> Any:
