@@ -10,8 +10,8 @@ from io import StringIO
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import exists, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.orm import Session, contains_eager
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.campaigns.audience import LIST_KEYS, Audience
@@ -96,7 +96,10 @@ def list_page(session: Session, where: list[ColumnElement[bool]], after: int = 0
     The tiers are joined, so that tier filters (``conditions(tiers_joined=True)``) are tested customer by
     customer as the page is walked in id order, which stops at the page's end (1M customers, two tiers
     and a segment: 65 ms → 1 ms; a filter no one matches walks them all, ~0.2 s)."""
-    rows = list(session.scalars(select(Customer).outerjoin(CustomerTier, CustomerTier.customer_id == Customer.id)
+    # The join also fills each customer's tiers (instead of a second, eager join), and it names the
+    # page's start on the tier side too: PostgreSQL would otherwise merge-join from the first tier row.
+    joined = and_(CustomerTier.customer_id == Customer.id, CustomerTier.customer_id > after)
+    rows = list(session.scalars(select(Customer).outerjoin(CustomerTier, joined).options(contains_eager(Customer.tier))
                                 .where(Customer.id > after, *where).order_by(Customer.id).limit(size + 1)))
     more = len(rows) > size
     rows = rows[:size]
