@@ -368,9 +368,12 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
     # and stops once it has them, so their caps are counted per customer rather than grouped for everyone.
     first_reason = _skip_reason(settings, policy, send_after, coupon_def.tiers if coupon_def else (),
                                 per_customer=True)
+    # The reason is asked inside a CASE on the tier, so that customers of other tiers walked past cost a
+    # tier lookup only (SQLite would otherwise test a condition on customers alone before the join).
     sample_ids = [customer_id for tier in sorted(sendable_tiers) for customer_id in session.scalars(
         select(Customer.id).select_from(tiered)
-        .where(*where, first_reason.is_(None), func.coalesce(CustomerTier.value_tier, "") == tier)
+        .where(*where, case((func.coalesce(CustomerTier.value_tier, "") == tier, first_reason),
+                            else_=literal("another tier")).is_(None))
         .order_by(Customer.id).limit(SAMPLES_PER_TIER))]
     sample_coupon = None
     if coupon_def:
