@@ -206,6 +206,23 @@ def test_dashboard_counts_tiers_rfm_and_the_latest_flows(seeded, console, db):
     assert "重要价值" in page and 'data-chart="sankey"' in page and "echarts.min.js" in page
 
 
+def test_dashboard_counts_codes_of_an_older_policy_too(seeded, db):
+    """The figures count known codes in one pass; any other value is grouped apart, not lost."""
+    from bot.web.console.figures import dashboard
+
+    with db.begin() as s:
+        s.get(CustomerTier, seeded[0]).value_tier = "legacy"
+        s.get(CustomerTier, seeded[1]).rfm_segment = "old_segment"
+        s.get(CustomerTier, seeded[2]).engagement = None
+    with db.sessions() as s:
+        d = dashboard(s, MORNING, 14)
+    assert [(t["code"], t["count"]) for t in d.value_tiers] == [("high", 2), ("mid", 4), ("low", 5), ("legacy", 1)]
+    assert [(t["code"], t["count"]) for t in d.engagement] == [("active", 11), ("", 1)]
+    rfm = {c.code: c for c in d.rfm}
+    assert rfm["important_value"].customers == 2  # the old segment keeps its revenue in the total
+    assert rfm["important_value"].revenue_share == pytest.approx((1 + 3) / 78)
+
+
 def test_echarts_is_served_from_the_package(console):
     client = signed_in(console, "alice", "viewer")
     response = client.get("/console/static/echarts.min.js")
@@ -502,6 +519,17 @@ def test_the_live_count_on_tiers_alone_matches_the_joined_count(seeded, console,
     assert with_search["total"] == 1
 
 
+def test_the_live_count_keeps_tiers_no_longer_configured(seeded, console, db):
+    with db.begin() as s:
+        s.get(CustomerTier, seeded[0]).value_tier = "legacy"
+        s.get(CustomerTier, seeded[1]).value_tier = None
+    client = signed_in(console, "alice", "viewer")
+    for query in ("", "?owner=zhangsan"):  # the tier table alone, and customers joined to their tiers
+        body = client.get(f"/console/broadcasts/count.json{query}").get_json()
+        counts = {row["code"]: row["count"] for row in body["per_tier"]}
+        assert counts["legacy"] == 1 and counts[""] == 1 and body["total"] == 12, (query, body)
+
+
 def test_outdated_figures_are_shown_while_new_ones_are_computed(seeded, console, db):
     from bot.web.console.figures import FiguresCache, dashboard
 
@@ -519,8 +547,35 @@ def test_outdated_figures_are_shown_while_new_ones_are_computed(seeded, console,
     client = signed_in(console, "alice", "viewer")
     console.extensions["scrm.console.figures"]._value = stale  # as a page shows them
     console.extensions["scrm.console.figures"]._key = None
+    seed_audience(db, {"high": 1}, start=300)  # the stored figures are outdated too
     assert "分层数据更新中" in client.get("/console/").get_data(as_text=True)
     console.extensions["scrm.console.figures"].wait()
+
+
+def test_a_new_process_starts_from_the_stored_figures(seeded, db, monkeypatch):
+    """The figures are kept in the database: another web process (or one restarted) shows them without
+    scanning the tier table, and a stored set that is outdated is shown stale while it is recomputed."""
+    from bot.web.console import figures
+    from bot.web.console.figures import FiguresCache, dashboard
+
+    with db.sessions() as s:
+        first = dashboard(s, MORNING, 14, FiguresCache(sessions=db.sessions))
+    scans = []
+    real = figures.tier_figures
+    monkeypatch.setattr(figures, "tier_figures", lambda *a: scans.append(1) or real(*a))
+    restarted = FiguresCache(sessions=db.sessions)
+    with db.sessions() as s:
+        again = dashboard(s, MORNING + timedelta(minutes=1), 14, restarted)
+    assert scans == [] and again.value_tiers == first.value_tiers and not again.stale
+    assert [(c.code, c.customers, c.revenue_share) for c in again.rfm] == \
+        [(c.code, c.customers, c.revenue_share) for c in first.rfm]
+    seed_audience(db, {"high": 1}, start=100)
+    third = FiguresCache(sessions=db.sessions)
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14, third).stale  # shown, and being recomputed
+    third.wait()
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14, FiguresCache(sessions=db.sessions)).customers == 13
 
 
 def test_daily_new_customers_by_channel_and_messages_by_outcome(seeded, console, db):

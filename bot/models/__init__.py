@@ -3,7 +3,7 @@
 from bot.models.api import ApiToken
 from bot.models.base import Base, UTCDateTime, utcnow
 from bot.models.campaigns import BROADCAST_STATUSES, COUPON_STATUSES, Broadcast, BroadcastRun, Coupon, MassReminder
-from bot.models.console import OPERATOR_ROLES, AuditEntry, LoginFailure, Operator, RuleOverride
+from bot.models.console import OPERATOR_ROLES, AuditEntry, ConsoleFigures, LoginFailure, Operator, RuleOverride
 from bot.models.customers import Customer, CustomerAggregate, CustomerTier, Follow, Staff
 from bot.models.events import (
     INBOX_STATUSES,
@@ -46,6 +46,7 @@ __all__ = [
     "MassReminder",
     "ApiToken",
     "AuditEntry",
+    "ConsoleFigures",
     "LoginFailure",
     "OPERATOR_ROLES",
     "Operator",

@@ -73,3 +73,16 @@ class RuleOverride(Base):
 
     def __repr__(self) -> str:
         return f"<RuleOverride {self.key} r{self.revision}>"
+
+
+class ConsoleFigures(Base):
+    """The dashboard's tier figures as last computed (one row): they take a scan of the whole tier
+    table (1–9 s at 1M customers on SQLite), so a restarted or second web process shows these at once
+    instead of scanning again, and recomputes them in the background when they are outdated."""
+
+    __tablename__ = "console_figures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(100))  # what they were computed from (latest tier run, change, customer)
+    computed_at: Mapped[datetime]
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)

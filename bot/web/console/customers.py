@@ -10,8 +10,8 @@ from io import StringIO
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import exists, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.orm import Session, contains_eager
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.campaigns.audience import LIST_KEYS, Audience, AudienceError
@@ -19,6 +19,7 @@ from bot.models import (
     Customer,
     CustomerAggregate,
     CustomerTag,
+    CustomerTier,
     Follow,
     Interaction,
     Order,
@@ -68,9 +69,11 @@ class CustomerFilter:
         channels = tuple(dict.fromkeys(v.strip() for v in args.getlist("channel") if v.strip()))
         return cls(args.get("q", "").strip()[:MAX_SEARCH], raw, opted if opted in OPT_OUT_CHOICES else "", channels)
 
-    def conditions(self, session: Session, value_tiers: tuple[str, ...], tz: ZoneInfo) -> list[ColumnElement[bool]]:
-        """WHERE conditions on ``customers``; raises AudienceError (a ValueError) naming a bad value."""
-        where = Audience.parse(dict(self.audience or {}), value_tiers).conditions(session, tz)
+    def conditions(self, session: Session, value_tiers: tuple[str, ...], tz: ZoneInfo, tiers_joined: bool = False
+                   ) -> list[ColumnElement[bool]]:
+        """WHERE conditions on ``customers``; raises AudienceError (a ValueError) naming a bad value.
+        ``tiers_joined``: for a query that joins ``customer_tiers`` (``list_page``), see ``Audience.conditions``."""
+        where = Audience.parse(dict(self.audience or {}), value_tiers).conditions(session, tz, tiers_joined)
         if self.search:
             where.append(_matches(self.search))
         if self.opted_out:
@@ -117,9 +120,15 @@ class Page:
 
 
 def list_page(session: Session, where: list[ColumnElement[bool]], after: int = 0, size: int = PAGE_SIZE) -> Page:
-    """One page in id order starting after ``after`` (keyset: a deep page costs what the first does)."""
-    rows = list(session.scalars(select(Customer).where(Customer.id > after, *where)
-                                .order_by(Customer.id).limit(size + 1)))
+    """One page in id order starting after ``after`` (keyset: a deep page costs what the first does).
+    The tiers are joined, so that tier filters (``conditions(tiers_joined=True)``) are tested customer by
+    customer as the page is walked in id order, which stops at the page's end (1M customers, two tiers
+    and a segment: 65 ms → 1 ms; a filter no one matches walks them all, ~0.2 s)."""
+    # The join also fills each customer's tiers (instead of a second, eager join), and it names the
+    # page's start on the tier side too: PostgreSQL would otherwise merge-join from the first tier row.
+    joined = and_(CustomerTier.customer_id == Customer.id, CustomerTier.customer_id > after)
+    rows = list(session.scalars(select(Customer).outerjoin(CustomerTier, joined).options(contains_eager(Customer.tier))
+                                .where(Customer.id > after, *where).order_by(Customer.id).limit(size + 1)))
     more = len(rows) > size
     rows = rows[:size]
     return Page(rows, rows[-1].id if more and rows else None)

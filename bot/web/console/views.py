@@ -32,7 +32,7 @@ from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.campaigns.audience import ALL_STAGES, Audience, AudienceError
+from bot.campaigns.audience import ALL_STAGES, Audience, AudienceError, count_per_value_tier
 from bot.campaigns.broadcasts import (
     BroadcastError,
     BroadcastSpec,
@@ -52,9 +52,7 @@ from bot.models import (
     AuditEntry,
     Broadcast,
     BroadcastRun,
-    Customer,
     CustomerTag,
-    CustomerTier,
     InboxEvent,
     Operator,
     Tag,
@@ -267,9 +265,9 @@ def dashboard_page() -> str:
 # ---------------------------------------------------------------- customers
 
 
-def _customer_conditions(s: Session, wanted: CustomerFilter) -> list[Any]:
+def _customer_conditions(s: Session, wanted: CustomerFilter, tiers_joined: bool = False) -> list[Any]:
     try:
-        return wanted.conditions(s, value_tier_names(_settings()), _settings().tz)
+        return wanted.conditions(s, value_tier_names(_settings()), _settings().tz, tiers_joined)
     except AudienceError as exc:
         logger.info("console customer filter refused: %s", exc)
         abort(400, str(exc))
@@ -282,7 +280,7 @@ def customers_page() -> str:
     if not after.isdigit() or len(after) > 18:
         _refuse(400, "after must be a customer id")
     with _db().sessions() as s:
-        page = list_page(s, _customer_conditions(s, wanted), int(after))
+        page = list_page(s, _customer_conditions(s, wanted, tiers_joined=True), int(after))
         channels = [(state, state) for state in channel_choices(s)] + [(NO_CHANNEL, "（无渠道）")]
     kept = {k: v for k, v in request.args.to_dict(flat=False).items() if k != "after"}
     return render_template(
@@ -351,35 +349,11 @@ def audience_count() -> Response | tuple[Response, int]:
         except AudienceError as exc:
             return jsonify(error=str(exc)), 400
         tiers_only = audience.only_tiers and not wanted.search and not wanted.opted_out and not wanted.channels
-        rows = _tier_counts(s, audience) if tiers_only else _joined_tier_counts(s, where)
+        rows = list(count_per_value_tier(s, value_tier_names(_settings()), audience if tiers_only else None,
+                                         where).items())
     per_tier = [{"code": code, "label": tier_label(code, TIER_NAMES) if code else UNTIERED, "count": n}
                 for code, n in sorted(rows, key=lambda r: _tier_order(r[0]))]
     return jsonify(total=sum(r["count"] for r in per_tier), per_tier=per_tier)
-
-
-def _tier_counts(s: Session, audience: Audience) -> list[tuple[str, int]]:
-    """Tier filters only: one scan of the narrow tier table, no join (everyone at 1M: 1.7 s → see
-    docs/console.md); customers without a tier row are the rest of the customers, when they can match."""
-    conditions = audience.tier_conditions()
-    counts: dict[str, int] = {}
-    for code, n in s.execute(select(CustomerTier.value_tier, func.count()).where(*conditions)
-                             .group_by(CustomerTier.value_tier)):
-        counts[code or ""] = counts.get(code or "", 0) + n
-    if not conditions:
-        total = s.scalar(select(func.count()).select_from(Customer)) or 0
-        untiered = total - sum(counts.values())
-        if untiered:
-            counts[""] = counts.get("", 0) + untiered
-    return list(counts.items())
-
-
-def _joined_tier_counts(s: Session, where: list[Any]) -> list[tuple[str, int]]:
-    counts: dict[str, int] = {}
-    for code, n in s.execute(select(CustomerTier.value_tier, func.count()).select_from(Customer)
-                             .outerjoin(CustomerTier, CustomerTier.customer_id == Customer.id).where(*where)
-                             .group_by(CustomerTier.value_tier)):
-        counts[code or ""] = counts.get(code or "", 0) + n
-    return list(counts.items())
 
 
 def _tier_order(code: str) -> int:
