@@ -707,13 +707,27 @@ Z95 = 1.959964
 
 
 def conversion_lift(sent: GroupFigures, held: GroupFigures) -> Lift | None:
-    """Difference in the share who ordered (sent − held out), with a 95% Wald interval."""
+    """Difference in the share who ordered (sent − held out), with Newcombe's hybrid score 95% interval
+    (Newcombe 1998, method 10: from each group's Wilson interval). Unlike the Wald interval it stays
+    honest for small groups and for shares of 0 or 1, which a tier of a small broadcast often has."""
     if not sent.customers or not held.customers:
         return None
     p1, p2 = sent.conversion, held.conversion
-    se = math.sqrt(p1 * (1 - p1) / sent.customers + p2 * (1 - p2) / held.customers)
+    l1, u1 = wilson_interval(sent.converters, sent.customers)
+    l2, u2 = wilson_interval(held.converters, held.customers)
     diff = p1 - p2
-    return Lift(diff, diff - Z95 * se, diff + Z95 * se, (p1 / p2 - 1) if p2 else None)
+    low = diff - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = diff + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return Lift(diff, low, high, (p1 / p2 - 1) if p2 else None)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's score interval for a proportion."""
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def revenue_lift(sent: GroupFigures, held: GroupFigures) -> Lift | None:
