@@ -34,6 +34,7 @@ IntArray = NDArray[np.int64]
 
 DEFAULT_HORIZON_DAYS = 365
 DEFAULT_HOLDOUT_DAYS = 90
+DEFAULT_DISCOUNT_RATE = 0.10  # a year (bot.core.config.PredictionsSettings.discount_rate)
 # Braze's churn-risk bands over the churn probability 1 − P(alive): 0–50 low, 50–75 medium, 75–100 high.
 CHURN_BANDS = ((0.75, "high"), (0.5, "medium"), (0.0, "low"))  # names as in bot.models.CHURN_RISKS
 CHURN_BAND_NAMES = {"high": "高", "medium": "中", "low": "低"}
@@ -59,6 +60,14 @@ class MinimumData:
 
 
 KLAVIYO_MINIMUM = MinimumData()
+
+
+def minimum_from_settings(predictions: Any) -> MinimumData:
+    """The ``[predictions]`` settings' min_* keys (bot.core.config.PredictionsSettings)."""
+    return MinimumData(customers=predictions.min_customers, history_days=predictions.min_history_days,
+                       recent_days=predictions.min_recent_days,
+                       customers_with_three=predictions.min_customers_with_three,
+                       repeat_customers=predictions.min_repeat_customers)
 
 
 # ---------------------------------------------------------------- the data, from SQL
@@ -371,11 +380,41 @@ def p_alive(params: BgNbd, x: FloatArray, t_x: FloatArray, T: FloatArray) -> Flo
 
 def expected_purchases(params: BgNbd, days: float, x: FloatArray, t_x: FloatArray, T: FloatArray) -> FloatArray:
     """Expected purchases in the next ``days`` days given the history (FHL 2005, eq. 10)."""
+    a = _off_one(params.a)
+    return (a + params.b + x - 1) / (a - 1) * (1 - _tail(params, days, x, T)) * p_alive(params, x, t_x, T)
+
+
+def _tail(params: BgNbd, days: float, x: FloatArray, T: FloatArray) -> FloatArray:
+    """The bracket of FHL 2005 eq. 10 that depends on the days ahead: 1 − it, times the factor before
+    and P(alive), is the expected purchases in the next ``days`` days."""
     r, alpha, b = params.r, params.alpha, params.b
     a = _off_one(params.a)
     z = days / (alpha + T + days)
-    tail = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + days))) * hyp2f1(r + x, b + x, a + b + x - 1, z)
-    return (a + b + x - 1) / (a - 1) * (1 - tail) * p_alive(params, x, t_x, T)
+    return np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + days))) * hyp2f1(r + x, b + x, a + b + x - 1, z)
+
+
+DISCOUNT_PERIOD_DAYS = 30
+
+
+def discounted_purchases(params: BgNbd, days: int, yearly_rate: float, x: FloatArray, t_x: FloatArray,
+                         T: FloatArray) -> FloatArray:
+    """The expected purchases of the next ``days`` days, each 30-day period's discounted to today at
+    ``yearly_rate`` (compounded: a purchase k days ahead counts (1 + rate)^(−k/365), k the end of its
+    period), as lifetimes' customer_lifetime_value discounts per period. 0: :func:`expected_purchases`.
+    The days-ahead part depends on (x, T) alone, so it is computed once per distinct pair."""
+    if yearly_rate <= 0:
+        return expected_purchases(params, float(days), x, t_x, T)
+    pairs, at = np.unique(np.stack([x, T], axis=1), axis=0, return_inverse=True)
+    px, pT = pairs[:, 0], pairs[:, 1]
+    ends = [min(k * DISCOUNT_PERIOD_DAYS, days) for k in range(1, -(-days // DISCOUNT_PERIOD_DAYS) + 1)]
+    bought = np.zeros(len(pairs))
+    before = np.ones(len(pairs))  # the bracket at 0 days ahead
+    for end in ends:
+        after = _tail(params, float(end), px, pT)
+        bought += (before - after) * (1 + yearly_rate) ** (-end / 365)
+        before = after
+    a = _off_one(params.a)
+    return (a + params.b + x - 1) / (a - 1) * bought[at.reshape(-1)] * p_alive(params, x, t_x, T)
 
 
 def _off_one(a: float) -> float:
@@ -481,7 +520,7 @@ class Predictions:
     p_alive: FloatArray
     expected_purchases: FloatArray  # over the horizon
     expected_spend_fen: FloatArray  # per purchase
-    predicted_value_fen: FloatArray  # over the horizon, undiscounted
+    predicted_value_fen: FloatArray  # over the horizon, discounted at the run's rate
     next_order_day: FloatArray  # date.toordinal() of the median wait if still a customer
     churn_risk: NDArray[np.str_] = field(default_factory=lambda: np.array([], dtype="<U6"))
 
@@ -500,11 +539,16 @@ def churn_band(p_alive_values: FloatArray) -> NDArray[np.str_]:
     return np.select([churn >= floor for floor, _ in CHURN_BANDS], [name for _, name in CHURN_BANDS], "low")
 
 
-def predict(model: Model, summaries: Summaries, as_of: date, horizon_days: int = DEFAULT_HORIZON_DAYS) -> Predictions:
-    """Every customer's predictions, computed once per distinct (x, t_x, T) and spread back."""
+def predict(model: Model, summaries: Summaries, as_of: date, horizon_days: int = DEFAULT_HORIZON_DAYS,
+            discount_rate: float = DEFAULT_DISCOUNT_RATE) -> Predictions:
+    """Every customer's predictions, computed once per distinct (x, t_x, T) and spread back. The
+    predicted value is the expected spend per purchase times the purchases discounted at
+    ``discount_rate`` a year (:func:`discounted_purchases`); ``expected_purchases`` is undiscounted."""
     (ux, ut, uT), _, inverse = _distinct(summaries.x, summaries.t_x, summaries.T)
     alive = p_alive(model.bgnbd, ux, ut, uT)[inverse]
     purchases = expected_purchases(model.bgnbd, float(horizon_days), ux, ut, uT)[inverse]
+    valued = purchases if discount_rate <= 0 else \
+        discounted_purchases(model.bgnbd, horizon_days, discount_rate, ux, ut, uT)[inverse]
     spend = expected_spend(model.gamma_gamma, summaries.x.astype(np.float64), summaries.mean_repeat_fen())
     r, alpha = model.bgnbd.r, model.bgnbd.alpha
     # If still a customer, its rate given its history is Gamma(r + x, α + T) and the wait for the next
@@ -514,7 +558,7 @@ def predict(model: Model, summaries: Summaries, as_of: date, horizon_days: int =
     wait = (alpha + summaries.T) * np.expm1(np.log(2) / (r + summaries.x))
     next_day = np.round(as_of.toordinal() + wait)
     return Predictions(customer_id=summaries.customer_id, p_alive=alive, expected_purchases=purchases,
-                       expected_spend_fen=spend, predicted_value_fen=purchases * spend, next_order_day=next_day,
+                       expected_spend_fen=spend, predicted_value_fen=valued * spend, next_order_day=next_day,
                        churn_risk=churn_band(alive))
 
 

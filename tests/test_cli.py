@@ -234,5 +234,10 @@ def test_inbox_status_choices_are_the_models():
     from bot.cli import predict as cli_predict
     from segments import predict
 
-    assert (cli_predict.DEFAULT_HORIZON_DAYS, cli_predict.DEFAULT_HOLDOUT_DAYS) == (
-        predict.DEFAULT_HORIZON_DAYS, predict.DEFAULT_HOLDOUT_DAYS)
+    from bot.core.config import PredictionsSettings
+
+    assert cli_predict.DEFAULT_HOLDOUT_DAYS == predict.DEFAULT_HOLDOUT_DAYS
+    defaults = PredictionsSettings()
+    assert (defaults.horizon_days, defaults.discount_rate) == (predict.DEFAULT_HORIZON_DAYS,
+                                                               predict.DEFAULT_DISCOUNT_RATE)
+    assert predict.minimum_from_settings(defaults) == predict.KLAVIYO_MINIMUM

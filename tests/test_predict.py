@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from bot.core.db import make_engine
 from bot.models import Customer, CustomerPrediction, Order, PredictionRun
+from segments.orders import rebuild_all_aggregates
 from segments.predict import (
     BgNbd,
     CannotFit,
@@ -21,6 +22,7 @@ from segments.predict import (
     MinimumData,
     Summaries,
     churn_band,
+    discounted_purchases,
     expected_purchases,
     expected_purchases_new,
     expected_spend,
@@ -34,7 +36,6 @@ from segments.predict import (
 from segments.predict import (
     bgnbd_log_likelihood as fit_ll,
 )
-from segments.orders import rebuild_all_aggregates
 from segments.predict_runs import refit
 
 TRUE_BGNBD = BgNbd(r=0.25, alpha=40.0, a=1.2, b=2.5)
@@ -237,8 +238,28 @@ def test_fit_on_stored_orders_recovers_parameters_and_stores_predictions(session
     assert {r.run_id for r in rows} == {run.id}
     assert all(0 <= r.p_alive <= 1 and r.churn_risk in ("low", "medium", "high") for r in rows)
     one = next(r for r in rows if r.expected_purchases > 0)
-    assert one.predicted_value_fen == pytest.approx(one.expected_purchases * one.expected_spend_fen, rel=0.01,
-                                                    abs=1)
+    undiscounted = one.expected_purchases * one.expected_spend_fen
+    # Discounted at 10 % a year: between a whole year's discount and none.
+    assert run.discount_rate == 0.10 and undiscounted / 1.1 - 1 <= one.predicted_value_fen < undiscounted
+    refit(session, AS_OF, horizon_days=365, holdout_days=None, discount_rate=0.0)
+    again = session.get(CustomerPrediction, one.customer_id)
+    assert again.predicted_value_fen == pytest.approx(again.expected_purchases * again.expected_spend_fen, rel=0.01,
+                                                      abs=1)
+
+
+def test_discounted_purchases_discount_each_30_day_period_at_its_end():
+    params = BgNbd(r=0.6, alpha=20.0, a=0.8, b=2.5)
+    x, t_x, T = np.array([0.0, 2.0, 6.0, 2.0]), np.array([0.0, 30.0, 200.0, 30.0]), np.array([40.0, 90.0, 300.0, 120.0])
+    ends = [30, 60, 90, 100]  # a 100-day horizon: three whole periods and a last of 10 days
+    expected, before = np.zeros(4), np.zeros(4)
+    for end in ends:
+        after = expected_purchases(params, float(end), x, t_x, T)
+        expected += (after - before) / 1.25 ** (end / 365)
+        before = after
+    assert discounted_purchases(params, 100, 0.25, x, t_x, T) == pytest.approx(expected, rel=1e-9)
+    assert discounted_purchases(params, 100, 0.0, x, t_x, T) == pytest.approx(
+        expected_purchases(params, 100.0, x, t_x, T), rel=1e-12)
+    assert (discounted_purchases(params, 100, 0.25, x, t_x, T) < expected_purchases(params, 100.0, x, t_x, T)).all()
 
 
 def test_one_order_customers_and_last_order_today(session, simulated_shop):

@@ -1,8 +1,9 @@
-"""purchase days in the aggregates: customer_aggregates.paid_days, first_day_fen
+"""purchase days in the aggregates: customer_aggregates.paid_days, first_day_fen; prediction_runs.discount_rate
 
 What the predictions (BG/NBD, Gamma-Gamma) need per customer besides the totals kept already: the
 number of distinct local days with a paid order and the paid money of the first of them. Every order
-writer keeps them from now on; existing rows are filled from their orders.
+writer keeps them from now on; existing rows are filled from their orders. A prediction run records
+the yearly discount rate of its predicted values (earlier runs: none, undiscounted).
 
 Revision ID: 0014
 Revises: 0011
@@ -28,6 +29,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('first_day_fen', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'),
                                       nullable=True))
     _backfill()
+    with op.batch_alter_table('prediction_runs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('discount_rate', sa.Double(), nullable=True))
 
 
 def _backfill() -> None:
@@ -50,6 +53,8 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('prediction_runs', schema=None) as batch_op:
+        batch_op.drop_column('discount_rate')
     with op.batch_alter_table('customer_aggregates', schema=None) as batch_op:
         batch_op.drop_column('first_day_fen')
         batch_op.drop_column('paid_days')
