@@ -29,6 +29,8 @@ from scipy.optimize import minimize
 from scipy.special import digamma, expit, gammaln, hyp2f1
 from sqlalchemy.orm import Session
 
+from segments.predict_view import CHURN_BAND_NAMES  # noqa: F401 - re-exported for the CLI
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
@@ -37,7 +39,6 @@ DEFAULT_HOLDOUT_DAYS = 90
 DEFAULT_DISCOUNT_RATE = 0.10  # a year (bot.core.config.PredictionsSettings.discount_rate)
 # Braze's churn-risk bands over the churn probability 1 − P(alive): 0–50 low, 50–75 medium, 75–100 high.
 CHURN_BANDS = ((0.75, "high"), (0.5, "medium"), (0.0, "low"))  # names as in bot.models.CHURN_RISKS
-CHURN_BAND_NAMES = {"high": "高", "medium": "中", "low": "低"}
 FETCH_ROWS = 50_000
 SUMMARY_CACHE_KIB = -16384  # PRAGMA cache_size: negative = KiB
 LOG_BOUNDS = (-12.0, 14.0)  # e^-12 … e^14: far beyond any sensible rate, dropout or spend parameter

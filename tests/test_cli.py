@@ -232,9 +232,8 @@ def test_inbox_status_choices_are_the_models():
 
     assert OPERATOR_ROLES == MODEL_ROLES
     from bot.cli import predict as cli_predict
-    from segments import predict
-
     from bot.core.config import PredictionsSettings
+    from segments import predict
 
     assert cli_predict.DEFAULT_HOLDOUT_DAYS == predict.DEFAULT_HOLDOUT_DAYS
     defaults = PredictionsSettings()

@@ -422,3 +422,16 @@ def test_a_fit_as_of_a_past_day_records_no_churn_risk_changes(scrm, session):
     scrm("predict", "fit", "--as-of", AS_OF.isoformat(), "--holdout-days", "0")
     assert session.scalar(select(func.count()).select_from(TierChange).where(
         TierChange.dimension == "churn_risk")) == 0
+
+
+def test_the_sidebar_shows_churn_risk_and_predicted_value_beside_the_tiers(session, simulated_shop):
+    from bot.web.sidebar.card import prediction_rows
+
+    customer_id = next(iter(simulated_shop.values()))
+    assert [(r.label, r.value) for r in prediction_rows(session, customer_id)] == [("流失风险", "—")]
+    refit(session, AS_OF, holdout_days=None)
+    row = session.get(CustomerPrediction, customer_id)
+    churn, value = prediction_rows(session, customer_id)
+    assert (churn.label, value.label) == ("流失风险", "预测价值")
+    assert churn.value == f"{ {'high': '高', 'medium': '中', 'low': '低'}[row.churn_risk]}: P(alive) {row.p_alive:.2f}"
+    assert value.value.endswith("（365 天，按年 10% 折现）") and "预计购买" in value.why
