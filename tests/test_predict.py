@@ -383,6 +383,46 @@ def test_nightly_job_refits_after_the_re_tier(app, db, simulated_shop):
         assert s.scalar(select(func.count()).select_from(CustomerPrediction)) == 3000
 
 
+def test_the_nightly_refit_follows_the_prediction_settings(app, db, simulated_shop):
+    from dataclasses import replace
+
+    from bot.schedule import jobs
+
+    settings = app.extensions["scrm.settings"]
+    strict = replace(settings, predictions=replace(settings.predictions, min_customers=5000, min_recent_days=10000,
+                                                   horizon_days=90, discount_rate=0.0))
+    jobs.install(jobs.Runtime(strict, db))
+    refused = jobs.nightly_predictions(jobs.runtime(), AS_OF)["refused"]
+    assert "3000 customers with paid orders (needs ≥ 5000)" in refused and "last 30 days" not in refused
+    jobs.install(jobs.Runtime(replace(strict, predictions=replace(strict.predictions, min_customers=100)), db))
+    assert jobs.nightly_predictions(jobs.runtime(), AS_OF)["customers"] == 3000
+    with db.sessions() as s:
+        run = s.scalar(select(PredictionRun).where(PredictionRun.status == "fitted"))
+        assert (run.horizon_days, run.discount_rate) == (90, 0.0)
+        row = s.scalar(select(CustomerPrediction).where(CustomerPrediction.expected_purchases > 0.5))
+        assert row.predicted_value_fen == pytest.approx(row.expected_purchases * row.expected_spend_fen, rel=0.01,
+                                                        abs=1)
+
+
+def test_predict_fit_takes_its_minimums_and_discount_from_the_settings(database_url, simulated_shop, tmp_path):
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    config = tmp_path / "scrm.toml"
+    config.write_text(f'[database]\nurl = "{database_url}"\n[predictions]\nmin_repeat_customers = 100000\n',
+                      encoding="utf-8")
+    clock = lambda: datetime.combine(AS_OF, time(12), tzinfo=UTC)  # noqa: E731
+    result = CliRunner().invoke(main, ["--config", str(config), "predict", "fit", "--holdout-days", "0"], obj=clock)
+    assert result.exit_code == 1 and "a paid repeat purchase (needs ≥ 100000)" in result.output
+    config.write_text(f'[database]\nurl = "{database_url}"\n[predictions]\ndiscount_rate = 0.25\n',
+                      encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(config), "predict", "fit", "--holdout-days", "0"], obj=clock)
+    assert result.exit_code == 0 and "discounted at 25% a year" in result.output
+    bad = CliRunner().invoke(main, ["--config", str(config), "predict", "fit", "--discount-rate", "1.5"], obj=clock)
+    assert bad.exit_code == 2
+
+
 def test_entering_high_churn_risk_gives_the_owner_a_return_visit_task(app, db, session, simulated_shop):
     from sqlalchemy import update
 
