@@ -55,7 +55,7 @@ from bot.models import (
 )
 from segments.incremental import ROW_ID, Scope, last_run, policy_digest, record_run
 from segments.policy import TierPolicy, local_midnight_utc
-from segments.rfm import PopulationStats, aggregate_stats, high, population_stats, quintile, segment_case
+from segments.rfm import PopulationStats, aggregate_stats, flag, high, population_stats, quintile, segment_case
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
 SCORE_COLUMNS = ("r_score", "f_score", "m_score", "score", "activity_score")
@@ -270,7 +270,7 @@ def _fill_result(session: Session, table: Table, computed: Any, policy: TierPoli
     changed = {name: values[name].is_distinct_from(computed.c[f"current_{name}"]) for name in COLUMNS}
     tiered = computed.c.current_tiered_at.is_not(None)
     masked = select(*[value.label(name) for name, value in values.items()],
-                    _change_mask(changed, tiered).label("changes"),
+                    _change_mask(changed, tiered, _sqlite(session)).label("changes"),
                     or_(~tiered, *(changed[name] for name in SCORE_COLUMNS)).label("scores_differ")
                     ).offset(0).subquery("masked")
     stored = [*values, "changes"]
@@ -462,11 +462,12 @@ def _bit(column: str) -> int:
     return 1 << DIMENSIONS.index(column) if column in DIMENSIONS else 0
 
 
-def _change_mask(changed: dict[str, Any], tiered: Any) -> Any:
-    """SQL: a bit per dimension whose value changes, and TIERED_BIT."""
-    mask: Any = case((tiered, TIERED_BIT), else_=0)
+def _change_mask(changed: dict[str, Any], tiered: Any, sqlite: bool = False) -> Any:
+    """SQL: a bit per dimension whose value changes, and TIERED_BIT (IS [NOT] DISTINCT comparisons are
+    never NULL, so SQLite adds them as 0/1: see rfm.flag)."""
+    mask: Any = flag(tiered, sqlite) * TIERED_BIT
     for name in DIMENSIONS:
-        mask = mask + case((changed[name], _bit(name)), else_=0)
+        mask = mask + flag(changed[name], sqlite) * _bit(name)
     return mask
 
 
