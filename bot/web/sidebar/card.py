@@ -166,7 +166,7 @@ def prediction_rows(session: Session, customer_id: int) -> list[TierRow]:
     view = prediction_view(session, customer_id)
     if view is None:
         return [TierRow("流失风险", "—", "暂无预测（上次预测时无已付款订单，或尚未运行 scrm predict fit）")]
-    return [TierRow("流失风险", view.churn.removeprefix("流失风险 "), f"1 − P(alive)：高 ≥ 75%，中 ≥ 50% · {view.run}"),
+    return [TierRow("流失风险", view.churn, f"1 − P(alive)：高 ≥ 75%，中 ≥ 50% · {view.run}"),
             TierRow("预测价值", view.value, view.detail)]
 
 
