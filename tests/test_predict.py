@@ -314,6 +314,7 @@ def test_predict_fit_prints_parameters_and_the_holdout_check(scrm):
     assert set(table) == {"0", "1", "7+", "all"}
     customers, predicted, actual = int(table["all"][0]), float(table["all"][1]), int(table["all"][2])
     assert customers < 3000 and predicted == pytest.approx(actual, rel=0.2)
+    assert "(predicted value, discounted at 10% a year)" in out
 
 
 def test_a_holdout_period_too_long_for_the_minimums_is_skipped_with_the_reason(scrm):
