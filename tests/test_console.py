@@ -563,6 +563,6 @@ def test_the_customer_page_shows_churn_risk_and_predicted_value(seeded, console,
                                  expected_purchases=1.25, expected_spend_fen=12000, predicted_value_fen=14300,
                                  next_order_on=date(2027, 1, 5)))
     page = client.get(f"/console/customers/{seeded[0]}").get_data(as_text=True)
-    for text in ("<th>流失风险</th><td>高: P(alive) 0.18", "¥143.00（365 天，按年 10% 折现）", "预计购买 1.25 次 × 每次 ¥120.00",
-                 "2027-01-05"):
+    for text in ("<th>流失风险</th><td>高: P(alive) 0.18", "¥143.00（365 天，按年 10% 折现）",
+                 "预计购买 1.25 次 × 每次 ¥120.00", "2027-01-05"):
         assert text in page, text
