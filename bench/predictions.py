@@ -7,7 +7,8 @@ against the pandas RFM baseline of bench/tiering.py on the same orders in the sa
 Orders come from ../shared/tools/gen_orders.py (deterministic), or an existing CSV of its shape
 (--csv). They are loaded into a fresh SQLite database straight from pandas (customer ids from the
 external_userid, paid_day from the local date of paid_at; paid_at itself is a constant, the
-predictions do not read it) — that load is set-up, not timed. The measured phase runs in its own
+predictions do not read it), then the per-customer aggregates built from them as the order writers keep
+them — that load is set-up, not timed. The measured phase runs in its own
 process, so its peak memory (VmHWM) is its own. Goals (#21): fit + predict ≤ 2× the pandas
 compute time, peak ≤ 500 MB.
 """
@@ -29,6 +30,7 @@ def load(csv: Path, db_path: Path) -> int:
     import pandas as pd
 
     from bot.core.db import make_engine, upgrade_schema
+    from segments.orders import REBUILD_SQL
 
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
@@ -53,6 +55,9 @@ def load(csv: Path, db_path: Path) -> int:
                      "updated_at) VALUES (?, ?, ?, ?, ?, 'paid', ?, ?)",
                      ((o, int(c) + 1, int(f), stamp, int(d), stamp, stamp)
                       for o, c, f, d in zip(df.order_id, codes, fen, days, strict=True)))
+    conn.commit()
+    # The per-customer aggregates as the order writers leave them (the summaries read them).
+    conn.execute(REBUILD_SQL.format(touched="SELECT id FROM customers"))
     conn.commit()
     conn.execute("ANALYZE")
     conn.close()

@@ -35,6 +35,7 @@ from bot.models import utcnow
 from segments.orders import (
     DELTA_COLUMNS,
     DELTA_UPSERT,
+    PURCHASE_DAYS_FIXUP,
     REBUILD_SQL,
     RowError,
     WriteCounts,
@@ -42,6 +43,7 @@ from segments.orders import (
     create_delta_table,
     mark_for_retier,
     parse_order,
+    totals_sql,
 )
 from segments.retier import INDEX_BUILD_MEMORY
 
@@ -342,8 +344,9 @@ class OrderStaging:
         """The file's rows per customer, sorted and grouped once: the earliest time (for stubs) and the
         totals the rows would add. When every row becomes a new order, these totals are the delta."""
         self._conn().exec_driver_sql(
-            "CREATE TEMPORARY TABLE import_customers AS SELECT external_userid, min(paid_at) AS first_seen, "
-            f"{_TOTALS} FROM import_rows GROUP BY external_userid")
+            "CREATE TEMPORARY TABLE import_customers AS "
+            + totals_sql("external_userid", "SELECT * FROM import_rows", inner="min(paid_at) AS seen_at, ",
+                         tail=", min(seen_at) AS first_seen"))
         self._analyze("import_customers")
 
     def _skip_forgotten(self) -> int:
@@ -527,6 +530,7 @@ class OrderStaging:
                                          f"SELECT {', '.join(DELTA_COLUMNS)} FROM aggregate_delta")
             else:
                 conn.exec_driver_sql(DELTA_UPSERT)
+                conn.exec_driver_sql(PURCHASE_DAYS_FIXUP)
         touched = "SELECT customer_id FROM touched_customers"
         if touched_count:
             conn.exec_driver_sql(f"DELETE FROM customer_aggregates WHERE customer_id IN ({touched})")
@@ -613,20 +617,9 @@ class OrderStaging:
         return self._conn().connection.dbapi_connection.cursor()
 
 
-# Per-customer totals of order rows, named as in aggregate_delta.
-_TOTALS = (
-    "count(*) FILTER (WHERE status = 'paid') AS order_count, "
-    "coalesce(sum(amount_fen) FILTER (WHERE status = 'paid'), 0) AS paid_amount_fen, "
-    "count(*) FILTER (WHERE status = 'refunded') AS refund_count, "
-    "coalesce(sum(amount_fen) FILTER (WHERE status = 'refunded'), 0) AS refunded_amount_fen, "
-    "min(paid_at) FILTER (WHERE status = 'paid') AS first_order_at, "
-    "max(paid_at) FILTER (WHERE status = 'paid') AS last_order_at, "
-    "min(paid_day) FILTER (WHERE status = 'paid') AS first_order_day, "
-    "max(paid_day) FILTER (WHERE status = 'paid') AS last_order_day")
 # Per-customer totals of newly inserted orders ({source}: rows shaped like orders), for DELTA_UPSERT.
-_DELTA_FROM = (
-    f"INSERT INTO aggregate_delta ({', '.join(DELTA_COLUMNS)}) "
-    f"SELECT customer_id, {_TOTALS}, {{mark}} FROM ({{source}}) AS new_orders GROUP BY customer_id")
+_DELTA_FROM = (f"INSERT INTO aggregate_delta ({', '.join(DELTA_COLUMNS)}) "
+               + totals_sql("customer_id", "{source}", tail=", {mark}"))
 
 
 def utc_offset_case(epoch: str, tz: ZoneInfo, now: datetime) -> str:

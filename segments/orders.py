@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ARRAY, String, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy import ARRAY, String, any_, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -283,14 +283,18 @@ class OrderWriter:
 
     def _add_deltas(self, rows: list[tuple[OrderRow, int]]) -> None:
         deltas: dict[int, dict[str, Any]] = {}
+        paid_days: dict[int, dict[int, int]] = {}  # customer → paid day → the day's fen, in this batch
         for row, customer_id in rows:
             d = deltas.setdefault(customer_id, {"customer_id": customer_id, "order_count": 0, "paid_amount_fen": 0,
                                                 "refund_count": 0, "refunded_amount_fen": 0, "first_order_at": None,
                                                 "last_order_at": None, "first_order_day": None,
-                                                "last_order_day": None, "updated_at": utcnow()})
+                                                "last_order_day": None, "paid_days": 0, "first_day_fen": 0,
+                                                "updated_at": utcnow()})
             if row.status == "paid":
                 d["order_count"] += 1
                 d["paid_amount_fen"] += row.amount_fen
+                day_fen = paid_days.setdefault(customer_id, {})
+                day_fen[row.paid_day] = day_fen.get(row.paid_day, 0) + row.amount_fen
                 if d["first_order_at"] is None or row.paid_at < d["first_order_at"]:
                     d["first_order_at"], d["first_order_day"] = row.paid_at, row.paid_day
                 if d["last_order_at"] is None or row.paid_at > d["last_order_at"]:
@@ -298,12 +302,16 @@ class OrderWriter:
             else:
                 d["refund_count"] += 1
                 d["refunded_amount_fen"] += row.amount_fen
+        for customer_id, day_fen in paid_days.items():
+            deltas[customer_id]["paid_days"] = len(day_fen)
+            deltas[customer_id]["first_day_fen"] = day_fen[min(day_fen)]
         if deltas:
             params = [tuple(self._time(d[c]) if isinstance(d[c], datetime) else d[c] for c in DELTA_COLUMNS)
                       for d in deltas.values()]
             self._stage_deltas(params)
             connection = self.session.connection()
             connection.exec_driver_sql(DELTA_UPSERT)
+            connection.exec_driver_sql(PURCHASE_DAYS_FIXUP)
             mark_for_retier(connection, "SELECT customer_id FROM aggregate_delta")
             connection.exec_driver_sql("DELETE FROM aggregate_delta")
 
@@ -329,7 +337,7 @@ def create_delta_table(connection: Any, dialect: str) -> None:
         "CREATE TEMPORARY TABLE IF NOT EXISTS aggregate_delta (customer_id BIGINT PRIMARY KEY, "
         "order_count BIGINT, paid_amount_fen BIGINT, refund_count BIGINT, refunded_amount_fen BIGINT, "
         f"first_order_at {time_type}, last_order_at {time_type}, first_order_day BIGINT, last_order_day BIGINT, "
-        f"updated_at {time_type})")
+        f"paid_days BIGINT, first_day_fen BIGINT, updated_at {time_type})")
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -351,7 +359,54 @@ def _chunks(items: list[Any], size: int = IN_CHUNK) -> Iterable[list[Any]]:
 
 
 DELTA_COLUMNS = ["customer_id", "order_count", "paid_amount_fen", "refund_count", "refunded_amount_fen",
-                  "first_order_at", "last_order_at", "first_order_day", "last_order_day", "updated_at"]
+                  "first_order_at", "last_order_at", "first_order_day", "last_order_day", "paid_days",
+                  "first_day_fen", "updated_at"]
+AGGREGATE_COLUMNS = DELTA_COLUMNS  # every column of customer_aggregates
+
+# The first paid day's money without a join: the smallest paid_day · 2^42 + fen over a customer's days
+# is its first day's, and the remainder that day's fen. A day ordinal stays below 2^20 (the year 2870),
+# so the key stays below 2^63; a day's fen at or above 2^42 (44 billion 元) is capped in the key.
+FIRST_DAY_KEY = 1 << 42
+# Per (customer, local day): what the per-customer totals are made of (rows shaped like orders).
+_DAY_TOTALS = (
+    "count(*) FILTER (WHERE status = 'paid') AS paid_n, "
+    "coalesce(sum(amount_fen) FILTER (WHERE status = 'paid'), 0) AS paid_fen, "
+    "count(*) FILTER (WHERE status = 'refunded') AS refund_n, "
+    "coalesce(sum(amount_fen) FILTER (WHERE status = 'refunded'), 0) AS refund_fen, "
+    "min(paid_at) FILTER (WHERE status = 'paid') AS first_paid_at, "
+    "max(paid_at) FILTER (WHERE status = 'paid') AS last_paid_at")
+# Per customer, from the day rows, named as in customer_aggregates (from order_count to first_day_fen).
+_CUSTOMER_TOTALS = (
+    "CAST(sum(paid_n) AS BIGINT) AS order_count, CAST(sum(paid_fen) AS BIGINT) AS paid_amount_fen, "
+    "CAST(sum(refund_n) AS BIGINT) AS refund_count, CAST(sum(refund_fen) AS BIGINT) AS refunded_amount_fen, "
+    "min(first_paid_at) AS first_order_at, max(last_paid_at) AS last_order_at, "
+    "min(paid_day) FILTER (WHERE paid_n > 0) AS first_order_day, "
+    "max(paid_day) FILTER (WHERE paid_n > 0) AS last_order_day, "
+    "count(*) FILTER (WHERE paid_n > 0) AS paid_days, "
+    f"coalesce(min(paid_day * {FIRST_DAY_KEY} + CASE WHEN paid_fen < {FIRST_DAY_KEY} THEN paid_fen "
+    f"ELSE {FIRST_DAY_KEY - 1} END) FILTER (WHERE paid_n > 0) - min(paid_day) FILTER (WHERE paid_n > 0) "
+    f"* {FIRST_DAY_KEY}, 0) AS first_day_fen")  # the key minus its day part: no '%', which drivers take for a mark
+
+
+def totals_sql(key: str, source: str, inner: str = "", tail: str = "") -> str:
+    """SQL: per ``key`` (a customer column of ``source``, rows shaped like orders) the aggregate totals,
+    grouped by customer and day first (the distinct paid days and the first day's money need the days).
+    ``inner``: more items per day (ending with ", "); ``tail``: more per customer (starting with ", ")."""
+    return (f"SELECT {key}, {_CUSTOMER_TOTALS}{tail} FROM (SELECT {key}, paid_day, {inner}{_DAY_TOTALS} "
+            f"FROM ({source}) AS o GROUP BY {key}, paid_day) AS days GROUP BY {key}")
+
+
+def _merge_days(column: str, when_later: str, when_same: str, same: str) -> str:
+    """SQL for DELTA_UPSERT: ``column`` (paid_days or first_day_fen) after adding the delta's orders,
+    where that follows from the two rows alone; NULL (recomputed by PURCHASE_DAYS_FIXUP) where the new
+    orders fall among the customer's earlier paid days. ``same``: the old day the delta's first day
+    is compared with."""
+    old, new = "customer_aggregates", "excluded"
+    return (f"{column} = CASE WHEN {new}.first_order_day IS NULL THEN {old}.{column} "
+            f"WHEN {old}.first_order_day IS NULL THEN {new}.{column} "
+            f"WHEN {old}.{column} IS NULL THEN NULL "
+            f"WHEN {new}.first_order_day > {old}.{same} THEN {when_later} "
+            f"WHEN {new}.first_order_day = {old}.{same} THEN {when_same} ELSE NULL END")
 
 
 def _pick(column: str, wins: str, by: str | None = None) -> str:
@@ -371,18 +426,30 @@ DELTA_UPSERT = (
                  for c in ("order_count", "paid_amount_fen", "refund_count", "refunded_amount_fen")]
                 + [_pick("first_order_at", "<"), _pick("first_order_day", "<", "first_order_at"),
                    _pick("last_order_at", ">"), _pick("last_order_day", ">", "last_order_at"),
+                   # The new orders' days after the last paid day: all new; the first on that day: one less.
+                   _merge_days("paid_days", "customer_aggregates.paid_days + excluded.paid_days",
+                               "customer_aggregates.paid_days + excluded.paid_days - 1", "last_order_day"),
+                   _merge_days("first_day_fen", "customer_aggregates.first_day_fen",
+                               "customer_aggregates.first_day_fen + excluded.first_day_fen", "first_order_day"),
                    "updated_at = excluded.updated_at"]))
 
+# After DELTA_UPSERT: the customers whose new orders fell among their earlier paid days (rare: orders
+# arrive in time order), their purchase days counted from their orders (index range per customer).
+PURCHASE_DAYS_FIXUP = (
+    "UPDATE customer_aggregates SET "
+    "paid_days = (SELECT count(DISTINCT o.paid_day) FROM orders o "
+    "WHERE o.customer_id = customer_aggregates.customer_id AND o.status = 'paid'), "
+    "first_day_fen = (SELECT coalesce(sum(o.amount_fen), 0) FROM orders o "
+    "WHERE o.customer_id = customer_aggregates.customer_id AND o.status = 'paid' "
+    "AND o.paid_day = customer_aggregates.first_order_day) "
+    "WHERE (paid_days IS NULL OR first_day_fen IS NULL) "
+    "AND customer_id IN (SELECT customer_id FROM aggregate_delta)")
 
-REBUILD_SQL = (
-    "INSERT INTO customer_aggregates (customer_id, order_count, paid_amount_fen, refund_count, refunded_amount_fen, "
-    "first_order_at, last_order_at, first_order_day, last_order_day, updated_at) "
-    "SELECT customer_id, count(*) FILTER (WHERE status = 'paid'), "
-    "coalesce(sum(amount_fen) FILTER (WHERE status = 'paid'), 0), count(*) FILTER (WHERE status = 'refunded'), "
-    "coalesce(sum(amount_fen) FILTER (WHERE status = 'refunded'), 0), "
-    "min(paid_at) FILTER (WHERE status = 'paid'), max(paid_at) FILTER (WHERE status = 'paid'), "
-    "min(paid_day) FILTER (WHERE status = 'paid'), max(paid_day) FILTER (WHERE status = 'paid'), max(updated_at) "
-    "FROM orders WHERE customer_id IN ({touched}) GROUP BY customer_id")
+
+REBUILD_SQL = (  # {touched}: SQL selecting the customer ids
+    f"INSERT INTO customer_aggregates ({', '.join(AGGREGATE_COLUMNS)}) "
+    + totals_sql("customer_id", "SELECT * FROM orders WHERE customer_id IN ({touched})",
+                 inner="max(updated_at) AS changed_at, ", tail=", max(changed_at)"))
 
 
 def mark_for_retier(connection: Any, customer_ids_sql: str) -> None:
@@ -405,21 +472,9 @@ def refresh_aggregates(session: Session, customer_ids: Iterable[int]) -> None:
     """Recompute these customers' aggregates from their orders (one GROUP BY per chunk)."""
     ids = sorted(set(customer_ids))
     mark_ids_for_retier(session, ids)
-    paid = Order.status == "paid"
-    refunded = Order.status == "refunded"
     for chunk in _chunks(ids):
         session.execute(delete(CustomerAggregate).where(CustomerAggregate.customer_id.in_(chunk)))
-        summary = (
-            select(Order.customer_id, func.count().filter(paid),
-                   func.coalesce(func.sum(Order.amount_fen).filter(paid), 0), func.count().filter(refunded),
-                   func.coalesce(func.sum(Order.amount_fen).filter(refunded), 0),
-                   func.min(Order.paid_at).filter(paid), func.max(Order.paid_at).filter(paid),
-                   func.min(Order.paid_day).filter(paid), func.max(Order.paid_day).filter(paid),
-                   func.max(Order.updated_at))
-            .where(Order.customer_id.in_(chunk)).group_by(Order.customer_id))
-        session.execute(insert(CustomerAggregate).from_select(
-            ["customer_id", "order_count", "paid_amount_fen", "refund_count", "refunded_amount_fen", "first_order_at",
-             "last_order_at", "first_order_day", "last_order_day", "updated_at"], summary))
+        session.connection().exec_driver_sql(REBUILD_SQL.format(touched=", ".join(str(int(i)) for i in chunk)))
 
 
 def rebuild_all_aggregates(session: Session) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from bot.models import CHURN_RISKS, CustomerPrediction, PredictionRun, TierChange, utcnow
 from segments.predict import (
+    DEFAULT_DISCOUNT_RATE,
     DEFAULT_HOLDOUT_DAYS,
     DEFAULT_HORIZON_DAYS,
     KLAVIYO_MINIMUM,
@@ -52,14 +53,15 @@ class RunOutcome:
 
 def refit(session: Session, as_of: date, horizon_days: int = DEFAULT_HORIZON_DAYS,
           minimum: MinimumData = KLAVIYO_MINIMUM, holdout_days: int | None = DEFAULT_HOLDOUT_DAYS,
-          record_changes: bool = True) -> RunOutcome:
+          record_changes: bool = True, discount_rate: float = DEFAULT_DISCOUNT_RATE) -> RunOutcome:
     """Fit on the paid orders up to ``as_of`` (a local day), store the run and every customer's predictions;
     with ``holdout_days`` also the holdout check. A refusal is stored as a run with its reason. Churn-risk
     TierChanges (which the tier actions act on) only with ``record_changes``: a fit as of a past day must
     not make anything go out to people."""
     started = time.perf_counter()
     summaries = summarise(session, as_of)
-    run = PredictionRun(as_of=as_of, horizon_days=horizon_days, customers=len(summaries), repeat_customers=0,
+    run = PredictionRun(as_of=as_of, horizon_days=horizon_days, discount_rate=discount_rate,
+                        customers=len(summaries), repeat_customers=0,
                         data_from=_day(summaries.first_day), data_to=_day(summaries.last_day), seconds=0.0,
                         fitted_at=utcnow())
     try:
@@ -83,7 +85,7 @@ def refit(session: Session, as_of: date, horizon_days: int = DEFAULT_HORIZON_DAY
     run.holdout = _holdout_record(holdout, skipped) if holdout_days else None
     session.add(run)
     session.flush()
-    predictions = predict(model, summaries, as_of, horizon_days)
+    predictions = predict(model, summaries, as_of, horizon_days, discount_rate)
     changes = record_band_changes(session, as_of, predictions) if record_changes else {}
     written = store_predictions(session, run.id, predictions)
     run.seconds = time.perf_counter() - started
@@ -199,6 +201,13 @@ def prediction_lines(session: Session, customer_id: int) -> list[str]:
     return [*refused,
             f"流失风险 {CHURN_BAND_NAMES[row.churn_risk]}: P(alive) {row.p_alive:.2f} — churn risk {row.churn_risk} "
             f"(churn probability {1 - row.p_alive:.0%}; high ≥ 75%, medium ≥ 50%) [{source}]",
-            f"predicted value: {fen_to_yuan(row.predicted_value_fen)} 元 in {horizon} days — "
+            f"predicted value: {fen_to_yuan(row.predicted_value_fen)} 元 in {horizon} days{discounted(run)} — "
             f"{row.expected_purchases:.2f} expected purchases × {fen_to_yuan(row.expected_spend_fen)} 元 per "
             f"purchase{next_order}"]
+
+
+def discounted(run: PredictionRun | None) -> str:
+    """How a run's predicted values are discounted, for the lines that show them."""
+    rate = run.discount_rate if run is not None else None
+    return f", discounted at {rate:.0%} a year" if rate else " (undiscounted)"
+

@@ -55,7 +55,7 @@ from bot.models import (
 )
 from segments.incremental import ROW_ID, Scope, last_run, policy_digest, record_run
 from segments.policy import TierPolicy, local_midnight_utc
-from segments.rfm import PopulationStats, aggregate_stats, high, population_stats, quintile, segment_case
+from segments.rfm import PopulationStats, aggregate_stats, flag, high, population_stats, quintile, segment_case
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
 SCORE_COLUMNS = ("r_score", "f_score", "m_score", "score", "activity_score")
@@ -175,12 +175,14 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
     looked_at = scope if result.incremental else None
     if looked_at is None and session.scalar(select(CustomerTier.customer_id).limit(1)) is None:
         result.first = True
-        return _first_tiering(session, _computed(policy, as_of, tz, metrics, stats, None, with_current=False),
+        return _first_tiering(session, _computed(policy, as_of, tz, metrics, stats, None, with_current=False,
+                                                 sqlite=_sqlite(session)),
                               policy, result)
     table = _result_table()
     table.create(session.connection())
     try:
-        _fill_result(session, table, _computed(policy, as_of, tz, metrics, stats, looked_at), policy)
+        _fill_result(session, table, _computed(policy, as_of, tz, metrics, stats, looked_at, sqlite=_sqlite(session)),
+                     policy)
         if session.get_bind().dialect.name == "postgresql":  # autovacuum never analyzes temporary tables
             session.connection().exec_driver_sql("ANALYZE retier_result")
         result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
@@ -234,11 +236,15 @@ def _first_tiering(session: Session, computed: Any, policy: TierPolicy, result: 
     return result.customers
 
 
+def _sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
 def _computed(policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any, stats: PopulationStats,
-              scope: Scope | None, with_current: bool = True) -> Any:
+              scope: Scope | None, with_current: bool = True, sqlite: bool = False) -> Any:
     """A subquery: each customer's new values (but the score), ``with_current`` beside its current ones."""
     activity = _activity_scores(policy, as_of, tz, scope)
-    columns = _computed_columns(policy, as_of, tz, metrics, activity, stats)
+    columns = _computed_columns(policy, as_of, tz, metrics, activity, stats, sqlite)
     tiers = CustomerTier.__table__
     joined = (Customer.__table__.outerjoin(metrics, metrics.c.customer_id == Customer.id)
               .outerjoin(activity, activity.c.customer_id == Customer.id))
@@ -264,7 +270,7 @@ def _fill_result(session: Session, table: Table, computed: Any, policy: TierPoli
     changed = {name: values[name].is_distinct_from(computed.c[f"current_{name}"]) for name in COLUMNS}
     tiered = computed.c.current_tiered_at.is_not(None)
     masked = select(*[value.label(name) for name, value in values.items()],
-                    _change_mask(changed, tiered).label("changes"),
+                    _change_mask(changed, tiered, _sqlite(session)).label("changes"),
                     or_(~tiered, *(changed[name] for name in SCORE_COLUMNS)).label("scores_differ")
                     ).offset(0).subquery("masked")
     stored = [*values, "changes"]
@@ -302,7 +308,7 @@ def activity_window(policy: TierPolicy, as_of: date, tz: ZoneInfo) -> tuple[date
 
 
 def _computed_columns(policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any, activity_scores: Any,
-                      stats: PopulationStats) -> dict[str, Any]:
+                      stats: PopulationStats, sqlite: bool = False) -> dict[str, Any]:
     as_of_day = as_of.toordinal()
     orders = func.coalesce(metrics.c.order_count, 0)
     amount = func.coalesce(metrics.c.paid_amount_fen, 0)
@@ -311,14 +317,16 @@ def _computed_columns(policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: An
     activity = case((activity_score >= policy.activity_high, "high"), (activity_score >= policy.activity_mid, "mid"),
                     else_="low")
     buyer = orders > 0
-    r_score, f_score, m_score = (quintile(last_day, stats.cuts_last_day), quintile(orders, stats.cuts_orders),
-                                 quintile(amount, stats.cuts_amount_fen))
+    # Only buyers get scores and a segment, so last_day is never NULL where these are read.
+    r_score, f_score, m_score = (quintile(last_day, stats.cuts_last_day, sqlite),
+                                 quintile(orders, stats.cuts_orders, sqlite),
+                                 quintile(amount, stats.cuts_amount_fen, sqlite))
     return {
         "customer_id": Customer.id,
-        "value_tier": _value_tier(policy, amount, orders, activity),
+        "value_tier": _value_tier(policy, amount, orders, activity_score),
         "rfm_segment": case((buyer, segment_case(high(last_day, stats.n, stats.sum_last_day),
                                                  high(orders, stats.n, stats.sum_orders),
-                                                 high(amount, stats.n, stats.sum_amount_fen)))),
+                                                 high(amount, stats.n, stats.sum_amount_fen), sqlite))),
         "stage": _stage(policy, orders, amount),
         "engagement": _engagement(policy, as_of, tz, last_day),
         "activity": activity,
@@ -332,7 +340,21 @@ def _computed_columns(policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: An
     }
 
 
-def _value_tier(policy: TierPolicy, amount: Any, orders: Any, activity: Any) -> Any:
+def _activity_in(policy: TierPolicy, score: Any, levels: tuple[str, ...]) -> Any:
+    """SQL: the activity level of ``score`` is one of ``levels``, compared on the score itself (not on
+    the level's name computed from it again)."""
+    high, mid = score >= policy.activity_high, score >= policy.activity_mid
+    ranges = {"high": high, "mid": and_(mid, score < policy.activity_high),
+              "low": and_(score < policy.activity_high, score < policy.activity_mid)}
+    wanted = set(levels)
+    if wanted >= {"high", "mid", "low"}:
+        return literal(True)
+    if wanted == {"high", "mid"}:
+        return or_(high, mid)
+    return or_(*[ranges[level] for level in ("high", "mid", "low") if level in wanted]) if wanted else literal(False)
+
+
+def _value_tier(policy: TierPolicy, amount: Any, orders: Any, activity_score: Any) -> Any:
     whens = []
     for rule in policy.value_rules:
         conditions = []
@@ -345,7 +367,7 @@ def _value_tier(policy: TierPolicy, amount: Any, orders: Any, activity: Any) -> 
         if rule.orders_gte is not None:
             conditions.append(orders >= rule.orders_gte)
         if rule.activity_in is not None:
-            conditions.append(activity.in_(rule.activity_in))
+            conditions.append(_activity_in(policy, activity_score, tuple(rule.activity_in)))
         whens.append((and_(literal(True), *conditions), rule.name))
     return case(*whens, else_=policy.value_default) if whens else literal(policy.value_default)
 
@@ -440,11 +462,12 @@ def _bit(column: str) -> int:
     return 1 << DIMENSIONS.index(column) if column in DIMENSIONS else 0
 
 
-def _change_mask(changed: dict[str, Any], tiered: Any) -> Any:
-    """SQL: a bit per dimension whose value changes, and TIERED_BIT."""
-    mask: Any = case((tiered, TIERED_BIT), else_=0)
+def _change_mask(changed: dict[str, Any], tiered: Any, sqlite: bool = False) -> Any:
+    """SQL: a bit per dimension whose value changes, and TIERED_BIT (IS [NOT] DISTINCT comparisons are
+    never NULL, so SQLite adds them as 0/1: see rfm.flag)."""
+    mask: Any = flag(tiered, sqlite) * TIERED_BIT
     for name in DIMENSIONS:
-        mask = mask + case((changed[name], _bit(name)), else_=0)
+        mask = mask + flag(changed[name], sqlite) * _bit(name)
     return mask
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import Integer, case, func, literal, select, type_coerce
 
 SEGMENTS = {  # (R high, F high, M high) → code
     (True, True, True): "important_value",
@@ -115,17 +115,24 @@ def high(value: Any, n: int, total: int) -> Any:
     return value * literal(n) > literal(total)
 
 
-def quintile(value: Any, cuts: tuple[int, ...]) -> Any:
-    """SQL: 1 + the number of cut points strictly below the value."""
+def flag(condition: Any, sqlite: bool = False) -> Any:
+    """SQL: 1 where the condition holds, else 0 (on non-NULL values). SQLite's comparisons are 0/1
+    integers already, and adding them is far cheaper than a CASE each (1M customers' tier values:
+    1.05 s → 0.6 s of CPU); PostgreSQL's booleans do not add."""
+    return type_coerce(condition, Integer) if sqlite else case((condition, 1), else_=0)
+
+
+def quintile(value: Any, cuts: tuple[int, ...], sqlite: bool = False) -> Any:
+    """SQL: 1 + the number of cut points strictly below the (non-NULL) value."""
     expr: Any = literal(1)
     for cut in cuts:
-        expr = expr + case((value > literal(cut), 1), else_=0)
+        expr = expr + flag(value > literal(cut), sqlite)
     return expr
 
 
-def segment_case(r_high: Any, f_high: Any, m_high: Any) -> Any:
+def segment_case(r_high: Any, f_high: Any, m_high: Any, sqlite: bool = False) -> Any:
     """SQL: the segment code, each comparison made once (as a 3-bit number R·4 + F·2 + M)."""
-    bits = case((r_high, 4), else_=0) + case((f_high, 2), else_=0) + case((m_high, 1), else_=0)
+    bits = flag(r_high, sqlite) * 4 + flag(f_high, sqlite) * 2 + flag(m_high, sqlite)
     return case({4 * r + 2 * f + m: literal(code) for (r, f, m), code in SEGMENTS.items()}, value=bits)
 
 

@@ -235,7 +235,30 @@ def test_inbox_status_choices_are_the_models():
 
     assert OPERATOR_ROLES == MODEL_ROLES
     from bot.cli import predict as cli_predict
+    from bot.core.config import PredictionsSettings
     from segments import predict
 
-    assert (cli_predict.DEFAULT_HORIZON_DAYS, cli_predict.DEFAULT_HOLDOUT_DAYS) == (
-        predict.DEFAULT_HORIZON_DAYS, predict.DEFAULT_HOLDOUT_DAYS)
+    assert cli_predict.DEFAULT_HOLDOUT_DAYS == predict.DEFAULT_HOLDOUT_DAYS
+    defaults = PredictionsSettings()
+    assert (defaults.horizon_days, defaults.discount_rate) == (predict.DEFAULT_HORIZON_DAYS,
+                                                               predict.DEFAULT_DISCOUNT_RATE)
+    assert predict.minimum_from_settings(defaults) == predict.KLAVIYO_MINIMUM
+
+
+def test_a_database_from_a_newer_version_is_refused_in_one_line_without_alembic_at_every_start(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'scrm.db'}"
+    assert scrm("init", env={"SCRM_DATABASE_URL": url}).exit_code == 0
+    code = ("import sys; from click.testing import CliRunner; from bot.cli import main; "
+            "r = CliRunner().invoke(main, ['retier']); assert r.exit_code == 0, r.output; "
+            "assert 'alembic' not in sys.modules")  # a database at the newest schema never loads Alembic
+    subprocess.run([sys.executable, "-c", code], check=True, env={**__import__("os").environ,
+                                                                 "SCRM_DATABASE_URL": url, "SCRM_CONFIG": ""})
+    with sqlite3.connect(tmp_path / "scrm.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    result = CliRunner(env={"SCRM_CONFIG": None, "SCRM_DATABASE_URL": url}).invoke(main, ["retier"])
+    assert result.exit_code == 1 and "its schema cannot be upgraded by this version" in result.output
+    assert "Traceback" not in result.output

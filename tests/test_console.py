@@ -602,3 +602,22 @@ def test_daily_new_customers_by_channel_and_messages_by_outcome(seeded, console,
     console.extensions["scrm.clock"] = lambda: MORNING + timedelta(hours=1)
     page = signed_in(console, "alice", "viewer").get("/console/").get_data(as_text=True)
     assert 'id="chart-new"' in page and 'id="chart-messages"' in page
+
+
+def test_the_customer_page_shows_churn_risk_and_predicted_value(seeded, console, db):
+    from bot.models import CustomerPrediction, PredictionRun
+
+    client = signed_in(console, "alice", "viewer")
+    assert "暂无预测" in client.get(f"/console/customers/{seeded[0]}").get_data(as_text=True)
+    with db.begin() as s:
+        run = PredictionRun(as_of=date(2026, 11, 22), horizon_days=365, discount_rate=0.1, status="fitted",
+                            customers=1, repeat_customers=1, seconds=0.1)
+        s.add(run)
+        s.flush()
+        s.add(CustomerPrediction(customer_id=seeded[0], run_id=run.id, p_alive=0.18, churn_risk="high",
+                                 expected_purchases=1.25, expected_spend_fen=12000, predicted_value_fen=14300,
+                                 next_order_on=date(2027, 1, 5)))
+    page = client.get(f"/console/customers/{seeded[0]}").get_data(as_text=True)
+    for text in ("<th>流失风险</th><td>高: P(alive) 0.18", "¥143.00（365 天，按年 10% 折现）",
+                 "预计购买 1.25 次 × 每次 ¥120.00", "2027-01-05"):
+        assert text in page, text

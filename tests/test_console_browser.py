@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from bot.campaigns.broadcasts import dispatch_due, run_ref
 from bot.models import Broadcast, Customer, Follow, Order, OutboxMessage, RuleOverride
@@ -204,3 +204,31 @@ def _recipients(session: Any, ref: str) -> dict[str, list[str]]:
                                              .where(OutboxMessage.trigger_ref == ref)):
         out["sent" if status in ("submitted", "confirmed", "sent") else status].append(recipient)
     return out
+
+
+def test_the_customer_page_shows_churn_risk_and_predicted_value_in_the_browser(app, served, page, tmp_path):
+    from datetime import date
+
+    from bot.models import CustomerPrediction, PredictionRun
+    from tests.console_support import PASSWORD
+
+    db = app.extensions["scrm.db"]
+    with db.begin() as s:
+        customer_id = s.scalar(select(func.min(Follow.customer_id)))
+        run = PredictionRun(as_of=date(2026, 11, 22), horizon_days=365, discount_rate=0.1, status="fitted",
+                            customers=1, repeat_customers=1, seconds=0.1)
+        s.add(run)
+        s.flush()
+        s.add(CustomerPrediction(customer_id=customer_id, run_id=run.id, p_alive=0.18, churn_risk="high",
+                                 expected_purchases=1.25, expected_spend_fen=12000, predicted_value_fen=14300,
+                                 next_order_on=date(2027, 1, 5)))
+    page.goto(f"{served}/console/login")
+    page.fill("input[name=name]", "olga")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text('登录')")
+    page.wait_for_url(f"{served}/console/")
+    page.goto(f"{served}/console/customers/{customer_id}")
+    table = page.inner_text("table.kv")
+    assert "流失风险\t高: P(alive) 0.18" in table and "¥143.00（365 天，按年 10% 折现）" in table
+    page.screenshot(path=str(tmp_path / "console-customer-prediction.png"), full_page=True)
+    assert page.problems == []

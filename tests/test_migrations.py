@@ -107,6 +107,32 @@ def test_tiers_move_to_their_own_table_and_back(empty_engine):
     assert "customer_tiers" not in inspect(empty_engine).get_table_names()
 
 
+def test_purchase_days_are_filled_from_the_orders(empty_engine):
+    """Migration 0014: each aggregate's distinct paid days and its first paid day's money, from its orders."""
+    upgrade_schema(empty_engine, "0011")
+    with empty_engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO customers (id, external_userid, name, contact_type, gender, opted_out, created_at, "
+            "updated_at) VALUES (1, 'wm_a', 'a', 1, 0, false, '2026-01-01', '2026-01-01'), "
+            "(2, 'wm_b', 'b', 1, 0, false, '2026-01-01', '2026-01-01')"))
+        conn.execute(text(
+            "INSERT INTO orders (order_id, customer_id, amount_fen, paid_at, paid_day, status, created_at, "
+            "updated_at) VALUES ('o1', 1, 1000, '2026-01-02', 739618, 'paid', '2026-01-02', '2026-01-02'), "
+            "('o2', 1, 500, '2026-01-02', 739618, 'paid', '2026-01-02', '2026-01-02'), "
+            "('o3', 1, 700, '2026-01-01', 739617, 'refunded', '2026-01-02', '2026-01-02'), "
+            "('o4', 1, 300, '2026-01-09', 739625, 'paid', '2026-01-09', '2026-01-09'), "
+            "('o5', 2, 900, '2026-01-03', 739619, 'refunded', '2026-01-03', '2026-01-03')"))
+        conn.execute(text(
+            "INSERT INTO customer_aggregates (customer_id, order_count, paid_amount_fen, refund_count, "
+            "refunded_amount_fen, updated_at) VALUES (1, 3, 1800, 1, 700, '2026-01-09'), "
+            "(2, 0, 0, 1, 900, '2026-01-03')"))
+    upgrade_schema(empty_engine)
+    with empty_engine.connect() as conn:
+        rows = conn.execute(text("SELECT customer_id, paid_days, first_day_fen FROM customer_aggregates "
+                                 "ORDER BY customer_id")).all()
+    assert [tuple(r) for r in rows] == [(1, 2, 1500), (2, 0, 0)]
+
+
 def test_a_current_schema_is_recognised_without_alembic(tmp_path):
     """Every command upgrades the database first; one already at the head skips Alembic altogether."""
     from alembic.script import ScriptDirectory

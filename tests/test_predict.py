@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from bot.core.db import make_engine
 from bot.models import Customer, CustomerPrediction, Order, PredictionRun
+from segments.orders import rebuild_all_aggregates
 from segments.predict import (
     BgNbd,
     CannotFit,
@@ -21,6 +22,7 @@ from segments.predict import (
     MinimumData,
     Summaries,
     churn_band,
+    discounted_purchases,
     expected_purchases,
     expected_purchases_new,
     expected_spend,
@@ -155,6 +157,7 @@ def add_orders(session: Session, orders: list[tuple[str, int, int, str]]) -> dic
                      "paid_day": day.toordinal(), "status": status})
     if rows:
         session.execute(insert(Order), rows)
+        rebuild_all_aggregates(session)  # as every order writer keeps them (tests/test_purchase_days.py)
     return ids
 
 
@@ -235,8 +238,28 @@ def test_fit_on_stored_orders_recovers_parameters_and_stores_predictions(session
     assert {r.run_id for r in rows} == {run.id}
     assert all(0 <= r.p_alive <= 1 and r.churn_risk in ("low", "medium", "high") for r in rows)
     one = next(r for r in rows if r.expected_purchases > 0)
-    assert one.predicted_value_fen == pytest.approx(one.expected_purchases * one.expected_spend_fen, rel=0.01,
-                                                    abs=1)
+    undiscounted = one.expected_purchases * one.expected_spend_fen
+    # Discounted at 10 % a year: between a whole year's discount and none.
+    assert run.discount_rate == 0.10 and undiscounted / 1.1 - 1 <= one.predicted_value_fen < undiscounted
+    refit(session, AS_OF, horizon_days=365, holdout_days=None, discount_rate=0.0)
+    again = session.get(CustomerPrediction, one.customer_id)
+    assert again.predicted_value_fen == pytest.approx(again.expected_purchases * again.expected_spend_fen, rel=0.01,
+                                                      abs=1)
+
+
+def test_discounted_purchases_discount_each_30_day_period_at_its_end():
+    params = BgNbd(r=0.6, alpha=20.0, a=0.8, b=2.5)
+    x, t_x, T = np.array([0.0, 2.0, 6.0, 2.0]), np.array([0.0, 30.0, 200.0, 30.0]), np.array([40.0, 90.0, 300.0, 120.0])
+    ends = [30, 60, 90, 100]  # a 100-day horizon: three whole periods and a last of 10 days
+    expected, before = np.zeros(4), np.zeros(4)
+    for end in ends:
+        after = expected_purchases(params, float(end), x, t_x, T)
+        expected += (after - before) / 1.25 ** (end / 365)
+        before = after
+    assert discounted_purchases(params, 100, 0.25, x, t_x, T) == pytest.approx(expected, rel=1e-9)
+    assert discounted_purchases(params, 100, 0.0, x, t_x, T) == pytest.approx(
+        expected_purchases(params, 100.0, x, t_x, T), rel=1e-12)
+    assert (discounted_purchases(params, 100, 0.25, x, t_x, T) < expected_purchases(params, 100.0, x, t_x, T)).all()
 
 
 def test_one_order_customers_and_last_order_today(session, simulated_shop):
@@ -291,6 +314,7 @@ def test_predict_fit_prints_parameters_and_the_holdout_check(scrm):
     assert set(table) == {"0", "1", "7+", "all"}
     customers, predicted, actual = int(table["all"][0]), float(table["all"][1]), int(table["all"][2])
     assert customers < 3000 and predicted == pytest.approx(actual, rel=0.2)
+    assert "(predicted value, discounted at 10% a year)" in out
 
 
 def test_a_holdout_period_too_long_for_the_minimums_is_skipped_with_the_reason(scrm):
@@ -360,6 +384,46 @@ def test_nightly_job_refits_after_the_re_tier(app, db, simulated_shop):
         assert s.scalar(select(func.count()).select_from(CustomerPrediction)) == 3000
 
 
+def test_the_nightly_refit_follows_the_prediction_settings(app, db, simulated_shop):
+    from dataclasses import replace
+
+    from bot.schedule import jobs
+
+    settings = app.extensions["scrm.settings"]
+    strict = replace(settings, predictions=replace(settings.predictions, min_customers=5000, min_recent_days=10000,
+                                                   horizon_days=90, discount_rate=0.0))
+    jobs.install(jobs.Runtime(strict, db))
+    refused = jobs.nightly_predictions(jobs.runtime(), AS_OF)["refused"]
+    assert "3000 customers with paid orders (needs ≥ 5000)" in refused and "last 30 days" not in refused
+    jobs.install(jobs.Runtime(replace(strict, predictions=replace(strict.predictions, min_customers=100)), db))
+    assert jobs.nightly_predictions(jobs.runtime(), AS_OF)["customers"] == 3000
+    with db.sessions() as s:
+        run = s.scalar(select(PredictionRun).where(PredictionRun.status == "fitted"))
+        assert (run.horizon_days, run.discount_rate) == (90, 0.0)
+        row = s.scalar(select(CustomerPrediction).where(CustomerPrediction.expected_purchases > 0.5))
+        assert row.predicted_value_fen == pytest.approx(row.expected_purchases * row.expected_spend_fen, rel=0.01,
+                                                        abs=1)
+
+
+def test_predict_fit_takes_its_minimums_and_discount_from_the_settings(database_url, simulated_shop, tmp_path):
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    config = tmp_path / "scrm.toml"
+    config.write_text(f'[database]\nurl = "{database_url}"\n[predictions]\nmin_repeat_customers = 100000\n',
+                      encoding="utf-8")
+    clock = lambda: datetime.combine(AS_OF, time(12), tzinfo=UTC)  # noqa: E731
+    result = CliRunner().invoke(main, ["--config", str(config), "predict", "fit", "--holdout-days", "0"], obj=clock)
+    assert result.exit_code == 1 and "a paid repeat purchase (needs ≥ 100000)" in result.output
+    config.write_text(f'[database]\nurl = "{database_url}"\n[predictions]\ndiscount_rate = 0.25\n',
+                      encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(config), "predict", "fit", "--holdout-days", "0"], obj=clock)
+    assert result.exit_code == 0 and "discounted at 25% a year" in result.output
+    bad = CliRunner().invoke(main, ["--config", str(config), "predict", "fit", "--discount-rate", "1.5"], obj=clock)
+    assert bad.exit_code == 2
+
+
 def test_entering_high_churn_risk_gives_the_owner_a_return_visit_task(app, db, session, simulated_shop):
     from sqlalchemy import update
 
@@ -399,3 +463,16 @@ def test_a_fit_as_of_a_past_day_records_no_churn_risk_changes(scrm, session):
     scrm("predict", "fit", "--as-of", AS_OF.isoformat(), "--holdout-days", "0")
     assert session.scalar(select(func.count()).select_from(TierChange).where(
         TierChange.dimension == "churn_risk")) == 0
+
+
+def test_the_sidebar_shows_churn_risk_and_predicted_value_beside_the_tiers(session, simulated_shop):
+    from bot.web.sidebar.card import prediction_rows
+
+    customer_id = next(iter(simulated_shop.values()))
+    assert [(r.label, r.value) for r in prediction_rows(session, customer_id)] == [("流失风险", "—")]
+    refit(session, AS_OF, holdout_days=None)
+    row = session.get(CustomerPrediction, customer_id)
+    churn, value = prediction_rows(session, customer_id)
+    assert (churn.label, value.label) == ("流失风险", "预测价值")
+    assert churn.value == f"{ {'high': '高', 'medium': '中', 'low': '低'}[row.churn_risk]}: P(alive) {row.p_alive:.2f}"
+    assert value.value.endswith("（365 天，按年 10% 折现）") and "预计购买" in value.why

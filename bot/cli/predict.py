@@ -15,8 +15,7 @@ from segments.money import fen_to_yuan
 if TYPE_CHECKING:
     from segments.predict_runs import RunOutcome
 
-# segments.predict's defaults, spelled out so that `scrm --help` loads no NumPy or SciPy (a test keeps them equal)
-DEFAULT_HORIZON_DAYS = 365
+# segments.predict's default, spelled out so that `scrm --help` loads no NumPy or SciPy (a test keeps them equal)
 DEFAULT_HOLDOUT_DAYS = 90
 
 
@@ -27,24 +26,34 @@ def predict_group() -> None:
 
 @predict_group.command("fit")
 @click.option("--as-of", "as_of_text", help="Local date to fit as of (default: today in app.timezone).")
-@click.option("--horizon-days", type=click.IntRange(1, 3650), default=DEFAULT_HORIZON_DAYS, show_default=True,
-              help="Days ahead the expected purchases and predicted value cover.")
+@click.option("--horizon-days", type=click.IntRange(1, 3650),
+              help="Days ahead the expected purchases and predicted value cover (default: predictions.horizon_days, "
+                   "365).")
+@click.option("--discount-rate", type=click.FloatRange(0, 1, max_open=True),
+              help="Yearly discount rate of the predicted value, compounded per 30 days (default: "
+                   "predictions.discount_rate, 0.10; 0: undiscounted).")
 @click.option("--holdout-days", type=click.IntRange(0, 3650), default=DEFAULT_HOLDOUT_DAYS, show_default=True,
               help="Days held out for the validation (0: no validation).")
 @pass_cli
-def predict_fit(cli: CliContext, as_of_text: str | None, horizon_days: int, holdout_days: int) -> None:
+def predict_fit(cli: CliContext, as_of_text: str | None, horizon_days: int | None, discount_rate: float | None,
+                holdout_days: int) -> None:
     """Fit on every customer's paid orders up to --as-of, store each customer's P(alive), expected purchases
     and value; then fit again on the orders before the last --holdout-days days and compare its predictions
-    with the purchases made in them. Exits 1, saying why, when the data is below the minimums. A fit as of
-    another day than today records no churn-risk changes, so no 回访 task comes of it."""
+    with the purchases made in them. Exits 1, saying why, when the data is below the minimums (the
+    predictions.min_* settings). A fit as of another day than today records no churn-risk changes, so no
+    回访 task comes of it."""
     from sqlalchemy import func, select
 
     from bot.models import CustomerPrediction
+    from segments.predict import minimum_from_settings
     from segments.predict_runs import refit
 
     as_of = _as_of(as_of_text, cli)
+    settings = cli.settings().predictions
     with cli.db().begin() as session:
-        outcome = refit(session, as_of, horizon_days, holdout_days=holdout_days, record_changes=as_of == cli.today())
+        outcome = refit(session, as_of, horizon_days or settings.horizon_days, minimum_from_settings(settings),
+                        holdout_days=holdout_days, record_changes=as_of == cli.today(),
+                        discount_rate=settings.discount_rate if discount_rate is None else discount_rate)
         bands = Counter(dict(session.execute(select(CustomerPrediction.churn_risk, func.count())
                                              .group_by(CustomerPrediction.churn_risk)).all()))
     if outcome.refused:
@@ -55,6 +64,7 @@ def predict_fit(cli: CliContext, as_of_text: str | None, horizon_days: int, hold
 
 def _print_fit(outcome: RunOutcome, bands: Counter[str]) -> None:
     from segments.predict import CHURN_BAND_NAMES
+    from segments.predict_runs import discounted
 
     run, model = outcome.run, outcome.model
     assert model is not None
@@ -67,7 +77,8 @@ def _print_fit(outcome: RunOutcome, bands: Counter[str]) -> None:
     click.echo(f"Gamma-Gamma p={gg.p:.4f} q={gg.q:.4f} gamma={gg.gamma:.2f} (fen) "
                f"log-likelihood {model.gamma_gamma_log_likelihood:.2f}; mean spend per purchase "
                f"{fen_to_yuan(round(gg.p * gg.gamma / (gg.q - 1)))} 元")
-    click.echo(f"stored {outcome.written} customers' predictions over {run.horizon_days} days; churn risk: "
+    click.echo(f"stored {outcome.written} customers' predictions over {run.horizon_days} days (predicted value"
+               f"{discounted(run)}); churn risk: "
                + ", ".join(f"{CHURN_BAND_NAMES[b]} {b} {bands.get(b, 0)}" for b in ("high", "medium", "low")))
 
 

@@ -277,6 +277,20 @@ class TierActionsSettings:
 
 
 @dataclass(frozen=True)
+class PredictionsSettings:
+    """BG/NBD + Gamma-Gamma (segments/predict.py): the horizon and discount of the predicted value and
+    the least data a fit needs (below any of them the run is refused, saying which)."""
+
+    horizon_days: int = 365
+    discount_rate: float = 0.10  # a year, compounded per 30-day period; 0: undiscounted
+    min_customers: int = 500  # with a paid order
+    min_history_days: int = 180  # from the first paid order to the as-of day
+    min_recent_days: int = 30  # some paid order within this many days
+    min_customers_with_three: int = 20  # with 3 or more purchase days
+    min_repeat_customers: int = 50  # with a paid repeat purchase (Gamma-Gamma fits on them)
+
+
+@dataclass(frozen=True)
 class SchedulerSettings:
     enabled: bool = True
     retier_at: str = "02:30"
@@ -324,6 +338,7 @@ class Settings:
     broadcasts: BroadcastsSettings = field(default_factory=BroadcastsSettings)
     sequences: SequencesSettings = field(default_factory=SequencesSettings)
     tier_actions: TierActionsSettings = field(default_factory=TierActionsSettings)
+    predictions: PredictionsSettings = field(default_factory=PredictionsSettings)
     sidebar: SidebarSettings = field(default_factory=SidebarSettings)
 
     def __repr__(self) -> str:
@@ -371,7 +386,7 @@ def _masked_repr(self: Any) -> str:
 
 for _section_cls in (AppSettings, DatabaseSettings, RedisSettings, WeComSettings, WebhookSettings, WorkerSettings,
                      TiersSettings, ContactsSettings, KfSettings, TagsSettings, MomentsSettings,
-                     SchedulerSettings, GreetingsSettings, OutboxSettings, SidebarSettings):
+                     SchedulerSettings, GreetingsSettings, OutboxSettings, SidebarSettings, PredictionsSettings):
     _section_cls.__repr__ = _masked_repr  # type: ignore[method-assign]
 
 
@@ -560,6 +575,18 @@ def validate(settings: Settings) -> None:
     _check_conversations(settings)
     _check_campaigns(settings)
     _check_sidebar(settings.sidebar)
+    _check_predictions(settings.predictions)
+
+
+def _check_predictions(predictions: PredictionsSettings) -> None:
+    if not 1 <= predictions.horizon_days <= 3650:
+        raise ConfigError("predictions.horizon_days must be 1–3650")
+    if not 0 <= predictions.discount_rate < 1:
+        raise ConfigError(f"predictions.discount_rate must be a yearly rate from 0 to below 1 (0.10 = 10 %), "
+                          f"got {predictions.discount_rate!r}")
+    for f in fields(predictions):
+        if f.name.startswith("min_") and getattr(predictions, f.name) < 0:
+            raise ConfigError(f"predictions.{f.name} must not be negative")
 
 
 def _check_sidebar(sidebar: SidebarSettings) -> None:

@@ -175,6 +175,12 @@ class CustomerAggregate(Base):
     last_order_at: Mapped[datetime | None]
     first_order_day: Mapped[int | None]
     last_order_day: Mapped[int | None]
+    # What BG/NBD and Gamma-Gamma need (segments/predict.py), kept so that their summaries read these
+    # rows instead of grouping every paid order by customer and day: distinct local days with a paid
+    # order, and the paid money of the first of them. NULL: not known (rows written before migration
+    # 0014 without orders to backfill from, or written by hand); the predictions then read the orders.
+    paid_days: Mapped[int | None]
+    first_day_fen: Mapped[int | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     def __repr__(self) -> str:

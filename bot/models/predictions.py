@@ -22,6 +22,7 @@ class PredictionRun(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     as_of: Mapped[date] = mapped_column(Date)
     horizon_days: Mapped[int]
+    discount_rate: Mapped[float | None]  # a year, of the predicted value (migration 0014; None: before it, 0)
     status: Mapped[str] = mapped_column(String(16))  # fitted | refused
     reason: Mapped[str | None] = mapped_column(Text)  # why a fit was refused
     parameters: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # r, alpha, a, b, p, q, gamma (γ in fen)
@@ -49,5 +50,5 @@ class CustomerPrediction(Base):
     churn_risk: Mapped[str] = mapped_column(String(8))  # low | medium | high (1 − P(alive): <50, <75, ≥75 %)
     expected_purchases: Mapped[float]  # over the run's horizon
     expected_spend_fen: Mapped[int] = mapped_column(BigInteger)  # per purchase
-    predicted_value_fen: Mapped[int] = mapped_column(BigInteger)  # over the run's horizon, undiscounted
+    predicted_value_fen: Mapped[int] = mapped_column(BigInteger)  # over the run's horizon, at its discount rate
     next_order_on: Mapped[date | None] = mapped_column(Date)  # expected, if still a customer

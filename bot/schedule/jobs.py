@@ -65,10 +65,13 @@ def nightly_retier() -> dict[str, Any]:
 def nightly_predictions(rt: Runtime, as_of: date) -> dict[str, Any]:
     """Refit predicted value and churn risk after the re-tier, in a transaction of its own: a refusal
     (too little data) is stored with its reason and leaves the tiers and the last predictions as they are."""
+    from segments.predict import minimum_from_settings
     from segments.predict_runs import refit
 
+    predictions = rt.settings.predictions
     with rt.db.begin() as session:
-        outcome = refit(session, as_of, holdout_days=None)
+        outcome = refit(session, as_of, predictions.horizon_days, minimum_from_settings(predictions),
+                        holdout_days=None, discount_rate=predictions.discount_rate)
     if outcome.refused:
         return {"run": outcome.run.id, "refused": outcome.refused}
     return {"run": outcome.run.id, "customers": outcome.written}

@@ -31,6 +31,7 @@ from bot.models import (
 from segments.explain import explain
 from segments.export import COLUMNS, SafeCsvWriter, customer_pages
 from segments.policy import TierPolicy
+from segments.predict_view import PredictionView, prediction_view
 
 PAGE_SIZE = 50
 MAX_SEARCH = 100
@@ -161,6 +162,7 @@ class CustomerRecord:
     changes: list[TierChange]
     orders: list[Order]
     interactions: list[Interaction]
+    prediction: PredictionView | None = None
 
 
 def customer_record(session: Session, customer_id: int, policy: TierPolicy, as_of: date, tz: ZoneInfo
@@ -180,4 +182,5 @@ def customer_record(session: Session, customer_id: int, policy: TierPolicy, as_o
     interactions = list(session.scalars(select(Interaction).where(Interaction.customer_id == customer_id)
                                         .order_by(Interaction.occurred_at.desc()).limit(HISTORY_LIMIT)))
     return CustomerRecord(customer, session.get(CustomerAggregate, customer_id),
-                          explain(session, customer, policy, as_of, tz), tags, changes, orders, interactions)
+                          explain(session, customer, policy, as_of, tz), tags, changes, orders, interactions,
+                          prediction_view(session, customer_id))

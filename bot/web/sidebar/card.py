@@ -23,6 +23,7 @@ from bot.outbox.quick_replies import QuickReplyError, RenderedReply, quick_repli
 from segments.explain import explanation, stored_stats
 from segments.money import fen_to_yuan
 from segments.policy import TierPolicy
+from segments.predict_view import prediction_view
 from segments.rfm import SEGMENT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,17 @@ def tier_rows(session: Session, customer: Customer, settings: Settings, as_of: d
         TierRow("互动活跃度", ACTIVITY_NAMES.get(customer.activity or "", "—"), why["activity"]),
         TierRow("客户评分", f"{customer.score}/100" if customer.score is not None else "—",
                 "R/F/M 分数按权重 {}/{}/{} 折算为 0–100".format(*policy.score_weights)),
+        *prediction_rows(session, customer.id),
     ]
+
+
+def prediction_rows(session: Session, customer_id: int) -> list[TierRow]:
+    """Churn risk and predicted value from the latest fit (BG/NBD + Gamma-Gamma), when it has one."""
+    view = prediction_view(session, customer_id)
+    if view is None:
+        return [TierRow("流失风险", "—", "暂无预测（上次预测时无已付款订单，或尚未运行 scrm predict fit）")]
+    return [TierRow("流失风险", view.churn, f"1 − P(alive)：高 ≥ 75%，中 ≥ 50% · {view.run}"),
+            TierRow("预测价值", view.value, view.detail)]
 
 
 def _changes(session: Session, customer_id: int, limit: int = 5) -> list[dict[str, str]]:
