@@ -7,9 +7,9 @@ attached to a dispatcher.
 from __future__ import annotations
 
 from bot.inbox.dispatcher import Dispatcher
-from handlers import contacts, kf, tags, transfer
+from handlers import contacts, groups, kf, tags, transfer
 
-MODULES = (contacts, kf, tags, transfer)  # transfer after contacts: it reads the follow contacts wrote
+MODULES = (contacts, kf, tags, transfer, groups)  # transfer after contacts: it reads the follow contacts wrote
 
 
 def register_all(dispatcher: Dispatcher) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
 
+from bot.campaigns.group_welcome import tier_group
 from bot.contacts.channels import channel_rules
 from bot.contacts.customers import apply_wecom_tag_set, from_epoch, upsert_customer, upsert_follow
 from bot.contacts.forget import scrub_callback
@@ -152,7 +153,8 @@ def _welcome(ctx: HandlerContext, customer: Customer, staff: Staff, state: str, 
         return
     rendered = ctx.templates.render("welcome", name, tier_keys(customer), customer=customer_vars(customer),
                                     staff={"name": staff.name or staff.userid, "userid": staff.userid},
-                                    brand=ctx.settings.app.brand_name, channel=state)
+                                    brand=ctx.settings.app.brand_name, channel=state,
+                                    tier_group=tier_group(ctx.session, tier_keys(customer)))
     started = ctx.received_at or utcnow()
     row = enqueue(ctx.session, **base, content={"text": rendered.text, "welcome_code": code,
                                                 "template": rendered.template},

@@ -179,7 +179,7 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     # The closing hints carry the demo's database, and each shows the demo's data as printed.
     hints = [shlex.split(line) for line in out.splitlines() if line.startswith("  SCRM_DATABASE_URL=")]
     assert [h[2:4] for h in hints] == [["inbox", "list"], ["customer", "show"], ["broadcast", "report"],
-                                       ["tags", "check"]]
+                                       ["tags", "check"], ["groups", "show"]]
     runs = {}
     for setting, program, *args in hints:
         name, _, url = setting.partition("=")
@@ -195,6 +195,10 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert re.search(rf"^held out\s+{held}\s+{held_ordered}\s", report, re.M), report
     assert f"lift in share who ordered: {effect.group(6)}" in report
     assert runs["tags"].exit_code == 0
+    assert re.search(r"group 小满咖啡会员群\s+\d+ members, \d+ known customers: 重要价值 \d+", out), out
+    assert re.search(r"小满咖啡会员群 welcome \(group_welcome/default.important_value.j2\)\s+尊敬的 %NICKNAME%", out)
+    assert re.search(r"broadcast to both groups\s+2 group message\(s\) planned", out)
+    assert "known customers" in runs["groups"].output and "群活码 https://" in runs["groups"].output
 
 
 def test_the_demo_upgrade_buys_just_past_the_top_rule():

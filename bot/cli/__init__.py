@@ -9,6 +9,7 @@ from bot.cli.channels import channels_group
 from bot.cli.context import CliContext
 from bot.cli.data import backup_cmd, forget_cmd, restore_cmd
 from bot.cli.demo import demo
+from bot.cli.groups import groups_group
 from bot.cli.inbox import inbox
 from bot.cli.predict import predict_group
 from bot.cli.service import config_group, holidays_cmd, init, jobs_cmd, sandbox, scheduler_cmd, serve, worker
@@ -65,3 +66,4 @@ main.add_command(restore_cmd)
 customer_group.add_command(forget_cmd)
 main.add_command(channels_group)
 main.add_command(transfer_group)
+main.add_command(groups_group)

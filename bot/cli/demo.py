@@ -87,6 +87,7 @@ def run_verify(run: demo_run.DemoRun) -> dict:
 def _report(run: demo_run.DemoRun, burst: dict, drained: bool, path: Path) -> None:
     from bot.demo import run as demo_run
     from bot.demo.campaigns import run_campaign_scenes
+    from bot.demo.groups import run_group_scene
     from bot.demo.scenes import run_scenes
 
     deliveries = burst["deliveries"]
@@ -107,6 +108,8 @@ def _report(run: demo_run.DemoRun, burst: dict, drained: bool, path: Path) -> No
     click.echo(render_table(["dimension", "value", "customers"], rows))
     click.echo("\nWhat customers got (each scene goes through WeCom's callbacks and API, in the sandbox):")
     click.echo(render_table(["scene", "what happened"], run_scenes(run, _first_staff(run))))
+    click.echo("\n客户群 — groups made in WeCom, members joining and leaving through callbacks:")
+    click.echo(render_table(["scene", "what happened"], run_group_scene(run)))
     click.echo("\nWhat the service sends on its own (broadcasts, coupons, tier actions, greetings):")
     scenes = run_campaign_scenes(run)
     click.echo(render_table(["scene", "what happened"], scenes.rows))
@@ -131,12 +134,14 @@ def look_around_commands(path: Path, scenes: CampaignScenes) -> list[str]:
         shown = str(path)
     if shown.startswith(".."):
         shown = str(path)
+    from bot.demo.groups import VIP_GROUP
+
     prefix = f"SCRM_DATABASE_URL={shlex.quote(f'sqlite:///{shown}')} scrm"
     commands = [f"{prefix} inbox list"]
     if scenes.upgraded_customer_id is not None:
         commands.append(f"{prefix} customer show {scenes.upgraded_customer_id}")
     commands += [f"{prefix} broadcast report {shlex.quote(scenes.broadcast)} --days {scenes.report_days}",
-                 f"{prefix} tags check"]
+                 f"{prefix} tags check", f"{prefix} groups show {shlex.quote(VIP_GROUP)}"]
     return commands
 
 

@@ -114,7 +114,7 @@ def _default_value_rules() -> list[dict[str, Any]]:
 
 def _default_activity_weights() -> dict[str, int]:
     return {"kf_message": 1, "moment_like": 1, "moment_comment": 2, "campaign_reply": 2, "coupon_redeem": 3,
-            "added": 1}
+            "added": 1, "group_join": 1}
 
 
 @dataclass(frozen=True)

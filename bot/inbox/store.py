@@ -27,7 +27,8 @@ class StoreResult:
 # byte-identical callbacks, so a repeat of one already handled is run again: harmless for a
 # retry (the re-read finds nothing new), and it picks up the second edit.
 RESYNC_ON_REPEAT = frozenset({("event", "change_external_contact", "edit_external_contact"),
-                              ("event", "change_external_tag", None)})
+                              ("event", "change_external_tag", None),
+                              ("event", "change_external_chat", "update")})
 
 
 def dedupe_key(fields: dict[str, Any]) -> str:

@@ -14,6 +14,16 @@ from bot.models.events import (
     SyncCursor,
     TierChange,
 )
+from bot.models.groups import (
+    GROUP_STATUSES,
+    MEMBER_EXTERNAL,
+    MEMBER_STAFF,
+    CustomerGroup,
+    GroupBroadcast,
+    GroupBroadcastRun,
+    GroupMember,
+    GroupSop,
+)
 from bot.models.handover import (
     CHANNEL_STATUSES,
     SETTLED_TRANSFER_STATUSES,
@@ -53,6 +63,14 @@ __all__ = [
     "RuleOverride",
     "Base",
     "Customer",
+    "CustomerGroup",
+    "GROUP_STATUSES",
+    "GroupBroadcast",
+    "GroupBroadcastRun",
+    "GroupMember",
+    "GroupSop",
+    "MEMBER_EXTERNAL",
+    "MEMBER_STAFF",
     "CustomerAggregate",
     "CustomerPrediction",
     "CustomerTag",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.sandbox.api_groups import groups_of, new_group
 from bot.sandbox.delivery import deliver
-from bot.sandbox.registry import ENDPOINTS, Call, endpoint
+from bot.sandbox.registry import Call, endpoint
 from bot.sandbox.state import SandboxState, WeComError
 
 CUSTOMERS_PER_CALL = 100
@@ -28,8 +29,8 @@ def transfers(state: SandboxState) -> list[dict[str, Any]]:
 
 
 def handover_groups(state: SandboxState) -> dict[str, dict[str, Any]]:
-    """chat_id → {chat_id, name, owner, status} for the groups a hand-over can move."""
-    return state.__dict__.setdefault("handover_groups", {})
+    """chat_id → group: the sandbox's customer groups (bot/sandbox/api_groups.py), which a hand-over moves."""
+    return groups_of(state).groups
 
 
 def _resigned(state: SandboxState, userid: str) -> bool:
@@ -162,7 +163,7 @@ def groupchat_transfer(call: Call) -> dict[str, Any]:
     groups, failed = handover_groups(call.state), []
     for chat_id in chat_ids:
         group = groups.get(chat_id)
-        if group is None:
+        if group is None or group["dismissed"]:
             failed.append({"chat_id": chat_id, "errcode": 90501, "errmsg": "chat is not external group chat"})
         elif group["status"] == 3:
             failed.append({"chat_id": chat_id, "errcode": 90508, "errmsg": "chat has been transferred"})
@@ -173,33 +174,6 @@ def groupchat_transfer(call: Call) -> dict[str, Any]:
         else:
             group.update(owner=new_owner, status=3, previous_owner=group["owner"])
     return {"failed_chat_list": failed}
-
-
-def groupchat_list(call: Call) -> dict[str, Any]:
-    """groupchat/list over the hand-over's groups (only when no fuller sandbox of groups is loaded)."""
-    try:
-        limit = int(call.body.get("limit") or 0)
-        offset = int(call.body.get("cursor") or 0)
-        status_filter = int(call.body.get("status_filter") or 0)
-    except (TypeError, ValueError):
-        raise WeComError(40058, "limit, cursor and status_filter must be numbers") from None
-    if not 1 <= limit <= 1000:
-        raise WeComError(40058, "limit must be between 1 and 1000")
-    owners = (call.body.get("owner_filter") or {}).get("userid_list") or []
-    if len(owners) > 100:
-        raise WeComError(40058, "owner_filter.userid_list holds at most 100 userids")
-    rows = []
-    for group in sorted(handover_groups(call.state).values(), key=lambda g: g["chat_id"]):
-        status = 1 if group["status"] == 0 and _resigned(call.state, group["owner"]) else group["status"]
-        if (not owners or group["owner"] in owners) and (not status_filter or status == status_filter):
-            rows.append({"chat_id": group["chat_id"], "status": status})
-    page = rows[offset:offset + limit]
-    return {"group_chat_list": page, "next_cursor": str(offset + limit) if offset + limit < len(rows) else ""}
-
-
-def register_fallbacks() -> None:
-    """Serve groupchat/list from the hand-over's groups unless a fuller groups module serves it."""
-    ENDPOINTS.setdefault("externalcontact/groupchat/list", ("POST", groupchat_list))
 
 
 # ---------------------------------------------------------------------------- what WeCom does next
@@ -222,9 +196,9 @@ def add_group(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
     with state.lock:
         state.require_staff(a["owner"])
         chat_id = a.get("chat_id") or f"wr{len(handover_groups(state)) + 1:026d}"
-        group = {"chat_id": chat_id, "name": a.get("name", ""), "owner": a["owner"], "status": 0}
+        group = new_group(state, chat_id, a["owner"], a.get("name", ""))
         handover_groups(state)[chat_id] = group
-        return dict(group)
+        return {k: group[k] for k in ("chat_id", "name", "owner", "status")}
 
 
 def refuse(state: SandboxState, external_userid: str, reason: str = "customer_refused") -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from bot.sandbox import api_channels, api_contact, api_kf, api_misc, api_transfer  # noqa: F401  (fill ENDPOINTS)
+from bot.sandbox import api_channels, api_contact, api_groups, api_kf, api_misc, api_transfer  # noqa: F401  (fill ENDPOINTS)
 from bot.sandbox.control import bp as control_bp
 from bot.sandbox.control_handover import bp as handover_bp
 from bot.sandbox.jssdk import bp as jssdk_bp
@@ -25,7 +25,6 @@ def create_sandbox_app(state: SandboxState) -> Flask:
     app.register_blueprint(control_bp)
     app.register_blueprint(jssdk_bp)
     app.register_blueprint(handover_bp)
-    api_transfer.register_fallbacks()
 
     @app.route("/cgi-bin/<path:path>", methods=["GET", "POST"])
     def cgi(path: str) -> Response:

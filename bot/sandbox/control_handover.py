@@ -87,7 +87,8 @@ def handover_group() -> Response:
 @bp.get("/handover/groups")
 def handover_group_list() -> Response:
     with _state().lock:
-        return jsonify(list(handover_groups(_state()).values()))
+        return jsonify([{k: g[k] for k in ("chat_id", "name", "owner", "status")}
+                        for g in handover_groups(_state()).values()])
 
 
 @bp.post("/transfers/refuse")

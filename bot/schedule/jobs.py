@@ -78,19 +78,27 @@ def nightly_predictions(rt: Runtime, as_of: date) -> dict[str, Any]:
 
 
 def contacts_resync() -> dict[str, Any]:
-    """Full contact reconcile with WeCom (heals callbacks that never arrived)."""
+    """Full contact and customer-group reconcile with WeCom (heals callbacks that never arrived)."""
     from dataclasses import asdict
 
+    from bot.contacts.groups import sync_groups
     from bot.contacts.sync import sync_contacts
+    from bot.models import utcnow
     from bot.tagging.rules import TagRules
+    from bot.wecom.groups import group_chat
 
     rt = runtime()
     if rt.clients is None:
         return {"skipped": "WeCom is not configured"}
+    rules = TagRules.from_settings(rt.rule_settings())
     with rt.db.begin() as session:
-        result = sync_contacts(session, rt.clients.contact, TagRules.from_settings(rt.rule_settings()))
+        result = sync_contacts(session, rt.clients.contact, rules)
     logger.info("contact re-sync: %s", result)
-    return asdict(result)
+    # Groups after contacts, so members who became customers are linked in the same pass.
+    groups = sync_groups(rt.db.begin, group_chat(rt.clients.contact), rules, rt.settings.tags.push_to_wecom, utcnow)
+    logger.info("group re-sync: %d groups, %d joined, %d left, %d dismissed, %d errors", groups.groups,
+                groups.joined, groups.left, groups.dismissed, len(groups.errors))
+    return {**asdict(result), "groups": {k: v for k, v in asdict(groups).items() if k != "errors"}}
 
 
 def moments_poll() -> dict[str, Any]:
@@ -183,8 +191,10 @@ def tier_actions() -> dict[str, Any]:
 
 def broadcast_dispatch() -> dict[str, Any]:
     """Keep the scheduled tier coupons as broadcasts, plan every broadcast that is due, submit."""
+    from bot.campaigns import group_broadcasts
     from bot.campaigns.automation import reconcile_coupon_schedules
     from bot.campaigns.broadcasts import dispatch_due
+    from bot.campaigns.group_sop import run_sops
     from bot.models import utcnow
 
     rt = runtime()
@@ -193,6 +203,11 @@ def broadcast_dispatch() -> dict[str, Any]:
         reconcile_coupon_schedules(session, rt.settings, now)
         runs = dispatch_due(session, rt.settings, now)
         planned = [{"broadcast": r.broadcast_id, "to_send": r.to_send, "held_out": r.held_out} for r in runs]
+        planned += [{"group_broadcast": r.broadcast_id, "to_send": r.to_send}
+                    for r in group_broadcasts.dispatch_due(session, rt.settings, now)]
+        sop = run_sops(session, rt.settings, now)
+        if sop.planned or sop.skipped:
+            planned.append({"group_sop": sop.planned, "skipped": sum(sop.skipped.values())})
     for run in planned:
         logger.info("broadcast run planned: %s", run)
     return {"runs": planned, "submitted": dict(mass_send())}
@@ -209,6 +224,7 @@ def mass_reminders() -> dict[str, int]:
 
 def mass_send() -> dict[str, int]:
     """Look up mass messages a crash interrupted, then submit what is due."""
+    from bot.outbox import group_mass
     from bot.outbox.mass import resolve_interrupted, submit_mass_messages
     from bot.outbox.policy import ContactPolicy
 
@@ -218,13 +234,19 @@ def mass_send() -> dict[str, int]:
     resolved = resolve_interrupted(rt.db, rt.clients.contact, rt.settings.worker.lease_seconds)
     submitted = submit_mass_messages(rt.db, rt.clients.contact, ContactPolicy.from_settings(rt.settings),
                                      lease_seconds=rt.settings.worker.lease_seconds)
-    return dict(submitted + Counter({f"interrupted_{k}": v for k, v in resolved.items()}))
+    groups = group_mass.resolve_interrupted(rt.db, rt.clients.contact, rt.settings.worker.lease_seconds)
+    groups = Counter({f"interrupted_{k}": v for k, v in groups.items()}) + group_mass.submit_group_messages(
+        rt.db, rt.clients.contact, ContactPolicy.from_settings(rt.settings))
+    return dict(submitted + Counter({f"interrupted_{k}": v for k, v in resolved.items()})
+                + Counter({f"group_{k}": v for k, v in groups.items()}))
 
 
 def mass_results() -> dict[str, int]:
+    from bot.outbox.group_mass import poll_group_results
     from bot.outbox.mass import poll_mass_results
 
     rt = runtime()
     if rt.clients is None:
         return {}
-    return dict(poll_mass_results(rt.db, rt.clients.contact))
+    groups = poll_group_results(rt.db, rt.clients.contact)
+    return dict(poll_mass_results(rt.db, rt.clients.contact) + Counter({f"group_{k}": v for k, v in groups.items()}))

@@ -55,7 +55,7 @@ JOBS_MODULE = "bot.schedule.jobs"
 JOBS: tuple[JobSpec, ...] = (
     JobSpec("nightly_retier", f"{JOBS_MODULE}:nightly_retier", "re-tier everyone, then order/tier auto-tags",
             _daily("retier_at")),
-    JobSpec("contacts_resync", f"{JOBS_MODULE}:contacts_resync", "full contact reconcile with WeCom",
+    JobSpec("contacts_resync", f"{JOBS_MODULE}:contacts_resync", "full contact and group reconcile with WeCom",
             _daily("contacts_resync_at")),
     JobSpec("moments_poll", f"{JOBS_MODULE}:moments_poll", "poll moment likes and comments",
             _every("moments_poll_minutes", "minutes")),

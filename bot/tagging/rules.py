@@ -22,6 +22,7 @@ WHEN_KEYS: dict[str, frozenset[str]] = {
     "order_amount": frozenset({"gte"}),
     "coupon_redeemed": frozenset(),
     "tier_entered": frozenset({"dimension", "value"}),
+    "group_member": frozenset({"group"}),  # joined the customer group whose chat_id or name is ``group``
 }
 TIER_DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
 MAX_TAG_NAME = 30  # WeCom: group and tag names are at most 30 characters
@@ -62,6 +63,7 @@ class TagRule:
     gte: Decimal = Decimal(0)
     dimension: str = ""
     value: str = ""
+    group: str = ""
 
     def matches_text(self, text: str) -> bool:
         folded = text.casefold()
@@ -135,4 +137,8 @@ def _parse_rule(raw: Any, default_group: str, where: str) -> TagRule:
         if not isinstance(raw["value"], str) or not raw["value"]:
             raise RuleError(f"{where}.value must be a tier value such as high or important_value")
         rule["dimension"], rule["value"] = raw["dimension"], raw["value"]
+    elif when == "group_member":
+        if not isinstance(raw["group"], str) or not raw["group"].strip():
+            raise RuleError(f"{where}.group must be a customer group's chat_id or name")
+        rule["group"] = raw["group"].strip()
     return TagRule(**rule)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from bot.campaigns.automation import PendingStep, pending_steps
 from bot.campaigns.coupons import CouponBook
+from bot.campaigns.group_welcome import tier_group
 from bot.campaigns.rules import CampaignRules
 from bot.core.config import Settings
 from bot.models import Coupon, Customer, CustomerTag, Follow, Interaction, Order, Staff, Tag, TagGroup, TierChange
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 ENGAGEMENT_NAMES = {"active": "活跃", "silent": "沉默", "churned": "流失"}
 ACTIVITY_NAMES = {"high": "高", "mid": "中", "low": "低"}
 INTERACTION_NAMES = {"kf_message": "客服消息", "moment_like": "朋友圈点赞", "moment_comment": "朋友圈评论",
-                     "campaign_reply": "活动回复", "coupon_redeem": "用券", "added": "添加好友"}
+                     "campaign_reply": "活动回复", "coupon_redeem": "用券", "added": "添加好友",
+                     "group_join": "入群", "group_leave": "退群"}
 COUPON_STATUS_NAMES = {"issued": "未使用", "redeemed": "已使用", "expired": "已过期"}
 DIMENSION_NAMES = {"value_tier": "价值分层", "rfm_segment": "RFM 分群", "stage": "阶段", "engagement": "活跃状态",
                    "activity": "互动活跃度"}
@@ -168,7 +170,8 @@ def build_card(session: Session, customer: Customer, staff_userid: str, settings
     card.coupons = _coupons(session, customer.id, tz)
     card.interactions = _interactions(session, customer.id, tz)
     card.tag_groups = tag_groups(session, customer.id)
-    card.action = next_best_action(customer, sources.templates, settings.app.brand_name)
+    card.action = next_best_action(customer, sources.templates, settings.app.brand_name,
+                                   tier_group(session, tier_keys(customer)))
     card.quick_replies, card.quick_replies_broken = _quick_replies(customer, sources.templates, settings)
     card.coupon_options = coupon_options(sources.book, customer)
     card.steps = [_step_view(step, now, tz)
@@ -285,13 +288,17 @@ def tag_groups(session: Session, customer_id: int) -> list[TagGroupView]:
     return [TagGroupView(name, tags) for name, tags in groups.items()]
 
 
-def next_best_action(customer: Customer, templates: MessageTemplates, brand: str) -> NextBestAction:
+def next_best_action(customer: Customer, templates: MessageTemplates, brand: str,
+                     group: dict[str, str] | None = None) -> NextBestAction:
+    """The first matching action's ready text; ``group`` (the customer's tier's group with a join code)
+    lets the text invite them to it."""
     name, title = DEFAULT_ACTION
     for dimension, value, template, what in NEXT_BEST_ACTIONS:
         if getattr(customer, dimension) == value:
             name, title = template, what
             break
-    rendered = templates.render("nba", name, tier_keys(customer), customer=customer_vars(customer), brand=brand)
+    rendered = templates.render("nba", name, tier_keys(customer), customer=customer_vars(customer), brand=brand,
+                                tier_group=group)
     return NextBestAction(title, rendered.template, rendered.text)
 
 

@@ -1,0 +1,130 @@
+"""群 SOP: a sequence whose steps go to groups. Each step is a day count from the group's creation in
+WeCom and a template under ``templates/messages/`` (the group's tier chooses its variant:
+``group_sop/rules.high.j2`` → ``group_sop/rules.j2``). When a step falls due for a matching group it
+becomes one outbox row (``group_message``, the owner sends it), under the same policy as group
+broadcasts, except that a step over WeCom's per-group quota waits for the next period instead of
+being skipped (a group without an owner is skipped, with the reason). A step reaches a group
+once (its outbox key names SOP, step and group); steps that fell due before the SOP existed are not
+sent, so a new SOP does not flood old groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from jinja2 import TemplateSyntaxError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bot.campaigns.broadcasts import BroadcastError, tier_key_names
+from bot.campaigns.group_broadcasts import CHANNEL, NO_OWNER, GroupAudience, cap_reason, group_quota
+from bot.campaigns.group_welcome import tier_label
+from bot.contacts.groups import group_tier_key
+from bot.core.config import Settings
+from bot.models import GroupSop, OutboxMessage, utcnow
+from bot.outbox.messages import MessageTemplates, TemplateMissing, refusal
+from bot.outbox.policy import ContactPolicy
+
+TRIGGER = "group_sop"
+MAX_STEPS = 20
+MAX_DAY = 365
+
+
+@dataclass
+class SopRun:
+    planned: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    deferred: dict[str, int] = field(default_factory=dict)
+
+
+def parse_steps(raw: Any, templates: MessageTemplates) -> list[dict[str, Any]]:
+    """[{"day": N, "template": "group_sop/name"}], days 0–365 ascending-unique, each template found."""
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_STEPS:
+        raise BroadcastError(f"an SOP has 1–{MAX_STEPS} steps")
+    steps, days = [], set()
+    for i, step in enumerate(raw):
+        if not isinstance(step, dict) or set(step) != {"day", "template"}:
+            raise BroadcastError(f"step {i + 1} needs day and template")
+        day, ref = step["day"], step["template"]
+        if isinstance(day, bool) or not isinstance(day, int) or not 0 <= day <= MAX_DAY or day in days:
+            raise BroadcastError(f"step {i + 1}: day is a whole number 0–{MAX_DAY}, once per SOP")
+        kind, _, name = str(ref).partition("/")
+        if not kind or not name or "/" in name or "." in ref:
+            raise BroadcastError(f"step {i + 1}: template is kind/name, e.g. group_sop/rules")
+        try:
+            templates.choose(kind, name)
+        except TemplateMissing as exc:
+            raise BroadcastError(f"step {i + 1}: {exc}") from None
+        except TemplateSyntaxError as exc:
+            raise BroadcastError(f"step {i + 1}: {refusal(exc)}") from None
+        days.add(day)
+        steps.append({"day": day, "template": f"{kind}/{name}"})
+    return sorted(steps, key=lambda s: s["day"])
+
+
+def create_sop(session: Session, settings: Settings, name: str, audience: dict[str, Any], steps: Any,
+               now: datetime | None = None) -> GroupSop:
+    if not name.strip() or len(name) > 100:
+        raise BroadcastError("an SOP needs a name of 1–100 characters")
+    if session.scalar(select(GroupSop.id).where(GroupSop.name == name)) is not None:
+        raise BroadcastError(f"a group SOP named {name!r} exists already")
+    parsed_audience = GroupAudience.parse(audience, tier_key_names(settings))
+    sop = GroupSop(name=name, audience=parsed_audience.to_dict(),
+                   steps=parse_steps(steps, MessageTemplates.from_settings(settings)), status="active",
+                   created_at=now or utcnow())
+    session.add(sop)
+    session.flush()
+    return sop
+
+
+def run_sops(session: Session, settings: Settings, now: datetime | None = None) -> SopRun:
+    """Plan every step that is due for a matching group and not planned before."""
+    now = now or utcnow()
+    policy = ContactPolicy.from_settings(settings)
+    templates = MessageTemplates.from_settings(settings)
+    send_after = policy.next_allowed(now)
+    result = SopRun()
+    for sop in session.scalars(select(GroupSop).where(GroupSop.status == "active").order_by(GroupSop.id)):
+        chosen = GroupAudience.parse(sop.audience, tier_key_names(settings)).select_groups(session)
+        due: list[tuple[Any, Any, int, dict[str, Any]]] = []
+        for group, mix in chosen:
+            start = group.wecom_created_at or group.created_at
+            for index, step in enumerate(sop.steps):
+                at = start + timedelta(days=int(step["day"]))
+                if sop.created_at - timedelta(days=1) <= at <= now:
+                    due.append((group, mix, index, step))
+        keys = {f"{TRIGGER}:{sop.id}:{i}:{g.chat_id}" for g, _, i, _ in due}
+        done = set(session.scalars(select(OutboxMessage.dedupe_key).where(OutboxMessage.dedupe_key.in_(keys)))) \
+            if keys else set()
+        allowed, used = group_quota(session, policy, [g.chat_id for g, _, _, _ in due], send_after)
+        for group, mix, index, step in due:
+            key = f"{TRIGGER}:{sop.id}:{index}:{group.chat_id}"
+            if key in done:
+                continue
+            kind, _, name = step["template"].partition("/")
+            tier = group_tier_key(group, mix)
+            rendered = templates.render(kind, name, [tier], brand=settings.app.brand_name,
+                                        group={"name": group.name or "客户群", "tier": tier or "",
+                                               "tier_name": tier_label(tier)})
+            if group.owner_userid and used[group.chat_id] >= allowed:
+                # Not dropped: the step waits for the group's next quota period.
+                reason = cap_reason(policy, allowed)
+                result.deferred[reason] = result.deferred.get(reason, 0) + 1
+                continue
+            why = None if group.owner_userid else NO_OWNER
+            if why is None:
+                used[group.chat_id] += 1  # the next step for this group in this run counts this one
+            session.add(OutboxMessage(
+                dedupe_key=key, channel=CHANNEL, recipient=group.chat_id, sender_userid=group.owner_userid or None,
+                trigger_kind=TRIGGER, trigger_ref=f"group_sop:{sop.id}:{index}",
+                content={"text": rendered.text, "template": rendered.template, "group": group.name},
+                status="skipped" if why else "pending", reason=why, scheduled_at=send_after, created_at=now,
+                updated_at=now))
+            done.add(key)
+            if why:
+                result.skipped[why] = result.skipped.get(why, 0) + 1
+            else:
+                result.planned += 1
+    session.flush()
+    return result

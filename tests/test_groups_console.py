@@ -1,0 +1,149 @@
+"""The console's 客户群 pages: the list with each group's tier mix, one group with its members, for
+signed-in operators only; in real Chromium on a laptop and a phone (screenshots in the tmp dir)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.contacts.groups import record_changes, upsert_group
+from bot.models import Customer
+from bot.web.serving import BackgroundServer
+from tests.campaign_data import MORNING
+from tests.console_support import PASSWORD, add_user, seed_console, signed_in
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def seed_groups(db: Any) -> None:
+    ids = seed_console(db)
+    with db.begin() as s:
+        external = dict(s.execute(select(Customer.id, Customer.external_userid)).all())
+
+        def member(customer_id: int) -> dict[str, Any]:
+            return {"userid": external[customer_id], "type": 2, "join_time": int(MORNING.timestamp()),
+                    "join_scene": 3, "state": "vip_group"}
+
+        vip = {"chat_id": "wrVIP0001", "name": "VIP会员群", "owner": "zhangsan", "member_version": "v1",
+               "member_list": [{"userid": "zhangsan", "type": 1, "join_time": int(MORNING.timestamp()) - 86400}]
+               + [member(i) for i in ids[:4]]
+               + [{"userid": "wmStranger", "type": 2, "join_time": int(MORNING.timestamp()), "join_scene": 1,
+                   "invitor": {"userid": "zhangsan"}, "name": "路人"}],
+               "admin_list": [{"userid": "zhangsan"}]}
+        group, changes = upsert_group(s, vip, MORNING)
+        record_changes(s, group, changes, None)
+        group.tags, group.join_qr_code, group.join_state = ["会员"], "https://example.invalid/qr.png", "vip_group"
+        upsert_group(s, {"chat_id": "wrLOW0001", "name": "打卡群<script>", "owner": "lisi",
+                         "member_list": [member(i) for i in ids[7:12]]}, MORNING)
+
+
+def test_list_and_detail_show_the_tier_mix(app):
+    seed_groups(app.extensions["scrm.db"])
+    client = signed_in(app, "vera", "viewer")
+    page = client.get("/console/groups/").get_data(as_text=True)
+    assert "VIP会员群" in page and "高价值 3" in page and "中价值 1" in page
+    assert "打卡群&lt;script&gt;" in page and "<script>" not in page.split("</header>")[1].split("<script src")[0]
+    assert client.get("/console/groups/?owner=lisi").get_data(as_text=True).count("打卡群") == 1
+    detail = client.get("/console/groups/1").get_data(as_text=True)
+    assert "4 位是客户" in detail and "重要价值" in detail and "扫码" in detail and "vip_group" in detail
+    assert client.get("/console/groups/999").status_code == 404
+    anonymous = app.test_client().get("/console/groups/")
+    assert anonymous.status_code == 302 and "/console/login" in anonymous.headers["Location"]
+
+
+@pytest.fixture
+def served(app: Any) -> Iterator[str]:
+    app.extensions["scrm.clock"] = lambda: MORNING + timedelta(hours=1)
+    seed_groups(app.extensions["scrm.db"])
+    add_user(app.extensions["scrm.db"], "olga", "operator")
+    with BackgroundServer(app) as server:
+        yield server.url
+
+
+@pytest.mark.skipif(not CHROMIUM.exists() or find_spec("playwright") is None,
+                    reason="browser tests need /usr/bin/chromium and playwright (.ci/run installs both)")
+def test_group_pages_in_chromium(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        for name, viewport in (("laptop", {"width": 1360, "height": 800}), ("phone", {"width": 390, "height": 844})):
+            tab = browser.new_context(viewport=viewport, locale="zh-CN").new_page()
+            problems: list[str] = []
+            tab.on("pageerror", lambda e, problems=problems: problems.append(str(e)))
+            tab.goto(f"{served}/console/login")
+            tab.fill("input[name=name]", "olga")
+            tab.fill("input[name=password]", PASSWORD)
+            tab.click("button[type=submit]")
+            tab.click("text=客户群")
+            tab.wait_for_selector("table.groups")
+            assert tab.locator(".mixcell .seg.t-high").first.inner_text() == "高价值 3"
+            tab.screenshot(path=str(tmp_path / f"groups-{name}.png"), full_page=True)
+            tab.click("text=VIP会员群")
+            tab.wait_for_selector(".mixbar")
+            tab.screenshot(path=str(tmp_path / f"group-{name}.png"), full_page=True)
+            assert problems == []
+        browser.close()
+
+
+def test_the_sidebar_offers_the_tiers_group_code(app):
+    from bot.models import CustomerGroup
+    from bot.web.sidebar.card import CardSources, build_card
+
+    db = app.extensions["scrm.db"]
+    seed_groups(db)
+    settings = app.extensions["scrm.settings"]
+    with db.begin() as s:
+        s.scalar(select(CustomerGroup).where(CustomerGroup.chat_id == "wrVIP0001")).tier = "important_value"
+    with db.sessions() as s:
+        vip = s.scalar(select(Customer).where(Customer.external_userid == "wm000000"))
+        plain = s.scalar(select(Customer).where(Customer.external_userid == "wm000008"))
+        card = build_card(s, vip, "zhangsan", settings, MORNING, CardSources.from_settings(settings))
+        assert "会员专属群「VIP会员群」" in card.action.text and "https://example.invalid/qr.png" in card.action.text
+        other = build_card(s, plain, "zhangsan", settings, MORNING, CardSources.from_settings(settings))
+        assert "qr.png" not in other.action.text
+        assert "入群" in [i["what"] for i in card.interactions]
+
+
+def test_tier_mix_counts_churn_risk_where_predictions_exist(app):
+    from bot.contacts.groups import tier_mix
+    from bot.models import CustomerGroup, CustomerPrediction
+
+    db = app.extensions["scrm.db"]
+    seed_groups(db)
+    with db.begin() as s:
+        external = dict(s.execute(select(Customer.external_userid, Customer.id)).all())
+        for customer, risk in (("wm000000", "high"), ("wm000001", "high"), ("wm000002", "low")):
+            s.add(CustomerPrediction(customer_id=external[customer], run_id=1, p_alive=0.5, churn_risk=risk,
+                                     expected_purchases=1.0, expected_spend_fen=100, predicted_value_fen=100))
+    with db.sessions() as s:
+        group = s.scalar(select(CustomerGroup).where(CustomerGroup.chat_id == "wrVIP0001"))
+        mix = tier_mix(s, [group.id])[group.id]
+    assert mix.churn_risks == {"high": 2, "low": 1}
+    client = signed_in(app, "vera", "viewer")
+    assert "高 2、低 1" in client.get(f"/console/groups/{group.id}").get_data(as_text=True)
+
+
+def test_joining_a_group_feeds_activity(app):
+    from bot.contacts.groups import upsert_group
+    from bot.models import Interaction
+    from segments.policy import TierPolicy
+
+    db = app.extensions["scrm.db"]
+    seed_console(db)
+    settings = app.extensions["scrm.settings"]
+    assert dict(TierPolicy.from_settings(settings.tiers).activity_weights)["group_join"] == 1
+    with db.begin() as s:
+        group, changes = upsert_group(s, {"chat_id": "wrA", "name": "A", "owner": "zhangsan", "member_list": [
+            {"userid": "wm000011", "type": 2, "join_time": int(MORNING.timestamp())}]}, MORNING)
+        record_changes(s, group, changes, None)
+        customer = s.scalar(select(Customer).where(Customer.external_userid == "wm000011"))
+        assert customer.last_interaction_at == MORNING
+        assert s.scalar(select(Interaction.kind).where(Interaction.customer_id == customer.id)) == "group_join"
