@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,10 +23,12 @@ from segments.rfm import SEGMENT_NAMES, PopulationStats, aggregate_stats, popula
 class Explanation:
     """``header``: who, as of when, the metrics; ``why``: one line per dimension (keys ``r``, ``f``,
     ``m`` and ``rfm_segment`` — only ``rfm_segment`` without paid orders —, ``value_tier``, ``stage``,
-    ``activity``, ``engagement``), in the order ``scrm customer show`` prints them."""
+    ``activity``, ``engagement``), in the order ``scrm customer show`` prints them; ``why_zh``: the same
+    reasons in Chinese for staff pages, without the value itself (the page shows it beside them)."""
 
     header: list[str]
     why: dict[str, str]
+    why_zh: dict[str, str] = field(default_factory=dict)
 
     @property
     def lines(self) -> list[str]:
@@ -45,8 +48,9 @@ def stored_stats(session: Session) -> PopulationStats | None:
 
 
 def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of: date, tz: ZoneInfo,
-                stats: PopulationStats | None = None) -> Explanation:
-    """``stats``: the population to compare with (e.g. :func:`stored_stats`); default: computed now."""
+                stats: PopulationStats | None = None, tier_names: Mapping[str, str] | None = None) -> Explanation:
+    """``stats``: the population to compare with (e.g. :func:`stored_stats`); default: computed now.
+    ``tier_names``: value tier codes as the Chinese lines name them (default: the codes)."""
     as_of_day = as_of.toordinal()
     metrics, from_aggregates = metrics_source(session, as_of_day, tz)
     if stats is None:
@@ -70,7 +74,60 @@ def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of:
                        f"mid ≥ {policy.activity_mid})")
     why["engagement"] = (f"engagement: {customer.engagement or '-'} — active if an order or interaction within "
                          f"{policy.active_days} days, silent within {policy.silent_days}, else churned")
-    return Explanation(header, why)
+    facts = _Facts(orders, amount, last_day, as_of_day, activity, activity_score)
+    return Explanation(header, why, _why_zh(facts, stats, policy, customer, tier_names or {}))
+
+
+@dataclass(frozen=True)
+class _Facts:
+    orders: int
+    amount_fen: int
+    last_day: int | None
+    as_of_day: int
+    activity: str
+    activity_score: int
+
+
+_LEVELS = {"high": "高", "mid": "中", "low": "低"}
+
+
+def _why_zh(f: _Facts, stats: Any, policy: TierPolicy, customer: Customer,
+            tier_names: Mapping[str, str]) -> dict[str, str]:
+    why: dict[str, str] = {}
+    if f.orders and f.last_day is not None and stats.n:
+        mean_r = stats.mean_r_days(f.as_of_day)
+        mean_f, mean_m = stats.sum_orders / stats.n, stats.sum_amount_fen / stats.n
+        high = {"r": f.last_day * stats.n > stats.sum_last_day, "f": f.orders * stats.n > stats.sum_orders,
+                "m": f.amount_fen * stats.n > stats.sum_amount_fen}
+        word = {k: "高" if v else "低" for k, v in high.items()}
+        why["r"] = (f"R {word['r']}：最近一次下单在 {f.as_of_day - f.last_day} 天前，平均 {mean_r:.1f} 天"
+                    f"（{quintile_of(f.last_day, stats.cuts_last_day)}/5 分）")
+        why["f"] = (f"F {word['f']}：{f.orders} 笔实付订单，平均 {mean_f:.2f} 笔"
+                    f"（{quintile_of(f.orders, stats.cuts_orders)}/5 分）")
+        why["m"] = (f"M {word['m']}：累计 {fen_to_yuan(f.amount_fen)} 元，平均 {mean_m / 100:.2f} 元"
+                    f"（{quintile_of(f.amount_fen, stats.cuts_amount_fen)}/5 分）")
+        segment = segment_of(f.last_day, f.orders, f.amount_fen, stats)
+        why["rfm_segment"] = f"R/F/M 各与全体买家的平均比高低，得出「{SEGMENT_NAMES[segment]}」"
+    else:
+        why["rfm_segment"] = "暂无实付订单，未分群"
+    def name(code: str) -> str:
+        return tier_names.get(code, code)
+
+    rule = next((r for r in policy.value_rules if r.matches(f.amount_fen, f.orders, f.activity)), None)
+    bought = (f"累计实付 {fen_to_yuan(f.amount_fen)} 元、{f.orders} 笔订单、"
+              f"互动活跃度{_LEVELS.get(f.activity, f.activity)}")
+    if rule is not None:
+        why["value_tier"] = f"{bought}，满足{name(rule.name)}的条件：{rule.describe_zh()}"
+    else:
+        needs = "；".join(f"{name(r.name)}需{r.describe_zh()}" for r in policy.value_rules)
+        why["value_tier"] = f"{bought}，未满足任何规则（{needs}），归为{name(policy.value_default)}"
+    why["stage"] = (f"{f.orders} 笔实付订单；满 {policy.super_min_orders} 笔为超级用户"
+                    + ("" if customer.stage else "（尚未分层）"))
+    why["activity"] = (f"近 {policy.activity_window_days} 天互动得分 {f.activity_score}"
+                       f"（≥ {policy.activity_high} 为高，≥ {policy.activity_mid} 为中）")
+    why["engagement"] = (f"{policy.active_days} 天内有订单或互动为活跃，{policy.silent_days} 天内为沉默，"
+                         "更久为流失")
+    return why
 
 
 def _rfm_lines(orders: int, amount: int, last_day: int | None, as_of_day: int, stats: Any,

@@ -50,6 +50,22 @@ class ValueRule:
             parts.append(f"activity in {'/'.join(self.activity_in)}")
         return " and ".join(parts) or "always"
 
+    def describe_zh(self) -> str:
+        """The rule in Chinese, for staff pages."""
+        levels = {"high": "高", "mid": "中", "low": "低"}
+        parts = []
+        if self.amount_gt_fen is not None:
+            parts.append(f"累计实付 > {fen_to_yuan(self.amount_gt_fen)} 元")
+        if self.amount_gte_fen is not None:
+            parts.append(f"累计实付 ≥ {fen_to_yuan(self.amount_gte_fen)} 元")
+        if self.orders_gt is not None:
+            parts.append(f"订单 > {self.orders_gt} 笔")
+        if self.orders_gte is not None:
+            parts.append(f"订单 ≥ {self.orders_gte} 笔")
+        if self.activity_in is not None:
+            parts.append("互动活跃度为" + "/".join(levels.get(a, a) for a in self.activity_in))
+        return "且".join(parts) or "无条件"
+
     def matches(self, paid_fen: int, orders: int, activity: str) -> bool:
         """The same test the SQL CASE makes (used to explain one customer)."""
         return ((self.amount_gt_fen is None or paid_fen > self.amount_gt_fen)

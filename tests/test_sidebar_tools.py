@@ -254,14 +254,14 @@ def test_the_why_uses_the_last_re_tiers_stored_statistics(world, monkeypatch):
     monkeypatch.setattr(segments.explain, "population_stats", scan)
     card = sign_in(world, "zhangsan").get(f"{world.url}/sidebar/customer/{OWN}")
     assert card.status_code == 200
-    assert "mean 777.00" in card.text and "mean 2.00" in card.text and "mean 30.0" in card.text
+    assert "平均 777.00 元" in card.text and "平均 2.00 笔" in card.text and "平均 30.0 天" in card.text
 
 
 def test_without_a_stored_run_the_why_is_computed(world):
     card = sign_in(world, "zhangsan").get(f"{world.url}/sidebar/customer/{OWN}").text
     with world.db().begin() as session:
         assert session.scalar(select(func.count()).select_from(TierRun)) == 0
-    assert "RFM segment: 重要价值" in card
+    assert "得出「重要价值」" in card
 
 
 def test_taps_at_the_same_moment_stay_within_the_limit(overrides, sandbox, sandbox_state):

@@ -188,3 +188,27 @@ def test_a_tier_entered_rule_tags_who_entered_the_tier(database_url, tmp_path):
     finally:
         db.dispose()
     assert tagged == ["wmSmall", "wmVIP"]
+
+
+def test_the_chinese_why_tells_staff_the_same_facts(scrm, database_url):
+    from segments.explain import explanation
+    from segments.policy import TierPolicy
+
+    scrm("retier", "--as-of", "2026-11-20")
+    settings = load_settings(overrides={"database": {"url": database_url}}, environ={})
+    db = Database(settings.database)
+    try:
+        with db.sessions() as session:
+            from bot.models import Customer
+
+            vip = session.scalar(select(Customer).where(Customer.external_userid == "wmVIP"))
+            zh = explanation(session, vip, TierPolicy.from_settings(settings.tiers), NOON.date(), NOON.tzinfo,
+                             tier_names={"high": "高价值", "mid": "中价值", "low": "低价值"}).why_zh
+    finally:
+        db.dispose()
+    assert zh["r"].startswith("R 高：最近一次下单在 4 天前，平均") and "F 高：7 笔实付订单，平均 3.33 笔" in zh["f"]
+    assert zh["m"].startswith("M 高：累计 2100.00 元") and zh["rfm_segment"].endswith("得出「重要价值」")
+    assert zh["value_tier"] == ("累计实付 2100.00 元、7 笔订单、互动活跃度低，未满足任何规则（高价值需累计实付 > 1000.00 元"
+                                "且订单 > 5 笔且互动活跃度为高；中价值需" + zh["value_tier"].split("中价值需", 1)[1])
+    assert zh["value_tier"].endswith("归为低价值")
+    assert not any(word in line for line in zh.values() for word in ("mean", "paid orders", "amount", "rule"))
