@@ -174,7 +174,8 @@ def test_the_wecom_check_names_the_error_code_and_what_to_check(overrides, sandb
     unreachable.extensions["scrm.db"].dispose()
 
 
-def test_customers_filter_by_channel_and_export_the_same_list(console, db):
+def _seed_two_channels(db) -> None:
+    """Two customers came by the live stream, one by the Shanghai store, the rest by no channel."""
     from sqlalchemy import update
 
     from bot.models import Follow
@@ -184,6 +185,10 @@ def test_customers_filter_by_channel_and_export_the_same_list(console, db):
     with db.begin() as s:
         s.execute(update(Follow).where(Follow.customer_id.in_(ids[:2])).values(state="live_0618"))
         s.execute(update(Follow).where(Follow.customer_id == ids[2]).values(state="store_sh"))
+
+
+def test_customers_filter_by_channel_and_export_the_same_list(console, db):
+    _seed_two_channels(db)
     client = signed_in(console, "vera", "viewer")
     page = client.get("/console/customers", query_string={"channel": "live_0618"}).get_data(as_text=True)
     shown = [f"wm{n:06d}" for n in range(12) if f"wm{n:06d}" in page]
@@ -195,6 +200,29 @@ def test_customers_filter_by_channel_and_export_the_same_list(console, db):
     csv_text = client.get("/console/customers.csv", query_string={"channel": "store_sh"}).get_data(as_text=True)
     assert "wm000002" in csv_text and "wm000000" not in csv_text
     assert client.get("/console/customers", query_string={"channel": "x" * 65}).status_code == 400
+
+
+def test_a_broadcast_audience_can_be_a_channel_in_the_builder_and_the_cli(console, db):
+    from bot.campaigns.audience import Audience, AudienceError
+    from bot.models import Broadcast
+
+    _seed_two_channels(db)
+    client = signed_in(console, "olga", "operator")
+    builder = client.get("/console/broadcasts/new").get_data(as_text=True)
+    assert 'name="channels" value="live_0618"' in builder and "（无渠道）" in builder
+    count = client.get("/console/broadcasts/count.json?channels=live_0618&channels=store_sh").get_json()
+    assert count["total"] == 3
+    assert client.get("/console/broadcasts/count.json", query_string={"channels": "x" * 65}).status_code == 400
+    form = {"csrf_token": csrf(client), "name": "直播间回访", "channels": ["live_0618"],
+            "tpl_default": "{{ brand }} 直播间专享", "send_at": "2026-11-24T11:00", "holdout": "0"}
+    preview = client.post("/console/broadcasts/new", data={**form, "intent": "preview"}).get_data(as_text=True)
+    assert "直播间专享" in preview
+    assert client.post("/console/broadcasts/new", data={**form, "intent": "schedule"}).status_code == 302
+    with db.sessions() as s:
+        assert s.scalar(select(Broadcast.audience).where(Broadcast.name == "直播间回访")) == {"channels": ["live_0618"]}
+    assert Audience.parse({"channels": ["live_0618", "~none"]}).describe() == "channels=['live_0618', '~none']"
+    with pytest.raises(AudienceError, match="channels"):
+        Audience.parse({"channels": [f"c{n}" for n in range(51)]})
 
 
 def test_the_report_by_tier_compares_each_tier_with_its_own_held_out_customers(console, db):

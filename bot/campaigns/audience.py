@@ -17,7 +17,7 @@ from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -43,7 +43,10 @@ class AudienceError(ValueError):
 
 
 LIST_KEYS = ("value_tiers", "rfm_segments", "stages", "engagement", "activity", "churn_risk", "tags_any",
-             "tags_all", "tags_none", "owners")
+             "tags_all", "tags_none", "owners", "channels")
+NO_CHANNEL = "~none"  # in ``channels``: customers added without a channel code (State)
+MAX_CHANNELS = 50
+MAX_CHANNEL = 64
 FEN_KEYS = {"min_amount_fen": "min_amount", "predicted_value_above_fen": "predicted_value_above"}
 ALL_STAGES = tuple(dict.fromkeys(s for path in STAGE_PATHS.values() for s in path))
 TIER_COLUMNS = {"value_tiers": CustomerTier.value_tier, "rfm_segments": CustomerTier.rfm_segment,
@@ -62,6 +65,7 @@ class Audience:
     tags_all: tuple[str, ...] = ()
     tags_none: tuple[str, ...] = ()
     owners: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()  # the State of the 渠道活码 a customer was added through, or NO_CHANNEL
     added_after: date | None = None
     added_before: date | None = None
     has_ordered: bool | None = None
@@ -97,7 +101,11 @@ class Audience:
             bad = [i for i in items if choices and i not in choices]
             if bad:
                 raise AudienceError(f"audience.{key}: unknown {bad}; choose from {list(choices or ())}")
-            values[key] = tuple(i.strip() for i in items)
+            values[key] = tuple(dict.fromkeys(i.strip() for i in items))
+        channels = values.get("channels", ())
+        if len(channels) > MAX_CHANNELS or any(len(c) > MAX_CHANNEL for c in channels):
+            raise AudienceError(f"audience.channels: at most {MAX_CHANNELS} channels of at most {MAX_CHANNEL} "
+                                "characters")
         for key in ("added_after", "added_before"):
             if raw.get(key) is not None:
                 try:
@@ -168,6 +176,8 @@ class Audience:
             where.append(Customer.id.in_(select(CustomerTier.customer_id).where(*tiers).correlate(None)))
         if self.owners:
             where.append(Customer.owner_userid.in_(self.owners))
+        if self.channels:
+            where.append(_from_channels(self.channels))
         for key in ("tags_any", "tags_all", "tags_none"):
             names = getattr(self, key)
             if not names:
@@ -202,6 +212,18 @@ class Audience:
         if predicted:
             where.append(Customer.id.in_(select(CustomerPrediction.customer_id).where(*predicted).correlate(None)))
         return where
+
+
+def _from_channels(channels: tuple[str, ...]) -> ColumnElement[bool]:
+    """Added through one of these channel codes (any of the customer's follows, ended ones too: the
+    channel is how they came), or, for NO_CHANNEL, through none."""
+    named = [c for c in channels if c != NO_CHANNEL]
+    parts = []
+    if named:
+        parts.append(exists().where(Follow.customer_id == Customer.id, Follow.state.in_(named)))
+    if NO_CHANNEL in channels:
+        parts.append(~exists().where(Follow.customer_id == Customer.id, Follow.state.is_not(None), Follow.state != ""))
+    return or_(*parts)
 
 
 def _has_tag(tag_ids: list[int]) -> ColumnElement[bool]:

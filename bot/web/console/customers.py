@@ -14,7 +14,7 @@ from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session, contains_eager
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.campaigns.audience import LIST_KEYS, Audience, AudienceError
+from bot.campaigns.audience import LIST_KEYS, Audience
 from bot.models import (
     Customer,
     CustomerAggregate,
@@ -37,9 +37,6 @@ PAGE_SIZE = 50
 MAX_SEARCH = 100
 OPT_OUT_CHOICES = ("", "yes", "no")
 HISTORY_LIMIT = 100
-NO_CHANNEL = "~none"  # the channel filter's choice for customers added without a channel code (State)
-MAX_CHANNELS = 50
-MAX_CHANNEL = 64
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,6 @@ class CustomerFilter:
     search: str = ""
     audience: Mapping[str, Any] | None = None
     opted_out: str = ""
-    channels: tuple[str, ...] = ()  # the State of the 渠道活码 a customer was added through
 
     @classmethod
     def from_args(cls, args: Any) -> CustomerFilter:
@@ -66,9 +62,11 @@ class CustomerFilter:
                 raw[key] = values
         if args.get("has_ordered") in ("yes", "no"):
             raw["has_ordered"] = args["has_ordered"] == "yes"
+        legacy = [v for v in args.getlist("channel") if v.strip()]  # the list page's links before channels joined
+        if legacy:
+            raw["channels"] = [*raw.get("channels", []), *legacy]
         opted = args.get("opted_out", "")
-        channels = tuple(dict.fromkeys(v.strip() for v in args.getlist("channel") if v.strip()))
-        return cls(args.get("q", "").strip()[:MAX_SEARCH], raw, opted if opted in OPT_OUT_CHOICES else "", channels)
+        return cls(args.get("q", "").strip()[:MAX_SEARCH], raw, opted if opted in OPT_OUT_CHOICES else "")
 
     def conditions(self, session: Session, value_tiers: tuple[str, ...], tz: ZoneInfo, tiers_joined: bool = False
                    ) -> list[ColumnElement[bool]]:
@@ -79,10 +77,6 @@ class CustomerFilter:
             where.append(_matches(self.search))
         if self.opted_out:
             where.append(Customer.opted_out.is_(self.opted_out == "yes"))
-        if self.channels:
-            if len(self.channels) > MAX_CHANNELS or any(len(c) > MAX_CHANNEL for c in self.channels):
-                raise AudienceError(f"channel: at most {MAX_CHANNELS} channels of at most {MAX_CHANNEL} characters")
-            where.append(_from_channels(self.channels))
         return where
 
 
@@ -94,18 +88,6 @@ def _matches(text: str) -> ColumnElement[bool]:
     tagged = exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.removed_at.is_(None),
                             or_(CustomerTag.tag_id.in_(tag_ids), CustomerTag.tag_id.in_(alias_ids)))
     return or_(Customer.name.like(like, escape="\\"), Customer.external_userid == text, tagged)
-
-
-def _from_channels(channels: tuple[str, ...]) -> ColumnElement[bool]:
-    """Added through one of these channel codes (any of the customer's follows, ended ones too: the
-    channel is how they came), or, for NO_CHANNEL, through none."""
-    named = [c for c in channels if c != NO_CHANNEL]
-    parts = []
-    if named:
-        parts.append(exists().where(Follow.customer_id == Customer.id, Follow.state.in_(named)))
-    if NO_CHANNEL in channels:
-        parts.append(~exists().where(Follow.customer_id == Customer.id, Follow.state.is_not(None), Follow.state != ""))
-    return or_(*parts)
 
 
 def channel_choices(session: Session) -> list[str]:

@@ -32,7 +32,7 @@ from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.campaigns.audience import ALL_STAGES, Audience, AudienceError, count_per_value_tier
+from bot.campaigns.audience import ALL_STAGES, NO_CHANNEL, Audience, AudienceError, count_per_value_tier
 from bot.campaigns.broadcasts import (
     BroadcastError,
     BroadcastSpec,
@@ -63,7 +63,6 @@ from bot.tagging.rules import TagRules
 from bot.tagging.system import check_tags, merge_tags
 from bot.web.console import accounts, handover
 from bot.web.console.customers import (
-    NO_CHANNEL,
     CustomerFilter,
     channel_choices,
     csv_chunks,
@@ -281,10 +280,10 @@ def customers_page() -> str:
         _refuse(400, "after must be a customer id")
     with _db().sessions() as s:
         page = list_page(s, _customer_conditions(s, wanted, tiers_joined=True), int(after))
-        channels = [(state, state) for state in channel_choices(s)] + [(NO_CHANNEL, "（无渠道）")]
+        choices = _choices(s)
     kept = {k: v for k, v in request.args.to_dict(flat=False).items() if k != "after"}
     return render_template(
-        "console/customers.html", page=page, wanted=wanted, choices={**_choices(), "channel": channels},
+        "console/customers.html", page=page, wanted=wanted, choices=choices,
         args=request.args,
         csv_url=url_for("console.customers_csv", **kept),
         first_url=url_for("console.customers_page", **kept) if int(after) else None,
@@ -317,8 +316,9 @@ def customer_page(customer_id: int) -> str:
         return render_template("console/customer.html", r=record)
 
 
-def _choices() -> dict[str, list[tuple[str, str]]]:
-    return {"value_tiers": [(t, tier_label(t, TIER_NAMES)) for t in value_tier_names(_settings())],
+def _choices(session: Session) -> dict[str, list[tuple[str, str]]]:
+    return {"channels": [(state, state) for state in channel_choices(session)] + [(NO_CHANNEL, "（无渠道）")],
+            "value_tiers": [(t, tier_label(t, TIER_NAMES)) for t in value_tier_names(_settings())],
             "rfm_segments": [(code, f"{name}（{code}）") for code, name in SEGMENT_NAMES.items()],
             "stages": [(s, tier_label(s, STAGE_NAMES)) for s in ALL_STAGES],
             "engagement": [(e, tier_label(e, ENGAGEMENT_NAMES)) for e in ENGAGEMENT_STATES],
@@ -348,7 +348,7 @@ def audience_count() -> Response | tuple[Response, int]:
             where = wanted.conditions(s, value_tier_names(_settings()), _settings().tz)
         except AudienceError as exc:
             return jsonify(error=str(exc)), 400
-        tiers_only = audience.only_tiers and not wanted.search and not wanted.opted_out and not wanted.channels
+        tiers_only = audience.only_tiers and not wanted.search and not wanted.opted_out
         rows = list(count_per_value_tier(s, value_tier_names(_settings()), audience if tiers_only else None,
                                          where).items())
     per_tier = [{"code": code, "label": tier_label(code, TIER_NAMES) if code else UNTIERED, "count": n}
@@ -409,7 +409,9 @@ def broadcast_new() -> Any:
         except BroadcastError as exc:
             logger.info("console broadcast refused: %s", exc)
             error, status = str(exc), 400
-    return render_template("console/broadcast_new.html", form=form, choices=_choices(), preview=result,
+    with _db().sessions() as s:
+        choices = _choices(s)
+    return render_template("console/broadcast_new.html", form=form, choices=choices, preview=result,
                            error=error, default_holdout=_settings().broadcasts.holdout_percent,
                            tiers=value_tier_names(_settings()), coupons=_coupon_choices()), status
 
