@@ -289,7 +289,8 @@ def test_csv_export_streams_the_filtered_list_formula_safe(seeded, console):
 def test_the_customer_page_shows_tiers_why_and_history(seeded, console):
     client = signed_in(console, "alice", "viewer")
     page = client.get(f"/console/customers/{seeded[0]}").get_data(as_text=True)
-    assert "高价值（high）" in page and "value tier:" in page and "客户等级" not in page
+    assert "高价值（high）" in page and "价值分层：累计实付" in page and "客户等级" not in page
+    assert "得出「" in page and "截至 " in page and "value tier:" not in page
     assert "value_tier" in page and "2026-11-20" in page
     assert client.get("/console/customers/999999").status_code == 404
 

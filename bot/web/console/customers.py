@@ -28,7 +28,8 @@ from bot.models import (
     TagGroup,
     TierChange,
 )
-from segments.explain import explain
+from bot.outbox.messages import TIER_NAMES
+from segments.explain import explanation, stored_stats
 from segments.export import COLUMNS, SafeCsvWriter, customer_pages
 from segments.policy import TierPolicy
 from segments.predict_view import PredictionView, prediction_view
@@ -147,6 +148,18 @@ class CustomerRecord:
     prediction: PredictionView | None = None
 
 
+WHY_LABELS = {"rfm_segment": "RFM 分群", "value_tier": "价值分层", "stage": "阶段", "engagement": "活跃状态",
+              "activity": "互动活跃度"}  # the R, F and M lines name themselves
+
+
+def why_lines(session: Session, customer: Customer, policy: TierPolicy, as_of: date, tz: ZoneInfo) -> list[str]:
+    """The reasons ``scrm customer show`` gives, in Chinese (as the sidebar shows them), compared with the
+    population the last re-tier used."""
+    why = explanation(session, customer, policy, as_of, tz, stats=stored_stats(session), tier_names=TIER_NAMES).why_zh
+    return [f"截至 {as_of.isoformat()}"] + [f"{WHY_LABELS[key]}：{line}" if key in WHY_LABELS else line
+                                           for key, line in why.items()]
+
+
 def customer_record(session: Session, customer_id: int, policy: TierPolicy, as_of: date, tz: ZoneInfo
                     ) -> CustomerRecord | None:
     customer = session.get(Customer, customer_id)
@@ -164,5 +177,5 @@ def customer_record(session: Session, customer_id: int, policy: TierPolicy, as_o
     interactions = list(session.scalars(select(Interaction).where(Interaction.customer_id == customer_id)
                                         .order_by(Interaction.occurred_at.desc()).limit(HISTORY_LIMIT)))
     return CustomerRecord(customer, session.get(CustomerAggregate, customer_id),
-                          explain(session, customer, policy, as_of, tz), tags, changes, orders, interactions,
+                          why_lines(session, customer, policy, as_of, tz), tags, changes, orders, interactions,
                           prediction_view(session, customer_id))
