@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from bot.cli import main
 from bot.core.db import sqlite_file
 from bot.models import AuditEntry, Base, Customer, CustomerAggregate, CustomerTier, Follow, Interaction, OutboxMessage
-from tests.support import PG_URL, control, secret_for
+from tests.support import PG_URL, control, read, secret_for
 
 NOW = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
 NAME, OTHER = "薛宝钗", "林黛玉"
@@ -161,6 +161,26 @@ def test_forget_twice_changes_nothing_and_sync_and_imports_leave_it_forgotten(sc
     assert tier_statistics(db) == before
     with db.sessions() as s:
         assert s.scalar(select(func.count()).select_from(AuditEntry)) == 1
+
+
+def test_a_repeat_of_an_edit_handled_before_the_forget_leaves_the_contact_forgotten(scrm, wired, sandbox, tmp_path,
+                                                                                   caplog):
+    """Two edits in one second are byte-identical callbacks, so a repeat re-runs the stored one; after a
+    forget its stored text names the anonymous key, and the handler must still see the id WeCom sent."""
+    db = wired.extensions["scrm.db"]
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan", "name": "张三"}]})
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": NAME, "external_userid": FORGET})
+    edit = control(sandbox, "contacts/edit", {"userid": "zhangsan", "external_userid": FORGET, "remark": MOBILE})
+    assert drain(wired) == {"handled": 2}
+    scrm("customer", "forget", FORGET, "--yes")
+    fetches = len(read(sandbox, "calls", path="externalcontact/get"))
+
+    with caplog.at_level(logging.INFO):
+        control(sandbox, f"deliveries/{edit['delivery']['id']}/redeliver", {})
+        assert drain(wired) == {"handled": 1}
+    assert "event about a forgotten customer ignored" in caplog.text
+    assert len(read(sandbox, "calls", path="externalcontact/get")) == fetches
+    assert personal(every_row(db)) == []
 
 
 def test_forget_asks_first_and_says_what_it_cannot_find(scrm, wired, sandbox, tmp_path):
