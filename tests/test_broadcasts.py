@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, literal_column, select, update
 
 from bot.campaigns.audience import Audience, AudienceError
 from bot.campaigns.broadcasts import (
@@ -24,7 +24,7 @@ from bot.campaigns.broadcasts import (
     preview,
     revenue_lift,
 )
-from bot.models import Broadcast, Coupon, Customer, CustomerTier, Order, OutboxMessage, Staff
+from bot.models import Broadcast, Coupon, Customer, CustomerTier, Follow, Order, OutboxMessage, Staff
 from bot.outbox.mass import submit_mass_messages
 from bot.outbox.policy import ContactPolicy
 from bot.tagging.rules import TagRules
@@ -395,3 +395,59 @@ def test_scrm_broadcast_create_refuses_a_past_time_and_done_shows_no_next_run(ap
     for name in ("上新", "演示"):
         [row] = [line.split() for line in listed if name in line]
         assert row[2] == "done" and row[4] == "-", row  # status, schedule, next run
+
+
+def _a_mixed_customer_base(db, rng) -> list[int]:
+    """Every state a push may meet: opted out, no tier, an owner who never followed or stopped
+    following, a follow by someone else only, pushes today / this week / by mass message, tags."""
+    ids = seed_audience(db, {"high": 25, "mid": 25, "low": 30, "important_retain": 5})
+    ids += seed_audience(db, {"high": 10, "low": 10}, owner="lisi", start=200)
+    with db.begin() as s:
+        s.execute(update(CustomerTier).where(CustomerTier.customer_id.in_(ids[:70:7])).values(
+            rfm_segment="important_retain"))
+        s.execute(delete(CustomerTier).where(CustomerTier.customer_id.in_(ids[3:90:11])))  # not tiered yet
+        lisi = s.scalar(select(Staff.id).where(Staff.userid == "lisi"))
+        for cid in ids:
+            roll = rng.random()
+            customer = s.get(Customer, cid)
+            if roll < 0.08:
+                customer.opted_out = True
+            elif roll < 0.14:
+                customer.owner_userid = "nobody"
+            elif roll < 0.18:
+                customer.owner_userid = None
+            elif roll < 0.24:
+                s.execute(update(Follow).where(Follow.customer_id == cid).values(ended_at=MORNING - timedelta(days=1)))
+            elif roll < 0.28:
+                s.execute(update(Follow).where(Follow.customer_id == cid).values(staff_id=lisi))
+            for n in range(rng.choice([0, 0, 0, 1, 2, 5])):
+                s.add(OutboxMessage(dedupe_key=f"earlier:{cid}:{n}", channel=rng.choice(["mass_message", "kf"]),
+                                    customer_id=cid, recipient="x", trigger_kind="greeting", trigger_ref="g",
+                                    content={"text": "t"}, status=rng.choice(["confirmed", "sent", "failed"]),
+                                    scheduled_at=MORNING - timedelta(hours=rng.choice([1, 30, 24 * 5, 24 * 20]))))
+    return ids
+
+
+@pytest.mark.parametrize("audience, coupon", [
+    ({}, None), ({"value_tiers": ["high", "low"]}, None), ({"value_tiers": ["high", "mid"]}, "VIP"),
+    ({}, "VIP"), ({"owners": ["lisi", "nobody"]}, None), ({"rfm_segments": ["important_retain"]}, "VIP")])
+def test_the_preview_counts_what_a_run_plans(app, db, audience, coupon):
+    """The preview asks only the customers a push could skip; a run asks everyone. Same numbers."""
+    import random
+
+    settings = settings_of(app)
+    _a_mixed_customer_base(db, random.Random(len(str(audience)) * 31 + bool(coupon)))
+    templates = {"default": "{{ customer.name }}：{{ coupon.title }} {{ coupon.code }}"} if coupon else TEMPLATES
+    the_spec = spec(audience=audience, coupon=coupon, holdout_percent=0, templates=templates)
+    with db.sessions() as s:
+        p = preview(s, settings, the_spec)
+    with db.begin() as s:
+        broadcast = create_broadcast(s, settings, the_spec, now=MORNING - timedelta(minutes=1))
+        run = plan_run(s, settings, broadcast, MORNING, now=MORNING).run
+        tier = func.coalesce(CustomerTier.value_tier, literal_column("'none'")).label("tier")
+        planned = Counter(dict(s.execute(select(tier, func.count()).select_from(OutboxMessage).outerjoin(
+            CustomerTier, CustomerTier.customer_id == OutboxMessage.customer_id)
+            .where(OutboxMessage.trigger_ref == f"broadcast_run:{run.id}").group_by(tier)).all()))
+    assert p.skipped and p.skipped == Counter(run.skipped)
+    assert p.to_send == run.to_send and p.audience == sum(planned.values())
+    assert p.per_tier == dict(planned)

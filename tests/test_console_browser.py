@@ -158,7 +158,7 @@ def test_an_operator_builds_previews_schedules_and_measures_a_tiered_broadcast(a
     page.click("button:has-text('筛选')")
     page.screenshot(path=str(tmp_path / "console-customers.png"), full_page=True)
     page.click("a:has-text('客户4')")
-    assert "客户等级/VIP" in page.inner_text("main") and "value tier:" in page.inner_text("main")
+    assert "客户等级/VIP" in page.inner_text("main") and "价值分层：" in page.inner_text("main")
     page.screenshot(path=str(tmp_path / "console-customer.png"), full_page=True)
     page.click("nav a:has-text('操作日志')")
     assert "broadcast.create" in page.inner_text("main")

@@ -245,16 +245,19 @@ def _tag_ids(session: Session, text: str) -> list[int]:
 
 
 def count_per_value_tier(session: Session, tier_names: Sequence[str], audience: Audience | None = None,
-                         where: Sequence[ColumnElement[bool]] = ()) -> dict[str, int]:
+                         where: Sequence[ColumnElement[bool]] = (),
+                         extra: Sequence[ColumnElement[bool]] = ()) -> dict[str, int]:
     """Customers per value tier ("" for no tier) — the builder's live count.
 
     With ``audience`` (tier keys only) on the tier table alone, without a join; otherwise customers
     outer-joined to their tiers under ``where`` (conditions on customers). Counted as one filtered count
     per configured tier in a single pass rather than grouped: SQLite groups by sorting every row (1M
-    customers: 0.2 s → 0.09 s on an idle machine); values outside ``tier_names`` are then grouped apart."""
+    customers: 0.2 s → 0.09 s on an idle machine); values outside ``tier_names`` are then grouped apart.
+    ``extra``: conditions on the tier row besides (customers without one are then not counted on the tier
+    table alone: the caller knows whether they match)."""
     tier = CustomerTier.value_tier
     tiers_only = audience is not None
-    conditions = audience.tier_conditions() if audience is not None else list(where)
+    conditions = [*(audience.tier_conditions() if audience is not None else where), *extra]
     source: Any = CustomerTier if tiers_only else \
         Customer.__table__.outerjoin(CustomerTier.__table__, CustomerTier.customer_id == Customer.id)
     names = list(dict.fromkeys(tier_names))

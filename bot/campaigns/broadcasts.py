@@ -31,17 +31,20 @@ from sqlalchemy import (
     case,
     cast,
     exists,
+    false,
     func,
     insert,
     literal,
     or_,
     select,
+    true,
+    union,
     update,
 )
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.campaigns.audience import Audience
+from bot.campaigns.audience import Audience, count_per_value_tier
 from bot.campaigns.coupons import CouponBook, coupon_vars, issue
 from bot.campaigns.push import NO_SENDER
 from bot.campaigns.rules import cron_trigger, value_tier_names
@@ -273,7 +276,9 @@ def run_ref(run_id: int) -> str:
 
 
 def _skip_reason(settings: Settings, policy: ContactPolicy, at: datetime, coupon_tiers: tuple[str, ...],
-                 per_customer: bool = False, live_owner: ColumnElement[bool] | None = None) -> ColumnElement[Any]:
+                 per_customer: bool = False, live_owner: ColumnElement[bool] | None = None,
+                 push_counts: Any = None, opted_out: ColumnElement[bool] | None = None,
+                 key: ColumnElement[Any] | None = None) -> ColumnElement[Any]:
     """The first reason (or NULL) a customer must not get this push at ``at`` — one CASE over
     the customer row and indexed subqueries, evaluated inside the planning INSERT.
 
@@ -281,39 +286,79 @@ def _skip_reason(settings: Settings, policy: ContactPolicy, at: datetime, coupon
     ``per_customer``, each customer's own pushes counted through the (customer_id, created_at) index:
     the same answer, cheaper for a statement that looks at a few customers only (the preview's samples).
     ``live_owner``: whether the owner follows the customer, when the statement joins that (``_with_owner``)
-    instead of asking a subquery per customer."""
+    instead of asking a subquery per customer. ``push_counts``: the customers over a cap with their
+    counted pushes per cap (``_pushes_per_cap``, a CTE of the statement), instead of grouping them per
+    cap; ``key`` is then the customer id the statement has (default ``customers.id``). ``opted_out``:
+    the condition that the customer opted out, when the statement does not read the customer row."""
     if live_owner is None:
         live_owner = exists().where(Follow.customer_id == Customer.id, Follow.ended_at.is_(None),
                                     Follow.staff_id == Staff.id, Staff.userid == Customer.owner_userid)
-    whens: list[tuple[ColumnElement[bool], str]] = [(Customer.opted_out.is_(True), OPTED_OUT)]
+    opted_out = Customer.opted_out.is_(True) if opted_out is None else opted_out
+    whens: list[tuple[ColumnElement[bool], str]] = [(opted_out, OPTED_OUT)]
     if coupon_tiers:
-        allowed = or_(CustomerTier.value_tier.in_(coupon_tiers), CustomerTier.rfm_segment.in_(coupon_tiers))
-        whens.append((~func.coalesce(allowed, False), f"the coupon is only for {list(coupon_tiers)}"))
+        whens.append((_coupon_blocked(coupon_tiers), _coupon_reason(coupon_tiers)))
     whens.append((~live_owner, NO_SENDER))
-    day_start = datetime.combine(at.astimezone(policy.tz).date(), datetime.min.time(), tzinfo=policy.tz)
-    caps = [(day_start, policy.daily_cap, None, f"brand cap: {policy.daily_cap} push(es) per day reached"),
-            (at - timedelta(days=7), policy.weekly_cap, None,
-             f"brand cap: {policy.weekly_cap} pushes per 7 days reached")]
-    period_start, allowed_mass = policy.mass_period(at)
-    caps.append((period_start, allowed_mass, "mass_message",
-                 f"WeCom mass-message cap ({policy.mass_rule}: {allowed_mass} per period) reached"))
-    for since, cap, channel, reason in caps:
-        if per_customer:
+    for n, (since, cap, channel, reason) in enumerate(_caps(policy, at)):
+        if push_counts is not None:
+            over = select(push_counts.c.customer_id).where(push_counts.c[f"cap_{n}"] >= max(cap, 1))
+            whens.append(((Customer.id if key is None else key).in_(over), reason))
+        elif per_customer:
             own = [OutboxMessage.customer_id == Customer.id, OutboxMessage.trigger_kind.in_(PUSH_TRIGGERS),
                    OutboxMessage.status.in_(COUNTED_STATUSES), OutboxMessage.scheduled_at >= since]
             if channel:
                 own.append(OutboxMessage.channel == channel)
             pushes = select(func.count()).select_from(OutboxMessage).where(*own).scalar_subquery()
             whens.append((pushes >= cap, reason))
-            continue
-        counted = (select(OutboxMessage.customer_id)
-                   .where(OutboxMessage.trigger_kind.in_(PUSH_TRIGGERS), OutboxMessage.status.in_(COUNTED_STATUSES),
-                          OutboxMessage.scheduled_at >= since)
-                   .group_by(OutboxMessage.customer_id).having(func.count() >= cap))
-        if channel:
-            counted = counted.where(OutboxMessage.channel == channel)
-        whens.append((Customer.id.in_(counted), reason))
+        else:
+            whens.append((Customer.id.in_(_over_cap(since, cap, channel)), reason))
     return case(*whens, else_=None)
+
+
+def _coupon_blocked(coupon_tiers: tuple[str, ...]) -> ColumnElement[bool]:
+    """The customer's tiers (joined) are not among those the coupon is for (no tier row: not either)."""
+    allowed = or_(CustomerTier.value_tier.in_(coupon_tiers), CustomerTier.rfm_segment.in_(coupon_tiers))
+    return ~func.coalesce(allowed, False)
+
+
+def _coupon_reason(coupon_tiers: tuple[str, ...]) -> str:
+    return f"the coupon is only for {list(coupon_tiers)}"
+
+
+def _caps(policy: ContactPolicy, at: datetime) -> list[tuple[datetime, int, str | None, str]]:
+    """The contact caps at ``at``: (counted since, cap, channel or None for every channel, skip reason)."""
+    day_start = datetime.combine(at.astimezone(policy.tz).date(), datetime.min.time(), tzinfo=policy.tz)
+    period_start, allowed_mass = policy.mass_period(at)
+    return [(day_start, policy.daily_cap, None, f"brand cap: {policy.daily_cap} push(es) per day reached"),
+            (at - timedelta(days=7), policy.weekly_cap, None,
+             f"brand cap: {policy.weekly_cap} pushes per 7 days reached"),
+            (period_start, allowed_mass, "mass_message",
+             f"WeCom mass-message cap ({policy.mass_rule}: {allowed_mass} per period) reached")]
+
+
+def _pushes_per_cap(policy: ContactPolicy, at: datetime) -> Any:
+    """Per customer over any cap at ``at``, their counted pushes within each cap's window (``cap_0``…),
+    in one pass over the pushes of the longest window. As ``_over_cap``, a customer without a push in a
+    window is never over its cap."""
+    caps = _caps(policy, at)
+    within = [and_(OutboxMessage.scheduled_at >= since, *([OutboxMessage.channel == channel] if channel else []))
+              for since, _, channel, _ in caps]
+    counts = [func.count().filter(condition) for condition in within]
+    return (select(OutboxMessage.customer_id.label("customer_id"),
+                   *(count.label(f"cap_{n}") for n, count in enumerate(counts)))
+            .where(OutboxMessage.trigger_kind.in_(PUSH_TRIGGERS), OutboxMessage.status.in_(COUNTED_STATUSES),
+                   OutboxMessage.scheduled_at >= min(since for since, _, _, _ in caps))
+            .group_by(OutboxMessage.customer_id)
+            .having(or_(*(count >= max(cap, 1) for count, (_, cap, _, _) in zip(counts, caps, strict=True))))
+            .cte("pushes_per_cap"))  # one grouping, read twice (the suspects, their counts)
+
+
+def _over_cap(since: datetime, cap: int, channel: str | None) -> Any:
+    """The customers with ``cap`` or more counted pushes since ``since`` (on ``channel``, if given)."""
+    counted = (select(OutboxMessage.customer_id)
+               .where(OutboxMessage.trigger_kind.in_(PUSH_TRIGGERS), OutboxMessage.status.in_(COUNTED_STATUSES),
+                      OutboxMessage.scheduled_at >= since)
+               .group_by(OutboxMessage.customer_id).having(func.count() >= cap))
+    return counted.where(OutboxMessage.channel == channel) if channel else counted
 
 
 # ---------------------------------------------------------------- preview
@@ -341,23 +386,10 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
     book = CouponBook.from_settings(settings)
     coupon_def = book.get(spec.coupon) if spec.coupon else None
     where = audience.conditions(session, settings.tz, tiers_joined=True)  # every query below joins the tiers
-    tiered = _tiered(inner=bool(audience.tier_conditions()))
-    with_owner, live_owner = _with_owner(tiered)
-    reason = _skip_reason(settings, policy, send_after, coupon_def.tiers if coupon_def else (), live_owner=live_owner)
-    each = (select(func.coalesce(CustomerTier.value_tier, "").label("tier"), reason.label("reason"))
-            .select_from(with_owner).where(*where).subquery())
-    rows = select(each.c.tier, each.c.reason, func.count()).group_by(each.c.tier, each.c.reason)
+    coupon_tiers = coupon_def.tiers if coupon_def else ()
     result = Preview(send_after=send_after, deferred=send_after != at)
-    eligible: Counter[str] = Counter()
-    sendable_tiers: set[str] = set()
-    for tier, why, count in session.execute(rows):
-        result.audience += count
-        result.per_tier[tier or "none"] = result.per_tier.get(tier or "none", 0) + count
-        if why:
-            result.skipped[why] += count
-        else:
-            eligible[tier or "none"] += count
-            sendable_tiers.add(tier)
+    eligible = _preview_counts(session, settings, audience, where, policy, send_after, coupon_tiers, result)
+    sendable_tiers = {"" if tier == "none" else tier for tier, n in eligible.items() if n}
     percent = settings.broadcasts.holdout_percent if spec.holdout_percent is None else spec.holdout_percent
     # The plan draws round(n × percent) of each tier's audience, then skips the blocked among them:
     # expected hold-out = the draw × the tier's sendable share.
@@ -366,8 +398,8 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
     result.to_send = sum(eligible.values()) - sum(result.held_out.values())
     # The first sendable customers of each tier in key order: each query walks customers in id order
     # and stops once it has them, so their caps are counted per customer rather than grouped for everyone.
-    first_reason = _skip_reason(settings, policy, send_after, coupon_def.tiers if coupon_def else (),
-                                per_customer=True)
+    first_reason = _skip_reason(settings, policy, send_after, coupon_tiers, per_customer=True)
+    tiered = _tiered(inner=bool(audience.tier_conditions()))
     # The reason is asked inside a CASE on the tier, so that customers of other tiers walked past cost a
     # tier lookup only (SQLite would otherwise test a condition on customers alone before the join).
     sample_ids = [customer_id for tier in sorted(sendable_tiers) for customer_id in session.scalars(
@@ -386,6 +418,66 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
         result.samples.setdefault(customer.value_tier or "none", []).append(
             {"customer": customer.external_userid, "template": key, "text": text})
     return result
+
+
+def _preview_counts(session: Session, settings: Settings, audience: Audience, where: list[ColumnElement[bool]],
+                    policy: ContactPolicy, at: datetime, coupon_tiers: tuple[str, ...], result: Preview
+                    ) -> Counter[str]:
+    """Fill ``result``'s audience, per-tier counts and skip reasons; return the sendable per tier.
+
+    Everyone is counted per tier on the tier table (as the builder's live count); the skip reasons are
+    asked only of the few customers a push could skip for another reason than the coupon: the opted
+    out and those whose owner no longer follows them (two partial indexes, kept by the database), and
+    those over a cap (grouped from the recent pushes). The rest of the audience is sendable, unless
+    the coupon is not for their tiers: that is counted per tier on the tier table too. The same
+    numbers as asking every customer (the planning INSERT's CASE), at a fraction of the lookups."""
+    names = value_tier_names(settings)
+    tiers_only = audience.only_tiers
+    totals = count_per_value_tier(session, names, audience if tiers_only else None, where)
+    blocked: dict[str, int] = {}
+    if coupon_tiers:
+        blocked = count_per_value_tier(session, names, audience if tiers_only else None, where,
+                                       extra=[_coupon_blocked(coupon_tiers)])
+        blocked[""] = totals.get("", 0)  # no tier row: the coupon is not for them either
+    pushes = _pushes_per_cap(policy, at)
+    opted = select(Customer.id.label("id")).where(Customer.opted_out == true()).cte("opted_out_ids")
+    unfollowed = select(Customer.id.label("id")).where(Customer.owner_follows == false()).cte("unfollowed_ids")
+    suspects = union(select(opted.c.id), select(unfollowed.c.id), select(pushes.c.customer_id)).subquery()
+    # Whether the owner follows them as the database keeps it (migration 0019), where a run's planning
+    # INSERT joins the follow itself: test_the_preview_counts_what_a_run_plans holds the two equal.
+    if audience.only_tiers:  # the partial indexes say what the customer rows would: they are not read
+        source: Any = suspects
+        flags = {"opted_out": suspects.c.id.in_(select(opted.c.id)),
+                 "live_owner": suspects.c.id.not_in(select(unfollowed.c.id))}
+    else:
+        source = suspects.join(Customer.__table__, Customer.id == suspects.c.id)
+        flags = {"opted_out": Customer.opted_out.is_(True), "live_owner": Customer.owner_follows.is_(True)}
+    source = (source.join if audience.tier_conditions() else source.outerjoin)(
+        CustomerTier.__table__, CustomerTier.customer_id == suspects.c.id)
+    reason = _skip_reason(settings, policy, at, coupon_tiers, push_counts=pushes, key=suspects.c.id, **flags)
+    each = (select(func.coalesce(CustomerTier.value_tier, "").label("tier"), reason.label("reason"),
+                   (_coupon_blocked(coupon_tiers) if coupon_tiers else literal(False)).label("blocked"))
+            .select_from(source).where(*where).subquery())
+    skipped_per_tier: Counter[str] = Counter()
+    for tier, why, is_blocked, count in session.execute(
+            select(each.c.tier, each.c.reason, each.c.blocked, func.count())
+            .group_by(each.c.tier, each.c.reason, each.c.blocked)):
+        if why:
+            result.skipped[why] += count
+            skipped_per_tier[tier] += count
+        if is_blocked:
+            blocked[tier] = blocked.get(tier, 0) - count  # left: the blocked whom no other reason skips first
+    for tier, n in blocked.items():
+        if n > 0:
+            result.skipped[_coupon_reason(coupon_tiers)] += n
+            skipped_per_tier[tier] += n
+    eligible: Counter[str] = Counter()
+    for tier, n in totals.items():
+        result.audience += n
+        result.per_tier[tier or "none"] = n
+        if n > skipped_per_tier[tier]:
+            eligible[tier or "none"] = n - skipped_per_tier[tier]
+    return eligible
 
 
 def holdout_size(eligible: int, percent: int) -> int:

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, select, text
+from sqlalchemy import (
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    select,
+    text,
+)
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -51,6 +63,10 @@ class Customer(Base):
     __tablename__ = "customers"
     __table_args__ = (
         Index("ix_customers_owner_userid", "owner_userid"),
+        # The few customers a push may skip, found without reading everyone (a broadcast preview).
+        Index("ix_customers_opted_out", "id", sqlite_where=text("opted_out = 1"), postgresql_where=text("opted_out")),
+        Index("ix_customers_no_owner_follow", "id", sqlite_where=text("owner_follows = 0"),
+              postgresql_where=text("NOT owner_follows")),
         {"postgresql_with": {"fillfactor": 70}},  # migration 0006 (tiers were kept here then)
     )
 
@@ -66,6 +82,9 @@ class Customer(Base):
     owner_userid: Mapped[str | None] = mapped_column(String(64))
     opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
     opted_out_at: Mapped[datetime | None]
+    # Whether the owner (owner_userid) has a live follow of this customer: the one way a push reaches them.
+    # Kept by database triggers (migration 0019) on every write of follows, owners and staff; read-only here.
+    owner_follows: Mapped[bool] = mapped_column(Boolean, server_default=false(), nullable=False)
     last_interaction_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
