@@ -281,3 +281,21 @@ def test_default_store_timeout_answers_before_wecom_gives_up():
     from bot.core.config import WebhookSettings
 
     assert WebhookSettings().store_timeout_seconds <= 3.0
+
+
+def test_the_hot_insert_reuses_its_connections_and_gives_them_up_on_dispose(app):
+    """The webhook's insert keeps its connections between callbacks (a pool checkout cost a third of it);
+    an error that is not a lost connection keeps the connection too, and dispose closes them all."""
+    db = app.extensions["scrm.db"]
+    with db.raw_statement(2.0) as first:
+        pass
+    with db.raw_statement(2.0) as again:
+        assert again is first
+    with pytest.raises(Exception, match="syntax"):
+        with db.raw_statement(2.0) as failing:
+            cursor = failing.cursor()
+            cursor.execute("SELEC 1")
+    with db.raw_statement(2.0) as after:
+        assert after is first and after.dbapi_connection is not None
+    db.dispose()
+    assert first.dbapi_connection is None  # checked in and closed with the engines

@@ -62,12 +62,13 @@ def receive() -> Response:
         # answer before WeCom's ~5 s limit; its retry stores the event.
         logger.warning("callback not stored, answered 503 for WeCom to retry: %s", _db_reason(exc))
         return Response("inbox busy; retry", status=503, mimetype="text/plain")
-    logger.info(
-        "callback %s stored as inbox event %d%s",
-        "/".join(str(fields.get(k)) for k in ("MsgType", "Event", "ChangeType") if fields.get(k)),
-        result.event_id,
-        " (duplicate delivery)" if result.duplicate else "",
-    )
+    # Every callback is a row in the inbox (`scrm inbox`); a line for each would cost the busy hot path
+    # more than its insert, so only repeats are logged at INFO.
+    level = logging.INFO if result.duplicate else logging.DEBUG
+    if logger.isEnabledFor(level):
+        logger.log(level, "callback %s stored as inbox event %d%s",
+                   "/".join(str(fields.get(k)) for k in ("MsgType", "Event", "ChangeType") if fields.get(k)),
+                   result.event_id, " (duplicate delivery)" if result.duplicate else "")
     if not result.duplicate or result.requeued:
         _hand_over(result.event_id)
     return Response("", status=200, mimetype="text/plain")
