@@ -232,3 +232,23 @@ def test_the_customer_page_shows_churn_risk_and_predicted_value_in_the_browser(a
     assert "流失风险\t高: P(alive) 0.18" in table and "¥143.00（365 天，按年 10% 折现）" in table
     page.screenshot(path=str(tmp_path / "console-customer-prediction.png"), full_page=True)
     assert page.problems == []
+
+
+def test_an_admin_adds_an_operator_and_disables_them_on_the_accounts_page(app, served, page, tmp_path):
+    add_user(app.extensions["scrm.db"], "root", "admin")
+    page.goto(f"{served}/console/login")
+    page.fill("input[name=name]", "root")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.click("nav a:has-text('账号')")
+    page.fill("form[action$='/users/add'] input[name=name]", "新同事")
+    page.select_option("form[action$='/users/add'] select[name=role]", "viewer")
+    page.fill("form[action$='/users/add'] input[name=password]", "a long enough secret")
+    page.click("form[action$='/users/add'] button")
+    assert "已添加 新同事（只读）" in page.inner_text("main")
+    row = page.locator("table.users tr", has_text="新同事")
+    row.locator("select[name=active]").select_option("0")
+    row.locator("button:has-text('保存')").click()
+    assert "已停用" in page.locator("table.users tr", has_text="新同事").inner_text()
+    page.screenshot(path=str(tmp_path / "console-users.png"), full_page=True)
+    assert page.problems == []

@@ -55,3 +55,32 @@ def list_users(cli: CliContext) -> None:
                 for o in session.scalars(select(Operator).order_by(Operator.id))]
     click.echo(render_table(["name", "role", zoned("created", tz), zoned("last sign-in", tz), "state"], rows)
                if rows else "no operators")
+
+
+@user_group.command("set")
+@click.argument("name")
+@click.option("--role", type=click.Choice(OPERATOR_ROLES), help="A new role.")
+@click.option("--enable/--disable", "active", default=None,
+              help="Let the operator sign in again, or not (their sessions end at once).")
+@click.option("--password-stdin", is_flag=True, help="A new password from the first line of stdin (sessions end).")
+@click.option("--new-password", "prompt_password", is_flag=True, help="Prompt for a new password (twice).")
+@pass_cli
+def set_user(cli: CliContext, name: str, role: str | None, active: bool | None, password_stdin: bool,
+             prompt_password: bool) -> None:
+    """Change an operator's role, state or password. The last active admin stays an active admin."""
+    from bot.web.console.accounts import AccountError, change_operator
+
+    if role is None and active is None and not password_stdin and not prompt_password:
+        raise click.UsageError("nothing to change: give --role, --enable/--disable, --new-password or --password-stdin")
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif prompt_password:
+        password = click.prompt("new password", hide_input=True, confirmation_prompt=True)
+    try:
+        with cli.db().begin() as session:
+            operator = change_operator(session, name, actor="cli", role=role, active=active, password=password)
+            summary = f"{operator.name!r}: {operator.role}, {'active' if operator.active else 'disabled'}"
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"operator {summary}{'; password changed' if password is not None else ''}")

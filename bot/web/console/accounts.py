@@ -6,6 +6,7 @@ while the operator can still sign in from elsewhere."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -58,6 +59,41 @@ def add_operator(session: Session, name: str, role: str, password: str, actor: s
     return operator
 
 
+def change_operator(session: Session, name: str, actor: str, *, role: str | None = None, active: bool | None = None,
+                    password: str | None = None, ip: str | None = None, at: datetime | None = None) -> Operator:
+    """Change an operator's role, state or password (the console's 账号 page, `scrm user set`). Nobody
+    changes their own role or state (ask another admin), and the last active admin stays one, so the
+    console always has someone who can manage it. A new password ends that operator's sessions."""
+    operator = session.scalar(select(Operator).where(Operator.name == name.strip()))
+    if operator is None:
+        raise AccountError(f"no operator named {name.strip()!r}")
+    if role is not None and role not in OPERATOR_ROLES:
+        raise AccountError(f"role must be one of {list(OPERATOR_ROLES)}")
+    new_role = operator.role if role is None else role
+    new_active = operator.active if active is None else active
+    if (new_role, new_active) != (operator.role, operator.active):
+        if operator.name == actor:
+            raise AccountError("you cannot change your own role or state; ask another admin")
+        if operator.role == "admin" and operator.active and (new_role != "admin" or not new_active) \
+                and _active_admins(session) <= 1:
+            raise AccountError(f"{operator.name!r} is the last active admin; make another admin first")
+    before = {"role": operator.role, "active": operator.active}
+    operator.role, operator.active = new_role, new_active
+    after: dict[str, Any] = {"role": operator.role, "active": operator.active}
+    if password is not None:
+        check_new_password(password)
+        operator.password_hash = generate_password_hash(password)
+        after["password"] = "changed"  # never the password or its hash
+    if after != before:
+        record(session, actor, "user.change", f"operator:{operator.name}", before, after, ip, at=at)
+    return operator
+
+
+def _active_admins(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Operator).where(
+        Operator.role == "admin", Operator.active.is_(True))) or 0
+
+
 def sign_in(session: Session, name: str, password: str, ip: str, now: datetime) -> SignIn:
     """The operator if name and password match and the pair (name, ip) is not throttled. A failure is
     recorded; a success clears that pair's failures."""
@@ -76,6 +112,11 @@ def sign_in(session: Session, name: str, password: str, ip: str, now: datetime) 
     session.execute(delete(LoginFailure).where(LoginFailure.name == name, LoginFailure.ip == ip))
     operator.last_login_at = now
     return SignIn(operator)
+
+
+def password_mark(operator: Operator) -> str:
+    """Kept in the session cookie; changes when the password does and tells its reader nothing about the hash."""
+    return hashlib.sha256(operator.password_hash.encode("utf-8")).hexdigest()[:16]
 
 
 def same_token(given: str | None, expected: str | None) -> bool:

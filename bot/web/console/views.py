@@ -4,7 +4,6 @@ a signed-in operator on every page but sign-in (else to the sign-in page), and n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
@@ -61,7 +60,7 @@ from bot.models import (
 from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
 from bot.tagging.rules import TagRules
 from bot.tagging.system import check_tags, merge_tags
-from bot.web.console import accounts, handover
+from bot.web.console import accounts, handover, users
 from bot.web.console.customers import (
     CustomerFilter,
     channel_choices,
@@ -85,6 +84,7 @@ from segments.rfm import SEGMENT_NAMES
 logger = logging.getLogger(__name__)
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates", static_folder="static")
 handover.register(bp)  # 渠道 and 交接 pages
+users.register(bp)  # 账号 page
 PUBLIC_ENDPOINTS = {"console.login", "console.static"}
 ANY_ROLE_POSTS = {"console.logout"}  # a viewer may still sign out
 AUDIT_PAGE = 100
@@ -170,14 +170,9 @@ def _signed_in() -> Operator | None:
         return None
     with _db().sessions() as s:
         operator = s.get(Operator, operator_id)
-    if operator is None or not operator.active or session.get("pw") != _password_mark(operator):
+    if operator is None or not operator.active or session.get("pw") != accounts.password_mark(operator):
         return None  # deleted, disabled or its password changed since this session began
     return operator
-
-
-def _password_mark(operator: Operator) -> str:
-    """Changes when the password does; tells the cookie's reader nothing about the hash."""
-    return hashlib.sha256(operator.password_hash.encode("utf-8")).hexdigest()[:16]
 
 
 @bp.after_request
@@ -224,7 +219,7 @@ def login() -> Any:
         with _db().begin() as s:
             result = accounts.sign_in(s, name, password, _ip(), _now())
             if result.operator is not None:
-                operator_id, pw = result.operator.id, _password_mark(result.operator)
+                operator_id, pw = result.operator.id, accounts.password_mark(result.operator)
                 accounts.record(s, result.operator.name, "login", f"operator:{result.operator.name}", None, None,
                                 _ip(), at=_now())
         if result.operator is not None:

@@ -1,0 +1,84 @@
+"""The 账号 page: admins list, add and change the console's operators (role, enabled, password). Each change
+goes through bot.web.console.accounts (the same rules as `scrm user`) and into the audit log; anyone else
+gets a 403. :func:`register` puts the routes on the console blueprint, so its guard (sign-in, CSRF) applies."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from sqlalchemy import select
+
+from bot.models import OPERATOR_ROLES, Operator
+from bot.web.console import accounts
+
+logger = logging.getLogger(__name__)
+ROLE_NAMES = {"admin": "管理员", "operator": "运营", "viewer": "只读"}
+
+
+def register(bp: Blueprint) -> None:
+    bp.add_url_rule("/users", view_func=users_page, methods=["GET"])
+    bp.add_url_rule("/users/add", view_func=users_add, methods=["POST"])
+    bp.add_url_rule("/users/<name>/change", view_func=users_change, methods=["POST"])
+
+
+def _admin_only() -> None:
+    if g.operator.role != "admin":
+        logger.info("console %s %s refused (403): not an admin", request.method, request.path)
+        abort(403, "only admins manage accounts")
+
+
+def users_page() -> str:
+    _admin_only()
+    with current_app.extensions["scrm.db"].sessions() as s:
+        operators = list(s.scalars(select(Operator).order_by(Operator.id)))
+    return render_template("console/users.html", operators=operators, roles=OPERATOR_ROLES, role_names=ROLE_NAMES,
+                           min_length=accounts.MIN_PASSWORD_LENGTH)
+
+
+def users_add() -> Response:
+    _admin_only()
+    name, role, password = _field("name", 64), _field("role", 16), request.form.get("password", "")
+    try:
+        with current_app.extensions["scrm.db"].begin() as s:
+            accounts.add_operator(s, name, role, password, actor=g.operator.name, ip=request.remote_addr)
+    except accounts.AccountError as exc:
+        flash(f"未添加：{exc}")
+        return redirect(url_for("console.users_page"))
+    flash(f"已添加 {name.strip()}（{ROLE_NAMES.get(role, role)}）")
+    return redirect(url_for("console.users_page"))
+
+
+def users_change(name: str) -> Response:
+    _admin_only()
+    role = _field("role", 16) or None
+    active = {"1": True, "0": False}.get(request.form.get("active", ""))
+    password = request.form.get("password") or None
+    try:
+        with current_app.extensions["scrm.db"].begin() as s:
+            operator = accounts.change_operator(s, name, g.operator.name, role=role, active=active, password=password,
+                                                ip=request.remote_addr, at=current_app.extensions["scrm.clock"]())
+            if password is not None and operator.id == g.operator.id:
+                session["pw"] = accounts.password_mark(operator)  # a new own password keeps this session
+    except accounts.AccountError as exc:
+        flash(f"未修改：{exc}")
+        return redirect(url_for("console.users_page"))
+    others_password = password is not None and name != g.operator.name
+    flash(f"已修改 {name}" + ("（密码已重设，其原有登录已失效）" if others_password else ""))
+    return redirect(url_for("console.users_page"))
+
+
+def _field(key: str, limit: int) -> str:
+    return (request.form.get(key) or "").strip()[:limit]

@@ -1,0 +1,129 @@
+"""The console's 账号 page and `scrm user set`: admins add operators and change their role, state and
+password; nobody else can; the console never loses its last admin; every change is audited and a
+disabled operator or a reset password ends that operator's sessions at once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from bot.cli import main
+from bot.models import AuditEntry, Operator
+from tests.campaign_data import MORNING
+from tests.console_support import PASSWORD, add_user, csrf, sign_in, signed_in
+
+NEW_PASSWORD = "another long secret"
+
+
+@pytest.fixture
+def console(app):
+    app.extensions["scrm.clock"] = lambda: MORNING - timedelta(days=1)
+    return app
+
+
+def operator(db, name):
+    with db.sessions() as s:
+        return s.scalar(select(Operator).where(Operator.name == name))
+
+
+def post(client, path, **form):
+    return client.post(f"/console{path}", data={**form, "csrf_token": csrf(client)})
+
+
+def test_an_admin_adds_an_operator_and_changes_role_state_and_password(console, db):
+    admin = signed_in(console, "root", "admin")
+    page = admin.get("/console/users").get_data(as_text=True)
+    assert "添加账号" in page and "root" in page and "账号</a>" in page
+    response = post(admin, "/users/add", name="alice", role="operator", password=PASSWORD)
+    assert response.status_code == 302 and operator(db, "alice").role == "operator"
+    alice = console.test_client()
+    assert sign_in(alice, "alice").status_code == 302
+    assert alice.get("/console/users").status_code == 403  # operators do not manage accounts
+
+    post(admin, "/users/alice/change", role="viewer", active="1")
+    assert operator(db, "alice").role == "viewer"
+    assert alice.get("/console/").status_code == 200  # a role change keeps the session; the role applies
+    post(admin, "/users/alice/change", active="0")
+    assert not operator(db, "alice").active
+    assert alice.get("/console/").status_code == 302  # disabled: signed out at once
+    post(admin, "/users/alice/change", active="1", password=NEW_PASSWORD)
+    assert sign_in(console.test_client(), "alice").status_code == 401  # the old password no longer works
+    assert sign_in(console.test_client(), "alice", NEW_PASSWORD).status_code == 302
+
+    with db.sessions() as s:
+        changes = [(e.actor, e.target, e.before, e.after) for e in s.scalars(
+            select(AuditEntry).where(AuditEntry.action == "user.change").order_by(AuditEntry.id))]
+    assert changes == [
+        ("root", "operator:alice", {"role": "operator", "active": True}, {"role": "viewer", "active": True}),
+        ("root", "operator:alice", {"role": "viewer", "active": True}, {"role": "viewer", "active": False}),
+        ("root", "operator:alice", {"role": "viewer", "active": False},
+         {"role": "viewer", "active": True, "password": "changed"}),
+    ]
+    assert NEW_PASSWORD not in repr(changes)
+
+
+def test_nobody_locks_the_console_out(console, db):
+    admin = signed_in(console, "root", "admin")
+    page = post(admin, "/users/root/change", role="viewer", active="1")
+    assert page.status_code == 302 and operator(db, "root").role == "admin"
+    assert "未修改" in admin.get("/console/users").get_data(as_text=True)
+    add_user(db, "second", "admin")
+    post(admin, "/users/second/change", active="0")
+    assert not operator(db, "second").active
+    other = console.test_client()
+    add_user(db, "third", "admin")
+    assert sign_in(other, "third").status_code == 302
+    post(other, "/users/root/change", role="operator", active="1")
+    assert operator(db, "root").role == "operator"  # another admin remains (third)
+    post(other, "/users/third/change", active="0")
+    assert operator(db, "third").active  # not oneself
+    post(admin, "/users/third/change", role="viewer")  # root is no admin any more: refused outright
+    assert operator(db, "third").role == "admin"
+
+
+def test_an_admin_resets_their_own_password_and_stays_signed_in(console, db):
+    admin = signed_in(console, "root", "admin")
+    post(admin, "/users/root/change", password=NEW_PASSWORD)
+    assert admin.get("/console/users").status_code == 200
+    assert sign_in(console.test_client(), "root", NEW_PASSWORD).status_code == 302
+
+
+@pytest.mark.parametrize("role", ["operator", "viewer"])
+def test_only_admins_reach_the_accounts_page(console, db, role):
+    client = signed_in(console, "someone", role)
+    assert client.get("/console/users").status_code == 403
+    assert "账号</a>" not in client.get("/console/").get_data(as_text=True)
+    assert post(client, "/users/add", name="x", role="admin", password=PASSWORD).status_code == 403
+    assert operator(db, "x") is None
+
+
+def test_bad_input_is_refused_with_a_message(console, db):
+    admin = signed_in(console, "root", "admin")
+    for form in ({"name": "", "role": "operator", "password": PASSWORD},
+                 {"name": "bob", "role": "root", "password": PASSWORD},
+                 {"name": "bob", "role": "viewer", "password": "short"}):
+        post(admin, "/users/add", **form)
+        assert "未添加" in admin.get("/console/users").get_data(as_text=True)
+    assert operator(db, "bob") is None
+    post(admin, "/users/nobody/change", role="viewer")
+    assert "no operator named" in admin.get("/console/users").get_data(as_text=True)
+
+
+def test_scrm_user_set(cli_env, db):
+    def scrm(*args, stdin=None):
+        return CliRunner(env=cli_env).invoke(main, list(args), input=stdin)
+
+    add_user(db, "root", "admin")
+    add_user(db, "alice", "operator")
+    assert scrm("user", "set", "alice").exit_code == 2  # nothing to change
+    result = scrm("user", "set", "alice", "--role", "viewer", "--disable")
+    assert result.exit_code == 0 and "'alice': viewer, disabled" in result.output
+    result = scrm("user", "set", "alice", "--enable", "--password-stdin", stdin=NEW_PASSWORD + "\n")
+    assert result.exit_code == 0 and "password changed" in result.output
+    result = scrm("user", "set", "root", "--disable")
+    assert result.exit_code == 1 and "last active admin" in result.output
+    assert scrm("user", "set", "nobody", "--role", "viewer").exit_code == 1
+    assert operator(db, "alice").active and operator(db, "root").active
