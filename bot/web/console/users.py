@@ -44,7 +44,7 @@ def users_page() -> str:
     _admin_only()
     with current_app.extensions["scrm.db"].sessions() as s:
         operators = list(s.scalars(select(Operator).order_by(Operator.id)))
-    return render_template("console/users.html", operators=operators, roles=OPERATOR_ROLES, role_names=ROLE_NAMES,
+    return render_template("console/users.html", operators=operators, roles=OPERATOR_ROLES,
                            min_length=accounts.MIN_PASSWORD_LENGTH)
 
 

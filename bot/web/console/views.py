@@ -195,7 +195,7 @@ def csrf_token() -> str:
 def _labels() -> dict[str, Any]:
     return {"TIER_NAMES": TIER_NAMES, "SEGMENT_NAMES": SEGMENT_NAMES, "STAGE_NAMES": STAGE_NAMES,
             "ENGAGEMENT_NAMES": ENGAGEMENT_NAMES, "ACTIVITY_NAMES": ACTIVITY_NAMES, "tier_label": tier_label,
-            "operator": g.get("operator"), "local": _local, "pretty": _pretty}
+            "operator": g.get("operator"), "local": _local, "pretty": _pretty, "ROLE_NAMES": users.ROLE_NAMES}
 
 
 def _pretty(value: Any) -> str:
