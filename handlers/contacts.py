@@ -18,7 +18,7 @@ from bot.contacts.forget import scrub_callback
 from bot.contacts.interactions import add_interaction
 from bot.contacts.transfer import awaits_takeover
 from bot.core.forgotten import is_forgotten
-from bot.core.privacy import masked
+from bot.core.privacy import is_forgotten_key, masked
 from bot.inbox.dispatcher import HandlerContext, on
 from bot.models import Customer, Staff, Tag, utcnow
 from bot.outbox import enqueue
@@ -127,7 +127,9 @@ def transfer_failed(event: Any, ctx: HandlerContext) -> None:
 def _left_forgotten(ctx: HandlerContext, external_userid: str) -> bool:
     """A contact erased on request stays erased when a member edits or deletes them (no new record from
     the brand's side); only the customer adding a member again starts a new one (customer_added)."""
-    if not is_forgotten(ctx.session, external_userid):
+    # A stored callback that `scrm customer forget` rewrote names the anonymous key (WeCom's repeat of a
+    # handled edit runs the stored text again, which keeps the erasure): forgotten too.
+    if not is_forgotten_key(external_userid) and not is_forgotten(ctx.session, external_userid):
         return False
     ctx.log.info("event about a forgotten customer ignored (scrm customer forget)")
     scrub_callback(ctx.session, ctx.inbox_event_id, external_userid)

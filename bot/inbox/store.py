@@ -122,9 +122,7 @@ def store_event(session: Session, fields: dict[str, Any], payload: str) -> Store
             values["msg_type"], values["event"], None) in RESYNC_ON_REPEAT:
         requeued = session.execute(
             update(InboxEvent).where(InboxEvent.id == existing, InboxEvent.status == "handled")
-            # The repeat's own text: the stored one may have had a contact's id replaced since
-            # (scrm customer forget), and a handler must see the id WeCom sent.
-            .values(status="pending", next_attempt_at=None, payload=payload)).rowcount == 1
+            .values(status="pending", next_attempt_at=None)).rowcount == 1
     return StoreResult(existing, duplicate=True, requeued=requeued)
 
 
