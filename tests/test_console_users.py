@@ -127,3 +127,46 @@ def test_scrm_user_set(cli_env, db):
     assert result.exit_code == 1 and "last active admin" in result.output
     assert scrm("user", "set", "nobody", "--role", "viewer").exit_code == 1
     assert operator(db, "alice").active and operator(db, "root").active
+
+
+def test_enabling_an_operator_again_does_not_bring_back_their_old_sessions(console, db):
+    admin = signed_in(console, "root", "admin")
+    alice = signed_in(console, "alice", "operator")
+    post(admin, "/users/alice/change", active="0")
+    post(admin, "/users/alice/change", active="1")
+    assert operator(db, "alice").active
+    assert alice.get("/console/").status_code == 302  # the cookie from before the disable is dead
+    assert sign_in(alice, "alice").status_code == 302 and alice.get("/console/").status_code == 200
+
+
+def test_two_admins_disabling_each_other_at_once_leave_one(db):
+    """Each change counts the admins left; the second to commit must see the first's change (SQLite: its
+    write waits for the lock and then fails on its stale snapshot; PostgreSQL: the count locks the rows)."""
+    import threading
+
+    from bot.web.console.accounts import change_operator
+
+    add_user(db, "alice", "admin")
+    add_user(db, "bob", "admin")
+    first_flushed, outcome = threading.Event(), {}
+
+    def bob_disables_alice() -> None:
+        first_flushed.wait(5)
+        try:
+            with db.begin() as s:
+                change_operator(s, "alice", "bob", role=None, active=False)
+            outcome["bob"] = "done"
+        except Exception as exc:  # noqa: BLE001 - refused one way or the other
+            outcome["bob"] = type(exc).__name__
+
+    other = threading.Thread(target=bob_disables_alice)
+    other.start()
+    with db.begin() as s:
+        change_operator(s, "bob", "alice", active=False)
+        s.flush()
+        first_flushed.set()
+        other.join(0.5)  # bob's change is under way, waiting on alice's
+    other.join(30)
+    assert outcome["bob"] in ("AccountError", "OperationalError")
+    with db.sessions() as s:
+        assert [o.name for o in s.scalars(select(Operator).where(Operator.active.is_(True)))] == ["alice"]

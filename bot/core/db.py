@@ -81,16 +81,15 @@ class Database:
             _rollback_quietly(raw)
             if engine.dialect.is_disconnect(exc, raw.dbapi_connection, None):
                 raw.invalidate(exc)  # a dropped connection is not kept; a lock timeout's is
-                raise DBAPIError.instance(None, None, exc, dbapi.Error, hide_parameters=True,
-                                          dialect=engine.dialect) from exc
-            idle.append(raw)
+            else:
+                _keep(idle, raw, engine)
             raise DBAPIError.instance(None, None, exc, dbapi.Error, hide_parameters=True,
                                       dialect=engine.dialect) from exc
         except BaseException:
             _rollback_quietly(raw)
-            idle.append(raw)
+            _keep(idle, raw, engine)
             raise
-        idle.append(raw)
+        _keep(idle, raw, engine)
 
     def _bounded_engine(self, lock_wait_seconds: float, autocommit: bool) -> Engine:
         key = (max(1, int(lock_wait_seconds * 1000)), autocommit)
@@ -115,11 +114,21 @@ class Database:
 
     def dispose(self) -> None:
         for idle in self._idle_raw.values():
-            while idle:
-                idle.pop().close()
+            kept, idle[:] = list(idle), []
+            for raw in kept:
+                raw.close()
         self.engine.dispose()
         for engine in self._bounded.values():
             engine.dispose()
+
+
+def _keep(idle: list[Any], raw: Any, engine: Engine) -> None:
+    """Back on the idle stack, up to the pool's own size; a connection past it (a burst of requests)
+    goes back to the pool, which closes what it does not keep."""
+    if len(idle) < getattr(engine.pool, "size", lambda: 5)():
+        idle.append(raw)
+    else:
+        raw.close()
 
 
 def _rollback_quietly(raw: Any) -> None:

@@ -23,6 +23,8 @@ class Operator(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))  # one of OPERATOR_ROLES
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Bumped on every disable: part of the console's session mark, so re-enabling ends old sessions too.
+    session_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None]
 

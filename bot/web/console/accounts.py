@@ -59,11 +59,13 @@ def add_operator(session: Session, name: str, role: str, password: str, actor: s
     return operator
 
 
-def change_operator(session: Session, name: str, actor: str, *, role: str | None = None, active: bool | None = None,
-                    password: str | None = None, ip: str | None = None, at: datetime | None = None) -> Operator:
-    """Change an operator's role, state or password (the console's 账号 page, `scrm user set`). Nobody
-    changes their own role or state (ask another admin), and the last active admin stays one, so the
-    console always has someone who can manage it. A new password ends that operator's sessions."""
+def change_operator(session: Session, name: str, actor: str, *, actor_id: int | None = None, role: str | None = None,
+                    active: bool | None = None, password: str | None = None, ip: str | None = None,
+                    at: datetime | None = None) -> Operator:
+    """Change an operator's role, state or password (the console's 账号 page as operator ``actor_id``,
+    `scrm user set`). Nobody changes their own role or state (ask another admin), and the last active
+    admin stays one, so the console always has someone who can manage it. Disabling or a new password
+    ends that operator's sessions, and enabling them again does not bring those back."""
     operator = session.scalar(select(Operator).where(Operator.name == name.strip()))
     if operator is None:
         raise AccountError(f"no operator named {name.strip()!r}")
@@ -71,27 +73,38 @@ def change_operator(session: Session, name: str, actor: str, *, role: str | None
         raise AccountError(f"role must be one of {list(OPERATOR_ROLES)}")
     new_role = operator.role if role is None else role
     new_active = operator.active if active is None else active
+    leaves_admins = operator.role == "admin" and operator.active and (new_role != "admin" or not new_active)
     if (new_role, new_active) != (operator.role, operator.active):
-        if operator.name == actor:
+        if actor_id is not None and operator.id == actor_id:
             raise AccountError("you cannot change your own role or state; ask another admin")
-        if operator.role == "admin" and operator.active and (new_role != "admin" or not new_active) \
-                and _active_admins(session) <= 1:
-            raise AccountError(f"{operator.name!r} is the last active admin; make another admin first")
+        if leaves_admins and _active_admins(session, lock=True) <= 1:
+            raise AccountError(_LAST_ADMIN.format(operator.name))
     before = {"role": operator.role, "active": operator.active}
+    if operator.active and not new_active:
+        operator.session_epoch += 1
     operator.role, operator.active = new_role, new_active
     after: dict[str, Any] = {"role": operator.role, "active": operator.active}
     if password is not None:
         check_new_password(password)
         operator.password_hash = generate_password_hash(password)
         after["password"] = "changed"  # never the password or its hash
+    if leaves_admins:
+        session.flush()  # on SQLite this takes the write lock: a concurrent change waits, then fails
+        if _active_admins(session) == 0:
+            raise AccountError(_LAST_ADMIN.format(operator.name))
     if after != before:
         record(session, actor, "user.change", f"operator:{operator.name}", before, after, ip, at=at)
     return operator
 
 
-def _active_admins(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Operator).where(
-        Operator.role == "admin", Operator.active.is_(True))) or 0
+_LAST_ADMIN = "{!r} is the last active admin; make another admin first"
+
+
+def _active_admins(session: Session, lock: bool = False) -> int:
+    """Active admins; with ``lock`` their rows are locked (PostgreSQL) so that two admins demoting each
+    other at once are serialised: the second then counts one admin and is refused."""
+    query = select(Operator.id).where(Operator.role == "admin", Operator.active.is_(True))
+    return len(session.scalars(query.with_for_update() if lock else query).all())
 
 
 def sign_in(session: Session, name: str, password: str, ip: str, now: datetime) -> SignIn:
@@ -115,8 +128,11 @@ def sign_in(session: Session, name: str, password: str, ip: str, now: datetime) 
 
 
 def password_mark(operator: Operator) -> str:
-    """Kept in the session cookie; changes when the password does and tells its reader nothing about the hash."""
-    return hashlib.sha256(operator.password_hash.encode("utf-8")).hexdigest()[:16]
+    """Kept in the session cookie; changes when the password does or the operator is disabled (their
+    session epoch), and tells its reader nothing about the hash."""
+    epoch = operator.session_epoch or 0
+    text = operator.password_hash if not epoch else f"{operator.password_hash}#{epoch}"  # sessions before 0020 stay
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def same_token(given: str | None, expected: str | None) -> bool:

@@ -20,6 +20,7 @@ from flask import (
     url_for,
 )
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from bot.models import OPERATOR_ROLES, Operator
 from bot.web.console import accounts
@@ -68,14 +69,19 @@ def users_change(name: str) -> Response:
     password = request.form.get("password") or None
     try:
         with current_app.extensions["scrm.db"].begin() as s:
-            operator = accounts.change_operator(s, name, g.operator.name, role=role, active=active, password=password,
-                                                ip=request.remote_addr, at=current_app.extensions["scrm.clock"]())
+            operator = accounts.change_operator(s, name, g.operator.name, actor_id=g.operator.id, role=role,
+                                                active=active, password=password, ip=request.remote_addr,
+                                                at=current_app.extensions["scrm.clock"]())
             if password is not None and operator.id == g.operator.id:
                 session["pw"] = accounts.password_mark(operator)  # a new own password keeps this session
     except accounts.AccountError as exc:
         flash(f"未修改：{exc}")
         return redirect(url_for("console.users_page"))
-    others_password = password is not None and name != g.operator.name
+    except OperationalError:  # SQLite: another account change committed first (its snapshot is stale)
+        logger.info("console account change lost a race with another; not applied")
+        flash("未修改：另一项账号修改刚刚完成，请刷新后重试")
+        return redirect(url_for("console.users_page"))
+    others_password = password is not None and operator.id != g.operator.id
     flash(f"已修改 {name}" + ("（密码已重设，其原有登录已失效）" if others_password else ""))
     return redirect(url_for("console.users_page"))
 
