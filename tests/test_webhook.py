@@ -299,3 +299,52 @@ def test_the_hot_insert_reuses_its_connections_and_gives_them_up_on_dispose(app)
         assert after is first and after.dbapi_connection is not None
     db.dispose()
     assert first.dbapi_connection is None  # checked in and closed with the engines
+
+
+def test_other_methods_are_told_which_ones_the_callback_url_takes(client):
+    response = client.put("/wecom/callback", data=b"<xml/>")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, HEAD, POST"
+    assert client.post("/wecom/callback/").status_code == 404  # only the exact path is the webhook's
+
+
+def test_a_body_without_content_length_is_read_when_the_server_ends_it(callbacks, db):
+    """gunicorn hands a chunked body over without CONTENT_LENGTH and marks the input terminated;
+    a stream may also return a body in parts."""
+    query, body = callbacks.sign(contact_event(ExternalUserID="wm_chunked"))
+
+    class Trickle:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def read(self, size: int = -1) -> bytes:
+            part, self.data = self.data[:min(size, 7)], self.data[min(size, 7):]
+            return part
+
+    environ = {"wsgi.input": Trickle(body.encode()), "wsgi.input_terminated": True}
+    response = callbacks.client.post("/wecom/callback", query_string=query, environ_overrides=environ,
+                                     headers={"Transfer-Encoding": "chunked"}, content_type="text/xml")
+    assert response.status_code == 200
+    assert [e.payload.count("wm_chunked") for e in stored(db)] == [1]
+
+
+def test_an_unexpected_failure_is_a_logged_500_that_wecom_retries(callbacks, db, app, caplog, monkeypatch):
+    class Broken:
+        def decrypt(self, *_args: Any) -> str:
+            raise RuntimeError("keyring exploded")
+
+    monkeypatch.setitem(app.extensions, "scrm.keyring", Broken())
+    with caplog.at_level(logging.ERROR, logger="bot.web.webhook"):
+        response = callbacks.post(contact_event())
+    assert response.status_code == 500
+    assert response.mimetype == "text/plain"
+    assert "keyring exploded" in caplog.text
+    assert count(db) == 0
+
+
+def test_the_first_of_repeated_query_parameters_counts(callbacks, db):
+    query, body = callbacks.sign(contact_event())
+    raw = "&".join(f"{k}={v}" for k, v in query.items()) + "&nonce=999&timestamp=1"
+    response = callbacks.client.post(f"/wecom/callback?{raw}", data=body.encode(), content_type="text/xml")
+    assert response.status_code == 200
+    assert count(db) == 1

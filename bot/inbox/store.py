@@ -55,13 +55,20 @@ def insert_new_event(dbapi_connection: Any, dialect: Dialect, fields: dict[str, 
     """The webhook's hot path: INSERT … ON CONFLICT DO NOTHING RETURNING id on a DBAPI connection, the
     statement compiled by SQLAlchemy once per dialect. The id of the new row, or None when the key is
     stored already (then :func:`store_event` records the duplicate). Through a Session the same insert
-    cost several times the database's own work on every callback."""
+    cost several times the database's own work on every callback.
+
+    On SQLite the statement has no RETURNING: with it, the autocommit transaction (and the database's
+    one write lock) ends only at the step after the row, which the request thread runs once it has the
+    GIL back, so every other writer waited out a GIL hand-over too. Without it the insert commits in
+    one step; the row count and last rowid say what happened (both per connection)."""
     sql, names, processors = _compiled_insert(dialect)
     values = _row_values(fields, payload)
     bound = {name: (processors[name](values[name]) if processors.get(name) else values[name]) for name in names}
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(sql, tuple(bound[n] for n in names) if dialect.positional else bound)
+        if dialect.name == "sqlite":
+            return int(cursor.lastrowid) if cursor.rowcount == 1 else None
         row = cursor.fetchone()
     finally:
         cursor.close()
@@ -82,7 +89,8 @@ def _compiled_insert(dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, 
 
 def _compile_insert(dialect: Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
     columns = list(_row_values({}, "").keys())
-    compiled = _insert_statement(dialect.name).compile(dialect=dialect, column_keys=columns)
+    statement = _insert_statement(dialect.name, returning=dialect.name != "sqlite")
+    compiled = statement.compile(dialect=dialect, column_keys=columns)
     names = tuple(compiled.positiontup or compiled.binds.keys()) if dialect.positional else tuple(compiled.binds)
     table = InboxEvent.__table__
     processors = {name: table.c[name].type.bind_processor(dialect) for name in names}
@@ -126,12 +134,13 @@ def store_event(session: Session, fields: dict[str, Any], payload: str) -> Store
     return StoreResult(existing, duplicate=True, requeued=requeued)
 
 
-@lru_cache(maxsize=4)
-def _insert_statement(dialect: str) -> Any:
-    """INSERT … ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, built once (SQLite and PostgreSQL)."""
+@lru_cache(maxsize=8)
+def _insert_statement(dialect: str, returning: bool = True) -> Any:
+    """INSERT … ON CONFLICT (dedupe_key) DO NOTHING [RETURNING id], built once (SQLite and PostgreSQL)."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table = InboxEvent.__table__
-    return insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(table.c.id)
+    statement = insert(table).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    return statement.returning(table.c.id) if returning else statement
 
 
 def _optional_lower(value: Any, limit: int) -> str | None:

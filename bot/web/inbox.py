@@ -16,7 +16,7 @@ from bot.inbox.worker import InboxWorker
 from bot.outbox import OutboxSender
 from bot.startup import RuleReloader
 from bot.tasks.queue import TaskQueue, connect
-from bot.web.webhook import bp as webhook_bp
+from bot.web import webhook
 from bot.wecom.client import WeComClients, build_clients
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def init_app(app: Flask, settings: Settings, db: Database, start_worker: bool | 
     app.extensions["scrm.keyring"] = Keyring.from_settings(settings.wecom)
     processor = build_processor(settings, db)
     app.extensions["scrm.processor"] = processor
-    app.register_blueprint(webhook_bp)
+    webhook.install(app)
     if settings.redis.url:
         # RQ workers (`scrm worker`) take each stored event from the queue; see bot/tasks.
         app.extensions["scrm.tasks"] = TaskQueue(connect(settings.redis.url), settings.redis.key_prefix)

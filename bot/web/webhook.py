@@ -3,85 +3,124 @@
 
 Nothing else happens on the request thread: the worker is only woken. No freshness rule is
 applied to ``timestamp`` because WeCom's retries resend the original, authentic request.
+
+The endpoint is a plain WSGI application in front of Flask (:func:`install`). It is the busiest
+path of the product, and Flask's per-request machinery (request context, URL adapter, session,
+Response object) cost more CPU than verifying, decrypting, parsing and storing a callback
+together (docs/performance.md, "Webhook under load"). Every other path goes on to Flask; the Flask
+app is only where the endpoint finds its parts (keyring, database, settings, queue, worker), read
+on each request so that what a test or the wiring puts there is what is used.
 """
 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qsl
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from flask import Blueprint, Response, current_app, request
+from flask import Flask
 from sqlalchemy.exc import DBAPIError
 
-from bot.inbox.crypto import CallbackRejected, Keyring
+from bot.inbox.crypto import CallbackRejected
 from bot.inbox.store import StoreResult, insert_new_event, store_event
 from bot.inbox.xmlsafe import UnsafeXML, parse_flat_xml
 
 logger = logging.getLogger(__name__)
-bp = Blueprint("wecom_callback", __name__)
+
+PATH = "/wecom/callback"
+_TEXT = ("Content-Type", "text/plain; charset=utf-8")
 
 
-@bp.errorhandler(CallbackRejected)
-def _rejected(exc: CallbackRejected) -> Response:
-    logger.warning("callback rejected (%s) from %s: %s", exc.status, request.remote_addr, exc.reason)
-    return Response(exc.reason, status=exc.status, mimetype="text/plain")
+def install(app: Flask) -> None:
+    """Answer ``/wecom/callback`` ahead of Flask's routing; everything else goes on to the app."""
+    app.wsgi_app = CallbackEndpoint(app, app.wsgi_app)  # type: ignore[method-assign]
 
 
-@bp.get("/wecom/callback")
-def verify_url() -> Response:
-    signature, timestamp, nonce = _signature_params()
-    # echostr is base64; a '+' sent unescaped arrives as a space after URL decoding.
-    echostr = _query_args().get("echostr", "").replace(" ", "+")
-    if not echostr:
-        raise CallbackRejected(400, "missing echostr")
-    plain = _keyring().verify_url(signature, timestamp, nonce, echostr)
-    return Response(plain, status=200, mimetype="text/plain")
+class CallbackEndpoint:
+    def __init__(self, app: Flask, inner: WSGIApplication) -> None:
+        self._app = app
+        self._inner = inner
 
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        if environ.get("PATH_INFO") != PATH:
+            return self._inner(environ, start_response)
+        method = environ.get("REQUEST_METHOD", "")
+        headers: list[tuple[str, str]] = []
+        try:
+            if method == "POST":
+                status, text = self._receive(environ)
+            elif method in ("GET", "HEAD"):
+                status, text = 200, self._verify_url(environ)
+            else:
+                status, text = 405, "use GET (URL verification) or POST (callbacks)"
+                headers.append(("Allow", "GET, HEAD, POST"))
+        except CallbackRejected as exc:
+            logger.warning("callback rejected (%s) from %s: %s", exc.status, environ.get("REMOTE_ADDR"), exc.reason)
+            status, text = exc.status, exc.reason
+        except Exception:  # noqa: BLE001 - answered like Flask would: logged, 500, WeCom retries
+            logger.exception("callback failed, answered 500 for WeCom to retry")
+            status, text = 500, "internal error; the server log has the details"
+        body = b"" if method == "HEAD" else text.encode("utf-8")
+        headers += [_TEXT, ("Content-Length", str(len(body)))]
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [body]
 
-@bp.post("/wecom/callback")
-def receive() -> Response:
-    signature, timestamp, nonce = _signature_params()
-    envelope = _parse(_read_body(), "envelope")
-    encrypt = envelope.get("Encrypt")
-    if not isinstance(encrypt, str) or not encrypt:
-        raise CallbackRejected(400, "envelope has no <Encrypt>")
-    plain = _keyring().decrypt(encrypt, signature, timestamp, nonce)
-    fields = _parse(plain, "decrypted message")
-    db = current_app.extensions["scrm.db"]
-    timeout = current_app.extensions["scrm.settings"].webhook.store_timeout_seconds
-    try:
-        with db.raw_statement(timeout) as connection:
-            new_id = insert_new_event(connection, db.engine.dialect, fields, plain)
-        if new_id is not None:
-            result = StoreResult(new_id, duplicate=False)
-        else:  # a retry or a repeat: counted (and requeued where that is the rule) through the ORM
-            with db.begin_bounded(timeout) as session:
-                result = store_event(session, fields, plain)
-    except DBAPIError as exc:
-        # Locked or unreachable database (or, on PostgreSQL, a missing table: a ProgrammingError there):
-        # answer before WeCom's ~5 s limit; its retry stores the event.
-        logger.warning("callback not stored, answered 503 for WeCom to retry: %s", _db_reason(exc))
-        return Response("inbox busy; retry", status=503, mimetype="text/plain")
-    # Every callback is a row in the inbox (`scrm inbox`); a line for each would cost the busy hot path
-    # more than its insert, so only repeats are logged at INFO.
-    level = logging.INFO if result.duplicate else logging.DEBUG
-    if logger.isEnabledFor(level):
-        logger.log(level, "callback %s stored as inbox event %d%s",
-                   "/".join(str(fields.get(k)) for k in ("MsgType", "Event", "ChangeType") if fields.get(k)),
-                   result.event_id, " (duplicate delivery)" if result.duplicate else "")
-    if not result.duplicate or result.requeued:
-        _hand_over(result.event_id)
-    return Response("", status=200, mimetype="text/plain")
+    def _verify_url(self, environ: WSGIEnvironment) -> str:
+        args = _query_args(environ)
+        signature, timestamp, nonce = _signature_params(args)
+        # echostr is base64; a '+' sent unescaped arrives as a space after URL decoding.
+        echostr = args.get("echostr", "").replace(" ", "+")
+        if not echostr:
+            raise CallbackRejected(400, "missing echostr")
+        return self._app.extensions["scrm.keyring"].verify_url(signature, timestamp, nonce, echostr)
 
+    def _receive(self, environ: WSGIEnvironment) -> tuple[int, str]:
+        extensions = self._app.extensions
+        settings = extensions["scrm.settings"].webhook
+        signature, timestamp, nonce = _signature_params(_query_args(environ))
+        envelope = _parse(_read_body(environ, settings.max_body_bytes), "envelope")
+        encrypt = envelope.get("Encrypt")
+        if not isinstance(encrypt, str) or not encrypt:
+            raise CallbackRejected(400, "envelope has no <Encrypt>")
+        plain = extensions["scrm.keyring"].decrypt(encrypt, signature, timestamp, nonce)
+        fields = _parse(plain, "decrypted message")
+        db = extensions["scrm.db"]
+        timeout = settings.store_timeout_seconds
+        try:
+            with db.raw_statement(timeout) as connection:
+                new_id = insert_new_event(connection, db.engine.dialect, fields, plain)
+            if new_id is not None:
+                result = StoreResult(new_id, duplicate=False)
+            else:  # a retry or a repeat: counted (and requeued where that is the rule) through the ORM
+                with db.begin_bounded(timeout) as session:
+                    result = store_event(session, fields, plain)
+        except DBAPIError as exc:
+            # Locked or unreachable database (or, on PostgreSQL, a missing table: a ProgrammingError
+            # there): answer before WeCom's ~5 s limit; its retry stores the event.
+            logger.warning("callback not stored, answered 503 for WeCom to retry: %s", _db_reason(exc))
+            return 503, "inbox busy; retry"
+        # Every callback is a row in the inbox (`scrm inbox`); a line for each would cost the busy hot
+        # path more than its insert, so only repeats are logged at INFO.
+        level = logging.INFO if result.duplicate else logging.DEBUG
+        if logger.isEnabledFor(level):
+            logger.log(level, "callback %s stored as inbox event %d%s",
+                       "/".join(str(fields.get(k)) for k in ("MsgType", "Event", "ChangeType") if fields.get(k)),
+                       result.event_id, " (duplicate delivery)" if result.duplicate else "")
+        if not result.duplicate or result.requeued:
+            self._hand_over(result.event_id)
+        return 200, ""
 
-def _hand_over(event_id: int) -> None:
-    """To the RQ queue when Redis is configured; else, or when Redis is down, to this process's worker
-    (if it runs one). Either way the stored row is the truth: a sweep or a poll finds it later."""
-    tasks = current_app.extensions.get("scrm.tasks")
-    if tasks is not None and tasks.enqueue_event(event_id):
-        return
-    if "scrm.worker" in current_app.extensions:
-        current_app.extensions["scrm.worker"].wake()
+    def _hand_over(self, event_id: int) -> None:
+        """To the RQ queue when Redis is configured; else, or when Redis is down, to this process's
+        worker (if it runs one). Either way the stored row is the truth: a sweep or a poll finds it."""
+        extensions = self._app.extensions
+        tasks = extensions.get("scrm.tasks")
+        if tasks is not None and tasks.enqueue_event(event_id):
+            return
+        if "scrm.worker" in extensions:
+            extensions["scrm.worker"].wake()
 
 
 def _db_reason(exc: DBAPIError) -> str:
@@ -91,20 +130,21 @@ def _db_reason(exc: DBAPIError) -> str:
     return f"{type(original).__name__}: {str(original).splitlines()[0][:200] if str(original) else ''}"
 
 
-def _keyring() -> Keyring:
-    return current_app.extensions["scrm.keyring"]
-
-
-def _query_args() -> Any:
-    """The query parameters; raw bytes that are not UTF-8 (werkzeug decodes strictly) are a 400."""
+def _query_args(environ: WSGIEnvironment) -> dict[str, str]:
+    """The query parameters, the first of each name. The server hands the raw bytes over as Latin-1
+    (PEP 3333); bytes or %-escapes that are not UTF-8 are a 400."""
     try:
-        return request.args
-    except UnicodeDecodeError:
+        text = environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
+    except UnicodeError:
         raise CallbackRejected(400, "query string is not UTF-8") from None
+    args: dict[str, str] = {}
+    for name, value in pairs:
+        args.setdefault(name, value)
+    return args
 
 
-def _signature_params() -> tuple[str, str, str]:
-    args = _query_args()
+def _signature_params(args: dict[str, str]) -> tuple[str, str, str]:
     values = [args.get(name, "") for name in ("msg_signature", "timestamp", "nonce")]
     if not all(values):
         raise CallbackRejected(400, "msg_signature, timestamp and nonce are required")
@@ -113,16 +153,43 @@ def _signature_params() -> tuple[str, str, str]:
     return values[0], values[1], values[2]
 
 
-def _read_body() -> bytes:
-    limit = current_app.extensions["scrm.settings"].webhook.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
+    """At most ``limit`` bytes: a declared larger body is refused unread. Without a Content-Length the
+    body is read only when the server marks the input as terminated (chunked, under gunicorn)."""
+    declared = _content_length(environ)
+    if declared is not None and declared > limit:
         raise CallbackRejected(413, f"body larger than {limit} bytes")
-    body = request.stream.read(limit + 1)
+    stream = environ.get("wsgi.input")
+    if stream is None or (declared is None and not environ.get("wsgi.input_terminated")):
+        body = b""
+    else:
+        body = _read_up_to(stream, limit + 1 if declared is None else declared)
     if len(body) > limit:
         raise CallbackRejected(413, f"body larger than {limit} bytes")
     if not body:
         raise CallbackRejected(400, "empty body")
     return body
+
+
+def _content_length(environ: WSGIEnvironment) -> int | None:
+    try:
+        value = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _read_up_to(stream: Any, size: int) -> bytes:
+    """``size`` bytes, or fewer when the client stops sending: one read may return a part only."""
+    parts: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
 
 
 def _parse(data: bytes | str, what: str) -> dict[str, Any]:
