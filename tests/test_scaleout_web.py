@@ -40,6 +40,16 @@ def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 30.0) ->
     raise AssertionError(f"{url} did not come up")
 
 
+def _raw_status(port: int, target: str, chunked_body: bytes) -> int:
+    request = (f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
+               "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode() + chunked_body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(request)
+        raw.shutdown(socket.SHUT_WR)
+        answer = raw.recv(200)
+    return int(answer.split(b" ", 2)[1])
+
+
 def test_the_gunicorn_command_uses_the_shipped_config_and_the_wsgi_entry():
     command = gunicorn_command("127.0.0.1", 8000, 4)
     assert command[:3] == [sys.executable, "-m", "gunicorn"]
@@ -81,6 +91,11 @@ def test_serve_with_workers_stores_every_callback_once_and_stops_cleanly(databas
                 for _ in range(2):  # each delivered twice, as WeCom's retries do
                     reply = http.post(f"{url}/wecom/callback", params=query, data=body.encode(), timeout=10)
                     assert reply.status_code == 200
+        # Broken chunked framing, which only a raw socket can send: the client's fault, a 400 (not a 500).
+        query, _ = signer.sign(contact_event(ExternalUserID="wm_broken_chunks"))
+        line = "&".join(f"{k}={v}" for k, v in query.items())
+        for chunks in (b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXX0\r\n\r\n"):
+            assert _raw_status(port, f"/wecom/callback?{line}", chunks) == 400
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)

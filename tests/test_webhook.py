@@ -304,7 +304,7 @@ def test_the_hot_insert_reuses_its_connections_and_gives_them_up_on_dispose(app)
 def test_other_methods_are_told_which_ones_the_callback_url_takes(client):
     response = client.put("/wecom/callback", data=b"<xml/>")
     assert response.status_code == 405
-    assert response.headers["Allow"] == "GET, HEAD, POST"
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS, POST"
     assert client.post("/wecom/callback/").status_code == 404  # only the exact path is the webhook's
 
 
@@ -342,9 +342,71 @@ def test_an_unexpected_failure_is_a_logged_500_that_wecom_retries(callbacks, db,
     assert count(db) == 0
 
 
-def test_the_first_of_repeated_query_parameters_counts(callbacks, db):
+def test_head_and_options_answer_as_flask_did(client, corp):
+    crypto = WeChatCrypto(corp.token, corp.encoding_aes_key, corp.corp_id)
+    reply = xmltodict.parse(crypto.encrypt_message("echo-length", "7", "1700000000"))["xml"]
+    query = {"msg_signature": reply["MsgSignature"], "timestamp": "1700000000", "nonce": "7",
+             "echostr": reply["Encrypt"]}
+    head = client.head("/wecom/callback", query_string=query)
+    assert head.status_code == 200 and head.data == b""
+    assert head.headers["Content-Length"] == str(len("echo-length"))  # what GET sends
+    options = client.options("/wecom/callback")
+    assert options.status_code == 200 and "POST" in options.headers["Allow"]
+
+
+@pytest.mark.parametrize("extra", ["&nonce=999&timestamp=1", "&shop=%D6%D0"], ids=["repeated", "gbk-escape"])
+def test_extra_query_parameters_do_not_refuse_a_callback(callbacks, db, extra):
+    """The first of a repeated parameter counts; a %-escape that is not UTF-8 (an operator's GBK parameter
+    in the configured URL) stays as its escape, as werkzeug kept it. Raw non-UTF-8 bytes in the request
+    line are still a 400 (the fuzz tests)."""
     query, body = callbacks.sign(contact_event())
-    raw = "&".join(f"{k}={v}" for k, v in query.items()) + "&nonce=999&timestamp=1"
+    raw = "&".join(f"{k}={v}" for k, v in query.items()) + extra
     response = callbacks.client.post(f"/wecom/callback?{raw}", data=body.encode(), content_type="text/xml")
     assert response.status_code == 200
     assert count(db) == 1
+
+
+def test_a_chunked_body_ignores_a_content_length_beside_it(callbacks, db):
+    query, body = callbacks.sign(contact_event(ExternalUserID="wm_both_headers"))
+    data = body.encode()
+    environ = {"wsgi.input": __import__("io").BytesIO(data), "wsgi.input_terminated": True,
+               "CONTENT_LENGTH": "5"}
+    response = callbacks.client.post("/wecom/callback", query_string=query, environ_overrides=environ,
+                                     headers={"Transfer-Encoding": "chunked"}, content_type="text/xml")
+    assert response.status_code == 200
+    assert count(db) == 1
+
+
+def test_a_body_the_server_cannot_read_is_a_400_without_the_bytes_in_the_log(callbacks, db, caplog):
+    class BrokenFraming:
+        def read(self, size: int = -1) -> bytes:
+            raise ValueError("Invalid chunk size: 'secret-bytes'")
+
+    query, _ = callbacks.sign(contact_event())
+    environ = {"wsgi.input": BrokenFraming(), "wsgi.input_terminated": True}
+    with caplog.at_level(logging.WARNING, logger="bot.web.webhook"):
+        response = callbacks.client.post("/wecom/callback", query_string=query, environ_overrides=environ,
+                                          headers={"Transfer-Encoding": "chunked"}, content_type="text/xml")
+    assert response.status_code == 400
+    assert "body could not be read (ValueError)" in caplog.text
+    assert "secret-bytes" not in caplog.text
+    assert count(db) == 0
+
+
+def test_the_hot_insert_returns_the_stored_id_even_when_sqlite_reuses_one(app, db):
+    """On SQLite the id comes from lastrowid, which is the id only while inbox_events.id is the rowid."""
+    from bot.inbox.store import insert_new_event
+
+    database = app.extensions["scrm.db"]
+    ids = []
+    for n in range(3):
+        with database.raw_statement(2.0) as connection:
+            ids.append(insert_new_event(connection, database.engine.dialect, contact_event(ExternalUserID=f"wm{n}"),
+                                        f"<xml>{n}</xml>"))
+    with db.sessions() as session, session.begin():
+        session.execute(InboxEvent.__table__.delete().where(InboxEvent.id == ids[-1]))
+    with database.raw_statement(2.0) as connection:
+        again = insert_new_event(connection, database.engine.dialect, contact_event(ExternalUserID="wm_new"), "<xml/>")
+        duplicate = insert_new_event(connection, database.engine.dialect, contact_event(ExternalUserID="wm0"), "<xml/>")
+    assert duplicate is None
+    assert {e.payload: e.id for e in stored(db)} == {"<xml>0</xml>": ids[0], "<xml>1</xml>": ids[1], "<xml/>": again}

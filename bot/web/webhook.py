@@ -14,6 +14,7 @@ on each request so that what a test or the wiring puts there is what is used.
 
 from __future__ import annotations
 
+import codecs
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 PATH = "/wecom/callback"
 _TEXT = ("Content-Type", "text/plain; charset=utf-8")
+_ALLOWED = "GET, HEAD, OPTIONS, POST"
 
 
 def install(app: Flask) -> None:
@@ -53,19 +55,22 @@ class CallbackEndpoint:
                 status, text = self._receive(environ)
             elif method in ("GET", "HEAD"):
                 status, text = 200, self._verify_url(environ)
+            elif method == "OPTIONS":
+                status, text = 200, ""
+                headers.append(("Allow", _ALLOWED))
             else:
                 status, text = 405, "use GET (URL verification) or POST (callbacks)"
-                headers.append(("Allow", "GET, HEAD, POST"))
+                headers.append(("Allow", _ALLOWED))
         except CallbackRejected as exc:
             logger.warning("callback rejected (%s) from %s: %s", exc.status, environ.get("REMOTE_ADDR"), exc.reason)
             status, text = exc.status, exc.reason
         except Exception:  # noqa: BLE001 - answered like Flask would: logged, 500, WeCom retries
             logger.exception("callback failed, answered 500 for WeCom to retry")
             status, text = 500, "internal error; the server log has the details"
-        body = b"" if method == "HEAD" else text.encode("utf-8")
-        headers += [_TEXT, ("Content-Length", str(len(body)))]
+        body = text.encode("utf-8")
+        headers += [_TEXT, ("Content-Length", str(len(body)))]  # for HEAD too: the length GET would send
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        return [body]
+        return [b"" if method == "HEAD" else body]
 
     def _verify_url(self, environ: WSGIEnvironment) -> str:
         args = _query_args(environ)
@@ -131,17 +136,28 @@ def _db_reason(exc: DBAPIError) -> str:
 
 
 def _query_args(environ: WSGIEnvironment) -> dict[str, str]:
-    """The query parameters, the first of each name. The server hands the raw bytes over as Latin-1
-    (PEP 3333); bytes or %-escapes that are not UTF-8 are a 400."""
+    """The query parameters, the first of each name, decoded as werkzeug decodes them: the server hands
+    the raw bytes over as Latin-1 (PEP 3333), and raw bytes that are not UTF-8 are a 400; a %-escape
+    that is not UTF-8 stays as its escape (an operator's own parameter in the callback URL, say, in GBK)."""
     try:
         text = environ.get("QUERY_STRING", "").encode("latin-1").decode("utf-8")
-        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
+        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors=_QUOTE_BACK)
     except UnicodeError:
         raise CallbackRejected(400, "query string is not UTF-8") from None
     args: dict[str, str] = {}
     for name, value in pairs:
         args.setdefault(name, value)
     return args
+
+
+def _quote_back(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    return "".join(f"%{byte:02X}" for byte in error.object[error.start:error.end]), error.end
+
+
+_QUOTE_BACK = "scrm.webhook.quote_back"
+codecs.register_error(_QUOTE_BACK, _quote_back)
 
 
 def _signature_params(args: dict[str, str]) -> tuple[str, str, str]:
@@ -163,7 +179,13 @@ def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     if stream is None or (declared is None and not environ.get("wsgi.input_terminated")):
         body = b""
     else:
-        body = _read_up_to(stream, limit + 1 if declared is None else declared)
+        try:
+            body = _read_up_to(stream, limit + 1 if declared is None else declared)
+        except Exception as exc:  # noqa: BLE001 - whatever the server's reader raises is the client's doing
+            # gunicorn raises its framing errors here (a bad chunk size, a missing chunk terminator: its own
+            # ParseException classes; a client that stops mid-body: NoMoreData), werkzeug ClientDisconnected.
+            # Their text quotes the client's bytes, so only the type is logged.
+            raise CallbackRejected(400, f"body could not be read ({type(exc).__name__})") from None
     if len(body) > limit:
         raise CallbackRejected(413, f"body larger than {limit} bytes")
     if not body:
@@ -172,6 +194,9 @@ def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:
 
 
 def _content_length(environ: WSGIEnvironment) -> int | None:
+    """The declared length; none for a chunked body, whatever Content-Length says (as werkzeug reads it)."""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return None
     try:
         value = int(environ.get("CONTENT_LENGTH") or "")
     except ValueError:
