@@ -177,7 +177,10 @@ def main() -> None:
         engine = make_engine(database_url)
         upgrade_schema(engine)
         with engine.begin() as conn:
-            conn.execute(delete(InboxEvent.__table__))
+            if engine.dialect.name == "postgresql":  # no dead rows left for the next run's inserts to wade through
+                conn.exec_driver_sql("TRUNCATE inbox_events")
+            else:
+                conn.execute(delete(InboxEvent.__table__))
         webhook_env = {**base_env, "SCRM_DATABASE_URL": database_url, "SCRM_WORKER_ENABLED": "false",
                        "SCRM_WECOM_TOKEN": corp.token, "SCRM_WECOM_ENCODING_AES_KEY": corp.encoding_aes_key,
                        "SCRM_WECOM_CORP_ID": corp.corp_id}
