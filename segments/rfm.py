@@ -85,10 +85,14 @@ def aggregate_stats(session: Any) -> PopulationStats:
     for column in ("last_order_day", "order_count", "paid_amount_fen"):
         # The literal predicate lets both databases use the partial index; SQLite is also told which.
         hint = f"INDEXED BY ix_customer_aggregates_buyers_{column}" if sqlite else ""
+        # An offset steps through every index entry before it: the upper cut points are read from the
+        # top end (1.2 n entries stepped per column instead of 2 n).
         sql = (f"SELECT {column} FROM customer_aggregates {hint} WHERE order_count > 0 "
-               f"ORDER BY {column} LIMIT 1 OFFSET {{offset}}")
+               f"ORDER BY {column} {{direction}} LIMIT 1 OFFSET {{offset}}")
         positions = [-(-k * n // 5) for k in range(1, 5)] if n else []
-        cuts.append(tuple(int(conn.exec_driver_sql(sql.format(offset=p - 1)).scalar()) for p in positions))
+        cuts.append(tuple(int(conn.exec_driver_sql(
+            sql.format(direction="ASC", offset=p - 1) if 2 * p <= n else sql.format(direction="DESC", offset=n - p)
+        ).scalar()) for p in positions))
     return PopulationStats(int(n), int(sum_last), int(sum_orders), int(sum_amount), *cuts)
 
 

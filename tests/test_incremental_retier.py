@@ -74,10 +74,11 @@ def change_something(db, tmp_path: Path, rng: random.Random, as_of: date, step: 
                             .values(last_interaction_at=moment - timedelta(hours=rng.randint(1, 2000))))
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_incremental_runs_leave_what_a_full_run_would(db, tmp_path, seed):
+@pytest.mark.parametrize(("seed", "customers"), [(1, 300), (2, 300), (3, 300), (4, 40), (5, 25)])
+def test_incremental_runs_leave_what_a_full_run_would(db, tmp_path, seed, customers):
+    """Small populations move their means and cut points across many customers' values."""
     rng = random.Random(seed)
-    generated = demo_data.generate(300, seed=seed, now=GENERATED_AT)
+    generated = demo_data.generate(customers, seed=seed, now=GENERATED_AT)
     load(db, tmp_path / "orders.csv", order_rows(generated))
     with db.begin() as session:
         first = retier(session, POLICY, START, TZ)
@@ -93,7 +94,8 @@ def test_incremental_runs_leave_what_a_full_run_would(db, tmp_path, seed):
         with db.begin() as session:
             full = retier(session, POLICY, as_of, TZ, full=True)
         assert (full.updated, sum(full.changes.values())) == (0, 0), f"step {step}: incremental missed customers"
-    assert min(shares) < 0.9  # (a long jump of the as-of day may move nearly everyone)
+    # (a long jump of the as-of day may move nearly everyone; each step's changes reach most of 25)
+    assert customers < 100 or min(shares) < 0.9
 
 
 def test_nothing_new_means_nothing_looked_at(db, tmp_path):
@@ -103,6 +105,36 @@ def test_nothing_new_means_nothing_looked_at(db, tmp_path):
         retier(session, POLICY, START, TZ)
         again = retier(session, POLICY, START, TZ)
     assert again.incremental and (again.recomputed, again.updated) == (0, 0)
+
+
+def test_statistics_that_move_without_crossing_a_value_widen_nothing(db, tmp_path):
+    """Comparisons are ``v > threshold`` on integers: a customer on the old cut point, or one whose
+    value the mean's floor still separates the same way, cannot move. F 1,1,2×6,3,3 (mean 2, cuts
+    1,2,2,2): one more order of 0.01 for a customer with F 3 moves the means (21/10, M +1 fen) but
+    neither floor nor any cut, so only that customer is looked at. One more order for a customer with
+    F 1 then moves the first F cut 1 → 2, and every customer with F 2 is re-scored."""
+    day = datetime(2025, 5, 20, 12, tzinfo=TZ)
+    counts = [1, 1, 2, 2, 2, 2, 2, 2, 3, 3]
+    load(db, tmp_path / "orders.csv", [
+        {"order_id": f"c{c}-{k}", "external_userid": f"wmc{c}", "amount": "10.00",
+         "paid_at": (day - timedelta(days=k)).isoformat()} for c, n in enumerate(counts) for k in range(n)])
+    with db.begin() as session:
+        retier(session, POLICY, START, TZ)
+    load(db, tmp_path / "more.csv", [{"order_id": "extra-9", "external_userid": "wmc9", "amount": "0.01",
+                                      "paid_at": (day - timedelta(days=30)).isoformat()}])
+    with db.begin() as session:
+        incremental = retier(session, POLICY, START, TZ)
+    assert incremental.incremental and incremental.recomputed == 1
+    load(db, tmp_path / "cut.csv", [{"order_id": "extra-0", "external_userid": "wmc0", "amount": "10.00",
+                                     "paid_at": (day - timedelta(days=30)).isoformat()}])
+    with db.begin() as session:
+        moved = retier(session, POLICY, START, TZ)
+        f_scores = session.execute(select(CustomerTier.f_score, func.count()).group_by(CustomerTier.f_score)).all()
+    assert moved.incremental and moved.recomputed == 7  # F 2 (six, and wmc0 now): the cut passed them
+    assert sorted(f_scores) == [(1, 8), (5, 2)]
+    with db.begin() as session:
+        full = retier(session, POLICY, START, TZ, full=True)
+    assert (full.updated, sum(full.changes.values())) == (0, 0)
 
 
 def test_a_new_policy_an_earlier_day_or_the_tag_driven_path_run_in_full(db, tmp_path):
