@@ -54,6 +54,30 @@ def test_of_two_schedulers_one_runs_the_jobs_and_the_other_takes_over_only_when_
         db.dispose()
 
 
+def test_a_scheduler_that_stands_down_leaves_the_shared_engine_to_the_others(database_url, shared_redis):
+    """The job store shares the app's engine: standing down (lock lost) or stopping must not dispose
+    it under the request threads, whose connections would go back to a discarded pool."""
+    settings = load_settings(overrides={"database": {"url": database_url},
+                                        "redis": {"url": "redis://scheduler-lock-test/0", "key_prefix": "g"},
+                                        "scheduler": {"lock_seconds": 30}}, environ={})
+    db = Database(settings.database)
+    service = SchedulerService(settings, db)
+    try:
+        service.tick()
+        assert service.active
+        pool = db.engine.pool
+        held = db.engine.connect()  # a request thread's, across the hand-over
+        fakeredis.FakeRedis(server=shared_redis).delete("g:scheduler:lock")
+        fakeredis.FakeRedis(server=shared_redis).set("g:scheduler:lock", "another-process")
+        service.tick()
+        assert not service.active
+        held.close()
+        assert db.engine.pool is pool and pool.checkedin() >= 1
+    finally:
+        service.stop()
+        db.dispose()
+
+
 # ---------------------------------------------------------------- WeCom refusing a send
 
 

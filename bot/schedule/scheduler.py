@@ -84,8 +84,19 @@ JOBS: tuple[JobSpec, ...] = (
 )
 
 
+class SharedEngineJobStore(SQLAlchemyJobStore):
+    """APScheduler's job store on the app's own engine, which the web's request threads and the
+    worker use too. APScheduler disposes its store's engine when the scheduler shuts down, as when a
+    scheduler loses the Redis lock and stands down: that left the connections other threads held
+    attached to a discarded pool, closed only when the garbage collector found them. The engine is
+    the Database's to dispose (at process exit)."""
+
+    def shutdown(self) -> None:
+        return None
+
+
 def build_scheduler(settings: Settings, db: Database) -> BackgroundScheduler:
-    store = SQLAlchemyJobStore(engine=db.engine, tablename=JOBSTORE_TABLE)
+    store = SharedEngineJobStore(engine=db.engine, tablename=JOBSTORE_TABLE)
     return BackgroundScheduler(jobstores={"default": store}, timezone=settings.tz,
                                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
 
