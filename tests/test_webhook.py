@@ -301,6 +301,71 @@ def test_the_hot_insert_reuses_its_connections_and_gives_them_up_on_dispose(app)
     assert first.dbapi_connection is None  # checked in and closed with the engines
 
 
+def _hot_connections(db: Any) -> list[Any]:
+    return [raw for idle in db._idle_raw.values() for raw in idle]
+
+
+def test_postgresql_a_hot_connection_the_server_dropped_is_a_503_and_the_retry_is_stored(
+        database_url, callbacks, db, caplog):
+    """The insert runs as a statement prepared on each kept connection: when the server ends that
+    connection (a restart, an idle timeout), the callback in flight is answered 503 for WeCom to
+    retry, the connection is discarded, and the retry prepares the statement on a new one."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("ends a PostgreSQL backend")
+    assert callbacks.post(contact_event(ExternalUserID="wm_first")).status_code == 200
+    [hot] = _hot_connections(db)
+    with db.engine.connect() as other:
+        other.exec_driver_sql(f"SELECT pg_terminate_backend({hot.dbapi_connection.info.backend_pid})")
+    event = contact_event(ExternalUserID="wm_second")
+    with caplog.at_level(logging.WARNING, logger="bot.web.webhook"):
+        assert callbacks.post(event).status_code == 503
+    assert "callback not stored, answered 503" in caplog.text
+    assert event["ExternalUserID"] not in caplog.text
+    assert callbacks.post(event).status_code == 200
+    assert callbacks.post(event).status_code == 200  # and a repeat is counted, not stored again
+    assert count(db) == 2
+    assert [e.duplicates for e in stored(db)] == [0, 1]
+
+
+def test_postgresql_a_prepared_insert_the_server_forgot_is_prepared_again(database_url, callbacks, db):
+    """A pooler in front of PostgreSQL, or a DISCARD ALL, drops the connection's prepared statements."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's prepared statements")
+    assert callbacks.post(contact_event(ExternalUserID="wm_first")).status_code == 200
+    [hot] = _hot_connections(db)
+    hot.dbapi_connection.execute("DEALLOCATE ALL")
+    assert callbacks.post(contact_event(ExternalUserID="wm_second")).status_code == 200
+    assert count(db) == 2
+
+
+def test_postgresql_the_prepared_insert_stores_exactly_what_the_orm_would(database_url, db):
+    """Values go to the prepared statement as text: times, numbers, None and non-ASCII text arrive as the
+    ORM path stores them, and a NUL (which text parameters would cut short) is refused."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's prepared statements")
+    from sqlalchemy.exc import DBAPIError
+
+    from bot.inbox.store import insert_new_event
+    from bot.models import utcnow
+
+    before = utcnow()
+    fields = {"ToUserName": "ww1", "MsgType": "text", "MsgId": "123", "Content": "会员 ✓"}
+    payload = "<xml><Content><![CDATA[会员 ✓ 'quoted' \\ back]]></Content></xml>"
+    with db.raw_statement(2.0) as connection:
+        new_id = insert_new_event(connection, db.engine.dialect, fields, payload)
+    with db.raw_statement(2.0) as connection:
+        assert insert_new_event(connection, db.engine.dialect, fields, payload) is None
+    [event] = stored(db)
+    assert event.id == new_id
+    assert (event.msg_type, event.event, event.msg_id, event.payload, event.status, event.attempts) == (
+        "text", None, "123", payload, "pending", 0)
+    assert before <= event.received_at <= utcnow()
+    with pytest.raises(DBAPIError, match="NUL"):
+        with db.raw_statement(2.0) as connection:
+            insert_new_event(connection, db.engine.dialect, {"MsgId": "124"}, "<xml>\x00</xml>")
+    assert count(db) == 1
+
+
 def test_other_methods_are_told_which_ones_the_callback_url_takes(client):
     response = client.put("/wecom/callback", data=b"<xml/>")
     assert response.status_code == 405

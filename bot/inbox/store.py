@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -52,18 +53,23 @@ def _digest(text: str) -> str:
 
 
 def insert_new_event(dbapi_connection: Any, dialect: Dialect, fields: dict[str, Any], payload: str) -> int | None:
-    """The webhook's hot path: INSERT … ON CONFLICT DO NOTHING RETURNING id on a DBAPI connection, the
-    statement compiled by SQLAlchemy once per dialect. The id of the new row, or None when the key is
-    stored already (then :func:`store_event` records the duplicate). Through a Session the same insert
-    cost several times the database's own work on every callback.
+    """The webhook's hot path: INSERT … ON CONFLICT DO NOTHING [RETURNING id] on a DBAPI connection in
+    autocommit mode. The id of the new row, or None when the key is stored already (then
+    :func:`store_event` records the duplicate). Through a Session the same insert cost several times
+    the database's own work on every callback.
 
     On SQLite the statement has no RETURNING: with it, the autocommit transaction (and the database's
     one write lock) ends only at the step after the row, which the request thread runs once it has the
     GIL back, so every other writer waited out a GIL hand-over too. Without it the insert commits in
-    one step; the row count and last rowid say what happened (both per connection)."""
+    one step; the row count and last rowid say what happened (both per connection).
+
+    On PostgreSQL the statement is prepared once per connection and run through libpq directly
+    (:func:`_insert_prepared`)."""
     sql, names, processors = _compiled_insert(dialect)
     values = _row_values(fields, payload)
     bound = {name: (processors[name](values[name]) if processors.get(name) else values[name]) for name in names}
+    if dialect.name == "postgresql":
+        return _insert_prepared(dbapi_connection, [bound[name] for name in names])
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(sql, tuple(bound[n] for n in names) if dialect.positional else bound)
@@ -73,6 +79,56 @@ def insert_new_event(dbapi_connection: Any, dialect: Dialect, fields: dict[str, 
     finally:
         cursor.close()
     return int(row[0]) if row else None
+
+
+_PREPARED = b"scrm_inbox_insert"
+_PREPARED_FLAG = "scrm_inbox_insert_prepared"
+
+
+def _insert_prepared(dbapi_connection: Any, values: list[Any]) -> int | None:
+    """PostgreSQL: the insert as a statement prepared on this connection, run by libpq (which lets go of
+    the GIL while it waits). psycopg's cursor (a generator-driven wait, the query's placeholders
+    converted, each value dumped by type) cost 60–80 µs of a request's CPU more than the statement's
+    own round trip; this costs a third of that. Values go as text, typed by the table's columns. A
+    statement the server no longer knows (a pooler in between, ``DISCARD ALL``) is prepared again."""
+    from psycopg import DataError, errors, pq
+
+    connection = dbapi_connection.dbapi_connection
+    pgconn = connection.pgconn
+    encoding = connection.info.encoding
+    params = [None if value is None else _as_text(value).encode(encoding) for value in values]
+    if any(param is not None and b"\x00" in param for param in params):
+        raise DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    for attempt in (1, 2):
+        if not dbapi_connection.info.get(_PREPARED_FLAG):
+            prepared = pgconn.prepare(_PREPARED, _prepared_sql())
+            if prepared.status != pq.ExecStatus.COMMAND_OK:
+                raise errors.error_from_result(prepared, encoding=encoding)
+            dbapi_connection.info[_PREPARED_FLAG] = True
+        result = pgconn.exec_prepared(_PREPARED, params)
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            return int(result.get_value(0, 0)) if result.ntuples else None
+        error = errors.error_from_result(result, encoding=encoding)
+        if attempt == 1 and isinstance(error, errors.InvalidSqlStatementName):
+            dbapi_connection.info.pop(_PREPARED_FLAG, None)
+            continue
+        raise error
+    raise AssertionError("unreachable")
+
+
+def _as_text(value: Any) -> str:
+    return value.isoformat(" ") if isinstance(value, datetime) else str(value)
+
+
+@lru_cache(maxsize=1)
+def _prepared_sql() -> bytes:
+    """The hot insert in PostgreSQL's own placeholders ($1 …), columns in :func:`_compiled_insert`'s order."""
+    from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
+
+    sql, names, _ = _compiled_insert(pg_psycopg.dialect())
+    for number, name in enumerate(names, start=1):
+        sql = sql.replace(f"%({name})s", f"${number}")
+    return sql.encode()
 
 
 _COMPILED: dict[tuple[str, str, str], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
