@@ -40,7 +40,11 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
     """A customer added a member: fetch the contact, upsert customer + follow, tag by channel,
     record the add, and send the welcome while the WelcomeCode is valid."""
     external_userid, userid = _ids(ctx)
-    contact = _fetch_contact(ctx, external_userid)
+    try:
+        contact = _fetch_contact(ctx, external_userid)
+    except (WeChatClientException, OSError):
+        _welcome_before_the_retry(ctx, external_userid, userid)
+        raise
     customer = upsert_customer(ctx.session, external_userid, contact.get("external_contact", {}))
     staff = upsert_staff(ctx.session, userid, ctx)
     info = _follow_info(contact, userid)
@@ -136,12 +140,43 @@ def _left_forgotten(ctx: HandlerContext, external_userid: str) -> bool:
     return True
 
 
+@on("event", EVENT, "msg_audit_approved")
+def archive_approved(event: Any, ctx: HandlerContext) -> None:
+    """The customer agreed to 会话存档: where archiving is on, this event (not the add) carries the
+    WelcomeCode, valid for 20 s like the add's."""
+    external_userid, userid = _ids(ctx)
+    if _left_forgotten(ctx, external_userid):
+        return
+    customer = upsert_customer(ctx.session, external_userid, {})
+    staff = upsert_staff(ctx.session, userid, ctx)
+    follow = upsert_follow(ctx.session, customer, staff)
+    channel = channel_rules(ctx.session, ctx.settings, follow.state)
+    _welcome(ctx, customer, staff, follow.state or "", channel.get("welcome") or "default")
+
+
 # ------------------------------------------------------------------ welcome and alerts
+
+
+def _welcome_before_the_retry(ctx: HandlerContext, external_userid: str, userid: str) -> None:
+    """externalcontact/get failed, so the event fails and is retried in full later; the welcome code
+    lasts 20 s, so the welcome goes out now, from the event alone (the retry finds it: same key)."""
+    if not ctx.fields.get("WelcomeCode") or awaits_takeover(ctx.session, external_userid, userid):
+        return
+    customer = upsert_customer(ctx.session, external_userid, {})
+    staff = upsert_staff(ctx.session, userid, ctx)
+    state = str(ctx.fields.get("State") or "")
+    channel = channel_rules(ctx.session, ctx.settings, state or None)
+    _welcome(ctx, customer, staff, state, channel.get("welcome") or "default")
+    ctx.log.warning("contact %s not readable from WeCom; welcome sent from the event, the rest retried",
+                    masked(external_userid))
+    ctx.checkpoint()
 
 
 def _welcome(ctx: HandlerContext, customer: Customer, staff: Staff, state: str, name: str) -> None:
     code = str(ctx.fields.get("WelcomeCode") or "")
     key = f"welcome:{customer.external_userid}:{staff.userid}:{ctx.fields.get('CreateTime')}"
+    if ctx.fields.get("ChangeType") == "msg_audit_approved":  # may share its second with the add
+        key += ":archive"
     base = {"channel": "welcome", "dedupe_key": key, "recipient": customer.external_userid,
             "trigger_kind": "welcome", "trigger_ref": state or "default", "customer_id": customer.id,
             "sender_userid": staff.userid}
@@ -176,14 +211,29 @@ def _churn_alert(ctx: HandlerContext, customer: Customer, userid: str, ref: str)
 
 
 def push_customer_tags(ctx: HandlerContext, customer: Customer) -> None:
-    """Mirror this customer's pending tag changes to WeCom now; a failure is kept on the tag row
-    (``scrm sync tags`` retries) and never fails the event."""
+    """Mirror this customer's pending tag changes to WeCom once the event is committed; a failure is
+    kept on the tag row (``scrm sync tags`` retries) and never fails the event."""
     if ctx.clients is None or not ctx.settings.tags.push_to_wecom:
         return
-    ctx.session.flush()
-    result = push_pending(ctx.session, ctx.clients.contact, customer_ids=[customer.id])
-    if result.errors:
-        ctx.log.warning("tags of customer %s not yet in WeCom: %s", customer.id, result.errors[0])
+    customer_id, contact_client, log = customer.id, ctx.clients.contact, ctx.log
+
+    def push(session: Session) -> None:
+        result = push_pending(session, contact_client, customer_ids=[customer_id])
+        if result.errors:
+            log.warning("tags of customer %s not yet in WeCom: %s", customer_id, result.errors[0])
+
+    if ctx.db is None:  # a context without a database of its own: push inside the event
+        ctx.session.flush()
+        push(ctx.session)
+        return
+
+    def push_committed() -> None:
+        with ctx.db.begin() as session:
+            push(session)
+
+    # After the commit and the event's sends: three WeCom calls (tag list, add, mark) no longer stand
+    # between a new customer and the welcome, and a failure of theirs no longer fails the event.
+    ctx.after_commit(push_committed)
 
 
 # ------------------------------------------------------------------ tags from WeCom

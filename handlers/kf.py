@@ -24,6 +24,8 @@ EVENT = "kf_msg_or_event"
 CUSTOMER, SYSTEM, SERVICER = 3, 4, 5  # msg_list[].origin
 INVALID_MSG_TOKEN = 95007
 EVENT_CODE_WINDOW = timedelta(seconds=20)
+SERVICE_STATE_POOL = 2  # kf/service_state: 2 = 待接入池排队中 (official path/94698)
+SESSION_LIFETIME = timedelta(hours=48)  # a kf session ends at the latest 48 h after it began
 MAX_PAGES = 10_000  # a guard against a server that never says has_more=0
 FAIL_TYPES = {0: "unknown", 1: "kf account deleted", 2: "app closed", 4: "session expired (over 48 hours)",
               5: "session closed", 6: "over the 5-message limit", 7: "视频号 verification pending",
@@ -185,6 +187,30 @@ def _reply(ctx: HandlerContext, customer: Customer, conversation: KfConversation
         conversation.sent_since_customer_message += 1
         conversation.last_reply_at = now
         ctx.send_after_commit(row.id)
+        if name in ctx.settings.kf.transfer_rules:
+            _hand_to_pool(ctx, conversation, now)
+
+
+def _hand_to_pool(ctx: HandlerContext, conversation: KfConversation, now: datetime) -> None:
+    """The customer asked for a person: once the reply saying so is out (the API may send only while the
+    session is new or with the assistant), the session goes to the waiting pool for a servicer to take.
+    The bot stays quiet until the servicer ends the session (session_status_change) or it lapses."""
+    conversation.with_people_since = now
+    if ctx.clients is None:
+        return
+    open_kfid, external_userid, log, client = (conversation.open_kfid, conversation.external_userid, ctx.log,
+                                               ctx.clients.kf)
+
+    def transfer() -> None:
+        try:
+            client.kf.trans_service_state(open_kfid, external_userid, SERVICE_STATE_POOL)
+        except WeChatClientException as exc:
+            log.warning("kf session of customer %s not handed to the waiting pool: WeCom %s %s",
+                        masked(external_userid), exc.errcode, exc.errmsg)
+            return
+        log.info("kf session of customer %s handed to the waiting pool", masked(external_userid))
+
+    ctx.after_commit(transfer)
 
 
 def _why_not_reply(ctx: HandlerContext, conversation: KfConversation, name: str, now: datetime) -> str | None:
@@ -195,6 +221,9 @@ def _why_not_reply(ctx: HandlerContext, conversation: KfConversation, name: str,
     if conversation.sent_since_customer_message >= kf.window_messages:
         return (f"kf window full: {conversation.sent_since_customer_message} messages already sent since the "
                 f"customer's last message (WeCom allows {kf.window_messages} within {kf.window_hours} hours)")
+    people = conversation.with_people_since
+    if people is not None and now - people < SESSION_LIFETIME:
+        return "the conversation is with a person (WeCom's waiting pool or a servicer): the API may not send"
     servicer = conversation.last_servicer_message_at
     if servicer is not None and now - servicer < timedelta(minutes=kf.human_takeover_minutes):
         return f"a servicer is handling this conversation (wrote within {kf.human_takeover_minutes} minutes)"
@@ -230,6 +259,8 @@ def _system_event(ctx: HandlerContext, open_kfid: str, message: dict[str, Any]) 
         _enter_session(ctx, open_kfid, event, message)
     elif kind == "msg_send_fail":
         _send_failed(ctx, event)
+    elif kind == "session_status_change":
+        _session_status_changed(ctx, open_kfid, event, message)
     else:
         ctx.log.debug("kf event %s on %s noted", kind, open_kfid)
 
@@ -245,13 +276,32 @@ def _enter_session(ctx: HandlerContext, open_kfid: str, event: dict[str, Any], m
     rendered = ctx.templates.render("kf_welcome", name, tier_keys(customer), customer=customer_vars(customer),
                                     brand=ctx.settings.app.brand_name, scene=scene)
     key = f"kf-welcome:{code}"
+    # The code lasts 20 s from the event itself: a first sync (or one after an outage) reads up to three
+    # days back, and those events' codes are long dead.
     started = min(ctx.received_at or utcnow(), utcnow())
+    if message.get("send_time"):
+        started = min(started, from_epoch(message["send_time"]))
     row = enqueue(ctx.session, channel="kf_event", dedupe_key=key, recipient=external_userid,
                   trigger_kind="kf_welcome", trigger_ref=scene or "default", customer_id=customer.id,
                   content={"text": rendered.text, "code": code, "msgid": kf_msgid(key), "open_kfid": open_kfid,
                            "template": rendered.template},
                   expires_at=started + EVENT_CODE_WINDOW)
     ctx.send_after_commit(row.id if row else None)
+
+
+def _session_status_changed(ctx: HandlerContext, open_kfid: str, event: dict[str, Any],
+                            message: dict[str, Any]) -> None:
+    """A servicer took the session from the pool (1), passed it on (2) or took up an ended one (4): a
+    person has it, and the API may not send (95018) until it ends. Ended (3): the customer's next
+    message opens a new session, which the bot answers again."""
+    external_userid = str(event.get("external_userid") or message.get("external_userid") or "")
+    change = int(event.get("change_type") or 0)
+    if not external_userid or change not in (1, 2, 3, 4):
+        return
+    conversation = _conversation(ctx, open_kfid, external_userid)
+    conversation.with_people_since = None if change == 3 else _sent_at(message)
+    ctx.log.info("kf session of customer %s: %s", masked(external_userid),
+                 "ended by the servicer" if change == 3 else "with a servicer")
 
 
 def _send_failed(ctx: HandlerContext, event: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
 import requests
 from sqlalchemy import func, select
@@ -130,7 +131,9 @@ def test_sequence_steps_come_due_and_converted_customers_leave(app, db):
     assert later.planned == 1
 
 
-def test_reminders_at_most_three_per_day(wired, sandbox):
+def one_pending_mass_message(wired, sandbox) -> tuple[Any, ContactPolicy]:
+    """One customer of zhangsan's with a due mass message; returns the contact client and a policy
+    without quiet hours."""
     db, settings = wired.extensions["scrm.db"], wired.extensions["scrm.settings"]
     requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
         {"userid": "zhangsan", "external_userid": "wm000000", "name": "A"}]}, timeout=10).raise_for_status()
@@ -142,6 +145,12 @@ def test_reminders_at_most_three_per_day(wired, sandbox):
                             scheduled_at=datetime(2026, 1, 1, tzinfo=SHANGHAI)))
     contact = wired.extensions["scrm.processor"].clients.contact
     anytime = replace(ContactPolicy.from_settings(settings), quiet_start=time(0), quiet_end=time(0))
+    return contact, anytime
+
+
+def test_reminders_at_most_three_per_day(wired, sandbox):
+    db = wired.extensions["scrm.db"]
+    contact, anytime = one_pending_mass_message(wired, sandbox)
     assert submit_mass_messages(db, contact, anytime) == Counter({"submitted": 1})
     submitted_at = datetime.now(SHANGHAI)
     outcomes, clock = [], 0
@@ -175,3 +184,21 @@ def test_scheduled_tier_coupons_are_broadcasts_with_codes(app, db):
         assert len(coupons) == 18 and flash.next_run_at == friday + timedelta(days=7)
         texts = [r.content["text"] for r in s.scalars(select(OutboxMessage).where(OutboxMessage.status == "pending"))]
         assert all("全场88折" in t for t in texts) and len(set(texts)) == 18
+
+
+def test_a_mass_message_refused_for_the_frequency_limit_is_submitted_again_after_the_block(wired, sandbox):
+    """45009 means WeCom created nothing and blocks add_msg_template for a minute: the rows go back to
+    pending for after the block (they used to fail), and are submitted once then."""
+    db = wired.extensions["scrm.db"]
+    requests.post(f"{sandbox.url}/_sandbox/faults", json={"path": "externalcontact/add_msg_template",
+                                                         "errcode": 45009}, timeout=10).raise_for_status()
+    contact, anytime = one_pending_mass_message(wired, sandbox)
+    now = datetime.now(SHANGHAI)
+    assert submit_mass_messages(db, contact, anytime, now=now) == Counter({"deferred": 1})
+    [row] = outbox(db, channel="mass_message")
+    assert row.status == "pending" and "45009" in row.reason
+    assert row.scheduled_at >= now + timedelta(seconds=60)
+    assert submit_mass_messages(db, contact, anytime, now=now + timedelta(seconds=30)) == Counter()
+    assert submit_mass_messages(db, contact, anytime, now=now + timedelta(seconds=61)) == Counter({"submitted": 1})
+    assert len(requests.get(f"{sandbox.url}/_sandbox/calls", params={"path": "externalcontact/add_msg_template"},
+                            timeout=10).json()) == 2

@@ -69,6 +69,41 @@ def test_channel_add_tags_customer_here_and_in_wecom_and_welcomes(wired, sandbox
         assert s.scalar(select(CustomerTag)).push_state is None
 
 
+def test_the_welcome_goes_out_before_the_channel_tags_are_pushed(wired, sandbox, staff):
+    """Tag pushes (tag list, add, mark: up to three WeCom calls) used to run inside the event, between
+    the new customer and the welcome's 20 s; they now follow the commit and the welcome."""
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "李四", "state": CHANNEL})
+    assert drain(wired) == {"handled": 1}
+    paths = [c["path"] for c in read(sandbox, "calls")]
+    assert paths.index("externalcontact/send_welcome_msg") < paths.index("externalcontact/mark_tag")
+
+
+def test_a_tag_push_that_gets_no_answer_leaves_the_tag_for_the_next_sync_and_the_event_handled(
+        wired, sandbox, staff):
+    """A transport error (not a WeCom errcode) in mark_tag used to fail the add event after the fact:
+    its retry came too late for the welcome. The event is handled, the welcome sent, the tag left to push."""
+    wired.extensions["scrm.processor"].clients.contact.timeout = 0.5
+    control(sandbox, "delays", {"path": "externalcontact/mark_tag", "seconds": 2.0, "mode": "drop", "count": 1})
+    added = control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "李四", "state": CHANNEL})
+    assert drain(wired) == {"handled": 1}
+    assert len(read(sandbox, "sent")["welcomes"]) == 1
+    db = wired.extensions["scrm.db"]
+    assert live_tags(db, added["external_userid"]) == {"渠道/直播间"}
+    with db.sessions() as s:
+        assert s.scalar(select(CustomerTag)).push_state == "add"  # still to push: `scrm sync tags` does it
+
+
+def test_with_archiving_on_the_welcome_follows_the_customers_consent(wired, sandbox, staff):
+    """Where 会话存档 is on, the add carries no WelcomeCode; msg_audit_approved brings it (WECOM.md §2)."""
+    added = control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "李四", "welcome": False})
+    assert drain(wired) == {"handled": 1}
+    assert read(sandbox, "sent")["welcomes"] == []
+    control(sandbox, "contacts/archive-approved", {"userid": "zhangsan", "external_userid": added["external_userid"]})
+    assert drain(wired) == {"handled": 1}
+    [welcome] = read(sandbox, "sent")["welcomes"]
+    assert "李四您好，我是测试店的张三" in welcome["text"] and welcome["sent_at"] - welcome["issued_at"] < 20
+
+
 def test_returning_vip_gets_the_vip_welcome(wired, sandbox, staff):
     db = wired.extensions["scrm.db"]
     known_customer(db, "wmVIP", "王总", "high", "important_value")
@@ -239,6 +274,74 @@ def test_other_message_types_devices_and_servicers_are_handled(wired, sandbox, s
         assert last.status == "skipped" and "servicer" in last.reason
         kinds = s.execute(select(Interaction.kind, Interaction.detail)).all()
     assert ("kf_message", "image") in {(k, d.get("msgtype")) for k, d in kinds}
+
+
+def test_asking_for_a_person_hands_the_session_to_the_waiting_pool_after_saying_so(wired, sandbox, staff):
+    """转人工: the reply says a person is coming, then the session goes to WeCom's waiting pool
+    (kf/service_state/trans to 2); the bot stays quiet while a servicer has it and answers again once
+    the servicer ends the session."""
+    kf_say(sandbox, "wmHUMAN", "转人工")
+    assert drain(wired) == {"handled": 1}
+    [reply] = kf_replies(sandbox, "wmHUMAN")
+    assert "人工" in reply
+    [trans] = read(sandbox, "calls", path="kf/service_state/trans")
+    assert trans["errcode"] == 0 and trans["body"]["service_state"] == 2
+    assert trans["body"]["external_userid"] == "wmHUMAN" and trans["body"]["open_kfid"] == "wkSHOP"
+    paths = [c["path"] for c in read(sandbox, "calls")]
+    assert paths.index("kf/send_msg") < paths.index("kf/service_state/trans")  # said before handed over
+
+    kf_say(sandbox, "wmHUMAN", "多少钱")  # waiting in the pool: WeCom would refuse a send (95018)
+    control(sandbox, "kf/servicer", {"open_kfid": "wkSHOP", "external_userid": "wmHUMAN",
+                                     "servicer_userid": "zhangsan", "action": "take"})
+    kf_say(sandbox, "wmHUMAN", "价格呢")
+    drain(wired)
+    assert len(kf_replies(sandbox, "wmHUMAN")) == 1
+    assert all(c["errcode"] == 0 for c in read(sandbox, "calls", path="kf/send_msg"))
+    with wired.extensions["scrm.db"].sessions() as s:
+        skipped = s.scalars(select(OutboxMessage).where(OutboxMessage.status == "skipped")).all()
+    assert len(skipped) == 2 and all("with a person" in r.reason for r in skipped)
+
+    control(sandbox, "kf/servicer", {"open_kfid": "wkSHOP", "external_userid": "wmHUMAN", "action": "end"})
+    kf_say(sandbox, "wmHUMAN", "还在吗 多少钱")
+    drain(wired)
+    assert len(kf_replies(sandbox, "wmHUMAN")) == 2  # the session ended: the bot answers the new one
+
+
+def test_a_reply_over_wecoms_byte_limit_is_sent_shortened_not_refused(overrides, sandbox, sandbox_state, tmp_path):
+    """kf text is at most 2048 bytes: a reply template that quotes the customer's own message (up to
+    2048 bytes itself) went over it, and WeCom refused the whole reply."""
+    from bot.web.app import create_app
+    from bot.web.serving import BackgroundServer
+
+    (tmp_path / "reply").mkdir()
+    (tmp_path / "reply" / "price.j2").write_text("您问的是：{{ text }}。我们的价格……", encoding="utf-8")
+    settings = {**overrides, "wecom": {**overrides["wecom"], "api_base_url": f"{sandbox.url}/cgi-bin/"},
+                "app": {**overrides["app"], "templates_dir": str(tmp_path)}}
+    app = create_app(settings, environ={}, start_worker=False)
+    try:
+        with BackgroundServer(app) as bot:
+            sandbox_state.config.callback_url = f"{bot.url}/wecom/callback"
+            control(sandbox, "seed", {"kf_accounts": [{"open_kfid": "wkSHOP", "name": "官方客服"}]})
+            kf_say(sandbox, "wmLONG", "多少钱" + "很" * 680)  # 2,049 bytes of the customer's own
+            assert drain(app) == {"handled": 1}
+        [reply] = kf_replies(sandbox, "wmLONG")
+        assert len(reply.encode("utf-8")) <= 2048 and reply.startswith("您问的是：多少钱很") and reply.endswith("…")
+        [call] = read(sandbox, "calls", path="kf/send_msg")
+        assert call["errcode"] == 0
+    finally:
+        app.extensions["scrm.db"].dispose()
+
+
+def test_fit_text_cuts_at_a_character_boundary_within_each_channels_limit():
+    from bot.outbox.queue import fit_text
+
+    assert fit_text("kf", "短") == "短"
+    assert fit_text("kf", "a" * 2048) == "a" * 2048
+    cut = fit_text("kf", "会" * 700)  # 2,100 bytes
+    assert len(cut.encode("utf-8")) <= 2048 and cut == "会" * 681 + "…"
+    assert len(fit_text("welcome", "x" * 5000).encode("utf-8")) == 4000
+    assert fit_text("mass_message", "y" * 4000) == "y" * 4000
+    assert fit_text("unknown_channel", "z" * 9000) == "z" * 9000
 
 
 def test_entering_a_session_gets_a_welcome_within_20_seconds(wired, sandbox, staff):

@@ -276,3 +276,25 @@ def test_send_interrupted_by_a_crash_is_resumed_only_where_safe_and_bounded(
     assert row.status == status
     if status == "failed":
         assert "outcome unknown" in row.reason
+
+
+# ---------------------------------------------------------------- the welcome comes first
+
+
+def test_welcome_goes_out_even_when_the_contact_cannot_be_read_and_the_event_is_retried(wired, sandbox, staff):
+    """externalcontact/get refused (here: no privilege) used to fail the whole event before the welcome
+    was queued; its retry came after the 20 s. The welcome goes out from the event alone; the retry
+    does the rest and sends no second welcome."""
+    control(sandbox, "faults", {"path": "externalcontact/get", "errcode": 60011, "count": 1})
+    added = control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "李四"})
+    assert drain(wired) == {"failed": 1}
+    assert len(read(sandbox, "sent")["welcomes"]) == 1
+    processor = wired.extensions["scrm.processor"]
+    processor.clock = lambda: utcnow() + timedelta(minutes=10)  # past the event's back-off
+    assert drain(wired) == {"handled": 1}
+    assert len(read(sandbox, "sent")["welcomes"]) == 1
+    assert only_row(wired).status == "sent"
+    from bot.models import Customer
+    with wired.extensions["scrm.db"].sessions() as s:
+        customer = s.scalars(select(Customer).where(Customer.external_userid == added["external_userid"])).one()
+        assert customer.name == "李四"  # the retry read the contact

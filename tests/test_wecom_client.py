@@ -10,7 +10,7 @@ import requests
 from wechatpy.exceptions import WeChatClientException
 
 from bot.startup import load_settings
-from bot.wecom.client import WeComClient, build_clients
+from bot.wecom.client import ApiBlocked, WeComClient, build_clients
 from tests.support import REDIS_URL, secret_for
 
 
@@ -83,7 +83,7 @@ def test_token_errors_do_not_loop_forever(clients, sandbox, seeded):
     assert len(calls(sandbox, "externalcontact/get")) == 2
 
 
-@pytest.mark.parametrize("errcode", [45009, -1])
+@pytest.mark.parametrize("errcode", [45033, -1])
 def test_busy_answers_back_off_and_retry(clients, sandbox, seeded, sleeps, errcode):
     control(sandbox, "faults", {"path": "externalcontact/get", "errcode": errcode, "count": 2})
     assert clients.contact.external_contact.get("wmA")["external_contact"]["external_userid"] == "wmA"
@@ -91,10 +91,20 @@ def test_busy_answers_back_off_and_retry(clients, sandbox, seeded, sleeps, errco
 
 
 def test_busy_retries_are_bounded(clients, sandbox, seeded, sleeps):
-    control(sandbox, "faults", {"path": "externalcontact/get", "errcode": 45009, "count": 10})
+    control(sandbox, "faults", {"path": "externalcontact/get", "errcode": -1, "count": 10})
     with pytest.raises(WeChatClientException) as info:
         clients.contact.external_contact.get("wmA")
-    assert info.value.errcode == 45009 and len(sleeps) == 3
+    assert info.value.errcode == -1 and len(sleeps) == 3
+
+
+def test_over_the_frequency_limit_is_raised_at_once_with_when_to_try_again(clients, sandbox, seeded, sleeps):
+    """45009 blocks the API for a minute (WECOM.md §9): a retry within seconds is refused again and holds
+    the thread, so the caller gets it at once and reschedules."""
+    control(sandbox, "faults", {"path": "externalcontact/get", "errcode": 45009, "count": 2})
+    with pytest.raises(ApiBlocked) as info:
+        clients.contact.external_contact.get("wmA")
+    assert info.value.errcode == 45009 and info.value.retry_after >= 60 and sleeps == []
+    assert len(calls(sandbox, "externalcontact/get")) == 1
 
 
 def test_wrong_secret_is_an_error_not_a_retry_loop(settings, sandbox):

@@ -17,6 +17,7 @@ from bot.core.config import Settings
 from bot.models import Customer, CustomerTier, Follow, OutboxMessage, Staff
 from bot.outbox.messages import TIER_NAMES, MessageTemplates
 from bot.outbox.policy import ContactPolicy
+from bot.outbox.queue import fit_text
 from segments.rfm import SEGMENT_NAMES
 
 
@@ -57,7 +58,8 @@ def plan_holiday_greetings(session: Session, settings: Settings, templates: Mess
                 dedupe_key=f"greeting:{holiday.code}:{day.isoformat()}:{row.id}", channel="mass_message",
                 customer_id=row.id, recipient=row.external_userid, sender_userid=row.owner_userid,
                 trigger_kind="greeting", trigger_ref=f"{holiday.code}:{day.year}",
-                content={"text": rendered.text, "template": rendered.template},
+                content={"text": fit_text("mass_message", rendered.text, rendered.template),
+                         "template": rendered.template},
                 status="skipped" if reason else "pending", reason=reason, scheduled_at=send_at))
             if reason:
                 plan.skipped[reason] += 1

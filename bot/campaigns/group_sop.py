@@ -25,6 +25,7 @@ from bot.core.config import Settings
 from bot.models import GroupSop, OutboxMessage, utcnow
 from bot.outbox.messages import MessageTemplates, TemplateMissing, refusal
 from bot.outbox.policy import ContactPolicy
+from bot.outbox.queue import fit_text
 
 TRIGGER = "group_sop"
 MAX_STEPS = 20
@@ -118,7 +119,8 @@ def run_sops(session: Session, settings: Settings, now: datetime | None = None) 
             session.add(OutboxMessage(
                 dedupe_key=key, channel=CHANNEL, recipient=group.chat_id, sender_userid=group.owner_userid or None,
                 trigger_kind=TRIGGER, trigger_ref=f"group_sop:{sop.id}:{index}",
-                content={"text": rendered.text, "template": rendered.template, "group": group.name},
+                content={"text": fit_text(CHANNEL, rendered.text, rendered.template), "template": rendered.template,
+                         "group": group.name},
                 status="skipped" if why else "pending", reason=why, scheduled_at=send_after, created_at=now,
                 updated_at=now))
             done.add(key)

@@ -18,6 +18,7 @@ from bot.core.config import Settings
 from bot.models import Customer, Follow, OutboxMessage, Staff
 from bot.outbox.messages import MessageTemplates, customer_vars, tier_keys
 from bot.outbox.policy import ContactPolicy
+from bot.outbox.queue import fit_text
 
 NO_SENDER = "no member to send from (the owner no longer follows this customer)"
 
@@ -63,7 +64,8 @@ def push(session: Session, settings: Settings, templates: MessageTemplates, cust
         row = OutboxMessage(dedupe_key=keys[customer.id], channel="mass_message", customer_id=customer.id,
                             recipient=customer.external_userid, sender_userid=customer.owner_userid,
                             trigger_kind=trigger_kind, trigger_ref=trigger_ref[:128],
-                            content={"text": rendered.text, "template": rendered.template},
+                            content={"text": fit_text("mass_message", rendered.text, rendered.template),
+                                     "template": rendered.template},
                             status="skipped" if reason else "pending", reason=reason, scheduled_at=send_at)
         session.add(row)
         session.flush()

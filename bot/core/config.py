@@ -157,6 +157,7 @@ class KfSettings:
     reply_rules: list[dict[str, Any]] = field(default_factory=_default_reply_rules)
     default_reply_cooldown_minutes: int = 30
     human_takeover_minutes: int = 30
+    transfer_rules: list[str] = field(default_factory=lambda: ["human"])
     opt_out_words: list[str] = field(default_factory=lambda: ["退订", "TD"])
     opt_in_words: list[str] = field(default_factory=lambda: ["恢复订阅"])
     window_hours: int = 48

@@ -38,11 +38,19 @@ class HandlerContext:
     tag_rules: Any = None  # bot.tagging.rules.TagRules
     sender: Any = None  # bot.outbox.OutboxSender
     send_now: list[int] = field(default_factory=list)
+    db: Any = None  # bot.core.db.Database, for work done after the commit
+    after_sends: list[Callable[[], None]] = field(default_factory=list)
 
     def send_after_commit(self, outbox_id: int | None) -> None:
         """Send this outbox row as soon as the handler's work is committed."""
         if outbox_id is not None:
             self.send_now.append(outbox_id)
+
+    def after_commit(self, work: Callable[[], None]) -> None:
+        """Run ``work`` once the handler's work is committed and its messages sent: slow calls that the
+        event does not depend on (a tag push to WeCom), which must neither hold up a welcome, whose code
+        lasts 20 s, nor fail the event. A failure is logged; the work must leave a trace to retry from."""
+        self.after_sends.append(work)
 
     def checkpoint(self) -> None:
         """Commit what is done so far (e.g. one sync page and its cursor) and send its messages:
@@ -57,6 +65,14 @@ class HandlerContext:
                 self.sender.send(ids)
             except Exception:  # noqa: BLE001 - unsent rows stay pending; the worker's sweep sends them
                 self.log.exception("sending outbox rows %s failed; left for the next sweep", ids)
+        work, self.after_sends = self.after_sends, []
+        for item in work:
+            try:
+                item()
+            except Exception as exc:  # noqa: BLE001 - committed already; the work's own rows say what is left
+                # The type only: a transport error's text quotes the URL, access token included.
+                self.log.warning("work after inbox event %d failed (%s); left for the next sync",
+                                 self.inbox_event_id, type(exc).__name__)
 
 
 def make_key(msg_type: str, event: str | None = None, change_type: str | None = None) -> Key:

@@ -132,7 +132,7 @@ class InboxProcessor:
         with self.db.sessions() as session:
             ctx = HandlerContext(session=session, settings=self.settings, fields={}, inbox_event_id=event_id,
                                  clients=self.clients, received_at=received_at, templates=self.templates,
-                                 tag_rules=self.tag_rules, sender=self.sender)
+                                 tag_rules=self.tag_rules, sender=self.sender, db=self.db)
             try:
                 ctx.fields = parse_flat_xml(payload)
                 message = parse_message(payload)
@@ -142,6 +142,7 @@ class InboxProcessor:
             except Exception as exc:  # noqa: BLE001 - any handler error is recorded and retried
                 session.rollback()
                 ctx.send_now.clear()
+                ctx.after_sends.clear()
                 return "failed", exc
         ctx.flush_sends()
         return "handled", None
@@ -184,6 +185,9 @@ class InboxProcessor:
                 status, next_at = "dead", None
             else:
                 delay = min(worker.backoff_base_seconds * 2 ** (attempts - 1), worker.backoff_max_seconds)
+                # WeCom blocks an API for a minute after its frequency limit (client.ApiBlocked): an earlier
+                # retry would be refused again.
+                delay = max(delay, float(getattr(exc, "retry_after", 0) or 0))
                 status, next_at = "failed", self.clock() + timedelta(seconds=delay)
             row.status, row.last_error, row.next_attempt_at, row.locked_at = status, error, next_at, None
         logger.error("inbox event %d failed (attempt %d, now %s): %s", event_id, attempts, status,

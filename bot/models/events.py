@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Date, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Date, ForeignKey, Index, SmallInteger, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.models.base import Base, utcnow
@@ -90,6 +90,9 @@ class OutboxMessage(Base):
         Index("ix_outbox_messages_status_scheduled_at", "status", "scheduled_at"),
         Index("ix_outbox_messages_customer_id_created_at", "customer_id", "created_at"),
         Index("ix_outbox_messages_trigger_ref_status", "trigger_ref", "status"),
+        # The pace of app messages per member (WeCom drops beyond 30 a minute / 1,000 an hour).
+        Index("ix_outbox_messages_app_message_recipient_sent_at", "recipient", "sent_at",
+              sqlite_where=text("channel = 'app_message'"), postgresql_where=text("channel = 'app_message'")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -138,4 +141,6 @@ class KfConversation(Base):
     last_customer_message_at: Mapped[datetime | None]
     sent_since_customer_message: Mapped[int] = mapped_column(default=0)
     last_servicer_message_at: Mapped[datetime | None]
+    # Handed to the waiting pool or taken by a servicer (kf service_state 2/3): the API may not send.
+    with_people_since: Mapped[datetime | None]
     last_reply_at: Mapped[datetime | None]

@@ -22,6 +22,8 @@ from bot.outbox.policy import ContactPolicy
 
 logger = logging.getLogger(__name__)
 MAX_RECIPIENTS = 10_000
+# Submissions refused for WeCom's frequency limit (45009) this many times are given up.
+RATE_LIMITED_ATTEMPTS = 10
 # WeCom's clock and ours may differ: a call is looked up in its creation window widened by this much.
 CLOCK_MARGIN = timedelta(minutes=1)
 
@@ -55,7 +57,7 @@ def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolic
     with LeaseKeeper(partial(_renew, db), now, utcnow, lease_seconds, "mass messages"):
         for (sender, text), members in groups.items():
             for start in range(0, len(members), MAX_RECIPIENTS):
-                _submit(db, contact_client, sender, text, members[start:start + MAX_RECIPIENTS], outcome)
+                _submit(db, contact_client, sender, text, members[start:start + MAX_RECIPIENTS], outcome, now)
     return outcome
 
 
@@ -70,7 +72,7 @@ def _renew(db: Database, held: datetime, new: datetime) -> bool:
 
 
 def _submit(db: Database, client: Any, sender: str, text: str, members: list[tuple[int, str]],
-            outcome: Counter[str]) -> None:
+            outcome: Counter[str], now: datetime | None = None) -> None:
     template = {"chat_type": "single", "external_userid": [r for _, r in members], "text": {"content": text}}
     if sender:
         template["sender"] = sender
@@ -78,6 +80,18 @@ def _submit(db: Database, client: Any, sender: str, text: str, members: list[tup
     try:
         answer = client.external_contact.add_msg_template(template)
     except WeChatClientException as exc:
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:  # 45009: refused before anything was created, so submitted again later
+            retry_at = (now or utcnow()) + timedelta(seconds=float(retry_after))
+            with db.begin() as session:
+                session.execute(update(OutboxMessage).where(
+                    OutboxMessage.id.in_(ids), OutboxMessage.attempts < RATE_LIMITED_ATTEMPTS).values(
+                    status="pending", scheduled_at=retry_at, updated_at=utcnow(),
+                    reason=f"add_msg_template: WeCom {exc.errcode} (over the per-minute limit); "
+                           f"submitting again at {retry_at:%H:%M:%S} UTC"))
+            _finish_still_sending(db, ids, f"add_msg_template: WeCom {exc.errcode} {exc.errmsg}; given up")
+            outcome["deferred"] += len(ids)
+            return
         _finish(db, ids, "failed", f"add_msg_template: WeCom {exc.errcode} {exc.errmsg}")
         outcome["failed"] += len(ids)
         return
@@ -88,6 +102,13 @@ def _submit(db: Database, client: Any, sender: str, text: str, members: list[tup
     _finish(db, bad, "failed", "WeCom refused the recipient (fail_list: not this member's customer)")
     outcome["submitted"] += len(ok)
     outcome["failed"] += len(bad)
+
+
+def _finish_still_sending(db: Database, ids: list[int], reason: str) -> None:
+    """Rows refused too often to try again (those not put back to pending) fail."""
+    with db.begin() as session:
+        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.status == "sending")
+                        .values(status="failed", reason=reason, updated_at=utcnow()))
 
 
 def _finish(db: Database, ids: list[int], status: str, reason: str, msgid: str | None = None) -> None:

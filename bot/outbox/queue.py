@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,29 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.models import OutboxMessage, utcnow
+
+logger = logging.getLogger(__name__)
+
+# WeCom's limit on a text message's bytes (UTF-8) per channel: kf/send_msg and send_msg_on_event 2048,
+# message/send (app message) 2048, send_welcome_msg and add_msg_template (single or group chat) 4000.
+TEXT_LIMITS = {"kf": 2048, "kf_event": 2048, "app_message": 2048, "welcome": 4000, "mass_message": 4000,
+               "group_message": 4000}
+ELLIPSIS = "…"
+
+
+def fit_text(channel: str, text: str, template: str = "") -> str:
+    """``text`` within the channel's byte limit: over it, WeCom refuses the whole message (a welcome's
+    20 s would pass meanwhile), so the end is cut at a character boundary and marked with an ellipsis,
+    and the cut is logged. Operators' templates and the customer's own words (a reply may quote them)
+    can both run long."""
+    limit = TEXT_LIMITS.get(channel)
+    data = text.encode("utf-8")
+    if limit is None or len(data) <= limit:
+        return text
+    kept = data[:limit - len(ELLIPSIS.encode("utf-8"))].decode("utf-8", errors="ignore")
+    logger.warning("%s text%s is %d bytes, over WeCom's %d: sent shortened", channel,
+                   f" of {template}" if template else "", len(data), limit)
+    return kept + ELLIPSIS
 
 
 def enqueue(
@@ -31,6 +55,8 @@ def enqueue(
     key = dedupe_key if len(dedupe_key) <= 200 else hashlib.sha256(dedupe_key.encode()).hexdigest()
     if session.scalar(select(OutboxMessage.id).where(OutboxMessage.dedupe_key == key)) is not None:
         return None
+    if isinstance(content.get("text"), str):
+        content = {**content, "text": fit_text(channel, content["text"], str(content.get("template") or ""))}
     row = OutboxMessage(dedupe_key=key, channel=channel, customer_id=customer_id, recipient=recipient,
                         sender_userid=sender_userid, trigger_kind=trigger_kind, trigger_ref=trigger_ref[:128],
                         content=content, status=status, reason=reason, expires_at=expires_at, scheduled_at=utcnow())

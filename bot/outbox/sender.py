@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 IMMEDIATE_CHANNELS = ("welcome", "kf", "kf_event", "app_message")
 RESENDABLE = frozenset({"welcome", "kf", "kf_event"})
 WELCOME_BUSY = 41096  # another app is sending this customer's welcome right now: may retry
+RATE_LIMITED = 45009  # over the API's per-minute limit: WeCom blocks it for a minute, then it may be sent
+# Refused for the frequency limit this many times (an hour's block is sixty): give the row up.
+RATE_LIMITED_ATTEMPTS = 10
+# App messages one member may get: WeCom drops the rest without an error (WECOM.md §9).
+MEMBER_PACE = ((timedelta(minutes=1), 30), (timedelta(hours=1), 1000))
 EXPLAINED = {
     41051: "the welcome was already sent or the customer has started chatting; not retried",
     41096: "another app is sending this welcome right now",
@@ -113,6 +118,11 @@ class OutboxSender:
                                                       f"(deadline {row.expires_at:%H:%M:%S} UTC)")
         if self.clients is None:
             return self._finish(outbox_id, "failed", "WeCom is not configured (wecom.corp_id / secret)")
+        if row.channel == "app_message":
+            free_at = self._member_free_at(row.recipient)
+            if free_at is not None:
+                return self._defer(outbox_id, free_at, "the member had 30 app messages this minute or 1,000 "
+                                                       "this hour (WeCom drops more)")
         try:
             # Renewed while WeCom takes its time, so recover_stale only resumes a dead sender's rows.
             with LeaseKeeper(partial(self._renew, outbox_id), claimed_at, self.clock,
@@ -123,6 +133,8 @@ class OutboxSender:
                 self.sleep(1.0)
                 self._release(outbox_id)
                 return self.send_one(outbox_id)
+            if exc.errcode == RATE_LIMITED:
+                return self._after_rate_limit(row, float(getattr(exc, "retry_after", 60.0)))
             if _delivered_by_unanswered_attempt(row, exc):
                 logger.info("outbox %d (%s): WeCom already has it from the unanswered attempt", outbox_id, row.channel)
                 return self._finish(outbox_id, "sent", f"WeCom {exc.errcode} on the resend: the attempt that got no "
@@ -136,6 +148,42 @@ class OutboxSender:
             return self._unanswered(row, type(exc).__name__)
         return self._finish(outbox_id, "sent", None, wecom_msgid=str(answer.get("msgid") or row.content.get("msgid")
                                                                       or "") or None)
+
+    def _member_free_at(self, recipient: str) -> datetime | None:
+        """When the member may get another app message, or None if now: the n-th latest send to them
+        inside a span holding n already, plus that span."""
+        now = self.clock()
+        with self.db.sessions() as session:
+            for span, limit in MEMBER_PACE:
+                nth = session.scalar(
+                    select(OutboxMessage.sent_at)
+                    .where(OutboxMessage.channel == "app_message", OutboxMessage.recipient == recipient,
+                           OutboxMessage.sent_at > now - span)
+                    .order_by(OutboxMessage.sent_at.desc()).offset(limit - 1).limit(1))
+                if nth is not None:
+                    return nth + span
+        return None
+
+    def _defer(self, outbox_id: int, until: datetime, why: str) -> str:
+        with self.db.begin() as session:
+            session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(
+                status="pending", scheduled_at=until, reason=f"{why}; sending at {until:%H:%M:%S} UTC"))
+        return "deferred"
+
+    def _after_rate_limit(self, row: OutboxMessage, seconds: float) -> str:
+        """WeCom refused the call for its frequency limit, so nothing was delivered: the row waits out the
+        block (WeCom lifts a minute-limit block after 60 s) and is sent then, if its window still lasts."""
+        retry_at = self.clock() + timedelta(seconds=seconds)
+        refused = f"WeCom 45009: over the API's per-minute limit (attempt {row.attempts})"
+        if _after_unanswered(row):  # kept first: a later "already used" then still means delivered
+            refused = f"{UNANSWERED} on an earlier attempt; {refused}"
+        if row.expires_at is not None and retry_at > row.expires_at:
+            return self._finish(row.id, "failed", f"{refused}; the {row.channel} window closes at "
+                                                  f"{row.expires_at:%H:%M:%S} UTC, before WeCom lifts the block")
+        if row.attempts >= RATE_LIMITED_ATTEMPTS:
+            return self._finish(row.id, "failed", f"{refused}; given up")
+        logger.warning("outbox %d (%s): WeCom 45009, sent again at %s UTC", row.id, row.channel, f"{retry_at:%H:%M:%S}")
+        return self._defer(row.id, retry_at, refused)
 
     def _unanswered(self, row: OutboxMessage, error: str) -> str | None:
         """No answer (timeout, connection lost): resend a single-use message while its window lasts

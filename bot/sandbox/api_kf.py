@@ -9,6 +9,8 @@ from bot.sandbox.registry import Call, endpoint
 from bot.sandbox.state import KF_HISTORY_SECONDS, KF_WINDOW_MESSAGES, KF_WINDOW_SECONDS, WeComError, random_id
 
 _MSGID = re.compile(r"[0-9A-Za-z_-]{1,32}")
+API_MAY_SEND = (0, 1)  # send_msg only while the session is new or with the smart assistant (path/96427)
+SERVICE_STATE_CHANGES = {0: (1, 2, 3, 4), 1: (2, 3, 4), 2: (3, 4), 3: (3, 4), 4: ()}
 
 
 @endpoint("POST", "kf/account/list")
@@ -61,7 +63,8 @@ def send_msg(call: Call) -> dict[str, Any]:
     if msgtype == "text" and len((body.get("text") or {}).get("content", "").encode("utf-8")) > 2048:
         raise WeComError(40058, "text content is at most 2048 bytes")
     session = state.kf_sessions[(open_kfid, touser)]
-    if not session.last_customer_message_at or state.now() - session.last_customer_message_at > KF_WINDOW_SECONDS:
+    if not session.last_customer_message_at or state.now() - session.last_customer_message_at > KF_WINDOW_SECONDS \
+            or session.service_state not in API_MAY_SEND:
         raise WeComError(95018, "send msg session status invalid")
     record = {"msgid": msgid, "open_kfid": open_kfid, "touser": touser, "msgtype": msgtype,
               msgtype: body.get(msgtype), "sent_at": state.now(), "delivered": True}
@@ -73,6 +76,32 @@ def send_msg(call: Call) -> dict[str, Any]:
         state.kf_event(open_kfid, {"event_type": "msg_send_fail", "open_kfid": open_kfid,
                                    "external_userid": touser, "fail_msgid": msgid, "fail_type": 6})
     return {"msgid": msgid}
+
+
+@endpoint("POST", "kf/service_state/get")
+def service_state_get(call: Call) -> dict[str, Any]:
+    open_kfid, external_userid = call.require("open_kfid", "external_userid")
+    if open_kfid not in call.state.kf_accounts:
+        raise WeComError(95000, "invalid open_kfid")
+    session = call.state.kf_sessions[(open_kfid, external_userid)]
+    return {"service_state": session.service_state, "servicer_userid": session.servicer_userid}
+
+
+@endpoint("POST", "kf/service_state/trans")
+def service_state_trans(call: Call) -> dict[str, Any]:
+    """The allowed changes of path/94698's table; a servicer for state 3 must be one of the account's."""
+    open_kfid, external_userid = call.require("open_kfid", "external_userid")
+    if open_kfid not in call.state.kf_accounts:
+        raise WeComError(95000, "invalid open_kfid")
+    target = int(call.body.get("service_state", -1))
+    session = call.state.kf_sessions[(open_kfid, external_userid)]
+    if target not in SERVICE_STATE_CHANGES.get(session.service_state, ()):
+        raise WeComError(95016, f"service_state {session.service_state} cannot change to {target}")
+    servicer = str(call.body.get("servicer_userid") or "")
+    if target == 3 and servicer not in call.state.staff:
+        raise WeComError(95014, "servicer_userid is required for state 3 and must be a servicer")
+    session.service_state, session.servicer_userid = target, servicer if target == 3 else ""
+    return {"msg_code": random_id("MSGCODE", 16)} if target in (2, 3, 4) else {}
 
 
 @endpoint("POST", "kf/send_msg_on_event")

@@ -54,6 +54,11 @@ def contact_add() -> Response:
     return jsonify(scenario.customer_adds(_state(), _args()))
 
 
+@bp.post("/contacts/archive-approved")
+def contact_archive_approved() -> Response:
+    return jsonify(scenario.customer_approves_archive(_state(), _args()))
+
+
 @bp.post("/contacts/edit")
 def contact_edit() -> Response:
     return jsonify(scenario.staff_edits(_state(), _args()))
@@ -127,6 +132,11 @@ def confirm_mass_message(msgid: str) -> Response:
 @bp.post("/kf/enter_session")
 def kf_enter() -> Response:
     return jsonify(scenario.kf_enter_session(_state(), _args()))
+
+
+@bp.post("/kf/servicer")
+def kf_servicer() -> Response:
+    return jsonify(scenario.kf_servicer_session(_state(), _args()))
 
 
 @bp.post("/callback")

@@ -46,6 +46,15 @@ def customer_adds(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
     return {"external_userid": external_userid, "welcome_code": welcome_code, "delivery": deliver(state, fields)}
 
 
+def customer_approves_archive(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
+    """A customer of member ``userid`` agrees to 会话存档: msg_audit_approved, with a fresh WelcomeCode."""
+    with state.lock:
+        welcome_code = state.issue_welcome_code(a["userid"], a["external_userid"])
+        fields = _envelope(state, Event=CONTACT_EVENT, ChangeType="msg_audit_approved", UserID=a["userid"],
+                           ExternalUserID=a["external_userid"], WelcomeCode=welcome_code)
+    return {"welcome_code": welcome_code, "delivery": deliver(state, fields)}
+
+
 def staff_edits(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
     """A member edits remark/description, or tags (``add_tags`` / ``remove_tags``: "组/标签")."""
     with state.lock:
@@ -161,6 +170,25 @@ def kf_enter_session(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
             "scene": a.get("scene", ""), "scene_param": a.get("scene_param", ""), "welcome_code": code})
         fields = _kf_callback(state, a["open_kfid"], token)
     return {"welcome_code": code, "delivery": deliver(state, fields)}
+
+
+def kf_servicer_session(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
+    """A servicer acts in the WeCom client: ``action`` "take" (from the waiting pool: state 3, change_type 1)
+    or "end" (state 4, change_type 3); WeCom reports it as session_status_change through sync_msg."""
+    with state.lock:
+        key = (a["open_kfid"], a["external_userid"])
+        session = state.kf_sessions[key]
+        if a.get("action", "take") == "take":
+            session.service_state, session.servicer_userid, change = 3, a["servicer_userid"], 1
+        else:
+            session.service_state, change = 4, 3
+        token = state.kf_event(a["open_kfid"], {
+            "event_type": "session_status_change", "open_kfid": a["open_kfid"],
+            "external_userid": a["external_userid"], "change_type": change,
+            "new_servicer_userid": a.get("servicer_userid", "") if change == 1 else "",
+            "old_servicer_userid": a.get("servicer_userid", "") if change == 3 else ""})
+        fields = _kf_callback(state, a["open_kfid"], token)
+    return {"delivery": deliver(state, fields)}
 
 
 def _kf_callback(state: SandboxState, open_kfid: str, token: str) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class SandboxConfig:
 class KfSession:
     last_customer_message_at: float = 0.0
     sent_since_customer_message: int = 0
+    # kf/service_state (path/94698): 0 未处理, 1 由智能助手接待, 2 待接入池排队中, 3 由人工接待, 4 已结束/未开始
+    service_state: int = 4
+    servicer_userid: str = ""
 
 
 @dataclass
@@ -239,6 +242,8 @@ class SandboxState:
         if origin == 3:
             session = self.kf_sessions[(open_kfid, external_userid)]
             session.last_customer_message_at, session.sent_since_customer_message = now, 0
+            if session.service_state == 4:  # a customer writing to an ended session opens a new one
+                session.service_state, session.servicer_userid = 0, ""
         token = random_id("ENC", 44)
         self.kf_tokens[token] = (open_kfid, now + KF_TOKEN_TTL)
         return message, token

@@ -1,5 +1,6 @@
 """WeCom API client: wechatpy's ``WeChatClient`` with a configurable base URL (the sandbox or the
-real host), per-secret token caching, one token refresh on 40014/42001 and back-off on 45009/-1."""
+real host), per-secret token caching, one token refresh on 40014/42001, short retries on -1/45033,
+and none on 45009 (WeCom then blocks the API for a minute: the caller reschedules)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,17 @@ from bot.wecom.ratelimit import LocalBuckets, RateLimiter, RedisBuckets, api_pat
 logger = logging.getLogger(__name__)
 
 TOKEN_ERRORS = frozenset({40014, 42001})  # invalid / expired access_token: refresh once
-BUSY_ERRORS = frozenset({45009, 45033, -1})  # over the frequency limit, too many concurrent, system busy
+BUSY_ERRORS = frozenset({45033, -1})  # too many concurrent calls, system busy: retried here after a pause
+# Over an API's per-minute limit: WeCom blocks that API for 60 s (WECOM.md §9, "1分钟后自动解除"), so a
+# retry within the minute is refused again and only holds the thread (a welcome's 20 s pass meanwhile).
+RATE_LIMITED = 45009
+RATE_LIMIT_BLOCK_SECONDS = 60.0
+
+
+class ApiBlocked(WeChatClientException):
+    """WeCom refused the call for its frequency limit (45009); try again after ``retry_after`` seconds."""
+
+    retry_after = RATE_LIMIT_BLOCK_SECONDS
 
 
 class WeComClient(WeChatClient):
@@ -95,6 +106,10 @@ class WeComClient(WeChatClient):
                     self.fetch_access_token()
                     refreshed = True
                     continue
+                if exc.errcode == RATE_LIMITED:
+                    logger.warning("WeCom %s answered 45009 (over its per-minute limit); not retried for %.0fs",
+                                   api_path(url_or_endpoint, self.API_BASE_URL), RATE_LIMIT_BLOCK_SECONDS)
+                    raise ApiBlocked(exc.errcode, exc.errmsg, exc.client, exc.request, exc.response) from exc
                 if exc.errcode in BUSY_ERRORS and busy_attempt < self.busy_retries:
                     delay = self.busy_backoff_seconds * (2**busy_attempt)
                     busy_attempt += 1
