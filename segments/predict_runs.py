@@ -209,5 +209,5 @@ def prediction_lines(session: Session, customer_id: int) -> list[str]:
 def discounted(run: PredictionRun | None) -> str:
     """How a run's predicted values are discounted, for the lines that show them."""
     rate = run.discount_rate if run is not None else None
-    return f", discounted at {rate:.0%} a year" if rate else " (undiscounted)"
+    return f", discounted at {rate:.0%} a year" if rate else ", undiscounted"
 

@@ -239,8 +239,13 @@ def test_fit_on_stored_orders_recovers_parameters_and_stores_predictions(session
     assert all(0 <= r.p_alive <= 1 and r.churn_risk in ("low", "medium", "high") for r in rows)
     one = next(r for r in rows if r.expected_purchases > 0)
     undiscounted = one.expected_purchases * one.expected_spend_fen
+    # Undiscounted by default (DESIGN §4.7): expected purchases × spend.
+    assert run.discount_rate == 0.0
+    assert one.predicted_value_fen == pytest.approx(undiscounted, rel=0.01, abs=1)
+    refit(session, AS_OF, horizon_days=365, holdout_days=None, discount_rate=0.10)
+    discounted = session.get(CustomerPrediction, one.customer_id)
     # Discounted at 10 % a year: between a whole year's discount and none.
-    assert run.discount_rate == 0.10 and undiscounted / 1.1 - 1 <= one.predicted_value_fen < undiscounted
+    assert undiscounted / 1.1 - 1 <= discounted.predicted_value_fen < undiscounted
     refit(session, AS_OF, horizon_days=365, holdout_days=None, discount_rate=0.0)
     again = session.get(CustomerPrediction, one.customer_id)
     assert again.predicted_value_fen == pytest.approx(again.expected_purchases * again.expected_spend_fen, rel=0.01,
@@ -314,7 +319,7 @@ def test_predict_fit_prints_parameters_and_the_holdout_check(scrm):
     assert set(table) == {"0", "1", "7+", "all"}
     customers, predicted, actual = int(table["all"][0]), float(table["all"][1]), int(table["all"][2])
     assert customers < 3000 and predicted == pytest.approx(actual, rel=0.2)
-    assert "(predicted value, discounted at 10% a year)" in out
+    assert "(predicted value, undiscounted)" in out  # DESIGN §4.7: undiscounted unless configured
 
 
 def test_a_holdout_period_too_long_for_the_minimums_is_skipped_with_the_reason(scrm):
@@ -475,4 +480,4 @@ def test_the_sidebar_shows_churn_risk_and_predicted_value_beside_the_tiers(sessi
     churn, value = prediction_rows(session, customer_id)
     assert (churn.label, value.label) == ("流失风险", "预测价值")
     assert churn.value == f"{ {'high': '高', 'medium': '中', 'low': '低'}[row.churn_risk]}: P(alive) {row.p_alive:.2f}"
-    assert value.value.endswith("（365 天，按年 10% 折现）") and "预计购买" in value.why
+    assert value.value.endswith("（365 天，未折现）") and "预计购买" in value.why

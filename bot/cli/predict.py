@@ -31,7 +31,7 @@ def predict_group() -> None:
                    "365).")
 @click.option("--discount-rate", type=click.FloatRange(0, 1, max_open=True),
               help="Yearly discount rate of the predicted value, compounded per 30 days (default: "
-                   "predictions.discount_rate, 0.10; 0: undiscounted).")
+                   "predictions.discount_rate, 0: undiscounted; 0.10 counts money a year ahead at 1/1.1).")
 @click.option("--holdout-days", type=click.IntRange(0, 3650), default=DEFAULT_HOLDOUT_DAYS, show_default=True,
               help="Days held out for the validation (0: no validation).")
 @pass_cli

@@ -283,7 +283,7 @@ class PredictionsSettings:
     the least data a fit needs (below any of them the run is refused, saying which)."""
 
     horizon_days: int = 365
-    discount_rate: float = 0.10  # a year, compounded per 30-day period; 0: undiscounted
+    discount_rate: float = 0.0  # a year, compounded per 30-day period; 0 (the default): undiscounted
     min_customers: int = 500  # with a paid order
     min_history_days: int = 180  # from the first paid order to the as-of day
     min_recent_days: int = 30  # some paid order within this many days
