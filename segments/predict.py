@@ -36,7 +36,7 @@ IntArray = NDArray[np.int64]
 
 DEFAULT_HORIZON_DAYS = 365
 DEFAULT_HOLDOUT_DAYS = 90
-DEFAULT_DISCOUNT_RATE = 0.0  # a year; undiscounted unless configured (bot.core.config.PredictionsSettings.discount_rate)
+DEFAULT_DISCOUNT_RATE = 0.0  # a year; 0: undiscounted (bot.core.config.PredictionsSettings.discount_rate)
 # Braze's churn-risk bands over the churn probability 1 − P(alive): 0–50 low, 50–75 medium, 75–100 high.
 CHURN_BANDS = ((0.75, "high"), (0.5, "medium"), (0.0, "low"))  # names as in bot.models.CHURN_RISKS
 FETCH_ROWS = 50_000
