@@ -13,7 +13,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.campaigns.group_welcome import tier_group
 from bot.contacts.channels import channel_rules
-from bot.contacts.customers import apply_wecom_tag_set, from_epoch, upsert_customer, upsert_follow
+from bot.contacts.customers import apply_wecom_tag_set, from_epoch, joined_no_later_than, upsert_customer, upsert_follow
 from bot.contacts.forget import scrub_callback
 from bot.contacts.interactions import add_interaction
 from bot.contacts.transfer import awaits_takeover
@@ -54,6 +54,7 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
     follow.description = info.get("description", follow.description) or ""
     follow.add_way = info.get("add_way", follow.add_way)
     follow.added_at = _event_time(ctx) if not info.get("createtime") else _from_epoch(info["createtime"])
+    joined_no_later_than(customer, follow.added_at)
     follow.ended_at, follow.ended_reason = None, None
     customer.owner_userid = customer.owner_userid or userid
     channel = channel_rules(ctx.session, ctx.settings, follow.state)
@@ -67,10 +68,12 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
         apply_rules(ctx.session, ctx.tag_rules, customer.id, "channel", state=follow.state,
                     push=ctx.settings.tags.push_to_wecom)
     # A hand-over's takeover is not the customer reaching out: no activity, no new-customer welcome.
+    # Neither add touches last_interaction_at: a customer who has only added a member has not yet
+    # exchanged a word (seed 003's 陌生用户, not 潜在); the join time keeps a new customer active.
     takeover = awaits_takeover(ctx.session, external_userid, userid)
     record_interaction(ctx, customer, "taken_over" if takeover else "added",
                        f"add:{userid}:{external_userid}:{ctx.fields.get('CreateTime')}",
-                       userid, {"state": follow.state, "change_type": ctx.fields.get("ChangeType")}, touch=not takeover)
+                       userid, {"state": follow.state, "change_type": ctx.fields.get("ChangeType")}, touch=False)
     if not takeover:
         _welcome(ctx, customer, staff, follow.state or "", channel.get("welcome") or "default")
     push_customer_tags(ctx, customer)

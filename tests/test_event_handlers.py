@@ -104,6 +104,24 @@ def test_with_archiving_on_the_welcome_follows_the_customers_consent(wired, sand
     assert "李四您好，我是测试店的张三" in welcome["text"] and welcome["sent_at"] - welcome["issued_at"] < 20
 
 
+def test_adding_a_member_is_recorded_but_is_not_yet_an_exchange(wired, sandbox, staff):
+    """Seed 003: 陌生用户 have not interacted; 潜在 have chatted or liked. The add is recorded (and weighs in
+    activity), but it no longer sets last_interaction_at, which made every new contact 潜在 on the
+    high-ticket path at once (the stage rule itself: tests/test_tiering_engine.py); a kf message does."""
+    db = wired.extensions["scrm.db"]
+    added = control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "李四"})
+    assert drain(wired) == {"handled": 1}
+    with db.sessions() as s:
+        customer = s.scalar(select(Customer).where(Customer.external_userid == added["external_userid"]))
+        assert customer.last_interaction_at is None
+        assert s.scalar(select(Interaction.kind).where(Interaction.customer_id == customer.id)) == "added"
+    kf_say(sandbox, added["external_userid"], "你好")
+    drain(wired)
+    with db.sessions() as s:
+        assert s.scalar(select(Customer.last_interaction_at).where(
+            Customer.external_userid == added["external_userid"])) is not None
+
+
 def test_returning_vip_gets_the_vip_welcome(wired, sandbox, staff):
     db = wired.extensions["scrm.db"]
     known_customer(db, "wmVIP", "王总", "high", "important_value")

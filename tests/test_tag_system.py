@@ -104,6 +104,21 @@ def test_full_contact_sync_heals_missed_callbacks(scrm, db, sandbox):
     assert tags_of(db, "wm000") == set()
 
 
+def test_a_contact_first_seen_by_the_sync_joined_when_it_added_the_member(scrm, db, sandbox):
+    """An existing corp's contacts arrive by `scrm sync contacts`: their join time is when they added the
+    member (follow_info.createtime), not the sync's, or the whole base reads as active for a month and
+    churns on one day."""
+    import time
+
+    long_ago = int(time.time()) - 200 * 86400
+    control(sandbox, "seed", {"staff": [{"userid": "u0"}], "contacts": [
+        {"userid": "u0", "external_userid": "wmOLD", "name": "老客", "created_at": long_ago}]})
+    scrm("sync", "contacts", "--no-progress")
+    with db.sessions() as s:
+        customer = s.scalar(select(Customer).where(Customer.external_userid == "wmOLD"))
+        assert abs(customer.created_at.timestamp() - long_ago) < 1
+
+
 def test_near_duplicates_are_reported_and_merged_with_history(scrm, db):
     with db.begin() as s:
         group = TagGroup(name="交易")

@@ -224,6 +224,36 @@ def test_retier_writes_only_changes_and_records_them(db):
     assert by_dim["rfm_segment"][1] == "important_value" and "mean" in by_dim["rfm_segment"][2]
 
 
+def _paid(order_id: str, external_userid: str, fen: int, at: datetime) -> OrderRow:
+    return OrderRow(order_id, external_userid, fen, at, at.astimezone(TZ).date().toordinal(), "paid")
+
+
+def test_a_customer_tiered_for_the_first_time_after_the_first_run_gets_tier_changes(db):
+    """A new customer who buys before the night's re-tier is tiered for the first time straight into
+    first_purchase: the actions and sequences that start there read TierChanges, so that entry is one
+    (from the stage a channel gave, or from nothing). The first run of all stays a baseline, even where
+    a channel's stage was stored before it."""
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    with db.begin() as session:
+        session.add(Customer(external_userid="wmEARLY", stage="new"))  # a channel's stage, before any run
+        OrderWriter(session).write([_paid(f"o{i}", f"wm{i % 3}", 1000 * (i + 1), start + timedelta(days=i))
+                                    for i in range(6)])
+        retier(session, POLICY, AS_OF, TZ)
+        assert session.scalar(select(func.count()).select_from(TierChange)) == 0  # the baseline
+        session.add(Customer(external_userid="wmNEW", stage="new"))  # added by a member after the run
+        session.flush()
+        OrderWriter(session).write([_paid("n1", "wmNEW", 5000, start + timedelta(days=20))])
+        result = retier(session, POLICY, AS_OF, TZ)
+        changes = {d: (f, t) for d, f, t in session.execute(
+            select(TierChange.dimension, TierChange.from_value, TierChange.to_value)
+            .join(Customer, Customer.id == TierChange.customer_id).where(Customer.external_userid == "wmNEW"))}
+    assert changes["stage"] == ("new", "first_purchase")
+    assert changes["value_tier"][0] is None and changes["rfm_segment"][0] is None
+    assert result.changes["stage"] >= 1
+    moved = [m for m in result.moves if m[0] == "stage" and m[1:3] == ("new", "first_purchase")]
+    assert moved and moved[0][3] == 1  # counted once, from its TierChange
+
+
 def test_as_of_in_the_past_ignores_later_orders(db):
     early, late = datetime(2026, 1, 10, 4, tzinfo=UTC), datetime(2026, 11, 10, 4, tzinfo=UTC)
     rows = [OrderRow("e", "wmx", 500, early, early.astimezone(TZ).date().toordinal(), "paid"),

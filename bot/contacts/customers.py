@@ -29,6 +29,21 @@ def upsert_customer(session: Session, external_userid: str, contact: dict[str, A
     return customer
 
 
+def joined_no_later_than(customer: Customer, added_at: datetime | None) -> None:
+    """A customer joined when they first added a member: a contact first seen by a re-sync of an
+    existing corp (or an event processed late) was created here later than that. Engagement counts
+    from the join time, so a re-synced base would otherwise read as active for a month and then churn
+    on one day."""
+    if added_at is None:
+        return
+    if customer.created_at is None or added_at < _aware(customer.created_at):
+        customer.created_at = added_at
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def upsert_follow(session: Session, customer: Customer, staff: Staff) -> Follow:
     follow = session.scalar(select(Follow).where(Follow.customer_id == customer.id, Follow.staff_id == staff.id))
     if follow is None:

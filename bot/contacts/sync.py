@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bot.contacts.customers import apply_wecom_tag_set, upsert_customer, upsert_follow
+from bot.contacts.customers import apply_wecom_tag_set, joined_no_later_than, upsert_customer, upsert_follow
 from bot.core.forgotten import is_forgotten
 from bot.core.privacy import forgotten_key
 from bot.models import Customer, Follow, Staff, Tag, utcnow
@@ -108,6 +108,7 @@ def _apply(session: Session, item: dict[str, Any], result: ContactSync) -> Follo
     follow.add_way = info.get("add_way", follow.add_way)
     if info.get("createtime"):
         follow.added_at = datetime.fromtimestamp(int(info["createtime"]), tz=UTC)
+        joined_no_later_than(customer, follow.added_at)
     follow.ended_at, follow.ended_reason = None, None
     customer.owner_userid = customer.owner_userid or staff.userid
     if had is None:
