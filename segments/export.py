@@ -58,13 +58,34 @@ def export_customers(session: Session, out: IO[str], where: Sequence[ColumnEleme
 
 def customer_pages(session: Session, where: Sequence[ColumnElement[bool]] = ()) -> Iterator[list[list[object]]]:
     """The export's rows, a page at a time in id order (keyset: each page starts after the last id)."""
-    last_id = 0
+    for page in _pages(session, where, 0, PAGE):
+        yield [row for _, row in page]
+
+
+def customer_records(session: Session, where: Sequence[ColumnElement[bool]] = (), after: int = 0,
+                     limit: int = 100) -> list[dict[str, Any]]:
+    """The export's columns as JSON-ready records (amounts as exact decimal strings, tags as a list, the
+    opt-out as a boolean, each with its id for the next page), at most ``limit`` after id ``after``."""
+    records = []
+    for customer_id, row in next(_pages(session, where, after, limit), []):
+        record: dict[str, Any] = {"id": customer_id}
+        for column, value in zip(COLUMNS, row, strict=True):
+            record[column] = str(value) if isinstance(value, Decimal) else None if value == "" else value
+        record["tags"] = [t for t in (record["tags"] or "").split(";") if t]
+        record["opted_out"] = record["opted_out"] == "true"
+        records.append(record)
+    return records
+
+
+def _pages(session: Session, where: Sequence[ColumnElement[bool]], after: int,
+           page_size: int) -> Iterator[list[tuple[int, list[object]]]]:
+    last_id = after
     while True:
         page = session.execute(
             select(Customer, CustomerAggregate, CustomerPrediction)
             .outerjoin(CustomerAggregate, CustomerAggregate.customer_id == Customer.id)
             .outerjoin(CustomerPrediction, CustomerPrediction.customer_id == Customer.id)
-            .where(Customer.id > last_id, *where).order_by(Customer.id).limit(PAGE)).all()
+            .where(Customer.id > last_id, *where).order_by(Customer.id).limit(page_size)).all()
         if not page:
             return
         ids = [c.id for c, _, _ in page]
@@ -75,7 +96,7 @@ def customer_pages(session: Session, where: Sequence[ColumnElement[bool]] = ()) 
             .join(Tag, Tag.id == CustomerTag.tag_id)
             .where(CustomerTag.customer_id.in_(ids), CustomerTag.removed_at.is_(None))
             .group_by(CustomerTag.customer_id)).all())
-        yield [_row(c, a, tags.get(c.id, "")) + _predicted(p) for c, a, p in page]
+        yield [(c.id, _row(c, a, tags.get(c.id, "")) + _predicted(p)) for c, a, p in page]
         last_id = ids[-1]
 
 

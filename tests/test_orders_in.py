@@ -238,3 +238,35 @@ def test_customer_stubs_are_known_since_their_first_order(db, tmp_path):
     with db.sessions() as session:
         created = session.scalar(select(Customer.created_at).where(Customer.external_userid == "wmOld"))
     assert created.isoformat() == "2023-12-31T02:00:00+00:00"
+
+
+def test_api_customers_out_with_tiers_tags_and_why(client, token, db):
+    """DESIGN §3: the REST API is orders in, customers out — a shop or BI system reads tiers by token."""
+    from segments.retier import retier
+    from tests.support import POLICY, TZ
+
+    auth = {"Authorization": f"Bearer {token}"}
+    orders = [{"order_id": f"c{i}", "external_userid": f"wm{i % 3}", "amount": 100 * (i + 1),
+               "paid_at": f"2026-10-{i + 1:02d}T10:00:00+08:00"} for i in range(9)]
+    assert client.post("/api/v1/orders", json=orders, headers=auth).status_code == 200
+    with db.begin() as session:
+        retier(session, POLICY, date(2026, 11, 1), TZ)
+    page = client.get("/api/v1/customers?limit=2", headers=auth)
+    assert page.status_code == 200
+    first = page.json["customers"]
+    assert [c["external_userid"] for c in first] == ["wm0", "wm1"] and page.json["next_after"] == first[-1]["id"]
+    assert first[0]["order_count"] == 3 and first[0]["total_amount"] == "1200.00" and first[0]["value_tier"]
+    assert first[0]["opted_out"] is False and isinstance(first[0]["tags"], list)
+    rest = client.get(f"/api/v1/customers?limit=2&after={page.json['next_after']}", headers=auth).json
+    assert [c["external_userid"] for c in rest["customers"]] == ["wm2"] and rest["next_after"] is None
+    tier = first[0]["value_tier"]
+    only = client.get(f"/api/v1/customers?value_tier={tier}", headers=auth).json["customers"]
+    assert only and all(c["value_tier"] == tier for c in only)
+    one = client.get("/api/v1/customers/wm2", headers=auth)
+    assert one.status_code == 200 and one.json["customer"]["external_userid"] == "wm2"
+    assert set(one.json["customer"]["why"]) >= {"value_tier", "stage", "engagement"}
+    assert client.get("/api/v1/customers/nobody", headers=auth).status_code == 404
+    assert client.get("/api/v1/customers?tier=high", headers=auth).status_code == 400
+    assert client.get("/api/v1/customers?limit=0", headers=auth).status_code == 400
+    assert client.get("/api/v1/customers?tier=high").status_code == 401  # the token first, then the rest
+    assert client.get("/api/v1/customers/wm2").json["error"].startswith("missing bearer token")

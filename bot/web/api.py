@@ -1,4 +1,5 @@
-"""REST API (``/api/v1``): bearer tokens created with ``scrm token create``; orders in, coupons redeemed."""
+"""REST API (``/api/v1``): bearer tokens created with ``scrm token create``; orders in, customers (tiers,
+scores, tags, predictions, why) out, coupons redeemed."""
 
 from __future__ import annotations
 
@@ -188,6 +189,79 @@ def _flush(writer: OrderWriter, batch: dict[str, tuple[int, OrderRow]], results:
         if item["result"] is None and item["index"] in by_index:
             item["result"] = by_index[item["index"]]
     batch.clear()
+
+
+# The tier dimensions and the churn-risk band a customer list may be filtered on (exact values).
+CUSTOMER_FILTERS = ("value_tier", "rfm_segment", "stage", "engagement", "activity", "churn_risk")
+MAX_CUSTOMERS_PER_PAGE = 1000
+
+
+@bp.get("/customers")
+def list_customers() -> Response:
+    """Customers in id order, ``limit`` (1–1000, default 100) at a time after id ``after``, optionally
+    only those with the given ``value_tier`` / ``rfm_segment`` / ``stage`` / ``engagement`` / ``activity``
+    / ``churn_risk``; ``next_after`` is the ``after`` of the next page (null at the end)."""
+    from segments.export import customer_records
+
+    db = current_app.extensions["scrm.db"]
+    with db.begin() as session:
+        _authenticate(session)  # first: a caller without a token learns nothing about the parameters
+        where, after, limit = _customer_query()
+        records = customer_records(session, where, after, limit)
+    return jsonify(customers=records, next_after=records[-1]["id"] if len(records) == limit else None)
+
+
+def _customer_query() -> tuple[list[Any], int, int]:
+    from bot.models import CustomerPrediction, CustomerTier
+
+    unknown = sorted(set(request.args) - {*CUSTOMER_FILTERS, "after", "limit"})
+    if unknown:
+        raise ApiError(400, f"unknown parameter {unknown[0]!r}; filters: {', '.join(CUSTOMER_FILTERS)}, after, limit")
+    limit, after = _int_arg("limit", 100, 1, MAX_CUSTOMERS_PER_PAGE), _int_arg("after", 0, 0, 2**62)
+    where = []
+    for name in CUSTOMER_FILTERS:
+        value = request.args.get(name)
+        if value is None:
+            continue
+        if not value or len(value) > 32:
+            raise ApiError(400, f"{name} must be a value of 1 to 32 characters")
+        owner = CustomerPrediction if name == "churn_risk" else CustomerTier
+        where.append(Customer.id.in_(select(owner.customer_id).where(getattr(owner, name) == value)))
+    return where, after, limit
+
+
+@bp.get("/customers/<path:external_userid>")
+def get_customer(external_userid: str) -> Response:
+    """One customer by external_userid: the list's fields and ``why``, each tier dimension's reason in
+    Chinese (as the sidebar shows it) compared with the population of the last re-tier."""
+    from segments.explain import explanation, stored_stats
+    from segments.export import customer_records
+    from segments.policy import TierPolicy
+
+    if len(external_userid) > 128:
+        raise ApiError(400, "external_userid is at most 128 characters")
+    settings = current_settings()
+    db = current_app.extensions["scrm.db"]
+    with db.begin() as session:
+        _authenticate(session)
+        customer = session.scalar(select(Customer).where(Customer.external_userid == external_userid))
+        if customer is None:
+            raise ApiError(404, "no such customer")
+        [record] = customer_records(session, [Customer.id == customer.id], customer.id - 1, 1)
+        as_of = _now().astimezone(settings.tz).date()
+        why = explanation(session, customer, TierPolicy.from_settings(settings.tiers), as_of, settings.tz,
+                          stats=stored_stats(session))
+        record["why"] = why.why_zh
+    return jsonify(customer=record)
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    text = request.args.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ApiError(400, f"{name} must be a whole number from {low} to {high}")
+    return int(text)
 
 
 @bp.post("/coupons/redeem")
