@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from wechatpy.exceptions import WeChatClientException
 
+from bot.contacts.customers import set_opted_out
 from bot.core.privacy import masked
 from bot.inbox.dispatcher import HandlerContext, on
 from bot.models import Customer, Interaction, KfConversation, OutboxMessage, SyncCursor, utcnow
@@ -149,9 +150,8 @@ def _customer_message(ctx: HandlerContext, open_kfid: str, message: dict[str, An
 def _opt(ctx: HandlerContext, customer: Customer, conversation: KfConversation, message: dict[str, Any],
          out: bool) -> None:
     """退订 / 恢复订阅: switch broadcasts off or on; confirm only when the switch actually moved."""
-    if customer.opted_out == out:
+    if not set_opted_out(ctx.session, customer, out, _sent_at(message), via="kf"):
         return
-    customer.opted_out, customer.opted_out_at = out, (utcnow() if out else None)
     ctx.log.info("customer %s opted %s of broadcasts", customer.id, "out" if out else "back in")
     _reply(ctx, customer, conversation, message, "opt_out" if out else "opt_in", "")
 

@@ -266,3 +266,25 @@ def test_a_database_from_a_newer_version_is_refused_in_one_line_without_alembic_
     result = CliRunner(env={"SCRM_CONFIG": None, "SCRM_DATABASE_URL": url}).invoke(main, ["retier"])
     assert result.exit_code == 1 and "its schema cannot be upgraded by this version" in result.output
     assert "Traceback" not in result.output
+
+
+def test_customer_opt_out_and_back_in_is_recorded_with_who_asked(cli_env, db):
+    """A customer who said 退订 to a member (not to 微信客服) is switched off by hand; planning then skips them."""
+    from sqlalchemy import select
+
+    from bot.models import Customer, Interaction
+
+    with db.begin() as session:
+        session.add(Customer(external_userid="wmQUIET", name="静"))
+    out = scrm("customer", "opt-out", "wmQUIET", "--by", "zhangsan", env=cli_env)
+    assert out.exit_code == 0 and "opted out of broadcasts and pushes" in out.output
+    again = scrm("customer", "opt-out", "wmQUIET", env=cli_env)
+    assert "already so; nothing changed" in again.output
+    with db.sessions() as session:
+        assert session.scalar(select(Customer.opted_out).where(Customer.external_userid == "wmQUIET"))
+        trail = session.scalar(select(Interaction).where(Interaction.kind == "opted_out"))
+        assert (trail.staff_userid, trail.detail) == ("zhangsan", {"via": "cli"})
+    back = scrm("customer", "opt-in", "wmQUIET", env=cli_env)
+    assert back.exit_code == 0 and "receiving broadcasts and pushes again" in back.output
+    missing = scrm("customer", "opt-out", "nobody", env=cli_env)
+    assert missing.exit_code != 0 and "no customer nobody" in missing.output

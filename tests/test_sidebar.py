@@ -276,6 +276,33 @@ def test_tags_of_another_members_customer_cannot_be_changed(world):
         assert session.scalar(select(CustomerTag)) is None
 
 
+def test_a_customer_who_said_tuiding_in_the_members_chat_is_opted_out_from_the_sidebar(world):
+    """退订 typed in a member's own chat never reaches 微信客服's word list: staff switch it here, for
+    their own customers only, and the customer's history says who did."""
+    from bot.models import Customer, Interaction
+
+    browser = sign_in(world, "zhangsan")
+    url = f"{world.url}/sidebar/customer/{OWN}/opt-out"
+    assert browser.post(url, json={"opted_out": True}).status_code == 403  # no CSRF token
+    csrf = _csrf(browser, world)
+    assert browser.post(url, json={"opted_out": "yes"}, headers={"X-CSRF-Token": csrf}).status_code == 400
+    assert browser.post(f"{world.url}/sidebar/customer/{OTHERS}/opt-out", json={"opted_out": True},
+                        headers={"X-CSRF-Token": csrf}).status_code == 403
+    done = browser.post(url, json={"opted_out": True}, headers={"X-CSRF-Token": csrf})
+    assert done.status_code == 200 and done.json() == {"opted_out": True, "changed": True}
+    card = browser.get(f"{world.url}/sidebar/customer/{OWN}").text
+    assert 'data-opt-out="false"' in card and "恢复推送" in card
+    with world.db().begin() as session:
+        customer = session.scalar(select(Customer).where(Customer.external_userid == OWN))
+        assert customer.opted_out and customer.opted_out_at is not None
+        trail = session.scalar(select(Interaction).where(Interaction.kind == "opted_out"))
+        assert trail.staff_userid == "zhangsan" and trail.detail == {"via": "sidebar"}
+        other = session.scalar(select(Customer).where(Customer.external_userid == OTHERS))
+        assert not other.opted_out
+    again = browser.post(url, json={"opted_out": False}, headers={"X-CSRF-Token": csrf})
+    assert again.json() == {"opted_out": False, "changed": True}
+
+
 def test_a_typed_alias_lands_on_its_canonical_tag_and_only_creators_make_new_tags(world):
     browser = sign_in(world, "zhangsan")
     url, headers = f"{world.url}/sidebar/customer/{OWN}/tags", {"X-CSRF-Token": _csrf(browser, world)}

@@ -96,6 +96,24 @@ def test_a_member_sees_tags_and_sends_for_their_own_customer(world, phone, tmp_p
     assert apis[:4] == ["config", "agentConfig", "getContext", "getCurExternalContact"]
 
 
+def test_one_tap_records_a_customers_tuiding_and_another_undoes_it(world, phone, tmp_path):
+    from bot.models import Customer
+
+    open_as(phone, world, "zhangsan", OWN)
+    assert phone.locator("[data-opt-flag]").is_hidden()
+    phone.click("button[data-opt-out='true']")
+    phone.wait_for_selector("[data-opt-status]:has-text('已退订')")
+    assert phone.locator("[data-opt-flag]").is_visible()
+    phone.screenshot(path=str(tmp_path / "sidebar-opted-out.png"), full_page=True)
+    with world.db().begin() as session:
+        assert session.scalar(select(Customer.opted_out).where(Customer.external_userid == OWN))
+    phone.click("button[data-opt-out='false']")
+    phone.wait_for_selector("[data-opt-status]:has-text('已恢复推送')")
+    assert phone.locator("[data-opt-flag]").is_hidden()
+    with world.db().begin() as session:
+        assert not session.scalar(select(Customer.opted_out).where(Customer.external_userid == OWN))
+
+
 def test_another_members_customer_is_refused_in_the_page(world, phone, tmp_path):
     open_as(phone, world, "zhangsan", OTHERS)
     assert phone.get_attribute("#card", "data-status") == "403"

@@ -296,6 +296,36 @@ def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) ->
             click.echo(line)
 
 
+def _opt_command(out: bool) -> Any:
+    @click.argument("customer_ref")
+    @click.option("--by", default="", help="Who asked for it (a member's userid or your name), for the record.")
+    @pass_cli
+    def command(cli: CliContext, customer_ref: str, by: str) -> None:
+        from sqlalchemy import select
+
+        from bot.contacts.customers import set_opted_out
+        from bot.models import Customer, utcnow
+
+        with cli.db().begin() as session:
+            customer = session.scalar(select(Customer).where(Customer.external_userid == customer_ref))
+            if customer is None and customer_ref.isdigit():
+                customer = session.get(Customer, int(customer_ref))
+            if customer is None:
+                raise click.ClickException(f"no customer {customer_ref}")
+            moved = set_opted_out(session, customer, out, utcnow(), via="cli", by=by or None)
+        state = "opted out of broadcasts and pushes" if out else "receiving broadcasts and pushes again"
+        click.echo(f"customer {customer_ref}: {state}" + ("" if moved else " (already so; nothing changed)"))
+
+    return command
+
+
+customer_group.command("opt-out", help="Switch a customer off broadcasts and pushes (退订), as when they asked "
+                       "for it in a member's chat; conversations (replies, welcomes) still reach them. "
+                       "CUSTOMER_REF: external_userid or id.")(_opt_command(True))
+customer_group.command("opt-in", help="Undo opt-out (恢复订阅): broadcasts and pushes reach the customer again. "
+                       "CUSTOMER_REF: external_userid or id.")(_opt_command(False))
+
+
 @click.group("export", help="Export data as CSV.")
 def export_group() -> None:
     pass

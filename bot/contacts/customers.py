@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.contacts.interactions import add_interaction
 from bot.models import Customer, CustomerTag, Follow, Staff, Tag
 from bot.tagging.system import tag_customer, untag_customer
 
@@ -42,6 +43,21 @@ def joined_no_later_than(customer: Customer, added_at: datetime | None) -> None:
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def set_opted_out(session: Session, customer: Customer, out: bool, at: datetime, via: str,
+                  by: str | None = None) -> bool:
+    """退订 / 恢复订阅: the switch every broadcast and push honours. ``via``: how it came (``kf`` — the
+    customer wrote the word —, ``sidebar``, ``cli``), ``by``: the member or operator who set it. Kept as
+    an interaction (no activity, no last-interaction time), so the customer's history says who and
+    when. Returns whether the switch moved."""
+    if customer.opted_out == out:
+        return False
+    customer.opted_out, customer.opted_out_at = out, (at if out else None)
+    add_interaction(session, customer, "opted_out" if out else "opted_in",
+                    f"opt:{customer.id}:{'out' if out else 'in'}:{at.isoformat()}", at, by, {"via": via},
+                    touch=False)
+    return True
 
 
 def upsert_follow(session: Session, customer: Customer, staff: Staff) -> Follow:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from wechatpy.exceptions import WeChatClientException
 
 from bot.campaigns.coupons import coupon_vars, issue_by_staff, issued_by_staff_since
+from bot.contacts.customers import set_opted_out
 from bot.core.config import Settings
 from bot.models import Customer, Tag, TagGroup
 from bot.outbox.messages import TemplateMissing, TemplateRefused, customer_vars, refusal, tier_keys
@@ -262,6 +263,29 @@ def change_tag(external_userid: str) -> Any:
     with current_app.extensions["scrm.db"].begin() as session:
         checked = any(t.id == tag_id and t.checked for g in tag_groups(session, customer_id) for t in g.tags)
     return jsonify(tag_id=tag_id, checked=checked, pushed=pushed)
+
+
+@bp.post("/customer/<external_userid>/opt-out")
+def change_opt_out(external_userid: str) -> Any:
+    """``{"opted_out": bool}``: a customer who answered 退订 in the member's own chat (not 微信客服, where
+    the word is caught by itself) is switched off broadcasts and pushes here, or back on."""
+    member = _member_or_401()
+    if not isinstance(member, Member):
+        return member
+    if not csrf_ok(member):
+        logger.warning("sidebar: opt-out change by member %s without a valid CSRF token", member.userid)
+        return jsonify(error="页面已过期，请刷新后重试"), 403
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("opted_out"), bool):
+        return jsonify(error="请求格式错误"), 400
+    with current_app.extensions["scrm.db"].begin() as session:
+        customer = _allowed_customer(session, member, external_userid)
+        if not isinstance(customer, Customer):
+            return jsonify(error="无权修改该客户"), customer[1]
+        moved = set_opted_out(session, customer, body["opted_out"], _now(), via="sidebar", by=member.userid)
+        if moved:
+            logger.info("sidebar: member %s set a customer's opt-out to %s", member.userid, body["opted_out"])
+        return jsonify(opted_out=customer.opted_out, changed=moved)
 
 
 def _tag_from_request(session: Any, body: dict[str, Any], member: Member, settings: Settings) -> Tag | tuple[str, int]:

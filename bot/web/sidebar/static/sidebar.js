@@ -157,6 +157,21 @@
         });
         return;
       }
+      var optButton = ev.target.closest("button[data-opt-out]");
+      if (optButton) {
+        var out = optButton.getAttribute("data-opt-out") === "true";
+        var optStatus = holder.querySelector("[data-opt-status]");
+        optButton.disabled = true;
+        post(base + "customer/" + encodeURIComponent(externalUserid) + "/opt-out", { opted_out: out }).then(function (j) {
+          optButton.disabled = false;
+          if (j.status !== 200) { optStatus.textContent = j.error || "保存失败"; return; }
+          holder.querySelector("[data-opt-flag]").hidden = !j.opted_out;
+          optButton.setAttribute("data-opt-out", j.opted_out ? "false" : "true");
+          optButton.textContent = j.opted_out ? "恢复推送" : "客户说了退订";
+          optStatus.textContent = j.opted_out ? "已退订：群发和推送不再发给该客户" : "已恢复推送";
+        }).catch(function () { optButton.disabled = false; optStatus.textContent = "网络错误，请重试"; });
+        return;
+      }
       var send = ev.target.closest("button[data-send]");
       if (send) {
         var text = document.getElementById(send.getAttribute("data-send")).textContent.trim();
