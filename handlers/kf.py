@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.customers import set_opted_out
@@ -134,6 +134,7 @@ def _customer_message(ctx: HandlerContext, open_kfid: str, message: dict[str, An
     text = _text_of(message)
     record_interaction(ctx, customer, "kf_message", f"kf:{message['msgid']}", None,
                        {"open_kfid": open_kfid, "msgtype": msgtype, "text": text[:500]}, occurred=_sent_at(message))
+    _campaign_reply(ctx, customer, _sent_at(message))
     if text:
         apply_rules(ctx.session, ctx.tag_rules, customer.id, "kf_keyword", text=text,
                     push=ctx.settings.tags.push_to_wecom)
@@ -145,6 +146,27 @@ def _customer_message(ctx: HandlerContext, open_kfid: str, message: dict[str, An
     elif ctx.settings.kf.auto_reply:
         _reply(ctx, customer, conversation, message, _rule_for(ctx, text), text)
     return customer
+
+
+def _campaign_reply(ctx: HandlerContext, customer: Customer, at: datetime) -> None:
+    """A campaign reply (an activity input, DESIGN §4.4): the customer writes to 微信客服 within
+    ``tiers.campaign_reply_days`` of a push that reached them. Replies in the member's own chat are
+    not visible to the service (WeCom shows an app no member's chat); this is the reply it can see.
+    Once per push."""
+    days = ctx.settings.tiers.campaign_reply_days
+    if not days:
+        return
+    push = ctx.session.scalar(
+        select(OutboxMessage.id).where(OutboxMessage.customer_id == customer.id,
+                                       OutboxMessage.channel == "mass_message",
+                                       OutboxMessage.status.in_(("submitted", "confirmed")),
+                                       OutboxMessage.created_at >= at - timedelta(days=days + 30),
+                                       func.coalesce(OutboxMessage.sent_at, OutboxMessage.updated_at)
+                                       .between(at - timedelta(days=days), at))
+        .order_by(OutboxMessage.id.desc()).limit(1))
+    if push is not None:
+        record_interaction(ctx, customer, "campaign_reply", f"campaign_reply:{push}", None, {"outbox_id": push},
+                           occurred=at)
 
 
 def _opt(ctx: HandlerContext, customer: Customer, conversation: KfConversation, message: dict[str, Any],

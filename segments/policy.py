@@ -104,6 +104,8 @@ class TierPolicy:
             raise PolicyError("tiers.activity_weights must map interaction kinds to whole numbers ≥ 0")
         _require(t.activity_high > t.activity_mid >= 0, "tiers.activity_high must be > tiers.activity_mid ≥ 0")
         _require(t.activity_window_days >= 1, "tiers.activity_window_days must be ≥ 1")
+        reply_days = getattr(t, "campaign_reply_days", 0)
+        _require(isinstance(reply_days, int) and 0 <= reply_days <= 30, "tiers.campaign_reply_days must be 0–30 days")
         _require(0 < t.active_days < t.silent_days, "tiers.active_days must be > 0 and < tiers.silent_days")
         _require(t.super_min_orders >= 2, "tiers.super_min_orders must be ≥ 2")
         score = (t.score_weight_r, t.score_weight_f, t.score_weight_m)

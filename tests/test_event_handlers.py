@@ -218,6 +218,27 @@ def kf_replies(sandbox, external_userid: str) -> list[str]:
     return [m["text"]["content"] for m in read(sandbox, "sent")["kf"] if m["touser"] == external_userid]
 
 
+def test_writing_to_kf_soon_after_a_push_counts_as_a_campaign_reply_once(wired, sandbox, staff):
+    """DESIGN §4.4 counts campaign replies towards activity; the reply the service can see is a message
+    to 微信客服 within tiers.campaign_reply_days of a push that reached the customer."""
+    db = wired.extensions["scrm.db"]
+    known_customer(db, "wmPUSHED", "周先生", "mid", None)
+    known_customer(db, "wmQUIET", "吴女士", "mid", None)
+    with db.begin() as s:
+        for external_userid, status in (("wmPUSHED", "confirmed"), ("wmQUIET", "skipped")):
+            customer_id = s.scalar(select(Customer.id).where(Customer.external_userid == external_userid))
+            s.add(OutboxMessage(dedupe_key=f"push:{external_userid}", channel="mass_message", customer_id=customer_id,
+                                recipient=external_userid, trigger_kind="campaign", trigger_ref="双11",
+                                content={"text": "双11 会员价"}, status=status, sent_at=utcnow() - timedelta(days=1)))
+    kf_say(sandbox, "wmPUSHED", "你们双11的活动还有吗", "多少钱")
+    kf_say(sandbox, "wmQUIET", "你好")
+    drain(wired)
+    with db.sessions() as s:
+        replies = s.execute(select(Customer.external_userid, Interaction.detail).join(Interaction)
+                            .where(Interaction.kind == "campaign_reply")).all()
+    assert [r[0] for r in replies] == ["wmPUSHED"]  # once per push, and not for a push that was skipped
+
+
 def test_price_question_gets_a_reply_for_the_customers_tier(wired, sandbox, staff):
     db = wired.extensions["scrm.db"]
     known_customer(db, "wmHIGH", "王总", "high", None)

@@ -127,6 +127,7 @@ class TiersSettings:
     intent_tags: list[str] = field(default_factory=lambda: ["意向客户", "已报价"])
     activity_window_days: int = 30
     activity_weights: dict[str, int] = field(default_factory=_default_activity_weights)
+    campaign_reply_days: int = 3
     activity_high: int = 8
     activity_mid: int = 3
     active_days: int = 30
