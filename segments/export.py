@@ -16,7 +16,8 @@ from bot.models import Customer, CustomerAggregate, CustomerPrediction, Customer
 
 COLUMNS = ["external_userid", "name", "owner_userid", "value_tier", "rfm_segment", "r_score", "f_score", "m_score",
            "score", "stage", "engagement", "activity", "order_count", "total_amount", "last_order_at", "tags",
-           "opted_out", "p_alive", "churn_risk", "expected_purchases", "predicted_value", "next_order_on"]
+           "opted_out", "p_alive", "churn_risk", "expected_purchases", "predicted_value", "next_order_on",
+           "average_days_between_orders"]
 PAGE = 5000
 # OWASP "CSV injection": Excel and WPS run a cell that begins with one of these as a formula.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -96,7 +97,7 @@ def _pages(session: Session, where: Sequence[ColumnElement[bool]], after: int,
             .join(Tag, Tag.id == CustomerTag.tag_id)
             .where(CustomerTag.customer_id.in_(ids), CustomerTag.removed_at.is_(None))
             .group_by(CustomerTag.customer_id)).all())
-        yield [(c.id, _row(c, a, tags.get(c.id, "")) + _predicted(p)) for c, a, p in page]
+        yield [(c.id, _row(c, a, tags.get(c.id, "")) + _predicted(p) + [_average_gap(a)]) for c, a, p in page]
         last_id = ids[-1]
 
 
@@ -114,6 +115,14 @@ def _predicted(p: CustomerPrediction | None) -> list[object]:
         return ["", "", "", "", ""]
     return [round(p.p_alive, 4), p.churn_risk, round(p.expected_purchases, 4), _yuan(p.predicted_value_fen),
             p.next_order_on.isoformat() if p.next_order_on else ""]
+
+
+def _average_gap(a: CustomerAggregate | None) -> Decimal | str:
+    """Days between purchase days on average (Klaviyo's average_days_between_orders): the span from the
+    first to the last purchase day over the gaps between them; empty below two purchase days."""
+    if a is None or not a.paid_days or a.paid_days < 2 or a.first_order_day is None or a.last_order_day is None:
+        return ""
+    return (Decimal(a.last_order_day - a.first_order_day) / (a.paid_days - 1)).quantize(Decimal("0.1"))
 
 
 def _n(value: int | None) -> int | str:

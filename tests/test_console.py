@@ -622,3 +622,13 @@ def test_the_customer_page_shows_churn_risk_and_predicted_value(seeded, console,
     for text in ("<th>流失风险</th><td>高: P(alive) 0.18", "¥143.00（365 天，按年 10% 折现）",
                  "预计购买 1.25 次 × 每次 ¥120.00", "2027-01-05"):
         assert text in page, text
+    # The list filters by the predictions too (DESIGN §4.7: usable in segments).
+    ids = [f"wm{n:06d}" for n in range(12)]
+    for query in ({"churn_risk": "high"}, {"p_alive_below": "0.2"}, {"predicted_value_above": "100"},
+                  {"expected_purchases_above": "1"}, {"next_order_before": "2027-02-01"}):
+        listed = client.get("/console/customers", query_string=query)
+        assert listed.status_code == 200 and _names(listed.get_data(as_text=True), ids) == ["wm000000"], query
+    for query in ({"next_order_before": "2027-01-01"}, {"expected_purchases_above": "2"}):
+        assert _names(client.get("/console/customers", query_string=query).get_data(as_text=True), ids) == []
+    assert client.get("/console/customers", query_string={"p_alive_below": "often"}).status_code == 400
+    assert 'name="expected_purchases_above"' in client.get("/console/customers").get_data(as_text=True)

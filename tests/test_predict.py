@@ -368,9 +368,16 @@ def test_customer_show_export_and_audiences_use_the_predictions(scrm, session, s
     assert members({"predicted_value_above": 500}) == {c for c, r in rows.items() if r.predicted_value_fen > 50000}
     assert members({"churn_risk": ["high"], "predicted_value_above": 10}) == {
         c for c, r in rows.items() if r.churn_risk == "high" and r.predicted_value_fen > 1000}
+    # DESIGN §4.7: expected purchases and the next order's date are usable in segments too.
+    assert members({"expected_purchases_above": 2}) == {c for c, r in rows.items() if r.expected_purchases > 2} != set()
+    soon = sorted(r.next_order_on for r in rows.values() if r.next_order_on)[len(rows) // 4]
+    assert members({"next_order_before": soon.isoformat()}) == {
+        c for c, r in rows.items() if r.next_order_on and r.next_order_on < soon} != set()
+    assert float(row["average_days_between_orders"] or 0) >= 0
     assert Audience.parse({"predicted_value_above": 12.5}).to_dict() == {"predicted_value_above": 12.5}
     for bad in ({"p_alive_below": 0}, {"p_alive_below": True}, {"p_alive_below": "0.5"},
-                {"predicted_value_above": "lots"}, {"churn_risk": ["doomed"]}):
+                {"predicted_value_above": "lots"}, {"churn_risk": ["doomed"]}, {"expected_purchases_above": "many"},
+                {"next_order_before": "soon"}):
         with pytest.raises(AudienceError, match=next(iter(bad))):
             Audience.parse(bad)
 

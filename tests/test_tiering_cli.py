@@ -82,11 +82,13 @@ def test_export_customers_has_the_promised_columns(scrm, tmp_path):
     assert list(rows[0]) == ["external_userid", "name", "owner_userid", "value_tier", "rfm_segment", "r_score",
                              "f_score", "m_score", "score", "stage", "engagement", "activity", "order_count",
                              "total_amount", "last_order_at", "tags", "opted_out", "p_alive", "churn_risk",
-                             "expected_purchases", "predicted_value", "next_order_on"]
+                             "expected_purchases", "predicted_value", "next_order_on",
+                             "average_days_between_orders"]
     vip = next(r for r in rows if r["external_userid"] == "wmVIP")
     assert (vip["rfm_segment"], vip["stage"], vip["order_count"], vip["total_amount"]) == (
         "important_value", "super", "7", "2100.00")
     assert vip["last_order_at"].startswith("2026-11-16T04:00:00")
+    assert float(vip["average_days_between_orders"]) > 0  # 7 orders on several days
     stdout = scrm("export", "customers")
     assert stdout.splitlines()[0].startswith("external_userid,name")
 

@@ -74,6 +74,8 @@ class Audience:
     churn_risk: tuple[str, ...] = ()
     p_alive_below: float | None = None
     predicted_value_above_fen: int | None = None
+    expected_purchases_above: float | None = None  # over the last fit's horizon
+    next_order_before: date | None = None  # the expected next order falls before this day
 
     @classmethod
     def parse(cls, raw: Any, value_tiers: tuple[str, ...] = ()) -> Audience:
@@ -106,7 +108,7 @@ class Audience:
         if len(channels) > MAX_CHANNELS or any(len(c) > MAX_CHANNEL for c in channels):
             raise AudienceError(f"audience.channels: at most {MAX_CHANNELS} channels of at most {MAX_CHANNEL} "
                                 "characters")
-        for key in ("added_after", "added_before"):
+        for key in ("added_after", "added_before", "next_order_before"):
             if raw.get(key) is not None:
                 try:
                     values[key] = date.fromisoformat(str(raw[key]))
@@ -131,6 +133,11 @@ class Audience:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
                 raise AudienceError(f"audience.p_alive_below must be a probability in (0, 1], got {value!r}")
             values["p_alive_below"] = float(value)
+        if "expected_purchases_above" in raw:
+            value = raw["expected_purchases_above"]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 10**6:
+                raise AudienceError(f"audience.expected_purchases_above must be a number ≥ 0, got {value!r}")
+            values["expected_purchases_above"] = float(value)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,7 +215,12 @@ class Audience:
             (CustomerPrediction.churn_risk.in_(self.churn_risk), self.churn_risk),
             (CustomerPrediction.p_alive < (self.p_alive_below or 0), self.p_alive_below is not None),
             (CustomerPrediction.predicted_value_fen > (self.predicted_value_above_fen or 0),
-             self.predicted_value_above_fen is not None)) if wanted]
+             self.predicted_value_above_fen is not None),
+            (CustomerPrediction.expected_purchases > (self.expected_purchases_above or 0),
+             self.expected_purchases_above is not None),
+            (CustomerPrediction.next_order_on < (self.next_order_before or date.max),
+             self.next_order_before is not None),
+        ) if wanted]
         if predicted:
             where.append(Customer.id.in_(select(CustomerPrediction.customer_id).where(*predicted).correlate(None)))
         return where

@@ -90,7 +90,8 @@ def _show_preview(p: Preview, cli: CliContext) -> None:
               help="Filter as JSON or @file.json, e.g. '{\"value_tiers\": [\"high\"], \"channels\": [\"live_0618\"]}'. "
                    "Keys: value_tiers, rfm_segments, stages, engagement, activity, churn_risk, tags_any, tags_all, "
                    "tags_none, owners, channels (\"~none\": no channel), added_after, added_before (YYYY-MM-DD), "
-                   "has_ordered, min_orders, min_amount, p_alive_below, predicted_value_above (元).")
+                   "has_ordered, min_orders, min_amount, p_alive_below, predicted_value_above (元), "
+                   "expected_purchases_above, next_order_before (YYYY-MM-DD).")
 @click.option("--template", "inline", multiple=True, help="TIER=TEXT; give default=… and any tier or segment.")
 @click.option("--template-file", "files", multiple=True, help="TIER=PATH of a Jinja2 template.")
 @click.option("--at", "at_text", help="Send once at this local time (YYYY-MM-DD HH:MM); a past time is refused.")

@@ -63,6 +63,12 @@ class CustomerFilter:
                 raw[key] = values
         if args.get("has_ordered") in ("yes", "no"):
             raw["has_ordered"] = args["has_ordered"] == "yes"
+        for key in PREDICTION_NUMBERS:  # a number where one is given; anything else for the parser to name
+            text = args.get(key, "").strip()
+            if text:
+                raw[key] = _number(text)
+        if args.get("next_order_before", "").strip():
+            raw["next_order_before"] = args["next_order_before"].strip()
         legacy = [v for v in args.getlist("channel") if v.strip()]  # the list page's links before channels joined
         if legacy:
             raw["channels"] = [*raw.get("channels", []), *legacy]
@@ -79,6 +85,16 @@ class CustomerFilter:
         if self.opted_out:
             where.append(Customer.opted_out.is_(self.opted_out == "yes"))
         return where
+
+
+PREDICTION_NUMBERS = ("p_alive_below", "predicted_value_above", "expected_purchases_above")
+
+
+def _number(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _matches(text: str) -> ColumnElement[bool]:

@@ -48,6 +48,7 @@ from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
 from bot.core.db import Database
 from bot.models import (
+    CHURN_RISKS,
     AuditEntry,
     Broadcast,
     BroadcastRun,
@@ -79,6 +80,7 @@ from bot.web.console.figures import (
 from bot.web.console.system import OUTBOX_DAYS, event_state, last_line, system_figures
 from bot.web.live import current_settings
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, TierPolicy
+from segments.predict_view import CHURN_BAND_NAMES
 from segments.rfm import SEGMENT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -324,7 +326,8 @@ def _choices(session: Session) -> dict[str, list[tuple[str, str]]]:
             "rfm_segments": [(code, f"{name}（{code}）") for code, name in SEGMENT_NAMES.items()],
             "stages": [(s, tier_label(s, STAGE_NAMES)) for s in ALL_STAGES],
             "engagement": [(e, tier_label(e, ENGAGEMENT_NAMES)) for e in ENGAGEMENT_STATES],
-            "activity": [(a, tier_label(a, ACTIVITY_NAMES)) for a in ACTIVITY_LEVELS]}
+            "activity": [(a, tier_label(a, ACTIVITY_NAMES)) for a in ACTIVITY_LEVELS],
+            "churn_risk": [(r, f"{CHURN_BAND_NAMES.get(r, r)}（{r}）") for r in CHURN_RISKS]}
 
 
 # ---------------------------------------------------------------- broadcasts
