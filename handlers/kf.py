@@ -191,8 +191,6 @@ def _reply(ctx: HandlerContext, customer: Customer, conversation: KfConversation
     now = utcnow()
     key = f"kf-reply:{message['msgid']}"
     reason = _why_not_reply(ctx, conversation, name, now)
-    if reason == "cooldown":
-        return  # the default reply was sent recently: saying it again is noise, not news
     rendered = ctx.templates.render("reply", name, tier_keys(customer), customer=customer_vars(customer),
                                     brand=ctx.settings.app.brand_name, text=text)
     content = {"text": rendered.text, "open_kfid": conversation.open_kfid, "msgid": kf_msgid(key),
@@ -251,7 +249,9 @@ def _why_not_reply(ctx: HandlerContext, conversation: KfConversation, name: str,
         return f"a servicer is handling this conversation (wrote within {kf.human_takeover_minutes} minutes)"
     cooldown = timedelta(minutes=kf.default_reply_cooldown_minutes)
     if name == "default" and conversation.last_reply_at is not None and now - conversation.last_reply_at < cooldown:
-        return "cooldown"
+        # Saying it again would be noise, not news; kept as skipped with the reason, as every skip is.
+        return (f"cooldown: a reply went out within kf.default_reply_cooldown_minutes "
+                f"({kf.default_reply_cooldown_minutes})")
     return None
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import requests
@@ -112,6 +112,21 @@ def test_tier_changes_fire_their_actions_once(app, db):
     with db.begin() as s:  # a later change of the same kind fires again (once per change)
         _change(s, ids[0], "value_tier", "high", at=MORNING + timedelta(days=40))
     assert run(app, db, tier_change_actions, MORNING + timedelta(days=40)).planned == 1
+
+
+def test_the_nightly_re_tiers_notes_to_members_wait_for_the_end_of_quiet_hours(app, db):
+    """The re-tier runs at 02:30 and its tier actions right after: a member's app message then waited for
+    nothing and woke them. It is now due when quiet hours end (09:00 by default)."""
+    night = MORNING.replace(hour=2, minute=40)
+    ids = seed_audience(db, {"low": 1})
+    with db.begin() as s:
+        _change(s, ids[0], "engagement", "churned", at=night)
+    assert run(app, db, tier_change_actions, night).notified == 1
+    [note] = outbox(db, channel="app_message")
+    assert note.scheduled_at.astimezone(SHANGHAI) == MORNING.replace(hour=9, minute=0)
+    sender = app.extensions["scrm.processor"].sender
+    sender.clock = lambda: night.astimezone(UTC)
+    assert sender.due_ids() == []  # not at 02:40
 
 
 def test_sequence_steps_come_due_and_converted_customers_leave(app, db):

@@ -265,6 +265,17 @@ def test_sixth_reply_in_a_window_is_not_sent_and_says_why(wired, sandbox, staff)
     assert not [m for m in read(sandbox, "sent")["kf"] if not m["delivered"]]  # WeCom never had to refuse
 
 
+def test_a_default_reply_held_back_by_the_cooldown_is_kept_as_skipped_with_why(wired, sandbox, staff):
+    """DESIGN §6: the reason for every skip is stored; the cooldown's skip used to leave no row."""
+    kf_say(sandbox, "wmCHAT", "在吗")
+    kf_say(sandbox, "wmCHAT", "有人吗")
+    drain(wired)
+    assert len(kf_replies(sandbox, "wmCHAT")) == 1
+    with wired.extensions["scrm.db"].sessions() as s:
+        rows = s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+    assert [r.status for r in rows] == ["sent", "skipped"] and "cooldown" in rows[1].reason
+
+
 def test_opt_out_word_stops_broadcasts_and_is_confirmed_once(wired, sandbox, staff):
     kf_say(sandbox, "wmQUIT", "退订")
     kf_say(sandbox, "wmQUIT", " td ")

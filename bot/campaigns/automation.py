@@ -23,6 +23,7 @@ from bot.core.config import Settings
 from bot.models import Broadcast, Customer, Follow, Order, OutboxMessage, SyncCursor, TierChange
 from bot.outbox import enqueue
 from bot.outbox.messages import MessageTemplates, customer_vars, tier_keys
+from bot.outbox.policy import ContactPolicy
 
 logger = logging.getLogger(__name__)
 # Causes older than this are history, not news: a fresh install does not thank last year's buyers.
@@ -162,13 +163,13 @@ def tier_change_actions(session: Session, settings: Settings, templates: Message
                                 extra=extra))
             if action.notify_owner is not None and customer.owner_userid:
                 result.notified += _notify_owner(session, settings, templates, action.notify_owner, customer,
-                                                 change, ref)
+                                                 change, ref, now)
     _save_cursor(session, "tier_actions", newest)
     return result
 
 
 def _notify_owner(session: Session, settings: Settings, templates: MessageTemplates, template: TemplateRef,
-                  customer: Customer, change: TierChange, ref: str) -> int:
+                  customer: Customer, change: TierChange, ref: str, now: datetime) -> int:
     from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
     from segments.rfm import SEGMENT_NAMES
 
@@ -181,9 +182,11 @@ def _notify_owner(session: Session, settings: Settings, templates: MessageTempla
                                         "to": change.to_value or "", "reason": change.reason,
                                         "from_name": names.get(change.from_value or "", change.from_value or ""),
                                         "to_name": names.get(change.to_value or "", change.to_value or "")})
+    # The nightly re-tier runs at 02:30: its notes wait for the end of quiet hours, not wake the member.
     row = enqueue(session, channel="app_message", dedupe_key=f"{ref}:owner", recipient=customer.owner_userid or "",
                   trigger_kind="tier_action", trigger_ref=ref, customer_id=customer.id,
-                  content={"text": rendered.text, "template": rendered.template})
+                  content={"text": rendered.text, "template": rendered.template},
+                  scheduled_at=ContactPolicy.from_settings(settings).next_allowed(now))
     return 1 if row else 0
 
 

@@ -50,8 +50,10 @@ def enqueue(
     expires_at: datetime | None = None,
     status: str = "pending",
     reason: str | None = None,
+    scheduled_at: datetime | None = None,
 ) -> OutboxMessage | None:
-    """Add a message; None if one with this key exists already (the same trigger never sends twice)."""
+    """Add a message; None if one with this key exists already (the same trigger never sends twice).
+    ``scheduled_at``: not before then (default: now)."""
     key = dedupe_key if len(dedupe_key) <= 200 else hashlib.sha256(dedupe_key.encode()).hexdigest()
     if session.scalar(select(OutboxMessage.id).where(OutboxMessage.dedupe_key == key)) is not None:
         return None
@@ -59,7 +61,8 @@ def enqueue(
         content = {**content, "text": fit_text(channel, content["text"], str(content.get("template") or ""))}
     row = OutboxMessage(dedupe_key=key, channel=channel, customer_id=customer_id, recipient=recipient,
                         sender_userid=sender_userid, trigger_kind=trigger_kind, trigger_ref=trigger_ref[:128],
-                        content=content, status=status, reason=reason, expires_at=expires_at, scheduled_at=utcnow())
+                        content=content, status=status, reason=reason, expires_at=expires_at,
+                        scheduled_at=scheduled_at or utcnow())
     session.add(row)
     session.flush()
     return row
