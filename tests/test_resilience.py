@@ -298,3 +298,16 @@ def test_welcome_goes_out_even_when_the_contact_cannot_be_read_and_the_event_is_
     with wired.extensions["scrm.db"].sessions() as s:
         customer = s.scalars(select(Customer).where(Customer.external_userid == added["external_userid"])).one()
         assert customer.name == "李四"  # the retry read the contact
+
+
+def test_an_event_carrying_a_welcome_code_is_taken_before_older_events(wired, sandbox, staff):
+    """A welcome code lasts 20 s: an add event waits behind no backlog (a long kf sync, a burst of edits)."""
+    for n in range(3):
+        control(sandbox, "kf/text", {"open_kfid": "wkSHOP", "external_userid": f"wmKF{n}", "contents": ["在吗"]})
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "李四"})
+    processor = wired.extensions["scrm.processor"]
+    from bot.models import InboxEvent
+    with wired.extensions["scrm.db"].sessions() as s:
+        kinds = dict(s.execute(select(InboxEvent.id, InboxEvent.change_type)).all())
+    first = processor.due_ids()[0]
+    assert kinds[first] == "add_external_contact" and first == max(kinds)

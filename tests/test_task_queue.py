@@ -56,6 +56,17 @@ def test_the_webhook_enqueues_only_the_id_and_a_worker_handles_each_event_once(c
     assert [(e.status, e.attempts) for e in events(db)] == [("unhandled", 1)] * 3
 
 
+def test_a_callback_carrying_a_welcome_code_goes_to_the_front_of_the_queue(callbacks, db, tasks):
+    """Its code lasts 20 s: it does not wait behind the jobs already queued."""
+    from tests.support import contact_event
+
+    for n in (1, 2):
+        assert callbacks.post(no_handler_event(n)).status_code == 200
+    assert callbacks.post(contact_event(WelcomeCode="WELCOME1")).status_code == 200
+    ids = [e.id for e in events(db)]
+    assert [job.args for job in tasks.queue.get_jobs()] == [(ids[2],), (ids[0],), (ids[1],)]
+
+
 def test_a_lost_job_is_enqueued_again_by_the_sweep_and_runs_once(callbacks, db, processor, tasks):
     assert callbacks.post(no_handler_event(1)).status_code == 200
     worker = QueueWorker(processor, tasks, sweep_seconds=60)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from wechatpy.work import parse_message
 
 from bot.core.config import Settings
@@ -28,6 +28,8 @@ from bot.outbox.messages import MessageTemplates
 from bot.tagging.rules import TagRules
 
 logger = logging.getLogger(__name__)
+# Change types whose event carries a WelcomeCode (valid 20 s, once): handled before other due events.
+WELCOME_CARRIERS = ("add_external_contact", "add_half_external_contact", "msg_audit_approved")
 RUNNABLE = ("pending", "failed")
 
 
@@ -88,9 +90,12 @@ class InboxProcessor:
     def _due_ids(self, limit: int) -> list[int]:
         now = self.clock()
         with self.db.begin() as session:
+            # Events that carry a welcome code first: it lives 20 s, and a long kf sync or a backlog
+            # ahead of it would spend them.
             return list(session.scalars(
-                select(InboxEvent.id).where(self._claimable(now)).order_by(InboxEvent.id).limit(limit)
-            ))
+                select(InboxEvent.id).where(self._claimable(now))
+                .order_by(case((InboxEvent.change_type.in_(WELCOME_CARRIERS), 0), else_=1), InboxEvent.id)
+                .limit(limit)))
 
     def _claimable(self, now: datetime) -> Any:
         stale = now - timedelta(seconds=self.settings.worker.lease_seconds)

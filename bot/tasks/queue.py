@@ -46,19 +46,20 @@ class TaskQueue:
         self.clock = clock
         self._down_until = 0.0
 
-    def enqueue_event(self, event_id: int) -> bool:
-        return self._enqueue(INBOX_JOB, event_id, inbox_job_id(event_id))
+    def enqueue_event(self, event_id: int, urgent: bool = False) -> bool:
+        """``urgent``: at the queue's front (an event carrying a welcome code, which lives 20 s)."""
+        return self._enqueue(INBOX_JOB, event_id, inbox_job_id(event_id), at_front=urgent)
 
     def enqueue_send(self, outbox_id: int) -> bool:
         return self._enqueue(OUTBOX_JOB, outbox_id, outbox_job_id(outbox_id))
 
-    def _enqueue(self, function: str, row_id: int, job_id: str) -> bool:
+    def _enqueue(self, function: str, row_id: int, job_id: str, at_front: bool = False) -> bool:
         if self.clock() < self._down_until:
             logger.debug("%s not queued: Redis was unreachable moments ago", job_id)
             return False
         try:
             # result_ttl=0: the outcome lives on the row; a failed job is kept a day for inspection.
-            self.queue.enqueue(function, row_id, job_id=job_id, result_ttl=0, failure_ttl=86400)
+            self.queue.enqueue(function, row_id, job_id=job_id, result_ttl=0, failure_ttl=86400, at_front=at_front)
         except redis.RedisError as exc:
             self._down_until = self.clock() + self.RETRY_AFTER_SECONDS
             logger.warning("%s not queued, Redis unreachable (%s); it waits in the database, and nothing is "

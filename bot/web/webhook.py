@@ -114,15 +114,16 @@ class CallbackEndpoint:
                        "/".join(str(fields.get(k)) for k in ("MsgType", "Event", "ChangeType") if fields.get(k)),
                        result.event_id, " (duplicate delivery)" if result.duplicate else "")
         if not result.duplicate or result.requeued:
-            self._hand_over(result.event_id)
+            self._hand_over(result.event_id, urgent=bool(fields.get("WelcomeCode")))
         return 200, ""
 
-    def _hand_over(self, event_id: int) -> None:
-        """To the RQ queue when Redis is configured; else, or when Redis is down, to this process's
-        worker (if it runs one). Either way the stored row is the truth: a sweep or a poll finds it."""
+    def _hand_over(self, event_id: int, urgent: bool = False) -> None:
+        """To the RQ queue when Redis is configured (``urgent``: at its front, for a welcome code's 20 s);
+        else, or when Redis is down, to this process's worker (if it runs one). Either way the stored row
+        is the truth: a sweep or a poll finds it."""
         extensions = self._app.extensions
         tasks = extensions.get("scrm.tasks")
-        if tasks is not None and tasks.enqueue_event(event_id):
+        if tasks is not None and tasks.enqueue_event(event_id, urgent=urgent):
             return
         if "scrm.worker" in extensions:
             extensions["scrm.worker"].wake()
