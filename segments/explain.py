@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -67,15 +67,41 @@ def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of:
               + (f", last paid order {date.fromordinal(last_day).isoformat()}" if last_day else "")]
     why = _rfm_lines(orders, amount, last_day, as_of_day, stats, customer)
     why["value_tier"] = _value_line(policy, amount, orders, activity, customer)
-    why["stage"] = (f"stage: {customer.stage or '-'} ({orders} paid orders; path {policy.stage_path}, "
-                    f"super from {policy.super_min_orders} orders)")
+    why["stage"] = (f"stage: {customer.stage or '-'} ({orders} paid orders, {fen_to_yuan(amount)} 元; path "
+                    f"{policy.stage_path}, super from {policy.super_min_orders} orders"
+                    + (f" and {fen_to_yuan(policy.super_min_amount_fen)} 元" if policy.super_min_amount_fen else "")
+                    + ("" if policy.stage_path == "ecommerce" else
+                       "; without an order: intent with an intent tag, potential once they have interacted, else "
+                       "stranger") + ")")
     why["activity"] = (f"activity: {activity} [{customer.activity or '-'}] — score {activity_score} in the last "
                        f"{policy.activity_window_days} days (high ≥ {policy.activity_high}, "
                        f"mid ≥ {policy.activity_mid})")
-    why["engagement"] = (f"engagement: {customer.engagement or '-'} — active if an order or interaction within "
-                         f"{policy.active_days} days, silent within {policy.silent_days}, else churned")
-    facts = _Facts(orders, amount, last_day, as_of_day, activity, activity_score)
+    touches = _last_touches(customer, last_day, as_of, tz)
+    why["engagement"] = (f"engagement: {customer.engagement or '-'} — {touches['en']}; active if an order, "
+                         f"interaction or joining within {policy.active_days} days, silent within "
+                         f"{policy.silent_days}, else churned")
+    facts = _Facts(orders, amount, last_day, as_of_day, activity, activity_score, touches["zh"])
     return Explanation(header, why, _why_zh(facts, stats, policy, customer, tier_names or {}))
+
+
+def _last_touches(customer: Customer, last_day: int | None, as_of: date, tz: ZoneInfo) -> dict[str, str]:
+    """Days since the last paid order, the last interaction and joining, as the engagement rule reads
+    them (English and Chinese)."""
+    def days_since(moment: datetime | None) -> int | None:
+        if moment is None:
+            return None
+        aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return (as_of - aware.astimezone(tz).date()).days
+
+    order = as_of.toordinal() - last_day if last_day is not None else None
+    touch, joined = days_since(customer.last_interaction_at), days_since(customer.created_at)
+    facts = [("last paid order", "最近下单", order), ("last interaction", "最近互动", touch),
+             ("joined", "添加", joined)]
+    en = ", ".join(f"{name} {n} days ago" if n is not None else f"no {name}" for name, _, n in facts if n is not None
+                   or name != "joined")
+    zh = "，".join(f"{name} {n} 天前" if n is not None else f"无{name.removeprefix('最近')}" for _, name, n in facts
+                  if n is not None or name != "添加")
+    return {"en": en, "zh": zh}
 
 
 @dataclass(frozen=True)
@@ -86,6 +112,7 @@ class _Facts:
     as_of_day: int
     activity: str
     activity_score: int
+    touches: str = ""
 
 
 _LEVELS = {"high": "高", "mid": "中", "low": "低"}
@@ -121,12 +148,16 @@ def _why_zh(f: _Facts, stats: Any, policy: TierPolicy, customer: Customer,
     else:
         needs = "；".join(f"{name(r.name)}需{r.describe_zh()}" for r in policy.value_rules)
         why["value_tier"] = f"{bought}，未满足任何规则（{needs}），归为{name(policy.value_default)}"
-    why["stage"] = (f"{f.orders} 笔实付订单；满 {policy.super_min_orders} 笔为超级用户"
+    why["stage"] = (f"{f.orders} 笔实付订单、{fen_to_yuan(f.amount_fen)} 元；满 {policy.super_min_orders} 笔"
+                    + (f"且满 {fen_to_yuan(policy.super_min_amount_fen)} 元" if policy.super_min_amount_fen else "")
+                    + "为超级用户"
+                    + ("" if policy.stage_path == "ecommerce" or f.orders else
+                       "；未下单时，有意向标签为意向，互动过为潜在，否则为陌生")
                     + ("" if customer.stage else "（尚未分层）"))
     why["activity"] = (f"近 {policy.activity_window_days} 天互动得分 {f.activity_score}"
                        f"（≥ {policy.activity_high} 为高，≥ {policy.activity_mid} 为中）")
-    why["engagement"] = (f"{policy.active_days} 天内有订单或互动为活跃，{policy.silent_days} 天内为沉默，"
-                         "更久为流失")
+    why["engagement"] = (f"{f.touches}；{policy.active_days} 天内有订单、互动或新添加为活跃，"
+                         f"{policy.silent_days} 天内为沉默，更久为流失")
     return why
 
 

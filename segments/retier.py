@@ -429,12 +429,19 @@ def _reason(dimension: str, table: Table, policy: TierPolicy, stats: PopulationS
             "R " + cast(t.r_days, String) + "d (mean " + means[0] + "), F " + cast(t.order_count, String)
             + " (mean " + means[1] + "), M " + _yuan(t.amount_fen) + " (mean " + means[2] + ")"))
     if dimension == "stage":
-        return "paid orders " + cast(t.order_count, String)
+        super_rule = (f"super from {policy.super_min_orders} orders"
+                      + (f" and {policy.super_min_amount_fen / 100:.2f} 元" if policy.super_min_amount_fen else ""))
+        no_order = ("no paid order" if policy.stage_path == "ecommerce" else
+                    "no paid order (intent: an intent tag; potential: has interacted; else stranger)")
+        return case((t.order_count == 0, no_order), else_=(
+            "paid orders " + cast(t.order_count, String) + ", " + _yuan(t.amount_fen) + " 元 (" + super_rule + ")"))
     if dimension == "activity":
         return ("activity score " + cast(t.activity_score, String) + f" in {policy.activity_window_days} days "
                 f"(high ≥ {policy.activity_high}, mid ≥ {policy.activity_mid})")
-    return literal(f"days since last order or interaction (active ≤ {policy.active_days}, "
-                   f"silent ≤ {policy.silent_days})")
+    rule = (f" (active: an order, interaction or joining within {policy.active_days} days; "
+            f"silent: within {policy.silent_days})")
+    return case((t.order_count == 0, "no paid order" + rule),
+                else_="last paid order " + cast(t.r_days, String) + " days ago" + rule)
 
 
 def _record_changes(session: Session, table: Table, as_of: date, policy: TierPolicy,

@@ -221,6 +221,8 @@ def test_retier_writes_only_changes_and_records_them(db):
     assert {d: n for d, n in third.changes.items() if n} == recorded
     by_dim = {d: (f, t, reason) for d, f, t, reason in changes}
     assert by_dim["stage"][:2] == ("repeat", "super")
+    # The why names the customer's own figures and the rule (DESIGN §2: before/after/why).
+    assert by_dim["stage"][2].startswith("paid orders ") and " 元 (super from " in by_dim["stage"][2]
     assert by_dim["rfm_segment"][1] == "important_value" and "mean" in by_dim["rfm_segment"][2]
 
 
