@@ -4,7 +4,7 @@ here, and alert the owner when a customer leaves."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -53,9 +53,13 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
     follow.remark = info.get("remark", follow.remark) or ""
     follow.description = info.get("description", follow.description) or ""
     follow.add_way = info.get("add_way", follow.add_way)
-    follow.added_at = _event_time(ctx) if not info.get("createtime") else _from_epoch(info["createtime"])
+    added_at = _event_time(ctx) if not info.get("createtime") else _from_epoch(info["createtime"])
+    # Events may be handled out of order (an add goes before older events for its welcome code's sake): a
+    # removal that happened after this add stays.
+    if follow.ended_at is None or _aware(follow.ended_at) <= added_at:
+        follow.ended_at, follow.ended_reason = None, None
+    follow.added_at = added_at if follow.added_at is None or _aware(follow.added_at) <= added_at else follow.added_at
     joined_no_later_than(customer, follow.added_at)
-    follow.ended_at, follow.ended_reason = None, None
     customer.owner_userid = customer.owner_userid or userid
     channel = channel_rules(ctx.session, ctx.settings, follow.state)
     if customer.stage is None:
@@ -110,7 +114,15 @@ def follow_ended(event: Any, ctx: HandlerContext) -> None:
     reason = "customer_deleted_staff" if by_customer else "staff_deleted_customer"
     if ctx.fields.get("Source") == "DELETE_BY_TRANSFER":
         reason = "transferred"
-    follow.ended_at, follow.ended_reason = _event_time(ctx), reason
+    ended_at = _event_time(ctx)
+    if follow.added_at is not None and _aware(follow.added_at) > ended_at:
+        # Handled after a later add of the same pair (adds go first for their welcome codes): the
+        # removal is history, the follow stays live, and the owner is not told of a loss that was undone.
+        record_interaction(ctx, customer, "churn_signal" if by_customer else "follow_ended_before_readd",
+                           f"{'churn' if by_customer else 'ended'}:{userid}:{external_userid}:"
+                           f"{ctx.fields.get('CreateTime')}", userid, {"reason": reason, "re_added": True}, touch=False)
+        return
+    follow.ended_at, follow.ended_reason = ended_at, reason
     if by_customer:
         ref = f"churn:{userid}:{external_userid}:{ctx.fields.get('CreateTime')}"
         record_interaction(ctx, customer, "churn_signal", ref, userid, {"reason": reason}, touch=False)
@@ -321,6 +333,11 @@ def _follow_info(contact: dict[str, Any], userid: str) -> dict[str, Any]:
         if item.get("userid") == userid:
             return item
     return {}
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive UTC datetimes."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _event_time(ctx: HandlerContext) -> datetime:

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.customers import set_opted_out
@@ -159,10 +159,9 @@ def _campaign_reply(ctx: HandlerContext, customer: Customer, at: datetime) -> No
     push = ctx.session.scalar(
         select(OutboxMessage.id).where(OutboxMessage.customer_id == customer.id,
                                        OutboxMessage.channel == "mass_message",
-                                       OutboxMessage.status.in_(("submitted", "confirmed")),
+                                       OutboxMessage.status == "confirmed",  # the member sent it
                                        OutboxMessage.created_at >= at - timedelta(days=days + 30),
-                                       func.coalesce(OutboxMessage.sent_at, OutboxMessage.updated_at)
-                                       .between(at - timedelta(days=days), at))
+                                       OutboxMessage.sent_at.between(at - timedelta(days=days), at))
         .order_by(OutboxMessage.id.desc()).limit(1))
     if push is not None:
         record_interaction(ctx, customer, "campaign_reply", f"campaign_reply:{push}", None, {"outbox_id": push},
@@ -208,26 +207,35 @@ def _reply(ctx: HandlerContext, customer: Customer, conversation: KfConversation
         conversation.last_reply_at = now
         ctx.send_after_commit(row.id)
         if name in ctx.settings.kf.transfer_rules:
-            _hand_to_pool(ctx, conversation, now)
+            _hand_to_pool(ctx, conversation, row.id)
 
 
-def _hand_to_pool(ctx: HandlerContext, conversation: KfConversation, now: datetime) -> None:
+def _hand_to_pool(ctx: HandlerContext, conversation: KfConversation, reply_id: int) -> None:
     """The customer asked for a person: once the reply saying so is out (the API may send only while the
-    session is new or with the assistant), the session goes to the waiting pool for a servicer to take.
-    The bot stays quiet until the servicer ends the session (session_status_change) or it lapses."""
-    conversation.with_people_since = now
-    if ctx.clients is None:
+    session is new or with the assistant), the session goes to the waiting pool for a servicer to take,
+    and the bot stays quiet until the servicer ends it (session_status_change) or it lapses. If the reply
+    did not go out or WeCom refuses the transfer, the session stays with the bot, which keeps answering."""
+    if ctx.clients is None or ctx.db is None:
         return
-    open_kfid, external_userid, log, client = (conversation.open_kfid, conversation.external_userid, ctx.log,
-                                               ctx.clients.kf)
+    conversation_id, external_userid = conversation.id, conversation.external_userid
+    open_kfid, log, client, db = conversation.open_kfid, ctx.log, ctx.clients.kf, ctx.db
 
     def transfer() -> None:
+        with db.sessions() as session:
+            reply = session.get(OutboxMessage, reply_id)
+            if reply is None or reply.status != "sent":
+                log.warning("kf session of customer %s not handed over: the reply saying so was not sent (%s)",
+                            masked(external_userid), reply.status if reply else "missing")
+                return
         try:
             client.kf.trans_service_state(open_kfid, external_userid, SERVICE_STATE_POOL)
-        except WeChatClientException as exc:
-            log.warning("kf session of customer %s not handed to the waiting pool: WeCom %s %s",
-                        masked(external_userid), exc.errcode, exc.errmsg)
+        except (WeChatClientException, OSError) as exc:
+            log.warning("kf session of customer %s not handed to the waiting pool: %s", masked(external_userid),
+                        f"WeCom {exc.errcode} {exc.errmsg}" if isinstance(exc, WeChatClientException)
+                        else type(exc).__name__)
             return
+        with db.begin() as session:
+            session.get(KfConversation, conversation_id).with_people_since = utcnow()
         log.info("kf session of customer %s handed to the waiting pool", masked(external_userid))
 
     ctx.after_commit(transfer)

@@ -47,6 +47,7 @@ from bot.models import (
     CustomerAggregate,
     CustomerTag,
     CustomerTier,
+    Follow,
     Interaction,
     Order,
     Tag,
@@ -154,7 +155,8 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
         else:
             scope.clear_marks()
         result.recomputed = _compute_and_write(session, policy, as_of, tz, metrics, stats, result, scope,
-                                               first_time, last_change, history=previous is not None)
+                                               first_time, last_change,
+                                               joined_since=previous.started_at if previous is not None else None)
         if after is not None:
             result.after = after(session, Changed(select(first_time.table.c.customer_id), as_of, last_change,
                                                   result.first))
@@ -168,16 +170,17 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
 
 def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, metrics: Any,
                        stats: PopulationStats, result: RetierResult, scope: Scope, first_time: Scope,
-                       last_change: int, history: bool = True) -> int:
+                       last_change: int, joined_since: datetime | None = None) -> int:
     """The new values of every customer (or, in an incremental run, of those in ``scope``) into a
     temporary table, then the changes recorded and the differing rows written; customers tiered for the
     first time go into ``first_time``. Returns how many customers were looked at.
 
-    ``history``: a run has been recorded before this one. Only then do customers tiered for the first
-    time get TierChanges (from None, or from the stage their channel gave): a new customer who buys
-    before the night's re-tier enters first_purchase, and the actions and sequences that start there
-    read TierChanges. Without a previous run every customer is new to tiering (a baseline, however
-    the tier table came to hold a channel's stage), and nothing is a change."""
+    ``joined_since`` (when the previous run started): customers tiered for the first time who added a
+    member since then get TierChanges (from None, or from the stage their channel gave): a new contact
+    who buys before the night's re-tier enters first_purchase, and the actions and sequences that start
+    there read TierChanges. Every other first tiering is a baseline — the first run of all, contacts an
+    import or a sync brings in (their joins are older), stubs of an order import (no follow) — so that
+    loading a base never fires an action per customer."""
     looked_at = scope if result.incremental else None
     if looked_at is None and session.scalar(select(CustomerTier.customer_id).limit(1)) is None:
         result.first = True
@@ -193,8 +196,9 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
             session.connection().exec_driver_sql("ANALYZE retier_result")
         result.customers = session.scalar(select(func.count()).select_from(Customer)) or 0
         # A first tiering is a baseline, not a change: a first run has no history to record.
-        result.changes = _record_changes(session, table, as_of, policy, stats, first_timers=history)
-        result.moves = _moves(session, table, last_change, first_timers_recorded=history)
+        recorded = _recorded_first_timers(table, joined_since)
+        result.changes = _record_changes(session, table, as_of, policy, stats, recorded)
+        result.moves = _moves(session, table, last_change, recorded)
         result.updated = _write_changed(session, table, result)
         first_time.add_from(table, f"changes & {TIERED_BIT} = 0")
     finally:
@@ -202,21 +206,31 @@ def _compute_and_write(session: Session, policy: TierPolicy, as_of: date, tz: Zo
     return scope.size() if looked_at is not None else result.customers
 
 
-def _moves(session: Session, table: Table, last_change: int, first_timers_recorded: bool = True) -> list[Move]:
+def _recorded_first_timers(table: Table, joined_since: datetime | None) -> Any:
+    """SQL on the result table: a customer tiered for the first time whose changes are recorded (one who
+    added a member since ``joined_since``), or None when no first tiering is recorded."""
+    if joined_since is None:
+        return None
+    t = table.c
+    return and_(t.changes.op("&")(TIERED_BIT) == 0,
+                exists().where(Follow.customer_id == t.customer_id, Follow.added_at >= joined_since))
+
+
+def _moves(session: Session, table: Table, last_change: int, recorded_first_timers: Any = None) -> list[Move]:
     """Customers per (dimension, from, to) of this run, from its own TierChanges (after ``last_change``)
-    and, for customers tiered for the first time without TierChanges (a baseline run), from the result
+    and, for customers tiered for the first time without TierChanges (a baseline), from the result
     table (before the tier rows are written): no scan of the tier table."""
     recorded = session.execute(select(TierChange.dimension, TierChange.from_value, TierChange.to_value, func.count())
                                .where(TierChange.id > last_change)
                                .group_by(TierChange.dimension, TierChange.from_value, TierChange.to_value)).all()
     moves: list[Move] = [(d, f, t, n) for d, f, t, n in recorded]
-    if first_timers_recorded:
-        return moves
     # Tiered for the first time: most have no tier row; a new contact's may hold the stage its channel gave.
     tiers = CustomerTier.__table__
     first_time = (select(table, *[tiers.c[name].label(f"old_{name}") for name in DIMENSIONS])
                   .select_from(table.outerjoin(tiers, tiers.c.customer_id == table.c.customer_id))
-                  .where(table.c.changes.op("&")(TIERED_BIT) == 0).subquery("first_time"))
+                  .where(table.c.changes.op("&")(TIERED_BIT) == 0,
+                         *([~recorded_first_timers] if recorded_first_timers is not None else []))
+                  .subquery("first_time"))
     for name in DIMENSIONS:
         old, new = first_time.c[f"old_{name}"], first_time.c[name]
         moves += [(name, f, t, n) for f, t, n in session.execute(
@@ -445,19 +459,21 @@ def _reason(dimension: str, table: Table, policy: TierPolicy, stats: PopulationS
 
 
 def _record_changes(session: Session, table: Table, as_of: date, policy: TierPolicy,
-                    stats: PopulationStats, first_timers: bool = True) -> dict[str, int]:
-    """One TierChange per changed dimension of each customer that had been tiered (and, with
-    ``first_timers``, of each tiered for the first time: from its stored value or None), in one statement
-    (one join of the result to the tier table, not one per dimension). Returns the count per dimension."""
+                    stats: PopulationStats, recorded_first_timers: Any = None) -> dict[str, int]:
+    """One TierChange per changed dimension of each customer that had been tiered (and of each tiered
+    for the first time that ``recorded_first_timers`` selects: from its stored value or None), in one
+    statement (one join of the result to the tier table, not one per dimension). Returns the count per
+    dimension."""
     c, t = CustomerTier.__table__.c, table.c
-    # The bits a change must have: its dimension's, and TIERED_BIT unless first-timers count too.
-    need = {name: _bit(name) | (0 if first_timers else TIERED_BIT) for name in DIMENSIONS}
+    recorded = t.changes.op("&")(TIERED_BIT) == TIERED_BIT
+    if recorded_first_timers is not None:
+        recorded = or_(recorded, recorded_first_timers)
     counts = dict(zip(DIMENSIONS, session.execute(select(*[
-        func.coalesce(func.sum(case((t.changes.op("&")(need[name]) == need[name], 1),
-                                    else_=0)), 0) for name in DIMENSIONS])).one(), strict=True))
+        func.coalesce(func.sum(case((t.changes.op("&")(_bit(name)) == _bit(name), 1), else_=0)), 0)
+        for name in DIMENSIONS]).where(recorded)).one(), strict=True))
     if not any(counts.values()):
         return counts
-    dimensions = union_all(*[select(literal(name).label("dimension"), literal(need[name]).label("bit"))
+    dimensions = union_all(*[select(literal(name).label("dimension"), literal(_bit(name)).label("bit"))
                              for name, n in counts.items() if n]).subquery("dimensions")
     d = dimensions.c
 
@@ -468,9 +484,9 @@ def _record_changes(session: Session, table: Table, as_of: date, policy: TierPol
                      per_dimension({name: t[name] for name in DIMENSIONS}), literal(as_of),
                      per_dimension({name: _reason(name, table, policy, stats, as_of) for name in DIMENSIONS}),
                      literal(utcnow())).select_from(
-        (table.outerjoin(CustomerTier.__table__, c.customer_id == t.customer_id) if first_timers
+        (table.outerjoin(CustomerTier.__table__, c.customer_id == t.customer_id) if recorded_first_timers is not None
          else table.join(CustomerTier.__table__, c.customer_id == t.customer_id))
-        .join(dimensions, t.changes.op("&")(d.bit) == d.bit))
+        .join(dimensions, t.changes.op("&")(d.bit) == d.bit)).where(recorded)
     session.execute(insert(TierChange).from_select(
         ["customer_id", "dimension", "from_value", "to_value", "as_of", "reason", "created_at"], changed))
     return counts

@@ -225,7 +225,7 @@ def test_writing_to_kf_soon_after_a_push_counts_as_a_campaign_reply_once(wired, 
     known_customer(db, "wmPUSHED", "周先生", "mid", None)
     known_customer(db, "wmQUIET", "吴女士", "mid", None)
     with db.begin() as s:
-        for external_userid, status in (("wmPUSHED", "confirmed"), ("wmQUIET", "skipped")):
+        for external_userid, status in (("wmPUSHED", "confirmed"), ("wmQUIET", "submitted")):
             customer_id = s.scalar(select(Customer.id).where(Customer.external_userid == external_userid))
             s.add(OutboxMessage(dedupe_key=f"push:{external_userid}", channel="mass_message", customer_id=customer_id,
                                 recipient=external_userid, trigger_kind="campaign", trigger_ref="双11",
@@ -236,7 +236,7 @@ def test_writing_to_kf_soon_after_a_push_counts_as_a_campaign_reply_once(wired, 
     with db.sessions() as s:
         replies = s.execute(select(Customer.external_userid, Interaction.detail).join(Interaction)
                             .where(Interaction.kind == "campaign_reply")).all()
-    assert [r[0] for r in replies] == ["wmPUSHED"]  # once per push, and not for a push that was skipped
+    assert [r[0] for r in replies] == ["wmPUSHED"]  # once per push; not for one the member never sent
 
 
 def test_price_question_gets_a_reply_for_the_customers_tier(wired, sandbox, staff):
@@ -392,6 +392,19 @@ def test_fit_text_cuts_at_a_character_boundary_within_each_channels_limit():
     assert len(fit_text("welcome", "x" * 5000).encode("utf-8")) == 4000
     assert fit_text("mass_message", "y" * 4000) == "y" * 4000
     assert fit_text("unknown_channel", "z" * 9000) == "z" * 9000
+
+
+def test_a_hand_over_wecom_refuses_leaves_the_session_with_the_bot(wired, sandbox, staff):
+    """If WeCom refuses the transfer (wrong state, no servicer receiving), nobody has the customer: the
+    bot must keep answering rather than stay silent for the session's 48 h."""
+    control(sandbox, "faults", {"path": "kf/service_state/trans", "errcode": 95016})
+    kf_say(sandbox, "wmALONE", "转人工")
+    drain(wired)
+    kf_say(sandbox, "wmALONE", "多少钱")
+    drain(wired)
+    assert len(kf_replies(sandbox, "wmALONE")) == 2
+    with wired.extensions["scrm.db"].sessions() as s:
+        assert s.scalar(select(OutboxMessage).where(OutboxMessage.status == "skipped")) is None
 
 
 def test_entering_a_session_gets_a_welcome_within_20_seconds(wired, sandbox, staff):

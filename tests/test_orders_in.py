@@ -240,15 +240,22 @@ def test_customer_stubs_are_known_since_their_first_order(db, tmp_path):
     assert created.isoformat() == "2023-12-31T02:00:00+00:00"
 
 
-def test_api_customers_out_with_tiers_tags_and_why(client, token, db):
-    """DESIGN §3: the REST API is orders in, customers out — a shop or BI system reads tiers by token."""
+def test_api_customers_out_with_tiers_tags_and_why(client, token, cli_env, db):
+    """DESIGN §3: the REST API is orders in, customers out — a shop or BI system reads tiers by token, one
+    made to read customers: a till's token posts orders and redeems coupons only."""
     from segments.retier import retier
     from tests.support import POLICY, TZ
 
-    auth = {"Authorization": f"Bearer {token}"}
+    till = {"Authorization": f"Bearer {token}"}
+    refused = client.get("/api/v1/customers", headers=till)
+    assert refused.status_code == 403 and "--read-customers" in refused.json["error"]
+    reader = CliRunner(env={"SCRM_CONFIG": None, **cli_env}).invoke(main, ["token", "create", "bi", "--read-customers"])
+    auth = {"Authorization": f"Bearer {reader.stdout.strip().splitlines()[0]}"}
+    assert client.post("/api/v1/orders", json=[], headers=auth).status_code == 200  # it may post orders too
+    assert "read customers" in scrm(cli_env, "token", "list").output
     orders = [{"order_id": f"c{i}", "external_userid": f"wm{i % 3}", "amount": 100 * (i + 1),
                "paid_at": f"2026-10-{i + 1:02d}T10:00:00+08:00"} for i in range(9)]
-    assert client.post("/api/v1/orders", json=orders, headers=auth).status_code == 200
+    assert client.post("/api/v1/orders", json=orders, headers=till).status_code == 200
     with db.begin() as session:
         retier(session, POLICY, date(2026, 11, 1), TZ)
     page = client.get("/api/v1/customers?limit=2", headers=auth)
@@ -268,5 +275,6 @@ def test_api_customers_out_with_tiers_tags_and_why(client, token, db):
     assert client.get("/api/v1/customers/nobody", headers=auth).status_code == 404
     assert client.get("/api/v1/customers?tier=high", headers=auth).status_code == 400
     assert client.get("/api/v1/customers?limit=0", headers=auth).status_code == 400
+    assert client.get("/api/v1/customers?limit=²", headers=auth).status_code == 400  # a digit, not an ASCII one
     assert client.get("/api/v1/customers?tier=high").status_code == 401  # the token first, then the rest
     assert client.get("/api/v1/customers/wm2").json["error"].startswith("missing bearer token")

@@ -311,3 +311,28 @@ def test_an_event_carrying_a_welcome_code_is_taken_before_older_events(wired, sa
         kinds = dict(s.execute(select(InboxEvent.id, InboxEvent.change_type)).all())
     first = processor.due_ids()[0]
     assert kinds[first] == "add_external_contact" and first == max(kinds)
+
+
+def test_a_removal_handled_after_a_later_re_add_leaves_the_follow_live(wired, sandbox, staff):
+    """Adds go first for their welcome codes, so a customer's delete (older) may be handled after their
+    re-add (newer): the follow stays live and the owner gets no churn alert for a loss undone."""
+    from bot.models import Follow, Interaction
+
+    added = control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "李四"})
+    assert drain(wired) == {"handled": 1}
+    who = added["external_userid"]
+    control(sandbox, "contacts/delete", {"userid": "zhangsan", "external_userid": who, "by": "customer"})
+    control(sandbox, "clock/advance", {"seconds": 2})
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "李四", "external_userid": who})
+    processor = wired.extensions["scrm.processor"]
+    from bot.models import InboxEvent
+    with wired.extensions["scrm.db"].sessions() as s:
+        newest = s.scalar(select(InboxEvent.id).order_by(InboxEvent.id.desc()))
+    assert processor.due_ids()[0] == newest  # the re-add goes first
+    assert drain(wired) == {"handled": 2}
+    with wired.extensions["scrm.db"].sessions() as s:
+        follow = s.scalar(select(Follow))
+        assert follow.ended_at is None
+        churn = s.scalar(select(Interaction).where(Interaction.kind == "churn_signal"))
+        assert churn is not None and churn.detail.get("re_added") is True
+        assert s.scalar(select(OutboxMessage).where(OutboxMessage.channel == "app_message")) is None

@@ -231,10 +231,13 @@ def _paid(order_id: str, external_userid: str, fen: int, at: datetime) -> OrderR
 
 
 def test_a_customer_tiered_for_the_first_time_after_the_first_run_gets_tier_changes(db):
-    """A new customer who buys before the night's re-tier is tiered for the first time straight into
+    """A new contact who buys before the night's re-tier is tiered for the first time straight into
     first_purchase: the actions and sequences that start there read TierChanges, so that entry is one
-    (from the stage a channel gave, or from nothing). The first run of all stays a baseline, even where
-    a channel's stage was stored before it."""
+    (from the stage a channel gave, or from nothing). Every other first tiering stays a baseline: the
+    first run of all (even where a channel's stage was stored before it), contacts a sync brings in
+    (they joined long ago), stubs of an order import (no follow) — loading a base fires no actions."""
+    from bot.models import Follow, Staff
+
     start = datetime(2026, 10, 1, tzinfo=UTC)
     with db.begin() as session:
         session.add(Customer(external_userid="wmEARLY", stage="new"))  # a channel's stage, before any run
@@ -242,18 +245,25 @@ def test_a_customer_tiered_for_the_first_time_after_the_first_run_gets_tier_chan
                                     for i in range(6)])
         retier(session, POLICY, AS_OF, TZ)
         assert session.scalar(select(func.count()).select_from(TierChange)) == 0  # the baseline
-        session.add(Customer(external_userid="wmNEW", stage="new"))  # added by a member after the run
+        staff = Staff(userid="zhangsan", name="张三")
+        new, synced = Customer(external_userid="wmNEW", stage="new"), Customer(external_userid="wmSYNCED")
+        session.add_all([staff, new, synced])
         session.flush()
-        OrderWriter(session).write([_paid("n1", "wmNEW", 5000, start + timedelta(days=20))])
+        session.add_all([Follow(customer_id=new.id, staff_id=staff.id, added_at=datetime.now(UTC)),
+                         Follow(customer_id=synced.id, staff_id=staff.id, added_at=start - timedelta(days=400))])
+        OrderWriter(session).write([_paid("n1", "wmNEW", 5000, start + timedelta(days=20)),
+                                    _paid("s1", "wmSYNCED", 5000, start + timedelta(days=20)),
+                                    _paid("h1", "wmHISTORIC", 5000, start + timedelta(days=20))])  # a stub
         result = retier(session, POLICY, AS_OF, TZ)
-        changes = {d: (f, t) for d, f, t in session.execute(
-            select(TierChange.dimension, TierChange.from_value, TierChange.to_value)
-            .join(Customer, Customer.id == TierChange.customer_id).where(Customer.external_userid == "wmNEW"))}
-    assert changes["stage"] == ("new", "first_purchase")
-    assert changes["value_tier"][0] is None and changes["rfm_segment"][0] is None
+        changes = {(e, d): (f, t) for e, d, f, t in session.execute(
+            select(Customer.external_userid, TierChange.dimension, TierChange.from_value, TierChange.to_value)
+            .join(Customer, Customer.id == TierChange.customer_id))}
+    assert changes[("wmNEW", "stage")] == ("new", "first_purchase")
+    assert changes[("wmNEW", "value_tier")][0] is None and changes[("wmNEW", "rfm_segment")][0] is None
+    assert not {e for e, _ in changes} & {"wmSYNCED", "wmHISTORIC", "wmEARLY"}  # baselines
     assert result.changes["stage"] >= 1
-    moved = [m for m in result.moves if m[0] == "stage" and m[1:3] == ("new", "first_purchase")]
-    assert moved and moved[0][3] == 1  # counted once, from its TierChange
+    moved = {m[1:3]: m[3] for m in result.moves if m[0] == "stage"}
+    assert moved[("new", "first_purchase")] == 1 and moved[(None, "first_purchase")] == 2  # each counted once
 
 
 def test_as_of_in_the_past_ignores_later_orders(db):

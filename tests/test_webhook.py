@@ -336,6 +336,12 @@ def test_postgresql_a_prepared_insert_the_server_forgot_is_prepared_again(databa
     hot.dbapi_connection.execute("DEALLOCATE ALL")
     assert callbacks.post(contact_event(ExternalUserID="wm_second")).status_code == 200
     assert count(db) == 2
+    # The other way round (a pooler that moved the session to a backend which has it): used as it is.
+    from bot.inbox.store import _PREPARED_FLAG
+
+    hot.info.pop(_PREPARED_FLAG)
+    assert callbacks.post(contact_event(ExternalUserID="wm_third")).status_code == 200
+    assert count(db) == 3
 
 
 def test_postgresql_the_prepared_insert_stores_exactly_what_the_orm_would(database_url, db):

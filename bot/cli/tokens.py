@@ -15,8 +15,11 @@ def token_group() -> None:
 
 @token_group.command("create")
 @click.argument("name")
+@click.option("--read-customers", is_flag=True,
+              help="Let the token also read customers (GET /api/v1/customers: names, tiers, tags, predictions). "
+                   "Without it a token posts orders and redeems coupons only.")
 @pass_cli
-def create(cli: CliContext, name: str) -> None:
+def create(cli: CliContext, name: str, read_customers: bool) -> None:
     """Create a token; it is printed once and only its digest is kept."""
     from sqlalchemy import select
 
@@ -29,7 +32,7 @@ def create(cli: CliContext, name: str) -> None:
     with cli.db().begin() as session:
         if session.scalar(select(ApiToken).where(ApiToken.name == name)):
             raise click.ClickException(f"a token named {name!r} exists; revoke it or choose another name")
-        session.add(ApiToken(name=name, token_sha256=digest))
+        session.add(ApiToken(name=name, token_sha256=digest, read_customers=read_customers))
     click.echo(token)
     click.echo(f"token {name!r} created — store it now, it cannot be shown again", err=True)
 
@@ -37,7 +40,7 @@ def create(cli: CliContext, name: str) -> None:
 @token_group.command("list")
 @pass_cli
 def list_tokens(cli: CliContext) -> None:
-    """One line per token: name, created, last used, active or revoked."""
+    """One line per token: name, what it may do, created, last used, active or revoked."""
     tz = cli.settings().tz
     from sqlalchemy import select
 
@@ -45,9 +48,10 @@ def list_tokens(cli: CliContext) -> None:
 
     with cli.db().sessions() as session:
         tokens = session.scalars(select(ApiToken).order_by(ApiToken.id))
-        rows = [[t.name, local_time(t.created_at, tz, zone=False), local_time(t.last_used_at, tz, zone=False),
+        rows = [[t.name, "orders, coupons" + (", read customers" if t.read_customers else ""),
+                 local_time(t.created_at, tz, zone=False), local_time(t.last_used_at, tz, zone=False),
                  "revoked" if t.revoked_at else "active"] for t in tokens]
-    headers = ["name", zoned("created", tz), zoned("last used", tz), "state"]
+    headers = ["name", "may", zoned("created", tz), zoned("last used", tz), "state"]
     click.echo(render_table(headers, rows) if rows else "no tokens")
 
 

@@ -30,6 +30,7 @@ from bot.tagging.rules import TagRules
 logger = logging.getLogger(__name__)
 # Change types whose event carries a WelcomeCode (valid 20 s, once): handled before other due events.
 WELCOME_CARRIERS = ("add_external_contact", "add_half_external_contact", "msg_audit_approved")
+WELCOME_WINDOW = timedelta(seconds=20)
 RUNNABLE = ("pending", "failed")
 
 
@@ -90,12 +91,13 @@ class InboxProcessor:
     def _due_ids(self, limit: int) -> list[int]:
         now = self.clock()
         with self.db.begin() as session:
-            # Events that carry a welcome code first: it lives 20 s, and a long kf sync or a backlog
-            # ahead of it would spend them.
+            # Events that carry a welcome code first while it lives (20 s): a long kf sync or a backlog
+            # ahead of them would spend it. Older ones keep their place (handlers of one customer's
+            # events tolerate the reordering: see handlers/contacts.py).
+            fresh = and_(InboxEvent.change_type.in_(WELCOME_CARRIERS), InboxEvent.received_at >= now - WELCOME_WINDOW)
             return list(session.scalars(
                 select(InboxEvent.id).where(self._claimable(now))
-                .order_by(case((InboxEvent.change_type.in_(WELCOME_CARRIERS), 0), else_=1), InboxEvent.id)
-                .limit(limit)))
+                .order_by(case((fresh, 0), else_=1), InboxEvent.id).limit(limit)))
 
     def _claimable(self, now: datetime) -> Any:
         stale = now - timedelta(seconds=self.settings.worker.lease_seconds)

@@ -90,7 +90,9 @@ def _insert_prepared(dbapi_connection: Any, values: list[Any]) -> int | None:
     the GIL while it waits). psycopg's cursor (a generator-driven wait, the query's placeholders
     converted, each value dumped by type) cost 60–80 µs of a request's CPU more than the statement's
     own round trip; this costs a third of that. Values go as text, typed by the table's columns. A
-    statement the server no longer knows (a pooler in between, ``DISCARD ALL``) is prepared again."""
+    statement the server no longer knows (``DISCARD ALL``, a pooler that moved the session) is prepared
+    again, and one it already has is used. Behind PgBouncer in transaction mode, prepared statements need
+    its ``max_prepared_statements`` (1.21+), as psycopg's own prepared statements do."""
     from psycopg import DataError, errors, pq
 
     connection = dbapi_connection.dbapi_connection
@@ -103,7 +105,9 @@ def _insert_prepared(dbapi_connection: Any, values: list[Any]) -> int | None:
         if not dbapi_connection.info.get(_PREPARED_FLAG):
             prepared = pgconn.prepare(_PREPARED, _prepared_sql())
             if prepared.status != pq.ExecStatus.COMMAND_OK:
-                raise errors.error_from_result(prepared, encoding=encoding)
+                refused = errors.error_from_result(prepared, encoding=encoding)
+                if not isinstance(refused, errors.DuplicatePreparedStatement):
+                    raise refused
             dbapi_connection.info[_PREPARED_FLAG] = True
         result = pgconn.exec_prepared(_PREPARED, params)
         if result.status == pq.ExecStatus.TUPLES_OK:

@@ -15,12 +15,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 import requests
-from sqlalchemy import select, update
+from sqlalchemy import and_, case, or_, select, update
 from wechatpy.exceptions import WeChatClientException
 
 from bot.core.config import Settings
@@ -119,7 +119,7 @@ class OutboxSender:
         if self.clients is None:
             return self._finish(outbox_id, "failed", "WeCom is not configured (wecom.corp_id / secret)")
         if row.channel == "app_message":
-            free_at = self._member_free_at(row.recipient)
+            free_at = self._member_free_at(row.recipient, row.id)
             if free_at is not None:
                 return self._defer(outbox_id, free_at, "the member had 30 app messages this minute or 1,000 "
                                                        "this hour (WeCom drops more)")
@@ -149,19 +149,24 @@ class OutboxSender:
         return self._finish(outbox_id, "sent", None, wecom_msgid=str(answer.get("msgid") or row.content.get("msgid")
                                                                       or "") or None)
 
-    def _member_free_at(self, recipient: str) -> datetime | None:
+    def _member_free_at(self, recipient: str, this_id: int) -> datetime | None:
         """When the member may get another app message, or None if now: the n-th latest send to them
-        inside a span holding n already, plus that span."""
+        inside a span holding n already, plus that span. Sends under way in another sender (claimed,
+        not yet answered) count too, stamped with their claim."""
         now = self.clock()
+        sent_or_claimed = case((OutboxMessage.status == "sending", OutboxMessage.updated_at),
+                               else_=OutboxMessage.sent_at)
         with self.db.sessions() as session:
             for span, limit in MEMBER_PACE:
                 nth = session.scalar(
-                    select(OutboxMessage.sent_at)
+                    select(sent_or_claimed)
                     .where(OutboxMessage.channel == "app_message", OutboxMessage.recipient == recipient,
-                           OutboxMessage.sent_at > now - span)
-                    .order_by(OutboxMessage.sent_at.desc()).offset(limit - 1).limit(1))
+                           OutboxMessage.id != this_id,
+                           or_(OutboxMessage.sent_at > now - span,
+                               and_(OutboxMessage.status == "sending", OutboxMessage.updated_at > now - span)))
+                    .order_by(sent_or_claimed.desc()).offset(limit - 1).limit(1))
                 if nth is not None:
-                    return nth + span
+                    return _aware(nth) + span
         return None
 
     def _defer(self, outbox_id: int, until: datetime, why: str) -> str:
@@ -262,3 +267,8 @@ def _delivered_by_unanswered_attempt(row: OutboxMessage, exc: WeChatClientExcept
     if not _after_unanswered(row) or exc.errcode not in ALREADY_USED.get(row.channel, frozenset()):
         return False
     return row.channel != "kf" or "msgid" in str(exc.errmsg).lower()
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive UTC datetimes from an expression."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -205,7 +205,7 @@ def list_customers() -> Response:
 
     db = current_app.extensions["scrm.db"]
     with db.begin() as session:
-        _authenticate(session)  # first: a caller without a token learns nothing about the parameters
+        _may_read_customers(_authenticate(session))  # first: no token, no word on the parameters
         where, after, limit = _customer_query()
         records = customer_records(session, where, after, limit)
     return jsonify(customers=records, next_after=records[-1]["id"] if len(records) == limit else None)
@@ -243,7 +243,7 @@ def get_customer(external_userid: str) -> Response:
     settings = current_settings()
     db = current_app.extensions["scrm.db"]
     with db.begin() as session:
-        _authenticate(session)
+        _may_read_customers(_authenticate(session))
         customer = session.scalar(select(Customer).where(Customer.external_userid == external_userid))
         if customer is None:
             raise ApiError(404, "no such customer")
@@ -255,11 +255,17 @@ def get_customer(external_userid: str) -> Response:
     return jsonify(customer=record)
 
 
+def _may_read_customers(token: ApiToken) -> None:
+    if not token.read_customers:
+        raise ApiError(403, f"token {token.name!r} may not read customers; create one with "
+                            "`scrm token create NAME --read-customers`")
+
+
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
     text = request.args.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise ApiError(400, f"{name} must be a whole number from {low} to {high}")
     return int(text)
 
