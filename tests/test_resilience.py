@@ -242,7 +242,10 @@ def test_send_waiting_on_a_slow_wecom_is_not_taken_over(wired, sandbox, staff):
     with db.begin() as s:
         outbox_id = enqueue(s, channel="app_message", dedupe_key="alert:slow", recipient="zhangsan",
                             trigger_kind="churn_alert", trigger_ref="t", content={"text": "提醒"}).id
-    control(sandbox, "delays", {"path": "message/send", "seconds": TIMEOUT / 2, "mode": "late"})  # slow, not lost
+    # Slow, not lost: an answer after 2 s, inside this client's timeout, leaves the claim's renewal (every
+    # LEASE / 3) time to be seen even on a loaded machine (with 0.75 s it could finish first under CI).
+    wired.extensions["scrm.processor"].clients.app.timeout = 6.0
+    control(sandbox, "delays", {"path": "message/send", "seconds": 2.0, "mode": "late"})
     sending = threading.Thread(target=sender.send, args=([outbox_id],))
     sending.start()
     assert wait_for(lambda: read(sandbox, "calls", path="message/send"))
