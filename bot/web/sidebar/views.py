@@ -8,7 +8,7 @@ import logging
 import re
 import secrets
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template, request
@@ -232,19 +232,34 @@ def _coupon_text(code: str, keys: list[str], names: dict[str, Any], coupon: dict
         return ""
 
 
-@bp.post("/customer/<external_userid>/tags")
-def change_tag(external_userid: str) -> Any:
-    """``{"tag_id": n, "checked": bool}`` or ``{"name": "组/标签", "checked": true}``: saved with the
-    member as source, then pushed to WeCom (mark_tag); a push that fails is retried by the tag job."""
+class _Switch(NamedTuple):
+    member: Member
+    body: dict[str, Any]
+
+
+def _switch_request(what: str, switch: str) -> _Switch | Any:
+    """A signed-in member's change with a valid CSRF token and a JSON body whose ``switch`` is a boolean,
+    or the refusal to answer with (401 page, 403 or 400 JSON)."""
     member = _member_or_401()
     if not isinstance(member, Member):
         return member
     if not csrf_ok(member):
-        logger.warning("sidebar: tag change by member %s without a valid CSRF token", member.userid)
+        logger.warning("sidebar: %s by member %s without a valid CSRF token", what, member.userid)
         return jsonify(error="页面已过期，请刷新后重试"), 403
     body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("checked"), bool):
+    if not isinstance(body, dict) or not isinstance(body.get(switch), bool):
         return jsonify(error="请求格式错误"), 400
+    return _Switch(member, body)
+
+
+@bp.post("/customer/<external_userid>/tags")
+def change_tag(external_userid: str) -> Any:
+    """``{"tag_id": n, "checked": bool}`` or ``{"name": "组/标签", "checked": true}``: saved with the
+    member as source, then pushed to WeCom (mark_tag); a push that fails is retried by the tag job."""
+    checked = _switch_request("tag change", "checked")
+    if not isinstance(checked, _Switch):
+        return checked
+    member, body = checked
     settings = _settings()
     with current_app.extensions["scrm.db"].begin() as session:
         customer = _allowed_customer(session, member, external_userid)
@@ -269,15 +284,10 @@ def change_tag(external_userid: str) -> Any:
 def change_opt_out(external_userid: str) -> Any:
     """``{"opted_out": bool}``: a customer who answered 退订 in the member's own chat (not 微信客服, where
     the word is caught by itself) is switched off broadcasts and pushes here, or back on."""
-    member = _member_or_401()
-    if not isinstance(member, Member):
-        return member
-    if not csrf_ok(member):
-        logger.warning("sidebar: opt-out change by member %s without a valid CSRF token", member.userid)
-        return jsonify(error="页面已过期，请刷新后重试"), 403
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or not isinstance(body.get("opted_out"), bool):
-        return jsonify(error="请求格式错误"), 400
+    checked = _switch_request("opt-out change", "opted_out")
+    if not isinstance(checked, _Switch):
+        return checked
+    member, body = checked
     with current_app.extensions["scrm.db"].begin() as session:
         customer = _allowed_customer(session, member, external_userid)
         if not isinstance(customer, Customer):
