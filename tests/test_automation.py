@@ -62,6 +62,25 @@ def test_a_paid_order_earns_a_thank_you_coupon_once(app, db):
     assert "满100.00元可用" in row.content["text"]
 
 
+def test_a_coupon_goes_only_with_a_message_that_goes_out(app, db):
+    """An opted-out customer and one whose owner no longer follows them get a skipped row and no
+    coupon: a code nobody was told about is not counted as issued."""
+    ids = seed_audience(db, {"low": 3})
+    with db.begin() as s:
+        s.get(Customer, ids[0]).opted_out = True
+        s.execute(Follow.__table__.update().where(Follow.customer_id == ids[1]).values(ended_at=MORNING))
+        for n, customer_id in enumerate(ids):
+            order(s, customer_id, f"o-{n}", MORNING - timedelta(hours=1))
+    result = run(app, db, post_purchase_coupons)
+    assert (result.planned, result.coupons, sum(result.skipped.values())) == (1, 1, 2)
+    rows = {r.customer_id: r for r in outbox(db, trigger_kind="coupon")}
+    with db.sessions() as s:
+        assert set(s.scalars(select(Coupon.customer_id))) == {ids[2]}
+    assert [rows[i].status for i in ids] == ["skipped", "skipped", "pending"]
+    assert "（未发放）" in rows[ids[0]].content["text"] and "（未发放）" not in rows[ids[2]].content["text"]
+    assert run(app, db, post_purchase_coupons).coupons == 0
+
+
 def test_birthdays_with_a_coupon_for_the_top_tier(app, db):
     ids = seed_audience(db, {"high": 1, "low": 1})
     with db.begin() as s:

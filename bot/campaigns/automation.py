@@ -16,7 +16,7 @@ from sqlalchemy import exists, extract, func, literal, select
 from sqlalchemy.orm import Session
 
 from bot.campaigns.broadcasts import BroadcastSpec, create_broadcast, next_cron_time, tier_key_names
-from bot.campaigns.coupons import CouponBook, CouponDefinition, coupon_vars, issue
+from bot.campaigns.coupons import CouponBook, CouponDefinition, CouponOffer
 from bot.campaigns.push import push
 from bot.campaigns.rules import CampaignRules, SequenceFlow, SequenceStep, TemplateRef
 from bot.core.config import Settings
@@ -40,6 +40,7 @@ class AutomationResult:
 
     def add(self, other: Any) -> None:
         self.planned += other.planned
+        self.coupons += other.coupons
         self.skipped.update(other.skipped)
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,15 +62,8 @@ def _save_cursor(session: Session, name: str, value: int) -> None:
     session.flush()
 
 
-def _with_coupon(book: CouponBook, session: Session, settings: Settings, definition: CouponDefinition | None,
-                 customers: list[Customer], issue_ref: str, now: datetime, result: AutomationResult) -> Any:
-    """Issue ``definition`` to the customers it allows; returns the template extra for :func:`push`."""
-    if definition is None:
-        return None
-    allowed = [c.id for c in customers if definition.allows(c)]
-    coupons = issue(session, book, definition, allowed, issue_ref, now) if allowed else {}
-    result.coupons += len(coupons)
-    return lambda c: {"coupon": coupon_vars(coupons[c.id], settings.tz)} if c.id in coupons else {}
+def _offer(book: CouponBook, definition: CouponDefinition | None, issue_ref: str) -> CouponOffer | None:
+    return CouponOffer(book, definition, issue_ref) if definition is not None else None
 
 
 # ---------------------------------------------------------------- 成交之后赠送抵用券
@@ -98,9 +92,9 @@ def post_purchase_coupons(session: Session, settings: Settings, templates: Messa
         customer = customers[order.customer_id]
         if not definition.allows(customer):
             continue
-        extra = _with_coupon(book, session, settings, definition, [customer], f"order:{order.order_id}", now, result)
         result.add(push(session, settings, templates, [customer], kind="coupon", name="thanks", trigger_kind="coupon",
-                        trigger_ref=f"order:{order.order_id}", now=now, extra=extra))
+                        trigger_ref=f"order:{order.order_id}", now=now,
+                        coupon=_offer(book, definition, f"order:{order.order_id}")))
     _save_cursor(session, "coupons:post_purchase", orders[-1].id)
     return result
 
@@ -127,9 +121,9 @@ def birthday_greetings(session: Session, settings: Settings, templates: MessageT
     book = CouponBook.from_settings(settings)
     code = settings.greetings.birthday_coupon
     ref = f"birthday:{today.year}"
-    extra = _with_coupon(book, session, settings, book.get(code) if code else None, customers, ref, now, result)
     result.add(push(session, settings, templates, customers, kind="birthday", name="default",
-                    trigger_kind="greeting", trigger_ref=ref, now=now, extra=extra))
+                    trigger_kind="greeting", trigger_ref=ref, now=now,
+                    coupon=_offer(book, book.get(code) if code else None, ref)))
     return result
 
 
@@ -156,11 +150,9 @@ def tier_change_actions(session: Session, settings: Settings, templates: Message
             ref = f"tier_change:{change.id}:{action.index}"
             if action.message is not None:
                 definition = book.get(action.coupon) if action.coupon else None
-                extra = _with_coupon(book, session, settings, definition, [customer], f"tier_change:{change.id}",
-                                     now, result)
                 result.add(push(session, settings, templates, [customer], kind=action.message.kind,
                                 name=action.message.name, trigger_kind="tier_change", trigger_ref=ref, now=now,
-                                extra=extra))
+                                coupon=_offer(book, definition, f"tier_change:{change.id}")))
             if action.notify_owner is not None and customer.owner_userid:
                 result.notified += _notify_owner(session, settings, templates, action.notify_owner, customer,
                                                  change, ref, now)
@@ -215,10 +207,9 @@ def run_sequences(session: Session, settings: Settings, templates: MessageTempla
             for started, customers in by_start.items():
                 ref = f"{flow.name}:{step.index}:{started.isoformat()}"
                 definition = book.get(step.coupon) if step.coupon else None
-                extra = _with_coupon(book, session, settings, definition, customers, f"sequence:{ref}", now, result)
                 result.add(push(session, settings, templates, customers, kind=step.template.kind,
                                 name=step.template.name, trigger_kind="sequence", trigger_ref=ref, now=now,
-                                extra=extra))
+                                coupon=_offer(book, definition, f"sequence:{ref}")))
     return result
 
 

@@ -73,8 +73,12 @@ class CouponDefinition:
         return not self.tiers or customer.value_tier in self.tiers or customer.rfm_segment in self.tiers
 
     def terms(self) -> str:
-        off = f"立减{fen_to_yuan(self.value_fen)}元" if self.value_fen else f"{100 - self.percent_off}折"
+        off = _off(self.value_fen, self.percent_off)
         return f"满{fen_to_yuan(self.min_spend_fen)}元{off}" if self.min_spend_fen else off
+
+
+def _off(value_fen: int, percent_off: int) -> str:
+    return f"立减{fen_to_yuan(value_fen)}元" if value_fen else f"{100 - percent_off}折"
 
 
 class CouponBook:
@@ -119,10 +123,26 @@ def display_code(code: str) -> str:
 
 def coupon_vars(coupon: Coupon, tz: Any) -> dict[str, Any]:
     """What a template may say about a coupon."""
-    off = f"立减{fen_to_yuan(coupon.value_fen)}元" if coupon.value_fen else f"{100 - coupon.percent_off}折"
-    return {"code": display_code(coupon.code), "title": coupon.title, "off": off,
+    return {"code": display_code(coupon.code), "title": coupon.title, "off": _off(coupon.value_fen, coupon.percent_off),
             "min_spend": fen_to_yuan(coupon.min_spend_fen),
             "expires": coupon.expires_at.astimezone(tz).strftime("%Y-%m-%d")}
+
+
+@dataclass(frozen=True)
+class CouponOffer:
+    """A coupon a push carries: issued (once per ``issue_ref``) to each customer the push is planned for
+    and the definition allows, never to one whose message is skipped."""
+
+    book: CouponBook
+    definition: CouponDefinition
+    issue_ref: str
+
+
+def unissued_vars(definition: CouponDefinition) -> dict[str, Any]:
+    """What a skipped push's stored text says in place of a coupon it never got (nothing is issued for a
+    message that does not go out)."""
+    return {"code": "（未发放）", "title": definition.title, "off": _off(definition.value_fen, definition.percent_off),
+            "min_spend": fen_to_yuan(definition.min_spend_fen), "expires": "—"}
 
 
 def issue(session: Session, book: CouponBook, definition: CouponDefinition, customer_ids: Sequence[int],

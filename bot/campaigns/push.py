@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
+from bot.campaigns.coupons import CouponOffer, coupon_vars, issue, unissued_vars
 from bot.core.config import Settings
 from bot.models import Customer, Follow, OutboxMessage, Staff
 from bot.outbox.messages import MessageTemplates, customer_vars, tier_keys
@@ -28,6 +29,7 @@ class PushResult:
     planned: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     already: int = 0
+    coupons: int = 0
     outbox_ids: list[int] = field(default_factory=list)
 
 
@@ -40,8 +42,9 @@ def reachable(customer_ids: Sequence[int]) -> Any:
 
 def push(session: Session, settings: Settings, templates: MessageTemplates, customers: Sequence[Customer], *,
          kind: str, name: str, trigger_kind: str, trigger_ref: str, now: datetime,
-         extra: Callable[[Customer], dict[str, Any]] | None = None) -> PushResult:
-    """Plan ``kind/name`` (the tier's variant) as a mass message from each customer's owner.
+         extra: Callable[[Customer], dict[str, Any]] | None = None, coupon: CouponOffer | None = None) -> PushResult:
+    """Plan ``kind/name`` (the tier's variant) as a mass message from each customer's owner, with
+    ``coupon`` issued to those it is planned for (a skipped row says the coupon was not issued).
     The dedupe key is (trigger_kind, trigger_ref, customer): planning twice adds nothing."""
     result = PushResult()
     if not customers:
@@ -54,13 +57,20 @@ def push(session: Session, settings: Settings, templates: MessageTemplates, cust
     blocked = policy.blocked(session, ids, "mass_message", now)
     live = set(session.scalars(reachable(ids)))
     send_at = policy.next_allowed(now)
+    reasons: dict[int, str | None] = {}
     for customer in customers:
         if keys[customer.id] in existing:
             result.already += 1
+        else:
+            reasons[customer.id] = blocked.get(customer.id) or (None if customer.id in live else NO_SENDER)
+    coupon_extra = _issue_coupons(session, settings, coupon, customers, reasons, now, result)
+    for customer in customers:
+        if customer.id not in reasons:
             continue
-        reason = blocked.get(customer.id) or (None if customer.id in live else NO_SENDER)
+        reason = reasons[customer.id]
+        variables = {**(extra(customer) if extra else {}), **coupon_extra(customer)}
         rendered = templates.render(kind, name, tier_keys(customer), customer=customer_vars(customer),
-                                    brand=settings.app.brand_name, **(extra(customer) if extra else {}))
+                                    brand=settings.app.brand_name, **variables)
         row = OutboxMessage(dedupe_key=keys[customer.id], channel="mass_message", customer_id=customer.id,
                             recipient=customer.external_userid, sender_userid=customer.owner_userid,
                             trigger_kind=trigger_kind, trigger_ref=trigger_ref[:128],
@@ -75,3 +85,24 @@ def push(session: Session, settings: Settings, templates: MessageTemplates, cust
         else:
             result.planned += 1
     return result
+
+
+def _issue_coupons(session: Session, settings: Settings, offer: CouponOffer | None, customers: Sequence[Customer],
+                   reasons: dict[int, str | None], now: datetime,
+                   result: PushResult) -> Callable[[Customer], dict[str, Any]]:
+    """Issue the offer to the customers about to be planned (``reasons`` None) whom it allows; the
+    template variables per customer: the coupon, a "not issued" stand-in on a skipped row, or none."""
+    if offer is None:
+        return lambda c: {}
+    definition = offer.definition
+    allowed = {c.id for c in customers if c.id in reasons and definition.allows(c)}
+    planned = [c.id for c in customers if c.id in allowed and reasons[c.id] is None]
+    coupons = issue(session, offer.book, definition, planned, offer.issue_ref, now) if planned else {}
+    result.coupons += len(coupons)
+    stand_in = unissued_vars(definition)
+
+    def variables(c: Customer) -> dict[str, Any]:
+        if c.id in coupons:
+            return {"coupon": coupon_vars(coupons[c.id], settings.tz)}
+        return {"coupon": stand_in} if c.id in allowed else {}
+    return variables
