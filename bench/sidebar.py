@@ -160,7 +160,7 @@ def main() -> None:
         with db.begin() as s:
             if s.scalar(select(TierRun.id).limit(1)) is None:
                 started = time.perf_counter()
-                retier(s, TierPolicy.from_settings(settings.tiers), NOW.astimezone(settings.tz).date(), settings.tz,
+                retier(s, TierPolicy.of(settings), NOW.astimezone(settings.tz).date(), settings.tz,
                        full=True)
                 print(f"re-tier (stores the population statistics): {time.perf_counter() - started:.1f}s")
 

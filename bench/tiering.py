@@ -108,7 +108,7 @@ def phase(kind: str, url: str, path: str) -> dict:
             out["rows"] = summary.read
             out["skipped"] = summary.skipped
         else:
-            result = retier(session, TierPolicy.from_settings(settings.tiers), AS_OF, tz)
+            result = retier(session, TierPolicy.of(settings), AS_OF, tz)
             out.update(updated=result.updated, recomputed=result.recomputed, incremental=result.incremental)
     if kind == "retier":
         tidy_after_commit(db.engine, result)

@@ -62,7 +62,7 @@ def check_rules(settings: Settings) -> None:
 
 
 def _tier_policy(settings: Settings) -> None:
-    TierPolicy.from_settings(settings.tiers)
+    TierPolicy.of(settings)
 
 
 def _holidays(settings: Settings) -> None:

@@ -11,11 +11,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bot.models import Customer, Interaction
+from bot.models import Customer, Follow, Interaction
 from segments.incremental import last_run
 from segments.money import fen_to_yuan
 from segments.policy import TierPolicy
-from segments.retier import local_midnight_utc, metrics_source
+from segments.retier import local_midnight_utc, metrics_source, with_channel_stages
 from segments.rfm import SEGMENT_NAMES, PopulationStats, aggregate_stats, population_stats, quintile_of, segment_of
 
 
@@ -59,6 +59,8 @@ def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of:
     orders, amount, last_day = (int(row.order_count), int(row.paid_amount_fen), row.last_order_day) if row and \
         row.order_count else (0, 0, None)
     activity_score = _activity_score(session, customer.id, policy, as_of, tz)
+    policy = with_channel_stages(session, policy)
+    floor = _channel_floor(session, customer.id, policy) if not orders else None
     activity = "high" if activity_score >= policy.activity_high else "mid" if activity_score >= policy.activity_mid \
         else "low"
     header = [f"customer {customer.external_userid} {customer.name or ''}".rstrip(),
@@ -72,7 +74,7 @@ def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of:
                     + (f" and {fen_to_yuan(policy.super_min_amount_fen)} 元" if policy.super_min_amount_fen else "")
                     + ("" if policy.stage_path == "ecommerce" else
                        "; without an order: intent with an intent tag, potential once they have interacted, else "
-                       "stranger") + ")")
+                       "stranger") + (f"; at least {floor[1]}: came through channel {floor[0]}" if floor else "") + ")")
     why["activity"] = (f"activity: {activity} [{customer.activity or '-'}] — score {activity_score} in the last "
                        f"{policy.activity_window_days} days (high ≥ {policy.activity_high}, "
                        f"mid ≥ {policy.activity_mid})")
@@ -80,8 +82,22 @@ def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of:
     why["engagement"] = (f"engagement: {customer.engagement or '-'} — {touches['en']}; active if an order, "
                          f"interaction or joining within {policy.active_days} days, silent within "
                          f"{policy.silent_days}, else churned")
-    facts = _Facts(orders, amount, last_day, as_of_day, activity, activity_score, touches["zh"])
+    facts = _Facts(orders, amount, last_day, as_of_day, activity, activity_score, touches["zh"], floor)
     return Explanation(header, why, _why_zh(facts, stats, policy, customer, tier_names or {}))
+
+
+_FLOOR_ZH = {"potential": "潜在", "intent": "意向"}
+
+
+def _channel_floor(session: Session, customer_id: int, policy: TierPolicy) -> tuple[str, str] | None:
+    """The channel (state, starting stage) that holds this customer's stage up, the highest if several."""
+    stages = dict(policy.channel_stages)
+    if not stages:
+        return None
+    states = session.scalars(select(Follow.state).where(Follow.customer_id == customer_id,
+                                                        Follow.state.in_(list(stages)))).all()
+    order = {"potential": 1, "intent": 2}
+    return max(((state, stages[state]) for state in states), key=lambda pair: order[pair[1]], default=None)
 
 
 def _last_touches(customer: Customer, last_day: int | None, as_of: date, tz: ZoneInfo) -> dict[str, str]:
@@ -113,6 +129,7 @@ class _Facts:
     activity: str
     activity_score: int
     touches: str = ""
+    floor: tuple[str, str] | None = None
 
 
 _LEVELS = {"high": "高", "mid": "中", "low": "低"}
@@ -153,6 +170,7 @@ def _why_zh(f: _Facts, stats: Any, policy: TierPolicy, customer: Customer,
                     + "为超级用户"
                     + ("" if policy.stage_path == "ecommerce" or f.orders else
                        "；未下单时，有意向标签为意向，互动过为潜在，否则为陌生")
+                    + (f"；经渠道「{f.floor[0]}」添加，至少为{_FLOOR_ZH[f.floor[1]]}" if f.floor else "")
                     + ("" if customer.stage else "（尚未分层）"))
     why["activity"] = (f"近 {policy.activity_window_days} 天互动得分 {f.activity_score}"
                        f"（≥ {policy.activity_high} 为高，≥ {policy.activity_mid} 为中）")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -14,6 +15,8 @@ STAGE_PATHS = {
     "ecommerce": ("new", "first_purchase", "repeat", "super"),
     "high_ticket": ("stranger", "potential", "intent", "first_purchase", "repeat", "super"),
 }
+# The stages of a path a customer holds before a first order, lowest first.
+PRE_PURCHASE = {"ecommerce": ("new",), "high_ticket": ("stranger", "potential", "intent")}
 ENGAGEMENT_STATES = ("active", "silent", "churned")
 RULE_KEYS = {"name", "amount_gt", "amount_gte", "orders_gt", "orders_gte", "activity_in"}
 
@@ -90,9 +93,17 @@ class TierPolicy:
     active_days: int
     silent_days: int
     score_weights: tuple[int, int, int]
+    # (channel state, starting stage) for the stages before a first order above the path's first: on the
+    # high-ticket path a customer a channel brings in never drops below its stage until they buy.
+    channel_stages: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_settings(cls, t: Any) -> TierPolicy:
+    def of(cls, settings: Any) -> TierPolicy:
+        """The policy of ``[tiers]``, with the starting stages of ``[contacts] channels``."""
+        return cls.from_settings(settings.tiers, getattr(settings.contacts, "channels", None))
+
+    @classmethod
+    def from_settings(cls, t: Any, channels: Mapping[str, Any] | None = None) -> TierPolicy:
         rules = tuple(_rule(i, spec) for i, spec in enumerate(_list("tiers.value_rules", t.value_rules)))
         names = [r.name for r in rules] + [t.value_default]
         if len(set(names)) != len(names) or not t.value_default:
@@ -118,7 +129,9 @@ class TierPolicy:
             super_min_amount_fen=_fen("tiers.super_min_amount", t.super_min_amount),
             intent_tags=tuple(tags), activity_window_days=t.activity_window_days,
             activity_weights=tuple(sorted(weights.items())), activity_high=t.activity_high,
-            activity_mid=t.activity_mid, active_days=t.active_days, silent_days=t.silent_days, score_weights=score)
+            activity_mid=t.activity_mid, active_days=t.active_days, silent_days=t.silent_days, score_weights=score,
+            channel_stages=floor_stages(t.stage_path, ((state, (entry or {}).get("stage"))
+                                                       for state, entry in (channels or {}).items())))
 
     @property
     def value_tiers(self) -> tuple[str, ...]:
@@ -127,6 +140,13 @@ class TierPolicy:
     @property
     def stages(self) -> tuple[str, ...]:
         return STAGE_PATHS[self.stage_path]
+
+
+def floor_stages(stage_path: str, channel_stages: Iterable[tuple[str, str | None]]) -> tuple[tuple[str, str], ...]:
+    """The (state, stage) pairs that raise a customer without orders above the path's first stage; a buyer
+    stage a channel names is left to the orders (a channel cannot make anyone a buyer)."""
+    above_first = PRE_PURCHASE.get(stage_path, ())[1:]
+    return tuple(sorted((state, stage) for state, stage in channel_stages if stage in above_first))
 
 
 def _rule(index: int, spec: Any) -> ValueRule:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,6 +29,7 @@ from sqlalchemy import (
     case,
     cast,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -43,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from bot.core.db import sqlite_foreign_keys_off
 from bot.models import (
+    Channel,
     Customer,
     CustomerAggregate,
     CustomerTag,
@@ -55,7 +57,7 @@ from bot.models import (
     utcnow,
 )
 from segments.incremental import ROW_ID, Scope, last_run, policy_digest, record_run
-from segments.policy import TierPolicy, local_midnight_utc
+from segments.policy import TierPolicy, floor_stages, local_midnight_utc
 from segments.rfm import PopulationStats, aggregate_stats, flag, high, population_stats, quintile, segment_case
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
@@ -132,6 +134,7 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
     changed (:class:`Changed`)."""
     started, started_at = time.perf_counter(), utcnow()
     result = RetierResult(as_of=as_of)
+    policy = with_channel_stages(session, policy)
     # SQLite: every customer id the run writes (tier rows, TierChanges) comes from the customer table
     # read in this transaction, and a WAL transaction that writes holds the newest snapshot and the only
     # write lock until it commits, so no check per row (first run of 1M customers: the insert
@@ -402,9 +405,29 @@ def _stage(policy: TierPolicy, orders: Any, amount: Any) -> Any:
         return case((orders == 0, "new"), *buyer_stages)
     intent = exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.removed_at.is_(None),
                             CustomerTag.tag_id == Tag.id, Tag.name.in_(policy.intent_tags))
-    return case((and_(orders == 0, intent), "intent"),
-                (and_(orders == 0, Customer.last_interaction_at.is_not(None)), "potential"),
+    return case((and_(orders == 0, or_(intent, _came_through(policy, {"intent"}))), "intent"),
+                (and_(orders == 0, or_(Customer.last_interaction_at.is_not(None),
+                                       _came_through(policy, {"potential", "intent"}))), "potential"),
                 (orders == 0, "stranger"), *buyer_stages)
+
+
+def _came_through(policy: TierPolicy, stages: set[str]) -> Any:
+    """SQL: the customer added a member through a channel whose starting stage is one of ``stages``."""
+    states = sorted(state for state, stage in policy.channel_stages if stage in stages)
+    if not states:
+        return false()
+    return exists().where(Follow.customer_id == Customer.id, Follow.state.in_(states))
+
+
+def with_channel_stages(session: Session, policy: TierPolicy) -> TierPolicy:
+    """The policy with the starting stages of the channel rows (`scrm channels`), which take the place of
+    config entries with the same state (as for the add handler)."""
+    if policy.stage_path == "ecommerce":
+        return policy
+    stages = dict(policy.channel_stages)
+    for state, stage in session.execute(select(Channel.state, Channel.stage)).all():
+        stages[state] = stage
+    return replace(policy, channel_stages=floor_stages(policy.stage_path, stages.items()))
 
 
 def _engagement(policy: TierPolicy, as_of: date, tz: ZoneInfo, last_day: Any) -> Any:
@@ -446,7 +469,9 @@ def _reason(dimension: str, table: Table, policy: TierPolicy, stats: PopulationS
         super_rule = (f"super from {policy.super_min_orders} orders"
                       + (f" and {policy.super_min_amount_fen / 100:.2f} 元" if policy.super_min_amount_fen else ""))
         no_order = ("no paid order" if policy.stage_path == "ecommerce" else
-                    "no paid order (intent: an intent tag; potential: has interacted; else stranger)")
+                    "no paid order (intent: an intent tag; potential: has interacted; else stranger"
+                    + ("; at least the starting stage of the channel they came through" if policy.channel_stages
+                       else "") + ")")
         return case((t.order_count == 0, no_order), else_=(
             "paid orders " + cast(t.order_count, String) + ", " + _yuan(t.amount_fen) + " 元 (" + super_rule + ")"))
     if dimension == "activity":

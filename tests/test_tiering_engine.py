@@ -347,6 +347,41 @@ def test_high_ticket_path_uses_interactions_and_intent_tags(db):
     assert stages == {"wmS": "stranger", "wmP": "potential", "wmI": "intent", "wmBuyer": "first_purchase"}
 
 
+def test_a_channels_starting_stage_is_a_floor_until_the_first_order(db):
+    """High-ticket path: customers a channel brings in at 意向 or 潜在 stay there through the night's
+    re-tier (a channel row's stage wins over the config entry of the same state); a buyer stage named by
+    a channel is left to the orders, and an order moves the customer on; the why names the channel."""
+    from dataclasses import replace
+
+    from bot.models import Channel, Follow, Staff
+    from segments.explain import explanation
+
+    channels = {"expo": {"stage": "intent"}, "ads": {"stage": "potential"}, "fake": {"stage": "repeat"},
+                "row": {"stage": "intent"}}
+    from bot.core.config import TiersSettings
+
+    policy = TierPolicy.from_settings(replace(TiersSettings(), stage_path="high_ticket"), channels)
+    assert policy.channel_stages == (("ads", "potential"), ("expo", "intent"), ("row", "intent"))
+    now = datetime(2026, 11, 19, tzinfo=UTC)
+    with db.begin() as session:
+        session.add(Channel(state="row", stage="potential"))
+        staff = Staff(userid="zhangsan")
+        session.add(staff)
+        people = {e: Customer(external_userid=e, name="") for e in ("wmExpo", "wmAds", "wmFake", "wmRow", "wmBuy")}
+        session.add_all(people.values())
+        session.flush()
+        for external_userid, state in (("wmExpo", "expo"), ("wmAds", "ads"), ("wmFake", "fake"), ("wmRow", "row"),
+                                       ("wmBuy", "expo")):
+            session.add(Follow(customer_id=people[external_userid].id, staff_id=staff.id, state=state, added_at=now))
+        OrderWriter(session).write([OrderRow("b1", "wmBuy", 100, now, now.astimezone(TZ).date().toordinal(), "paid")])
+        retier(session, policy, AS_OF, TZ)
+        stages = dict(session.execute(select(Customer.external_userid, Customer.stage)).all())
+        why = explanation(session, people["wmExpo"], policy, AS_OF, TZ)
+    assert stages == {"wmExpo": "intent", "wmAds": "potential", "wmFake": "stranger", "wmRow": "potential",
+                      "wmBuy": "first_purchase"}
+    assert "came through channel expo" in why.why["stage"] and "经渠道「expo」添加，至少为意向" in why.why_zh["stage"]
+
+
 @pytest.mark.parametrize("buyers", [1, 2, 4, 5, 6, 7, 10, 13, 25])
 def test_quintile_cut_points_from_the_aggregates_are_exact(db, buyers):
     """The cut points are the values at positions ceil(k·n/5): read from the aggregates (index offsets

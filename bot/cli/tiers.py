@@ -197,11 +197,12 @@ def retier_cmd(cli: CliContext, as_of_text: str | None, full: bool, counts: bool
     settings = cli.settings()
     as_of = _as_of(as_of_text, cli)
     dry_run = as_of != cli.today()
-    rules, push = TagRules.from_settings(cli.rule_settings()), settings.tags.push_to_wecom
+    rule_settings = cli.rule_settings()  # with the console's edits (auto-tag rules, channel stages)
+    rules, push = TagRules.from_settings(rule_settings), settings.tags.push_to_wecom
     db = cli.db()
     with db.sessions() as session, session.begin():
         before = tier_counts(session) if counts else None
-        result = retier(session, TierPolicy.from_settings(settings.tiers), as_of, settings.tz, full=full,
+        result = retier(session, TierPolicy.of(rule_settings), as_of, settings.tz, full=full,
                         after=after_retier(rules, push))
         after = _counts_after(session, before, result) if before is not None else None
         if dry_run:
@@ -289,7 +290,7 @@ def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) ->
             customer = session.get(Customer, int(customer_ref))
         if customer is None:
             raise click.ClickException(f"no customer {customer_ref}")
-        for line in explain(session, customer, TierPolicy.from_settings(settings.tiers), _as_of(as_of_text, cli),
+        for line in explain(session, customer, TierPolicy.of(settings), _as_of(as_of_text, cli),
                             settings.tz):
             click.echo(line)
         for line in prediction_lines(session, customer.id):

@@ -194,7 +194,7 @@ def _tier_change(run: DemoRun, token: str, settings: Any) -> tuple[str, int | No
     """A customer active enough for the top value tier buys enough to reach it: the orders go in
     through the API, the re-tier the scheduler runs moves them, and the configured tier actions fire."""
     db = run.app.extensions["scrm.db"]
-    policy = TierPolicy.from_settings(settings.tiers)
+    policy = TierPolicy.of(settings)
     top = policy.value_rules[0]
     with db.sessions() as session:
         next_best = policy.value_tiers[1] if len(policy.value_tiers) > 1 else top.name

@@ -252,7 +252,7 @@ def retier_table(run: DemoRun) -> tuple[Any, list[list[Any]]]:
     settings = run.app.extensions["scrm.settings"]
     db = run.app.extensions["scrm.db"]
     with db.begin() as session:
-        result = retier(session, TierPolicy.from_settings(settings.tiers), datetime.now(settings.tz).date(),
+        result = retier(session, TierPolicy.of(settings), datetime.now(settings.tz).date(),
                         settings.tz)
         counts = tier_counts(session)
     tidy_after_commit(db.engine, result)

@@ -50,9 +50,10 @@ def nightly_retier() -> dict[str, Any]:
 
     rt = runtime()
     as_of = datetime.now(rt.settings.tz).date()
-    rules, push = TagRules.from_settings(rt.rule_settings()), rt.settings.tags.push_to_wecom
+    rule_settings = rt.rule_settings()  # with the console's edits (auto-tag rules, channel stages)
+    rules, push = TagRules.from_settings(rule_settings), rt.settings.tags.push_to_wecom
     with rt.db.begin() as session:
-        result = retier(session, TierPolicy.from_settings(rt.settings.tiers), as_of, rt.settings.tz,
+        result = retier(session, TierPolicy.of(rule_settings), as_of, rt.settings.tz,
                         after=after_retier(rules, push))
     tags = result.after
     tidy_after_commit(rt.db.engine, result)

@@ -249,7 +249,7 @@ def get_customer(external_userid: str) -> Response:
             raise ApiError(404, "no such customer")
         [record] = customer_records(session, [Customer.id == customer.id], customer.id - 1, 1)
         as_of = _now().astimezone(settings.tz).date()
-        why = explanation(session, customer, TierPolicy.from_settings(settings.tiers), as_of, settings.tz,
+        why = explanation(session, customer, TierPolicy.of(settings), as_of, settings.tz,
                           stats=stored_stats(session))
         record["why"] = why.why_zh
     return jsonify(customer=record)

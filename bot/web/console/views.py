@@ -313,7 +313,7 @@ def customers_csv() -> Response:
 def customer_page(customer_id: int) -> str:
     settings = _settings()
     with _db().sessions() as s:
-        record = customer_record(s, customer_id, TierPolicy.from_settings(settings.tiers),
+        record = customer_record(s, customer_id, TierPolicy.of(settings),
                                  _now().astimezone(settings.tz).date(), settings.tz)
         if record is None:
             abort(404, "no such customer")

@@ -217,7 +217,7 @@ def _channel(follow: Follow | None) -> str:
 
 
 def tier_rows(session: Session, customer: Customer, settings: Settings, as_of: date) -> list[TierRow]:
-    policy = TierPolicy.from_settings(settings.tiers)
+    policy = TierPolicy.of(settings)
     why = explanation(session, customer, policy, as_of, settings.tz, stats=stored_stats(session),
                       tier_names=TIER_NAMES).why_zh
     scores = "/".join(str(s) if s is not None else "-" for s in (customer.r_score, customer.f_score, customer.m_score))
