@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bot.contacts.groups import record_changes, upsert_group
 from bot.models import Customer
 from bot.web.serving import BackgroundServer
 from tests.campaign_data import MORNING
-from tests.console_support import PASSWORD, add_user, seed_console, signed_in
+from tests.console_support import PASSWORD, add_user, csrf, seed_console, signed_in
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -57,6 +57,40 @@ def test_list_and_detail_show_the_tier_mix(app):
     assert anonymous.status_code == 302 and "/console/login" in anonymous.headers["Location"]
 
 
+def test_operators_set_a_groups_tier_and_labels_audited_viewers_cannot(app):
+    from bot.models import AuditEntry, CustomerGroup
+
+    db = app.extensions["scrm.db"]
+    seed_groups(db)
+    with db.sessions() as s:
+        low = s.scalar(select(CustomerGroup).where(CustomerGroup.chat_id == "wrLOW0001"))
+    viewer = signed_in(app, "vera", "viewer")
+    assert 'name="tier"' not in viewer.get(f"/console/groups/{low.id}").get_data(as_text=True)
+    assert viewer.post(f"/console/groups/{low.id}/settings",
+                       data={"tier": "high", "csrf_token": csrf(viewer)}).status_code == 403
+    olga = signed_in(app, "olga", "operator")
+    page = olga.get(f"/console/groups/{low.id}").get_data(as_text=True)
+    assert 'name="tier"' in page and "按成员多数" in page and "重要价值（important_value）" in page
+    url = f"/console/groups/{low.id}/settings"
+    assert olga.post(url, data={"tier": "high", "tags": "打卡群"}).status_code == 400  # no form token
+    assert olga.post(url, data={"tier": "gold", "csrf_token": csrf(olga)}).status_code == 400
+    assert olga.post(url, data={"tags": "x" * 31, "csrf_token": csrf(olga)}).status_code == 400
+    saved = olga.post(url, data={"tier": "important_value", "tags": "打卡群、种草群, 打卡群 {{ config }}",
+                                 "csrf_token": csrf(olga)}, follow_redirects=True)
+    assert saved.status_code == 200 and "已保存群层级与群标签" in saved.get_data(as_text=True)
+    assert "重要价值（设定）" in saved.get_data(as_text=True)
+    with db.sessions() as s:
+        group = s.get(CustomerGroup, low.id)
+        assert (group.tier, group.tags) == ("important_value", ["打卡群", "种草群", "{{", "config", "}}"])
+        entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "groups.update"))
+        assert entry.actor == "olga" and entry.before == {"tier": None, "tags": []}
+        assert entry.after["tier"] == "important_value"
+    olga.post(url, data={"tier": "", "tags": "", "csrf_token": csrf(olga)})
+    with db.sessions() as s:
+        assert (s.get(CustomerGroup, low.id).tier, s.get(CustomerGroup, low.id).tags) == (None, [])
+        assert s.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "groups.update")) == 2
+
+
 @pytest.fixture
 def served(app: Any) -> Iterator[str]:
     app.extensions["scrm.clock"] = lambda: MORNING + timedelta(hours=1)
@@ -88,6 +122,11 @@ def test_group_pages_in_chromium(served, tmp_path):
             tab.screenshot(path=str(tmp_path / f"groups-{name}.png"), full_page=True)
             tab.click("text=VIP会员群")
             tab.wait_for_selector(".mixbar")
+            tab.select_option("select[name=tier]", "high")
+            tab.fill("input[name=tags]", "会员、福利群")
+            tab.click("#settings button[type=submit]")
+            tab.wait_for_selector("p.flash")
+            assert "高价值（设定）" in tab.inner_text("table.kv") and "会员、福利群" in tab.inner_text("table.kv")
             tab.screenshot(path=str(tmp_path / f"group-{name}.png"), full_page=True)
             assert problems == []
         browser.close()

@@ -1,16 +1,23 @@
-"""The console's 客户群 pages (read-only): each group with its members' tier mix, and one group with
-its welcome, join code and members. They share the console's sign-in, CSRF, headers and labels."""
+"""The console's 客户群 pages: each group with its members' tier mix, and one group with its welcome,
+join code and members, where operators set the group's tier (for tier-group broadcasts and SOPs) and
+its own labels, as `scrm groups tier` / `tag` do, audited. They share the console's sign-in, CSRF,
+headers and labels."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, abort, render_template, request
+from flask import Blueprint, Flask, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
+from bot.campaigns.broadcasts import tier_key_names
+from bot.campaigns.rules import value_tier_names
 from bot.contacts.groups import active_members, group_tier_key, tier_mix
 from bot.models import CustomerGroup
+from bot.outbox.messages import TIER_NAMES
 from bot.web.console import views
+from bot.web.console.figures import tier_label
+from segments.rfm import SEGMENT_NAMES
 
 bp = Blueprint("console_groups", __name__, url_prefix="/console/groups")
 bp.before_request(views._guard)
@@ -19,6 +26,7 @@ bp.context_processor(views._labels)
 PAGE = 200
 MEMBERS_SHOWN = 300
 CHURN_NAMES = {"low": "低", "medium": "中", "high": "高"}
+LABEL_MAX, LABELS_MAX = 30, 20
 
 
 def init_app(app: Flask) -> None:
@@ -53,7 +61,41 @@ def group_page(group_id: int) -> str:
         left = sorted((m for m in group.members if m.left_at is not None), key=lambda m: m.left_at, reverse=True)
         return render_template("console/group.html", g=group, mix=mix, tier=group_tier_key(group, mix),
                                members=members[:MEMBERS_SHOWN], more=max(0, len(members) - MEMBERS_SHOWN),
-                               left=left[:50], churn_names=CHURN_NAMES, bar=_bar)
+                               left=left[:50], churn_names=CHURN_NAMES, bar=_bar, tier_choices=_tier_choices())
+
+
+@bp.post("/<int:group_id>/settings")
+def group_settings(group_id: int) -> Any:
+    """The group's tier ("" = by its members' majority) and labels (separated by 、, commas or spaces)."""
+    tier = request.form.get("tier", "").strip()
+    if tier and tier not in tier_key_names(views._settings()):
+        views._refuse(400, f"unknown tier {tier[:40]!r}")
+    labels = list(dict.fromkeys(t for t in _split(request.form.get("tags", "")) if t))
+    if any(len(t) > LABEL_MAX for t in labels) or len(labels) > LABELS_MAX:
+        views._refuse(400, f"at most {LABELS_MAX} labels of at most {LABEL_MAX} characters each")
+    with views._db().begin() as s:
+        group = s.get(CustomerGroup, group_id)
+        if group is None:
+            abort(404, "no such group")
+        before = {"tier": group.tier, "tags": list(group.tags or [])}
+        group.tier, group.tags = tier or None, labels
+        after = {"tier": group.tier, "tags": labels}
+        if after != before:
+            views._audit(s, "groups.update", f"group:{group.chat_id}", before, after)
+    flash("已保存群层级与群标签" if after != before else "没有改动")
+    return redirect(url_for("console_groups.group_page", group_id=group_id))
+
+
+def _split(text: str) -> list[str]:
+    for separator in ("、", "，", ","):
+        text = text.replace(separator, " ")
+    return [t.strip() for t in text.split()]
+
+
+def _tier_choices() -> list[tuple[str, str]]:
+    """("", by majority) then the value tiers and the RFM segments, as the console names them."""
+    return ([("", "按成员多数")] + [(t, tier_label(t, TIER_NAMES)) for t in value_tier_names(views._settings())]
+            + [(code, f"{name}（{code}）") for code, name in SEGMENT_NAMES.items()])
 
 
 def _bar(counts: dict[str, int], names: dict[str, str]) -> list[dict[str, Any]]:
