@@ -75,20 +75,30 @@ def test_operators_set_a_groups_tier_and_labels_audited_viewers_cannot(app):
     assert olga.post(url, data={"tier": "high", "tags": "打卡群"}).status_code == 400  # no form token
     assert olga.post(url, data={"tier": "gold", "csrf_token": csrf(olga)}).status_code == 400
     assert olga.post(url, data={"tags": "x" * 31, "csrf_token": csrf(olga)}).status_code == 400
-    saved = olga.post(url, data={"tier": "important_value", "tags": "打卡群、种草群, 打卡群 {{ config }}",
+    saved = olga.post(url, data={"tier": "important_value", "tags": "打卡群、种草群, 打卡群，VIP 福利群、{{ config }}",
                                  "csrf_token": csrf(olga)}, follow_redirects=True)
     assert saved.status_code == 200 and "已保存群层级与群标签" in saved.get_data(as_text=True)
     assert "重要价值（设定）" in saved.get_data(as_text=True)
     with db.sessions() as s:
         group = s.get(CustomerGroup, low.id)
-        assert (group.tier, group.tags) == ("important_value", ["打卡群", "种草群", "{{", "config", "}}"])
+        assert (group.tier, group.tags) == ("important_value", ["打卡群", "种草群", "VIP 福利群", "{{ config }}"])
         entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "groups.update"))
         assert entry.actor == "olga" and entry.before == {"tier": None, "tags": []}
         assert entry.after["tier"] == "important_value"
+    # A tier the config no longer has stays selected and is kept by a save of the labels; a field left
+    # out of the form keeps its value.
+    with db.begin() as s:
+        s.get(CustomerGroup, low.id).tier = "gold"
+    page = olga.get(f"/console/groups/{low.id}").get_data(as_text=True)
+    assert '<option value="gold" selected>gold（已不在配置中）</option>' in page
+    olga.post(url, data={"tier": "gold", "tags": "打卡群", "csrf_token": csrf(olga)})
+    olga.post(url, data={"tags": "打卡群、早起", "csrf_token": csrf(olga)})
+    with db.sessions() as s:
+        assert (s.get(CustomerGroup, low.id).tier, s.get(CustomerGroup, low.id).tags) == ("gold", ["打卡群", "早起"])
     olga.post(url, data={"tier": "", "tags": "", "csrf_token": csrf(olga)})
     with db.sessions() as s:
         assert (s.get(CustomerGroup, low.id).tier, s.get(CustomerGroup, low.id).tags) == (None, [])
-        assert s.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "groups.update")) == 2
+        assert s.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "groups.update")) == 4
 
 
 @pytest.fixture

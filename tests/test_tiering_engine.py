@@ -358,10 +358,14 @@ def test_a_channels_starting_stage_is_a_floor_until_the_first_order(db):
 
     channels = {"expo": {"stage": "intent"}, "ads": {"stage": "potential"}, "fake": {"stage": "repeat"},
                 "row": {"stage": "intent"}}
+    from types import SimpleNamespace
+
     from bot.core.config import TiersSettings
 
     policy = TierPolicy.from_settings(replace(TiersSettings(), stage_path="high_ticket"), channels)
     assert policy.channel_stages == (("ads", "potential"), ("expo", "intent"), ("row", "intent"))
+    assert TierPolicy.of(SimpleNamespace(tiers=replace(TiersSettings(), stage_path="high_ticket"),
+                                         contacts=SimpleNamespace(channels=channels))) == policy
     now = datetime(2026, 11, 19, tzinfo=UTC)
     with db.begin() as session:
         session.add(Channel(state="row", stage="potential"))

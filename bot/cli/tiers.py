@@ -290,7 +290,7 @@ def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) ->
             customer = session.get(Customer, int(customer_ref))
         if customer is None:
             raise click.ClickException(f"no customer {customer_ref}")
-        for line in explain(session, customer, TierPolicy.of(settings), _as_of(as_of_text, cli),
+        for line in explain(session, customer, TierPolicy.of(cli.rule_settings()), _as_of(as_of_text, cli),
                             settings.tz):
             click.echo(line)
         for line in prediction_lines(session, customer.id):

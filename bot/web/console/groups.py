@@ -26,7 +26,7 @@ bp.context_processor(views._labels)
 PAGE = 200
 MEMBERS_SHOWN = 300
 CHURN_NAMES = {"low": "低", "medium": "中", "high": "高"}
-LABEL_MAX, LABELS_MAX = 30, 20
+LABEL_MAX, TAGS_TEXT_MAX = 30, 2000
 
 
 def init_app(app: Flask) -> None:
@@ -61,25 +61,34 @@ def group_page(group_id: int) -> str:
         left = sorted((m for m in group.members if m.left_at is not None), key=lambda m: m.left_at, reverse=True)
         return render_template("console/group.html", g=group, mix=mix, tier=group_tier_key(group, mix),
                                members=members[:MEMBERS_SHOWN], more=max(0, len(members) - MEMBERS_SHOWN),
-                               left=left[:50], churn_names=CHURN_NAMES, bar=_bar, tier_choices=_tier_choices())
+                               left=left[:50], churn_names=CHURN_NAMES, bar=_bar,
+                               tier_choices=_tier_choices(group.tier))
 
 
 @bp.post("/<int:group_id>/settings")
 def group_settings(group_id: int) -> Any:
-    """The group's tier ("" = by its members' majority) and labels (separated by 、, commas or spaces)."""
-    tier = request.form.get("tier", "").strip()
-    if tier and tier not in tier_key_names(views._settings()):
-        views._refuse(400, f"unknown tier {tier[:40]!r}")
-    labels = list(dict.fromkeys(t for t in _split(request.form.get("tags", "")) if t))
-    if any(len(t) > LABEL_MAX for t in labels) or len(labels) > LABELS_MAX:
-        views._refuse(400, f"at most {LABELS_MAX} labels of at most {LABEL_MAX} characters each")
+    """The group's tier ("" = by its members' majority) and labels (separated by 、 or commas; a label may
+    hold spaces, as `scrm groups tag` allows). A field left out of the form keeps its value."""
+    tier = request.form.get("tier")
+    tier = tier.strip() if tier is not None else None
+    text = request.form.get("tags")
+    if text is not None and len(text) > TAGS_TEXT_MAX:
+        views._refuse(400, f"at most {TAGS_TEXT_MAX} characters of labels")
+    labels = _split(text) if text is not None else None
+    if labels is not None and any(len(t) > LABEL_MAX for t in labels):
+        views._refuse(400, f"a label is at most {LABEL_MAX} characters")
     with views._db().begin() as s:
         group = s.get(CustomerGroup, group_id)
         if group is None:
             abort(404, "no such group")
         before = {"tier": group.tier, "tags": list(group.tags or [])}
-        group.tier, group.tags = tier or None, labels
-        after = {"tier": group.tier, "tags": labels}
+        if tier and tier not in tier_key_names(views._settings()) and tier != group.tier:
+            views._refuse(400, f"unknown tier {tier[:40]!r}")  # the group's own, gone from the config, may stay
+        if tier is not None:
+            group.tier = tier or None
+        if labels is not None:
+            group.tags = labels
+        after = {"tier": group.tier, "tags": list(group.tags or [])}
         if after != before:
             views._audit(s, "groups.update", f"group:{group.chat_id}", before, after)
     flash("已保存群层级与群标签" if after != before else "没有改动")
@@ -87,15 +96,19 @@ def group_settings(group_id: int) -> Any:
 
 
 def _split(text: str) -> list[str]:
-    for separator in ("、", "，", ","):
-        text = text.replace(separator, " ")
-    return [t.strip() for t in text.split()]
+    for separator in ("，", ",", "\n"):
+        text = text.replace(separator, "、")
+    return list(dict.fromkeys(t.strip() for t in text.split("、") if t.strip()))
 
 
-def _tier_choices() -> list[tuple[str, str]]:
-    """("", by majority) then the value tiers and the RFM segments, as the console names them."""
-    return ([("", "按成员多数")] + [(t, tier_label(t, TIER_NAMES)) for t in value_tier_names(views._settings())]
-            + [(code, f"{name}（{code}）") for code, name in SEGMENT_NAMES.items()])
+def _tier_choices(current: str | None) -> list[tuple[str, str]]:
+    """("", by majority) then the value tiers and the RFM segments, as the console names them; a tier the
+    group holds that the config no longer has stays selectable, so a save of its labels keeps it."""
+    choices = ([("", "按成员多数")] + [(t, tier_label(t, TIER_NAMES)) for t in value_tier_names(views._settings())]
+               + [(code, f"{name}（{code}）") for code, name in SEGMENT_NAMES.items()])
+    if current and current not in {key for key, _ in choices}:
+        choices.append((current, f"{current}（已不在配置中）"))
+    return choices
 
 
 def _bar(counts: dict[str, int], names: dict[str, str]) -> list[dict[str, Any]]:
