@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -194,3 +195,51 @@ def test_a_broken_operator_template_is_a_configuration_error(database_url, tmp_p
     with pytest.raises(ConfigError, match=r"coupon/flash\.j2: TemplateSyntaxError on line 1"):
         load_settings(None, overrides, environ={})
 
+
+
+# ---------------------------------------------------------------- JSON nesting, before the parser recurses
+
+
+def test_json_deeper_than_any_body_we_accept_is_refused_before_parsing():
+    import time
+
+    from bot.core import jsonsafe
+
+    jsonsafe.check_depth("[" * 64 + "]" * 64)
+    with pytest.raises(jsonsafe.JsonTooDeep):
+        jsonsafe.check_depth("[" * 65 + "]" * 65)
+    with pytest.raises(jsonsafe.JsonTooDeep):
+        jsonsafe.loads(DEEP_JSON)
+    # Brackets inside strings, escaped quotes and escaped backslashes are text, not nesting.
+    text = '[{"a": "' + "[" * 500 + '", "b": "\\"[[[[", "c": "\\\\", "d": ' + "[" * 60 + "]" * 60 + "}]"
+    assert jsonsafe.loads(text)[0]["b"] == '"[[[['
+    with pytest.raises(jsonsafe.JsonTooDeep):
+        jsonsafe.check_depth('["\\\\"' + "[" * 70 + "]" * 70 + "]")
+    # A large flat body (5,000 orders) passes the check in well under a second.
+    many = json.dumps([order(f"o-{i}", "12.50") for i in range(5000)])
+    started = time.perf_counter()
+    jsonsafe.check_depth(many)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_every_json_body_the_web_reads_is_bounded(client, token, app):
+    from bot.core.jsonsafe import JsonTooDeep
+
+    nested = "[" * 65 + "]" * 65
+    response = client.post("/api/v1/orders", data=nested, content_type="application/json",
+                           headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 400 and "nested" in response.json["error"]
+    with pytest.raises(JsonTooDeep):  # request.get_json() (the sidebar's bodies): silent=True gives None
+        app.json.loads(DEEP_JSON)
+    with app.test_request_context("/", data=DEEP_JSON, content_type="application/json"):
+        from flask import request
+
+        assert request.get_json(silent=True) is None
+
+
+def test_console_rules_refuse_deep_json_with_the_reason():
+    from bot.core.config import ConfigError
+    from bot.web.console.rules import _parse
+
+    with pytest.raises(ConfigError, match="nested more than 64"):
+        _parse("tags.rules", "[" * 30_000 + "]" * 30_000)  # within the 64 KB a rules list may have

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,7 @@ import click
 
 from bot.cli.context import CliContext, pass_cli, render_table
 from bot.cli.times import local_time, zoned
+from bot.core import jsonsafe
 from bot.tagging.rules import TagRules
 from segments.money import fen_to_yuan, number_to_fen
 
@@ -31,8 +31,8 @@ def _audience(text: str | None) -> dict[str, Any]:
     if text.startswith("@"):
         text = Path(text[1:]).read_text(encoding="utf-8")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
+        value = jsonsafe.loads(text)
+    except ValueError as exc:  # not JSON, or nested deeper than any audience
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--audience") from None
     if not isinstance(value, dict):
         raise click.BadParameter("must be a JSON object, e.g. '{\"value_tiers\": [\"high\"]}'", param_hint="--audience")

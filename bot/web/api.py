@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 from datetime import datetime
@@ -17,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from bot.core import jsonsafe
 from bot.models import ApiToken, Customer
 from bot.tagging.rules import TagRules
 from bot.tagging.system import apply_aggregate_rules
@@ -109,8 +109,8 @@ def _json_body() -> Any:
     if len(body) > MAX_BODY_BYTES:
         raise ApiError(413, f"body larger than {MAX_BODY_BYTES} bytes")
     try:
-        return json.loads(body, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
-    except RecursionError:
+        return jsonsafe.loads(body, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
+    except (RecursionError, jsonsafe.JsonTooDeep):
         raise ApiError(400, "body is not valid JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ApiError(400, f"body is not valid JSON: {_first_line(str(exc))}") from None

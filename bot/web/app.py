@@ -8,11 +8,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
+from bot.core import jsonsafe
 from bot.core.clock import Clock, system_clock
 from bot.core.config import Settings, install_secret_redaction
 from bot.startup import RuleReloader, load_settings
 from bot.web import inbox, sidebar, wiring
+
+
+class BoundedJSONProvider(DefaultJSONProvider):
+    """``request.get_json()`` everywhere refuses a body nested deeper than any we accept (a ValueError:
+    ``silent=True`` gives None, a 400) before the parser recurses into it."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return jsonsafe.loads(s, **kwargs)
 
 
 def create_app(
@@ -32,6 +42,7 @@ def create_app(
     install_secret_redaction(settings)
 
     app = Flask(__name__)
+    app.json = BoundedJSONProvider(app)
     app.config["SECRET_KEY"] = settings.app.secret_key or secrets.token_hex(32)
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.extensions["scrm.settings"] = settings

@@ -15,6 +15,7 @@ from flask import abort, current_app, flash, g, redirect, render_template, reque
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.core import jsonsafe
 from bot.core.config import ConfigError, Settings
 from bot.models import RuleOverride
 from bot.startup import RULE_KEYS, with_rule_overrides
@@ -101,9 +102,11 @@ def _parse(key: str, text: str) -> Any:
     if len(text) > MAX_RULES_TEXT:
         raise ConfigError(f"{key}: at most {MAX_RULES_TEXT // 1024} KB of JSON")
     try:
-        value = json.loads(text)
+        value = jsonsafe.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{key}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except jsonsafe.JsonTooDeep as exc:
+        raise ConfigError(f"{key}: not valid rules JSON ({exc})") from None
     wanted = dict if key == "contacts.channels" else list
     if not isinstance(value, wanted):
         shape = "an object keyed by channel State" if wanted is dict else "a list of rules"

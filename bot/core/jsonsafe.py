@@ -1,0 +1,50 @@
+"""JSON from outside, refused when nested deeper than any body we accept needs, before the parser
+recurses into it. The standard parser recurses once per level; a body nested 100,000 deep ends in a
+RecursionError, and while the parser sits at the recursion limit the garbage collector's finalizers
+(a pooled connection's, say) fail too. The check walks only the bytes that matter (brackets, quotes,
+backslashes), and only when the body has more brackets than the limit."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+MAX_DEPTH = 64
+_SPECIAL = re.compile(rb'[\[\]{}"\\]')
+_OPEN, _CLOSE, _QUOTE, _BACKSLASH = frozenset(b"[{"), frozenset(b"]}"), ord('"'), ord("\\")
+
+
+class JsonTooDeep(ValueError):
+    """A ValueError, so callers that answer a malformed body with a 400 answer this one too."""
+
+
+def check_depth(data: bytes | str, limit: int = MAX_DEPTH) -> None:
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return
+    depth, in_string, escaped_at = 0, False, -1
+    for match in _SPECIAL.finditer(raw):
+        at = match.start()
+        if at == escaped_at:
+            continue
+        byte = raw[at]
+        if in_string:
+            if byte == _BACKSLASH:
+                escaped_at = at + 1
+            elif byte == _QUOTE:
+                in_string = False
+        elif byte == _QUOTE:
+            in_string = True
+        elif byte in _OPEN:
+            depth += 1
+            if depth > limit:
+                raise JsonTooDeep(f"nested more than {limit} levels deep")
+        elif byte in _CLOSE:
+            depth -= 1
+
+
+def loads(data: bytes | str, **kwargs: Any) -> Any:
+    """``json.loads`` after :func:`check_depth`."""
+    check_depth(data)
+    return json.loads(data, **kwargs)
