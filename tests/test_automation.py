@@ -81,6 +81,48 @@ def test_a_coupon_goes_only_with_a_message_that_goes_out(app, db):
     assert run(app, db, post_purchase_coupons).coupons == 0
 
 
+def test_a_coupon_whose_message_does_not_go_out_is_withdrawn(wired, sandbox):
+    """Four thank-you coupons ride on mass messages: one customer opts out before submission, one is not
+    the member's customer in WeCom (fail_list), one gets WeCom's "already had a mass message" (result 3),
+    one is delivered. The three undelivered coupons are withdrawn (refused at redemption, not counted as
+    issued in the console); the delivered one stays redeemable."""
+    from bot.campaigns.coupons import redeem
+    from bot.outbox.mass import poll_mass_results
+    from bot.web.console.greetings import coupon_figures
+
+    db, settings = wired.extensions["scrm.db"], wired.extensions["scrm.settings"]
+    contacts = [{"userid": "zhangsan", "external_userid": f"wm00000{i}", "name": f"C{i}"} for i in range(3)]
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": contacts},
+                  timeout=10).raise_for_status()
+    ids = seed_audience(db, {"low": 4})
+    with db.begin() as s:
+        for n, customer_id in enumerate(ids):
+            order(s, customer_id, f"o-{n}", MORNING - timedelta(hours=1))
+    assert run(wired, db, post_purchase_coupons).coupons == 4
+    with db.begin() as s:
+        s.get(Customer, ids[0]).opted_out = True
+        codes = {c.customer_id: c.code for c in s.scalars(select(Coupon))}
+    rows = {r.customer_id: r for r in outbox(db, trigger_kind="coupon")}
+    assert all(rows[i].content["coupon"] == codes[i] for i in ids)
+    contact = wired.extensions["scrm.processor"].clients.contact
+    anytime = replace(ContactPolicy.from_settings(settings), quiet_start=time(0), quiet_end=time(0))
+    outcome = submit_mass_messages(db, contact, anytime, now=MORNING)
+    assert outcome == Counter({"skipped": 1, "submitted": 2, "failed": 1})
+    sent = requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]
+    for message in sent:  # each text carries its own code: one mass message per customer
+        requests.post(f"{sandbox.url}/_sandbox/mass_messages/{message['msgid']}/confirm",
+                      json={"capped": ["wm000002"]}, timeout=10).raise_for_status()
+    assert poll_mass_results(db, contact) == Counter({"confirmed": 1, "failed": 1})
+    with db.begin() as s:
+        status = {c.customer_id: c.status for c in s.scalars(select(Coupon))}
+        assert status == {ids[0]: "withdrawn", ids[1]: "issued", ids[2]: "withdrawn", ids[3]: "withdrawn"}
+        refused = redeem(s, codes[ids[0]], amount_fen=50_000, now=MORNING)
+        assert not refused.ok and "withdrawn" in refused.reason
+        assert redeem(s, codes[ids[1]], amount_fen=50_000, now=MORNING).ok
+        [thanks] = [f for f in coupon_figures(s, settings, MORNING) if f.code == "THANKS"]
+    assert (thanks.issued, thanks.withdrawn, thanks.redeemed) == (1, 3, 1)
+
+
 def test_birthdays_with_a_coupon_for_the_top_tier(app, db):
     ids = seed_audience(db, {"high": 1, "low": 1})
     with db.begin() as s:

@@ -213,6 +213,10 @@ def test_coupon_broadcast_gives_each_recipient_an_own_code(app, db):
     for row in rows:
         code = coupons[row.customer_id].code
         assert row.content["text"].endswith(f"专属优惠券 {code[:4]}-{code[4:8]}-{code[8:]}")
+    with db.begin() as s:  # cancelled before WeCom had it: no customer holds the codes
+        assert cancel_broadcast(s, s.get(Broadcast, broadcast.id), now=MORNING) == 27
+    with db.sessions() as s:
+        assert Counter(s.scalars(select(Coupon.status))) == Counter({"withdrawn": 27})
 
 
 def test_lift_and_interval_on_constructed_groups():

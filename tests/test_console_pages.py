@@ -132,8 +132,9 @@ def test_coupon_counts_and_redemption_revenue_come_from_sql(console, db):
                    Order(order_id="o2", customer_id=ids[1], amount_fen=9900, paid_at=MORNING,
                          paid_day=MORNING.date().toordinal(), status="refunded")])
         for n, (status, expires, order) in enumerate([("redeemed", later, "o1"), ("redeemed", later, "o2"),
-                                                      ("issued", later, None), ("issued", earlier, None)]):
-            s.add(Coupon(code=f"CODE{n:08d}", definition="VIP", title="专属优惠券", customer_id=ids[n],
+                                                      ("issued", later, None), ("issued", earlier, None),
+                                                      ("withdrawn", later, None)]):
+            s.add(Coupon(code=f"CODE{n:08d}", definition="VIP", title="专属优惠券", customer_id=ids[n % 4],
                          issue_ref=f"test:{n}", value_fen=5000, status=status, expires_at=expires, order_id=order,
                          redeemed_at=MORNING if status == "redeemed" else None))
         s.add(Coupon(code="GONE00000000", definition="OLDONE", title="旧券", customer_id=ids[0], issue_ref="t",
@@ -142,8 +143,9 @@ def test_coupon_counts_and_redemption_revenue_come_from_sql(console, db):
     page = client.get("/console/greetings").get_data(as_text=True)
     row = page[page.index('<td class="code">VIP</td>'):].split("</tr>")[0]
     cells = [c.split(">", 1)[1].split("<")[0] for c in row.split("<td")[1:]]
-    # issued, outstanding, redeemed, rate, expired, paid orders, revenue: the refunded order earns nothing
-    assert cells[6:] == ["4", "1", "2", "50.0%", "1", "1", "450.00"]
+    # issued, outstanding, redeemed, rate, expired, withdrawn (not issued: its message did not go out), paid
+    # orders, revenue: the refunded order earns nothing
+    assert cells[6:] == ["4", "1", "2", "50.0%", "1", "1", "1", "450.00"]
     assert "旧券" in page and "配置中已删除" in page
 
 

@@ -63,6 +63,7 @@ from bot.models import (
 )
 from bot.outbox.messages import TIER_NAMES, MessageTemplates, customer_vars, refusal
 from bot.outbox.policy import COUNTED_STATUSES, PUSH_TRIGGERS, ContactPolicy
+from bot.outbox.queue import withdraw_carried_coupons
 from segments.incremental import ROW_ID
 from segments.money import fen_to_yuan
 from segments.rfm import SEGMENT_NAMES
@@ -263,6 +264,7 @@ def cancel_broadcast(session: Session, broadcast: Broadcast, now: datetime | Non
     due = and_(OutboxMessage.trigger_kind == "campaign", OutboxMessage.trigger_ref.in_(refs),
                OutboxMessage.status == "pending")
     count = session.scalar(select(func.count()).select_from(OutboxMessage).where(due)) or 0
+    withdraw_carried_coupons(session, due)
     session.execute(update(OutboxMessage).where(due).values(status="skipped", reason="broadcast cancelled",
                                                             updated_at=now))
     return count

@@ -252,6 +252,8 @@ def redeem(session: Session, code_text: str, *, order_id: str | None = None, amo
     if coupon.status == "redeemed":
         return Redemption(False, f"already redeemed at {coupon.redeemed_at:%Y-%m-%d %H:%M} UTC"
                                  f"{f' on order {coupon.order_id}' if coupon.order_id else ''}", coupon)
+    if coupon.status == "withdrawn":
+        return Redemption(False, "withdrawn: the message that carried it did not go out", coupon)
     if coupon.status == "expired" or coupon.expires_at <= now:
         return Redemption(False, f"expired on {coupon.expires_at:%Y-%m-%d}", coupon)
     if order_id:

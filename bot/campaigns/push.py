@@ -63,7 +63,7 @@ def push(session: Session, settings: Settings, templates: MessageTemplates, cust
             result.already += 1
         else:
             reasons[customer.id] = blocked.get(customer.id) or (None if customer.id in live else NO_SENDER)
-    coupon_extra = _issue_coupons(session, settings, coupon, customers, reasons, now, result)
+    coupon_extra, coupon_codes = _issue_coupons(session, settings, coupon, customers, reasons, now, result)
     for customer in customers:
         if customer.id not in reasons:
             continue
@@ -75,7 +75,8 @@ def push(session: Session, settings: Settings, templates: MessageTemplates, cust
                             recipient=customer.external_userid, sender_userid=customer.owner_userid,
                             trigger_kind=trigger_kind, trigger_ref=trigger_ref[:128],
                             content={"text": fit_text("mass_message", rendered.text, rendered.template),
-                                     "template": rendered.template},
+                                     "template": rendered.template,
+                                     **({"coupon": coupon_codes[customer.id]} if customer.id in coupon_codes else {})},
                             status="skipped" if reason else "pending", reason=reason, scheduled_at=send_at)
         session.add(row)
         session.flush()
@@ -89,11 +90,12 @@ def push(session: Session, settings: Settings, templates: MessageTemplates, cust
 
 def _issue_coupons(session: Session, settings: Settings, offer: CouponOffer | None, customers: Sequence[Customer],
                    reasons: dict[int, str | None], now: datetime,
-                   result: PushResult) -> Callable[[Customer], dict[str, Any]]:
-    """Issue the offer to the customers about to be planned (``reasons`` None) whom it allows; the
-    template variables per customer: the coupon, a "not issued" stand-in on a skipped row, or none."""
+                   result: PushResult) -> tuple[Callable[[Customer], dict[str, Any]], dict[int, str]]:
+    """Issue the offer to the customers about to be planned (``reasons`` None) whom it allows. Returns the
+    template variables per customer (the coupon, a "not issued" stand-in on a skipped row, or none) and the
+    code each customer got, which their row records (a row that then does not go out withdraws it)."""
     if offer is None:
-        return lambda c: {}
+        return (lambda c: {}), {}
     definition = offer.definition
     allowed = {c.id for c in customers if c.id in reasons and definition.allows(c)}
     planned = [c.id for c in customers if c.id in allowed and reasons[c.id] is None]
@@ -105,4 +107,4 @@ def _issue_coupons(session: Session, settings: Settings, offer: CouponOffer | No
         if c.id in coupons:
             return {"coupon": coupon_vars(coupons[c.id], settings.tz)}
         return {"coupon": stand_in} if c.id in allowed else {}
-    return variables
+    return variables, {customer_id: coupon.code for customer_id, coupon in coupons.items()}

@@ -300,7 +300,8 @@ def coupons_redeem(cli: CliContext, code: str, order_id: str | None, amount: str
 
 @coupons_group.command("list")
 @click.option("--customer", "customer_ref", help="Only this customer's coupons.")
-@click.option("--status", type=click.Choice(["issued", "redeemed", "expired"]), help="Only coupons in this status.")
+@click.option("--status", type=click.Choice(["issued", "redeemed", "expired", "withdrawn"]),
+              help="Only coupons in this status (withdrawn: the message carrying it did not go out).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100000),
               help="Show at most this many coupons.")
 @pass_cli

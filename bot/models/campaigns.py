@@ -12,7 +12,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from bot.models.base import Base, utcnow
 
 BROADCAST_STATUSES = ("scheduled", "done", "cancelled", "failed")
-COUPON_STATUSES = ("issued", "redeemed", "expired")
+# withdrawn: the message that carried it did not go out, so no customer holds the code.
+COUPON_STATUSES = ("issued", "redeemed", "expired", "withdrawn")
 
 
 class Broadcast(Base):

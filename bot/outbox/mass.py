@@ -19,6 +19,7 @@ from bot.core.lease import LeaseKeeper
 from bot.core.privacy import masked
 from bot.models import Customer, MassReminder, OutboxMessage, utcnow
 from bot.outbox.policy import ContactPolicy
+from bot.outbox.queue import withdraw_carried_coupons
 
 logger = logging.getLogger(__name__)
 MAX_RECIPIENTS = 10_000
@@ -42,13 +43,15 @@ def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolic
             .where(OutboxMessage.channel == "mass_message", OutboxMessage.status == "pending",
                    OutboxMessage.scheduled_at <= now)).all()
         groups: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+        opted_out = [row.id for row in rows if row.opted_out]
+        if opted_out:
+            session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(opted_out)).values(
+                status="skipped", reason="opted out (退订) after planning", updated_at=now))
+            withdraw_carried_coupons(session, OutboxMessage.id.in_(opted_out))
+            outcome["skipped"] += len(opted_out)
         for row in rows:
-            if row.opted_out:
-                session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(
-                    status="skipped", reason="opted out (退订) after planning", updated_at=now))
-                outcome["skipped"] += 1
-                continue
-            groups[(row.sender_userid or "", row.content["text"])].append((row.id, row.recipient))
+            if not row.opted_out:
+                groups[(row.sender_userid or "", row.content["text"])].append((row.id, row.recipient))
         ids = [i for members in groups.values() for i, _ in members]
         session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.status == "pending")
                         .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=now))
@@ -109,6 +112,7 @@ def _finish_still_sending(db: Database, ids: list[int], reason: str) -> None:
     with db.begin() as session:
         session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.status == "sending")
                         .values(status="failed", reason=reason, updated_at=utcnow()))
+        withdraw_carried_coupons(session, OutboxMessage.id.in_(ids), OutboxMessage.status == "failed")
 
 
 def _finish(db: Database, ids: list[int], status: str, reason: str, msgid: str | None = None) -> None:
@@ -119,6 +123,8 @@ def _finish(db: Database, ids: list[int], status: str, reason: str, msgid: str |
         if msgid:
             values["wecom_msgid"] = msgid
         session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids)).values(**values))
+        if status == "failed":
+            withdraw_carried_coupons(session, OutboxMessage.id.in_(ids))
 
 
 RESULT_STATUS = {
@@ -155,9 +161,10 @@ def poll_mass_results(db: Database, contact_client: Any) -> Counter[str]:
                                   sent_at=datetime.fromtimestamp(int(sent), tz=UTC) if sent else utcnow())
                 else:
                     values.update(status="failed", reason=RESULT_STATUS.get(status, f"WeCom result status {status}"))
-                session.execute(update(OutboxMessage).where(
-                    OutboxMessage.wecom_msgid == msgid, OutboxMessage.recipient == item.get("external_userid"),
-                    OutboxMessage.status == "submitted").values(**values))
+                row = (OutboxMessage.wecom_msgid == msgid, OutboxMessage.recipient == item.get("external_userid"))
+                session.execute(update(OutboxMessage).where(*row, OutboxMessage.status == "submitted").values(**values))
+                if values["status"] == "failed":
+                    withdraw_carried_coupons(session, *row, OutboxMessage.status == "failed")
                 outcome[values["status"]] += 1
     return outcome
 

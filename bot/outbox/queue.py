@@ -7,10 +7,10 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from bot.models import OutboxMessage, utcnow
+from bot.models import Coupon, OutboxMessage, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +72,17 @@ def kf_msgid(dedupe_key: str) -> str:
     """A kf ``msgid`` derived from the outbox key: ≤32 bytes of [0-9a-zA-Z_-], the same on every
     attempt, so WeCom refuses a second send of the same message."""
     return "scrm_" + hashlib.sha256(dedupe_key.encode()).hexdigest()[:27]
+
+
+def withdraw_carried_coupons(session: Session, *where: Any) -> int:
+    """Coupons carried by the outbox rows ``where`` selects (their content names the code) that are still
+    unused become ``withdrawn``: the message that told the customer about them did not go out (skipped
+    after planning, refused by WeCom, not delivered), so nobody holds the code; the row keeps the reason.
+    One statement; returns how many."""
+    carried = select(OutboxMessage.content["coupon"].as_string()).where(*where)
+    withdrawn = session.execute(update(Coupon).where(Coupon.status == "issued", Coupon.code.in_(carried))
+                                .values(status="withdrawn")
+                                .execution_options(synchronize_session=False)).rowcount or 0
+    if withdrawn:
+        logger.info("%d coupon(s) withdrawn: the messages carrying them did not go out", withdrawn)
+    return withdrawn

@@ -1,6 +1,6 @@
 """The greetings & coupons page (``/console/greetings``): this year's holiday calendar with each
 greeting rendered per value tier (the template the greeting job would choose, the words a customer of
-that tier gets), and every coupon definition with issued / redeemed / expired counts and the revenue
+that tier gets), and every coupon definition with issued / redeemed / expired / withdrawn counts and the revenue
 of the orders the redeemed coupons were used on — one aggregate query over the coupons."""
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class CouponFigures:
     outstanding: int = 0
     redeemed: int = 0
     expired: int = 0
+    withdrawn: int = 0
     revenue_fen: int = 0
     orders: int = 0
     uses: list[str] = field(default_factory=list)
@@ -74,19 +75,22 @@ def coupon_figures(session: Session, settings: Settings, now: datetime) -> list[
                    else_=0)
     outstanding = case((and_(Coupon.status == "issued", Coupon.expires_at > now), 1), else_=0)
     redeemed = case((Coupon.status == "redeemed", 1), else_=0)
+    withdrawn = case((Coupon.status == "withdrawn", 1), else_=0)
     order_id = Coupon.order_id
     if session.get_bind().dialect.name == "postgresql":
         order_id = order_id.collate("C")  # orders.order_id is C-collated
     paid = and_(Coupon.status == "redeemed", Order.status == "paid")
     query = (select(Coupon.definition, func.max(Coupon.title), func.count(), func.sum(outstanding),
-                    func.sum(redeemed), func.sum(expired),
+                    func.sum(redeemed), func.sum(expired), func.sum(withdrawn),
                     func.coalesce(func.sum(case((paid, Order.amount_fen), else_=0)), 0),
                     func.count(case((paid, Order.id))))
              .select_from(Coupon).outerjoin(Order, Order.order_id == order_id)
              .group_by(Coupon.definition))
-    for code, title, issued, open_, used, lapsed, revenue, orders in session.execute(query):
+    for code, title, issued, open_, used, lapsed, pulled, revenue, orders in session.execute(query):
         row = rows.get(code) or CouponFigures(code, title or code, "-", 0, (), configured=False)
-        row.issued, row.outstanding = issued, int(open_ or 0)
+        # A withdrawn coupon reached nobody: not counted as issued, shown on its own.
+        row.withdrawn = int(pulled or 0)
+        row.issued, row.outstanding = issued - row.withdrawn, int(open_ or 0)
         row.redeemed, row.expired = int(used or 0), int(lapsed or 0)
         row.revenue_fen, row.orders = int(revenue or 0), int(orders or 0)
         rows[code] = row

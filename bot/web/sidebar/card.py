@@ -33,7 +33,7 @@ ACTIVITY_NAMES = {"high": "高", "mid": "中", "low": "低"}
 INTERACTION_NAMES = {"kf_message": "客服消息", "moment_like": "朋友圈点赞", "moment_comment": "朋友圈评论",
                      "campaign_reply": "活动回复", "coupon_redeem": "用券", "added": "添加好友",
                      "group_join": "入群", "group_leave": "退群"}
-COUPON_STATUS_NAMES = {"issued": "未使用", "redeemed": "已使用", "expired": "已过期"}
+COUPON_STATUS_NAMES = {"issued": "未使用", "redeemed": "已使用", "expired": "已过期", "withdrawn": "未送达，已撤回"}
 DIMENSION_NAMES = {"value_tier": "价值分层", "rfm_segment": "RFM 分群", "stage": "阶段", "engagement": "活跃状态",
                    "activity": "互动活跃度"}
 ADD_WAY_NAMES = {0: "未知来源", 1: "扫描二维码", 2: "搜索手机号", 3: "名片分享", 4: "群聊", 5: "手机通讯录",
