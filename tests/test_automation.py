@@ -81,6 +81,16 @@ def test_a_coupon_goes_only_with_a_message_that_goes_out(app, db):
     assert run(app, db, post_purchase_coupons).coupons == 0
 
 
+def thanked_buyers(app, db, n: int) -> list[int]:
+    """``n`` low-tier customers who paid an hour ago, each with a thank-you coupon planned; their ids."""
+    ids = seed_audience(db, {"low": n})
+    with db.begin() as s:
+        for i, customer_id in enumerate(ids):
+            order(s, customer_id, f"o-{i}", MORNING - timedelta(hours=1))
+    assert run(app, db, post_purchase_coupons).coupons == n
+    return ids
+
+
 def test_a_coupon_whose_message_does_not_go_out_is_withdrawn(wired, sandbox):
     """Four thank-you coupons ride on mass messages: one customer opts out before submission, one is not
     the member's customer in WeCom (fail_list), one gets WeCom's "already had a mass message" (result 3),
@@ -94,11 +104,7 @@ def test_a_coupon_whose_message_does_not_go_out_is_withdrawn(wired, sandbox):
     contacts = [{"userid": "zhangsan", "external_userid": f"wm00000{i}", "name": f"C{i}"} for i in range(3)]
     requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": contacts},
                   timeout=10).raise_for_status()
-    ids = seed_audience(db, {"low": 4})
-    with db.begin() as s:
-        for n, customer_id in enumerate(ids):
-            order(s, customer_id, f"o-{n}", MORNING - timedelta(hours=1))
-    assert run(wired, db, post_purchase_coupons).coupons == 4
+    ids = thanked_buyers(wired, db, 4)
     with db.begin() as s:
         s.get(Customer, ids[0]).opted_out = True
         codes = {c.customer_id: c.code for c in s.scalars(select(Coupon))}
@@ -121,6 +127,17 @@ def test_a_coupon_whose_message_does_not_go_out_is_withdrawn(wired, sandbox):
         assert redeem(s, codes[ids[1]], amount_fen=50_000, now=MORNING).ok
         [thanks] = [f for f in coupon_figures(s, settings, MORNING) if f.code == "THANKS"]
     assert (thanks.issued, thanks.withdrawn, thanks.redeemed) == (1, 3, 1)
+
+
+def test_forgetting_a_customer_withdraws_the_coupon_of_a_message_that_now_never_goes_out(app, db):
+    from bot.contacts.forget import forget_customer
+
+    ids = thanked_buyers(app, db, 2)
+    with db.begin() as s:
+        forget_customer(s, s.get(Customer, ids[0]), "dpo", MORNING)
+    with db.sessions() as s:
+        statuses = dict(s.execute(select(Coupon.customer_id, Coupon.status)).all())
+    assert statuses == {ids[0]: "withdrawn", ids[1]: "issued"}
 
 
 def test_birthdays_with_a_coupon_for_the_top_tier(app, db):

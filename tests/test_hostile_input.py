@@ -215,6 +215,16 @@ def test_json_deeper_than_any_body_we_accept_is_refused_before_parsing():
     assert jsonsafe.loads(text)[0]["b"] == '"[[[['
     with pytest.raises(jsonsafe.JsonTooDeep):
         jsonsafe.check_depth('["\\\\"' + "[" * 70 + "]" * 70 + "]")
+    # Bytes are checked as the text json.loads reads: in UTF-16 丢 (U+4E22) holds a quote's byte and
+    # 字 (U+5B57) a bracket's, which must neither hide nesting nor invent it.
+    hidden = ('["丢",' + "[" * 200_000 + "]" * 200_000 + "]")
+    for encoding in ("utf-16-le", "utf-16", "utf-32"):
+        with pytest.raises(jsonsafe.JsonTooDeep):
+            jsonsafe.loads(hidden.encode(encoding))
+    flat = ["字" * 3] + [[]] * 70
+    assert jsonsafe.loads(json.dumps(flat, ensure_ascii=False).encode("utf-16")) == flat
+    with pytest.raises(ValueError):
+        jsonsafe.loads(b"[\xff\xfe\xfd" + b"[" * 100)
     # A large flat body (5,000 orders) passes the check in well under a second.
     many = json.dumps([order(f"o-{i}", "12.50") for i in range(5000)])
     started = time.perf_counter()

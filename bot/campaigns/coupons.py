@@ -271,6 +271,8 @@ def redeem(session: Session, code_text: str, *, order_id: str | None = None, amo
         .execution_options(synchronize_session=False)).rowcount
     if claimed != 1:
         session.refresh(coupon)
+        if coupon.status == "withdrawn":  # its message failed meanwhile
+            return Redemption(False, "withdrawn: the message that carried it did not go out", coupon)
         return Redemption(False, "already redeemed", coupon)
     session.refresh(coupon)
     customer = session.get(Customer, coupon.customer_id)

@@ -32,6 +32,7 @@ from bot.models import (
     KfConversation,
     OutboxMessage,
 )
+from bot.outbox.queue import withdraw_carried_coupons
 
 AUDIT_ACTION = "customer.forget"
 FORGOTTEN_NOTE = "customer forgotten (scrm customer forget)"
@@ -130,8 +131,9 @@ def _erase_inbox(session: Session, external_userid: str, key: str) -> int:
 
 
 def _erase_outbox(session: Session, customer_id: int, external_userid: str, key: str) -> int:
-    rows = session.scalars(select(OutboxMessage).where(or_(OutboxMessage.customer_id == customer_id,
-                                                           OutboxMessage.recipient == external_userid))).all()
+    mine = or_(OutboxMessage.customer_id == customer_id, OutboxMessage.recipient == external_userid)
+    withdraw_carried_coupons(session, mine, OutboxMessage.status == "pending")  # those messages will not go out
+    rows = session.scalars(select(OutboxMessage).where(mine)).all()
     for row in rows:
         row.content = {}
         if row.recipient == external_userid:

@@ -20,6 +20,7 @@ class JsonTooDeep(ValueError):
 
 
 def check_depth(data: bytes | str, limit: int = MAX_DEPTH) -> None:
+    """Raise :class:`JsonTooDeep` when ``data`` (text, or UTF-8 bytes) nests deeper than ``limit``."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return
@@ -45,6 +46,10 @@ def check_depth(data: bytes | str, limit: int = MAX_DEPTH) -> None:
 
 
 def loads(data: bytes | str, **kwargs: Any) -> Any:
-    """``json.loads`` after :func:`check_depth`."""
+    """``json.loads`` after :func:`check_depth`. Bytes are decoded first as ``json.loads`` decodes them
+    (UTF-8, -16 or -32 by their first bytes): a UTF-16 character may hold the byte of a quote or a bracket,
+    so only the text is checked. Undecodable bytes are a ValueError (UnicodeDecodeError)."""
+    if isinstance(data, bytes | bytearray):
+        data = bytes(data).decode(json.detect_encoding(data), "surrogatepass")
     check_depth(data)
     return json.loads(data, **kwargs)

@@ -149,6 +149,7 @@ def poll_mass_results(db: Database, contact_client: Any) -> Counter[str]:
             outcome["unreadable"] += 1
             continue
         with db.begin() as session:
+            undelivered: list[str] = []
             for item in items:
                 status = int(item.get("status") or 0)
                 if status == 0:
@@ -161,11 +162,16 @@ def poll_mass_results(db: Database, contact_client: Any) -> Counter[str]:
                                   sent_at=datetime.fromtimestamp(int(sent), tz=UTC) if sent else utcnow())
                 else:
                     values.update(status="failed", reason=RESULT_STATUS.get(status, f"WeCom result status {status}"))
-                row = (OutboxMessage.wecom_msgid == msgid, OutboxMessage.recipient == item.get("external_userid"))
-                session.execute(update(OutboxMessage).where(*row, OutboxMessage.status == "submitted").values(**values))
+                recipient = item.get("external_userid")
+                session.execute(update(OutboxMessage).where(
+                    OutboxMessage.wecom_msgid == msgid, OutboxMessage.recipient == recipient,
+                    OutboxMessage.status == "submitted").values(**values))
                 if values["status"] == "failed":
-                    withdraw_carried_coupons(session, *row, OutboxMessage.status == "failed")
+                    undelivered.append(recipient)
                 outcome[values["status"]] += 1
+            for start in range(0, len(undelivered), 1000):  # their coupons reached nobody
+                withdraw_carried_coupons(session, OutboxMessage.wecom_msgid == msgid, OutboxMessage.status == "failed",
+                                         OutboxMessage.recipient.in_(undelivered[start:start + 1000]))
     return outcome
 
 

@@ -273,7 +273,8 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 @bp.post("/coupons/redeem")
 def redeem_coupon() -> tuple[Response, int]:
     """``{"code": "…", "order_id": "…"?, "amount": 元?}`` → 200 redeemed; 404 unknown code;
-    409 already redeemed or expired; 422 minimum spend not met or the order is someone else's."""
+    409 already redeemed, expired or withdrawn (its message did not go out); 422 minimum spend not met or
+    the order is someone else's."""
     from bot.campaigns.coupons import display_code, redeem
 
     settings = current_settings()
