@@ -182,6 +182,9 @@ def test_tier_changes_fire_their_actions_once(app, db):
     pushes = {r.customer_id: r for r in outbox(db, trigger_kind="tier_change")}
     assert pushes[ids[0]].content["template"] == "tier_change/vip.j2"
     assert "回归礼券" in pushes[ids[1]].content["text"]
+    with db.sessions() as s:  # one code per message (two actions on one change would not share one)
+        [coupon] = s.scalars(select(Coupon)).all()
+    assert (coupon.issue_ref, coupon.code) == (pushes[ids[1]].trigger_ref, pushes[ids[1]].content["coupon"])
     staff = {r.customer_id: r for r in outbox(db, channel="app_message")}
     assert {r.recipient for r in staff.values()} == {"zhangsan"}
     assert "升级为高价值客户（原为中价值）" in staff[ids[0]].content["text"]

@@ -152,7 +152,7 @@ def tier_change_actions(session: Session, settings: Settings, templates: Message
                 definition = book.get(action.coupon) if action.coupon else None
                 result.add(push(session, settings, templates, [customer], kind=action.message.kind,
                                 name=action.message.name, trigger_kind="tier_change", trigger_ref=ref, now=now,
-                                coupon=_offer(book, definition, f"tier_change:{change.id}")))
+                                coupon=_offer(book, definition, ref)))  # a code per message it rides on
             if action.notify_owner is not None and customer.owner_userid:
                 result.notified += _notify_owner(session, settings, templates, action.notify_owner, customer,
                                                  change, ref, now)
