@@ -183,7 +183,19 @@ def test_an_operator_builds_previews_schedules_and_measures_a_tiered_broadcast(a
     assert "控制台修改（olga" in page.inner_text("section[id='kf.reply_rules']")
     with db.sessions() as s:
         assert s.get(RuleOverride, "kf.reply_rules").value == [{"name": "price", "keywords": ["多少钱", "价格"]}]
+    tags = page.locator("section[id='tags.rules'] form.ruleform")  # one rule from a form, no JSON
+    tags.locator("input[name=name]").fill("trial")
+    tags.locator("select[name=when]").select_option("kf_keyword")
+    tags.locator("input[name=keywords]").fill("试用、小样")
+    tags.locator("input[name=tag]").fill("意向/要试用")
+    tags.locator("button:has-text('添加')").click()
+    page.wait_for_selector("text=已添加到自动打标签规则")
+    assert "意向/要试用" in page.inner_text("section[id='tags.rules'] table")
     page.screenshot(path=str(tmp_path / "console-rules.png"), full_page=True)
+    page.once("dialog", lambda dialog: dialog.accept())  # 删除 asks first
+    page.locator("section[id='tags.rules'] tr:has-text('trial') button:has-text('删除')").click()
+    page.wait_for_selector("text=已从自动打标签规则删除 trial")
+    assert "意向/要试用" not in page.inner_text("section[id='tags.rules'] table")
 
     page.click("nav a:has-text('问候与优惠券')")
     assert "作为我们的高价值会员" in page.inner_text("table.greetings")

@@ -15,7 +15,8 @@ from bot.models import AuditEntry, Coupon, Order, RuleOverride
 from tests.campaign_data import MORNING, seed_audience
 from tests.console_support import csrf, signed_in
 
-NEW_POSTS = ["/console/rules/kf.reply_rules", "/console/rules/kf.reply_rules/reset", "/console/system/wecom-check"]
+NEW_POSTS = ["/console/rules/kf.reply_rules", "/console/rules/kf.reply_rules/reset", "/console/system/wecom-check",
+             "/console/rules/tags.rules/add", "/console/rules/contacts.channels/delete"]
 REPLY_RULES = [{"name": "price", "keywords": ["多少钱"]}, {"name": "human", "keywords": ["人工", "客服"]}]
 
 
@@ -67,6 +68,57 @@ def test_an_invalid_rule_is_refused_with_the_reason_and_nothing_changes(console,
     with db.sessions() as s:
         assert s.scalars(select(RuleOverride)).all() == []
         assert s.scalars(select(AuditEntry).where(AuditEntry.action.like("rules.%"))).all() == []
+
+
+def test_rules_are_added_and_deleted_with_forms_checked_like_json_and_audited(console, db):
+    """Operators need no JSON for one rule: an auto-tag rule from its trigger's fields, a reply rule, a
+    channel (replaced under its State); each checked with the rules in force, refused with the reason
+    (the form keeps what was typed), and a delete names the rule it removes (a stale page is refused)."""
+    client = signed_in(console, "olga", "operator")
+    page = client.get("/console/rules").get_data(as_text=True)
+    assert "添加一条规则" in page and "客服消息含关键词" in page and 'data-confirm="删除 asked_price？"' in page
+
+    def add(key, **fields):
+        return client.post(f"/console/rules/{key}/add", data={"csrf_token": csrf(client), "section": key, **fields})
+
+    refused = add("tags.rules", name="big_order", when="order_count", gte="-2", tag="交易/大客户")
+    body = refused.get_data(as_text=True)
+    assert refused.status_code == 400 and "non-negative whole number" in body and 'value="交易/大客户"' in body
+    assert add("tags.rules", name="x", when="order_amount", gte="lots", tag="a/b").status_code == 400
+    assert add("tags.rules", name="trial", when="kf_keyword", keywords="试用、 样品,小样", tag="意向/要试用",
+               state="ignored").status_code == 302
+    assert add("tags.rules", name="big_order", when="order_amount", gte="2999.5", tag="交易/大客户").status_code == 302
+    assert add("kf.reply_rules", name="order_status", keywords="退货、退款").status_code == 400  # name used twice
+    assert add("kf.reply_rules", name="sample", keywords="样品、小样").status_code == 302
+    assert add("contacts.channels", state="expo", tags="渠道/展会、意向/到场", stage="new",
+               welcome="").status_code == 302
+    assert add("contacts.channels", state="expo", tags="渠道/展会2026", stage="").status_code == 302  # replaced
+    with db.sessions() as s:
+        stored = {row.key: row.value for row in s.scalars(select(RuleOverride))}
+    assert stored["tags.rules"][-2:] == [
+        {"name": "trial", "when": "kf_keyword", "tag": "意向/要试用", "keywords": ["试用", "样品", "小样"]},
+        {"name": "big_order", "when": "order_amount", "tag": "交易/大客户", "gte": 2999.5}]
+    assert stored["kf.reply_rules"][-1] == {"name": "sample", "keywords": ["样品", "小样"]}
+    assert stored["contacts.channels"] == {"expo": {"tags": ["渠道/展会2026"]}}
+
+    rules = stored["tags.rules"]
+    index = len(rules) - 1
+    stale = client.post("/console/rules/tags.rules/delete", data={"csrf_token": csrf(client), "name": "trial",
+                                                                  "index": str(index)})
+    assert stale.status_code == 409 and "reload the page" in stale.get_data(as_text=True)
+    assert client.post("/console/rules/tags.rules/delete", data={"csrf_token": csrf(client), "name": "trial",
+                                                                 "index": str(index - 1)}).status_code == 302
+    assert client.post("/console/rules/contacts.channels/delete", data={"csrf_token": csrf(client),
+                                                                        "name": "expo"}).status_code == 302
+    with db.sessions() as s:
+        stored = {row.key: row.value for row in s.scalars(select(RuleOverride))}
+        actions = [a.action for a in s.scalars(select(AuditEntry).where(AuditEntry.action.like("rules.%"))
+                                                .order_by(AuditEntry.id))]
+    assert [r["name"] for r in stored["tags.rules"]][-1] == "big_order" and "trial" not in str(stored["tags.rules"])
+    assert stored["contacts.channels"] == {}
+    assert actions == ["rules.add"] * 5 + ["rules.delete"] * 2
+    settings = console.extensions["scrm.rules"].refresh()  # the running processes see the edits
+    assert settings.contacts.channels == {} and settings.tags.rules[-1]["name"] == "big_order"
 
 
 def test_text_that_is_not_json_is_refused_with_its_position(console):

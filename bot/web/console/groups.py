@@ -74,7 +74,7 @@ def group_settings(group_id: int) -> Any:
     text = request.form.get("tags")
     if text is not None and len(text) > TAGS_TEXT_MAX:
         views._refuse(400, f"at most {TAGS_TEXT_MAX} characters of labels")
-    labels = _split(text) if text is not None else None
+    labels = views.split_words(text) if text is not None else None
     if labels is not None and any(len(t) > LABEL_MAX for t in labels):
         views._refuse(400, f"a label is at most {LABEL_MAX} characters")
     with views._db().begin() as s:
@@ -93,12 +93,6 @@ def group_settings(group_id: int) -> Any:
             views._audit(s, "groups.update", f"group:{group.chat_id}", before, after)
     flash("已保存群层级与群标签" if after != before else "没有改动")
     return redirect(url_for("console_groups.group_page", group_id=group_id))
-
-
-def _split(text: str) -> list[str]:
-    for separator in ("，", ",", "\n"):
-        text = text.replace(separator, "、")
-    return list(dict.fromkeys(t.strip() for t in text.split("、") if t.strip()))
 
 
 def _tier_choices(current: str | None) -> list[tuple[str, str]]:

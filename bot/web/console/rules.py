@@ -1,9 +1,9 @@
 """The rules page (``/console/rules``): auto-tag rules, reply rules and channel → tag mappings, each shown
-as a table and editable as JSON by operators. An edit is checked by the start-up validators
-(``bot.startup.with_rule_overrides``) together with the other rules in force, refused with the reason
-(400) or stored as an override over the config file's value (table ``rule_overrides``) and audited with
-before and after; 恢复默认 removes the override. Running processes pick the change up at their next
-event or request (``bot.startup.RuleReloader``)."""
+as a table; operators add one rule with a form, delete one from its row, or edit the list as JSON. An
+edit is checked by the start-up validators (``bot.startup.with_rule_overrides``) together with the other
+rules in force, refused with the reason (400) or stored as an override over the config file's value
+(table ``rule_overrides``) and audited with before and after; 恢复默认 removes the override. Running
+processes pick the change up at their next event or request (``bot.startup.RuleReloader``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from bot.core import jsonsafe
 from bot.core.config import ConfigError, Settings
 from bot.models import RuleOverride
 from bot.startup import RULE_KEYS, with_rule_overrides
-from bot.web.console.views import _audit, _db, _now, _settings, bp
+from bot.tagging.rules import TIER_DIMENSIONS
+from bot.web.console.views import _audit, _db, _now, _settings, bp, split_words
+from segments.policy import STAGE_PATHS
 
 logger = logging.getLogger(__name__)
 MAX_RULES_TEXT = 64 * 1024
@@ -56,8 +58,10 @@ def _render(errors: dict[str, str], drafts: dict[str, str], status: int) -> Any:
         stored = {row.key: (row.updated_by, row.updated_at, row.revision) for row in s.scalars(select(RuleOverride))}
     sections = [{"key": key, "label": RULE_LABELS[key], "help": RULE_HELP[key], "value": current_value(settings, key),
                  "text": drafts.get(key) or _as_text(current_value(settings, key)), "error": errors.get(key),
-                 "override": stored.get(key)} for key in RULE_KEYS]
-    return render_template("console/rules.html", sections=sections), status
+                 "drafted": key in drafts, "override": stored.get(key)} for key in RULE_KEYS]
+    return render_template("console/rules.html", sections=sections, when_names=WHEN_NAMES,
+                           dimensions=TIER_DIMENSIONS, stages=STAGE_PATHS[settings.tiers.stage_path],
+                           form=request.form if request.method == "POST" else {}), status
 
 
 @bp.post("/rules/<key>")
@@ -67,17 +71,117 @@ def rules_save(key: str) -> Any:
     text = request.form.get("rules", "")
     try:
         value = _parse(key, text)
-        with_rule_overrides(_settings(), {key: value})  # the start-up checks, with the other rules in force
     except ConfigError as exc:
         logger.info("console rule edit refused (%s): %s", key, exc)
         return _render({key: str(exc)}, {key: text[:MAX_RULES_TEXT]}, 400)
+    return _save(key, value, "rules.update", f"已保存{RULE_LABELS[key]}；运行中的服务在下一条事件时生效",
+                 draft=text[:MAX_RULES_TEXT])
+
+
+@bp.post("/rules/<key>/add")
+def rules_add(key: str) -> Any:
+    """One rule from the form's fields (no JSON): appended to the list in force, or, for a channel,
+    set under its State (replacing the mapping it had)."""
+    if key not in RULE_KEYS:
+        abort(404, "no such rule list")
+    value = current_value(_settings(), key)
+    try:
+        if key == "contacts.channels":
+            state, entry = _channel_from_form(request.form)
+            value = {**value, state: entry}
+        else:
+            build = _tag_rule_from_form if key == "tags.rules" else _reply_rule_from_form
+            value = [*value, build(request.form)]
+    except ConfigError as exc:
+        logger.info("console rule add refused (%s): %s", key, exc)
+        return _render({key: str(exc)}, {}, 400)
+    return _save(key, value, "rules.add", f"已添加到{RULE_LABELS[key]}；运行中的服务在下一条事件时生效")
+
+
+@bp.post("/rules/<key>/delete")
+def rules_delete(key: str) -> Any:
+    """Remove one rule: by its place and name in a list (a list changed meanwhile is refused, not
+    guessed at), or a channel by its State."""
+    if key not in RULE_KEYS:
+        abort(404, "no such rule list")
+    value = current_value(_settings(), key)
+    name = request.form.get("name", "")
+    if key == "contacts.channels":
+        if name not in value:
+            return _render({key: f"no channel {name[:40]!r} to delete (reload the page)"}, {}, 409)
+        value = {state: entry for state, entry in value.items() if state != name}
+    else:
+        index = request.form.get("index", "")
+        if not index.isdigit() or int(index) >= len(value) or value[int(index)].get("name") != name:
+            return _render({key: f"rule {name[:40]!r} is not where the page showed it (reload the page)"}, {}, 409)
+        value = [rule for i, rule in enumerate(value) if i != int(index)]
+    return _save(key, value, "rules.delete", f"已从{RULE_LABELS[key]}删除 {name}")
+
+
+def _save(key: str, value: Any, action: str, message: str, draft: str | None = None) -> Any:
+    """Check ``value`` with the other rules in force (the start-up checks), store it as the override and
+    audit before and after; a refusal re-renders the page with the reason (400)."""
+    try:
+        with_rule_overrides(_settings(), {key: value})
+    except ConfigError as exc:
+        logger.info("console rule edit refused (%s): %s", key, exc)
+        return _render({key: str(exc)}, {key: draft} if draft else {}, 400)
     with _db().begin() as s:
         before = current_value(_settings(), key)
         _store(s, key, value)
-        _audit(s, "rules.update", f"rules:{key}", {"value": before}, {"value": value})
+        _audit(s, action, f"rules:{key}", {"value": before}, {"value": value})
     _forget_cached_settings()
-    flash(f"已保存{RULE_LABELS[key]}；运行中的服务在下一条事件时生效")
+    flash(message)
     return redirect(url_for("console.rules_page") + f"#{key}")
+
+
+WHEN_NAMES = {"kf_keyword": "客服消息含关键词", "channel": "经渠道活码添加", "moment_like": "点赞朋友圈",
+              "moment_comment": "评论朋友圈", "first_order": "首次下单", "order_count": "累计订单数达到",
+              "order_amount": "累计实付金额达到（元）", "coupon_redeemed": "核销优惠券", "tier_entered": "进入分层",
+              "group_member": "加入客户群"}
+TAG_RULE_FIELDS = {"kf_keyword": ("keywords",), "channel": ("state",), "order_count": ("gte",),
+                   "order_amount": ("gte",), "tier_entered": ("dimension", "value"), "group_member": ("group",)}
+FIELD_MAX = 200
+
+
+def _field(form: Any, name: str) -> str:
+    text = (form.get(name) or "").strip()
+    if len(text) > FIELD_MAX:
+        raise ConfigError(f"{name}: at most {FIELD_MAX} characters")
+    return text
+
+
+def _tag_rule_from_form(form: Any) -> dict[str, Any]:
+    when = _field(form, "when")
+    rule: dict[str, Any] = {"name": _field(form, "name"), "when": when, "tag": _field(form, "tag")}
+    for name in TAG_RULE_FIELDS.get(when, ()):
+        text = _field(form, name)
+        if name == "keywords":
+            rule[name] = split_words(text)
+        elif name == "gte":
+            try:
+                rule[name] = int(text) if text.isdigit() else float(text)
+            except ValueError:
+                raise ConfigError(f"gte must be a number, got {text[:20]!r}") from None
+        else:
+            rule[name] = text
+    return rule
+
+
+def _reply_rule_from_form(form: Any) -> dict[str, Any]:
+    return {"name": _field(form, "name"), "keywords": split_words(_field(form, "keywords"))}
+
+
+def _channel_from_form(form: Any) -> tuple[str, dict[str, Any]]:
+    state = _field(form, "state")
+    if not state:
+        raise ConfigError("a channel needs its State")
+    entry: dict[str, Any] = {"tags": split_words(_field(form, "tags"))}
+    if stage := _field(form, "stage"):
+        entry["stage"] = stage
+    if welcome := _field(form, "welcome"):
+        entry["welcome"] = welcome
+    return state, entry
 
 
 @bp.post("/rules/<key>/reset")

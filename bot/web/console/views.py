@@ -200,6 +200,13 @@ def _labels() -> dict[str, Any]:
             "operator": g.get("operator"), "local": _local, "pretty": _pretty, "ROLE_NAMES": users.ROLE_NAMES}
 
 
+def split_words(text: str) -> list[str]:
+    """A form's list: items separated by 、, commas or lines (a space belongs to its item), each once."""
+    for separator in ("，", ",", "\n"):
+        text = text.replace(separator, "、")
+    return list(dict.fromkeys(t.strip() for t in text.split("、") if t.strip()))
+
+
 def _pretty(value: Any) -> str:
     return "-" if value is None else json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True, default=str)
 

@@ -143,5 +143,14 @@
     refresh();
   }
 
-  document.addEventListener("DOMContentLoaded", function () { drawCharts(); liveCount(); });
+  // A form that changes something at once (a rule's 删除) asks first; the text comes from data-confirm.
+  function confirmForms() {
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-confirm]"), function (form) {
+      form.addEventListener("submit", function (event) {
+        if (!window.confirm(form.getAttribute("data-confirm"))) { event.preventDefault(); }
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { drawCharts(); liveCount(); confirmForms(); });
 })();
