@@ -121,6 +121,45 @@ def test_rules_are_added_and_deleted_with_forms_checked_like_json_and_audited(co
     assert settings.contacts.channels == {} and settings.tags.rules[-1]["name"] == "big_order"
 
 
+def test_two_operators_saving_from_the_same_page_cannot_both_win(console, db):
+    """Each form carries the revision its page showed; a save over a list that moved on since is refused
+    (409, nothing changed) instead of silently dropping the other operator's rule."""
+    olga, oscar = signed_in(console, "olga", "operator"), signed_in(console, "oscar", "operator")
+
+    def add(client, name, revision):
+        return client.post("/console/rules/kf.reply_rules/add", data={
+            "csrf_token": csrf(client), "section": "kf.reply_rules", "revision": revision, "name": name,
+            "keywords": name})
+
+    assert 'name="revision" value="0"' in olga.get("/console/rules").get_data(as_text=True)
+    assert add(olga, "first", "0").status_code == 302
+    late = add(oscar, "second", "0")  # oscar's page still shows the config file's list
+    assert late.status_code == 409 and "another edit was saved" in late.get_data(as_text=True)
+    assert add(oscar, "second", "1").status_code == 302
+    stale_json = olga.post("/console/rules/kf.reply_rules", data={
+        "csrf_token": csrf(olga), "revision": "1", "rules": json.dumps(REPLY_RULES)})
+    assert stale_json.status_code == 409 and json.dumps(REPLY_RULES, ensure_ascii=False)[:20] in \
+        stale_json.get_data(as_text=True).replace("&#34;", '"')  # the draft is kept
+    with db.sessions() as s:
+        row = s.get(RuleOverride, "kf.reply_rules")
+        assert row.revision == 2 and [r["name"] for r in row.value][-2:] == ["first", "second"]
+
+
+@pytest.mark.parametrize(("gte", "reason"), [("inf", "finite number"), ("nan", "finite number"),
+                                             ("-Infinity", "finite number"), ("1e309", "at most 1,000,000,000,000")])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(console, db, gte, reason):
+    client = signed_in(console, "olga", "operator")
+    response = client.post("/console/rules/tags.rules/add", data={
+        "csrf_token": csrf(client), "section": "tags.rules", "name": "x", "when": "order_count", "gte": gte,
+        "tag": "a/b"})
+    assert response.status_code == 400 and reason in response.get_data(as_text=True)
+    as_json = _save(client, "tags.rules", None, raw='[{"name": "x", "when": "order_amount", "gte": Infinity, '
+                                                     '"tag": "a/b"}]')
+    assert as_json.status_code == 400 and "non-negative number" in as_json.get_data(as_text=True)
+    with db.sessions() as s:
+        assert s.scalars(select(RuleOverride)).all() == []
+
+
 def test_text_that_is_not_json_is_refused_with_its_position(console):
     client = signed_in(console, "olga", "operator")
     response = _save(client, "kf.reply_rules", None, raw='[{"name": "price",]')

@@ -26,6 +26,7 @@ WHEN_KEYS: dict[str, frozenset[str]] = {
 }
 TIER_DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
 MAX_TAG_NAME = 30  # WeCom: group and tag names are at most 30 characters
+MAX_GTE = 10**12
 
 
 class RuleError(ValueError):
@@ -128,8 +129,11 @@ def _parse_rule(raw: Any, default_group: str, where: str) -> TagRule:
             gte = Decimal(str(raw["gte"]))
         except InvalidOperation:
             raise RuleError(f"{where}.gte must be a number") from None
-        if isinstance(raw["gte"], bool) or gte < 0 or (when == "order_count" and gte != gte.to_integral_value()):
+        if isinstance(raw["gte"], bool) or not gte.is_finite() or gte < 0 or (
+                when == "order_count" and gte != gte.to_integral_value()):
             raise RuleError(f"{where}.gte must be a non-negative {'whole ' if when == 'order_count' else ''}number")
+        if gte > MAX_GTE:  # beyond any order count or amount, and beyond a database integer
+            raise RuleError(f"{where}.gte must be at most {MAX_GTE:,}")
         rule["gte"] = gte
     elif when == "tier_entered":
         if raw["dimension"] not in TIER_DIMENSIONS:

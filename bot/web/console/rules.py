@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from flask import abort, current_app, flash, g, redirect, render_template, request, url_for
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.core import jsonsafe
@@ -30,7 +32,8 @@ RULE_LABELS = {"tags.rules": "自动打标签规则", "kf.reply_rules": "客服�
 RULE_HELP = {
     "tags.rules": '每条：{"name": "英文名", "when": 触发, "tag": "组/标签", …}。when 可为 kf_keyword（加 keywords）、'
                   'channel（加 state）、moment_like、moment_comment、first_order、'
-                  'order_count / order_amount（加 gte）、coupon_redeemed、tier_entered（加 dimension 与 value）。',
+                  'order_count / order_amount（加 gte）、coupon_redeemed、tier_entered（加 dimension 与 value）、'
+                  'group_member（加 group：客户群的 chat_id 或群名）。',
     "kf.reply_rules": '每条：{"name": "回复模板名", "keywords": ["关键词", …]}；按顺序匹配第一条，'
                       '回复 templates/messages/reply/<name>.<层级>.j2（没有则 reply/default.j2）。',
     "contacts.channels": '以渠道活码的 State 为键：{"live_0618": {"tags": ["渠道/直播间"], "stage": "new", '
@@ -112,7 +115,7 @@ def rules_delete(key: str) -> Any:
         value = {state: entry for state, entry in value.items() if state != name}
     else:
         index = request.form.get("index", "")
-        if not index.isdigit() or int(index) >= len(value) or value[int(index)].get("name") != name:
+        if not index.isdecimal() or int(index) >= len(value) or value[int(index)].get("name") != name:
             return _render({key: f"rule {name[:40]!r} is not where the page showed it (reload the page)"}, {}, 409)
         value = [rule for i, rule in enumerate(value) if i != int(index)]
     return _save(key, value, "rules.delete", f"已从{RULE_LABELS[key]}删除 {name}")
@@ -126,10 +129,17 @@ def _save(key: str, value: Any, action: str, message: str, draft: str | None = N
     except ConfigError as exc:
         logger.info("console rule edit refused (%s): %s", key, exc)
         return _render({key: str(exc)}, {key: draft} if draft else {}, 400)
-    with _db().begin() as s:
-        before = current_value(_settings(), key)
-        _store(s, key, value)
-        _audit(s, action, f"rules:{key}", {"value": before}, {"value": value})
+    seen = request.form.get("revision", "")
+    try:
+        with _db().begin() as s:
+            before = current_value(_settings(), key)
+            if not _store(s, key, value, int(seen) if seen.isdecimal() else None):
+                raise _Changed
+            _audit(s, action, f"rules:{key}", {"value": before}, {"value": value})
+    except (_Changed, IntegrityError):
+        logger.info("console rule edit refused (%s): the list changed meanwhile", key)
+        return _render({key: "another edit was saved since this page was loaded; nothing was changed "
+                             "(reload the page and try again)"}, {key: draft} if draft else {}, 409)
     _forget_cached_settings()
     flash(message)
     return redirect(url_for("console.rules_page") + f"#{key}")
@@ -159,13 +169,21 @@ def _tag_rule_from_form(form: Any) -> dict[str, Any]:
         if name == "keywords":
             rule[name] = split_words(text)
         elif name == "gte":
-            try:
-                rule[name] = int(text) if text.isdigit() else float(text)
-            except ValueError:
-                raise ConfigError(f"gte must be a number, got {text[:20]!r}") from None
+            rule[name] = _number(text)
         else:
             rule[name] = text
     return rule
+
+
+def _number(text: str) -> int | float:
+    """A threshold typed in a form: a whole number stays whole; infinity, NaN and the like are refused."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ConfigError(f"gte must be a number, got {text[:20]!r}") from None
+    if not value.is_finite():
+        raise ConfigError(f"gte must be a finite number, got {text[:20]!r}")
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def _reply_rule_from_form(form: Any) -> dict[str, Any]:
@@ -218,12 +236,25 @@ def _parse(key: str, text: str) -> Any:
     return value
 
 
-def _store(s: Session, key: str, value: Any) -> None:
-    row = s.get(RuleOverride, key)
-    if row is None:
-        s.add(RuleOverride(key=key, value=value, revision=1, updated_by=g.operator.name, updated_at=_now()))
-    else:
-        row.value, row.revision, row.updated_by, row.updated_at = value, row.revision + 1, g.operator.name, _now()
+class _Changed(Exception):
+    """The stored list is not the revision the page was made from."""
+
+
+def _store(s: Session, key: str, value: Any, seen: int | None) -> bool:
+    """Store ``value`` as the next revision, only over the revision the page showed (``seen``; 0: the
+    config file's, None: a form without one). The write comes first and is conditional, so two operators
+    saving at once cannot both win (and SQLite never upgrades a read to a write); False when the stored
+    revision moved on."""
+    values = {"value": value, "updated_by": g.operator.name, "updated_at": _now()}
+    where = [RuleOverride.key == key] + ([RuleOverride.revision == seen] if seen else [])
+    if seen != 0 and s.execute(update(RuleOverride).where(*where).values(revision=RuleOverride.revision + 1, **values)
+                               .execution_options(synchronize_session=False)).rowcount == 1:
+        return True
+    if seen or s.scalar(select(RuleOverride.key).where(RuleOverride.key == key)) is not None:
+        return False
+    s.add(RuleOverride(key=key, revision=1, **values))
+    s.flush()  # a second first save meets the primary key: IntegrityError
+    return True
 
 
 def _forget_cached_settings() -> None:

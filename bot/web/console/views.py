@@ -201,8 +201,9 @@ def _labels() -> dict[str, Any]:
 
 
 def split_words(text: str) -> list[str]:
-    """A form's list: items separated by 、, commas or lines (a space belongs to its item), each once."""
-    for separator in ("，", ",", "\n"):
+    """A form's list: items separated by 、, commas, semicolons or lines (a space belongs to its item), each
+    once."""
+    for separator in ("，", ",", "；", ";", "\n"):
         text = text.replace(separator, "、")
     return list(dict.fromkeys(t.strip() for t in text.split("、") if t.strip()))
 
