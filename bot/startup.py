@@ -34,7 +34,8 @@ from bot.outbox.messages import MessageTemplates
 from bot.outbox.policy import MASS_RULES, parse_quiet_hours
 from bot.outbox.quick_replies import load_quick_replies
 from bot.tagging.rules import RuleError, TagRules, parse_ref
-from segments.policy import STAGE_PATHS, PolicyError, TierPolicy
+from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, STAGE_PATHS, PolicyError, TierPolicy
+from segments.rfm import SEGMENT_NAMES
 
 logger = logging.getLogger(__name__)
 # The rule lists an operator may edit in the console, as "section.key" of the settings.
@@ -82,7 +83,17 @@ def _contact_policy(settings: Settings) -> None:
 
 
 def _tag_rules(settings: Settings) -> None:
-    TagRules.from_settings(settings)
+    """The rules' shape, and a tier_entered rule's value among its dimension's values (a typo would
+    otherwise be saved and never match)."""
+    rules = TagRules.from_settings(settings)
+    known = {"value_tier": TierPolicy.of(settings).value_tiers, "rfm_segment": tuple(SEGMENT_NAMES),
+             "stage": STAGE_PATHS[settings.tiers.stage_path], "engagement": ENGAGEMENT_STATES,
+             "activity": ACTIVITY_LEVELS}
+    for rule in rules.when("tier_entered"):
+        allowed = known.get(rule.dimension or "", ())
+        if rule.value not in allowed:
+            raise ConfigError(f"tags.rules {rule.name}: {rule.dimension} has no value {rule.value!r} "
+                              f"(one of {list(allowed)})")
 
 
 def _replies_and_channels(settings: Settings) -> None:
