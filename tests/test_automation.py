@@ -129,6 +129,30 @@ def test_a_coupon_whose_message_does_not_go_out_is_withdrawn(wired, sandbox):
     assert (thanks.issued, thanks.withdrawn, thanks.redeemed) == (1, 3, 1)
 
 
+def test_a_coupon_whose_message_the_member_never_confirmed_is_withdrawn_at_expiry(wired, sandbox):
+    from bot.campaigns.coupons import expire_coupons
+    from bot.outbox.mass import poll_mass_results
+
+    db, settings = wired.extensions["scrm.db"], wired.extensions["scrm.settings"]
+    contacts = [{"userid": "zhangsan", "external_userid": f"wm00000{i}", "name": f"C{i}"} for i in range(2)]
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": contacts},
+                  timeout=10).raise_for_status()
+    ids = thanked_buyers(wired, db, 2)
+    contact = wired.extensions["scrm.processor"].clients.contact
+    anytime = replace(ContactPolicy.from_settings(settings), quiet_start=time(0), quiet_end=time(0))
+    assert submit_mass_messages(db, contact, anytime, now=MORNING) == Counter({"submitted": 2})
+    sent = requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]
+    confirmed = next(m for m in sent if m["external_userid"] == ["wm000000"])
+    requests.post(f"{sandbox.url}/_sandbox/mass_messages/{confirmed['msgid']}/confirm", json={},
+                  timeout=10).raise_for_status()
+    assert poll_mass_results(db, contact) == Counter({"confirmed": 1, "waiting": 1})
+    with db.begin() as s:
+        assert expire_coupons(s, MORNING + timedelta(days=31)) == 1
+    with db.sessions() as s:
+        statuses = dict(s.execute(select(Coupon.customer_id, Coupon.status)).all())
+    assert statuses == {ids[0]: "expired", ids[1]: "withdrawn"}  # the second never reached its customer
+
+
 def test_forgetting_a_customer_withdraws_the_coupon_of_a_message_that_now_never_goes_out(app, db):
     from bot.contacts.forget import forget_customer
 

@@ -16,7 +16,8 @@ from sqlalchemy import false, func, select, text, update
 from sqlalchemy.orm import Session
 
 from bot.contacts.interactions import add_interaction
-from bot.models import AuditEntry, Coupon, Customer, Order, utcnow
+from bot.models import AuditEntry, Coupon, Customer, Order, OutboxMessage, utcnow
+from bot.outbox.queue import withdraw_carried_coupons
 from segments.money import fen_to_yuan, number_to_fen
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ def issue(session: Session, book: CouponBook, definition: CouponDefinition, cust
 
 
 STAFF_ISSUE_ACTION = "sidebar.coupon_issue"
+# A mass message in these states has not reached its customer (submitted: the member has not confirmed).
+NOT_YET_SENT = ("pending", "sending", "submitted")
 
 
 @dataclass(frozen=True)
@@ -288,8 +291,13 @@ def redeem(session: Session, code_text: str, *, order_id: str | None = None, amo
 
 
 def expire_coupons(session: Session, now: datetime | None = None) -> int:
+    """Unused coupons past their date become expired; those whose message was still waiting for its
+    member to confirm it (or to be submitted) reached nobody, so they are withdrawn instead. Returns
+    how many expired."""
     now = now or utcnow()
     due = (Coupon.status == "issued", Coupon.expires_at <= now)
+    withdraw_carried_coupons(session, OutboxMessage.channel == "mass_message",
+                             OutboxMessage.status.in_(NOT_YET_SENT), coupons=due)
     count = session.scalar(select(func.count()).select_from(Coupon).where(*due)) or 0
     if count:
         session.execute(update(Coupon).where(*due).values(status="expired"))
