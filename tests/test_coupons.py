@@ -96,7 +96,7 @@ def test_redeem_api_once_with_minimum_spend_and_owner_checks(app, client, db, to
 def test_expired_coupons_are_refused(app, db, client, token):
     ids, codes = _issued(app, db)
     with db.begin() as s:
-        assert expire_coupons(s, MORNING + timedelta(days=15)) == 2
+        assert expire_coupons(s, MORNING + timedelta(days=15)).expired == 2
     app.extensions["scrm.clock"] = lambda: MORNING + timedelta(days=15)
     answer = client.post("/api/v1/coupons/redeem", json={"code": codes[ids[0]], "amount": 500},
                          headers={"Authorization": f"Bearer {token}"})

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import false, func, select, text, update
+from sqlalchemy import exists, false, func, select, text, update
 from sqlalchemy.orm import Session
 
 from bot.contacts.interactions import add_interaction
 from bot.models import AuditEntry, Coupon, Customer, Order, OutboxMessage, utcnow
-from bot.outbox.queue import withdraw_carried_coupons
 from segments.money import fen_to_yuan, number_to_fen
 
 logger = logging.getLogger(__name__)
@@ -290,15 +289,27 @@ def redeem(session: Session, code_text: str, *, order_id: str | None = None, amo
     return Redemption(True, "redeemed", coupon)
 
 
-def expire_coupons(session: Session, now: datetime | None = None) -> int:
+@dataclass(frozen=True)
+class Expiry:
+    expired: int
+    withdrawn: int
+
+
+def expire_coupons(session: Session, now: datetime | None = None) -> Expiry:
     """Unused coupons past their date become expired; those whose message was still waiting for its
-    member to confirm it (or to be submitted) reached nobody, so they are withdrawn instead. Returns
-    how many expired."""
+    member to confirm it (or to be submitted) reached nobody, so they are withdrawn instead."""
     now = now or utcnow()
     due = (Coupon.status == "issued", Coupon.expires_at <= now)
-    withdraw_carried_coupons(session, OutboxMessage.channel == "mass_message",
-                             OutboxMessage.status.in_(NOT_YET_SENT), coupons=due)
+    # Correlated on the customer (indexed): only the due coupons' own messages are read, however many
+    # unconfirmed mass messages the outbox keeps.
+    unsent = exists().where(OutboxMessage.customer_id == Coupon.customer_id,
+                            OutboxMessage.channel == "mass_message", OutboxMessage.status.in_(NOT_YET_SENT),
+                            OutboxMessage.content["coupon"].as_string() == Coupon.code)
+    withdrawn = session.execute(update(Coupon).where(*due, unsent).values(status="withdrawn")
+                                .execution_options(synchronize_session=False)).rowcount or 0
+    if withdrawn:
+        logger.info("%d coupon(s) withdrawn at expiry: their members never sent the messages carrying them", withdrawn)
     count = session.scalar(select(func.count()).select_from(Coupon).where(*due)) or 0
     if count:
         session.execute(update(Coupon).where(*due).values(status="expired"))
-    return count
+    return Expiry(count, withdrawn)

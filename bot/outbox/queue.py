@@ -74,13 +74,13 @@ def kf_msgid(dedupe_key: str) -> str:
     return "scrm_" + hashlib.sha256(dedupe_key.encode()).hexdigest()[:27]
 
 
-def withdraw_carried_coupons(session: Session, *where: Any, coupons: tuple[Any, ...] = ()) -> int:
+def withdraw_carried_coupons(session: Session, *where: Any) -> int:
     """Coupons carried by the outbox rows ``where`` selects (their content names the code) that are still
     unused become ``withdrawn``: the message that told the customer about them did not go out (skipped
     after planning, refused by WeCom, not delivered), so nobody holds the code; the row keeps the reason.
-    ``coupons``: further conditions on the coupons. One statement; returns how many."""
+    One statement; returns how many."""
     carried = select(OutboxMessage.content["coupon"].as_string()).where(*where)
-    withdrawn = session.execute(update(Coupon).where(Coupon.status == "issued", Coupon.code.in_(carried), *coupons)
+    withdrawn = session.execute(update(Coupon).where(Coupon.status == "issued", Coupon.code.in_(carried))
                                 .values(status="withdrawn")
                                 .execution_options(synchronize_session=False)).rowcount or 0
     if withdrawn:

@@ -168,13 +168,15 @@ def _automation(name: str) -> dict[str, Any]:
 
 
 def coupon_pushes() -> dict[str, Any]:
-    """成交之后赠送抵用券 for new paid orders; issued coupons past their date expire."""
+    """成交之后赠送抵用券 for new paid orders; issued coupons past their date expire (or are withdrawn when
+    their message never went out)."""
     from bot.campaigns.coupons import expire_coupons
 
     result = _automation("post_purchase_coupons")
     rt = runtime()
     with rt.db.begin() as session:
-        result["expired"] = expire_coupons(session)
+        expiry = expire_coupons(session)
+    result["expired"], result["withdrawn"] = expiry.expired, expiry.withdrawn
     return result
 
 
