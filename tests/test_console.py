@@ -166,6 +166,15 @@ def test_a_post_without_the_csrf_token_is_refused(seeded, console, path):
     assert client.post(path, data={"csrf_token": "forged", "intent": "preview"}).status_code == 400
 
 
+def test_a_body_larger_than_any_page_takes_is_refused_unread(seeded, console):
+    client = signed_in(console, "alice", "admin")
+    # A file part is not bound by the form-memory limit: unchecked, it would be spooled to disk.
+    body = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="huge.csv"\r\n\r\n'
+            + b"x" * (8 * 1024 * 1024) + b"\r\n--B--\r\n")
+    response = client.post("/console/rules/tags", data=body, content_type="multipart/form-data; boundary=B")
+    assert response.status_code == 413
+
+
 @pytest.mark.parametrize("path", ["/console/broadcasts/new", "/console/broadcasts/1/cancel",
                                   "/console/system/inbox/1/retry", "/console/tags/merge"])
 def test_viewers_change_nothing(seeded, console, db, path):

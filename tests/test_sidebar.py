@@ -266,6 +266,17 @@ def test_a_tap_tags_the_customer_as_the_member_and_pushes_it_to_wecom(world):
         == [wecom_id]
 
 
+def test_a_body_larger_than_any_the_page_sends_is_refused_before_it_is_read(world):
+    browser = sign_in(world, "zhangsan")
+    url, tag_id = f"{world.url}/sidebar/customer/{OWN}/tags", _tag_id(world, "问过价格")
+    padding = "x" * (64 * 1024)
+    refused = browser.post(url, json={"tag_id": tag_id, "checked": True, "padding": padding},
+                           headers={"X-CSRF-Token": _csrf(browser, world)})
+    assert refused.status_code == 413 and refused.json() == {"error": "请求过大"}
+    with world.db().begin() as session:
+        assert session.scalar(select(CustomerTag).where(CustomerTag.tag_id == tag_id)) is None
+
+
 def test_tags_of_another_members_customer_cannot_be_changed(world):
     browser = sign_in(world, "zhangsan")
     answer = browser.post(f"{world.url}/sidebar/customer/{OTHERS}/tags",

@@ -14,7 +14,7 @@ from bot.core import jsonsafe
 from bot.core.clock import Clock, system_clock
 from bot.core.config import Settings, install_secret_redaction
 from bot.startup import RuleReloader, load_settings
-from bot.web import inbox, sidebar, wiring
+from bot.web import api, inbox, sidebar, wiring
 
 
 class BoundedJSONProvider(DefaultJSONProvider):
@@ -45,6 +45,8 @@ def create_app(
     app.json = BoundedJSONProvider(app)
     app.config["SECRET_KEY"] = settings.app.secret_key or secrets.token_hex(32)
     app.config["PROPAGATE_EXCEPTIONS"] = False
+    # No page or API takes a larger body (the order API's own bound); the webhook reads its own, smaller.
+    app.config["MAX_CONTENT_LENGTH"] = api.MAX_BODY_BYTES
     app.extensions["scrm.settings"] = settings
     app.extensions["scrm.clock"] = clock
 

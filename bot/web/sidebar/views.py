@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, re
 from jinja2 import TemplateError
 from sqlalchemy import select
 from wechatpy.exceptions import WeChatClientException
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from bot.campaigns.coupons import coupon_vars, issue_by_staff, issued_by_staff_since
 from bot.contacts.customers import set_opted_out
@@ -48,9 +49,24 @@ _REQUEST_KEY = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _REFUSALS = {400: "客户标识无效", 404: "系统里还没有这位客户", 403: "无权为该客户发券"}
 
 
+# The page's JSON bodies are a tag id or a coupon definition: a few hundred bytes.
+MAX_BODY_BYTES = 64 * 1024
+
+
 def init_app(app: Flask, settings: Settings) -> None:
     configure_session(app, settings)
     app.register_blueprint(bp)
+
+
+@bp.before_request
+def _bound_body() -> None:
+    request.max_content_length = MAX_BODY_BYTES
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _too_large(_exc: RequestEntityTooLarge) -> tuple[Response, int]:
+    logger.warning("sidebar: %s %s refused: body larger than %d bytes", request.method, request.path, MAX_BODY_BYTES)
+    return jsonify(error="请求过大"), 413
 
 
 def _settings() -> Settings:
