@@ -95,7 +95,8 @@ def _channel_floor(session: Session, customer_id: int, policy: TierPolicy) -> tu
     if not stages:
         return None
     states = session.scalars(select(Follow.state).where(Follow.customer_id == customer_id,
-                                                        Follow.state.in_(list(stages)))).all()
+                                                        Follow.state.in_(list(stages)),
+                                                        Follow.ended_at.is_(None))).all()
     order = {"potential": 1, "intent": 2}
     return max(((state, stages[state]) for state in states), key=lambda pair: order[pair[1]], default=None)
 

@@ -412,11 +412,12 @@ def _stage(policy: TierPolicy, orders: Any, amount: Any) -> Any:
 
 
 def _came_through(policy: TierPolicy, stages: set[str]) -> Any:
-    """SQL: the customer added a member through a channel whose starting stage is one of ``stages``."""
+    """SQL: the customer follows a member they added through a channel whose starting stage is one of
+    ``stages`` (a follow that ended — either side removed the other — no longer holds them up)."""
     states = sorted(state for state, stage in policy.channel_stages if stage in stages)
     if not states:
         return false()
-    return exists().where(Follow.customer_id == Customer.id, Follow.state.in_(states))
+    return exists().where(Follow.customer_id == Customer.id, Follow.state.in_(states), Follow.ended_at.is_(None))
 
 
 def with_channel_stages(session: Session, policy: TierPolicy) -> TierPolicy:

@@ -349,8 +349,9 @@ def test_high_ticket_path_uses_interactions_and_intent_tags(db):
 
 def test_a_channels_starting_stage_is_a_floor_until_the_first_order(db):
     """High-ticket path: customers a channel brings in at 意向 or 潜在 stay there through the night's
-    re-tier (a channel row's stage wins over the config entry of the same state); a buyer stage named by
-    a channel is left to the orders, and an order moves the customer on; the why names the channel."""
+    re-tier while they follow that member (a channel row's stage wins over the config entry of the same
+    state); a buyer stage named by a channel is left to the orders, and an order moves the customer on;
+    the why names the channel."""
     from dataclasses import replace
 
     from bot.models import Channel, Follow, Staff
@@ -371,18 +372,23 @@ def test_a_channels_starting_stage_is_a_floor_until_the_first_order(db):
         session.add(Channel(state="row", stage="potential"))
         staff = Staff(userid="zhangsan")
         session.add(staff)
-        people = {e: Customer(external_userid=e, name="") for e in ("wmExpo", "wmAds", "wmFake", "wmRow", "wmBuy")}
+        people = {e: Customer(external_userid=e, name="")
+                  for e in ("wmExpo", "wmAds", "wmFake", "wmRow", "wmBuy", "wmGone")}
         session.add_all(people.values())
         session.flush()
         for external_userid, state in (("wmExpo", "expo"), ("wmAds", "ads"), ("wmFake", "fake"), ("wmRow", "row"),
-                                       ("wmBuy", "expo")):
-            session.add(Follow(customer_id=people[external_userid].id, staff_id=staff.id, state=state, added_at=now))
+                                       ("wmBuy", "expo"), ("wmGone", "expo")):
+            session.add(Follow(customer_id=people[external_userid].id, staff_id=staff.id, state=state, added_at=now,
+                               ended_at=now if external_userid == "wmGone" else None))
         OrderWriter(session).write([OrderRow("b1", "wmBuy", 100, now, now.astimezone(TZ).date().toordinal(), "paid")])
         retier(session, policy, AS_OF, TZ)
         stages = dict(session.execute(select(Customer.external_userid, Customer.stage)).all())
         why = explanation(session, people["wmExpo"], policy, AS_OF, TZ)
+        gone = explanation(session, people["wmGone"], policy, AS_OF, TZ)
+    # wmGone removed the member (or was removed): the channel no longer holds them up.
     assert stages == {"wmExpo": "intent", "wmAds": "potential", "wmFake": "stranger", "wmRow": "potential",
-                      "wmBuy": "first_purchase"}
+                      "wmBuy": "first_purchase", "wmGone": "stranger"}
+    assert "channel" not in gone.why["stage"]
     assert "came through channel expo" in why.why["stage"] and "经渠道「expo」添加，至少为意向" in why.why_zh["stage"]
 
 
