@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from bot.models import Channel, Follow, Transfer
 from bot.web.serving import BackgroundServer
 from tests.campaign_data import MORNING
-from tests.console_support import PASSWORD, add_user, seed_console, signed_in
+from tests.console_support import PASSWORD, add_user, csrf, seed_console, signed_in
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -91,3 +91,64 @@ def test_channel_charts_render_in_chromium(app, tmp_path):
         page.screenshot(path=str(tmp_path / "console-transfers.png"), full_page=True)
         browser.close()
     assert problems == []
+
+
+def test_an_operator_creates_and_deletes_a_channel_code_in_wecom(wired, sandbox):
+    from bot.models import AuditEntry
+    from tests.support import control, read
+
+    control(sandbox, "seed", {"staff": [{"userid": u, "name": u} for u in ("zhangsan", "lisi")]})
+    wired.extensions["scrm.clock"] = lambda: MORNING
+    viewer = signed_in(wired, "vera", "viewer")
+    page = viewer.get("/console/channels").get_data(as_text=True)
+    assert "新建渠道活码" not in page  # viewers read only
+    assert viewer.post("/console/channels/new", data={"csrf_token": csrf(viewer), "state": "expo"}).status_code == 403
+
+    client = signed_in(wired, "olga", "operator")
+    form = {"csrf_token": csrf(client), "state": "expo2026", "name": "车展<b>", "members": "zhangsan、lisi",
+            "tags": "来源/车展", "stage": "repeat", "welcome": "default", "cost": "6,000.50", "expires": ""}
+    for bad, reason in (({"cost": "=1+1"}, "not an amount"), ({"cost": "-1"}, "at most two decimals"),
+                        ({"expires": "2020-01-01"}, "already past"), ({"expires": "明天"}, "not a day"),
+                        ({"members": ""}, "1 to"), ({"welcome": "../x"}, "letters, digits"),
+                        ({"state": "a b"}, "spaces"), ({"members": "nobody"}, "WeCom refused: 60111")):
+        refused = client.post("/console/channels/new", data={**form, **bad})
+        text = refused.get_data(as_text=True)
+        assert refused.status_code == 400 and "未创建" in text and reason in text, (bad, text[:300])
+        assert 'value="车展&lt;b&gt;"' in text  # the form comes back as typed, escaped
+    assert read(sandbox, "contact_ways") == []
+
+    done = client.post("/console/channels/new", data=form)
+    assert done.status_code == 302
+    [way] = read(sandbox, "contact_ways")
+    assert (way["type"], way["state"], way["user"], way["skip_verify"], way["remark"]) == (
+        2, "expo2026", ["zhangsan", "lisi"], True, "车展<b>")
+    db = wired.extensions["scrm.db"]
+    with db.sessions() as s:
+        row = s.scalar(select(Channel).where(Channel.state == "expo2026"))
+        assert (row.members, row.tags, row.stage, row.cost_fen, row.config_id) == (
+            ["zhangsan", "lisi"], ["来源/车展"], "repeat", 600_050, way["config_id"])
+        audit = s.scalar(select(AuditEntry).where(AuditEntry.action == "channels.create"))
+        assert (audit.actor, audit.target, audit.after["members"]) == ("olga", "channel:expo2026", ["zhangsan", "lisi"])
+    page = client.get("/console/channels").get_data(as_text=True)
+    assert "已创建渠道 expo2026" in page and "zhangsan、lisi" in page and way["qr_code"] in page
+    again = client.post("/console/channels/new", data=form)
+    assert again.status_code == 400 and "exists already" in again.get_data(as_text=True)
+
+    assert viewer.post("/console/channels/expo2026/delete", data={"csrf_token": csrf(viewer)}).status_code == 403
+    gone = client.post("/console/channels/expo2026/delete", data={"csrf_token": csrf(client)})
+    assert gone.status_code == 302 and read(sandbox, "contact_ways") == []
+    with db.sessions() as s:
+        assert s.scalar(select(Channel.status).where(Channel.state == "expo2026")) == "deleted"
+        assert s.scalar(select(AuditEntry.before).where(AuditEntry.action == "channels.delete"))["config_id"] \
+            == way["config_id"]
+    missing = client.post("/console/channels/expo2026/delete", data={"csrf_token": csrf(client)}, follow_redirects=True)
+    assert "未删除" in missing.get_data(as_text=True)
+
+
+def test_without_wecom_the_create_form_says_why(app):
+    app.extensions["scrm.processor"].clients = None
+    client = signed_in(app, "olga", "operator")
+    page = client.get("/console/channels").get_data(as_text=True)
+    assert "WeCom 未配置" in page and "disabled" in page
+    refused = client.post("/console/channels/new", data={"csrf_token": csrf(client), "state": "k", "members": "a"})
+    assert refused.status_code == 400 and "WeCom is not configured" in refused.get_data(as_text=True)

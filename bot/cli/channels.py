@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import click
@@ -27,15 +26,14 @@ def _stages(cli: CliContext) -> tuple[str, ...]:
 
 
 def _fen(text: str | None) -> int | None:
+    from bot.contacts.channels import ChannelError, cost_fen
+
     if text is None:
         return None
     try:
-        value = Decimal(text.strip().replace(",", ""))
-    except InvalidOperation:
-        raise click.BadParameter(f"{text!r} is not an amount in 元 (e.g. 1500 or 1500.50)") from None
-    if not value.is_finite() or value < 0 or value > Decimal(10) ** 12 or value != value.quantize(Decimal("0.01")):
-        raise click.BadParameter(f"{text!r}: an amount in 元 ≥ 0 with at most two decimals")
-    return int(value * 100)
+        return cost_fen(text)
+    except ChannelError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _when(cli: CliContext, text: str | None) -> datetime | None:

@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -74,6 +75,17 @@ def seed_from_config(session: Session, settings: Settings) -> int:
 
 
 # ---------------------------------------------------------------------------- create / update / delete
+
+
+def cost_fen(text: str) -> int:
+    """What a channel cost, typed in 元 ("1500", "1,500.50"), as fen: ≥ 0 with at most two decimals."""
+    try:
+        value = Decimal(text.strip().replace(",", ""))
+    except InvalidOperation:
+        raise ChannelError(f"{text[:40]!r} is not an amount in 元 (e.g. 1500 or 1500.50)") from None
+    if not value.is_finite() or value < 0 or value > Decimal(10) ** 12 or value != value.quantize(Decimal("0.01")):
+        raise ChannelError(f"{text[:40]!r}: an amount in 元 ≥ 0 with at most two decimals")
+    return int(value * 100)
 
 
 def check_spec(spec: ChannelSpec, stages: Iterable[str], now: datetime, need_members: bool = True) -> None:
