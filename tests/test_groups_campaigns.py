@@ -206,3 +206,54 @@ def test_group_sop_steps_reach_each_group_once(wired, sandbox, scrm):
     assert "cancelled; 0 unsent" in scrm("groups", "sop", "cancel", "新群七天")
     texts = [m["text"]["content"] for m in read(sandbox, "sent")["mass_messages"] if m["chat_type"] == "group"]
     assert any(t.startswith("「打卡群」本周打卡开始啦") for t in texts)
+
+
+def test_the_console_shows_group_broadcasts_and_sops_with_outcomes_and_cancels_them(wired, sandbox, scrm):
+    from bot.models import AuditEntry, GroupBroadcast, GroupSop
+    from tests.console_support import csrf, signed_in
+
+    setup_groups(wired, sandbox)
+    at = (MORNING + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M")
+    scrm("groups", "broadcast", "create", "周末活动", "--audience", '{"owners": ["zhangsan", "lisi"]}',
+         "--template", "default=周末活动开始啦", "--at", at, "--yes")
+    scrm("groups", "broadcast", "send", at=MORNING + timedelta(hours=1, minutes=1))
+    for message in read(sandbox, "sent")["mass_messages"]:
+        control(sandbox, f"groups/mass_messages/{message['msgid']}/confirm", {})
+    scrm("groups", "broadcast", "results", "周末活动")
+    scrm("groups", "broadcast", "create", "月度<b>复盘</b>", "--audience", '{"owners": ["zhangsan"]}',
+         "--template", "default=月度复盘", "--cron", "0 10 1 * *", "--yes")
+    scrm("groups", "sop", "create", "新群七天", "--audience", '{"owners": ["zhangsan"]}',
+         "--step", "1=group_sop/rules", "--step", "7=group_sop/checkin", at=MORNING - timedelta(days=10))
+    wired.extensions["scrm.clock"] = lambda: MORNING + timedelta(hours=2)
+
+    viewer = signed_in(wired, "vera", "viewer")
+    page = viewer.get("/console/groups/campaigns").get_data(as_text=True)
+    assert "周末活动" in page and "已发送 3" in page and "3 个群" in page
+    assert "月度&lt;b&gt;复盘&lt;/b&gt;" in page and "0 10 1 * *" in page and "还没有运行" in page
+    assert "第 1 天 <code>group_sop/rules</code>（0）" in page and "owners=zhangsan" in page
+    assert "取消</button>" not in page  # viewers read only
+    db = wired.extensions["scrm.db"]
+    with db.sessions() as s:
+        monthly = s.scalar(select(GroupBroadcast.id).where(GroupBroadcast.name == "月度<b>复盘</b>"))
+        sop = s.scalar(select(GroupSop.id))
+    assert viewer.post(f"/console/groups/broadcasts/{monthly}/cancel",
+                       data={"csrf_token": csrf(viewer)}).status_code == 403
+
+    operator = signed_in(wired, "olga", "operator")
+    assert "取消</button>" in operator.get("/console/groups/campaigns").get_data(as_text=True)
+    done = operator.post(f"/console/groups/broadcasts/{monthly}/cancel", data={"csrf_token": csrf(operator)},
+                         follow_redirects=True).get_data(as_text=True)
+    assert "已取消群发「月度&lt;b&gt;复盘&lt;/b&gt;」" in done
+    stopped = operator.post(f"/console/groups/sops/{sop}/cancel", data={"csrf_token": csrf(operator)},
+                            follow_redirects=True).get_data(as_text=True)
+    assert "已取消群 SOP「新群七天」" in stopped and "已停用</span>" in stopped
+    again = operator.post(f"/console/groups/sops/{sop}/cancel", data={"csrf_token": csrf(operator)},
+                          follow_redirects=True).get_data(as_text=True)
+    assert "已取消过" in again
+    assert operator.post("/console/groups/sops/999/cancel", data={"csrf_token": csrf(operator)}).status_code == 404
+    with db.sessions() as s:
+        assert s.get(GroupBroadcast, monthly).status == "cancelled" and s.get(GroupSop, sop).status == "cancelled"
+        actions = [(a.actor, a.action, a.target) for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+    assert actions[-2:] == [("olga", "group_broadcasts.cancel", f"group_broadcast:{monthly}"),
+                            ("olga", "group_sops.cancel", f"group_sop:{sop}")]
+    assert "cancelled" in scrm("groups", "sop", "list")

@@ -106,6 +106,16 @@ def served(app: Any) -> Iterator[str]:
     app.extensions["scrm.clock"] = lambda: MORNING + timedelta(hours=1)
     seed_groups(app.extensions["scrm.db"])
     add_user(app.extensions["scrm.db"], "olga", "operator")
+    from bot.campaigns import group_broadcasts as gb
+    from bot.campaigns.group_sop import create_sop
+
+    settings = app.extensions["scrm.settings"]
+    with app.extensions["scrm.db"].begin() as s:
+        spec = gb.GroupBroadcastSpec("周末活动", {"tiers": ["high"]}, {"default": "周末活动开始啦"},
+                                     cron="0 10 * * 6")
+        gb.create(s, settings, spec, MORNING)
+        create_sop(s, settings, "新群七天", {}, [{"day": 1, "template": "group_sop/rules"},
+                                              {"day": 7, "template": "group_sop/checkin"}], MORNING)
     with BackgroundServer(app) as server:
         yield server.url
 
@@ -138,6 +148,10 @@ def test_group_pages_in_chromium(served, tmp_path):
             tab.wait_for_selector("p.flash")
             assert "高价值（设定）" in tab.inner_text("table.kv") and "会员、福利群" in tab.inner_text("table.kv")
             tab.screenshot(path=str(tmp_path / f"group-{name}.png"), full_page=True)
+            tab.click("text=客户群")
+            tab.click("text=群群发与群 SOP →")
+            tab.wait_for_selector("#group-sops")
+            tab.screenshot(path=str(tmp_path / f"group-campaigns-{name}.png"), full_page=True)
             assert problems == []
         browser.close()
 

@@ -391,7 +391,11 @@ def broadcast_rows(session: Session) -> list[dict[str, Any]]:
             {"runs": 1, "to_send": run.to_send, "skipped": sum(run.skipped.values())})
     return [{"id": b.id, "name": b.name, "status": b.status,
              "schedule": b.cron or (b.send_at.isoformat() if b.send_at else ""), "next_run_at": b.next_run_at,
-             "audience": GroupAudience.parse(b.audience, set(b.audience.get("tiers", [])) |
-                                             ({b.audience["mix"]["tier"]} if b.audience.get("mix") else set())
-                                             ).describe(), **totals.get(b.id, Counter())}
+             "audience": describe_audience(b.audience), **totals.get(b.id, Counter())}
             for b in session.scalars(select(GroupBroadcast).order_by(GroupBroadcast.id))]
+
+
+def describe_audience(stored: dict[str, Any]) -> str:
+    """A stored audience in words (its tiers are taken as known: the config may have changed since)."""
+    tiers = set(stored.get("tiers", [])) | ({stored["mix"]["tier"]} if stored.get("mix") else set())
+    return GroupAudience.parse(stored, tiers).describe()

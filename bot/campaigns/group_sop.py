@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jinja2 import TemplateSyntaxError
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from bot.campaigns.broadcasts import BroadcastError, tier_key_names
@@ -77,6 +77,21 @@ def create_sop(session: Session, settings: Settings, name: str, audience: dict[s
     session.add(sop)
     session.flush()
     return sop
+
+
+def cancel_sop(session: Session, sop: GroupSop, now: datetime | None = None) -> int:
+    """Stop an SOP; its steps not yet handed to WeCom are skipped. Returns how many."""
+    sop.status = "cancelled"
+    result = session.execute(update(OutboxMessage).where(
+        OutboxMessage.trigger_kind == "group_sop", OutboxMessage.trigger_ref.like(f"group_sop:{sop.id}:%"),
+        OutboxMessage.status == "pending").values(status="skipped", reason="SOP cancelled", updated_at=now or utcnow()))
+    return result.rowcount
+
+
+def planned_per_step(session: Session) -> dict[str, int]:
+    """Group messages each SOP step planned, by its trigger ref (``group_sop:<id>:<step index>``)."""
+    return dict(session.execute(select(OutboxMessage.trigger_ref, func.count()).where(
+        OutboxMessage.trigger_kind == "group_sop").group_by(OutboxMessage.trigger_ref)).all())
 
 
 def run_sops(session: Session, settings: Settings, now: datetime | None = None) -> SopRun:

@@ -439,13 +439,13 @@ def group_sop_create(cli: CliContext, name: str, audience_text: str | None, step
 @pass_cli
 def group_sop_list(cli: CliContext) -> None:
     """Group SOPs with their steps and how many group messages each step planned."""
-    from sqlalchemy import func, select
+    from sqlalchemy import select
 
-    from bot.models import GroupSop, OutboxMessage
+    from bot.campaigns.group_sop import planned_per_step
+    from bot.models import GroupSop
 
     with cli.db().sessions() as session:
-        planned = dict(session.execute(select(OutboxMessage.trigger_ref, func.count()).where(
-            OutboxMessage.trigger_kind == "group_sop").group_by(OutboxMessage.trigger_ref)).all())
+        planned = planned_per_step(session)
         rows = [[s.id, s.name, s.status, "; ".join(f"day {st['day']} {st['template']} ×"
                                                    f"{planned.get(f'group_sop:{s.id}:{i}', 0)}"
                                                    for i, st in enumerate(s.steps))]
@@ -458,19 +458,17 @@ def group_sop_list(cli: CliContext) -> None:
 @pass_cli
 def group_sop_cancel(cli: CliContext, name: str) -> None:
     """Stop an SOP; its steps not yet handed to WeCom are skipped."""
-    from sqlalchemy import select, update
+    from sqlalchemy import select
 
-    from bot.models import GroupSop, OutboxMessage
+    from bot.campaigns.group_sop import cancel_sop
+    from bot.models import GroupSop
 
     with cli.db().begin() as session:
         sop = session.scalar(select(GroupSop).where(GroupSop.name == name))
         if sop is None:
             raise click.ClickException(f"no group SOP {name!r}")
-        sop.status = "cancelled"
-        result = session.execute(update(OutboxMessage).where(
-            OutboxMessage.trigger_kind == "group_sop", OutboxMessage.trigger_ref.like(f"group_sop:{sop.id}:%"),
-            OutboxMessage.status == "pending").values(status="skipped", reason="SOP cancelled"))
-    click.echo(f"cancelled; {result.rowcount} unsent step(s) skipped")
+        skipped = cancel_sop(session, sop, cli.now())
+    click.echo(f"cancelled; {skipped} unsent step(s) skipped")
 
 
 @group_sop.command("run")

@@ -1,7 +1,8 @@
 """The console's 客户群 pages: each group with its members' tier mix, and one group with its welcome,
 join code and members, where operators set the group's tier (for tier-group broadcasts and SOPs) and
-its own labels, as `scrm groups tier` / `tag` do, audited. They share the console's sign-in, CSRF,
-headers and labels."""
+its own labels, as `scrm groups tier` / `tag` do, audited; and the group broadcasts and SOPs with each
+run's outcome, which operators may cancel, as `scrm groups broadcast cancel` / `sop cancel` do. They
+share the console's sign-in, CSRF, headers and labels."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any
 from flask import Blueprint, Flask, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
+from bot.campaigns import group_broadcasts
 from bot.campaigns.broadcasts import tier_key_names
+from bot.campaigns.group_sop import cancel_sop, planned_per_step
 from bot.campaigns.rules import value_tier_names
 from bot.contacts.groups import active_members, group_tier_key, tier_mix
-from bot.models import CustomerGroup
+from bot.models import CustomerGroup, GroupBroadcast, GroupSop
 from bot.outbox.messages import TIER_NAMES
 from bot.web.console import views
 from bot.web.console.figures import tier_label
@@ -27,6 +30,10 @@ PAGE = 200
 MEMBERS_SHOWN = 300
 CHURN_NAMES = {"low": "低", "medium": "中", "high": "高"}
 LABEL_MAX, TAGS_TEXT_MAX = 30, 2000
+RUNS_SHOWN = 5
+# The outbox statuses of a group message, as an owner sees them in WeCom.
+GROUP_MESSAGE_STATES = {"pending": "待提交", "sending": "提交中", "submitted": "待群主确认", "confirmed": "已发送",
+                        "failed": "失败", "skipped": "未发送"}
 
 
 def init_app(app: Flask) -> None:
@@ -93,6 +100,53 @@ def group_settings(group_id: int) -> Any:
             views._audit(s, "groups.update", f"group:{group.chat_id}", before, after)
     flash("已保存群层级与群标签" if after != before else "没有改动")
     return redirect(url_for("console_groups.group_page", group_id=group_id))
+
+
+@bp.get("/campaigns")
+def campaigns_page() -> str:
+    """Group broadcasts (schedule, audience, the latest runs by outcome with the reasons of those not sent)
+    and group SOPs (steps with how many group messages each planned)."""
+    with views._db().sessions() as s:
+        broadcasts = group_broadcasts.broadcast_rows(s)
+        for row in broadcasts:
+            broadcast = s.get(GroupBroadcast, row["id"])
+            row["cron"], row["send_at"] = broadcast.cron, broadcast.send_at
+            row["runs_shown"] = group_broadcasts.results(s, broadcast)[-RUNS_SHOWN:][::-1]
+        planned = planned_per_step(s)
+        sops = [{"sop": sop, "audience": group_broadcasts.describe_audience(sop.audience),
+                 "steps": [{**step, "planned": planned.get(f"group_sop:{sop.id}:{i}", 0)}
+                           for i, step in enumerate(sop.steps)]}
+                for sop in s.scalars(select(GroupSop).order_by(GroupSop.id))]
+    return render_template("console/group_campaigns.html", broadcasts=broadcasts, sops=sops,
+                           states=GROUP_MESSAGE_STATES)
+
+
+@bp.post("/broadcasts/<int:broadcast_id>/cancel")
+def cancel_broadcast(broadcast_id: int) -> Any:
+    return _cancel(GroupBroadcast, broadcast_id, "群发", "group_broadcast",
+                   lambda s, row: group_broadcasts.cancel(s, row, views._now()))
+
+
+@bp.post("/sops/<int:sop_id>/cancel")
+def cancel_group_sop(sop_id: int) -> Any:
+    return _cancel(GroupSop, sop_id, "群 SOP", "group_sop", lambda s, row: cancel_sop(s, row, views._now()))
+
+
+def _cancel(model: Any, row_id: int, label: str, kind: str, cancel: Any) -> Any:
+    """Cancel a group broadcast or SOP (its unsent group messages skipped), audited as ``<kind>s.cancel``."""
+    with views._db().begin() as s:
+        row = s.get(model, row_id)
+        if row is None:
+            abort(404, f"no such {kind.replace('_', ' ')}")
+        name = row.name
+        if row.status == "cancelled":
+            flash(f"{label}「{name}」已取消过")
+            return redirect(url_for("console_groups.campaigns_page"))
+        before = {"status": row.status}
+        skipped = cancel(s, row)
+        views._audit(s, f"{kind}s.cancel", f"{kind}:{row.id}", before, {"status": row.status, "skipped": skipped})
+    flash(f"已取消{label}「{name}」，{skipped} 条未提交的群消息不再发送")
+    return redirect(url_for("console_groups.campaigns_page"))
 
 
 def _tier_choices(current: str | None) -> list[tuple[str, str]]:
