@@ -63,7 +63,32 @@ def test_import_error_file_is_real_csv_with_neutralised_cells(cli_env, tmp_path)
     result = CliRunner(env={"SCRM_CONFIG": None, **cli_env}).invoke(
         main, ["import-orders", str(orders), "--no-progress", "--errors-out", str(errors)])
     assert result.exit_code in (0, 1), result.output
-    rows = list(csv.reader(io.StringIO(errors.read_text(encoding="utf-8"), newline="")))
+    header, *rows = list(csv.reader(io.StringIO(errors.read_text(encoding="utf-8"), newline="")))
+    assert header == ["line", "reason"]
     assert [r[0] for r in rows] == ["2", "3"] and all(len(r) == 2 for r in rows)  # one reason per line, whole
     for _, reason in rows:
         assert not reason.startswith(("=", "+", "-", "@", "\t", "\r"))
+
+
+def test_no_csv_is_written_over_the_database_or_the_input_or_into_a_missing_folder(cli_env, database_url, tmp_path):
+    from bot.core.db import sqlite_file
+
+    runner = CliRunner(env={"SCRM_CONFIG": None, **cli_env})
+    orders = tmp_path / "orders.csv"
+    content = "order_id,external_userid,amount,paid_at\no1,wmA,x,2025-01-01T10:00:00+08:00\n"
+    orders.write_text(content, encoding="utf-8")
+    onto_input = runner.invoke(main, ["import-orders", str(orders), "--no-progress", "--errors-out", str(orders)])
+    assert onto_input.exit_code == 1 and "is the input file" in onto_input.output
+    assert orders.read_text(encoding="utf-8") == content
+    missing = tmp_path / "no-such-folder" / "x.csv"
+    for args in (["export", "customers", "--out", str(missing)],
+                 ["import-orders", str(orders), "--no-progress", "--errors-out", str(missing)]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 1 and "no folder" in result.output and "Traceback" not in result.output, args
+    database = sqlite_file(database_url)
+    if database is not None:  # SQLite: the file a careless --out would empty
+        runner.invoke(main, ["init"])
+        before = database.read_bytes()
+        result = runner.invoke(main, ["export", "customers", "--out", str(database)])
+        assert result.exit_code == 1 and "is the database itself" in result.output
+        assert database.read_bytes() == before

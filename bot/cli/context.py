@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -112,3 +112,36 @@ def _width(text: str) -> int:
     import unicodedata
 
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def check_output(cli: CliContext, path: Path, *inputs: Path) -> None:
+    """Refuse, before any work, a file to write that is the database or one of the command's input files
+    (opening it would empty them first), or whose folder does not exist."""
+    from bot.core.db import sqlite_file
+
+    database = sqlite_file(cli.settings().database.url)
+    protected = [(p, "the database itself") for p in ([database] if database else [])]
+    protected += [(p, "the input file") for p in inputs]
+    for other, what in protected:
+        if any(_same_file(path, Path(f"{other}{tail}")) for tail in ("", "-wal", "-shm", "-journal")):
+            raise click.ClickException(f"{path} is {what}: choose another file to write")
+    if not path.absolute().parent.is_dir():
+        raise click.ClickException(f"cannot write {path}: no folder {path.absolute().parent}")
+
+
+def open_output(cli: CliContext, path: Path, *inputs: Path) -> IO[str]:
+    """``path`` opened for writing CSV text after :func:`check_output`; a refusal by the system is one line."""
+    check_output(cli, path, *inputs)
+    try:
+        return path.open("w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+        return a.absolute().resolve() == b.absolute().resolve()
+    except OSError:
+        return False

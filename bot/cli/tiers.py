@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bot.cli.context import CliContext, pass_cli, render_table
+from bot.cli.context import CliContext, check_output, open_output, pass_cli, render_table
 
 if TYPE_CHECKING:
     from segments.imports import ImportSummary
@@ -80,7 +80,7 @@ def _import(cli: CliContext, path: Path, importer, what: str, encoding: str,  # 
         progress.close()
 
 
-def _report(summary: ImportSummary, errors_out: Path | None) -> None:
+def _report(cli: CliContext, summary: ImportSummary, errors_out: Path | None, source: Path) -> None:
     click.echo(f"read {summary.read}, inserted {summary.inserted}, updated {summary.updated}, "
                f"unchanged {summary.unchanged}, skipped {summary.skipped}"
                + (f", new customer stubs {summary.customers_created}" if summary.customers_created else ""))
@@ -94,9 +94,11 @@ def _report(summary: ImportSummary, errors_out: Path | None) -> None:
     if errors_out:
         from segments.export import SafeCsvWriter
 
-        with errors_out.open("w", encoding="utf-8", newline="") as fh:
+        with open_output(cli, errors_out, source) as fh:
             # Reasons quote the rejected input: quoted, and neutralised like every CSV cell we write.
-            SafeCsvWriter(fh).writerows(summary.errors)
+            writer = SafeCsvWriter(fh)
+            writer.writerow(["line", "reason"])
+            writer.writerows(summary.errors)
     if summary.read and summary.skipped >= summary.read:
         raise click.ClickException(f"all {summary.read} rows were skipped: nothing imported")
 
@@ -125,8 +127,10 @@ def import_orders_cmd(cli: CliContext, file: Path, errors_out: Path | None, enco
     Idempotent on order_id; bad rows are skipped and reported. Exits 1 when every row is skipped."""
     from segments.imports import import_orders
 
+    if errors_out:
+        check_output(cli, errors_out, file)
     progress = _ImportProgress("orders", not no_progress)
-    _report(_import(cli, file, import_orders, "orders", encoding.lower(), progress), errors_out)
+    _report(cli, _import(cli, file, import_orders, "orders", encoding.lower(), progress), errors_out, file)
     _report_tags(_apply_tag_rules(cli, progress))
 
 
@@ -160,8 +164,10 @@ def import_customers_cmd(cli: CliContext, file: Path, errors_out: Path | None, e
     without an offset a local time in app.timezone). Exits 1 when every row is skipped."""
     from segments.imports import import_customers
 
-    _report(_import(cli, file, import_customers, "customers", encoding.lower(),
-                    _ImportProgress("customers", not no_progress)), errors_out)
+    if errors_out:
+        check_output(cli, errors_out, file)
+    _report(cli, _import(cli, file, import_customers, "customers", encoding.lower(),
+                         _ImportProgress("customers", not no_progress)), errors_out, file)
 
 
 def _as_of(value: str | None, cli: CliContext) -> date:
@@ -344,6 +350,6 @@ def export_customers_cmd(cli: CliContext, out: Path | None) -> None:
         if out is None:
             export_customers(session, sys.stdout)
             return
-        with out.open("w", encoding="utf-8", newline="") as fh:
+        with open_output(cli, out) as fh:
             count = export_customers(session, fh)
     click.echo(f"wrote {count} customers to {out}")
