@@ -253,3 +253,92 @@ def test_console_rules_refuse_deep_json_with_the_reason():
 
     with pytest.raises(ConfigError, match="nested more than 64"):
         _parse("tags.rules", "[" * 30_000 + "]" * 30_000)  # within the 64 KB a rules list may have
+
+
+# ---------------------------------------------------------------- numbers, dates and text past what they can mean
+
+
+def test_text_with_a_lone_surrogate_is_400_and_a_surrogate_pair_is_text(client, token, db):
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    body = json.dumps([order("X\ud800", "1")])  # ensure_ascii: the lone surrogate travels as \ud800
+    refused = client.post("/api/v1/orders", data=body, headers=headers)
+    assert refused.status_code == 400 and "surrogate" in refused.get_json()["error"]
+    paired = json.dumps([order("emoji-\U0001F600", "1")])  # the pair \ud83d\ude00
+    assert client.post("/api/v1/orders", data=paired, headers=headers).status_code == 200
+    assert stored_orders(db) == {"emoji-😀": 100}
+    redeem = client.post("/api/v1/coupons/redeem", data='{"code": "\\udc00"}', headers=headers)
+    assert redeem.status_code == 400
+
+
+def test_customer_filters_take_only_known_values_once(client, cli_env):
+    result = CliRunner(env={"SCRM_CONFIG": None, **cli_env}).invoke(
+        main, ["token", "create", "reader", "--read-customers"])
+    headers = {"Authorization": f"Bearer {result.stdout.strip().splitlines()[0]}"}
+    assert client.get("/api/v1/customers?value_tier=high", headers=headers).status_code == 200
+    typo = client.get("/api/v1/customers?value_tier=High", headers=headers)
+    assert typo.status_code == 400 and "not one of high" in typo.get_json()["error"]
+    twice = client.get("/api/v1/customers?value_tier=high&value_tier=low", headers=headers)
+    assert twice.status_code == 400 and "once" in twice.get_json()["error"]
+
+
+def test_ids_past_a_bigint_or_in_other_digits_are_404_or_400_never_500(app, db):
+    from tests.console_support import csrf, signed_in
+
+    client = signed_in(app, "alice", "admin")
+    huge = "99999999999999999999"
+    for path in (f"/console/customers/{huge}", f"/console/groups/{huge}", f"/console/broadcasts/{huge}"):
+        assert client.get(path).status_code == 404, path
+    for path in (f"/console/broadcasts/{huge}/cancel", f"/console/system/inbox/{huge}/retry",
+                 f"/console/groups/{huge}/settings", f"/console/groups/sops/{huge}/cancel"):
+        assert client.post(path, data={"csrf_token": csrf(client)}).status_code == 404, path
+    assert client.get("/console/customers?after=²").status_code == 400
+    assert client.get("/console/audit?before=²").status_code == 200
+    stale = client.post("/console/rules/kf.reply_rules", data={"csrf_token": csrf(client), "rules": "[]",
+                                                               "revision": huge + "999"})
+    assert stale.status_code == 400 and "版本号" in stale.get_data(as_text=True)
+    for form, reason in (({"holdout": "²"}, "hold-out"), ({"send_at": "9999-12-31T23:59:59-12:00"}, "out of range"),
+                         ({"send_at": "0001-01-01T00:00:00+14:00"}, "out of range")):
+        page = client.post("/console/broadcasts/new", data={"csrf_token": csrf(client), "name": "b",
+                                                            "tpl_default": "hi", "intent": "schedule", **form})
+        assert page.status_code == 400 and reason in page.get_data(as_text=True), form
+
+
+@pytest.mark.parametrize(("args", "message", "code"), [
+    (["customer", "show", "²"], "no customer", 1),
+    (["customer", "show", "99999999999999999999"], "no customer", 1),
+    (["customer", "forget", "99999999999999999999", "--yes"], "no customer", 1),
+    (["inbox", "show", "99999999999999999999"], "99999999999999999999", 2),
+    (["groups", "show", "²"], "no group", 1),
+    (["retier", "--as-of", "0001-01-01"], "out of range", 2),
+    (["retier", "--as-of", "9999-12-31"], "out of range", 2),
+    (["broadcast", "create", "n", "--template", "default=hi", "--at", "9999-12-31 23:59", "--yes"], "out of range", 2),
+    (["broadcast", "create", "n", "--template", "default=hi", "--cron", "0 10 * * *", "--audience",
+      '{"added_after": "0001-01-01"}', "--yes"], "out of range", 1),
+    (["broadcast", "create", "n", "--template", "default=hi", "--cron", "0 10 * * *", "--audience",
+      '{"min_orders": 99999999999999999999999}', "--yes"], "whole number", 1),
+    (["broadcast", "create", "n", "--template", "default=hi", "--audience", "@/nonexistent/a.json", "--cron",
+      "0 10 * * *", "--yes"], "cannot read", 2),
+])
+def test_cli_refuses_what_it_cannot_mean_in_one_line(cli_env, args, message, code):
+    runner = CliRunner(env={"SCRM_CONFIG": None, **cli_env})
+    runner.invoke(main, ["init"])
+    result = runner.invoke(main, args)
+    assert result.exit_code == code and message in result.output and "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_broadcast_given_both_a_time_and_a_cron_is_refused_before_its_preview(cli_env):
+    runner = CliRunner(env={"SCRM_CONFIG": None, **cli_env})
+    runner.invoke(main, ["init"])
+    result = runner.invoke(main, ["broadcast", "create", "n", "--template", "default=hi", "--at", "2999-01-01 10:00",
+                                  "--cron", "0 10 * * *"], input="y\n")
+    assert result.exit_code == 1 and "either a send time" in result.output and "schedule it?" not in result.output
+
+
+def test_a_sidebar_tag_id_must_be_a_real_row_id(app):
+    from bot.web.sidebar.views import _tag_from_request
+
+    with app.extensions["scrm.db"].sessions() as session:
+        for bad in (2**70, True, -1, 0, "1", 1.5):
+            assert _tag_from_request(session, {"tag_id": bad}, None, app.extensions["scrm.settings"]) \
+                == ("标签不存在", 400), bad

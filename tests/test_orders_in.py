@@ -152,7 +152,8 @@ def test_cli_import_prints_summary_and_writes_error_file(cli_env, tmp_path):
     assert result.exit_code == 0
     assert "read 2, inserted 1, updated 0, unchanged 0, skipped 1" in result.output
     assert "line 3: amount" in result.output
-    first = next(csv.reader(io.StringIO(errors.read_text(encoding="utf-8"), newline="")))
+    header, first = list(csv.reader(io.StringIO(errors.read_text(encoding="utf-8"), newline="")))[:2]
+    assert header == ["line", "reason"]
     assert first[0] == "3" and first[1].startswith("amount") and len(first) == 2  # the reason's comma is quoted
     failed = scrm(cli_env, "import-orders", str(tmp_path / "nope.csv"), "--no-progress")
     assert failed.exit_code == 1 and "cannot open" in failed.output

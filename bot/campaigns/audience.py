@@ -21,6 +21,7 @@ from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from bot.core.db import MAX_ROW_ID
 from bot.models import (
     CHURN_RISKS,
     Customer,
@@ -36,6 +37,12 @@ from bot.models import (
 from segments.money import number_to_fen
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, STAGE_PATHS
 from segments.rfm import SEGMENT_NAMES
+
+
+def tier_choices(value_tiers: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The values each tier filter may take (the config's value tiers, the fixed dimensions' codes)."""
+    return {"rfm_segments": tuple(SEGMENT_NAMES), "stages": ALL_STAGES, "engagement": ENGAGEMENT_STATES,
+            "activity": ACTIVITY_LEVELS, "value_tiers": tuple(value_tiers), "churn_risk": CHURN_RISKS}
 
 
 class AudienceError(ValueError):
@@ -89,8 +96,7 @@ class Audience:
         if unknown:
             raise AudienceError(f"unknown audience key(s) {unknown}; known: {sorted(known)}")
         values: dict[str, Any] = {}
-        allowed = {"rfm_segments": tuple(SEGMENT_NAMES), "stages": ALL_STAGES, "engagement": ENGAGEMENT_STATES,
-                   "activity": ACTIVITY_LEVELS, "value_tiers": value_tiers, "churn_risk": CHURN_RISKS}
+        allowed = tier_choices(value_tiers)
         for key in LIST_KEYS:
             if key not in raw:
                 continue
@@ -114,14 +120,17 @@ class Audience:
                     values[key] = date.fromisoformat(str(raw[key]))
                 except ValueError:
                     raise AudienceError(f"audience.{key} must be a date YYYY-MM-DD, got {raw[key]!r}") from None
+                if not 1970 <= values[key].year <= 2999:  # year 1 or 9999 overflow in a time zone's arithmetic
+                    raise AudienceError(f"audience.{key} is out of range (years 1970–2999), got {raw[key]!r}")
         if "has_ordered" in raw:
             if not isinstance(raw["has_ordered"], bool):
                 raise AudienceError("audience.has_ordered must be true or false")
             values["has_ordered"] = raw["has_ordered"]
         if "min_orders" in raw:
-            if not isinstance(raw["min_orders"], int) or isinstance(raw["min_orders"], bool) or raw["min_orders"] < 0:
+            value = raw["min_orders"]
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ROW_ID:
                 raise AudienceError("audience.min_orders must be a whole number ≥ 0")
-            values["min_orders"] = raw["min_orders"]
+            values["min_orders"] = value
         for field_name, key in FEN_KEYS.items():
             if key in raw:
                 try:

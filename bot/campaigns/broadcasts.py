@@ -14,7 +14,7 @@ import logging
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, UndefinedError, meta
@@ -49,6 +49,7 @@ from bot.campaigns.coupons import CouponBook, coupon_vars, issue
 from bot.campaigns.push import NO_SENDER
 from bot.campaigns.rules import cron_trigger, value_tier_names
 from bot.core.config import Settings
+from bot.core.db import row_id
 from bot.models import (
     Broadcast,
     BroadcastRun,
@@ -78,6 +79,21 @@ SAMPLES_PER_TIER = 3
 
 class BroadcastError(ValueError):
     """The broadcast cannot be created or changed as asked; the message says why."""
+
+
+SEND_YEARS = (1970, 2999)
+
+
+def parse_send_time(text: str, tz: tzinfo) -> datetime:
+    """A send time typed by a person: ISO 8601 (``YYYY-MM-DD HH:MM``), local in ``tz`` without an offset, in
+    a year a schedule can mean (year 1 or 9999 overflowed the time arithmetic)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BroadcastError(f"send time {text[:40]!r}: use YYYY-MM-DD HH:MM (local time)") from None
+    if not SEND_YEARS[0] <= moment.year <= SEND_YEARS[1]:
+        raise BroadcastError(f"send time {text[:40]!r} is out of range (years {SEND_YEARS[0]}–{SEND_YEARS[1]})")
+    return moment if moment.tzinfo else moment.replace(tzinfo=tz)
 
 
 # ---------------------------------------------------------------- content
@@ -204,15 +220,9 @@ def create_broadcast(session: Session, settings: Settings, spec: BroadcastSpec, 
                      ) -> Broadcast:
     now = now or utcnow()
     audience, _ = validate_spec(session, settings, spec)
-    if (spec.send_at is None) == (spec.cron is None):
-        raise BroadcastError("give either a send time (once) or a cron expression (repeating)")
+    next_run = check_schedule(spec, settings, now)
     if session.scalar(select(Broadcast.id).where(Broadcast.name == spec.name)) is not None:
         raise BroadcastError(f"a broadcast named {spec.name!r} exists already")
-    if spec.send_at is not None:
-        check_send_time(spec.send_at, settings, now)
-        next_run = spec.send_at
-    else:
-        next_run = next_cron_time(str(spec.cron), settings, now)
     broadcast = Broadcast(name=spec.name, audience=audience.to_dict(), templates=dict(spec.templates),
                           send_at=spec.send_at, cron=spec.cron, coupon=spec.coupon or None,
                           holdout_percent=settings.broadcasts.holdout_percent if spec.holdout_percent is None
@@ -220,6 +230,17 @@ def create_broadcast(session: Session, settings: Settings, spec: BroadcastSpec, 
     session.add(broadcast)
     session.flush()
     return broadcast
+
+
+def check_schedule(spec: BroadcastSpec, settings: Settings, now: datetime) -> datetime:
+    """The first run of a one-off (a send time not in the past) or repeating (a cron that fires) broadcast,
+    given one or the other: checked before a preview, so that nothing is previewed that cannot be made."""
+    if (spec.send_at is None) == (spec.cron is None):
+        raise BroadcastError("give either a send time (once) or a cron expression (repeating)")
+    if spec.send_at is not None:
+        check_send_time(spec.send_at, settings, now)
+        return spec.send_at
+    return next_cron_time(str(spec.cron), settings, now)
 
 
 def check_send_time(send_at: datetime, settings: Settings, now: datetime) -> None:
@@ -246,8 +267,8 @@ def next_cron_time(expression: str, settings: Settings, after: datetime) -> date
 def find_broadcast(session: Session, name_or_id: str) -> Broadcast:
     query = select(Broadcast).where(Broadcast.name == name_or_id)
     found = session.scalar(query)
-    if found is None and name_or_id.isdigit():
-        found = session.get(Broadcast, int(name_or_id))
+    if found is None and (number := row_id(name_or_id)) is not None:
+        found = session.get(Broadcast, number)
     if found is None:
         raise BroadcastError(f"no broadcast {name_or_id!r} (see `scrm broadcast list`)")
     return found

@@ -21,6 +21,7 @@ from bot.campaigns.broadcasts import BroadcastError, check_send_time, next_cron_
 from bot.campaigns.group_welcome import tier_label
 from bot.contacts.groups import TierMix, group_tier_key, tier_mix
 from bot.core.config import Settings
+from bot.core.db import row_id
 from bot.models import CustomerGroup, GroupBroadcast, GroupBroadcastRun, OutboxMessage, utcnow
 from bot.outbox.messages import MessageTemplates, refusal
 from bot.outbox.policy import COUNTED_STATUSES, ContactPolicy
@@ -216,8 +217,8 @@ def create(session: Session, settings: Settings, spec: GroupBroadcastSpec, now: 
 
 def find(session: Session, name_or_id: str) -> GroupBroadcast:
     found = session.scalar(select(GroupBroadcast).where(GroupBroadcast.name == name_or_id))
-    if found is None and name_or_id.isdigit():
-        found = session.get(GroupBroadcast, int(name_or_id))
+    if found is None and (number := row_id(name_or_id)) is not None:
+        found = session.get(GroupBroadcast, number)
     if found is None:
         raise BroadcastError(f"no group broadcast {name_or_id!r} (see `scrm groups broadcast list`)")
     return found

@@ -29,7 +29,7 @@ def _audience(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     if text.startswith("@"):
-        text = Path(text[1:]).read_text(encoding="utf-8")
+        text = _read_text_file(text[1:], "--audience")
     try:
         value = jsonsafe.loads(text)
     except ValueError as exc:  # not JSON, or nested deeper than any audience
@@ -46,25 +46,26 @@ def _templates(inline: tuple[str, ...], files: tuple[str, ...]) -> dict[str, str
         if not sep or not key.strip():
             raise click.BadParameter(f"{item!r}: use TIER=TEXT (TIER = default, a value tier or an RFM segment)",
                                      param_hint="--template")
-        out[key.strip()] = _read_template_file(value) if from_file else value
+        out[key.strip()] = _read_text_file(value, "--template-file") if from_file else value
     return out
 
 
-def _read_template_file(path: str) -> str:
+def _read_text_file(path: str, option: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint="--template-file") from None
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint=option) from None
     except UnicodeDecodeError:
-        raise click.BadParameter(f"{path} is not UTF-8 text", param_hint="--template-file") from None
+        raise click.BadParameter(f"{path} is not UTF-8 text", param_hint=option) from None
 
 
 def _local_time(text: str, cli: CliContext) -> datetime:
+    from bot.campaigns.broadcasts import BroadcastError, parse_send_time
+
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: use YYYY-MM-DD HH:MM (local time)", param_hint="--at") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=cli.settings().tz)
+        return parse_send_time(text, cli.settings().tz)
+    except BroadcastError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at") from None
 
 
 def _show_preview(p: Preview, cli: CliContext) -> None:
@@ -105,14 +106,13 @@ def broadcast_create(cli: CliContext, name: str, audience_text: str | None, inli
                      files: tuple[str, ...], at_text: str | None, cron: str | None, holdout: int | None,
                      coupon: str | None, yes: bool) -> None:
     """Preview a broadcast, then schedule it."""
-    from bot.campaigns.broadcasts import BroadcastError, BroadcastSpec, check_send_time, create_broadcast, preview
+    from bot.campaigns.broadcasts import BroadcastError, BroadcastSpec, check_schedule, create_broadcast, preview
 
     settings = cli.settings()
     spec = BroadcastSpec(name, _audience(audience_text), _templates(inline, files),
                          _local_time(at_text, cli) if at_text else None, cron, holdout, coupon)
     try:
-        if spec.send_at is not None:  # before the preview: a past time is refused, not previewed
-            check_send_time(spec.send_at, settings, cli.now())
+        check_schedule(spec, settings, cli.now())  # before the preview: nothing is previewed that cannot be made
         with cli.db().begin() as session:
             _show_preview(preview(session, settings, spec, spec.send_at or cli.now()), cli)
             if not yes:
@@ -241,11 +241,12 @@ def coupons_definitions(cli: CliContext) -> None:
 def _customer(session: Any, ref: str) -> Customer:
     from sqlalchemy import select
 
+    from bot.core.db import row_id
     from bot.models import Customer
 
     customer = session.scalar(select(Customer).where(Customer.external_userid == ref))
-    if customer is None and ref.isdigit():
-        customer = session.get(Customer, int(ref))
+    if customer is None and (number := row_id(ref)) is not None:
+        customer = session.get(Customer, number)
     if customer is None:
         raise click.ClickException(f"no customer {ref!r}")
     return customer

@@ -44,7 +44,7 @@ def list_events(cli: CliContext, status: str | None, limit: int) -> None:
 
 
 @inbox.command("show")
-@click.argument("event_id", type=int)
+@click.argument("event_id", type=click.IntRange(1, 2**63 - 1))
 @pass_cli
 def show(cli: CliContext, event_id: int) -> None:
     """Print one event: its fields, status, last error and the decrypted XML."""
@@ -65,7 +65,7 @@ def show(cli: CliContext, event_id: int) -> None:
 
 
 @inbox.command("retry")
-@click.argument("event_id", type=int)
+@click.argument("event_id", type=click.IntRange(1, 2**63 - 1))
 @click.option("--queue-only", is_flag=True, help="Only mark it due; let the running worker pick it up.")
 @pass_cli
 def retry(cli: CliContext, event_id: int, queue_only: bool) -> None:
@@ -74,7 +74,7 @@ def retry(cli: CliContext, event_id: int, queue_only: bool) -> None:
 
 
 @inbox.command("replay")
-@click.argument("event_id", type=int)
+@click.argument("event_id", type=click.IntRange(1, 2**63 - 1))
 @click.option("--queue-only", is_flag=True, help="Only mark it due; let the running worker pick it up.")
 @pass_cli
 def replay(cli: CliContext, event_id: int, queue_only: bool) -> None:

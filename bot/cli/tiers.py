@@ -174,9 +174,12 @@ def _as_of(value: str | None, cli: CliContext) -> date:
     if value is None:
         return cli.today()
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise click.BadParameter("use YYYY-MM-DD", param_hint="--as-of") from None
+    if not 1970 <= day.year <= 2999:  # the windows before it (up to years) must stay inside the calendar
+        raise click.BadParameter(f"{value} is out of range (years 1970–2999)", param_hint="--as-of")
+    return day
 
 
 @click.command("retier")
@@ -283,6 +286,7 @@ def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) ->
     from the last `scrm predict fit` (CUSTOMER_REF: external_userid or id)."""
     from sqlalchemy import select
 
+    from bot.core.db import row_id
     from bot.models import Customer
     from segments.explain import explain
     from segments.policy import TierPolicy
@@ -292,8 +296,8 @@ def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) ->
     with cli.db().sessions() as session:
         query = select(Customer).where(Customer.external_userid == customer_ref)
         customer = session.scalar(query)
-        if customer is None and customer_ref.isdigit():
-            customer = session.get(Customer, int(customer_ref))
+        if customer is None and (number := row_id(customer_ref)) is not None:
+            customer = session.get(Customer, number)
         if customer is None:
             raise click.ClickException(f"no customer {customer_ref}")
         for line in explain(session, customer, TierPolicy.of(cli.rule_settings()), _as_of(as_of_text, cli),
@@ -311,12 +315,13 @@ def _opt_command(out: bool) -> Any:
         from sqlalchemy import select
 
         from bot.contacts.customers import set_opted_out
+        from bot.core.db import row_id
         from bot.models import Customer, utcnow
 
         with cli.db().begin() as session:
             customer = session.scalar(select(Customer).where(Customer.external_userid == customer_ref))
-            if customer is None and customer_ref.isdigit():
-                customer = session.get(Customer, int(customer_ref))
+            if customer is None and (number := row_id(customer_ref)) is not None:
+                customer = session.get(Customer, number)
             if customer is None:
                 raise click.ClickException(f"no customer {customer_ref}")
             moved = set_opted_out(session, customer, out, utcnow(), via="cli", by=by or None)

@@ -21,6 +21,7 @@ from datetime import datetime
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from bot.core.db import row_id
 from bot.core.privacy import forgotten_key, is_forgotten_key
 from bot.models import (
     AuditEntry,
@@ -51,8 +52,8 @@ def find_customer(session: Session, ref: str) -> Customer | None:
     customer = session.scalar(select(Customer).where(Customer.external_userid == ref))
     if customer is None:
         customer = session.scalar(select(Customer).where(Customer.external_userid == forgotten_key(ref)))
-    if customer is None and ref.isdigit():
-        customer = session.get(Customer, int(ref))
+    if customer is None and (number := row_id(ref)) is not None:
+        customer = session.get(Customer, number)
     return customer
 
 

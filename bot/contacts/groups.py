@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bot.contacts.interactions import add_interaction
+from bot.core.db import row_id
 from bot.models import (
     MEMBER_EXTERNAL,
     MEMBER_STAFF,
@@ -76,8 +77,8 @@ def find_group(session: Session, ref: str) -> CustomerGroup | None:
     if group is None:
         named = session.scalars(select(CustomerGroup).where(CustomerGroup.name == ref).limit(2)).all()
         group = named[0] if len(named) == 1 else None
-    if group is None and ref.isdigit():
-        group = session.get(CustomerGroup, int(ref))
+    if group is None and (number := row_id(ref)) is not None:
+        group = session.get(CustomerGroup, number)
     return group
 
 

@@ -328,3 +328,16 @@ def downgrade_schema(engine: Engine, revision: str = "base") -> None:
     from alembic import command
 
     command.downgrade(alembic_config(engine), revision)
+
+
+MAX_ROW_ID = 2**63 - 1  # a BIGINT key, on SQLite and PostgreSQL alike
+
+
+def row_id(text: str) -> int | None:
+    """A row id typed by a person (ASCII digits within a BIGINT), else None: "²" and "１２" are digits to
+    str.isdigit but not to int(), and a number past 2⁶³ overflows the database driver."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    value = int(text)
+    return value if value <= MAX_ROW_ID else None

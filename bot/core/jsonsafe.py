@@ -13,6 +13,10 @@ from typing import Any
 MAX_DEPTH = 64
 _SPECIAL = re.compile(rb'[\[\]{}"\\]')
 _OPEN, _CLOSE, _QUOTE, _BACKSLASH = frozenset(b"[{"), frozenset(b"]}"), ord('"'), ord("\\")
+# A "\ud800" escape (or a surrogate the bytes decoded to) that no pair completes is text no database or
+# encoder takes: UTF-8 cannot hold it. Only text that has one of these is walked after parsing.
+_SURROGATE_HINT = re.compile(r"\\u[dD][89abcdefABCDEF]|[\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class JsonTooDeep(ValueError):
@@ -52,4 +56,17 @@ def loads(data: bytes | str, **kwargs: Any) -> Any:
     if isinstance(data, bytes | bytearray):
         data = bytes(data).decode(json.detect_encoding(data), "surrogatepass")
     check_depth(data)
-    return json.loads(data, **kwargs)
+    value = json.loads(data, **kwargs)
+    if _SURROGATE_HINT.search(data) and _has_lone_surrogate(value):
+        raise ValueError("text holds a lone UTF-16 surrogate (\\ud800–\\udfff): not Unicode text")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False

@@ -16,6 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from bot.campaigns.audience import tier_choices
+from bot.campaigns.rules import value_tier_names
 from bot.core import jsonsafe
 from bot.models import ApiToken, Customer
 from bot.tagging.rules import TagRules
@@ -193,6 +195,8 @@ def _flush(writer: OrderWriter, batch: dict[str, tuple[int, OrderRow]], results:
 
 # The tier dimensions and the churn-risk band a customer list may be filtered on (exact values).
 CUSTOMER_FILTERS = ("value_tier", "rfm_segment", "stage", "engagement", "activity", "churn_risk")
+FILTER_CHOICES = {"value_tier": "value_tiers", "rfm_segment": "rfm_segments", "stage": "stages",
+                  "engagement": "engagement", "activity": "activity", "churn_risk": "churn_risk"}
 MAX_CUSTOMERS_PER_PAGE = 1000
 
 
@@ -218,13 +222,17 @@ def _customer_query() -> tuple[list[Any], int, int]:
     if unknown:
         raise ApiError(400, f"unknown parameter {unknown[0]!r}; filters: {', '.join(CUSTOMER_FILTERS)}, after, limit")
     limit, after = _int_arg("limit", 100, 1, MAX_CUSTOMERS_PER_PAGE), _int_arg("after", 0, 0, 2**62)
+    choices = tier_choices(value_tier_names(current_settings()))
     where = []
     for name in CUSTOMER_FILTERS:
-        value = request.args.get(name)
-        if value is None:
+        given = request.args.getlist(name)
+        if not given:
             continue
-        if not value or len(value) > 32:
-            raise ApiError(400, f"{name} must be a value of 1 to 32 characters")
+        if len(given) > 1:
+            raise ApiError(400, f"give {name} once")
+        value, allowed = given[0], choices[FILTER_CHOICES[name]]
+        if value not in allowed:
+            raise ApiError(400, f"{name} {value[:32]!r} is not one of {', '.join(allowed)}")
         owner = CustomerPrediction if name == "churn_risk" else CustomerTier
         where.append(Customer.id.in_(select(owner.customer_id).where(getattr(owner, name) == value)))
     return where, after, limit

@@ -9,12 +9,25 @@ from typing import Any
 
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.routing import IntegerConverter
 
 from bot.core import jsonsafe
 from bot.core.clock import Clock, system_clock
 from bot.core.config import Settings, install_secret_redaction
+from bot.core.db import MAX_ROW_ID
 from bot.startup import RuleReloader, load_settings
 from bot.web import api, inbox, sidebar, wiring
+
+
+class RowIdConverter(IntegerConverter):
+    """``<int:…>`` in every route: ASCII digits up to the largest BIGINT, else 404 (a larger number overflowed
+    the database driver: a 500)."""
+
+    regex = r"[0-9]+"
+
+    def __init__(self, map: Any, fixed_digits: int = 0, min: int | None = None, max: int | None = None,
+                 signed: bool = False) -> None:
+        super().__init__(map, fixed_digits, min, MAX_ROW_ID if max is None else max, signed)
 
 
 class BoundedJSONProvider(DefaultJSONProvider):
@@ -43,6 +56,7 @@ def create_app(
 
     app = Flask(__name__)
     app.json = BoundedJSONProvider(app)
+    app.url_map.converters["int"] = RowIdConverter
     app.config["SECRET_KEY"] = settings.app.secret_key or secrets.token_hex(32)
     app.config["PROPAGATE_EXCEPTIONS"] = False
     # No page or API takes a larger body (the order API's own bound); the webhook reads its own, smaller.

@@ -73,7 +73,8 @@ class CustomerFilter:
         if legacy:
             raw["channels"] = [*raw.get("channels", []), *legacy]
         opted = args.get("opted_out", "")
-        return cls(args.get("q", "").strip()[:MAX_SEARCH], raw, opted if opted in OPT_OUT_CHOICES else "")
+        query = "".join(ch for ch in args.get("q", "") if ch.isprintable())  # a NUL ends LIKE on SQLite: all match
+        return cls(query.strip()[:MAX_SEARCH], raw, opted if opted in OPT_OUT_CHOICES else "")
 
     def conditions(self, session: Session, value_tiers: tuple[str, ...], tz: ZoneInfo, tiers_joined: bool = False
                    ) -> list[ColumnElement[bool]]:

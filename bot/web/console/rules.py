@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from bot.core import jsonsafe
 from bot.core.config import ConfigError, Settings
+from bot.core.db import row_id
 from bot.models import RuleOverride
 from bot.startup import RULE_KEYS, with_rule_overrides
 from bot.tagging.rules import TIER_DIMENSIONS
@@ -129,11 +130,14 @@ def _save(key: str, value: Any, action: str, message: str, draft: str | None = N
     except ConfigError as exc:
         logger.info("console rule edit refused (%s): %s", key, exc)
         return _render({key: str(exc)}, {key: draft} if draft else {}, 400)
-    seen = request.form.get("revision", "")
+    seen_text = request.form.get("revision", "")
+    seen = row_id(seen_text) if seen_text else None
+    if seen_text and seen is None:
+        return _render({key: "表单的版本号无效，请刷新页面后重试"}, {key: draft} if draft else {}, 400)
     try:
         with _db().begin() as s:
             before = current_value(_settings(), key)
-            if not _store(s, key, value, int(seen) if seen.isdecimal() else None):
+            if not _store(s, key, value, seen):
                 raise _Changed
             _audit(s, action, f"rules:{key}", {"value": before}, {"value": value})
     except (_Changed, IntegrityError):

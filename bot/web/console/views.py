@@ -40,13 +40,14 @@ from bot.campaigns.broadcasts import (
     create_broadcast,
     effect_report,
     next_cron_time,
+    parse_send_time,
     preview,
 )
 from bot.campaigns.coupons import CouponBook
 from bot.campaigns.effect import effect_by_tier
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
-from bot.core.db import Database
+from bot.core.db import Database, row_id
 from bot.models import (
     CHURN_RISKS,
     AuditEntry,
@@ -287,11 +288,11 @@ def _customer_conditions(s: Session, wanted: CustomerFilter, tiers_joined: bool 
 @bp.get("/customers")
 def customers_page() -> str:
     wanted = CustomerFilter.from_args(request.args)
-    after = request.args.get("after", "0")
-    if not after.isdigit() or len(after) > 18:
+    after = row_id(request.args.get("after", "0"))
+    if after is None:
         _refuse(400, "after must be a customer id")
     with _db().sessions() as s:
-        page = list_page(s, _customer_conditions(s, wanted, tiers_joined=True), int(after))
+        page = list_page(s, _customer_conditions(s, wanted, tiers_joined=True), after)
         choices = _choices(s)
     kept = {k: v for k, v in request.args.to_dict(flat=False).items() if k != "after"}
     return render_template(
@@ -382,7 +383,7 @@ def _spec_from_form(form: Any) -> BroadcastSpec:
         if text:
             templates[key] = text
     holdout = form.get("holdout", "").strip()
-    if holdout and not (holdout.isdigit() and len(holdout) <= 3):
+    if holdout and not (holdout.isascii() and holdout.isdigit() and len(holdout) <= 3):
         raise BroadcastError("hold-out must be a whole number of percent (0–50)")
     repeat = form.get("schedule") == "cron"
     cron = form.get("cron", "").strip()[:100] if repeat else ""
@@ -394,13 +395,7 @@ def _spec_from_form(form: Any) -> BroadcastSpec:
 
 
 def _send_at(text: str) -> datetime | None:
-    if not text.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise BroadcastError(f"send time {text[:40]!r}: use YYYY-MM-DD HH:MM (local time)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=_settings().tz)
+    return parse_send_time(text, _settings().tz) if text.strip() else None
 
 
 @bp.route("/broadcasts/new", methods=["GET", "POST"])
@@ -498,8 +493,8 @@ def audit_page() -> str:
     before = request.args.get("before", "")
     with _db().sessions() as s:
         query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(AUDIT_PAGE + 1)
-        if before.isdigit() and len(before) <= 18:
-            query = query.where(AuditEntry.id < int(before))
+        if (before_id := row_id(before)) is not None:
+            query = query.where(AuditEntry.id < before_id)
         entries = list(s.scalars(query))
     more = len(entries) > AUDIT_PAGE
     entries = entries[:AUDIT_PAGE]

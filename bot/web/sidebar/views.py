@@ -20,6 +20,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from bot.campaigns.coupons import coupon_vars, issue_by_staff, issued_by_staff_since
 from bot.contacts.customers import set_opted_out
 from bot.core.config import Settings
+from bot.core.db import MAX_ROW_ID
 from bot.models import Customer, Tag, TagGroup
 from bot.outbox.messages import TemplateMissing, TemplateRefused, customer_vars, refusal, tier_keys
 from bot.tagging.rules import RuleError, TagRules, parse_ref
@@ -315,8 +316,11 @@ def change_opt_out(external_userid: str) -> Any:
 
 
 def _tag_from_request(session: Any, body: dict[str, Any], member: Member, settings: Settings) -> Tag | tuple[str, int]:
-    if isinstance(body.get("tag_id"), int):
-        tag = session.get(Tag, body["tag_id"])
+    tag_id = body.get("tag_id")
+    if tag_id is not None:
+        if type(tag_id) is not int or not 0 < tag_id <= MAX_ROW_ID:  # bool is an int; a huge one overflows
+            return "标签不存在", 400
+        tag = session.get(Tag, tag_id)
         if tag is None or tag.deleted or tag.group.deleted:
             return "标签不存在", 400
         return tag
