@@ -102,3 +102,32 @@ def test_call_sites_mask_ids_and_the_last_sweep_masks_what_it_recognises():
     assert_nothing_personal(swept)
     assert "1234-5678" not in swept
     assert mask_personal_data("inbox event 12345678901234 at 1700000000") == "inbox event 12345678901234 at 1700000000"
+
+
+def test_the_served_access_log_and_refusals_name_no_one(logged_app, log_text):
+    """`scrm serve`'s access log (werkzeug at INFO) and the API's and console's refusal lines: no search
+    text, no id however it is spelt (an imported shop id is no WeCom id the last sweep would recognise)."""
+    import requests
+    from werkzeug.serving import make_server
+
+    from bot.web.serving import PrivateRequestHandler
+
+    logging.getLogger().setLevel(logging.INFO)
+    imported_id = "shop_customer_42"
+    server = make_server("127.0.0.1", 0, logged_app, threaded=True, request_handler=PrivateRequestHandler)
+    thread = __import__("threading").Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for path in (f"/console/customers?q={NICKNAME}", f"/api/v1/customers/{imported_id}",
+                     f"/api/v1/customers/{EXTERNAL_USERID}", f"/sidebar/customer/{EXTERNAL_USERID}",
+                     f"/console/customers/{PHONE}"):
+            requests.get(base + path, timeout=5, allow_redirects=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    log = log_text.getvalue()
+    assert '"GET /api/v1/customers/…r_42" 401' in log and '"GET /console/customers" 302' in log
+    assert "API GET /api/v1/customers/…r_42 refused (401)" in log
+    assert_nothing_personal(log)
+    assert imported_id not in log and "127.0.0.1" not in log

@@ -50,6 +50,7 @@ def serve(cli: CliContext, host: str, port: int, workers: int, no_worker: bool, 
     from bot.schedule.scheduler import SchedulerService
     from bot.web.app import create_app
     from bot.web.inbox import build_processor
+    from bot.web.serving import PrivateRequestHandler
 
     settings = cli.settings()
     db = cli.db(create=True)  # once, before any web process starts
@@ -65,7 +66,7 @@ def serve(cli: CliContext, host: str, port: int, workers: int, no_worker: bool, 
     click.echo(f"webhook: http://{host}:{port}/wecom/callback   health: http://{host}:{port}/healthz")
     try:
         if app is not None:
-            run_simple(host, port, app, threaded=True, use_reloader=False)
+            run_simple(host, port, app, threaded=True, use_reloader=False, request_handler=PrivateRequestHandler)
         else:
             _serve_gunicorn(cli, host, port, workers, no_worker)
     finally:

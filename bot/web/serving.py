@@ -8,10 +8,22 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from bot.core.privacy import masked_path
 
-class _QuietHandler(WSGIRequestHandler):
+access_log = logging.getLogger("werkzeug")
+
+
+class PrivateRequestHandler(WSGIRequestHandler):
+    """werkzeug's handler with an access log that names no one: the method, the path without its query
+    string and with its values masked (:func:`masked_path`), the status; not the client's address."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        access_log.info('"%s %s" %s', self.command, masked_path(self.path), getattr(code, "value", code))
+
+
+class _QuietHandler(PrivateRequestHandler):
     def log_request(self, *args: Any, **kwargs: Any) -> None:
-        if logging.getLogger("werkzeug").isEnabledFor(logging.DEBUG):
+        if access_log.isEnabledFor(logging.DEBUG):
             super().log_request(*args, **kwargs)
 
 

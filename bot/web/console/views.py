@@ -48,6 +48,7 @@ from bot.campaigns.effect import effect_by_tier
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
 from bot.core.db import Database, row_id
+from bot.core.privacy import masked_path
 from bot.models import (
     CHURN_RISKS,
     AuditEntry,
@@ -142,7 +143,7 @@ def _audit(s: Session, action: str, target: str, before: dict[str, Any] | None, 
 
 
 def _refuse(status: int, why: str) -> None:
-    logger.info("console %s %s refused (%d): %s", request.method, request.path, status, why)
+    logger.info("console %s %s refused (%d): %s", request.method, masked_path(request.path), status, why)
     abort(status, why)
 
 
