@@ -191,3 +191,20 @@ def test_app_messages_to_one_member_keep_to_wecoms_pace_and_none_is_dropped(wire
     assert sender.send_due() == {"sent": 10}
     sent = read(sandbox, "sent")["app_messages"]
     assert len(sent) == 40 and all(m["delivered"] for m in sent)
+
+
+def test_an_app_message_answered_busy_after_it_went_out_reaches_the_member_once(wired, sandbox):
+    """-1 may come after WeCom delivered an app message; the client retries a busy answer, and WeCom's
+    duplicate check (on for every app message) drops the repeat."""
+    from bot.outbox import enqueue
+
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan", "name": "张三"}]})
+    db, sender = wired.extensions["scrm.db"], wired.extensions["scrm.processor"].sender
+    with db.begin() as session:
+        enqueue(session, channel="app_message", dedupe_key="note:busy", recipient="zhangsan",
+                trigger_kind="tier_change", trigger_ref="1", content={"text": "客户 1 升级了"})
+    control(sandbox, "faults", {"path": "message/send", "errcode": -1, "after": True})
+    assert sender.send_due() == {"sent": 1}
+    sent = read(sandbox, "sent")["app_messages"]
+    assert len(sent) == 2 and [m["delivered"] for m in sent] == [True, False]
+    assert all(m["enable_duplicate_check"] == 1 for m in sent)

@@ -4,11 +4,11 @@ reason, quiet hours deferring, once per holiday, and submission as WeCom mass me
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import requests
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bot.campaigns.greetings import plan_holiday_greetings
 from bot.models import Customer, Follow, OutboxMessage, Staff
@@ -134,3 +134,31 @@ def test_a_crash_mid_submit_is_looked_up_never_sent_blindly_twice(wired, sandbox
     submit_mass_messages(db, contact, replace(anytime, quiet_start=time(0), quiet_end=time(0)), now=now)
     sent = requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]
     assert sorted(m["external_userid"][0] for m in sent) == ["wm0", "wm1"]  # each exactly once
+
+
+def test_a_busy_answer_after_wecom_made_the_task_is_looked_up_not_sent_again(wired, sandbox):
+    """-1 (system busy) may come after add_msg_template made the task: no blind retry (the client's busy
+    retries skip it), the rows stay "sending", and the look-up finds the task."""
+    from dataclasses import replace
+    from datetime import time, timedelta
+
+    from bot.outbox.mass import resolve_interrupted
+
+    db = wired.extensions["scrm.db"]
+    seed_sandbox_and_customers(sandbox, db)
+    plan(wired, db, MID_AUTUMN_MORNING)
+    contact = wired.extensions["scrm.processor"].clients.contact
+    anytime = replace(ContactPolicy.from_settings(wired.extensions["scrm.settings"]), quiet_start=time(0),
+                      quiet_end=time(0))
+    now = datetime.now(UTC) - timedelta(seconds=2)  # WeCom's clock: the look-up searches around it
+    requests.post(f"{sandbox.url}/_sandbox/faults", json={"path": "externalcontact/add_msg_template", "errcode": -1,
+                                                          "after": True}, timeout=10).raise_for_status()
+    assert submit_mass_messages(db, contact, anytime, now=now) == Counter({"unknown": 1, "submitted": 2})
+    sent = requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]
+    assert sorted(m["external_userid"] for m in sent) == [["wm0"], ["wm1", "wm2"]]  # each task made once
+    assert resolve_interrupted(db, contact, 300, now=now + timedelta(minutes=10)) == Counter({"submitted": 1})
+    with db.sessions() as s:
+        assert Counter(s.scalars(select(OutboxMessage.status))) == Counter({"submitted": 3, "skipped": 1})
+        assert s.scalar(select(func.count()).where(OutboxMessage.wecom_msgid.is_(None),
+                                                   OutboxMessage.status == "submitted")) == 0
+    assert len(requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]) == 2

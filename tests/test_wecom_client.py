@@ -97,6 +97,15 @@ def test_busy_retries_are_bounded(clients, sandbox, seeded, sleeps):
     assert info.value.errcode == -1 and len(sleeps) == 3
 
 
+def test_calls_that_create_something_are_not_retried_blindly_when_busy(clients, sandbox, seeded, sleeps):
+    """A busy answer may come after WeCom made the message: the caller looks the outcome up instead."""
+    control(sandbox, "faults", {"path": "externalcontact/add_msg_template", "errcode": -1, "count": 1})
+    with pytest.raises(WeChatClientException) as info:
+        clients.contact.external_contact.add_msg_template(
+            {"chat_type": "single", "external_userid": ["wmA"], "sender": "zhangsan", "text": {"content": "hi"}})
+    assert info.value.errcode == -1 and sleeps == [] and len(calls(sandbox, "externalcontact/add_msg_template")) == 1
+
+
 def test_over_the_frequency_limit_is_raised_at_once_with_when_to_try_again(clients, sandbox, seeded, sleeps):
     """45009 blocks the API for a minute (WECOM.md §9): a retry within seconds is refused again and holds
     the thread, so the caller gets it at once and reschedules."""

@@ -19,6 +19,7 @@ from wechatpy.exceptions import WeChatClientException
 from bot.core.db import Database
 from bot.models import OutboxMessage, utcnow
 from bot.outbox.policy import ContactPolicy
+from bot.wecom.client import BUSY_ERRORS
 
 logger = logging.getLogger(__name__)
 CHANNEL = "group_message"
@@ -65,6 +66,11 @@ def _submit(db: Database, client: Any, sender: str, text: str, members: list[tup
     try:
         answer = client.external_contact.add_msg_template(template)
     except WeChatClientException as exc:
+        if exc.errcode in BUSY_ERRORS:  # WeCom may have made the task: looked up, not sent again blindly
+            logger.warning("add_msg_template (groups) answered %s; %d row(s) left sending for the look-up",
+                           exc.errcode, len(ids))
+            outcome["unknown"] += len(ids)
+            return
         _finish(db, ids, "failed", f"add_msg_template: WeCom {exc.errcode} {exc.errmsg}")
         outcome["failed"] += len(ids)
         return

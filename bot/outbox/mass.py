@@ -20,6 +20,7 @@ from bot.core.privacy import masked
 from bot.models import Customer, MassReminder, OutboxMessage, utcnow
 from bot.outbox.policy import ContactPolicy
 from bot.outbox.queue import withdraw_carried_coupons
+from bot.wecom.client import BUSY_ERRORS
 
 logger = logging.getLogger(__name__)
 MAX_RECIPIENTS = 10_000
@@ -83,6 +84,11 @@ def _submit(db: Database, client: Any, sender: str, text: str, members: list[tup
     try:
         answer = client.external_contact.add_msg_template(template)
     except WeChatClientException as exc:
+        if exc.errcode in BUSY_ERRORS:  # WeCom may have made the task: looked up, not sent again blindly
+            logger.warning("add_msg_template answered %s; %d row(s) left sending for the look-up", exc.errcode,
+                           len(ids))
+            outcome["unknown"] += len(ids)
+            return
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:  # 45009: refused before anything was created, so submitted again later
             retry_at = (now or utcnow()) + timedelta(seconds=float(retry_after))

@@ -221,7 +221,11 @@ class OutboxSender:
             agent_id = self.settings.wecom.agent_id
             if not agent_id:
                 raise WeChatClientException(40056, "wecom.agent_id is not set; app messages cannot be sent")
-            return self.clients.app.message.send_text(agent_id, row.recipient, content["text"])
+            # WeCom drops a repeat of the same text to the same member within 30 minutes: a resend after
+            # a busy or unanswered call cannot reach the member twice.
+            return self.clients.app.message.send(agent_id, row.recipient, msg={
+                "msgtype": "text", "text": {"content": content["text"]}, "enable_duplicate_check": 1,
+                "duplicate_check_interval": 1800})
         raise WeChatClientException(-2, f"channel {row.channel} is not sent by this sender")
 
     def _claim(self, outbox_id: int) -> tuple[OutboxMessage, datetime] | None:

@@ -20,6 +20,11 @@ def message_send(call: Call) -> dict[str, Any]:
     delivered = all(sum(1 for m in call.state.app_messages if m["delivered"] and u in m["users"]
                         and now - m["sent_at"] < span) < limit
                     for u in users for span, limit in ((60, 30), (3600, 1000)))
+    if call.body.get("enable_duplicate_check"):  # the same content to the same members within the interval
+        interval = min(int(call.body.get("duplicate_check_interval") or 1800), 4 * 3600)
+        same = [m for m in call.state.app_messages if m.get("text") == call.body.get("text")
+                and m["users"] == users and now - m["sent_at"] < interval and m["delivered"]]
+        delivered = delivered and not same
     call.state.app_messages.append({**call.body, "sent_at": now, "users": users, "delivered": delivered})
     return {"invaliduser": "|".join(invalid), "msgid": random_id("", 24)}
 

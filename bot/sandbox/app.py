@@ -78,6 +78,9 @@ def _route(state: SandboxState, path: str, params: dict[str, str], body: Any, en
     if fault:  # a queued 0 lets one call through, so a fault can hit the n-th call
         raise WeComError(fault, "injected fault")
     result = func(Call(state=state, role=entry["role"], params=params, body=body))
+    fault = state.take_fault(path, after=True)
+    if fault:  # done, and then answered with an error: the caller cannot tell it was done
+        raise WeComError(fault, "injected fault after the call was done")
     return {"errcode": 0, "errmsg": "ok", **result}
 
 

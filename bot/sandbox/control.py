@@ -159,10 +159,12 @@ def verify() -> Response:
 
 @bp.post("/faults")
 def faults() -> Response:
-    """Make the next ``count`` calls to ``path`` answer ``errcode`` (e.g. 45009, -1, 40014)."""
+    """Make the next ``count`` calls to ``path`` answer ``errcode`` (e.g. 45009, -1, 40014); with ``after``
+    true, each call is done first and then answered with the error (WeCom busy after it made the task)."""
     a, state = _args(), _state()
     with state.lock:
-        state.faults[a["path"]].extend([int(a["errcode"])] * int(a.get("count", 1)))
+        queue = state.faults_after if a.get("after") else state.faults
+        queue[a["path"]].extend([int(a["errcode"])] * int(a.get("count", 1)))
     return jsonify(ok=True)
 
 

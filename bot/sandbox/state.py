@@ -83,6 +83,7 @@ class SandboxState:
     moments: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     faults: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    faults_after: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     # path → queued (seconds, mode): "late" does the call then answers late, "drop" never does it.
     delays: dict[str, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
     deliveries: list[dict[str, Any]] = field(default_factory=list)
@@ -127,8 +128,8 @@ class SandboxState:
         queue = self.delays.get(path)
         return queue.pop(0) if queue else None
 
-    def take_fault(self, path: str) -> int | None:
-        queue = self.faults.get(path)
+    def take_fault(self, path: str, after: bool = False) -> int | None:
+        queue = (self.faults_after if after else self.faults).get(path)
         return queue.pop(0) if queue else None
 
     # ---------------------------------------------------------------- OAuth2 and JS-SDK

@@ -26,6 +26,14 @@ logger = logging.getLogger(__name__)
 
 TOKEN_ERRORS = frozenset({40014, 42001})  # invalid / expired access_token: refresh once
 BUSY_ERRORS = frozenset({45033, -1})  # too many concurrent calls, system busy: retried here after a pause
+# Calls that create something: a "system busy" may come after WeCom made it, so a blind retry could make
+# two (two mass-message tasks to confirm). Their callers look the outcome up instead. (message/send is
+# sent with WeCom's duplicate check on; kf and welcome sends are single-use by their msgid and code.)
+NOT_RETRIED_WHEN_BUSY = frozenset({
+    "externalcontact/add_msg_template", "externalcontact/add_contact_way",
+    "externalcontact/add_moment_task", "externalcontact/group_welcome_template/add",
+    "externalcontact/groupchat/add_join_way", "externalcontact/remind_groupmsg_send",
+})
 # Over an API's per-minute limit: WeCom blocks that API for 60 s (WECOM.md §9, "1分钟后自动解除"), so a
 # retry within the minute is refused again and only holds the thread (a welcome's 20 s pass meanwhile).
 RATE_LIMITED = 45009
@@ -110,7 +118,8 @@ class WeComClient(WeChatClient):
                     logger.warning("WeCom %s answered 45009 (over its per-minute limit); not retried for %.0fs",
                                    api_path(url_or_endpoint, self.API_BASE_URL), RATE_LIMIT_BLOCK_SECONDS)
                     raise ApiBlocked(exc.errcode, exc.errmsg, exc.client, exc.request, exc.response) from exc
-                if exc.errcode in BUSY_ERRORS and busy_attempt < self.busy_retries:
+                if exc.errcode in BUSY_ERRORS and busy_attempt < self.busy_retries \
+                        and api_path(url_or_endpoint, self.API_BASE_URL) not in NOT_RETRIED_WHEN_BUSY:
                     delay = self.busy_backoff_seconds * (2**busy_attempt)
                     busy_attempt += 1
                     logger.warning("WeCom %s answered %s; retry %d in %.1fs", url_or_endpoint, exc.errcode,
