@@ -232,6 +232,22 @@ def test_second_callback_configuration_is_accepted(overrides, corp):
         app.extensions["scrm.db"].dispose()
 
 
+def test_two_configurations_sharing_a_token_each_decrypt_with_their_own_key(overrides, corp):
+    """The app and 客户联系 callbacks with one Token and two EncodingAESKeys: the first signature match
+    whose payload does not decrypt goes on to the second configuration (it used to answer 400)."""
+    contact_corp = replace(corp, encoding_aes_key=random_text(43))
+    settings = {**overrides, "wecom": {**overrides["wecom"], "contact_token": corp.token,
+                                       "contact_encoding_aes_key": contact_corp.encoding_aes_key}}
+    app = create_app(settings, environ={}, start_worker=False)
+    try:
+        assert Callbacks(app.test_client(), contact_corp).post(contact_event()).status_code == 200
+        assert Callbacks(app.test_client(), corp).post(contact_event(UserID="x")).status_code == 200
+        stranger = replace(corp, encoding_aes_key=random_text(43))
+        assert Callbacks(app.test_client(), stranger).post(contact_event(UserID="y")).status_code == 400
+    finally:
+        app.extensions["scrm.db"].dispose()
+
+
 def test_unconfigured_webhook_refuses_with_503(database_url, callbacks):
 
     app = create_app({"database": {"url": database_url}}, environ={}, start_worker=False)

@@ -1,7 +1,8 @@
 """The app's callback credentials as wechatpy ``WeChatCrypto`` objects.
 
 WeCom lets each callback configuration (the self-built app, 客户联系's own 接收事件服务器) have its
-own Token and EncodingAESKey; a request is checked against each until one signature matches.
+own Token and EncodingAESKey; a request is checked against each until one signature matches and its
+payload decrypts.
 """
 
 from __future__ import annotations
@@ -43,14 +44,17 @@ class Keyring:
     def _run(self, operation) -> str:  # type: ignore[no-untyped-def]
         if not self.cryptos:
             raise CallbackRejected(503, "no callback token/encoding_aes_key configured")
+        # Two configurations may share a Token with different EncodingAESKeys: a matching signature whose
+        # decryption fails goes on to the next configuration; the first refusal is the answer if none works.
+        refusal: CallbackRejected | None = None
         for crypto in self.cryptos:
             try:
                 return operation(crypto)
             except InvalidSignatureException:
                 continue
             except InvalidCorpIdException:
-                raise CallbackRejected(403, "receive id in the message does not match wecom.corp_id") from None
+                refusal = refusal or CallbackRejected(403, "receive id in the message does not match wecom.corp_id")
             except (ValueError, TypeError, IndexError, struct.error) as exc:
                 # binascii.Error and UnicodeDecodeError are ValueErrors too.
-                raise CallbackRejected(400, f"cannot decrypt: {type(exc).__name__}") from None
-        raise CallbackRejected(403, "msg_signature does not match")
+                refusal = refusal or CallbackRejected(400, f"cannot decrypt: {type(exc).__name__}")
+        raise refusal or CallbackRejected(403, "msg_signature does not match")
