@@ -91,7 +91,12 @@ def handle_page(ctx: HandlerContext, open_kfid: str, messages: list[dict[str, An
     _note_latest_customer_messages(ctx, open_kfid, fresh)
     touched: dict[int, Customer] = {}
     for message in fresh:
-        origin = int(message.get("origin") or 0)
+        origin = _origin(message)
+        if origin == CUSTOMER and not message.get("external_userid"):
+            # Skipped, not raised: a raise would keep the cursor before this page, and every later sync
+            # of this kf account would fail on the same message.
+            ctx.log.warning("kf message %s from a customer without external_userid skipped", message.get("msgid"))
+            continue
         if origin == CUSTOMER:
             customer = _customer_message(ctx, open_kfid, message)
             touched[customer.id] = customer
@@ -114,7 +119,7 @@ def _note_latest_customer_messages(ctx: HandlerContext, open_kfid: str, messages
     holding several messages opens one window, at the last of them (replies to earlier ones count)."""
     latest: dict[str, datetime] = {}
     for m in messages:
-        if int(m.get("origin") or 0) == CUSTOMER and m.get("external_userid"):
+        if _origin(m) == CUSTOMER and m.get("external_userid"):
             at = _sent_at(m)
             latest[m["external_userid"]] = max(at, latest.get(m["external_userid"], at))
     for external_userid, at in latest.items():
@@ -189,7 +194,7 @@ def _reply(ctx: HandlerContext, customer: Customer, conversation: KfConversation
            name: str, text: str) -> None:
     now = utcnow()
     key = f"kf-reply:{message['msgid']}"
-    reason = _why_not_reply(ctx, conversation, name, now)
+    reason = _why_not_reply(ctx, conversation, name, now) or _too_old(ctx, message, now)
     rendered = ctx.templates.render("reply", name, tier_keys(customer), customer=customer_vars(customer),
                                     brand=ctx.settings.app.brand_name, text=text)
     content = {"text": rendered.text, "open_kfid": conversation.open_kfid, "msgid": kf_msgid(key),
@@ -239,6 +244,17 @@ def _hand_to_pool(ctx: HandlerContext, conversation: KfConversation, reply_id: i
         log.info("kf session of customer %s handed to the waiting pool", masked(external_userid))
 
     ctx.after_commit(transfer)
+
+
+def _too_old(ctx: HandlerContext, message: dict[str, Any], now: datetime) -> str | None:
+    """A message read long after it was written (a first sync reads three days back, so does one after an
+    outage) gets no automatic answer: a bot replying hours late to a question a person may have answered."""
+    limit = ctx.settings.kf.reply_max_age_minutes
+    age = now - _sent_at(message)
+    if age > timedelta(minutes=limit):
+        return (f"too old to answer automatically: written {int(age.total_seconds() // 60)} minutes ago "
+                f"(kf.reply_max_age_minutes = {limit})")
+    return None
 
 
 def _why_not_reply(ctx: HandlerContext, conversation: KfConversation, name: str, now: datetime) -> str | None:
@@ -382,6 +398,14 @@ def _text_of(message: dict[str, Any]) -> str:
     if message.get("msgtype") == "text" and isinstance(message.get("text"), dict):
         return str(message["text"].get("content") or "")
     return ""
+
+
+def _origin(message: dict[str, Any]) -> int:
+    """Who wrote it (3 customer, 4 system, 5 servicer); 0 for anything unreadable (the message is skipped)."""
+    try:
+        return int(message.get("origin") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _sent_at(message: dict[str, Any]) -> datetime:

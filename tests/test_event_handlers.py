@@ -254,6 +254,33 @@ def test_price_question_gets_a_reply_for_the_customers_tier(wired, sandbox, staf
         assert s.scalar(select(func.count()).select_from(Interaction).where(Interaction.kind == "kf_message")) == 2
 
 
+def test_a_message_read_hours_after_it_was_written_gets_no_automatic_reply(wired, sandbox, staff, monkeypatch):
+    """A first sync (or one after an outage) reads three days back: the bot does not answer hours late."""
+    import handlers.kf
+
+    kf_say(sandbox, "wmLATE", "多少钱")
+    read_at = utcnow() + timedelta(minutes=61)
+    monkeypatch.setattr(handlers.kf, "utcnow", lambda: read_at)
+    assert drain(wired) == {"handled": 1}
+    assert kf_replies(sandbox, "wmLATE") == []
+    with wired.extensions["scrm.db"].sessions() as s:
+        row = s.scalar(select(OutboxMessage))
+        assert s.scalar(select(func.count()).select_from(Interaction).where(Interaction.kind == "kf_message")) == 1
+    assert row.status == "skipped" and "too old to answer automatically" in row.reason
+    assert "kf.reply_max_age_minutes = 60" in row.reason
+
+
+def test_a_malformed_kf_message_is_skipped_and_the_sync_goes_on(wired, sandbox, staff):
+    """A customer message without external_userid used to fail the page for good: the cursor stayed put,
+    and every later sync of the kf account failed on it."""
+    kf_say(sandbox, "", "坏消息", deliver=False)
+    kf_say(sandbox, "wmFINE", "多少钱")
+    assert drain(wired) == {"handled": 1}
+    assert len(kf_replies(sandbox, "wmFINE")) == 1
+    kf_say(sandbox, "wmFINE", "在吗")
+    assert drain(wired) == {"handled": 1}
+
+
 def test_sixth_reply_in_a_window_is_not_sent_and_says_why(wired, sandbox, staff):
     kf_say(sandbox, "wmBUSY", *["多少钱"] * 6)
     drain(wired)

@@ -95,6 +95,8 @@ class WebhookSettings:
 class WorkerSettings:
     enabled: bool = True
     poll_seconds: float = 2.0
+    # Inbox threads per process: a burst of adds is welcomed within the welcome code's 20 s.
+    threads: int = 4
     batch_size: int = 100
     max_attempts: int = 8
     backoff_base_seconds: float = 10.0
@@ -164,6 +166,8 @@ class KfSettings:
     window_hours: int = 48
     window_messages: int = 5
     welcome_on_enter: bool = True
+    # No automatic reply to a message older than this: a first sync, or one after an outage, reads days back.
+    reply_max_age_minutes: int = 60
 
 
 def _default_tag_rules() -> list[dict[str, Any]]:
@@ -614,6 +618,7 @@ def _check_conversations(settings: Settings) -> None:
             raise ConfigError(f"kf.{key} must not be negative")
     _check_positive("kf.window_hours", settings.kf.window_hours)
     _check_positive("kf.window_messages", settings.kf.window_messages)
+    _check_positive("kf.reply_max_age_minutes", settings.kf.reply_max_age_minutes)
     _check_positive("moments.lookback_days", settings.moments.lookback_days)
     if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", settings.greetings.send_at):
         raise ConfigError(f"greetings.send_at must be a local time HH:MM, got {settings.greetings.send_at!r}")
@@ -663,6 +668,8 @@ def _check_campaigns(settings: Settings) -> None:
     _check_positive("sequences.run_every_minutes", settings.sequences.run_every_minutes)
     _check_positive("wecom.rate_limit_per_minute", settings.wecom.rate_limit_per_minute)
     _check_positive("worker.lease_seconds", settings.worker.lease_seconds)
+    if settings.worker.threads > 32:
+        raise ConfigError(f"worker.threads must be 1–32, got {settings.worker.threads}")
     if settings.outbox.resend_attempts < 1:
         raise ConfigError("outbox.resend_attempts must be at least 1")
     if settings.outbox.remind_after_hours < 0:
