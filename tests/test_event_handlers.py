@@ -442,3 +442,26 @@ def test_entering_a_session_gets_a_welcome_within_20_seconds(wired, sandbox, sta
     assert len(sent) == 1 and "欢迎咨询测试店" in sent[0]["text"]["content"]
     calls = read(sandbox, "calls", path="kf/send_msg_on_event")
     assert calls[0]["body"]["code"] == entered["welcome_code"]
+
+
+def test_a_burst_of_adds_is_welcomed_by_several_inbox_threads_at_once(wired, sandbox, staff):
+    """Each add waits for externalcontact/get before its welcome; one thread took them one after another,
+    and in a burst the welcome codes of the later ones expired (59 of 120 welcomed at 150 ms a call)."""
+    import time
+
+    from bot.inbox.worker import InboxWorker
+
+    processor = wired.extensions["scrm.processor"]
+    control(sandbox, "delays", {"path": "externalcontact/get", "seconds": 1.0, "count": 8})
+    worker = InboxWorker(processor, 0.05, sender=processor.sender, threads=4)
+    started = time.monotonic()
+    worker.start()
+    try:
+        for i in range(8):
+            control(sandbox, "contacts/add", {"userid": "zhangsan", "name": f"客户{i}"})
+        while len(read(sandbox, "sent")["welcomes"]) < 8 and time.monotonic() - started < 15:
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+    assert len(read(sandbox, "sent")["welcomes"]) == 8
+    assert time.monotonic() - started < 7  # one thread needs 8 s for the look-ups alone

@@ -181,17 +181,25 @@ def worker(cli: CliContext, burst: bool) -> None:
                    "(Ctrl-C to stop)")
         QueueWorker(processor, tasks, settings.worker.poll_seconds).run(burst=burst)
         return
-    click.echo(f"inbox worker polling every {settings.worker.poll_seconds}s (Ctrl-C to stop)")
+    if burst:
+        click.echo("inbox worker polling the database until nothing is due (--burst)")
+        while processor.run_once() or (processor.sender and processor.sender.send_due()):
+            pass
+        return
+    from bot.inbox.worker import InboxWorker
+
+    threads = InboxWorker(processor, settings.worker.poll_seconds, sender=processor.sender,
+                          threads=settings.worker.threads)
+    click.echo(f"inbox worker, {settings.worker.threads} thread(s), polling every {settings.worker.poll_seconds}s "
+               "(Ctrl-C to stop)")
+    threads.start()
     try:
-        while True:
-            handled = processor.run_once()
-            sent = processor.sender.send_due() if processor.sender else None
-            if not handled and not sent:
-                if burst:
-                    return
-                time.sleep(settings.worker.poll_seconds)
+        while threads.running:
+            time.sleep(1)
     except KeyboardInterrupt:
         click.echo("stopped")
+    finally:
+        threads.stop()
 
 
 @click.command("scheduler")

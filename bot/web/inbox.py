@@ -48,6 +48,7 @@ def init_app(app: Flask, settings: Settings, db: Database, start_worker: bool | 
         logger.warning("wecom.token is not set: /wecom/callback will refuse every request (503)")
     run_worker = settings.worker.enabled if start_worker is None else start_worker
     if run_worker:
-        worker = InboxWorker(processor, settings.worker.poll_seconds, sender=processor.sender)
+        worker = InboxWorker(processor, settings.worker.poll_seconds, sender=processor.sender,
+                             threads=settings.worker.threads)
         worker.start()
         app.extensions["scrm.worker"] = worker
