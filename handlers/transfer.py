@@ -25,6 +25,7 @@ def transfer_refused(event: Any, ctx: HandlerContext) -> None:
 
 
 @on("event", EVENT, "add_external_contact")
+@on("event", EVENT, "add_half_external_contact")  # as the contact handler: either add completes a hand-over
 def takeover_added(event: Any, ctx: HandlerContext) -> None:
     """Runs after the contact handler has upserted the new follow (handlers/__init__.py order)."""
     external_userid, takeover = _ids(ctx)

@@ -187,6 +187,17 @@ def test_decorated_module_functions_register_explicitly():
     assert dispatcher.handlers_for("EVENT", "KF_MSG_OR_EVENT", None) == [kf]
 
 
+def test_either_kind_of_add_runs_the_same_handlers():
+    """WeCom reports an add as add_external_contact or add_half_external_contact; each completes a
+    hand-over as well as adding the contact."""
+    from bot.web.inbox import build_dispatcher
+
+    dispatcher = build_dispatcher()
+    full = dispatcher.handlers_for("event", "change_external_contact", "add_external_contact")
+    half = dispatcher.handlers_for("event", "change_external_contact", "add_half_external_contact")
+    assert [h.__name__ for h in half] == [h.__name__ for h in full] and "takeover_added" in [h.__name__ for h in half]
+
+
 def test_worker_thread_processes_events_off_the_request(overrides, corp):
     import time
 

@@ -66,6 +66,18 @@ def test_each_app_role_uses_its_own_secret(clients, sandbox, seeded, corp):
     assert clients.kf is clients.app  # no separate kf secret configured: the self-built app's
 
 
+def test_a_contact_followed_past_one_page_is_read_whole(clients, sandbox):
+    """Past 500 followers WeCom pages follow_user (next_cursor); wechatpy's get read the first page only, and
+    tags held on the later follows were taken for removed."""
+    members = [f"member{i}" for i in range(5)]
+    follows = [{"userid": u, "external_userid": "wmWIDE", "name": "王五"} for u in members]
+    control(sandbox, "seed", {"staff": [{"userid": u} for u in members], "contacts": follows})
+    control(sandbox, "contacts/page_limit", {"limit": 2})
+    contact = clients.contact.external_contact.get("wmWIDE")
+    assert sorted(f["userid"] for f in contact["follow_user"]) == members and "next_cursor" not in contact
+    assert [c["params"].get("cursor") for c in calls(sandbox, "externalcontact/get")] == [None, "2", "4"]
+
+
 def test_expired_token_is_refreshed_once_and_the_call_repeated(clients, sandbox, seeded):
     clients.contact.external_contact.get("wmA")
     control(sandbox, "tokens/expire", {})

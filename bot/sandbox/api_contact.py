@@ -33,7 +33,11 @@ def list_contacts(call: Call) -> dict[str, Any]:
 def get_contact(call: Call) -> dict[str, Any]:
     (external_userid,) = call.require("external_userid")
     contact = _contact_view(call, external_userid)
-    return {"external_contact": dict(contact), "follow_user": list(call.state.follows[external_userid].values())}
+    # More than 500 follow_user entries come in pages: cursor in, next_cursor out (path/92114).
+    follows, limit = list(call.state.follows[external_userid].values()), call.state.follow_page_limit
+    start = int(call.params.get("cursor") or 0)
+    next_cursor = str(start + limit) if start + limit < len(follows) else ""
+    return {"external_contact": dict(contact), "follow_user": follows[start:start + limit], "next_cursor": next_cursor}
 
 
 @endpoint("POST", "externalcontact/batch/get_by_user")

@@ -81,10 +81,21 @@ def kf_text() -> Response:
 
 @bp.post("/kf/page_limit")
 def kf_page_limit() -> Response:
+    """Messages per kf/sync_msg page (WeCom "may return fewer" than asked)."""
+    return _page_limit("kf_page_limit", 1000)
+
+
+@bp.post("/contacts/page_limit")
+def follow_page_limit() -> Response:
+    """follow_user entries per externalcontact/get page (WeCom's is 500)."""
+    return _page_limit("follow_page_limit", 500)
+
+
+def _page_limit(attribute: str, default: int) -> Response:
     state = _state()
     with state.lock:
-        state.kf_page_limit = max(1, int(_args().get("limit", 1000)))
-        return jsonify(limit=state.kf_page_limit)
+        setattr(state, attribute, max(1, int(_args().get("limit", default))))
+        return jsonify(limit=getattr(state, attribute))
 
 
 @bp.post("/tags")

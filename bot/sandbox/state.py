@@ -78,6 +78,7 @@ class SandboxState:
     kf_sessions: dict[tuple[str, str], KfSession] = field(default_factory=lambda: defaultdict(KfSession))
     kf_sent: list[dict[str, Any]] = field(default_factory=list)
     kf_page_limit: int = 1000  # WeCom "may return fewer" than asked: tests make pages small
+    follow_page_limit: int = 500  # externalcontact/get: follow_user entries per page
     app_messages: list[dict[str, Any]] = field(default_factory=list)
     mass_messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     moments: dict[str, dict[str, Any]] = field(default_factory=dict)

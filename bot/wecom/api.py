@@ -80,6 +80,24 @@ class ScrmExternalContact(WeChatExternalContact):
     https://developer.work.weixin.qq.com/document/path/92115
     """
 
+    def get(self, external_userid: str) -> dict:
+        """获取客户详情 with every page of follow_user: past 500 members WeCom pages them (cursor in,
+        next_cursor out), and wechatpy's ``get`` reads the first page only."""
+        contact: dict = {}
+        cursor = ""
+        for _ in range(1000):
+            params = {"external_userid": external_userid, **({"cursor": cursor} if cursor else {})}
+            page = self._get("externalcontact/get", params=params)
+            if not contact:
+                contact = page
+            else:
+                contact["follow_user"] = [*contact.get("follow_user", []), *(page.get("follow_user") or [])]
+            cursor = page.get("next_cursor") or ""
+            if not cursor:
+                break
+        contact.pop("next_cursor", None)
+        return contact
+
     def batch_get_by_users(self, userid_list: list[str], cursor: str = "", limit: int = 100) -> dict:
         """批量获取客户详情 for up to 100 members at once (wechatpy's ``batch_get_by_user`` takes one)."""
         if not 1 <= len(userid_list) <= 100:
