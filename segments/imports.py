@@ -120,13 +120,18 @@ def _customer_values(record: dict[str, str], tz: ZoneInfo) -> dict[str, Any]:
         added_at = local_or_aware(datetime.fromisoformat((record.get("added_at") or "").strip()), tz)
     except ValueError:
         raise RowError("added_at is not an ISO 8601 time") from None
+    if not 1970 <= added_at.year <= 2999:  # year 1 with an offset overflowed on the way to UTC
+        raise RowError(f"added_at is out of range (years 1970–2999), got {added_at.year}")
+    name = (record.get("name") or "").strip()
+    if len(name) > 255:
+        raise RowError(f"name is longer than 255 characters ({len(name)})")
     birthday = None
     if (record.get("birthday") or "").strip():
         try:
             birthday = date.fromisoformat(record["birthday"].strip())
         except ValueError:
             raise RowError("birthday must be YYYY-MM-DD") from None
-    return {"external_userid": external_userid, "name": (record.get("name") or "").strip()[:255],
+    return {"external_userid": external_userid, "name": name,
             "follow_userid": follow_userid, "added_at": added_at.astimezone(UTC), "birthday": birthday}
 
 
@@ -296,7 +301,11 @@ def _rows(path: Path, encoding: str, required: tuple[str, ...], optional: tuple[
     except OSError as exc:
         raise ImportFailed(f"cannot open {path}: {exc.strerror or exc}") from None
     try:
-        if b"\x00" in raw.peek(8192)[:8192]:
+        start = raw.peek(8192)[:8192]
+        if start.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise ImportFailed(f"{path} is UTF-16 text (Excel's 'Unicode text', tab-separated): save it as "
+                               "'CSV UTF-8 (comma delimited)' or 'CSV' and import that; nothing imported")
+        if b"\x00" in start:
             raise ImportFailed(f"{path} looks like a binary file, not a CSV: nothing imported")
         text = io.TextIOWrapper(raw, encoding=_CODECS[encoding], newline="")
         blocks = blocks or PlainBlocks()

@@ -14,6 +14,9 @@ def yuan_to_fen(text: str) -> int:
     """``"12.3"`` → 1230. Accepts 0–2 decimals; raises ValueError on anything else (no sign, no exponent)."""
     match = _YUAN.fullmatch(text.strip())
     if not match and text.strip().startswith("-"):
+        zero = _YUAN.fullmatch(text.strip()[1:])
+        if zero and not any(ch not in "0." for ch in zero.group(0)):
+            return 0  # "-0" and "-0.00" are zero, as a spreadsheet may write them
         raise ValueError(f"amount must not be negative, got {text.strip()!r}")
     if not match:
         raise ValueError(f"amount must be a number of 元 with at most 2 decimals, got {text[:40]!r}")

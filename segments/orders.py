@@ -61,6 +61,10 @@ def _shown(value: Any) -> str:
     printing it could be huge or recurse too deep (a list nested a thousand times)."""
     if value is None:
         return "nothing"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float | Decimal):
+        return "a number"  # JSON numbers arrive as Decimals: their type's name says nothing to a caller
     return repr(value[:40]) if isinstance(value, str) else type(value).__name__
 
 
@@ -68,6 +72,8 @@ _IDENTIFIER = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")  # MAX_ID_LENGTH
 
 
 def _identifier(value: Any, name: str) -> str:
+    if value is not None and not isinstance(value, str):
+        raise RowError(f"{name} must be text (a JSON string), got {_shown(value)}")
     if not isinstance(value, str) or not value.strip():
         raise RowError(f"{name} is empty")
     text = value.strip()
@@ -96,6 +102,8 @@ def _amount(value: Any) -> int:
 
 def _timestamp(value: Any, tz: ZoneInfo, now: datetime) -> datetime:
     """An ISO 8601 time; one without a UTC offset is a local time in ``tz`` (app.timezone)."""
+    if value is not None and not isinstance(value, str):
+        raise RowError(f"paid_at must be an ISO 8601 time as text, got {_shown(value)}")
     if not isinstance(value, str) or not value.strip():
         raise RowError("paid_at is empty")
     try:

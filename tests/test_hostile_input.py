@@ -342,3 +342,13 @@ def test_a_sidebar_tag_id_must_be_a_real_row_id(app):
         for bad in (2**70, True, -1, 0, "1", 1.5):
             assert _tag_from_request(session, {"tag_id": bad}, None, app.extensions["scrm.settings"]) \
                 == ("标签不存在", 400), bad
+
+
+def test_an_id_or_time_given_as_a_json_number_is_called_that_not_empty(client, token):
+    headers = {"Authorization": f"Bearer {token}"}
+    rows = [{"order_id": 12345, "external_userid": "wmA", "amount": "1", "paid_at": PAID_AT},
+            {"order_id": "ok1", "external_userid": "wmA", "amount": "1", "paid_at": 1700000000}]
+    answer = client.post("/api/v1/orders", json=rows, headers=headers).get_json()
+    assert [r.get("error") for r in answer["results"]] == [
+        "order_id must be text (a JSON string), got a number",
+        "paid_at must be an ISO 8601 time as text, got a number"]

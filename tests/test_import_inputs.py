@@ -81,6 +81,32 @@ def test_negative_amounts_are_called_negative(db, tmp_path):
     assert dict(run_import(db, path).errors) == {2: "amount must not be negative, got '-50.00'"}
 
 
+def test_minus_zero_is_zero_not_negative(db, tmp_path):
+    path = write_bytes(tmp_path, (HEADER + "o1,wmA,-0,2026-11-01T10:00:00+08:00,paid\n"
+                                  "o2,wmA,-0.00,2026-11-01T11:00:00+08:00,paid\n").encode())
+    summary = run_import(db, path)
+    assert summary.errors == [] and summary.inserted == 2
+
+
+def test_a_utf16_file_is_refused_with_what_to_save_instead(db, tmp_path):
+    path = write_bytes(tmp_path, (HEADER + "o1,wmA,1,2026-11-01T10:00:00+08:00,paid\n").encode("utf-16"))
+    with pytest.raises(ImportFailed, match="UTF-16 text .*CSV UTF-8"):
+        run_import(db, path)
+
+
+def test_customer_rows_with_a_name_too_long_or_a_year_past_the_calendar_are_refused_whole(db, tmp_path):
+    path = write_bytes(tmp_path, ("external_userid,name,follow_userid,added_at\n"
+                                  f"wmLONG,{'长' * 256},zhangsan,2026-11-01T10:00:00+08:00\n"
+                                  "wmOLD,老客户,zhangsan,0001-01-01T00:00:00+08:00\n"
+                                  "wmOK,好客户,zhangsan,2026-11-01T10:00:00+08:00\n").encode(), "customers.csv")
+    with db.begin() as session:
+        summary = import_customers(session, path, TZ)
+    assert dict(summary.errors) == {2: "name is longer than 255 characters (256)",
+                                    3: "added_at is out of range (years 1970–2999), got 1"}
+    with db.sessions() as session:
+        assert session.scalars(select(Customer.external_userid)).all() == ["wmOK"]
+
+
 def test_status_may_be_empty_or_left_out_when_the_header_has_it(db, tmp_path):
     path = write_bytes(tmp_path, (HEADER + "o1,wmA,1,2026-11-01T10:00:00+08:00,\n"
                                            "o2,wmA,2,2026-11-01T11:00:00+08:00\n"
