@@ -5,11 +5,14 @@ opt-out words, and reply by rule and by tier inside WeCom's 48-hour / 5-message 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.customers import set_opted_out
@@ -41,7 +44,25 @@ def kf_messages(event: Any, ctx: HandlerContext) -> None:
         raise ValueError("kf_msg_or_event without OpenKfId")
     if ctx.clients is None:
         raise RuntimeError("WeCom is not configured: cannot pull kf messages")
-    token = str(ctx.fields.get("Token") or "")
+    with _one_sync_at_a_time(open_kfid):
+        _sync(ctx, open_kfid, str(ctx.fields.get("Token") or ""))
+
+
+_SYNC_LOCKS: dict[str, threading.Lock] = {}
+_SYNC_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _one_sync_at_a_time(open_kfid: str) -> Iterator[None]:
+    """One sync of a kf account at a time in this process: each callback of a busy account starts one, and
+    two from one cursor read the same page (on PostgreSQL the cursor row's lock serialises processes)."""
+    with _SYNC_LOCKS_GUARD:
+        lock = _SYNC_LOCKS.setdefault(open_kfid, threading.Lock())
+    with lock:
+        yield
+
+
+def _sync(ctx: HandlerContext, open_kfid: str, token: str) -> None:
     name = f"kf:{open_kfid}"
     for _ in range(MAX_PAGES):
         cursor = _load_cursor(ctx, name)
@@ -69,7 +90,10 @@ def _pull(ctx: HandlerContext, open_kfid: str, token: str, cursor: str) -> tuple
 
 
 def _load_cursor(ctx: HandlerContext, name: str) -> str:
-    row = ctx.session.get(SyncCursor, name, with_for_update=ctx.session.bind.dialect.name == "postgresql")
+    postgresql = ctx.session.bind.dialect.name == "postgresql"
+    if postgresql:  # a row to lock even before the first page: two first syncs must not both read from ""
+        ctx.session.execute(pg_insert(SyncCursor).values(name=name, cursor="").on_conflict_do_nothing())
+    row = ctx.session.get(SyncCursor, name, with_for_update=postgresql)
     return row.cursor if row else ""
 
 

@@ -119,3 +119,14 @@ def test_cli_issue_and_redeem(cli_env, db):
     listed = runner.invoke(main, ["coupons", "list", "--customer", external])
     assert "redeemed" in listed.output and code in listed.output
     assert runner.invoke(main, ["coupons", "issue", "NOPE", external]).exit_code == 1
+
+
+def test_cli_keeps_a_definitions_tiers_unless_told_otherwise(cli_env, db):
+    runner = CliRunner(env={"SCRM_CONFIG": None, **cli_env})
+    seed_audience(db, {"low": 1})
+    with db.sessions() as s:
+        external = s.scalar(select(Customer.external_userid))
+    refused = runner.invoke(main, ["coupons", "issue", "VIP", external])
+    assert refused.exit_code == 1 and "is low" in refused.output and "--any-tier" in refused.output
+    forced = runner.invoke(main, ["coupons", "issue", "VIP", external, "--any-tier"])
+    assert forced.exit_code == 0 and "专属优惠券" in forced.output

@@ -257,9 +257,12 @@ def _customer(session: Any, ref: str) -> Customer:
 @click.argument("customer_ref")
 @click.option("--reason", default="manual", show_default=True,
               help="Why (one coupon per definition, customer, reason).")
+@click.option("--any-tier", is_flag=True,
+              help="Issue even when the customer's tier is not one the definition names (as the sidebar never does).")
 @pass_cli
-def coupons_issue(cli: CliContext, definition: str, customer_ref: str, reason: str) -> None:
-    """Issue coupon DEFINITION to CUSTOMER_REF (external_userid or id) and print its code."""
+def coupons_issue(cli: CliContext, definition: str, customer_ref: str, reason: str, any_tier: bool) -> None:
+    """Issue coupon DEFINITION to CUSTOMER_REF (external_userid or id) and print its code. A definition
+    limited to some tiers is refused for a customer outside them unless --any-tier."""
     from bot.campaigns.coupons import CouponError, display_code, issue
 
     book = _book(cli)
@@ -269,6 +272,11 @@ def coupons_issue(cli: CliContext, definition: str, customer_ref: str, reason: s
         raise click.ClickException(str(exc)) from None
     with cli.db().begin() as session:
         customer = _customer(session, customer_ref)
+        if not any_tier and not d.allows(customer):
+            raise click.ClickException(
+                f"{d.code} is for {', '.join(d.tiers)}; customer {customer.external_userid} is "
+                f"{customer.value_tier or 'not tiered'}{'/' + customer.rfm_segment if customer.rfm_segment else ''}"
+                " (--any-tier issues it anyway)")
         coupon = issue(session, book, d, [customer.id], f"manual:{reason}")[customer.id]
         click.echo(f"{display_code(coupon.code)}  {coupon.title} ({d.terms()}) for {customer.external_userid}, "
                    f"expires {local_time(coupon.expires_at, cli.settings().tz)}")

@@ -26,8 +26,8 @@ def create(cli: CliContext, name: str, read_customers: bool) -> None:
     from bot.models import ApiToken
     from bot.web.api import new_token
 
-    if not 1 <= len(name) <= 64:
-        raise click.BadParameter("1–64 characters", param_hint="NAME")
+    if not 1 <= len(name) <= 64 or not name.isprintable():
+        raise click.BadParameter("1–64 printable characters (no line breaks or tabs)", param_hint="NAME")
     token, digest = new_token()
     with cli.db().begin() as session:
         if session.scalar(select(ApiToken).where(ApiToken.name == name)):

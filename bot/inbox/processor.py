@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from wechatpy.work import parse_message
 
 from bot.core.config import Settings
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 WELCOME_CARRIERS = ("add_external_contact", "add_half_external_contact", "msg_audit_approved")
 WELCOME_WINDOW = timedelta(seconds=20)
 RUNNABLE = ("pending", "failed")
+CONFLICT_RERUNS = 2
 
 
 class InboxProcessor:
@@ -118,6 +120,13 @@ class InboxProcessor:
         with LeaseKeeper(partial(self._renew, event_id), claimed_at, self.clock,
                          self.settings.worker.lease_seconds, f"inbox event {event_id}"):
             status, error = self._handle(event_id)
+            for _ in range(CONFLICT_RERUNS):
+                if not isinstance(error, IntegrityError):
+                    break
+                # Another thread or process wrote the same row first (two events of one customer at once):
+                # run again now, when the row is there, rather than after the back-off.
+                logger.info("inbox event %d met a concurrent write; handled again at once", event_id)
+                status, error = self._handle(event_id)
         # Recorded after the keeper stopped: a renewal racing the final write would look like a takeover.
         return self._fail(event_id, error) if error is not None else self._finish(event_id, status)
 
