@@ -248,6 +248,17 @@ def test_two_configurations_sharing_a_token_each_decrypt_with_their_own_key(over
         app.extensions["scrm.db"].dispose()
 
 
+def test_the_kf_system_apps_own_callback_configuration_is_accepted(overrides, corp):
+    kf_corp = replace(corp, token=random_text(20), encoding_aes_key=random_text(43))
+    settings = {**overrides, "wecom": {**overrides["wecom"], "kf_token": kf_corp.token,
+                                       "kf_encoding_aes_key": kf_corp.encoding_aes_key}}
+    app = create_app(settings, environ={}, start_worker=False)
+    try:
+        assert Callbacks(app.test_client(), kf_corp).post(contact_event()).status_code == 200
+    finally:
+        app.extensions["scrm.db"].dispose()
+
+
 def test_unconfigured_webhook_refuses_with_503(database_url, callbacks):
 
     app = create_app({"database": {"url": database_url}}, environ={}, start_worker=False)

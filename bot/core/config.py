@@ -76,6 +76,8 @@ class WeComSettings:
     contact_token: str = _secret()
     contact_encoding_aes_key: str = _secret()
     kf_secret: str = _secret()
+    kf_token: str = _secret()
+    kf_encoding_aes_key: str = _secret()
     api_base_url: str = DEFAULT_WECOM_API_BASE_URL
     timeout_seconds: float = 10.0
     busy_retries: int = 3
@@ -685,7 +687,7 @@ def _str_list(value: Any) -> bool:
 
 
 def _check_wecom(w: WeComSettings) -> None:
-    for prefix in ("", "contact_"):
+    for prefix in ("", "contact_", "kf_"):
         token, key = getattr(w, f"{prefix}token"), getattr(w, f"{prefix}encoding_aes_key")
         if token and not _TOKEN.fullmatch(token):
             raise ConfigError(f"wecom.{prefix}token must be 1–32 letters or digits")

@@ -1,8 +1,8 @@
 """The app's callback credentials as wechatpy ``WeChatCrypto`` objects.
 
-WeCom lets each callback configuration (the self-built app, 客户联系's own 接收事件服务器) have its
-own Token and EncodingAESKey; a request is checked against each until one signature matches and its
-payload decrypts.
+WeCom lets each callback configuration (the self-built app, 客户联系's own 接收事件服务器, the 微信客服
+system app's 回调配置) have its own Token and EncodingAESKey; a request is checked against each until
+one signature matches and its payload decrypts.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class Keyring:
 
     @classmethod
     def from_settings(cls, w: WeComSettings) -> Keyring:
-        pairs = [(w.token, w.encoding_aes_key), (w.contact_token, w.contact_encoding_aes_key)]
+        pairs = [(w.token, w.encoding_aes_key), (w.contact_token, w.contact_encoding_aes_key),
+                 (w.kf_token, w.kf_encoding_aes_key)]
         return cls(tuple(WeChatCrypto(t, k, w.corp_id) for t, k in pairs if t and k))
 
     def verify_url(self, signature: str, timestamp: str, nonce: str, echostr: str) -> str:
