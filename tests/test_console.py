@@ -157,7 +157,7 @@ def test_every_role_reads_every_page(seeded, console, role, path):
 
 POSTS = ["/console/broadcasts/new", "/console/broadcasts/1/cancel", "/console/logout", "/console/login",
          "/console/system/inbox/1/retry", "/console/tags/merge", "/console/channels/new",
-         "/console/channels/live/delete"]
+         "/console/channels/live/delete", "/console/transfers/run"]
 
 
 @pytest.mark.parametrize("path", POSTS)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from bot.models import Channel, Follow, Transfer
 from bot.web.serving import BackgroundServer
@@ -152,3 +152,44 @@ def test_without_wecom_the_create_form_says_why(app):
     assert "WeCom 未配置" in page and "disabled" in page
     refused = client.post("/console/channels/new", data={"csrf_token": csrf(client), "state": "k", "members": "a"})
     assert refused.status_code == 400 and "WeCom is not configured" in refused.get_data(as_text=True)
+
+
+def test_an_operator_runs_the_hand_over_the_plan_showed_audited(wired, sandbox, tmp_path):
+    from bot.models import AuditEntry
+    from tests.handover_support import scrm_runner
+    from tests.support import control, read
+
+    ids = [f"wmHO{i:03d}" for i in range(5)]
+    control(sandbox, "seed", {"staff": [{"userid": u} for u in ("zhangsan", "lisi", "wangwu")],
+                              "contacts": [{"userid": "zhangsan", "external_userid": e, "name": f"客户{i}"}
+                                           for i, e in enumerate(ids)]})
+    scrm_runner(wired, tmp_path)("sync", "contacts", "--no-progress")
+    wired.extensions["scrm.clock"] = lambda: MORNING
+    viewer = signed_in(wired, "vera", "viewer")
+    query = {"from": "zhangsan", "to": "lisi,wangwu"}
+    assert "执行交接" not in viewer.get("/console/transfers", query_string=query).get_data(as_text=True)
+    form = {"csrf_token": csrf(viewer), **query, "rule": "", "expected": "5"}
+    assert viewer.post("/console/transfers/run", data=form).status_code == 403
+
+    client = signed_in(wired, "olga", "operator")
+    page = client.get("/console/transfers", query_string=query).get_data(as_text=True)
+    assert "执行交接（5 位客户）" in page and 'name="expected" value="5"' in page
+    form = {**form, "csrf_token": csrf(client)}
+    stale = client.post("/console/transfers/run", data={**form, "expected": "4"}, follow_redirects=True)
+    assert "试算后客户有变化（现在 5 位）" in stale.get_data(as_text=True)
+    assert read(sandbox, "calls", path="externalcontact/transfer_customer") == []
+    long = client.post("/console/transfers/run", data={**form, "message": "长" * 201}, follow_redirects=True)
+    assert "最多 200 个字" in long.get_data(as_text=True)
+
+    done = client.post("/console/transfers/run", data={**form, "message": "您好，新的顾问来了"}, follow_redirects=True)
+    text = done.get_data(as_text=True)
+    assert "5 位客户开始交接" in text
+    calls = read(sandbox, "calls", path="externalcontact/transfer_customer")
+    assert sorted(c["body"]["takeover_userid"] for c in calls) == ["lisi", "wangwu"]
+    assert sum(len(c["body"]["external_userid"]) for c in calls) == 5
+    assert {c["body"]["transfer_success_msg"] for c in calls} == {"您好，新的顾问来了"}
+    with wired.extensions["scrm.db"].sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Transfer)) == 5
+        audit = s.scalar(select(AuditEntry).where(AuditEntry.action == "transfers.run"))
+    assert (audit.actor, audit.target, audit.after["customers"], audit.after["started"]) == (
+        "olga", "staff:zhangsan", 5, 5)

@@ -352,3 +352,10 @@ def test_an_id_or_time_given_as_a_json_number_is_called_that_not_empty(client, t
     assert [r.get("error") for r in answer["results"]] == [
         "order_id must be text (a JSON string), got a number",
         "paid_at must be an ISO 8601 time as text, got a number"]
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer"])
+def test_the_bearer_scheme_is_case_insensitive(client, token, scheme):
+    answer = client.post("/api/v1/orders", json=[order("case-1", "1")],
+                         headers={"Authorization": f"{scheme} {token}"})
+    assert answer.status_code == 200, answer.get_json()

@@ -18,7 +18,7 @@ def init_db(app: Flask, settings: Settings, upgrade: bool = True) -> Database:
 
 def init_app(app: Flask) -> None:
     from bot.web import api
-    from bot.web.console import channels, connectivity, greetings, rules  # noqa: F401 - their routes join the console blueprint
+    from bot.web.console import channels, connectivity, greetings, rules, transfers  # noqa: F401 - their routes join the console blueprint
     from bot.web.console import groups as console_groups
     from bot.web.console import views as console
 
