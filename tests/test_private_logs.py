@@ -107,6 +107,8 @@ def test_call_sites_mask_ids_and_the_last_sweep_masks_what_it_recognises():
 def test_the_served_access_log_and_refusals_name_no_one(logged_app, log_text):
     """`scrm serve`'s access log (werkzeug at INFO) and the API's and console's refusal lines: no search
     text, no id however it is spelt (an imported shop id is no WeCom id the last sweep would recognise)."""
+    import socket
+
     import requests
     from werkzeug.serving import make_server
 
@@ -121,13 +123,18 @@ def test_the_served_access_log_and_refusals_name_no_one(logged_app, log_text):
         base = f"http://127.0.0.1:{server.server_address[1]}"
         for path in (f"/console/customers?q={NICKNAME}", f"/api/v1/customers/{imported_id}",
                      f"/api/v1/customers/{EXTERNAL_USERID}", f"/sidebar/customer/{EXTERNAL_USERID}",
-                     f"/console/customers/{PHONE}"):
+                     f"/console/customers/{PHONE}", f"/sidebar/customer/{STAFF_USERID}", "/no/such/20231234"):
             requests.get(base + path, timeout=5, allow_redirects=False)
+        with socket.create_connection(server.server_address[:2], timeout=5) as raw:  # a broken request line
+            raw.sendall(f"GET /console/customers?q={NICKNAME} HTTP/1.1 extra\r\n\r\n".encode())
+            raw.recv(1024)
     finally:
         server.shutdown()
         server.server_close()
     log = log_text.getvalue()
     assert '"GET /api/v1/customers/…r_42" 401' in log and '"GET /console/customers" 302' in log
-    assert "API GET /api/v1/customers/…r_42 refused (401)" in log
+    assert "API GET /api/v1/customers/<path:external_userid> refused (401)" in log  # the route, not the id
+    assert '"GET /sidebar/customer/***" 401' in log and '"GET /***/***/***" 404' in log
+    assert "refused a malformed request" in log and "Traceback" not in log
     assert_nothing_personal(log)
-    assert imported_id not in log and "127.0.0.1" not in log
+    assert imported_id not in log and "127.0.0.1" not in log and "20231234" not in log

@@ -29,16 +29,21 @@ def masked(value: object) -> str:
     return f"…{text[-_SHOWN_TAIL:]}" if len(text) >= _MIN_LENGTH_WITH_TAIL else "***"
 
 
-# A path segment that is a route's word ("customers", "kf.reply_rules", "console.css") or a row number;
-# anything else (an external_userid however it is spelt, a name, a State) is a value and is masked.
-_ROUTE_WORD = re.compile(r"[a-z][a-z._-]*|v[0-9]+|[0-9]+")
+# Without the app's routes at hand: a segment shaped like a route's word is kept. With them, only the
+# routes' own words are (a lowercase userid or an all-digit shop id is shaped like one).
+_ROUTE_WORD = re.compile(r"[a-z][a-z._-]*|v[0-9]+")
 
 
-def masked_path(path: str) -> str:
-    """A request path as an access log may show it: no query string (a search, a signature), and each
-    segment that is not a route's word masked (``/api/v1/customers/wm_demo_1`` → ``/api/v1/customers/***``)."""
+def masked_path(path: str, route_words: frozenset[str] | None = None) -> str:
+    """A request path as an access log may show it: no query string (a search, a signature), and every
+    segment that is not a word of the app's routes masked (``/api/v1/customers/wm_demo_1`` →
+    ``/api/v1/customers/***``)."""
     path = path.split("?", 1)[0].split("#", 1)[0]
-    return "/".join(part if not part or _ROUTE_WORD.fullmatch(part) else masked(part) for part in path.split("/"))
+
+    def kept(part: str) -> bool:
+        return not part or (part in route_words if route_words is not None else bool(_ROUTE_WORD.fullmatch(part)))
+
+    return "/".join(part if kept(part) else masked(part) for part in path.split("/"))
 
 
 def mask_personal_data(text: str) -> str:

@@ -19,11 +19,11 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from bot.campaigns.audience import tier_choices
 from bot.campaigns.rules import value_tier_names
 from bot.core import jsonsafe
-from bot.core.privacy import masked_path
 from bot.models import ApiToken, Customer
 from bot.tagging.rules import TagRules
 from bot.tagging.system import apply_aggregate_rules
 from bot.web.live import current_settings
+from bot.web.logpaths import logged_path
 from segments.money import number_to_fen
 from segments.orders import OrderRow, OrderWriter, RowError, parse_order
 
@@ -53,7 +53,7 @@ class ApiError(Exception):
 
 @bp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> tuple[Response, int]:
-    logger.info("API %s %s refused (%d): %s", request.method, masked_path(request.path), exc.status, exc.message)
+    logger.info("API %s %s refused (%d): %s", request.method, logged_path(), exc.status, exc.message)
     return jsonify(error=exc.message), exc.status
 
 
@@ -72,7 +72,7 @@ def _http_error(exc: HTTPException) -> HTTPException | tuple[Response, int]:
         message = "internal error; the server log has the details"  # Flask has logged the exception
     else:
         message = exc.description or exc.name
-        logger.info("API %s %s refused (%d): %s", request.method, masked_path(request.path), status, exc.name)
+        logger.info("API %s %s refused (%d): %s", request.method, logged_path(), status, exc.name)
     response = jsonify(error=message)
     if status == 405 and isinstance(exc.valid_methods, list | tuple | set) and exc.valid_methods:
         response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))

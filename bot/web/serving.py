@@ -3,22 +3,43 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from bot.core.privacy import masked_path
+from bot.core.privacy import mask_personal_data, masked_path
+from bot.web.logpaths import route_words
 
 access_log = logging.getLogger("werkzeug")
 
 
 class PrivateRequestHandler(WSGIRequestHandler):
     """werkzeug's handler with an access log that names no one: the method, the path without its query
-    string and with its values masked (:func:`masked_path`), the status; not the client's address."""
+    string and with every segment that is not a word of the app's routes masked, the status; not the
+    client's address. A request too broken to parse is logged without its request line."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        access_log.info('"%s %s" %s', self.command, masked_path(self.path), getattr(code, "value", code))
+        path = getattr(self, "path", None)  # unset when the request line itself was malformed
+        shown = masked_path(path, self._route_words()) if isinstance(path, str) else "-"
+        access_log.info('"%s %s" %s', getattr(self, "command", None) or "-", shown, getattr(code, "value", code))
+
+    def log_error(self, format: str, *args: Any) -> None:
+        # http.server's messages quote the raw request line ("Bad request syntax ('GET /…?q=…')").
+        access_log.warning("refused a malformed request: %s", mask_personal_data(_no_quoted_line(format % args)))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        access_log.info("%s", mask_personal_data(_no_quoted_line(format % args)))
+
+    def _route_words(self) -> frozenset[str] | None:
+        app = getattr(self.server, "app", None)
+        return route_words(app) if hasattr(app, "url_map") else None
+
+
+def _no_quoted_line(text: str) -> str:
+    """http.server's error text without the request line it quotes."""
+    return re.sub(r"\('.*'\)|\(\".*\"\)", "(…)", text)
 
 
 class _QuietHandler(PrivateRequestHandler):

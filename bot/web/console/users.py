@@ -22,9 +22,9 @@ from flask import (
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from bot.core.privacy import masked_path
 from bot.models import OPERATOR_ROLES, Operator
 from bot.web.console import accounts
+from bot.web.logpaths import logged_path
 
 logger = logging.getLogger(__name__)
 ROLE_NAMES = {"admin": "管理员", "operator": "运营", "viewer": "只读"}
@@ -38,7 +38,7 @@ def register(bp: Blueprint) -> None:
 
 def _admin_only() -> None:
     if g.operator.role != "admin":
-        logger.info("console %s %s refused (403): not an admin", request.method, masked_path(request.path))
+        logger.info("console %s %s refused (403): not an admin", request.method, logged_path())
         abort(403, "only admins manage accounts")
 
 

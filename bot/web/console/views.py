@@ -48,7 +48,6 @@ from bot.campaigns.effect import effect_by_tier
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
 from bot.core.db import Database, row_id
-from bot.core.privacy import masked_path
 from bot.models import (
     CHURN_RISKS,
     AuditEntry,
@@ -81,6 +80,7 @@ from bot.web.console.figures import (
 )
 from bot.web.console.system import OUTBOX_DAYS, event_state, last_line, system_figures
 from bot.web.live import current_settings
+from bot.web.logpaths import logged_path
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, TierPolicy
 from segments.predict_view import CHURN_BAND_NAMES
 from segments.rfm import SEGMENT_NAMES
@@ -143,7 +143,7 @@ def _audit(s: Session, action: str, target: str, before: dict[str, Any] | None, 
 
 
 def _refuse(status: int, why: str) -> None:
-    logger.info("console %s %s refused (%d): %s", request.method, masked_path(request.path), status, why)
+    logger.info("console %s %s refused (%d): %s", request.method, logged_path(), status, why)
     abort(status, why)
 
 

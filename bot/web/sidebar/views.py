@@ -21,13 +21,13 @@ from bot.campaigns.coupons import coupon_vars, issue_by_staff, issued_by_staff_s
 from bot.contacts.customers import set_opted_out
 from bot.core.config import Settings
 from bot.core.db import MAX_ROW_ID
-from bot.core.privacy import masked_path
 from bot.models import Customer, Tag, TagGroup
 from bot.outbox.messages import TemplateMissing, TemplateRefused, customer_vars, refusal, tier_keys
 from bot.tagging.rules import RuleError, TagRules, parse_ref
 from bot.tagging.sync import push_pending
 from bot.tagging.system import canonical_ref, ensure_tag, tag_customer, untag_customer
 from bot.web.live import current_settings
+from bot.web.logpaths import logged_path
 from bot.web.sidebar.card import CardSources, build_card, customer_digest, find_customer, may_view, tag_groups
 from bot.web.sidebar.identity import (
     Member,
@@ -67,7 +67,7 @@ def _bound_body() -> None:
 
 @bp.errorhandler(RequestEntityTooLarge)
 def _too_large(_exc: RequestEntityTooLarge) -> tuple[Response, int]:
-    logger.warning("sidebar: %s %s refused: body larger than %d bytes", request.method, masked_path(request.path),
+    logger.warning("sidebar: %s %s refused: body larger than %d bytes", request.method, logged_path(),
                    MAX_BODY_BYTES)
     return jsonify(error="请求过大"), 413
 
