@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,22 +44,56 @@ def kf_messages(event: Any, ctx: HandlerContext) -> None:
         raise ValueError("kf_msg_or_event without OpenKfId")
     if ctx.clients is None:
         raise RuntimeError("WeCom is not configured: cannot pull kf messages")
-    with _one_sync_at_a_time(open_kfid):
-        _sync(ctx, open_kfid, str(ctx.fields.get("Token") or ""))
+    if not _start_sync(open_kfid):
+        return  # a sync of this account is running in this process: it goes round once more for this callback
+    try:
+        while True:
+            _sync(ctx, open_kfid, str(ctx.fields.get("Token") or ""))
+            if not _another_round(open_kfid):
+                return
+    except BaseException:
+        _end_sync(open_kfid)
+        raise
 
 
-_SYNC_LOCKS: dict[str, threading.Lock] = {}
-_SYNC_LOCKS_GUARD = threading.Lock()
+@dataclass
+class _SyncState:
+    running: bool = False
+    again: bool = False
 
 
-@contextmanager
-def _one_sync_at_a_time(open_kfid: str) -> Iterator[None]:
-    """One sync of a kf account at a time in this process: each callback of a busy account starts one, and
-    two from one cursor read the same page (on PostgreSQL the cursor row's lock serialises processes)."""
-    with _SYNC_LOCKS_GUARD:
-        lock = _SYNC_LOCKS.setdefault(open_kfid, threading.Lock())
-    with lock:
-        yield
+# One sync per kf account at a time in a process: every callback of a busy account would start one, two
+# from one cursor read the same page, and threads waiting their turn would keep welcomes waiting too. A
+# callback that finds its account's sync running asks it for one more round and is done. (Across
+# processes, the cursor row's lock serialises them on PostgreSQL.)
+_SYNCS: dict[str, _SyncState] = {}
+_SYNCS_GUARD = threading.Lock()
+
+
+def _start_sync(open_kfid: str) -> bool:
+    with _SYNCS_GUARD:
+        state = _SYNCS.setdefault(open_kfid, _SyncState())
+        if state.running:
+            state.again = True
+            return False
+        state.running, state.again = True, False
+        return True
+
+
+def _another_round(open_kfid: str) -> bool:
+    """After a sync: True (and the request taken) when a callback asked for one more; else the sync ends."""
+    with _SYNCS_GUARD:
+        state = _SYNCS[open_kfid]
+        if state.again:
+            state.again = False
+            return True
+        state.running = False
+        return False
+
+
+def _end_sync(open_kfid: str) -> None:
+    with _SYNCS_GUARD:
+        _SYNCS[open_kfid].running = False
 
 
 def _sync(ctx: HandlerContext, open_kfid: str, token: str) -> None:
@@ -93,7 +127,8 @@ def _load_cursor(ctx: HandlerContext, name: str) -> str:
     postgresql = ctx.session.bind.dialect.name == "postgresql"
     if postgresql:  # a row to lock even before the first page: two first syncs must not both read from ""
         ctx.session.execute(pg_insert(SyncCursor).values(name=name, cursor="").on_conflict_do_nothing())
-    row = ctx.session.get(SyncCursor, name, with_for_update=postgresql)
+    # populate_existing: the session may hold this row from the previous page; the locked values are read.
+    row = ctx.session.get(SyncCursor, name, with_for_update=postgresql, populate_existing=True)
     return row.cursor if row else ""
 
 
