@@ -3,6 +3,7 @@ with their refusals, and the dry-run plan form; in the test client and in headle
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from importlib.util import find_spec
 from pathlib import Path
@@ -168,15 +169,16 @@ def test_an_operator_runs_the_hand_over_the_plan_showed_audited(wired, sandbox, 
     viewer = signed_in(wired, "vera", "viewer")
     query = {"from": "zhangsan", "to": "lisi,wangwu"}
     assert "执行交接" not in viewer.get("/console/transfers", query_string=query).get_data(as_text=True)
-    form = {"csrf_token": csrf(viewer), **query, "rule": "", "expected": "5"}
+    form = {"csrf_token": csrf(viewer), **query, "rule": "", "expected": "?"}
     assert viewer.post("/console/transfers/run", data=form).status_code == 403
 
     client = signed_in(wired, "olga", "operator")
     page = client.get("/console/transfers", query_string=query).get_data(as_text=True)
-    assert "执行交接（5 位客户）" in page and 'name="expected" value="5"' in page
-    form = {**form, "csrf_token": csrf(client)}
-    stale = client.post("/console/transfers/run", data={**form, "expected": "4"}, follow_redirects=True)
-    assert "试算后客户有变化（现在 5 位）" in stale.get_data(as_text=True)
+    assert "执行交接（5 位客户）" in page
+    digest = re.search(r'name="expected" value="([0-9a-f]{16})"', page)[1]
+    form = {**form, "csrf_token": csrf(client), "expected": digest}
+    stale = client.post("/console/transfers/run", data={**form, "to": "wangwu,lisi"}, follow_redirects=True)
+    assert "试算后交接名单有变化（现在 5 位客户）" in stale.get_data(as_text=True)  # the same count, sent elsewhere
     assert read(sandbox, "calls", path="externalcontact/transfer_customer") == []
     long = client.post("/console/transfers/run", data={**form, "message": "长" * 201}, follow_redirects=True)
     assert "最多 200 个字" in long.get_data(as_text=True)
@@ -193,3 +195,7 @@ def test_an_operator_runs_the_hand_over_the_plan_showed_audited(wired, sandbox, 
         audit = s.scalar(select(AuditEntry).where(AuditEntry.action == "transfers.run"))
     assert (audit.actor, audit.target, audit.after["customers"], audit.after["started"]) == (
         "olga", "staff:zhangsan", 5, 5)
+    again = client.post("/console/transfers/run", data=form, follow_redirects=True)  # a reload, a double click
+    assert "试算后交接名单有变化（现在 0 位客户）" in again.get_data(as_text=True)
+    assert sum(len(c["body"]["external_userid"])
+               for c in read(sandbox, "calls", path="externalcontact/transfer_customer")) == 5

@@ -10,6 +10,7 @@ sequences and predictions belong to the customer and are not touched."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -29,6 +30,7 @@ PER_CALL = 100
 NEVER_STARTED_AFTER = timedelta(hours=48)
 ROUTE_KEYS = ("rfm", "value", "stage", "tag")
 RESULT_STATUS = {1: "succeeded", 2: "waiting", 3: "refused", 4: "takeover_full", 5: "no_record"}
+IN_FLIGHT = ("planned", "waiting")  # asked of WeCom (or about to be), not yet settled
 FAIL_REASONS = {"customer_refused": "refused", "customer_limit_exceed": "takeover_full"}
 REASONS = {  # per-customer errcodes and outcomes, as an operator reads them
     "refused": "客户拒绝 (customer_refused)",
@@ -105,6 +107,12 @@ class Plan:
     groups: list[GroupPlanRow] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (external_userid, why)
 
+    def digest(self) -> str:
+        """Who goes to whom, in 16 hex digits: a page shows it with the plan, and a run whose plan has
+        changed since (customers added, gone, or sent elsewhere) is refused rather than run unseen."""
+        pairs = sorted(f"{r.external_userid}>{r.takeover_userid}" for r in self.rows)
+        return hashlib.sha256("\n".join(pairs).encode("utf-8")).hexdigest()[:16]
+
     def summary(self) -> list[tuple[str, str, str, int]]:
         """(handover, takeover, why, customers), in a stable order."""
         counts = Counter((r.handover_userid, r.takeover_userid, r.why) for r in self.rows)
@@ -122,12 +130,16 @@ def plan_onjob(session: Session, handover: str, rest: list[str], routes: list[Ro
              .join(Staff, Staff.id == Follow.staff_id)
              .where(Staff.userid == handover, Follow.ended_at.is_(None)).order_by(Customer.id))
     found = {ext: cid for cid, ext in session.execute(query)}
+    under_way = set(session.scalars(select(Transfer.external_userid).where(
+        Transfer.handover_userid == handover, Transfer.status.in_(IN_FLIGHT))))
     plan = Plan()
     wanted = list(dict.fromkeys(customers)) if customers else list(found)
     pool = []
     for external_userid in wanted:
         if external_userid not in found:
             plan.skipped.append((external_userid, f"not a current customer of {handover}"))
+        elif external_userid in under_way:  # run twice (a reload, a double click), it would be asked twice
+            plan.skipped.append((external_userid, "a hand-over of this customer is under way"))
         else:
             pool.append((found[external_userid], external_userid))
     _assign(session, plan, "onjob", handover, pool, rest, routes)

@@ -1,6 +1,7 @@
 """The console's hand-over run (在职继承): the plan the 交接 page showed, run in WeCom (transfer_customer,
-≤ 100 customers a call) as `scrm transfer run` does, audited. The form carries how many customers the
-page showed; a plan that has changed since (customers added or gone) is shown again, not run. The route
+≤ 100 customers a call) as `scrm transfer run` does, audited. The form carries the digest of the plan
+the page showed; a plan that has changed since (customers added, gone, sent elsewhere, or already under
+way after a first run) is shown again, not run. The route
 joins the console blueprint (sign-in, CSRF, no changes by viewers)."""
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ from bot.web.console.views import _audit, _now, bp
 
 logger = logging.getLogger(__name__)
 MESSAGE_MAX = 200
+FIELD_MAX = 200
 
 
 @bp.post("/transfers/run")
 def transfers_run() -> Any:
-    args = {k: (request.form.get(k) or "").strip()[:200] for k in ("from", "to", "rule")}
+    args = {k: (request.form.get(k) or "").strip() for k in ("from", "to", "rule")}
     message = (request.form.get("message") or "").strip()
+    if any(len(v) > FIELD_MAX for v in args.values()):
+        flash(f"未交接：交出成员、接替成员与规则各最多 {FIELD_MAX} 个字符")
+        return redirect(url_for("console.transfers_page"))
     again = redirect(url_for("console.transfers_page", **args))
     if len(message) > MESSAGE_MAX:
         flash(f"未交接：给客户的消息最多 {MESSAGE_MAX} 个字")
@@ -34,8 +39,8 @@ def transfers_run() -> Any:
         routes = [Route.parse(t) for t in args["rule"].split(";") if t.strip()]
         with current_app.extensions["scrm.db"].sessions() as s:
             plan = plan_onjob(s, args["from"], rest, routes)
-            if str(len(plan.rows)) != request.form.get("expected", ""):
-                flash(f"未交接：试算后客户有变化（现在 {len(plan.rows)} 位），请核对后再执行")
+            if plan.digest() != request.form.get("expected", ""):
+                flash(f"未交接：试算后交接名单有变化（现在 {len(plan.rows)} 位客户），请核对后再执行")
                 return again
             if not plan.rows:
                 flash("没有需要交接的客户")
