@@ -185,3 +185,13 @@ def test_sandbox_contact_way_errors(wired, sandbox):
     made = api.add_contact_way(type=1, scene=2, user=["lisi"], state="s1")
     assert made["qr_code"] and api.get_contact_way(made["config_id"])["contact_way"]["state"] == "s1"
     assert list(api.gen_contact_way_ids(limit=1)) == [made["config_id"]]
+
+
+def test_a_busy_answer_after_the_code_was_made_is_reported_and_sync_brings_the_code_in(wired, sandbox, tmp_path):
+    scrm = _setup(wired, sandbox, tmp_path)
+    control(sandbox, "faults", {"path": "externalcontact/add_contact_way", "errcode": -1, "after": True})
+    busy = scrm("channels", "create", "展会", "--state", "expo", "--member", "zhangsan", ok=False)
+    assert busy.exit_code == 1 and "may have made the code" in busy.output and "scrm channels sync" in busy.output
+    assert len(read(sandbox, "calls", path="externalcontact/add_contact_way")) == 1  # not retried blindly
+    assert "imported 1" in scrm("channels", "sync").output
+    assert [w["state"] for w in read(sandbox, "contact_ways")] == ["expo"]

@@ -369,12 +369,15 @@ def dispatch_due(session: Session, settings: Settings, now: datetime | None = No
 # ---------------------------------------------------------------- results
 
 
-def results(session: Session, broadcast: GroupBroadcast) -> list[dict[str, Any]]:
-    """Per run: its groups by outbox status (pending, submitted, confirmed, failed, skipped) and the
-    reasons of those not sent."""
+def results(session: Session, broadcast: GroupBroadcast, latest: int | None = None) -> list[dict[str, Any]]:
+    """Per run (the ``latest`` ones only, if given), oldest first: its groups by outbox status (pending,
+    submitted, confirmed, failed, skipped) and the reasons of those not sent."""
     out = []
-    for run in session.scalars(select(GroupBroadcastRun).where(GroupBroadcastRun.broadcast_id == broadcast.id)
-                               .order_by(GroupBroadcastRun.run_at)):
+    query = select(GroupBroadcastRun).where(GroupBroadcastRun.broadcast_id == broadcast.id)
+    if latest is not None:
+        query = query.order_by(GroupBroadcastRun.run_at.desc()).limit(latest)
+    runs = sorted(session.scalars(query), key=lambda r: r.run_at)
+    for run in runs:
         mine = OutboxMessage.trigger_ref == run_ref(run.id)
         statuses = dict(session.execute(select(OutboxMessage.status, func.count()).where(mine)
                                         .group_by(OutboxMessage.status)).all())

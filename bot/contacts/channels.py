@@ -19,6 +19,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.core.config import Settings
 from bot.models import Channel, CustomerAggregate, CustomerTier, Follow
+from bot.wecom.client import BUSY_ERRORS
 
 STATE_MAX = 30
 NAME_MAX = 64
@@ -199,6 +200,9 @@ def _wecom(call: Any) -> dict[str, Any]:
     try:
         return call()
     except WeChatClientException as exc:
+        if exc.errcode in BUSY_ERRORS:  # not retried blindly: WeCom may have made the code before answering
+            raise ChannelError(f"WeCom answered busy ({exc.errcode}); it may have made the code all the same: run "
+                               "`scrm channels sync` (it brings in a code it made) before trying again") from None
         raise ChannelError(f"WeCom refused: {exc.errcode} {exc.errmsg}") from None
 
 

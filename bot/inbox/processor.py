@@ -55,15 +55,21 @@ class InboxProcessor:
         self.sender = sender
         self.templates = MessageTemplates.from_settings(settings)
         self.tag_rules = TagRules.from_settings(settings)
+        self._rules_pair = (self.settings, self.tag_rules)
         self.rules = rules  # the settings with the operators' current rule edits (bot.startup.RuleReloader)
 
-    def _current_rules(self) -> None:
-        """Pick up rule lists an operator edited in the console since the last event."""
-        if self.rules is None:
-            return
-        settings = self.rules()
-        if settings is not self.settings:
-            self.settings, self.tag_rules = settings, TagRules.from_settings(settings)
+    def _current_rules(self) -> tuple[Settings, TagRules]:
+        """The settings with the rule lists an operator edited in the console since the last event, and
+        their tag rules, as one pair: the inbox threads share this processor, and a thread must not
+        take new settings with old tag rules."""
+        pair = self._rules_pair  # one read of one attribute: never half of an update
+        if self.rules is not None:
+            settings = self.rules()
+            if settings is not pair[0]:
+                pair = (settings, TagRules.from_settings(settings))
+                self._rules_pair = pair
+                self.settings, self.tag_rules = pair
+        return pair
 
     # ------------------------------------------------------------ batch
 
@@ -143,12 +149,12 @@ class InboxProcessor:
             logger.info("inbox event %d (%s/%s/%s) has no handler; kept as unhandled",
                         event_id, msg_type, event, change_type)
             return "unhandled", None
-        self._current_rules()
+        settings, tag_rules = self._current_rules()
         # Handlers may commit part of their work (HandlerContext.checkpoint); the rest commits here.
         with self.db.sessions() as session:
-            ctx = HandlerContext(session=session, settings=self.settings, fields={}, inbox_event_id=event_id,
+            ctx = HandlerContext(session=session, settings=settings, fields={}, inbox_event_id=event_id,
                                  clients=self.clients, received_at=received_at, templates=self.templates,
-                                 tag_rules=self.tag_rules, sender=self.sender, db=self.db)
+                                 tag_rules=tag_rules, sender=self.sender, db=self.db)
             try:
                 ctx.fields = parse_flat_xml(payload)
                 message = parse_message(payload)

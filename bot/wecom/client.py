@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 TOKEN_ERRORS = frozenset({40014, 42001})  # invalid / expired access_token: refresh once
 BUSY_ERRORS = frozenset({45033, -1})  # too many concurrent calls, system busy: retried here after a pause
 # Calls that create something: a "system busy" may come after WeCom made it, so a blind retry could make
-# two (two mass-message tasks to confirm). Their callers look the outcome up instead. (message/send is
-# sent with WeCom's duplicate check on; kf and welcome sends are single-use by their msgid and code.)
+# two (two mass-message tasks to confirm, two QR codes). The mass-message senders look the outcome up;
+# the others report it and leave the look-up to a sync (`scrm channels sync`). (message/send goes out
+# with WeCom's duplicate check on; kf and welcome sends are single-use by their msgid and code.)
 NOT_RETRIED_WHEN_BUSY = frozenset({
     "externalcontact/add_msg_template", "externalcontact/add_contact_way",
     "externalcontact/add_moment_task", "externalcontact/group_welcome_template/add",

@@ -111,7 +111,7 @@ def campaigns_page() -> str:
         for row in broadcasts:
             broadcast = s.get(GroupBroadcast, row["id"])
             row["cron"], row["send_at"] = broadcast.cron, broadcast.send_at
-            row["runs_shown"] = group_broadcasts.results(s, broadcast)[-RUNS_SHOWN:][::-1]
+            row["runs_shown"] = group_broadcasts.results(s, broadcast, latest=RUNS_SHOWN)[::-1]
         planned = planned_per_step(s)
         sops = [{"sop": sop, "audience": group_broadcasts.describe_audience(sop.audience),
                  "steps": [{**step, "planned": planned.get(f"group_sop:{sop.id}:{i}", 0)}
