@@ -157,7 +157,7 @@ def test_every_role_reads_every_page(seeded, console, role, path):
 
 POSTS = ["/console/broadcasts/new", "/console/broadcasts/1/cancel", "/console/logout", "/console/login",
          "/console/system/inbox/1/retry", "/console/tags/merge", "/console/channels/new",
-         "/console/channels/live/delete", "/console/transfers/run"]
+         "/console/channels/delete", "/console/transfers/run"]
 
 
 @pytest.mark.parametrize("path", POSTS)
@@ -178,7 +178,7 @@ def test_a_body_larger_than_any_page_takes_is_refused_unread(seeded, console):
 
 @pytest.mark.parametrize("path", ["/console/broadcasts/new", "/console/broadcasts/1/cancel",
                                   "/console/system/inbox/1/retry", "/console/tags/merge", "/console/channels/new",
-                                  "/console/channels/live/delete"])
+                                  "/console/channels/delete"])
 def test_viewers_change_nothing(seeded, console, db, path):
     _schedule_one(console, db)
     viewer = signed_in(console, "vera", "viewer")

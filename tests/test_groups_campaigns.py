@@ -252,7 +252,13 @@ def test_the_console_shows_group_broadcasts_and_sops_with_outcomes_and_cancels_t
     assert "已取消过" in again
     assert operator.post("/console/groups/sops/999/cancel", data={"csrf_token": csrf(operator)}).status_code == 404
     with db.sessions() as s:
+        weekend = s.scalar(select(GroupBroadcast.id).where(GroupBroadcast.name == "周末活动"))
+    finished = operator.post(f"/console/groups/broadcasts/{weekend}/cancel", data={"csrf_token": csrf(operator)},
+                             follow_redirects=True).get_data(as_text=True)
+    assert "已结束，没有未提交的群消息可取消" in finished  # a sent broadcast keeps its history
+    with db.sessions() as s:
         assert s.get(GroupBroadcast, monthly).status == "cancelled" and s.get(GroupSop, sop).status == "cancelled"
+        assert s.get(GroupBroadcast, weekend).status == "done"
         actions = [(a.actor, a.action, a.target) for a in s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
     assert actions[-2:] == [("olga", "group_broadcasts.cancel", f"group_broadcast:{monthly}"),
                             ("olga", "group_sops.cancel", f"group_sop:{sop}")]

@@ -135,14 +135,16 @@ def test_an_operator_creates_and_deletes_a_channel_code_in_wecom(wired, sandbox)
     again = client.post("/console/channels/new", data=form)
     assert again.status_code == 400 and "exists already" in again.get_data(as_text=True)
 
-    assert viewer.post("/console/channels/expo2026/delete", data={"csrf_token": csrf(viewer)}).status_code == 403
-    gone = client.post("/console/channels/expo2026/delete", data={"csrf_token": csrf(client)})
+    refused = viewer.post("/console/channels/delete", data={"csrf_token": csrf(viewer), "state": "expo2026"})
+    assert refused.status_code == 403
+    gone = client.post("/console/channels/delete", data={"csrf_token": csrf(client), "state": "expo2026"})
     assert gone.status_code == 302 and read(sandbox, "contact_ways") == []
     with db.sessions() as s:
         assert s.scalar(select(Channel.status).where(Channel.state == "expo2026")) == "deleted"
         assert s.scalar(select(AuditEntry.before).where(AuditEntry.action == "channels.delete"))["config_id"] \
             == way["config_id"]
-    missing = client.post("/console/channels/expo2026/delete", data={"csrf_token": csrf(client)}, follow_redirects=True)
+    missing = client.post("/console/channels/delete", data={"csrf_token": csrf(client), "state": "expo2026"},
+                          follow_redirects=True)
     assert "未删除" in missing.get_data(as_text=True)
 
 
@@ -199,3 +201,35 @@ def test_an_operator_runs_the_hand_over_the_plan_showed_audited(wired, sandbox, 
     assert "试算后交接名单有变化（现在 0 位客户）" in again.get_data(as_text=True)
     assert sum(len(c["body"]["external_userid"])
                for c in read(sandbox, "calls", path="externalcontact/transfer_customer")) == 5
+
+
+def test_channel_forms_refuse_what_urls_and_databases_cannot_hold_and_a_silent_wecom(wired, sandbox):
+    from tests.support import control, read
+
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan", "name": "zhangsan"}]})
+    client = signed_in(wired, "olga", "operator")
+    form = {"csrf_token": csrf(client), "name": "x", "members": "zhangsan", "welcome": "default"}
+    for state, reason in (("a/b", "other than /"), ("..", "other than /"), ("nul\x00", "control characters"),
+                          ("zw\u200b", "control characters")):
+        page = client.post("/console/channels/new", data={**form, "state": state})
+        assert page.status_code == 400 and reason in page.get_data(as_text=True), state
+    for field, value, reason in (("tags", "来源/\x00", "control characters"), ("members", "g" * 65, "at most 64")):
+        page = client.post("/console/channels/new", data={**form, "state": "ok1", field: value})
+        assert page.status_code == 400 and reason in page.get_data(as_text=True), field
+    assert read(sandbox, "contact_ways") == []
+    control(sandbox, "delays", {"path": "externalcontact/add_contact_way", "seconds": 1.5})
+    wired.extensions["scrm.processor"].clients.contact.timeout = 0.5  # WeCom answers after the client gave up
+    page = client.post("/console/channels/new", data={**form, "state": "slow"})
+    assert page.status_code == 400 and "no answer from WeCom" in page.get_data(as_text=True)
+    assert "scrm channels sync" in page.get_data(as_text=True)
+
+
+def test_the_hand_over_plan_refuses_what_is_no_userid(app):
+    _seed(app)
+    client = signed_in(app, "olga", "operator")
+    for query, reason in (({"from": "zhangsan\x00", "to": "lisi"}, "not a member&#39;s userid"),
+                          ({"from": "zhangsan", "to": "g" * 65}, "not a member&#39;s userid"),
+                          ({"from": "zhangsan", "to": "lisi", "rule": "tag:a\x00=lisi"}, "no control characters"),
+                          ({"from": "zhangsan", "to": "ZhangSan"}, "to themselves")):
+        page = client.get("/console/transfers", query_string=query)
+        assert page.status_code == 200 and reason in page.get_data(as_text=True), query

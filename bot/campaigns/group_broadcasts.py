@@ -224,6 +224,16 @@ def find(session: Session, name_or_id: str) -> GroupBroadcast:
     return found
 
 
+def unsent(session: Session, broadcast: GroupBroadcast) -> int:
+    """Group messages of its runs not yet handed to WeCom (a cancel would still stop them)."""
+    refs = [run_ref(i) for i in session.scalars(select(GroupBroadcastRun.id).where(
+        GroupBroadcastRun.broadcast_id == broadcast.id))]
+    if not refs:
+        return 0
+    return session.scalar(select(func.count()).select_from(OutboxMessage).where(
+        OutboxMessage.trigger_ref.in_(refs), OutboxMessage.channel == CHANNEL, OutboxMessage.status == "pending")) or 0
+
+
 def cancel(session: Session, broadcast: GroupBroadcast, now: datetime | None = None) -> int:
     """Stop future runs; rows not yet handed to WeCom are skipped. Returns how many."""
     now = now or utcnow()

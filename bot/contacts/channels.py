@@ -22,6 +22,8 @@ from bot.models import Channel, CustomerAggregate, CustomerTier, Follow
 from bot.wecom.client import BUSY_ERRORS
 
 STATE_MAX = 30
+STATE_FORBIDDEN = frozenset("/\\?#%")  # the key goes into the console's URLs and WeCom's
+MEMBER_MAX = 64
 NAME_MAX = 64
 MEMBERS_MAX = 100
 SCENE_QR = 2
@@ -81,6 +83,8 @@ def seed_from_config(session: Session, settings: Settings) -> int:
 def cost_fen(text: str) -> int:
     """What a channel cost, typed in 元 ("1500", "1,500.50"), as fen: ≥ 0 with at most two decimals."""
     try:
+        if not text.isascii():  # Decimal reads other scripts' digits too: "١٢٣" would be 123 元 unseen
+            raise InvalidOperation
         value = Decimal(text.strip().replace(",", ""))
     except InvalidOperation:
         raise ChannelError(f"{text[:40]!r} is not an amount in 元 (e.g. 1500 or 1500.50)") from None
@@ -94,6 +98,14 @@ def check_spec(spec: ChannelSpec, stages: Iterable[str], now: datetime, need_mem
         raise ChannelError(f"the channel key (state) must be 1–{STATE_MAX} characters, got {len(spec.state)}")
     if any(ch.isspace() for ch in spec.state):
         raise ChannelError("the channel key (state) must not contain spaces")
+    if not spec.state.isprintable() or any(ch in STATE_FORBIDDEN for ch in spec.state) or spec.state in {".", ".."}:
+        raise ChannelError("the channel key (state) takes letters, digits and punctuation other than / \\ ? # %, "
+                           "and no control characters")
+    for what, values in (("name", [spec.name]), ("member", spec.members), ("tag", spec.tags)):
+        if any(not v.isprintable() for v in values):
+            raise ChannelError(f"a {what} must not contain control characters")
+    if any(len(m) > MEMBER_MAX or any(ch.isspace() for ch in m) for m in spec.members):
+        raise ChannelError(f"a member is a userid of at most {MEMBER_MAX} characters without spaces")
     if len(spec.name) > NAME_MAX:
         raise ChannelError(f"the channel name is at most {NAME_MAX} characters")
     if not (1 if need_members else 0) <= len(spec.members) <= MEMBERS_MAX:
@@ -168,13 +180,24 @@ def delete_channel(session: Session, api: Any, state: str) -> Channel:
     row = _get(session, state)
     if row.config_id:
         try:
-            api.del_contact_way(row.config_id)
-        except WeChatClientException as exc:
-            if exc.errcode != INVALID_CONFIG_ID:  # already gone in WeCom
-                raise ChannelError(f"WeCom refused: {exc.errcode} {exc.errmsg}") from None
+            _wecom(lambda: api.del_contact_way(row.config_id))
+        except ChannelError:
+            if not _already_gone(api, row.config_id):
+                raise
     row.status, row.config_id, row.qr_code = "deleted", None, None
     session.flush()
     return row
+
+
+def _already_gone(api: Any, config_id: str) -> bool:
+    """Whether WeCom no longer has the code (its own 41044 for an unknown config_id)."""
+    try:
+        api.get_contact_way(config_id)
+    except WeChatClientException as exc:
+        return exc.errcode == INVALID_CONFIG_ID
+    except OSError:
+        return False
+    return False
 
 
 def _get(session: Session, state: str) -> Channel:
@@ -199,6 +222,9 @@ def _remark(spec: ChannelSpec) -> str:
 def _wecom(call: Any) -> dict[str, Any]:
     try:
         return call()
+    except OSError as exc:  # requests' timeouts and connection errors: WeCom may have done it
+        raise ChannelError(f"no answer from WeCom ({type(exc).__name__}); it may have done it all the same: run "
+                           "`scrm channels sync` before trying again") from None
     except WeChatClientException as exc:
         if exc.errcode in BUSY_ERRORS:  # not retried blindly: WeCom may have made the code before answering
             raise ChannelError(f"WeCom answered busy ({exc.errcode}); it may have made the code all the same: run "

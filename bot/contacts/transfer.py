@@ -76,8 +76,10 @@ class Route:
         key, colon, value = head.partition(":")
         members = tuple(m.strip() for m in tail.split(",") if m.strip())
         if not sep or not colon or key.strip() not in ROUTE_KEYS or not value.strip() or not members:
-            raise TransferError(f"bad rule {text!r}: use KEY:VALUE=USERID[,USERID…] with KEY one of "
+            raise TransferError(f"bad rule {text[:80]!r}: use KEY:VALUE=USERID[,USERID…] with KEY one of "
                                 f"{', '.join(ROUTE_KEYS)} (e.g. rfm:重要价值=wang,li)")
+        if not text.isprintable() or len(value.strip()) > 100:
+            raise TransferError(f"bad rule {text[:80]!r}: no control characters, a value of at most 100")
         return cls(key.strip(), value.strip(), members)
 
     def label(self) -> str:
@@ -179,7 +181,11 @@ def _check_members(handover: str, rest: list[str], routes: list[Route]) -> None:
     if not rest:
         raise TransferError("name at least one member to hand over to (--to)")
     everyone = set(rest) | {m for r in routes for m in r.members}
-    if handover in everyone:
+    for userid in {handover, *everyone}:
+        if not 1 <= len(userid) <= 64 or not userid.isprintable() or any(ch.isspace() for ch in userid):
+            raise TransferError(f"{userid[:70]!r} is not a member's userid (1–64 characters, no spaces or "
+                                "control characters)")
+    if handover.casefold() in {m.casefold() for m in everyone}:  # WeCom's userids ignore case
         raise TransferError(f"{handover} cannot hand customers over to themselves")
 
 

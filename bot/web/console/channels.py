@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import current_app, flash, redirect, request, url_for
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from bot.contacts.channels import ChannelError, ChannelSpec, cost_fen, create_channel, delete_channel
 from bot.models import Channel
@@ -58,6 +59,11 @@ def channel_create() -> Any:
             row = create_channel(s, api, spec, STAGE_PATHS[settings.tiers.stage_path], now)
             config_id = row.config_id
             _audit(s, "channels.create", f"channel:{row.state}", None, _described(row))
+    except IntegrityError:  # another operator created the same key a moment before (before WeCom was asked)
+        if config_id:
+            api.del_contact_way(config_id)
+        logger.info("console: channel create refused: the key was taken meanwhile")
+        return channels_page(form=request.form, error=f"channel {spec.state!r} exists already")
     except ChannelError as exc:
         logger.info("console: channel create refused: %s", exc)
         return channels_page(form=request.form, error=str(exc))
@@ -69,8 +75,11 @@ def channel_create() -> Any:
     return redirect(url_for("console.channels_page"))
 
 
-@bp.post("/channels/<state>/delete")
-def channel_delete(state: str) -> Any:
+@bp.post("/channels/delete")
+def channel_delete() -> Any:
+    """The channel named by the form's ``state`` (in the body, not the URL: a key synced in from WeCom may
+    hold any character)."""
+    state = (request.form.get("state") or "")[:FIELD_MAX]
     api = contact_api()
     try:
         if api is None:

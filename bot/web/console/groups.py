@@ -111,6 +111,7 @@ def campaigns_page() -> str:
         for row in broadcasts:
             broadcast = s.get(GroupBroadcast, row["id"])
             row["cron"], row["send_at"] = broadcast.cron, broadcast.send_at
+            row["unsent"] = group_broadcasts.unsent(s, broadcast)
             row["runs_shown"] = group_broadcasts.results(s, broadcast, latest=RUNS_SHOWN)[::-1]
         planned = planned_per_step(s)
         sops = [{"sop": sop, "audience": group_broadcasts.describe_audience(sop.audience),
@@ -124,7 +125,8 @@ def campaigns_page() -> str:
 @bp.post("/broadcasts/<int:broadcast_id>/cancel")
 def cancel_broadcast(broadcast_id: int) -> Any:
     return _cancel(GroupBroadcast, broadcast_id, "群发", "group_broadcast",
-                   lambda s, row: group_broadcasts.cancel(s, row, views._now()))
+                   lambda s, row: group_broadcasts.cancel(s, row, views._now()),
+                   finished=lambda s, row: row.status in ("done", "failed") and not group_broadcasts.unsent(s, row))
 
 
 @bp.post("/sops/<int:sop_id>/cancel")
@@ -132,8 +134,9 @@ def cancel_group_sop(sop_id: int) -> Any:
     return _cancel(GroupSop, sop_id, "群 SOP", "group_sop", lambda s, row: cancel_sop(s, row, views._now()))
 
 
-def _cancel(model: Any, row_id: int, label: str, kind: str, cancel: Any) -> Any:
-    """Cancel a group broadcast or SOP (its unsent group messages skipped), audited as ``<kind>s.cancel``."""
+def _cancel(model: Any, row_id: int, label: str, kind: str, cancel: Any, finished: Any = None) -> Any:
+    """Cancel a group broadcast or SOP (its unsent group messages skipped), audited as ``<kind>s.cancel``;
+    one that is ``finished`` (sent, nothing left to stop) keeps its history."""
     with views._db().begin() as s:
         row = s.get(model, row_id)
         if row is None:
@@ -141,6 +144,9 @@ def _cancel(model: Any, row_id: int, label: str, kind: str, cancel: Any) -> Any:
         name = row.name
         if row.status == "cancelled":
             flash(f"{label}「{name}」已取消过")
+            return redirect(url_for("console_groups.campaigns_page"))
+        if finished is not None and finished(s, row):
+            flash(f"{label}「{name}」已结束，没有未提交的群消息可取消")
             return redirect(url_for("console_groups.campaigns_page"))
         before = {"status": row.status}
         skipped = cancel(s, row)

@@ -27,8 +27,8 @@ def transfers_run() -> Any:
         flash(f"未交接：交出成员、接替成员与规则各最多 {FIELD_MAX} 个字符")
         return redirect(url_for("console.transfers_page"))
     again = redirect(url_for("console.transfers_page", **args))
-    if len(message) > MESSAGE_MAX:
-        flash(f"未交接：给客户的消息最多 {MESSAGE_MAX} 个字")
+    if len(message) > MESSAGE_MAX or not message.isprintable():
+        flash(f"未交接：给客户的消息最多 {MESSAGE_MAX} 个字，且不含控制字符")
         return again
     clients = current_app.extensions["scrm.processor"].clients
     if clients is None:
