@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from bot.cli import main
 from bot.models import Customer, CustomerGroup, CustomerTag, CustomerTier, OutboxMessage, Tag
-from tests.campaign_data import MORNING
+from tests.campaign_data import MORNING, SHANGHAI
 from tests.support import control, read, secret_for
 
 
@@ -263,3 +263,42 @@ def test_the_console_shows_group_broadcasts_and_sops_with_outcomes_and_cancels_t
     assert actions[-2:] == [("olga", "group_broadcasts.cancel", f"group_broadcast:{monthly}"),
                             ("olga", "group_sops.cancel", f"group_sop:{sop}")]
     assert "cancelled" in scrm("groups", "sop", "list")
+
+
+def test_operators_preview_then_schedule_a_group_broadcast_in_the_console(wired, sandbox, scrm):
+    from bot.models import AuditEntry, GroupBroadcast
+    from tests.console_support import csrf, signed_in
+
+    ids = setup_groups(wired, sandbox)
+    wired.extensions["scrm.clock"] = lambda: MORNING
+    operator = signed_in(wired, "olga", "operator")
+    assert "新建群群发" in operator.get("/console/groups/campaigns").get_data(as_text=True)
+    at = (MORNING + timedelta(hours=1)).astimezone(SHANGHAI).strftime("%Y-%m-%dT%H:%M")
+    form = {"csrf_token": csrf(operator), "name": "高价值群活动", "mix_tier": "high", "mix_share": "50",
+            "tpl_default": "{{ brand }}活动", "tpl_high": "{{ group.name }}专享：{{ group.tier_name }}加赠",
+            "schedule": "once", "send_at": at}
+    page = operator.post("/console/groups/broadcasts/new", data={**form, "intent": "preview"})
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'id="preview-to-send">1<' in text and "VIP群专享：高价值加赠" in text
+    assert "zhangsan" in text and "打卡群" not in text  # 打卡群's one customer is low
+    db = wired.extensions["scrm.db"]
+    with db.sessions() as s:
+        assert s.scalar(select(GroupBroadcast.id)) is None  # a preview writes nothing
+    for bad, reason in (({"mix_share": "0"}, "1–100"), ({"send_at": ""}, "send time"),
+                        ({"tpl_default": "{{ customer.name }}"}, "customer"),
+                        ({"schedule": "cron", "cron": ""}, "cron expression")):
+        refused = operator.post("/console/groups/broadcasts/new", data={**form, **bad, "intent": "preview"})
+        assert refused.status_code == 400 and reason in refused.get_data(as_text=True), bad
+    done = operator.post("/console/groups/broadcasts/new", data={**form, "intent": "schedule"}, follow_redirects=True)
+    assert "已排期群发「高价值群活动」" in done.get_data(as_text=True)
+    with db.sessions() as s:
+        broadcast = s.scalar(select(GroupBroadcast))
+        assert broadcast.audience["mix"] == {"tier": "high", "min_share": 0.5}
+        audit = s.scalar(select(AuditEntry).where(AuditEntry.action == "group_broadcasts.create"))
+        assert (audit.actor, audit.after["name"]) == ("olga", "高价值群活动")
+    out = scrm("groups", "broadcast", "send", at=MORNING + timedelta(hours=1, minutes=1))
+    assert "submitted 1" in out
+    assert [c for m in read(sandbox, "sent")["mass_messages"] for c in m["chat_id_list"]] == [ids["vip"]]
+    viewer = signed_in(wired, "vera", "viewer")
+    assert viewer.post("/console/groups/broadcasts/new", data={**form, "csrf_token": csrf(viewer),
+                                                               "intent": "schedule"}).status_code == 403

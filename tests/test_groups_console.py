@@ -152,6 +152,15 @@ def test_group_pages_in_chromium(served, tmp_path):
             tab.click("text=群群发与群 SOP →")
             tab.wait_for_selector("#group-sops")
             tab.screenshot(path=str(tmp_path / f"group-campaigns-{name}.png"), full_page=True)
+            tab.click("text=新建群群发 →")
+            tab.fill("input[name=name]", f"周末群活动-{name}")
+            tab.fill("textarea[name=tpl_default]", "{{ brand }}周末活动，群里见")
+            tab.select_option("select[name=mix_tier]", "high")
+            tab.fill("input[name=send_at]", "2026-11-25T10:00")
+            tab.click("button[value=preview]")
+            tab.wait_for_selector("#preview")
+            assert tab.inner_text("#preview-to-send") == "1"
+            tab.screenshot(path=str(tmp_path / f"group-broadcast-new-{name}.png"), full_page=True)
             assert problems == []
         browser.close()
 

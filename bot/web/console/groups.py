@@ -6,13 +6,14 @@ share the console's sign-in, CSRF, headers and labels."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, Flask, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from bot.campaigns import group_broadcasts
-from bot.campaigns.broadcasts import tier_key_names
+from bot.campaigns.broadcasts import BroadcastError, next_cron_time, tier_key_names
 from bot.campaigns.group_sop import cancel_sop, planned_per_step
 from bot.campaigns.rules import value_tier_names
 from bot.contacts.groups import active_members, group_tier_key, tier_mix
@@ -22,6 +23,7 @@ from bot.web.console import views
 from bot.web.console.figures import tier_label
 from segments.rfm import SEGMENT_NAMES
 
+logger = logging.getLogger(__name__)
 bp = Blueprint("console_groups", __name__, url_prefix="/console/groups")
 bp.before_request(views._guard)
 bp.after_request(views._headers)
@@ -31,6 +33,7 @@ MEMBERS_SHOWN = 300
 CHURN_NAMES = {"low": "低", "medium": "中", "high": "高"}
 LABEL_MAX, TAGS_TEXT_MAX = 30, 2000
 RUNS_SHOWN = 5
+PREVIEW_ROWS = 10
 # The outbox statuses of a group message, as an owner sees them in WeCom.
 GROUP_MESSAGE_STATES = {"pending": "待提交", "sending": "提交中", "submitted": "待群主确认", "confirmed": "已发送",
                         "failed": "失败", "skipped": "未发送"}
@@ -120,6 +123,76 @@ def campaigns_page() -> str:
                 for sop in s.scalars(select(GroupSop).order_by(GroupSop.id))]
     return render_template("console/group_campaigns.html", broadcasts=broadcasts, sops=sops,
                            states=GROUP_MESSAGE_STATES)
+
+
+@bp.route("/broadcasts/new", methods=["GET", "POST"])
+def new_broadcast() -> Any:
+    """Plan a broadcast to groups as `scrm groups broadcast create` does: preview (writes nothing: which
+    groups, each owner's share, what is skipped and why, the texts), then schedule, audited."""
+    form = request.form if request.method == "POST" else request.args
+    shown: group_broadcasts.GroupPreview | None = None
+    error, status = "", 200
+    if request.method == "POST":
+        try:
+            spec = _group_spec(form)
+            settings, now = views._settings(), views._now()
+            with views._db().begin() as s:
+                if form.get("intent") == "schedule":
+                    broadcast = group_broadcasts.create(s, settings, spec, now)
+                    views._audit(s, "group_broadcasts.create", f"group_broadcast:{broadcast.id}", None,
+                                 {"name": broadcast.name, "audience": broadcast.audience,
+                                  "templates": broadcast.templates, "send_at": _iso(broadcast.send_at),
+                                  "cron": broadcast.cron})
+                    flash(f"已排期群发「{broadcast.name}」，首次 {views._local(broadcast.next_run_at)}")
+                    return redirect(url_for("console_groups.campaigns_page"))
+                if spec.send_at is None and spec.cron is None:
+                    raise BroadcastError("give a send time (once) or a cron expression (repeating)")
+                at = spec.send_at or next_cron_time(str(spec.cron), settings, now)
+                shown = group_broadcasts.preview(s, settings, spec, at)
+        except BroadcastError as exc:
+            logger.info("console: group broadcast refused: %s", exc)
+            error, status = str(exc), 400
+    return render_template("console/group_broadcast_new.html", form=form, preview=shown, error=error,
+                           tier_choices=_tier_choices(None)[1:], value_tiers=value_tier_names(views._settings()),
+                           PREVIEW_ROWS=PREVIEW_ROWS), status
+
+
+def _group_spec(form: Any) -> group_broadcasts.GroupBroadcastSpec:
+    """The builder's form as a spec; the audience as GroupAudience reads it (its checks run on it)."""
+    audience: dict[str, Any] = {}
+    for key in ("owners", "names", "tags"):
+        text = (form.get(key) or "")[:TAGS_TEXT_MAX]
+        if views.split_words(text):
+            audience[key] = views.split_words(text)
+    tiers = [t for t in form.getlist("tiers") if t][:50]
+    if tiers:
+        audience["tiers"] = tiers
+    mix_tier, share = (form.get("mix_tier") or "").strip(), (form.get("mix_share") or "").strip()
+    if mix_tier:
+        if not (share.isascii() and share.isdigit() and 1 <= int(share) <= 100):
+            raise BroadcastError("成员占比须为 1–100 的整数（百分比）")
+        audience["mix"] = {"tier": mix_tier, "min_share": int(share) / 100}
+    members = (form.get("min_members") or "").strip()
+    if members:
+        if not (members.isascii() and members.isdigit() and len(members) <= 6):
+            raise BroadcastError("最少成员数须为整数")
+        audience["min_members"] = int(members)
+    templates = {"default": form.get("tpl_default", "")}
+    for key in value_tier_names(views._settings()):
+        text = (form.get(f"tpl_{key}") or "").strip()
+        if text:
+            templates[key] = text
+    repeat = form.get("schedule") == "cron"
+    cron = (form.get("cron") or "").strip()[:100] if repeat else ""
+    if repeat and not cron:
+        raise BroadcastError("give a cron expression (minute hour day month weekday), e.g. 0 10 * * 1")
+    send_at = None if repeat else views._send_at(form.get("send_at", ""))
+    return group_broadcasts.GroupBroadcastSpec((form.get("name") or "").strip(), audience, templates, send_at,
+                                               cron or None)
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 @bp.post("/broadcasts/<int:broadcast_id>/cancel")
