@@ -103,11 +103,15 @@ def test_expired_coupons_are_refused(app, db, client, token):
     assert answer.status_code == 409 and "expired" in answer.json["error"]
 
 
-def test_cli_issue_and_redeem(cli_env, db):
-    runner = CliRunner(env={"SCRM_CONFIG": None, **cli_env})
-    seed_audience(db, {"high": 1})
+def _one_customer(cli_env, db, tier: str):
+    """A CLI runner and the external_userid of the one customer, of value tier ``tier``."""
+    seed_audience(db, {tier: 1})
     with db.sessions() as s:
-        external = s.scalar(select(Customer.external_userid))
+        return CliRunner(env={"SCRM_CONFIG": None, **cli_env}), s.scalar(select(Customer.external_userid))
+
+
+def test_cli_issue_and_redeem(cli_env, db):
+    runner, external = _one_customer(cli_env, db, "high")
     issued = runner.invoke(main, ["coupons", "issue", "VIP", external])
     assert issued.exit_code == 0, issued.output
     code = issued.output.split()[0]
@@ -122,10 +126,7 @@ def test_cli_issue_and_redeem(cli_env, db):
 
 
 def test_cli_keeps_a_definitions_tiers_unless_told_otherwise(cli_env, db):
-    runner = CliRunner(env={"SCRM_CONFIG": None, **cli_env})
-    seed_audience(db, {"low": 1})
-    with db.sessions() as s:
-        external = s.scalar(select(Customer.external_userid))
+    runner, external = _one_customer(cli_env, db, "low")
     refused = runner.invoke(main, ["coupons", "issue", "VIP", external])
     assert refused.exit_code == 1 and "is low" in refused.output and "--any-tier" in refused.output
     forced = runner.invoke(main, ["coupons", "issue", "VIP", external, "--any-tier"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -218,45 +219,38 @@ def test_rejection_log_never_contains_secrets(callbacks, caplog, corp):
     assert corp.token not in text and corp.encoding_aes_key not in text
 
 
-def test_second_callback_configuration_is_accepted(overrides, corp):
-    """客户联系's own callback settings (a second Token/EncodingAESKey) verify as well."""
-
-    contact_corp = replace(corp, token=random_text(20), encoding_aes_key=random_text(43))
-    settings = {**overrides, "wecom": {**overrides["wecom"], "contact_token": contact_corp.token,
-                                       "contact_encoding_aes_key": contact_corp.encoding_aes_key}}
-    app = create_app(settings, environ={}, start_worker=False)
+@contextmanager
+def callbacks_with(overrides, **wecom):
+    """A test client for an app with these extra ``wecom`` settings (a second callback configuration)."""
+    app = create_app({**overrides, "wecom": {**overrides["wecom"], **wecom}}, environ={}, start_worker=False)
     try:
-        assert Callbacks(app.test_client(), contact_corp).post(contact_event()).status_code == 200
-        assert Callbacks(app.test_client(), corp).post(contact_event(UserID="x")).status_code == 200
+        yield lambda config, **fields: Callbacks(app.test_client(), config).post(contact_event(**fields)).status_code
     finally:
         app.extensions["scrm.db"].dispose()
+
+
+def test_second_callback_configuration_is_accepted(overrides, corp):
+    """客户联系's own callback settings (a second Token/EncodingAESKey) verify as well."""
+    contact_corp = replace(corp, token=random_text(20), encoding_aes_key=random_text(43))
+    with callbacks_with(overrides, contact_token=contact_corp.token,
+                        contact_encoding_aes_key=contact_corp.encoding_aes_key) as post:
+        assert post(contact_corp) == 200 and post(corp, UserID="x") == 200
 
 
 def test_two_configurations_sharing_a_token_each_decrypt_with_their_own_key(overrides, corp):
     """The app and 客户联系 callbacks with one Token and two EncodingAESKeys: the first signature match
     whose payload does not decrypt goes on to the second configuration (it used to answer 400)."""
     contact_corp = replace(corp, encoding_aes_key=random_text(43))
-    settings = {**overrides, "wecom": {**overrides["wecom"], "contact_token": corp.token,
-                                       "contact_encoding_aes_key": contact_corp.encoding_aes_key}}
-    app = create_app(settings, environ={}, start_worker=False)
-    try:
-        assert Callbacks(app.test_client(), contact_corp).post(contact_event()).status_code == 200
-        assert Callbacks(app.test_client(), corp).post(contact_event(UserID="x")).status_code == 200
-        stranger = replace(corp, encoding_aes_key=random_text(43))
-        assert Callbacks(app.test_client(), stranger).post(contact_event(UserID="y")).status_code == 400
-    finally:
-        app.extensions["scrm.db"].dispose()
+    with callbacks_with(overrides, contact_token=corp.token,
+                        contact_encoding_aes_key=contact_corp.encoding_aes_key) as post:
+        assert post(contact_corp) == 200 and post(corp, UserID="x") == 200
+        assert post(replace(corp, encoding_aes_key=random_text(43)), UserID="y") == 400
 
 
 def test_the_kf_system_apps_own_callback_configuration_is_accepted(overrides, corp):
     kf_corp = replace(corp, token=random_text(20), encoding_aes_key=random_text(43))
-    settings = {**overrides, "wecom": {**overrides["wecom"], "kf_token": kf_corp.token,
-                                       "kf_encoding_aes_key": kf_corp.encoding_aes_key}}
-    app = create_app(settings, environ={}, start_worker=False)
-    try:
-        assert Callbacks(app.test_client(), kf_corp).post(contact_event()).status_code == 200
-    finally:
-        app.extensions["scrm.db"].dispose()
+    with callbacks_with(overrides, kf_token=kf_corp.token, kf_encoding_aes_key=kf_corp.encoding_aes_key) as post:
+        assert post(kf_corp) == 200
 
 
 def test_unconfigured_webhook_refuses_with_503(database_url, callbacks):
