@@ -157,16 +157,23 @@ def test_without_wecom_the_create_form_says_why(app):
     assert refused.status_code == 400 and "WeCom is not configured" in refused.get_data(as_text=True)
 
 
-def test_an_operator_runs_the_hand_over_the_plan_showed_audited(wired, sandbox, tmp_path):
-    from bot.models import AuditEntry
+def _zhangsans_customers(wired: Any, sandbox: Any, tmp_path: Path, prefix: str, n: int) -> None:
+    """zhangsan's ``n`` customers in the sandbox and, synced, in the database; lisi and wangwu to take them."""
     from tests.handover_support import scrm_runner
-    from tests.support import control, read
+    from tests.support import control
 
-    ids = [f"wmHO{i:03d}" for i in range(5)]
+    ids = [f"wm{prefix}{i:03d}" for i in range(n)]
     control(sandbox, "seed", {"staff": [{"userid": u} for u in ("zhangsan", "lisi", "wangwu")],
                               "contacts": [{"userid": "zhangsan", "external_userid": e, "name": f"客户{i}"}
                                            for i, e in enumerate(ids)]})
     scrm_runner(wired, tmp_path)("sync", "contacts", "--no-progress")
+
+
+def test_an_operator_runs_the_hand_over_the_plan_showed_audited(wired, sandbox, tmp_path):
+    from bot.models import AuditEntry
+    from tests.support import read
+
+    _zhangsans_customers(wired, sandbox, tmp_path, "HO", 5)
     wired.extensions["scrm.clock"] = lambda: MORNING
     viewer = signed_in(wired, "vera", "viewer")
     query = {"from": "zhangsan", "to": "lisi,wangwu"}
@@ -233,3 +240,51 @@ def test_the_hand_over_plan_refuses_what_is_no_userid(app):
                           ({"from": "zhangsan", "to": "ZhangSan"}, "to themselves")):
         page = client.get("/console/transfers", query_string=query)
         assert page.status_code == 200 and reason in page.get_data(as_text=True), query
+
+
+def test_an_operator_plans_and_runs_a_departed_members_hand_over_with_their_groups(wired, sandbox, tmp_path):
+    from bot.models import AuditEntry
+    from tests.support import control, read
+
+    _zhangsans_customers(wired, sandbox, tmp_path, "DP", 4)
+    control(sandbox, "handover/groups", {"owner": "zhangsan", "name": "VIP群", "chat_id": "wrVIP"})
+    control(sandbox, "staff/zhangsan/resign", {})
+    wired.extensions["scrm.clock"] = lambda: MORNING
+    query = {"kind": "departed", "to": "lisi、wangwu", "members": "", "rule": ""}
+    viewer = signed_in(wired, "vera", "viewer")
+    seen = viewer.get("/console/transfers", query_string=query).get_data(as_text=True)
+    assert "离职继承试算结果" in seen and "执行交接" not in seen  # viewers see the plan, cannot run it
+
+    client = signed_in(wired, "olga", "operator")
+    page = client.get("/console/transfers", query_string=query).get_data(as_text=True)
+    assert "执行交接（4 位客户、1 个客户群）" in page and "客户群：1 个转交新群主（lisi 1）" in page
+    assert 'name="message"' not in page  # WeCom sends no message for departed members
+    digest = re.search(r'name="expected" value="([0-9a-f]{16})"', page)[1]
+    form = {"csrf_token": csrf(client), **query, "nogroups": "", "from": "", "expected": digest}
+    worded = client.post("/console/transfers/run", data={**form, "message": "您好"}, follow_redirects=True)
+    assert "离职继承时 WeCom 不向客户发送消息" in worded.get_data(as_text=True)
+    alone = client.post("/console/transfers/run", data={**form, "nogroups": "1"}, follow_redirects=True)
+    assert "试算后交接名单有变化（现在 4 位客户、0 个客户群）" in alone.get_data(as_text=True)
+    assert read(sandbox, "calls", path="externalcontact/resigned/transfer_customer") == []
+
+    done = client.post("/console/transfers/run", data=form, follow_redirects=True).get_data(as_text=True)
+    assert "4 位客户开始交接" in done and "客户群转交 1 个，失败 0 个" in done
+    calls = read(sandbox, "calls", path="externalcontact/resigned/transfer_customer")
+    assert sorted(c["body"]["takeover_userid"] for c in calls) == ["lisi", "wangwu"]
+    assert {g["chat_id"]: g["owner"] for g in read(sandbox, "handover/groups")} == {"wrVIP": "lisi"}
+    with wired.extensions["scrm.db"].sessions() as s:
+        audit = s.scalar(select(AuditEntry).where(AuditEntry.action == "transfers.run"))
+    assert (audit.actor, audit.target, audit.after["kind"], audit.after["customers"], audit.after["groups_moved"]) \
+        == ("olga", "departed:*", "departed", 4, 1)
+    again = client.post("/console/transfers/run", data=form, follow_redirects=True)  # a reload, a double click
+    assert "试算后交接名单有变化（现在 0 位客户、0 个客户群）" in again.get_data(as_text=True)
+    assert len(read(sandbox, "calls", path="externalcontact/resigned/transfer_customer")) == len(calls)
+
+    control(sandbox, "faults", {"path": "externalcontact/get_unassigned_list", "errcode": 48002})
+    refused = client.get("/console/transfers", query_string=query).get_data(as_text=True)
+    assert "WeCom refused: 48002" in refused and "执行交接" not in refused
+    bad = client.get("/console/transfers", query_string={**query, "members": "zhang san"}).get_data(as_text=True)
+    assert "not a member&#39;s userid" in bad
+    wired.extensions["scrm.processor"].clients = None
+    unset = client.get("/console/transfers", query_string=query).get_data(as_text=True)
+    assert "WeCom is not configured" in unset

@@ -113,6 +113,7 @@ class Plan:
         """Who goes to whom, in 16 hex digits: a page shows it with the plan, and a run whose plan has
         changed since (customers added, gone, or sent elsewhere) is refused rather than run unseen."""
         pairs = sorted(f"{r.external_userid}>{r.takeover_userid}" for r in self.rows)
+        pairs += sorted(f"group {g.chat_id}>{g.takeover_userid}" for g in self.groups)
         return hashlib.sha256("\n".join(pairs).encode("utf-8")).hexdigest()[:16]
 
     def summary(self) -> list[tuple[str, str, str, int]]:
@@ -150,7 +151,10 @@ def plan_onjob(session: Session, handover: str, rest: list[str], routes: list[Ro
 
 def plan_departed(session: Session, api: Any, rest: list[str], routes: list[Route],
                   only: list[str] | None = None, with_groups: bool = True) -> Plan:
-    """Departed members' customers as WeCom lists them (get_unassigned_list), and their groups."""
+    """Departed members' customers as WeCom lists them (get_unassigned_list), and their groups. A customer
+    whose hand-over is already under way here is left out (a reload or a second run would ask twice)."""
+    for userid in only or []:
+        _check_userid(userid)
     by_member: dict[str, list[str]] = defaultdict(list)
     for item in api.gen_unassigned():
         userid, external_userid = str(item.get("handover_userid") or ""), str(item.get("external_userid") or "")
@@ -159,7 +163,11 @@ def plan_departed(session: Session, api: Any, rest: list[str], routes: list[Rout
     plan = Plan()
     for handover in sorted(by_member):
         _check_members(handover, rest, routes)
-        ids = list(dict.fromkeys(by_member[handover]))
+        under_way = set(session.scalars(select(Transfer.external_userid).where(
+            Transfer.handover_userid == handover, Transfer.status.in_(IN_FLIGHT))))
+        plan.skipped += [(e, "a hand-over of this customer is under way") for e in dict.fromkeys(by_member[handover])
+                         if e in under_way]
+        ids = [e for e in dict.fromkeys(by_member[handover]) if e not in under_way]
         known = dict(session.execute(select(Customer.external_userid, Customer.id)
                                      .where(Customer.external_userid.in_(ids))).all())
         pool = [(known.get(e), e) for e in ids]
@@ -182,11 +190,15 @@ def _check_members(handover: str, rest: list[str], routes: list[Route]) -> None:
         raise TransferError("name at least one member to hand over to (--to)")
     everyone = set(rest) | {m for r in routes for m in r.members}
     for userid in {handover, *everyone}:
-        if not 1 <= len(userid) <= 64 or not userid.isprintable() or any(ch.isspace() for ch in userid):
-            raise TransferError(f"{userid[:70]!r} is not a member's userid (1–64 characters, no spaces or "
-                                "control characters)")
+        _check_userid(userid)
     if handover.casefold() in {m.casefold() for m in everyone}:  # WeCom's userids ignore case
         raise TransferError(f"{handover} cannot hand customers over to themselves")
+
+
+def _check_userid(userid: str) -> None:
+    if not 1 <= len(userid) <= 64 or not userid.isprintable() or any(ch.isspace() for ch in userid):
+        raise TransferError(f"{userid[:70]!r} is not a member's userid (1–64 characters, no spaces or "
+                            "control characters)")
 
 
 def _assign(session: Session, plan: Plan, kind: str, handover: str, pool: list[tuple[int | None, str]],

@@ -5,19 +5,22 @@ outcomes and a dry-run plan). :func:`register` puts them on the console blueprin
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, current_app, render_template, request
 from sqlalchemy import select
+from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.channels import channel_report
-from bot.contacts.transfer import Route, TransferError, batch_status, plan_onjob
+from bot.contacts.transfer import Plan, Route, TransferError, batch_status, plan_departed, plan_onjob
 from bot.models import Channel
 from bot.outbox.messages import TIER_NAMES
 from segments.policy import STAGE_PATHS
 
 DAYS = 30
+FIELD_MAX = 200
 TIERS = ("high", "mid", "low")
 
 
@@ -47,16 +50,50 @@ def contact_api() -> Any:
     return clients.contact.contact_way if clients is not None else None
 
 
+TRANSFER_FIELDS = ("kind", "from", "to", "rule", "members", "nogroups")
+
+
+def transfer_args(source: Any) -> dict[str, str]:
+    """The plan's fields from a query or a form: ``kind`` onjob (在职继承: ``from``) or departed (离职继承:
+    optional ``members``, ``nogroups`` to leave their groups alone); ``to`` and ``rule`` for both."""
+    args = {k: (source.get(k) or "").strip() for k in TRANSFER_FIELDS}
+    args["kind"] = "departed" if args["kind"] == "departed" else "onjob"
+    return args
+
+
+def plan_from_args(session: Any, args: dict[str, str]) -> Plan:
+    """The plan the fields describe. A departed member's customers are listed by WeCom (get_unassigned_list),
+    so that plan asks WeCom, and reads only; TransferError says what is wrong, WeCom's refusal included."""
+    rest = [u.strip() for u in re.split(r"[,，、]", args["to"]) if u.strip()]
+    routes = [Route.parse(t) for t in args["rule"].split(";") if t.strip()]
+    if args["kind"] == "onjob":
+        if not args["from"]:
+            raise TransferError("name the member who hands customers over (交出成员)")
+        return plan_onjob(session, args["from"], rest, routes)
+    clients = current_app.extensions["scrm.processor"].clients
+    if clients is None:
+        raise TransferError("WeCom is not configured (wecom.corp_id and a secret): departed members' customers "
+                            "are listed by WeCom")
+    only = [u.strip() for u in re.split(r"[,，、]", args["members"]) if u.strip()]
+    try:
+        return plan_departed(session, clients.contact.transfer, rest, routes, only or None,
+                             with_groups=args["nogroups"] != "1")
+    except OSError as exc:  # requests' timeouts and connection errors
+        raise TransferError(f"no answer from WeCom ({type(exc).__name__}); try again") from None
+    except WeChatClientException as exc:
+        raise TransferError(f"WeCom refused: {exc.errcode} {exc.errmsg}") from None
+
+
 def transfers_page() -> str:
-    """Batches with their outcomes; with ``from`` and ``to`` in the query, the dry-run plan too."""
+    """Batches with their outcomes; with ``to`` in the query, the dry-run plan too."""
     plan, error = None, ""
-    args = {k: (request.args.get(k) or "").strip()[:200] for k in ("from", "to", "rule")}
-    if args["from"] or args["to"]:
+    args = transfer_args(request.args)
+    if any(len(v) > FIELD_MAX for v in args.values()):
+        error = f"交出成员、接替成员、离职成员与规则各最多 {FIELD_MAX} 个字符"
+    elif args["from"] or args["to"]:
         try:
-            rest = [u.strip() for u in args["to"].split(",") if u.strip()]
-            routes = [Route.parse(t) for t in args["rule"].split(";") if t.strip()]
             with current_app.extensions["scrm.db"].sessions() as s:
-                plan = plan_onjob(s, args["from"], rest, routes)
+                plan = plan_from_args(s, args)
         except TransferError as exc:
             error = str(exc)
     with current_app.extensions["scrm.db"].sessions() as s:
