@@ -84,6 +84,10 @@ def test_channel_charts_render_in_chromium(app, tmp_path):
         for chart in ("#chart-channel-adds", "#chart-channel-mix"):
             page.wait_for_selector(f"{chart}[data-rendered] canvas")
         page.screenshot(path=str(tmp_path / "console-channels.png"), full_page=True)
+        page.click("a[href='/console/channels?edit=live#new-channel']")
+        page.wait_for_selector("h3:has-text('修改渠道')")
+        assert page.input_value("input[name=members]") == "zhangsan"
+        page.screenshot(path=str(tmp_path / "console-channel-edit.png"), full_page=True)
         page.click("nav a[href='/console/transfers']")
         page.fill("input[name=from]", "zhangsan")
         page.fill("input[name=to]", "lisi,wangwu")
@@ -288,3 +292,47 @@ def test_an_operator_plans_and_runs_a_departed_members_hand_over_with_their_grou
     wired.extensions["scrm.processor"].clients = None
     unset = client.get("/console/transfers", query_string=query).get_data(as_text=True)
     assert "WeCom is not configured" in unset
+
+
+def test_an_operator_changes_a_channel_code_and_only_what_changed_goes_to_wecom(wired, sandbox):
+    from bot.models import AuditEntry
+    from tests.support import control, read
+
+    control(sandbox, "seed", {"staff": [{"userid": u, "name": u} for u in ("zhangsan", "lisi", "wangwu")]})
+    wired.extensions["scrm.clock"] = lambda: MORNING
+    client = signed_in(wired, "olga", "operator")
+    form = {"csrf_token": csrf(client), "state": "expo", "name": "车展", "members": "zhangsan、lisi",
+            "tags": "来源/车展", "stage": "", "welcome": "default", "cost": "6000", "expires": "2026-12-31"}
+    assert client.post("/console/channels/new", data=form).status_code == 302
+    edit = client.get("/console/channels", query_string={"edit": "expo"}).get_data(as_text=True)
+    assert "修改渠道 <code>expo</code>" in edit and 'value="zhangsan、lisi"' in edit and 'value="6000.00"' in edit
+    assert 'value="2026-12-31"' in edit and "保存修改" in edit
+    viewer = signed_in(wired, "vera", "viewer")
+    assert "修改渠道" not in viewer.get("/console/channels?edit=expo").get_data(as_text=True)
+
+    same = client.post("/console/channels/update", data={**form, "cost": "6,000.00"}, follow_redirects=True)
+    assert "渠道 expo 没有改动" in same.get_data(as_text=True)
+    assert read(sandbox, "calls", path="externalcontact/update_contact_way") == []
+
+    form.update(tags="来源/车展、高意向", cost="7000")
+    local = client.post("/console/channels/update", data=form, follow_redirects=True)
+    assert "已修改渠道 expo：标签、成本" in local.get_data(as_text=True)
+    assert read(sandbox, "calls", path="externalcontact/update_contact_way") == []  # rules stay here
+
+    single = client.post("/console/channels/update", data={**form, "members": "wangwu"})
+    assert single.status_code == 400 and "未修改" in single.get_data(as_text=True)
+    assert "single-member" in single.get_data(as_text=True)
+    moved = client.post("/console/channels/update", data={**form, "members": "lisi、wangwu", "name": "车展二期"},
+                        follow_redirects=True)
+    assert "已修改渠道 expo：名称、接待成员" in moved.get_data(as_text=True)
+    [way] = read(sandbox, "contact_ways")
+    assert (way["user"], way["remark"]) == (["lisi", "wangwu"], "车展二期")
+    with wired.extensions["scrm.db"].sessions() as s:
+        row = s.scalar(select(Channel).where(Channel.state == "expo"))
+        assert (row.members, row.tags, row.cost_fen) == (["lisi", "wangwu"], ["来源/车展", "高意向"], 700_000)
+        audits = s.scalars(select(AuditEntry).where(AuditEntry.action == "channels.update")
+                           .order_by(AuditEntry.id)).all()
+    assert [(a.before["members"], a.after["members"]) for a in audits] == [
+        (["zhangsan", "lisi"], ["zhangsan", "lisi"]), (["zhangsan", "lisi"], ["lisi", "wangwu"])]
+    gone = client.post("/console/channels/update", data={**form, "state": "nope"})
+    assert gone.status_code == 400 and "no channel" in gone.get_data(as_text=True)

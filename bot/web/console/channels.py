@@ -12,7 +12,14 @@ from flask import current_app, flash, redirect, request, url_for
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from bot.contacts.channels import ChannelError, ChannelSpec, cost_fen, create_channel, delete_channel
+from bot.contacts.channels import (
+    ChannelError,
+    ChannelSpec,
+    cost_fen,
+    create_channel,
+    delete_channel,
+    update_channel,
+)
 from bot.models import Channel
 from bot.web.console.handover import channels_page, contact_api
 from bot.web.console.views import _audit, bp, split_words
@@ -73,6 +80,50 @@ def channel_create() -> Any:
         raise
     flash(f"已创建渠道 {spec.state}，活码已生成")
     return redirect(url_for("console.channels_page"))
+
+
+@bp.post("/channels/update")
+def channel_update() -> Any:
+    """Change a channel as the form has it: what differs from the stored row is changed (members, name and
+    the confirmation setting in WeCom too, update_contact_way), as `scrm channels update` does, audited."""
+    settings, now = current_app.extensions["scrm.settings"], current_app.extensions["scrm.clock"]()
+    state = (request.form.get("state") or "")[:FIELD_MAX]
+    api = contact_api()
+    try:
+        with current_app.extensions["scrm.db"].begin() as s:
+            row = s.scalar(select(Channel).where(Channel.state == state, Channel.status != "deleted"))
+            if row is None:
+                raise ChannelError(f"no channel {state[:40]!r} (it may have been deleted)")
+            before = _described(row)
+            changes = _changes(row, _spec_from_form(settings.tz), settings.tz)
+            if changes and row.config_id and api is None:
+                raise ChannelError("WeCom is not configured (wecom.corp_id and a secret): the code cannot be changed")
+            if changes:
+                update_channel(s, api, state, changes, STAGE_PATHS[settings.tiers.stage_path], now)
+                _audit(s, "channels.update", f"channel:{state}", before, _described(row))
+    except ChannelError as exc:
+        logger.info("console: channel update refused: %s", exc)
+        return channels_page(form=request.form, error=str(exc), edit=state)
+    flash(f"已修改渠道 {state}：{'、'.join(CHANGE_NAMES[k] for k in changes)}" if changes else f"渠道 {state} 没有改动")
+    return redirect(url_for("console.channels_page"))
+
+
+CHANGE_NAMES = {"name": "名称", "members": "接待成员", "tags": "标签", "stage": "起始阶段", "welcome": "欢迎语模板",
+                "skip_verify": "成员确认", "expires_at": "到期日", "cost_fen": "成本"}
+
+
+def _changes(row: Channel, spec: ChannelSpec, tz: Any) -> dict[str, Any]:
+    """The spec's fields that differ from the stored channel (an expiry by its day: a time set on the CLI
+    stays while the day does; an empty name keeps the name)."""
+    day = (lambda at: at.astimezone(tz).date() if at else None)  # noqa: E731
+    stored = {"name": row.name, "members": list(row.members or []), "tags": list(row.tags or []),
+              "stage": row.stage, "welcome": row.welcome, "skip_verify": row.skip_verify, "cost_fen": row.cost_fen}
+    changes = {key: getattr(spec, key) for key, value in stored.items() if getattr(spec, key) != value}
+    if not spec.name:
+        changes.pop("name", None)
+    if day(spec.expires_at) != day(row.expires_at):
+        changes["expires_at"] = spec.expires_at
+    return changes
 
 
 @bp.post("/channels/delete")

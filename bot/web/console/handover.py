@@ -24,9 +24,11 @@ FIELD_MAX = 200
 TIERS = ("high", "mid", "low")
 
 
-def channels_page(form: Any = None, error: str = "") -> Any:
-    """The report, the codes and the create form; ``form`` and ``error`` show a refused form again (400)."""
+def channels_page(form: Any = None, error: str = "", edit: str | None = None) -> Any:
+    """The report, the codes and the create form, or with ``edit`` (a channel's key, also from the query) the
+    form that changes that channel; ``form`` and ``error`` show a refused form again (400)."""
     settings, now = current_app.extensions["scrm.settings"], current_app.extensions["scrm.clock"]()
+    edit = edit if edit is not None else (request.args.get("edit") or None)
     with current_app.extensions["scrm.db"].sessions() as s:
         reports = channel_report(s, settings, now)
     today = now.astimezone(settings.tz).date()
@@ -39,9 +41,24 @@ def channels_page(form: Any = None, error: str = "") -> Any:
            + [{"name": "未分层", "data": [max(0, r.customers - sum(r.value_tiers.values())) for r in shown]}]}
     with current_app.extensions["scrm.db"].sessions() as s:
         codes = list(s.scalars(select(Channel).where(Channel.status != "deleted").order_by(Channel.state)))
+    editing = next((c for c in codes if c.state == edit), None)
+    if edit is not None and editing is None and not error:
+        error = f"no channel {edit[:40]!r} (it may have been deleted)"
+    if editing is not None and form is None:
+        form = channel_form(editing, settings.tz)
     return render_template("console/channels.html", reports=reports, adds=adds, mix=mix, days=DAYS, codes=codes,
                            stages=STAGE_PATHS[settings.tiers.stage_path], form=form or {}, error=error,
+                           edit=editing, refused_as="未修改" if edit is not None else "未创建",
                            wecom_ready=contact_api() is not None), 400 if error else 200
+
+
+def channel_form(row: Channel, tz: Any) -> dict[str, str]:
+    """A channel as the form shows it (what the operator would type to make it)."""
+    return {"state": row.state, "name": row.name or "", "members": "、".join(row.members or []),
+            "tags": "、".join(row.tags or []), "stage": row.stage or "", "welcome": row.welcome or "default",
+            "expires": row.expires_at.astimezone(tz).date().isoformat() if row.expires_at else "",
+            "cost": f"{row.cost_fen // 100}.{row.cost_fen % 100:02d}" if row.cost_fen is not None else "",
+            "verify": "" if row.skip_verify else "1"}
 
 
 def contact_api() -> Any:
