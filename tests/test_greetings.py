@@ -136,6 +136,61 @@ def test_a_crash_mid_submit_is_looked_up_never_sent_blindly_twice(wired, sandbox
     assert sorted(m["external_userid"][0] for m in sent) == ["wm0", "wm1"]  # each exactly once
 
 
+def test_the_look_up_takes_a_task_of_this_member_that_no_row_has_already(wired, sandbox):
+    """WeCom's list gives no creator for tasks made through the API: the same text to another member, or the
+    same text sent to this member before (a row here has its msgid), is not the interrupted call's task."""
+    from datetime import UTC, timedelta
+
+    from bot.outbox.mass import resolve_interrupted
+
+    db = wired.extensions["scrm.db"]
+    seed_sandbox_and_customers(sandbox, db)
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "lisi"}], "contacts": [
+        {"userid": "lisi", "external_userid": "wmL", "name": "客户L"}]}, timeout=10).raise_for_status()
+    contact = wired.extensions["scrm.processor"].clients.contact
+    now = datetime.now(UTC) - timedelta(seconds=2)
+    text = "双十二会员日"
+    earlier = contact.external_contact.add_msg_template({
+        "chat_type": "single", "external_userid": ["wm0"], "sender": "zhangsan", "text": {"content": text}})
+    contact.external_contact.add_msg_template({
+        "chat_type": "single", "external_userid": ["wmL"], "sender": "lisi", "text": {"content": text}})
+    with db.begin() as s:
+        s.add(OutboxMessage(dedupe_key="k0", channel="mass_message", customer_id=1, recipient="wm0",
+                            sender_userid="zhangsan", trigger_kind="campaign", trigger_ref="r", content={"text": text},
+                            status="submitted", wecom_msgid=earlier["msgid"], updated_at=now - timedelta(minutes=9),
+                            scheduled_at=now - timedelta(minutes=10)))
+        s.add(OutboxMessage(dedupe_key="k1", channel="mass_message", customer_id=2, recipient="wm1",
+                            sender_userid="zhangsan", trigger_kind="campaign", trigger_ref="r2", content={"text": text},
+                            status="sending", updated_at=now - timedelta(minutes=10),
+                            scheduled_at=now - timedelta(minutes=10)))
+    assert resolve_interrupted(db, contact, 300, now=now) == Counter({"pending": 1})
+    with db.sessions() as s:
+        assert s.scalar(select(OutboxMessage.status).where(OutboxMessage.recipient == "wm1")) == "pending"
+
+
+def test_an_interrupted_group_mass_message_is_found_by_its_owner_in_the_task_list(wired, sandbox):
+    from datetime import UTC, timedelta
+
+    from bot.outbox.group_mass import resolve_interrupted
+
+    db = wired.extensions["scrm.db"]
+    seed_sandbox_and_customers(sandbox, db)
+    chat_id = requests.post(f"{sandbox.url}/_sandbox/groups", json={"owner": "zhangsan", "name": "会员群"},
+                            timeout=10).json()["chat_id"]
+    contact = wired.extensions["scrm.processor"].clients.contact
+    now = datetime.now(UTC) - timedelta(seconds=2)
+    with db.begin() as s:
+        s.add(OutboxMessage(dedupe_key="g1", channel="group_message", recipient=chat_id, sender_userid="zhangsan",
+                            trigger_kind="group_broadcast", trigger_ref="r", content={"text": "群福利"},
+                            status="sending", updated_at=now - timedelta(minutes=10),
+                            scheduled_at=now - timedelta(minutes=10)))
+    reached = contact.external_contact.add_msg_template({
+        "chat_type": "group", "sender": "zhangsan", "chat_id_list": [chat_id], "text": {"content": "群福利"}})
+    assert resolve_interrupted(db, contact, 300, now=now) == Counter({"submitted": 1})
+    with db.sessions() as s:
+        assert s.scalar(select(OutboxMessage.wecom_msgid).where(OutboxMessage.dedupe_key == "g1")) == reached["msgid"]
+
+
 def test_a_busy_answer_after_wecom_made_the_task_is_looked_up_not_sent_again(wired, sandbox):
     """-1 (system busy) may come after add_msg_template made the task: no blind retry (the client's busy
     retries skip it), the rows stay "sending", and the look-up finds the task."""

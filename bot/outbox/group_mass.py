@@ -18,6 +18,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.core.db import Database
 from bot.models import OutboxMessage, utcnow
+from bot.outbox.mass import find_interrupted_task
 from bot.outbox.policy import ContactPolicy
 from bot.wecom.client import BUSY_ERRORS
 
@@ -143,7 +144,7 @@ def resolve_interrupted(db: Database, contact_client: Any, lease_seconds: float,
     for (sender, text), members in batches.items():
         since = min(r.updated_at for r in members) - CLOCK_MARGIN
         try:
-            found = _find_sent(contact_client, sender, text, since, now + CLOCK_MARGIN)
+            found = find_interrupted_task(db, contact_client, "group", sender, text, since, now + CLOCK_MARGIN)
         except WeChatClientException as exc:
             logger.warning("interrupted group mass message not looked up (%s); left as sending", exc)
             outcome["unknown"] += len(members)
@@ -160,16 +161,3 @@ def resolve_interrupted(db: Database, contact_client: Any, lease_seconds: float,
                                         updated_at=now))
             outcome["pending"] += len(ids)
     return outcome
-
-
-def _find_sent(client: Any, sender: str, text: str, since: datetime, until: datetime) -> str | None:
-    from bot.wecom.api import cursor_pages
-
-    pages = cursor_pages(lambda cursor: client.external_contact.get_groupmsg_list_v2(
-        "group", int(since.timestamp()), int(until.timestamp()), creator=sender or None, filter_type=0, limit=100,
-        cursor=cursor))
-    for page in pages:
-        for message in page.get("group_msg_list") or []:
-            if (message.get("text") or {}).get("content") == text:
-                return str(message["msgid"])
-    return None

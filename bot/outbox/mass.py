@@ -231,9 +231,9 @@ def _recent_reminders(session: Any, msgids: list[str], now: datetime) -> dict[st
 def resolve_interrupted(db: Database, contact_client: Any, lease_seconds: float,
                         now: datetime | None = None) -> Counter[str]:
     """Mass-message rows a crash left "sending": add_msg_template is not idempotent, so instead of
-    calling it again, look the call up in WeCom's own list (get_groupmsg_list_v2, by member and
-    text around the time of the attempt). Found → submitted with its msgid; not there → the call
-    never reached WeCom, so the rows go back to pending."""
+    calling it again, look the call up in WeCom's own list (get_groupmsg_list_v2, by text around the
+    time of the attempt, the member confirmed by its task list). Found → submitted with its msgid; not
+    there → the call never reached WeCom, so the rows go back to pending."""
     now = now or utcnow()
     outcome: Counter[str] = Counter()
     with db.sessions() as session:
@@ -247,7 +247,7 @@ def resolve_interrupted(db: Database, contact_client: Any, lease_seconds: float,
     for (sender, text), members in groups.items():
         since = min(r.updated_at for r in members) - CLOCK_MARGIN
         try:
-            found = _find_sent(contact_client, sender, text, since, now)
+            found = find_interrupted_task(db, contact_client, "single", sender, text, since, now + CLOCK_MARGIN)
         except WeChatClientException as exc:
             logger.warning("interrupted mass message of %s not looked up (%s); left as sending", masked(sender), exc)
             outcome["unknown"] += len(members)
@@ -266,15 +266,32 @@ def resolve_interrupted(db: Database, contact_client: Any, lease_seconds: float,
     return outcome
 
 
-def _find_sent(client: Any, sender: str, text: str, since: datetime, now: datetime) -> str | None:
+def find_interrupted_task(db: Database, client: Any, chat_type: str, sender: str, text: str, since: datetime,
+                          until: datetime) -> str | None:
+    """The task WeCom made of an interrupted add_msg_template: one the enterprise made (filter_type 0) between
+    ``since`` and ``until`` with this text, whose task list holds ``sender``, and that no outbox row here has
+    already (the same text to the same member twice is a new task each time). WeCom's list does not return a
+    creator for tasks made through the API, so the creator cannot filter them."""
     from bot.wecom.api import cursor_pages
 
+    with db.sessions() as session:
+        taken = set(session.scalars(select(OutboxMessage.wecom_msgid).where(
+            OutboxMessage.channel.in_(("mass_message", "group_message")), OutboxMessage.wecom_msgid.is_not(None),
+            OutboxMessage.updated_at >= since).distinct()))
     pages = cursor_pages(lambda cursor: client.external_contact.get_groupmsg_list_v2(
-        "single", int(since.timestamp()), int((now + CLOCK_MARGIN).timestamp()), creator=sender or None,
-        filter_type=0, limit=100,
-        cursor=cursor))
+        chat_type, int(since.timestamp()), int(until.timestamp()), filter_type=0, limit=100, cursor=cursor))
     for page in pages:
         for message in page.get("group_msg_list") or []:
-            if (message.get("text") or {}).get("content") == text:
-                return str(message["msgid"])
+            msgid = str(message.get("msgid") or "")
+            if not msgid or msgid in taken or (message.get("text") or {}).get("content") != text:
+                continue
+            if not sender or _task_holds(client, msgid, sender):
+                return msgid
     return None
+
+
+def _task_holds(client: Any, msgid: str, sender: str) -> bool:
+    from bot.wecom.api import cursor_pages
+
+    pages = cursor_pages(lambda cursor: client.external_contact.get_groupmsg_task(msgid, limit=1000, cursor=cursor))
+    return any(task.get("userid") == sender for page in pages for task in page.get("task_list") or [])

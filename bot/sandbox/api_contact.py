@@ -205,15 +205,17 @@ def get_groupmsg_list_v2(call: Call) -> dict[str, Any]:
     start, end = int(start), int(end)
     if end < start or end - start > 31 * 86400:
         raise WeComError(40058, "the time range must be at most one month")
-    creator = call.body.get("creator")
+    # Every task here was made through the API: enterprise tasks (create_type 0) with no creator, which
+    # WeCom neither returns nor filters on (a creator filter finds none of them).
+    creator, filter_type = call.body.get("creator"), int(call.body.get("filter_type", 2))
     found = [m for m in call.state.mass_messages.values()
-             if m["chat_type"] == chat_type and start <= m["create_time"] <= end
-             and (not creator or m["sender"] == creator)]
+             if m["chat_type"] == chat_type and start <= m["create_time"] <= end and not creator
+             and filter_type in (0, 2)]
     limit = min(int(call.body.get("limit") or 50), 100)
     offset = int(call.body.get("cursor") or 0)
     page = found[offset:offset + limit]
-    return {"group_msg_list": [{"msgid": m["msgid"], "creator": m["sender"], "create_type": 0,
-                                "create_time": m["create_time"], "text": m["text"]} for m in page],
+    return {"group_msg_list": [{"msgid": m["msgid"], "create_type": 0, "create_time": str(m["create_time"]),
+                                "text": m["text"]} for m in page],
             "next_cursor": str(offset + limit) if offset + limit < len(found) else ""}
 
 
