@@ -318,6 +318,38 @@ def test_a_broadcast_whose_tag_was_deleted_fails_without_stopping_others(app, db
         assert s.scalar(select(func.count()).select_from(Staff)) == 1
 
 
+def test_a_template_that_fails_on_real_customers_fails_its_broadcast_alone_and_long_texts_are_cut(app, db):
+    """The creation check renders a sample customer; a template may still fail (or run long) on a real name.
+    That broadcast fails with the reason, the others are planned, and no text goes over WeCom's 4000 bytes."""
+    settings = settings_of(app)
+    seed_audience(db, {"low": 3})
+    real = 'customer.name != "样例客户"'
+    with db.begin() as s:
+        broken = create_broadcast(s, settings, spec(name="坏的", templates={
+            "default": f"{{{{ 1 // (0 if {real} else 1) }}}}"}), now=MORNING)
+        long = create_broadcast(s, settings, spec(name="长的", templates={
+            "default": f"{{{{ '长' * (2000 if {real} else 1) }}}}"}), now=MORNING)
+        fine = create_broadcast(s, settings, spec(name="好的"), now=MORNING)
+    with db.begin() as s:
+        runs = dispatch_due(s, settings, now=MORNING + timedelta(minutes=1))
+        assert sorted(r.broadcast_id for r in runs) == sorted([long.id, fine.id])
+        assert s.get(Broadcast, broken.id).status == "failed"
+        texts = [c["text"] for c in s.scalars(select(OutboxMessage.content).where(
+            OutboxMessage.trigger_kind == "campaign")) if c["text"].startswith("长")]
+    assert texts and all(len(t.encode("utf-8")) <= 4000 and t.endswith("…") for t in texts)
+
+
+def test_a_name_taken_by_a_concurrent_request_is_refused_not_an_integrity_error(app, db):
+    from bot.campaigns.broadcasts import add_named
+
+    settings = settings_of(app)
+    with db.begin() as s:
+        create_broadcast(s, settings, spec(), now=MORNING)
+    with db.begin() as s, pytest.raises(BroadcastError, match="exists already"):
+        add_named(s, Broadcast(name=spec().name, audience={}, templates=TEMPLATES, status="scheduled"),
+                  "a broadcast named '上新' exists already")
+
+
 def test_cron_weekdays_are_standard_crontab():
     from bot.campaigns.rules import cron_trigger
 

@@ -286,7 +286,8 @@ def test_operators_preview_then_schedule_a_group_broadcast_in_the_console(wired,
         assert s.scalar(select(GroupBroadcast.id)) is None  # a preview writes nothing
     for bad, reason in (({"mix_share": "0"}, "1–100"), ({"send_at": ""}, "send time"),
                         ({"tpl_default": "{{ customer.name }}"}, "customer"),
-                        ({"schedule": "cron", "cron": ""}, "cron expression")):
+                        ({"schedule": "cron", "cron": ""}, "cron expression"),
+                        ({"tpl_high": "{{ 1 // (group.name|length - 4) }}"}, "refused for group &#39;VIP群&#39;")):
         refused = operator.post("/console/groups/broadcasts/new", data={**form, **bad, "intent": "preview"})
         assert refused.status_code == 400 and reason in refused.get_data(as_text=True), bad
     done = operator.post("/console/groups/broadcasts/new", data={**form, "intent": "schedule"}, follow_redirects=True)
@@ -302,3 +303,56 @@ def test_operators_preview_then_schedule_a_group_broadcast_in_the_console(wired,
     viewer = signed_in(wired, "vera", "viewer")
     assert viewer.post("/console/groups/broadcasts/new", data={**form, "csrf_token": csrf(viewer),
                                                                "intent": "schedule"}).status_code == 403
+
+
+def test_a_group_template_that_fails_on_a_real_group_fails_alone_and_long_texts_are_cut(wired, sandbox, scrm):
+    """Checked on the sample 样例群 at creation, a template may still fail (or run long) on a real group's name:
+    that broadcast fails with the reason and the others run; no text goes over WeCom's 4000 bytes."""
+    from bot.campaigns import group_broadcasts
+    from bot.models import GroupBroadcast
+
+    setup_groups(wired, sandbox)
+    settings, db = wired.extensions["scrm.settings"], wired.extensions["scrm.db"]
+    at = MORNING + timedelta(hours=1)
+    specs = {"坏的": "{{ 1 // (group.name|length - 4) }}", "好的": "周末见",
+             "长的": "{{ group.name * (500 if group.name != '样例群' else 1) }}"}  # 种草群: 4,500 bytes
+    with db.begin() as s:
+        for name, template in specs.items():
+            group_broadcasts.create(s, settings, group_broadcasts.GroupBroadcastSpec(
+                name, {"owners": ["zhangsan"]}, {"default": template}, at, None), MORNING)
+    assert "refused for group" in scrm(
+        "groups", "broadcast", "create", "坏的2", "--template", f"default={specs['坏的']}",
+        "--at", at.strftime("%Y-%m-%d %H:%M"), "--yes", ok=False)
+    with db.begin() as s:
+        runs = group_broadcasts.dispatch_due(s, settings, at + timedelta(minutes=1))
+        status = {b.name: b.status for b in s.scalars(select(GroupBroadcast))}
+        texts = [r.content["text"] for r in s.scalars(select(OutboxMessage).where(
+            OutboxMessage.channel == "group_message"))]
+    assert len(runs) == 2 and status == {"坏的": "failed", "长的": "done", "好的": "done"}
+    long = [t for t in texts if t != "周末见"]
+    assert all(len(t.encode("utf-8")) <= 4000 for t in long) and any(t.endswith("…") for t in long)
+
+
+def test_a_group_sop_step_whose_template_fails_is_not_planned_and_the_others_are(wired, sandbox, tmp_path):
+    from dataclasses import replace
+
+    from bot.campaigns.group_sop import create_sop, run_sops
+
+    ids = setup_groups(wired, sandbox)
+    (tmp_path / "group_sop").mkdir()
+    (tmp_path / "group_sop" / "odd.j2").write_text("{{ 1 // (group.name|length - 4) }}", encoding="utf-8")
+    base = wired.extensions["scrm.settings"]
+    settings = replace(base, app=replace(base.app, templates_dir=str(tmp_path)))
+    db = wired.extensions["scrm.db"]
+    with db.begin() as s:
+        for group in s.scalars(select(CustomerGroup)):
+            group.wecom_created_at = MORNING - timedelta(days=2)
+        create_sop(s, settings, "怪", {"owners": ["zhangsan", "lisi"]}, [{"day": 1, "template": "group_sop/odd"}],
+                   MORNING - timedelta(days=3))
+        create_sop(s, settings, "好", {"owners": ["zhangsan", "lisi"]}, [{"day": 1, "template": "group_sop/rules"}],
+                   MORNING - timedelta(days=3))
+        result = run_sops(s, settings, MORNING)
+        planned = sorted(r.recipient for r in s.scalars(select(OutboxMessage).where(
+            OutboxMessage.trigger_ref.like("group_sop:%"))))
+    assert result.planned == 5 and sum(result.refused.values()) == 1  # VIP群's name breaks 怪; 种草群, 打卡群 not
+    assert planned.count(ids["vip"]) == 1 and len(planned) == 5

@@ -41,6 +41,7 @@ from sqlalchemy import (
     union,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -64,7 +65,7 @@ from bot.models import (
 )
 from bot.outbox.messages import TIER_NAMES, MessageTemplates, customer_vars, refusal
 from bot.outbox.policy import COUNTED_STATUSES, PUSH_TRIGGERS, ContactPolicy
-from bot.outbox.queue import withdraw_carried_coupons
+from bot.outbox.queue import fit_text, withdraw_carried_coupons
 from segments.incremental import ROW_ID
 from segments.money import fen_to_yuan
 from segments.rfm import SEGMENT_NAMES
@@ -123,6 +124,18 @@ class Content:
 
     def render(self, rfm_segment: str | None, value_tier: str | None, customer: Any = None,
                coupon: dict[str, Any] | None = None) -> tuple[str, str]:
+        """(template key, text) as it is sent: within WeCom's limit; a template that fails on this customer's
+        data (arithmetic, the sandbox's bounds) is a BroadcastError naming it, not an exception that would stop
+        every other broadcast's run."""
+        try:
+            key, text = self.render_as_is(rfm_segment, value_tier, customer, coupon)
+        except Exception as exc:  # noqa: BLE001 - whatever a template does with one customer's data: refused, named
+            raise BroadcastError(f"template {self.key_for(rfm_segment, value_tier)!r} refused: {refusal(exc)}") \
+                from None
+        return key, fit_text("mass_message", text, f"broadcast:{key}")
+
+    def render_as_is(self, rfm_segment: str | None, value_tier: str | None, customer: Any = None,
+                     coupon: dict[str, Any] | None = None) -> tuple[str, str]:
         key = self.key_for(rfm_segment, value_tier)
         context: dict[str, Any] = {"brand": self.brand, "tier_name": TIER_NAMES.get(value_tier or "", ""),
                                    "segment_name": SEGMENT_NAMES.get(rfm_segment or "", "")}
@@ -166,8 +179,8 @@ def check_content(sources: Any, templates: MessageTemplates, tier_keys: set[str]
         sample.value_tier = key if key in TIER_NAMES else None
         sample.rfm_segment = key if key in SEGMENT_NAMES else None
         try:
-            _, text = content.render(sample.rfm_segment, sample.value_tier, sample,
-                                     sample_coupon if has_coupon else None)
+            _, text = content.render_as_is(sample.rfm_segment, sample.value_tier, sample,
+                                           sample_coupon if has_coupon else None)
         except UndefinedError as exc:
             raise BroadcastError(f"template {key!r}: {exc.message}") from None
         except Exception as exc:  # noqa: BLE001 - the sandbox (SecurityError), arithmetic, a filter's bad argument
@@ -227,9 +240,19 @@ def create_broadcast(session: Session, settings: Settings, spec: BroadcastSpec, 
                           send_at=spec.send_at, cron=spec.cron, coupon=spec.coupon or None,
                           holdout_percent=settings.broadcasts.holdout_percent if spec.holdout_percent is None
                           else spec.holdout_percent, status="scheduled", next_run_at=next_run)
-    session.add(broadcast)
-    session.flush()
-    return broadcast
+    return add_named(session, broadcast, f"a broadcast named {spec.name!r} exists already")
+
+
+def add_named(session: Session, row: Any, taken: str) -> Any:
+    """Insert a row whose name is unique; a name another request took a moment ago (a double click) is a
+    BroadcastError saying ``taken``, not an IntegrityError."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        raise BroadcastError(taken) from None
+    return row
 
 
 def check_schedule(spec: BroadcastSpec, settings: Settings, now: datetime) -> datetime:
@@ -758,6 +781,9 @@ def dispatch_due(session: Session, settings: Settings, now: datetime | None = No
         except BroadcastError as exc:
             logger.error("broadcast %r cannot run any more: %s", broadcast.name, exc)
             broadcast.status, broadcast.next_run_at = "failed", None
+            continue
+        except Exception:  # noqa: BLE001 - one broadcast's fault must not hold up the others; tried again next tick
+            logger.exception("broadcast %r not planned this time", broadcast.name)
             continue
         if broadcast.cron:
             broadcast.next_run_at = next_cron_time(broadcast.cron, settings, max(now, broadcast.next_run_at))

@@ -17,7 +17,13 @@ from jinja2 import TemplateSyntaxError, UndefinedError, meta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from bot.campaigns.broadcasts import BroadcastError, check_send_time, next_cron_time, tier_key_names
+from bot.campaigns.broadcasts import (
+    BroadcastError,
+    add_named,
+    check_send_time,
+    next_cron_time,
+    tier_key_names,
+)
 from bot.campaigns.group_welcome import tier_label
 from bot.contacts.groups import TierMix, group_tier_key, tier_mix
 from bot.core.config import Settings
@@ -25,6 +31,7 @@ from bot.core.db import row_id
 from bot.models import CustomerGroup, GroupBroadcast, GroupBroadcastRun, OutboxMessage, utcnow
 from bot.outbox.messages import MessageTemplates, refusal
 from bot.outbox.policy import COUNTED_STATUSES, ContactPolicy
+from bot.outbox.queue import fit_text
 
 logger = logging.getLogger(__name__)
 CHANNEL, TRIGGER = "group_message", "group_campaign"
@@ -174,9 +181,16 @@ def _render(template: Any, settings: Settings, name: str, tier: str | None) -> s
 
 
 def _text_for(compiled: dict[str, Any], settings: Settings, group: CustomerGroup, mix: TierMix) -> tuple[str, str]:
+    """(template key, text) as it is sent: within WeCom's limit; a template that fails on this group's name
+    is a BroadcastError naming it."""
     tier = group_tier_key(group, mix)
     key = tier if tier in compiled else "default"
-    return key, _render(compiled[key], settings, group.name or "客户群", tier)
+    try:
+        text = _render(compiled[key], settings, group.name or "客户群", tier)
+    except Exception as exc:  # noqa: BLE001 - arithmetic, the sandbox's bounds: refused, named
+        raise BroadcastError(f"template {key!r} refused for group {group.name or group.chat_id!r}: "
+                             f"{refusal(exc)}") from None
+    return key, fit_text(CHANNEL, text, f"group_broadcast:{key}")
 
 
 # ---------------------------------------------------------------- create / find / cancel
@@ -210,9 +224,7 @@ def create(session: Session, settings: Settings, spec: GroupBroadcastSpec, now: 
     next_run = spec.send_at or next_cron_time(str(spec.cron), settings, now)
     broadcast = GroupBroadcast(name=spec.name, audience=audience.to_dict(), templates=dict(spec.templates),
                                send_at=spec.send_at, cron=spec.cron, status="scheduled", next_run_at=next_run)
-    session.add(broadcast)
-    session.flush()
-    return broadcast
+    return add_named(session, broadcast, f"a group broadcast named {spec.name!r} exists already")
 
 
 def find(session: Session, name_or_id: str) -> GroupBroadcast:
@@ -367,6 +379,9 @@ def dispatch_due(session: Session, settings: Settings, now: datetime | None = No
         except BroadcastError as exc:
             logger.error("group broadcast %r cannot run any more: %s", broadcast.name, exc)
             broadcast.status, broadcast.next_run_at = "failed", None
+            continue
+        except Exception:  # noqa: BLE001 - one broadcast's fault must not hold up the others; tried again next tick
+            logger.exception("group broadcast %r not planned this time", broadcast.name)
             continue
         if broadcast.cron:
             broadcast.next_run_at = next_cron_time(broadcast.cron, settings, max(now, broadcast.next_run_at))

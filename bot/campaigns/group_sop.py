@@ -9,6 +9,7 @@ sent, so a new SOP does not flood old groups."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,16 +18,17 @@ from jinja2 import TemplateSyntaxError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from bot.campaigns.broadcasts import BroadcastError, tier_key_names
+from bot.campaigns.broadcasts import BroadcastError, add_named, tier_key_names
 from bot.campaigns.group_broadcasts import CHANNEL, NO_OWNER, GroupAudience, cap_reason, group_quota
 from bot.campaigns.group_welcome import tier_label
 from bot.contacts.groups import group_tier_key
 from bot.core.config import Settings
 from bot.models import GroupSop, OutboxMessage, utcnow
-from bot.outbox.messages import MessageTemplates, TemplateMissing, refusal
+from bot.outbox.messages import MessageTemplates, TemplateMissing, TemplateRefused, refusal
 from bot.outbox.policy import ContactPolicy
 from bot.outbox.queue import fit_text
 
+logger = logging.getLogger(__name__)
 TRIGGER = "group_sop"
 MAX_STEPS = 20
 MAX_DAY = 365
@@ -37,6 +39,7 @@ class SopRun:
     planned: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     deferred: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # a template that failed → groups it was not planned for
 
 
 def parse_steps(raw: Any, templates: MessageTemplates) -> list[dict[str, Any]]:
@@ -74,9 +77,7 @@ def create_sop(session: Session, settings: Settings, name: str, audience: dict[s
     sop = GroupSop(name=name, audience=parsed_audience.to_dict(),
                    steps=parse_steps(steps, MessageTemplates.from_settings(settings)), status="active",
                    created_at=now or utcnow())
-    session.add(sop)
-    session.flush()
-    return sop
+    return add_named(session, sop, f"a group SOP named {name!r} exists already")
 
 
 def cancel_sop(session: Session, sop: GroupSop, now: datetime | None = None) -> int:
@@ -120,9 +121,13 @@ def run_sops(session: Session, settings: Settings, now: datetime | None = None) 
                 continue
             kind, _, name = step["template"].partition("/")
             tier = group_tier_key(group, mix)
-            rendered = templates.render(kind, name, [tier], brand=settings.app.brand_name,
-                                        group={"name": group.name or "客户群", "tier": tier or "",
-                                               "tier_name": tier_label(tier)})
+            try:
+                rendered = templates.render(kind, name, [tier], brand=settings.app.brand_name,
+                                            group={"name": group.name or "客户群", "tier": tier or "",
+                                                   "tier_name": tier_label(tier)})
+            except (TemplateMissing, TemplateRefused) as exc:  # not planned: tried again once the file is fixed
+                result.refused[str(exc)] = result.refused.get(str(exc), 0) + 1
+                continue
             if group.owner_userid and used[group.chat_id] >= allowed:
                 # Not dropped: the step waits for the group's next quota period.
                 reason = cap_reason(policy, allowed)
@@ -144,4 +149,6 @@ def run_sops(session: Session, settings: Settings, now: datetime | None = None) 
             else:
                 result.planned += 1
     session.flush()
+    for reason, groups in result.refused.items():
+        logger.error("group SOP step not planned for %d group(s): %s", groups, reason)
     return result

@@ -103,7 +103,10 @@ class MessageTemplates:
 
     def render(self, kind: str, name: str, tiers: Sequence[str | None] = (), **context: Any) -> Rendered:
         path = self.choose(kind, name, tiers)
-        text = self.env.get_template(path).render(**context).strip()
+        try:
+            text = self.env.get_template(path).render(**context).strip()
+        except Exception as exc:  # noqa: BLE001 - what a template does with one recipient's data: refused, named
+            raise TemplateRefused(f"template {path}: {refusal(exc)}") from None
         return Rendered(path, text)
 
 

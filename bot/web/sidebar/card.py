@@ -19,7 +19,16 @@ from bot.campaigns.group_welcome import tier_group
 from bot.campaigns.rules import CampaignRules
 from bot.core.config import Settings
 from bot.models import Coupon, Customer, CustomerTag, Follow, Interaction, Order, Staff, Tag, TagGroup, TierChange
-from bot.outbox.messages import STAGE_NAMES, TIER_NAMES, MessageTemplates, customer_vars, refusal, tier_keys
+from bot.outbox.messages import (
+    STAGE_NAMES,
+    TIER_NAMES,
+    MessageTemplates,
+    TemplateMissing,
+    TemplateRefused,
+    customer_vars,
+    refusal,
+    tier_keys,
+)
 from bot.outbox.quick_replies import QuickReplyError, RenderedReply, quick_replies_for
 from segments.explain import explanation, stored_stats
 from segments.money import fen_to_yuan
@@ -185,7 +194,7 @@ def _quick_replies(customer: Customer, templates: MessageTemplates,
     the service runs) costs the library, not the card."""
     try:
         return quick_replies_for(customer, templates, settings.app.brand_name), False
-    except (QuickReplyError, TemplateError, OverflowError) as exc:
+    except (QuickReplyError, TemplateError, TemplateMissing, TemplateRefused, OverflowError) as exc:
         logger.warning("sidebar: quick replies unavailable: %s", refusal(exc))
         return [], True
 
