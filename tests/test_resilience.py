@@ -55,7 +55,18 @@ def test_welcome_whose_answer_was_lost_is_resent_and_reaches_the_customer_once(w
     assert len(read(sandbox, "calls", path="externalcontact/send_welcome_msg")) == 2
     row = only_row(wired)
     assert (row.status, row.attempts) == ("sent", 2)
-    assert "41051" in row.reason and "delivered it" in row.reason
+    assert "41050" in row.reason and "delivered it" in row.reason
+
+
+def test_kf_event_welcome_whose_answer_was_lost_is_resent_and_reaches_the_customer_once(wired, sandbox, staff):
+    delay(sandbox, "kf/send_msg_on_event", "late")  # WeCom sent it; the answer came too late
+    control(sandbox, "kf/enter_session", {"open_kfid": "wkSHOP", "external_userid": "wmENTER", "scene": "homepage"})
+    drain(wired)
+    assert len([m for m in read(sandbox, "sent")["kf"] if m["touser"] == "wmENTER"]) == 1
+    assert len(read(sandbox, "calls", path="kf/send_msg_on_event")) == 2
+    row = only_row(wired)
+    assert (row.channel, row.status, row.attempts) == ("kf_event", "sent", 2)
+    assert "40058" in row.reason and "delivered it" in row.reason
 
 
 def test_welcome_lost_on_the_way_is_resent_within_its_window(wired, sandbox, staff):

@@ -128,6 +128,29 @@ def test_over_the_frequency_limit_is_raised_at_once_with_when_to_try_again(clien
     assert len(calls(sandbox, "externalcontact/get")) == 1
 
 
+def test_gettoken_has_the_clients_timeout_and_its_busy_retries(settings, sandbox, seeded, sleeps):
+    """wechatpy's own token fetch has no timeout: a stalled gettoken held the worker thread for good."""
+    import time
+
+    client = WeComClient(settings.wecom.corp_id, settings.wecom.secret, api_base_url=settings.wecom.api_base_url,
+                         timeout=0.5, busy_backoff_seconds=0.5, sleep=sleeps.append)
+    control(sandbox, "delays", {"path": "gettoken", "seconds": 3})
+    started = time.monotonic()
+    with pytest.raises(requests.Timeout):
+        client.fetch_access_token()
+    assert time.monotonic() - started < 2.5
+    control(sandbox, "delays", {"path": "gettoken", "seconds": 0})
+    control(sandbox, "faults", {"path": "gettoken", "errcode": -1, "count": 1})
+    assert client.fetch_access_token()["access_token"] and sleeps == [0.5]
+
+
+def test_a_token_refused_as_40001_is_refreshed_once(clients, sandbox, seeded):
+    clients.contact.external_contact.get("wmA")
+    control(sandbox, "faults", {"path": "externalcontact/get", "errcode": 40001, "count": 1})
+    assert clients.contact.external_contact.get("wmA")["external_contact"]["name"] == "李四"
+    assert [c["path"] for c in calls(sandbox)][-3:] == ["externalcontact/get", "gettoken", "externalcontact/get"]
+
+
 def test_wrong_secret_is_an_error_not_a_retry_loop(settings, sandbox):
     client = WeComClient(settings.wecom.corp_id, "wrong-secret", api_base_url=settings.wecom.api_base_url)
     with pytest.raises(WeChatClientException) as info:

@@ -95,7 +95,7 @@ def add_corp_tag(call: Call) -> dict[str, Any]:
     if any(len(t.get("name", "")) > 30 or not t.get("name") for t in tags):
         raise WeComError(40058, "tag names must be 1–30 characters")
     if state.corp_tag_count() + len(tags) > MAX_CORP_TAGS:
-        raise WeComError(40071, "corp tag count exceeds the limit of 3000")
+        raise WeComError(40126, "corp tag count exceeds the limit of 3000")
     group = state.tag_groups.get(body.get("group_id", ""))
     if group is None:
         name = body.get("group_name") or ""
@@ -172,7 +172,7 @@ def send_welcome_msg(call: Call) -> dict[str, Any]:
     if entry is None:
         raise WeComError(40058, "invalid welcome_code")
     if entry["used"] or call.state.now() - entry["issued_at"] > WELCOME_CODE_TTL:
-        raise WeComError(41051, "welcome_code already used or expired (20 s window)")
+        raise WeComError(41050, "invalid welcome_code: already used or expired (20 s window)")
     text = (call.body.get("text") or {}).get("content", "")
     if len(text.encode("utf-8")) > 4000 or len(call.body.get("attachments") or []) > 9:
         raise WeComError(40058, "text ≤4000 bytes and at most 9 attachments")

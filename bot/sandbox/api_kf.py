@@ -111,7 +111,7 @@ def send_msg_on_event(call: Call) -> dict[str, Any]:
         raise WeComError(40058, "send_msg_on_event takes text or msgmenu")
     entry = call.state.welcome_codes.get(code)
     if entry is None or entry["used"] or call.state.now() - entry["issued_at"] > 20:
-        raise WeComError(95002, "invalid or used welcome code")
+        raise WeComError(40058, "invalid code: already used or expired (20 s window)")
     entry["used"] = True
     msgid = call.body.get("msgid") or random_id("", 32)
     call.state.kf_sent.append({"msgid": msgid, "open_kfid": entry.get("open_kfid", ""),

@@ -63,6 +63,9 @@ def _handle(state: SandboxState, path: str) -> dict[str, Any]:
 
 def _route(state: SandboxState, path: str, params: dict[str, str], body: Any, entry: dict[str, Any]) -> dict:
     if path == "gettoken":
+        fault = state.take_fault(path)
+        if fault:
+            raise WeComError(fault, "injected fault")
         token, expires_in = state.issue_token(params.get("corpid", ""), params.get("corpsecret", ""))
         entry["role"] = state.config.secrets.get(params.get("corpsecret", ""))
         return {"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": expires_in}

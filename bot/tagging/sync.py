@@ -18,7 +18,7 @@ from bot.tagging.system import mark_pushed
 
 logger = logging.getLogger(__name__)
 MAX_CORP_TAGS = 3000  # corp + strategy tags per corp
-TAG_LIMIT_ERRORS = frozenset({40071})
+TAG_LIMIT_ERRORS = frozenset({40126})  # 企业标签个数达到上限
 NOT_EXTERNAL_CONTACT = 84061
 
 

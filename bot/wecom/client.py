@@ -1,5 +1,5 @@
 """WeCom API client: wechatpy's ``WeChatClient`` with a configurable base URL (the sandbox or the
-real host), per-secret token caching, one token refresh on 40014/42001, short retries on -1/45033,
+real host), per-secret token caching, one token refresh on 40001/40014/42001, short retries on -1/45033,
 and none on 45009 (WeCom then blocks the API for a minute: the caller reschedules)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import requests
 from wechatpy.exceptions import WeChatClientException
 from wechatpy.session import SessionStorage
 from wechatpy.session.memorystorage import MemoryStorage
@@ -24,7 +25,9 @@ from bot.wecom.ratelimit import LocalBuckets, RateLimiter, RedisBuckets, api_pat
 
 logger = logging.getLogger(__name__)
 
-TOKEN_ERRORS = frozenset({40014, 42001})  # invalid / expired access_token: refresh once
+# Invalid / expired access_token: refresh once. 40001 is documented for a bad secret at gettoken, but
+# wechatpy and some gateways answer it for a stale token too; a refresh costs one gettoken.
+TOKEN_ERRORS = frozenset({40001, 40014, 42001})
 BUSY_ERRORS = frozenset({45033, -1})  # too many concurrent calls, system busy: retried here after a pause
 # Calls that create something: a "system busy" may come after WeCom made it, so a blind retry could make
 # two (two mass-message tasks to confirm, two QR codes). The mass-message senders look the outcome up;
@@ -92,10 +95,36 @@ class WeComClient(WeChatClient):
         return f"{self.corp_id}_{self._secret_id}_access_token_expires_at"
 
     def fetch_access_token(self) -> dict:
-        return self._fetch_access_token(
-            url=f"{self.API_BASE_URL}gettoken",
-            params={"corpid": self.corp_id, "corpsecret": self.secret},
-        )
+        """gettoken with the client's timeout (wechatpy's fetch has none: a stalled one held a worker thread
+        for good) and the busy retries of any other call."""
+        attempt = 0
+        while True:
+            try:
+                return self._fetch_token_once()
+            except WeChatClientException as exc:
+                if exc.errcode not in BUSY_ERRORS or attempt >= self.busy_retries:
+                    raise
+                delay = self.busy_backoff_seconds * (2**attempt)
+                attempt += 1
+                logger.warning("WeCom gettoken answered %s; retry %d in %.1fs", exc.errcode, attempt, delay)
+                self._sleep(delay)
+
+    def _fetch_token_once(self) -> dict:
+        logger.info("Fetching a WeCom access token")
+        answer = self._http.get(url=f"{self.API_BASE_URL}gettoken", timeout=self.timeout,
+                                params={"corpid": self.corp_id, "corpsecret": self.secret})
+        try:
+            answer.raise_for_status()
+        except requests.RequestException as exc:
+            raise WeChatClientException(None, None, client=self, request=exc.request, response=exc.response) from None
+        result = answer.json()
+        if result.get("errcode"):
+            raise WeChatClientException(result["errcode"], result.get("errmsg"), client=self, request=answer.request,
+                                        response=answer)
+        expires_in = int(result.get("expires_in") or 7200)
+        self.session.set(self.access_token_key, result["access_token"], expires_in)
+        self.expires_at = int(time.time()) + expires_in
+        return result
 
     def _request(self, method: str, url_or_endpoint: str, **kwargs: Any) -> Any:
         refreshed = False
