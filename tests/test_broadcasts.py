@@ -360,6 +360,13 @@ def test_cron_weekdays_are_standard_crontab():
                     "0 10 * * 1-3": "2026-11-24", "0 10 * * fri": "2026-11-27"}
     with pytest.raises(ValueError, match="5 fields"):
         cron_trigger("0 10 * *")
+    both = cron_trigger("0 10 1 * 1", SHANGHAI)  # standard cron: the 1st of a month or a Monday
+    fires, moment = [], after
+    for _ in range(4):
+        moment = both.get_next_fire_time(None, moment)
+        fires.append(moment.date().isoformat())
+        moment += timedelta(minutes=1)
+    assert fires == ["2026-11-30", "2026-12-01", "2026-12-07", "2026-12-14"]
 
 
 def test_cli_create_preview_list_report_cancel(cli_env, db, tmp_path):

@@ -11,7 +11,7 @@ from bot.campaigns.coupons import CouponBook
 from bot.outbox.messages import MessageTemplates, TemplateMissing, TemplateRefused
 
 if TYPE_CHECKING:  # APScheduler is loaded when a cron expression is read, not with the settings
-    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.base import BaseTrigger
 
 DIMENSIONS = ("value_tier", "rfm_segment", "stage", "engagement", "activity")
 # A prediction run records a change of churn-risk band as a TierChange too (segments/predict_runs.py).
@@ -19,10 +19,12 @@ ACTION_DIMENSIONS = (*DIMENSIONS, "churn_risk")
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # standard cron: 0 (and 7) = Sunday
 
 
-def cron_trigger(expression: str, timezone: Any = None) -> CronTrigger:
+def cron_trigger(expression: str, timezone: Any = None) -> BaseTrigger:
     """A standard 5-field crontab line as an APScheduler trigger. APScheduler 3 numbers weekdays
     from Monday = 0, so "0 10 * * 5" would fire on Saturdays; numeric weekdays are translated to
-    names first (5 → fri, 0 and 7 → sun)."""
+    names first (5 → fri, 0 and 7 → sun). When both the day of the month and the weekday are given,
+    standard cron fires on either ("0 10 1 * 1": every 1st and every Monday); APScheduler on both."""
+    from apscheduler.triggers.combining import OrTrigger
     from apscheduler.triggers.cron import CronTrigger
 
     fields = expression.split()
@@ -30,7 +32,11 @@ def cron_trigger(expression: str, timezone: Any = None) -> CronTrigger:
         raise ValueError(f"a cron expression has 5 fields (minute hour day month weekday), got {len(fields)}")
     if any(ch.isdigit() for ch in fields[4]):
         fields[4] = ",".join(DAY_NAMES[d] for d in sorted(_weekdays(fields[4])))
-    return CronTrigger.from_crontab(" ".join(fields), timezone=timezone)
+    minute, hour, day, month, weekday = fields
+    if day.startswith("*") or weekday.startswith("*"):
+        return CronTrigger.from_crontab(" ".join(fields), timezone=timezone)
+    return OrTrigger([CronTrigger.from_crontab(f"{minute} {hour} {day} {month} *", timezone=timezone),
+                      CronTrigger.from_crontab(f"{minute} {hour} * {month} {weekday}", timezone=timezone)])
 
 
 def _weekdays(field: str) -> set[int]:

@@ -255,7 +255,7 @@ def remind_groupmsg_send(call: Call) -> dict[str, Any]:
     message = _mass_message(call)
     recent = [t for t in message["reminders"] if call.state.now() - t < 86400]
     if len(recent) >= 3:
-        raise WeComError(41063, "at most 3 reminders per mass message in 24 hours")
+        raise WeComError(41094, "at most 3 reminders per mass message in 24 hours")
     message["reminders"] = [*recent, call.state.now()]
     return {}
 
