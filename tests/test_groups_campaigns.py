@@ -4,6 +4,7 @@ recorded; a tier's group welcome and join code, and the 重要价值 welcome tha
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 import pytest
@@ -356,3 +357,48 @@ def test_a_group_sop_step_whose_template_fails_is_not_planned_and_the_others_are
             OutboxMessage.trigger_ref.like("group_sop:%"))))
     assert result.planned == 5 and sum(result.refused.values()) == 1  # VIP群's name breaks 怪; 种草群, 打卡群 not
     assert planned.count(ids["vip"]) == 1 and len(planned) == 5
+
+
+def test_operators_preview_then_create_a_group_sop_in_the_console(wired, sandbox, scrm):
+    from bot.models import AuditEntry, GroupSop
+    from tests.console_support import csrf, signed_in
+
+    ids = setup_groups(wired, sandbox)
+    db = wired.extensions["scrm.db"]
+    with db.begin() as s:  # VIP群 made 2 days ago, 打卡群 8 days ago
+        for chat, days in ((ids["vip"], 2), (ids["check"], 8), (ids["seed"], 30)):
+            s.scalar(select(CustomerGroup).where(CustomerGroup.chat_id == chat)).wecom_created_at = \
+                MORNING - timedelta(days=days)
+    wired.extensions["scrm.clock"] = lambda: MORNING
+    operator = signed_in(wired, "olga", "operator")
+    assert "新建群 SOP" in operator.get("/console/groups/campaigns").get_data(as_text=True)
+    empty = operator.get("/console/groups/sops/new").get_data(as_text=True)
+    assert '<option value="group_sop/rules"' in empty and '<option value="group_sop/checkin"' in empty
+    form = {"csrf_token": csrf(operator), "name": "新群七天", "owners": "zhangsan、lisi",
+            "day_0": "1", "template_0": "group_sop/rules", "day_1": "7", "template_1": "group_sop/checkin"}
+    page = operator.post("/console/groups/sops/new", data={**form, "intent": "preview"})
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'id="preview-groups">3<' in text and "zhangsan 2" in text
+    # day 1 is still ahead (within a day's grace) for VIP群 only; day 7 for VIP群 and 打卡群, not 种草群 (30 days)
+    reaches = re.findall(r"<td>(\d+)</td><td><code>(group_sop/\w+)</code></td><td>(\d+)</td>", text)
+    assert reaches == [("1", "group_sop/rules", "1"), ("7", "group_sop/checkin", "2")], reaches
+    assert "欢迎来到「VIP群」" in text
+    with db.sessions() as s:
+        assert s.scalar(select(GroupSop.id)) is None  # a preview writes nothing
+    for bad, reason in (({"day_0": "x"}, "天数须为"), ({"template_1": "group_sop/nope"}, "no template"),
+                        ({"day_1": "1"}, "once per SOP"), ({"day_0": "", "template_0": "", "day_1": "",
+                                                            "template_1": ""}, "至少填写一个步骤")):
+        refused = operator.post("/console/groups/sops/new", data={**form, **bad, "intent": "preview"})
+        assert refused.status_code == 400 and reason in refused.get_data(as_text=True), bad
+    done = operator.post("/console/groups/sops/new", data={**form, "intent": "create"}, follow_redirects=True)
+    assert "已创建群 SOP「新群七天」：2 个步骤" in done.get_data(as_text=True)
+    again = operator.post("/console/groups/sops/new", data={**form, "intent": "create"})
+    assert again.status_code == 400 and "exists already" in again.get_data(as_text=True)
+    with db.sessions() as s:
+        sop = s.scalar(select(GroupSop))
+        assert [step["day"] for step in sop.steps] == [1, 7]
+        audit = s.scalar(select(AuditEntry).where(AuditEntry.action == "group_sops.create"))
+        assert (audit.actor, audit.after["name"]) == ("olga", "新群七天")
+    viewer = signed_in(wired, "vera", "viewer")
+    assert viewer.post("/console/groups/sops/new", data={**form, "csrf_token": csrf(viewer),
+                                                         "intent": "create"}).status_code == 403

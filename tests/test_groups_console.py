@@ -161,6 +161,15 @@ def test_group_pages_in_chromium(served, tmp_path):
             tab.wait_for_selector("#preview")
             assert tab.inner_text("#preview-to-send") == "1"
             tab.screenshot(path=str(tmp_path / f"group-broadcast-new-{name}.png"), full_page=True)
+            tab.click("text=← 群群发与群 SOP")
+            tab.click("text=新建群 SOP →")
+            tab.fill("input[name=name]", f"新群七天-{name}")
+            tab.fill("input[name=day_0]", "1")
+            tab.select_option("select[name=template_0]", "group_sop/rules")
+            tab.click("button[value=preview]")
+            tab.wait_for_selector("#preview")
+            assert int(tab.inner_text("#preview-groups")) >= 1
+            tab.screenshot(path=str(tmp_path / f"group-sop-new-{name}.png"), full_page=True)
             assert problems == []
         browser.close()
 

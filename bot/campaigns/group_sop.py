@@ -80,6 +80,60 @@ def create_sop(session: Session, settings: Settings, name: str, audience: dict[s
     return add_named(session, sop, f"a group SOP named {name!r} exists already")
 
 
+@dataclass
+class StepPreview:
+    day: int
+    template: str
+    reaches: int  # of the groups matching now, those whose day is still ahead (a new SOP does not flood old ones)
+    sample_group: str
+    sample: str
+
+
+@dataclass
+class SopPreview:
+    groups: int
+    owners: dict[str, int]
+    steps: list[StepPreview]
+
+
+def preview_sop(session: Session, settings: Settings, audience: dict[str, Any], steps: Any,
+                now: datetime | None = None) -> SopPreview:
+    """What an SOP created now would do with the groups there are: which match, each step with how many of
+    them it will still reach and its text for the first of them. Writes nothing; BroadcastError says what is
+    wrong with the audience or the steps (a template that fails on a real group's name included)."""
+    now = now or utcnow()
+    parsed = GroupAudience.parse(audience, tier_key_names(settings))
+    templates = MessageTemplates.from_settings(settings)
+    chosen = parsed.select_groups(session)
+    owners: dict[str, int] = {}
+    for group, _ in chosen:
+        owners[group.owner_userid or ""] = owners.get(group.owner_userid or "", 0) + 1
+    shown = []
+    for step in parse_steps(steps, templates):
+        day = int(step["day"])
+        ahead = [(g, mix) for g, mix in chosen if (g.wecom_created_at or g.created_at) + timedelta(days=day)
+                 >= now - timedelta(days=1)]
+        group, mix = (ahead or chosen or [(None, None)])[0]
+        tier = group_tier_key(group, mix) if group is not None else None
+        kind, _, name = step["template"].partition("/")
+        try:
+            text = templates.render(kind, name, [tier], brand=settings.app.brand_name,
+                                    group={"name": (group.name if group else "样例群") or "客户群", "tier": tier or "",
+                                           "tier_name": tier_label(tier)}).text
+        except (TemplateMissing, TemplateRefused) as exc:
+            raise BroadcastError(f"day {day}: {exc}") from None
+        shown.append(StepPreview(day, step["template"], len(ahead), (group.name if group else "样例群") or "客户群",
+                                 fit_text(CHANNEL, text, step["template"])))
+    return SopPreview(len(chosen), owners, shown)
+
+
+def sop_templates(settings: Settings) -> list[str]:
+    """The group SOP templates there are (``group_sop/<name>``, tier variants left out), for a form's choices."""
+    env = MessageTemplates.from_settings(settings).env
+    names = env.list_templates(filter_func=lambda n: n.startswith("group_sop/"))
+    return sorted({n.removesuffix(".j2") for n in names if n.count(".") == 1 and n.endswith(".j2")})
+
+
 def cancel_sop(session: Session, sop: GroupSop, now: datetime | None = None) -> int:
     """Stop an SOP; its steps not yet handed to WeCom are skipped. Returns how many."""
     sop.status = "cancelled"

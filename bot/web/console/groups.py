@@ -14,7 +14,15 @@ from sqlalchemy import select
 
 from bot.campaigns import group_broadcasts
 from bot.campaigns.broadcasts import BroadcastError, next_cron_time, tier_key_names
-from bot.campaigns.group_sop import cancel_sop, planned_per_step
+from bot.campaigns.group_sop import (
+    MAX_DAY,
+    SopPreview,
+    cancel_sop,
+    create_sop,
+    planned_per_step,
+    preview_sop,
+    sop_templates,
+)
 from bot.campaigns.rules import value_tier_names
 from bot.contacts.groups import active_members, group_tier_key, tier_mix
 from bot.models import CustomerGroup, GroupBroadcast, GroupSop
@@ -34,6 +42,7 @@ CHURN_NAMES = {"low": "低", "medium": "中", "high": "高"}
 LABEL_MAX, TAGS_TEXT_MAX = 30, 2000
 RUNS_SHOWN = 5
 PREVIEW_ROWS = 10
+SOP_STEP_ROWS = 6
 # The outbox statuses of a group message, as an owner sees them in WeCom.
 GROUP_MESSAGE_STATES = {"pending": "待提交", "sending": "提交中", "submitted": "待群主确认", "confirmed": "已发送",
                         "failed": "失败", "skipped": "未发送"}
@@ -157,8 +166,67 @@ def new_broadcast() -> Any:
                            PREVIEW_ROWS=PREVIEW_ROWS), status
 
 
+@bp.route("/sops/new", methods=["GET", "POST"])
+def new_sop() -> Any:
+    """Create a group SOP as `scrm groups sop create` does: preview (writes nothing: the groups that match, each
+    step with the groups it will still reach and its text for one of them), then create, audited."""
+    form = request.form if request.method == "POST" else request.args
+    shown: SopPreview | None = None
+    error, status = "", 200
+    settings = views._settings()
+    if request.method == "POST":
+        try:
+            name, audience, steps = (form.get("name") or "").strip(), _group_audience(form), _sop_steps(form)
+            with views._db().begin() as s:
+                if form.get("intent") == "create":
+                    sop = create_sop(s, settings, name, audience, steps, views._now())
+                    views._audit(s, "group_sops.create", f"group_sop:{sop.id}", None,
+                                 {"name": sop.name, "audience": sop.audience, "steps": sop.steps})
+                    flash(f"已创建群 SOP「{sop.name}」：{len(sop.steps)} 个步骤")
+                    return redirect(url_for("console_groups.campaigns_page"))
+                shown = preview_sop(s, settings, audience, steps, views._now())
+        except BroadcastError as exc:
+            logger.info("console: group SOP refused: %s", exc)
+            error, status = str(exc), 400
+    return render_template("console/group_sop_new.html", form=form, preview=shown, error=error,
+                           tier_choices=_tier_choices(None)[1:], templates=sop_templates(settings),
+                           step_rows=SOP_STEP_ROWS), status
+
+
+def _sop_steps(form: Any) -> list[dict[str, Any]]:
+    """The filled step rows (day and template) in order; a day that is not a whole number is named."""
+    steps = []
+    for row in range(SOP_STEP_ROWS):
+        day, template = (form.get(f"day_{row}") or "").strip(), (form.get(f"template_{row}") or "").strip()
+        if not day and not template:
+            continue
+        if not (day.isascii() and day.isdigit() and len(day) <= 3) or not template:
+            raise BroadcastError(f"第 {row + 1} 步：天数须为 0–{MAX_DAY} 的整数，并选择模板")
+        steps.append({"day": int(day), "template": template[:100]})
+    if not steps:
+        raise BroadcastError("至少填写一个步骤（天数与模板）")
+    return steps
+
+
 def _group_spec(form: Any) -> group_broadcasts.GroupBroadcastSpec:
     """The builder's form as a spec; the audience as GroupAudience reads it (its checks run on it)."""
+    audience = _group_audience(form)
+    templates = {"default": form.get("tpl_default", "")}
+    for key in value_tier_names(views._settings()):
+        text = (form.get(f"tpl_{key}") or "").strip()
+        if text:
+            templates[key] = text
+    repeat = form.get("schedule") == "cron"
+    cron = (form.get("cron") or "").strip()[:100] if repeat else ""
+    if repeat and not cron:
+        raise BroadcastError("give a cron expression (minute hour day month weekday), e.g. 0 10 * * 1")
+    send_at = None if repeat else views._send_at(form.get("send_at", ""))
+    return group_broadcasts.GroupBroadcastSpec((form.get("name") or "").strip(), audience, templates, send_at,
+                                               cron or None)
+
+
+def _group_audience(form: Any) -> dict[str, Any]:
+    """The audience fields of a builder (broadcast or SOP) as GroupAudience reads them."""
     audience: dict[str, Any] = {}
     for key in ("owners", "names", "tags"):
         text = (form.get(key) or "")[:TAGS_TEXT_MAX]
@@ -177,18 +245,7 @@ def _group_spec(form: Any) -> group_broadcasts.GroupBroadcastSpec:
         if not (members.isascii() and members.isdigit() and len(members) <= 6):
             raise BroadcastError("最少成员数须为整数")
         audience["min_members"] = int(members)
-    templates = {"default": form.get("tpl_default", "")}
-    for key in value_tier_names(views._settings()):
-        text = (form.get(f"tpl_{key}") or "").strip()
-        if text:
-            templates[key] = text
-    repeat = form.get("schedule") == "cron"
-    cron = (form.get("cron") or "").strip()[:100] if repeat else ""
-    if repeat and not cron:
-        raise BroadcastError("give a cron expression (minute hour day month weekday), e.g. 0 10 * * 1")
-    send_at = None if repeat else views._send_at(form.get("send_at", ""))
-    return group_broadcasts.GroupBroadcastSpec((form.get("name") or "").strip(), audience, templates, send_at,
-                                               cron or None)
+    return audience
 
 
 def _iso(moment: Any) -> str | None:
