@@ -4,6 +4,8 @@ with their refusals, and the dry-run plan form; in the test client and in headle
 from __future__ import annotations
 
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from importlib.util import find_spec
 from pathlib import Path
@@ -15,7 +17,7 @@ from sqlalchemy import func, select, update
 from bot.models import Channel, Follow, Transfer
 from bot.web.serving import BackgroundServer
 from tests.campaign_data import MORNING
-from tests.console_support import PASSWORD, add_user, csrf, seed_console, signed_in
+from tests.console_support import PASSWORD, add_user, csrf, seed_console, sign_in, signed_in
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -212,6 +214,37 @@ def test_an_operator_runs_the_hand_over_the_plan_showed_audited(wired, sandbox, 
     assert "试算后交接名单有变化（现在 0 位客户）" in again.get_data(as_text=True)
     assert sum(len(c["body"]["external_userid"])
                for c in read(sandbox, "calls", path="externalcontact/transfer_customer")) == 5
+
+
+def test_three_submits_of_one_hand_over_at_once_run_it_once(wired, sandbox, tmp_path):
+    """A double (triple) submit: one batch starts the customers, the others are refused, none is
+    recorded as failed because WeCom answered 40129 (客户正在转接中)."""
+    from tests.support import read
+
+    _zhangsans_customers(wired, sandbox, tmp_path, "DS", 5)
+    wired.extensions["scrm.clock"] = lambda: MORNING
+    add_user(wired.extensions["scrm.db"], "olga", "operator")
+    clients = [wired.test_client() for _ in range(3)]
+    for client in clients:
+        assert sign_in(client, "olga").status_code == 302
+    query = {"from": "zhangsan", "to": "lisi", "rule": ""}
+    page = clients[0].get("/console/transfers", query_string=query).get_data(as_text=True)
+    digest = re.search(r'name="expected" value="([0-9a-f]{16})"', page)[1]
+    forms = [{"csrf_token": csrf(client), **query, "expected": digest} for client in clients]
+    start = threading.Barrier(3)
+
+    def submit(n: int) -> str:
+        start.wait()
+        return clients[n].post("/console/transfers/run", data=forms[n], follow_redirects=True).get_data(as_text=True)
+
+    with ThreadPoolExecutor(3) as pool:
+        pages = list(pool.map(submit, range(3)))
+    assert sum("5 位客户开始交接" in p for p in pages) == 1, pages
+    assert sum("未交接" in p for p in pages) == 2
+    calls = read(sandbox, "calls", path="externalcontact/transfer_customer")
+    assert sum(len(c["body"]["external_userid"]) for c in calls) == 5
+    with wired.extensions["scrm.db"].sessions() as s:
+        assert s.scalars(select(Transfer.status)).all() == ["waiting"] * 5
 
 
 def test_channel_forms_refuse_what_urls_and_databases_cannot_hold_and_a_silent_wecom(wired, sandbox):

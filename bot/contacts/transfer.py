@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
 
@@ -31,6 +32,9 @@ NEVER_STARTED_AFTER = timedelta(hours=48)
 ROUTE_KEYS = ("rfm", "value", "stage", "tag")
 RESULT_STATUS = {1: "succeeded", 2: "waiting", 3: "refused", 4: "takeover_full", 5: "no_record"}
 IN_FLIGHT = ("planned", "waiting")  # asked of WeCom (or about to be), not yet settled
+UNDER_WAY = 40129  # 客户正在转接中: WeCom already hands this customer over (a retry, another tool)
+GROUP_ALREADY_MOVED = 90508  # 离职群已经继承
+BUSY = -1  # may come after WeCom acted: like no answer, the poll tells
 FAIL_REASONS = {"customer_refused": "refused", "customer_limit_exceed": "takeover_full"}
 REASONS = {  # per-customer errcodes and outcomes, as an operator reads them
     "refused": "客户拒绝 (customer_refused)",
@@ -256,6 +260,7 @@ class RunResult:
     started: int = 0
     failed: int = 0
     unknown: int = 0
+    under_way: int = 0  # WeCom answered 40129: already being handed over, the poll settles them
     groups_moved: int = 0
     groups_failed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -283,7 +288,7 @@ def run_plan(session: Session, api: Any, plan: Plan, now: datetime, success_msg:
                             created_at=now, updated_at=now)
         session.add(transfer)
         chunks[(row.kind, row.handover_userid, row.takeover_userid)].append(transfer)
-    session.commit()
+    _claim(session)
     for (kind, handover, takeover), rows in chunks.items():
         for start in range(0, len(rows), PER_CALL):
             _call(session, api, kind, handover, takeover, rows[start:start + PER_CALL], success_msg, now, result)
@@ -293,6 +298,17 @@ def run_plan(session: Session, api: Any, plan: Plan, now: datetime, success_msg:
     _move_groups(session, api, plan, result, now)
     session.commit()
     return result
+
+
+def _claim(session: Session) -> None:
+    """Commit the planned rows: uq_transfers_in_flight lets one run hold a customer, so a second run of
+    the same plan (a double submit) stops here, before WeCom is asked."""
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise TransferError("a hand-over of these customers is already under way (another run of this plan); "
+                            "nothing was asked of WeCom") from None
 
 
 def _call(session: Session, api: Any, kind: str, handover: str, takeover: str, rows: list[Transfer],
@@ -305,15 +321,16 @@ def _call(session: Session, api: Any, kind: str, handover: str, takeover: str, r
         else:
             answer = api.resigned_transfer_customer(handover, takeover, ids)
     except WeChatClientException as exc:
+        if exc.errcode == BUSY:
+            _unanswered(rows, now, result)
+            return
         for row in rows:
             _settle(row, "failed", now, errcode=exc.errcode)
         result.failed += len(rows)
         result.errors[reason_text(exc.errcode)] += len(rows)
         return
-    except OSError:  # no answer: WeCom may or may not have started it; never blindly call again
-        for row in rows:
-            row.status, row.updated_at = "waiting", now
-        result.unknown += len(rows)
+    except OSError:
+        _unanswered(rows, now, result)
         return
     codes = {str(item.get("external_userid")): int(item.get("errcode") or 0) for item in answer.get("customer") or []}
     for row in rows:
@@ -321,10 +338,20 @@ def _call(session: Session, api: Any, kind: str, handover: str, takeover: str, r
         if code == 0:
             row.status, row.errcode, row.updated_at = "waiting", 0, now
             result.started += 1
+        elif code == UNDER_WAY:
+            row.status, row.errcode, row.updated_at = "waiting", code, now
+            result.under_way += 1
         else:
             _settle(row, "failed", now, errcode=code)
             result.failed += 1
             result.errors[reason_text(code) or "no answer for this customer"] += 1
+
+
+def _unanswered(rows: list[Transfer], now: datetime, result: RunResult) -> None:
+    """No answer: WeCom may or may not have started it; never blindly call again, the poll tells."""
+    for row in rows:
+        row.status, row.updated_at = "waiting", now
+    result.unknown += len(rows)
 
 
 def _move_groups(session: Session, api: Any, plan: Plan, result: RunResult, now: datetime) -> None:
@@ -341,12 +368,14 @@ def _move_groups(session: Session, api: Any, plan: Plan, result: RunResult, now:
                 failed = {c: {"errcode": exc.errcode, "errmsg": exc.errmsg} for c in chunk}
             for chat_id in chunk:
                 bad = failed.get(chat_id)
+                code = int(bad["errcode"]) if bad else None
+                moved = code in (None, GROUP_ALREADY_MOVED)  # 90508: an earlier run (or a busy call) moved it
                 session.add(GroupTransfer(batch=result.batch, chat_id=chat_id, handover_userid="",
-                                          takeover_userid=new_owner, status="failed" if bad else "succeeded",
-                                          errcode=int(bad["errcode"]) if bad else None,
-                                          errmsg=str(bad.get("errmsg") or "")[:255] if bad else None, created_at=now))
-                result.groups_failed += bool(bad)
-                result.groups_moved += not bad
+                                          takeover_userid=new_owner, status="succeeded" if moved else "failed",
+                                          errcode=code, errmsg=str(bad.get("errmsg") or "")[:255] if bad else None,
+                                          created_at=now))
+                result.groups_failed += not moved
+                result.groups_moved += moved
             session.commit()
 
 
