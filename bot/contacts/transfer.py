@@ -25,7 +25,18 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.customers import from_epoch, upsert_customer, upsert_follow
 from bot.contacts.interactions import add_interaction
-from bot.models import Customer, CustomerTag, CustomerTier, Follow, GroupTransfer, Staff, Tag, TagGroup, Transfer
+from bot.models import (
+    ADD_WAY_ASSIGNED,
+    Customer,
+    CustomerTag,
+    CustomerTier,
+    Follow,
+    GroupTransfer,
+    Staff,
+    Tag,
+    TagGroup,
+    Transfer,
+)
 
 PER_CALL = 100
 NEVER_STARTED_AFTER = timedelta(hours=48)
@@ -469,9 +480,9 @@ def complete(session: Session, row: Transfer, at: datetime) -> None:
         new.state = new.state or old.state
         new.remark = new.remark or old.remark
         new.description = new.description or old.description
-    if new.ended_at is not None or new.added_at is None:
-        new.added_at, new.ended_at, new.ended_reason = at, None, None
-    new.add_way = new.add_way if new.add_way is not None else 202  # 管理员/负责人分配
+    if new.ended_at is not None or new.added_at is None:  # the hand-over gives them the customer: no add
+        new.added_at, new.ended_at, new.ended_reason, new.add_way = at, None, None, ADD_WAY_ASSIGNED
+    new.add_way = new.add_way if new.add_way is not None else ADD_WAY_ASSIGNED
     if customer.owner_userid in (None, row.handover_userid):
         customer.owner_userid = row.takeover_userid
     add_interaction(session, customer, "transferred", f"transfer:{row.id}", at, row.takeover_userid,
