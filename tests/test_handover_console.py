@@ -274,7 +274,12 @@ def test_the_hand_over_plan_refuses_what_is_no_userid(app):
     for query, reason in (({"from": "zhangsan\x00", "to": "lisi"}, "not a member&#39;s userid"),
                           ({"from": "zhangsan", "to": "g" * 65}, "not a member&#39;s userid"),
                           ({"from": "zhangsan", "to": "lisi", "rule": "tag:a\x00=lisi"}, "no control characters"),
-                          ({"from": "zhangsan", "to": "ZhangSan"}, "to themselves")):
+                          ({"from": "zhangsan", "to": "ZhangSan"}, "to themselves"),
+                          ({"from": "zhangsan", "to": "lisi", "rule": "value:hgih=staff02"},
+                           "unknown value tier &#39;hgih&#39;: one of high, mid, low"),
+                          ({"from": "zhangsan", "to": "lisi", "rule": "stage:suepr=staff02"}, "unknown stage"),
+                          ({"from": "zhangsan", "to": "lisi", "rule": "tag:不存在的标签=staff02"},
+                           "of an existing tag, e.g. 客户等级/VIP")):
         page = client.get("/console/transfers", query_string=query)
         assert page.status_code == 200 and reason in page.get_data(as_text=True), query
 

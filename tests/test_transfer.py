@@ -206,6 +206,10 @@ def test_plan_refuses_bad_rules_and_self_transfer(wired, sandbox, tmp_path):
     for args, message in (
         (("--from", "zhangsan", "--to", "lisi", "--rule", "rfm=wang"), "bad rule"),
         (("--from", "zhangsan", "--to", "lisi", "--rule", "rfm:超级VIP=wang"), "unknown RFM segment"),
+        (("--from", "zhangsan", "--to", "lisi", "--rule", "value:hgih=wang"),
+         "unknown value tier 'hgih': one of high, mid, low"),
+        (("--from", "zhangsan", "--to", "lisi", "--rule", "stage:suepr=wang"), "unknown stage 'suepr': one of new,"),
+        (("--from", "zhangsan", "--to", "lisi", "--rule", "tag:不存在的标签=wang"), "no tag '不存在的标签'"),
         (("--from", "zhangsan", "--to", "zhangsan"), "to themselves"),
         (("--to", "lisi"), "either --from USERID"),
         (("--from", "zhangsan", "--departed", "--to", "lisi"), "either --from USERID"),

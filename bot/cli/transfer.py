@@ -39,7 +39,8 @@ def _who(func: Callable[..., Any]) -> Callable[..., Any]:
 def _plan(cli: CliContext, session: Any, api: Any, handover: str | None, departed: bool,
           departed_members: tuple[str, ...], rest: tuple[str, ...], rules: tuple[str, ...],
           customers: tuple[str, ...], customers_file: Path | None, no_groups: bool) -> Any:
-    from bot.contacts.transfer import Route, plan_departed, plan_onjob
+    from bot.contacts.transfer import parse_routes, plan_departed, plan_onjob
+    from segments.policy import TierPolicy
 
     if bool(handover) == departed:
         raise click.UsageError("give either --from USERID (在职继承) or --departed (离职继承)")
@@ -50,7 +51,8 @@ def _plan(cli: CliContext, session: Any, api: Any, handover: str | None, departe
     bad = [c for c in chosen if len(c) > 128 or not c.isascii()]
     if bad:
         raise click.BadParameter(f"not an external_userid: {bad[0][:40]!r}")
-    routes = [Route.parse(text) for text in rules]
+    policy = TierPolicy.of(cli.settings())
+    routes = parse_routes(session, rules, policy.value_tiers, policy.stages)
     if handover:
         return plan_onjob(session, handover, list(rest), routes, chosen or None)
     if chosen:

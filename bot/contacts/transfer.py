@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -248,6 +248,35 @@ def _matching(session: Session, route: Route, ids: list[int]) -> set[int]:
     value = _rfm_code(route.value) if route.key == "rfm" else route.value
     return set(session.scalars(select(CustomerTier.customer_id).where(column == value,
                                                                       CustomerTier.customer_id.in_(ids))))
+
+
+def parse_routes(session: Session, texts: Iterable[str], value_tiers: Sequence[str],
+                 stages: Sequence[str]) -> list[Route]:
+    """The rules, each value checked against what can match it (the configured value tiers, the stage
+    path, the tags there are): a typo would match nobody and send everyone "the rest, in turn"."""
+    routes = [Route.parse(text) for text in texts]
+    for route in routes:
+        if route.key == "rfm":
+            _rfm_code(route.value)
+        elif route.key in ("value", "stage") and route.value not in (value_tiers if route.key == "value" else stages):
+            what, known = ("value tier", value_tiers) if route.key == "value" else ("stage", stages)
+            raise TransferError(f"unknown {what} {route.value!r}: one of {', '.join(known)}")
+        elif route.key == "tag":
+            _check_tag(session, route.value)
+    return routes
+
+
+def _check_tag(session: Session, value: str) -> None:
+    group, _, name = value.rpartition("/")
+    query = (select(TagGroup.name, Tag.name).join(TagGroup, TagGroup.id == Tag.group_id)
+             .where(Tag.deleted.is_(False)).order_by(TagGroup.name, Tag.name))
+    if session.scalar(select(func.count()).select_from(query.where(
+            Tag.name == name, *([TagGroup.name == group] if group else [])).subquery())):
+        return
+    shown = [f"{g}/{t}" for g, t in session.execute(query.limit(21))]
+    more = "…" if len(shown) > 20 else ""
+    raise TransferError(f"no tag {value!r}: write 组/标签 or 标签 of an existing tag, e.g. "
+                        f"{', '.join(shown[:20]) or '(no tags yet)'}{more}")
 
 
 def _rfm_code(text: str) -> str:
