@@ -75,6 +75,9 @@ def test_operators_set_a_groups_tier_and_labels_audited_viewers_cannot(app):
     assert olga.post(url, data={"tier": "high", "tags": "打卡群"}).status_code == 400  # no form token
     assert olga.post(url, data={"tier": "gold", "csrf_token": csrf(olga)}).status_code == 400
     assert olga.post(url, data={"tags": "x" * 31, "csrf_token": csrf(olga)}).status_code == 400
+    for label in ("a\x00b", "\u202eabc", "会员\u200b"):  # control, bidi override, zero-width space
+        refused = olga.post(url, data={"tags": f"打卡群、{label}", "csrf_token": csrf(olga)})
+        assert refused.status_code == 400 and "must not contain control characters" in refused.get_data(as_text=True)
     saved = olga.post(url, data={"tier": "important_value", "tags": "打卡群、种草群, 打卡群，VIP 福利群、{{ config }}",
                                  "csrf_token": csrf(olga)}, follow_redirects=True)
     assert saved.status_code == 200 and "已保存群层级与群标签" in saved.get_data(as_text=True)

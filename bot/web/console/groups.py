@@ -16,7 +16,7 @@ from bot.campaigns import group_broadcasts
 from bot.campaigns.broadcasts import BroadcastError, next_cron_time, tier_key_names
 from bot.campaigns.group_sop import cancel_sop, planned_per_step
 from bot.campaigns.rules import value_tier_names
-from bot.contacts.groups import active_members, group_tier_key, tier_mix
+from bot.contacts.groups import active_members, group_tier_key, label_problem, tier_mix
 from bot.models import CustomerGroup, GroupBroadcast, GroupSop
 from bot.outbox.messages import TIER_NAMES
 from bot.web.console import views
@@ -31,7 +31,7 @@ bp.context_processor(views._labels)
 PAGE = 200
 MEMBERS_SHOWN = 300
 CHURN_NAMES = {"low": "低", "medium": "中", "high": "高"}
-LABEL_MAX, TAGS_TEXT_MAX = 30, 2000
+TAGS_TEXT_MAX = 2000
 RUNS_SHOWN = 5
 PREVIEW_ROWS = 10
 # The outbox statuses of a group message, as an owner sees them in WeCom.
@@ -85,8 +85,9 @@ def group_settings(group_id: int) -> Any:
     if text is not None and len(text) > TAGS_TEXT_MAX:
         views._refuse(400, f"at most {TAGS_TEXT_MAX} characters of labels")
     labels = views.split_words(text) if text is not None else None
-    if labels is not None and any(len(t) > LABEL_MAX for t in labels):
-        views._refuse(400, f"a label is at most {LABEL_MAX} characters")
+    problem = label_problem(labels or [])
+    if problem:
+        views._refuse(400, problem)
     with views._db().begin() as s:
         group = s.get(CustomerGroup, group_id)
         if group is None:
