@@ -6,12 +6,13 @@ import re
 from decimal import Decimal, InvalidOperation
 
 MAX_WHOLE_DIGITS = 13  # 元 below 10^13: the bound of a text amount, and of a number too
-_YUAN = re.compile(rf"(\d{{1,{MAX_WHOLE_DIGITS}}})(?:\.(\d{{1,2}}))?")
+_YUAN = re.compile(rf"(\d{{1,{MAX_WHOLE_DIGITS}}})(?:\.(\d{{1,2}}))?", re.ASCII)
 _CENT = Decimal("0.01")
 
 
 def yuan_to_fen(text: str) -> int:
     """``"12.3"`` → 1230. Accepts 0–2 decimals; raises ValueError on anything else (no sign, no exponent)."""
+    _ascii_digits(text)
     match = _YUAN.fullmatch(text.strip())
     if not match and text.strip().startswith("-"):
         zero = _YUAN.fullmatch(text.strip()[1:])
@@ -27,6 +28,8 @@ def yuan_to_fen(text: str) -> int:
 def number_to_fen(value: int | float | str | Decimal) -> int:
     """A number in 元 (int, float, Decimal or string) → fen, exactly; fails on fractions of a fen,
     on infinities and NaN, and on amounts of 10^13 元 or more (as text amounts do)."""
+    if isinstance(value, str):
+        _ascii_digits(value)
     try:
         shown = str(value)[:40]
         yuan = value if isinstance(value, Decimal) else Decimal(str(value))
@@ -38,6 +41,11 @@ def number_to_fen(value: int | float | str | Decimal) -> int:
     if yuan != yuan.quantize(_CENT):
         raise ValueError(f"{shown} 元 is not a whole number of fen")
     return int(yuan.quantize(_CENT) * 100)
+
+
+def _ascii_digits(text: str) -> None:
+    if not text.isascii():  # \d and Decimal read other scripts' digits: "١٢٨" or "１２８" would be 128 元 unseen
+        raise ValueError(f"amount must be written with the digits 0-9, got {text.strip()[:40]!r}")
 
 
 def fen_to_yuan(fen: int) -> str:

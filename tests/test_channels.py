@@ -195,3 +195,29 @@ def test_a_busy_answer_after_the_code_was_made_is_reported_and_sync_brings_the_c
     assert len(read(sandbox, "calls", path="externalcontact/add_contact_way")) == 1  # not retried blindly
     assert "imported 1" in scrm("channels", "sync").output
     assert [w["state"] for w in read(sandbox, "contact_ways")] == ["expo"]
+
+
+def test_a_hand_over_is_no_new_add_of_the_channel(wired, sandbox, tmp_path):
+    """The takeover member's follow keeps the channel (the customer came through it) but is no add: the
+    report and the dashboard's 每日新增客户 count each scan once, on its day, not again at the hand-over."""
+    from bot.web.console.figures import dashboard
+
+    scrm = _setup(wired, sandbox, tmp_path)
+    scrm("channels", "create", "直播间", "--state", "live", "--member", "zhangsan")
+    config_id = read(sandbox, "contact_ways")[0]["config_id"]
+    for i in range(3):
+        control(sandbox, f"contact_ways/{config_id}/scan", {"name": f"直播{i}"})
+    assert drain(wired) == {"handled": 3}
+    control(sandbox, "clock/advance", {"seconds": 86400 + 60})
+    scrm("transfer", "run", "--from", "zhangsan", "--to", "lisi", "--yes", "--no-progress")
+    control(sandbox, "transfers/settle", {"force": True})
+    drain(wired)
+    db = wired.extensions["scrm.db"]
+    with db.sessions() as s:
+        assert s.scalars(select(Follow.state).where(Follow.ended_at.is_(None))).all() == ["live"] * 3
+    today = datetime.now(UTC).astimezone(wired.extensions["scrm.settings"].tz).strftime("%Y-%m-%d")
+    live = json.loads(scrm("channels", "report", "--json").output)[0]
+    assert (live["adds"], live["customers"], live["adds_per_day"]) == (3, 3, {today: 3})
+    with db.sessions() as s:
+        figures = dashboard(s, datetime.now(UTC) + timedelta(days=2), 14)
+    assert [sum(series["data"]) for series in figures.new_by_channel["series"]] == [3]

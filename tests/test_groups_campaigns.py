@@ -106,6 +106,8 @@ def test_group_broadcast_planned_previewed_sent_and_results_recorded(wired, sand
 def test_audience_by_tier_mix_and_labels(wired, sandbox, scrm):
     setup_groups(wired, sandbox)
     scrm("groups", "tag", "打卡群", "--add", "打卡")
+    for label in ("a\x00b", "\u202eabc", "会员\u200b"):  # control, bidi override, zero-width space
+        assert "must not contain control characters" in scrm("groups", "tag", "打卡群", "--add", label, ok=False)
     out = scrm("groups", "broadcast", "create", "高价值群", "--audience", '{"mix": {"tier": "high", "min_share": 0.6}}',
                "--template", "default=好消息", "--at", "2026-11-24 11:00", "--yes")
     assert "groups 1;" in out and "VIP群" in out

@@ -3,6 +3,8 @@ signed-in operators only; in real Chromium on a laptop and a phone (screenshots 
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from importlib.util import find_spec
@@ -57,6 +59,34 @@ def test_list_and_detail_show_the_tier_mix(app):
     assert anonymous.status_code == 302 and "/console/login" in anonymous.headers["Location"]
 
 
+def test_the_list_pages_past_a_hundred_groups_and_searches_by_name(app):
+    """No group is left out past the first page: 下一页 walks on (keyset), a name search and the owner
+    filter narrow it, and the total is shown."""
+    from bot.models import CustomerGroup
+
+    db = app.extensions["scrm.db"]
+    with db.begin() as s:
+        s.add_all([CustomerGroup(chat_id=f"wrP{n:04d}", name=f"门店{n:03d}群_a%", tags=[],
+                                 owner_userid="wang" if n % 2 else "li") for n in range(1, 206)])
+    client = signed_in(app, "vera", "viewer")
+    seen: list[str] = []
+    url: str | None = "/console/groups/"
+    while url:
+        page = client.get(url).get_data(as_text=True)
+        assert "共 205 个群" in page
+        seen += re.findall(r">(门店\d{3})群", page)
+        url = html.unescape(m[1]) if (m := re.search(r'id="next-page" href="([^"]+)"', page)) else None
+    assert seen == [f"门店{n:03d}" for n in range(1, 206)]
+    found = client.get("/console/groups/", query_string={"q": "门店12", "owner": "wang"}).get_data(as_text=True)
+    assert "共 5 个群" in found and re.findall(r">(门店\d{3})群", found) == ["门店121", "门店123", "门店125",
+                                                                            "门店127", "门店129"]
+    assert "next-page" not in found
+    literal = client.get("/console/groups/", query_string={"q": "群_a%"}).get_data(as_text=True)
+    assert "共 205 个群" in literal  # the text itself, not LIKE wildcards
+    assert "共 0 个群" in client.get("/console/groups/", query_string={"q": "群_b"}).get_data(as_text=True)
+    assert client.get("/console/groups/", query_string={"after": "x"}).status_code == 400
+
+
 def test_operators_set_a_groups_tier_and_labels_audited_viewers_cannot(app):
     from bot.models import AuditEntry, CustomerGroup
 
@@ -75,6 +105,9 @@ def test_operators_set_a_groups_tier_and_labels_audited_viewers_cannot(app):
     assert olga.post(url, data={"tier": "high", "tags": "打卡群"}).status_code == 400  # no form token
     assert olga.post(url, data={"tier": "gold", "csrf_token": csrf(olga)}).status_code == 400
     assert olga.post(url, data={"tags": "x" * 31, "csrf_token": csrf(olga)}).status_code == 400
+    for label in ("a\x00b", "\u202eabc", "会员\u200b"):  # control, bidi override, zero-width space
+        refused = olga.post(url, data={"tags": f"打卡群、{label}", "csrf_token": csrf(olga)})
+        assert refused.status_code == 400 and "must not contain control characters" in refused.get_data(as_text=True)
     saved = olga.post(url, data={"tier": "important_value", "tags": "打卡群、种草群, 打卡群，VIP 福利群、{{ config }}",
                                  "csrf_token": csrf(olga)}, follow_redirects=True)
     assert saved.status_code == 200 and "已保存群层级与群标签" in saved.get_data(as_text=True)
@@ -140,6 +173,12 @@ def test_group_pages_in_chromium(served, tmp_path):
             tab.wait_for_selector("table.groups")
             assert tab.locator(".mixcell .seg.t-high").first.inner_text() == "高价值 3"
             tab.screenshot(path=str(tmp_path / f"groups-{name}.png"), full_page=True)
+            tab.fill("input[name=q]", "打卡")
+            tab.click(".groupfilter button[type=submit]")
+            tab.wait_for_selector("p.count:has-text('共 1 个群')")
+            assert tab.locator("table.groups tr").count() == 2  # the header and 打卡群
+            tab.screenshot(path=str(tmp_path / f"groups-search-{name}.png"), full_page=True)
+            tab.click("text=客户群")
             tab.click("text=VIP会员群")
             tab.wait_for_selector(".mixbar")
             tab.select_option("select[name=tier]", "high")

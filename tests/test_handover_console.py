@@ -4,6 +4,8 @@ with their refusals, and the dry-run plan form; in the test client and in headle
 from __future__ import annotations
 
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from importlib.util import find_spec
 from pathlib import Path
@@ -15,7 +17,7 @@ from sqlalchemy import func, select, update
 from bot.models import Channel, Follow, Transfer
 from bot.web.serving import BackgroundServer
 from tests.campaign_data import MORNING
-from tests.console_support import PASSWORD, add_user, csrf, seed_console, signed_in
+from tests.console_support import PASSWORD, add_user, csrf, seed_console, sign_in, signed_in
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -214,6 +216,37 @@ def test_an_operator_runs_the_hand_over_the_plan_showed_audited(wired, sandbox, 
                for c in read(sandbox, "calls", path="externalcontact/transfer_customer")) == 5
 
 
+def test_three_submits_of_one_hand_over_at_once_run_it_once(wired, sandbox, tmp_path):
+    """A double (triple) submit: one batch starts the customers, the others are refused, none is
+    recorded as failed because WeCom answered 40129 (客户正在转接中)."""
+    from tests.support import read
+
+    _zhangsans_customers(wired, sandbox, tmp_path, "DS", 5)
+    wired.extensions["scrm.clock"] = lambda: MORNING
+    add_user(wired.extensions["scrm.db"], "olga", "operator")
+    clients = [wired.test_client() for _ in range(3)]
+    for client in clients:
+        assert sign_in(client, "olga").status_code == 302
+    query = {"from": "zhangsan", "to": "lisi", "rule": ""}
+    page = clients[0].get("/console/transfers", query_string=query).get_data(as_text=True)
+    digest = re.search(r'name="expected" value="([0-9a-f]{16})"', page)[1]
+    forms = [{"csrf_token": csrf(client), **query, "expected": digest} for client in clients]
+    start = threading.Barrier(3)
+
+    def submit(n: int) -> str:
+        start.wait()
+        return clients[n].post("/console/transfers/run", data=forms[n], follow_redirects=True).get_data(as_text=True)
+
+    with ThreadPoolExecutor(3) as pool:
+        pages = list(pool.map(submit, range(3)))
+    assert sum("5 位客户开始交接" in p for p in pages) == 1, pages
+    assert sum("未交接" in p for p in pages) == 2
+    calls = read(sandbox, "calls", path="externalcontact/transfer_customer")
+    assert sum(len(c["body"]["external_userid"]) for c in calls) == 5
+    with wired.extensions["scrm.db"].sessions() as s:
+        assert s.scalars(select(Transfer.status)).all() == ["waiting"] * 5
+
+
 def test_channel_forms_refuse_what_urls_and_databases_cannot_hold_and_a_silent_wecom(wired, sandbox):
     from tests.support import control, read
 
@@ -241,7 +274,12 @@ def test_the_hand_over_plan_refuses_what_is_no_userid(app):
     for query, reason in (({"from": "zhangsan\x00", "to": "lisi"}, "not a member&#39;s userid"),
                           ({"from": "zhangsan", "to": "g" * 65}, "not a member&#39;s userid"),
                           ({"from": "zhangsan", "to": "lisi", "rule": "tag:a\x00=lisi"}, "no control characters"),
-                          ({"from": "zhangsan", "to": "ZhangSan"}, "to themselves")):
+                          ({"from": "zhangsan", "to": "ZhangSan"}, "to themselves"),
+                          ({"from": "zhangsan", "to": "lisi", "rule": "value:hgih=staff02"},
+                           "unknown value tier &#39;hgih&#39;: one of high, mid, low"),
+                          ({"from": "zhangsan", "to": "lisi", "rule": "stage:suepr=staff02"}, "unknown stage"),
+                          ({"from": "zhangsan", "to": "lisi", "rule": "tag:不存在的标签=staff02"},
+                           "of an existing tag, e.g. 客户等级/VIP")):
         page = client.get("/console/transfers", query_string=query)
         assert page.status_code == 200 and reason in page.get_data(as_text=True), query
 

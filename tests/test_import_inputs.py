@@ -162,3 +162,13 @@ def test_cli_exits_non_zero_when_every_row_is_skipped(cli_env, tmp_path):
     assert scrm(cli_env, "import-orders", str(only_header), "--no-progress").exit_code == 0
     customers = write_bytes(tmp_path, b"external_userid,name,follow_userid,added_at\nwmA,A,,x\n", "c.csv")
     assert scrm(cli_env, "import-customers", str(customers), "--no-progress").exit_code == 1
+
+
+def test_amounts_in_other_scripts_digits_are_refused_not_read_as_128(db, tmp_path):
+    """Arabic-Indic or full-width digits are digits to Python's \\d and Decimal: "١٢٨" would be 128 元 unseen."""
+    path = write_bytes(tmp_path, (HEADER + "o1,wmA,١٢٨,2026-11-01T10:00:00+08:00,paid\n"
+                                  "o2,wmA,１２８.５,2026-11-01T11:00:00+08:00,paid\n").encode())
+    errors = dict(run_import(db, path).errors)
+    assert errors == {2: "amount must be written with the digits 0-9, got '١٢٨'",
+                      3: "amount must be written with the digits 0-9, got '１２８.５'"}
+    assert order_count(db) == 0

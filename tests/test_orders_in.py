@@ -198,6 +198,16 @@ def test_api_orders_with_token(client, token, db):
     assert (agg.paid_amount_fen, agg.refunded_amount_fen) == (1230, 7)
 
 
+def test_api_orders_refuse_amounts_in_other_scripts_digits(client, token, db):
+    orders = [{"order_id": f"d{n}", "external_userid": "wmA", "amount": amount, "paid_at": "2026-11-01T10:00:00+08:00"}
+              for n, amount in enumerate(["١٢٨", "１２８", "128"])]
+    response = client.post("/api/v1/orders", json=orders, headers={"Authorization": f"Bearer {token}"})
+    results = response.json["results"]
+    assert [r["result"] for r in results] == ["error", "error", "inserted"]
+    assert "digits 0-9" in results[0]["error"] and "digits 0-9" in results[1]["error"]
+    assert aggregate(db, "wmA").paid_amount_fen == 12800
+
+
 @pytest.mark.parametrize("headers,status", [({}, 401), ({"Authorization": "Bearer scrm_wrong"}, 401),
                                             ({"Authorization": "Basic abc"}, 401)])
 def test_api_refuses_without_a_valid_token(client, headers, status, db):

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 from wechatpy.exceptions import WeChatClientException
 
+from bot.contacts.transfer import TransferError, plan_departed, plan_onjob, run_plan
 from bot.models import (
     Customer,
     CustomerAggregate,
@@ -204,6 +206,10 @@ def test_plan_refuses_bad_rules_and_self_transfer(wired, sandbox, tmp_path):
     for args, message in (
         (("--from", "zhangsan", "--to", "lisi", "--rule", "rfm=wang"), "bad rule"),
         (("--from", "zhangsan", "--to", "lisi", "--rule", "rfm:超级VIP=wang"), "unknown RFM segment"),
+        (("--from", "zhangsan", "--to", "lisi", "--rule", "value:hgih=wang"),
+         "unknown value tier 'hgih': one of high, mid, low"),
+        (("--from", "zhangsan", "--to", "lisi", "--rule", "stage:suepr=wang"), "unknown stage 'suepr': one of new,"),
+        (("--from", "zhangsan", "--to", "lisi", "--rule", "tag:不存在的标签=wang"), "no tag '不存在的标签'"),
         (("--from", "zhangsan", "--to", "zhangsan"), "to themselves"),
         (("--to", "lisi"), "either --from USERID"),
         (("--from", "zhangsan", "--departed", "--to", "lisi"), "either --from USERID"),
@@ -255,3 +261,59 @@ def test_a_call_without_an_answer_is_not_repeated_and_settles_by_polling(wired, 
     with db.sessions() as s:
         assert set(s.scalars(select(Transfer.status))) == {"no_record"}
     assert _live_owner(db, ids) == dict.fromkeys(ids, "zhangsan")
+
+
+def test_a_second_run_of_the_same_plan_is_refused_before_wecom_is_asked(wired, sandbox, tmp_path):
+    """A double submit: two runs of one plan, both planned before either ran. The first claims the
+    customers; the second is refused when it records its rows, not answered 40129 by WeCom."""
+    scrm = scrm_runner(wired, tmp_path)
+    _seed(sandbox, "zhangsan", 3, "W")
+    scrm("sync", "contacts", "--no-progress")
+    db = wired.extensions["scrm.db"]
+    api = build_clients(wired.extensions["scrm.settings"]).contact.transfer
+    with db.sessions() as s:
+        first, second = (plan_onjob(s, "zhangsan", ["lisi"], []) for _ in range(2))
+        assert run_plan(s, api, first, datetime.now(UTC)).started == 3
+    with db.sessions() as s, pytest.raises(TransferError, match="already under way"):
+        run_plan(s, api, second, datetime.now(UTC))
+    assert len(read(sandbox, "calls", path="externalcontact/transfer_customer")) == 1
+    with db.sessions() as s:
+        assert s.scalars(select(Transfer.status)).all() == ["waiting"] * 3
+
+
+def test_a_customer_already_handed_over_in_wecom_waits_and_a_group_already_moved_is_no_failure(
+        wired, sandbox, tmp_path):
+    """WeCom's 40129 (客户正在转接中) and 90508 (离职群已经继承) say it is already done or under way, e.g.
+    by a call WeCom acted on before answering busy: the customer waits for the poll, the group is moved."""
+    scrm = scrm_runner(wired, tmp_path)
+    ids = _seed(sandbox, "zhangsan", 3, "U")
+    scrm("sync", "contacts", "--no-progress")
+    control(sandbox, "handover/groups", {"owner": "zhangsan", "name": "VIP群", "chat_id": "wrU"})
+    control(sandbox, "staff/zhangsan/resign", {})
+    db = wired.extensions["scrm.db"]
+    api = build_clients(wired.extensions["scrm.settings"]).contact.transfer
+    with db.sessions() as s:
+        plan = plan_departed(s, api, ["lisi"], [])
+    api.resigned_transfer_customer("zhangsan", "lisi", [ids[0]])
+    api.groupchat_transfer(["wrU"], "lisi")
+    with db.sessions() as s:
+        result = run_plan(s, api, plan, datetime.now(UTC))
+        assert (result.started, result.under_way, result.failed) == (2, 1, 0)
+        assert (result.groups_moved, result.groups_failed) == (1, 0)
+        assert s.scalar(select(Transfer.errcode).where(Transfer.external_userid == ids[0])) == 40129
+    control(sandbox, "transfers/settle", {"force": True, "callbacks": False})
+    assert "polled: succeeded 3; still waiting 0" in scrm("transfer", "status", "--poll").output
+    assert _live_owner(db, ids) == dict.fromkeys(ids, "lisi")
+
+
+def test_a_hand_over_answered_busy_is_not_repeated_and_waits_for_the_poll(wired, sandbox, tmp_path):
+    """-1 may come after WeCom started the hand-over: a retry would be answered 40129 for each customer."""
+    control(sandbox, "faults", {"path": "externalcontact/transfer_customer", "errcode": -1, "count": 1})
+    scrm = scrm_runner(wired, tmp_path)
+    _seed(sandbox, "zhangsan", 2, "B")
+    scrm("sync", "contacts", "--no-progress")
+    out = scrm("transfer", "run", "--from", "zhangsan", "--to", "lisi", "--yes", "--no-progress").output
+    assert "0 started" in out and "0 refused by WeCom, 2 without an answer" in out, out
+    assert len(read(sandbox, "calls", path="externalcontact/transfer_customer")) == 1
+    with wired.extensions["scrm.db"].sessions() as s:
+        assert s.scalars(select(Transfer.status)).all() == ["waiting"] * 2

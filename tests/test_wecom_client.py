@@ -118,6 +118,16 @@ def test_calls_that_create_something_are_not_retried_blindly_when_busy(clients, 
     assert info.value.errcode == -1 and sleeps == [] and len(calls(sandbox, "externalcontact/add_msg_template")) == 1
 
 
+@pytest.mark.parametrize("path", ["externalcontact/transfer_customer", "externalcontact/resigned/transfer_customer",
+                                  "externalcontact/groupchat/transfer", "externalcontact/add_corp_tag"])
+def test_hand_overs_and_new_tags_are_not_retried_blindly_when_busy(clients, sandbox, seeded, sleeps, path):
+    """Retried after WeCom acted, they are refused (40129, 90508, 40071) as if they had failed."""
+    control(sandbox, "faults", {"path": path, "errcode": -1, "count": 1})
+    with pytest.raises(WeChatClientException) as info:
+        clients.contact.post(path, data={})
+    assert info.value.errcode == -1 and sleeps == [] and len(calls(sandbox, path)) == 1
+
+
 def test_over_the_frequency_limit_is_raised_at_once_with_when_to_try_again(clients, sandbox, seeded, sleeps):
     """45009 blocks the API for a minute (WECOM.md §9): a retry within seconds is refused again and holds
     the thread, so the caller gets it at once and reschedules."""

@@ -178,9 +178,12 @@ def groups_tier(cli: CliContext, group_ref: str, tier: str | None, clear: bool) 
 @pass_cli
 def groups_tag(cli: CliContext, group_ref: str, added: tuple[str, ...], removed: tuple[str, ...]) -> None:
     """The group's own labels, such as 种草群 or 打卡群."""
+    from bot.contacts.groups import label_problem
+
     labels = [t.strip() for t in added if t.strip()]
-    if any(len(t) > 30 for t in labels):
-        raise click.BadParameter("a label is at most 30 characters", param_hint="--add")
+    problem = label_problem(labels)
+    if problem:
+        raise click.BadParameter(problem, param_hint="--add")
     with cli.db().begin() as session:
         group = _group(session, group_ref)
         tags = [t for t in (group.tags or []) if t not in removed]

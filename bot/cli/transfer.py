@@ -39,7 +39,8 @@ def _who(func: Callable[..., Any]) -> Callable[..., Any]:
 def _plan(cli: CliContext, session: Any, api: Any, handover: str | None, departed: bool,
           departed_members: tuple[str, ...], rest: tuple[str, ...], rules: tuple[str, ...],
           customers: tuple[str, ...], customers_file: Path | None, no_groups: bool) -> Any:
-    from bot.contacts.transfer import Route, plan_departed, plan_onjob
+    from bot.contacts.transfer import parse_routes, plan_departed, plan_onjob
+    from segments.policy import TierPolicy
 
     if bool(handover) == departed:
         raise click.UsageError("give either --from USERID (在职继承) or --departed (离职继承)")
@@ -50,7 +51,8 @@ def _plan(cli: CliContext, session: Any, api: Any, handover: str | None, departe
     bad = [c for c in chosen if len(c) > 128 or not c.isascii()]
     if bad:
         raise click.BadParameter(f"not an external_userid: {bad[0][:40]!r}")
-    routes = [Route.parse(text) for text in rules]
+    policy = TierPolicy.of(cli.settings())
+    routes = parse_routes(session, rules, policy.value_tiers, policy.stages)
     if handover:
         return plan_onjob(session, handover, list(rest), routes, chosen or None)
     if chosen:
@@ -141,6 +143,7 @@ def run_cmd(cli: CliContext, message: str | None, yes: bool, no_progress: bool, 
         raise click.ClickException(str(exc)) from None
     click.echo(f"batch {result.batch}: {result.calls} calls, {result.started} started (the customer has 24 h to "
                f"refuse), {result.failed} refused by WeCom, {result.unknown} without an answer"
+               + (f", {result.under_way} already being handed over in WeCom" if result.under_way else "")
                + (f"; groups moved {result.groups_moved}, failed {result.groups_failed}" if plan.groups else ""))
     for reason, n in result.errors.most_common():
         click.echo(f"  {n} × {reason}")

@@ -334,8 +334,9 @@ class ChannelReport:
 def channel_report(session: Session, settings: Settings, now: datetime, since: date | None = None,
                    until: date | None = None, states: list[str] | None = None) -> list[ChannelReport]:
     """Per channel, over the customers it brought (follows added through its state in the window):
-    adds per local day, deletions (not transfers), value-tier and RFM mix, orders and revenue
-    (paid orders; a refunded order counts in neither), and cost per high-tier customer. All of it SQL aggregates."""
+    adds per local day (a hand-over's follow keeps the state but is no add), deletions (not transfers),
+    value-tier and RFM mix, orders and revenue (paid orders; a refunded order counts in neither), and
+    cost per high-tier customer. All of it SQL aggregates."""
     tz = settings.tz
     conditions = [Follow.state.is_not(None), Follow.state != ""]
     if states:
@@ -349,8 +350,9 @@ def channel_report(session: Session, settings: Settings, now: datetime, since: d
     top = _top_tier(settings)
     reports = _report_rows(session, states, top)
     day = _local_day(session, tz, now)
-    for state, day_value, adds in session.execute(
-            select(Follow.state, day, func.count()).where(where).group_by(Follow.state, day).order_by(day)):
+    for state, day_value, adds in session.execute(select(Follow.state, day, func.count())
+                                                  .where(where, Follow.is_an_add())
+                                                  .group_by(Follow.state, day).order_by(day)):
         report = reports.setdefault(state, ChannelReport(state, state, "unregistered", None, top_tier=top))
         report.adds += adds
         report.adds_per_day[str(day_value)[:10]] = adds

@@ -42,6 +42,18 @@ CALLBACK_JOIN_SCENE = {0: 1, 3: 3}
 MEMBER_UPDATES = ("add_member", "del_member")
 TOO_MANY_WITHOUT_FILTER = 81017  # groupchat/list without owner_filter over a range of > 1000 people
 MAX_OWNER_FILTER = 100
+LABEL_MAX = 30
+
+
+def label_problem(labels: Iterable[str]) -> str | None:
+    """Why these group labels cannot be kept, or None. A control, bidi or zero-width character (not
+    printable) would make one label look like another or reorder the page, as in a channel's fields."""
+    for label in labels:
+        if len(label) > LABEL_MAX:
+            return f"a label is at most {LABEL_MAX} characters"
+        if not label.isprintable():
+            return f"a label must not contain control characters (zero-width and direction marks included): {label!r}"
+    return None
 
 
 @dataclass

@@ -13,24 +13,39 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.customers import from_epoch, upsert_customer, upsert_follow
 from bot.contacts.interactions import add_interaction
-from bot.models import Customer, CustomerTag, CustomerTier, Follow, GroupTransfer, Staff, Tag, TagGroup, Transfer
+from bot.models import (
+    ADD_WAY_ASSIGNED,
+    Customer,
+    CustomerTag,
+    CustomerTier,
+    Follow,
+    GroupTransfer,
+    Staff,
+    Tag,
+    TagGroup,
+    Transfer,
+)
 
 PER_CALL = 100
 NEVER_STARTED_AFTER = timedelta(hours=48)
 ROUTE_KEYS = ("rfm", "value", "stage", "tag")
 RESULT_STATUS = {1: "succeeded", 2: "waiting", 3: "refused", 4: "takeover_full", 5: "no_record"}
 IN_FLIGHT = ("planned", "waiting")  # asked of WeCom (or about to be), not yet settled
+UNDER_WAY = 40129  # 客户正在转接中: WeCom already hands this customer over (a retry, another tool)
+GROUP_ALREADY_MOVED = 90508  # 离职群已经继承
+BUSY = -1  # may come after WeCom acted: like no answer, the poll tells
 FAIL_REASONS = {"customer_refused": "refused", "customer_limit_exceed": "takeover_full"}
 REASONS = {  # per-customer errcodes and outcomes, as an operator reads them
     "refused": "客户拒绝 (customer_refused)",
@@ -235,6 +250,35 @@ def _matching(session: Session, route: Route, ids: list[int]) -> set[int]:
                                                                       CustomerTier.customer_id.in_(ids))))
 
 
+def parse_routes(session: Session, texts: Iterable[str], value_tiers: Sequence[str],
+                 stages: Sequence[str]) -> list[Route]:
+    """The rules, each value checked against what can match it (the configured value tiers, the stage
+    path, the tags there are): a typo would match nobody and send everyone "the rest, in turn"."""
+    routes = [Route.parse(text) for text in texts]
+    for route in routes:
+        if route.key == "rfm":
+            _rfm_code(route.value)
+        elif route.key in ("value", "stage") and route.value not in (value_tiers if route.key == "value" else stages):
+            what, known = ("value tier", value_tiers) if route.key == "value" else ("stage", stages)
+            raise TransferError(f"unknown {what} {route.value!r}: one of {', '.join(known)}")
+        elif route.key == "tag":
+            _check_tag(session, route.value)
+    return routes
+
+
+def _check_tag(session: Session, value: str) -> None:
+    group, _, name = value.rpartition("/")
+    query = (select(TagGroup.name, Tag.name).join(TagGroup, TagGroup.id == Tag.group_id)
+             .where(Tag.deleted.is_(False)).order_by(TagGroup.name, Tag.name))
+    if session.scalar(select(func.count()).select_from(query.where(
+            Tag.name == name, *([TagGroup.name == group] if group else [])).subquery())):
+        return
+    shown = [f"{g}/{t}" for g, t in session.execute(query.limit(21))]
+    more = "…" if len(shown) > 20 else ""
+    raise TransferError(f"no tag {value!r}: write 组/标签 or 标签 of an existing tag, e.g. "
+                        f"{', '.join(shown[:20]) or '(no tags yet)'}{more}")
+
+
 def _rfm_code(text: str) -> str:
     from segments.rfm import SEGMENT_NAMES
 
@@ -256,6 +300,7 @@ class RunResult:
     started: int = 0
     failed: int = 0
     unknown: int = 0
+    under_way: int = 0  # WeCom answered 40129: already being handed over, the poll settles them
     groups_moved: int = 0
     groups_failed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -283,7 +328,7 @@ def run_plan(session: Session, api: Any, plan: Plan, now: datetime, success_msg:
                             created_at=now, updated_at=now)
         session.add(transfer)
         chunks[(row.kind, row.handover_userid, row.takeover_userid)].append(transfer)
-    session.commit()
+    _claim(session)
     for (kind, handover, takeover), rows in chunks.items():
         for start in range(0, len(rows), PER_CALL):
             _call(session, api, kind, handover, takeover, rows[start:start + PER_CALL], success_msg, now, result)
@@ -293,6 +338,17 @@ def run_plan(session: Session, api: Any, plan: Plan, now: datetime, success_msg:
     _move_groups(session, api, plan, result, now)
     session.commit()
     return result
+
+
+def _claim(session: Session) -> None:
+    """Commit the planned rows: uq_transfers_in_flight lets one run hold a customer, so a second run of
+    the same plan (a double submit) stops here, before WeCom is asked."""
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise TransferError("a hand-over of these customers is already under way (another run of this plan); "
+                            "nothing was asked of WeCom") from None
 
 
 def _call(session: Session, api: Any, kind: str, handover: str, takeover: str, rows: list[Transfer],
@@ -305,15 +361,16 @@ def _call(session: Session, api: Any, kind: str, handover: str, takeover: str, r
         else:
             answer = api.resigned_transfer_customer(handover, takeover, ids)
     except WeChatClientException as exc:
+        if exc.errcode == BUSY:
+            _unanswered(rows, now, result)
+            return
         for row in rows:
             _settle(row, "failed", now, errcode=exc.errcode)
         result.failed += len(rows)
         result.errors[reason_text(exc.errcode)] += len(rows)
         return
-    except OSError:  # no answer: WeCom may or may not have started it; never blindly call again
-        for row in rows:
-            row.status, row.updated_at = "waiting", now
-        result.unknown += len(rows)
+    except OSError:
+        _unanswered(rows, now, result)
         return
     codes = {str(item.get("external_userid")): int(item.get("errcode") or 0) for item in answer.get("customer") or []}
     for row in rows:
@@ -321,10 +378,20 @@ def _call(session: Session, api: Any, kind: str, handover: str, takeover: str, r
         if code == 0:
             row.status, row.errcode, row.updated_at = "waiting", 0, now
             result.started += 1
+        elif code == UNDER_WAY:
+            row.status, row.errcode, row.updated_at = "waiting", code, now
+            result.under_way += 1
         else:
             _settle(row, "failed", now, errcode=code)
             result.failed += 1
             result.errors[reason_text(code) or "no answer for this customer"] += 1
+
+
+def _unanswered(rows: list[Transfer], now: datetime, result: RunResult) -> None:
+    """No answer: WeCom may or may not have started it; never blindly call again, the poll tells."""
+    for row in rows:
+        row.status, row.updated_at = "waiting", now
+    result.unknown += len(rows)
 
 
 def _move_groups(session: Session, api: Any, plan: Plan, result: RunResult, now: datetime) -> None:
@@ -341,12 +408,14 @@ def _move_groups(session: Session, api: Any, plan: Plan, result: RunResult, now:
                 failed = {c: {"errcode": exc.errcode, "errmsg": exc.errmsg} for c in chunk}
             for chat_id in chunk:
                 bad = failed.get(chat_id)
+                code = int(bad["errcode"]) if bad else None
+                moved = code in (None, GROUP_ALREADY_MOVED)  # 90508: an earlier run (or a busy call) moved it
                 session.add(GroupTransfer(batch=result.batch, chat_id=chat_id, handover_userid="",
-                                          takeover_userid=new_owner, status="failed" if bad else "succeeded",
-                                          errcode=int(bad["errcode"]) if bad else None,
-                                          errmsg=str(bad.get("errmsg") or "")[:255] if bad else None, created_at=now))
-                result.groups_failed += bool(bad)
-                result.groups_moved += not bad
+                                          takeover_userid=new_owner, status="succeeded" if moved else "failed",
+                                          errcode=code, errmsg=str(bad.get("errmsg") or "")[:255] if bad else None,
+                                          created_at=now))
+                result.groups_failed += not moved
+                result.groups_moved += moved
             session.commit()
 
 
@@ -440,9 +509,9 @@ def complete(session: Session, row: Transfer, at: datetime) -> None:
         new.state = new.state or old.state
         new.remark = new.remark or old.remark
         new.description = new.description or old.description
-    if new.ended_at is not None or new.added_at is None:
-        new.added_at, new.ended_at, new.ended_reason = at, None, None
-    new.add_way = new.add_way if new.add_way is not None else 202  # 管理员/负责人分配
+    if new.ended_at is not None or new.added_at is None:  # the hand-over gives them the customer: no add
+        new.added_at, new.ended_at, new.ended_reason, new.add_way = at, None, None, ADD_WAY_ASSIGNED
+    new.add_way = new.add_way if new.add_way is not None else ADD_WAY_ASSIGNED
     if customer.owner_userid in (None, row.handover_userid):
         customer.owner_userid = row.takeover_userid
     add_interaction(session, customer, "transferred", f"transfer:{row.id}", at, row.takeover_userid,

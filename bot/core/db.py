@@ -341,3 +341,8 @@ def row_id(text: str) -> int | None:
         return None
     value = int(text)
     return value if value <= MAX_ROW_ID else None
+
+
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern (with ``escape="\\"``) for ``text`` anywhere: its own % and _ match only themselves."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

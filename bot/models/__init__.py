@@ -4,7 +4,7 @@ from bot.models.api import ApiToken
 from bot.models.base import Base, UTCDateTime, utcnow
 from bot.models.campaigns import BROADCAST_STATUSES, COUPON_STATUSES, Broadcast, BroadcastRun, Coupon, MassReminder
 from bot.models.console import OPERATOR_ROLES, AuditEntry, ConsoleFigures, LoginFailure, Operator, RuleOverride
-from bot.models.customers import Customer, CustomerAggregate, CustomerTier, Follow, Staff
+from bot.models.customers import ADD_WAY_ASSIGNED, Customer, CustomerAggregate, CustomerTier, Follow, Staff
 from bot.models.events import (
     INBOX_STATUSES,
     InboxEvent,
@@ -39,6 +39,7 @@ from bot.models.tags import CustomerTag, Tag, TagAlias, TagGroup
 from bot.models.tiering import TierDirty, TierRun
 
 __all__ = [
+    "ADD_WAY_ASSIGNED",
     "CHANNEL_STATUSES",
     "SETTLED_TRANSFER_STATUSES",
     "TRANSFER_KINDS",

@@ -20,8 +20,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.models.base import Base, ByteOrderString, utcnow
+
+ADD_WAY_ASSIGNED = 202  # 管理员/负责人分配: the follow a hand-over gives the takeover member
 
 
 class Staff(Base):
@@ -169,6 +172,12 @@ class Follow(Base):
 
     customer: Mapped[Customer] = relationship(back_populates="follows")
     staff: Mapped[Staff] = relationship()
+
+    @classmethod
+    def is_an_add(cls) -> ColumnElement[bool]:
+        """The customer added the member (a channel's add), not a hand-over to them: it keeps the channel's
+        state, so the customer stays the channel's, but it is counted once, at the first add."""
+        return cls.add_way.is_distinct_from(ADD_WAY_ASSIGNED)
 
 
 class CustomerAggregate(Base):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, SmallInteger, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, SmallInteger, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bot.models.base import Base, ByteOrderString, utcnow
@@ -16,6 +16,7 @@ TRANSFER_KINDS = ("onjob", "resigned")
 # planned → waiting (WeCom accepted the call; the customer has 24 h to refuse) → one of the settled ones.
 TRANSFER_STATUSES = ("planned", "waiting", "succeeded", "refused", "takeover_full", "no_record", "failed")
 SETTLED_TRANSFER_STATUSES = ("succeeded", "refused", "takeover_full", "no_record", "failed")
+IN_FLIGHT_WHERE = "status IN ('planned', 'waiting')"
 
 
 class Channel(Base):
@@ -58,6 +59,10 @@ class Transfer(Base):
         Index("ix_transfers_batch", "batch"),
         Index("ix_transfers_external_userid_takeover_userid", "external_userid", "takeover_userid"),
         Index("ix_transfers_status", "status"),
+        # A customer in flight is claimed: a second run of the same plan (a double submit) meets this
+        # index when it records its rows, before it asks WeCom, rather than being answered 40129.
+        Index("uq_transfers_in_flight", "external_userid", "handover_userid", unique=True,
+              sqlite_where=text(IN_FLIGHT_WHERE), postgresql_where=text(IN_FLIGHT_WHERE)),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -32,11 +32,15 @@ BUSY_ERRORS = frozenset({45033, -1})  # too many concurrent calls, system busy: 
 # Calls that create something: a "system busy" may come after WeCom made it, so a blind retry could make
 # two (two mass-message tasks to confirm, two QR codes). The mass-message senders look the outcome up;
 # the others report it and leave the look-up to a sync (`scrm channels sync`). (message/send goes out
-# with WeCom's duplicate check on; kf and welcome sends are single-use by their msgid and code.)
+# with WeCom's duplicate check on; kf and welcome sends are single-use by their msgid and code.) A
+# hand-over or a new tag retried after WeCom acted is refused (40129, 90508, 40071) as if it had failed:
+# hand-overs stay waiting for the result poll instead.
 NOT_RETRIED_WHEN_BUSY = frozenset({
     "externalcontact/add_msg_template", "externalcontact/add_contact_way",
     "externalcontact/add_moment_task", "externalcontact/group_welcome_template/add",
     "externalcontact/groupchat/add_join_way", "externalcontact/remind_groupmsg_send",
+    "externalcontact/transfer_customer", "externalcontact/resigned/transfer_customer",
+    "externalcontact/groupchat/transfer", "externalcontact/add_corp_tag",
 })
 # Over an API's per-minute limit: WeCom blocks that API for 60 s (WECOM.md §9, "1分钟后自动解除"), so a
 # retry within the minute is refused again and only holds the thread (a welcome's 20 s pass meanwhile).

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, contains_eager
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.campaigns.audience import LIST_KEYS, Audience
+from bot.core.db import contains_pattern
 from bot.models import (
     Customer,
     CustomerAggregate,
@@ -100,7 +101,7 @@ def _number(text: str) -> float | str:
 
 def _matches(text: str) -> ColumnElement[bool]:
     """Name contains the text, the external id is it, or a live tag (or an alias of one) is named it."""
-    like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    like = contains_pattern(text)
     tag_ids = select(Tag.id).join(TagGroup, TagGroup.id == Tag.group_id).where(Tag.name == text)
     alias_ids = select(TagAlias.tag_id).where(TagAlias.alias == text)
     tagged = exists().where(CustomerTag.customer_id == Customer.id, CustomerTag.removed_at.is_(None),

@@ -260,7 +260,7 @@ def new_customers_by_channel(session: Session, bounds: list[datetime]) -> dict[s
     # Grouped over a subquery's columns: PostgreSQL does not match a GROUP BY expression whose bound
     # parameters (the day bounds) are other parameters than the SELECT's.
     each = (select(_day_of(Follow.added_at, bounds).label("day"), Follow.state.label("channel"))
-            .where(Follow.added_at >= bounds[0], Follow.added_at < bounds[-1]).subquery())
+            .where(Follow.added_at >= bounds[0], Follow.added_at < bounds[-1], Follow.is_an_add()).subquery())
     rows = session.execute(select(each.c.day, each.c.channel, func.count())
                            .group_by(each.c.day, each.c.channel)).all()
     return _series([(d, c or "（无渠道）", int(n)) for d, c, n in rows], bounds, top=6)

@@ -10,7 +10,8 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Flask, abort, flash, redirect, render_template, request, url_for
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.campaigns import group_broadcasts
 from bot.campaigns.broadcasts import BroadcastError, next_cron_time, tier_key_names
@@ -24,7 +25,8 @@ from bot.campaigns.group_sop import (
     sop_templates,
 )
 from bot.campaigns.rules import value_tier_names
-from bot.contacts.groups import active_members, group_tier_key, tier_mix
+from bot.contacts.groups import active_members, group_tier_key, label_problem, tier_mix
+from bot.core.db import contains_pattern, row_id
 from bot.models import CustomerGroup, GroupBroadcast, GroupSop
 from bot.outbox.messages import TIER_NAMES
 from bot.web.console import views
@@ -36,10 +38,11 @@ bp = Blueprint("console_groups", __name__, url_prefix="/console/groups")
 bp.before_request(views._guard)
 bp.after_request(views._headers)
 bp.context_processor(views._labels)
-PAGE = 200
+PAGE = 100
+SEARCH_MAX = 100
 MEMBERS_SHOWN = 300
 CHURN_NAMES = {"low": "低", "medium": "中", "high": "高"}
-LABEL_MAX, TAGS_TEXT_MAX = 30, 2000
+TAGS_TEXT_MAX = 2000
 RUNS_SHOWN = 5
 PREVIEW_ROWS = 10
 SOP_STEP_ROWS = 6
@@ -54,19 +57,40 @@ def init_app(app: Flask) -> None:
 
 @bp.get("/")
 def groups_page() -> str:
+    """A page of groups in id order (keyset: ``after`` the last one shown), by owner and name, with the total."""
     owner = request.args.get("owner", "").strip()[:64]
+    search = request.args.get("q", "").strip()[:SEARCH_MAX]
     show_all = request.args.get("all") == "1"
+    after = row_id(request.args.get("after", "0"))
+    if after is None:
+        views._refuse(400, "after must be a group id")
+    where = _group_filters(owner, search, show_all)
     with views._db().sessions() as s:
-        query = select(CustomerGroup).order_by(CustomerGroup.id).limit(PAGE)
-        if owner:
-            query = query.where(CustomerGroup.owner_userid == owner)
-        if not show_all:
-            query = query.where(CustomerGroup.dismissed_at.is_(None))
-        groups = list(s.scalars(query))
+        total = s.scalar(select(func.count()).select_from(CustomerGroup).where(*where)) or 0
+        groups = list(s.scalars(select(CustomerGroup).where(CustomerGroup.id > after, *where)
+                                .order_by(CustomerGroup.id).limit(PAGE + 1)))
+        more, groups = len(groups) > PAGE, groups[:PAGE]
         mixes = tier_mix(s, [g.id for g in groups])
     rows = [{"g": g, "mix": mixes[g.id], "tier": group_tier_key(g, mixes[g.id])} for g in groups]
-    return render_template("console/groups.html", rows=rows, owner=owner, show_all=show_all,
-                           churn_names=CHURN_NAMES, bar=_bar)
+    kept = {k: v for k, v in request.args.items() if k != "after"}
+    return render_template("console/groups.html", rows=rows, owner=owner, search=search, show_all=show_all,
+                           total=total, churn_names=CHURN_NAMES, bar=_bar,
+                           first_url=url_for("console_groups.groups_page", **kept) if after else None,
+                           next_url=url_for("console_groups.groups_page", **kept, after=groups[-1].id)
+                           if more else None)
+
+
+def _group_filters(owner: str, search: str, show_all: bool) -> list[ColumnElement[bool]]:
+    """By owner, by name (contains the text) or chat id (is it), and without the dismissed unless asked."""
+    where: list[ColumnElement[bool]] = []
+    if owner:
+        where.append(CustomerGroup.owner_userid == owner)
+    if search:
+        where.append(or_(CustomerGroup.name.like(contains_pattern(search), escape="\\"),
+                         CustomerGroup.chat_id == search))
+    if not show_all:
+        where.append(CustomerGroup.dismissed_at.is_(None))
+    return where
 
 
 @bp.get("/<int:group_id>")
@@ -94,8 +118,9 @@ def group_settings(group_id: int) -> Any:
     if text is not None and len(text) > TAGS_TEXT_MAX:
         views._refuse(400, f"at most {TAGS_TEXT_MAX} characters of labels")
     labels = views.split_words(text) if text is not None else None
-    if labels is not None and any(len(t) > LABEL_MAX for t in labels):
-        views._refuse(400, f"a label is at most {LABEL_MAX} characters")
+    problem = label_problem(labels or [])
+    if problem:
+        views._refuse(400, problem)
     with views._db().begin() as s:
         group = s.get(CustomerGroup, group_id)
         if group is None:

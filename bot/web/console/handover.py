@@ -14,10 +14,10 @@ from sqlalchemy import select
 from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.channels import channel_report
-from bot.contacts.transfer import Plan, Route, TransferError, batch_status, plan_departed, plan_onjob
+from bot.contacts.transfer import Plan, TransferError, batch_status, parse_routes, plan_departed, plan_onjob
 from bot.models import Channel
 from bot.outbox.messages import TIER_NAMES
-from segments.policy import STAGE_PATHS
+from segments.policy import STAGE_PATHS, TierPolicy
 
 DAYS = 30
 FIELD_MAX = 200
@@ -82,7 +82,9 @@ def plan_from_args(session: Any, args: dict[str, str]) -> Plan:
     """The plan the fields describe. A departed member's customers are listed by WeCom (get_unassigned_list),
     so that plan asks WeCom, and reads only; TransferError says what is wrong, WeCom's refusal included."""
     rest = [u.strip() for u in re.split(r"[,，、]", args["to"]) if u.strip()]
-    routes = [Route.parse(t) for t in args["rule"].split(";") if t.strip()]
+    policy = TierPolicy.of(current_app.extensions["scrm.settings"])
+    routes = parse_routes(session, [t for t in args["rule"].split(";") if t.strip()], policy.value_tiers,
+                          policy.stages)
     if args["kind"] == "onjob":
         if not args["from"]:
             raise TransferError("name the member who hands customers over (交出成员)")

@@ -53,7 +53,8 @@ def transfers_run() -> Any:
             _audit(s, "transfers.run", target, None,
                    {"batch": result.batch, "kind": args["kind"], "to": args["to"], "rules": args["rule"],
                     "customers": len(plan.rows), "groups": len(plan.groups), "started": result.started,
-                    "failed": result.failed, "unknown": result.unknown, "groups_moved": result.groups_moved,
+                    "failed": result.failed, "unknown": result.unknown,
+                    "under_way": result.under_way, "groups_moved": result.groups_moved,
                     "groups_failed": result.groups_failed})
             s.commit()
     except TransferError as exc:
@@ -62,6 +63,7 @@ def transfers_run() -> Any:
     logger.info("console: hand-over batch %s run: %d started, %d refused, %d unanswered, %d groups moved",
                 result.batch, result.started, result.failed, result.unknown, result.groups_moved)
     groups = (f"；客户群转交 {result.groups_moved} 个，失败 {result.groups_failed} 个" if plan.groups else "")
+    under_way = f"，已在 WeCom 交接中 {result.under_way} 位" if result.under_way else ""
     flash(f"批次 {result.batch}：{result.started} 位客户开始交接（客户 24 小时内可拒绝），"
-          f"WeCom 拒绝 {result.failed} 位，未得到答复 {result.unknown} 位{groups}")
+          f"WeCom 拒绝 {result.failed} 位，未得到答复 {result.unknown} 位{under_way}{groups}")
     return redirect(url_for("console.transfers_page"))
