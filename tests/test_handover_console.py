@@ -374,3 +374,31 @@ def test_an_operator_changes_a_channel_code_and_only_what_changed_goes_to_wecom(
         (["zhangsan", "lisi"], ["zhangsan", "lisi"]), (["zhangsan", "lisi"], ["lisi", "wangwu"])]
     gone = client.post("/console/channels/update", data={**form, "state": "nope"})
     assert gone.status_code == 400 and "no channel" in gone.get_data(as_text=True)
+
+
+def test_a_departed_members_groups_moved_without_an_answer_are_recorded_and_the_batch_is_listed(wired, sandbox):
+    """Groups only (no customers): the batch is still listed; a move WeCom did not answer is recorded as
+    unknown, audited, and the page says nothing about customers refusing (departed hand-overs cannot be)."""
+    from bot.models import AuditEntry, GroupTransfer
+    from tests.support import control
+
+    control(sandbox, "seed", {"staff": [{"userid": u} for u in ("zhangsan", "lisi")]})
+    control(sandbox, "handover/groups", {"owner": "zhangsan", "name": "VIP群", "chat_id": "wrVIP"})
+    control(sandbox, "staff/zhangsan/resign", {})
+    wired.extensions["scrm.clock"] = lambda: MORNING
+    client = signed_in(wired, "olga", "operator")
+    query = {"kind": "departed", "to": "lisi"}
+    page = client.get("/console/transfers", query_string=query).get_data(as_text=True)
+    assert "执行交接（0 位客户、1 个客户群）" in page
+    digest = re.search(r'name="expected" value="([0-9a-f]{16})"', page)[1]
+    control(sandbox, "delays", {"path": "externalcontact/groupchat/transfer", "seconds": 1.5})
+    wired.extensions["scrm.processor"].clients.contact.timeout = 0.5  # WeCom answers after the client gave up
+    done = client.post("/console/transfers/run", data={"csrf_token": csrf(client), **query, "expected": digest},
+                       follow_redirects=True)
+    text = done.get_data(as_text=True)
+    assert done.status_code == 200 and "客户群转交 0 个，失败 0 个，未得到答复 1 个" in text
+    assert "（客户 24 小时内可拒绝）" not in text and "（24 小时后自动接替）" in text
+    assert "<td>离职继承</td>" in text and "未得到答复 1<" in text  # the batch row, groups only
+    with wired.extensions["scrm.db"].sessions() as s:
+        assert s.scalar(select(GroupTransfer.status)) == "unknown"
+        assert s.scalar(select(AuditEntry).where(AuditEntry.action == "transfers.run")).after["groups_unknown"] == 1

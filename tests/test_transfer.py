@@ -317,3 +317,20 @@ def test_a_hand_over_answered_busy_is_not_repeated_and_waits_for_the_poll(wired,
     assert len(read(sandbox, "calls", path="externalcontact/transfer_customer")) == 1
     with wired.extensions["scrm.db"].sessions() as s:
         assert s.scalars(select(Transfer.status)).all() == ["waiting"] * 2
+
+
+def test_a_row_a_dead_run_left_planned_waits_for_the_poll_instead_of_blocking_the_customer(wired, sandbox):
+    from bot.contacts.transfer import poll_results
+
+    _seed(sandbox, "zhangsan", 1, "S")
+    now = datetime.now(UTC)
+    db = wired.extensions["scrm.db"]
+    with db.begin() as s:
+        for n, age in ((0, timedelta(hours=1)), (1, timedelta(minutes=1))):
+            s.add(Transfer(batch="dead", kind="onjob", customer_id=None, external_userid=f"wmS0000{n}",
+                           handover_userid="zhangsan", takeover_userid="lisi", why="in turn", status="planned",
+                           created_at=now - age, updated_at=now - age))
+    with db.begin() as s:
+        poll_results(s, build_clients(wired.extensions["scrm.settings"]).contact.transfer, now)
+        statuses = dict(s.execute(select(Transfer.external_userid, Transfer.status)).all())
+    assert statuses == {"wmS00000": "waiting", "wmS00001": "planned"}  # the running one is left alone

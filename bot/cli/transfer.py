@@ -144,7 +144,8 @@ def run_cmd(cli: CliContext, message: str | None, yes: bool, no_progress: bool, 
     click.echo(f"batch {result.batch}: {result.calls} calls, {result.started} started (the customer has 24 h to "
                f"refuse), {result.failed} refused by WeCom, {result.unknown} without an answer"
                + (f", {result.under_way} already being handed over in WeCom" if result.under_way else "")
-               + (f"; groups moved {result.groups_moved}, failed {result.groups_failed}" if plan.groups else ""))
+               + (f"; groups moved {result.groups_moved}, failed {result.groups_failed}, without an answer "
+                  f"{result.groups_unknown}" if plan.groups else ""))
     for reason, n in result.errors.most_common():
         click.echo(f"  {n} × {reason}")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, literal, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
@@ -40,12 +40,14 @@ from bot.models import (
 
 PER_CALL = 100
 NEVER_STARTED_AFTER = timedelta(hours=48)
+PLANNED_STALE_AFTER = timedelta(minutes=15)  # a run calls WeCom within seconds of recording its rows
 ROUTE_KEYS = ("rfm", "value", "stage", "tag")
 RESULT_STATUS = {1: "succeeded", 2: "waiting", 3: "refused", 4: "takeover_full", 5: "no_record"}
 IN_FLIGHT = ("planned", "waiting")  # asked of WeCom (or about to be), not yet settled
 UNDER_WAY = 40129  # 客户正在转接中: WeCom already hands this customer over (a retry, another tool)
 GROUP_ALREADY_MOVED = 90508  # 离职群已经继承
 BUSY = -1  # may come after WeCom acted: like no answer, the poll tells
+GROUPS_UNANSWERED = "no answer from WeCom: a new departed plan lists the group again if it was not moved"
 FAIL_REASONS = {"customer_refused": "refused", "customer_limit_exceed": "takeover_full"}
 REASONS = {  # per-customer errcodes and outcomes, as an operator reads them
     "refused": "客户拒绝 (customer_refused)",
@@ -303,6 +305,7 @@ class RunResult:
     under_way: int = 0  # WeCom answered 40129: already being handed over, the poll settles them
     groups_moved: int = 0
     groups_failed: int = 0
+    groups_unknown: int = 0  # no answer: a new departed plan shows those WeCom did not move
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -405,7 +408,13 @@ def _move_groups(session: Session, api: Any, plan: Plan, result: RunResult, now:
                 failed = {str(f["chat_id"]): f for f in api.groupchat_transfer(chunk, new_owner)
                           .get("failed_chat_list") or []}
             except WeChatClientException as exc:
+                if exc.errcode == BUSY:
+                    _groups_unanswered(session, chunk, new_owner, result, now)
+                    continue
                 failed = {c: {"errcode": exc.errcode, "errmsg": exc.errmsg} for c in chunk}
+            except OSError:  # requests' timeouts and connection errors: WeCom may have moved them
+                _groups_unanswered(session, chunk, new_owner, result, now)
+                continue
             for chat_id in chunk:
                 bad = failed.get(chat_id)
                 code = int(bad["errcode"]) if bad else None
@@ -419,6 +428,16 @@ def _move_groups(session: Session, api: Any, plan: Plan, result: RunResult, now:
             session.commit()
 
 
+def _groups_unanswered(session: Session, chat_ids: list[str], new_owner: str, result: RunResult,
+                       now: datetime) -> None:
+    """No answer for a group move: recorded as unknown; a new departed plan lists the groups WeCom has not moved."""
+    for chat_id in chat_ids:
+        session.add(GroupTransfer(batch=result.batch, chat_id=chat_id, handover_userid="", takeover_userid=new_owner,
+                                  status="unknown", errmsg=GROUPS_UNANSWERED, created_at=now))
+    result.groups_unknown += len(chat_ids)
+    session.commit()
+
+
 # ---------------------------------------------------------------------------- outcomes
 
 
@@ -426,6 +445,10 @@ def poll_results(session: Session, api: Any, now: datetime, batch: str | None = 
     """Ask transfer_result for each (handover, takeover) pair with customers still waiting and
     record each outcome. Returns how many changed to each status."""
     changed: Counter[str] = Counter()
+    # A row left "planned" by a run that died before or during its call: WeCom may have it, so it waits
+    # for the answer like an unanswered call (never started → no_record after 48 h), not for good.
+    stale = update(Transfer).where(Transfer.status == "planned", Transfer.updated_at < now - PLANNED_STALE_AFTER)
+    session.execute((stale.where(Transfer.batch == batch) if batch else stale).values(status="waiting", updated_at=now))
     query = select(Transfer.kind, Transfer.handover_userid, Transfer.takeover_userid).where(
         Transfer.status == "waiting").distinct()
     if batch:
@@ -548,10 +571,14 @@ class BatchStatus:
 
 def batch_status(session: Session, batches: Iterable[str] | None = None, limit: int = 10) -> list[BatchStatus]:
     """The latest batches (or these), with counts per status and every refusal or failure with its reason."""
-    query = select(Transfer.batch, Transfer.kind, func.min(Transfer.created_at)).group_by(
-        Transfer.batch, Transfer.kind).order_by(func.min(Transfer.created_at).desc())
+    customers = select(Transfer.batch.label("batch"), Transfer.kind.label("kind"), Transfer.created_at.label("at"))
+    groups_only = select(GroupTransfer.batch, literal("resigned"), GroupTransfer.created_at).where(
+        ~exists().where(Transfer.batch == GroupTransfer.batch))  # a departed run that moved groups only
+    every = union_all(customers, groups_only).subquery()
+    query = select(every.c.batch, every.c.kind, func.min(every.c.at)).group_by(every.c.batch, every.c.kind) \
+        .order_by(func.min(every.c.at).desc())
     if batches:
-        query = query.where(Transfer.batch.in_(list(batches)))
+        query = query.where(every.c.batch.in_(list(batches)))
     out = []
     for batch, kind, started in session.execute(query.limit(limit)).all():
         counts = dict(session.execute(select(Transfer.status, func.count()).where(Transfer.batch == batch)

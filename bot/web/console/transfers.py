@@ -55,15 +55,17 @@ def transfers_run() -> Any:
                     "customers": len(plan.rows), "groups": len(plan.groups), "started": result.started,
                     "failed": result.failed, "unknown": result.unknown,
                     "under_way": result.under_way, "groups_moved": result.groups_moved,
-                    "groups_failed": result.groups_failed})
+                    "groups_failed": result.groups_failed, "groups_unknown": result.groups_unknown})
             s.commit()
     except TransferError as exc:
         flash(f"未交接：{exc}")
         return again
     logger.info("console: hand-over batch %s run: %d started, %d refused, %d unanswered, %d groups moved",
                 result.batch, result.started, result.failed, result.unknown, result.groups_moved)
-    groups = (f"；客户群转交 {result.groups_moved} 个，失败 {result.groups_failed} 个" if plan.groups else "")
+    unanswered = f"，未得到答复 {result.groups_unknown} 个（再次试算会列出未转交的群）" if result.groups_unknown else ""
+    groups = f"；客户群转交 {result.groups_moved} 个，失败 {result.groups_failed} 个{unanswered}" if plan.groups else ""
     under_way = f"，已在 WeCom 交接中 {result.under_way} 位" if result.under_way else ""
-    flash(f"批次 {result.batch}：{result.started} 位客户开始交接（客户 24 小时内可拒绝），"
+    refuse = "（客户 24 小时内可拒绝）" if args["kind"] == "onjob" else "（24 小时后自动接替）"
+    flash(f"批次 {result.batch}：{result.started} 位客户开始交接{refuse}，"
           f"WeCom 拒绝 {result.failed} 位，未得到答复 {result.unknown} 位{under_way}{groups}")
     return redirect(url_for("console.transfers_page"))
