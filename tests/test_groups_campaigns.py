@@ -404,3 +404,19 @@ def test_operators_preview_then_create_a_group_sop_in_the_console(wired, sandbox
     viewer = signed_in(wired, "vera", "viewer")
     assert viewer.post("/console/groups/sops/new", data={**form, "csrf_token": csrf(viewer),
                                                          "intent": "create"}).status_code == 403
+
+
+def test_a_group_sop_step_must_be_a_group_sop_template_that_compiles(wired, tmp_path):
+    from dataclasses import replace
+
+    from bot.campaigns.broadcasts import BroadcastError
+    from bot.campaigns.group_sop import create_sop
+
+    (tmp_path / "group_sop").mkdir()
+    (tmp_path / "group_sop" / "broken.j2").write_text("{{ group.name", encoding="utf-8")
+    base = wired.extensions["scrm.settings"]
+    settings = replace(base, app=replace(base.app, templates_dir=str(tmp_path)))
+    with wired.extensions["scrm.db"].begin() as s:
+        for ref, reason in (("group_sop/broken", "group_sop/broken.j2"), ("welcome/default", "not welcome/")):
+            with pytest.raises(BroadcastError, match=reason):
+                create_sop(s, settings, "坏", {}, [{"day": 1, "template": ref}], MORNING)

@@ -56,9 +56,11 @@ def parse_steps(raw: Any, templates: MessageTemplates) -> list[dict[str, Any]]:
         kind, _, name = str(ref).partition("/")
         if not kind or not name or "/" in name or "." in ref:
             raise BroadcastError(f"step {i + 1}: template is kind/name, e.g. group_sop/rules")
+        if kind != TRIGGER:  # other kinds are written for a customer (customer.name), not for a group
+            raise BroadcastError(f"step {i + 1}: a group SOP step is a {TRIGGER}/… template, not {kind}/…")
         try:
             templates.choose(kind, name)
-        except TemplateMissing as exc:
+        except (TemplateMissing, TemplateRefused) as exc:
             raise BroadcastError(f"step {i + 1}: {exc}") from None
         except TemplateSyntaxError as exc:
             raise BroadcastError(f"step {i + 1}: {refusal(exc)}") from None
