@@ -12,7 +12,7 @@ _CENT = Decimal("0.01")
 
 def yuan_to_fen(text: str) -> int:
     """``"12.3"`` → 1230. Accepts 0–2 decimals; raises ValueError on anything else (no sign, no exponent)."""
-    _ascii_digits(text)
+    _ascii_digits(text.strip())
     match = _YUAN.fullmatch(text.strip())
     if not match and text.strip().startswith("-"):
         zero = _YUAN.fullmatch(text.strip()[1:])
@@ -29,6 +29,7 @@ def number_to_fen(value: int | float | str | Decimal) -> int:
     """A number in 元 (int, float, Decimal or string) → fen, exactly; fails on fractions of a fen,
     on infinities and NaN, and on amounts of 10^13 元 or more (as text amounts do)."""
     if isinstance(value, str):
+        value = value.strip()  # a spreadsheet's or an input method's spaces (U+00A0, U+3000) around it
         _ascii_digits(value)
     try:
         shown = str(value)[:40]
@@ -44,6 +45,7 @@ def number_to_fen(value: int | float | str | Decimal) -> int:
 
 
 def _ascii_digits(text: str) -> None:
+    """``text`` without its surrounding spaces, which may be any script's (U+00A0, U+3000)."""
     if not text.isascii():  # \d and Decimal read other scripts' digits: "١٢٨" or "１２８" would be 128 元 unseen
         raise ValueError(f"amount must be written with the digits 0-9, got {text.strip()[:40]!r}")
 

@@ -172,3 +172,6 @@ def test_amounts_in_other_scripts_digits_are_refused_not_read_as_128(db, tmp_pat
     assert errors == {2: "amount must be written with the digits 0-9, got '١٢٨'",
                       3: "amount must be written with the digits 0-9, got '１２８.５'"}
     assert order_count(db) == 0
+    spaced = write_bytes(tmp_path, (HEADER + "o3,wmA,128\u3000,2026-11-01T10:00:00+08:00,paid\n"
+                                    "o4,wmA,\xa0128.50,2026-11-01T11:00:00+08:00,paid\n").encode())
+    assert not run_import(db, spaced).errors and order_count(db) == 2  # an input method's or Excel's spaces
