@@ -128,6 +128,14 @@ def test_hand_overs_and_new_tags_are_not_retried_blindly_when_busy(clients, sand
     assert info.value.errcode == -1 and sleeps == [] and len(calls(sandbox, path)) == 1
 
 
+def test_calls_that_create_something_are_retried_when_refused_for_concurrency(clients, sandbox, seeded, sleeps):
+    """45033 (too many concurrent calls) is refused before anything is done, unlike -1: retried for every call."""
+    control(sandbox, "faults", {"path": "externalcontact/add_msg_template", "errcode": 45033, "count": 1})
+    answer = clients.contact.external_contact.add_msg_template(
+        {"chat_type": "single", "external_userid": ["wmA"], "sender": "zhangsan", "text": {"content": "hi"}})
+    assert answer["msgid"] and sleeps == [0.5] and len(calls(sandbox, "externalcontact/add_msg_template")) == 2
+
+
 def test_over_the_frequency_limit_is_raised_at_once_with_when_to_try_again(clients, sandbox, seeded, sleeps):
     """45009 blocks the API for a minute (WECOM.md §9): a retry within seconds is refused again and holds
     the thread, so the caller gets it at once and reschedules."""

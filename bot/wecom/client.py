@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 # wechatpy and some gateways answer it for a stale token too; a refresh costs one gettoken.
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
 BUSY_ERRORS = frozenset({45033, -1})  # too many concurrent calls, system busy: retried here after a pause
+SYSTEM_BUSY = -1  # unlike 45033 (refused before anything was done), it may come after WeCom did the call
 # Calls that create something: a "system busy" may come after WeCom made it, so a blind retry could make
 # two (two mass-message tasks to confirm, two QR codes). The mass-message senders look the outcome up;
 # the others report it and leave the look-up to a sync (`scrm channels sync`). (message/send goes out
@@ -152,8 +153,9 @@ class WeComClient(WeChatClient):
                     logger.warning("WeCom %s answered 45009 (over its per-minute limit); not retried for %.0fs",
                                    api_path(url_or_endpoint, self.API_BASE_URL), RATE_LIMIT_BLOCK_SECONDS)
                     raise ApiBlocked(exc.errcode, exc.errmsg, exc.client, exc.request, exc.response) from exc
-                if exc.errcode in BUSY_ERRORS and busy_attempt < self.busy_retries \
-                        and api_path(url_or_endpoint, self.API_BASE_URL) not in NOT_RETRIED_WHEN_BUSY:
+                if exc.errcode in BUSY_ERRORS and busy_attempt < self.busy_retries and not (
+                        exc.errcode == SYSTEM_BUSY
+                        and api_path(url_or_endpoint, self.API_BASE_URL) in NOT_RETRIED_WHEN_BUSY):
                     delay = self.busy_backoff_seconds * (2**busy_attempt)
                     busy_attempt += 1
                     logger.warning("WeCom %s answered %s; retry %d in %.1fs", url_or_endpoint, exc.errcode,
