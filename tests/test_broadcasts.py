@@ -367,6 +367,8 @@ def test_cron_weekdays_are_standard_crontab():
         fires.append(moment.date().isoformat())
         moment += timedelta(minutes=1)
     assert fires == ["2026-11-30", "2026-12-01", "2026-12-07", "2026-12-14"]
+    every_other = cron_trigger("0 10 1 * */2", SHANGHAI)  # a weekday of "*/n" is "any" to standard cron: the 1st
+    assert every_other.get_next_fire_time(None, after).date().isoformat() == "2026-12-01"
 
 
 def test_cli_create_preview_list_report_cancel(cli_env, db, tmp_path):

@@ -30,10 +30,11 @@ def cron_trigger(expression: str, timezone: Any = None) -> BaseTrigger:
     fields = expression.split()
     if len(fields) != 5:
         raise ValueError(f"a cron expression has 5 fields (minute hour day month weekday), got {len(fields)}")
+    any_day = fields[2].startswith("*") or fields[4].startswith("*")  # "*" or "*/n": standard cron's "any"
     if any(ch.isdigit() for ch in fields[4]):
         fields[4] = ",".join(DAY_NAMES[d] for d in sorted(_weekdays(fields[4])))
     minute, hour, day, month, weekday = fields
-    if day.startswith("*") or weekday.startswith("*"):
+    if any_day:
         return CronTrigger.from_crontab(" ".join(fields), timezone=timezone)
     return OrTrigger([CronTrigger.from_crontab(f"{minute} {hour} {day} {month} *", timezone=timezone),
                       CronTrigger.from_crontab(f"{minute} {hour} * {month} {weekday}", timezone=timezone)])
