@@ -75,12 +75,20 @@ def test_redeem_api_once_with_minimum_spend_and_owner_checks(app, client, db, to
     assert client.post("/api/v1/coupons/redeem", json={"code": code}).status_code == 401
     small = client.post("/api/v1/coupons/redeem", json={"code": code, "order_id": "o-small"}, headers=auth)
     assert small.status_code == 422 and "minimum spend 150" in small.json["error"]
+    claimed = client.post("/api/v1/coupons/redeem", json={"code": code, "order_id": "o-small", "amount": 500},
+                          headers=auth)  # a known order's own amount counts, not the one the caller gives
+    assert claimed.status_code == 422 and "spend 50.00" in claimed.json["error"]
+    with db.begin() as s:
+        s.add(Order(order_id="o-refunded", customer_id=ids[0], amount_fen=50000, paid_at=MORNING,
+                    paid_day=MORNING.date().toordinal(), status="refunded"))
+    refunded = client.post("/api/v1/coupons/redeem", json={"code": code, "order_id": "o-refunded"}, headers=auth)
+    assert refunded.status_code == 422 and "refunded, not paid" in refunded.json["error"]
     foreign = client.post("/api/v1/coupons/redeem", json={"code": codes[ids[1]], "order_id": "o-big"}, headers=auth)
     assert foreign.status_code == 422 and "another customer" in foreign.json["error"]
     ok = client.post("/api/v1/coupons/redeem", json={"code": spaced, "order_id": "o-big"}, headers=auth)
     assert ok.status_code == 200 and ok.json["coupon"]["status"] == "redeemed"
     twice = client.post("/api/v1/coupons/redeem", json={"code": code, "order_id": "o-big"}, headers=auth)
-    assert twice.status_code == 409 and "already redeemed" in twice.json["error"]
+    assert twice.status_code == 409 and "already redeemed at 2026-11-24 11:00 CST" in twice.json["error"]  # local
     assert client.post("/api/v1/coupons/redeem", json={"code": "NOPE"}, headers=auth).status_code == 404
     assert client.post("/api/v1/coupons/redeem", json={"code": 5}, headers=auth).status_code == 400
     assert client.post("/api/v1/coupons/redeem", json={"code": code, "amount": "1e999"},

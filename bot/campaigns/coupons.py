@@ -9,7 +9,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import exists, false, func, select, text, update
@@ -243,27 +243,31 @@ class Redemption:
 
 
 def redeem(session: Session, code_text: str, *, order_id: str | None = None, amount_fen: int | None = None,
-           now: datetime | None = None, tag_rules: Any = None, push_tags: bool = True) -> Redemption:
-    """Redeem a code once. ``order_id`` links the order (its amount checks the minimum spend
-    and must belong to the coupon's customer); ``amount_fen`` is the spend when no order is known yet."""
+           now: datetime | None = None, tag_rules: Any = None, push_tags: bool = True,
+           tz: tzinfo = UTC) -> Redemption:
+    """Redeem a code once. ``order_id`` links the order (a paid one of the coupon's customer; its amount, not a
+    given one, checks the minimum spend); ``amount_fen`` is the spend when no order is known yet. Times in
+    the reasons are shown in ``tz``."""
     now = now or utcnow()
     code = normalize_code(code_text)
     coupon = session.scalar(select(Coupon).where(Coupon.code == code)) if code else None
     if coupon is None:
         return Redemption(False, "unknown coupon code")
     if coupon.status == "redeemed":
-        return Redemption(False, f"already redeemed at {coupon.redeemed_at:%Y-%m-%d %H:%M} UTC"
+        return Redemption(False, f"already redeemed at {_shown(coupon.redeemed_at, tz, '%Y-%m-%d %H:%M %Z')}"
                                  f"{f' on order {coupon.order_id}' if coupon.order_id else ''}", coupon)
     if coupon.status == "withdrawn":
         return Redemption(False, "withdrawn: the message that carried it did not go out", coupon)
     if coupon.status == "expired" or coupon.expires_at <= now:
-        return Redemption(False, f"expired on {coupon.expires_at:%Y-%m-%d}", coupon)
+        return Redemption(False, f"expired on {_shown(coupon.expires_at, tz, '%Y-%m-%d %H:%M %Z')}", coupon)
     if order_id:
         order = session.scalar(select(Order).where(Order.order_id == order_id))
         if order is not None:
             if order.customer_id != coupon.customer_id:
                 return Redemption(False, "the order belongs to another customer", coupon)
-            amount_fen = order.amount_fen if amount_fen is None else amount_fen
+            if order.status != "paid":
+                return Redemption(False, f"the order is {order.status}, not paid: it meets no minimum spend", coupon)
+            amount_fen = order.amount_fen  # the order's own amount, whatever the caller says it was
     if coupon.min_spend_fen and (amount_fen is None or amount_fen < coupon.min_spend_fen):
         spent = "no amount given" if amount_fen is None else f"spend {fen_to_yuan(amount_fen)}元"
         return Redemption(False, f"minimum spend {fen_to_yuan(coupon.min_spend_fen)}元 not met ({spent})", coupon)
@@ -287,6 +291,13 @@ def redeem(session: Session, code_text: str, *, order_id: str | None = None, amo
             apply_rules(session, tag_rules, customer.id, "coupon_redeemed", push=push_tags)
     logger.info("coupon %s… (%s) redeemed by customer %s", coupon.code[:4], coupon.definition, coupon.customer_id)
     return Redemption(True, "redeemed", coupon)
+
+
+def _shown(moment: datetime | None, tz: tzinfo, pattern: str) -> str:
+    if moment is None:
+        return "?"
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+    return aware.astimezone(tz).strftime(pattern)
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ def _coupon(db: Any, settings: Any, now: Any) -> str:
     with db.begin() as session:
         first = redeem(session, display_code(code), amount_fen=35000, now=now)
     with db.begin() as session:
-        second = redeem(session, code, amount_fen=35000, now=now)
+        second = redeem(session, code, amount_fen=35000, now=now, tz=settings.tz)
     return f"{display_code(code)} (专属优惠券 满300减50): first → {first.reason}; second → refused, {second.reason}"
 
 

@@ -292,14 +292,15 @@ def redeem_coupon() -> tuple[Response, int]:
         _authenticate(session)  # before the body is read: a caller without a token gets 401, whatever it sent
         payload, order_id, amount_fen = _redeem_request()
         result = redeem(session, payload["code"], order_id=order_id, amount_fen=amount_fen, now=_now(),
-                        tag_rules=TagRules.from_settings(settings), push_tags=settings.tags.push_to_wecom)
+                        tag_rules=TagRules.from_settings(settings), push_tags=settings.tags.push_to_wecom,
+                        tz=settings.tz)
         coupon = result.coupon
         body = {"code": display_code(coupon.code), "definition": coupon.definition, "title": coupon.title,
                 "status": coupon.status, "order_id": coupon.order_id} if coupon else None
     if result.ok:
         return jsonify(result="redeemed", coupon=body), 200
-    status = 404 if coupon is None else 422 if "minimum" in result.reason or "another customer" in result.reason \
-        else 409
+    status = 404 if coupon is None else 422 if any(
+        words in result.reason for words in ("minimum", "another customer", "not paid")) else 409
     logger.info("coupon redemption refused (%d): %s", status, result.reason)
     return jsonify(result="refused", error=result.reason, coupon=body), status
 
