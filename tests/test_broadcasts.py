@@ -395,8 +395,12 @@ def test_cli_create_preview_list_report_cancel(cli_env, db, tmp_path):
     assert "held out" in runner.invoke(main, ["broadcast", "preview", "会员日"]).output
     report = runner.invoke(main, ["broadcast", "report", "会员日"])
     assert report.exit_code == 0 and "0 run(s)" in report.output and "needs customers in both groups" in report.output
-    cancelled = runner.invoke(main, ["broadcast", "cancel", "会员日"])
+    kept = runner.invoke(main, ["broadcast", "cancel", "会员日"], input="n\n")  # it asks first
+    assert kept.exit_code == 1 and "0 message(s) not yet handed to WeCom" in kept.output
+    cancelled = runner.invoke(main, ["broadcast", "cancel", "会员日", "--yes"])
     assert cancelled.exit_code == 0 and "cancelled" in cancelled.output
+    again = runner.invoke(main, ["broadcast", "cancel", "会员日", "--yes"])  # finished: its status stays
+    assert again.exit_code == 1 and "is cancelled and has nothing left unsent" in again.output
     assert runner.invoke(main, ["broadcast", "cancel", "没有"]).exit_code == 1
 
 
@@ -439,7 +443,7 @@ def test_scrm_broadcast_create_refuses_a_past_time_and_done_shows_no_next_run(ap
     listed = scrm("broadcast", "list").output.splitlines()
     for name in ("上新", "演示"):
         [row] = [line.split() for line in listed if name in line]
-        assert row[2] == "done" and row[4] == "-", row  # status, schedule, next run
+        assert row[2] == "done" and row[5] == "-", row  # status, schedule (a day and a time), next run
 
 
 def _a_mixed_customer_base(db, rng) -> list[int]:

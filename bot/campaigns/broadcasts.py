@@ -287,6 +287,21 @@ def next_cron_time(expression: str, settings: Settings, after: datetime) -> date
     return fire
 
 
+def unsent_messages(session: Session, broadcast: Broadcast) -> int:
+    """Its messages not yet handed to WeCom (a run deferred past quiet hours, say): what a cancel would stop."""
+    due = _unsent(session, broadcast)
+    return (session.scalar(select(func.count()).select_from(OutboxMessage).where(due)) or 0) if due is not None else 0
+
+
+def _unsent(session: Session, broadcast: Broadcast) -> ColumnElement[bool] | None:
+    refs = [run_ref(run_id) for run_id in session.scalars(select(BroadcastRun.id).where(
+        BroadcastRun.broadcast_id == broadcast.id))]
+    if not refs:
+        return None
+    return and_(OutboxMessage.trigger_kind == "campaign", OutboxMessage.trigger_ref.in_(refs),
+                OutboxMessage.status == "pending")
+
+
 def find_broadcast(session: Session, name_or_id: str) -> Broadcast:
     query = select(Broadcast).where(Broadcast.name == name_or_id)
     found = session.scalar(query)
@@ -301,12 +316,9 @@ def cancel_broadcast(session: Session, broadcast: Broadcast, now: datetime | Non
     """Stop future runs; messages not yet handed to WeCom are skipped. Returns how many."""
     now = now or utcnow()
     broadcast.status, broadcast.next_run_at = "cancelled", None
-    refs = [run_ref(run_id) for run_id in session.scalars(select(BroadcastRun.id).where(
-        BroadcastRun.broadcast_id == broadcast.id))]
-    if not refs:
+    due = _unsent(session, broadcast)
+    if due is None:
         return 0
-    due = and_(OutboxMessage.trigger_kind == "campaign", OutboxMessage.trigger_ref.in_(refs),
-               OutboxMessage.status == "pending")
     count = session.scalar(select(func.count()).select_from(OutboxMessage).where(due)) or 0
     withdraw_carried_coupons(session, due)
     session.execute(update(OutboxMessage).where(due).values(status="skipped", reason="broadcast cancelled",
@@ -928,8 +940,8 @@ def broadcast_rows(session: Session) -> list[dict[str, Any]]:
                                          "skipped": sum(run.skipped.values())})
     out = []
     for b in session.scalars(select(Broadcast).order_by(Broadcast.id)):
-        out.append({"id": b.id, "name": b.name, "status": b.status, "schedule": b.cron or
-                    (b.send_at.isoformat() if b.send_at else ""),
+        out.append({"id": b.id, "name": b.name, "status": b.status, "cron": b.cron, "send_at": b.send_at,
+                    "schedule": b.cron or (b.send_at.isoformat() if b.send_at else ""),
                     "next_run_at": b.next_run_at if b.status == "scheduled" else None,
                     "audience": Audience.parse(b.audience).describe() if b.audience is not None else "",
                     "coupon": b.coupon or "", **totals[b.id]})

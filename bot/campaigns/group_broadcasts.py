@@ -419,7 +419,8 @@ def broadcast_rows(session: Session) -> list[dict[str, Any]]:
         totals.setdefault(run.broadcast_id, Counter()).update(
             {"runs": 1, "to_send": run.to_send, "skipped": sum(run.skipped.values())})
     return [{"id": b.id, "name": b.name, "status": b.status,
-             "schedule": b.cron or (b.send_at.isoformat() if b.send_at else ""), "next_run_at": b.next_run_at,
+             "cron": b.cron, "send_at": b.send_at, "schedule": b.cron or (b.send_at.isoformat() if b.send_at else ""),
+             "next_run_at": b.next_run_at,
              "audience": describe_audience(b.audience), **totals.get(b.id, Counter())}
             for b in session.scalars(select(GroupBroadcast).order_by(GroupBroadcast.id))]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.cli.times import local_time, zoned
+from bot.cli.times import local_time, schedule_text, zoned
 from bot.core import jsonsafe
 from bot.tagging.rules import TagRules
 from segments.money import fen_to_yuan, number_to_fen
@@ -152,26 +152,35 @@ def broadcast_list(cli: CliContext) -> None:
     with cli.db().begin() as session:
         rows = broadcast_rows(session)
     click.echo(render_table(
-        ["id", "name", "status", "schedule", zoned("next run", tz), "audience", "coupon", "runs", "to send",
+        ["id", "name", "status", zoned("schedule", tz), zoned("next run", tz), "audience", "coupon", "runs", "to send",
          "held out", "skipped"],
-        [[r["id"], r["name"], r["status"], r["schedule"], local_time(r["next_run_at"], tz, zone=False),
+        [[r["id"], r["name"], r["status"], schedule_text(r, tz), local_time(r["next_run_at"], tz, zone=False),
           r["audience"], r["coupon"] or "-", r.get("runs", 0), r.get("to_send", 0), r.get("held_out", 0),
           r.get("skipped", 0)] for r in rows]))
 
 
 @broadcast_group.command("cancel")
 @click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_cli
-def broadcast_cancel(cli: CliContext, name: str) -> None:
-    """Stop a broadcast; its messages not yet handed to WeCom are skipped."""
-    from bot.campaigns.broadcasts import BroadcastError, cancel_broadcast, find_broadcast
+def broadcast_cancel(cli: CliContext, name: str, yes: bool) -> None:
+    """Stop a scheduled broadcast (or one whose messages are not all handed to WeCom yet); its messages not yet
+    handed to WeCom are skipped. A finished broadcast keeps its status and history."""
+    from bot.campaigns.broadcasts import BroadcastError, cancel_broadcast, find_broadcast, unsent_messages
 
     with cli.db().begin() as session:
         try:
             broadcast = find_broadcast(session, name)
         except BroadcastError as exc:
             raise click.ClickException(str(exc)) from None
-        count = cancel_broadcast(session, broadcast)
+        unsent = unsent_messages(session, broadcast)
+        if broadcast.status != "scheduled" and not unsent:
+            raise click.ClickException(f"{broadcast.name!r} is {broadcast.status} and has nothing left unsent: "
+                                       "nothing to cancel (its history stays)")
+        if not yes:
+            click.confirm(f"cancel {broadcast.name!r}? {unsent} message(s) not yet handed to WeCom will not go out",
+                          abort=True)
+        count = cancel_broadcast(session, broadcast, cli.now())
     click.echo(f"cancelled {name!r}; {count} unsent message(s) skipped")
 
 
@@ -298,8 +307,8 @@ def coupons_redeem(cli: CliContext, code: str, order_id: str | None, amount: str
         raise click.BadParameter(str(exc), param_hint="--amount") from None
     rules = TagRules.from_settings(cli.rule_settings())
     with cli.db().begin() as session:
-        result = redeem(session, code, order_id=order_id, amount_fen=amount_fen,
-                        tag_rules=rules, push_tags=settings.tags.push_to_wecom)
+        result = redeem(session, code, order_id=order_id, amount_fen=amount_fen, now=cli.now(),
+                        tag_rules=rules, push_tags=settings.tags.push_to_wecom, tz=settings.tz)
     if not result.ok:
         raise click.ClickException(f"not redeemed: {result.reason}")
     assert result.coupon is not None

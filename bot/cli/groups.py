@@ -9,7 +9,7 @@ import click
 
 from bot.cli.campaigns import _audience, _local_time, _templates
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.cli.times import local_time, zoned
+from bot.cli.times import local_time, schedule_text, zoned
 
 
 @click.group("groups")
@@ -325,13 +325,13 @@ def group_broadcast_list(cli: CliContext) -> None:
 
     tz = cli.settings().tz
     with cli.db().sessions() as session:
-        rows = [[r["id"], r["name"], r["status"], r["schedule"], local_time(r["next_run_at"], tz, zone=False),
+        rows = [[r["id"], r["name"], r["status"], schedule_text(r, tz), local_time(r["next_run_at"], tz, zone=False),
                  r["audience"], r.get("runs", 0), r.get("to_send", 0), r.get("skipped", 0)]
                 for r in broadcast_rows(session)]
     if not rows:
         click.echo("no group broadcasts")
         return
-    click.echo(render_table(["id", "name", "status", "schedule", zoned("next run", tz), "audience", "runs",
+    click.echo(render_table(["id", "name", "status", zoned("schedule", tz), zoned("next run", tz), "audience", "runs",
                              "to send", "skipped"], rows))
 
 

@@ -17,3 +17,8 @@ def local_time(moment: datetime | None, tz: ZoneInfo, *, zone: bool = True, seco
 def zoned(header: str, tz: ZoneInfo) -> str:
     """A table header for a column of local times: ``next run (Asia/Shanghai)``."""
     return f"{header} ({tz.key})"
+
+
+def schedule_text(row: dict, tz: ZoneInfo) -> str:
+    """A broadcast's schedule for a table cell under ``zoned("schedule", tz)``: its cron line, or its one send time."""
+    return f"cron {row['cron']}" if row.get("cron") else local_time(row.get("send_at"), tz, zone=False)
