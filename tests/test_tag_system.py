@@ -135,13 +135,18 @@ def test_near_duplicates_are_reported_and_merged_with_history(scrm, db):
     out = scrm("tags", "check")
     assert "near-duplicates" in out and "交易/ＶＩＰ" in out and "交易/vip 用户" in out
     assert "unused tags (2): 交易/vip 用户、交易/沉睡" in out
-    out = scrm("tags", "merge", "交易/ＶＩＰ", "交易/VIP客户")
+    asked = scrm("tags", "merge", "交易/ＶＩＰ", "交易/VIP客户", ok=False)  # no answer at the prompt: nothing merged
+    assert "2 customers move, 0 already have it" in asked and "Aborted" in asked
+    assert tags_of(db, "wm1") == {"交易/ＶＩＰ"}
+    out = scrm("tags", "merge", "交易/ＶＩＰ", "交易/VIP客户", "--yes")
     assert "2 customers moved, 0 already had it" in out
     assert tags_of(db, "wm1") == {"交易/VIP客户"}
     with db.sessions() as s:
         assert s.scalar(select(func.count()).select_from(CustomerTag).where(CustomerTag.removed_by == "merge")) == 2
         assert s.scalar(select(TagAlias.alias)) == "ＶＩＰ"
     assert "no such" not in scrm("tags", "merge", "交易/不存在", "交易/VIP客户", ok=False)
+    assert "merged already" in scrm("tags", "merge", "交易/ＶＩＰ", "交易/VIP客户", "--yes", ok=False)
+    assert "not undone by merging back" in scrm("tags", "merge", "交易/VIP客户", "交易/ＶＩＰ", "--yes", ok=False)
 
 
 def test_normalising_tag_names():

@@ -110,16 +110,21 @@ def tags_check_cmd(cli: CliContext) -> None:
 @tags_group.command("merge")
 @click.argument("source")
 @click.argument("target")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_cli
-def tags_merge_cmd(cli: CliContext, source: str, target: str) -> None:
+def tags_merge_cmd(cli: CliContext, source: str, target: str, yes: bool) -> None:
     """Move every customer from tag SOURCE to TARGET ("组/标签"); SOURCE's rows stay as history and
-    SOURCE becomes an alias of TARGET. WeCom is updated by the next `scrm sync tags`."""
+    SOURCE becomes an alias of TARGET (this is not undone by merging back). WeCom is updated by the next
+    `scrm sync tags`. Asks first, with the counts, unless --yes."""
     from bot.tagging.system import merge_tags
 
     rules = TagRules.from_settings(cli.rule_settings())
     try:
         with cli.db().begin() as session:
             result = merge_tags(session, rules, source, target)
+            if not yes:  # the counts are the merge's own, in its transaction: declining rolls it back
+                click.confirm(f"merge {source} into {target}: {result.moved} customers move, {result.already_had} "
+                              f"already have it; {source} becomes an alias for good. Go ahead?", abort=True)
     except (LookupError, ValueError, RuleError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"merged {source} into {target}: {result.moved} customers moved, {result.already_had} already had it")

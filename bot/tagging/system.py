@@ -247,7 +247,12 @@ def merge_tags(session: Session, rules: TagRules, source_text: str, target_text:
                                                               Tag.name == source_ref.name))
     if source is None:
         raise LookupError(f"no tag {source_ref}")
+    if source.deleted and session.scalar(select(TagAlias.tag_id).where(TagAlias.alias == source.name)) is not None:
+        raise ValueError(f"{source_ref} was merged already: it is an alias now, nothing to move")
     if source.id == target.id:
+        if target_text.strip() != source_text.strip():
+            raise ValueError(f"{target_text.strip()} is an alias of {source_ref} (merged into it); a merge is not "
+                             "undone by merging back")
         raise ValueError("a tag cannot be merged into itself")
     result = MergeResult()
     holders = session.scalars(select(CustomerTag).where(CustomerTag.tag_id == source.id,
