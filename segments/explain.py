@@ -63,13 +63,17 @@ def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of:
     floor = _channel_floor(session, customer.id, policy) if not orders else None
     activity = "high" if activity_score >= policy.activity_high else "mid" if activity_score >= policy.activity_mid \
         else "low"
+    touches = _last_touches(customer, last_day, as_of, tz)
+    live = _Live(segment=segment_of(last_day, orders, amount, stats) if orders and last_day is not None and stats.n
+                 else None, value_tier=_value_rule(policy, amount, orders, activity),
+                 engagement=_engagement_of(policy, touches["days"]))
     header = [f"customer {customer.external_userid} {customer.name or ''}".rstrip(),
               f"as of {as_of.isoformat()} (stored values from the last re-tier are shown in brackets)",
               f"metrics: {orders} paid orders, {fen_to_yuan(amount)} 元 paid"
               + (f", last paid order {date.fromordinal(last_day).isoformat()}" if last_day else "")]
     why = _rfm_lines(orders, amount, last_day, as_of_day, stats, customer)
     why["value_tier"] = _value_line(policy, amount, orders, activity, customer)
-    why["stage"] = (f"stage: {customer.stage or '-'} ({orders} paid orders, {fen_to_yuan(amount)} 元; path "
+    why["stage"] = (f"stage: [{customer.stage or '-'}] ({orders} paid orders, {fen_to_yuan(amount)} 元; path "
                     f"{policy.stage_path}, super from {policy.super_min_orders} orders"
                     + (f" and {fen_to_yuan(policy.super_min_amount_fen)} 元" if policy.super_min_amount_fen else "")
                     + ("" if policy.stage_path == "ecommerce" else
@@ -78,12 +82,50 @@ def explanation(session: Session, customer: Customer, policy: TierPolicy, as_of:
     why["activity"] = (f"activity: {activity} [{customer.activity or '-'}] — score {activity_score} in the last "
                        f"{policy.activity_window_days} days (high ≥ {policy.activity_high}, "
                        f"mid ≥ {policy.activity_mid})")
-    touches = _last_touches(customer, last_day, as_of, tz)
-    why["engagement"] = (f"engagement: {customer.engagement or '-'} — {touches['en']}; active if an order, "
-                         f"interaction or joining within {policy.active_days} days, silent within "
+    why["engagement"] = (f"engagement: {live.engagement} [{customer.engagement or '-'}] — {touches['en']}; "
+                         f"active if an order, interaction or joining within {policy.active_days} days, silent within "
                          f"{policy.silent_days}, else churned")
     facts = _Facts(orders, amount, last_day, as_of_day, activity, activity_score, touches["zh"], floor)
-    return Explanation(header, why, _why_zh(facts, stats, policy, customer, tier_names or {}))
+    why_zh = _why_zh(facts, stats, policy, customer, tier_names or {})
+    names = {**SEGMENT_NAMES, **ENGAGEMENT_ZH, **(tier_names or {})}
+    for key, now_, stored in (("rfm_segment", live.segment, customer.rfm_segment),
+                              ("value_tier", live.value_tier, customer.value_tier),
+                              ("engagement", live.engagement, customer.engagement)):
+        why_zh[key] += _pending_zh(now_, stored, names)
+    return Explanation(header, why, why_zh)
+
+
+ENGAGEMENT_ZH = {"active": "活跃", "silent": "沉默", "churned": "流失"}
+
+
+@dataclass(frozen=True)
+class _Live:
+    """What the reasons conclude from today's data; the shown tiers are the last re-tier's."""
+
+    segment: str | None
+    value_tier: str
+    engagement: str
+
+
+def _pending_zh(live: str | None, stored: str | None, names: Mapping[str, str]) -> str:
+    """A note when today's data points elsewhere than the stored tier (orders since the last re-tier)."""
+    if live is None or live == stored:
+        return ""
+    if stored is None:
+        return f"（尚未分层：下次重算后为「{names.get(live, live)}」）"
+    shown, next_ = names.get(stored, stored), names.get(live, live)
+    return f"（显示的「{shown}」来自上次重算；依据最新数据，下次重算后为「{next_}」）"
+
+
+def _value_rule(policy: TierPolicy, amount: int, orders: int, activity: str) -> str:
+    return next((r.name for r in policy.value_rules if r.matches(amount, orders, activity)), policy.value_default)
+
+
+def _engagement_of(policy: TierPolicy, days: int | None) -> str:
+    """The engagement rule on the days since the latest order, interaction or joining (retier's _engagement)."""
+    if days is not None and days <= policy.active_days:
+        return "active"
+    return "silent" if days is not None and days <= policy.silent_days else "churned"
 
 
 _FLOOR_ZH = {"potential": "潜在", "intent": "意向"}
@@ -101,7 +143,7 @@ def _channel_floor(session: Session, customer_id: int, policy: TierPolicy) -> tu
     return max(((state, stages[state]) for state in states), key=lambda pair: order[pair[1]], default=None)
 
 
-def _last_touches(customer: Customer, last_day: int | None, as_of: date, tz: ZoneInfo) -> dict[str, str]:
+def _last_touches(customer: Customer, last_day: int | None, as_of: date, tz: ZoneInfo) -> dict[str, Any]:
     """Days since the last paid order, the last interaction and joining, as the engagement rule reads
     them (English and Chinese)."""
     def days_since(moment: datetime | None) -> int | None:
@@ -118,7 +160,7 @@ def _last_touches(customer: Customer, last_day: int | None, as_of: date, tz: Zon
                    or name != "joined")
     zh = "，".join(f"{name} {n} 天前" if n is not None else f"无{name.removeprefix('最近')}" for _, name, n in facts
                   if n is not None or name != "添加")
-    return {"en": en, "zh": zh}
+    return {"en": en, "zh": zh, "days": min((n for _, _, n in facts if n is not None), default=None)}
 
 
 @dataclass(frozen=True)

@@ -264,6 +264,26 @@ def test_without_a_stored_run_the_why_is_computed(world):
     assert "得出「重要价值」" in card
 
 
+def test_the_why_says_when_todays_data_points_past_the_stored_tier(world):
+    """Tiers change at the re-tier; orders since then move the reasons. The card shows the stored tier and
+    says what the next re-tier will make of it, not a reason that argues for another tier unannounced."""
+    from bot.models import CustomerTier
+
+    with world.db().begin() as session:
+        customer = session.scalar(select(Customer).where(Customer.external_userid == OWN))
+        tier = session.get(CustomerTier, customer.id)
+        tier.rfm_segment, tier.value_tier, tier.engagement = "general_develop", "low", "churned"
+    card = sign_in(world, "zhangsan").get(f"{world.url}/sidebar/customer/{OWN}").text
+    assert "得出「重要价值」（显示的「一般发展」来自上次重算；依据最新数据，下次重算后为「重要价值」）" in card
+    assert "（显示的「低价值」来自上次重算；依据最新数据，下次重算后为「高价值」）" in card
+    assert "（显示的「流失」来自上次重算；依据最新数据，下次重算后为「活跃」）" in card
+    with world.db().begin() as session:
+        customer = session.scalar(select(Customer).where(Customer.external_userid == OWN))
+        session.delete(session.get(CustomerTier, customer.id))
+    untiered = sign_in(world, "zhangsan").get(f"{world.url}/sidebar/customer/{OWN}").text
+    assert "（尚未分层：下次重算后为「高价值」）" in untiered
+
+
 def test_taps_at_the_same_moment_stay_within_the_limit(overrides, sandbox, sandbox_state):
     from concurrent.futures import ThreadPoolExecutor
 
