@@ -55,7 +55,18 @@ def test_welcome_whose_answer_was_lost_is_resent_and_reaches_the_customer_once(w
     assert len(read(sandbox, "calls", path="externalcontact/send_welcome_msg")) == 2
     row = only_row(wired)
     assert (row.status, row.attempts) == ("sent", 2)
-    assert "41050" in row.reason and "delivered it" in row.reason
+    assert "41051" in row.reason and "delivered it" in row.reason
+
+
+def test_welcome_code_expired_after_an_unanswered_attempt_is_not_counted_as_delivered(wired, sandbox, staff):
+    delay(sandbox, "externalcontact/send_welcome_msg", "drop")  # the call never reached WeCom
+    control(sandbox, "faults", {"path": "externalcontact/send_welcome_msg", "errcode": 41050})  # then too late
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": "李四"})
+    drain(wired)
+    assert read(sandbox, "sent")["welcomes"] == []
+    row = only_row(wired)
+    assert row.status == "failed" and "41050" in row.reason and "expired" in row.reason
+    assert "may have delivered it" in row.reason  # the dropped attempt: nobody can tell
 
 
 def test_kf_event_welcome_whose_answer_was_lost_is_resent_and_reaches_the_customer_once(wired, sandbox, staff):

@@ -40,17 +40,18 @@ RATE_LIMITED_ATTEMPTS = 10
 # App messages one member may get: WeCom drops the rest without an error (WECOM.md §9).
 MEMBER_PACE = ((timedelta(minutes=1), 30), (timedelta(hours=1), 1000))
 EXPLAINED = {  # WeCom's global error codes (developer.work.weixin.qq.com/document/path/90313)
-    41050: "the welcome code is invalid: already used, or older than 20 seconds",
-    41051: "the customer has already started chatting with the member: no welcome is sent",
+    41050: "the welcome code has expired (it works for 20 seconds after the add)",
+    41051: "the welcome was already sent (the code works once) or the customer has started chatting with the member",
     41096: "another app is sending this welcome right now",
     95018: "the kf session does not allow sending (outside the 48-hour window or taken by a servicer)",
     95001: "the kf send limit is reached (5 messages after the customer's last message)",
     95002: "the kf send time limit has passed (48 hours after the customer's last message)",
     95000: "the kf account does not exist",
 }
-# WeCom's answer to a resend of something it already has: the welcome code is used up (41050). For a kf
-# msgid or a kf event code WeCom's code is unconfirmed: an invalid-parameter answer (40058) that names it.
-ALREADY_USED = {"welcome": frozenset({41050}), "kf_event": frozenset({40058}), "kf": frozenset({40058})}
+# WeCom's answer to a resend of something it already has: a used welcome code is 41051 (send_welcome_msg's
+# page, WECOM.md §4; 41050 is an expired code, which says nothing of an earlier attempt). For a kf msgid or
+# a kf event code WeCom's code is unconfirmed: an invalid-parameter answer (40058) that names it.
+ALREADY_USED = {"welcome": frozenset({41051}), "kf_event": frozenset({40058}), "kf": frozenset({40058})}
 ALREADY_USED_NAMES = {"kf": "msgid", "kf_event": "code"}
 # Marks a row whose last attempt got no answer: WeCom may have it already (see ALREADY_USED).
 UNANSWERED = "no answer from WeCom"

@@ -171,8 +171,12 @@ def send_welcome_msg(call: Call) -> dict[str, Any]:
     entry = call.state.welcome_codes.get(code)
     if entry is None:
         raise WeComError(40058, "invalid welcome_code")
-    if entry["used"] or call.state.now() - entry["issued_at"] > WELCOME_CODE_TTL:
-        raise WeComError(41050, "invalid welcome_code: already used or expired (20 s window)")
+    # As send_welcome_msg's page answers (WECOM.md §4): a used code is 41051, "externaluser has started
+    # chatting" (only the first caller sends); a code older than 20 s is 41050 (the global code table).
+    if entry["used"]:
+        raise WeComError(41051, "externaluser has started chatting")
+    if call.state.now() - entry["issued_at"] > WELCOME_CODE_TTL:
+        raise WeComError(41050, "invalid welcome_code: used later than 20 s after the add")
     text = (call.body.get("text") or {}).get("content", "")
     if len(text.encode("utf-8")) > 4000 or len(call.body.get("attachments") or []) > 9:
         raise WeComError(40058, "text ≤4000 bytes and at most 9 attachments")
