@@ -171,9 +171,13 @@ def test_a_token_refused_as_40001_is_refreshed_once(clients, sandbox, seeded):
 
 def test_wrong_secret_is_an_error_not_a_retry_loop(settings, sandbox):
     client = WeComClient(settings.wecom.corp_id, "wrong-secret", api_base_url=settings.wecom.api_base_url)
-    with pytest.raises(WeChatClientException) as info:
-        client.external_contact.get("wmA")
-    assert info.value.errcode == 40001
+    for _ in range(3):
+        with pytest.raises(WeChatClientException) as info:
+            client.external_contact.get("wmA")
+        assert info.value.errcode == 40001
+    # One gettoken per call: a refused gettoken is not "a stale token" to refresh (WeCom blocks an IP
+    # after many bad gettoken calls), and the call itself never went out.
+    assert len(calls(sandbox, "gettoken")) == 3 and calls(sandbox, "externalcontact/get") == []
 
 
 def test_kf_sync_msg_takes_open_kfid_and_pages_with_cursor(clients, sandbox, seeded):

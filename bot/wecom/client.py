@@ -55,6 +55,12 @@ class ApiBlocked(WeChatClientException):
     retry_after = RATE_LIMIT_BLOCK_SECONDS
 
 
+class TokenFetchFailed(WeChatClientException):
+    """gettoken itself was refused (a wrong or rotated secret: 40001), after its own busy retries: no
+    refresh or retry of the call that needed the token helps, and each extra gettoken counts towards
+    WeCom's block on repeated bad gettoken calls (WECOM.md §9)."""
+
+
 class WeComClient(WeChatClient):
     external_contact = ScrmExternalContact()
     kf = ScrmKF()
@@ -124,8 +130,8 @@ class WeComClient(WeChatClient):
             raise WeChatClientException(None, None, client=self, request=exc.request, response=exc.response) from None
         result = answer.json()
         if result.get("errcode"):
-            raise WeChatClientException(result["errcode"], result.get("errmsg"), client=self, request=answer.request,
-                                        response=answer)
+            raise TokenFetchFailed(result["errcode"], result.get("errmsg"), client=self, request=answer.request,
+                                   response=answer)
         expires_in = int(result.get("expires_in") or 7200)
         self.session.set(self.access_token_key, result["access_token"], expires_in)
         self.expires_at = int(time.time()) + expires_in
@@ -142,6 +148,8 @@ class WeComClient(WeChatClient):
                 self.limiter.acquire(api_path(url_or_endpoint, self.API_BASE_URL))
             try:
                 return super()._request(method, url_or_endpoint, **attempt_kwargs)
+            except TokenFetchFailed:
+                raise
             except WeChatClientException as exc:
                 if exc.errcode in TOKEN_ERRORS and not refreshed:
                     logger.info("WeCom access token rejected (%s); fetching a new one", exc.errcode)
