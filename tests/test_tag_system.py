@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
 import pytest
 import requests
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 
 from bot.cli import main
 from bot.models import Customer, CustomerTag, Follow, Interaction, Tag, TagAlias, TagGroup
@@ -119,7 +120,8 @@ def test_a_contact_first_seen_by_the_sync_joined_when_it_added_the_member(scrm, 
         assert abs(customer.created_at.timestamp() - long_ago) < 1
 
 
-def test_near_duplicates_are_reported_and_merged_with_history(scrm, db):
+def seed_near_duplicates(db) -> None:
+    """交易/VIP客户 on wm0, its near-duplicate 交易/ＶＩＰ on wm1 and wm2, two unused tags."""
     with db.begin() as s:
         group = TagGroup(name="交易")
         s.add(group)
@@ -132,6 +134,28 @@ def test_near_duplicates_are_reported_and_merged_with_history(scrm, db):
             s.add(customer)
             s.flush()
             s.add(CustomerTag(customer_id=customer.id, tag_id=tags["ＶＩＰ" if i else "VIP客户"].id, source="staff"))
+
+
+def test_tags_merge_holds_no_lock_while_it_asks(scrm, db, monkeypatch):
+    seed_near_duplicates(db)
+
+    def another_writer_then_yes(*args: Any, **kwargs: Any) -> bool:
+        with db.begin() as s:  # the webhook, the sender or staff tagging while the operator reads the question
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(text("SET LOCAL lock_timeout = '2s'"))
+            else:
+                s.execute(text("PRAGMA busy_timeout = 2000"))
+            s.execute(update(CustomerTag).values(added_by="staff"))
+            s.add(Customer(external_userid="wmNEW", name="新"))
+        return True
+
+    monkeypatch.setattr(click, "confirm", another_writer_then_yes)
+    assert "2 customers moved, 0 already had it" in scrm("tags", "merge", "交易/ＶＩＰ", "交易/VIP客户")
+    assert tags_of(db, "wm1") == {"交易/VIP客户"} and tags_of(db, "wmNEW") == set()
+
+
+def test_near_duplicates_are_reported_and_merged_with_history(scrm, db):
+    seed_near_duplicates(db)
     out = scrm("tags", "check")
     assert "near-duplicates" in out and "交易/ＶＩＰ" in out and "交易/vip 用户" in out
     assert "unused tags (2): 交易/vip 用户、交易/沉睡" in out

@@ -119,12 +119,18 @@ def tags_merge_cmd(cli: CliContext, source: str, target: str, yes: bool) -> None
     from bot.tagging.system import merge_tags
 
     rules = TagRules.from_settings(cli.rule_settings())
+    db = cli.db()
     try:
-        with cli.db().begin() as session:
+        if not yes:  # the counts from the merge itself, rolled back: no lock is held while the operator reads
+            with db.sessions() as session, session.begin():
+                preview = merge_tags(session, rules, source, target)
+                session.rollback()
+            click.confirm(f"merge {source} into {target}: {preview.moved} customers move, {preview.already_had} "
+                          f"already have it; {source} becomes an alias for good. Go ahead?", abort=True)
+        with db.begin() as session:
             result = merge_tags(session, rules, source, target)
-            if not yes:  # the counts are the merge's own, in its transaction: declining rolls it back
-                click.confirm(f"merge {source} into {target}: {result.moved} customers move, {result.already_had} "
-                              f"already have it; {source} becomes an alias for good. Go ahead?", abort=True)
     except (LookupError, ValueError, RuleError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"merged {source} into {target}: {result.moved} customers moved, {result.already_had} already had it")
+    click.echo(f"merged {source} into {target}: {result.moved} customers moved, {result.already_had} already had it"
+               + ("" if yes or (result.moved, result.already_had) == (preview.moved, preview.already_had)
+                  else " (tags changed while you answered)"))
