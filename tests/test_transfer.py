@@ -284,7 +284,8 @@ def test_a_second_run_of_the_same_plan_is_refused_before_wecom_is_asked(wired, s
 def test_a_customer_already_handed_over_in_wecom_waits_and_a_group_already_moved_is_no_failure(
         wired, sandbox, tmp_path):
     """WeCom's 40129 (客户正在转接中) and 90508 (离职群已经继承) say it is already done or under way, e.g.
-    by a call WeCom acted on before answering busy: the customer waits for the poll, the group is moved."""
+    by a call WeCom acted on before answering busy: the customer waits for the poll, the group is counted as
+    moved before this run (not as this run's move, nor as a failure)."""
     scrm = scrm_runner(wired, tmp_path)
     ids = _seed(sandbox, "zhangsan", 3, "U")
     scrm("sync", "contacts", "--no-progress")
@@ -299,8 +300,9 @@ def test_a_customer_already_handed_over_in_wecom_waits_and_a_group_already_moved
     with db.sessions() as s:
         result = run_plan(s, api, plan, datetime.now(UTC))
         assert (result.started, result.under_way, result.failed) == (2, 1, 0)
-        assert (result.groups_moved, result.groups_failed) == (1, 0)
+        assert (result.groups_moved, result.groups_already, result.groups_failed) == (0, 1, 0)
         assert s.scalar(select(Transfer.errcode).where(Transfer.external_userid == ids[0])) == 40129
+    assert "already 1" in scrm("transfer", "status").output
     control(sandbox, "transfers/settle", {"force": True, "callbacks": False})
     assert "polled: succeeded 3; still waiting 0" in scrm("transfer", "status", "--poll").output
     assert _live_owner(db, ids) == dict.fromkeys(ids, "lisi")

@@ -306,6 +306,7 @@ class RunResult:
     groups_moved: int = 0
     groups_failed: int = 0
     groups_unknown: int = 0  # no answer: a new departed plan shows those WeCom did not move
+    groups_already: int = 0  # 90508: moved before this run (an earlier run, a double submit, the admin console)
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -418,13 +419,16 @@ def _move_groups(session: Session, api: Any, plan: Plan, result: RunResult, now:
             for chat_id in chunk:
                 bad = failed.get(chat_id)
                 code = int(bad["errcode"]) if bad else None
-                moved = code in (None, GROUP_ALREADY_MOVED)  # 90508: an earlier run (or a busy call) moved it
+                # 90508: moved before this call (an earlier run, the other half of a double submit, an
+                # unanswered call that WeCom did): not this run's move, and perhaps to another owner.
+                status = "succeeded" if code is None else "already" if code == GROUP_ALREADY_MOVED else "failed"
                 session.add(GroupTransfer(batch=result.batch, chat_id=chat_id, handover_userid="",
-                                          takeover_userid=new_owner, status="succeeded" if moved else "failed",
+                                          takeover_userid=new_owner, status=status,
                                           errcode=code, errmsg=str(bad.get("errmsg") or "")[:255] if bad else None,
                                           created_at=now))
-                result.groups_failed += not moved
-                result.groups_moved += moved
+                result.groups_moved += status == "succeeded"
+                result.groups_already += status == "already"
+                result.groups_failed += status == "failed"
             session.commit()
 
 

@@ -97,7 +97,8 @@ class GroupTransfer(Base):
     chat_id: Mapped[str] = mapped_column(ByteOrderString(128))
     handover_userid: Mapped[str] = mapped_column(String(64))
     takeover_userid: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="planned")  # planned | succeeded | failed
+    # planned | succeeded | failed | unknown (no answer) | already (90508: moved before this run)
+    status: Mapped[str] = mapped_column(String(16), default="planned")
     errcode: Mapped[int | None]
     errmsg: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

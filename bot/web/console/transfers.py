@@ -55,7 +55,8 @@ def transfers_run() -> Any:
                     "customers": len(plan.rows), "groups": len(plan.groups), "started": result.started,
                     "failed": result.failed, "unknown": result.unknown,
                     "under_way": result.under_way, "groups_moved": result.groups_moved,
-                    "groups_failed": result.groups_failed, "groups_unknown": result.groups_unknown})
+                    "groups_failed": result.groups_failed, "groups_unknown": result.groups_unknown,
+                    "groups_already": result.groups_already})
             s.commit()
     except TransferError as exc:
         flash(f"未交接：{exc}")
@@ -63,7 +64,9 @@ def transfers_run() -> Any:
     logger.info("console: hand-over batch %s run: %d started, %d refused, %d unanswered, %d groups moved",
                 result.batch, result.started, result.failed, result.unknown, result.groups_moved)
     unanswered = f"，未得到答复 {result.groups_unknown} 个（再次试算会列出未转交的群）" if result.groups_unknown else ""
-    groups = f"；客户群转交 {result.groups_moved} 个，失败 {result.groups_failed} 个{unanswered}" if plan.groups else ""
+    already = f"，此前已转交 {result.groups_already} 个" if result.groups_already else ""
+    groups = (f"；客户群转交 {result.groups_moved} 个{already}，失败 {result.groups_failed} 个{unanswered}"
+              if plan.groups else "")
     under_way = f"，已在 WeCom 交接中 {result.under_way} 位" if result.under_way else ""
     refuse = "（客户 24 小时内可拒绝）" if args["kind"] == "onjob" else "（24 小时后自动接替）"
     flash(f"批次 {result.batch}：{result.started} 位客户开始交接{refuse}，"
