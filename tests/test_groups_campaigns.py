@@ -420,3 +420,19 @@ def test_a_group_sop_step_must_be_a_group_sop_template_that_compiles(wired, tmp_
         for ref, reason in (("group_sop/broken", "group_sop/broken.j2"), ("welcome/default", "not welcome/")):
             with pytest.raises(BroadcastError, match=reason):
                 create_sop(s, settings, "坏", {}, [{"day": 1, "template": ref}], MORNING)
+
+
+def test_a_group_broadcast_refused_for_the_frequency_limit_is_submitted_after_the_block(wired, sandbox, scrm):
+    """45009: WeCom made nothing and blocks add_msg_template for a minute: the group rows wait for the
+    block to pass (they failed for good), then go out once."""
+    setup_groups(wired, sandbox)
+    at = MORNING + timedelta(hours=1)
+    scrm("groups", "broadcast", "create", "限频", "--audience", '{"owners": ["zhangsan", "lisi"]}',
+         "--template", "default=周末见", "--at", at.strftime("%Y-%m-%d %H:%M"), "--yes")
+    control(sandbox, "faults", {"path": "externalcontact/add_msg_template", "errcode": 45009, "count": 2})
+    assert "deferred 3" in scrm("groups", "broadcast", "send", at=at + timedelta(minutes=1))
+    with wired.extensions["scrm.db"].sessions() as s:
+        rows = s.scalars(select(OutboxMessage).where(OutboxMessage.channel == "group_message")).all()
+        assert {r.status for r in rows} == {"pending"} and all("45009" in r.reason for r in rows)
+    assert "submitted 3" in scrm("groups", "broadcast", "send", at=at + timedelta(minutes=3))
+    assert len([m for m in read(sandbox, "sent")["mass_messages"] if m["chat_type"] == "group"]) == 2

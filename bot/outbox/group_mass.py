@@ -18,7 +18,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.core.db import Database
 from bot.models import OutboxMessage, utcnow
-from bot.outbox.mass import find_interrupted_task
+from bot.outbox.mass import defer_rate_limited, find_interrupted_task
 from bot.outbox.policy import ContactPolicy
 from bot.wecom.client import BUSY_ERRORS
 
@@ -51,12 +51,12 @@ def submit_group_messages(db: Database, contact_client: Any, policy: ContactPoli
                         .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=now))
     for (sender, text), members in batches.items():
         for start in range(0, len(members), MAX_CHATS):
-            _submit(db, contact_client, sender, text, members[start:start + MAX_CHATS], outcome)
+            _submit(db, contact_client, sender, text, members[start:start + MAX_CHATS], outcome, now)
     return outcome
 
 
 def _submit(db: Database, client: Any, sender: str, text: str, members: list[tuple[int, str]],
-            outcome: Counter[str]) -> None:
+            outcome: Counter[str], now: datetime) -> None:
     ids = [i for i, _ in members]
     if not sender:
         _finish(db, ids, "failed", "no owner to send it")
@@ -71,6 +71,9 @@ def _submit(db: Database, client: Any, sender: str, text: str, members: list[tup
             logger.warning("add_msg_template (groups) answered %s; %d row(s) left sending for the look-up",
                            exc.errcode, len(ids))
             outcome["unknown"] += len(ids)
+            return
+        if defer_rate_limited(db, ids, exc, now):
+            outcome["deferred"] += len(ids)
             return
         _finish(db, ids, "failed", f"add_msg_template: WeCom {exc.errcode} {exc.errmsg}")
         outcome["failed"] += len(ids)

@@ -89,16 +89,7 @@ def _submit(db: Database, client: Any, sender: str, text: str, members: list[tup
                            len(ids))
             outcome["unknown"] += len(ids)
             return
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:  # 45009: refused before anything was created, so submitted again later
-            retry_at = (now or utcnow()) + timedelta(seconds=float(retry_after))
-            with db.begin() as session:
-                session.execute(update(OutboxMessage).where(
-                    OutboxMessage.id.in_(ids), OutboxMessage.attempts < RATE_LIMITED_ATTEMPTS).values(
-                    status="pending", scheduled_at=retry_at, updated_at=utcnow(),
-                    reason=f"add_msg_template: WeCom {exc.errcode} (over the per-minute limit); "
-                           f"submitting again at {retry_at:%H:%M:%S} UTC"))
-            _finish_still_sending(db, ids, f"add_msg_template: WeCom {exc.errcode} {exc.errmsg}; given up")
+        if defer_rate_limited(db, ids, exc, now or utcnow()):
             outcome["deferred"] += len(ids)
             return
         _finish(db, ids, "failed", f"add_msg_template: WeCom {exc.errcode} {exc.errmsg}")
@@ -111,6 +102,24 @@ def _submit(db: Database, client: Any, sender: str, text: str, members: list[tup
     _finish(db, bad, "failed", "WeCom refused the recipient (fail_list: not this member's customer)")
     outcome["submitted"] += len(ok)
     outcome["failed"] += len(bad)
+
+
+def defer_rate_limited(db: Database, ids: list[int], exc: WeChatClientException, now: datetime) -> bool:
+    """45009 (over the per-minute limit, ApiBlocked): refused before anything was created, so the rows
+    ``sending`` go back to pending for when the block has passed, but those refused too often fail.
+    Returns whether ``exc`` was that refusal."""
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is None:
+        return False
+    retry_at = now + timedelta(seconds=float(retry_after))
+    with db.begin() as session:
+        session.execute(update(OutboxMessage).where(
+            OutboxMessage.id.in_(ids), OutboxMessage.attempts < RATE_LIMITED_ATTEMPTS).values(
+            status="pending", scheduled_at=retry_at, updated_at=utcnow(),
+            reason=f"add_msg_template: WeCom {exc.errcode} (over the per-minute limit); "
+                   f"submitting again at {retry_at:%H:%M:%S} UTC"))
+    _finish_still_sending(db, ids, f"add_msg_template: WeCom {exc.errcode} {exc.errmsg}; given up")
+    return True
 
 
 def _finish_still_sending(db: Database, ids: list[int], reason: str) -> None:
