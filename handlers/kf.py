@@ -34,7 +34,7 @@ MAX_PAGES = 10_000  # a guard against a server that never says has_more=0
 FAIL_TYPES = {0: "unknown", 1: "kf account deleted", 2: "app closed", 4: "session expired (over 48 hours)",
               5: "session closed", 6: "over the 5-message limit", 7: "视频号 verification pending",
               8: "主体 not verified", 9: "视频号 not verified", 10: "customer refused messages"}
-_SCENE = re.compile(r"[0-9A-Za-z_]{1,32}")
+_SCENE = re.compile(r"[0-9A-Za-z_-]{1,32}")  # kf/add_contact_way's scene (WECOM.md §3)
 
 
 @on("event", EVENT)
@@ -370,6 +370,11 @@ def _system_event(ctx: HandlerContext, open_kfid: str, message: dict[str, Any]) 
         ctx.log.debug("kf event %s on %s noted", kind, open_kfid)
 
 
+def welcome_template_name(scene: str) -> str:
+    """kf_welcome/<scene>.j2 for a scene WeCom can issue, else default (a scene is never a path)."""
+    return scene if _SCENE.fullmatch(scene) else "default"
+
+
 def _enter_session(ctx: HandlerContext, open_kfid: str, event: dict[str, Any], message: dict[str, Any]) -> None:
     external_userid = str(event.get("external_userid") or message.get("external_userid") or "")
     code = str(event.get("welcome_code") or "")
@@ -377,7 +382,7 @@ def _enter_session(ctx: HandlerContext, open_kfid: str, event: dict[str, Any], m
         return
     customer = _customer(ctx, external_userid)
     scene = str(event.get("scene") or "")
-    name = scene if _SCENE.fullmatch(scene) else "default"
+    name = welcome_template_name(scene)
     rendered = ctx.templates.render("kf_welcome", name, tier_keys(customer), customer=customer_vars(customer),
                                     brand=ctx.settings.app.brand_name, scene=scene)
     key = f"kf-welcome:{code}"

@@ -498,3 +498,12 @@ def test_callbacks_of_one_kf_account_handled_by_several_threads_sync_one_at_a_ti
     assert all(len(kf_replies(sandbox, f"wmKF{i}")) == 1 for i in range(6))
     from_start = [c for c in read(sandbox, "calls", path="kf/sync_msg") if not c["body"].get("cursor")]
     assert len(from_start) == 1  # no second sync read the first page again
+
+
+def test_a_kf_scene_picks_its_welcome_template_as_wecom_spells_scenes():
+    from handlers.kf import welcome_template_name
+
+    assert welcome_template_name("spring-sale") == "spring-sale"  # [0-9a-zA-Z_-], ≤ 32 bytes (WECOM.md §3)
+    assert welcome_template_name("homepage_2") == "homepage_2"
+    for hostile in ("", "../reply/price", "a/b", "春季", "x" * 33, "a.b"):
+        assert welcome_template_name(hostile) == "default"

@@ -336,3 +336,23 @@ def test_a_row_a_dead_run_left_planned_waits_for_the_poll_instead_of_blocking_th
         poll_results(s, build_clients(wired.extensions["scrm.settings"]).contact.transfer, now)
         statuses = dict(s.execute(select(Transfer.external_userid, Transfer.status)).all())
     assert statuses == {"wmS00000": "waiting", "wmS00001": "planned"}  # the running one is left alone
+
+
+def test_groups_wecom_moves_or_is_moving_already_are_not_this_runs_moves_nor_failures(wired):
+    """90508 (离职群已经继承) and 90507 (离职群正在继承处理中): moved, or being moved, before this call."""
+    from bot.contacts.transfer import GroupPlanRow, Plan
+    from bot.models import GroupTransfer
+
+    class GroupApi:
+        def groupchat_transfer(self, chat_ids, new_owner):
+            return {"failed_chat_list": [{"chat_id": "wrDONE", "errcode": 90508, "errmsg": "transferred"},
+                                         {"chat_id": "wrBUSY", "errcode": 90507, "errmsg": "transferring"},
+                                         {"chat_id": "wrBAD", "errcode": 90501, "errmsg": "not a customer group"}]}
+
+    plan = Plan(groups=[GroupPlanRow(c, "zhangsan", "lisi") for c in ("wrNEW", "wrDONE", "wrBUSY", "wrBAD")])
+    db = wired.extensions["scrm.db"]
+    with db.sessions() as s:
+        result = run_plan(s, GroupApi(), plan, datetime.now(UTC))
+        assert (result.groups_moved, result.groups_already, result.groups_failed) == (1, 2, 1)
+        statuses = dict(s.execute(select(GroupTransfer.chat_id, GroupTransfer.status)).all())
+    assert statuses == {"wrNEW": "succeeded", "wrDONE": "already", "wrBUSY": "already", "wrBAD": "failed"}

@@ -146,7 +146,8 @@ def run_cmd(cli: CliContext, message: str | None, yes: bool, no_progress: bool, 
                + (f", {result.under_way} already being handed over in WeCom" if result.under_way else "")
                + (f"; groups moved {result.groups_moved}, failed {result.groups_failed}, without an answer "
                   f"{result.groups_unknown}" if plan.groups else "")
-               + (f", moved before this run (WeCom 90508) {result.groups_already}" if result.groups_already else ""))
+               + (f", moved or being moved before this run (WeCom 90508 / 90507) {result.groups_already}"
+                  if result.groups_already else ""))
     for reason, n in result.errors.most_common():
         click.echo(f"  {n} × {reason}")
 

@@ -46,6 +46,7 @@ RESULT_STATUS = {1: "succeeded", 2: "waiting", 3: "refused", 4: "takeover_full",
 IN_FLIGHT = ("planned", "waiting")  # asked of WeCom (or about to be), not yet settled
 UNDER_WAY = 40129  # 客户正在转接中: WeCom already hands this customer over (a retry, another tool)
 GROUP_ALREADY_MOVED = 90508  # 离职群已经继承
+GROUP_BEING_MOVED = 90507  # 离职群正在继承处理中
 BUSY = -1  # may come after WeCom acted: like no answer, the poll tells
 GROUPS_UNANSWERED = "no answer from WeCom: a new departed plan lists the group again if it was not moved"
 FAIL_REASONS = {"customer_refused": "refused", "customer_limit_exceed": "takeover_full"}
@@ -306,7 +307,8 @@ class RunResult:
     groups_moved: int = 0
     groups_failed: int = 0
     groups_unknown: int = 0  # no answer: a new departed plan shows those WeCom did not move
-    groups_already: int = 0  # 90508: moved before this run (an earlier run, a double submit, the admin console)
+    # 90508 / 90507: moved, or being moved, before this run (an earlier run, a double submit, the admin console)
+    groups_already: int = 0
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -419,9 +421,10 @@ def _move_groups(session: Session, api: Any, plan: Plan, result: RunResult, now:
             for chat_id in chunk:
                 bad = failed.get(chat_id)
                 code = int(bad["errcode"]) if bad else None
-                # 90508: moved before this call (an earlier run, the other half of a double submit, an
-                # unanswered call that WeCom did): not this run's move, and perhaps to another owner.
-                status = "succeeded" if code is None else "already" if code == GROUP_ALREADY_MOVED else "failed"
+                # 90508 / 90507: moved, or being moved, before this call (an earlier run, the other half of a
+                # double submit, an unanswered call WeCom did): not this run's move, perhaps to another owner.
+                status = ("succeeded" if code is None else
+                          "already" if code in (GROUP_ALREADY_MOVED, GROUP_BEING_MOVED) else "failed")
                 session.add(GroupTransfer(batch=result.batch, chat_id=chat_id, handover_userid="",
                                           takeover_userid=new_owner, status=status,
                                           errcode=code, errmsg=str(bad.get("errmsg") or "")[:255] if bad else None,

@@ -97,7 +97,7 @@ class GroupTransfer(Base):
     chat_id: Mapped[str] = mapped_column(ByteOrderString(128))
     handover_userid: Mapped[str] = mapped_column(String(64))
     takeover_userid: Mapped[str] = mapped_column(String(64))
-    # planned | succeeded | failed | unknown (no answer) | already (90508: moved before this run)
+    # planned | succeeded | failed | unknown (no answer) | already (90508 / 90507: moved or being moved before this run)
     status: Mapped[str] = mapped_column(String(16), default="planned")
     errcode: Mapped[int | None]
     errmsg: Mapped[str | None] = mapped_column(String(255))

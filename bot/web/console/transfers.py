@@ -64,7 +64,7 @@ def transfers_run() -> Any:
     logger.info("console: hand-over batch %s run: %d started, %d refused, %d unanswered, %d groups moved",
                 result.batch, result.started, result.failed, result.unknown, result.groups_moved)
     unanswered = f"，未得到答复 {result.groups_unknown} 个（再次试算会列出未转交的群）" if result.groups_unknown else ""
-    already = f"，此前已转交 {result.groups_already} 个" if result.groups_already else ""
+    already = f"，此前已转交或正在转交 {result.groups_already} 个" if result.groups_already else ""
     groups = (f"；客户群转交 {result.groups_moved} 个{already}，失败 {result.groups_failed} 个{unanswered}"
               if plan.groups else "")
     under_way = f"，已在 WeCom 交接中 {result.under_way} 位" if result.under_way else ""
