@@ -57,6 +57,17 @@ def test_create_list_update_delete_sync(wired, sandbox, tmp_path):
     assert "poster" not in scrm("channels", "list").output
 
 
+def test_sync_brings_in_codes_made_elsewhere_long_ago(wired, sandbox, tmp_path):
+    """Without a start_time list_contact_way lists the last 90 days only (WECOM-GROUPS.md §1.2)."""
+    _setup(wired, sandbox, tmp_path)
+    control(sandbox, "contact_ways/import", {"state": "poster2024", "user": ["wangwu"], "remark": "旧海报"})
+    control(sandbox, "clock/advance", {"seconds": 200 * 86400})
+    later = datetime.now(UTC) + timedelta(days=200)
+    assert "imported 1" in scrm_runner(wired, tmp_path, clock=lambda: later)("channels", "sync").output
+    [call] = read(sandbox, "calls", path="externalcontact/list_contact_way")
+    assert call["body"]["start_time"] == 1625846400
+
+
 def test_expired_channel_is_deleted_on_sync(wired, sandbox, tmp_path):
     scrm = _setup(wired, sandbox, tmp_path)
     now = datetime.now(UTC)

@@ -245,13 +245,19 @@ class ChannelSync:
     without_state: int = 0
 
 
+# list_contact_way lists codes made from 2021-07-10 on, and without a start_time only the last 90 days'
+# (WECOM-GROUPS.md §1.2): a sync asks from that day so older codes made elsewhere come in too.
+LISTABLE_SINCE = 1625846400  # 2021-07-10 00:00 +08:00
+
+
 def sync_channels(session: Session, api: Any, now: datetime, start_time: int | None = None) -> ChannelSync:
     """Reconcile with list_contact_way + get_contact_way: WeCom is the truth for members, skip-verify
     and the QR code; codes made elsewhere with a state become channels; ours WeCom no longer has are
     marked missing; expired ones are deleted in WeCom."""
     result = ChannelSync()
     rows = {r.config_id: r for r in session.scalars(select(Channel).where(Channel.config_id.is_not(None)))}
-    ids = list(dict.fromkeys([*api.gen_contact_way_ids(start_time=start_time), *rows]))
+    since = LISTABLE_SINCE if start_time is None else start_time
+    ids = list(dict.fromkeys([*api.gen_contact_way_ids(start_time=since), *rows]))
     result.listed = len(ids)
     for config_id in ids:
         try:
