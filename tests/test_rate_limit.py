@@ -42,6 +42,28 @@ def test_any_minute_stays_within_the_limit():
     assert buckets.acquire("kf/send_msg") == 0  # another API has its own bucket
 
 
+def sliding_counts(stamps: list[float], window: float) -> int:
+    """The most calls any window of this many seconds holds."""
+    most, first = 0, 0
+    for last, stamp in enumerate(stamps):
+        while stamps[first] <= stamp - window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def test_any_hour_stays_within_the_hourly_limit_too():
+    """WeCom's 150,000/hour per API (a 60-minute block past it) binds long before 10,000/min does."""
+    clock = FakeClock()
+    buckets = LocalBuckets(600, clock=clock, sleep=clock.sleep, per_hour=1200)
+    stamps = []
+    for _ in range(3000):
+        buckets.acquire("externalcontact/batch/get_by_user")
+        stamps.append(clock.now)
+    assert sliding_counts(stamps, 3600) <= 1200 and sliding_counts(stamps, 60) <= 600
+    assert stamps[-1] > 2 * 3600  # paced by the hour, not by the minute (3,000 calls at 9/s: 5 minutes)
+
+
 def test_api_path_is_the_endpoint():
     assert api_path("https://qyapi.weixin.qq.com/cgi-bin/externalcontact/get?external_userid=x",
                     "https://qyapi.weixin.qq.com/cgi-bin/") == "externalcontact/get"
@@ -87,7 +109,11 @@ def test_processes_share_one_bucket_through_redis():
         assert all(w > 0 for w in waits[61:]) and waits[-1] > waits[61]
         assert 0.9 < waits[-1] < 1.2  # ten calls over the burst at 9 per second
         assert first.reserve("kf/send_msg") == 0
+        hourly = RedisBuckets(client, 600, prefix + "h", sleep=slept.append, per_hour=100)  # a burst of 10
+        assert [hourly.reserve("kf/sync_msg") for _ in range(10)] == [0] * 10
+        assert hourly.reserve("kf/sync_msg") > 30  # the 11th waits for the hour's bucket (0.025 per second)
+        assert 0 < client.ttl(f"{prefix}h:kf/sync_msg:hour") <= 3660 and client.ttl(f"{prefix}h:kf/sync_msg") <= 60 + 7
     finally:
-        for key in client.keys(f"{prefix}:*"):
+        for key in client.keys(f"{prefix}*"):
             client.delete(key)
         client.close()

@@ -83,6 +83,7 @@ class WeComSettings:
     busy_retries: int = 3
     busy_backoff_seconds: float = 2.0
     rate_limit_per_minute: int = 10000
+    rate_limit_per_hour: int = 150000
 
 
 @dataclass(frozen=True)
@@ -669,6 +670,7 @@ def _check_campaigns(settings: Settings) -> None:
     _check_positive("broadcasts.dispatch_minutes", b.dispatch_minutes)
     _check_positive("sequences.run_every_minutes", settings.sequences.run_every_minutes)
     _check_positive("wecom.rate_limit_per_minute", settings.wecom.rate_limit_per_minute)
+    _check_positive("wecom.rate_limit_per_hour", settings.wecom.rate_limit_per_hour)
     _check_positive("worker.lease_seconds", settings.worker.lease_seconds)
     if settings.worker.threads > 32:
         raise ConfigError(f"worker.threads must be 1–32, got {settings.worker.threads}")

@@ -195,15 +195,15 @@ def session_storage(settings: Settings) -> SessionStorage:
 def rate_limiter(settings: Settings, sleep: Callable[[float], None] = time.sleep,
                  redis_client: Any = None) -> RateLimiter:
     """Per-API token buckets: in Redis (shared by every process) when configured, else in memory."""
-    per_minute = settings.wecom.rate_limit_per_minute
+    per_minute, per_hour = settings.wecom.rate_limit_per_minute, settings.wecom.rate_limit_per_hour
     if settings.redis.url:
         if redis_client is None:
             import redis
 
             redis_client = redis.Redis.from_url(settings.redis.url)
         prefix = f"{settings.redis.key_prefix}:ratelimit:{settings.wecom.corp_id}"
-        return RedisBuckets(redis_client, per_minute, prefix, sleep=sleep)
-    return LocalBuckets(per_minute, sleep=sleep)
+        return RedisBuckets(redis_client, per_minute, prefix, sleep=sleep, per_hour=per_hour)
+    return LocalBuckets(per_minute, sleep=sleep, per_hour=per_hour)
 
 
 def build_clients(settings: Settings, session: SessionStorage | None = None,

@@ -1,11 +1,11 @@
-"""Token buckets that keep each WeCom API under its per-minute limit (WECOM.md §9: per corp per
-API; going over blocks the API for 60 s with 45009). One bucket per API path; with Redis the
-bucket is shared by every process (an atomic Lua script on Redis' own clock), otherwise it is
-per process.
+"""Token buckets that keep each WeCom API under its per-minute and per-hour limits (WECOM.md §9: per
+corp per API 10,000/min and 150,000/hour; going over blocks the API for 60 s, or for 60 min after the
+hour's limit, with 45009). Two buckets per API path; with Redis they are shared by every process (an
+atomic Lua script on Redis' own clock), otherwise they are per process.
 
-Any 60-second window may let through at most ``burst + refill × 60`` calls, so the refill is
-set to ``(limit − burst) / 60`` per second: a full burst followed by a minute of steady calls
-still stays within the limit. A caller over the rate gets a reservation and sleeps until it.
+Any window of ``W`` seconds may let through at most ``burst + refill × W`` calls, so the refill is
+set to ``(limit − burst) / W`` per second: a full burst followed by a window of steady calls still
+stays within the limit. A caller over either rate gets a reservation and sleeps until it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-BURST_SHARE = 10  # a tenth of the per-minute limit may go at once
+BURST_SHARE = 10  # a tenth of a window's limit may go at once
+MINUTE, HOUR = 60.0, 3600.0
 
 
 class RateLimiter(Protocol):
@@ -23,27 +24,36 @@ class RateLimiter(Protocol):
         """Take one call's token for ``api``, sleeping if needed; returns the seconds waited."""
 
 
-def bucket_shape(per_minute: int) -> tuple[float, float]:
-    """(burst capacity, refill tokens per second) for a per-minute limit."""
-    burst = max(1.0, per_minute / BURST_SHARE)
-    return burst, max(per_minute - burst, 1.0) / 60.0
+def bucket_shape(limit: int, window_seconds: float = MINUTE) -> tuple[float, float]:
+    """(burst capacity, refill tokens per second) for a limit per window."""
+    burst = max(1.0, limit / BURST_SHARE)
+    return burst, max(limit - burst, 1.0) / window_seconds
+
+
+def shapes(per_minute: int, per_hour: int | None) -> list[tuple[str, float, float]]:
+    """(key suffix, capacity, refill per second) of each bucket an API call takes a token from."""
+    return [("", *bucket_shape(per_minute, MINUTE))] + (
+        [(":hour", *bucket_shape(per_hour, HOUR))] if per_hour else [])
 
 
 class LocalBuckets:
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.capacity, self.rate = bucket_shape(per_minute)
+                 sleep: Callable[[float], None] = time.sleep, per_hour: int | None = None) -> None:
+        self.shapes = shapes(per_minute, per_hour)
         self.clock, self.sleep = clock, sleep
         self._state: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     def reserve(self, api: str) -> float:
+        wait = 0.0
         with self._lock:
             now = self.clock()
-            tokens, stamp = self._state.get(api, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - stamp) * self.rate) - 1
-            self._state[api] = (tokens, now)
-        return 0.0 if tokens >= 0 else -tokens / self.rate
+            for suffix, capacity, rate in self.shapes:
+                tokens, stamp = self._state.get(api + suffix, (capacity, now))
+                tokens = min(capacity, tokens + (now - stamp) * rate) - 1
+                self._state[api + suffix] = (tokens, now)
+                wait = max(wait, 0.0 if tokens >= 0 else -tokens / rate)
+        return wait
 
     def acquire(self, api: str) -> float:
         wait = self.reserve(api)
@@ -52,7 +62,8 @@ class LocalBuckets:
         return wait
 
 
-# KEYS[1] bucket; ARGV capacity, refill per second. Returns the wait in microseconds.
+# KEYS[1] bucket; ARGV capacity, refill per second, seconds to keep an idle bucket. Returns the wait in
+# microseconds.
 _RESERVE = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
@@ -63,7 +74,7 @@ local tokens = tonumber(state[1]) or capacity
 local stamp = tonumber(state[2]) or now
 tokens = math.min(capacity, tokens + (now - stamp) * rate) - 1
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], 120)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 if tokens >= 0 then return 0 end
 return math.ceil(-tokens / rate * 1000000)
 """
@@ -71,14 +82,18 @@ return math.ceil(-tokens / rate * 1000000)
 
 class RedisBuckets:
     def __init__(self, client: Any, per_minute: int, prefix: str,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.capacity, self.rate = bucket_shape(per_minute)
+                 sleep: Callable[[float], None] = time.sleep, per_hour: int | None = None) -> None:
+        self.shapes = shapes(per_minute, per_hour)
         self.prefix, self.sleep = prefix, sleep
         self._script = client.register_script(_RESERVE)
 
     def reserve(self, api: str) -> float:
-        micros = self._script(keys=[f"{self.prefix}:{api}"], args=[repr(self.capacity), repr(self.rate)])
-        return int(micros) / 1_000_000
+        micros = 0
+        for suffix, capacity, rate in self.shapes:
+            keep = int(capacity / rate) + 60  # an idle bucket is full again by then
+            micros = max(micros, int(self._script(keys=[f"{self.prefix}:{api}{suffix}"],
+                                                  args=[repr(capacity), repr(rate), keep])))
+        return micros / 1_000_000
 
     def acquire(self, api: str) -> float:
         wait = self.reserve(api)
