@@ -78,6 +78,31 @@ def test_a_lost_job_is_enqueued_again_by_the_sweep_and_runs_once(callbacks, db, 
     assert worker.sweep_once() == {"events": 0, "sends": 0}  # handled: nothing is due
 
 
+def test_a_killed_workers_job_is_queued_again_once_its_lease_has_run_out(callbacks, db, processor, tasks):
+    """kill -9 leaves its RQ job "started" until RQ's own clean-up minutes later, and a sweep that took a
+    started job for a live one left the event (and its welcome, whose code lives 20 s) with it."""
+    from datetime import UTC, datetime, timedelta
+
+    from rq.job import JobStatus
+
+    assert callbacks.post(no_handler_event(1)).status_code == 200
+    [job] = tasks.queue.get_jobs()
+    tasks.queue.remove(job.id)  # what the dead worker took: started 30 s ago, its claim never renewed
+    job.set_status(JobStatus.STARTED)
+    job.started_at = datetime.now(UTC) - timedelta(seconds=30)
+    job.save()
+    lease = processor.settings.worker.lease_seconds
+    with db.begin() as s:
+        event = s.scalar(select(InboxEvent))
+        event.status, event.attempts = "processing", 1
+        event.locked_at = processor.clock() - timedelta(seconds=lease + 1)
+    worker = QueueWorker(processor, tasks, sweep_seconds=60)
+    assert worker.sweep_once() == {"events": 1, "sends": 0}
+    assert worker.sweep_once() == {"events": 0, "sends": 0}  # queued once, not on every sweep
+    worker.run(burst=True)
+    assert [(e.status, e.attempts) for e in events(db)] == [("unhandled", 2)]
+
+
 def test_with_redis_down_the_webhook_stores_and_answers_200_and_the_worker_works_in_process(
         app, callbacks, db, processor, redis_down, caplog):
     app.extensions["scrm.tasks"] = redis_down

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -73,23 +74,48 @@ class TaskQueue:
         except redis.RedisError:
             return False
 
-    def without_live_job(self, job_ids: Iterable[str]) -> list[str]:
-        """The given job ids that have no job still to run (never queued, lost, finished or failed)."""
+    def without_live_job(self, job_ids: Iterable[str], dead_after_seconds: float | None = None) -> list[str]:
+        """The given job ids that have no job still to run (never queued, lost, finished or failed).
+        ``dead_after_seconds``: the ids are of due rows, and a job started longer ago than this is a
+        killed worker's (a live job holds its row's claim and renews it, so its row is not due): RQ
+        would call it started until its own clean-up, minutes later. It is deleted and counts as gone."""
         ids = list(job_ids)
         if not ids:
             return []
         jobs: list[Any] = Job.fetch_many(ids, connection=self.connection)
-        return [job_id for job_id, job in zip(ids, jobs, strict=True)
-                if job is None or job.get_status(refresh=False) not in LIVE]
+        now = datetime.now(UTC)
+        gone = []
+        for job_id, job in zip(ids, jobs, strict=True):
+            status = None if job is None else job.get_status(refresh=False)
+            if status is not None and status == JobStatus.STARTED and dead_after_seconds is not None \
+                    and _started_before(job, now, dead_after_seconds):
+                logger.warning("%s was started %s and its row is due again: its worker died; queued anew",
+                               job_id, job.started_at)
+                job.delete()
+                status = None
+            if status not in LIVE:
+                gone.append(job_id)
+        return gone
 
-    def sweep(self, due_events: list[int], due_sends: list[int]) -> dict[str, int]:
+    def sweep(self, due_events: list[int], due_sends: list[int],
+              dead_after_seconds: float | None = None) -> dict[str, int]:
         """Enqueue every due row whose job is gone: a lost job (Redis restarted without its data, an
-        enqueue that failed while Redis was down), or a failed event whose back-off has passed."""
+        enqueue that failed while Redis was down), a killed worker's job (see :meth:`without_live_job`),
+        or a failed event whose back-off has passed."""
         events = {inbox_job_id(i): i for i in due_events}
         sends = {outbox_job_id(i): i for i in due_sends}
         requeued = {"events": 0, "sends": 0}
-        for job_id in self.without_live_job(events):
+        for job_id in self.without_live_job(events, dead_after_seconds):
             requeued["events"] += self.enqueue_event(events[job_id])
-        for job_id in self.without_live_job(sends):
+        for job_id in self.without_live_job(sends, dead_after_seconds):
             requeued["sends"] += self.enqueue_send(sends[job_id])
         return requeued
+
+
+def _started_before(job: Any, now: datetime, seconds: float) -> bool:
+    started = job.started_at
+    if started is None:
+        return False
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
+    return (now - started).total_seconds() > seconds

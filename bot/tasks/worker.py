@@ -47,7 +47,10 @@ class QueueWorker:
         if sender is not None:
             sender.recover_stale()
             due_sends = sender.due_ids()
-        return self.tasks.sweep(self.processor.due_ids(), due_sends)
+        # A due row whose job started longer ago than a lease: the worker running it died (a live one
+        # claims the row at once and renews the claim).
+        return self.tasks.sweep(self.processor.due_ids(), due_sends,
+                                dead_after_seconds=self.processor.settings.worker.lease_seconds)
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.sweep_seconds):
