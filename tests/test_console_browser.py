@@ -97,6 +97,10 @@ def test_an_operator_builds_previews_schedules_and_measures_a_tiered_broadcast(a
     expect(page.locator("#live-total")).to_have_text("7")
     counts = page.inner_text("#live-count")
     assert "高价值（high）\t3" in counts and "中价值（mid）\t4" in counts
+    page.fill("#builder input[name=p_alive_below]", "0.5")  # every filter counts (no prediction fitted: none)
+    expect(page.locator("#live-total")).to_have_text("0")
+    page.fill("#builder input[name=p_alive_below]", "")
+    expect(page.locator("#live-total")).to_have_text("7")
 
     page.fill("input[name=name]", "双十二预热")
     page.fill("textarea[name=tpl_default]", "{{ brand }} 双十二预热开始啦")

@@ -343,6 +343,8 @@ def test_a_tag_creator_may_make_a_new_tag(overrides, sandbox, sandbox_state):
     ({"rfm_segment": "important_retain", "value_tier": "mid"}, "回归礼券"),
     ({"rfm_segment": "general_keep", "value_tier": "mid"}, "限时折扣"),
     ({"rfm_segment": None, "value_tier": "low"}, "选购指南"),
+    # 退订: no member-day invitation or coupon from the sidebar either, whatever the tier
+    ({"rfm_segment": "important_value", "value_tier": "high", "opted_out": True}, "售后"),
 ])
 def test_next_best_action_follows_the_tier(tiers, template_words):
     from types import SimpleNamespace
@@ -350,6 +352,6 @@ def test_next_best_action_follows_the_tier(tiers, template_words):
     from bot.outbox.messages import MessageTemplates
     from bot.web.sidebar.card import next_best_action
 
-    customer = SimpleNamespace(name="陈小姐", external_userid=OWN, stage=None, **tiers)
+    customer = SimpleNamespace(name="陈小姐", external_userid=OWN, stage=None, **{"opted_out": False, **tiers})
     action = next_best_action(customer, MessageTemplates(), "好物店")  # type: ignore[arg-type]
     assert template_words in action.text and "陈小姐" in action.text and "好物店" in action.text

@@ -90,6 +90,9 @@ class CustomerFilter:
 
 
 PREDICTION_NUMBERS = ("p_alive_below", "predicted_value_above", "expected_purchases_above")
+# Every request argument CustomerFilter.from_args reads for the audience: the builder's live count
+# sends these (the page renders them into the form, so the two cannot drift apart).
+AUDIENCE_ARGS = (*LIST_KEYS, "tag", "owner", "has_ordered", *PREDICTION_NUMBERS, "next_order_before", "channel")
 
 
 def _number(text: str) -> float | str:

@@ -64,6 +64,7 @@ from bot.tagging.rules import TagRules
 from bot.tagging.system import check_tags, merge_tags
 from bot.web.console import accounts, handover, users
 from bot.web.console.customers import (
+    AUDIENCE_ARGS,
     CustomerFilter,
     channel_choices,
     csv_chunks,
@@ -422,6 +423,7 @@ def broadcast_new() -> Any:
         choices = _choices(s)
     return render_template("console/broadcast_new.html", form=form, choices=choices, preview=result,
                            error=error, default_holdout=_settings().broadcasts.holdout_percent,
+                           audience_args=AUDIENCE_ARGS,
                            tiers=value_tier_names(_settings()), coupons=_coupon_choices()), status
 
 

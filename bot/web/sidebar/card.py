@@ -57,6 +57,8 @@ NEXT_BEST_ACTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("value_tier", "mid", "flash", "限时折扣提醒"),
 )
 DEFAULT_ACTION = ("content", "日常内容关怀")
+# A customer who sent 退订 gets no promotion from the sidebar either: service only, whatever the tier.
+OPTED_OUT_ACTION = ("service", "已退订营销消息：只做服务，不推促销")
 
 
 def customer_digest(external_userid: str) -> str:
@@ -302,11 +304,12 @@ def next_best_action(customer: Customer, templates: MessageTemplates, brand: str
                      group: dict[str, str] | None = None) -> NextBestAction:
     """The first matching action's ready text; ``group`` (the customer's tier's group with a join code)
     lets the text invite them to it."""
-    name, title = DEFAULT_ACTION
-    for dimension, value, template, what in NEXT_BEST_ACTIONS:
-        if getattr(customer, dimension) == value:
-            name, title = template, what
-            break
+    name, title = OPTED_OUT_ACTION if customer.opted_out else DEFAULT_ACTION
+    if not customer.opted_out:
+        for dimension, value, template, what in NEXT_BEST_ACTIONS:
+            if getattr(customer, dimension) == value:
+                name, title = template, what
+                break
     rendered = templates.render("nba", name, tier_keys(customer), customer=customer_vars(customer), brand=brand,
                                 tier_group=group)
     return NextBestAction(title, rendered.template, rendered.text)

@@ -101,7 +101,7 @@
     var total = document.getElementById("live-total");
     var table = document.getElementById("live-count");
     var error = document.getElementById("live-error");
-    var audienceKeys = ["value_tiers", "rfm_segments", "stages", "engagement", "activity", "tag", "owner", "has_ordered"];
+    var audienceKeys = (form.getAttribute("data-audience-keys") || "").split(" ");
     var timer = null, seq = 0;
 
     function query() {
@@ -138,7 +138,9 @@
 
     form.addEventListener("change", function () { clearTimeout(timer); timer = setTimeout(refresh, 150); });
     form.addEventListener("input", function (event) {
-      if (event.target.name === "tag" || event.target.name === "owner") { clearTimeout(timer); timer = setTimeout(refresh, 400); }
+      if (audienceKeys.indexOf(event.target.name) >= 0 && event.target.type !== "checkbox") {
+        clearTimeout(timer); timer = setTimeout(refresh, 400);
+      }
     });
     refresh();
   }
