@@ -66,6 +66,28 @@ def test_order_thresholds_tag_customers_once_and_sync_pushes_them(scrm, db, sand
     assert "customers 0" in scrm("sync", "tags")
 
 
+def test_a_tag_another_process_made_in_wecom_first_is_taken_not_left_unpushed(scrm, db, sandbox, corp, tmp_path):
+    """Two adds of one channel at once both create its tag: the loser got 40071 and its customers' tags
+    were never pushed (push errors are not retried)."""
+    from bot.tagging.sync import push_pending
+    from bot.wecom.client import WeComClient
+
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan"}], "contacts": [
+        {"userid": "zhangsan", "external_userid": "wmONE", "name": "新客"}]})
+    scrm("sync", "contacts")
+    orders = tmp_path / "orders.csv"
+    orders.write_text("order_id,external_userid,amount,paid_at\no3,wmONE,9.90,2026-11-03T10:00:00+08:00\n",
+                      encoding="utf-8")
+    assert "first_order +1" in scrm("import-orders", str(orders), "--no-progress")
+    contact = WeComClient(corp.corp_id, secret_for(corp, "contact"), api_base_url=f"{sandbox.url}/cgi-bin/")
+    contact.external_contact.add_corp_tag(None, "交易", None, [{"name": "客户首单"}])  # the other process
+    with db.begin() as s:  # what the tags_push job and an add's own push do (`scrm sync tags` pulls first)
+        result = push_pending(s, contact)
+    assert (result.customers, result.added, result.failed) == (1, 1, 0)
+    follows = requests.get(f"{sandbox.url}/_sandbox/contacts/wmONE", timeout=5).json()["follows"]
+    assert {t["tag_name"] for t in follows[0]["tags"]} == {"客户首单"}
+
+
 def test_moment_likes_and_comments_become_interactions_once(scrm, db, sandbox):
     control(sandbox, "seed", {"staff": [{"userid": "zhangsan"}, {"userid": "lisi"}], "contacts": [
         {"userid": "zhangsan", "external_userid": "wmFAN", "name": "粉丝"}]})

@@ -18,6 +18,7 @@ from bot.tagging.system import mark_pushed
 
 logger = logging.getLogger(__name__)
 MAX_CORP_TAGS = 3000  # corp + strategy tags per corp
+TAG_NAME_EXISTS = 40071  # add_corp_tag: a tag of this name is in the group already
 TAG_LIMIT_ERRORS = frozenset({40126})  # 企业标签个数达到上限
 NOT_EXTERNAL_CONTACT = 84061
 
@@ -119,9 +120,16 @@ def create_in_wecom(session: Session, contact_client: Any, tags: Iterable[Tag]) 
                                   f"{len(group_tags)} more needed")
         group = session.get(TagGroup, group_id)
         assert group is not None
-        answer = contact_client.external_contact.add_corp_tag(
-            group.wecom_group_id or None, None if group.wecom_group_id else group.name, None,
-            [{"name": t.name} for t in group_tags])
+        try:
+            answer = contact_client.external_contact.add_corp_tag(
+                group.wecom_group_id or None, None if group.wecom_group_id else group.name, None,
+                [{"name": t.name} for t in group_tags])
+        except WeChatClientException as exc:
+            if exc.errcode != TAG_NAME_EXISTS:
+                raise
+            # Another process (a second add in the same burst, the admin console) made the tag first:
+            # take WeCom's ids for these names instead of leaving the customers' tags unpushed.
+            answer = {"tag_group": _existing_group(contact_client, group)}
         data = answer.get("tag_group", {})
         group.wecom_group_id = data.get("group_id", group.wecom_group_id)
         ids = {t["name"]: t["id"] for t in data.get("tag", [])}
@@ -132,6 +140,13 @@ def create_in_wecom(session: Session, contact_client: Any, tags: Iterable[Tag]) 
         count += len(group_tags)
     session.flush()
     return created
+
+
+def _existing_group(contact_client: Any, group: TagGroup) -> dict[str, Any]:
+    """WeCom's tag group with this id, or else this name ({} if none)."""
+    groups = contact_client.external_contact.get_corp_tag_list().get("tag_group", []) or []
+    by_id = next((g for g in groups if group.wecom_group_id and g.get("group_id") == group.wecom_group_id), None)
+    return by_id or next((g for g in groups if g.get("group_name") == group.name), {})
 
 
 def _wecom_tag_count(contact_client: Any) -> int:
