@@ -271,7 +271,15 @@ def test_customers_filter_by_tiers_and_opt_out(seeded, console):
     assert _names(opted, all_ids) == ["wm000006"]
     assert client.get("/console/customers", query_string={"value_tiers": "gold"}).status_code == 400
     assert client.get("/console/customers", query_string={"tag": "nope"}).status_code == 400
-    assert client.get("/console/customers", query_string={"after": "x"}).status_code == 400
+    refused = client.get("/console/customers", query_string={"after": "x"},
+                         headers={"Referer": "http://localhost/console/customers?value_tiers=high"})
+    page = refused.get_data(as_text=True)  # a console page in Chinese with the way back, not Werkzeug's
+    assert refused.status_code == 400 and "请求有误" in page and "after must be a customer id" in page
+    assert 'href="/console/customers?value_tiers=high"' in page and "客户分层 · 运营控制台" in page
+    stale = client.post("/console/broadcasts/new", data={"csrf_token": "from-before-a-restart"})
+    assert stale.status_code == 400 and "表单已过期" in stale.get_data(as_text=True)
+    counted = client.get("/console/broadcasts/count.json", query_string={"value_tiers": "gold"})
+    assert counted.status_code == 400 and "gold" in counted.get_json()["error"]
 
 
 def test_customer_pages_are_keyset_pages(console, db):

@@ -84,7 +84,9 @@ def demo(cli: CliContext, customers: int, events: int, retry_share: float, datab
         if no_serve:
             return
         click.echo(f"\nserving — webhook {run.bot.url}/wecom/callback · health {run.bot.url}/healthz · "
-                   f"sandbox control {run.sandbox.url}/_sandbox/state\n{console}\nCtrl-C to stop.")
+                   f"sandbox control {run.sandbox.url}/_sandbox/state\n{console}\n"
+                   "no scheduler runs in the demo (its figures stay as printed): a broadcast scheduled in its "
+                   "console stays scheduled; `scrm serve` on your own database runs the scheduler.\nCtrl-C to stop.")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Flask, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
+from werkzeug.exceptions import HTTPException
 
 from bot.campaigns import group_broadcasts
 from bot.campaigns.broadcasts import BroadcastError, next_cron_time, tier_key_names
@@ -38,6 +39,7 @@ bp = Blueprint("console_groups", __name__, url_prefix="/console/groups")
 bp.before_request(views._guard)
 bp.after_request(views._headers)
 bp.context_processor(views._labels)
+bp.register_error_handler(HTTPException, views.console_error)
 PAGE = 100
 SEARCH_MAX = 100
 MEMBERS_SHOWN = 300

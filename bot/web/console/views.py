@@ -30,6 +30,7 @@ from flask import (
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException
 
 from bot.campaigns.audience import ALL_STAGES, NO_CHANNEL, Audience, AudienceError, count_per_value_tier
 from bot.campaigns.broadcasts import (
@@ -155,7 +156,7 @@ def _guard() -> Response | None:
     if request.method == "POST":
         given = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token")
         if not accounts.same_token(given, session.get("csrf")):
-            _refuse(400, "missing or stale form token (CSRF); reload the page and try again")
+            _refuse(400, "表单已过期（CSRF 令牌缺失或失效）：请返回、刷新页面后重试。")
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     operator = _signed_in()
@@ -167,6 +168,25 @@ def _guard() -> Response | None:
     if request.method == "POST" and operator.role == "viewer" and request.endpoint not in ANY_ROLE_POSTS:
         _refuse(403, "viewers cannot change anything")
     return None
+
+
+ERROR_HEADLINES = {400: "请求有误", 401: "请先登录", 403: "没有权限", 404: "找不到", 405: "不支持的操作",
+                   413: "内容过大", 429: "请求过于频繁"}
+
+
+@bp.errorhandler(HTTPException)
+def console_error(exc: HTTPException) -> Any:
+    """A refusal on a console page is a console page in Chinese with a way back (the browser keeps what
+    was typed), not Werkzeug's bare English one; a .json endpoint answers JSON."""
+    if exc.code is None or exc.code >= 500:
+        return exc
+    if request.path.endswith(".json"):
+        return jsonify(error=exc.description), exc.code
+    referrer = urlsplit(request.referrer or "")
+    back = (f"{referrer.path}?{referrer.query}" if referrer.query else referrer.path) \
+        if referrer.netloc == request.host and referrer.path.startswith(bp.url_prefix + "/") else ""
+    return render_template("console/error.html", status=exc.code, headline=ERROR_HEADLINES.get(exc.code, "出错了"),
+                           message=exc.description, back=_safe_next(back)), exc.code
 
 
 def _signed_in() -> Operator | None:
