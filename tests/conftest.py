@@ -3,6 +3,7 @@ SCRM_TEST_DATABASE_URL is set), the app, the WeCom sandbox, and a signed-callbac
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -160,3 +161,13 @@ def wired(overrides: dict[str, dict[str, Any]], sandbox: BackgroundServer,
 @pytest.fixture
 def callbacks(client: Any, corp: SandboxConfig) -> Callbacks:
     return Callbacks(client, corp)
+
+
+@pytest.fixture(autouse=True)
+def _sql_echo_stays_in_its_test() -> Iterator[None]:
+    """``database.echo`` sets the ``sqlalchemy.engine`` logger's level for the whole process (as it should in
+    a service): the next test gets the level it had, not every statement logged."""
+    engine_log = logging.getLogger("sqlalchemy.engine")
+    level = engine_log.level
+    yield
+    engine_log.setLevel(level)

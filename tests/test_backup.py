@@ -4,6 +4,7 @@ a scrm database at a known schema refused in one line, the database left as it w
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -178,10 +179,85 @@ def test_backup_keeps_an_existing_file_unless_forced_and_names_files_in_a_direct
     assert backup.check_scrm_database(dest)
     out = scrm(database_url, "backup", str(tmp_path), "--no-progress")
     assert (tmp_path / "scrm-20261201-120000.db").is_file(), out  # 04:00 UTC in Asia/Shanghai
-    assert "is not a directory" in scrm(database_url, "backup", str(tmp_path / "no" / "such" / "dir.db"), ok=False)
+    out = scrm(database_url, "backup", str(tmp_path / "no" / "such" / "dir.db"), ok=False)
+    assert f"no such directory: {tmp_path / 'no' / 'such'}" in out
     missing = tmp_path / "nothing-here.db"
     assert "nothing to back up" in scrm(f"sqlite:///{missing}", "backup", str(tmp_path / "x.db"), ok=False)
     assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []
+
+
+def refused(database_url: str, *args: str) -> str:
+    """The one line a refused `scrm backup … --force` prints."""
+    out = scrm(database_url, "backup", *args, "--force", "--no-progress", ok=False)
+    assert out.startswith("Error: ") and out.count("\n") == 1, out
+    return out
+
+
+@sqlite_only
+@pytest.mark.parametrize("spelling", ["dotdot", "symlink", "hardlink", "-wal", "-shm", "-journal"])
+def test_backup_never_replaces_the_database_or_its_own_files(database_url, tmp_path, spelling):
+    source = sqlite_file(database_url)
+    assert source is not None
+    (tmp_path / "x").mkdir()
+    with closing(sqlite3.connect(source)) as service:  # a running service: WAL, with commits in the -wal
+        service.execute("PRAGMA journal_mode=WAL")
+        seed(source, 10)
+        own = [source.with_name(source.name + suffix) for suffix in ("-wal", "-shm")]
+        before = {p: p.read_bytes() for p in (source, *own)}
+        if spelling == "dotdot":
+            dest = tmp_path / "x" / ".." / source.name
+        elif spelling in ("symlink", "hardlink"):
+            dest = tmp_path / "x" / "copy.db"
+            (dest.symlink_to if spelling == "symlink" else dest.hardlink_to)(source)
+        else:
+            dest = source.with_name(source.name + spelling)
+        out = refused(database_url, str(dest))
+        what = "the database itself" if spelling[0] != "-" else f"the database's own {spelling} file"
+        assert f"{dest} is {what}" in out
+        assert {p: p.read_bytes() for p in (source, *own)} == before
+        assert service.execute("SELECT count(*) FROM customers").fetchone()[0] == 10
+    assert not source.with_name(source.name + "-journal").exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "dangling symlink"])
+def test_backup_refuses_a_dest_that_is_not_a_regular_file(database_url, tmp_path, url, kind):
+    """PostgreSQL: refused before pg_dump would run (no server needed: nothing connects)."""
+    if url == "sqlite" and PG_URL:
+        pytest.skip("SQLite's backup API")
+    database_url = database_url if url == "sqlite" else "postgresql://scrm@127.0.0.1:9/scrm"
+    dest = tmp_path / "out"
+    dest.mkdir()
+    target = dest / f"scrm-20261201-120000.{'db' if url == 'sqlite' else 'dump'}"  # the name DEST/ gets
+    (tmp_path / "elsewhere.db").write_text("kept", encoding="utf-8")
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        target.symlink_to(tmp_path / ("elsewhere.db" if kind == "symlink" else "nothing"))
+    expected = {"fifo": "a FIFO", "directory": "a directory"}.get(kind, "a symbolic link")
+    for given in (dest,) if kind == "directory" else (target, dest):  # a directory DEST gets a file inside
+        out = refused(database_url, str(given))
+        assert f"{target} is {expected}, not a regular file; nothing was written" in out
+    assert (tmp_path / "elsewhere.db").read_text(encoding="utf-8") == "kept"
+    assert target.is_symlink() if "symlink" in kind else not target.is_symlink()
+    assert [p.name for p in dest.iterdir()] == [target.name]
+
+
+@pytest.mark.parametrize("url", ["sqlite", "postgresql"])
+def test_backup_to_a_directory_that_is_not_there_says_so(database_url, tmp_path, url):
+    if url == "sqlite" and PG_URL:
+        pytest.skip("SQLite's backup API")
+    database_url = database_url if url == "sqlite" else "postgresql://scrm@127.0.0.1:9/scrm"
+    missing = tmp_path / "backups"
+    for dest, named in ((f"{missing}{os.sep}", missing), (str(missing / "scrm.db"), missing),
+                        (str(missing / "a" / "scrm.db"), missing / "a")):
+        out = refused(database_url, dest)
+        assert f"no such directory: {named}" in out
+    (tmp_path / "file").write_text("kept", encoding="utf-8")
+    assert f"{tmp_path / 'file'} is not a directory" in refused(database_url, f"{tmp_path / 'file'}{os.sep}")
+    assert {p.name for p in tmp_path.iterdir()} <= {"file", "scrm.db"}  # the database fixture's file
 
 
 @sqlite_only

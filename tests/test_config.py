@@ -112,6 +112,48 @@ def test_unreadable_files_fail_clearly(tmp_path):
         load_settings(write(tmp_path, "[app\n"), environ={})
 
 
+@pytest.mark.parametrize("variable,value,message", [
+    ("SCRM_WEBHOOK_STORE_TIMEOUT_SECONDS", "nan", "webhook.store_timeout_seconds must be a finite number, got 'nan'"),
+    ("SCRM_WORKER_LEASE_SECONDS", "NaN", "worker.lease_seconds must be a finite number, got 'NaN'"),
+    ("SCRM_WORKER_POLL_SECONDS", "inf", "worker.poll_seconds must be a finite number, got 'inf'"),
+    ("SCRM_WORKER_BACKOFF_MAX_SECONDS", "Infinity", "worker.backoff_max_seconds must be a finite number"),
+    ("SCRM_WECOM_TIMEOUT_SECONDS", "1e999", "wecom.timeout_seconds must be a finite number, got '1e999'"),
+    ("SCRM_WECOM_BUSY_BACKOFF_SECONDS", "-inf", "wecom.busy_backoff_seconds must be a finite number"),
+    ("SCRM_TIERS_SUPER_MIN_AMOUNT", "nan", "tiers.super_min_amount must be a finite number"),
+    ("SCRM_PREDICTIONS_DISCOUNT_RATE", "nan", "predictions.discount_rate must be a finite number"),
+    ("SCRM_WORKER_POLL_SECONDS", "1e10", "worker.poll_seconds must be at most 86400 (a day), got 10000000000.0"),
+    ("SCRM_WEBHOOK_STORE_TIMEOUT_SECONDS", "86400.5", "webhook.store_timeout_seconds must be at most 86400"),
+    ("SCRM_SCHEDULER_LOCK_SECONDS", "86401", "scheduler.lock_seconds must be at most 86400 (a day), got 86401"),
+])
+def test_numbers_that_are_not_finite_or_longer_than_a_day_fail_naming_the_setting(variable, value, message):
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={variable: value})
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_not_finite_numbers_in_the_file_fail_too_and_a_day_is_allowed(tmp_path):
+    for text, key in (("[worker]\npoll_seconds = inf\n", "worker.poll_seconds"),
+                      ("[webhook]\nstore_timeout_seconds = nan\n", "webhook.store_timeout_seconds"),
+                      ("[worker]\nlease_seconds = -nan\n", "worker.lease_seconds")):
+        with pytest.raises(ConfigError, match=rf"^{key.replace('.', r'[.]')} must be a finite number"):
+            load_settings(write(tmp_path, text), environ={})
+    with pytest.raises(ConfigError, match=r"^worker\.lease_seconds must be a finite number"):
+        load_settings(overrides={"worker": {"lease_seconds": float("nan")}}, environ={})
+    settings = load_settings(environ={"SCRM_WORKER_POLL_SECONDS": "86400", "SCRM_WECOM_TIMEOUT_SECONDS": "0.5"})
+    assert (settings.worker.poll_seconds, settings.wecom.timeout_seconds) == (86400.0, 0.5)
+
+
+def test_a_config_file_that_is_not_utf8_fails_naming_the_file_and_the_byte(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes('# 客户分层\n[app]\ntimezone = "Asia/Shanghai"\n'.encode("gbk"))  # saved as GBK
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert str(info.value) == (f"config file {path} must be UTF-8: the byte at offset 2 is not (0xbf); "
+                               "save it as UTF-8")
+    path.write_text('# 客户分层\n[app]\ntimezone = "Asia/Shanghai"\n', encoding="utf-8")
+    assert load_settings(path, environ={}).app.timezone == "Asia/Shanghai"
+
+
 def test_wrong_type_in_file_names_key_without_echoing_a_secret(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, "[wecom]\nsecret = 12.5\n"), environ={})

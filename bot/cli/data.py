@@ -3,6 +3,7 @@ and back, and erasing one customer's personal data."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,45 +42,61 @@ class _PageProgress:
 
 
 @click.command("backup")
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path())
 @click.option("--force", is_flag=True, help="Overwrite DEST if it exists.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @pass_cli
-def backup_cmd(cli: CliContext, dest: Path, force: bool, no_progress: bool) -> None:
+def backup_cmd(cli: CliContext, dest: str, force: bool, no_progress: bool) -> None:
     """Copy the database to DEST while the service keeps running.
 
     SQLite: SQLite's online backup API from one read snapshot (writers are not stopped; the copy is the
     database as it was when the backup began), checked, then renamed into place. DEST may be a directory:
     the file is then named scrm-<local time>.db (.dump on PostgreSQL). PostgreSQL: pg_dump --format=custom
-    (the command is printed when pg_dump is not on PATH). An existing DEST is kept unless --force."""
-    from bot.core.backup import BackupError, backup_sqlite
+    (the command is printed when pg_dump is not on PATH). An existing DEST is kept unless --force; the
+    database and its -wal, -shm and -journal files, and a DEST that is not a regular file, never."""
+    from bot.core.backup import BackupError, backup_sqlite, check_destination
     from bot.core.db import sqlite_file
 
     settings = cli.settings()
     source = sqlite_file(settings.database.url)
-    if dest.is_dir():
-        dest = dest / f"scrm-{cli.now().astimezone(settings.tz):%Y%m%d-%H%M%S}.{'db' if source else 'dump'}"
-    if dest.exists() and not force:
-        raise click.ClickException(f"{dest} exists; add --force to overwrite it")
-    if not dest.absolute().parent.is_dir():
-        raise click.ClickException(f"{dest.absolute().parent} is not a directory")
+    stamp = f"scrm-{cli.now().astimezone(settings.tz):%Y%m%d-%H%M%S}.{'db' if source else 'dump'}"
+    path = _backup_path(dest, stamp)
     try:
-        if source is None:
-            _pg_dump(settings, dest)
-            return
-        if not source.is_file():
+        if source is not None and not source.is_file():
             raise click.ClickException(f"no database at {source} — nothing to back up")
-        if source == dest.absolute():
-            raise click.ClickException("DEST is the database itself")
+        check_destination(path, source)
+        if path.exists() and not force:
+            raise click.ClickException(f"{path} exists; add --force to overwrite it")
+        if source is None:
+            _pg_dump(settings, path)
+            return
         bar = _PageProgress("backup", not no_progress)
         try:
-            copied = backup_sqlite(source, dest, bar, checking=bar.checking)
+            copied = backup_sqlite(source, path, bar, checking=bar.checking)
         finally:
             bar.close()
     except BackupError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"backed up {source} to {copied.path}: {_mb(copied.size)}, {copied.pages} pages, "
                f"schema revision {copied.revision}, in {copied.seconds:.1f}s")
+
+
+def _backup_path(dest: str, stamped_name: str) -> Path:
+    """The file a backup to DEST writes: DEST, or ``stamped_name`` inside DEST when DEST is a directory.
+    DEST ending in a path separator must be a directory; the file's own directory must be there."""
+    path = Path(dest)
+    if dest.endswith(("/", os.sep)) and not path.is_dir():
+        raise click.ClickException(_not_a_directory(path))
+    if path.is_dir():
+        path = path / stamped_name
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise click.ClickException(_not_a_directory(parent))
+    return path
+
+
+def _not_a_directory(path: Path) -> str:
+    return f"{path} is not a directory" if path.exists() else f"no such directory: {path}"
 
 
 @click.command("restore")
@@ -94,7 +111,7 @@ def restore_cmd(cli: CliContext, src: Path, yes: bool, no_progress: bool) -> Non
     revision this version knows; an older one is upgraded afterwards. Refused while a scrm service has
     the database open (stop serve, worker and scheduler first) or, with Redis, while a scheduler holds
     its lock. Asks before replacing unless --yes."""
-    from bot.core.backup import BackupError, check_scrm_database, holder_of, restore_sqlite
+    from bot.core.backup import BackupError, check_scrm_database, holder_of, restore_sqlite, same_file
     from bot.core.db import sqlite_file
 
     settings = cli.settings()
@@ -106,7 +123,7 @@ def restore_cmd(cli: CliContext, src: Path, yes: bool, no_progress: bool) -> Non
         if not no_progress and src.is_file() and src.stat().st_size > BIG_FILE:
             click.echo(f"checking {src} (every page)…", err=True)
         revision = check_scrm_database(src)
-        if src.absolute() == target:
+        if same_file(src, target):
             raise click.ClickException("SRC is the configured database itself")
         if holder_of(target):
             raise click.ClickException(f"{target} is open in a running scrm process (serve, worker or scheduler): "
@@ -129,6 +146,7 @@ def restore_cmd(cli: CliContext, src: Path, yes: bool, no_progress: bool) -> Non
 
 def _pg_dump(settings: Settings, dest: Path) -> None:
     from bot.core import pgdump
+    from bot.core.backup import check_destination
 
     partial = dest.with_name(f".{dest.name}.partial")
     command = pgdump.dump_command(settings.database.url, partial)
@@ -137,6 +155,7 @@ def _pg_dump(settings: Settings, dest: Path) -> None:
         raise click.ClickException(f"pg_dump is not on PATH (Debian: apt install postgresql-client); run: {shown}")
     try:
         pgdump.run(command)
+        check_destination(dest, None)  # again: DEST may have changed while pg_dump ran
         partial.replace(dest)
     finally:
         partial.unlink(missing_ok=True)

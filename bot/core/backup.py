@@ -27,6 +27,11 @@ SCRM_TABLES = frozenset({"customers", "orders", "inbox_events", "outbox_messages
 # The unix VFS keeps a shared lock on this byte of the "-shm" file while a connection has the database
 # open in WAL mode (os_unix.c: UNIX_SHM_DMS = 120 + SQLITE_SHM_NLOCK).
 _SHM_DMS_BYTE = 128
+# The files SQLite keeps beside a database ("-journal" in rollback mode): a backup renamed onto one of them
+# would be replayed over the live database, or replace the index a running service reads through.
+SIDECARS = ("-wal", "-shm", "-journal")
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link"}
 
 Progress = Callable[[int, int], None]  # (pages copied, pages in all)
 
@@ -87,6 +92,37 @@ def check_scrm_database(path: Path, thorough: bool = True) -> str:
         raise BackupError(f"{path} is at schema revision {found}, which this version of scrm does not know "
                           f"(it knows {known[0]}…{known[-1]}): restore it with the version that made it")
     return revisions[0]
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file however they are spelt (``..``, symbolic links, hard links); for a
+    file not there yet, whether they would once every link in them is followed."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them is not there
+        return a.resolve() == b.resolve()
+
+
+def check_destination(dest: Path, database: Path | None) -> None:
+    """Refuse, with :class:`BackupError` in one line, a backup DEST that must not be replaced: the SQLite
+    ``database`` itself or one of its "-wal", "-shm", "-journal" files, however spelt, and anything there
+    that is not a regular file (a device, a FIFO, a directory, a symbolic link: renaming over a link
+    replaces the link, not the file it names). Nothing else is checked here (an existing file without
+    --force is the caller's)."""
+    if database is not None:
+        if same_file(dest, database):
+            raise BackupError(f"{dest} is the database itself; back up to another file")
+        for base in {database.absolute(), database.resolve()}:
+            for suffix in SIDECARS:
+                if same_file(dest, base.with_name(base.name + suffix)):
+                    raise BackupError(f"{dest} is the database's own {suffix} file; back up to another file")
+    try:
+        mode = dest.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise BackupError(f"{dest} is {kind}, not a regular file; nothing was written")
 
 
 def holder_of(database: Path) -> bool:
@@ -155,6 +191,7 @@ def backup_sqlite(source: Path, dest: Path, progress: Progress | None = None,
         revision = check_scrm_database(partial)
         with partial.open("rb") as fh:
             os.fsync(fh.fileno())
+        check_destination(dest, source)  # again: DEST may have changed while the copy was made
         os.replace(partial, dest)
     except sqlite3.Error as exc:
         raise BackupError(f"backup of {source} failed: {exc}") from None

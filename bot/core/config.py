@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import math
 import os
 import re
 import tomllib
@@ -459,6 +460,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; a file saved as GBK (or UTF-16) is not
+        raise ConfigError(f"config file {path} must be UTF-8: the byte at offset {exc.start} is not "
+                          f"(0x{exc.object[exc.start]:02x}); save it as UTF-8") from None
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -530,13 +534,20 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
             return int(value)
     elif kind is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            # float() takes "nan", "inf" and 1e999 (TOML has nan and inf too): a NaN passes every
+            # comparison check and an infinite wait or timeout overflows where it is used.
+            if not math.isfinite(number):
+                raise ConfigError(f"{key} must be a finite number, got {_describe(key, value)}")
+            return number
     elif kind in (list, dict):
         if isinstance(value, str):  # from an env var: JSON
             try:
@@ -565,6 +576,7 @@ def _describe(key: str, value: Any) -> str:
 _AES_KEY = re.compile(r"[A-Za-z0-9]{43}")
 _TOKEN = re.compile(r"[A-Za-z0-9]{1,32}")
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+MAX_SECONDS = 86_400
 
 
 def validate(settings: Settings) -> None:
@@ -576,6 +588,7 @@ def validate(settings: Settings) -> None:
     if settings.redis.url and urlsplit(settings.redis.url).scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError("redis.url must start with redis://, rediss:// or unix://")
     _check_wecom(settings.wecom)
+    _check_durations(settings)
     _check_positive("webhook.max_body_bytes", settings.webhook.max_body_bytes)
     _check_positive("webhook.store_timeout_seconds", settings.webhook.store_timeout_seconds)
     for f in fields(settings.worker):
@@ -725,8 +738,19 @@ def _check_sqlalchemy_url(key: str, url: str) -> None:
         raise ConfigError(f"{key} must be a sqlite:// or postgresql:// URL, got {parsed.get_backend_name()!r}")
 
 
+def _check_durations(settings: Settings) -> None:
+    """Every ``*_seconds`` setting is a timeout, a wait or a period: more than a day is a mistake (a unit
+    taken for another), and a huge one overflows the sleeps and lock waits it is given to."""
+    for section in _section_types():
+        values = getattr(settings, section)
+        for f in fields(values):
+            value = getattr(values, f.name)
+            if f.name.endswith("_seconds") and value > MAX_SECONDS:
+                raise ConfigError(f"{section}.{f.name} must be at most {MAX_SECONDS} (a day), got {value!r}")
+
+
 def _check_positive(key: str, value: float) -> None:
-    if value <= 0:
+    if not value > 0:  # written so that a NaN, which compares false with everything, fails too
         raise ConfigError(f"{key} must be greater than 0, got {value!r}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -144,7 +145,12 @@ def make_engine(url: str, echo: bool = False, lock_wait_ms: int | None = None, a
     parsed = make_url(url)
     # hide_parameters: an error's message (and echo) would carry the statement's values: a decrypted
     # callback with the customer's message text, names, phone numbers.
-    kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
+    kwargs: dict[str, Any] = {"future": True, "hide_parameters": True}
+    if echo:
+        # Not create_engine(echo=True): that adds SQLAlchemy's own handler writing to stdout, where a
+        # command's output goes (TOKEN=$(scrm token create shop) would capture SQL). At INFO the
+        # statements go through this process's logging instead: stderr, secrets and personal data scrubbed.
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
