@@ -4,6 +4,7 @@ limit; shared through Redis by several processes; every client call takes a toke
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -79,14 +80,31 @@ class Recorder:
         return 0.0
 
 
-def test_every_client_call_takes_a_token(corp, sandbox):
+def seeded_settings(corp, sandbox, **more: dict) -> Any:
     import requests
 
     requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
         {"userid": "zhangsan", "external_userid": "wmA", "name": "A"}]}, timeout=10).raise_for_status()
-    settings = load_settings(overrides={"wecom": {
+    return load_settings(overrides={"wecom": {
         "corp_id": corp.corp_id, "secret": secret_for(corp, "app"), "contact_secret": secret_for(corp, "contact"),
-        "api_base_url": f"{sandbox.url}/cgi-bin/"}}, environ={})
+        "api_base_url": f"{sandbox.url}/cgi-bin/"}, **more}, environ={})
+
+
+def test_with_redis_away_wecom_calls_keep_working_on_this_processs_token_and_buckets(corp, sandbox, caplog):
+    """The docs promise the inbox and the sender go on in-process while Redis is down: every event failed
+    with ConnectionError instead, from the token cache and the buckets."""
+    import logging
+
+    settings = seeded_settings(corp, sandbox, redis={"url": "redis://127.0.0.1:1/0"})
+    clients = build_clients(settings)
+    with caplog.at_level(logging.WARNING):
+        assert clients.contact.external_contact.get("wmA")["external_contact"]["name"] == "A"
+        assert clients.contact.external_contact.get("wmA")["external_contact"]["name"] == "A"
+    assert any("Redis unreachable" in r.getMessage() for r in caplog.records)
+
+
+def test_every_client_call_takes_a_token(corp, sandbox):
+    settings = seeded_settings(corp, sandbox)
     recorder = Recorder()
     clients = build_clients(settings, limiter=recorder)
     clients.contact.external_contact.get("wmA")

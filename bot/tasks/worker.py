@@ -64,8 +64,16 @@ class QueueWorker:
         return SimpleWorker([self.tasks.queue], connection=self.tasks.connection)
 
     def run(self, burst: bool = False) -> None:
-        """Sweep once, then run the RQ worker in the foreground (``burst``: until the queue is empty)."""
+        """Sweep once, then run the RQ worker in the foreground (``burst``: until the queue is empty).
+        While Redis does not answer, the sweep does the work in-process; the RQ worker starts once it
+        does (RQ's worker cannot even be made without Redis)."""
         self.sweep_once()
+        while self.degraded and not burst:
+            if self._stop.wait(self.sweep_seconds):
+                return
+            self.sweep_once()
+        if self.degraded:  # a burst with Redis away: the in-process round was the work
+            return
         sweeper = threading.Thread(target=self._sweep_loop, name="scrm-task-sweep", daemon=True)
         sweeper.start()
         try:

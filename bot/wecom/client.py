@@ -21,7 +21,7 @@ from wechatpy.work import WeChatClient
 from bot.core.config import Settings
 from bot.wecom.api import ScrmExternalContact, ScrmJSAPI, ScrmKF, ScrmMoment, ScrmOAuth
 from bot.wecom.handover import ScrmContactWay, ScrmTransfer
-from bot.wecom.ratelimit import LocalBuckets, RateLimiter, RedisBuckets, api_path
+from bot.wecom.ratelimit import REDIS_RETRY_SECONDS, LocalBuckets, RateLimiter, RedisBuckets, api_path
 
 logger = logging.getLogger(__name__)
 
@@ -184,11 +184,52 @@ class WeComClients:
     kf: WeComClient
 
 
+class RedisOrMemoryStorage(SessionStorage):
+    """Access tokens and tickets in Redis (one per corp app for every process), and in this process's
+    memory while Redis does not answer: a WeCom call never fails for Redis being away (a token fetched
+    meanwhile is one more valid token; WeCom allows several)."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.redis = client
+        self.shared, self.own = RedisStorage(client, prefix=prefix), MemoryStorage()
+        self._retry_at = 0.0
+
+    def _try(self, action: Callable[[SessionStorage], Any]) -> Any:
+        from redis.exceptions import RedisError
+
+        if time.monotonic() < self._retry_at:  # not a timeout per call while Redis is away
+            return action(self.own)
+        try:
+            return action(self.shared)
+        except RedisError as exc:
+            logger.warning("WeCom token cache: Redis unreachable (%s); this process keeps its own for %.0fs",
+                           type(exc).__name__, REDIS_RETRY_SECONDS)
+            self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
+            return action(self.own)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._try(lambda store: store.get(key))
+        return default if value is None else value
+
+    def set(self, key: str, value: Any, ttl: int | None = None) -> None:
+        self.own.set(key, value, ttl)
+        self._try(lambda store: store.set(key, value, ttl))
+
+    def delete(self, key: str) -> None:
+        self.own.delete(key)
+        self._try(lambda store: store.delete(key))
+
+
+def connect_redis(url: str) -> Any:
+    """A client that gives up within a second: a call must not hang on a Redis that stopped answering."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+
+
 def session_storage(settings: Settings) -> SessionStorage:
     if settings.redis.url:
-        import redis
-
-        return RedisStorage(redis.Redis.from_url(settings.redis.url), prefix=f"{settings.redis.key_prefix}:wecom")
+        return RedisOrMemoryStorage(connect_redis(settings.redis.url), prefix=f"{settings.redis.key_prefix}:wecom")
     return MemoryStorage()
 
 
@@ -198,9 +239,7 @@ def rate_limiter(settings: Settings, sleep: Callable[[float], None] = time.sleep
     per_minute, per_hour = settings.wecom.rate_limit_per_minute, settings.wecom.rate_limit_per_hour
     if settings.redis.url:
         if redis_client is None:
-            import redis
-
-            redis_client = redis.Redis.from_url(settings.redis.url)
+            redis_client = connect_redis(settings.redis.url)
         prefix = f"{settings.redis.key_prefix}:ratelimit:{settings.wecom.corp_id}"
         return RedisBuckets(redis_client, per_minute, prefix, sleep=sleep, per_hour=per_hour)
     return LocalBuckets(per_minute, sleep=sleep, per_hour=per_hour)

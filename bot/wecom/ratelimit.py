@@ -10,11 +10,14 @@ stays within the limit. A caller over either rate gets a reservation and sleeps 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+logger = logging.getLogger(__name__)
+REDIS_RETRY_SECONDS = 5.0  # after Redis failed to answer, this process's own buckets for this long
 BURST_SHARE = 10  # a tenth of a window's limit may go at once
 MINUTE, HOUR = 60.0, 3600.0
 
@@ -81,18 +84,37 @@ return math.ceil(-tokens / rate * 1000000)
 
 
 class RedisBuckets:
+    """Shared buckets; while Redis does not answer, this process's own (a call is never refused or
+    failed for Redis being away: the inbox and the sender go on in-process, as the docs promise)."""
+
     def __init__(self, client: Any, per_minute: int, prefix: str,
                  sleep: Callable[[float], None] = time.sleep, per_hour: int | None = None) -> None:
         self.shapes = shapes(per_minute, per_hour)
         self.prefix, self.sleep = prefix, sleep
         self._script = client.register_script(_RESERVE)
+        self._local = LocalBuckets(per_minute, sleep=sleep, per_hour=per_hour)
+        self._away, self._retry_at = False, 0.0
 
     def reserve(self, api: str) -> float:
+        from redis.exceptions import RedisError
+
+        if time.monotonic() < self._retry_at:  # not a timeout per call while Redis is away
+            return self._local.reserve(api)
         micros = 0
-        for suffix, capacity, rate in self.shapes:
-            keep = int(capacity / rate) + 60  # an idle bucket is full again by then
-            micros = max(micros, int(self._script(keys=[f"{self.prefix}:{api}{suffix}"],
-                                                  args=[repr(capacity), repr(rate), keep])))
+        try:
+            for suffix, capacity, rate in self.shapes:
+                keep = int(capacity / rate) + 60  # an idle bucket is full again by then
+                micros = max(micros, int(self._script(keys=[f"{self.prefix}:{api}{suffix}"],
+                                                      args=[repr(capacity), repr(rate), keep])))
+        except RedisError as exc:
+            if not self._away:
+                logger.warning("rate limit buckets: Redis unreachable (%s); this process keeps its own "
+                               "until it is back", type(exc).__name__)
+            self._away, self._retry_at = True, time.monotonic() + REDIS_RETRY_SECONDS
+            return self._local.reserve(api)
+        if self._away:
+            logger.warning("rate limit buckets: Redis reachable again; buckets shared again")
+        self._away = False
         return micros / 1_000_000
 
     def acquire(self, api: str) -> float:
