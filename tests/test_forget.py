@@ -17,7 +17,18 @@ from sqlalchemy import func, select
 
 from bot.cli import main
 from bot.core.db import sqlite_file
-from bot.models import AuditEntry, Base, Customer, CustomerAggregate, CustomerTier, Follow, Interaction, OutboxMessage
+from bot.models import (
+    AuditEntry,
+    Base,
+    Customer,
+    CustomerAggregate,
+    CustomerTier,
+    Follow,
+    GroupMember,
+    Interaction,
+    OutboxMessage,
+    Transfer,
+)
 from tests.support import PG_URL, control, read, secret_for
 
 NOW = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
@@ -128,6 +139,37 @@ def test_forget_erases_personal_data_everywhere_and_keeps_tier_statistics(scrm, 
         raw = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
         assert [p for p in (NAME, MOBILE, FORGET) if p.encode("utf-8") in raw] == []
         assert OTHER.encode("utf-8") in raw
+
+
+def test_forget_erases_the_contact_from_group_member_lists_and_hand_overs(scrm, wired, sandbox, tmp_path):
+    """A customer in a customer group (its member list holds their id, name and group nickname) and in a
+    hand-over between members: after the forget no table names them, and the other member keeps theirs."""
+    db = wired.extensions["scrm.db"]
+    customer_with_history(scrm, wired, sandbox, tmp_path)
+    control(sandbox, "seed", {"staff": [{"userid": "lisi", "name": "李四"}]})
+    control(sandbox, "groups", {"owner": "zhangsan", "name": "VIP群", "members": [FORGET, KEEP]})
+    assert drain(wired).get("handled") == 1
+    with db.sessions() as s:
+        customer_id = s.scalar(select(Customer.id).where(Customer.external_userid == FORGET))
+        member = s.scalar(select(GroupMember).where(GroupMember.member_id == FORGET))
+        assert member is not None and member.name == NAME
+        member.group_nickname = f"{NAME}{MOBILE}"
+        s.add(Transfer(batch="b1", kind="onjob", customer_id=customer_id, external_userid=FORGET,
+                       handover_userid="zhangsan", takeover_userid="lisi", status="waiting"))
+        s.commit()
+
+    out = scrm("customer", "forget", FORGET, "--yes")
+    assert f"forgot customer {customer_id}" in out
+    assert personal(every_row(db)) == []
+    with db.sessions() as s:
+        member = s.scalar(select(GroupMember).where(GroupMember.customer_id == customer_id))
+        assert member is not None and member.member_id.startswith("forgotten:")  # still counted in the group
+        assert (member.name, member.group_nickname) == ("", "")
+        assert s.scalar(select(GroupMember.name).where(GroupMember.member_id == KEEP)) == OTHER
+        transfer = s.scalar(select(Transfer))
+        assert transfer.external_userid == member.member_id and transfer.customer_id == customer_id
+        rows = s.scalars(select(AuditEntry.after)).one()["rows"]
+        assert (rows["group_members"], rows["transfers"]) == (1, 1)
 
 
 def test_forget_twice_changes_nothing_and_sync_and_imports_leave_it_forgotten(scrm, wired, sandbox, tmp_path):
