@@ -205,6 +205,34 @@ def test_forget_twice_changes_nothing_and_sync_and_imports_leave_it_forgotten(sc
         assert s.scalar(select(func.count()).select_from(AuditEntry)) == 1
 
 
+def test_the_orders_api_refuses_a_forgotten_customers_orders_and_stores_the_others(scrm, wired, sandbox, tmp_path):
+    """As the CSV import does: an order naming the forgotten id, or one of the anonymous record's orders, is
+    skipped with the reason (no customer row comes back, the record's statistics stay); the others land."""
+    db = wired.extensions["scrm.db"]
+    customer_with_history(scrm, wired, sandbox, tmp_path)
+    scrm("customer", "forget", FORGET, "--yes")
+    before = tier_statistics(db)
+    customers = every_row(db).count("Customer")
+    token = scrm("token", "create", "shop").strip().splitlines()[0]
+    orders = [{"order_id": "o8", "external_userid": FORGET, "amount": "5.00", "paid_at": "2026-11-21T10:00:00+08:00"},
+              {"order_id": "o1", "external_userid": KEEP, "amount": "1.00", "paid_at": "2026-11-01T10:00:00+08:00"},
+              {"order_id": "o9", "external_userid": KEEP, "amount": "9.00", "paid_at": "2026-11-22T10:00:00+08:00"}]
+
+    response = wired.test_client().post("/api/v1/orders", json=orders, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.json
+    results = response.json["results"]
+    assert [r["result"] for r in results] == ["skipped", "skipped", "inserted"]
+    assert "the customer was forgotten" in results[0]["reason"]
+    assert "belongs to a forgotten customer" in results[1]["reason"]
+    assert response.json["summary"] == {"skipped": 2, "inserted": 1}
+    assert personal(every_row(db)) == []
+    assert every_row(db).count("Customer") == customers
+    with db.sessions() as s:
+        assert s.scalar(select(CustomerAggregate.order_count).join(Customer).where(
+            Customer.external_userid == KEEP)) == 2
+    assert tier_statistics(db)[-1][0] == before[-1][0]  # the aggregates' count: none added
+
+
 def test_a_repeat_of_an_edit_handled_before_the_forget_leaves_the_contact_forgotten(scrm, wired, sandbox, tmp_path,
                                                                                    caplog):
     """Two edits in one second are byte-identical callbacks, so a repeat re-runs the stored one; after a
