@@ -253,6 +253,41 @@ def test_a_repeat_of_an_edit_handled_before_the_forget_leaves_the_contact_forgot
     assert personal(every_row(db)) == []
 
 
+@pytest.mark.parametrize("change", ["contacts/edit", "contacts/add"])
+def test_a_handler_in_flight_when_the_customer_is_forgotten_brings_nothing_back(scrm, wired, sandbox, tmp_path,
+                                                                               monkeypatch, change):
+    """The forget runs while a handler of the contact's event waits on externalcontact/get (the event is
+    claimed, `processing`): the handler's writes after it (the name, the remark) must not bring them back,
+    neither for a member's edit nor for an add that was in flight (an add after the forget is a new record)."""
+    import handlers.contacts
+
+    db = wired.extensions["scrm.db"]
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan", "name": "张三"}, {"userid": "lisi", "name": "李四"}]})
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": NAME, "external_userid": FORGET})
+    assert drain(wired) == {"handled": 1}
+    fetch = handlers.contacts._fetch_contact
+    forgotten: list[str] = []
+
+    def forget_meanwhile(ctx: Any, external_userid: str) -> dict[str, Any]:
+        if not forgotten:
+            forgotten.append(scrm("customer", "forget", FORGET, "--yes"))
+        return fetch(ctx, external_userid)
+
+    monkeypatch.setattr(handlers.contacts, "_fetch_contact", forget_meanwhile)
+    if change == "contacts/edit":
+        control(sandbox, change, {"userid": "zhangsan", "external_userid": FORGET, "remark": f"{NAME} {MOBILE}"})
+    else:  # the customer adds a second member; the add is being handled when the forget comes
+        control(sandbox, change, {"userid": "lisi", "name": NAME, "external_userid": FORGET})
+    assert drain(wired) == {"dead": 1}  # as the forget left it, not handled
+    assert "forgot customer" in forgotten[0]
+
+    assert personal(every_row(db)) == []
+    with db.sessions() as s:
+        customers = s.scalars(select(Customer)).all()
+        assert [(c.name, c.external_userid.startswith("forgotten:")) for c in customers] == [("", True)]
+        assert [f.remark for f in s.scalars(select(Follow))] == [""]
+
+
 def test_forget_asks_first_and_says_what_it_cannot_find(scrm, wired, sandbox, tmp_path):
     db = wired.extensions["scrm.db"]
     customer_with_history(scrm, wired, sandbox, tmp_path)
