@@ -45,7 +45,10 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
     except (WeChatClientException, OSError):
         _welcome_before_the_retry(ctx, external_userid, userid)
         raise
-    customer = upsert_customer(ctx.session, external_userid, contact.get("external_contact", {}))
+    # A new add is a new relationship (a forgotten contact who came back); one in flight when the contact was
+    # forgotten is not kept: the forget marked its event dead, and the processor's commit checks that.
+    customer = upsert_customer(ctx.session, external_userid, contact.get("external_contact", {}),
+                               new_relationship=True)
     staff = upsert_staff(ctx.session, userid, ctx)
     info = _follow_info(contact, userid)
     follow = upsert_follow(ctx.session, customer, staff)
@@ -177,7 +180,7 @@ def _welcome_before_the_retry(ctx: HandlerContext, external_userid: str, userid:
     lasts 20 s, so the welcome goes out now, from the event alone (the retry finds it: same key)."""
     if not ctx.fields.get("WelcomeCode") or awaits_takeover(ctx.session, external_userid, userid):
         return
-    customer = upsert_customer(ctx.session, external_userid, {})
+    customer = upsert_customer(ctx.session, external_userid, {}, new_relationship=True)
     staff = upsert_staff(ctx.session, userid, ctx)
     state = str(ctx.fields.get("State") or "")
     channel = channel_rules(ctx.session, ctx.settings, state or None)

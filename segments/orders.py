@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from bot.core.privacy import forgotten_key, is_forgotten_key
 from bot.models import Customer, CustomerAggregate, Order, TierDirty, utcnow
 from segments.money import fen_to_yuan, number_to_fen, yuan_to_fen
 
@@ -27,6 +28,9 @@ MAX_ID_LENGTH = 128
 STATUSES = ("paid", "refunded")
 IN_CHUNK = 900  # ids per IN (...) list: well under SQLite's bound-parameter limit
 CUSTOMER_ID_CACHE = 200_000  # external_userid → id entries kept between batches (bounds an import's memory)
+# A forgotten customer (scrm customer forget) stays forgotten: as the CSV import says (segments/bulk_orders.py).
+FORGOTTEN_CUSTOMER = "the customer was forgotten (scrm customer forget); their orders are not taken"
+FORGOTTEN_ORDER = "the order belongs to a forgotten customer (scrm customer forget); left as it is"
 
 
 class RowError(ValueError):
@@ -141,7 +145,9 @@ class WriteCounts:
 
 @dataclass
 class WriteResult(WriteCounts):
-    outcomes: dict[str, str] = field(default_factory=dict)  # order_id → inserted / updated / unchanged
+    skipped: int = 0  # rows of forgotten customers (reasons says why)
+    outcomes: dict[str, str] = field(default_factory=dict)  # order_id → inserted / updated / unchanged / skipped
+    reasons: dict[str, str] = field(default_factory=dict)  # order_id → why it was skipped
 
 
 class OrderWriter:
@@ -165,13 +171,16 @@ class OrderWriter:
         for r in rows:
             if r.external_userid not in first_seen or r.paid_at < first_seen[r.external_userid]:
                 first_seen[r.external_userid] = r.paid_at
-        result.customers_created = self._ensure_customers(first_seen)
+        result.customers_created, forgotten = self._ensure_customers(first_seen)
         existing = self._existing({r.order_id for r in rows})
         new_rows, changed, recompute = [], [], set()
         for row in rows:
-            customer_id = self._customer_ids[row.external_userid]
             old = existing.get(row.order_id)
-            if old is None:
+            reason = _refused(row, old, forgotten)
+            customer_id = 0 if reason else self._customer_ids[row.external_userid]  # a skipped row has none
+            if reason:
+                result.reasons[row.order_id], outcome = reason, "skipped"
+            elif old is None:
                 new_rows.append((row, customer_id))
                 outcome = "inserted"
             elif _same(old, row, customer_id):
@@ -215,14 +224,17 @@ class OrderWriter:
         mark_for_retier(connection, touched)
         self._touched.clear()
 
-    def _ensure_customers(self, first_seen: dict[str, datetime]) -> int:
+    def _ensure_customers(self, first_seen: dict[str, datetime]) -> tuple[int, set[str]]:
         """Ids for these customers; unknown ones get a stub "known since" their earliest order here
-        (not the import time, which would make every imported customer look freshly engaged)."""
+        (not the import time, which would make every imported customer look freshly engaged), except the
+        forgotten ones (returned: their orders are refused, and no record names them again)."""
         if len(self._customer_ids) > CUSTOMER_ID_CACHE:
             self._customer_ids.clear()  # looked up again per batch: a few ms, against ~200 MB per million
         missing = [e for e in first_seen if e not in self._customer_ids]
         self._lookup_customers(missing)
-        stubs = [e for e in missing if e not in self._customer_ids]
+        forgotten = self._forgotten([e for e in missing if e not in self._customer_ids])
+        forgotten.update(e for e in first_seen if is_forgotten_key(e))  # an anonymous record's key, sent back
+        stubs = [e for e in missing if e not in self._customer_ids and e not in forgotten]
         if stubs:
             now = self._time(utcnow())
             sql = self._sql("INSERT INTO customers (external_userid, name, contact_type, gender, opted_out, "
@@ -230,7 +242,16 @@ class OrderWriter:
                             "ON CONFLICT (external_userid) DO NOTHING")
             self.session.connection().exec_driver_sql(sql, [(e, self._time(first_seen[e]), now) for e in stubs])
             self._lookup_customers(stubs)
-        return len(stubs)
+        return len(stubs), forgotten
+
+    def _forgotten(self, unknown: list[str]) -> set[str]:
+        """Those of these ids no record has that `scrm customer forget` erased: a record holds their key."""
+        keys = {forgotten_key(e): e for e in unknown}
+        found: set[str] = set()
+        for chunk in self._id_chunks(list(keys)):
+            found.update(keys[k] for k in self.session.scalars(
+                select(Customer.external_userid).where(self._among(Customer.external_userid, chunk))))
+        return found
 
     def _lookup_customers(self, external_userids: list[str]) -> None:
         for chunk in self._id_chunks(external_userids):
@@ -249,9 +270,11 @@ class OrderWriter:
 
     def _existing(self, order_ids: set[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
-        columns = (Order.id, Order.order_id, Order.customer_id, Order.amount_fen, Order.paid_at, Order.status)
+        columns = (Order.id, Order.order_id, Order.customer_id, Order.amount_fen, Order.paid_at, Order.status,
+                   Customer.external_userid.label("owner"))
         for chunk in self._id_chunks(list(order_ids)):
-            for row in self.session.execute(select(*columns).where(self._among(Order.order_id, chunk))):
+            for row in self.session.execute(select(*columns).outerjoin(Customer, Customer.id == Order.customer_id)
+                                            .where(self._among(Order.order_id, chunk))):
                 found[row.order_id] = row._asdict()
         return found
 
@@ -354,6 +377,16 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 def copy_text(value: Any) -> str:
     """One value in COPY's text format: NULL as \\N; backslash, tab, newline and carriage return escaped."""
     return "\\N" if value is None else str(value).translate(_COPY_ESCAPES)
+
+
+def _refused(row: OrderRow, old: Mapping[str, Any] | None, forgotten: set[str]) -> str | None:
+    """Why a row is not written: its customer was forgotten, or it names an order of a forgotten record
+    (which keeps its history: the record's statistics stay what they were)."""
+    if row.external_userid in forgotten:
+        return FORGOTTEN_CUSTOMER
+    if old is not None and old["owner"] is not None and is_forgotten_key(old["owner"]):
+        return FORGOTTEN_ORDER
+    return None
 
 
 def _same(old: Mapping[str, Any], row: OrderRow, customer_id: int) -> bool:

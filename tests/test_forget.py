@@ -17,7 +17,18 @@ from sqlalchemy import func, select
 
 from bot.cli import main
 from bot.core.db import sqlite_file
-from bot.models import AuditEntry, Base, Customer, CustomerAggregate, CustomerTier, Follow, Interaction, OutboxMessage
+from bot.models import (
+    AuditEntry,
+    Base,
+    Customer,
+    CustomerAggregate,
+    CustomerTier,
+    Follow,
+    GroupMember,
+    Interaction,
+    OutboxMessage,
+    Transfer,
+)
 from tests.support import PG_URL, control, read, secret_for
 
 NOW = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)
@@ -130,6 +141,37 @@ def test_forget_erases_personal_data_everywhere_and_keeps_tier_statistics(scrm, 
         assert OTHER.encode("utf-8") in raw
 
 
+def test_forget_erases_the_contact_from_group_member_lists_and_hand_overs(scrm, wired, sandbox, tmp_path):
+    """A customer in a customer group (its member list holds their id, name and group nickname) and in a
+    hand-over between members: after the forget no table names them, and the other member keeps theirs."""
+    db = wired.extensions["scrm.db"]
+    customer_with_history(scrm, wired, sandbox, tmp_path)
+    control(sandbox, "seed", {"staff": [{"userid": "lisi", "name": "李四"}]})
+    control(sandbox, "groups", {"owner": "zhangsan", "name": "VIP群", "members": [FORGET, KEEP]})
+    assert drain(wired).get("handled") == 1
+    with db.sessions() as s:
+        customer_id = s.scalar(select(Customer.id).where(Customer.external_userid == FORGET))
+        member = s.scalar(select(GroupMember).where(GroupMember.member_id == FORGET))
+        assert member is not None and member.name == NAME
+        member.group_nickname = f"{NAME}{MOBILE}"
+        s.add(Transfer(batch="b1", kind="onjob", customer_id=customer_id, external_userid=FORGET,
+                       handover_userid="zhangsan", takeover_userid="lisi", status="waiting"))
+        s.commit()
+
+    out = scrm("customer", "forget", FORGET, "--yes")
+    assert f"forgot customer {customer_id}" in out
+    assert personal(every_row(db)) == []
+    with db.sessions() as s:
+        member = s.scalar(select(GroupMember).where(GroupMember.customer_id == customer_id))
+        assert member is not None and member.member_id.startswith("forgotten:")  # still counted in the group
+        assert (member.name, member.group_nickname) == ("", "")
+        assert s.scalar(select(GroupMember.name).where(GroupMember.member_id == KEEP)) == OTHER
+        transfer = s.scalar(select(Transfer))
+        assert transfer.external_userid == member.member_id and transfer.customer_id == customer_id
+        rows = s.scalars(select(AuditEntry.after)).one()["rows"]
+        assert (rows["group_members"], rows["transfers"]) == (1, 1)
+
+
 def test_forget_twice_changes_nothing_and_sync_and_imports_leave_it_forgotten(scrm, wired, sandbox, tmp_path):
     db = wired.extensions["scrm.db"]
     customer_with_history(scrm, wired, sandbox, tmp_path)
@@ -163,6 +205,34 @@ def test_forget_twice_changes_nothing_and_sync_and_imports_leave_it_forgotten(sc
         assert s.scalar(select(func.count()).select_from(AuditEntry)) == 1
 
 
+def test_the_orders_api_refuses_a_forgotten_customers_orders_and_stores_the_others(scrm, wired, sandbox, tmp_path):
+    """As the CSV import does: an order naming the forgotten id, or one of the anonymous record's orders, is
+    skipped with the reason (no customer row comes back, the record's statistics stay); the others land."""
+    db = wired.extensions["scrm.db"]
+    customer_with_history(scrm, wired, sandbox, tmp_path)
+    scrm("customer", "forget", FORGET, "--yes")
+    before = tier_statistics(db)
+    customers = every_row(db).count("Customer")
+    token = scrm("token", "create", "shop").strip().splitlines()[0]
+    orders = [{"order_id": "o8", "external_userid": FORGET, "amount": "5.00", "paid_at": "2026-11-21T10:00:00+08:00"},
+              {"order_id": "o1", "external_userid": KEEP, "amount": "1.00", "paid_at": "2026-11-01T10:00:00+08:00"},
+              {"order_id": "o9", "external_userid": KEEP, "amount": "9.00", "paid_at": "2026-11-22T10:00:00+08:00"}]
+
+    response = wired.test_client().post("/api/v1/orders", json=orders, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.json
+    results = response.json["results"]
+    assert [r["result"] for r in results] == ["skipped", "skipped", "inserted"]
+    assert "the customer was forgotten" in results[0]["reason"]
+    assert "belongs to a forgotten customer" in results[1]["reason"]
+    assert response.json["summary"] == {"skipped": 2, "inserted": 1}
+    assert personal(every_row(db)) == []
+    assert every_row(db).count("Customer") == customers
+    with db.sessions() as s:
+        assert s.scalar(select(CustomerAggregate.order_count).join(Customer).where(
+            Customer.external_userid == KEEP)) == 2
+    assert tier_statistics(db)[-1][0] == before[-1][0]  # the aggregates' count: none added
+
+
 def test_a_repeat_of_an_edit_handled_before_the_forget_leaves_the_contact_forgotten(scrm, wired, sandbox, tmp_path,
                                                                                    caplog):
     """Two edits in one second are byte-identical callbacks, so a repeat re-runs the stored one; after a
@@ -181,6 +251,41 @@ def test_a_repeat_of_an_edit_handled_before_the_forget_leaves_the_contact_forgot
     assert "event about a forgotten customer ignored" in caplog.text
     assert len(read(sandbox, "calls", path="externalcontact/get")) == fetches
     assert personal(every_row(db)) == []
+
+
+@pytest.mark.parametrize("change", ["contacts/edit", "contacts/add"])
+def test_a_handler_in_flight_when_the_customer_is_forgotten_brings_nothing_back(scrm, wired, sandbox, tmp_path,
+                                                                               monkeypatch, change):
+    """The forget runs while a handler of the contact's event waits on externalcontact/get (the event is
+    claimed, `processing`): the handler's writes after it (the name, the remark) must not bring them back,
+    neither for a member's edit nor for an add that was in flight (an add after the forget is a new record)."""
+    import handlers.contacts
+
+    db = wired.extensions["scrm.db"]
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan", "name": "张三"}, {"userid": "lisi", "name": "李四"}]})
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": NAME, "external_userid": FORGET})
+    assert drain(wired) == {"handled": 1}
+    fetch = handlers.contacts._fetch_contact
+    forgotten: list[str] = []
+
+    def forget_meanwhile(ctx: Any, external_userid: str) -> dict[str, Any]:
+        if not forgotten:
+            forgotten.append(scrm("customer", "forget", FORGET, "--yes"))
+        return fetch(ctx, external_userid)
+
+    monkeypatch.setattr(handlers.contacts, "_fetch_contact", forget_meanwhile)
+    if change == "contacts/edit":
+        control(sandbox, change, {"userid": "zhangsan", "external_userid": FORGET, "remark": f"{NAME} {MOBILE}"})
+    else:  # the customer adds a second member; the add is being handled when the forget comes
+        control(sandbox, change, {"userid": "lisi", "name": NAME, "external_userid": FORGET})
+    assert drain(wired) == {"dead": 1}  # as the forget left it, not handled
+    assert "forgot customer" in forgotten[0]
+
+    assert personal(every_row(db)) == []
+    with db.sessions() as s:
+        customers = s.scalars(select(Customer)).all()
+        assert [(c.name, c.external_userid.startswith("forgotten:")) for c in customers] == [("", True)]
+        assert [f.remark for f in s.scalars(select(Follow))] == [""]
 
 
 def test_forget_asks_first_and_says_what_it_cannot_find(scrm, wired, sandbox, tmp_path):

@@ -10,12 +10,24 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.contacts.interactions import add_interaction
+from bot.core.forgotten import is_forgotten
 from bot.models import Customer, CustomerTag, Follow, Staff, Tag
 from bot.tagging.system import tag_customer, untag_customer
 
 
-def upsert_customer(session: Session, external_userid: str, contact: dict[str, Any]) -> Customer:
+class CustomerForgotten(LookupError):
+    """The contact was erased by `scrm customer forget` after this work began: no record names them again."""
+
+
+def upsert_customer(session: Session, external_userid: str, contact: dict[str, Any], *,
+                    new_relationship: bool = False) -> Customer:
+    """The customer with ``external_userid``, created if new, with WeCom's ``contact`` fields. A forgotten
+    contact is neither created nor updated (CustomerForgotten), checked in the caller's transaction: a
+    handler that began before the forget (it fetched the contact meanwhile) cannot bring the name back.
+    Only ``new_relationship`` (the customer added a member again) starts a new record for them."""
     customer = session.scalar(select(Customer).where(Customer.external_userid == external_userid))
+    if customer is None and not new_relationship and is_forgotten(session, external_userid):
+        raise CustomerForgotten("the customer was forgotten (scrm customer forget)")
     if customer is None:
         customer = Customer(external_userid=external_userid, name="")
         session.add(customer)

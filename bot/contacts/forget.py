@@ -5,7 +5,8 @@ statistic over tiers stays what it was.
 What goes: name, avatar, unionid, company, birthday and gender; each follow's remark and description
 (where staff note phone numbers); the text and details of every interaction (kf message texts); the
 contact's id inside stored callbacks, outbox rows, kf conversations and interaction references; the
-text of every message queued or sent to or about the customer; coupon redemption notes. The
+text of every message queued or sent to or about the customer; coupon redemption notes; the contact's
+id, name and group nickname in the group member lists, and its id in hand-over (transfer) rows. The
 external_userid becomes a one-way key (bot.core.privacy.forgotten_key), which is the mark the brand's
 own pulls respect. The customer is opted out, so no push goes to the empty record.
 
@@ -28,10 +29,12 @@ from bot.models import (
     Coupon,
     Customer,
     Follow,
+    GroupMember,
     InboxEvent,
     Interaction,
     KfConversation,
     OutboxMessage,
+    Transfer,
 )
 from bot.outbox.queue import withdraw_carried_coupons
 
@@ -73,6 +76,12 @@ def forget_customer(session: Session, customer: Customer, actor: str, now: datet
     result.rows["kf_conversations"] = _count(session.execute(
         update(KfConversation).where(or_(KfConversation.external_userid == external_userid,
                                          KfConversation.customer_id == customer.id))
+        .values(external_userid=key)))
+    result.rows["group_members"] = _count(session.execute(
+        update(GroupMember).where(or_(GroupMember.member_id == external_userid, GroupMember.customer_id == customer.id))
+        .values(member_id=key, name="", group_nickname="")))
+    result.rows["transfers"] = _count(session.execute(
+        update(Transfer).where(or_(Transfer.external_userid == external_userid, Transfer.customer_id == customer.id))
         .values(external_userid=key)))
     result.rows["coupons"] = _count(session.execute(
         update(Coupon).where(Coupon.customer_id == customer.id, Coupon.redeem_note.is_not(None))

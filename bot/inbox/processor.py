@@ -124,7 +124,7 @@ class InboxProcessor:
         if claimed_at is None:
             return None
         with LeaseKeeper(partial(self._renew, event_id), claimed_at, self.clock,
-                         self.settings.worker.lease_seconds, f"inbox event {event_id}"):
+                         self.settings.worker.lease_seconds, f"inbox event {event_id}") as lease:
             status, error = self._handle(event_id)
             for _ in range(CONFLICT_RERUNS):
                 if not isinstance(error, IntegrityError):
@@ -134,7 +134,9 @@ class InboxProcessor:
                 logger.info("inbox event %d met a concurrent write; handled again at once", event_id)
                 status, error = self._handle(event_id)
         # Recorded after the keeper stopped: a renewal racing the final write would look like a takeover.
-        return self._fail(event_id, error) if error is not None else self._finish(event_id, status)
+        if error is not None:
+            return self._fail(event_id, error, lease.token)
+        return self._finish(event_id, status, lease.token)
 
     def _handle(self, event_id: int) -> tuple[str, BaseException | None]:
         """Run the event's handlers and send what they queued: ("handled" | "unhandled", None) or
@@ -160,6 +162,13 @@ class InboxProcessor:
                 message = parse_message(payload)
                 for handler in handlers:
                     handler(message, ctx)
+                if not _still_claimed(session, event_id):
+                    # Taken from the worker meanwhile (`scrm customer forget` marked it dead): what the handler
+                    # did is dropped, or it would bring back what the forget erased.
+                    session.rollback()
+                    ctx.send_now.clear()
+                    ctx.after_sends.clear()
+                    return CLAIM_LOST, None
                 session.commit()
             except Exception as exc:  # noqa: BLE001 - any handler error is recorded and retried
                 session.rollback()
@@ -188,20 +197,25 @@ class InboxProcessor:
                 .values(locked_at=new)
             ).rowcount == 1
 
-    def _finish(self, event_id: int, status: str) -> str:
+    def _finish(self, event_id: int, status: str, held: datetime | None = None) -> str:
+        """Record the outcome while the claim is still ours (still ``processing`` with our stamp); else the
+        event's status as whoever took it left it (a forget's ``dead``, another worker's)."""
         with self.db.begin() as session:
-            session.execute(
-                update(InboxEvent).where(InboxEvent.id == event_id).values(
+            if status != CLAIM_LOST and session.execute(
+                update(InboxEvent).where(InboxEvent.id == event_id, *_held(held)).values(
                     status=status, handled_at=self.clock(), locked_at=None, next_attempt_at=None, last_error=None)
-            )
-        return status
+            ).rowcount == 1:
+                return status
+            return _lost(session, event_id)
 
-    def _fail(self, event_id: int, exc: BaseException) -> str:
+    def _fail(self, event_id: int, exc: BaseException, held: datetime | None = None) -> str:
         error = "".join(traceback.format_exception(exc)[-6:])[-4000:]
         worker = self.settings.worker
         with self.db.begin() as session:
-            row = session.get(InboxEvent, event_id)
-            assert row is not None
+            row = session.scalar(select(InboxEvent).where(InboxEvent.id == event_id, *_held(held)))
+            if row is None:
+                logger.info("inbox event %d failed after its claim was lost: %s", event_id, type(exc).__name__)
+                return _lost(session, event_id)
             attempts = row.attempts
             if attempts >= worker.max_attempts:
                 status, next_at = "dead", None
@@ -237,3 +251,24 @@ class InboxProcessor:
             if reset_attempts:
                 row.attempts = 0
             return row
+
+
+CLAIM_LOST = "lost"
+
+
+def _held(token: datetime | None) -> tuple[Any, ...]:
+    """The event is still claimed with ``token`` (None: whatever its claim, an operator's or a test's call)."""
+    return () if token is None else (InboxEvent.status == "processing", InboxEvent.locked_at == token)
+
+
+def _still_claimed(session: Any, event_id: int) -> bool:
+    """Whether the event is still being processed, read (and on PostgreSQL locked until the commit) in the
+    handler's own transaction: a forget that marks it dead either went first and is seen, or waits."""
+    return session.scalar(select(InboxEvent.status).where(InboxEvent.id == event_id).with_for_update()) == "processing"
+
+
+def _lost(session: Any, event_id: int) -> str:
+    """The status of an event whose claim this worker lost, which it leaves as it is."""
+    status = session.scalar(select(InboxEvent.status).where(InboxEvent.id == event_id))
+    logger.info("inbox event %d was taken from this worker (now %s); its outcome is not recorded", event_id, status)
+    return str(status)

@@ -137,7 +137,8 @@ def _orders_payload() -> list[Any]:
 @bp.post("/orders")
 def post_orders() -> Response:
     """Each order: order_id, external_userid, amount (元), paid_at (ISO 8601; no offset = app.timezone), status.
-    Answers one result per order, in order: inserted / updated / unchanged / error."""
+    Answers one result per order, in order: inserted / updated / unchanged / skipped (with a reason: a
+    forgotten customer's, which stays forgotten) / error."""
     settings = current_settings()
     db = current_app.extensions["scrm.db"]
     with db.begin() as session:
@@ -187,10 +188,13 @@ def _flush(writer: OrderWriter, batch: dict[str, tuple[int, OrderRow]], results:
     if not batch:
         return
     outcome = writer.write([row for _, row in batch.values()], keep_outcomes=True)
-    by_index = {index: outcome.outcomes[row.order_id] for index, row in batch.values()}
+    by_index = {index: row.order_id for index, row in batch.values()}
     for item in results:
         if item["result"] is None and item["index"] in by_index:
-            item["result"] = by_index[item["index"]]
+            order_id = by_index[item["index"]]
+            item["result"] = outcome.outcomes[order_id]
+            if order_id in outcome.reasons:  # skipped: a forgotten customer's (scrm customer forget)
+                item["reason"] = outcome.reasons[order_id]
     batch.clear()
 
 
