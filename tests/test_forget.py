@@ -170,6 +170,12 @@ def test_forget_erases_the_contact_from_group_member_lists_and_hand_overs(scrm, 
         assert transfer.external_userid == member.member_id and transfer.customer_id == customer_id
         rows = s.scalars(select(AuditEntry.after)).one()["rows"]
         assert (rows["group_members"], rows["transfers"]) == (1, 1)
+    # WeCom still lists them in the group (with their name): a sync keeps them the anonymous member.
+    assert "groups 1" in scrm("groups", "sync", "--no-progress")
+    assert personal(every_row(db)) == []
+    with db.sessions() as s:
+        members = s.scalars(select(GroupMember).where(GroupMember.customer_id == customer_id)).all()
+        assert [(m.member_id.startswith("forgotten:"), m.name, m.left_at) for m in members] == [(True, "", None)]
 
 
 def test_forget_twice_changes_nothing_and_sync_and_imports_leave_it_forgotten(scrm, wired, sandbox, tmp_path):

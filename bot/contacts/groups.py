@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session
 
 from bot.contacts.interactions import add_interaction
 from bot.core.db import row_id
+from bot.core.forgotten import stored_member_ids
+from bot.core.privacy import is_forgotten_key
 from bot.models import (
     MEMBER_EXTERNAL,
     MEMBER_STAFF,
@@ -118,10 +120,13 @@ def upsert_group(session: Session, chat: dict[str, Any], now: datetime) -> tuple
     group.member_version = str(chat.get("member_version") or "")[:64]
     group.dismissed_at, group.synced_at = None, now
     admins = {str(a.get("userid")) for a in chat.get("admin_list") or [] if isinstance(a, dict)}
-    listed = {str(m["userid"]): m for m in chat.get("member_list") or [] if isinstance(m, dict) and m.get("userid")}
+    given = {str(m["userid"]): m for m in chat.get("member_list") or [] if isinstance(m, dict) and m.get("userid")}
+    stored = stored_member_ids(session, given)  # a forgotten customer stays a key with no name
+    listed = {stored[member_id]: info for member_id, info in given.items()}
     existing = {m.member_id: m for m in group.members}
     changes = MemberChanges()
     for member_id, info in listed.items():
+        forgotten = is_forgotten_key(member_id)
         row = existing.get(member_id)
         if row is None:
             row = GroupMember(member_id=member_id[:128])
@@ -132,8 +137,8 @@ def upsert_group(session: Session, chat: dict[str, Any], now: datetime) -> tuple
         row.member_type = MEMBER_STAFF if int(info.get("type") or MEMBER_EXTERNAL) == MEMBER_STAFF \
             else MEMBER_EXTERNAL
         row.is_admin = member_id in admins
-        row.name = str(info.get("name") or row.name or "")[:255]
-        row.group_nickname = str(info.get("group_nickname") or "")[:255]
+        row.name = "" if forgotten else str(info.get("name") or row.name or "")[:255]
+        row.group_nickname = "" if forgotten else str(info.get("group_nickname") or "")[:255]
         row.join_time = from_epoch(info.get("join_time")) or row.join_time
         row.join_scene = _int_or_none(info.get("join_scene"))
         row.invitor_userid = str((info.get("invitor") or {}).get("userid") or "")[:64] or None
@@ -188,7 +193,8 @@ def apply_member_change(session: Session, group: CustomerGroup, fields: dict[str
         return None
     existing = {m.member_id: m for m in group.members}
     changes = MemberChanges()
-    for member_id in ids:
+    stored = stored_member_ids(session, ids)
+    for member_id in (stored[i] for i in ids):
         row = existing.get(member_id)
         if detail == "add_member":
             if row is None:
