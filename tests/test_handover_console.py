@@ -138,13 +138,17 @@ def test_an_operator_creates_and_deletes_a_channel_code_in_wecom(wired, sandbox)
         assert (audit.actor, audit.target, audit.after["members"]) == ("olga", "channel:expo2026", ["zhangsan", "lisi"])
     page = client.get("/console/channels").get_data(as_text=True)
     assert "已创建渠道 expo2026" in page and "zhangsan、lisi" in page and way["qr_code"] in page
+    assert "还没有欢迎语模板" not in page
+    client.post("/console/channels/new", data={**form, "state": "poster", "welcome": "does_not_exist"})
+    page = client.get("/console/channels").get_data(as_text=True)  # made, with a note: the file may come later
+    assert "已创建渠道 poster" in page and "还没有欢迎语模板 welcome/does_not_exist.j2" in page
     again = client.post("/console/channels/new", data=form)
     assert again.status_code == 400 and "exists already" in again.get_data(as_text=True)
 
     refused = viewer.post("/console/channels/delete", data={"csrf_token": csrf(viewer), "state": "expo2026"})
     assert refused.status_code == 403
     gone = client.post("/console/channels/delete", data={"csrf_token": csrf(client), "state": "expo2026"})
-    assert gone.status_code == 302 and read(sandbox, "contact_ways") == []
+    assert gone.status_code == 302 and [w["state"] for w in read(sandbox, "contact_ways")] == ["poster"]
     with db.sessions() as s:
         assert s.scalar(select(Channel.status).where(Channel.state == "expo2026")) == "deleted"
         assert s.scalar(select(AuditEntry.before).where(AuditEntry.action == "channels.delete"))["config_id"] \

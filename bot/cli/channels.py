@@ -53,12 +53,9 @@ def _when(cli: CliContext, text: str | None) -> datetime | None:
 
 
 def _warn_template(cli: CliContext, name: str) -> None:
-    from pathlib import Path
+    from bot.outbox.messages import MessageTemplates
 
-    from templates import MESSAGES_DIR
-
-    dirs = [Path(d) for d in (cli.settings().app.templates_dir,) if d] + [MESSAGES_DIR]
-    if not any((d / "welcome" / f"{name}.j2").exists() for d in dirs):
+    if not MessageTemplates.from_settings(cli.settings()).has("welcome", name):
         click.echo(f"note: no welcome/{name}.j2 template yet: the welcome falls back to welcome/default", err=True)
 
 

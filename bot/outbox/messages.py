@@ -90,6 +90,11 @@ class MessageTemplates:
             paths.append(f"{kind}/{n}.j2")
         return paths
 
+    def has(self, kind: str, name: str) -> bool:
+        """Whether ``kind/name`` has a template of its own (``name.j2`` or a tier's ``name.<tier>.j2``)."""
+        prefix = f"{kind}/{name}."
+        return any(self.env.list_templates(filter_func=lambda path: path.startswith(prefix) and path.endswith(".j2")))
+
     def choose(self, kind: str, name: str, tiers: Sequence[str | None] = ()) -> str:
         for path in self.candidates(kind, name, tiers):
             try:

@@ -21,6 +21,7 @@ from bot.contacts.channels import (
     update_channel,
 )
 from bot.models import Channel
+from bot.outbox.messages import MessageTemplates
 from bot.web.console.handover import channels_page, contact_api
 from bot.web.console.views import _audit, bp, split_words
 from segments.policy import STAGE_PATHS
@@ -78,8 +79,15 @@ def channel_create() -> Any:
         if config_id:  # WeCom made the code but it was not saved here: do not leave it orphaned
             api.del_contact_way(config_id)
         raise
-    flash(f"已创建渠道 {spec.state}，活码已生成")
+    flash(f"已创建渠道 {spec.state}，活码已生成" + _missing_welcome(settings, spec.welcome))
     return redirect(url_for("console.channels_page"))
+
+
+def _missing_welcome(settings: Any, name: str) -> str:
+    """A note when the welcome template named has no file yet (it may be written after the code is made)."""
+    if MessageTemplates.from_settings(settings).has("welcome", name):
+        return ""
+    return f"。注意：还没有欢迎语模板 welcome/{name}.j2，加好友时暂用 welcome/default"
 
 
 @bp.post("/channels/update")
@@ -104,7 +112,8 @@ def channel_update() -> Any:
     except ChannelError as exc:
         logger.info("console: channel update refused: %s", exc)
         return channels_page(form=request.form, error=str(exc), edit=state)
-    flash(f"已修改渠道 {state}：{'、'.join(CHANGE_NAMES[k] for k in changes)}" if changes else f"渠道 {state} 没有改动")
+    done = f"已修改渠道 {state}：{'、'.join(CHANGE_NAMES[k] for k in changes)}" if changes else f"渠道 {state} 没有改动"
+    flash(done + (_missing_welcome(settings, changes["welcome"]) if "welcome" in changes else ""))
     return redirect(url_for("console.channels_page"))
 
 
