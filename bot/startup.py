@@ -103,6 +103,11 @@ def _replies_and_channels(settings: Settings) -> None:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"kf.reply_rules: rule name(s) {twice} used twice")
+    templates = MessageTemplates.from_settings(settings)
+    missing = [n for n in names if not templates.has("reply", n)]
+    if missing:  # the name picks the reply: without a file every match would get reply/default, unsaid
+        raise ConfigError(f"kf.reply_rules: no reply template for {missing} (add reply/{missing[0]}.j2 under "
+                          "templates/messages/ or app.templates_dir first)")
     stages = STAGE_PATHS[settings.tiers.stage_path]
     default_group = settings.tags.default_group.strip()
     for state, channel in settings.contacts.channels.items():

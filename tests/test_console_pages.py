@@ -21,6 +21,15 @@ REPLY_RULES = [{"name": "price", "keywords": ["多少钱"]}, {"name": "human", "
 
 
 @pytest.fixture
+def overrides(overrides, tmp_path):
+    """Reply templates of the brand's own beside the shipped ones (a reply rule needs its template)."""
+    (tmp_path / "reply").mkdir()
+    for name in ("sample", "first", "second"):
+        (tmp_path / "reply" / f"{name}.j2").write_text("小样请找客服领取～", encoding="utf-8")
+    return {**overrides, "app": {**overrides["app"], "templates_dir": str(tmp_path)}}
+
+
+@pytest.fixture
 def console(app):
     app.extensions["scrm.clock"] = lambda: MORNING
     return app
@@ -56,7 +65,8 @@ def test_the_new_pages_need_a_sign_in_and_show_no_edit_form_to_a_viewer(console,
     ("tags.rules", [{"name": "x", "when": "tier_entered", "dimension": "rfm_segment", "value": "important_valu",
                      "tag": "a/b"}], "rfm_segment has no value 'important_valu'"),
     ("kf.reply_rules", [{"name": "price", "keywords": []}], "non-empty keywords list"),
-    ("kf.reply_rules", [{"name": "a", "keywords": ["x"]}, {"name": "a", "keywords": ["y"]}], "used twice"),
+    ("kf.reply_rules", [{"name": "price", "keywords": ["x"]}, {"name": "price", "keywords": ["y"]}], "used twice"),
+    ("kf.reply_rules", [{"name": "sampel", "keywords": ["x"]}], "no reply template for ['sampel']"),
     ("contacts.channels", {"live": {"tags": ["渠道/直播间"], "stage": "intent"}}, "stage must be one of"),
     ("contacts.channels", {"live": {"colour": "red"}}, "unknown keys ['colour']"),
     ("contacts.channels", [], "must be an object keyed by channel State"),
