@@ -194,6 +194,7 @@ def test_an_operator_runs_the_hand_over_the_plan_showed_audited(wired, sandbox, 
     client = signed_in(wired, "olga", "operator")
     page = client.get("/console/transfers", query_string=query).get_data(as_text=True)
     assert "执行交接（5 位客户）" in page
+    assert "请核对接替成员：<code>lisi</code>、<code>wangwu</code> 在这里没有跟进任何客户" in page
     digest = re.search(r'name="expected" value="([0-9a-f]{16})"', page)[1]
     form = {**form, "csrf_token": csrf(client), "expected": digest}
     stale = client.post("/console/transfers/run", data={**form, "to": "wangwu,lisi"}, follow_redirects=True)

@@ -220,6 +220,9 @@ def test_plan_refuses_bad_rules_and_self_transfer(wired, sandbox, tmp_path):
     chosen = scrm("transfer", "plan", "--from", "zhangsan", "--to", "lisi", "--customer", "wmR00001",
                   "--customer", "wmSTRANGER").output
     assert "plan only: 1 customers" in chosen and "skipped wmSTRANGER: not a current customer of zhangsan" in chosen
+    assert "note: lisi: no customer here is followed by them" in chosen  # lisi has none yet: a typo is possible
+    typo = scrm("transfer", "plan", "--from", "zhangsan", "--to", "zhangsna", "--to", "lisi").output
+    assert "note: lisi, zhangsna: no customer here" in typo and "WeCom refuses an unknown member (60111)" in typo
     long_message = scrm("transfer", "run", "--from", "zhangsan", "--to", "lisi", "--message", "字" * 201, "--yes",
                         ok=False)
     assert long_message.exit_code == 2 and "1 to 200 characters" in long_message.output

@@ -80,6 +80,9 @@ def _print_plan(plan: Any, details: bool) -> None:
             f"{owner} {n}" for owner, n in sorted(_count(g.takeover_userid for g in plan.groups).items())) + ")")
     for external_userid, why in plan.skipped:
         click.echo(f"skipped {external_userid}: {why}")
+    if plan.unknown_members:
+        click.echo(f"note: {', '.join(plan.unknown_members)}: no customer here is followed by them — check the "
+                   "userid: WeCom refuses an unknown member (60111) for every customer handed to them")
 
 
 def _count(values: Any) -> dict[str, int]:

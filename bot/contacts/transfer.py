@@ -126,6 +126,9 @@ class Plan:
     rows: list[PlanRow] = field(default_factory=list)
     groups: list[GroupPlanRow] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (external_userid, why)
+    # Takeover userids no synced customer follows and no hand-over has named: a typo is refused by WeCom
+    # (60111) for every customer handed to it, so the plan says so before it is run.
+    unknown_members: list[str] = field(default_factory=list)
 
     def digest(self) -> str:
         """Who goes to whom, in 16 hex digits: a page shows it with the plan, and a run whose plan has
@@ -164,6 +167,7 @@ def plan_onjob(session: Session, handover: str, rest: list[str], routes: list[Ro
         else:
             pool.append((found[external_userid], external_userid))
     _assign(session, plan, "onjob", handover, pool, rest, routes)
+    plan.unknown_members = _unknown_members(session, plan)
     return plan
 
 
@@ -200,7 +204,15 @@ def plan_departed(session: Session, api: Any, rest: list[str], routes: list[Rout
         chat_ids = [chat_id for chunk in chunks for chat_id in api.resigned_group_chats(chunk)]
         for turn, chat_id in enumerate(dict.fromkeys(chat_ids)):
             plan.groups.append(GroupPlanRow(chat_id, "", rest[turn % len(rest)]))
+    plan.unknown_members = _unknown_members(session, plan)
     return plan
+
+
+def _unknown_members(session: Session, plan: Plan) -> list[str]:
+    """The plan's takeover members this service has never seen as a member (see Plan.unknown_members)."""
+    wanted = {r.takeover_userid for r in plan.rows} | {g.takeover_userid for g in plan.groups}
+    known = set(session.scalars(select(Staff.userid).where(Staff.userid.in_(wanted))))
+    return sorted(wanted - known)
 
 
 def _check_members(handover: str, rest: list[str], routes: list[Route]) -> None:
