@@ -345,7 +345,7 @@ def test_preview_renders_samples_and_writes_nothing(seeded, console, db):
     page = response.get_data(as_text=True)
     assert response.status_code == 200
     assert "尊敬的高价值客户 客户0" in page and "本店 双十二" in page
-    assert "opted out" in page  # wm000006 (mid) is skipped, and the page says why
+    assert "已退订" in page  # wm000006 (mid) is skipped, and the page says why
     with db.sessions() as s:
         assert s.scalar(select(Broadcast)) is None
 
@@ -440,7 +440,7 @@ def test_the_system_page_shows_what_needs_a_look_and_requeues_it(seeded, console
                             reason="opted out (退订)", scheduled_at=MORNING - timedelta(days=2)))
     client = signed_in(console, "olga", "operator")
     page = client.get("/console/system").get_data(as_text=True)
-    assert "RuntimeError: WeCom said 60011" in page and "opted out (退订)" in page and "nightly_retier" in page
+    assert "RuntimeError: WeCom said 60011" in page and "已退订" in page and "nightly_retier" in page
     assert client.post(f"/console/system/inbox/{failed}/retry", data={"csrf_token": csrf(client)}).status_code == 302
     with db.sessions() as s:
         assert s.get(InboxEvent, failed).status == "pending"
@@ -617,7 +617,7 @@ def test_daily_new_customers_by_channel_and_messages_by_outcome(seeded, console,
     assert d.new_by_channel["days"][-1] == "11-24" and len(d.new_by_channel["days"]) == 30
     assert channels["live_0618"][-1] == 2 and channels["（无渠道）"][-1] == sum(channels["（无渠道）"]) == 9
     outcomes = {series["name"]: series["data"] for series in d.messages_by_outcome["series"]}
-    assert outcomes["已发送"][-2:] == [1, 1] and outcomes["跳过：opted out (退订)"][-1] == 1
+    assert outcomes["已发送"][-2:] == [1, 1] and outcomes["跳过：已退订"][-1] == 1
     assert len(outcomes) == 2  # pending is not an outcome yet
     console.extensions["scrm.clock"] = lambda: MORNING + timedelta(hours=1)
     page = signed_in(console, "alice", "viewer").get("/console/").get_data(as_text=True)

@@ -111,7 +111,7 @@ def test_an_operator_builds_previews_schedules_and_measures_a_tiered_broadcast(a
     page.wait_for_selector("#preview")
     preview = page.inner_text("#preview")
     assert "尊敬的高价值客户客户0，专属礼遇已备好" in preview and "本店 双十二预热开始啦" in preview
-    assert "opted out" in preview
+    assert "已退订" in preview
     page.screenshot(path=str(tmp_path / "console-preview.png"), full_page=True)
 
     page.click("button:has-text('排期发送')")

@@ -28,6 +28,7 @@ from bot.models import (
     TierRun,
 )
 from bot.outbox.messages import STAGE_NAMES, TIER_NAMES
+from bot.web.console.words import reason_zh
 from segments.rfm import SEGMENT_NAMES, SEGMENTS
 
 logger = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def messages_by_outcome(session: Session, bounds: list[datetime]) -> dict[str, A
     rows = session.execute(select(each.c.day, each.c.status, each.c.reason, func.count())
                            .group_by(each.c.day, each.c.status, each.c.reason)).all()
     named = [(d, "已发送" if status in ("sent", "confirmed") else
-              f"{'跳过' if status == 'skipped' else '失败'}：{(reason or '-')[:40]}", int(n))
+              f"{'跳过' if status == 'skipped' else '失败'}：{(reason_zh(reason) or '-')[:40]}", int(n))
              for d, status, reason, n in rows]
     return _series(named, bounds, top=6)
 

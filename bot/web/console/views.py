@@ -81,6 +81,7 @@ from bot.web.console.figures import (
     tier_label,
 )
 from bot.web.console.system import OUTBOX_DAYS, event_state, last_line, system_figures
+from bot.web.console.words import reason_zh
 from bot.web.live import current_settings
 from bot.web.logpaths import logged_path
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, TierPolicy
@@ -209,6 +210,9 @@ def _headers(response: Response) -> Response:
     if request.endpoint != "console.static":
         response.headers["Cache-Control"] = "no-store"
     return response
+
+
+bp.add_app_template_filter(reason_zh, "reason_zh")
 
 
 @bp.app_template_global()
