@@ -651,3 +651,15 @@ def test_the_customer_page_shows_churn_risk_and_predicted_value(seeded, console,
         assert _names(client.get("/console/customers", query_string=query).get_data(as_text=True), ids) == []
     assert client.get("/console/customers", query_string={"p_alive_below": "often"}).status_code == 400
     assert 'name="expected_purchases_above"' in client.get("/console/customers").get_data(as_text=True)
+
+
+def test_refusals_read_in_chinese_with_the_recorded_words_beside():
+    from bot.web.console.words import error_zh, reason_zh
+
+    assert error_zh("the send time has passed; choose a later one") == "发送时间已过，请选择更晚的时间"
+    assert error_zh("template 'default' uses unknown variable(s) ['nope']; available: ['brand']") \
+        == "模板 'default' 使用了未知变量 ['nope']；可用：['brand']"
+    assert reason_zh("brand cap: 2 push(es) per day reached") == "已达品牌上限：每天 2 条"
+    assert reason_zh("WeCom mass-message cap (4_per_month: 4 per period) reached") \
+        == "已达企业微信群发上限（4_per_month：每周期 4 条）"
+    assert error_zh("something new") == "something new" and reason_zh(None) == ""

@@ -20,7 +20,39 @@ REASONS_ZH: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern)
 
 
 def reason_zh(text: str | None) -> str:
-    for pattern, words in REASONS_ZH:
-        if pattern.match(text or ""):
-            return pattern.sub(words, text or "")
-    return text or ""
+    return _first_match(REASONS_ZH, text or "")
+
+
+def _first_match(table: tuple[tuple[re.Pattern[str], str], ...], text: str) -> str:
+    for pattern, words in table:
+        if pattern.match(text):
+            return pattern.sub(words, text)
+    return text
+
+
+# Why a form was refused (BroadcastError and the like, English for the CLI), in the console's words.
+ERRORS_ZH: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern), words) for pattern, words in (
+    (r"^choose a send time$", "请选择发送时间"),
+    (r"^the send time has passed; choose a later one$", "发送时间已过，请选择更晚的时间"),
+    (r"^the send time (.+) is in the past \(now (.+)\); give a later one$",
+     r"发送时间 \1 已过（现在 \2），请选择更晚的时间"),
+    (r"^send time (.+): use YYYY-MM-DD HH:MM \(local time\)$",
+     r"发送时间 \1 无法识别：请用 YYYY-MM-DD HH:MM（本地时间）"),
+    (r"^hold-out must be 0–50 percent$", "对照组比例须在 0–50%"),
+    (r"^a broadcast needs a name of 1–100 characters$", "群发名称须为 1–100 个字符"),
+    (r"^a broadcast named (.+) exists already$", r"已有名为 \1 的群发"),
+    (r"^content needs (at least )?a default template.*$", "内容至少需要默认模板（default）"),
+    (r"^template (.+) is empty$", r"模板 \1 为空"),
+    (r"^template (.+): syntax error on line (\d+): (.+)$", r"模板 \1 第 \2 行语法错误：\3"),
+    (r"^template (.+) uses unknown variable\(s\) (.+); available: (.+)$", r"模板 \1 使用了未知变量 \2；可用：\3"),
+    (r"^template (.+) renders to more than 4000 bytes \(WeCom's text limit\)$",
+     r"模板 \1 渲染后超过 4000 字节（企业微信文本上限）"),
+    (r"^give either a send time \(once\) or a cron expression \(repeating\)$",
+     "发送时间（一次）与 cron 表达式（重复）二选一"),
+    (r"^cron (.+) never fires$", r"cron \1 不会触发"),
+))
+
+
+def error_zh(text: str | None) -> str:
+    """The refusal in Chinese where it is one of ERRORS_ZH, else as it is."""
+    return _first_match(ERRORS_ZH, text or "")
