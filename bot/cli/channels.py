@@ -262,7 +262,8 @@ def report_cmd(cli: CliContext, since: datetime | None, until: datetime | None, 
     for r in reports:
         if not r.adds:
             continue
-        days = "  ".join(f"{day[5:]}:{count}" for day, count in r.adds_per_day.items())
+        one_year = len({day[:4] for day in r.adds_per_day}) == 1  # MM-DD alone would repeat across years
+        days = "  ".join(f"{day[5:] if one_year else day}:{count}" for day, count in r.adds_per_day.items())
         mix = "、".join(f"{SEGMENT_NAMES.get(k, k)} {v}" for k, v in sorted(r.rfm_segments.items(),
                                                                           key=lambda kv: -kv[1]))
         click.echo(f"\n{r.state} adds per day: {days}")
