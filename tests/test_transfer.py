@@ -359,3 +359,12 @@ def test_groups_wecom_moves_or_is_moving_already_are_not_this_runs_moves_nor_fai
         assert (result.groups_moved, result.groups_already, result.groups_failed) == (1, 2, 1)
         statuses = dict(s.execute(select(GroupTransfer.chat_id, GroupTransfer.status)).all())
     assert statuses == {"wrNEW": "succeeded", "wrDONE": "already", "wrBUSY": "already", "wrBAD": "failed"}
+
+
+def test_a_batch_id_starts_with_its_local_minute_as_pages_show_times():
+    from zoneinfo import ZoneInfo
+
+    from bot.contacts.transfer import new_batch
+
+    batch = new_batch(datetime(2026, 12, 7, 18, 7, tzinfo=UTC), ZoneInfo("Asia/Shanghai"))
+    assert batch.startswith("202612080207-")  # it read 202612071807 beside a start shown as 12-08 02:07

@@ -141,7 +141,8 @@ def run_cmd(cli: CliContext, message: str | None, yes: bool, no_progress: bool, 
             if not yes:
                 click.confirm(f"hand over {len(plan.rows)} customers and {len(plan.groups)} groups?", abort=True)
             with tqdm(total=len(plan.rows), unit="customer", desc="handing over", disable=no_progress) as bar:
-                result = run_plan(session, api, plan, cli.now(), message, progress=bar.update)
+                result = run_plan(session, api, plan, cli.now(), message, progress=bar.update,
+                                  tz=cli.settings().tz)
     except TransferError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"batch {result.batch}: {result.calls} calls, {result.started} started (the customer has 24 h to "

@@ -15,7 +15,7 @@ import secrets
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import exists, func, literal, select, union_all, update
@@ -324,16 +324,17 @@ class RunResult:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-def new_batch(now: datetime) -> str:
-    return f"{now:%Y%m%d%H%M}-{secrets.token_hex(3)}"
+def new_batch(now: datetime, tz: tzinfo = UTC) -> str:
+    """A batch id that starts with its local minute, as the pages and the CLI show times."""
+    return f"{now.astimezone(tz):%Y%m%d%H%M}-{secrets.token_hex(3)}"
 
 
 def run_plan(session: Session, api: Any, plan: Plan, now: datetime, success_msg: str | None = None,
-             progress: Callable[[int], None] | None = None) -> RunResult:
+             progress: Callable[[int], None] | None = None, tz: tzinfo = UTC) -> RunResult:
     """Record the plan, then call WeCom ≤ 100 customers per (handover, takeover) call, committing
     after each call so an interrupted run loses nothing. A call that got no answer leaves its
     customers waiting: polling transfer_result settles them (status 5 = it never started)."""
-    result = RunResult(batch=new_batch(now))
+    result = RunResult(batch=new_batch(now, tz))
     for userid in {r.handover_userid for r in plan.rows if r.kind == "resigned"}:
         staff = session.scalar(select(Staff).where(Staff.userid == userid))
         if staff is not None:

@@ -48,7 +48,8 @@ def transfers_run() -> Any:
             if not plan.rows and not plan.groups:
                 flash("没有需要交接的客户")
                 return again
-            result = run_plan(s, clients.contact.transfer, plan, _now(), message or None)
+            result = run_plan(s, clients.contact.transfer, plan, _now(), message or None,
+                              tz=current_app.extensions["scrm.settings"].tz)
             target = f"staff:{args['from']}" if args["kind"] == "onjob" else f"departed:{args['members'] or '*'}"
             _audit(s, "transfers.run", target, None,
                    {"batch": result.batch, "kind": args["kind"], "to": args["to"], "rules": args["rule"],
