@@ -323,3 +323,34 @@ def test_a_mass_message_refused_for_the_frequency_limit_is_submitted_again_after
     assert submit_mass_messages(db, contact, anytime, now=now + timedelta(seconds=61)) == Counter({"submitted": 1})
     assert len(requests.get(f"{sandbox.url}/_sandbox/calls", params={"path": "externalcontact/add_msg_template"},
                             timeout=10).json()) == 2
+
+
+def test_two_submits_at_once_send_a_mass_message_once(wired, sandbox):
+    """The mass_send, broadcast_dispatch and greetings jobs all submit: each read the pending rows and
+    submitted all it read, whatever another had claimed meanwhile (two tasks: the member sends it twice)."""
+    import threading
+
+    from bot.outbox.mass import claim_pending
+
+    db = wired.extensions["scrm.db"]
+    contact, anytime = one_pending_mass_message(wired, sandbox)
+    with db.begin() as s:
+        row_id = s.scalar(select(OutboxMessage.id))
+        pending_at = datetime.now(SHANGHAI)
+        assert claim_pending(s, [row_id], pending_at) == {row_id}
+        assert claim_pending(s, [row_id], pending_at) == set()  # what the second of two readers claims
+        s.rollback()
+    start, outcomes = threading.Barrier(2), []
+
+    def submit() -> None:
+        start.wait()
+        outcomes.append(submit_mass_messages(db, contact, anytime))
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sum(outcomes, Counter()) == Counter({"submitted": 1})
+    assert len(requests.get(f"{sandbox.url}/_sandbox/calls", params={"path": "externalcontact/add_msg_template"},
+                            timeout=10).json()) == 1

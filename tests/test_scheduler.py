@@ -44,6 +44,34 @@ def test_jobs_are_reconciled_on_every_start_and_never_duplicated(database_url):
         db.dispose()
 
 
+def test_a_run_due_while_the_service_was_down_is_made_up_not_skipped(database_url):
+    """A restart five minutes after the greetings' time kept no greeting that day: reconciling replaced
+    every stored job, and its next run was computed from now (tomorrow)."""
+    from bot.schedule.scheduler import PUSHES_EXECUTOR, build_scheduler, reconcile_jobs
+
+    settings = load_settings(overrides={"database": {"url": database_url}}, environ={})
+    db = Database(settings.database)
+    try:
+        SchedulerService(settings, db).start().stop()
+        due = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+        with db.engine.begin() as conn:
+            state = conn.execute(text(f"SELECT job_state FROM {JOBSTORE_TABLE} WHERE id = 'holiday_greetings'"))
+            moved = pickle.loads(state.scalar_one()) | {"next_run_time": due}
+            conn.execute(text(f"UPDATE {JOBSTORE_TABLE} SET job_state = :state, next_run_time = :at "
+                              "WHERE id = 'holiday_greetings'"), {"state": pickle.dumps(moved), "at": due.timestamp()})
+        scheduler = build_scheduler(settings, db)
+        scheduler.start(paused=True)  # what a restart does before it resumes
+        try:
+            reconcile_jobs(scheduler, settings)
+            greetings = scheduler.get_job("holiday_greetings")
+            assert greetings.next_run_time == due  # still due: it runs on resume (misfire grace 1 h)
+            assert greetings.executor == PUSHES_EXECUTOR and scheduler.get_job("nightly_retier").executor == "default"
+        finally:
+            scheduler.shutdown(wait=False)
+    finally:
+        db.dispose()
+
+
 def test_scrm_jobs_reads_the_job_store_and_changes_nothing(database_url):
     """A due run (next run time in the past) stays due: listing the jobs neither moves it nor tries to
     submit it (a paused scheduler did both, and logged 'cannot schedule new futures after shutdown')."""

@@ -18,7 +18,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.core.db import Database
 from bot.models import OutboxMessage, utcnow
-from bot.outbox.mass import defer_rate_limited, find_interrupted_task
+from bot.outbox.mass import claim_pending, defer_rate_limited, find_interrupted_task
 from bot.outbox.policy import ContactPolicy
 from bot.wecom.client import BUSY_ERRORS
 
@@ -44,11 +44,10 @@ def submit_group_messages(db: Database, contact_client: Any, policy: ContactPoli
             OutboxMessage.channel == CHANNEL, OutboxMessage.status == "pending",
             OutboxMessage.scheduled_at <= now).order_by(OutboxMessage.id)).all()
         batches: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+        claimed = claim_pending(session, [r.id for r in rows], now)
         for row in rows:
-            batches[(row.sender_userid or "", row.content["text"])].append((row.id, row.recipient))
-        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows]),
-                                                    OutboxMessage.status == "pending")
-                        .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=now))
+            if row.id in claimed:
+                batches[(row.sender_userid or "", row.content["text"])].append((row.id, row.recipient))
     for (sender, text), members in batches.items():
         for start in range(0, len(members), MAX_CHATS):
             _submit(db, contact_client, sender, text, members[start:start + MAX_CHATS], outcome, now)

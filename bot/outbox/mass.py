@@ -50,12 +50,10 @@ def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolic
                 status="skipped", reason="opted out (退订) after planning", updated_at=now))
             withdraw_carried_coupons(session, OutboxMessage.id.in_(opted_out))
             outcome["skipped"] += len(opted_out)
+        claimed = claim_pending(session, [row.id for row in rows if not row.opted_out], now)
         for row in rows:
-            if not row.opted_out:
+            if row.id in claimed:
                 groups[(row.sender_userid or "", row.content["text"])].append((row.id, row.recipient))
-        ids = [i for members in groups.values() for i, _ in members]
-        session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.status == "pending")
-                        .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=now))
     # The claim is renewed while the groups are submitted: resolve_interrupted must only look up
     # a dead run's rows (its "not found" would send again what this run is about to submit).
     with LeaseKeeper(partial(_renew, db), now, utcnow, lease_seconds, "mass messages"):
@@ -63,6 +61,21 @@ def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolic
             for start in range(0, len(members), MAX_RECIPIENTS):
                 _submit(db, contact_client, sender, text, members[start:start + MAX_RECIPIENTS], outcome, now)
     return outcome
+
+
+def claim_pending(session: Any, ids: list[int], now: datetime) -> set[int]:
+    """Mark the rows still pending ``sending`` (claimed at ``now``) and return those this call claimed:
+    another submit that read the same rows a moment earlier claimed the rest, and only one may submit
+    each (two add_msg_template tasks: the member would be asked to send it twice)."""
+    if not ids:
+        return set()
+    claim = (update(OutboxMessage).where(OutboxMessage.id.in_(ids), OutboxMessage.status == "pending")
+             .values(status="sending", attempts=OutboxMessage.attempts + 1, updated_at=now))
+    if session.get_bind().dialect.update_returning:
+        return set(session.scalars(claim.returning(OutboxMessage.id)))
+    session.execute(claim)  # SQLite before 3.35: this claim's rows carry its time
+    return set(session.scalars(select(OutboxMessage.id).where(
+        OutboxMessage.id.in_(ids), OutboxMessage.status == "sending", OutboxMessage.updated_at == now)))
 
 
 def _renew(db: Database, held: datetime, new: datetime) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -35,6 +36,19 @@ class JobSpec:
     func: str  # "module:function", stored by reference
     description: str
     trigger: Callable[[Settings], Any]
+
+    @property
+    def executor(self) -> str:
+        return PUSHES_EXECUTOR if self.id in PUSH_JOBS else "default"
+
+
+# Jobs that plan or submit pushes to customers check the contact caps, then write, and submit what is
+# due: two of them at once (a greeting and a sequence step planned in the same second, two submits of
+# the same rows) each passed the cap the other was about to use, and both submitted. They take turns
+# on one thread; the rest (re-tier, contact sync, polls) keep the pool.
+PUSHES_EXECUTOR = "pushes"
+PUSH_JOBS = frozenset({"holiday_greetings", "mass_send", "broadcast_dispatch", "coupon_pushes", "sequences",
+                       "tier_actions"})
 
 
 def _daily(key: str, section: str = "scheduler") -> Callable[[Settings], Any]:
@@ -98,17 +112,28 @@ class SharedEngineJobStore(SQLAlchemyJobStore):
 def build_scheduler(settings: Settings, db: Database) -> BackgroundScheduler:
     store = SharedEngineJobStore(engine=db.engine, tablename=JOBSTORE_TABLE)
     return BackgroundScheduler(jobstores={"default": store}, timezone=settings.tz,
+                               executors={"default": ThreadPoolExecutor(10), PUSHES_EXECUTOR: ThreadPoolExecutor(1)},
                                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
 
 
 def reconcile_jobs(scheduler: BackgroundScheduler, settings: Settings) -> None:
-    """Make the stored jobs exactly :data:`JOBS`: add or replace each, remove any other."""
+    """Make the stored jobs exactly :data:`JOBS`: add or replace each, remove any other. A stored job
+    whose trigger, function and executor are unchanged keeps its next run time: replacing it computed
+    the next run from now, so a run due while the service was down (the day's greetings, the nightly
+    re-tier, a restart a few minutes after their time) was skipped instead of made up (within the
+    misfire grace)."""
     wanted = {spec.id for spec in JOBS}
-    for job in scheduler.get_jobs():
-        if job.id not in wanted:
-            scheduler.remove_job(job.id)
+    stored = {job.id: job for job in scheduler.get_jobs()}
+    for job_id in stored.keys() - wanted:
+        scheduler.remove_job(job_id)
     for spec in JOBS:
-        scheduler.add_job(spec.func, trigger=spec.trigger(settings), id=spec.id, name=spec.description,
+        trigger, job = spec.trigger(settings), stored.get(spec.id)
+        if job is not None and str(job.trigger) == str(trigger) and job.func_ref == spec.func \
+                and job.executor == spec.executor and str(job.trigger.timezone) == str(trigger.timezone):
+            if job.name != spec.description:
+                scheduler.modify_job(spec.id, name=spec.description)
+            continue
+        scheduler.add_job(spec.func, trigger=trigger, id=spec.id, name=spec.description, executor=spec.executor,
                           replace_existing=True)
 
 
