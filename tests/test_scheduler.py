@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -44,21 +45,29 @@ def test_jobs_are_reconciled_on_every_start_and_never_duplicated(database_url):
         db.dispose()
 
 
+def stored_jobs_due(database_url: str, ago: timedelta, only: str | None = None) -> tuple[Any, Database, datetime]:
+    """Settings, the database with every job (or ``only`` one) stored as due ``ago``, and that time."""
+    settings = load_settings(overrides={"database": {"url": database_url}}, environ={})
+    db = Database(settings.database)
+    SchedulerService(settings, db).start().stop()
+    due = datetime.now(UTC).replace(microsecond=0) - ago
+    with db.engine.begin() as conn:
+        for job_id, state in conn.execute(text(f"SELECT id, job_state FROM {JOBSTORE_TABLE}")).all():
+            if only in (None, job_id):
+                moved = pickle.loads(state) | {"next_run_time": due}
+                conn.execute(text(f"UPDATE {JOBSTORE_TABLE} SET job_state = :state, next_run_time = :at "
+                                  "WHERE id = :id"),
+                             {"state": pickle.dumps(moved), "at": due.timestamp(), "id": job_id})
+    return settings, db, due
+
+
 def test_a_run_due_while_the_service_was_down_is_made_up_not_skipped(database_url):
     """A restart five minutes after the greetings' time kept no greeting that day: reconciling replaced
     every stored job, and its next run was computed from now (tomorrow)."""
     from bot.schedule.scheduler import PUSHES_EXECUTOR, build_scheduler, reconcile_jobs
 
-    settings = load_settings(overrides={"database": {"url": database_url}}, environ={})
-    db = Database(settings.database)
+    settings, db, due = stored_jobs_due(database_url, timedelta(minutes=5), "holiday_greetings")
     try:
-        SchedulerService(settings, db).start().stop()
-        due = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-        with db.engine.begin() as conn:
-            state = conn.execute(text(f"SELECT job_state FROM {JOBSTORE_TABLE} WHERE id = 'holiday_greetings'"))
-            moved = pickle.loads(state.scalar_one()) | {"next_run_time": due}
-            conn.execute(text(f"UPDATE {JOBSTORE_TABLE} SET job_state = :state, next_run_time = :at "
-                              "WHERE id = 'holiday_greetings'"), {"state": pickle.dumps(moved), "at": due.timestamp()})
         scheduler = build_scheduler(settings, db)
         scheduler.start(paused=True)  # what a restart does before it resumes
         try:
@@ -75,17 +84,8 @@ def test_a_run_due_while_the_service_was_down_is_made_up_not_skipped(database_ur
 def test_scrm_jobs_reads_the_job_store_and_changes_nothing(database_url):
     """A due run (next run time in the past) stays due: listing the jobs neither moves it nor tries to
     submit it (a paused scheduler did both, and logged 'cannot schedule new futures after shutdown')."""
-    settings = load_settings(overrides={"database": {"url": database_url}}, environ={})
-    db = Database(settings.database)
+    settings, db, due = stored_jobs_due(database_url, timedelta(hours=1))
     try:
-        SchedulerService(settings, db).start().stop()
-        due = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-        with db.engine.begin() as conn:
-            for job_id, state in conn.execute(text(f"SELECT id, job_state FROM {JOBSTORE_TABLE}")).all():
-                moved = pickle.loads(state) | {"next_run_time": due}
-                conn.execute(text(f"UPDATE {JOBSTORE_TABLE} SET job_state = :state, next_run_time = :at "
-                                  "WHERE id = :id"),
-                             {"state": pickle.dumps(moved), "at": due.timestamp(), "id": job_id})
         before = store_rows(db)
         result = CliRunner(env={"SCRM_CONFIG": None, "SCRM_DATABASE_URL": database_url}).invoke(main, ["jobs"])
         assert result.exit_code == 0, result.output
