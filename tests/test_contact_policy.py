@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
 from bot.core.config import ConfigError
 from bot.models import Customer, OutboxMessage
@@ -83,3 +84,29 @@ def test_bad_policy_settings_name_the_key():
         load_settings(overrides={"outbox": {"quiet_hours": "9pm-9am"}}, environ={})
     with pytest.raises(ConfigError, match="outbox.mass_message_rule"):
         load_settings(overrides={"outbox": {"mass_message_rule": "5_per_month"}}, environ={})
+
+
+def test_a_push_planned_in_quiet_hours_counts_against_the_day_it_goes_out(db):
+    """Planned at 22:30 it goes out at 09:00 tomorrow: today's push (daily cap 1) does not stop it (it was
+    skipped with "brand cap: 1 push(es) per day reached" although tomorrow had nothing)."""
+    from bot.campaigns.push import push
+    from bot.models import Follow, Staff
+    from bot.outbox.messages import MessageTemplates
+
+    evening = at("2026-11-24T22:30")
+    settings = load_settings(overrides={"outbox": {"daily_cap": 1}}, environ={})
+    with db.begin() as s:
+        staff = Staff(userid="zhangsan", name="张三")
+        customer = Customer(external_userid="wmLATE", name="晚", owner_userid="zhangsan")
+        s.add_all([staff, customer])
+        s.flush()
+        s.add(Follow(customer_id=customer.id, staff_id=staff.id))
+        s.add(OutboxMessage(dedupe_key="today", channel="mass_message", customer_id=customer.id, recipient="x",
+                            trigger_kind="campaign", trigger_ref="t", content={}, status="sent",
+                            scheduled_at=at("2026-11-24T10:00")))
+        s.flush()
+        push(s, settings, MessageTemplates(), [customer], kind="nba", name="content", trigger_kind="sequence",
+             trigger_ref="new_customer:0", now=evening)
+        row = s.scalar(select(OutboxMessage).where(OutboxMessage.dedupe_key != "today"))
+        assert (row.status, row.reason) == ("pending", None)
+        assert row.scheduled_at == at("2026-11-25T09:00")

@@ -39,7 +39,7 @@ def plan_holiday_greetings(session: Session, settings: Settings, templates: Mess
     for holiday in holidays_on(day, settings.greetings.holidays):
         plan.holidays.append(holiday.name)
         audience = session.execute(_audience()).all()
-        blocked = policy.blocked(session, [row.id for row in audience], "mass_message", now)
+        blocked = policy.blocked(session, [row.id for row in audience], "mass_message", send_at)
         texts: dict[tuple[str | None, str | None], Any] = {}
         existing = set(session.scalars(select(OutboxMessage.customer_id).where(
             OutboxMessage.trigger_kind == "greeting", OutboxMessage.trigger_ref == f"{holiday.code}:{day.year}")))

@@ -54,9 +54,10 @@ def push(session: Session, settings: Settings, templates: MessageTemplates, cust
     keys = {c.id: f"{trigger_kind}:{trigger_ref}:{c.id}" for c in customers}
     existing = set(session.scalars(select(OutboxMessage.dedupe_key).where(
         OutboxMessage.dedupe_key.in_(list(keys.values())))))
-    blocked = policy.blocked(session, ids, "mass_message", now)
-    live = set(session.scalars(reachable(ids)))
     send_at = policy.next_allowed(now)
+    # The caps of the day it goes out: planned at 22:30, it is tomorrow 09:00's push, not tonight's.
+    blocked = policy.blocked(session, ids, "mass_message", send_at)
+    live = set(session.scalars(reachable(ids)))
     reasons: dict[int, str | None] = {}
     for customer in customers:
         if keys[customer.id] in existing:
