@@ -252,6 +252,28 @@ def test_sequence_steps_come_due_and_converted_customers_leave(app, db):
     assert later.planned == 1
 
 
+def test_a_customer_who_orders_before_a_deferred_no_order_step_goes_out_does_not_get_it(app, db):
+    """The day-7 step (if_no_order, with the NEWBIE coupon) planned at 22:30 waits for 09:00; an order at
+    08:00 converts the customer: at submit the step is skipped and its coupon withdrawn (it went out)."""
+    night = MORNING.replace(hour=22, minute=30)
+    [cid] = seed_audience(db, {"low": 1})
+    with db.begin() as s:
+        s.scalar(select(Follow).where(Follow.customer_id == cid)).added_at = night - timedelta(days=7, minutes=5)
+    assert run(app, db, run_sequences, night).planned == 1
+    [row] = outbox(db, trigger_kind="sequence")
+    assert row.status == "pending" and row.scheduled_at.astimezone(SHANGHAI) == (night + timedelta(days=1)).replace(
+        hour=9, minute=0)
+    with db.begin() as s:
+        order(s, cid, "morning", (night + timedelta(days=1)).replace(hour=8, minute=0))
+    policy = ContactPolicy.from_settings(app.extensions["scrm.settings"])
+    submitted = submit_mass_messages(db, None, policy, now=(night + timedelta(days=1)).replace(hour=9, minute=30))
+    assert submitted == Counter({"skipped": 1})
+    [row] = outbox(db, trigger_kind="sequence")
+    assert row.status == "skipped" and row.reason.startswith("ordered since the step was planned")
+    with db.sessions() as s:
+        assert s.scalar(select(Coupon.status)) == "withdrawn"
+
+
 def one_pending_mass_message(wired, sandbox) -> tuple[Any, ContactPolicy]:
     """One customer of zhangsan's with a due mass message; returns the contact client and a policy
     without quiet hours."""

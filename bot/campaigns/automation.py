@@ -204,12 +204,14 @@ def run_sequences(session: Session, settings: Settings, templates: MessageTempla
             by_start: dict[date, list[Customer]] = {}
             for customer, started_at in rows:
                 by_start.setdefault(started_at.astimezone(settings.tz).date(), []).append(customer)
+            since = {customer.id: _aware(started_at) for customer, started_at in rows} \
+                if flow.exit_on_order or step.if_no_order else None  # checked again when it goes out
             for started, customers in by_start.items():
                 ref = f"{flow.name}:{step.index}:{started.isoformat()}"
                 definition = book.get(step.coupon) if step.coupon else None
                 result.add(push(session, settings, templates, customers, kind=step.template.kind,
                                 name=step.template.name, trigger_kind="sequence", trigger_ref=ref, now=now,
-                                coupon=_offer(book, definition, f"sequence:{ref}")))
+                                coupon=_offer(book, definition, f"sequence:{ref}"), unless_ordered_since=since))
     return result
 
 

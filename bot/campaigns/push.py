@@ -6,7 +6,7 @@ through bot/campaigns/broadcasts.py instead, which does the same in SQL."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from bot.campaigns.coupons import CouponOffer, coupon_vars, issue, unissued_vars
 from bot.core.config import Settings
 from bot.models import Customer, Follow, OutboxMessage, Staff
+from bot.outbox.mass import UNLESS_ORDERED
 from bot.outbox.messages import MessageTemplates, customer_vars, tier_keys
 from bot.outbox.policy import ContactPolicy
 from bot.outbox.queue import fit_text
@@ -42,7 +43,8 @@ def reachable(customer_ids: Sequence[int]) -> Any:
 
 def push(session: Session, settings: Settings, templates: MessageTemplates, customers: Sequence[Customer], *,
          kind: str, name: str, trigger_kind: str, trigger_ref: str, now: datetime,
-         extra: Callable[[Customer], dict[str, Any]] | None = None, coupon: CouponOffer | None = None) -> PushResult:
+         extra: Callable[[Customer], dict[str, Any]] | None = None, coupon: CouponOffer | None = None,
+         unless_ordered_since: Mapping[int, datetime] | None = None) -> PushResult:
     """Plan ``kind/name`` (the tier's variant) as a mass message from each customer's owner, with
     ``coupon`` issued to those it is planned for (a skipped row says the coupon was not issued).
     The dedupe key is (trigger_kind, trigger_ref, customer): planning twice adds nothing."""
@@ -77,7 +79,9 @@ def push(session: Session, settings: Settings, templates: MessageTemplates, cust
                             trigger_kind=trigger_kind, trigger_ref=trigger_ref[:128],
                             content={"text": fit_text("mass_message", rendered.text, rendered.template),
                                      "template": rendered.template,
-                                     **({"coupon": coupon_codes[customer.id]} if customer.id in coupon_codes else {})},
+                                     **({"coupon": coupon_codes[customer.id]} if customer.id in coupon_codes else {}),
+                                     **({UNLESS_ORDERED: unless_ordered_since[customer.id].isoformat()}
+                                        if unless_ordered_since and customer.id in unless_ordered_since else {})},
                             status="skipped" if reason else "pending", reason=reason, scheduled_at=send_at)
         session.add(row)
         session.flush()

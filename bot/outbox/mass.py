@@ -17,7 +17,7 @@ from wechatpy.exceptions import WeChatClientException
 from bot.core.db import Database
 from bot.core.lease import LeaseKeeper
 from bot.core.privacy import masked
-from bot.models import Customer, MassReminder, OutboxMessage, utcnow
+from bot.models import Customer, MassReminder, Order, OutboxMessage, utcnow
 from bot.outbox.policy import ContactPolicy
 from bot.outbox.queue import withdraw_carried_coupons
 from bot.wecom.client import BUSY_ERRORS
@@ -28,6 +28,10 @@ MAX_RECIPIENTS = 10_000
 RATE_LIMITED_ATTEMPTS = 10
 # WeCom's clock and ours may differ: a call is looked up in its creation window widened by this much.
 CLOCK_MARGIN = timedelta(minutes=1)
+ORDERED_SINCE = "ordered since the step was planned (it was for customers without an order)"
+# In a row's content: for customers who have not ordered since this time (a sequence step for the
+# unconverted); if they order before it goes out (it waited for quiet hours to end), it is skipped.
+UNLESS_ORDERED = "unless_ordered_since"
 
 
 def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolicy,
@@ -39,18 +43,20 @@ def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolic
     with db.begin() as session:
         rows = session.execute(
             select(OutboxMessage.id, OutboxMessage.sender_userid, OutboxMessage.recipient, OutboxMessage.content,
-                   Customer.opted_out)
+                   OutboxMessage.customer_id, Customer.opted_out)
             .join(Customer, Customer.id == OutboxMessage.customer_id)
             .where(OutboxMessage.channel == "mass_message", OutboxMessage.status == "pending",
                    OutboxMessage.scheduled_at <= now)).all()
         groups: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
-        opted_out = [row.id for row in rows if row.opted_out]
-        if opted_out:
-            session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(opted_out)).values(
-                status="skipped", reason="opted out (退订) after planning", updated_at=now))
-            withdraw_carried_coupons(session, OutboxMessage.id.in_(opted_out))
-            outcome["skipped"] += len(opted_out)
-        claimed = claim_pending(session, [row.id for row in rows if not row.opted_out], now)
+        opted_out = {row.id for row in rows if row.opted_out}
+        ordered = {row.id for row in rows if row.id in _ordered_since_planned(session, rows)} - opted_out
+        for skipped, reason in ((opted_out, "opted out (退订) after planning"), (ordered, ORDERED_SINCE)):
+            if skipped:
+                session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(skipped)).values(
+                    status="skipped", reason=reason, updated_at=now))
+                withdraw_carried_coupons(session, OutboxMessage.id.in_(skipped))
+                outcome["skipped"] += len(skipped)
+        claimed = claim_pending(session, [row.id for row in rows if row.id not in opted_out | ordered], now)
         for row in rows:
             if row.id in claimed:
                 groups[(row.sender_userid or "", row.content["text"])].append((row.id, row.recipient))
@@ -61,6 +67,22 @@ def submit_mass_messages(db: Database, contact_client: Any, policy: ContactPolic
             for start in range(0, len(members), MAX_RECIPIENTS):
                 _submit(db, contact_client, sender, text, members[start:start + MAX_RECIPIENTS], outcome, now)
     return outcome
+
+
+def _ordered_since_planned(session: Any, rows: list[Any]) -> set[int]:
+    """Rows planned for customers without an order since a time (content ``unless_ordered_since``: a
+    sequence step for the unconverted) whose customer has paid an order since: they converted while
+    the row waited (for quiet hours to end, say), and the step's "no order yet" coupon is not theirs."""
+    since = {row.id: (row.customer_id, datetime.fromisoformat(row.content[UNLESS_ORDERED]))
+             for row in rows if isinstance(row.content, dict) and row.content.get(UNLESS_ORDERED)}
+    if not since:
+        return set()
+    earliest = min(at for _, at in since.values())
+    paid: dict[int, list[datetime]] = defaultdict(list)
+    for customer_id, paid_at in session.execute(select(Order.customer_id, Order.paid_at).where(
+            Order.customer_id.in_({c for c, _ in since.values()}), Order.status == "paid", Order.paid_at >= earliest)):
+        paid[customer_id].append(paid_at if paid_at.tzinfo else paid_at.replace(tzinfo=UTC))
+    return {row_id for row_id, (customer_id, at) in since.items() if any(p >= at for p in paid[customer_id])}
 
 
 def claim_pending(session: Any, ids: list[int], now: datetime) -> set[int]:
