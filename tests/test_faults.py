@@ -5,7 +5,7 @@ customer gets the message exactly once."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
@@ -50,6 +50,36 @@ def test_of_two_schedulers_one_runs_the_jobs_and_the_other_takes_over_only_when_
         second.tick()
         first.tick()
         assert (first.active, second.active) == (False, True)
+    finally:
+        first.stop()
+        second.stop()
+        db.dispose()
+
+
+def test_without_redis_a_second_scheduler_stands_by_on_the_databases_lease(database_url):
+    """`scrm serve` (a scheduler in-process) and `scrm scheduler` on one database without Redis: both ran
+    every job (each greeting and broadcast planned and submitted twice)."""
+    from sqlalchemy import update
+
+    from bot.models import SchedulerLease
+
+    settings = load_settings(overrides={"database": {"url": database_url}, "scheduler": {"lock_seconds": 30}},
+                             environ={})
+    db = Database(settings.database)
+    first, second = SchedulerService(settings, db).start(), SchedulerService(settings, db).start()
+    try:
+        assert (first.active, second.active) == (True, False)
+        first.tick()
+        second.tick()
+        assert (first.active, second.active) == (True, False)
+        with db.begin() as s:  # the holder hangs or dies: its lease runs out
+            s.execute(update(SchedulerLease).values(expires_at=datetime(2000, 1, 1, tzinfo=UTC)))
+        second.tick()
+        first.tick()
+        assert (first.active, second.active) == (False, True)
+        second.stop()  # gives the lease back: the next to ask takes it at once
+        first.tick()
+        assert first.active
     finally:
         first.stop()
         second.stop()

@@ -205,7 +205,8 @@ def worker(cli: CliContext, burst: bool) -> None:
 @click.command("scheduler")
 @pass_cli
 def scheduler_cmd(cli: CliContext) -> None:
-    """Run the scheduler alone (with Redis configured, any number may run: one is active)."""
+    """Run the scheduler alone. Any number may run, beside `scrm serve`'s too: one is active (a lock in
+    Redis when configured, else a lease row in the database), the others stand by."""
     import time
 
     from bot.schedule.scheduler import SchedulerService
@@ -214,8 +215,8 @@ def scheduler_cmd(cli: CliContext) -> None:
     settings = cli.settings()
     processor = build_processor(settings, cli.db())
     service = SchedulerService(settings, cli.db(), processor.clients, processor.sender).start()
-    click.echo("scheduler running" + (" (standing by for the Redis lock)" if settings.redis.url else "")
-               + "; Ctrl-C to stop")
+    click.echo(("scheduler running" if service.active else "scheduler standing by (another process runs the jobs; "
+                "this one takes over when its lock lapses)") + "; Ctrl-C to stop")
     try:
         while True:
             time.sleep(3600)

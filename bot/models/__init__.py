@@ -3,7 +3,15 @@
 from bot.models.api import ApiToken
 from bot.models.base import Base, UTCDateTime, utcnow
 from bot.models.campaigns import BROADCAST_STATUSES, COUPON_STATUSES, Broadcast, BroadcastRun, Coupon, MassReminder
-from bot.models.console import OPERATOR_ROLES, AuditEntry, ConsoleFigures, LoginFailure, Operator, RuleOverride
+from bot.models.console import (
+    OPERATOR_ROLES,
+    AuditEntry,
+    ConsoleFigures,
+    LoginFailure,
+    Operator,
+    RuleOverride,
+    SchedulerLease,
+)
 from bot.models.customers import ADD_WAY_ASSIGNED, Customer, CustomerAggregate, CustomerTier, Follow, Staff
 from bot.models.events import (
     INBOX_STATUSES,
@@ -58,6 +66,7 @@ __all__ = [
     "ApiToken",
     "AuditEntry",
     "ConsoleFigures",
+    "SchedulerLease",
     "LoginFailure",
     "OPERATOR_ROLES",
     "Operator",

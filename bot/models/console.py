@@ -88,3 +88,14 @@ class ConsoleFigures(Base):
     key: Mapped[str] = mapped_column(String(100))  # what they were computed from (latest tier run, change, customer)
     computed_at: Mapped[datetime]
     figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class SchedulerLease(Base):
+    """Without Redis, who runs the scheduler: one row per lease, taken by a process when it is free or
+    expired and renewed by its holder, so a second `scrm scheduler` (or `scrm serve`) stands by."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime]

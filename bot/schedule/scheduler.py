@@ -11,7 +11,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -19,10 +19,12 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Column, LargeBinary, MetaData, Table, Unicode, inspect, select
+from sqlalchemy import Column, LargeBinary, MetaData, Table, Unicode, inspect, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from bot.core.config import Settings
 from bot.core.db import Database
+from bot.models import SchedulerLease, utcnow
 from bot.schedule.jobs import Runtime, install
 from bot.startup import RuleReloader
 
@@ -159,15 +161,56 @@ class SchedulerLock:
         self.client.close()
 
 
+class DatabaseLock:
+    """Without Redis, the same lock as a lease row in the database (scheduler_leases): taken when free or
+    expired, renewed by its holder, given back on stop."""
+
+    NAME = "scheduler"
+
+    def __init__(self, db: Database, ttl: int) -> None:
+        self.db, self.ttl, self.token = db, ttl, secrets.token_hex(16)
+
+    def acquire_or_renew(self, held: bool) -> bool:
+        now = utcnow()
+        until = now + timedelta(seconds=self.ttl)
+        with self.db.begin() as session:
+            taken = session.execute(update(SchedulerLease).where(
+                SchedulerLease.name == self.NAME,
+                or_(SchedulerLease.holder == self.token, SchedulerLease.expires_at < now)).values(
+                holder=self.token, expires_at=until)).rowcount
+            if taken:
+                return True
+            if held or session.get(SchedulerLease, self.NAME) is not None:
+                return False  # another process holds it (or took it over from this one)
+            try:
+                with session.begin_nested():
+                    session.add(SchedulerLease(name=self.NAME, holder=self.token, expires_at=until))
+            except IntegrityError:  # another process took the free lease first
+                return False
+        return True
+
+    def release(self) -> None:
+        try:
+            with self.db.begin() as session:
+                session.execute(update(SchedulerLease).where(
+                    SchedulerLease.name == self.NAME, SchedulerLease.holder == self.token).values(
+                    expires_at=datetime(1970, 1, 1, tzinfo=UTC)))
+        except Exception:  # noqa: BLE001 - at exit with the database gone: the lease runs out by itself
+            logger.warning("scheduler lease not given back; it lapses in %ds", self.ttl)
+
+
 class SchedulerService:
-    """Runs the scheduler when it holds the lock (or always, without Redis)."""
+    """Runs the scheduler while it holds the lock: in Redis when configured, else a lease row in the
+    database, so however many processes start one, one runs the jobs."""
 
     def __init__(self, settings: Settings, db: Database, clients: Any = None, sender: Any = None) -> None:
         self.settings, self.db = settings, db
         install(Runtime(settings, db, clients, sender, RuleReloader(db, settings)))
         self.scheduler: BackgroundScheduler | None = None
-        self.lock = (SchedulerLock(settings.redis.url, f"{settings.redis.key_prefix}:scheduler:lock",
-                                   settings.scheduler.lock_seconds) if settings.redis.url else None)
+        self.lock: SchedulerLock | DatabaseLock = (
+            SchedulerLock(settings.redis.url, f"{settings.redis.key_prefix}:scheduler:lock",
+                          settings.scheduler.lock_seconds) if settings.redis.url
+            else DatabaseLock(db, settings.scheduler.lock_seconds))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -176,16 +219,16 @@ class SchedulerService:
         return self.scheduler is not None and self.scheduler.running
 
     def start(self) -> SchedulerService:
-        if self.lock is None:
-            self._activate()
-            return self
+        try:
+            self.tick()  # the first round at once: a process alone is active when start returns
+        except Exception:  # noqa: BLE001 - the standby loop tries again
+            logger.exception("scheduler lock round failed")
         self._thread = threading.Thread(target=self._standby, name="scrm-scheduler-lock", daemon=True)
         self._thread.start()
         return self
 
     def tick(self) -> None:
         """One lock round: take or renew the lock; start or stop the scheduler to match."""
-        assert self.lock is not None
         held = self.lock.acquire_or_renew(self.active)
         if held and not self.active:
             self._activate()
@@ -218,8 +261,7 @@ class SchedulerService:
         if self._thread:
             self._thread.join(5)
         self._deactivate()
-        if self.lock is not None:
-            self.lock.release()
+        self.lock.release()
 
 
 def job_table(settings: Settings, db: Database, now: datetime | None = None) -> list[list[str]]:
