@@ -4,6 +4,7 @@ among several processes (Redis lock), and the job functions doing their work."""
 from __future__ import annotations
 
 import pickle
+import threading
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -79,6 +80,34 @@ def test_a_run_due_while_the_service_was_down_is_made_up_not_skipped(database_ur
             scheduler.shutdown(wait=False)
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize(("hours_down", "made_up"), [(5, True), (12, False)])
+def test_a_greeting_missed_for_hours_is_sent_on_its_day_but_not_the_day_after(database_url, monkeypatch, hours_down,
+                                                                                made_up):
+    """Down from before 10:00 until 15:00 on a holiday: past the 1 h misfire grace the scheduler dropped the
+    day's greetings (and birthdays). They are made up until the quiet hours that follow (21:00), not later:
+    a run made up then would go out the morning after the holiday."""
+    ran = threading.Event()
+    monkeypatch.setattr(jobs, "holiday_greetings", lambda: ran.set())
+    settings, db, _ = stored_jobs_due(database_url, timedelta(hours=hours_down), "holiday_greetings")
+    try:
+        service = SchedulerService(settings, db).start()
+        try:
+            assert ran.wait(5) is made_up
+        finally:
+            service.stop()
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize(("send_at", "quiet_hours", "hours"), [
+    ("10:00", "21:00-09:00", 11), ("22:00", "21:00-09:00", 2), ("10:00", "", 14), ("08:00", "00:00-07:00", 16)])
+def test_greetings_may_be_made_up_until_quiet_hours_or_midnight(send_at, quiet_hours, hours):
+    settings = load_settings(overrides={"greetings": {"send_at": send_at}, "outbox": {"quiet_hours": quiet_hours}},
+                             environ={})
+    greetings = next(spec for spec in JOBS if spec.id == "holiday_greetings")
+    assert greetings.misfire_grace(settings) == hours * 3600
 
 
 def test_scrm_jobs_reads_the_job_store_and_changes_nothing(database_url):

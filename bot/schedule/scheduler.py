@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from bot.core.config import Settings
 from bot.core.db import Database
 from bot.models import SchedulerLease, utcnow
+from bot.outbox.policy import parse_quiet_hours
 from bot.schedule.jobs import Runtime, install
 from bot.startup import RuleReloader
 
@@ -38,6 +39,10 @@ class JobSpec:
     func: str  # "module:function", stored by reference
     description: str
     trigger: Callable[[Settings], Any]
+    grace: Callable[[Settings], int] | None = None  # seconds a missed run may still be made up; else the default
+
+    def misfire_grace(self, settings: Settings) -> int:
+        return self.grace(settings) if self.grace else MISFIRE_GRACE_SECONDS
 
     @property
     def executor(self) -> str:
@@ -51,6 +56,26 @@ class JobSpec:
 PUSHES_EXECUTOR = "pushes"
 PUSH_JOBS = frozenset({"holiday_greetings", "mass_send", "broadcast_dispatch", "coupon_pushes", "sequences",
                        "tier_actions"})
+
+
+MISFIRE_GRACE_SECONDS = 3600
+
+
+def _rest_of_the_day(key: str, section: str) -> Callable[[Settings], int]:
+    """From the job's time to the quiet hours that follow it that day, or to midnight: a greeting missed
+    while the service was down (a restart at noon, a crash overnight until after 10:00) is still sent on
+    its day, but one made up later would go out only when quiet hours end, the day after the holiday."""
+    def grace(settings: Settings) -> int:
+        hour, minute = getattr(getattr(settings, section), key).split(":")
+        at = int(hour) * 3600 + int(minute) * 60
+        quiet_start, quiet_end = parse_quiet_hours(settings.outbox.quiet_hours)
+        until = 24 * 3600
+        start = quiet_start.hour * 3600 + quiet_start.minute * 60
+        if quiet_start != quiet_end and start > at:
+            until = start
+        return max(60, until - at)
+
+    return grace
 
 
 def _daily(key: str, section: str = "scheduler") -> Callable[[Settings], Any]:
@@ -80,7 +105,7 @@ JOBS: tuple[JobSpec, ...] = (
     JobSpec("outbox_sweep", f"{JOBS_MODULE}:outbox_sweep", "send pending conversational messages",
             _every("outbox_sweep_seconds", "seconds")),
     JobSpec("holiday_greetings", f"{JOBS_MODULE}:holiday_greetings", "节假日问候 (lunar holidays) and 生日礼品",
-            _daily("send_at", "greetings")),
+            _daily("send_at", "greetings"), grace=_rest_of_the_day("send_at", "greetings")),
     JobSpec("mass_send", f"{JOBS_MODULE}:mass_send", "submit due mass messages (deferred past quiet hours)",
             _every("outbox_sweep_seconds", "seconds")),
     JobSpec("mass_results", f"{JOBS_MODULE}:mass_results", "record which mass messages members actually sent",
@@ -115,7 +140,8 @@ def build_scheduler(settings: Settings, db: Database) -> BackgroundScheduler:
     store = SharedEngineJobStore(engine=db.engine, tablename=JOBSTORE_TABLE)
     return BackgroundScheduler(jobstores={"default": store}, timezone=settings.tz,
                                executors={"default": ThreadPoolExecutor(10), PUSHES_EXECUTOR: ThreadPoolExecutor(1)},
-                               job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
+                               job_defaults={"coalesce": True, "max_instances": 1,
+                                             "misfire_grace_time": MISFIRE_GRACE_SECONDS})
 
 
 def reconcile_jobs(scheduler: BackgroundScheduler, settings: Settings) -> None:
@@ -123,20 +149,22 @@ def reconcile_jobs(scheduler: BackgroundScheduler, settings: Settings) -> None:
     whose trigger, function and executor are unchanged keeps its next run time: replacing it computed
     the next run from now, so a run due while the service was down (the day's greetings, the nightly
     re-tier, a restart a few minutes after their time) was skipped instead of made up (within the
-    misfire grace)."""
+    job's misfire grace)."""
     wanted = {spec.id for spec in JOBS}
     stored = {job.id: job for job in scheduler.get_jobs()}
     for job_id in stored.keys() - wanted:
         scheduler.remove_job(job_id)
     for spec in JOBS:
-        trigger, job = spec.trigger(settings), stored.get(spec.id)
+        trigger, job, grace = spec.trigger(settings), stored.get(spec.id), spec.misfire_grace(settings)
         if job is not None and str(job.trigger) == str(trigger) and job.func_ref == spec.func \
                 and job.executor == spec.executor and str(job.trigger.timezone) == str(trigger.timezone):
+            if job.misfire_grace_time != grace:
+                scheduler.modify_job(spec.id, misfire_grace_time=grace)
             if job.name != spec.description:
                 scheduler.modify_job(spec.id, name=spec.description)
             continue
         scheduler.add_job(spec.func, trigger=trigger, id=spec.id, name=spec.description, executor=spec.executor,
-                          replace_existing=True)
+                          misfire_grace_time=grace, replace_existing=True)
 
 
 class SchedulerLock:
