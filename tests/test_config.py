@@ -124,6 +124,11 @@ def test_unreadable_files_fail_clearly(tmp_path):
     ("SCRM_WORKER_POLL_SECONDS", "1e10", "worker.poll_seconds must be at most 86400 (a day), got 10000000000.0"),
     ("SCRM_WEBHOOK_STORE_TIMEOUT_SECONDS", "86400.5", "webhook.store_timeout_seconds must be at most 86400"),
     ("SCRM_SCHEDULER_LOCK_SECONDS", "86401", "scheduler.lock_seconds must be at most 86400 (a day), got 86401"),
+    ("SCRM_TIERS_SILENT_DAYS", "99999999999", "tiers.silent_days must be at most 36500 (a hundred years)"),
+    ("SCRM_KF_WINDOW_HOURS", "87601", "kf.window_hours must be at most 87600 (ten years), got 87601"),
+    ("SCRM_SCHEDULER_TAGS_PUSH_MINUTES", "9999999999", "scheduler.tags_push_minutes must be at most 525600 (a year)"),
+    ("SCRM_OUTBOX_DAILY_CAP", "99999999999999999999", "outbox.daily_cap must be at most 2147483647"),
+    ("SCRM_TIERS_SUPER_MIN_AMOUNT", "1e300", "tiers.super_min_amount must be at most 2147483647"),
 ])
 def test_numbers_that_are_not_finite_or_longer_than_a_day_fail_naming_the_setting(variable, value, message):
     with pytest.raises(ConfigError) as info:
@@ -141,6 +146,13 @@ def test_not_finite_numbers_in_the_file_fail_too_and_a_day_is_allowed(tmp_path):
         load_settings(overrides={"worker": {"lease_seconds": float("nan")}}, environ={})
     settings = load_settings(environ={"SCRM_WORKER_POLL_SECONDS": "86400", "SCRM_WECOM_TIMEOUT_SECONDS": "0.5"})
     assert (settings.worker.poll_seconds, settings.wecom.timeout_seconds) == (86400.0, 0.5)
+
+
+def test_a_config_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Notepad's "UTF-8" before 2019 wrote a BOM first: tomllib called it an invalid statement at line 1."""
+    path = tmp_path / "config.toml"
+    path.write_bytes('\ufeff# 客户分层\n[app]\nbrand_name = "小店"\n'.encode())
+    assert load_settings(path, environ={}).app.brand_name == "小店"
 
 
 def test_a_config_file_that_is_not_utf8_fails_naming_the_file_and_the_byte(tmp_path):

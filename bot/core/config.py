@@ -454,8 +454,10 @@ def _normalized(settings: Settings) -> Settings:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        data = path.read_bytes()
+        # Windows Notepad (before 2019) and some editors save UTF-8 with a byte-order mark, which TOML
+        # does not allow ("Invalid statement at line 1, column 1"): the text is UTF-8 all the same.
+        return tomllib.loads(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -738,15 +740,28 @@ def _check_sqlalchemy_url(key: str, url: str) -> None:
         raise ConfigError(f"{key} must be a sqlite:// or postgresql:// URL, got {parsed.get_backend_name()!r}")
 
 
+# The longest a setting in each unit may be: past these a unit was taken for another, and a huge value
+# overflows the date arithmetic it reaches (tiers.silent_days = 99999999999: OverflowError in every re-tier).
+_LONGEST = {"_seconds": (MAX_SECONDS, "a day"), "_minutes": (525_600, "a year"), "_hours": (87_600, "ten years"),
+            "_days": (36_500, "a hundred years")}
+MAX_INT = 2**31 - 1  # a count or a limit past this is a typo, and past 2**63 no database column holds it
+
+
 def _check_durations(settings: Settings) -> None:
     """Every ``*_seconds`` setting is a timeout, a wait or a period: more than a day is a mistake (a unit
-    taken for another), and a huge one overflows the sleeps and lock waits it is given to."""
+    taken for another), and a huge one overflows the sleeps and lock waits it is given to. Minutes, hours
+    and days have their own bounds; any other whole number is at most 2**31 - 1."""
     for section in _section_types():
         values = getattr(settings, section)
         for f in fields(values):
             value = getattr(values, f.name)
-            if f.name.endswith("_seconds") and value > MAX_SECONDS:
-                raise ConfigError(f"{section}.{f.name} must be at most {MAX_SECONDS} (a day), got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            unit = next((u for u in _LONGEST if f.name.endswith(u)), None)
+            longest, said = _LONGEST[unit] if unit else (MAX_INT, "")
+            if abs(value) > longest:
+                raise ConfigError(f"{section}.{f.name} must be at most {longest}{f' ({said})' if said else ''}, "
+                                  f"got {value!r}")
 
 
 def _check_positive(key: str, value: float) -> None:
