@@ -101,13 +101,18 @@ def test_a_greeting_missed_for_hours_is_sent_on_its_day_but_not_the_day_after(da
         db.dispose()
 
 
-@pytest.mark.parametrize(("send_at", "quiet_hours", "hours"), [
-    ("10:00", "21:00-09:00", 11), ("22:00", "21:00-09:00", 2), ("10:00", "", 14), ("08:00", "00:00-07:00", 16)])
-def test_greetings_may_be_made_up_until_quiet_hours_or_midnight(send_at, quiet_hours, hours):
-    settings = load_settings(overrides={"greetings": {"send_at": send_at}, "outbox": {"quiet_hours": quiet_hours}},
-                             environ={})
-    greetings = next(spec for spec in JOBS if spec.id == "holiday_greetings")
-    assert greetings.misfire_grace(settings) == hours * 3600
+@pytest.mark.parametrize(("job_id", "at", "quiet_hours", "hours"), [
+    ("holiday_greetings", "10:00", "21:00-09:00", 11), ("holiday_greetings", "22:00", "21:00-09:00", 2),
+    ("holiday_greetings", "10:00", "", 14), ("holiday_greetings", "08:00", "00:00-07:00", 16),
+    ("nightly_retier", "02:30", "21:00-09:00", 21.5), ("contacts_resync", "03:30", "21:00-09:00", 20.5),
+    ("moments_poll", None, "21:00-09:00", 1)])
+def test_daily_jobs_may_be_made_up_that_day_greetings_until_quiet_hours(job_id, at, quiet_hours, hours):
+    keys = {"holiday_greetings": ("greetings", "send_at"), "nightly_retier": ("scheduler", "retier_at"),
+            "contacts_resync": ("scheduler", "contacts_resync_at")}
+    times = {keys[job_id][0]: {keys[job_id][1]: at}} if at else {}
+    settings = load_settings(overrides={**times, "outbox": {"quiet_hours": quiet_hours}}, environ={})
+    spec = next(spec for spec in JOBS if spec.id == job_id)
+    assert spec.misfire_grace(settings) == hours * 3600
 
 
 def test_scrm_jobs_reads_the_job_store_and_changes_nothing(database_url):

@@ -61,17 +61,18 @@ PUSH_JOBS = frozenset({"holiday_greetings", "mass_send", "broadcast_dispatch", "
 MISFIRE_GRACE_SECONDS = 3600
 
 
-def _rest_of_the_day(key: str, section: str) -> Callable[[Settings], int]:
-    """From the job's time to the quiet hours that follow it that day, or to midnight: a greeting missed
-    while the service was down (a restart at noon, a crash overnight until after 10:00) is still sent on
-    its day, but one made up later would go out only when quiet hours end, the day after the holiday."""
+def _rest_of_the_day(key: str, section: str = "scheduler", quiet: bool = False) -> Callable[[Settings], int]:
+    """From the job's time to midnight, or with ``quiet`` to the quiet hours that follow it that day: a
+    daily run missed while the service was down (a crash overnight, a restart at noon) is made up that
+    day. Not later: a greeting made up in the evening would go out only when quiet hours end, the day
+    after the holiday, and a re-tier made up the next day would run just before its own."""
     def grace(settings: Settings) -> int:
         hour, minute = getattr(getattr(settings, section), key).split(":")
         at = int(hour) * 3600 + int(minute) * 60
         quiet_start, quiet_end = parse_quiet_hours(settings.outbox.quiet_hours)
         until = 24 * 3600
         start = quiet_start.hour * 3600 + quiet_start.minute * 60
-        if quiet_start != quiet_end and start > at:
+        if quiet and quiet_start != quiet_end and start > at:
             until = start
         return max(60, until - at)
 
@@ -95,9 +96,9 @@ def _every(key: str, unit: str, section: str = "scheduler") -> Callable[[Setting
 JOBS_MODULE = "bot.schedule.jobs"
 JOBS: tuple[JobSpec, ...] = (
     JobSpec("nightly_retier", f"{JOBS_MODULE}:nightly_retier", "re-tier everyone, then order/tier auto-tags",
-            _daily("retier_at")),
+            _daily("retier_at"), grace=_rest_of_the_day("retier_at")),
     JobSpec("contacts_resync", f"{JOBS_MODULE}:contacts_resync", "full contact and group reconcile with WeCom",
-            _daily("contacts_resync_at")),
+            _daily("contacts_resync_at"), grace=_rest_of_the_day("contacts_resync_at")),
     JobSpec("moments_poll", f"{JOBS_MODULE}:moments_poll", "poll moment likes and comments",
             _every("moments_poll_minutes", "minutes")),
     JobSpec("tags_push", f"{JOBS_MODULE}:tags_push", "push tags put on here to WeCom",
@@ -105,7 +106,7 @@ JOBS: tuple[JobSpec, ...] = (
     JobSpec("outbox_sweep", f"{JOBS_MODULE}:outbox_sweep", "send pending conversational messages",
             _every("outbox_sweep_seconds", "seconds")),
     JobSpec("holiday_greetings", f"{JOBS_MODULE}:holiday_greetings", "节假日问候 (lunar holidays) and 生日礼品",
-            _daily("send_at", "greetings"), grace=_rest_of_the_day("send_at", "greetings")),
+            _daily("send_at", "greetings"), grace=_rest_of_the_day("send_at", "greetings", quiet=True)),
     JobSpec("mass_send", f"{JOBS_MODULE}:mass_send", "submit due mass messages (deferred past quiet hours)",
             _every("outbox_sweep_seconds", "seconds")),
     JobSpec("mass_results", f"{JOBS_MODULE}:mass_results", "record which mass messages members actually sent",
