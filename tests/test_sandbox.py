@@ -146,6 +146,24 @@ def test_mark_tag_validates_like_wecom(api):
     assert contact["follow_user"][0]["tags"][0]["tag_name"] == "金卡"
 
 
+def test_mass_messages_split_tasks_per_member_and_page_results(sandbox, api):
+    """add_msg_template without a sender puts each customer in one member's task; task and result lists
+    come in pages of ``limit`` with next_cursor (WECOM.md §5)."""
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "lisi"}], "contacts": [
+        {"userid": "lisi", "external_userid": "wmB", "name": "B"}]}, timeout=5).raise_for_status()
+    send = lambda **body: api("externalcontact/add_msg_template",  # noqa: E731
+                              {"chat_type": "single", "external_userid": ["wmA", "wmB"], **body})
+    msgid = send(text={"content": "hi"})["msgid"]
+    first = api("externalcontact/get_groupmsg_task", {"msgid": msgid, "limit": 1})
+    second = api("externalcontact/get_groupmsg_task", {"msgid": msgid, "limit": 1, "cursor": first["next_cursor"]})
+    assert [t["userid"] for t in first["task_list"] + second["task_list"]] == ["lisi", "zhangsan"]
+    assert first["next_cursor"] and second["next_cursor"] == ""
+    results = {u: api("externalcontact/get_groupmsg_send_result", {"msgid": msgid, "userid": u})["send_list"]
+               for u in ("zhangsan", "lisi")}
+    assert {u: [r["external_userid"] for r in rows] for u, rows in results.items()} == {"zhangsan": ["wmA"],
+                                                                                         "lisi": ["wmB"]}
+
+
 def test_every_call_is_recorded_without_credentials(sandbox, api):
     api("externalcontact/get", method="GET", external_userid="wmA")
     calls = requests.get(f"{sandbox.url}/_sandbox/calls", timeout=5).json()

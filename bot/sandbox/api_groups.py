@@ -296,7 +296,7 @@ def get_groupmsg_send_result(call: Call) -> dict[str, Any]:
         if status == 1:
             row["send_time"] = message.get("confirmed_at", int(call.state.now()))
         rows.append(row)
-    return {"send_list": rows, "next_cursor": ""}
+    return api_contact.result_page(call, rows, "send_list")
 
 
 assert api_contact  # imported first: the customer endpoints above are wrapped, not replaced
