@@ -7,8 +7,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+import pytest
 import requests
 from sqlalchemy import func, select
+from wechatpy.exceptions import WeChatClientException
 
 from bot.campaigns.greetings import plan_holiday_greetings
 from bot.models import Customer, Follow, OutboxMessage, Staff
@@ -259,3 +261,31 @@ def test_results_of_a_mass_message_to_more_customers_than_a_page_are_all_recorde
     assert (rows[ids[0]], rows[ids[999]], rows[ids[1000]], rows[ids[1204]]) == ("confirmed",) * 4
     assert (rows[ids[1100]], rows[ids[1200]]) == ("failed", "failed")
 
+
+def test_a_long_chinese_text_is_cut_to_wecoms_4000_bytes_and_accepted(wired, sandbox):
+    """WeCom counts text.content in bytes (WECOM.md §5): 1,500 Chinese characters are far under 4000
+    characters but 4,500 bytes, which WeCom refuses whole. The row is cut at a character boundary when it is
+    queued, and the submission goes through."""
+    from dataclasses import replace
+    from datetime import time
+
+    from bot.outbox.queue import enqueue
+
+    db = wired.extensions["scrm.db"]
+    seed_sandbox_and_customers(sandbox, db)
+    contact = wired.extensions["scrm.processor"].clients.contact
+    long = "长" * 1500
+    with pytest.raises(WeChatClientException) as refused:  # as written, WeCom refuses it
+        contact.external_contact.add_msg_template({"external_userid": ["wm0"], "sender": "zhangsan",
+                                                   "text": {"content": long}})
+    assert refused.value.errcode == 40058
+    with db.begin() as s:
+        enqueue(s, channel="mass_message", dedupe_key="long", recipient="wm0", trigger_kind="campaign",
+                trigger_ref="long", content={"text": long}, customer_id=1, sender_userid="zhangsan",
+                scheduled_at=MID_AUTUMN_MORNING)
+    anytime = replace(ContactPolicy.from_settings(wired.extensions["scrm.settings"]), quiet_start=time(0),
+                      quiet_end=time(0))
+    assert submit_mass_messages(db, contact, anytime, now=MID_AUTUMN_MORNING) == Counter({"submitted": 1})
+    [message] = requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]
+    sent = message["text"]["content"]
+    assert sent == "长" * 1332 + "…" and len(sent.encode("utf-8")) == 3999

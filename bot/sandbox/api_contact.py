@@ -8,6 +8,8 @@ from bot.sandbox.registry import Call, endpoint
 from bot.sandbox.state import WELCOME_CODE_TTL, WeComError, random_id
 
 MAX_CORP_TAGS = 3000
+TEXT_MAX_BYTES = 4000
+MAX_ATTACHMENTS = 9
 
 
 def _contact_view(call: Call, external_userid: str) -> dict[str, Any]:
@@ -165,6 +167,18 @@ def mark_tag(call: Call) -> dict[str, Any]:
     return {}
 
 
+def check_message(body: dict[str, Any]) -> str:
+    """The text of a welcome or mass message (send_welcome_msg, add_msg_template), within WeCom's limits:
+    ``text.content`` at most 4000 bytes (UTF-8: 1333 Chinese characters, not 4000) and at most 9 attachments
+    (WECOM.md §4, §5)."""
+    text = (body.get("text") or {}).get("content", "")
+    if not isinstance(text, str) or len(text.encode("utf-8")) > TEXT_MAX_BYTES:
+        raise WeComError(40058, f"text.content is at most {TEXT_MAX_BYTES} bytes")
+    if len(body.get("attachments") or []) > MAX_ATTACHMENTS:
+        raise WeComError(40058, f"at most {MAX_ATTACHMENTS} attachments")
+    return text
+
+
 @endpoint("POST", "externalcontact/send_welcome_msg")
 def send_welcome_msg(call: Call) -> dict[str, Any]:
     (code,) = call.require("welcome_code")
@@ -177,9 +191,7 @@ def send_welcome_msg(call: Call) -> dict[str, Any]:
         raise WeComError(41051, "externaluser has started chatting")
     if call.state.now() - entry["issued_at"] > WELCOME_CODE_TTL:
         raise WeComError(41050, "invalid welcome_code: used later than 20 s after the add")
-    text = (call.body.get("text") or {}).get("content", "")
-    if len(text.encode("utf-8")) > 4000 or len(call.body.get("attachments") or []) > 9:
-        raise WeComError(40058, "text ≤4000 bytes and at most 9 attachments")
+    text = check_message(call.body)
     entry["used"] = True
     call.state.welcomes_sent.append({**entry, "text": text, "attachments": call.body.get("attachments") or [],
                                      "sent_at": call.state.now()})
@@ -194,6 +206,7 @@ def add_msg_template(call: Call) -> dict[str, Any]:
         raise WeComError(40058, "external_userid holds at most 10000 customers")
     if not recipients and not body.get("sender"):
         raise WeComError(40058, "external_userid and sender cannot both be empty")
+    check_message(body)
     msgid = random_id("msg", 24)
     fail_list = [e for e in recipients if e not in call.state.contacts]
     call.state.mass_messages[msgid] = {"msgid": msgid, "sender": body.get("sender", ""), "chat_type":
