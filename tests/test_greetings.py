@@ -7,8 +7,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+import pytest
 import requests
 from sqlalchemy import func, select
+from wechatpy.exceptions import WeChatClientException
 
 from bot.campaigns.greetings import plan_holiday_greetings
 from bot.models import Customer, Follow, OutboxMessage, Staff
@@ -217,3 +219,73 @@ def test_a_busy_answer_after_wecom_made_the_task_is_looked_up_not_sent_again(wir
         assert s.scalar(select(func.count()).where(OutboxMessage.wecom_msgid.is_(None),
                                                    OutboxMessage.status == "submitted")) == 0
     assert len(requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]) == 2
+
+
+def test_results_of_a_mass_message_to_more_customers_than_a_page_are_all_recorded(wired, sandbox):
+    """get_groupmsg_send_result pages (≤ 1000 rows, next_cursor until empty): a message to 1,205 customers
+    records each one's result, the not-friend (2) and capped (3) ones on the second page among them."""
+    from dataclasses import replace
+    from datetime import time
+
+    from bot.outbox.queue import enqueue
+
+    db, n = wired.extensions["scrm.db"], 1205
+    ids = [f"wmP{i:05d}" for i in range(n)]
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "zhangsan"}], "contacts": [
+        {"userid": "zhangsan", "external_userid": e, "name": e} for e in ids]}, timeout=30).raise_for_status()
+    with db.begin() as s:
+        customers = [Customer(external_userid=e, name=e, owner_userid="zhangsan") for e in ids]
+        s.add_all(customers)
+        s.flush()
+        for customer in customers:
+            enqueue(s, channel="mass_message", dedupe_key=f"page:{customer.id}", recipient=customer.external_userid,
+                    trigger_kind="campaign", trigger_ref="paging", content={"text": "会员日"},
+                    customer_id=customer.id, sender_userid="zhangsan", scheduled_at=MID_AUTUMN_MORNING)
+    contact = wired.extensions["scrm.processor"].clients.contact
+    anytime = replace(ContactPolicy.from_settings(wired.extensions["scrm.settings"]), quiet_start=time(0),
+                      quiet_end=time(0))
+    assert submit_mass_messages(db, contact, anytime, now=MID_AUTUMN_MORNING) == Counter({"submitted": n})
+    [message] = requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]
+    requests.post(f"{sandbox.url}/_sandbox/contacts/delete", json={"userid": "zhangsan", "external_userid": ids[1100],
+                                                                   "by": "customer"}, timeout=10).raise_for_status()
+    requests.post(f"{sandbox.url}/_sandbox/mass_messages/{message['msgid']}/confirm", json={"capped": [ids[1200]]},
+                  timeout=10).raise_for_status()
+
+    assert poll_mass_results(db, contact) == Counter({"confirmed": n - 2, "failed": 2})
+    calls = requests.get(f"{sandbox.url}/_sandbox/calls", params={"path": "externalcontact/get_groupmsg_send_result"},
+                         timeout=10).json()
+    assert [("cursor" in c["body"], c["body"]["limit"]) for c in calls] == [(False, 1000), (True, 1000)]
+    with db.sessions() as s:
+        rows = dict(s.execute(select(OutboxMessage.recipient, OutboxMessage.status)).all())
+    assert Counter(rows.values()) == Counter({"confirmed": n - 2, "failed": 2})
+    assert (rows[ids[0]], rows[ids[999]], rows[ids[1000]], rows[ids[1204]]) == ("confirmed",) * 4
+    assert (rows[ids[1100]], rows[ids[1200]]) == ("failed", "failed")
+
+
+def test_a_long_chinese_text_is_cut_to_wecoms_4000_bytes_and_accepted(wired, sandbox):
+    """WeCom counts text.content in bytes (WECOM.md §5): 1,500 Chinese characters are far under 4000
+    characters but 4,500 bytes, which WeCom refuses whole. The row is cut at a character boundary when it is
+    queued, and the submission goes through."""
+    from dataclasses import replace
+    from datetime import time
+
+    from bot.outbox.queue import enqueue
+
+    db = wired.extensions["scrm.db"]
+    seed_sandbox_and_customers(sandbox, db)
+    contact = wired.extensions["scrm.processor"].clients.contact
+    long = "长" * 1500
+    with pytest.raises(WeChatClientException) as refused:  # as written, WeCom refuses it
+        contact.external_contact.add_msg_template({"external_userid": ["wm0"], "sender": "zhangsan",
+                                                   "text": {"content": long}})
+    assert refused.value.errcode == 40058
+    with db.begin() as s:
+        enqueue(s, channel="mass_message", dedupe_key="long", recipient="wm0", trigger_kind="campaign",
+                trigger_ref="long", content={"text": long}, customer_id=1, sender_userid="zhangsan",
+                scheduled_at=MID_AUTUMN_MORNING)
+    anytime = replace(ContactPolicy.from_settings(wired.extensions["scrm.settings"]), quiet_start=time(0),
+                      quiet_end=time(0))
+    assert submit_mass_messages(db, contact, anytime, now=MID_AUTUMN_MORNING) == Counter({"submitted": 1})
+    [message] = requests.get(f"{sandbox.url}/_sandbox/sent", timeout=10).json()["mass_messages"]
+    sent = message["text"]["content"]
+    assert sent == "长" * 1332 + "…" and len(sent.encode("utf-8")) == 3999

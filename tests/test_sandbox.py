@@ -146,6 +146,28 @@ def test_mark_tag_validates_like_wecom(api):
     assert contact["follow_user"][0]["tags"][0]["tag_name"] == "金卡"
 
 
+def test_mass_messages_count_bytes_split_tasks_per_member_and_page_results(sandbox, api):
+    """add_msg_template: text.content ≤ 4000 bytes (1333 Chinese characters fit, 1334 do not), ≤ 9
+    attachments; without a sender each customer is in one member's task; task and result lists come in
+    pages of ``limit`` with next_cursor (WECOM.md §5)."""
+    requests.post(f"{sandbox.url}/_sandbox/seed", json={"staff": [{"userid": "lisi"}], "contacts": [
+        {"userid": "lisi", "external_userid": "wmB", "name": "B"}]}, timeout=5).raise_for_status()
+    send = lambda **body: api("externalcontact/add_msg_template",  # noqa: E731
+                              {"chat_type": "single", "external_userid": ["wmA", "wmB"], **body})
+    assert send(text={"content": "字" * 1334})["errcode"] == 40058  # 4002 bytes
+    assert send(text={"content": "字" * 1333 + "a"}, sender="zhangsan")["errcode"] == 0  # 4000 bytes
+    assert send(text={"content": "hi"}, attachments=[{"msgtype": "image"}] * 10)["errcode"] == 40058
+    msgid = send(text={"content": "hi"})["msgid"]
+    first = api("externalcontact/get_groupmsg_task", {"msgid": msgid, "limit": 1})
+    second = api("externalcontact/get_groupmsg_task", {"msgid": msgid, "limit": 1, "cursor": first["next_cursor"]})
+    assert [t["userid"] for t in first["task_list"] + second["task_list"]] == ["lisi", "zhangsan"]
+    assert first["next_cursor"] and second["next_cursor"] == ""
+    results = {u: api("externalcontact/get_groupmsg_send_result", {"msgid": msgid, "userid": u})["send_list"]
+               for u in ("zhangsan", "lisi")}
+    assert {u: [r["external_userid"] for r in rows] for u, rows in results.items()} == {"zhangsan": ["wmA"],
+                                                                                         "lisi": ["wmB"]}
+
+
 def test_every_call_is_recorded_without_credentials(sandbox, api):
     api("externalcontact/get", method="GET", external_userid="wmA")
     calls = requests.get(f"{sandbox.url}/_sandbox/calls", timeout=5).json()

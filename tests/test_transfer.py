@@ -368,3 +368,30 @@ def test_a_batch_id_starts_with_its_local_minute_as_pages_show_times():
 
     batch = new_batch(datetime(2026, 12, 7, 18, 7, tzinfo=UTC), ZoneInfo("Asia/Shanghai"))
     assert batch.startswith("202612080207-")  # it read 202612071807 beside a start shown as 12-08 02:07
+
+
+def test_the_poll_maps_every_result_status_when_the_callbacks_are_lost(wired, sandbox, tmp_path):
+    """transfer_result's 3 客户拒绝, 4 接替成员客户达到上限 and 5 无接替记录 (WECOM-GROUPS.md §3.3) settle the
+    customer without the transfer_fail callback; a refused customer handed over again appears once in the
+    pair's result (the latest transfer), so the second poll counts one success, not an old refusal too."""
+    scrm = scrm_runner(wired, tmp_path)
+    ids = _seed(sandbox, "zhangsan", 4, "R")
+    scrm("sync", "contacts", "--no-progress")
+    scrm("transfer", "run", "--from", "zhangsan", "--to", "lisi", "--yes", "--no-progress")
+    control(sandbox, "transfers/refuse", {"external_userid": ids[0], "callbacks": False})
+    control(sandbox, "transfers/refuse", {"external_userid": ids[1], "reason": "customer_limit_exceed",
+                                          "callbacks": False})
+    control(sandbox, "transfers/lose", {"external_userid": ids[2]})
+    assert drain(wired) == {}  # no callback came
+    polled = scrm("transfer", "status", "--poll").output
+    assert "polled: no_record 1, refused 1, takeover_full 1; still waiting 1" in polled, polled
+    db = wired.extensions["scrm.db"]
+    with db.sessions() as s:
+        rows = {t.external_userid: (t.status, t.result_status) for t in s.scalars(select(Transfer))}
+    assert rows == {ids[0]: ("refused", 3), ids[1]: ("takeover_full", 4), ids[2]: ("no_record", 5),
+                    ids[3]: ("waiting", 2)}
+
+    scrm("transfer", "run", "--from", "zhangsan", "--to", "lisi", "--customer", ids[0], "--yes", "--no-progress")
+    control(sandbox, "transfers/settle", {"force": True, "callbacks": False})
+    assert "polled: succeeded 2; still waiting 0" in scrm("transfer", "status", "--poll").output
+    assert _live_owner(db, ids) == {ids[0]: "lisi", ids[1]: "zhangsan", ids[2]: "zhangsan", ids[3]: "lisi"}

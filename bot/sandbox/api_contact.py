@@ -8,6 +8,8 @@ from bot.sandbox.registry import Call, endpoint
 from bot.sandbox.state import WELCOME_CODE_TTL, WeComError, random_id
 
 MAX_CORP_TAGS = 3000
+TEXT_MAX_BYTES = 4000
+MAX_ATTACHMENTS = 9
 
 
 def _contact_view(call: Call, external_userid: str) -> dict[str, Any]:
@@ -165,6 +167,18 @@ def mark_tag(call: Call) -> dict[str, Any]:
     return {}
 
 
+def check_message(body: dict[str, Any]) -> str:
+    """The text of a welcome or mass message (send_welcome_msg, add_msg_template), within WeCom's limits:
+    ``text.content`` at most 4000 bytes (UTF-8: 1333 Chinese characters, not 4000) and at most 9 attachments
+    (WECOM.md §4, §5)."""
+    text = (body.get("text") or {}).get("content", "")
+    if not isinstance(text, str) or len(text.encode("utf-8")) > TEXT_MAX_BYTES:
+        raise WeComError(40058, f"text.content is at most {TEXT_MAX_BYTES} bytes")
+    if len(body.get("attachments") or []) > MAX_ATTACHMENTS:
+        raise WeComError(40058, f"at most {MAX_ATTACHMENTS} attachments")
+    return text
+
+
 @endpoint("POST", "externalcontact/send_welcome_msg")
 def send_welcome_msg(call: Call) -> dict[str, Any]:
     (code,) = call.require("welcome_code")
@@ -177,9 +191,7 @@ def send_welcome_msg(call: Call) -> dict[str, Any]:
         raise WeComError(41051, "externaluser has started chatting")
     if call.state.now() - entry["issued_at"] > WELCOME_CODE_TTL:
         raise WeComError(41050, "invalid welcome_code: used later than 20 s after the add")
-    text = (call.body.get("text") or {}).get("content", "")
-    if len(text.encode("utf-8")) > 4000 or len(call.body.get("attachments") or []) > 9:
-        raise WeComError(40058, "text ≤4000 bytes and at most 9 attachments")
+    text = check_message(call.body)
     entry["used"] = True
     call.state.welcomes_sent.append({**entry, "text": text, "attachments": call.body.get("attachments") or [],
                                      "sent_at": call.state.now()})
@@ -194,6 +206,7 @@ def add_msg_template(call: Call) -> dict[str, Any]:
         raise WeComError(40058, "external_userid holds at most 10000 customers")
     if not recipients and not body.get("sender"):
         raise WeComError(40058, "external_userid and sender cannot both be empty")
+    check_message(body)
     msgid = random_id("msg", 24)
     fail_list = [e for e in recipients if e not in call.state.contacts]
     call.state.mass_messages[msgid] = {"msgid": msgid, "sender": body.get("sender", ""), "chat_type":
@@ -231,27 +244,60 @@ def _mass_message(call: Call) -> dict[str, Any]:
     return message
 
 
+def result_page(call: Call, rows: list[dict[str, Any]], key: str, default: int = 500,
+                maximum: int = 1000) -> dict[str, Any]:
+    """One page of a result list as WeCom pages get_groupmsg_task / get_groupmsg_send_result: ``limit``
+    (default 500, at most 1000) rows from ``cursor``, and ``next_cursor`` empty on the last page."""
+    try:
+        limit = min(int(call.body.get("limit") or default), maximum)
+        offset = int(call.body.get("cursor") or 0)
+    except (TypeError, ValueError):
+        raise WeComError(40058, "limit and cursor must be numbers") from None
+    if limit < 1 or offset < 0:
+        raise WeComError(40058, "invalid limit or cursor")
+    return {key: rows[offset:offset + limit], "next_cursor": str(offset + limit) if offset + limit < len(rows) else ""}
+
+
+def _tasks(call: Call, message: dict[str, Any]) -> dict[str, list[str]]:
+    """Member → the customers in their task. Without a sender WeCom gives each customer to one member (the
+    one who last chatted with them; here the first who follows them)."""
+    if message["sender"]:
+        return {message["sender"]: list(message["external_userid"])}
+    tasks: dict[str, list[str]] = {}
+    for e in message["external_userid"]:
+        follows = call.state.follows.get(e, {})
+        if follows:
+            tasks.setdefault(next(iter(follows)), []).append(e)
+    return dict(sorted(tasks.items()))
+
+
 @endpoint("POST", "externalcontact/get_groupmsg_task")
 def get_groupmsg_task(call: Call) -> dict[str, Any]:
+    """task_list[{userid, status 0 未发送 / 2 已发送, send_time once sent}] (path/93338), in pages."""
     message = _mass_message(call)
-    senders = {message["sender"]} if message["sender"] else {
-        u for e in message["external_userid"] for u in call.state.follows.get(e, {})}
-    return {"task_list": [{"userid": u, "status": 0} for u in sorted(senders)], "next_cursor": ""}
+    rows: list[dict[str, Any]] = [{"userid": u, "status": 2 if "confirmed" in message else 0}
+                                  for u in _tasks(call, message)]
+    for row in rows:
+        if row["status"] == 2:
+            row["send_time"] = message["confirmed_at"]
+    return result_page(call, rows, "task_list")
 
 
 @endpoint("POST", "externalcontact/get_groupmsg_send_result")
 def get_groupmsg_send_result(call: Call) -> dict[str, Any]:
+    """The customers of ``userid``'s task, in pages: status 0 unsent, 1 sent, 2 not a friend (any more),
+    3 already received a mass message this period."""
     (userid,) = call.require("userid")
     message = _mass_message(call)
     confirmed = message.get("confirmed", {})
     rows = []
-    for e in message["external_userid"]:
+    for e in _tasks(call, message).get(userid, []):
         row = {"external_userid": e, "userid": userid,
                "status": confirmed.get(e, 0) if userid in call.state.follows.get(e, {}) else 2}
         if row["status"] == 1:
             row["send_time"] = message.get("confirmed_at", int(call.state.now()))
         rows.append(row)
-    return {"send_list": rows, "next_cursor": ""}
+    return result_page(call, rows, "send_list")
 
 
 @endpoint("POST", "externalcontact/remind_groupmsg_send")

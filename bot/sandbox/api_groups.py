@@ -267,6 +267,7 @@ def add_msg_template(call: Call) -> dict[str, Any]:
     chats = call.body.get("chat_id_list") or []
     if not isinstance(chats, list) or len(chats) > MAX_GROUP_MASS_CHATS:
         raise WeComError(40058, "chat_id_list holds at most 2000 chat ids")
+    api_contact.check_message(call.body)
     groups = groups_of(call.state).groups
     owned = [c for c in chats if c in groups and not groups[c]["dismissed"] and groups[c]["owner"] == sender]
     msgid = random_id("msg", 24)
@@ -296,7 +297,7 @@ def get_groupmsg_send_result(call: Call) -> dict[str, Any]:
         if status == 1:
             row["send_time"] = message.get("confirmed_at", int(call.state.now()))
         rows.append(row)
-    return {"send_list": rows, "next_cursor": ""}
+    return api_contact.result_page(call, rows, "send_list")
 
 
 assert api_contact  # imported first: the customer endpoints above are wrapped, not replaced

@@ -20,7 +20,9 @@ UNASSIGNED_PAGE = 1000
 TAKEOVER_DELAY = 86400  # the customer has 24 hours to refuse
 ONJOB_WINDOW, ONJOB_MAX = 90 * 86400, 2  # each customer at most twice in 90 days (40128)
 SUCCESS_MSG_MAX = 200
-RESULT_CODES = {"succeeded": 1, "waiting": 2, "refused": 3, "takeover_full": 4}
+# transfer_result's status per row; 5 无接替记录 is on-job only (WECOM-GROUPS.md §3.3 / §3.5): the resigned
+# result lists 1–4, so a transfer WeCom has no record of is not listed there.
+RESULT_CODES = {"succeeded": 1, "waiting": 2, "refused": 3, "takeover_full": 4, "no_record": 5}
 FAIL_REASONS = {"customer_refused": "refused", "customer_limit_exceed": "takeover_full"}
 
 
@@ -100,8 +102,12 @@ def _result(call: Call, kind: str) -> dict[str, Any]:
         offset = int(call.body.get("cursor") or 0)
     except (TypeError, ValueError):
         raise WeComError(40058, "invalid cursor") from None
-    rows = [r for r in transfers(call.state) if r["kind"] == kind and r["handover"] == handover
-            and r["takeover"] == takeover]
+    latest: dict[str, dict[str, Any]] = {}  # a customer handed over again appears once per pair: the latest
+    for r in transfers(call.state):
+        if r["kind"] == kind and r["handover"] == handover and r["takeover"] == takeover:
+            latest.pop(r["external_userid"], None)
+            latest[r["external_userid"]] = r
+    rows = [r for r in latest.values() if kind == "onjob" or r["status"] != "no_record"]
     page = rows[offset:offset + RESULT_PAGE]
     return {"customer": [{"external_userid": r["external_userid"], "status": RESULT_CODES[r["status"]],
                           "takeover_time": r["takeover_time"] if r["status"] in ("waiting", "succeeded") else 0}
@@ -201,8 +207,10 @@ def add_group(state: SandboxState, a: dict[str, Any]) -> dict[str, Any]:
         return {k: group[k] for k in ("chat_id", "name", "owner", "status")}
 
 
-def refuse(state: SandboxState, external_userid: str, reason: str = "customer_refused") -> dict[str, Any]:
-    """The customer taps 暂不添加 (or the takeover member is full): transfer_fail to the bot."""
+def refuse(state: SandboxState, external_userid: str, reason: str = "customer_refused",
+           callbacks: bool = True) -> dict[str, Any]:
+    """The customer taps 暂不添加 (or the takeover member is full): transfer_fail to the bot. Without
+    ``callbacks`` the event is lost on the way: only transfer_result tells (status 3 or 4)."""
     if reason not in FAIL_REASONS:
         raise WeComError(40058, f"reason is one of {sorted(FAIL_REASONS)}")
     with state.lock:
@@ -213,7 +221,19 @@ def refuse(state: SandboxState, external_userid: str, reason: str = "customer_re
         row["status"] = FAIL_REASONS[reason]
         fields = _envelope(state, ChangeType="transfer_fail", FailReason=reason, UserID=row["takeover"],
                            ExternalUserID=external_userid)
-    return {"transfer": dict(row), "delivery": deliver(state, fields)}
+    return {"transfer": dict(row), "delivery": deliver(state, fields) if callbacks else None}
+
+
+def lose(state: SandboxState, external_userid: str) -> dict[str, Any]:
+    """WeCom no longer has a record of the customer's waiting transfer (a state the sandbox does not
+    otherwise reach): the on-job result answers 5 无接替记录 for it, the resigned one leaves it out."""
+    with state.lock:
+        row = next((r for r in transfers(state) if r["external_userid"] == external_userid
+                    and r["status"] == "waiting"), None)
+        if row is None:
+            raise WeComError(40058, "no waiting transfer for this customer")
+        row.update(status="no_record", takeover_time=0)
+        return dict(row)
 
 
 def settle(state: SandboxState, force: bool = False, callbacks: bool = True) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from bot.sandbox import scenario
 from bot.sandbox.api_channels import contact_ways
-from bot.sandbox.api_transfer import add_group, handover_groups, refuse, resign, settle, transfers
+from bot.sandbox.api_transfer import add_group, handover_groups, lose, refuse, resign, settle, transfers
 from bot.sandbox.state import SandboxState, WeComError, random_id
 
 bp = Blueprint("sandbox_handover", __name__, url_prefix="/_sandbox")
@@ -94,7 +94,14 @@ def handover_group_list() -> Response:
 @bp.post("/transfers/refuse")
 def transfer_refuse() -> Response:
     a = _args()
-    return jsonify(refuse(_state(), a["external_userid"], a.get("reason", "customer_refused")))
+    return jsonify(refuse(_state(), a["external_userid"], a.get("reason", "customer_refused"),
+                          bool(a.get("callbacks", True))))
+
+
+@bp.post("/transfers/lose")
+def transfer_lose() -> Response:
+    """WeCom has no record of the customer's waiting transfer any more (on-job result status 5)."""
+    return jsonify(lose(_state(), _args()["external_userid"]))
 
 
 @bp.post("/transfers/settle")
