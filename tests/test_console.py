@@ -15,6 +15,7 @@ from bot.cli import main
 from bot.models import (
     AuditEntry,
     Broadcast,
+    CustomerAggregate,
     CustomerTag,
     CustomerTier,
     Follow,
@@ -294,7 +295,9 @@ def test_customer_pages_are_keyset_pages(console, db):
     assert 'id="next-page"' not in third.get_data(as_text=True)
 
 
-def test_csv_export_streams_the_filtered_list_formula_safe(seeded, console):
+def test_csv_export_streams_the_filtered_list_formula_safe(seeded, console, db):
+    with db.begin() as s:
+        s.get(CustomerAggregate, seeded[3]).last_order_at = MORNING  # stored as UTC
     client = signed_in(console, "alice", "viewer")
     response = client.get("/console/customers.csv", query_string={"value_tiers": "mid"})
     assert response.status_code == 200 and response.mimetype == "text/csv" and response.is_streamed
@@ -302,6 +305,7 @@ def test_csv_export_streams_the_filtered_list_formula_safe(seeded, console):
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert [r["external_userid"] for r in rows] == ["wm000003", "wm000004", "wm000005", "wm000006"]
     assert rows[2]["name"] == "'=HYPERLINK(\"x\")"
+    assert rows[0]["last_order_at"] == "2026-11-24T10:00:00+08:00"  # app.timezone's, with its offset
     assert client.get("/console/customers.csv", query_string={"stages": "nope"}).status_code == 400
 
 

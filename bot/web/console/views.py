@@ -338,7 +338,8 @@ def customers_csv() -> Response:
 
     def generate() -> Any:
         with _db().sessions() as s:
-            yield from csv_chunks(s, wanted.conditions(s, value_tier_names(_settings()), _settings().tz))
+            yield from csv_chunks(s, wanted.conditions(s, value_tier_names(_settings()), _settings().tz),
+                                  _settings().tz)
 
     name = f"customers-{_now().astimezone(_settings().tz):%Y%m%d-%H%M}.csv"
     return Response(stream_with_context(generate()), mimetype="text/csv; charset=utf-8",
