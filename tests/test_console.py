@@ -363,7 +363,8 @@ def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
     assert (b.name, b.holdout_percent, b.status) == ("双十二", 20, "scheduled")
     assert b.audience == {"value_tiers": ["high", "mid"]} and set(b.templates) == {"default", "high"}
     assert created.actor == "olga" and created.before is None and created.after["name"] == "双十二"
-    assert "已排期" in client.get(response.headers["Location"]).get_data(as_text=True)
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "已排期" in page and "2026-11-24 10:00" in page and "时区 Asia/Shanghai" in page
     cancelled = client.post(f"/console/broadcasts/{b.id}/cancel", data={"csrf_token": csrf(client)})
     assert cancelled.status_code == 302
     with db.sessions() as s:
@@ -374,6 +375,9 @@ def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
     assert again.status_code == 409
     audit = client.get("/console/audit").get_data(as_text=True)
     assert "broadcast.cancel" in audit and "olga" in audit and "双十二" in audit
+    assert entry.before["send_at"] == "2026-11-24T02:00:00+00:00"  # recorded in UTC, and left so
+    assert "2026-11-24T10:00:00+08:00" in audit and "+00:00" not in audit  # shown in app.timezone
+    assert "时间（Asia/Shanghai）" in audit and audit.count("时区 Asia/Shanghai") == 1  # the zone is named
 
 
 @pytest.mark.parametrize(("form", "message"), [
