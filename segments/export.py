@@ -1,10 +1,12 @@
 """Customers out, as CSV: tiers, metrics and tags, streamed in pages so memory stays flat; and the one
-CSV writer every file the product writes goes through, which keeps cells from running as formulas."""
+CSV writer every file the product writes goes through, which keeps cells from running as formulas.
+Times go out as ISO 8601 in app.timezone with its offset (``2026-12-07T20:41:00+08:00``)."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import tzinfo
 from decimal import Decimal
 from typing import IO, Any
 
@@ -12,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from bot.core.times import local_iso
 from bot.models import Customer, CustomerAggregate, CustomerPrediction, CustomerTag, Tag
 
 COLUMNS = ["external_userid", "name", "owner_userid", "value_tier", "rfm_segment", "r_score", "f_score", "m_score",
@@ -46,29 +49,33 @@ class SafeCsvWriter:
             self.writerow(row)
 
 
-def export_customers(session: Session, out: IO[str], where: Sequence[ColumnElement[bool]] = ()) -> int:
-    """Every customer matching ``where`` (conditions on ``customers``), written as CSV page by page."""
+def export_customers(session: Session, out: IO[str], where: Sequence[ColumnElement[bool]] = (), *,
+                     tz: tzinfo) -> int:
+    """Every customer matching ``where`` (conditions on ``customers``), written as CSV page by page, its
+    times local to ``tz``."""
     writer = SafeCsvWriter(out)
     writer.writerow(COLUMNS)
     written = 0
-    for rows in customer_pages(session, where):
+    for rows in customer_pages(session, where, tz=tz):
         writer.writerows(rows)
         written += len(rows)
     return written
 
 
-def customer_pages(session: Session, where: Sequence[ColumnElement[bool]] = ()) -> Iterator[list[list[object]]]:
+def customer_pages(session: Session, where: Sequence[ColumnElement[bool]] = (), *,
+                   tz: tzinfo) -> Iterator[list[list[object]]]:
     """The export's rows, a page at a time in id order (keyset: each page starts after the last id)."""
-    for page in _pages(session, where, 0, PAGE):
+    for page in _pages(session, where, 0, PAGE, tz):
         yield [row for _, row in page]
 
 
 def customer_records(session: Session, where: Sequence[ColumnElement[bool]] = (), after: int = 0,
-                     limit: int = 100) -> list[dict[str, Any]]:
+                     limit: int = 100, *, tz: tzinfo) -> list[dict[str, Any]]:
     """The export's columns as JSON-ready records (amounts as exact decimal strings, tags as a list, the
-    opt-out as a boolean, each with its id for the next page), at most ``limit`` after id ``after``."""
+    opt-out as a boolean, times local to ``tz`` as in the CSV, each with its id for the next page), at
+    most ``limit`` after id ``after``."""
     records = []
-    for customer_id, row in next(_pages(session, where, after, limit), []):
+    for customer_id, row in next(_pages(session, where, after, limit, tz), []):
         record: dict[str, Any] = {"id": customer_id}
         for column, value in zip(COLUMNS, row, strict=True):
             record[column] = str(value) if isinstance(value, Decimal) else None if value == "" else value
@@ -79,7 +86,7 @@ def customer_records(session: Session, where: Sequence[ColumnElement[bool]] = ()
 
 
 def _pages(session: Session, where: Sequence[ColumnElement[bool]], after: int,
-           page_size: int) -> Iterator[list[tuple[int, list[object]]]]:
+           page_size: int, tz: tzinfo) -> Iterator[list[tuple[int, list[object]]]]:
     last_id = after
     while True:
         page = session.execute(
@@ -97,12 +104,13 @@ def _pages(session: Session, where: Sequence[ColumnElement[bool]], after: int,
             .join(Tag, Tag.id == CustomerTag.tag_id)
             .where(CustomerTag.customer_id.in_(ids), CustomerTag.removed_at.is_(None))
             .group_by(CustomerTag.customer_id)).all())
-        yield [(c.id, _row(c, a, tags.get(c.id, "")) + _predicted(p) + [_average_gap(a)]) for c, a, p in page]
+        yield [(c.id, _row(c, a, tags.get(c.id, ""), tz) + _predicted(p) + [_average_gap(a)]) for c, a, p in page]
         last_id = ids[-1]
 
 
-def _row(c: Customer, a: CustomerAggregate | None, tags: str) -> list[object]:
-    last = a.last_order_at.isoformat() if a and a.last_order_at else ""
+def _row(c: Customer, a: CustomerAggregate | None, tags: str, tz: tzinfo) -> list[object]:
+    # A local time with its offset begins with the year, so the formula guard never prefixes it.
+    last = (local_iso(a.last_order_at, tz) if a else None) or ""
     # Scores and amounts go out as numbers (int, Decimal), so a negative one stays a number.
     return [c.external_userid, c.name, c.owner_userid or "", c.value_tier or "", c.rfm_segment or "",
             _n(c.r_score), _n(c.f_score), _n(c.m_score), _n(c.score), c.stage or "", c.engagement or "",

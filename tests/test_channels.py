@@ -152,7 +152,7 @@ def test_hostile_input_gets_clear_errors(wired, sandbox, tmp_path):
         (("--cost", "-5"), "at most two decimals"),
         (("--cost", "1.001"), "at most two decimals"),
         (("--expires", "tomorrow"), "use YYYY-MM-DD"),
-        (("--expires", "2020-01-01"), "already past"),
+        (("--expires", "2020-01-01"), "2020-01-01 23:59 Asia/Shanghai is already past"),
         (("--stage", "vip"), "unknown stage"),
         (("--welcome", "../../etc/passwd"), "letters, digits and _"),
     ):

@@ -15,6 +15,7 @@ from bot.cli import main
 from bot.models import (
     AuditEntry,
     Broadcast,
+    CustomerAggregate,
     CustomerTag,
     CustomerTier,
     Follow,
@@ -294,7 +295,9 @@ def test_customer_pages_are_keyset_pages(console, db):
     assert 'id="next-page"' not in third.get_data(as_text=True)
 
 
-def test_csv_export_streams_the_filtered_list_formula_safe(seeded, console):
+def test_csv_export_streams_the_filtered_list_formula_safe(seeded, console, db):
+    with db.begin() as s:
+        s.get(CustomerAggregate, seeded[3]).last_order_at = MORNING  # stored as UTC
     client = signed_in(console, "alice", "viewer")
     response = client.get("/console/customers.csv", query_string={"value_tiers": "mid"})
     assert response.status_code == 200 and response.mimetype == "text/csv" and response.is_streamed
@@ -302,6 +305,7 @@ def test_csv_export_streams_the_filtered_list_formula_safe(seeded, console):
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert [r["external_userid"] for r in rows] == ["wm000003", "wm000004", "wm000005", "wm000006"]
     assert rows[2]["name"] == "'=HYPERLINK(\"x\")"
+    assert rows[0]["last_order_at"] == "2026-11-24T10:00:00+08:00"  # app.timezone's, with its offset
     assert client.get("/console/customers.csv", query_string={"stages": "nope"}).status_code == 400
 
 
@@ -359,7 +363,8 @@ def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
     assert (b.name, b.holdout_percent, b.status) == ("双十二", 20, "scheduled")
     assert b.audience == {"value_tiers": ["high", "mid"]} and set(b.templates) == {"default", "high"}
     assert created.actor == "olga" and created.before is None and created.after["name"] == "双十二"
-    assert "已排期" in client.get(response.headers["Location"]).get_data(as_text=True)
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "已排期" in page and "2026-11-24 10:00" in page and "时区 Asia/Shanghai" in page
     cancelled = client.post(f"/console/broadcasts/{b.id}/cancel", data={"csrf_token": csrf(client)})
     assert cancelled.status_code == 302
     with db.sessions() as s:
@@ -370,6 +375,9 @@ def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
     assert again.status_code == 409
     audit = client.get("/console/audit").get_data(as_text=True)
     assert "broadcast.cancel" in audit and "olga" in audit and "双十二" in audit
+    assert entry.before["send_at"] == "2026-11-24T02:00:00+00:00"  # recorded in UTC, and left so
+    assert "2026-11-24T10:00:00+08:00" in audit and "+00:00" not in audit  # shown in app.timezone
+    assert "时间（Asia/Shanghai）" in audit and audit.count("时区 Asia/Shanghai") == 1  # the zone is named
 
 
 @pytest.mark.parametrize(("form", "message"), [

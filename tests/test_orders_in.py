@@ -275,6 +275,7 @@ def test_api_customers_out_with_tiers_tags_and_why(client, token, cli_env, db):
     assert [c["external_userid"] for c in first] == ["wm0", "wm1"] and page.json["next_after"] == first[-1]["id"]
     assert first[0]["order_count"] == 3 and first[0]["total_amount"] == "1200.00" and first[0]["value_tier"]
     assert first[0]["opted_out"] is False and isinstance(first[0]["tags"], list)
+    assert first[0]["last_order_at"] == "2026-10-07T10:00:00+08:00"  # app.timezone's, as in the CSV export
     rest = client.get(f"/api/v1/customers?limit=2&after={page.json['next_after']}", headers=auth).json
     assert [c["external_userid"] for c in rest["customers"]] == ["wm2"] and rest["next_after"] is None
     tier = first[0]["value_tier"]
@@ -282,6 +283,7 @@ def test_api_customers_out_with_tiers_tags_and_why(client, token, cli_env, db):
     assert only and all(c["value_tier"] == tier for c in only)
     one = client.get("/api/v1/customers/wm2", headers=auth)
     assert one.status_code == 200 and one.json["customer"]["external_userid"] == "wm2"
+    assert one.json["customer"]["last_order_at"] == "2026-10-09T10:00:00+08:00"
     assert set(one.json["customer"]["why"]) >= {"value_tier", "stage", "engagement"}
     assert client.get("/api/v1/customers/nobody", headers=auth).status_code == 404
     assert client.get("/api/v1/customers?tier=high", headers=auth).status_code == 400

@@ -197,7 +197,8 @@ def test_staff_see_their_own_customer_with_tiers_and_why(world):
     assert card.status_code == 200
     for text in ("陈小姐", "老客户", "张三", "live_0618", "高价值", "重要价值", "R/F/M 5/5/5", "超级", "活跃",
                  "100/100", "满足高价值的条件", "得出「重要价值」", "¥800.00", "专属优惠券", "客服消息",
-                 "中价值 → 高价值", "专属客服", "最近下单", "天前"):
+                 "中价值 → 高价值", "专属客服", "最近下单", "天前",
+                 '最近互动 <span class="muted">Asia/Shanghai</span>'):  # the times' zone, named
         assert text in card.text, text
 
 

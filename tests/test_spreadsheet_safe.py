@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -43,13 +44,14 @@ def test_export_neutralises_names_and_tags_but_keeps_negative_amounts_numbers(ap
         tag_customer(session, refunded.id, tag, source="staff", push=False)
     out = io.StringIO()
     with db.sessions() as session:
-        assert export_customers(session, out) == len(HOSTILE_NAMES) + 1
+        assert export_customers(session, out, tz=ZoneInfo("America/New_York")) == len(HOSTILE_NAMES) + 1
     rows = list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
     names = [r["name"] for r in rows if r["external_userid"].startswith("wmHostile")]
     assert names == ["'" + n for n in HOSTILE_NAMES]
     assert {r["owner_userid"] for r in rows if r["external_userid"].startswith("wmHostile")} == {"'-staff"}
     refunded_row = next(r for r in rows if r["external_userid"] == "wmRefunded")
     assert refunded_row["total_amount"] == "-12.34"  # the product's own number: not neutralised
+    assert refunded_row["last_order_at"] == "2025-12-31T19:00:00-05:00"  # local; a negative offset is not a formula
     assert refunded_row["tags"].startswith("'") and "=cmd()" in refunded_row["tags"]
     assert next(r for r in rows if r["name"] == "'-2+3")["total_amount"] == "0.00"
 

@@ -51,6 +51,7 @@ from bot.campaigns.push import NO_SENDER
 from bot.campaigns.rules import cron_trigger, value_tier_names
 from bot.core.config import Settings
 from bot.core.db import row_id
+from bot.core.times import local_time
 from bot.models import (
     Broadcast,
     BroadcastRun,
@@ -272,8 +273,8 @@ def check_send_time(send_at: datetime, settings: Settings, now: datetime) -> Non
     if send_at.tzinfo is None:
         raise BroadcastError("the send time needs a time zone")
     if send_at < now:
-        raise BroadcastError(f"the send time {send_at.astimezone(settings.tz):%Y-%m-%d %H:%M} is in the past "
-                             f"(now {now.astimezone(settings.tz):%Y-%m-%d %H:%M}); give a later one")
+        raise BroadcastError(f"the send time {local_time(send_at, settings.tz)} is in the past "
+                             f"(now {local_time(now, settings.tz)}); give a later one")
 
 
 def next_cron_time(expression: str, settings: Settings, after: datetime) -> datetime:

@@ -16,6 +16,7 @@ from sqlalchemy import exists, false, func, select, text, update
 from sqlalchemy.orm import Session
 
 from bot.contacts.interactions import add_interaction
+from bot.core.times import local_time
 from bot.models import AuditEntry, Coupon, Customer, Order, OutboxMessage, utcnow
 from segments.money import fen_to_yuan, number_to_fen
 
@@ -254,12 +255,12 @@ def redeem(session: Session, code_text: str, *, order_id: str | None = None, amo
     if coupon is None:
         return Redemption(False, "unknown coupon code")
     if coupon.status == "redeemed":
-        return Redemption(False, f"already redeemed at {_shown(coupon.redeemed_at, tz, '%Y-%m-%d %H:%M %Z')}"
+        return Redemption(False, f"already redeemed at {local_time(coupon.redeemed_at, tz)}"
                                  f"{f' on order {coupon.order_id}' if coupon.order_id else ''}", coupon)
     if coupon.status == "withdrawn":
         return Redemption(False, "withdrawn: the message that carried it did not go out", coupon)
     if coupon.status == "expired" or coupon.expires_at <= now:
-        return Redemption(False, f"expired on {_shown(coupon.expires_at, tz, '%Y-%m-%d %H:%M %Z')}", coupon)
+        return Redemption(False, f"expired on {local_time(coupon.expires_at, tz)}", coupon)
     if order_id:
         order = session.scalar(select(Order).where(Order.order_id == order_id))
         if order is not None:
@@ -291,13 +292,6 @@ def redeem(session: Session, code_text: str, *, order_id: str | None = None, amo
             apply_rules(session, tag_rules, customer.id, "coupon_redeemed", push=push_tags)
     logger.info("coupon %s… (%s) redeemed by customer %s", coupon.code[:4], coupon.definition, coupon.customer_id)
     return Redemption(True, "redeemed", coupon)
-
-
-def _shown(moment: datetime | None, tz: tzinfo, pattern: str) -> str:
-    if moment is None:
-        return "?"
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-    return aware.astimezone(tz).strftime(pattern)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from bot.cli.context import CliContext, pass_cli, render_table
-from bot.cli.times import local_time, zoned
+from bot.cli.times import local_iso, local_time, zoned
 
 
 def _contact_api(cli: CliContext) -> Any:
@@ -108,7 +108,8 @@ def create_cmd(cli: CliContext, name: str, state: str, members: tuple[str, ...],
 
 
 @channels_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON instead of a table (expires_at: ISO 8601 in app.timezone, with its offset).")
 @click.option("--all", "show_all", is_flag=True, help="Include deleted channels.")
 @pass_cli
 def list_cmd(cli: CliContext, as_json: bool, show_all: bool) -> None:
@@ -126,7 +127,7 @@ def list_cmd(cli: CliContext, as_json: bool, show_all: bool) -> None:
     if as_json:
         click.echo(json.dumps([{"state": r.state, "name": r.name, "status": r.status, "members": r.members,
                                 "tags": r.tags, "stage": r.stage, "welcome": r.welcome, "skip_verify": r.skip_verify,
-                                "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+                                "expires_at": local_iso(r.expires_at, tz),
                                 "config_id": r.config_id, "qr_code": r.qr_code, "cost_fen": r.cost_fen,
                                 "source": r.source} for r in rows], ensure_ascii=False, indent=2))
         return

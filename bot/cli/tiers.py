@@ -348,13 +348,15 @@ def export_group() -> None:
 @pass_cli
 def export_customers_cmd(cli: CliContext, out: Path | None) -> None:
     """Customers with tiers, scores, order totals, tags and predictions (P(alive), churn risk, expected
-    purchases and predicted value over the last fit's horizon, expected next order date)."""
+    purchases and predicted value over the last fit's horizon, expected next order date). last_order_at is
+    a local time in app.timezone, ISO 8601 with its offset (2026-12-07T20:41:00+08:00)."""
     from segments.export import export_customers
 
+    tz = cli.settings().tz
     with cli.db().sessions() as session:
         if out is None:
-            export_customers(session, sys.stdout)
+            export_customers(session, sys.stdout, tz=tz)
             return
         with open_output(cli, out) as fh:
-            count = export_customers(session, fh)
+            count = export_customers(session, fh, tz=tz)
     click.echo(f"wrote {count} customers to {out}")

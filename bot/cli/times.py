@@ -1,22 +1,13 @@
-"""Every time the CLI prints is a local time in app.timezone, and says so."""
+"""Every time the CLI prints is a local time in app.timezone, and says so (the helpers are
+:mod:`bot.core.times`, which the console and the CSV writers share)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from bot.core.times import local_iso, local_time, zoned
 
-def local_time(moment: datetime | None, tz: ZoneInfo, *, zone: bool = True, seconds: bool = False) -> str:
-    """``2026-05-01 10:00 Asia/Shanghai``; without ``zone`` for table cells whose header names it."""
-    if moment is None:
-        return "-"
-    text = moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
-    return f"{text} {tz.key}" if zone else text
-
-
-def zoned(header: str, tz: ZoneInfo) -> str:
-    """A table header for a column of local times: ``next run (Asia/Shanghai)``."""
-    return f"{header} ({tz.key})"
+__all__ = ["local_iso", "local_time", "schedule_text", "zoned"]
 
 
 def schedule_text(row: dict, tz: ZoneInfo) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from wechatpy.exceptions import WeChatClientException
 
 from bot.core.config import Settings
+from bot.core.times import local_time
 from bot.models import Channel, CustomerAggregate, CustomerTier, Follow
 from bot.wecom.client import BUSY_ERRORS
 
@@ -117,7 +118,7 @@ def check_spec(spec: ChannelSpec, stages: Iterable[str], now: datetime, need_mem
     if not NAME_RE.match(spec.welcome or ""):
         raise ChannelError("the welcome template name takes letters, digits and _ only")
     if spec.expires_at is not None and spec.expires_at <= now:
-        raise ChannelError(f"the expiry {spec.expires_at:%Y-%m-%d %H:%M} is already past")
+        raise ChannelError(f"the expiry {local_time(spec.expires_at, spec.expires_at.tzinfo or UTC)} is already past")
     if spec.cost_fen is not None and spec.cost_fen < 0:
         raise ChannelError("the cost cannot be negative")
     for tag in spec.tags:

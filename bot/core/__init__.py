@@ -1,2 +1,2 @@
 """The ground floor: settings (defaults → TOML → env → overrides) and their own checks, the database
-engine, sessions and migrations, and the clock. Imports nothing from ``bot`` but ``bot.models``."""
+engine, sessions and migrations, the clock and how times are shown. Imports nothing from ``bot`` but ``bot.models``."""

@@ -10,6 +10,7 @@ from typing import Any
 import requests
 from sqlalchemy import func, select
 
+from bot.core.times import zone_name
 from bot.demo.run import DemoRun, wait_for_inbox
 from bot.models import Customer, CustomerGroup, CustomerTier, utcnow
 from segments.rfm import SEGMENT_NAMES
@@ -86,6 +87,6 @@ def run_group_scene(run: DemoRun) -> list[list[str]]:
     sent = submit_group_messages(db, contact, ContactPolicy.from_settings(settings),
                                  now=run_.send_after + timedelta(seconds=1))
     outcome = f"{sent['submitted']} submitted to {owner} to confirm in WeCom" if sent else \
-        f"sent from {run_.send_after.astimezone(settings.tz):%H:%M} (after quiet hours)"
+        f"sent from {run_.send_after.astimezone(settings.tz):%H:%M} {zone_name(settings.tz)} (after quiet hours)"
     rows.append(["broadcast to both groups", f"{run_.to_send} group message(s) planned; {outcome}"])
     return [[scene, " ".join(text.split())] for scene, text in rows]

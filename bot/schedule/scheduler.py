@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.core.config import Settings
 from bot.core.db import Database
+from bot.core.times import local_time
 from bot.models import SchedulerLease, utcnow
 from bot.outbox.policy import parse_quiet_hours
 from bot.schedule.jobs import Runtime, install
@@ -304,8 +305,7 @@ def job_table(settings: Settings, db: Database, now: datetime | None = None) -> 
         state = stored.get(spec.id)
         trigger = state["trigger"] if state else spec.trigger(settings)
         next_run = state["next_run_time"] if state else trigger.get_next_fire_time(None, now.astimezone(settings.tz))
-        # the zone's name: "%Z" gives "CST", which is also America/Chicago's
-        shown = f"{next_run.astimezone(settings.tz):%Y-%m-%d %H:%M:%S} {settings.tz.key}" if next_run else "- (paused)"
+        shown = local_time(next_run, settings.tz, seconds=True) if next_run else "- (paused)"
         rows.append([spec.id, str(trigger), shown + ("" if state else " (not yet stored)"), spec.description])
     return rows
 

@@ -216,7 +216,7 @@ def list_customers() -> Response:
     with db.begin() as session:
         _may_read_customers(_authenticate(session))  # first: no token, no word on the parameters
         where, after, limit = _customer_query()
-        records = customer_records(session, where, after, limit)
+        records = customer_records(session, where, after, limit, tz=current_settings().tz)
     return jsonify(customers=records, next_after=records[-1]["id"] if len(records) == limit else None)
 
 
@@ -260,7 +260,7 @@ def get_customer(external_userid: str) -> Response:
         customer = session.scalar(select(Customer).where(Customer.external_userid == external_userid))
         if customer is None:
             raise ApiError(404, "no such customer")
-        [record] = customer_records(session, [Customer.id == customer.id], customer.id - 1, 1)
+        [record] = customer_records(session, [Customer.id == customer.id], customer.id - 1, 1, tz=settings.tz)
         as_of = _now().astimezone(settings.tz).date()
         why = explanation(session, customer, TierPolicy.of(settings), as_of, settings.tz,
                           stats=stored_stats(session))

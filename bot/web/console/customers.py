@@ -139,12 +139,12 @@ def list_page(session: Session, where: list[ColumnElement[bool]], after: int = 0
     return Page(rows, rows[-1].id if more and rows else None)
 
 
-def csv_chunks(session: Session, where: list[ColumnElement[bool]]) -> Iterator[str]:
-    """The filtered customers as formula-safe CSV, one chunk per page of the export."""
+def csv_chunks(session: Session, where: list[ColumnElement[bool]], tz: ZoneInfo) -> Iterator[str]:
+    """The filtered customers as formula-safe CSV, one chunk per page of the export (times local to ``tz``)."""
     buffer = StringIO()
     writer = SafeCsvWriter(buffer)
     writer.writerow(COLUMNS)
-    for rows in customer_pages(session, where):
+    for rows in customer_pages(session, where, tz=tz):
         writer.writerows(rows)
         yield _drain(buffer)
     yield _drain(buffer)

@@ -49,6 +49,7 @@ from bot.campaigns.effect import effect_by_tier
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
 from bot.core.db import Database, row_id
+from bot.core.times import local_time, localised, zone_name
 from bot.models import (
     CHURN_RISKS,
     AuditEntry,
@@ -225,7 +226,8 @@ def csrf_token() -> str:
 def _labels() -> dict[str, Any]:
     return {"TIER_NAMES": TIER_NAMES, "SEGMENT_NAMES": SEGMENT_NAMES, "STAGE_NAMES": STAGE_NAMES,
             "ENGAGEMENT_NAMES": ENGAGEMENT_NAMES, "ACTIVITY_NAMES": ACTIVITY_NAMES, "tier_label": tier_label,
-            "operator": g.get("operator"), "local": _local, "pretty": _pretty, "ROLE_NAMES": users.ROLE_NAMES}
+            "operator": g.get("operator"), "local": _local, "pretty": _pretty, "ROLE_NAMES": users.ROLE_NAMES,
+            "zone": zone_name(_settings().tz)}
 
 
 def split_words(text: str) -> list[str]:
@@ -237,13 +239,16 @@ def split_words(text: str) -> list[str]:
 
 
 def _pretty(value: Any) -> str:
-    return "-" if value is None else json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True, default=str)
+    """Recorded JSON (the audit log's before and after) for a page: its ``…_at`` times, recorded in UTC, in
+    app.timezone with the offset (the record itself is left as it is)."""
+    if value is None:
+        return "-"
+    return json.dumps(localised(value, _settings().tz), ensure_ascii=False, indent=1, sort_keys=True, default=str)
 
 
 def _local(moment: datetime | None, seconds: bool = False) -> str:
-    if moment is None:
-        return "-"
-    return moment.astimezone(_settings().tz).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    """A time on a page, in app.timezone: every page names the zone in its top bar (``zone``)."""
+    return local_time(moment, _settings().tz, zone=False, seconds=seconds)
 
 
 # ---------------------------------------------------------------- sign-in
@@ -338,7 +343,8 @@ def customers_csv() -> Response:
 
     def generate() -> Any:
         with _db().sessions() as s:
-            yield from csv_chunks(s, wanted.conditions(s, value_tier_names(_settings()), _settings().tz))
+            yield from csv_chunks(s, wanted.conditions(s, value_tier_names(_settings()), _settings().tz),
+                                  _settings().tz)
 
     name = f"customers-{_now().astimezone(_settings().tz):%Y%m%d-%H%M}.csv"
     return Response(stream_with_context(generate()), mimetype="text/csv; charset=utf-8",

@@ -21,6 +21,7 @@ from bot.campaigns.coupons import coupon_vars, issue_by_staff, issued_by_staff_s
 from bot.contacts.customers import set_opted_out
 from bot.core.config import Settings
 from bot.core.db import MAX_ROW_ID
+from bot.core.times import zone_name
 from bot.models import Customer, Tag, TagGroup
 from bot.outbox.messages import TemplateMissing, TemplateRefused, customer_vars, refusal, tier_keys
 from bot.tagging.rules import RuleError, TagRules, parse_ref
@@ -180,7 +181,8 @@ def customer_card(external_userid: str) -> Any:
         issued_today = issued_by_staff_since(session, member.userid, _day_start(now))
         can_create = member.userid in settings.sidebar.tag_creators
         return render_template("sidebar/card.html", card=card, can_create_tags=can_create,
-                               issued_today=issued_today, coupon_limit=settings.sidebar.daily_coupon_limit)
+                               issued_today=issued_today, coupon_limit=settings.sidebar.daily_coupon_limit,
+                               zone=zone_name(settings.tz))
 
 
 def _sources() -> CardSources:
