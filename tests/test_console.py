@@ -7,6 +7,7 @@ import csv
 import io
 import re
 from datetime import date, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -105,6 +106,82 @@ def test_wrong_passwords_are_throttled_per_name_and_address(console, db):
     assert sign_in(console.test_client(), "alice", ip="10.0.0.2").status_code == 302  # another address
     console.extensions["scrm.clock"] = lambda: MORNING + timedelta(minutes=16)
     assert sign_in(client, "alice").status_code == 302
+
+
+def test_parallel_guesses_are_counted_before_any_password_is_checked(console, db):
+    """100 parallel tries checked 18 passwords past a limit of 5 (count, then check for 90 ms, then record)."""
+    import threading
+
+    add_user(db, "alice", "operator")
+    clients = [console.test_client() for _ in range(24)]
+    tokens = [csrf(client) for client in clients]
+    start, statuses = threading.Barrier(len(clients)), []
+
+    def guess(client: Any, token: str) -> None:
+        start.wait()
+        statuses.append(client.post("/console/login", data={"name": "alice", "password": "wrong password!",
+                                                            "csrf_token": token},
+                                    environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code)
+
+    threads = [threading.Thread(target=guess, args=pair) for pair in zip(clients, tokens, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses.count(401) <= 5 and statuses.count(401) + statuses.count(429) == len(clients)
+    assert sign_in(console.test_client(), "alice", ip="10.0.0.9").status_code == 429
+
+
+def test_one_name_guessed_from_many_addresses_stops_until_an_admin_unlocks_it(console, db, cli_env):
+    add_user(db, "alice", "operator")
+    for n in range(20):
+        assert sign_in(console.test_client(), "alice", "wrong password!", ip=f"10.1.0.{n}").status_code == 401
+    assert sign_in(console.test_client(), "alice", ip="10.2.0.1").status_code == 429
+    result = _cli("user", "unlock", "alice", env=cli_env)
+    assert result.exit_code == 0 and "20 failed sign-ins forgotten" in result.output
+    assert sign_in(console.test_client(), "alice", ip="10.2.0.1").status_code == 302
+    with db.sessions() as s:
+        assert s.scalar(select(AuditEntry.target).where(AuditEntry.action == "user.unlock")) == "operator:alice"
+    assert "nothing to unlock" in _cli("user", "unlock", "alice", env=cli_env).output
+
+
+def test_behind_a_trusted_proxy_the_throttle_counts_the_visitor_not_the_proxy(overrides, db):
+    """Every request came from the proxy's address: five wrong passwords from anyone locked the operator out."""
+    from bot.web.app import create_app
+
+    app = create_app({**overrides, "app": {**overrides["app"], "trusted_proxies": 1}}, environ={},
+                     start_worker=False)
+    try:
+        add_user(db, "alice", "operator")
+        for _ in range(5):
+            client = app.test_client()
+            assert client.post("/console/login", data={"name": "alice", "password": "wrong password!",
+                                                       "csrf_token": csrf(client)},
+                               headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 401
+        client = app.test_client()
+        token = csrf(client)
+        assert client.post("/console/login", data={"name": "alice", "password": PASSWORD, "csrf_token": token},
+                           headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 302
+        with db.sessions() as s:
+            assert s.scalar(select(AuditEntry.ip).where(AuditEntry.action == "login")) == "198.51.100.1"
+    finally:
+        app.extensions["scrm.db"].dispose()
+
+
+def test_signing_out_ends_the_session_a_copied_cookie_too(console, db):
+    client = signed_in(console, "alice", "operator")
+    copied = client.get_cookie("scrm_session").value
+    assert client.post("/console/logout", data={"csrf_token": csrf(client)}).status_code == 302
+    client.set_cookie("scrm_session", copied)
+    assert client.get("/console/").status_code == 302
+
+
+def test_a_session_ends_twelve_hours_after_its_sign_in_however_active(console, db):
+    client = signed_in(console, "alice", "operator")
+    console.extensions["scrm.clock"] = lambda: MORNING - timedelta(days=1) + timedelta(hours=11, minutes=59)
+    assert client.get("/console/").status_code == 200
+    console.extensions["scrm.clock"] = lambda: MORNING - timedelta(days=1) + timedelta(hours=12, minutes=1)
+    assert client.get("/console/").status_code == 302
 
 
 def test_unknown_names_and_disabled_operators_cannot_sign_in(console, db):

@@ -84,3 +84,17 @@ def set_user(cli: CliContext, name: str, role: str | None, active: bool | None, 
     except AccountError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"operator {summary}{'; password changed' if password is not None else ''}")
+
+
+@user_group.command("unlock")
+@click.argument("name")
+@pass_cli
+def unlock_user(cli: CliContext, name: str) -> None:
+    """Let NAME sign in again at once: forget its failed sign-ins from every address (5 from one address,
+    or 20 from all, within 15 minutes refuse further tries until the window passes)."""
+    from bot.web.console.accounts import unlock
+
+    with cli.db().begin() as session:
+        cleared = unlock(session, name, actor="cli")
+    click.echo(f"{name.strip()!r}: {cleared} failed sign-in{'' if cleared == 1 else 's'} forgotten"
+               if cleared else f"{name.strip()!r} had no recent failed sign-ins; nothing to unlock")

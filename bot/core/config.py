@@ -50,6 +50,7 @@ class AppSettings:
     timezone: str = "Asia/Shanghai"
     log_level: str = ""
     public_url: str = ""
+    trusted_proxies: int = 0
     brand_name: str = "本店"
     templates_dir: str = ""
 
@@ -599,6 +600,9 @@ def validate(settings: Settings) -> None:
     _check_conversations(settings)
     _check_campaigns(settings)
     _check_sidebar(settings.sidebar)
+    if not 0 <= settings.app.trusted_proxies <= 5:
+        raise ConfigError(f"app.trusted_proxies must be 0–5 (the reverse proxies in front of this service), "
+                          f"got {settings.app.trusted_proxies}")
     _check_predictions(settings.predictions)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from bot.core import jsonsafe
@@ -63,6 +64,11 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = api.MAX_BODY_BYTES
     app.extensions["scrm.settings"] = settings
     app.extensions["scrm.clock"] = clock
+    if settings.app.trusted_proxies:
+        # Behind a TLS-terminating proxy every request came from the proxy's address: the sign-in throttle
+        # (per name and address) then let anyone lock an operator out, and the audit log named the proxy.
+        n = settings.app.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
 
     db = wiring.init_db(app, settings, upgrade=upgrade_db)
     # The rule lists operators edited in the console replace the config file's (the default seed).

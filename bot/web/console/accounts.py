@@ -19,7 +19,11 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from bot.models import OPERATOR_ROLES, AuditEntry, LoginFailure, Operator
 
 MAX_FAILURES = 5
+# Across all addresses: one account guessed from many addresses (an IPv6 /64 is billions) stops too; an
+# admin can lift it at once with `scrm user unlock NAME`.
+MAX_NAME_FAILURES = 20
 FAILURE_WINDOW = timedelta(minutes=15)
+SESSION_HOURS = 12  # a console session ends this long after its sign-in, however active
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 256
 NAME_LENGTH = (1, 64)
@@ -107,24 +111,55 @@ def _active_admins(session: Session, lock: bool = False) -> int:
     return len(session.scalars(query.with_for_update() if lock else query).all())
 
 
-def sign_in(session: Session, name: str, password: str, ip: str, now: datetime) -> SignIn:
-    """The operator if name and password match and the pair (name, ip) is not throttled. A failure is
-    recorded; a success clears that pair's failures."""
-    name = name.strip()[: NAME_LENGTH[1]]
-    ip = ip[:64]
-    recent = session.scalar(select(func.count()).select_from(LoginFailure).where(
-        LoginFailure.name == name, LoginFailure.ip == ip, LoginFailure.at > now - FAILURE_WINDOW)) or 0
-    if recent >= MAX_FAILURES:
+def begin_attempt(session: Session, name: str, ip: str, now: datetime) -> int:
+    """Record a sign-in attempt as a failure before its password is checked, committed on its own (the
+    caller's transaction), so that attempts made at once count each other: checking first and recording
+    after let 100 parallel tries check 18 passwords past a limit of 5. The row's id, for :func:`sign_in`."""
+    attempt = LoginFailure(name=_sign_in_name(name), ip=ip[:64], at=now)
+    session.add(attempt)
+    session.flush()
+    return attempt.id
+
+
+def sign_in(session: Session, name: str, password: str, ip: str, now: datetime, attempt: int) -> SignIn:
+    """The operator if name and password match and neither the pair (name, ip) nor the name from every
+    address is throttled, counting the ``attempt`` row from :func:`begin_attempt`. A failure keeps that row;
+    a success clears the pair's failures; a throttled attempt is not counted (the window does not grow)."""
+    name, ip = _sign_in_name(name), ip[:64]
+    recent = LoginFailure.name == name, LoginFailure.at > now - FAILURE_WINDOW
+    from_here = session.scalar(select(func.count()).select_from(LoginFailure).where(*recent, LoginFailure.ip == ip))
+    everywhere = session.scalar(select(func.count()).select_from(LoginFailure).where(*recent))
+    if (from_here or 0) > MAX_FAILURES or (everywhere or 0) > MAX_NAME_FAILURES:
+        session.execute(delete(LoginFailure).where(LoginFailure.id == attempt))
         return SignIn(None, throttled=True)
     operator = session.scalar(select(Operator).where(Operator.name == name))
     stored = operator.password_hash if operator is not None else _DUMMY_HASH
     matches = check_password_hash(stored, password[:MAX_PASSWORD_LENGTH])
     if operator is None or not operator.active or not matches:
-        session.add(LoginFailure(name=name, ip=ip, at=now))
         return SignIn(None)
     session.execute(delete(LoginFailure).where(LoginFailure.name == name, LoginFailure.ip == ip))
     operator.last_login_at = now
     return SignIn(operator)
+
+
+def unlock(session: Session, name: str, actor: str) -> int:
+    """Forget a name's failed sign-ins from every address (`scrm user unlock`); how many there were."""
+    name = _sign_in_name(name)
+    cleared = session.execute(delete(LoginFailure).where(LoginFailure.name == name)).rowcount or 0
+    record(session, actor, "user.unlock", f"operator:{name}", None, {"failures_cleared": cleared})
+    return cleared
+
+
+def sign_out(session: Session, operator_id: int) -> None:
+    """Ends every console session of the operator (their session epoch): the session is a signed cookie,
+    and clearing the browser's copy left a copied cookie working after 退出."""
+    operator = session.get(Operator, operator_id)
+    if operator is not None:
+        operator.session_epoch = (operator.session_epoch or 0) + 1
+
+
+def _sign_in_name(name: str) -> str:
+    return name.strip()[: NAME_LENGTH[1]]
 
 
 def password_mark(operator: Operator) -> str:

@@ -102,7 +102,7 @@ CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inlin
 
 class _SessionInterface(SecureCookieSessionInterface):
     """The session cookie is marked Secure whenever the request came over https (behind a proxy:
-    with ProxyFix or SESSION_COOKIE_SECURE=true), and stays usable on plain http for local use. A
+    app.trusted_proxies, or app.public_url on https), and stays usable on plain http for local use. A
     request that sent no session cookie (every WeCom callback) gets its empty session without the
     signing serializer Flask would build for it: a tenth of a callback's own work."""
 
@@ -198,7 +198,11 @@ def _signed_in() -> Operator | None:
     with _db().sessions() as s:
         operator = s.get(Operator, operator_id)
     if operator is None or not operator.active or session.get("pw") != accounts.password_mark(operator):
-        return None  # deleted, disabled or its password changed since this session began
+        return None  # deleted, disabled, signed out or its password changed since this session began
+    signed_in_at = session.get("signed_in_at")
+    if not isinstance(signed_in_at, int | float) or \
+            _now().timestamp() - signed_in_at > accounts.SESSION_HOURS * 3600:
+        return None  # however active, a session ends: a copied cookie is not good for ever
     return operator
 
 
@@ -260,14 +264,17 @@ def login() -> Any:
     if request.method == "POST":
         name, password = request.form.get("name", ""), request.form.get("password", "")
         with _db().begin() as s:
-            result = accounts.sign_in(s, name, password, _ip(), _now())
+            attempt = accounts.begin_attempt(s, name, _ip(), _now())
+        with _db().begin() as s:
+            result = accounts.sign_in(s, name, password, _ip(), _now(), attempt)
             if result.operator is not None:
                 operator_id, pw = result.operator.id, accounts.password_mark(result.operator)
                 accounts.record(s, result.operator.name, "login", f"operator:{result.operator.name}", None, None,
                                 _ip(), at=_now())
         if result.operator is not None:
             session.clear()  # a fresh session (and CSRF token) at every sign-in: no fixation
-            session.update(operator_id=operator_id, pw=pw, csrf=secrets.token_urlsafe(32))
+            session.update(operator_id=operator_id, pw=pw, csrf=secrets.token_urlsafe(32),
+                           signed_in_at=_now().timestamp())
             return redirect(_safe_next(request.args.get("next")))
         if result.throttled:
             logger.info("console sign-in throttled from one address (%d failures within %d min)",
@@ -291,6 +298,8 @@ def _safe_next(target: str | None) -> str:
 
 @bp.post("/logout")
 def logout() -> Response:
+    with _db().begin() as s:
+        accounts.sign_out(s, g.operator.id)
     session.clear()
     return redirect(url_for("console.login"))
 
@@ -347,7 +356,7 @@ def customers_csv() -> Response:
                                   _settings().tz)
 
     name = f"customers-{_now().astimezone(_settings().tz):%Y%m%d-%H%M}.csv"
-    return Response(stream_with_context(generate()), mimetype="text/csv; charset=utf-8",
+    return Response(stream_with_context(generate()), content_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
