@@ -177,7 +177,9 @@ def archive_approved(event: Any, ctx: HandlerContext) -> None:
 
 def _welcome_before_the_retry(ctx: HandlerContext, external_userid: str, userid: str) -> None:
     """externalcontact/get failed, so the event fails and is retried in full later; the welcome code
-    lasts 20 s, so the welcome goes out now, from the event alone (the retry finds it: same key)."""
+    lasts 20 s, so the welcome goes out now, from the event alone (the retry finds it: same key). Its
+    checkpoint keeps nothing when a forget marked the event dead meanwhile (ClaimLost: a forget during a
+    timed-out call would otherwise get a new record under the contact's id, and the welcome)."""
     if not ctx.fields.get("WelcomeCode") or awaits_takeover(ctx.session, external_userid, userid):
         return
     customer = upsert_customer(ctx.session, external_userid, {}, new_relationship=True)

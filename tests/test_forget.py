@@ -259,12 +259,15 @@ def test_a_repeat_of_an_edit_handled_before_the_forget_leaves_the_contact_forgot
     assert personal(every_row(db)) == []
 
 
-@pytest.mark.parametrize("change", ["contacts/edit", "contacts/add"])
+@pytest.mark.parametrize("change, wecom", [("contacts/edit", "answers"), ("contacts/add", "answers"),
+                                           ("contacts/edit", "times out"), ("contacts/add", "times out")])
 def test_a_handler_in_flight_when_the_customer_is_forgotten_brings_nothing_back(scrm, wired, sandbox, tmp_path,
-                                                                               monkeypatch, change):
+                                                                               monkeypatch, change, wecom):
     """The forget runs while a handler of the contact's event waits on externalcontact/get (the event is
     claimed, `processing`): the handler's writes after it (the name, the remark) must not bring them back,
-    neither for a member's edit nor for an add that was in flight (an add after the forget is a new record)."""
+    neither for a member's edit nor for an add that was in flight (an add after the forget is a new record).
+    When WeCom does not answer, the add still welcomes from the event alone before its retry: not a customer
+    forgotten meanwhile (no record under their id again, no welcome)."""
     import handlers.contacts
 
     db = wired.extensions["scrm.db"]
@@ -277,6 +280,8 @@ def test_a_handler_in_flight_when_the_customer_is_forgotten_brings_nothing_back(
     def forget_meanwhile(ctx: Any, external_userid: str) -> dict[str, Any]:
         if not forgotten:
             forgotten.append(scrm("customer", "forget", FORGET, "--yes"))
+        if wecom == "times out":
+            raise OSError("timed out")
         return fetch(ctx, external_userid)
 
     monkeypatch.setattr(handlers.contacts, "_fetch_contact", forget_meanwhile)
@@ -284,8 +289,10 @@ def test_a_handler_in_flight_when_the_customer_is_forgotten_brings_nothing_back(
         control(sandbox, change, {"userid": "zhangsan", "external_userid": FORGET, "remark": f"{NAME} {MOBILE}"})
     else:  # the customer adds a second member; the add is being handled when the forget comes
         control(sandbox, change, {"userid": "lisi", "name": NAME, "external_userid": FORGET})
+    welcomes = len(read(sandbox, "sent")["welcomes"])
     assert drain(wired) == {"dead": 1}  # as the forget left it, not handled
     assert "forgot customer" in forgotten[0]
+    assert len(read(sandbox, "sent")["welcomes"]) == welcomes
 
     assert personal(every_row(db)) == []
     with db.sessions() as s:
