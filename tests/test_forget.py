@@ -25,6 +25,7 @@ from bot.models import (
     CustomerTier,
     Follow,
     GroupMember,
+    InboxEvent,
     Interaction,
     OutboxMessage,
     Transfer,
@@ -299,6 +300,33 @@ def test_a_handler_in_flight_when_the_customer_is_forgotten_brings_nothing_back(
         customers = s.scalars(select(Customer)).all()
         assert [(c.name, c.external_userid.startswith("forgotten:")) for c in customers] == [("", True)]
         assert [f.remark for f in s.scalars(select(Follow))] == [""]
+
+
+def test_an_add_the_forget_marked_dead_does_nothing_when_an_operator_retries_it(scrm, wired, sandbox, tmp_path):
+    """The add failed (WeCom did not answer; its welcome went out from the event alone) and waited for its
+    retry when the forget marked it dead and rewrote its id to the key. `scrm inbox retry` of it (the
+    console's retry button) is no new relationship: the key is not sent to WeCom, and the anonymous record
+    gets no follow, no 'added' history and no welcome."""
+    db = wired.extensions["scrm.db"]
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan", "name": "张三"}, {"userid": "lisi", "name": "李四"}]})
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": NAME, "external_userid": FORGET})
+    assert drain(wired) == {"handled": 1}
+    control(sandbox, "faults", {"path": "externalcontact/get", "errcode": 60011, "count": 1})
+    control(sandbox, "contacts/add", {"userid": "lisi", "name": NAME, "external_userid": FORGET})
+    assert drain(wired) == {"failed": 1}
+    scrm("customer", "forget", FORGET, "--yes")
+    with db.sessions() as s:
+        [dead] = s.scalars(select(InboxEvent).where(InboxEvent.status == "dead")).all()
+        assert dead.last_error == "customer forgotten (scrm customer forget)"
+    fetches, welcomes = len(read(sandbox, "calls", path="externalcontact/get")), len(read(sandbox, "sent")["welcomes"])
+
+    assert f"inbox event {dead.id}: handled" in scrm("inbox", "retry", str(dead.id))
+    assert len(read(sandbox, "calls", path="externalcontact/get")) == fetches
+    assert len(read(sandbox, "sent")["welcomes"]) == welcomes
+    assert personal(every_row(db)) == []
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Follow)) == 1  # zhangsan's, from before the forget
+        assert s.scalars(select(Interaction.kind)).all() == ["added"]
 
 
 def test_forget_asks_first_and_says_what_it_cannot_find(scrm, wired, sandbox, tmp_path):
