@@ -4,6 +4,7 @@ disabled operator or a reset password ends that operator's sessions at once."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -183,7 +184,7 @@ def test_two_admins_disabling_each_other_at_once_leave_one(db):
 BAD_NAMES = {"张 三": "contains whitespace", " alice": "contains whitespace", "alice ": "contains whitespace",
              "": "is empty", "张\u3000三": "contains whitespace", "bob\tx": "contains whitespace",
              "bob\x07": "invisible character U+0007", "b\u200bob": "invisible character U+200B",
-             "x" * 65: "has 65 characters", "..": "cannot be '..'"}
+             "x" * 65: "has 65 characters", "..": "cannot be '.' or '..'", "/ops": "or begin with '/'"}
 GOOD_NAMES = ["张三", "运营-小王", "alice@brand.cn", "华东/运营", "x" * 64]
 
 
@@ -203,7 +204,8 @@ def test_scrm_user_add_refuses_a_bad_name_in_one_line_and_takes_chinese(cli_env,
 def test_the_accounts_page_refuses_a_bad_name_in_chinese_on_the_form(console, db):
     admin = signed_in(console, "root", "admin")
     for name, zh in (("张 三", "名称 '张 三' 含有空格等空白字符"), (" alice", "名称 ' alice' 含有空格等空白字符"),
-                     ("b\u200bob", "含有不可见字符 U+200B"), ("x" * 65, "名称有 65 个字符")):
+                     ("b\u200bob", "含有不可见字符 U+200B"), ("x" * 65, "名称有 65 个字符"),
+                     ("/ops", "名称不能是 . 或 ..，也不能以 / 开头")):
         response = post(admin, "/users/add", name=name, role="viewer", password=PASSWORD)
         page = response.get_data(as_text=True)
         assert response.status_code == 400 and "未添加：名称" in page and zh in page.replace("&#39;", "'"), page
@@ -227,3 +229,12 @@ def test_an_operator_whose_name_the_rule_now_refuses_still_signs_in_and_is_manag
     assert result.exit_code == 0 and "'张 三': operator, active; password changed" in result.output
     assert "张 三" in scrm("user", "list").output
     assert sign_in(console.test_client(), "张 三", NEW_PASSWORD).status_code == 302
+
+
+def test_an_operator_with_a_slash_in_their_name_is_managed_on_the_accounts_page(console, db):
+    admin = signed_in(console, "root", "admin")
+    add_user(db, "华东/运营", "operator")
+    page = admin.get("/console/users").get_data(as_text=True)
+    [action] = {a for a in re.findall(r'action="([^"]+/change)"', page) if "root" not in a}
+    response = admin.post(action, data={"role": "viewer", "active": "1", "csrf_token": csrf(admin)})
+    assert response.status_code == 302 and operator(db, "华东/运营").role == "viewer"

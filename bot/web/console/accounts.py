@@ -50,9 +50,10 @@ def check_operator_name(name: str) -> None:
     characters (the column); Chinese and other letters, digits, punctuation and symbols; no whitespace
     anywhere (张 三 and 张三 look alike at sign-in, and a shell splits it into two arguments of `scrm user
     set`) and no control, format or unassigned character (a name that reads like another, or breaks a log
-    line or the audit view). Taken as given: a space at either end is refused, not trimmed into a name
-    other than the one typed. Only names being created are checked: existing ones still sign in and are
-    managed."""
+    line or the audit view); nor '.', '..' or a leading '/', which the account's address on the 账号 page
+    (/console/users/NAME/change) would lose. Taken as given: a space at either end is refused, not trimmed
+    into a name other than the one typed. Only names being created are checked: existing ones still sign in
+    and are managed."""
     if not name:
         raise AccountError(f"the name is empty; it needs {NAME_RULE}")
     if not NAME_LENGTH[0] <= len(name) <= NAME_LENGTH[1]:
@@ -63,8 +64,8 @@ def check_operator_name(name: str) -> None:
         if not char.isprintable():
             raise AccountError(f"the name {name!r} contains the invisible character U+{ord(char):04X}; "
                                f"it needs {NAME_RULE}")
-    if name in (".", ".."):  # a browser resolves /console/users/../change to another address
-        raise AccountError(f"the name cannot be {name!r}")
+    if name in (".", "..") or name.startswith("/"):  # the account's console address would lose it
+        raise AccountError("the name cannot be '.' or '..' or begin with '/'")
 
 
 def add_operator(session: Session, name: str, role: str, password: str, actor: str, ip: str | None = None

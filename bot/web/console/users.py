@@ -34,7 +34,8 @@ ROLE_NAMES = {"admin": "管理员", "operator": "运营", "viewer": "只读"}
 def register(bp: Blueprint) -> None:
     bp.add_url_rule("/users", view_func=users_page, methods=["GET"])
     bp.add_url_rule("/users/add", view_func=users_add, methods=["POST"])
-    bp.add_url_rule("/users/<name>/change", view_func=users_change, methods=["POST"])
+    # path: a name may hold a slash (华东/运营); with the default converter its address was a 404.
+    bp.add_url_rule("/users/<path:name>/change", view_func=users_change, methods=["POST"])
 
 
 def _admin_only() -> None:
