@@ -40,6 +40,8 @@ def customer_added(event: Any, ctx: HandlerContext) -> None:
     """A customer added a member: fetch the contact, upsert customer + follow, tag by channel,
     record the add, and send the welcome while the WelcomeCode is valid."""
     external_userid, userid = _ids(ctx)
+    if _left_forgotten(ctx, external_userid, new_relationship=True):
+        return
     try:
         contact = _fetch_contact(ctx, external_userid)
     except (WeChatClientException, OSError):
@@ -146,12 +148,14 @@ def transfer_failed(event: Any, ctx: HandlerContext) -> None:
     ctx.log.warning("transfer of customer %s to %s failed: %s", customer.id, masked(userid), reason)
 
 
-def _left_forgotten(ctx: HandlerContext, external_userid: str) -> bool:
+def _left_forgotten(ctx: HandlerContext, external_userid: str, new_relationship: bool = False) -> bool:
     """A contact erased on request stays erased when a member edits or deletes them (no new record from
-    the brand's side); only the customer adding a member again starts a new one (customer_added)."""
+    the brand's side); only the customer adding a member again starts a new one (customer_added, a
+    ``new_relationship``: there only a callback that the forget rewrote is left alone)."""
     # A stored callback that `scrm customer forget` rewrote names the anonymous key (WeCom's repeat of a
-    # handled edit runs the stored text again, which keeps the erasure): forgotten too.
-    if not is_forgotten_key(external_userid) and not is_forgotten(ctx.session, external_userid):
+    # handled edit runs the stored text again, which keeps the erasure; an operator retries an add the
+    # forget marked dead): forgotten too. WeCom sends no such id, so it is never a new relationship.
+    if not is_forgotten_key(external_userid) and (new_relationship or not is_forgotten(ctx.session, external_userid)):
         return False
     ctx.log.info("event about a forgotten customer ignored (scrm customer forget)")
     scrub_callback(ctx.session, ctx.inbox_event_id, external_userid)
@@ -177,7 +181,9 @@ def archive_approved(event: Any, ctx: HandlerContext) -> None:
 
 def _welcome_before_the_retry(ctx: HandlerContext, external_userid: str, userid: str) -> None:
     """externalcontact/get failed, so the event fails and is retried in full later; the welcome code
-    lasts 20 s, so the welcome goes out now, from the event alone (the retry finds it: same key)."""
+    lasts 20 s, so the welcome goes out now, from the event alone (the retry finds it: same key). Its
+    checkpoint keeps nothing when a forget marked the event dead meanwhile (ClaimLost: a forget during a
+    timed-out call would otherwise get a new record under the contact's id, and the welcome)."""
     if not ctx.fields.get("WelcomeCode") or awaits_takeover(ctx.session, external_userid, userid):
         return
     customer = upsert_customer(ctx.session, external_userid, {}, new_relationship=True)

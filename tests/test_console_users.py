@@ -4,11 +4,13 @@ disabled operator or a reset password ends that operator's sessions at once."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
+from werkzeug.security import generate_password_hash
 
 from bot.cli import main
 from bot.models import AuditEntry, Operator
@@ -102,20 +104,25 @@ def test_only_admins_reach_the_accounts_page(console, db, role):
 
 def test_bad_input_is_refused_with_a_message(console, db):
     admin = signed_in(console, "root", "admin")
-    for form in ({"name": "", "role": "operator", "password": PASSWORD},
-                 {"name": "bob", "role": "root", "password": PASSWORD},
-                 {"name": "bob", "role": "viewer", "password": "short"}):
-        post(admin, "/users/add", **form)
-        assert "未添加" in admin.get("/console/users").get_data(as_text=True)
+    for form, words in (({"name": "", "role": "operator", "password": PASSWORD}, "名称为空"),
+                        ({"name": "bob", "role": "root", "password": PASSWORD}, "角色须为"),
+                        ({"name": "bob", "role": "viewer", "password": "short"}, "密码须为 10–256 个字符")):
+        response = post(admin, "/users/add", **form)
+        assert response.status_code == 400 and f"未添加：{words}" in response.get_data(as_text=True)
     assert operator(db, "bob") is None
     post(admin, "/users/nobody/change", role="viewer")
     assert "no operator named" in admin.get("/console/users").get_data(as_text=True)
 
 
-def test_scrm_user_set(cli_env, db):
+def cli(cli_env):
     def scrm(*args, stdin=None):
         return CliRunner(env=cli_env).invoke(main, list(args), input=stdin)
 
+    return scrm
+
+
+def test_scrm_user_set(cli_env, db):
+    scrm = cli(cli_env)
     add_user(db, "root", "admin")
     add_user(db, "alice", "operator")
     assert scrm("user", "set", "alice").exit_code == 2  # nothing to change
@@ -170,3 +177,64 @@ def test_two_admins_disabling_each_other_at_once_leave_one(db):
     assert outcome["bob"] in ("AccountError", "OperationalError")
     with db.sessions() as s:
         assert [o.name for o in s.scalars(select(Operator).where(Operator.active.is_(True)))] == ["alice"]
+
+
+# ---------------------------------------------------------------- names
+
+BAD_NAMES = {"张 三": "contains whitespace", " alice": "contains whitespace", "alice ": "contains whitespace",
+             "": "is empty", "张\u3000三": "contains whitespace", "bob\tx": "contains whitespace",
+             "bob\x07": "invisible character U+0007", "b\u200bob": "invisible character U+200B",
+             "x" * 65: "has 65 characters", "..": "cannot be '.' or '..'", "/ops": "or begin with '/'"}
+GOOD_NAMES = ["张三", "运营-小王", "alice@brand.cn", "华东/运营", "x" * 64]
+
+
+def test_scrm_user_add_refuses_a_bad_name_in_one_line_and_takes_chinese(cli_env, db):
+    scrm = cli(cli_env)
+    for name, why in BAD_NAMES.items():
+        result = scrm("user", "add", name, "--role", "viewer", "--password-stdin", stdin=PASSWORD + "\n")
+        assert result.exit_code == 1 and why in result.output, (name, result.output)
+        assert result.output.startswith("Error: the name") and result.output.count("\n") == 1, result.output
+    for name in GOOD_NAMES:
+        result = scrm("user", "add", name, "--role", "viewer", "--password-stdin", stdin=PASSWORD + "\n")
+        assert result.exit_code == 0 and f"operator {name!r} (viewer) created" in result.output, result.output
+    with db.sessions() as s:
+        assert s.scalars(select(Operator.name).order_by(Operator.id)).all() == GOOD_NAMES
+
+
+def test_the_accounts_page_refuses_a_bad_name_in_chinese_on_the_form(console, db):
+    admin = signed_in(console, "root", "admin")
+    for name, zh in (("张 三", "名称 '张 三' 含有空格等空白字符"), (" alice", "名称 ' alice' 含有空格等空白字符"),
+                     ("b\u200bob", "含有不可见字符 U+200B"), ("x" * 65, "名称有 65 个字符"),
+                     ("/ops", "名称不能是 . 或 ..，也不能以 / 开头")):
+        response = post(admin, "/users/add", name=name, role="viewer", password=PASSWORD)
+        page = response.get_data(as_text=True)
+        assert response.status_code == 400 and "未添加：名称" in page and zh in page.replace("&#39;", "'"), page
+        assert "1–64 个字符，不含空格、控制字符或不可见字符" in page
+        assert '<option value="viewer" selected>' in page  # what was typed stays on the form
+    assert post(admin, "/users/add", name="张三", role="viewer", password=PASSWORD).status_code == 302
+    with db.sessions() as s:
+        assert s.scalars(select(Operator.name).order_by(Operator.id)).all() == ["root", "张三"]
+
+
+def test_an_operator_whose_name_the_rule_now_refuses_still_signs_in_and_is_managed(console, db, cli_env):
+    """A name from before the rule (张 三, with its space) is not checked again."""
+    with db.begin() as s:
+        s.add(Operator(name="张 三", role="operator", password_hash=generate_password_hash(PASSWORD), active=True))
+    assert sign_in(console.test_client(), "张 三").status_code == 302
+    admin = signed_in(console, "root", "admin")
+    assert post(admin, "/users/张 三/change", role="viewer", active="1").status_code == 302
+    assert operator(db, "张 三").role == "viewer"
+    scrm = cli(cli_env)
+    result = scrm("user", "set", "张 三", "--role", "operator", "--password-stdin", stdin=NEW_PASSWORD + "\n")
+    assert result.exit_code == 0 and "'张 三': operator, active; password changed" in result.output
+    assert "张 三" in scrm("user", "list").output
+    assert sign_in(console.test_client(), "张 三", NEW_PASSWORD).status_code == 302
+
+
+def test_an_operator_with_a_slash_in_their_name_is_managed_on_the_accounts_page(console, db):
+    admin = signed_in(console, "root", "admin")
+    add_user(db, "华东/运营", "operator")
+    page = admin.get("/console/users").get_data(as_text=True)
+    [action] = {a for a in re.findall(r'action="([^"]+/change)"', page) if "root" not in a}
+    response = admin.post(action, data={"role": "viewer", "active": "1", "csrf_token": csrf(admin)})
+    assert response.status_code == 302 and operator(db, "华东/运营").role == "viewer"

@@ -25,6 +25,7 @@ from bot.models import (
     CustomerTier,
     Follow,
     GroupMember,
+    InboxEvent,
     Interaction,
     OutboxMessage,
     Transfer,
@@ -259,12 +260,15 @@ def test_a_repeat_of_an_edit_handled_before_the_forget_leaves_the_contact_forgot
     assert personal(every_row(db)) == []
 
 
-@pytest.mark.parametrize("change", ["contacts/edit", "contacts/add"])
+@pytest.mark.parametrize("change, wecom", [("contacts/edit", "answers"), ("contacts/add", "answers"),
+                                           ("contacts/edit", "times out"), ("contacts/add", "times out")])
 def test_a_handler_in_flight_when_the_customer_is_forgotten_brings_nothing_back(scrm, wired, sandbox, tmp_path,
-                                                                               monkeypatch, change):
+                                                                               monkeypatch, change, wecom):
     """The forget runs while a handler of the contact's event waits on externalcontact/get (the event is
     claimed, `processing`): the handler's writes after it (the name, the remark) must not bring them back,
-    neither for a member's edit nor for an add that was in flight (an add after the forget is a new record)."""
+    neither for a member's edit nor for an add that was in flight (an add after the forget is a new record).
+    When WeCom does not answer, the add still welcomes from the event alone before its retry: not a customer
+    forgotten meanwhile (no record under their id again, no welcome)."""
     import handlers.contacts
 
     db = wired.extensions["scrm.db"]
@@ -277,6 +281,8 @@ def test_a_handler_in_flight_when_the_customer_is_forgotten_brings_nothing_back(
     def forget_meanwhile(ctx: Any, external_userid: str) -> dict[str, Any]:
         if not forgotten:
             forgotten.append(scrm("customer", "forget", FORGET, "--yes"))
+        if wecom == "times out":
+            raise OSError("timed out")
         return fetch(ctx, external_userid)
 
     monkeypatch.setattr(handlers.contacts, "_fetch_contact", forget_meanwhile)
@@ -284,14 +290,43 @@ def test_a_handler_in_flight_when_the_customer_is_forgotten_brings_nothing_back(
         control(sandbox, change, {"userid": "zhangsan", "external_userid": FORGET, "remark": f"{NAME} {MOBILE}"})
     else:  # the customer adds a second member; the add is being handled when the forget comes
         control(sandbox, change, {"userid": "lisi", "name": NAME, "external_userid": FORGET})
+    welcomes = len(read(sandbox, "sent")["welcomes"])
     assert drain(wired) == {"dead": 1}  # as the forget left it, not handled
     assert "forgot customer" in forgotten[0]
+    assert len(read(sandbox, "sent")["welcomes"]) == welcomes
 
     assert personal(every_row(db)) == []
     with db.sessions() as s:
         customers = s.scalars(select(Customer)).all()
         assert [(c.name, c.external_userid.startswith("forgotten:")) for c in customers] == [("", True)]
         assert [f.remark for f in s.scalars(select(Follow))] == [""]
+
+
+def test_an_add_the_forget_marked_dead_does_nothing_when_an_operator_retries_it(scrm, wired, sandbox, tmp_path):
+    """The add failed (WeCom did not answer; its welcome went out from the event alone) and waited for its
+    retry when the forget marked it dead and rewrote its id to the key. `scrm inbox retry` of it (the
+    console's retry button) is no new relationship: the key is not sent to WeCom, and the anonymous record
+    gets no follow, no 'added' history and no welcome."""
+    db = wired.extensions["scrm.db"]
+    control(sandbox, "seed", {"staff": [{"userid": "zhangsan", "name": "张三"}, {"userid": "lisi", "name": "李四"}]})
+    control(sandbox, "contacts/add", {"userid": "zhangsan", "name": NAME, "external_userid": FORGET})
+    assert drain(wired) == {"handled": 1}
+    control(sandbox, "faults", {"path": "externalcontact/get", "errcode": 60011, "count": 1})
+    control(sandbox, "contacts/add", {"userid": "lisi", "name": NAME, "external_userid": FORGET})
+    assert drain(wired) == {"failed": 1}
+    scrm("customer", "forget", FORGET, "--yes")
+    with db.sessions() as s:
+        [dead] = s.scalars(select(InboxEvent).where(InboxEvent.status == "dead")).all()
+        assert dead.last_error == "customer forgotten (scrm customer forget)"
+    fetches, welcomes = len(read(sandbox, "calls", path="externalcontact/get")), len(read(sandbox, "sent")["welcomes"])
+
+    assert f"inbox event {dead.id}: handled" in scrm("inbox", "retry", str(dead.id))
+    assert len(read(sandbox, "calls", path="externalcontact/get")) == fetches
+    assert len(read(sandbox, "sent")["welcomes"]) == welcomes
+    assert personal(every_row(db)) == []
+    with db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Follow)) == 1  # zhangsan's, from before the forget
+        assert s.scalars(select(Interaction.kind)).all() == ["added"]
 
 
 def test_forget_asks_first_and_says_what_it_cannot_find(scrm, wired, sandbox, tmp_path):

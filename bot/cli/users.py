@@ -25,7 +25,8 @@ def user_group() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin (scripts).")
 @pass_cli
 def add_user(cli: CliContext, name: str, role: str, password_stdin: bool) -> None:
-    """Create an operator; the password is prompted for (twice) unless --password-stdin."""
+    """Create an operator; the password is prompted for (twice) unless --password-stdin. NAME: 1–64
+    characters without spaces, control or invisible characters (Chinese is fine)."""
     from bot.web.console.accounts import AccountError, add_operator
 
     if password_stdin:
@@ -37,7 +38,7 @@ def add_user(cli: CliContext, name: str, role: str, password_stdin: bool) -> Non
             add_operator(session, name, role, password, actor="cli")
     except AccountError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"operator {name.strip()!r} ({role}) created")
+    click.echo(f"operator {name!r} ({role}) created")
 
 
 @user_group.command("list")

@@ -25,6 +25,11 @@ Handler = Callable[[Any, "HandlerContext"], None]
 _MARK = "__scrm_handler_keys__"
 
 
+class ClaimLost(Exception):  # noqa: N818 - a state, not an error of the handler's
+    """The event was taken from its handler (`scrm customer forget` marked it dead): the handler's work is
+    dropped, not committed, at a checkpoint as at the end."""
+
+
 @dataclass
 class HandlerContext:
     session: Session
@@ -40,6 +45,8 @@ class HandlerContext:
     send_now: list[int] = field(default_factory=list)
     db: Any = None  # bot.core.db.Database, for work done after the commit
     after_sends: list[Callable[[], None]] = field(default_factory=list)
+    # Whether the event is still this handler's, read in its transaction (the processor's; None: always).
+    claimed: Callable[[Session], bool] | None = None
 
     def send_after_commit(self, outbox_id: int | None) -> None:
         """Send this outbox row as soon as the handler's work is committed."""
@@ -54,9 +61,24 @@ class HandlerContext:
 
     def checkpoint(self) -> None:
         """Commit what is done so far (e.g. one sync page and its cursor) and send its messages:
-        a crash after this point resumes from here instead of redoing it."""
-        self.session.commit()
+        a crash after this point resumes from here instead of redoing it. Only while the event is
+        still claimed, like the commit at the end: else ClaimLost, and nothing of it is kept."""
+        self.commit()
         self.flush_sends()
+
+    def commit(self) -> None:
+        """Commit the handler's work if its event is still claimed; else drop it and raise ClaimLost
+        (a forget that marked the event dead went first: the work would bring back what it erased)."""
+        if self.claimed is not None and not self.claimed(self.session):
+            self.drop()
+            raise ClaimLost(f"inbox event {self.inbox_event_id} is no longer claimed")
+        self.session.commit()
+
+    def drop(self) -> None:
+        """Roll back the uncommitted work and forget the sends and work queued with it."""
+        self.session.rollback()
+        self.send_now.clear()
+        self.after_sends.clear()
 
     def flush_sends(self) -> None:
         ids, self.send_now = self.send_now, []

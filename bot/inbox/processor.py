@@ -22,7 +22,7 @@ from wechatpy.work import parse_message
 from bot.core.config import Settings
 from bot.core.db import Database
 from bot.core.lease import LeaseKeeper
-from bot.inbox.dispatcher import Dispatcher, HandlerContext
+from bot.inbox.dispatcher import ClaimLost, Dispatcher, HandlerContext
 from bot.inbox.xmlsafe import parse_flat_xml
 from bot.models import InboxEvent, utcnow
 from bot.outbox.messages import MessageTemplates
@@ -156,24 +156,21 @@ class InboxProcessor:
         with self.db.sessions() as session:
             ctx = HandlerContext(session=session, settings=settings, fields={}, inbox_event_id=event_id,
                                  clients=self.clients, received_at=received_at, templates=self.templates,
-                                 tag_rules=tag_rules, sender=self.sender, db=self.db)
+                                 tag_rules=tag_rules, sender=self.sender, db=self.db,
+                                 claimed=partial(_still_claimed, event_id=event_id))
             try:
                 ctx.fields = parse_flat_xml(payload)
                 message = parse_message(payload)
                 for handler in handlers:
                     handler(message, ctx)
-                if not _still_claimed(session, event_id):
-                    # Taken from the worker meanwhile (`scrm customer forget` marked it dead): what the handler
-                    # did is dropped, or it would bring back what the forget erased.
-                    session.rollback()
-                    ctx.send_now.clear()
-                    ctx.after_sends.clear()
-                    return CLAIM_LOST, None
-                session.commit()
+                ctx.commit()
+            except ClaimLost:
+                # Taken from the worker meanwhile (`scrm customer forget` marked it dead), found at the end or at
+                # a handler's checkpoint: what the handler did is dropped, or it would bring back what the forget
+                # erased.
+                return CLAIM_LOST, None
             except Exception as exc:  # noqa: BLE001 - any handler error is recorded and retried
-                session.rollback()
-                ctx.send_now.clear()
-                ctx.after_sends.clear()
+                ctx.drop()
                 return "failed", exc
         ctx.flush_sends()
         return "handled", None

@@ -46,11 +46,35 @@ def check_new_password(password: str) -> None:
         raise AccountError(f"the password needs {MIN_PASSWORD_LENGTH}–{MAX_PASSWORD_LENGTH} characters")
 
 
+NAME_RULE = f"{NAME_LENGTH[0]}–{NAME_LENGTH[1]} characters without spaces, control or invisible characters"
+
+
+def check_operator_name(name: str) -> None:
+    """The rule for a new operator's name, the same for `scrm user add` and the console's 账号 page: 1–64
+    characters (the column); Chinese and other letters, digits, punctuation and symbols; no whitespace
+    anywhere (张 三 and 张三 look alike at sign-in, and a shell splits it into two arguments of `scrm user
+    set`) and no control, format or unassigned character (a name that reads like another, or breaks a log
+    line or the audit view); nor '.', '..' or a leading '/', which the account's address on the 账号 page
+    (/console/users/NAME/change) would lose. Taken as given: a space at either end is refused, not trimmed
+    into a name other than the one typed. Only names being created are checked: existing ones still sign in
+    and are managed."""
+    if not name:
+        raise AccountError(f"the name is empty; it needs {NAME_RULE}")
+    if not NAME_LENGTH[0] <= len(name) <= NAME_LENGTH[1]:
+        raise AccountError(f"the name has {len(name)} characters; it needs {NAME_RULE}")
+    for char in name:
+        if char.isspace():
+            raise AccountError(f"the name {name!r} contains whitespace; it needs {NAME_RULE}")
+        if not char.isprintable():
+            raise AccountError(f"the name {name!r} contains the invisible character U+{ord(char):04X}; "
+                               f"it needs {NAME_RULE}")
+    if name in (".", "..") or name.startswith("/"):  # the account's console address would lose it
+        raise AccountError("the name cannot be '.' or '..' or begin with '/'")
+
+
 def add_operator(session: Session, name: str, role: str, password: str, actor: str, ip: str | None = None
                  ) -> Operator:
-    name = name.strip()
-    if not NAME_LENGTH[0] <= len(name) <= NAME_LENGTH[1] or not name.isprintable():
-        raise AccountError("the name needs 1–64 printable characters")
+    check_operator_name(name)
     if role not in OPERATOR_ROLES:
         raise AccountError(f"role must be one of {list(OPERATOR_ROLES)}")
     check_new_password(password)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from bot.models import OPERATOR_ROLES, Operator
 from bot.web.console import accounts
+from bot.web.console.words import NAME_RULE_ZH
 from bot.web.logpaths import logged_path
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ ROLE_NAMES = {"admin": "管理员", "operator": "运营", "viewer": "只读"}
 def register(bp: Blueprint) -> None:
     bp.add_url_rule("/users", view_func=users_page, methods=["GET"])
     bp.add_url_rule("/users/add", view_func=users_add, methods=["POST"])
-    bp.add_url_rule("/users/<name>/change", view_func=users_change, methods=["POST"])
+    # path: a name may hold a slash (华东/运营); with the default converter its address was a 404.
+    bp.add_url_rule("/users/<path:name>/change", view_func=users_change, methods=["POST"])
 
 
 def _admin_only() -> None:
@@ -44,23 +46,29 @@ def _admin_only() -> None:
 
 def users_page() -> str:
     _admin_only()
+    return _page()
+
+
+def _page(error: str | None = None, name: str = "", role: str = "operator") -> str:
+    """The page; after a refused add, with the refusal on the add form and what was typed (not the password)."""
     with current_app.extensions["scrm.db"].sessions() as s:
         operators = list(s.scalars(select(Operator).order_by(Operator.id)))
     return render_template("console/users.html", operators=operators, roles=OPERATOR_ROLES,
-                           min_length=accounts.MIN_PASSWORD_LENGTH)
+                           min_length=accounts.MIN_PASSWORD_LENGTH, error=error, name=name, role=role,
+                           name_rule=NAME_RULE_ZH)
 
 
-def users_add() -> Response:
+def users_add() -> Response | tuple[str, int]:
     _admin_only()
-    # The name whole (add_operator refuses one too long): cut here, another name than typed would be made.
-    name, role, password = _field("name", 200), _field("role", 16), request.form.get("password", "")
+    # The name as typed, not trimmed (add_operator refuses whitespace rather than make another name than typed);
+    # cut only far beyond its limit, which add_operator refuses.
+    name, role, password = request.form.get("name", "")[:200], _field("role", 16), request.form.get("password", "")
     try:
         with current_app.extensions["scrm.db"].begin() as s:
             accounts.add_operator(s, name, role, password, actor=g.operator.name, ip=request.remote_addr)
     except accounts.AccountError as exc:
-        flash(f"未添加：{exc}")
-        return redirect(url_for("console.users_page"))
-    flash(f"已添加 {name.strip()}（{ROLE_NAMES.get(role, role)}）")
+        return _page(error=str(exc), name=name, role=role), 400
+    flash(f"已添加 {name}（{ROLE_NAMES.get(role, role)}）")
     return redirect(url_for("console.users_page"))
 
 

@@ -30,6 +30,9 @@ def _first_match(table: tuple[tuple[re.Pattern[str], str], ...], text: str) -> s
     return text
 
 
+# An operator's name as bot.web.console.accounts.check_operator_name takes it.
+NAME_RULE_ZH = "1–64 个字符，不含空格、控制字符或不可见字符（可用中文）"
+
 # Why a form was refused (BroadcastError and the like, English for the CLI), in the console's words.
 ERRORS_ZH: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern), words) for pattern, words in (
     (r"^choose a send time$", "请选择发送时间"),
@@ -50,6 +53,16 @@ ERRORS_ZH: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern),
     (r"^give either a send time \(once\) or a cron expression \(repeating\)$",
      "发送时间（一次）与 cron 表达式（重复）二选一"),
     (r"^cron (.+) never fires$", r"cron \1 不会触发"),
+    # accounts (bot.web.console.accounts)
+    (r"^the name is empty; it needs .+$", f"名称为空；须为 {NAME_RULE_ZH}"),
+    (r"^the name has (\d+) characters; it needs .+$", rf"名称有 \1 个字符；须为 {NAME_RULE_ZH}"),
+    (r"^the name (.+) contains whitespace; it needs .+$", rf"名称 \1 含有空格等空白字符；须为 {NAME_RULE_ZH}"),
+    (r"^the name (.+) contains the invisible character (U\+[0-9A-F]+); it needs .+$",
+     rf"名称 \1 含有不可见字符 \2；须为 {NAME_RULE_ZH}"),
+    (r"^the name cannot be '\.' or '\.\.' or begin with '/'$", "名称不能是 . 或 ..，也不能以 / 开头"),
+    (r"^an operator named (.+) exists already$", r"已有名为 \1 的账号"),
+    (r"^role must be one of (.+)$", r"角色须为 \1 之一"),
+    (r"^the password needs (\d+)–(\d+) characters$", r"密码须为 \1–\2 个字符"),
 ))
 
 
