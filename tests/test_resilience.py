@@ -246,6 +246,36 @@ def test_slow_but_alive_worker_keeps_its_claim(overrides, callbacks):
         db.dispose()
 
 
+def test_a_worker_whose_claim_was_taken_over_does_not_commit_the_event_too(overrides, callbacks):
+    """A worker frozen past its lease (no renewals) wakes up after another worker took the event over: its
+    handler's work must not commit as well (that would be the event done twice: two kf replies)."""
+    from sqlalchemy import update
+
+    from bot.inbox.dispatcher import make_key
+    from bot.models import InboxEvent, SyncCursor
+    from bot.web.app import create_app
+    from tests.support import Callbacks, contact_event
+
+    app = create_app(overrides, environ={}, start_worker=False)
+    processor, db = app.extensions["scrm.processor"], app.extensions["scrm.db"]
+
+    def handler_that_outlived_its_claim(event: Any, ctx: Any) -> None:
+        with db.begin() as other:  # meanwhile another worker took the lapsed claim: a stamp of its own
+            other.execute(update(InboxEvent).values(locked_at=utcnow() + timedelta(hours=1)))
+        ctx.session.add(SyncCursor(name="done by the frozen worker", cursor="1"))
+
+    processor.dispatcher.add(make_key("event", "frozen_test"), handler_that_outlived_its_claim)
+    try:
+        assert Callbacks(app.test_client(), callbacks.corp).post(contact_event(Event="frozen_test")).status_code == 200
+        with db.sessions() as s:
+            event_id = s.scalar(select(InboxEvent.id))
+        assert processor.process(event_id) == "processing"  # left to the worker that holds it now
+        with db.sessions() as s:
+            assert s.scalar(select(SyncCursor).where(SyncCursor.name == "done by the frozen worker")) is None
+    finally:
+        db.dispose()
+
+
 def _locked_at(db, event_id: int) -> Any:
     from bot.models import InboxEvent
 

@@ -29,6 +29,7 @@ class LeaseKeeper:
         self.renew, self.token, self.clock, self.what = renew, token, clock, what
         self.interval = lease_seconds / 3
         self.lost = False
+        self.pending: datetime | None = None  # the stamp a renewal is writing, until it is known to have
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"scrm-lease {what}", daemon=True)
 
@@ -44,13 +45,24 @@ class LeaseKeeper:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             new = self.clock()
+            self.pending = new
             try:
                 kept = self.renew(self.token, new)
             except Exception:  # noqa: BLE001 - a failed renewal is retried; the lease covers two more tries
+                self.pending = None
                 logger.exception("%s: lease renewal failed; trying again in %.1fs", self.what, self.interval)
                 continue
             if not kept:
-                self.lost = True
+                self.lost, self.pending = True, None
                 logger.warning("%s: claim taken over by another worker (lease expired)", self.what)
                 return
             self.token = new
+            self.pending = None
+
+    def stamps(self) -> list[datetime]:
+        """The stamps the claimed row may carry while the claim is ours: the held one, and one a renewal is
+        writing right now (read first: the renewal sets it before and clears it after the held one moves)."""
+        if self.lost:
+            return []
+        pending = self.pending
+        return [stamp for stamp in (pending, self.token) if stamp is not None]

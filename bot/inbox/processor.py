@@ -125,20 +125,20 @@ class InboxProcessor:
             return None
         with LeaseKeeper(partial(self._renew, event_id), claimed_at, self.clock,
                          self.settings.worker.lease_seconds, f"inbox event {event_id}") as lease:
-            status, error = self._handle(event_id)
+            status, error = self._handle(event_id, lease)
             for _ in range(CONFLICT_RERUNS):
                 if not isinstance(error, IntegrityError):
                     break
                 # Another thread or process wrote the same row first (two events of one customer at once):
                 # run again now, when the row is there, rather than after the back-off.
                 logger.info("inbox event %d met a concurrent write; handled again at once", event_id)
-                status, error = self._handle(event_id)
+                status, error = self._handle(event_id, lease)
         # Recorded after the keeper stopped: a renewal racing the final write would look like a takeover.
         if error is not None:
             return self._fail(event_id, error, lease.token)
         return self._finish(event_id, status, lease.token)
 
-    def _handle(self, event_id: int) -> tuple[str, BaseException | None]:
+    def _handle(self, event_id: int, lease: LeaseKeeper | None = None) -> tuple[str, BaseException | None]:
         """Run the event's handlers and send what they queued: ("handled" | "unhandled", None) or
         ("failed", the error)."""
         with self.db.sessions() as session:
@@ -157,7 +157,7 @@ class InboxProcessor:
             ctx = HandlerContext(session=session, settings=settings, fields={}, inbox_event_id=event_id,
                                  clients=self.clients, received_at=received_at, templates=self.templates,
                                  tag_rules=tag_rules, sender=self.sender, db=self.db,
-                                 claimed=partial(_still_claimed, event_id=event_id))
+                                 claimed=partial(_still_claimed, event_id=event_id, lease=lease))
             try:
                 ctx.fields = parse_flat_xml(payload)
                 message = parse_message(payload)
@@ -258,10 +258,22 @@ def _held(token: datetime | None) -> tuple[Any, ...]:
     return () if token is None else (InboxEvent.status == "processing", InboxEvent.locked_at == token)
 
 
-def _still_claimed(session: Any, event_id: int) -> bool:
-    """Whether the event is still being processed, read (and on PostgreSQL locked until the commit) in the
-    handler's own transaction: a forget that marks it dead either went first and is seen, or waits."""
-    return session.scalar(select(InboxEvent.status).where(InboxEvent.id == event_id).with_for_update()) == "processing"
+def _still_claimed(session: Any, event_id: int, lease: LeaseKeeper | None = None) -> bool:
+    """Whether the event is still being processed under this worker's claim, read (and on PostgreSQL locked
+    until the commit) in the handler's own transaction: a forget that marks it dead either went first and is
+    seen, or waits. With the ``lease``, a claim another worker took over when this one stopped renewing (a
+    frozen process, the database away for a lease) is not ours: committing too would do the event twice
+    (a second kf reply). Checked twice, as a renewal may move the stamp between reading it and the row."""
+    for _ in range(2 if lease is not None else 1):
+        query = select(InboxEvent.id).where(InboxEvent.id == event_id, InboxEvent.status == "processing")
+        if lease is not None:
+            stamps = lease.stamps()
+            if not stamps:
+                return False
+            query = query.where(InboxEvent.locked_at.in_(stamps))
+        if session.scalar(query.with_for_update()) is not None:
+            return True
+    return False
 
 
 def _lost(session: Any, event_id: int) -> str:
