@@ -71,15 +71,20 @@ def page() -> Iterator[Any]:
         browser.close()
 
 
-def test_an_operator_builds_previews_schedules_and_measures_a_tiered_broadcast(app, sandbox, served, page, tmp_path):
-    from playwright.sync_api import expect
-
-    page.goto(f"{served}/console/")
+def sign_in_on_the_page(page: Any, url: str) -> None:
+    """Open ``url`` signed out, sign in as olga on the page it redirects to, and land back on ``url``."""
+    page.goto(url)
     assert "/console/login" in page.url
     page.fill("input[name=name]", "olga")
     page.fill("input[name=password]", PASSWORD)
     page.click("button:has-text('登录')")
-    page.wait_for_url(f"{served}/console/")
+    page.wait_for_url(url)
+
+
+def test_an_operator_builds_previews_schedules_and_measures_a_tiered_broadcast(app, sandbox, served, page, tmp_path):
+    from playwright.sync_api import expect
+
+    sign_in_on_the_page(page, f"{served}/console/")
 
     charts = [f"#{el.get_attribute('id')}" for el in page.query_selector_all("[data-chart]")]
     assert {"#chart-value", "#chart-stage", "#chart-engagement", "#chart-flows", "#chart-new"} <= set(charts)
@@ -147,7 +152,7 @@ def test_an_operator_builds_previews_schedules_and_measures_a_tiered_broadcast(a
                     paid_day=paid_at.date().toordinal(), status="paid"))
     app.extensions["scrm.clock"] = lambda: MORNING + timedelta(days=3)
 
-    page.goto(f"{served}/console/broadcasts/{broadcast.id}")
+    sign_in_on_the_page(page, f"{served}/console/broadcasts/{broadcast.id}")  # three days on: the session ended
     page.wait_for_selector("#chart-report[data-rendered] canvas")
     page.wait_for_selector("#chart-tiers[data-rendered] canvas")
     report = page.inner_text("main")
