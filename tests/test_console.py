@@ -178,6 +178,19 @@ def test_signing_out_ends_the_session_a_copied_cookie_too(console, db):
     assert client.get("/console/").status_code == 302
 
 
+def test_a_session_in_use_lasts_and_an_idle_one_ends_after_thirty_minutes(console, db):
+    """Reading pages wrote nothing into the cookie, so it lapsed 30 minutes after sign-in however busy."""
+    from unittest import mock
+
+    client = signed_in(console, "alice", "operator")
+    real = __import__("time").time()
+    for minutes in (20, 40, 60):  # reading a page every 20 minutes
+        with mock.patch("time.time", return_value=real + minutes * 60):
+            assert client.get("/console/").status_code == 200
+    with mock.patch("time.time", return_value=real + 60 * 60 + 31 * 60):  # then 31 minutes idle
+        assert client.get("/console/").status_code == 302
+
+
 def test_a_session_ends_twelve_hours_after_its_sign_in_however_active(console, db):
     client = signed_in(console, "alice", "operator")
     console.extensions["scrm.clock"] = lambda: MORNING - timedelta(days=1) + timedelta(hours=11, minutes=59)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -167,6 +168,7 @@ def _guard() -> Response | None:
             return redirect(url_for("console.login", next=request.full_path))
         _refuse(401, "sign in first")
     g.operator = operator
+    _keep_alive()
     if request.method == "POST" and operator.role == "viewer" and request.endpoint not in ANY_ROLE_POSTS:
         _refuse(403, "viewers cannot change anything")
     return None
@@ -189,6 +191,16 @@ def console_error(exc: HTTPException) -> Any:
         if referrer.netloc == request.host and referrer.path.startswith(bp.url_prefix + "/") else ""
     return render_template("console/error.html", status=exc.code, headline=ERROR_HEADLINES.get(exc.code, "出错了"),
                            message=exc.description, back=_safe_next(back)), exc.code
+
+
+def _keep_alive() -> None:
+    """The signed cookie expires sidebar.session_minutes after it was last written, and reading pages wrote
+    nothing: an operator reading reports was signed out 30 minutes after signing in. Rewritten at most once
+    a minute while in use, it lapses after that long idle (and 12 hours after sign-in, see _signed_in)."""
+    now = time.time()  # the cookie's own age is on the real clock, whatever clock the app runs on
+    seen = session.get("seen_at")
+    if not isinstance(seen, int | float) or now - seen >= 60:
+        session["seen_at"] = now
 
 
 def _signed_in() -> Operator | None:
