@@ -50,14 +50,23 @@ class PopulationStats:
 def population_stats(session: Any, metrics: Any) -> PopulationStats:
     """``metrics``: a selectable with order_count, paid_amount_fen, last_order_day per customer."""
     buyers = select(metrics).where(metrics.c.order_count > 0).subquery("buyers")
-    n, sum_last, sum_orders, sum_amount = session.execute(select(
+    amount = buyers.c.paid_amount_fen
+    n, sum_last, sum_orders, amount_high, amount_low = session.execute(select(
         func.count(), func.coalesce(func.sum(buyers.c.last_order_day), 0),
-        func.coalesce(func.sum(buyers.c.order_count), 0), func.coalesce(func.sum(buyers.c.paid_amount_fen), 0),
+        func.coalesce(func.sum(buyers.c.order_count), 0), func.coalesce(func.sum(amount // literal(SPLIT)), 0),
+        func.coalesce(func.sum(amount % literal(SPLIT)), 0),
     )).one()
+    sum_amount = int(amount_high) * SPLIT + int(amount_low)
     positions = sorted({-(-k * n // 5) for k in range(1, 5)} - {0})  # ceil(k·n/5), 1-based
     cuts = [_cut_points(session, buyers.c[col], positions, n) for col in
             ("last_order_day", "order_count", "paid_amount_fen")]
     return PopulationStats(int(n), int(sum_last), int(sum_orders), int(sum_amount), *cuts)
+
+
+# The buyers' amounts are summed in two parts, each far from 2^63, and put together in Python: SQLite's sum()
+# fails with "integer overflow" past 2^63 fen, which about 9,300 orders at the largest amount an import takes
+# (just under 10^13 元) reach. Amounts are never negative, so / and % split them exactly on both databases.
+SPLIT = 2**32
 
 
 def _cut_points(session: Any, column: Any, positions: list[int], n: int) -> tuple[int, ...]:
@@ -77,10 +86,11 @@ def aggregate_stats(session: Any) -> PopulationStats:
     if not sqlite:
         return _postgresql_aggregate_stats(conn)
     # SQLite would walk the order_count index and look every row up; a plain scan reads it in order.
-    n, sum_last, sum_orders, sum_amount = conn.exec_driver_sql(
+    n, sum_last, sum_orders, amount_high, amount_low = conn.exec_driver_sql(
         "SELECT count(*), coalesce(sum(last_order_day), 0), coalesce(sum(order_count), 0), "
-        f"coalesce(sum(paid_amount_fen), 0) FROM customer_aggregates {'NOT INDEXED' if sqlite else ''} "
-        "WHERE order_count > 0").one()
+        f"coalesce(sum(paid_amount_fen / {SPLIT}), 0), coalesce(sum(paid_amount_fen % {SPLIT}), 0) "
+        f"FROM customer_aggregates {'NOT INDEXED' if sqlite else ''} WHERE order_count > 0").one()
+    sum_amount = int(amount_high) * SPLIT + int(amount_low)
     cuts = []
     for column in ("last_order_day", "order_count", "paid_amount_fen"):
         # The literal predicate lets both databases use the partial index; SQLite is also told which.
@@ -115,8 +125,10 @@ def _postgresql_aggregate_stats(conn: Any) -> PopulationStats:
 
 
 def high(value: Any, n: int, total: int) -> Any:
-    """SQL: value strictly above the mean (value·n > total)."""
-    return value * literal(n) > literal(total)
+    """SQL: value strictly above the mean: value·n > total, which for integers is value > floor(total / n)
+    (as incremental.py reads it). Not the product: one buyer's 10^15 fen times a million buyers is past a
+    BIGINT (PostgreSQL refused the re-tier; SQLite turned it into an inexact float)."""
+    return value > literal(total // n) if n else literal(False)
 
 
 def flag(condition: Any, sqlite: bool = False) -> Any:

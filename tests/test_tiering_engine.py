@@ -277,6 +277,26 @@ def test_as_of_in_the_past_ignores_later_orders(db):
         assert (customer.stage, customer.f_score) == ("first_purchase", 1)
 
 
+@pytest.mark.parametrize("as_of", [AS_OF, date(2026, 11, 1)])  # today's aggregates; a past day's own sums
+def test_the_largest_amounts_an_import_takes_do_not_overflow_the_re_tier(db, tmp_path, as_of):
+    """9,300 buyers at just under 10^13 元 each (what an import accepts) and one at 1 元: their amounts summed
+    past 2^63 fen (SQLite: "integer overflow") and one amount times the buyers past a BIGINT (PostgreSQL)."""
+    rows = [{"order_id": f"big{i}", "external_userid": f"wmbig{i}", "amount": "9999999999999.99",
+             "paid_at": "2026-10-01T10:00:00+08:00"} for i in range(9_300)]
+    rows.append({"order_id": "small", "external_userid": "wmsmall", "amount": "1", "paid_at": "2026-10-01T10:00:00"})
+    write_csv(tmp_path / "orders.csv", rows)
+    with db.begin() as session:
+        assert import_orders(session, tmp_path / "orders.csv", TZ).skipped == 0
+    with db.begin() as session:
+        retier(session, POLICY, as_of, TZ, full=True)
+        tiers = dict(session.execute(select(Customer.external_userid, CustomerTier.rfm_segment)
+                                     .join(CustomerTier, CustomerTier.customer_id == Customer.id)).all())
+        if as_of != AS_OF:
+            session.rollback()
+    # the mean is just under the big amount: the big buyers are above it, the small one below; R and F tie
+    assert tiers["wmsmall"] == "general_retain" and tiers["wmbig0"] == "important_retain"
+
+
 ORDER = st.tuples(st.integers(0, 5), st.integers(0, 300_000), st.integers(0, 120),
                   st.sampled_from(["paid", "refunded"]))
 
