@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import statistics
 import sys
 import tempfile
@@ -95,7 +96,8 @@ def signed_in(app):  # type: ignore[no-untyped-def]
 
 
 def make_app(url: str):  # type: ignore[no-untyped-def]
-    app = create_app({"database": {"url": url}, "app": {"secret_key": "bench"}}, environ={}, start_worker=False)
+    app = create_app({"database": {"url": url}, "app": {"secret_key": secrets.token_hex(32)}}, environ={},
+                     start_worker=False)
     app.extensions["scrm.clock"] = lambda: RUN_AT - timedelta(days=1)
     return app
 

@@ -20,6 +20,7 @@ import argparse
 import gzip
 import os
 import random
+import secrets
 import statistics
 import sys
 import tempfile
@@ -136,7 +137,7 @@ def main() -> None:
     state = SandboxState(CORP)
     with BackgroundServer(create_sandbox_app(state)) as sandbox:
         app = create_app({
-            "database": {"url": url}, "app": {"secret_key": "bench"},
+            "database": {"url": url}, "app": {"secret_key": secrets.token_hex(32)},
             "wecom": {"corp_id": CORP.corp_id, "token": CORP.token, "encoding_aes_key": CORP.encoding_aes_key,
                       "secret": "bench-app-secret", "contact_secret": "bench-contact-secret",
                       "agent_id": CORP.agent_id, "api_base_url": f"{sandbox.url}/cgi-bin/"},

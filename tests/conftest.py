@@ -111,7 +111,7 @@ def overrides(database_url: str, corp: SandboxConfig) -> dict[str, dict[str, Any
                   "agent_id": corp.agent_id, "api_base_url": "http://127.0.0.1:9/cgi-bin/",
                   "busy_backoff_seconds": 0.0},
         "worker": {"backoff_base_seconds": 10.0, "max_attempts": 3},
-        "app": {"secret_key": "test-" + random_text(20)},
+        "app": {"secret_key": "test-" + random_text(40)},
     }
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
 import pytest
 
 from bot.core.config import ConfigError, SecretRedactingFilter
 from bot.startup import load_settings
+from tests.support import random_text
 
 AES = "A" * 43
+KEY = "flask-key-" + random_text(32)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -49,13 +52,13 @@ def test_documented_env_names_are_read():
     env = {"SCRM_DATABASE_URL": "postgresql://u:pw@db/scrm", "SCRM_REDIS_URL": "redis://localhost:6379/0",
            "SCRM_WECOM_CORP_ID": "ww1", "SCRM_WECOM_TOKEN": "tok", "SCRM_WECOM_ENCODING_AES_KEY": AES,
            "SCRM_WECOM_SECRET": "s3cr3t-value", "SCRM_WECOM_AGENT_ID": "1000002",
-           "SCRM_WECOM_API_BASE_URL": "http://127.0.0.1:8001/cgi-bin", "SCRM_APP_SECRET_KEY": "k" * 20,
+           "SCRM_WECOM_API_BASE_URL": "http://127.0.0.1:8001/cgi-bin", "SCRM_APP_SECRET_KEY": KEY,
            "SCRM_APP_TIMEZONE": "Asia/Tokyo"}
     s = load_settings(environ=env)
     assert (s.database.url, s.redis.url, s.wecom.corp_id, s.wecom.token, s.wecom.encoding_aes_key) == (
         "postgresql://u:pw@db/scrm", "redis://localhost:6379/0", "ww1", "tok", AES)
     assert (s.wecom.secret, s.wecom.agent_id, s.app.secret_key, s.app.timezone) == (
-        "s3cr3t-value", 1000002, "k" * 20, "Asia/Tokyo")
+        "s3cr3t-value", 1000002, KEY, "Asia/Tokyo")
     assert s.wecom.api_base_url == "http://127.0.0.1:8001/cgi-bin/"  # trailing slash added
 
 
@@ -173,10 +176,10 @@ def test_wrong_type_in_file_names_key_without_echoing_a_secret(tmp_path):
 
 
 def test_secrets_are_masked_in_repr_and_redacted_dict():
-    s = load_settings(environ={"SCRM_WECOM_SECRET": "topsecretvalue", "SCRM_APP_SECRET_KEY": "flask-key-123",
+    s = load_settings(environ={"SCRM_WECOM_SECRET": "topsecretvalue", "SCRM_APP_SECRET_KEY": KEY,
                                "SCRM_DATABASE_URL": "postgresql://scrm:dbpassword@db/scrm"})
     text = repr(s) + repr(s.wecom) + str(s.redacted())
-    for secret in ("topsecretvalue", "flask-key-123", "dbpassword"):
+    for secret in ("topsecretvalue", KEY, "dbpassword"):
         assert secret not in text
     assert s.redacted()["wecom"]["secret"] == "***"
 
@@ -201,6 +204,38 @@ def test_app_start_with_bad_config_fails_naming_the_key(database_url):
 
     with pytest.raises(ConfigError, match="app.timezone"):
         create_app({"database": {"url": database_url}, "app": {"timezone": "Nowhere/City"}}, environ={})
+
+
+@pytest.mark.parametrize("key", ["changeme", "x" * 31, "k" * 40, "changeme" * 4, "0123456789" * 4,
+                                 "aaaaaaaaaabbbbbbbbbbccccccccccdddd"])
+def test_a_short_or_guessable_secret_key_stops_the_start_naming_the_setting(key):
+    """The sidebar's session is the signed member userid: a known key forges any member's session."""
+    for source in ({"environ": {"SCRM_APP_SECRET_KEY": key}}, {"overrides": {"app": {"secret_key": key}}}):
+        with pytest.raises(ConfigError, match=r"^app\.secret_key (must be at least 32|is guessable)") as info:
+            load_settings(**{"environ": {}, **source})
+        assert key not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["", secrets.token_hex(32), secrets.token_urlsafe(32),
+                                 "correct horse battery staple, twice"])
+def test_an_empty_or_random_secret_key_loads(key):
+    assert load_settings(environ={"SCRM_APP_SECRET_KEY": key}).app.secret_key == key
+
+
+def test_serve_and_the_web_app_refuse_a_weak_secret_key_in_one_line(database_url):
+    from click.testing import CliRunner
+
+    from bot.cli import main
+    from bot.web.app import create_app
+
+    with pytest.raises(ConfigError, match="app.secret_key must be at least 32 characters"):
+        create_app({"database": {"url": database_url}, "app": {"secret_key": "changeme"}}, environ={})
+    result = CliRunner(env={"SCRM_CONFIG": None, "SCRM_DATABASE_URL": database_url,
+                            "SCRM_APP_SECRET_KEY": "changeme"}).invoke(main, ["serve", "--port", "9"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: configuration error: app.secret_key must be at least 32 characters, it has 8: set a random one "
+        '(python -c "import secrets; print(secrets.token_hex(32))") or leave it empty for a random key per process']
 
 
 def test_example_config_documents_every_key_and_loads():

@@ -475,6 +475,7 @@ def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
 @pytest.mark.parametrize(("form", "message"), [
     ({"tpl_default": "{{ nope }}"}, "unknown variable"),
     ({"tpl_default": "{% if %}"}, "syntax error"),
+    ({"tpl_default": "{{ 'x'|center(200000000) }}"}, "the center filter makes more than 10000 characters"),
     ({"send_at": ""}, "choose a send time"),
     ({"send_at": "2026-11-01T10:00"}, "has passed"),
     ({"send_at": "tomorrow"}, "YYYY-MM-DD"),

@@ -164,6 +164,8 @@ def test_a_stored_payload_nested_too_deep_fails_in_the_worker_without_stopping_i
 @pytest.mark.parametrize("template,reason", [
     ("{{ customer.__class__ }}", "SecurityError"), ("{{ 1 / 0 }}", "ZeroDivisionError"),
     ("{{ brand * 10**10 }}", "repeating makes more than"), ("{{ 2 ** 100000 }}", "exponent"),
+    ("{{ 'x'.ljust(100000000)|length }}", "ljust() makes more than 10000"),
+    ("{% for i in range(2000) %}{% for j in range(2000) %}{% endfor %}{% endfor %}", "takes more than 100000 steps"),
 ])
 def test_a_refused_template_says_why_in_one_line(cli_env, template, reason):
     def clock() -> datetime:  # the CLI's now, so --at stays in the future whatever today is
@@ -176,6 +178,14 @@ def test_a_refused_template_says_why_in_one_line(cli_env, template, reason):
     assert result.output.strip().splitlines()[-1].startswith("Error: template 'default' refused: ")
     assert reason in result.output and "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_group_broadcast_text_is_bounded_too(app):
+    from bot.campaigns.broadcasts import BroadcastError
+    from bot.campaigns.group_broadcasts import check_templates
+
+    with pytest.raises(BroadcastError, match="template 'default' refused: OverflowError: the format filter makes"):
+        check_templates({"default": "{{ '%200000000s'|format(group.name) }}"}, app.extensions["scrm.settings"])
 
 
 def test_an_unreadable_template_file_is_a_usage_error(cli_env, tmp_path):

@@ -215,6 +215,18 @@ def test_api_refuses_without_a_valid_token(client, headers, status, db):
     assert response.status_code == status and "token" in response.json["error"]
 
 
+def test_every_api_response_is_neither_cached_nor_sniffed(client, token):
+    auth = {"Authorization": f"Bearer {token}"}
+    responses = [client.post("/api/v1/orders", json=[], headers=auth), client.get("/api/v1/customers"),
+                 client.get("/api/v1/customers/wm1", headers=auth), client.get("/api/v1/nothing-here"),
+                 client.delete("/api/v1/orders", headers=auth)]
+    assert [r.status_code for r in responses] == [200, 401, 403, 404, 405]
+    for response in responses:
+        assert response.headers["Cache-Control"] == "no-store", response.request.path
+        assert response.headers["X-Content-Type-Options"] == "nosniff", response.request.path
+    assert "no-store" not in client.get("/healthz").headers.get("Cache-Control", "")
+
+
 def test_api_refuses_revoked_tokens_and_bad_bodies(client, token, cli_env):
     auth = {"Authorization": f"Bearer {token}"}
     assert client.post("/api/v1/orders", data="[", headers=auth, content_type="application/json").status_code == 400

@@ -315,6 +315,46 @@ def test_a_customer_who_said_tuiding_in_the_members_chat_is_opted_out_from_the_s
     assert again.json() == {"opted_out": False, "changed": True}
 
 
+def _customer_writes(world: Any, out: bool) -> None:
+    """The customer sends 退订 or 恢复订阅 to 微信客服 (what handlers/kf.py records)."""
+    from datetime import UTC, datetime
+
+    from bot.contacts.customers import set_opted_out
+    from bot.models import Customer
+
+    with world.db().begin() as session:
+        customer = session.scalar(select(Customer).where(Customer.external_userid == OWN))
+        set_opted_out(session, customer, out, datetime.now(UTC), via="kf")
+
+
+def test_staff_cannot_undo_a_customers_own_tuiding_only_one_a_member_recorded(world):
+    """The customer's own 退订 in 微信客服 is theirs to undo (恢复订阅 there); staff may still record an
+    opt-out, and undo one that a member recorded."""
+    from bot.models import Customer, Interaction
+
+    browser = sign_in(world, "zhangsan")
+    url, headers = f"{world.url}/sidebar/customer/{OWN}/opt-out", {"X-CSRF-Token": _csrf(browser, world)}
+
+    def switch(out: bool) -> requests.Response:
+        return browser.post(url, json={"opted_out": out}, headers=headers)
+
+    refusal = {"error": "客户本人在微信客服发送了退订，只能由客户本人回复「恢复订阅」恢复推送", "opted_out": True}
+    _customer_writes(world, out=True)
+    refused = switch(False)
+    assert (refused.status_code, refused.json()) == (409, refusal)
+    assert switch(True).json() == {"opted_out": True, "changed": False}
+    with world.db().begin() as session:
+        assert session.scalar(select(Customer.opted_out).where(Customer.external_userid == OWN))
+        assert session.scalar(select(Interaction).where(Interaction.kind == "opted_in")) is None
+    _customer_writes(world, out=False)  # 恢复订阅: the customer's own word undoes it
+    assert switch(True).json() == {"opted_out": True, "changed": True}  # a member records one …
+    assert switch(False).json() == {"opted_out": False, "changed": True}  # … and a member may undo it
+    assert switch(True).json() == {"opted_out": True, "changed": True}
+    _customer_writes(world, out=True)  # the customer says 退订 too: from now on the opt-out is theirs
+    again = switch(False)
+    assert (again.status_code, again.json()) == (409, refusal)
+
+
 def test_a_typed_alias_lands_on_its_canonical_tag_and_only_creators_make_new_tags(world):
     browser = sign_in(world, "zhangsan")
     url, headers = f"{world.url}/sidebar/customer/{OWN}/tags", {"X-CSRF-Token": _csrf(browser, world)}

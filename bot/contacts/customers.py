@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from bot.contacts.interactions import add_interaction
 from bot.core.forgotten import is_forgotten
-from bot.models import Customer, CustomerTag, Follow, Staff, Tag
+from bot.models import Customer, CustomerTag, Follow, Interaction, Staff, Tag
 from bot.tagging.system import tag_customer, untag_customer
 
 
@@ -57,19 +57,43 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+CUSTOMER_OWN_WORD = "kf"  # the ``via`` of an opt-out the customer wrote themselves (微信客服)
+
+
 def set_opted_out(session: Session, customer: Customer, out: bool, at: datetime, via: str,
                   by: str | None = None) -> bool:
     """退订 / 恢复订阅: the switch every broadcast and push honours. ``via``: how it came (``kf`` — the
     customer wrote the word —, ``sidebar``, ``cli``), ``by``: the member or operator who set it. Kept as
     an interaction (no activity, no last-interaction time), so the customer's history says who and
-    when. Returns whether the switch moved."""
+    when. Returns whether the switch moved. A customer who writes 退订 while a member's record already
+    has them opted out is recorded too: from then on the opt-out is their own (``opted_out_by_customer``)."""
     if customer.opted_out == out:
+        if out and via == CUSTOMER_OWN_WORD and not opted_out_by_customer(session, customer):
+            add_interaction(session, customer, "opted_out", f"opt:{customer.id}:out:{at.isoformat()}:{via}", at, by,
+                            {"via": via}, touch=False)
         return False
     customer.opted_out, customer.opted_out_at = out, (at if out else None)
     add_interaction(session, customer, "opted_out" if out else "opted_in",
                     f"opt:{customer.id}:{'out' if out else 'in'}:{at.isoformat()}", at, by, {"via": via},
                     touch=False)
     return True
+
+
+def opted_out_by_customer(session: Session, customer: Customer) -> bool:
+    """Whether the customer's own 退订 (written to 微信客服) stands behind their current opt-out: one was
+    recorded since the last opt-in. Only the customer undoes that (``kf.opt_in_words``), not staff."""
+    if not customer.opted_out:
+        return False
+    trail = session.execute(select(Interaction.kind, Interaction.detail)
+                            .where(Interaction.customer_id == customer.id,
+                                   Interaction.kind.in_(("opted_out", "opted_in")))
+                            .order_by(Interaction.id.desc()))  # as recorded: a late event is not older
+    for kind, detail in trail:
+        if kind == "opted_in":
+            return False
+        if (detail or {}).get("via") == CUSTOMER_OWN_WORD:
+            return True
+    return False
 
 
 def upsert_follow(session: Session, customer: Customer, staff: Staff) -> Follow:

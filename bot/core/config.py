@@ -583,6 +583,7 @@ MAX_SECONDS = 86_400
 
 
 def validate(settings: Settings) -> None:
+    _check_secret_key(settings.app.secret_key)
     _check_timezone(settings.app.timezone)
     if settings.app.log_level and settings.app.log_level.upper() not in _LOG_LEVELS:
         raise ConfigError(f"app.log_level must be empty or one of {sorted(_LOG_LEVELS)}, "
@@ -604,6 +605,26 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"app.trusted_proxies must be 0–5 (the reverse proxies in front of this service), "
                           f"got {settings.app.trusted_proxies}")
     _check_predictions(settings.predictions)
+
+
+MIN_SECRET_KEY_LENGTH = 32
+MIN_SECRET_KEY_CHARACTERS = 10  # different characters: a hex key of 32 has about 16, a word typed 4 times fewer
+_NEW_KEY_HINT = 'python -c "import secrets; print(secrets.token_hex(32))"'
+
+
+def _check_secret_key(key: str) -> None:
+    """app.secret_key signs the console's and the sidebar's sessions (the sidebar's is the signed member
+    userid): whoever knows or guesses it signs in as anyone. Empty is fine (a random key per process);
+    a configured one must be long and random. The message never says the key."""
+    if not key:
+        return
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError(f"app.secret_key must be at least {MIN_SECRET_KEY_LENGTH} characters, it has {len(key)}: "
+                          f"set a random one ({_NEW_KEY_HINT}) or leave it empty for a random key per process")
+    repeated = any(len(key) % n == 0 and key == key[:n] * (len(key) // n) for n in range(1, len(key) // 2 + 1))
+    if repeated or len(set(key)) < MIN_SECRET_KEY_CHARACTERS:
+        raise ConfigError(f"app.secret_key is guessable (a repeated piece or fewer than {MIN_SECRET_KEY_CHARACTERS} "
+                          f"different characters): set a random one ({_NEW_KEY_HINT}) or leave it empty")
 
 
 def _check_predictions(predictions: PredictionsSettings) -> None:

@@ -5,20 +5,20 @@ operator's own directory, searched first), chosen by kind + name + tier with fal
     → reply/default.important_value.j2 → reply/default.high.j2 → reply/default.j2
 
 Templates render in Jinja2's sandbox with ``StrictUndefined``: an unknown variable is an error
-when the template is used, never an empty gap in a message a customer reads.
+when the template is used, never an empty gap in a message a customer reads. The sandbox is bounded
+(``bot.outbox.bounds``): a template that would build a huge string or loop for ever is refused in one line.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
 
 from bot.core.config import Settings
+from bot.outbox.bounds import BoundedSandbox
 from segments.rfm import SEGMENT_NAMES
 from templates import MESSAGES_DIR
 
@@ -40,28 +40,6 @@ def refusal(exc: BaseException) -> str:
     line = f" on line {exc.lineno}" if isinstance(exc, TemplateSyntaxError) and exc.lineno else ""
     text = str(getattr(exc, "message", None) or exc).strip().splitlines()
     return f"{type(exc).__name__}{line}: {text[0] if text else ''}"[:300]
-
-
-MAX_REPEAT_LENGTH = 10_000  # characters a template may build with * (a WeCom text is at most 4000 bytes)
-MAX_POWER_EXPONENT = 64
-
-
-class BoundedSandbox(SandboxedEnvironment):
-    """Jinja2's sandbox, plus bounds on * and ** that it does not have: ``"x" * 10**10`` or ``9**9**9``
-    in an operator's template would otherwise take all memory or CPU instead of being refused."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
-        if operator_name == "**":
-            if isinstance(right, int) and abs(right) > MAX_POWER_EXPONENT:
-                raise OverflowError(f"exponent {right} is larger than the sandbox allows ({MAX_POWER_EXPONENT})")
-            return operator.pow(left, right)
-        for seq, times in ((left, right), (right, left)):
-            if isinstance(seq, str | list | tuple) and isinstance(times, int) \
-                    and len(seq) * times > MAX_REPEAT_LENGTH:
-                raise OverflowError(f"repeating makes more than {MAX_REPEAT_LENGTH} items")
-        return operator.mul(left, right)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,16 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     # Registered on the app, not the blueprint: a blueprint never sees a 404/405 of routing.
     app.register_error_handler(HTTPException, _http_error)
+    app.after_request(_headers)
+
+
+def _headers(response: Response) -> Response:
+    """Customers' names, tiers and orders: never kept by a browser or proxy cache, never read as anything but
+    the JSON they are declared as. On the app for the same reason as the error handler."""
+    if _is_api_path(request.path):
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def _http_error(exc: HTTPException) -> HTTPException | tuple[Response, int]:

@@ -18,7 +18,7 @@ from wechatpy.exceptions import WeChatClientException
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bot.campaigns.coupons import coupon_vars, issue_by_staff, issued_by_staff_since
-from bot.contacts.customers import set_opted_out
+from bot.contacts.customers import opted_out_by_customer, set_opted_out
 from bot.core.config import Settings
 from bot.core.db import MAX_ROW_ID
 from bot.core.times import zone_name
@@ -304,7 +304,9 @@ def change_tag(external_userid: str) -> Any:
 @bp.post("/customer/<external_userid>/opt-out")
 def change_opt_out(external_userid: str) -> Any:
     """``{"opted_out": bool}``: a customer who answered 退订 in the member's own chat (not 微信客服, where
-    the word is caught by itself) is switched off broadcasts and pushes here, or back on."""
+    the word is caught by itself) is switched off broadcasts and pushes here, or back on. Back on only
+    when a member or operator recorded the opt-out: a customer's own 退订 in 微信客服 is undone by the
+    customer alone (409, the message says how)."""
     checked = _switch_request("opt-out change", "opted_out")
     if not isinstance(checked, _Switch):
         return checked
@@ -313,6 +315,11 @@ def change_opt_out(external_userid: str) -> Any:
         customer = _allowed_customer(session, member, external_userid)
         if not isinstance(customer, Customer):
             return jsonify(error="无权修改该客户"), customer[1]
+        if not body["opted_out"] and opted_out_by_customer(session, customer):
+            logger.info("sidebar: member %s may not undo a customer's own opt-out", member.userid)
+            words = "」或「".join(_settings().kf.opt_in_words)
+            return jsonify(error=f"客户本人在微信客服发送了退订，只能由客户本人回复「{words}」恢复推送",
+                           opted_out=True), 409
         moved = set_opted_out(session, customer, body["opted_out"], _now(), via="sidebar", by=member.userid)
         if moved:
             logger.info("sidebar: member %s set a customer's opt-out to %s", member.userid, body["opted_out"])
