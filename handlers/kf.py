@@ -198,12 +198,14 @@ def _customer_message(ctx: HandlerContext, open_kfid: str, message: dict[str, An
     text = _text_of(message)
     record_interaction(ctx, customer, "kf_message", f"kf:{message['msgid']}", None,
                        {"open_kfid": open_kfid, "msgtype": msgtype, "text": text[:500]}, occurred=_sent_at(message))
-    _campaign_reply(ctx, customer, _sent_at(message))
+    word = text.strip().casefold()
+    opting_out = word in {w.strip().casefold() for w in ctx.settings.kf.opt_out_words}
+    if not opting_out:  # 退订 in answer to a push is no engagement with it (it scored 2 activity points)
+        _campaign_reply(ctx, customer, _sent_at(message))
     if text:
         apply_rules(ctx.session, ctx.tag_rules, customer.id, "kf_keyword", text=text,
                     push=ctx.settings.tags.push_to_wecom)
-    word = text.strip().casefold()
-    if word in {w.strip().casefold() for w in ctx.settings.kf.opt_out_words}:
+    if opting_out:
         _opt(ctx, customer, conversation, message, out=True)
     elif word in {w.strip().casefold() for w in ctx.settings.kf.opt_in_words}:
         _opt(ctx, customer, conversation, message, out=False)

@@ -225,19 +225,22 @@ def test_writing_to_kf_soon_after_a_push_counts_as_a_campaign_reply_once(wired, 
     db = wired.extensions["scrm.db"]
     known_customer(db, "wmPUSHED", "周先生", "mid", None)
     known_customer(db, "wmQUIET", "吴女士", "mid", None)
+    known_customer(db, "wmSTOP", "郑女士", "mid", None)
     with db.begin() as s:
-        for external_userid, status in (("wmPUSHED", "confirmed"), ("wmQUIET", "submitted")):
+        for external_userid, status in (("wmPUSHED", "confirmed"), ("wmQUIET", "submitted"), ("wmSTOP", "confirmed")):
             customer_id = s.scalar(select(Customer.id).where(Customer.external_userid == external_userid))
             s.add(OutboxMessage(dedupe_key=f"push:{external_userid}", channel="mass_message", customer_id=customer_id,
                                 recipient=external_userid, trigger_kind="campaign", trigger_ref="双11",
                                 content={"text": "双11 会员价"}, status=status, sent_at=utcnow() - timedelta(days=1)))
     kf_say(sandbox, "wmPUSHED", "你们双11的活动还有吗", "多少钱")
     kf_say(sandbox, "wmQUIET", "你好")
+    kf_say(sandbox, "wmSTOP", "退订")
     drain(wired)
     with db.sessions() as s:
         replies = s.execute(select(Customer.external_userid, Interaction.detail).join(Interaction)
                             .where(Interaction.kind == "campaign_reply")).all()
-    assert [r[0] for r in replies] == ["wmPUSHED"]  # once per push; not for one the member never sent
+    # once per push; not for one the member never sent, nor for 退订 (no engagement with the push)
+    assert [r[0] for r in replies] == ["wmPUSHED"]
 
 
 def test_price_question_gets_a_reply_for_the_customers_tier(wired, sandbox, staff):
