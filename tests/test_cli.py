@@ -268,6 +268,28 @@ def test_a_database_from_a_newer_version_is_refused_in_one_line_without_alembic_
     assert "Traceback" not in result.output
 
 
+def test_a_customers_own_tuiding_is_undone_by_hand_only_when_they_asked(cli_env, db):
+    """The sidebar refuses to switch back on a customer who wrote 退订 to 微信客服; `scrm customer opt-in` did."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from bot.contacts.customers import set_opted_out
+    from bot.models import Customer
+
+    with db.begin() as session:
+        customer = Customer(external_userid="wmSTOP", name="止")
+        session.add(customer)
+        session.flush()
+        set_opted_out(session, customer, True, datetime(2026, 11, 1, tzinfo=UTC), via="kf")
+    refused = scrm("customer", "opt-in", "wmSTOP", env=cli_env)
+    assert refused.exit_code == 1 and "sent 退订 themselves" in refused.output and "--customer-asked" in refused.output
+    asked = scrm("customer", "opt-in", "wmSTOP", "--customer-asked", "--by", "zhangsan", env=cli_env)
+    assert asked.exit_code == 0 and "receiving broadcasts and pushes again" in asked.output
+    with db.sessions() as session:
+        assert session.scalar(select(Customer.opted_out).where(Customer.external_userid == "wmSTOP")) is False
+
+
 def test_customer_opt_out_and_back_in_is_recorded_with_who_asked(cli_env, db):
     """A customer who said 退订 to a member (not to 微信客服) is switched off by hand; planning then skips them."""
     from sqlalchemy import select

@@ -310,11 +310,13 @@ def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) ->
 def _opt_command(out: bool) -> Any:
     @click.argument("customer_ref")
     @click.option("--by", default="", help="Who asked for it (a member's userid or your name), for the record.")
+    @click.option("--customer-asked", is_flag=True, hidden=out,
+                  help="The customer sent 退订 themselves and has now asked, another way, to receive them again.")
     @pass_cli
-    def command(cli: CliContext, customer_ref: str, by: str) -> None:
+    def command(cli: CliContext, customer_ref: str, by: str, customer_asked: bool) -> None:
         from sqlalchemy import select
 
-        from bot.contacts.customers import set_opted_out
+        from bot.contacts.customers import opted_out_by_customer, set_opted_out
         from bot.core.db import row_id
         from bot.models import Customer, utcnow
 
@@ -324,6 +326,11 @@ def _opt_command(out: bool) -> Any:
                 customer = session.get(Customer, number)
             if customer is None:
                 raise click.ClickException(f"no customer {customer_ref}")
+            if not out and not customer_asked and opted_out_by_customer(session, customer):
+                words = "/".join(cli.settings().kf.opt_in_words)
+                raise click.ClickException(
+                    f"customer {customer_ref} sent 退订 themselves in 微信客服: they switch it back by sending "
+                    f"{words}; if they asked you another way, run again with --customer-asked --by NAME")
             moved = set_opted_out(session, customer, out, utcnow(), via="cli", by=by or None)
         state = "opted out of broadcasts and pushes" if out else "receiving broadcasts and pushes again"
         click.echo(f"customer {customer_ref}: {state}" + ("" if moved else " (already so; nothing changed)"))
