@@ -58,6 +58,38 @@ def test_the_gunicorn_command_uses_the_shipped_config_and_the_wsgi_entry():
     assert command[command.index("--workers") + 1] == "4"
 
 
+@pytest.mark.parametrize("configured", ["", "k8Jq2vR9xLmP4tW7zB1nC6dF3gH5sY0aE"])
+def test_the_workers_of_one_serve_share_one_secret_key(monkeypatch, tmp_path, configured):
+    """With app.secret_key empty each gunicorn worker made its own: a session signed by one was refused by the
+    next, so operators were signed out at random. One key is made for the run (a configured one is kept)."""
+    from click.testing import CliRunner
+
+    import bot.cli.service as service
+    from bot.cli import main
+
+    started: list[dict[str, str]] = []
+
+    class Gunicorn:
+        def __init__(self, command: list[str], env: dict[str, str]) -> None:
+            started.append(env)
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setattr(service.subprocess, "Popen", Gunicorn)
+    env = {"SCRM_CONFIG": None, "SCRM_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+           "SCRM_APP_SECRET_KEY": configured, "SCRM_SCHEDULER_ENABLED": "false"}
+    for _ in range(2):
+        result = CliRunner(env=env).invoke(main, ["init"])
+        result = CliRunner(env=env).invoke(main, ["serve", "--workers", "3"])
+        assert result.exit_code == 0, result.output
+    keys = [run["SCRM_APP_SECRET_KEY"] for run in started]
+    if configured:
+        assert keys == [configured, configured] and "is empty" not in result.output
+    else:
+        assert all(len(key) >= 32 for key in keys) and keys[0] != keys[1] and "share a key" in result.output
+
+
 def test_the_shipped_config_loads_with_gunicorn():
     from gunicorn.config import Config
 

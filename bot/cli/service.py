@@ -87,6 +87,12 @@ def _serve_gunicorn(cli: CliContext, host: str, port: int, workers: int, no_work
         env["SCRM_CONFIG"] = os.path.abspath(cli.config_file)
     if no_worker:
         env["SCRM_WORKER_ENABLED"] = "false"
+    if not cli.settings().app.secret_key:
+        # Each worker would make its own random key: a console or sidebar session signed by one worker was
+        # refused by the next (signed out at random). One key for this run's workers; gone at restart.
+        env["SCRM_APP_SECRET_KEY"] = secrets.token_urlsafe(48)
+        click.echo("app.secret_key is empty: the workers share a key made for this run, so sessions end when "
+                   "scrm serve restarts (set app.secret_key to keep them)", err=True)
     child = subprocess.Popen(gunicorn_command(host, port, workers), env=env)
     # A process manager stops `scrm serve` with SIGTERM: passed on, so gunicorn is never orphaned.
     signal.signal(signal.SIGTERM, lambda *_: child.terminate())
