@@ -57,6 +57,7 @@ from bot.models import (
     utcnow,
 )
 from segments.incremental import ROW_ID, Scope, last_run, policy_digest, record_run
+from segments.localdays import keep_local_days
 from segments.policy import TierPolicy, floor_stages, local_midnight_utc
 from segments.rfm import PopulationStats, aggregate_stats, flag, high, population_stats, quintile, segment_case
 
@@ -110,6 +111,7 @@ class RetierResult:
     first: bool = False  # no customer had tiers before: every one was tiered for the first time (a baseline)
     moves: list[Move] = field(default_factory=list)  # not in a first tiering: every customer moved from None
     after: dict[str, int] = field(default_factory=dict)  # what the ``after`` hook returned
+    relocalized: int = 0  # orders moved to their local day after app.timezone changed (segments/localdays.py)
 
 
 def metrics_source(session: Session, as_of_day: int, tz: ZoneInfo) -> tuple[Any, bool]:
@@ -142,6 +144,7 @@ def retier(session: Session, policy: TierPolicy, as_of: date, tz: ZoneInfo, full
     sqlite_foreign_keys_off(session)
     if session.get_bind().dialect.name == "postgresql":  # hash joins over the population without spilling
         session.connection().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+    result.relocalized = keep_local_days(session, tz)
     metrics, from_aggregates = metrics_source(session, as_of.toordinal(), tz)
     stats = aggregate_stats(session) if from_aggregates else population_stats(session, metrics)
     result.stats = stats

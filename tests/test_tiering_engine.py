@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
@@ -295,6 +296,29 @@ def test_the_largest_amounts_an_import_takes_do_not_overflow_the_re_tier(db, tmp
             session.rollback()
     # the mean is just under the big amount: the big buyers are above it, the small one below; R and F tie
     assert tiers["wmsmall"] == "general_retain" and tiers["wmbig0"] == "important_retain"
+
+
+def test_orders_move_to_their_local_day_when_the_time_zone_changes(db, tmp_path):
+    """Each order's local day was fixed at import: after app.timezone changed, an order at 02:30 UTC stayed on
+    the 30th (Shanghai) where New York has the 29th, and recency counted the old day."""
+    from segments.localdays import keep_local_days
+
+    new_york = ZoneInfo("America/New_York")
+    write_csv(tmp_path / "orders.csv", [
+        {"order_id": "early", "external_userid": "wmeast", "amount": "100", "paid_at": "2026-11-10T02:30:00Z"},
+        {"order_id": "late", "external_userid": "wmwest", "amount": "100", "paid_at": "2026-11-15T12:00:00Z"}])
+    with db.begin() as session:
+        import_orders(session, tmp_path / "orders.csv", TZ)
+        assert retier(session, POLICY, AS_OF, TZ).relocalized == 0  # records the zone the days are in
+    with db.begin() as session:
+        assert retier(session, POLICY, AS_OF, new_york).relocalized == 1  # 12:00 UTC is the same day in both
+        days = dict(session.execute(select(Customer.external_userid, CustomerAggregate.last_order_day)
+                                    .join(CustomerAggregate, CustomerAggregate.customer_id == Customer.id)).all())
+        paid = set(session.scalars(select(Order.paid_day)))
+    assert days == {"wmeast": date(2026, 11, 9).toordinal(), "wmwest": date(2026, 11, 15).toordinal()}
+    assert paid == set(days.values())
+    with db.begin() as session:
+        assert keep_local_days(session, new_york) == 0 and retier(session, POLICY, AS_OF, new_york).relocalized == 0
 
 
 ORDER = st.tuples(st.integers(0, 5), st.integers(0, 300_000), st.integers(0, 120),

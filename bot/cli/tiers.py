@@ -246,6 +246,8 @@ def _report_retier(result: Any, dry_run: bool, before: Counts | None, after: Cou
         label = SEGMENT_NAMES.get(value or "", "") if dimension == "rfm_segment" else ""
         return f"{value or '-'} {label}".strip()
 
+    if result.relocalized:
+        click.echo(f"app.timezone changed: {result.relocalized} orders moved to their local day in the zone now set")
     looked = (f" (incremental: looked at {result.recomputed} whose tiers may have moved)" if result.incremental
               else "")
     click.echo(("dry run, nothing written: " if dry_run else "")
