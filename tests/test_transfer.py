@@ -246,6 +246,27 @@ def test_the_scheduled_job_records_outcomes(wired, sandbox, tmp_path):
     assert len(read(sandbox, "calls", path="externalcontact/transfer_result")) == 2
 
 
+def test_a_customer_forgotten_while_handed_over_settles_when_wecom_answers(wired, sandbox, tmp_path):
+    """The forget keys the waiting transfer by a digest of the id; WeCom's answer names the id itself, so the
+    poll found no row and, 48 hours on, recorded "never started" for a hand-over WeCom had completed."""
+    from bot.schedule.handover_jobs import transfer_results
+    from bot.schedule.jobs import Runtime, install
+
+    scrm = scrm_runner(wired, tmp_path)
+    ids = _seed(sandbox, "zhangsan", 2, "F")
+    scrm("sync", "contacts", "--no-progress")
+    processor = wired.extensions["scrm.processor"]
+    install(Runtime(wired.extensions["scrm.settings"], wired.extensions["scrm.db"], processor.clients,
+                    processor.sender))
+    scrm("transfer", "run", "--from", "zhangsan", "--to", "lisi", "--yes", "--no-progress")
+    assert scrm("customer", "forget", ids[0], "--yes").exit_code == 0
+    control(sandbox, "transfers/settle", {"force": True, "callbacks": False})
+    assert transfer_results() == {"succeeded": 2}
+    with wired.extensions["scrm.db"].sessions() as s:
+        assert set(s.scalars(select(Transfer.status))) == {"succeeded"}
+        assert ids[0] not in set(s.scalars(select(Transfer.external_userid)))
+
+
 def test_a_call_without_an_answer_is_not_repeated_and_settles_by_polling(wired, sandbox, tmp_path):
     """The call is lost on the way (WeCom never saw it): its customers stay waiting, the call is not
     repeated, and the poll settles them as never started once WeCom has not listed them for 48 hours."""

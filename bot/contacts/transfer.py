@@ -25,6 +25,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from bot.contacts.customers import from_epoch, upsert_customer, upsert_follow
 from bot.contacts.interactions import add_interaction
+from bot.core.privacy import forgotten_key
 from bot.models import (
     ADD_WAY_ASSIGNED,
     Customer,
@@ -479,7 +480,9 @@ def poll_results(session: Session, api: Any, now: datetime, batch: str | None = 
             Transfer.takeover_userid == takeover))}
         listed: set[str] = set()
         for item in api.gen_result(kind, handover, takeover):
-            row = waiting.get(str(item.get("external_userid")))
+            # A customer forgotten meanwhile (`scrm customer forget`) is waiting under their key (a digest)
+            row = waiting.get(str(item.get("external_userid"))) or waiting.get(forgotten_key(str(item.get(
+                "external_userid"))))
             status = RESULT_STATUS.get(int(item.get("status") or 0))
             if row is None or status is None:
                 continue
@@ -508,7 +511,8 @@ def poll_results(session: Session, api: Any, now: datetime, batch: str | None = 
 def record_failure(session: Session, external_userid: str, takeover_userid: str, fail_reason: str,
                    at: datetime) -> Transfer | None:
     """The ``transfer_fail`` callback: the waiting transfer of this customer to this member failed."""
-    row = session.scalar(select(Transfer).where(Transfer.external_userid == external_userid,
+    row = session.scalar(select(Transfer).where(Transfer.external_userid.in_((external_userid,
+                                                                             forgotten_key(external_userid))),
                                                 Transfer.takeover_userid == takeover_userid,
                                                 Transfer.status == "waiting").order_by(Transfer.id.desc()).limit(1))
     if row is not None:
@@ -526,7 +530,8 @@ def awaits_takeover(session: Session, external_userid: str, takeover_userid: str
 
 def record_takeover(session: Session, external_userid: str, takeover_userid: str, at: datetime) -> Transfer | None:
     """The takeover member's add event: a waiting transfer to them has completed."""
-    row = session.scalar(select(Transfer).where(Transfer.external_userid == external_userid,
+    row = session.scalar(select(Transfer).where(Transfer.external_userid.in_((external_userid,
+                                                                             forgotten_key(external_userid))),
                                                 Transfer.takeover_userid == takeover_userid,
                                                 Transfer.status == "waiting").order_by(Transfer.id.desc()).limit(1))
     if row is not None:
