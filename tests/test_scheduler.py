@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pickle
 import threading
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -46,12 +47,13 @@ def test_jobs_are_reconciled_on_every_start_and_never_duplicated(database_url):
         db.dispose()
 
 
-def stored_jobs_due(database_url: str, ago: timedelta, only: str | None = None) -> tuple[Any, Database, datetime]:
-    """Settings, the database with every job (or ``only`` one) stored as due ``ago``, and that time."""
+def stored_jobs_due(database_url: str, ago: timedelta | None, only: str | None = None,
+                    at: datetime | None = None) -> tuple[Any, Database, datetime]:
+    """Settings, the database with every job (or ``only`` one) stored as due ``ago`` (or ``at``), and that time."""
     settings = load_settings(overrides={"database": {"url": database_url}}, environ={})
     db = Database(settings.database)
     SchedulerService(settings, db).start().stop()
-    due = datetime.now(UTC).replace(microsecond=0) - ago
+    due = at or datetime.now(UTC).replace(microsecond=0) - (ago or timedelta())
     with db.engine.begin() as conn:
         for job_id, state in conn.execute(text(f"SELECT id, job_state FROM {JOBSTORE_TABLE}")).all():
             if only in (None, job_id):
@@ -82,15 +84,25 @@ def test_a_run_due_while_the_service_was_down_is_made_up_not_skipped(database_ur
         db.dispose()
 
 
-@pytest.mark.parametrize(("hours_down", "made_up"), [(5, True), (12, False)])
-def test_a_greeting_missed_for_hours_is_sent_on_its_day_but_not_the_day_after(database_url, monkeypatch, hours_down,
+@pytest.mark.parametrize(("back_at", "made_up"), [(time(15, 0), True), (time(21, 30), False)])
+def test_a_greeting_missed_for_hours_is_sent_on_its_day_but_not_the_day_after(database_url, monkeypatch, back_at,
                                                                                 made_up):
     """Down from before 10:00 until 15:00 on a holiday: past the 1 h misfire grace the scheduler dropped the
     day's greetings (and birthdays). They are made up until the quiet hours that follow (21:00), not later:
     a run made up then would go out the morning after the holiday."""
+    shanghai = ZoneInfo("Asia/Shanghai")
+    due, back = (datetime.combine(date(2026, 10, 1), moment, shanghai) for moment in (time(10), back_at))
+
+    class BackThen(datetime):  # the scheduler's and its executor's clock: the moment the service is back
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return back.astimezone(tz)
+
     ran = threading.Event()
     monkeypatch.setattr(jobs, "holiday_greetings", lambda: ran.set())
-    settings, db, _ = stored_jobs_due(database_url, timedelta(hours=hours_down), "holiday_greetings")
+    settings, db, _ = stored_jobs_due(database_url, None, "holiday_greetings", at=due.astimezone(UTC))
+    monkeypatch.setattr("apscheduler.schedulers.base.datetime", BackThen)
+    monkeypatch.setattr("apscheduler.executors.base.datetime", BackThen)
     try:
         service = SchedulerService(settings, db).start()
         try:
