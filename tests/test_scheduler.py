@@ -215,3 +215,35 @@ def test_every_declared_job_runs_against_the_sandbox(wired, sandbox):
         from bot.models import Broadcast
 
         assert sorted(s.scalars(select(Broadcast.name))) == ["coupon:FLASH", "coupon:VIP"]
+
+
+def test_a_scheduler_stopped_with_sigterm_gives_its_lock_back(database_url, tmp_path):
+    """systemd, Docker and Kubernetes stop with SIGTERM, which ended `scrm scheduler` before its clean-up:
+    the lease stayed held, and the restarted scheduler (or a standby) ran no job until it lapsed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from bot.models import SchedulerLease
+
+    if not database_url.startswith("sqlite"):
+        pytest.skip("one process per database file is enough to show it")
+    env = {**os.environ, "SCRM_DATABASE_URL": database_url, "SCRM_CONFIG": ""}
+    subprocess.run([sys.executable, "-m", "bot.cli", "init"], env=env, check=True, capture_output=True)
+    process = subprocess.Popen([sys.executable, "-m", "bot.cli", "scheduler"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        assert any("scheduler running" in process.stdout.readline() for _ in range(20))  # after the log lines
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        process.kill()
+        process.stdout.close()
+    db = Database(load_settings(overrides={"database": {"url": database_url}}, environ={}).database)
+    try:
+        with db.sessions() as s:
+            lease = s.get(SchedulerLease, "scheduler")
+            assert lease.expires_at.year == 1970  # given back: the next scheduler takes it at once
+    finally:
+        db.dispose()

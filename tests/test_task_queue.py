@@ -192,3 +192,30 @@ def test_scrm_worker_without_redis_polls_the_database(callbacks, db, database_ur
     assert result.exit_code == 0, result.output
     assert "polling" in result.output
     assert [(e.status, e.attempts) for e in events(db)] == [("unhandled", 1)]
+
+
+def test_a_worker_runs_worker_threads_jobs_at_once(callbacks, db, processor, tasks):
+    """One RQ SimpleWorker took one job at a time, so a burst of adds (each waiting on WeCom) waited in line
+    past the welcome code's 20 s; `scrm worker` runs worker.threads of them."""
+    import threading
+    import time
+
+    from bot.inbox.dispatcher import make_key
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def slow_handler(event: Any, ctx: Any) -> None:  # as a welcome waits on externalcontact/get
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.3)
+        with lock:
+            running[0] -= 1
+
+    processor.dispatcher.add(make_key("event", "slow_queue_test"), slow_handler)
+    for n in range(6):
+        assert callbacks.post({**no_handler_event(n), "Event": "slow_queue_test"}).status_code == 200
+    started = time.perf_counter()
+    QueueWorker(processor, tasks, sweep_seconds=60, threads=3).run(burst=True)
+    assert time.perf_counter() - started < 1.5  # one at a time: 1.8 s at least
+    assert most[0] == 3 and [(e.status, e.attempts) for e in events(db)] == [("handled", 1)] * 6

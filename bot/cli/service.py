@@ -9,6 +9,7 @@ import signal
 import string
 import subprocess
 import sys
+from typing import Any
 
 import click
 
@@ -61,6 +62,8 @@ def serve(cli: CliContext, host: str, port: int, workers: int, no_worker: bool, 
     # The embedded app's processor is shared with the scheduler (one WeCom token cache per process).
     processor = app.extensions["scrm.processor"] if app else build_processor(settings, db)
     service = None
+    if app is not None:  # gunicorn's path passes SIGTERM on to gunicorn (_serve_gunicorn)
+        _sigterm_as_interrupt()
     if settings.scheduler.enabled and not no_scheduler:
         service = SchedulerService(settings, db, processor.clients, processor.sender).start()
     click.echo(f"webhook: http://{host}:{port}/wecom/callback   health: http://{host}:{port}/healthz")
@@ -183,9 +186,9 @@ def worker(cli: CliContext, burst: bool) -> None:
         from bot.tasks.worker import QueueWorker
 
         tasks = TaskQueue(connect(settings.redis.url, timeout_seconds=10.0), settings.redis.key_prefix)
-        click.echo(f"RQ worker on queue {tasks.queue.name}, sweeping every {settings.worker.poll_seconds}s "
-                   "(Ctrl-C to stop)")
-        QueueWorker(processor, tasks, settings.worker.poll_seconds).run(burst=burst)
+        click.echo(f"RQ worker on queue {tasks.queue.name}, {settings.worker.threads} job(s) at a time, sweeping "
+                   f"every {settings.worker.poll_seconds}s (Ctrl-C to stop)")
+        QueueWorker(processor, tasks, settings.worker.poll_seconds, settings.worker.threads).run(burst=burst)
         return
     if burst:
         click.echo("inbox worker polling the database until nothing is due (--burst)")
@@ -196,6 +199,7 @@ def worker(cli: CliContext, burst: bool) -> None:
 
     threads = InboxWorker(processor, settings.worker.poll_seconds, sender=processor.sender,
                           threads=settings.worker.threads)
+    _sigterm_as_interrupt()
     click.echo(f"inbox worker, {settings.worker.threads} thread(s), polling every {settings.worker.poll_seconds}s "
                "(Ctrl-C to stop)")
     threads.start()
@@ -206,6 +210,16 @@ def worker(cli: CliContext, burst: bool) -> None:
         click.echo("stopped")
     finally:
         threads.stop()
+
+
+def _sigterm_as_interrupt() -> None:
+    """A process manager (systemd, Docker, Kubernetes) stops a service with SIGTERM, which ended the process
+    at once: its clean-up never ran, so a stopped scheduler kept the lock until it lapsed and a restart ran
+    no job for up to a minute. SIGTERM now stops it as Ctrl-C does."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @click.command("scheduler")
@@ -220,6 +234,7 @@ def scheduler_cmd(cli: CliContext) -> None:
 
     settings = cli.settings()
     processor = build_processor(settings, cli.db())
+    _sigterm_as_interrupt()
     service = SchedulerService(settings, cli.db(), processor.clients, processor.sender).start()
     click.echo(("scheduler running" if service.active else "scheduler standing by (another process runs the jobs; "
                 "this one takes over when its lock lapses)") + "; Ctrl-C to stop")
