@@ -284,8 +284,11 @@ def test_a_customers_own_tuiding_is_undone_by_hand_only_when_they_asked(cli_env,
         set_opted_out(session, customer, True, datetime(2026, 11, 1, tzinfo=UTC), via="kf")
     refused = scrm("customer", "opt-in", "wmSTOP", env=cli_env)
     assert refused.exit_code == 1 and "sent 退订 themselves" in refused.output and "--customer-asked" in refused.output
+    shown = scrm("customer", "show", "wmSTOP", env=cli_env).output
+    assert "opted out of broadcasts and pushes (退订) since 2026-11-01 08:00 Asia/Shanghai, by the customer" in shown
     asked = scrm("customer", "opt-in", "wmSTOP", "--customer-asked", "--by", "zhangsan", env=cli_env)
     assert asked.exit_code == 0 and "receiving broadcasts and pushes again" in asked.output
+    assert "opted out" not in scrm("customer", "show", "wmSTOP", env=cli_env).output
     with db.sessions() as session:
         assert session.scalar(select(Customer.opted_out).where(Customer.external_userid == "wmSTOP")) is False
 

@@ -110,16 +110,10 @@ def test_the_served_access_log_and_refusals_name_no_one(logged_app, log_text):
     import socket
 
     import requests
-    from werkzeug.serving import make_server
-
-    from bot.web.serving import PrivateRequestHandler
 
     logging.getLogger().setLevel(logging.INFO)
     imported_id = "shop_customer_42"
-    server = make_server("127.0.0.1", 0, logged_app, threaded=True, request_handler=PrivateRequestHandler)
-    thread = __import__("threading").Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with served(logged_app) as server:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         for path in (f"/console/customers?q={NICKNAME}", f"/api/v1/customers/{imported_id}",
                      f"/api/v1/customers/{EXTERNAL_USERID}", f"/sidebar/customer/{EXTERNAL_USERID}",
@@ -128,9 +122,6 @@ def test_the_served_access_log_and_refusals_name_no_one(logged_app, log_text):
         with socket.create_connection(server.server_address[:2], timeout=5) as raw:  # a broken request line
             raw.sendall(f"GET /console/customers?q={NICKNAME} HTTP/1.1 extra\r\n\r\n".encode())
             raw.recv(1024)
-    finally:
-        server.shutdown()
-        server.server_close()
     log = log_text.getvalue()
     assert '"GET /api/v1/customers/…r_42" 401' in log and '"GET /console/customers" 302' in log
     assert "API GET /api/v1/customers/<path:external_userid> refused (401)" in log  # the route, not the id
@@ -138,3 +129,33 @@ def test_the_served_access_log_and_refusals_name_no_one(logged_app, log_text):
     assert "refused a malformed request" in log and "Traceback" not in log
     assert_nothing_personal(log)
     assert imported_id not in log and "127.0.0.1" not in log and "20231234" not in log
+
+
+@contextmanager
+def served(app: Any) -> Iterator[Any]:
+    """The app behind `scrm serve`'s own server and request handler (its access log) on a free port."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from bot.web.serving import PrivateRequestHandler
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=PrivateRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_access_log_shows_the_webhooks_path(logged_app, log_text):
+    """The webhook answers before Flask's routing, so no route named its words: every callback was logged as
+    "POST /***/***", the one path a deployer most wants to see."""
+    import requests
+
+    logging.getLogger().setLevel(logging.INFO)
+    with served(logged_app) as server:
+        requests.post(f"http://127.0.0.1:{server.server_address[1]}/wecom/callback?timestamp=1", data=b"<x/>",
+                      timeout=5)
+    assert '"POST /wecom/callback" 400' in log_text.getvalue()

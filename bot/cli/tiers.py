@@ -307,6 +307,18 @@ def customer_show(cli: CliContext, customer_ref: str, as_of_text: str | None) ->
             click.echo(line)
         for line in prediction_lines(session, customer.id):
             click.echo(line)
+        if customer.opted_out:
+            click.echo(_opted_out_line(session, customer, settings.tz))
+
+
+def _opted_out_line(session: Any, customer: Any, tz: Any) -> str:
+    """Whether broadcasts reach the customer, which a reader of `customer show` needs before planning one."""
+    from bot.contacts.customers import opted_out_by_customer
+    from bot.core.times import local_time
+
+    by = "by the customer in 微信客服" if opted_out_by_customer(session, customer) else "by a member or an operator"
+    since = f" since {local_time(customer.opted_out_at, tz)}" if customer.opted_out_at else ""
+    return f"opted out of broadcasts and pushes (退订){since}, {by}"
 
 
 def _opt_command(out: bool) -> Any:

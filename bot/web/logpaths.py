@@ -12,12 +12,21 @@ from bot.core.privacy import masked_path
 _WORDS = "scrm.route_words"
 
 
+_PATHS = "scrm.unrouted_paths"
+
+
+def add_path_words(app: Any, path: str) -> None:
+    """A path the app answers outside Flask's routing (the webhook): its words are no one's data either."""
+    app.extensions.setdefault(_PATHS, []).append(path)
+    app.extensions.pop(_WORDS, None)
+
+
 def route_words(app: Any) -> frozenset[str]:
     """The literal segments of the app's routes (``api``, ``v1``, ``customers``…), computed once per app."""
     words = app.extensions.get(_WORDS)
     if words is None:
-        words = frozenset(part for rule in app.url_map.iter_rules() for part in rule.rule.split("/")
-                          if part and "<" not in part)
+        paths = [rule.rule for rule in app.url_map.iter_rules()] + app.extensions.get(_PATHS, [])
+        words = frozenset(part for path in paths for part in path.split("/") if part and "<" not in part)
         app.extensions[_WORDS] = words
     return words
 
