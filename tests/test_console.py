@@ -551,6 +551,29 @@ def test_the_system_page_shows_what_needs_a_look_and_requeues_it(seeded, console
     assert client.post("/console/system/inbox/999/retry", data={"csrf_token": csrf(client)}).status_code == 404
 
 
+def test_one_cause_is_one_row_on_the_system_page_and_one_series_on_the_dashboard(seeded, console, db):
+    """A reason naming its message's deadline is counted by its cause, in Chinese; the rows keep their words."""
+    from bot.web.console.figures import dashboard
+
+    with db.begin() as s:
+        s.add_all([OutboxMessage(dedupe_key=f"w{n}", channel="welcome", customer_id=seeded[n], recipient="x",
+                                 trigger_kind="welcome", trigger_ref="r", content={}, status="skipped",
+                                 reason=f"welcome window passed before sending (deadline 0{n}:00:0{n} UTC)",
+                                 scheduled_at=MORNING - timedelta(hours=n)) for n in range(3)])
+        s.add(OutboxMessage(dedupe_key="cap", channel="mass_message", customer_id=seeded[3], recipient="x",
+                            trigger_kind="broadcast", trigger_ref="r", content={}, status="failed",
+                            reason="not sent: the customer already received a mass message this period (WeCom cap)",
+                            scheduled_at=MORNING))
+    page = signed_in(console, "olga", "operator").get("/console/system").get_data(as_text=True)
+    assert page.count("欢迎语发送时限已过，未发送") == 1 and "<td>3</td>" in page and "UTC" not in page
+    assert "该客户本周期已收到过群发" in page
+    with db.sessions() as s:
+        names = [series["name"] for series in dashboard(s, MORNING, 14).messages_by_outcome["series"]]
+        assert s.scalar(select(func.count()).where(OutboxMessage.reason.like("%(deadline 02:00:02 UTC)"))) == 1
+    assert sorted(names) == ["失败：未发送：该客户本周期已收到过群发（企业微信上限）",
+                             "跳过：欢迎语发送时限已过，未发送"]
+
+
 # ---------------------------------------------------------------- tags
 
 

@@ -275,6 +275,7 @@ def messages_by_outcome(session: Session, bounds: list[datetime]) -> dict[str, A
                    OutboxMessage.scheduled_at >= bounds[0], OutboxMessage.scheduled_at < bounds[-1]).subquery())
     rows = session.execute(select(each.c.day, each.c.status, each.c.reason, func.count())
                            .group_by(each.c.day, each.c.status, each.c.reason)).all()
+    # reason_zh drops the per-message parts (a deadline, an attempt): _series adds up the rows of one cause.
     named = [(d, "已发送" if status in ("sent", "confirmed") else
               f"{'跳过' if status == 'skipped' else '失败'}：{(reason_zh(reason) or '-')[:40]}", int(n))
              for d, status, reason, n in rows]
