@@ -472,6 +472,16 @@ def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
     assert "时间（Asia/Shanghai）" in audit and audit.count("时区 Asia/Shanghai") == 1  # the zone is named
 
 
+def test_a_broadcasts_status_reads_the_same_in_chinese_on_every_page(seeded, console, db):
+    client, response = _schedule_one(console, db)
+    header = re.search(r"<h1>.*?</h1>", client.get(response.headers["Location"]).get_data(as_text=True), re.S)
+    assert "已排期" in header.group(0) and "scheduled<" not in header.group(0)
+    dashboard_page = client.get("/console/").get_data(as_text=True)
+    listed = client.get("/console/broadcasts").get_data(as_text=True)
+    assert ">已排期</span></td>" in dashboard_page and ">scheduled<" not in dashboard_page
+    assert ">已排期</span></td>" in listed
+
+
 @pytest.mark.parametrize(("form", "message"), [
     ({"tpl_default": "{{ nope }}"}, "unknown variable"),
     ({"tpl_default": "{% if %}"}, "syntax error"),

@@ -83,7 +83,7 @@ from bot.web.console.figures import (
     tier_label,
 )
 from bot.web.console.system import OUTBOX_DAYS, event_state, last_line, system_figures
-from bot.web.console.words import error_zh, reason_zh
+from bot.web.console.words import broadcast_status_zh, error_zh, reason_zh
 from bot.web.live import current_settings
 from bot.web.logpaths import logged_path
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, TierPolicy
@@ -231,6 +231,7 @@ def _headers(response: Response) -> Response:
 
 bp.add_app_template_filter(reason_zh, "reason_zh")
 bp.add_app_template_filter(error_zh, "error_zh")
+bp.add_app_template_filter(broadcast_status_zh, "broadcast_status_zh")
 
 
 @bp.app_template_global()

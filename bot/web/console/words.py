@@ -99,6 +99,14 @@ def _first_match(table: tuple[tuple[re.Pattern[str], str], ...], text: str) -> s
     return text
 
 
+# A broadcast's (or group broadcast's) status, as every console page shows it.
+BROADCAST_STATUS_ZH = {"scheduled": "已排期", "done": "已完成", "cancelled": "已取消", "failed": "失败"}
+
+
+def broadcast_status_zh(status: str | None) -> str:
+    return BROADCAST_STATUS_ZH.get(status or "", status or "")
+
+
 # An operator's name as bot.web.console.accounts.check_operator_name takes it.
 NAME_RULE_ZH = "1–64 个字符，不含空格、控制字符或不可见字符（可用中文）"
 
