@@ -619,6 +619,8 @@ def test_a_repeating_broadcast_with_segment_templates_and_a_coupon(seeded, conso
     assert (b.cron, b.send_at, b.coupon) == ("0 10 * * 1", None, "VIP10")
     assert b.templates["important_value"] == "{{ segment_name }}：{{ coupon.code }}"
     assert b.next_run_at.astimezone(MORNING.tzinfo).strftime("%a %H:%M") == "Mon 10:00"
+    settings_card = client.get(response.headers["Location"]).get_data(as_text=True).split("<h2>执行</h2>")[0]
+    assert "<th>随消息发券</th><td>会员券（VIP10，" in settings_card
     bad = client.post("/console/broadcasts/new", data={"csrf_token": csrf(client), "intent": "schedule",
                                                        "name": "坏的", "tpl_default": "hi", "schedule": "cron",
                                                        "cron": "every day"})

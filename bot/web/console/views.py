@@ -45,7 +45,7 @@ from bot.campaigns.broadcasts import (
     parse_send_time,
     preview,
 )
-from bot.campaigns.coupons import CouponBook
+from bot.campaigns.coupons import CouponBook, CouponError
 from bot.campaigns.effect import effect_by_tier
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
@@ -514,7 +514,18 @@ def broadcast_page(broadcast_id: int) -> str:
         runs = list(s.scalars(select(BroadcastRun).where(BroadcastRun.broadcast_id == broadcast_id)
                               .order_by(BroadcastRun.run_at)))
         return render_template("console/broadcast.html", b=broadcast, report=report, runs=runs, by_tier=by_tier,
-                               tier_chart=_tier_chart(by_tier))
+                               tier_chart=_tier_chart(by_tier), coupon=_coupon_carried(broadcast.coupon))
+
+
+def _coupon_carried(code: str | None) -> str:
+    """The coupon a broadcast hands out, as the builder's choice named it, or why it cannot be named."""
+    if not code:
+        return "不发券"
+    try:
+        definition = CouponBook.from_settings(_settings()).definitions.get(code)
+    except CouponError as exc:
+        return f"{code}（优惠券配置有误：{exc}）"
+    return f"{definition.title}（{code}，{definition.terms()}）" if definition else f"{code}（配置中已没有这张券）"
 
 
 def _tier_chart(by_tier: list[Any]) -> dict[str, Any]:
