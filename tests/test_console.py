@@ -446,6 +446,20 @@ def test_preview_renders_samples_and_writes_nothing(seeded, console, db):
         assert s.scalar(select(Broadcast)) is None
 
 
+def test_an_unknown_tag_and_a_viewers_change_are_refused_in_chinese(seeded, console, db):
+    client = signed_in(console, "olga", "operator")
+    page = client.post("/console/broadcasts/new", data={
+        "csrf_token": csrf(client), "intent": "preview", "name": "p", "tag": "意向/问过价格",
+        "tpl_default": "hi", "send_at": "2026-11-24T10:00"}).get_data(as_text=True)
+    assert "未知标签 &#39;意向/问过价格&#39;（标签库见「标签」页" in page
+    counted = client.get("/console/broadcasts/count.json", query_string={"tag": "意向/问过价格"})
+    assert counted.status_code == 400 and counted.get_json()["error"].startswith("未知标签")
+    viewer = signed_in(console, "alice", "viewer")
+    refused = viewer.post("/console/broadcasts/new", data={"csrf_token": csrf(viewer), "intent": "preview"})
+    assert refused.status_code == 403 and "只读账号" in refused.get_data(as_text=True)
+    assert "viewers cannot" not in refused.get_data(as_text=True)
+
+
 def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
     client, response = _schedule_one(console, db)
     assert response.status_code == 302

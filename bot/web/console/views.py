@@ -166,14 +166,15 @@ def _guard() -> Response | None:
     if operator is None:
         if request.method == "GET" and not request.path.endswith(".json"):
             return redirect(url_for("console.login", next=request.full_path))
-        _refuse(401, "sign in first")
+        _refuse(401, "请先登录")
     g.operator = operator
     _keep_alive()
     if request.method == "POST" and operator.role == "viewer" and request.endpoint not in ANY_ROLE_POSTS:
-        _refuse(403, "viewers cannot change anything")
+        _refuse(403, VIEWER_REFUSED)
     return None
 
 
+VIEWER_REFUSED = "只读账号（viewer）不能修改任何内容；需要修改请让管理员或运营账号操作。"
 ERROR_HEADLINES = {400: "请求有误", 401: "请先登录", 403: "没有权限", 404: "找不到", 405: "不支持的操作",
                    413: "内容过大", 429: "请求过于频繁"}
 
@@ -185,12 +186,12 @@ def console_error(exc: HTTPException) -> Any:
     if exc.code is None or exc.code >= 500:
         return exc
     if request.path.endswith(".json"):
-        return jsonify(error=exc.description), exc.code
+        return jsonify(error=error_zh(exc.description)), exc.code
     referrer = urlsplit(request.referrer or "")
     back = (f"{referrer.path}?{referrer.query}" if referrer.query else referrer.path) \
         if referrer.netloc == request.host and referrer.path.startswith(bp.url_prefix + "/") else ""
     return render_template("console/error.html", status=exc.code, headline=ERROR_HEADLINES.get(exc.code, "出错了"),
-                           message=exc.description, back=_safe_next(back)), exc.code
+                           message=error_zh(exc.description), back=_safe_next(back)), exc.code
 
 
 def _keep_alive() -> None:
@@ -416,7 +417,7 @@ def audience_count() -> Response | tuple[Response, int]:
             audience = Audience.parse(dict(wanted.audience or {}), value_tier_names(_settings()))
             where = wanted.conditions(s, value_tier_names(_settings()), _settings().tz)
         except AudienceError as exc:
-            return jsonify(error=str(exc)), 400
+            return jsonify(error=error_zh(str(exc))), 400
         tiers_only = audience.only_tiers and not wanted.search and not wanted.opted_out
         rows = list(count_per_value_tier(s, value_tier_names(_settings()), audience if tiers_only else None,
                                          where).items())

@@ -130,6 +130,8 @@ ERRORS_ZH: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern),
     (r"^give either a send time \(once\) or a cron expression \(repeating\)$",
      "发送时间（一次）与 cron 表达式（重复）二选一"),
     (r"^cron (.+) never fires$", r"cron \1 不会触发"),
+    (r"^unknown tag (.+) \(see `scrm tags check` for the tag library\)$",
+     r"未知标签 \1（标签库见「标签」页，或运行 scrm tags check）"),
     # accounts (bot.web.console.accounts)
     (r"^the name is empty; it needs .+$", f"名称为空；须为 {NAME_RULE_ZH}"),
     (r"^the name has (\d+) characters; it needs .+$", rf"名称有 \1 个字符；须为 {NAME_RULE_ZH}"),
