@@ -460,6 +460,15 @@ def test_an_unknown_tag_and_a_viewers_change_are_refused_in_chinese(seeded, cons
     assert "viewers cannot" not in refused.get_data(as_text=True)
 
 
+def test_a_viewer_sees_the_builders_actions_disabled_and_why(seeded, console):
+    """Every POST of a viewer's is refused, so 预览 / 排期发送 / 创建 are disabled for one, not offered to fail."""
+    viewer, operator = signed_in(console, "alice", "viewer"), signed_in(console, "olga", "operator")
+    for path in ("/console/broadcasts/new", "/console/groups/broadcasts/new", "/console/groups/sops/new"):
+        seen = viewer.get(path).get_data(as_text=True)
+        assert seen.count(" disabled>") == 2 and "只读账号" in seen, path
+        assert " disabled>" not in operator.get(path).get_data(as_text=True), path
+
+
 def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
     client, response = _schedule_one(console, db)
     assert response.status_code == 302

@@ -141,6 +141,7 @@ ERRORS_ZH: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(pattern),
     (r"^the name cannot be '\.' or '\.\.' or begin with '/'$", "名称不能是 . 或 ..，也不能以 / 开头"),
     (r"^an operator named (.+) exists already$", r"已有名为 \1 的账号"),
     (r"^role must be one of (.+)$", r"角色须为 \1 之一"),
+    (r"^only admins manage accounts$", "只有管理员（admin）可以管理账号"),
     (r"^the password needs (\d+)–(\d+) characters$", r"密码须为 \1–\2 个字符"),
 ))
 
