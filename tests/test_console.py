@@ -27,6 +27,7 @@ from bot.models import (
     Tag,
     TagGroup,
     TierChange,
+    TierRun,
 )
 from tests.campaign_data import MORNING, seed_audience
 from tests.console_support import PASSWORD, add_user, csrf, seed_console, sign_in, signed_in
@@ -551,6 +552,21 @@ def test_tier_figures_are_reused_until_something_they_count_changes(seeded, db):
                          as_of=date(2026, 11, 22)))
     with db.sessions() as s:
         assert dashboard(s, MORNING + cache.ttl, 14, cache).flows["as_of"] == "2026-11-22"
+
+
+def test_after_the_baseline_retier_the_flows_say_so_instead_of_asking_for_a_retier(seeded, console, db):
+    from bot.web.console.figures import dashboard
+
+    with db.begin() as s:
+        s.execute(TierChange.__table__.delete())
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14).flows["baseline"] is None  # never re-tiered: 暂无重分层记录
+    with db.begin() as s:  # the first run: every customer gets a tier, no TierChange (there was no tier before)
+        s.add(TierRun(as_of=date(2026, 11, 20), policy_digest="x", full=True, stats={}, max_interaction_id=0,
+                      recomputed=12, started_at=MORNING, seconds=0.1))
+    page = signed_in(console, "alice", "viewer").get("/console/").get_data(as_text=True)
+    assert "已完成首次分层（基线，2026-11-20）" in page and "暂无重分层记录" not in page
+    assert "scrm retier</code> 后显示" not in page
 
 
 # ---------------------------------------------------------------- system

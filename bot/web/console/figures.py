@@ -312,8 +312,10 @@ def tier_flows(session: Session, per_tier: dict[str | None, int]) -> dict[str, A
     has no cycles)."""
     latest: date | None = session.scalar(select(func.max(TierChange.as_of))
                                          .where(TierChange.dimension == "value_tier"))
-    if latest is None:
-        return {"as_of": None, "nodes": [], "links": [], "moved": 0}
+    if latest is None:  # never re-tiered, or only the first (baseline) run, which records no moves
+        baseline: date | None = session.scalar(select(func.min(TierRun.as_of)))
+        return {"as_of": None, "baseline": baseline.isoformat() if baseline else None, "nodes": [], "links": [],
+                "moved": 0}
     moves = [(before, after, int(n)) for before, after, n in session.execute(
         select(TierChange.from_value, TierChange.to_value, func.count())
         .where(TierChange.dimension == "value_tier", TierChange.as_of == latest)
