@@ -506,6 +506,20 @@ def test_a_broadcasts_status_reads_the_same_in_chinese_on_every_page(seeded, con
     assert ">已排期</span></td>" in listed
 
 
+def test_with_no_revenue_in_either_group_the_report_says_so_instead_of_a_zero_interval(seeded, console, db,
+                                                                                     cli_env):
+    from bot.campaigns.broadcasts import dispatch_due
+
+    _, response = _schedule_one(console, db)
+    with db.begin() as s:  # no order after the run: neither group has revenue yet
+        assert dispatch_due(s, console.extensions["scrm.settings"], now=MORNING + timedelta(days=1))
+    console.extensions["scrm.clock"] = lambda: MORNING + timedelta(days=1, hours=1)
+    page = signed_in(console, "oscar", "operator").get(response.headers["Location"]).get_data(as_text=True)
+    assert "两组都还没有收入" in page and "+0.00 元，95% 区间 +0.00 ~ +0.00" not in page
+    runner = _cli("broadcast", "report", "双十二", env=cli_env)
+    assert "no revenue in either group yet" in runner.output and "+0.00 … +0.00" not in runner.output
+
+
 @pytest.mark.parametrize(("form", "message"), [
     ({"tpl_default": "{{ nope }}"}, "unknown variable"),
     ({"tpl_default": "{% if %}"}, "syntax error"),

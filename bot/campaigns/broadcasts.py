@@ -884,9 +884,15 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def no_revenue_yet(sent: GroupFigures, held: GroupFigures) -> bool:
+    """Both groups have customers but neither any revenue yet: no interval then (it would be +0.00 … +0.00,
+    which reads as certain when there is no data); the CLI and the console say so instead."""
+    return sent.customers > 0 and held.customers > 0 and sent.revenue_fen == 0 and held.revenue_fen == 0
+
+
 def revenue_lift(sent: GroupFigures, held: GroupFigures) -> Lift | None:
-    """Difference in revenue per customer (fen), with a 95% Welch interval."""
-    if sent.customers < 2 or held.customers < 2:
+    """Difference in revenue per customer (fen), with a 95% Welch interval; None without the data for one."""
+    if sent.customers < 2 or held.customers < 2 or no_revenue_yet(sent, held):
         return None
     m1, m2 = sent.revenue_per_customer_fen, held.revenue_per_customer_fen
     se = math.sqrt(sent.revenue_variance() / sent.customers + held.revenue_variance() / held.customers)

@@ -195,7 +195,7 @@ def _pct(x: float) -> str:
 @pass_cli
 def broadcast_report(cli: CliContext, name: str, days: int | None) -> None:
     """效果评估: recipients against the hold-out group, with the lift and a 95% interval."""
-    from bot.campaigns.broadcasts import BroadcastError, effect_report, find_broadcast
+    from bot.campaigns.broadcasts import BroadcastError, effect_report, find_broadcast, no_revenue_yet
 
     settings = cli.settings()
     with cli.db().begin() as session:
@@ -218,7 +218,9 @@ def broadcast_report(cli: CliContext, name: str, days: int | None) -> None:
         click.echo(f"lift in share who ordered: {lift.difference * 100:+.2f} pts (95% CI "
                    f"{lift.low * 100:+.2f} … {lift.high * 100:+.2f}){relative}")
     revenue = report.revenue_lift_fen
-    if revenue is not None:
+    if no_revenue_yet(report.sent, report.held_out):
+        click.echo("lift in revenue per customer: no revenue in either group yet")
+    elif revenue is not None:
         click.echo(f"lift in revenue per customer: {revenue.difference / 100:+.2f} 元 (95% CI "
                    f"{revenue.low / 100:+.2f} … {revenue.high / 100:+.2f})")
 

@@ -42,6 +42,7 @@ from bot.campaigns.broadcasts import (
     create_broadcast,
     effect_report,
     next_cron_time,
+    no_revenue_yet,
     parse_send_time,
     preview,
 )
@@ -245,7 +246,8 @@ def _labels() -> dict[str, Any]:
     return {"TIER_NAMES": TIER_NAMES, "SEGMENT_NAMES": SEGMENT_NAMES, "STAGE_NAMES": STAGE_NAMES,
             "ENGAGEMENT_NAMES": ENGAGEMENT_NAMES, "ACTIVITY_NAMES": ACTIVITY_NAMES, "tier_label": tier_label,
             "operator": g.get("operator"), "local": _local, "pretty": _pretty, "ROLE_NAMES": users.ROLE_NAMES,
-            "zone": zone_name(_settings().tz)}
+            "zone": zone_name(_settings().tz), "no_revenue_yet": no_revenue_yet,
+            "NO_REVENUE_YET": "两组都还没有收入，暂无区间"}
 
 
 def split_words(text: str) -> list[str]:
