@@ -443,6 +443,7 @@ def test_preview_renders_samples_and_writes_nothing(seeded, console, db):
     assert response.status_code == 200
     assert "尊敬的高价值客户 客户0" in page and "本店 双十二" in page
     assert "已退订" in page  # wm000006 (mid) is skipped, and the page says why
+    assert "每位客户一条群发任务" in page  # {{ customer.name }}: members confirm a task per customer
     with db.sessions() as s:
         assert s.scalar(select(Broadcast)) is None
 

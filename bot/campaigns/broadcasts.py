@@ -433,6 +433,9 @@ class Preview:
     send_after: datetime | None = None
     deferred: bool = False
     samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    # With {{ customer.… }} or {{ coupon.… }} every customer's text differs, and WeCom takes one mass-message
+    # task per text and sender: each customer becomes a task their member confirms one by one.
+    personal_tasks: int = 0
 
 
 def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datetime | None = None) -> Preview:
@@ -455,6 +458,7 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
     result.held_out = {tier: round(holdout_size(result.per_tier[tier], percent) * n / result.per_tier[tier])
                        for tier, n in eligible.items()}
     result.to_send = sum(eligible.values()) - sum(result.held_out.values())
+    result.personal_tasks = result.to_send if content.personal else 0
     # The first sendable customers of each tier in key order: each query walks customers in id order
     # and stops once it has them, so their caps are counted per customer rather than grouped for everyone.
     first_reason = _skip_reason(settings, policy, send_after, coupon_tiers, per_customer=True)

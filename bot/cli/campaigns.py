@@ -76,6 +76,9 @@ def _show_preview(p: Preview, cli: CliContext) -> None:
     click.echo(f"audience {p.audience}; to send {p.to_send}; held out {sum(p.held_out.values())}; "
                f"skipped {sum(p.skipped.values())}; sends from {when}"
                + (" (deferred past quiet hours)" if p.deferred else ""))
+    if p.personal_tasks:
+        click.echo(f"personal content ({{{{ customer… }}}} or {{{{ coupon… }}}}): one WeCom mass-message task per "
+                   f"customer, about {p.personal_tasks} for members to confirm one by one")
     rows = [[tier, TIER_NAMES.get(tier, ""), n, p.held_out.get(tier, 0)] for tier, n in sorted(p.per_tier.items())]
     click.echo(render_table(["tier", "name", "audience", "held out"], rows))
     for reason, n in p.skipped.most_common():
