@@ -136,6 +136,10 @@ def test_preview_counts_skips_holdouts_and_samples_per_tier(app, db):
         night = preview(s, settings, spec(), at=MORNING.replace(hour=22))
         assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 1  # a preview writes nothing
     assert night.deferred and night.send_after == datetime(2026, 11, 25, 9, 0, tzinfo=SHANGHAI)
+    assert p.personal_tasks == 0  # one text per tier key: members confirm one task each
+    with db.sessions() as s:  # {{ customer.name }}: a text (so a WeCom task) per customer
+        personal = preview(s, settings, spec(templates={"default": "{{ customer.name }}您好"}))
+    assert personal.personal_tasks == personal.to_send == p.to_send
 
 
 def test_a_run_holds_out_a_random_tenth_of_each_tier_and_sends_the_rest(wired, sandbox):

@@ -27,6 +27,7 @@ from bot.models import (
     Tag,
     TagGroup,
     TierChange,
+    TierRun,
 )
 from tests.campaign_data import MORNING, seed_audience
 from tests.console_support import PASSWORD, add_user, csrf, seed_console, sign_in, signed_in
@@ -442,8 +443,32 @@ def test_preview_renders_samples_and_writes_nothing(seeded, console, db):
     assert response.status_code == 200
     assert "尊敬的高价值客户 客户0" in page and "本店 双十二" in page
     assert "已退订" in page  # wm000006 (mid) is skipped, and the page says why
+    assert "每位客户一条群发任务" in page  # {{ customer.name }}: members confirm a task per customer
     with db.sessions() as s:
         assert s.scalar(select(Broadcast)) is None
+
+
+def test_an_unknown_tag_and_a_viewers_change_are_refused_in_chinese(seeded, console, db):
+    client = signed_in(console, "olga", "operator")
+    page = client.post("/console/broadcasts/new", data={
+        "csrf_token": csrf(client), "intent": "preview", "name": "p", "tag": "意向/问过价格",
+        "tpl_default": "hi", "send_at": "2026-11-24T10:00"}).get_data(as_text=True)
+    assert "未知标签 &#39;意向/问过价格&#39;（标签库见「标签」页" in page
+    counted = client.get("/console/broadcasts/count.json", query_string={"tag": "意向/问过价格"})
+    assert counted.status_code == 400 and counted.get_json()["error"].startswith("未知标签")
+    viewer = signed_in(console, "alice", "viewer")
+    refused = viewer.post("/console/broadcasts/new", data={"csrf_token": csrf(viewer), "intent": "preview"})
+    assert refused.status_code == 403 and "只读账号" in refused.get_data(as_text=True)
+    assert "viewers cannot" not in refused.get_data(as_text=True)
+
+
+def test_a_viewer_sees_the_builders_actions_disabled_and_why(seeded, console):
+    """Every POST of a viewer's is refused, so 预览 / 排期发送 / 创建 are disabled for one, not offered to fail."""
+    viewer, operator = signed_in(console, "alice", "viewer"), signed_in(console, "olga", "operator")
+    for path in ("/console/broadcasts/new", "/console/groups/broadcasts/new", "/console/groups/sops/new"):
+        seen = viewer.get(path).get_data(as_text=True)
+        assert seen.count(" disabled>") == 2 and "只读账号" in seen, path
+        assert " disabled>" not in operator.get(path).get_data(as_text=True), path
 
 
 def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
@@ -470,6 +495,30 @@ def test_schedule_creates_audits_and_cancel_is_audited(seeded, console, db):
     assert entry.before["send_at"] == "2026-11-24T02:00:00+00:00"  # recorded in UTC, and left so
     assert "2026-11-24T10:00:00+08:00" in audit and "+00:00" not in audit  # shown in app.timezone
     assert "时间（Asia/Shanghai）" in audit and audit.count("时区 Asia/Shanghai") == 1  # the zone is named
+
+
+def test_a_broadcasts_status_reads_the_same_in_chinese_on_every_page(seeded, console, db):
+    client, response = _schedule_one(console, db)
+    header = re.search(r"<h1>.*?</h1>", client.get(response.headers["Location"]).get_data(as_text=True), re.S)
+    assert "已排期" in header.group(0) and "scheduled<" not in header.group(0)
+    dashboard_page = client.get("/console/").get_data(as_text=True)
+    listed = client.get("/console/broadcasts").get_data(as_text=True)
+    assert ">已排期</span></td>" in dashboard_page and ">scheduled<" not in dashboard_page
+    assert ">已排期</span></td>" in listed
+
+
+def test_with_no_revenue_in_either_group_the_report_says_so_instead_of_a_zero_interval(seeded, console, db,
+                                                                                     cli_env):
+    from bot.campaigns.broadcasts import dispatch_due
+
+    _, response = _schedule_one(console, db)
+    with db.begin() as s:  # no order after the run: neither group has revenue yet
+        assert dispatch_due(s, console.extensions["scrm.settings"], now=MORNING + timedelta(days=1))
+    console.extensions["scrm.clock"] = lambda: MORNING + timedelta(days=1, hours=1)
+    page = signed_in(console, "oscar", "operator").get(response.headers["Location"]).get_data(as_text=True)
+    assert "两组都还没有收入" in page and "+0.00 元，95% 区间 +0.00 ~ +0.00" not in page
+    runner = _cli("broadcast", "report", "双十二", env=cli_env)
+    assert "no revenue in either group yet" in runner.output and "+0.00 … +0.00" not in runner.output
 
 
 @pytest.mark.parametrize(("form", "message"), [
@@ -520,6 +569,21 @@ def test_tier_figures_are_reused_until_something_they_count_changes(seeded, db):
         assert dashboard(s, MORNING + cache.ttl, 14, cache).flows["as_of"] == "2026-11-22"
 
 
+def test_after_the_baseline_retier_the_flows_say_so_instead_of_asking_for_a_retier(seeded, console, db):
+    from bot.web.console.figures import dashboard
+
+    with db.begin() as s:
+        s.execute(TierChange.__table__.delete())
+    with db.sessions() as s:
+        assert dashboard(s, MORNING, 14).flows["baseline"] is None  # never re-tiered: 暂无重分层记录
+    with db.begin() as s:  # the first run: every customer gets a tier, no TierChange (there was no tier before)
+        s.add(TierRun(as_of=date(2026, 11, 20), policy_digest="x", full=True, stats={}, max_interaction_id=0,
+                      recomputed=12, started_at=MORNING, seconds=0.1))
+    page = signed_in(console, "alice", "viewer").get("/console/").get_data(as_text=True)
+    assert "已完成首次分层（基线，2026-11-20）" in page and "暂无重分层记录" not in page
+    assert "scrm retier</code> 后显示" not in page
+
+
 # ---------------------------------------------------------------- system
 
 
@@ -549,6 +613,29 @@ def test_the_system_page_shows_what_needs_a_look_and_requeues_it(seeded, console
     assert (entry.before["status"], entry.after["status"]) == ("dead", "pending")
     assert client.post(f"/console/system/inbox/{handled}/retry", data={"csrf_token": csrf(client)}).status_code == 409
     assert client.post("/console/system/inbox/999/retry", data={"csrf_token": csrf(client)}).status_code == 404
+
+
+def test_one_cause_is_one_row_on_the_system_page_and_one_series_on_the_dashboard(seeded, console, db):
+    """A reason naming its message's deadline is counted by its cause, in Chinese; the rows keep their words."""
+    from bot.web.console.figures import dashboard
+
+    with db.begin() as s:
+        s.add_all([OutboxMessage(dedupe_key=f"w{n}", channel="welcome", customer_id=seeded[n], recipient="x",
+                                 trigger_kind="welcome", trigger_ref="r", content={}, status="skipped",
+                                 reason=f"welcome window passed before sending (deadline 0{n}:00:0{n} UTC)",
+                                 scheduled_at=MORNING - timedelta(hours=n)) for n in range(3)])
+        s.add(OutboxMessage(dedupe_key="cap", channel="mass_message", customer_id=seeded[3], recipient="x",
+                            trigger_kind="broadcast", trigger_ref="r", content={}, status="failed",
+                            reason="not sent: the customer already received a mass message this period (WeCom cap)",
+                            scheduled_at=MORNING))
+    page = signed_in(console, "olga", "operator").get("/console/system").get_data(as_text=True)
+    assert page.count("欢迎语发送时限已过，未发送") == 1 and "<td>3</td>" in page and "UTC" not in page
+    assert "该客户本周期已收到过群发" in page
+    with db.sessions() as s:
+        names = [series["name"] for series in dashboard(s, MORNING, 14).messages_by_outcome["series"]]
+        assert s.scalar(select(func.count()).where(OutboxMessage.reason.like("%(deadline 02:00:02 UTC)"))) == 1
+    assert sorted(names) == ["失败：未发送：该客户本周期已收到过群发（企业微信上限）",
+                             "跳过：欢迎语发送时限已过，未发送"]
 
 
 # ---------------------------------------------------------------- tags
@@ -586,6 +673,8 @@ def test_a_repeating_broadcast_with_segment_templates_and_a_coupon(seeded, conso
     assert (b.cron, b.send_at, b.coupon) == ("0 10 * * 1", None, "VIP10")
     assert b.templates["important_value"] == "{{ segment_name }}：{{ coupon.code }}"
     assert b.next_run_at.astimezone(MORNING.tzinfo).strftime("%a %H:%M") == "Mon 10:00"
+    settings_card = client.get(response.headers["Location"]).get_data(as_text=True).split("<h2>执行</h2>")[0]
+    assert "<th>随消息发券</th><td>会员券（VIP10，" in settings_card
     bad = client.post("/console/broadcasts/new", data={"csrf_token": csrf(client), "intent": "schedule",
                                                        "name": "坏的", "tpl_default": "hi", "schedule": "cron",
                                                        "cron": "every day"})

@@ -433,6 +433,9 @@ class Preview:
     send_after: datetime | None = None
     deferred: bool = False
     samples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    # With {{ customer.… }} or {{ coupon.… }} every customer's text differs, and WeCom takes one mass-message
+    # task per text and sender: each customer becomes a task their member confirms one by one.
+    personal_tasks: int = 0
 
 
 def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datetime | None = None) -> Preview:
@@ -455,6 +458,7 @@ def preview(session: Session, settings: Settings, spec: BroadcastSpec, at: datet
     result.held_out = {tier: round(holdout_size(result.per_tier[tier], percent) * n / result.per_tier[tier])
                        for tier, n in eligible.items()}
     result.to_send = sum(eligible.values()) - sum(result.held_out.values())
+    result.personal_tasks = result.to_send if content.personal else 0
     # The first sendable customers of each tier in key order: each query walks customers in id order
     # and stops once it has them, so their caps are counted per customer rather than grouped for everyone.
     first_reason = _skip_reason(settings, policy, send_after, coupon_tiers, per_customer=True)
@@ -884,9 +888,15 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def no_revenue_yet(sent: GroupFigures, held: GroupFigures) -> bool:
+    """Both groups have customers but neither any revenue yet: no interval then (it would be +0.00 … +0.00,
+    which reads as certain when there is no data); the CLI and the console say so instead."""
+    return sent.customers > 0 and held.customers > 0 and sent.revenue_fen == 0 and held.revenue_fen == 0
+
+
 def revenue_lift(sent: GroupFigures, held: GroupFigures) -> Lift | None:
-    """Difference in revenue per customer (fen), with a 95% Welch interval."""
-    if sent.customers < 2 or held.customers < 2:
+    """Difference in revenue per customer (fen), with a 95% Welch interval; None without the data for one."""
+    if sent.customers < 2 or held.customers < 2 or no_revenue_yet(sent, held):
         return None
     m1, m2 = sent.revenue_per_customer_fen, held.revenue_per_customer_fen
     se = math.sqrt(sent.revenue_variance() / sent.customers + held.revenue_variance() / held.customers)

@@ -76,6 +76,9 @@ def _show_preview(p: Preview, cli: CliContext) -> None:
     click.echo(f"audience {p.audience}; to send {p.to_send}; held out {sum(p.held_out.values())}; "
                f"skipped {sum(p.skipped.values())}; sends from {when}"
                + (" (deferred past quiet hours)" if p.deferred else ""))
+    if p.personal_tasks:
+        click.echo(f"personal content ({{{{ customer… }}}} or {{{{ coupon… }}}}): one WeCom mass-message task per "
+                   f"customer, about {p.personal_tasks} for members to confirm one by one")
     rows = [[tier, TIER_NAMES.get(tier, ""), n, p.held_out.get(tier, 0)] for tier, n in sorted(p.per_tier.items())]
     click.echo(render_table(["tier", "name", "audience", "held out"], rows))
     for reason, n in p.skipped.most_common():
@@ -195,7 +198,7 @@ def _pct(x: float) -> str:
 @pass_cli
 def broadcast_report(cli: CliContext, name: str, days: int | None) -> None:
     """效果评估: recipients against the hold-out group, with the lift and a 95% interval."""
-    from bot.campaigns.broadcasts import BroadcastError, effect_report, find_broadcast
+    from bot.campaigns.broadcasts import BroadcastError, effect_report, find_broadcast, no_revenue_yet
 
     settings = cli.settings()
     with cli.db().begin() as session:
@@ -218,7 +221,9 @@ def broadcast_report(cli: CliContext, name: str, days: int | None) -> None:
         click.echo(f"lift in share who ordered: {lift.difference * 100:+.2f} pts (95% CI "
                    f"{lift.low * 100:+.2f} … {lift.high * 100:+.2f}){relative}")
     revenue = report.revenue_lift_fen
-    if revenue is not None:
+    if no_revenue_yet(report.sent, report.held_out):
+        click.echo("lift in revenue per customer: no revenue in either group yet")
+    elif revenue is not None:
         click.echo(f"lift in revenue per customer: {revenue.difference / 100:+.2f} 元 (95% CI "
                    f"{revenue.low / 100:+.2f} … {revenue.high / 100:+.2f})")
 

@@ -275,6 +275,7 @@ def messages_by_outcome(session: Session, bounds: list[datetime]) -> dict[str, A
                    OutboxMessage.scheduled_at >= bounds[0], OutboxMessage.scheduled_at < bounds[-1]).subquery())
     rows = session.execute(select(each.c.day, each.c.status, each.c.reason, func.count())
                            .group_by(each.c.day, each.c.status, each.c.reason)).all()
+    # reason_zh drops the per-message parts (a deadline, an attempt): _series adds up the rows of one cause.
     named = [(d, "已发送" if status in ("sent", "confirmed") else
               f"{'跳过' if status == 'skipped' else '失败'}：{(reason_zh(reason) or '-')[:40]}", int(n))
              for d, status, reason, n in rows]
@@ -311,8 +312,10 @@ def tier_flows(session: Session, per_tier: dict[str | None, int]) -> dict[str, A
     has no cycles)."""
     latest: date | None = session.scalar(select(func.max(TierChange.as_of))
                                          .where(TierChange.dimension == "value_tier"))
-    if latest is None:
-        return {"as_of": None, "nodes": [], "links": [], "moved": 0}
+    if latest is None:  # never re-tiered, or only the first (baseline) run, which records no moves
+        baseline: date | None = session.scalar(select(func.min(TierRun.as_of)))
+        return {"as_of": None, "baseline": baseline.isoformat() if baseline else None, "nodes": [], "links": [],
+                "moved": 0}
     moves = [(before, after, int(n)) for before, after, n in session.execute(
         select(TierChange.from_value, TierChange.to_value, func.count())
         .where(TierChange.dimension == "value_tier", TierChange.as_of == latest)

@@ -3,6 +3,7 @@ skipped and failed messages by reason over the last days, and the scheduled jobs
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 from bot.core.config import Settings
 from bot.core.db import Database
 from bot.models import InboxEvent, OutboxMessage
+from bot.web.console.words import reason_kind
 
 NEEDS_A_LOOK = ("failed", "dead", "unhandled")
 OUTBOX_DAYS = 7
@@ -31,12 +33,15 @@ def system_figures(session: Session, settings: Settings, db: Database, now: date
     inbox = dict(session.execute(select(InboxEvent.status, func.count()).group_by(InboxEvent.status)).all())
     events = list(session.scalars(select(InboxEvent).where(InboxEvent.status.in_(NEEDS_A_LOOK))
                                   .order_by(InboxEvent.id.desc()).limit(EVENTS_SHOWN)))
-    outbox = [(status, reason or "-", int(n)) for status, reason, n in session.execute(
-        select(OutboxMessage.status, OutboxMessage.reason, func.count())
-        .where(OutboxMessage.status.in_(("skipped", "failed")),
-               OutboxMessage.scheduled_at >= now - timedelta(days=OUTBOX_DAYS))
-        .group_by(OutboxMessage.status, OutboxMessage.reason)
-        .order_by(func.count().desc()))]
+    # Counted by reason_kind: a reason naming its message's deadline or attempt is one cause, one row.
+    counted: Counter[tuple[str, str]] = Counter()
+    for status, reason, n in session.execute(
+            select(OutboxMessage.status, OutboxMessage.reason, func.count())
+            .where(OutboxMessage.status.in_(("skipped", "failed")),
+                   OutboxMessage.scheduled_at >= now - timedelta(days=OUTBOX_DAYS))
+            .group_by(OutboxMessage.status, OutboxMessage.reason)):
+        counted[(status, reason_kind(reason) or "-")] += int(n)
+    outbox = [(status, reason, n) for (status, reason), n in counted.most_common()]
     return SystemFigures(inbox, events, outbox, _jobs(settings, db))
 
 

@@ -42,10 +42,11 @@ from bot.campaigns.broadcasts import (
     create_broadcast,
     effect_report,
     next_cron_time,
+    no_revenue_yet,
     parse_send_time,
     preview,
 )
-from bot.campaigns.coupons import CouponBook
+from bot.campaigns.coupons import CouponBook, CouponError
 from bot.campaigns.effect import effect_by_tier
 from bot.campaigns.rules import value_tier_names
 from bot.core.config import Settings
@@ -83,7 +84,7 @@ from bot.web.console.figures import (
     tier_label,
 )
 from bot.web.console.system import OUTBOX_DAYS, event_state, last_line, system_figures
-from bot.web.console.words import error_zh, reason_zh
+from bot.web.console.words import broadcast_status_zh, error_zh, reason_zh
 from bot.web.live import current_settings
 from bot.web.logpaths import logged_path
 from segments.policy import ACTIVITY_LEVELS, ENGAGEMENT_STATES, TierPolicy
@@ -166,14 +167,15 @@ def _guard() -> Response | None:
     if operator is None:
         if request.method == "GET" and not request.path.endswith(".json"):
             return redirect(url_for("console.login", next=request.full_path))
-        _refuse(401, "sign in first")
+        _refuse(401, "请先登录")
     g.operator = operator
     _keep_alive()
     if request.method == "POST" and operator.role == "viewer" and request.endpoint not in ANY_ROLE_POSTS:
-        _refuse(403, "viewers cannot change anything")
+        _refuse(403, VIEWER_REFUSED)
     return None
 
 
+VIEWER_REFUSED = "只读账号（viewer）不能修改任何内容；需要修改请让管理员或运营账号操作。"
 ERROR_HEADLINES = {400: "请求有误", 401: "请先登录", 403: "没有权限", 404: "找不到", 405: "不支持的操作",
                    413: "内容过大", 429: "请求过于频繁"}
 
@@ -185,12 +187,12 @@ def console_error(exc: HTTPException) -> Any:
     if exc.code is None or exc.code >= 500:
         return exc
     if request.path.endswith(".json"):
-        return jsonify(error=exc.description), exc.code
+        return jsonify(error=error_zh(exc.description)), exc.code
     referrer = urlsplit(request.referrer or "")
     back = (f"{referrer.path}?{referrer.query}" if referrer.query else referrer.path) \
         if referrer.netloc == request.host and referrer.path.startswith(bp.url_prefix + "/") else ""
     return render_template("console/error.html", status=exc.code, headline=ERROR_HEADLINES.get(exc.code, "出错了"),
-                           message=exc.description, back=_safe_next(back)), exc.code
+                           message=error_zh(exc.description), back=_safe_next(back)), exc.code
 
 
 def _keep_alive() -> None:
@@ -231,6 +233,7 @@ def _headers(response: Response) -> Response:
 
 bp.add_app_template_filter(reason_zh, "reason_zh")
 bp.add_app_template_filter(error_zh, "error_zh")
+bp.add_app_template_filter(broadcast_status_zh, "broadcast_status_zh")
 
 
 @bp.app_template_global()
@@ -243,7 +246,8 @@ def _labels() -> dict[str, Any]:
     return {"TIER_NAMES": TIER_NAMES, "SEGMENT_NAMES": SEGMENT_NAMES, "STAGE_NAMES": STAGE_NAMES,
             "ENGAGEMENT_NAMES": ENGAGEMENT_NAMES, "ACTIVITY_NAMES": ACTIVITY_NAMES, "tier_label": tier_label,
             "operator": g.get("operator"), "local": _local, "pretty": _pretty, "ROLE_NAMES": users.ROLE_NAMES,
-            "zone": zone_name(_settings().tz)}
+            "zone": zone_name(_settings().tz), "no_revenue_yet": no_revenue_yet,
+            "NO_REVENUE_YET": "两组都还没有收入，暂无区间"}
 
 
 def split_words(text: str) -> list[str]:
@@ -415,7 +419,7 @@ def audience_count() -> Response | tuple[Response, int]:
             audience = Audience.parse(dict(wanted.audience or {}), value_tier_names(_settings()))
             where = wanted.conditions(s, value_tier_names(_settings()), _settings().tz)
         except AudienceError as exc:
-            return jsonify(error=str(exc)), 400
+            return jsonify(error=error_zh(str(exc))), 400
         tiers_only = audience.only_tiers and not wanted.search and not wanted.opted_out
         rows = list(count_per_value_tier(s, value_tier_names(_settings()), audience if tiers_only else None,
                                          where).items())
@@ -513,7 +517,18 @@ def broadcast_page(broadcast_id: int) -> str:
         runs = list(s.scalars(select(BroadcastRun).where(BroadcastRun.broadcast_id == broadcast_id)
                               .order_by(BroadcastRun.run_at)))
         return render_template("console/broadcast.html", b=broadcast, report=report, runs=runs, by_tier=by_tier,
-                               tier_chart=_tier_chart(by_tier))
+                               tier_chart=_tier_chart(by_tier), coupon=_coupon_carried(broadcast.coupon))
+
+
+def _coupon_carried(code: str | None) -> str:
+    """The coupon a broadcast hands out, as the builder's choice named it, or why it cannot be named."""
+    if not code:
+        return "不发券"
+    try:
+        definition = CouponBook.from_settings(_settings()).definitions.get(code)
+    except CouponError as exc:
+        return f"{code}（优惠券配置有误：{exc}）"
+    return f"{definition.title}（{code}，{definition.terms()}）" if definition else f"{code}（配置中已没有这张券）"
 
 
 def _tier_chart(by_tier: list[Any]) -> dict[str, Any]:
