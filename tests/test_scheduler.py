@@ -236,7 +236,7 @@ def test_a_scheduler_stopped_with_sigterm_gives_its_lock_back(database_url, tmp_
     try:
         assert any("scheduler running" in process.stdout.readline() for _ in range(20))  # after the log lines
         process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0
+        assert process.wait(20) == 0, process.stdout.read()
     finally:
         process.kill()
         process.stdout.close()

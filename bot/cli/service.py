@@ -65,13 +65,17 @@ def serve(cli: CliContext, host: str, port: int, workers: int, no_worker: bool, 
     if app is not None:  # gunicorn's path passes SIGTERM on to gunicorn (_serve_gunicorn)
         _sigterm_as_interrupt()
     if settings.scheduler.enabled and not no_scheduler:
-        service = SchedulerService(settings, db, processor.clients, processor.sender).start()
-    click.echo(f"webhook: http://{host}:{port}/wecom/callback   health: http://{host}:{port}/healthz")
+        service = SchedulerService(settings, db, processor.clients, processor.sender)
     try:
+        if service is not None:
+            service.start()
+        click.echo(f"webhook: http://{host}:{port}/wecom/callback   health: http://{host}:{port}/healthz")
         if app is not None:
             run_simple(host, port, app, threaded=True, use_reloader=False, request_handler=PrivateRequestHandler)
         else:
             _serve_gunicorn(cli, host, port, workers, no_worker)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the server took over its own handling
+        click.echo("stopped")
     finally:
         if service:
             service.stop()
@@ -200,10 +204,10 @@ def worker(cli: CliContext, burst: bool) -> None:
     threads = InboxWorker(processor, settings.worker.poll_seconds, sender=processor.sender,
                           threads=settings.worker.threads)
     _sigterm_as_interrupt()
-    click.echo(f"inbox worker, {settings.worker.threads} thread(s), polling every {settings.worker.poll_seconds}s "
-               "(Ctrl-C to stop)")
-    threads.start()
     try:
+        click.echo(f"inbox worker, {settings.worker.threads} thread(s), polling every "
+                   f"{settings.worker.poll_seconds}s (Ctrl-C to stop)")
+        threads.start()
         while threads.running:
             time.sleep(1)
     except KeyboardInterrupt:
@@ -234,11 +238,12 @@ def scheduler_cmd(cli: CliContext) -> None:
 
     settings = cli.settings()
     processor = build_processor(settings, cli.db())
+    service = SchedulerService(settings, cli.db(), processor.clients, processor.sender)
     _sigterm_as_interrupt()
-    service = SchedulerService(settings, cli.db(), processor.clients, processor.sender).start()
-    click.echo(("scheduler running" if service.active else "scheduler standing by (another process runs the jobs; "
-                "this one takes over when its lock lapses)") + "; Ctrl-C to stop")
-    try:
+    try:  # from its start: a SIGTERM while it starts still gives the lock back
+        service.start()
+        click.echo(("scheduler running" if service.active else "scheduler standing by (another process runs the "
+                    "jobs; this one takes over when its lock lapses)") + "; Ctrl-C to stop")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
