@@ -249,6 +249,22 @@ def test_inbox_status_choices_are_the_models():
     assert predict.minimum_from_settings(defaults) == predict.KLAVIYO_MINIMUM
 
 
+def test_a_command_loads_only_its_own_command_module():
+    """`scrm retier` does not import the demo, the scheduler or the console's commands (a command's start)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from bot.cli import main; "
+            "r = CliRunner().invoke(main, ['retier', '--help']); assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in sys.modules if m.startswith('bot.cli.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    assert loaded == "['bot.cli.context', 'bot.cli.data', 'bot.cli.tiers']"
+    listed = CliRunner(env={"SCRM_CONFIG": None}).invoke(main, ["--help"]).output
+    assert all(f"  {name} " in listed for name in ("retier", "demo", "serve", "import-orders", "groups"))
+    assert "No such command" in CliRunner().invoke(main, ["retierr"]).output
+
+
 def test_a_database_from_a_newer_version_is_refused_in_one_line_without_alembic_at_every_start(tmp_path):
     import sqlite3
     import subprocess

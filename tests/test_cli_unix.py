@@ -26,8 +26,9 @@ def scrm(env: dict[str, str], *args: str):
 def commands(command: click.Command, path: str = "scrm") -> Iterator[tuple[str, click.Command]]:
     yield path, command
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
-            yield from commands(sub, f"{path} {name}")
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            yield from commands(command.get_command(ctx, name), f"{path} {name}")
 
 
 def test_every_command_and_option_has_help():

@@ -89,7 +89,7 @@ def command_path(line: str) -> list[str]:
     while isinstance(command, click.Group) and words and COMMAND_NAME.fullmatch(words[0]):
         name = words.pop(0)
         path.append(name)
-        command = command.commands.get(name)
+        command = command.get_command(click.Context(command), name)
     return path
 
 

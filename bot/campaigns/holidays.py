@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-from lunar_python import Lunar
-
 
 @dataclass(frozen=True)
 class Holiday:
@@ -21,6 +19,8 @@ class Holiday:
         """The Gregorian date in ``year`` (a lunar holiday falls on its lunar date of that lunar year)."""
         if not self.lunar:
             return date(year, self.month, self.day)
+        from lunar_python import Lunar  # only here: every command checks holiday names at start, few convert dates
+
         solar = Lunar.fromYmd(year, self.month, self.day).getSolar()
         return date(solar.getYear(), solar.getMonth(), solar.getDay())
 

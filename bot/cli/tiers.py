@@ -381,3 +381,12 @@ def export_customers_cmd(cli: CliContext, out: Path | None) -> None:
         with open_output(cli, out) as fh:
             count = export_customers(session, fh, tz=tz)
     click.echo(f"wrote {count} customers to {out}")
+
+
+def _mount_forget() -> None:
+    from bot.cli.data import forget_cmd
+
+    customer_group.add_command(forget_cmd)
+
+
+_mount_forget()
