@@ -1,7 +1,5 @@
 """Bearer tokens for the REST API, stored as SHA-256 digests only."""
 
-from __future__ import annotations
-
 from datetime import datetime
 
 from sqlalchemy import Boolean, String, false

@@ -1,8 +1,6 @@
 """What operators and rules push on their own initiative: broadcasts and their runs, coupons,
 and the reminders sent for mass messages members have not confirmed yet."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any
 

@@ -1,7 +1,5 @@
 """The operator console's own tables: operator accounts, failed sign-ins (throttling) and the audit log."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any
 

@@ -1,7 +1,5 @@
 """Staff, customers, the follow relation between them, and per-customer order aggregates."""
 
-from __future__ import annotations
-
 from datetime import date, datetime
 from typing import Any
 
@@ -45,15 +43,15 @@ class Staff(Base):
 def _tier_field(name: str) -> Any:
     """Customer.<name>: the customer's CustomerTier.<name> (None without a row); setting it creates the row."""
 
-    def get(self: Customer) -> Any:
+    def get(self: "Customer") -> Any:
         return getattr(self.tier, name) if self.tier is not None else None
 
-    def set_(self: Customer, value: Any) -> None:
+    def set_(self: "Customer", value: Any) -> None:
         if self.tier is None:
             self.tier = CustomerTier()
         setattr(self.tier, name, value)
 
-    def expression(cls: type[Customer]) -> Any:
+    def expression(cls: "type[Customer]") -> Any:
         column = getattr(CustomerTier, name)
         return select(column).where(CustomerTier.customer_id == cls.id).scalar_subquery().label(name)
 
@@ -92,8 +90,8 @@ class Customer(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    follows: Mapped[list[Follow]] = relationship(back_populates="customer")
-    tier: Mapped[CustomerTier | None] = relationship(lazy="joined", cascade="all, delete-orphan",
+    follows: Mapped[list["Follow"]] = relationship(back_populates="customer")
+    tier: Mapped["CustomerTier | None"] = relationship(lazy="joined", cascade="all, delete-orphan",
                                                      passive_deletes=True)
 
     # The tier fields, kept in customer_tiers (see CustomerTier); NULL = not computed or not applicable.

@@ -1,7 +1,5 @@
 """What happened and what we said: inbox events, interactions, tier changes, outbox messages."""
 
-from __future__ import annotations
-
 from datetime import date, datetime
 from typing import Any
 

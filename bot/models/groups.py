@@ -1,8 +1,6 @@
 """客户群: customer groups as WeCom has them, their members (linked to customers where known), and
 broadcasts whose audience is groups."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +42,7 @@ class CustomerGroup(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    members: Mapped[list[GroupMember]] = relationship(back_populates="group", cascade="all, delete-orphan",
+    members: Mapped[list["GroupMember"]] = relationship(back_populates="group", cascade="all, delete-orphan",
                                                       passive_deletes=True)
 
     def __repr__(self) -> str:

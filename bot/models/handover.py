@@ -1,8 +1,6 @@
 """渠道活码 (channels: a WeCom 「联系我」 contact way with our rules for the customers it brings)
 and 在职/离职继承 (customer hand-overs between members, one row per customer moved)."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any
 

@@ -1,7 +1,5 @@
 """Orders (paid or refunded). Amounts are integer fen: exact, never float."""
 
-from __future__ import annotations
-
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Index, String

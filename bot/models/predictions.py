@@ -1,8 +1,6 @@
 """Predicted value and churn risk (segments/predict.py): one row per fit, and each customer's latest
 predictions beside its tiers."""
 
-from __future__ import annotations
-
 from datetime import date, datetime
 from typing import Any
 

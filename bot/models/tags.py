@@ -1,7 +1,5 @@
 """One tag system (seed 003): mirrored corp tag groups and tags, local aliases, customer tags."""
 
-from __future__ import annotations
-
 from datetime import datetime
 
 from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint
@@ -22,7 +20,7 @@ class TagGroup(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    tags: Mapped[list[Tag]] = relationship(back_populates="group")
+    tags: Mapped[list["Tag"]] = relationship(back_populates="group")
 
     def __repr__(self) -> str:
         return f"<TagGroup {self.name}>"

@@ -1,7 +1,5 @@
 """Bookkeeping of the re-tier job: which customers must be looked at again, and what each run used."""
 
-from __future__ import annotations
-
 from datetime import date, datetime
 from typing import Any
 
