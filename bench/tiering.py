@@ -204,8 +204,8 @@ def run_phase(kind: str, url: str, path: Path | str = "") -> dict:
 
 def whole_command(url: str) -> dict:
     """`scrm retier` in a process of its own, timed from start to exit; its clock at the as-of day."""
-    code = ("from datetime import datetime; from zoneinfo import ZoneInfo; from bot.cli import main; "
-            f"main(['retier'], obj=lambda: datetime({AS_OF.year}, {AS_OF.month}, {AS_OF.day}, 12, "
+    code = ("from datetime import datetime; from zoneinfo import ZoneInfo; from bot.cli import run; "
+            f"run(['retier'], obj=lambda: datetime({AS_OF.year}, {AS_OF.month}, {AS_OF.day}, 12, "
             "tzinfo=ZoneInfo('Asia/Shanghai')))")
     # As an installed package runs: from compiled bytecode (pip compiles a wheel's modules; a checkout
     # caches them on first import), even where PYTHONDONTWRITEBYTECODE is set, as on the bench machine.

@@ -265,6 +265,35 @@ def test_a_command_loads_only_its_own_command_module():
     assert "No such command" in CliRunner().invoke(main, ["retierr"]).output
 
 
+def test_the_scrm_program_collects_no_garbage_until_its_database_is_open(tmp_path, monkeypatch):
+    """`scrm` (bot.cli.run) imports its libraries with the collector off, sets their objects aside when the
+    command opens its database, and collects from then on; the service commands run with it on."""
+    import gc
+
+    from bot.cli import run
+    from bot.cli.context import CliContext
+
+    seen: dict[str, bool] = {}
+    opened = CliContext.db
+
+    def db(self: CliContext, create: bool = False):
+        seen["before"] = gc.isenabled()
+        database = opened(self, create)
+        seen["after"], seen["set_aside"] = gc.isenabled(), gc.get_freeze_count() > 0
+        return database
+
+    monkeypatch.setattr(CliContext, "db", db)
+    monkeypatch.setenv("SCRM_DATABASE_URL", f"sqlite:///{tmp_path / 'scrm.db'}")
+    monkeypatch.setenv("SCRM_CONFIG", "")
+    try:
+        with pytest.raises(SystemExit) as done:
+            run(["init"])
+    finally:
+        gc.unfreeze()  # this test process goes on
+    assert done.value.code == 0 and gc.isenabled()
+    assert seen == {"before": False, "after": True, "set_aside": True}
+
+
 def test_a_database_from_a_newer_version_is_refused_in_one_line_without_alembic_at_every_start(tmp_path):
     import sqlite3
     import subprocess

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
@@ -74,6 +75,7 @@ class CliContext:
         pass ``create``: any other command on a missing database stops with a message."""
         from bot.core.db import DatabaseUnavailable, NoDatabase, open_database
 
+        resume_collector()
         if self._db is None:
             try:
                 self._db = open_database(self.settings().database, create=create)
@@ -94,6 +96,14 @@ class CliContext:
 
 
 pass_cli = click.make_pass_decorator(CliContext)
+
+
+def resume_collector() -> None:
+    """Where the `scrm` program (bot.cli.run) started with the garbage collector off: the objects made so
+    far (the libraries' modules and classes, long-lived) are set aside for good and collection resumes."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def render_table(headers: list[str], rows: list[list[Any]]) -> str:
