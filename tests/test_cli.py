@@ -262,7 +262,8 @@ def test_a_command_loads_only_its_own_command_module():
     assert loaded == "['bot.cli.context', 'bot.cli.data', 'bot.cli.tiers']"
     listed = CliRunner(env={"SCRM_CONFIG": None}).invoke(main, ["--help"]).output
     assert all(f"  {name} " in listed for name in ("retier", "demo", "serve", "import-orders", "groups"))
-    assert "No such command" in CliRunner().invoke(main, ["retierr"]).output
+    mistyped = CliRunner().invoke(main, ["retierr"]).output
+    assert "No such command 'retierr'" in mistyped and "retier" in mistyped.split("No such command 'retierr'")[1]
 
 
 def test_the_scrm_program_collects_no_garbage_until_its_database_is_open(tmp_path, monkeypatch):
@@ -292,6 +293,30 @@ def test_the_scrm_program_collects_no_garbage_until_its_database_is_open(tmp_pat
         gc.unfreeze()  # this test process goes on
     assert done.value.code == 0 and gc.isenabled()
     assert seen == {"before": False, "after": True, "set_aside": True}
+
+
+def test_the_demo_collects_garbage_although_it_opens_its_own_database(tmp_path, monkeypatch):
+    """`scrm demo` seeds, drives callbacks and serves without CliContext.db: the collector is back on first."""
+    import gc
+
+    from bot.cli import run
+    from bot.core.db import DatabaseUnavailable
+    from bot.demo import run as demo_run
+
+    seen: list[bool] = []
+
+    def start(url: str):
+        seen.append(gc.isenabled())
+        raise DatabaseUnavailable("stopped here by the test")
+
+    monkeypatch.setattr(demo_run, "start", start)
+    monkeypatch.setenv("SCRM_CONFIG", "")
+    try:
+        with pytest.raises(SystemExit) as done:
+            run(["demo", "--no-serve", "--database", str(tmp_path / "demo.db")])
+    finally:
+        gc.unfreeze()
+    assert done.value.code == 1 and seen == [True]
 
 
 def test_a_database_from_a_newer_version_is_refused_in_one_line_without_alembic_at_every_start(tmp_path):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bot.cli.context import DEMO_DATABASE, CliContext, pass_cli, render_table
+from bot.cli.context import DEMO_DATABASE, CliContext, pass_cli, render_table, resume_collector
 
 if TYPE_CHECKING:
     from bot.demo import run as demo_run
@@ -53,6 +53,7 @@ def demo(cli: CliContext, customers: int, events: int, retry_share: float, datab
     from bot.core.db import DatabaseUnavailable, sqlite_path_problem
     from bot.demo import run as demo_run
 
+    resume_collector()  # the demo opens its own database (not CliContext.db) and then serves until Ctrl-C
     path = Path(database_path).absolute()
     problem = sqlite_path_problem(path)
     if problem:
