@@ -231,14 +231,19 @@ def test_a_scheduler_stopped_with_sigterm_gives_its_lock_back(database_url, tmp_
         pytest.skip("one process per database file is enough to show it")
     env = {**os.environ, "SCRM_DATABASE_URL": database_url, "SCRM_CONFIG": ""}
     subprocess.run([sys.executable, "-m", "bot.cli", "init"], env=env, check=True, capture_output=True)
-    process = subprocess.Popen([sys.executable, "-m", "bot.cli", "scheduler"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "bot.cli", "scheduler"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert any("scheduler running" in process.stdout.readline() for _ in range(20))  # after the log lines
         process.send_signal(signal.SIGTERM)
-        assert process.wait(20) == 0, process.stdout.read()
+        try:
+            assert process.wait(20) == 0, process.stdout.read()
+        except subprocess.TimeoutExpired:  # where it hangs: faulthandler prints every thread's stack on SIGABRT
+            process.send_signal(signal.SIGABRT)
+            pytest.fail("no exit 20 s after SIGTERM:\n" + process.communicate(timeout=10)[0])
     finally:
         process.kill()
+        process.wait()
         process.stdout.close()
     db = Database(load_settings(overrides={"database": {"url": database_url}}, environ={}).database)
     try:
